@@ -1,0 +1,47 @@
+#!/bin/busybox sh
+# PID 1 of the lab guest (busybox initramfs). Loads the virtio drivers the lab
+# uses, configures eth0 from the kernel command line (colo.ip=ADDR/PLEN), mounts
+# the optional virtio disk, and starts the HTTP service on port 80.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /tmp /data
+mount -t tmpfs tmpfs /tmp
+
+# modules.order holds the modules in dependency order (written by the lab's builder).
+while read -r mod; do
+    insmod "/lib/modules/$mod" 2>/dev/null || echo "colo-guest: insmod $mod failed"
+done < /lib/modules/modules.order
+
+ip=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        colo.ip=*) ip="${arg#colo.ip=}" ;;
+    esac
+done
+ip link set lo up
+n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do n=$((n + 1)); usleep 20000; done
+ip link set eth0 up
+[ -n "$ip" ] && ip addr add "$ip" dev eth0
+
+# The optional disk holds the key-value store so that disk replication can be
+# checked from outside; without it the store lives in tmpfs.
+KV=/tmp/kv
+if [ -b /dev/vda ]; then
+    if ! mount -t ext4 /dev/vda /data 2>/dev/null; then
+        mke2fs -q -t ext4 /dev/vda >/dev/null 2>&1 && mount -t ext4 /dev/vda /data
+    fi
+    grep -q ' /data ' /proc/mounts && KV=/data/kv
+fi
+mkdir -p "$KV"
+export KV
+
+# busybox nc forks one child per connection with two or more -l, and uses the
+# number of -l as the listen() backlog: 32 of them let 20+ clients connect at
+# once without dropped SYNs (a dropped SYN on one replica only is a divergence).
+nc -$(printf 'l%.0s' $(seq 32)) -p 80 -e /bin/colo-service &
+echo "colo-guest: service ready ip=$ip kv=$KV"
+while true; do sleep 3600; done

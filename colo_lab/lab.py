@@ -1,0 +1,337 @@
+"""The COLO lab: namespaces, bridges, taps and the two VMs of ARCHITECTURE.md's testbed.
+
+```
+  client ns ── lan ns (bridge "lan") ──┬── pri ns: br0 ── tapP ── PVM
+                                       │     ├─ fwd0 ──────── fwd0 ─┐
+                                       │     └─ ctl0 ──────── ctl0 ─┤
+                                       └── sec ns: br0 ── tapS ── SVM
+```
+- PVM and SVM have the same MAC and IP (the SVM takes over the PVM's identity).
+- `fwd0` is the forward link (mirrored input, SVM output; no addresses).
+- `ctl0` is the hosts' private control link (addresses CTL_PRIMARY/CTL_SECONDARY):
+  migration, disk replication and heartbeats run over it.
+- The secondary host's uplink (`lan0` in the sec ns) starts down: while the pair
+  is protected the SVM must never talk to the LAN directly. `set_uplink` flips it
+  (failover, or a test reaching the SVM alone).
+
+Everything lives in namespaces named `colo-<name>-*` and a run directory
+`/run/colo-lab/<name>`; `down()` removes all of it, also after a crash, without
+needing anything from the process that created it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from colo_lab import netns
+from colo_lab.accel import choose_accel
+from colo_lab.cmd import need
+from colo_lab.errors import LabError
+from colo_lab.guest import Guest, ensure_guest
+from colo_lab.paths import run_root
+from colo_lab.qemu_build import ensure_qemu
+from colo_lab.vm import VM, VMSpec
+
+VM_MAC = "52:54:00:c0:10:01"
+VM_IP = "10.99.0.10"
+CLIENT_IP = "10.99.0.100"
+LAN_PLEN = 24
+CTL_PRIMARY = "10.99.1.1"
+CTL_SECONDARY = "10.99.1.2"
+MIGRATION_PORT = 4444
+NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
+ROLES = ("primary", "secondary")
+
+
+@dataclass(frozen=True)
+class Host:
+    role: str
+    ns: str
+    tap: str
+    ctl_ip: str
+
+
+class Lab:
+    """One lab instance. Safe to construct for an existing lab (to inspect or tear down)."""
+
+    def __init__(self, name: str = "lab") -> None:
+        if not NAME_RE.match(name):
+            raise LabError(
+                f"bad lab name '{name}'", "use 1-10 lower-case letters or digits, e.g. --name lab2"
+            )
+        self.name = name
+        self.prefix = f"colo-{name}-"
+        self.client_ns = self.prefix + "client"
+        self.lan_ns = self.prefix + "lan"
+        self.hosts = {
+            "primary": Host("primary", self.prefix + "pri", "tapP", CTL_PRIMARY),
+            "secondary": Host("secondary", self.prefix + "sec", "tapS", CTL_SECONDARY),
+        }
+        self.run_dir = run_root() / name
+        self.vms: dict[str, VM] = {}
+        self.qemu: Path | None = None
+        self.guest: Guest | None = None
+        self.accel = "tcg"
+
+    # Building --------------------------------------------------------------
+    def up(self, *, secondary: str = "standalone", build_only: bool = False) -> None:
+        """Create the topology and start the VMs.
+
+        secondary: "standalone" boots the SVM as an independent guest, "incoming"
+        starts it waiting for the PVM's COLO migration, "none" starts no SVM.
+        """
+        if secondary not in ("standalone", "incoming", "none"):
+            raise LabError(f"bad secondary mode '{secondary}'", "use standalone, incoming or none")
+        _require_root()
+        for tool in ("ip", "curl"):
+            need(tool)
+        self.qemu = ensure_qemu()
+        self.guest = ensure_guest()
+        if build_only:
+            return
+        busy = netns.list_ns(self.prefix)
+        if busy or self.run_dir.exists():
+            raise LabError(
+                f"lab '{self.name}' is busy ({', '.join(busy) or self.run_dir} exists)",
+                f"run 'colo-lab down --name {self.name}' first, or use another --name",
+            )
+        self.accel = choose_accel(self.qemu, self.guest)
+        self.run_dir.mkdir(parents=True)
+        self._save_state()
+        try:
+            self._topology()
+            self.start_vm("primary")
+            if secondary != "none":
+                self.start_vm("secondary", incoming=secondary == "incoming")
+            self.vms["primary"].wait_ready()
+            if secondary == "standalone":
+                self.vms["secondary"].wait_ready()
+        except BaseException:
+            self.down()
+            raise
+
+    def _topology(self) -> None:
+        for ns in (self.client_ns, self.lan_ns, *(h.ns for h in self.hosts.values())):
+            netns.add(ns)
+        netns.bridge(self.lan_ns, "lan", [])
+        netns.veth(self.lan_ns, "p-client", self.client_ns, "eth0")
+        netns.ip(self.lan_ns, "link", "set", "p-client", "master", "lan")
+        netns.ip(self.client_ns, "addr", "add", f"{CLIENT_IP}/{LAN_PLEN}", "dev", "eth0")
+        pri, sec = self.hosts["primary"], self.hosts["secondary"]
+        for h in (pri, sec):
+            port = "p-" + h.role[:3]
+            netns.veth(self.lan_ns, port, h.ns, "lan0")
+            netns.ip(self.lan_ns, "link", "set", port, "master", "lan")
+            netns.tap(h.ns, h.tap)
+            netns.bridge(h.ns, "br0", ["lan0", h.tap])
+            # br_netfilter is built in and defaults to on: bridged frames would
+            # traverse iptables in every namespace. The proxy turns it on where
+            # it queues; elsewhere it stays off.
+            _try_sysctl(h.ns, "net.bridge.bridge-nf-call-iptables", "0")
+            _try_sysctl(h.ns, "net.bridge.bridge-nf-call-ip6tables", "0")
+        netns.veth(pri.ns, "fwd0", sec.ns, "fwd0")
+        netns.veth(pri.ns, "ctl0", sec.ns, "ctl0")
+        netns.ip(pri.ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
+        netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
+        self.set_uplink("secondary", False)
+
+    def vm_spec(self, role: str, *, incoming: bool = False) -> VMSpec:
+        h = self.hosts[role]
+        return VMSpec(
+            name="pvm" if role == "primary" else "svm",
+            ns=h.ns,
+            tap=h.tap,
+            mac=VM_MAC,
+            ip_cidr=f"{VM_IP}/{LAN_PLEN}",
+            incoming=f"tcp:{h.ctl_ip}:{MIGRATION_PORT}" if incoming else None,
+            accel=self.accel,
+        )
+
+    def start_vm(self, role: str, *, incoming: bool = False, spec: VMSpec | None = None) -> VM:
+        """Start (or restart) the VM of one host; the old one, if any, is killed first."""
+        self._ensure_built()
+        assert self.qemu is not None and self.guest is not None
+        old = self.vms.pop(role, None)
+        if old is not None:
+            old.kill()
+        vm = VM(spec or self.vm_spec(role, incoming=incoming), self.run_dir, self.qemu, self.guest)
+        vm.start()
+        self.vms[role] = vm
+        self._save_state()
+        return vm
+
+    def vm(self, role: str) -> VM:
+        """The VM of a host, also in a process that did not start it (from the run dir)."""
+        if role not in self.vms:
+            self._ensure_built()
+            assert self.qemu is not None and self.guest is not None
+            self.vms[role] = VM(self.vm_spec(role), self.run_dir, self.qemu, self.guest)
+        return self.vms[role]
+
+    def _ensure_built(self) -> None:
+        if self.qemu is None or self.guest is None:
+            from colo_lab.guest import cached_guest
+            from colo_lab.qemu_build import cached_binary
+
+            self.qemu = self.qemu or cached_binary() or ensure_qemu()
+            self.guest = self.guest or cached_guest() or ensure_guest()
+
+    # Operating -------------------------------------------------------------
+    def set_uplink(self, role: str, up: bool) -> None:
+        """Connect or disconnect a host's bridge from the LAN (the VM keeps running)."""
+        netns.ip(self.hosts[role].ns, "link", "set", "lan0", "up" if up else "down")
+        # A port going down flushes the LAN bridge's entries for it, so the
+        # shared MAC is learned again on whichever port carries it next.
+
+    def client(self, argv: list[str], *, timeout: float = 30.0, check: bool = True) -> str:
+        return netns.sh(self.client_ns, argv, timeout=timeout, check=check)
+
+    def http(
+        self, path: str, *, method: str = "GET", data: bytes | None = None, timeout: float = 10.0
+    ) -> tuple[int, bytes]:
+        """One HTTP request from the client namespace to the VM's service: (status, body)."""
+        argv = ["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}", "-X", method]
+        if data is not None:
+            argv += ["--data-binary", "@-", "-H", "Content-Type: application/octet-stream"]
+        argv.append(f"http://{VM_IP}{path}")
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.client_ns, *argv],
+            input=data, capture_output=True, timeout=timeout + 5, check=False,
+        )
+        if proc.returncode != 0:
+            raise LabError(f"curl {method} {path} failed: {proc.stderr.decode().strip()}")
+        body, _, code = proc.stdout.rpartition(b"\n")
+        return int(code), body
+
+    def wait_http(self, path: str, expect: bytes, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                code, body = self.http(path, timeout=3)
+                if code == 200 and body == expect:
+                    return
+                last = f"{code} {body[:60]!r}"
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise LabError(f"service at {VM_IP}{path} did not answer {expect!r}: {last}")
+
+    # Inspecting and tearing down ------------------------------------------
+    def status(self) -> dict[str, Any]:
+        namespaces = netns.list_ns(self.prefix)
+        vms = {}
+        for role in ROLES:
+            pid_file = self.run_dir / ("pvm.pid" if role == "primary" else "svm.pid")
+            pid = _read_pid(pid_file)
+            vms[role] = {"pid": pid, "running": pid is not None and _pid_alive(pid)}
+        return {
+            "name": self.name,
+            "up": bool(namespaces),
+            "namespaces": namespaces,
+            "run_dir": str(self.run_dir) if self.run_dir.exists() else None,
+            "vms": vms,
+            "vm_ip": VM_IP,
+            "accel": self._saved_state().get("accel"),
+        }
+
+    def down(self) -> list[str]:
+        """Remove every namespace, process and file of this lab; returns what was removed."""
+        removed: list[str] = []
+        for vm in self.vms.values():
+            vm.close_monitors()
+        namespaces = netns.list_ns(self.prefix)
+        for ns in namespaces:
+            netns.kill_all(ns)
+        # Processes of the lab outside its namespaces (none by design, but a
+        # crashed run could leave a QEMU whose namespace was already deleted).
+        for pid in _pids_using(self.run_dir):
+            try:
+                os.kill(pid, 9)
+                removed.append(f"process {pid}")
+            except ProcessLookupError:
+                pass
+        for ns in namespaces:
+            netns.delete(ns)
+            removed.append(f"namespace {ns}")
+        if self.run_dir.exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            removed.append(f"run dir {self.run_dir}")
+        self.vms.clear()
+        return removed
+
+    def leftovers(self) -> list[str]:
+        """What of this lab still exists (empty after a clean down)."""
+        left = [f"namespace {ns}" for ns in netns.list_ns(self.prefix)]
+        left += [f"process {pid}" for pid in _pids_using(self.run_dir)]
+        if self.run_dir.exists():
+            left.append(f"run dir {self.run_dir}")
+        return left
+
+    def _save_state(self) -> None:
+        if self.run_dir.exists():
+            state = {
+                "name": self.name,
+                "accel": self.accel,
+                "qemu": str(self.qemu),
+                "kernel": str(self.guest.kernel) if self.guest else None,
+                "vms": {r: v.pid() for r, v in self.vms.items()},
+            }
+            (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
+
+    def _saved_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.run_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (namespaces, taps, bridges)", "run it with sudo")
+
+
+def _try_sysctl(ns: str, key: str, value: str) -> None:
+    try:
+        netns.sysctl(ns, key, value)
+    except LabError:
+        pass  # the key exists only once br_netfilter is active in that namespace
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pids_using(run_dir: Path) -> list[int]:
+    """Processes whose command line names the run directory (the lab's QEMUs)."""
+    needle = str(run_dir).encode() + b"/"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

@@ -1,0 +1,29 @@
+"""Where the lab keeps its cached builds and its per-run state.
+
+Builds (the patched QEMU, the guest kernel and initramfs) are slow and shared by
+every lab run on a machine, so they live in one cache outside the repository,
+keyed by their inputs. Per-run state (sockets, serial logs, pid files, disk
+images) lives in a run directory that `colo-lab down` removes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def cache_dir() -> Path:
+    """The build cache: $COLO_CACHE, else /var/cache/colo-lab (root) or ~/.cache/colo-lab."""
+    env = os.environ.get("COLO_CACHE")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/colo-lab")
+    return Path.home() / ".cache" / "colo-lab"
+
+
+def run_root() -> Path:
+    """Parent of all lab run directories: $COLO_RUN_DIR, else /run/colo-lab."""
+    return Path(os.environ.get("COLO_RUN_DIR", "/run/colo-lab"))

@@ -1,0 +1,170 @@
+"""Build (once per machine) a QEMU that can run COLO under TCG.
+
+Debian 12's qemu-system-x86 7.2 enters COLO but fails at the first checkpoint
+under TCG, and bookworm-backports' 10.0 never enters COLO (see
+`patches/qemu-7.2-colo-tcg.patch` for the two 7.2 defects). So the lab builds
+Debian's own source package with Debian's patches plus ours, for
+x86_64-softmmu only, with block replication, and caches the binary outside the
+repository under a key made of every input: the Debian source version, our
+patch and the configure flags. A build takes about 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.parse
+from pathlib import Path
+
+from colo_lab.cmd import need, run
+from colo_lab.errors import LabError
+from colo_lab.paths import PACKAGE_DIR, cache_dir
+
+PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
+
+CONFIGURE_FLAGS = (
+    "--target-list=x86_64-softmmu",
+    "--without-default-features",
+    "--enable-replication",
+    "--enable-tcg",
+    "--enable-kvm",
+    "--enable-fdt=system",
+    "--disable-docs",
+    "--disable-werror",
+    "--disable-install-blobs",
+)
+
+# Firmware comes from Debian's packages (qemu-system-data, seabios, ipxe-qemu):
+# the build is configured without blobs of its own.
+FIRMWARE_ARGS = ("-L", "/usr/share/qemu", "-L", "/usr/share/seabios", "-L", "/usr/lib/ipxe/qemu")
+
+
+def _log(msg: str) -> None:
+    print(f"colo-lab: {msg}", file=sys.stderr, flush=True)
+
+
+def debian_source_version() -> str:
+    """The qemu source version `apt-get source qemu` would fetch now."""
+    need("apt-get")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(
+            ["apt-get", "source", "--print-uris", "qemu"],
+            capture_output=True,
+            cwd=tmp,
+            timeout=120,
+            check=False,
+        )
+    m = re.search(rb"qemu_(\S+?)\.dsc", proc.stdout)
+    if proc.returncode != 0 or m is None:
+        raise LabError(
+            "cannot find Debian's qemu source package",
+            "run scripts/bootstrap (it adds the deb-src lines and runs apt-get update)",
+        )
+    # --print-uris gives the file name URL-encoded ('+' as %2b).
+    return urllib.parse.unquote(m.group(1).decode())
+
+
+def build_key(source_version: str) -> str:
+    h = hashlib.sha256()
+    h.update(source_version.encode())
+    h.update(PATCH.read_bytes())
+    h.update("\0".join(CONFIGURE_FLAGS).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_binary() -> Path | None:
+    """The newest finished build in the cache, without asking apt (for fast lab start)."""
+    pointer = cache_dir() / "qemu-current"
+    if pointer.is_symlink() or pointer.exists():
+        binary = pointer / "qemu-system-x86_64"
+        if binary.exists():
+            return binary
+    return None
+
+
+def ensure_qemu(*, rebuild: bool = False) -> Path:
+    """Path of the patched qemu-system-x86_64, building it if its inputs changed."""
+    version = debian_source_version()
+    key = build_key(version)
+    root = cache_dir()
+    out = root / f"qemu-{key}"
+    binary = out / "qemu-system-x86_64"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "qemu-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists() and not rebuild:
+            _point_current(root, out)
+            return binary
+        _build(version, out)
+        _point_current(root, out)
+    return binary
+
+
+def _point_current(root: Path, out: Path) -> None:
+    tmp = root / ".qemu-current.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(out.name)
+    os.replace(tmp, root / "qemu-current")
+
+
+def _build(version: str, out: Path) -> None:
+    for tool in ("apt-get", "dpkg-source", "patch", "meson", "ninja"):
+        need(tool)
+    work = out.with_name(out.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = work / "build.log"
+    _log(f"building QEMU {version} with the COLO/TCG patch into {out} (about 10 min, once)")
+    _log(f"build log: {log}")
+    _log("step 1/4: apt-get source qemu (Debian's patches are applied by dpkg-source)")
+    # No "=version": Debian versions carry an epoch that the .dsc name omits.
+    run(["apt-get", "source", "-q", "qemu"], cwd=str(work), timeout=600)
+    srcs = [p for p in work.iterdir() if p.is_dir() and p.name.startswith("qemu-")]
+    if len(srcs) != 1:
+        raise LabError(f"unexpected layout after apt-get source in {work}")
+    src = srcs[0]
+    _log("step 2/4: applying patches/qemu-7.2-colo-tcg.patch")
+    run(["patch", "-p1", "-i", str(PATCH)], cwd=str(src))
+    build = src / "build-colo"
+    build.mkdir()
+    _log("step 3/4: configure (x86_64-softmmu, replication, tcg)")
+    _logged(["../configure", *CONFIGURE_FLAGS], build, log, 900)
+    _log(f"step 4/4: ninja qemu-system-x86_64 on {os.cpu_count()} cores")
+    _logged(["ninja", "qemu-system-x86_64"], build, log, 3600)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(build / "qemu-system-x86_64", out / ".qemu-system-x86_64.tmp")
+    (out / "SOURCE").write_text(f"qemu {version}\npatch {PATCH.name}\n")
+    os.replace(out / ".qemu-system-x86_64.tmp", out / "qemu-system-x86_64")
+    shutil.rmtree(work, ignore_errors=True)
+    _log(f"QEMU ready: {out / 'qemu-system-x86_64'}")
+
+
+def _logged(argv: list[str], cwd: Path, log: Path, timeout: float) -> None:
+    with open(log, "ab") as fh:
+        try:
+            rc = subprocess.run(
+                argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            ).returncode
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"QEMU build step timed out: {' '.join(argv)}; see {log}") from exc
+    if rc != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise LabError(
+            f"QEMU build step failed ({' '.join(argv)}, exit {rc}):\n" + "\n".join(tail),
+            f"see {log}",
+        )
+
+
+def main() -> None:
+    print(ensure_qemu(rebuild="--rebuild" in sys.argv))
+
+
+if __name__ == "__main__":
+    main()
