@@ -23,7 +23,7 @@ from pathlib import Path
 
 from colo_lab.cmd import need, out, run
 from colo_lab.errors import LabError
-from colo_lab.paths import PACKAGE_DIR, cache_dir
+from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache
 
 GUESTFS = PACKAGE_DIR / "guestfs"
 # Modules the guest loads: the network and disk devices the lab gives it.
@@ -104,6 +104,7 @@ def ensure_guest() -> Guest:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "DONE").exists():
             _build(pkg, busybox, dest)
+            prune_cache("guest-", keep=dest)
     kver = (dest / "KERNEL_VERSION").read_text().strip()
     return Guest(kernel=dest / "vmlinuz", initrd=dest / "initrd.gz", kernel_version=kver)
 

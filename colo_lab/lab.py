@@ -93,7 +93,7 @@ class Lab:
         _require_root()
         for tool in ("ip", "curl"):
             need(tool)
-        self.qemu = ensure_qemu()
+        self.qemu = qemu_binary()
         self.guest = ensure_guest()
         if build_only:
             return
@@ -181,7 +181,7 @@ class Lab:
             from colo_lab.guest import cached_guest
             from colo_lab.qemu_build import cached_binary
 
-            self.qemu = self.qemu or cached_binary() or ensure_qemu()
+            self.qemu = self.qemu or _override_qemu() or cached_binary() or ensure_qemu()
             self.guest = self.guest or cached_guest() or ensure_guest()
 
     # Operating -------------------------------------------------------------
@@ -293,6 +293,21 @@ class Lab:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+
+def _override_qemu() -> Path | None:
+    env = os.environ.get("COLO_QEMU")
+    if not env:
+        return None
+    path = Path(env)
+    if not os.access(path, os.X_OK):
+        raise LabError(f"COLO_QEMU={env} is not an executable", "unset it or fix the path")
+    return path
+
+
+def qemu_binary() -> Path:
+    """$COLO_QEMU if set, else the lab's patched build (built on first use)."""
+    return _override_qemu() or ensure_qemu()
 
 
 def _require_root() -> None:

@@ -9,6 +9,7 @@ images) lives in a run directory that `colo-lab down` removes.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -27,3 +28,10 @@ def cache_dir() -> Path:
 def run_root() -> Path:
     """Parent of all lab run directories: $COLO_RUN_DIR, else /run/colo-lab."""
     return Path(os.environ.get("COLO_RUN_DIR", "/run/colo-lab"))
+
+
+def prune_cache(prefix: str, keep: Path) -> None:
+    """Remove older builds of one kind: the cache holds only the build in use."""
+    for old in cache_dir().glob(prefix + "*"):
+        if old != keep and old.is_dir() and not old.name.endswith(".work"):
+            shutil.rmtree(old, ignore_errors=True)

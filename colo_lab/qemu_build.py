@@ -24,7 +24,7 @@ from pathlib import Path
 
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
-from colo_lab.paths import PACKAGE_DIR, cache_dir
+from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache
 
 PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
 
@@ -103,6 +103,7 @@ def ensure_qemu(*, rebuild: bool = False) -> Path:
             return binary
         _build(version, out)
         _point_current(root, out)
+        prune_cache("qemu-", keep=out)
     return binary
 
 

@@ -1,0 +1,38 @@
+# The two commands of the README:
+#   make demo   set up this host and run the demo (the main job)
+#   make test   set up this host and run the whole test suite (what CI runs)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: demo test bootstrap build unit system lint bench clean
+
+bootstrap:
+	bash scripts/bootstrap
+
+# The patched QEMU (about 10 min once) and the guest, cached outside the repo.
+build: bootstrap
+	$(VENV)/bin/colo-lab build
+
+demo: build
+	$(VENV)/bin/colo-lab smoke --name demo --checkpoints 20
+
+test: build lint
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) tests
+
+unit: bootstrap
+	$(PYTEST) tests/unit
+
+system: build
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) tests/system
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: build
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	-for n in $$(ls /run/colo-lab 2>/dev/null); do $(VENV)/bin/colo-lab down --name $$n; done
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,37 @@
+"""`colo-lab` command-line behaviour that needs no root."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from colo_lab.cli import build_parser, main
+from colo_lab.errors import LabError
+from colo_lab.lab import Lab
+
+CLI = [sys.executable, "-m", "colo_lab.cli"]
+
+
+def test_unknown_subcommand_is_one_line() -> None:
+    res = subprocess.run([*CLI, "frobnicate"], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1
+    assert "unknown command 'frobnicate'" in res.stderr and "up, down, status" in res.stderr
+
+
+def test_help_has_examples() -> None:
+    text = build_parser().format_help()
+    assert "examples:" in text and "colo-lab up" in text and "colo-lab down" in text
+
+
+@pytest.mark.parametrize("name", ["", "UPPER", "has-dash", "waytoolongname"])
+def test_bad_lab_name_says_the_fix(name: str) -> None:
+    with pytest.raises(LabError, match="1-10 lower-case letters or digits"):
+        Lab(name)
+
+
+def test_status_of_absent_lab(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--name", "absent0"]) == 0
+    assert "down" in capsys.readouterr().out
