@@ -1,0 +1,96 @@
+"""The stand-in VM's service: the lab guest's HTTP/1.1 keep-alive endpoints, in Python.
+
+Deterministic endpoints give the same response bytes on every replica (no Date or Server
+header); GET /random differs on purpose (to cause divergence). Same paths as the guest's
+busybox service (colo_lab/guestfs/service.sh), so tests run against either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socketserver
+import uuid
+from http.server import BaseHTTPRequestHandler
+from typing import ClassVar
+
+PATTERN = bytes((i * 7 + 13) & 0xFF for i in range(1 << 20))
+MAX_BLOB = 64 << 20
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    kv: ClassVar[dict[str, bytes]] = {}
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # No Date and no Server header: those would make replicas differ.
+        self.send_response_only(code, message)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _reply(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def do_GET(self) -> None:
+        path = self.path
+        if path == "/":
+            self._reply(200, b"colo lab service\n")
+        elif path == "/health":
+            self._reply(200, b"ok\n")
+        elif path.startswith("/blob/") and path[6:].isdigit() and int(path[6:]) <= MAX_BLOB:
+            n = int(path[6:])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            while n > 0:
+                chunk = PATTERN[: min(n, len(PATTERN))]
+                self.wfile.write(chunk)
+                n -= len(chunk)
+        elif path.startswith("/kv/") and path[4:] in self.kv:
+            self._reply(200, self.kv[path[4:]])
+        elif path == "/random":
+            self._reply(200, f"{uuid.uuid4()}\n".encode())
+        else:
+            self._reply(404, b"not found\n")
+
+    def do_POST(self) -> None:
+        body = self._body()
+        if self.path == "/echo":
+            self._reply(200, body)
+        else:
+            self._reply(404, b"not found\n")
+
+    def do_PUT(self) -> None:
+        body = self._body()
+        if self.path.startswith("/kv/") and "/" not in self.path[4:]:
+            self.kv[self.path[4:]] = body
+            self._reply(200, f"stored {len(body)}\n".encode())
+        else:
+            self._reply(400, b"bad key\n")
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=80)
+    args = ap.parse_args()
+    with Server(("0.0.0.0", args.port), Handler) as srv:
+        print("standin: service ready", flush=True)
+        srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
