@@ -1,0 +1,52 @@
+/* Shared between the BPF programs and colo_proxy/datapath.py (which mirrors these
+ * numbers and layouts; keep them in step). */
+#ifndef COLO_H
+#define COLO_H
+
+/* Per-CPU counters, one array slot each. */
+enum colo_counter {
+	C_MIRROR_PKTS,     /* primary: client packets cloned onto the forward link */
+	C_MIRROR_BYTES,
+	C_CLONE_FAIL,      /* primary: bpf_clone_redirect failed (copy lost) */
+	C_ISN_CLONES,      /* primary: PVM SYN/SYN-ACK copies sent for offset learning */
+	C_SVM_OUT_PKTS,    /* primary: SVM output arriving on the forward link */
+	C_SVM_OUT_BYTES,
+	C_FWD_IN_PKTS,     /* secondary: mirrored input redirected into the SVM's tap */
+	C_FWD_IN_BYTES,
+	C_TAP_OUT_PKTS,    /* secondary: SVM output taken off its tap */
+	C_TAP_OUT_BYTES,
+	C_REDIRECT_FAIL,
+	C_ACK_REWRITES,    /* secondary: ack += offset toward the SVM */
+	C_SACK_REWRITES,   /* secondary: SACK block edges += offset */
+	C_SEQ_REWRITES,    /* secondary: seq -= offset from the SVM */
+	C_PVM_ISN,         /* secondary: PVM ISNs learned */
+	C_SVM_ISN,         /* secondary: SVM ISNs learned */
+	C_NON_IP,          /* frames that are not IPv4 (passed, never rewritten) */
+	C_MAX,
+};
+
+/* One TCP connection, addresses and ports in network byte order, VM's side first. */
+struct colo_flow {
+	__u32 vm_ip;
+	__u32 peer_ip;
+	__u16 vm_port;
+	__u16 peer_port;
+};
+
+#define COLO_HAVE_PVM 1
+#define COLO_HAVE_SVM 2
+
+/* Sequence offset of one connection: offset = svm_isn - pvm_isn once both are known. */
+struct colo_offset {
+	__u32 pvm_isn;
+	__u32 svm_isn;
+	__u32 offset;
+	__u32 have;
+};
+
+/* mode[0]: 0 protected (mirror/steer), 1 pass-through (failover: no mirror; secondary
+ * output to its bridge, old connections still rewritten, new ones not learned). */
+#define COLO_MODE_PROTECTED 0
+#define COLO_MODE_PASSTHROUGH 1
+
+#endif

@@ -1,0 +1,264 @@
+"""Load the BPF programs of colo_proxy/bpf with bcc and attach them to tc clsact hooks.
+
+The only module that imports bcc and pyroute2. Every filter we add is named
+`colo_<program>` (TCA_BPF_NAME), so `cleanup()` finds and removes them after a crash
+without any state from the process that added them; the programs themselves are freed
+by the kernel once no filter and no process holds them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+BPF_DIR = Path(__file__).resolve().parent / "bpf"
+NAME_PREFIX = "colo_"
+INGRESS = 0xFFFFFFF2  # clsact ingress ("ffff:fff2")
+EGRESS = 0xFFFFFFF3
+CLSACT_HANDLE = 0xFFFF0000
+# One preference for all our filters so that they never collide with an operator's.
+PRIO = 0xC010
+
+# Mirrors enum colo_counter in bpf/colo.h (same order).
+COUNTERS = (
+    "mirror_packets", "mirror_bytes", "clone_failures", "isn_clones",
+    "svm_out_packets", "svm_out_bytes", "fwd_in_packets", "fwd_in_bytes",
+    "tap_out_packets", "tap_out_bytes", "redirect_failures",
+    "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
+    "non_ip",
+)
+MODE_PROTECTED = 0
+MODE_PASSTHROUGH = 1
+
+# (program, interface role, direction) per host role.
+HOOKS = {
+    "primary": (("colo_mirror", "tap", EGRESS), ("colo_pvm_out", "tap", INGRESS),
+                ("colo_svm_in", "fwd", INGRESS)),
+    "secondary": (("colo_fwd_in", "fwd", INGRESS), ("colo_tap_eg", "tap", EGRESS),
+                  ("colo_tap_in", "tap", INGRESS)),
+}
+
+
+def mac_to_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Offset:
+    vm_ip: str
+    vm_port: int
+    peer_ip: str
+    peer_port: int
+    pvm_isn: int
+    svm_isn: int
+    offset: int
+    complete: bool
+
+
+class Datapath:
+    """The programs of one host role, attached while the context is open."""
+
+    def __init__(self, role: str, *, tap: str, fwd: str, vm_mac: str) -> None:
+        if role not in HOOKS:
+            raise ValueError(f"role must be primary or secondary, not {role!r}")
+        self.role, self.tap, self.fwd, self.vm_mac = role, tap, fwd, vm_mac
+        self._bpf: Any = None
+        self._ipr: IPRoute | None = None
+        self.attached: list[tuple[str, str, int]] = []
+
+    def __enter__(self) -> Datapath:
+        try:
+            self.attach()
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        from bcc import BPF  # imported here: bcc is slow to import and needs root
+
+        self._ipr = ipr = IPRoute()
+        idx = {"tap": _ifindex(ipr, self.tap), "fwd": _ifindex(ipr, self.fwd)}
+        cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={idx['fwd']}",
+                  f"-DTAP_IFINDEX={idx['tap']}", f"-DVM_MAC={mac_to_int(self.vm_mac):#x}ULL"]
+        self._bpf = BPF(src_file=str(BPF_DIR / f"{self.role}.bpf.c"), cflags=cflags)
+        # A crashed predecessor may have left filters: replace them, never stack on them.
+        cleanup(ifnames=[self.tap, self.fwd], ipr=ipr)
+        for prog, which, parent in HOOKS[self.role]:
+            fn = self._bpf.load_func(prog, self._bpf.SCHED_CLS)
+            _ensure_clsact(ipr, idx[which])
+            ipr.tc("add-filter", "bpf", idx[which], ":1", fd=fn.fd, name=prog,
+                   parent=parent, classid=1, direct_action=True, prio=PRIO)
+            self.attached.append((prog, self.tap if which == "tap" else self.fwd, parent))
+
+    def detach(self) -> None:
+        if self._ipr is not None:
+            cleanup(ifnames=[self.tap, self.fwd], ipr=self._ipr)
+            self._ipr.close()
+            self._ipr = None
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+        self.attached.clear()
+
+    # Maps ------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        table = self._bpf["counters"]
+        out = {}
+        for i, name in enumerate(COUNTERS):
+            out[name] = int(sum(table[ctypes.c_int(i)]))
+        return out
+
+    def set_mode(self, mode: int) -> None:
+        self._bpf["mode"][ctypes.c_int(0)] = ctypes.c_uint32(mode)
+
+    def mode(self) -> int:
+        return int(self._bpf["mode"][ctypes.c_int(0)].value)
+
+    def reset_offsets(self) -> int:
+        """Forget every offset (after a checkpoint the SVM has the PVM's TCP state)."""
+        if self.role != "secondary":
+            return 0
+        table = self._bpf["offsets"]
+        n = len(list(table.keys()))
+        table.clear()
+        return n
+
+    def offsets(self) -> list[Offset]:
+        if self.role != "secondary":
+            return []
+        out = []
+        for k, v in self._bpf["offsets"].items():
+            out.append(Offset(_ip(k.vm_ip), _port(k.vm_port), _ip(k.peer_ip), _port(k.peer_port),
+                              v.pvm_isn, v.svm_isn, v.offset, v.have == 3))
+        return out
+
+
+def _ip(raw: int) -> str:
+    return ".".join(str(b) for b in raw.to_bytes(4, "little"))
+
+
+def _port(raw: int) -> int:
+    return int.from_bytes(raw.to_bytes(2, "little"), "big")
+
+
+def _ifindex(ipr: IPRoute, name: str) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise RuntimeError(f"no interface named {name!r} in this network namespace")
+    return int(found[0])
+
+
+def _ensure_clsact(ipr: IPRoute, index: int) -> None:
+    try:
+        ipr.tc("add", "clsact", index)
+    except NetlinkError as exc:
+        if exc.code != 17:  # EEXIST: one clsact serves every filter on the device
+            raise
+
+
+def _filters(ipr: IPRoute, index: int) -> Iterator[tuple[int, str, int, int]]:
+    """(parent, name, prio, bpf prog id) of every bpf filter on a clsact hook."""
+    for parent in (INGRESS, EGRESS):
+        try:
+            msgs = ipr.get_filters(index=index, parent=parent)
+        except NetlinkError:
+            continue  # no clsact on this device
+        for m in msgs:
+            opts = m.get_attr("TCA_OPTIONS")
+            if m.get_attr("TCA_KIND") != "bpf" or opts is None:
+                continue
+            name = opts.get_attr("TCA_BPF_NAME") or ""
+            prio = m["info"] >> 16
+            yield parent, name, prio, int(opts.get_attr("TCA_BPF_ID") or 0)
+
+
+def attached(ifnames: list[str] | None = None) -> list[dict[str, Any]]:
+    """Our filters in this namespace: interface, hook, name and BPF program id.
+
+    Read with `tc -j` because pyroute2 0.9 does not decode TCA_BPF_ID.
+    """
+    out = []
+    with IPRoute() as ipr:
+        names = [lk.get_attr("IFLA_IFNAME") for lk in ipr.get_links()]
+    for name in names:
+        if ifnames is not None and name not in ifnames:
+            continue
+        for hook in ("ingress", "egress"):
+            proc = subprocess.run(["tc", "-j", "filter", "show", "dev", name, hook],
+                                  capture_output=True, text=True, check=False)
+            try:
+                rows = json.loads(proc.stdout or "[]")
+            except ValueError:
+                continue
+            for row in rows:
+                opts = row.get("options") or {}
+                fname = str(opts.get("bpf_name", ""))
+                if fname.startswith(NAME_PREFIX):
+                    out.append({"ifname": name, "hook": hook, "name": fname.split(":")[0],
+                                "prog_id": int(opts.get("prog", {}).get("id", 0))})
+    return out
+
+
+def cleanup(ifnames: list[str] | None = None, ipr: IPRoute | None = None) -> list[str]:
+    """Remove our filters (by name prefix) and any clsact left empty; returns what went."""
+    own = ipr is None
+    ipr = ipr or IPRoute()
+    removed = []
+    try:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            if ifnames is not None and name not in ifnames:
+                continue
+            idx = link["index"]
+            had_ours = False
+            others = 0
+            for parent, fname, prio, _id in list(_filters(ipr, idx)):
+                if not fname.startswith(NAME_PREFIX):
+                    others += 1
+                    continue
+                had_ours = True
+                try:
+                    ipr.tc("del-filter", "bpf", idx, parent=parent, prio=prio)
+                    removed.append(f"tc filter {fname} on {name}")
+                except NetlinkError as exc:
+                    if exc.code != 2:
+                        raise
+            if had_ours and others == 0:
+                try:
+                    ipr.tc("del", "clsact", idx)
+                    removed.append(f"clsact qdisc on {name}")
+                except NetlinkError as exc:
+                    if exc.code not in (2, 22):
+                        raise
+    finally:
+        if own:
+            ipr.close()
+    return removed
+
+
+def prog_exists(prog_id: int) -> bool:
+    """Whether a BPF program id is still loaded (BPF_PROG_GET_FD_BY_ID)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint8 * 128)()
+    ctypes.c_uint32.from_buffer(attr, 0).value = prog_id
+    sys_bpf, cmd = 321, 13  # __NR_bpf on x86_64, BPF_PROG_GET_FD_BY_ID
+    fd = libc.syscall(sys_bpf, cmd, attr, 128)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
