@@ -14,6 +14,8 @@
 #include "colo.h"
 #include "parse.h"
 
+/* Map definitions and their .lookup() calls must be in the main file: bcc rewrites
+ * only that file, so these few lines are repeated in secondary.bpf.c. */
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 BPF_ARRAY(mode, u32, 1);
 
