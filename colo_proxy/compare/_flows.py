@@ -1,0 +1,580 @@
+"""Per-flow comparison state: TCP byte streams and datagram sets.
+
+Theory of operation (TCP)
+-------------------------
+Each side's payload is placed in one coordinate system, the *stream offset*: 0 is the first
+payload byte (ISN + 1) when that side's SYN was seen; otherwise both sides are assumed to
+share one sequence space (true after a checkpoint, and in production where the rewriter turns
+SVM sequence numbers into the PVM's) and the offset is taken from a common base. 32-bit
+sequence numbers are unwrapped against the current position, so streams beyond 4 GiB and
+retransmissions below it work.
+
+``matched`` is the offset up to which both sides produced the same bytes (or a checkpoint
+made them equal). Bytes beyond it wait in per-side sorted segment lists and are compared as
+soon as both sides have them, whatever the segmentation. A PVM packet is released when
+``matched`` reaches its end, the SVM's FIN/RST/SYN agree with its flags, and the SVM has
+acknowledged client data at least as far as the packet's ACK.
+
+ACK gating compares ACK numbers directly: both VMs receive the same client packets, so they
+acknowledge in the client's sequence space, not their own. Only when the two replicas were fed
+by different clients (replay of two separate runs) do the client ISNs differ; the ACK is then
+taken relative to the ACK of that side's handshake, like the payload offset.
+
+Held PVM packets are released in arrival order: releasing a later segment first would only
+make the client see reordering and send duplicate ACKs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from colo_proxy.compare import _stream
+from colo_proxy.compare._stream import Segment
+from colo_proxy.compare.events import PacketId, Reason
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+# "Nothing acknowledged yet" for the SVM, "no ACK to gate on" for a PVM packet.
+NO_ACK = -(1 << 62)
+NO_TOP = -(1 << 62)
+
+# Flow states.
+COMPARE = 0
+DIVERGED = 1  # a checkpoint is due: hold PVM output, discard SVM output
+PASS = 2  # allow-listed or policy: release and drop at once
+
+# What a held PVM packet waits for besides payload and ACK.
+NEED_SYN = 1
+NEED_FIN = 2
+NEED_RST = 4
+NEED_CHECKPOINT = 8  # held while DIVERGED: only a checkpoint releases it
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+ACK = 0x10
+
+Divergence = tuple[str, int | None]
+# Held PVM TCP packet: (id, stream end, ACK offset, NEED_* bits, arrival time).
+HeldTcp = tuple[PacketId, int, int, int, float]
+# Held PVM datagram: (id, compared bytes, arrival time).
+HeldDatagram = tuple[PacketId, bytes, float]
+
+
+class FlowState:
+    """What every flow has: identity, liveness, and bookkeeping for the comparator."""
+
+    __slots__ = (
+        "busy",
+        "epoch",
+        "held",
+        "key",
+        "last",
+        "nbytes",
+        "npkts",
+        "proto",
+        "s_ids",
+        "state",
+        "timer",
+    )
+    # Held PVM packets (id first) and kept SVM packets (id first); None when empty, to keep
+    # idle flows small.
+    held: list[Any] | None
+    s_ids: list[Any] | None
+
+    def __init__(self, key: bytes, proto: int, now: float, epoch: int, state: int) -> None:
+        self.key = key
+        self.proto = proto
+        self.last = now
+        self.epoch = epoch
+        self.state = state
+        self.timer = False  # has an entry in the comparator's timer heap
+        self.busy = False  # is in the comparator's set of flows holding something
+        self.npkts = 0  # packets held (PVM) or kept (SVM)
+        self.nbytes = 0  # payload bytes stored for comparison
+        # TCP: held (id, stream end, ACK offset, NEED_* bits, arrival time), kept SVM
+        # (id, stream end), dropped once matched reaches the end. Datagrams: held
+        # (id, compared bytes, arrival time), kept SVM (id, compared bytes).
+        self.held = None
+        self.s_ids = None
+
+    def oldest(self) -> float | None:
+        """Arrival time of the oldest held PVM packet."""
+        raise NotImplementedError
+
+    def is_closed(self) -> bool:
+        """The VM ended its side of the flow: a short linger is enough before forgetting it."""
+        return False
+
+    def flush(self, rel: list[PacketId], drop: list[PacketId]) -> None:
+        """Checkpoint done: give up every held PVM packet and every kept SVM packet."""
+        if self.held:
+            rel.extend(h[0] for h in self.held)
+        if self.s_ids:
+            drop.extend(s[0] for s in self.s_ids)
+        self.held = None
+        self.s_ids = None
+        self.npkts = 0
+        self.nbytes = 0
+        self._forget_data()
+
+    def diverge(self, drop: list[PacketId]) -> None:
+        """Stop comparing until the checkpoint: keep held PVM packets, drop SVM data."""
+        self.state = DIVERGED
+        if self.s_ids:
+            drop.extend(s[0] for s in self.s_ids)
+            self.npkts -= len(self.s_ids)
+        self.s_ids = None
+        self.nbytes = 0
+        self._forget_data()
+        # Packets held from before keep their place; they now wait for the checkpoint only.
+        if self.held:
+            self.held = [self._waiting_for_checkpoint(h) for h in self.held]
+
+    def _forget_data(self) -> None:
+        """Drop what is stored for comparison besides the packet lists."""
+
+    def _waiting_for_checkpoint(self, held: Any) -> Any:
+        raise NotImplementedError
+
+    def resync(self, epoch: int) -> None:
+        """After a checkpoint the SVM holds the PVM's state: start comparing afresh."""
+        self.epoch = epoch
+        if self.state == DIVERGED:
+            self.state = COMPARE
+
+
+class TcpFlow(FlowState):
+    __slots__ = (
+        "matched",
+        "p_abase",
+        "p_amax",
+        "p_base",
+        "p_fin",
+        "p_rst",
+        "p_segs",
+        "p_syn",
+        "p_top",
+        "s_abase",
+        "s_ack",
+        "s_base",
+        "s_fin",
+        "s_rst",
+        "s_segs",
+        "s_syn",
+        "s_top",
+    )
+
+    def __init__(self, key: bytes, proto: int, now: float, epoch: int, state: int) -> None:
+        super().__init__(key, proto, now, epoch, state)
+        self.matched: int | None = None  # None until the first PVM packet anchors the stream
+        self.p_base: int | None = None
+        self.s_base: int | None = None
+        self.p_abase: int | None = None
+        self.s_abase: int | None = None
+        self.p_syn = False
+        self.s_syn = False
+        self.p_top = NO_TOP  # highest stream end seen from each side
+        self.s_top = NO_TOP
+        self.p_amax = NO_ACK
+        self.s_ack = NO_ACK
+        self.p_fin: int | None = None
+        self.s_fin: int | None = None
+        self.p_rst = False
+        self.s_rst = False
+        self.p_segs: list[Segment] | None = None
+        self.s_segs: list[Segment] | None = None
+
+    # -- PVM ---------------------------------------------------------------------------
+    def primary(
+        self,
+        pid: PacketId,
+        seq: int,
+        ack: int,
+        flags: int,
+        data: bytes,
+        now: float,
+        rel: list[PacketId],
+        drop: list[PacketId],
+    ) -> Divergence | None:
+        st = self.state
+        if st:
+            if st == PASS:
+                rel.append(pid)
+            else:
+                self._hold(pid, 0, NO_ACK, NEED_CHECKPOINT, now)
+            return None
+        if flags & SYN and not self.p_syn:
+            self.p_syn = True
+            self.p_base = (seq + 1) & MASK
+            self.p_abase = None
+        base = self.p_base
+        if base is None:
+            base = self.p_base = self.s_base if self.s_base is not None else seq
+        m = self.matched
+        ref = 0 if m is None else m
+        start = ref + ((seq - base - ref + HALF) & MASK) - HALF
+        if flags & SYN:
+            start = 0 if start < 0 else start
+        if m is None:
+            m = self.matched = start
+            if self.s_segs:
+                self._trim_svm(m, drop)
+        end = start + len(data)
+        if end > self.p_top:
+            self.p_top = end
+        aoff = NO_ACK
+        if flags & ACK:
+            ab = self.p_abase
+            if ab is None:
+                ab = self.p_abase = ack if self.p_syn or self.s_abase is None else self.s_abase
+            aref = self.s_ack if self.s_ack != NO_ACK else 0
+            aoff = aref + ((ack - ab - aref + HALF) & MASK) - HALF
+            if aoff > self.p_amax:
+                self.p_amax = aoff
+        need = 0
+        if flags & (SYN | FIN | RST):
+            if flags & SYN:
+                need = NEED_SYN
+            if flags & FIN:
+                need |= NEED_FIN
+                if self.p_fin is None:
+                    self.p_fin = end
+            if flags & RST:
+                need |= NEED_RST
+                self.p_rst = True
+        div = None
+        if end > m:
+            segs = self.p_segs
+            if segs is None:
+                segs = self.p_segs = []
+            self.nbytes += _stream.insert(
+                segs, start if start >= m else m, data if start >= m else data[m - start :]
+            )
+            if self.s_segs:
+                div = self._compare(drop)
+        if div is None and (self.p_fin is not None or self.s_fin is not None):
+            div = self._check_fin()
+        if div is not None:
+            self._hold(pid, end, aoff, need, now)
+            self.diverge(drop)
+            return div
+        if self.held:
+            self._release(rel)
+        m = self.matched
+        assert m is not None  # anchored above
+        if (
+            not self.held
+            and end <= m
+            and aoff <= self.s_ack
+            and (not need or self._flags_ready(need))
+        ):
+            rel.append(pid)
+        else:
+            self._hold(pid, end, aoff, need, now)
+        return None
+
+    # -- SVM ---------------------------------------------------------------------------
+    def secondary(
+        self,
+        sid: PacketId,
+        seq: int,
+        ack: int,
+        flags: int,
+        data: bytes,
+        now: float,
+        rel: list[PacketId],
+        drop: list[PacketId],
+    ) -> Divergence | None:
+        if self.state:
+            drop.append(sid)
+            return None
+        if flags & SYN and not self.s_syn:
+            self.s_syn = True
+            self.s_base = (seq + 1) & MASK
+            self.s_abase = None
+        base = self.s_base
+        if base is None:
+            base = self.s_base = self.p_base if self.p_base is not None else seq
+        m = self.matched
+        ref = 0 if m is None else m
+        start = ref + ((seq - base - ref + HALF) & MASK) - HALF
+        if flags & SYN:
+            start = 0 if start < 0 else start
+        end = start + len(data)
+        if end > self.s_top:
+            self.s_top = end
+        if flags & ACK:
+            ab = self.s_abase
+            if ab is None:
+                ab = self.s_abase = ack if self.s_syn or self.p_abase is None else self.p_abase
+            aref = self.s_ack if self.s_ack != NO_ACK else 0
+            aoff = aref + ((ack - ab - aref + HALF) & MASK) - HALF
+            if aoff > self.s_ack:
+                self.s_ack = aoff
+        if flags & FIN and self.s_fin is None:
+            self.s_fin = end
+        if flags & RST:
+            self.s_rst = True
+        div = None
+        if m is None or end > m:
+            segs = self.s_segs
+            if segs is None:
+                segs = self.s_segs = []
+            if m is not None and start < m:
+                self.nbytes += _stream.insert(segs, m, data[m - start :])
+            else:
+                self.nbytes += _stream.insert(segs, start, data)
+            ids = self.s_ids
+            if ids is None:
+                self.s_ids = [(sid, end)]
+            else:
+                ids.append((sid, end))
+            self.npkts += 1
+            if self.p_segs and m is not None:
+                div = self._compare(drop)
+        else:
+            drop.append(sid)
+        if div is None and (self.p_fin is not None or self.s_fin is not None):
+            div = self._check_fin()
+        if div is not None:
+            self.diverge(drop)
+            return div
+        if self.held:
+            self._release(rel)
+        return None
+
+    # -- internals ---------------------------------------------------------------------
+    def _hold(self, pid: PacketId, end: int, aoff: int, need: int, now: float) -> None:
+        held = self.held
+        if held is None:
+            self.held = [(pid, end, aoff, need, now)]
+        else:
+            held.append((pid, end, aoff, need, now))
+        self.npkts += 1
+
+    def _flags_ready(self, need: int) -> bool:
+        if need & NEED_CHECKPOINT:
+            return False
+        if need & NEED_SYN and not self.s_syn:
+            return False
+        if need & NEED_FIN and (self.s_fin is None or self.s_fin != self.p_fin):
+            return False
+        return not (need & NEED_RST and not self.s_rst)
+
+    def _release(self, rel: list[PacketId]) -> None:
+        held = self.held
+        assert held is not None and self.matched is not None
+        m = self.matched
+        sack = self.s_ack
+        n = 0
+        for pid, end, aoff, need, _t in held:
+            if end > m or aoff > sack or (need and not self._flags_ready(need)):
+                break
+            rel.append(pid)
+            n += 1
+        if n:
+            if n == len(held):
+                self.held = None
+            else:
+                del held[:n]
+            self.npkts -= n
+
+    def _compare(self, drop: list[PacketId]) -> Divergence | None:
+        ps = self.p_segs
+        ss = self.s_segs
+        assert ps is not None and ss is not None and self.matched is not None
+        m = self.matched
+        while ps and ss:
+            pst, pd = ps[0]
+            sst, sd = ss[0]
+            if pst > m or sst > m:
+                break
+            po = m - pst
+            so = m - sst
+            pl = len(pd) - po
+            sl = len(sd) - so
+            if po == 0 and so == 0 and pl == sl:
+                if pd != sd:
+                    self.matched = m
+                    return Reason.PAYLOAD, m + _stream.first_difference(pd, sd)
+                n = pl
+            else:
+                n = pl if pl < sl else sl
+                a = pd[po : po + n]
+                b = sd[so : so + n]
+                if a != b:
+                    self.matched = m
+                    return Reason.PAYLOAD, m + _stream.first_difference(a, b)
+            m += n
+            if n == pl:
+                ps.pop(0)
+                self.nbytes -= len(pd)
+            if n == sl:
+                ss.pop(0)
+                self.nbytes -= len(sd)
+        self.matched = m
+        if not ps:
+            self.p_segs = None
+        if not ss:
+            self.s_segs = None
+        ids = self.s_ids
+        if ids:
+            n = 0
+            for sid, end in ids:
+                if end > m:
+                    break
+                drop.append(sid)
+                n += 1
+            if n:
+                if n == len(ids):
+                    self.s_ids = None
+                else:
+                    del ids[:n]
+                self.npkts -= n
+        return None
+
+    def _check_fin(self) -> Divergence | None:
+        pf = self.p_fin
+        sf = self.s_fin
+        if pf is not None:
+            if sf is not None and sf != pf:
+                return Reason.TCP_FLAGS, min(pf, sf)
+            if self.s_top > pf:
+                return Reason.TCP_FLAGS, pf
+        if sf is not None and self.p_top > sf:
+            return Reason.TCP_FLAGS, sf
+        return None
+
+    def _trim_svm(self, m: int, drop: list[PacketId]) -> None:
+        """The stream was anchored at ``m``: SVM bytes below it predate the comparison."""
+        if self.s_segs is not None:
+            self.nbytes -= _stream.trim_below(self.s_segs, m)
+            if not self.s_segs:
+                self.s_segs = None
+        if self.s_ids:
+            keep = [(sid, end) for sid, end in self.s_ids if end > m]
+            for sid, end in self.s_ids:
+                if end <= m:
+                    drop.append(sid)
+            self.npkts -= len(self.s_ids) - len(keep)
+            self.s_ids = keep or None
+
+    def oldest(self) -> float | None:
+        return self.held[0][4] if self.held else None
+
+    def is_closed(self) -> bool:
+        return self.p_rst or self.p_fin is not None
+
+    def _forget_data(self) -> None:
+        self.p_segs = None
+        self.s_segs = None
+
+    def _waiting_for_checkpoint(self, held: HeldTcp) -> HeldTcp:
+        return (held[0], held[1], held[2], NEED_CHECKPOINT, held[4])
+
+    def resync(self, epoch: int) -> None:
+        super().resync(epoch)
+        # Everything the PVM sent before the checkpoint is committed, and the SVM's TCP stack
+        # is now the PVM's: same sequence space, same ACKs, same FIN/RST/SYN history.
+        if self.p_top != NO_TOP:
+            self.matched = self.p_top if self.matched is None else max(self.matched, self.p_top)
+        self.s_base = self.p_base
+        self.s_abase = self.p_abase
+        self.s_syn = self.p_syn
+        self.s_fin = self.p_fin
+        self.s_rst = self.p_rst
+        self.s_top = self.p_top
+        if self.p_amax != NO_ACK:
+            self.s_ack = self.p_amax
+
+
+class DatagramFlow(FlowState):
+    """UDP, ICMP, other protocols, fragments: whole datagrams matched in any order."""
+
+    __slots__ = ()
+
+    def primary(
+        self,
+        pid: PacketId,
+        body: bytes,
+        now: float,
+        window: int,
+        rel: list[PacketId],
+        drop: list[PacketId],
+    ) -> Divergence | None:
+        st = self.state
+        if st:
+            if st == PASS:
+                rel.append(pid)
+            else:
+                self._hold(pid, b"", now)
+            return None
+        sp = self.s_ids
+        if sp:
+            for i, (sid, body2) in enumerate(sp):
+                if body2 == body:
+                    del sp[i]
+                    if not sp:
+                        self.s_ids = None
+                    drop.append(sid)
+                    rel.append(pid)
+                    self.npkts -= 1
+                    self.nbytes -= len(body2)
+                    return None
+        self._hold(pid, body, now)
+        self.nbytes += len(body)
+        return self._window(window, drop)
+
+    def secondary(
+        self, sid: PacketId, body: bytes, window: int, rel: list[PacketId], drop: list[PacketId]
+    ) -> Divergence | None:
+        if self.state:
+            drop.append(sid)
+            return None
+        held = self.held
+        if held:
+            for i, (pid, body2, _t) in enumerate(held):
+                if body2 == body:
+                    del held[i]
+                    if not held:
+                        self.held = None
+                    rel.append(pid)
+                    drop.append(sid)
+                    self.npkts -= 1
+                    self.nbytes -= len(body2)
+                    return None
+        if self.s_ids is None:
+            self.s_ids = [(sid, body)]
+        else:
+            self.s_ids.append((sid, body))
+        self.npkts += 1
+        self.nbytes += len(body)
+        return self._window(window, drop)
+
+    def _hold(self, pid: PacketId, body: bytes, now: float) -> None:
+        if self.held is None:
+            self.held = [(pid, body, now)]
+        else:
+            self.held.append((pid, body, now))
+        self.npkts += 1
+
+    def _window(self, window: int, drop: list[PacketId]) -> Divergence | None:
+        held, sp = self.held, self.s_ids
+        if held and sp and (len(held) > window or len(sp) > window):
+            div = self.mismatch()
+            self.diverge(drop)
+            return div
+        return None
+
+    def mismatch(self) -> Divergence:
+        """Where the oldest unmatched datagrams of the two sides differ."""
+        if self.held and self.s_ids:
+            return Reason.DATAGRAM, _stream.first_difference(self.held[0][1], self.s_ids[0][1])
+        return Reason.TIMEOUT, None
+
+    def oldest(self) -> float | None:
+        return self.held[0][2] if self.held else None
+
+    def _waiting_for_checkpoint(self, held: HeldDatagram) -> HeldDatagram:
+        return (held[0], b"", held[2])

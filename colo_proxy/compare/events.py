@@ -1,0 +1,110 @@
+"""Commands, flow names and reasons: the vocabulary of the comparator.
+
+Commands are imperatives for the caller (release these PVM packets, drop these SVM packets,
+request a checkpoint, tick me at T). They are frozen and slotted so that tests compare them
+with ``==`` and the hot path pays as little as possible to build them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+
+PacketId = int
+
+
+class Side(enum.IntEnum):
+    """Which replica produced a packet."""
+
+    PRIMARY = 0
+    SECONDARY = 1
+
+
+class Reason(enum.StrEnum):
+    """Why a checkpoint is requested. A StrEnum, so ``Reason.PAYLOAD == "payload"``."""
+
+    PAYLOAD = "payload"  # first differing byte of a TCP stream
+    TCP_FLAGS = "tcp_flags"  # FIN at different stream positions, data past the other's FIN
+    DATAGRAM = "datagram"  # UDP/ICMP/other datagrams without a twin within the window
+    TIMEOUT = "timeout"  # a PVM packet waited compare_timeout without an SVM twin
+    QUEUE_FULL = "queue_full"  # a per-flow or total bound on held data was reached
+    UNPARSEABLE = "unparseable"  # a PVM packet the parser could not read (policy checkpoint)
+    POLICY = "policy"  # a fragment or other protocol under the "checkpoint" policy
+
+
+REASONS: tuple[str, ...] = tuple(r.value for r in Reason)
+
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A flow as the VMs send it: ``src`` is always the VM's side.
+
+    ``proto`` is the IP protocol number; for fragments and unparseable input the
+    pseudo-flows use ``proto`` 44 (IPv6 Fragment) or -1 and zero ports.
+    """
+
+    proto: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+    def __str__(self) -> str:
+        name = _PROTO_NAMES.get(self.proto, str(self.proto))
+        return f"{name} {_hostport(self.src, self.sport)} > {_hostport(self.dst, self.dport)}"
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def flow_from_key(proto: int, rest: bytes) -> Flow:
+    """Name a flow from the address-and-port part of an internal table key."""
+    if len(rest) == 12:  # IPv4 addresses + ports
+        src, dst = str(ipaddress.IPv4Address(rest[0:4])), str(ipaddress.IPv4Address(rest[4:8]))
+        return Flow(proto, src, int.from_bytes(rest[8:10]), dst, int.from_bytes(rest[10:12]))
+    if len(rest) == 36:  # IPv6 addresses + ports
+        src, dst = str(ipaddress.IPv6Address(rest[0:16])), str(ipaddress.IPv6Address(rest[16:32]))
+        return Flow(proto, src, int.from_bytes(rest[32:34]), dst, int.from_bytes(rest[34:36]))
+    return Flow(-1, "", 0, "", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """These PVM packets may go to the client now, in this order."""
+
+    packet_ids: tuple[PacketId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """These SVM packets are consumed: compared, superseded or discarded by a checkpoint."""
+
+    packet_ids: tuple[PacketId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCheckpoint:
+    """The replicas diverged (or may have): ask the orchestrator for a checkpoint.
+
+    ``offset`` is the index of the first differing byte of the VM-to-client stream of
+    ``flow`` (TCP, counted from the first payload byte) or of the compared datagram; None
+    when the reason has no position (timeout, queue_full, policy, unparseable).
+    """
+
+    reason: str
+    flow: Flow | None
+    offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """Call ``tick`` at (or soon after) time ``at``; a later Wakeup replaces earlier ones."""
+
+    at: float
+
+
+Command = Release | Drop | RequestCheckpoint | Wakeup
