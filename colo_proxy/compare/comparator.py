@@ -175,7 +175,7 @@ class Comparator:
             # PVM segment first and then its SVM twin with equal bytes. It must behave exactly
             # like TcpFlow.primary/secondary (a test replays random traffic through both);
             # anything else goes to _general.
-            if ip_packet[0] == 0x45 and len(ip_packet) >= 40 and self._fast_ok:
+            if len(ip_packet) >= 40 and ip_packet[0] == 0x45 and self._fast_ok:
                 _, tot, frag, proto, _sp, _dp, seq, ack, off, flags = _V4TCP.unpack_from(ip_packet)
                 doff = (off >> 2) & 0x3C
                 if (
