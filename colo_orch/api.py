@@ -1,0 +1,113 @@
+"""The orchestrator's HTTP API: health, state, metrics and operator commands.
+
+GET  /healthz   200 while the daemon loop runs
+GET  /readyz    200 when the VM is part of a protected pair or serves alone; 503 otherwise
+GET  /state     JSON status
+GET  /metrics   Prometheus text format
+POST /checkpoint | /failover | /pause | /resume | /reprotect   operator commands (202)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from colo_orch.core.state import State
+from colo_orch.runner import Orchestrator
+
+COMMANDS = ("checkpoint", "failover", "pause", "resume", "reprotect")
+READY_STATES = {State.PROTECTED.name, State.CHECKPOINTING.name, State.ALONE.name,
+                State.PAUSED.name}
+CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full",
+                      "periodic", "manual", "resume")
+
+
+class OrchestratorCollector(Collector):
+    """Reads the orchestrator's counters at scrape time."""
+
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+
+    def collect(self) -> Iterator[Any]:
+        st = self.orch.status()
+        g = GaugeMetricFamily("colo_orch_state", "Orchestrator state (stable numbers, see "
+                              "colo_orch/core/state.py)", labels=["role"])
+        g.add_metric([st["role"]], st["state_code"])
+        yield g
+        c = CounterMetricFamily("colo_checkpoints", "Checkpoints completed, by reason",
+                                labels=["reason"])
+        counts = st["checkpoints"]
+        for reason in sorted(set(CHECKPOINT_REASONS) | set(counts)):
+            c.add_metric([reason], counts.get(reason, 0))
+        yield c
+        yield CounterMetricFamily("colo_failovers", "Failovers completed", value=st["failovers"])
+        yield CounterMetricFamily("colo_reprotections", "Re-protections started",
+                                  value=st["reprotections"])
+        alive = st["peer_seen_s_ago"] is not None and \
+            st["peer_seen_s_ago"] <= self.orch.cfg.timing.heartbeat_timeout
+        yield GaugeMetricFamily("colo_peer_up", "1 if the peer's heartbeat is current",
+                                value=1 if alive else 0)
+        if st["last_takeover_s"] is not None:
+            yield GaugeMetricFamily("colo_last_takeover_seconds",
+                                    "Time from peer loss to serving alone, last failover",
+                                    value=st["last_takeover_s"])
+
+
+def make_server(orch: Orchestrator, listen: str) -> ThreadingHTTPServer:
+    registry = CollectorRegistry()
+    registry.register(OrchestratorCollector(orch))
+    host, port = listen.rsplit(":", 1)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the orchestrator logs decisions, not scrapes
+
+        def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, obj: Any) -> None:
+            self._send(code, json.dumps(obj, indent=1).encode() + b"\n")
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                self._json(200, {"ok": True})
+            elif path == "/readyz":
+                st = orch.status()
+                ready = st["state"] in READY_STATES
+                self._json(200 if ready else 503, {"ready": ready, "state": st["state"]})
+            elif path == "/state":
+                self._json(200, orch.status())
+            elif path == "/metrics":
+                self._send(200, generate_latest(registry), "text/plain; version=0.0.4")
+            else:
+                self._json(404, {"error": f"no such endpoint {path}"})
+
+        def do_POST(self) -> None:
+            cmd = self.path.strip("/").split("?")[0]
+            if cmd not in COMMANDS:
+                self._json(404, {"error": f"unknown command '{cmd}'; use one of "
+                                 f"{', '.join(COMMANDS)}"})
+                return
+            self._json(202, {"accepted": orch.request(cmd), "state": orch.machine.state.name})
+
+    server = ThreadingHTTPServer((host, int(port)), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
+    t = threading.Thread(target=server.serve_forever, name="api", daemon=True)
+    t.start()
+    return t

@@ -1,0 +1,95 @@
+"""`colo-orch`: the orchestrator daemon of one hypervisor host."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from types import FrameType
+
+from colo_orch.core.config import ConfigError, load
+
+EPILOG = """\
+examples:
+  colo-orch run --config /etc/colo/web1.toml      run the daemon for one protected VM
+  colo-orch check --config /etc/colo/web1.toml    validate the config and this host
+  colo-orch check                                 check this host only (kernel, bcc, QEMU)
+
+The config is TOML; see docs/ORCHESTRATOR.md for every field and the timing rules.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="colo-orch", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    run = sub.add_parser("run", help="run the orchestrator")
+    run.add_argument("--config", required=True)
+    run.add_argument("--host-id", default=None, help="this host's name (default: hostname+role)")
+    chk = sub.add_parser("check", help="check the config and this host's COLO prerequisites")
+    chk.add_argument("--config", default=None)
+    chk.add_argument("--smoke", action="store_true",
+                     help="also run the two-VM COLO smoke check with the lab (about 10 s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        from colo_orch.check import run_check
+
+        return run_check(args.config, smoke=args.smoke)
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"colo-orch: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s colo-orch[%(name)s] %(message)s")
+    from colo_orch.api import make_server, serve_in_background
+    from colo_orch.arbiter import LocalLeaseArbiter
+    from colo_orch.heartbeat import Heartbeat
+    from colo_orch.proxy_link import ProxyLink
+    from colo_orch.qemu.backend import QemuBackend
+    from colo_orch.runner import Orchestrator
+
+    host_id = args.host_id or f"{socket.gethostname()}-{cfg.role}"
+    arbiter_path = cfg.arbiter_path or f"/run/colo/{cfg.name}.lease"
+    try:
+        hb = Heartbeat(cfg.heartbeat_listen, cfg.peer_heartbeat, cfg.timing.heartbeat_interval,
+                       cfg.name)
+    except OSError as exc:
+        print(f"colo-orch: error: heartbeat_listen {cfg.heartbeat_listen}: {exc.strerror}; "
+              "use an address of this host and a free port", file=sys.stderr)
+        return 2
+    orch = Orchestrator(
+        cfg,
+        QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command, qmp_timeout=cfg.timing.qmp_timeout),
+        LocalLeaseArbiter(arbiter_path, cfg.timing.lease_ttl),
+        hb,
+        ProxyLink(cfg.proxy_socket) if cfg.proxy_socket else None,
+        host_id,
+    )
+    try:
+        server = make_server(orch, cfg.api_listen)
+    except OSError as exc:
+        print(f"colo-orch: error: api_listen {cfg.api_listen}: {exc.strerror}; "
+              "use a free port", file=sys.stderr)
+        return 2
+    serve_in_background(server)
+
+    def _term(signum: int, frame: FrameType | None) -> None:
+        orch.stop()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    logging.getLogger("colo_orch").info("started %s as %s (api %s)", cfg.name, cfg.role,
+                                        cfg.api_listen)
+    orch.run()
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The orchestrator's per-host configuration: one TOML file, checked at load.
+
+Every error names the field and the fix. Timing invariants (in the manner of
+Patroni's `loop_wait + 2 * retry_timeout <= ttl`) are checked here, because a
+bad combination shows only as a failover that happens too late or too eagerly.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ROLES = ("primary", "secondary")
+ARBITERS = ("local",)
+
+
+class ConfigError(ValueError):
+    """A configuration problem: str() names the file, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    loop_wait: float = 0.05  # seconds between reconciliation cycles
+    heartbeat_interval: float = 0.1
+    heartbeat_timeout: float = 1.0  # peer lost after this long without a heartbeat
+    checkpoint_min_interval: float = 0.2  # rate limit: requests closer than this coalesce
+    checkpoint_max_interval: float = 10.0  # periodic safety-net checkpoint
+    qmp_timeout: float = 5.0  # a QMP command that takes longer marks the VM hung
+    lease_ttl: float = 2.0  # arbiter lease lifetime; renewed every loop
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str  # the protected VM pair's name
+    role: str  # initial role of this host
+    qmp: str  # command monitor socket of this host's VM
+    qmp_events: str  # second monitor, for events
+    heartbeat_listen: str  # "ADDR:PORT" this host receives heartbeats on
+    peer_heartbeat: str  # "ADDR:PORT" of the peer's heartbeat listener
+    incoming_uri: str  # where our VM waits when we are the secondary ("tcp:ADDR:PORT")
+    api_listen: str = "127.0.0.1:7411"
+    proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
+    vm_command: list[str] = field(default_factory=list)  # argv to (re)start our VM
+    auto_reprotect: bool = True
+    arbiter: str = "local"
+    arbiter_path: str = ""  # lease file of the local arbiter
+    timing: Timing = field(default_factory=Timing)
+
+
+def _fail(path: str, key: str, problem: str, fix: str) -> ConfigError:
+    return ConfigError(f"{path}: {key}: {problem}; {fix}")
+
+
+def parse(text: str, path: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    return from_dict(data, path)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}; check the path") from exc
+    return parse(text, str(p))
+
+
+def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
+    known = {f.name for f in fields(Config)}
+    for key in data:
+        if key not in known:
+            raise _fail(path, key, "unknown field", f"remove it; known fields: {', '.join(sorted(known))}")
+    timing_data = data.get("timing", {})
+    if not isinstance(timing_data, dict):
+        raise _fail(path, "timing", "must be a table", "write it as [timing]")
+    tknown = {f.name for f in fields(Timing)}
+    for key, value in timing_data.items():
+        if key not in tknown:
+            raise _fail(path, f"timing.{key}", "unknown field",
+                        f"remove it; known: {', '.join(sorted(tknown))}")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise _fail(path, f"timing.{key}", f"must be a positive number of seconds, got {value!r}",
+                        f"e.g. {key} = {getattr(Timing(), key)}")
+    timing = Timing(**{k: float(v) for k, v in timing_data.items()})
+    values: dict[str, Any] = {"timing": timing}
+    for f in fields(Config):
+        if f.name == "timing":
+            continue
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise _fail(path, f.name, "missing", f"add {f.name} = ... (see docs/ORCHESTRATOR.md)")
+            continue
+        values[f.name] = data[f.name]
+    cfg = Config(**values)
+    _check(cfg, path)
+    return cfg
+
+
+def _addr(path: str, key: str, value: object) -> None:
+    if not isinstance(value, str) or value.count(":") < 1:
+        raise _fail(path, key, f"{value!r} is not ADDR:PORT", f'write it like {key} = "10.0.0.1:7410"')
+    port = value.rsplit(":", 1)[1]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail(path, key, f"port {port!r} is not 1-65535", "use a free TCP/UDP port")
+
+
+def _check(cfg: Config, path: str) -> None:
+    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path"):
+        if not isinstance(getattr(cfg, key), str):
+            raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
+    if not cfg.name or not cfg.name.replace("-", "").isalnum():
+        raise _fail(path, "name", f"{cfg.name!r} is not a simple name", 'use letters, digits and "-"')
+    if cfg.role not in ROLES:
+        raise _fail(path, "role", f"{cfg.role!r} is not a role", 'use "primary" or "secondary"')
+    if cfg.arbiter not in ARBITERS:
+        raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not supported",
+                    'use "local" (a cluster store plugs in through colo_orch.arbiter.Arbiter)')
+    for key in ("heartbeat_listen", "peer_heartbeat", "api_listen"):
+        _addr(path, key, getattr(cfg, key))
+    if not cfg.incoming_uri.startswith("tcp:"):
+        raise _fail(path, "incoming_uri", f"{cfg.incoming_uri!r} is not tcp:ADDR:PORT",
+                    'write it like incoming_uri = "tcp:10.0.0.2:4444"')
+    if not isinstance(cfg.auto_reprotect, bool):
+        raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
+    if not isinstance(cfg.vm_command, list) or not all(isinstance(a, str) for a in cfg.vm_command):
+        raise _fail(path, "vm_command", "must be a list of strings (an argv)",
+                    'write it like vm_command = ["qemu-system-x86_64", "-m", "256"]')
+    t = cfg.timing
+    if t.heartbeat_timeout < 3 * t.heartbeat_interval:
+        raise _fail(path, "timing.heartbeat_timeout",
+                    f"{t.heartbeat_timeout} s is less than 3 x heartbeat_interval "
+                    f"({t.heartbeat_interval} s): one late packet would look like a dead peer",
+                    f"raise it to at least {3 * t.heartbeat_interval:g} or lower heartbeat_interval")
+    if t.loop_wait > t.heartbeat_interval:
+        raise _fail(path, "timing.loop_wait",
+                    f"{t.loop_wait} s is longer than heartbeat_interval ({t.heartbeat_interval} s)",
+                    "lower loop_wait: a cycle must run at least once per heartbeat")
+    if t.lease_ttl < 2 * t.loop_wait + t.heartbeat_interval:
+        raise _fail(path, "timing.lease_ttl",
+                    f"{t.lease_ttl} s cannot be renewed in time (needs >= 2 x loop_wait + "
+                    "heartbeat_interval)",
+                    f"raise it to at least {2 * t.loop_wait + t.heartbeat_interval:g}")
+    if t.checkpoint_min_interval > t.checkpoint_max_interval:
+        raise _fail(path, "timing.checkpoint_min_interval",
+                    f"{t.checkpoint_min_interval} s exceeds checkpoint_max_interval "
+                    f"({t.checkpoint_max_interval} s)", "make min <= max")

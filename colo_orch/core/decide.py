@@ -1,0 +1,318 @@
+"""One reconciliation decision: a snapshot of the world in, one event and one action out.
+
+Pure: no I/O, no clock (the snapshot carries `now`). The runner
+(`colo_orch.runner`) builds the snapshot from QMP, the heartbeat listener, the
+arbiter and the proxy, fires the event on the `Machine`, hands the action to
+the single-slot executor, and logs the sentence. A missed observation is simply
+seen again at the next cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from colo_orch.core.state import RUNNING_STATES, TRANSITIONS, Event, State
+
+
+# Observations --------------------------------------------------------------
+@dataclass(frozen=True)
+class VmObs:
+    """What QMP says about our VM this cycle."""
+
+    reachable: bool  # the monitor answered
+    hung: bool = False  # the monitor accepted the connection but a query timed out
+    running: bool = False  # query-status says running
+    status: str = ""  # query-status "status" (running, inmigrate, paused, colo, ...)
+    migration: str = "none"  # query-migrate status (none, active, colo, completed, failed)
+    colo_mode: str = "none"  # query-colo-status mode (none, primary, secondary)
+
+
+@dataclass(frozen=True)
+class PeerObs:
+    """The peer orchestrator as its heartbeats describe it."""
+
+    alive: bool  # a heartbeat arrived within heartbeat_timeout
+    state: State | None = None
+    role: str = ""
+    vm_ok: bool = False
+    incoming_uri: str = ""  # where the peer's VM waits when the peer is secondary
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float
+    state: State
+    role: str  # our current role: "primary" or "secondary"
+    vm: VmObs
+    peer: PeerObs
+    lease_held: bool  # we hold the arbiter's lease
+    lease_available: bool  # nobody else holds a live lease (we could take it)
+    busy: bool  # the single-slot executor runs an action
+    finished: ActionResult | None  # the action that finished since the last cycle
+    checkpoint_requests: tuple[str, ...] = ()  # reasons pending (proxy, operator)
+    last_checkpoint_at: float = 0.0
+    operator: str = ""  # pending operator command: pause, resume, failover, reprotect, stop
+    auto_reprotect: bool = True
+    degraded_reason: str = ""
+
+
+# Actions (commands to the runner) ------------------------------------------
+@dataclass(frozen=True)
+class StartVM:
+    incoming: bool  # start as a COLO secondary waiting for migration
+
+
+@dataclass(frozen=True)
+class EnterColo:
+    uri: str  # the peer VM's incoming address
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """Leave COLO and serve alone: x-colo-lost-heartbeat, proxy failover, announce."""
+
+    was_role: str
+
+
+@dataclass(frozen=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    pass
+
+
+@dataclass(frozen=True)
+class StopVM:
+    pass
+
+
+Action = StartVM | EnterColo | Checkpoint | TakeOver | Pause | ReleaseLease | StopVM
+
+
+@dataclass(frozen=True)
+class Decision:
+    sentence: str
+    event: Event | None = None
+    action: Action | None = None
+    role: str | None = None  # a new role, when the decision changes it
+    consumed_checkpoints: bool = False
+    consumed_operator: bool = False
+    degraded_reason: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+MAX_INTERVAL_REASON = "periodic"
+
+
+def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
+    """The one thing to do now, and why."""
+    st = s.state
+    # 1. Finished actions move the state on first: they are facts, not wishes.
+    if s.finished is not None:
+        d = _on_finished(s)
+        if d is not None:
+            return d
+    if s.busy:
+        return Decision(f"waiting: an action is running ({st.name})")
+
+    # 2. Operator stop wins over everything.
+    if s.operator == "stop":
+        return Decision("stopping on operator request", Event.STOP, StopVM(),
+                        consumed_operator=True)
+
+    # 3. Our VM vanished while we were part of the pair: fence ourselves, let the peer go on.
+    if st in RUNNING_STATES or st is State.STARTING:
+        if not s.vm.reachable and not s.vm.hung:
+            return Decision(
+                f"our VM is gone (monitor unreachable) in {st.name}: fencing and releasing "
+                "the arbiter lease so the peer can take over",
+                Event.VM_LOST, ReleaseLease(),
+            )
+        if s.vm.hung and st is not State.DEGRADED:
+            return Decision(
+                "our VM's monitor does not answer within qmp_timeout: degraded",
+                Event.ERROR, degraded_reason="QEMU monitor hung",
+            )
+
+    handler = _HANDLERS.get(st)
+    if handler is None:
+        return Decision(f"nothing to do in {st.name}")
+    return handler(s, min_interval, max_interval)
+
+
+def _on_finished(s: Snapshot) -> Decision | None:
+    f = s.finished
+    assert f is not None
+    st = s.state
+    if not f.ok:
+        if st is State.CHECKPOINTING and not s.peer.alive:
+            return Decision(f"checkpoint failed ({f.detail}) and the peer is lost: failing over",
+                            Event.PEER_LOST, TakeOver(s.role))
+        if Event.ERROR in TRANSITIONS[st]:
+            return Decision(f"{f.name} failed: {f.detail}", Event.ERROR,
+                            degraded_reason=f"{f.name} failed: {f.detail}")
+        return Decision(f"{f.name} failed in {st.name}: {f.detail}")
+    if f.name == "checkpoint" and st is State.CHECKPOINTING:
+        return Decision(f"checkpoint done ({f.detail})", Event.CHECKPOINT_DONE)
+    if f.name == "take_over" and st is State.FAILING_OVER:
+        return Decision(f"took over: now serving alone as primary ({f.detail})",
+                        Event.TOOK_OVER, role="primary")
+    if f.name == "start_vm" and st is State.STARTING:
+        return Decision(f"VM started ({f.detail})", Event.VM_RUNNING)
+    return None
+
+
+def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if s.vm.reachable:
+        return Decision(f"adopting the running VM as {s.role}", Event.START)
+    if s.operator == "reprotect":
+        return Decision("starting a new secondary VM on operator request", Event.REPROTECT,
+                        StartVM(incoming=True), role="secondary", consumed_operator=True)
+    return Decision(f"starting our VM as {s.role}", Event.START,
+                    StartVM(incoming=s.role == "secondary"))
+
+
+def _starting(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if s.vm.reachable:
+        return Decision(f"VM is up ({s.vm.status})", Event.VM_RUNNING)
+    return Decision("waiting for our VM's monitor")
+
+
+def _waiting(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if s.role == "secondary":
+        if s.vm.colo_mode == "secondary":
+            return Decision("the primary's COLO migration arrived: protected", Event.COLO_ENTERED)
+        return Decision("waiting for the primary to start COLO")
+    p = s.peer
+    if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
+            and s.vm.running):
+        return Decision(f"secondary is ready: starting COLO to {p.incoming_uri}", Event.SYNC,
+                        EnterColo(p.incoming_uri))
+    return Decision("serving; waiting for a secondary")
+
+
+def _syncing(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if s.vm.migration == "colo":
+        return Decision("COLO state reached: protected", Event.COLO_ENTERED)
+    if s.vm.migration in ("failed", "cancelled"):
+        return Decision(f"COLO migration {s.vm.migration}", Event.ERROR,
+                        degraded_reason=f"COLO migration {s.vm.migration}")
+    if _peer_gone(s):
+        return Decision("peer lost during the initial sync: continuing alone", Event.PEER_LOST,
+                        TakeOver(s.role))
+    return Decision(f"initial sync in progress ({s.vm.migration})")
+
+
+def _peer_gone(s: Snapshot) -> bool:
+    return not s.peer.alive or s.peer.state is State.FENCED or (
+        s.peer.state is not None and not s.peer.vm_ok)
+
+
+def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
+    if _peer_gone(s) or s.operator == "failover":
+        why = "operator requested failover" if s.operator == "failover" else _peer_why(s)
+        if s.role == "secondary" and not (s.lease_held or s.lease_available):
+            return Decision(f"{why}, but the arbiter lease is held by the peer: not taking over "
+                            "(split-brain guard)")
+        return Decision(f"{why}: {'taking over' if s.role == 'secondary' else 'continuing alone'}",
+                        Event.PEER_LOST, TakeOver(s.role), consumed_operator=bool(s.operator))
+    if s.role != "primary":
+        return Decision("protected (secondary)")
+    if s.operator == "pause":
+        return Decision("pausing protection on operator request: output is released uncompared",
+                        Event.PAUSE, Pause(), consumed_operator=True)
+    since = s.now - s.last_checkpoint_at
+    if s.checkpoint_requests and since >= min_interval:
+        reasons = tuple(sorted(set(s.checkpoint_requests)))
+        return Decision(f"checkpoint for {', '.join(reasons)} "
+                        f"({len(s.checkpoint_requests)} request(s) coalesced)",
+                        Event.CHECKPOINT, Checkpoint(reasons), consumed_checkpoints=True)
+    if since >= max_interval:
+        return Decision(f"periodic checkpoint ({since:.1f} s since the last)", Event.CHECKPOINT,
+                        Checkpoint((MAX_INTERVAL_REASON,)))
+    if s.checkpoint_requests:
+        return Decision(f"checkpoint request held by the rate limit ({since:.3f} s < "
+                        f"{min_interval} s)")
+    return Decision("protected")
+
+
+def _peer_why(s: Snapshot) -> str:
+    if not s.peer.alive:
+        return "peer heartbeat lost"
+    return f"peer reports its VM lost ({s.peer.state.name if s.peer.state else '?'})"
+
+
+def _checkpointing(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    return Decision("checkpoint in flight")
+
+
+def _failing_over(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    return Decision("failover in flight")
+
+
+def _alone(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    p = s.peer
+    if p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri:
+        if s.auto_reprotect or s.operator == "reprotect":
+            return Decision("a new secondary is waiting: re-protecting", Event.REPROTECT,
+                            consumed_operator=s.operator == "reprotect")
+    return Decision("serving alone (unprotected)")
+
+
+def _paused(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if _peer_gone(s):
+        return Decision(f"{_peer_why(s)} while paused: continuing alone", Event.PEER_LOST,
+                        TakeOver(s.role))
+    if s.operator == "resume":
+        return Decision("resuming protection: a checkpoint resynchronises the secondary first",
+                        Event.RESUME, Checkpoint(("resume",)), consumed_operator=True)
+    return Decision("protection paused")
+
+
+def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
+        return Decision(f"VM answers again after '{s.degraded_reason}': serving alone",
+                        Event.RECOVERED)
+    return Decision(f"degraded: {s.degraded_reason}")
+
+
+def _fenced(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    p = s.peer
+    if s.lease_held:
+        return Decision("fenced: releasing the arbiter lease", action=ReleaseLease())
+    if s.operator == "reprotect" or (s.auto_reprotect and p.alive and p.state is State.ALONE):
+        return Decision("peer serves alone: starting a new secondary VM here", Event.REPROTECT,
+                        StartVM(incoming=True), role="secondary",
+                        consumed_operator=s.operator == "reprotect")
+    return Decision("fenced: our VM is gone; the peer serves")
+
+
+_HANDLERS = {
+    State.STOPPED: _stopped,
+    State.STARTING: _starting,
+    State.WAITING: _waiting,
+    State.SYNCING: _syncing,
+    State.PROTECTED: _protected,
+    State.CHECKPOINTING: _checkpointing,
+    State.FAILING_OVER: _failing_over,
+    State.ALONE: _alone,
+    State.PAUSED: _paused,
+    State.DEGRADED: _degraded,
+    State.FENCED: _fenced,
+}
+

@@ -1,0 +1,106 @@
+"""Heartbeats between the two orchestrators over the hosts' control link (UDP).
+
+Each side sends its state every `interval` and records when it last heard the
+peer. UDP, not TCP: a heartbeat must never wait behind a retransmission, and a
+lost one is simply superseded by the next. Runs in its own thread so that no
+hypervisor call can delay it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    received_at: float  # monotonic time of arrival
+    payload: dict[str, Any]
+    rtt: float | None  # round trip of our last heartbeat, echoed by the peer
+
+
+class Heartbeat:
+    def __init__(self, listen: str, peer: str, interval: float, name: str) -> None:
+        host, port = listen.rsplit(":", 1)
+        phost, pport = peer.rsplit(":", 1)
+        self.peer_addr = (phost, int(pport))
+        self.interval = interval
+        self.name = name
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, int(port)))
+        self.sock.settimeout(interval)
+        self._lock = threading.Lock()
+        self._payload: dict[str, Any] = {}
+        self._last: PeerReport | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._seq = 0
+        self._sent: dict[int, float] = {}
+        self._echo: tuple[int, float] | None = None
+        self.sent = 0
+        self.received = 0
+
+    def set_payload(self, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self._payload = dict(payload)
+
+    def last(self) -> PeerReport | None:
+        with self._lock:
+            return self._last
+
+    def start(self) -> None:
+        for target in (self._send_loop, self._recv_loop):
+            t = threading.Thread(target=target, name=f"heartbeat-{target.__name__}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        self.sock.close()
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._seq += 1
+                now = time.monotonic()
+                self._sent[self._seq] = now
+                if len(self._sent) > 64:
+                    self._sent.pop(min(self._sent))
+                msg = {"v": 1, "pair": self.name, "seq": self._seq, "state": self._payload,
+                       "echo": self._echo[0] if self._echo else None}
+            try:
+                self.sock.sendto(json.dumps(msg).encode(), self.peer_addr)
+                self.sent += 1
+            except OSError:
+                pass  # the link is down; the peer will notice the silence
+            self._stop.wait(self.interval)
+
+    def _recv_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, _ = self.sock.recvfrom(65536)
+            except (TimeoutError, OSError):
+                continue
+            try:
+                msg = json.loads(data)
+                if msg.get("v") != 1 or msg.get("pair") != self.name:
+                    continue
+                payload = dict(msg["state"])
+            except (ValueError, KeyError, TypeError):
+                continue  # not a heartbeat of ours: ignore, never crash
+            now = time.monotonic()
+            with self._lock:
+                rtt = None
+                echo = msg.get("echo")
+                if isinstance(echo, int) and echo in self._sent:
+                    rtt = now - self._sent[echo]
+                self._echo = (int(msg.get("seq", 0)), now)
+                self._last = PeerReport(now, payload, rtt)
+                self.received += 1

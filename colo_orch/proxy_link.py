@@ -1,0 +1,108 @@
+"""The orchestrator's end of the colo-proxy control channel (docs/CONTROL.md).
+
+Reconnects by itself: the proxy may restart, and the orchestrator must keep
+heartbeating and checkpointing meanwhile. Checkpoint requests arrive on a
+reader thread and are collected until the loop takes them.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from colo_proxy.control import LineDecoder, ProtocolError, encode
+
+
+class ProxyLink:
+    def __init__(self, path: str, *, timeout: float = 2.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._requests: list[str] = []
+        self._replies: list[dict[str, Any]] = []
+        self._cond = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self.connected = False
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._reader = threading.Thread(target=self._run, name="proxy-link", daemon=True)
+        self._reader.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+
+    def take_requests(self) -> list[str]:
+        with self._lock:
+            out, self._requests = self._requests, []
+        return out
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send one request and wait for its answer; False if the proxy is not there."""
+        with self._cond:
+            sock = self._sock
+            if sock is None:
+                return False
+            self._replies.clear()
+            try:
+                sock.sendall(encode(msg))
+            except OSError as exc:
+                self.last_error = str(exc)
+                return False
+            deadline = time.monotonic() + self.timeout
+            while not self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.last_error = f"no answer to {msg.get('type')} in {self.timeout} s"
+                    return False
+                self._cond.wait(left)
+            reply = self._replies.pop(0)
+        if reply.get("type") == "error":
+            self.last_error = str(reply.get("error"))
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self.path)
+            except OSError as exc:
+                self.connected = False
+                self.last_error = f"cannot connect to {self.path}: {exc.strerror}"
+                self._stop.wait(0.5)
+                continue
+            with self._lock:
+                self._sock = sock
+            self.connected = True
+            decoder = LineDecoder()
+            sock.sendall(encode({"type": "hello", "who": "colo-orch"}))
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for msg in decoder.feed(data):
+                    if isinstance(msg, ProtocolError):
+                        continue
+                    with self._cond:
+                        if msg.get("type") == "checkpoint_request":
+                            self._requests.append(str(msg.get("reason", "unknown")))
+                        elif msg.get("for") == "hello":
+                            pass
+                        else:
+                            self._replies.append(msg)
+                            self._cond.notify_all()
+            with self._lock:
+                self._sock = None
+            self.connected = False
+            sock.close()

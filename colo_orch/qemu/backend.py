@@ -1,0 +1,241 @@
+"""The QEMU/KVM backend over QMP (QEMU's own `qemu.qmp` library).
+
+QEMU facts this relies on (QEMU 7.2, docs/COLO-FT.txt, measured here):
+- COLO needs the `x-colo` capability on both VMs, then `migrate` from the PVM to
+  the SVM's `-incoming` address; the PVM's query-migrate then reports "colo".
+- No checkpoint event exists. A checkpoint is a STOP then RESUME on each VM.
+  The PVM resumes only after the SVM has reported the new state loaded
+  (COLO_MESSAGE_VMSTATE_LOADED in migration/colo.c), so the PVM's RESUME means
+  "both VMs run again with the same state".
+- `migrate-set-parameters x-checkpoint-delay=MS` in COLO starts a checkpoint at
+  once and re-arms QEMU's own periodic timer to MS. We keep that timer longer
+  than our own maximum interval so that QEMU never checkpoints behind our back.
+- `x-colo-lost-heartbeat` on the survivor ends COLO; `COLO_EXIT` reports it.
+  `yank` (QEMU >= 6.0) shuts down a migration socket stuck on a dead peer.
+- `announce-self` (QEMU >= 4.0) sends gratuitous RARPs so switches learn the
+  survivor's port for the shared MAC.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from colo_orch.backend import Backend, BackendError
+from colo_orch.core.decide import VmObs
+
+
+class _Monitor:
+    """One QMP connection shared by two threads, each command bounded by `timeout`."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._mon: QEMUMonitorProtocol | None = None
+
+    def _connect(self) -> QEMUMonitorProtocol:
+        if self._mon is None:
+            if not os.path.exists(self.path):
+                raise ConnectionError(f"no QMP socket at {self.path}")
+            mon = QEMUMonitorProtocol(self.path)
+            mon.settimeout(self.timeout)
+            mon.connect(negotiate=True)
+            self._mon = mon
+        return self._mon
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        if not self._lock.acquire(timeout=self.timeout):
+            raise TimeoutError(f"QMP {name}: monitor busy for {self.timeout} s")
+        try:
+            try:
+                reply = self._connect().cmd_raw(name, args or None)
+            except Exception:
+                self.drop()
+                raise
+        finally:
+            self._lock.release()
+        if "error" in reply:
+            raise BackendError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
+
+    def pull_event(self, wait: float) -> dict[str, Any] | None:
+        mon = self._connect()
+        try:
+            return mon.pull_event(wait=wait)
+        except TimeoutError:
+            return None
+
+    def clear_events(self) -> None:
+        self._connect().clear_events()
+
+    def drop(self) -> None:
+        mon, self._mon = self._mon, None
+        if mon is not None:
+            try:
+                mon.close()
+            except Exception:  # closing a broken connection may fail in any way
+                pass
+
+
+class QemuBackend(Backend):
+    def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
+                 qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
+                 log_dir: str = "/tmp") -> None:
+        self.mon = _Monitor(qmp, qmp_timeout)
+        self.events = _Monitor(qmp_events, qmp_timeout)
+        self.vm_command = vm_command
+        self.qemu_delay_ms = qemu_checkpoint_delay_ms
+        self.log_dir = log_dir
+        self._colo_cap_set = False
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.checkpoint_pause_s = 0.0
+
+    # Observation -------------------------------------------------------------
+    def observe(self) -> VmObs:
+        try:
+            status = self.mon.cmd("query-status")
+        except (TimeoutError, BackendError):
+            return VmObs(reachable=True, hung=True)
+        except Exception:  # no socket, refused, or qemu.qmp's own disconnect errors
+            return VmObs(reachable=False)
+        try:
+            mig = self.mon.cmd("query-migrate").get("status", "none")
+            colo = self.mon.cmd("query-colo-status").get("mode", "none")
+            if status.get("status") == "inmigrate" and not self._colo_cap_set:
+                # A COLO secondary needs the capability too (required since QEMU 8).
+                self.mon.cmd("migrate-set-capabilities",
+                             capabilities=[{"capability": "x-colo", "state": True}])
+                self._colo_cap_set = True
+        except TimeoutError:
+            return VmObs(reachable=True, hung=True)
+        except Exception:
+            return VmObs(reachable=False)
+        return VmObs(reachable=True, running=bool(status.get("running")),
+                     status=str(status.get("status", "")), migration=str(mig),
+                     colo_mode=str(colo))
+
+    # Actions -----------------------------------------------------------------
+    def start_vm(self, incoming_uri: str | None) -> str:
+        if not self.vm_command:
+            raise BackendError("no vm_command configured: cannot start a VM")
+        self.mon.drop()
+        self.events.drop()
+        self._colo_cap_set = False
+        for p in (self.mon.path, self.events.path):
+            Path(p).unlink(missing_ok=True)
+        argv = list(self.vm_command) + (["-incoming", incoming_uri] if incoming_uri else [])
+        log = open(os.path.join(self.log_dir, f"vm-{os.getpid()}.log"), "ab")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BackendError(f"VM command exited with {self.proc.returncode}")
+            if os.path.exists(self.mon.path) and os.path.exists(self.events.path):
+                try:
+                    st = self.mon.cmd("query-status")
+                    self.events.clear_events()
+                    return f"pid {self.proc.pid}, status {st.get('status')}"
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        raise BackendError("VM did not open its monitor within 60 s")
+
+    def enter_colo(self, uri: str) -> str:
+        cap = [{"capability": "x-colo", "state": True}]
+        self.mon.cmd("migrate-set-capabilities", capabilities=cap)
+        self.mon.cmd("migrate-set-parameters", **{"x-checkpoint-delay": self.qemu_delay_ms})
+        start = time.monotonic()
+        self.mon.cmd("migrate", uri=uri)
+        while time.monotonic() - start < 60:
+            st = self.mon.cmd("query-migrate").get("status")
+            if st == "colo":
+                return f"in COLO after {time.monotonic() - start:.2f} s"
+            if st in ("failed", "cancelled"):
+                raise BackendError(f"COLO migration to {uri} {st}")
+            time.sleep(0.05)
+        self._cancel_migration()
+        raise BackendError(f"COLO migration to {uri} did not reach COLO within 60 s")
+
+    def _cancel_migration(self) -> None:
+        try:
+            self.mon.cmd("migrate_cancel")
+        except Exception:
+            pass
+
+    def checkpoint(self) -> str:
+        self.events.clear_events()
+        start = time.monotonic()
+        self.mon.cmd("migrate-set-parameters", **{"x-checkpoint-delay": self.qemu_delay_ms})
+        stopped_at = None
+        deadline = start + 30
+        while time.monotonic() < deadline:
+            ev = self.events.pull_event(wait=0.5)
+            if ev is None:
+                if self.mon.cmd("query-migrate").get("status") != "colo":
+                    raise BackendError("COLO ended during the checkpoint")
+                continue
+            name = ev.get("event")
+            if name == "STOP":
+                stopped_at = time.monotonic()
+            elif name == "RESUME" and stopped_at is not None:
+                self.checkpoint_pause_s = time.monotonic() - stopped_at
+                return (f"took {1000 * (time.monotonic() - start):.0f} ms, PVM paused "
+                        f"{1000 * self.checkpoint_pause_s:.0f} ms")
+            elif name == "COLO_EXIT":
+                raise BackendError(f"COLO exited during the checkpoint: {ev.get('data')}")
+        raise BackendError("checkpoint did not complete within 30 s")
+
+    def take_over(self, was_role: str) -> str:
+        start = time.monotonic()
+        try:
+            self.mon.cmd("x-colo-lost-heartbeat")
+        except BackendError as exc:
+            # Already out of COLO (e.g. COLO_EXIT on a socket error): fine if it runs.
+            if "not" not in str(exc).lower():
+                raise
+        yanked = False
+        while time.monotonic() - start < 10:
+            st = self.mon.cmd("query-status")
+            if st.get("running"):
+                break
+            if not yanked and time.monotonic() - start > 2:
+                # The migration socket may be stuck on a peer that vanished without RST.
+                try:
+                    self.mon.cmd("yank", instances=[{"type": "migration"}])
+                except Exception:
+                    pass
+                yanked = True
+            if st.get("status") in ("paused", "colo") and time.monotonic() - start > 3:
+                self.mon.cmd("cont")
+            time.sleep(0.02)
+        else:
+            raise BackendError("VM did not run within 10 s of x-colo-lost-heartbeat")
+        ran = time.monotonic() - start
+        if was_role == "secondary":
+            try:
+                self.mon.cmd("announce-self", initial=50, max=550, rounds=5, step=100)
+            except BackendError:
+                pass  # older QEMU: the guest's own traffic updates the switches
+        return f"VM running {1000 * ran:.0f} ms after lost-heartbeat"
+
+    def stop_vm(self) -> str:
+        try:
+            self.mon.cmd("quit")
+        except Exception:
+            pass
+        self.mon.drop()
+        self.events.drop()
+        return "VM stopped"
+
+    def close(self) -> None:
+        self.mon.drop()
+        self.events.drop()

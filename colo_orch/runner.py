@@ -1,0 +1,293 @@
+"""The orchestrator daemon: observe, decide, act, report, in a loop.
+
+Threads: the loop (this module), the observer (QMP queries, so a slow monitor
+never stalls the loop), the heartbeat sender and receiver, the proxy link
+reader, the HTTP API, and one action executor (a single slot: at most one
+hypervisor action at a time, and the loop never waits for it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from colo_orch.arbiter import Arbiter
+from colo_orch.backend import Backend
+from colo_orch.core.config import Config
+from colo_orch.core.decide import (
+    Action,
+    ActionResult,
+    Checkpoint,
+    Decision,
+    EnterColo,
+    Pause,
+    PeerObs,
+    ReleaseLease,
+    Snapshot,
+    StartVM,
+    StopVM,
+    TakeOver,
+    VmObs,
+    decide,
+)
+from colo_orch.core.state import RUNNING_STATES, Machine, State
+from colo_orch.heartbeat import Heartbeat
+from colo_orch.proxy_link import ProxyLink
+
+log = logging.getLogger("colo_orch")
+
+
+class Orchestrator:
+    def __init__(self, cfg: Config, backend: Backend, arbiter: Arbiter,
+                 heartbeat: Heartbeat, proxy: ProxyLink | None, host_id: str) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.arbiter = arbiter
+        self.heartbeat = heartbeat
+        self.proxy = proxy
+        self.host_id = host_id
+        self.machine = Machine()
+        self.role = cfg.role
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="action")
+        self._future: Future[str] | None = None
+        self._action_name = ""
+        self._finished: ActionResult | None = None
+        self._requests: list[str] = []
+        self._operator = ""
+        self._vm = VmObs(reachable=False)
+        self._vm_at = 0.0
+        self._stop = threading.Event()
+        self.last_checkpoint_at = time.monotonic()
+        self.degraded_reason = ""
+        self.history: deque[tuple[float, str]] = deque(maxlen=200)
+        # Counters for the API and metrics.
+        self.checkpoints: Counter[str] = Counter()
+        self.failovers = 0
+        self.reprotections = 0
+        self.last_takeover_s: float | None = None
+        self.last_checkpoint_s: float | None = None
+        self._peer_lost_at: float | None = None
+
+    # Inputs from other threads ---------------------------------------------
+    def request(self, command: str) -> str:
+        """An operator command from the API: checkpoint, pause, resume, failover, reprotect, stop."""
+        with self._lock:
+            if command == "checkpoint":
+                self._requests.append("manual")
+            else:
+                self._operator = command
+        return f"{command} requested"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # The loop ------------------------------------------------------------------
+    def run(self) -> None:
+        observer = threading.Thread(target=self._observe_loop, name="observer", daemon=True)
+        observer.start()
+        self.heartbeat.start()
+        if self.proxy is not None:
+            self.proxy.start()
+        try:
+            while not self._stop.is_set():
+                self.cycle()
+                self._stop.wait(self.cfg.timing.loop_wait)
+        finally:
+            self.heartbeat.stop()
+            if self.proxy is not None:
+                self.proxy.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.backend.close()
+
+    def _observe_loop(self) -> None:
+        while not self._stop.is_set():
+            obs = self.backend.observe()
+            with self._lock:
+                self._vm, self._vm_at = obs, time.monotonic()
+            self._stop.wait(self.cfg.timing.loop_wait)
+
+    def snapshot(self, now: float) -> Snapshot:
+        t = self.cfg.timing
+        rep = self.heartbeat.last()
+        if rep is not None and now - rep.received_at <= t.heartbeat_timeout:
+            p = rep.payload
+            try:
+                pstate: State | None = State(int(p.get("state", -1)))
+            except ValueError:
+                pstate = None
+            peer = PeerObs(alive=True, state=pstate, role=str(p.get("role", "")),
+                           vm_ok=bool(p.get("vm_ok")), incoming_uri=str(p.get("incoming", "")))
+        else:
+            peer = PeerObs(alive=False)
+        if self.proxy is not None:
+            self._requests.extend(self.proxy.take_requests())
+        holder = self.arbiter.holder()
+        with self._lock:
+            busy = self._future is not None and not self._future.done()
+            finished = self._collect_finished()
+            return Snapshot(
+                now=now, state=self.machine.state, role=self.role, vm=self._vm, peer=peer,
+                lease_held=holder == self.host_id, lease_available=holder is None,
+                busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
+                last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
+                auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
+            )
+
+    def _collect_finished(self) -> ActionResult | None:
+        f = self._future
+        if f is None or not f.done():
+            return None
+        self._future = None
+        exc = f.exception()
+        if exc is not None:
+            return ActionResult(self._action_name, False, str(exc) or type(exc).__name__)
+        return ActionResult(self._action_name, True, f.result())
+
+    def cycle(self) -> Decision:
+        now = time.monotonic()
+        snap = self.snapshot(now)
+        d = decide(snap, self.cfg.timing.checkpoint_min_interval,
+                   self.cfg.timing.checkpoint_max_interval)
+        before = self.machine.state
+        if d.event is not None:
+            self.machine.fire(d.event)
+        with self._lock:
+            if d.consumed_checkpoints:
+                self._requests.clear()
+            if d.consumed_operator:
+                self._operator = ""
+            elif snap.operator and snap.operator not in ("pause", "resume", "failover",
+                                                          "reprotect", "stop"):
+                self._operator = ""
+        if d.role is not None:
+            self.role = d.role
+        if d.degraded_reason:
+            self.degraded_reason = d.degraded_reason
+        self._bookkeeping(before, snap, d, now)
+        if d.action is not None:
+            self._act(d.action)
+        self._renew_lease()
+        self.heartbeat.set_payload({
+            "state": int(self.machine.state), "role": self.role,
+            "vm_ok": snap.vm.reachable and not snap.vm.hung,
+            "incoming": self.cfg.incoming_uri,
+        })
+        if d.event is not None or d.action is not None:
+            self.history.append((time.time(), d.sentence))
+            log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
+        return d
+
+    def _bookkeeping(self, before: State, snap: Snapshot, d: Decision, now: float) -> None:
+        after = self.machine.state
+        if not snap.peer.alive and self._peer_lost_at is None:
+            self._peer_lost_at = now
+        if snap.peer.alive:
+            self._peer_lost_at = None
+        if before is State.CHECKPOINTING and after is State.PROTECTED:
+            self.last_checkpoint_at = now
+            if self.proxy is not None:
+                # Both VMs run the same state again: release held output, reset offsets.
+                self.proxy.send({"type": "checkpoint_done"})
+        if before is State.FAILING_OVER and after is State.ALONE:
+            self.failovers += 1
+        if before is State.ALONE and after is State.WAITING:
+            self.reprotections += 1
+
+    def _renew_lease(self) -> None:
+        st = self.machine.state
+        if self.role == "primary" and st in RUNNING_STATES and st is not State.FAILING_OVER:
+            self.arbiter.acquire(self.host_id)
+
+    # Actions --------------------------------------------------------------------
+    def _act(self, action: Action) -> None:
+        name, fn = self._action_fn(action)
+        if fn is None:
+            return
+        self._action_name = name
+        self._future = self._executor.submit(fn)
+
+    def _action_fn(self, action: Action) -> tuple[str, Any]:
+        b = self.backend
+        if isinstance(action, StartVM):
+            uri = self.cfg.incoming_uri if action.incoming else None
+            return "start_vm", lambda: b.start_vm(uri)
+        if isinstance(action, EnterColo):
+            return "enter_colo", lambda: self._enter_colo(action.uri)
+        if isinstance(action, Checkpoint):
+            return "checkpoint", lambda: self._checkpoint(action.reasons)
+        if isinstance(action, TakeOver):
+            return "take_over", lambda: self._take_over(action.was_role)
+        if isinstance(action, Pause):
+            if self.proxy is not None:
+                self.proxy.send({"type": "pause"})
+            return "pause", None
+        if isinstance(action, ReleaseLease):
+            self.arbiter.release(self.host_id)
+            return "release_lease", None
+        if isinstance(action, StopVM):
+            return "stop_vm", b.stop_vm
+        raise RuntimeError(f"Unexpected command: {action}")
+
+    def _enter_colo(self, uri: str) -> str:
+        out = self.backend.enter_colo(uri)
+        self.last_checkpoint_at = time.monotonic()
+        if self.proxy is not None:
+            self.proxy.send({"type": "resume"})
+            self.proxy.send({"type": "checkpoint_done"})
+        return out
+
+    def _checkpoint(self, reasons: tuple[str, ...]) -> str:
+        if self.proxy is not None:
+            self.proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
+        start = time.monotonic()
+        out = self.backend.checkpoint()
+        self.last_checkpoint_s = time.monotonic() - start
+        for r in reasons:
+            self.checkpoints[r] += 1
+        if "resume" in reasons and self.proxy is not None:
+            self.proxy.send({"type": "resume"})
+        return f"{', '.join(reasons)}: {out}"
+
+    def _take_over(self, was_role: str) -> str:
+        start = time.monotonic()
+        if was_role == "secondary" and not self.arbiter.acquire(self.host_id):
+            raise RuntimeError("arbiter lease is held by the peer: refusing to take over")
+        if self.proxy is not None:
+            self.proxy.send({"type": "failover"})
+        out = self.backend.take_over(was_role)
+        took = time.monotonic() - start
+        if self._peer_lost_at is not None:
+            took = time.monotonic() - self._peer_lost_at
+        self.last_takeover_s = took
+        return f"{out}; {took * 1000:.0f} ms after the peer was lost"
+
+    # Reporting --------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            vm = asdict(self._vm)
+        rep = self.heartbeat.last()
+        return {
+            "name": self.cfg.name,
+            "host": self.host_id,
+            "state": self.machine.state.name,
+            "state_code": int(self.machine.state),
+            "role": self.role,
+            "vm": vm,
+            "peer": rep.payload if rep else None,
+            "peer_seen_s_ago": round(time.monotonic() - rep.received_at, 3) if rep else None,
+            "lease_holder": self.arbiter.holder(),
+            "checkpoints": dict(self.checkpoints),
+            "failovers": self.failovers,
+            "reprotections": self.reprotections,
+            "last_takeover_s": self.last_takeover_s,
+            "last_checkpoint_s": self.last_checkpoint_s,
+            "degraded_reason": self.degraded_reason,
+            "proxy_connected": self.proxy.connected if self.proxy else None,
+            "recent": [s for _, s in list(self.history)[-10:]],
+        }

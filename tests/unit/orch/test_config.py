@@ -1,0 +1,50 @@
+"""Config errors name the field and the fix; timing invariants are enforced."""
+
+from __future__ import annotations
+
+import pytest
+
+from colo_orch.core.config import ConfigError, parse
+
+GOOD = """
+name = "web1"
+role = "primary"
+qmp = "/run/pvm.qmp"
+qmp_events = "/run/pvm-events.qmp"
+heartbeat_listen = "10.99.1.1:7410"
+peer_heartbeat = "10.99.1.2:7410"
+incoming_uri = "tcp:10.99.1.1:4444"
+"""
+
+
+def test_good_config_loads_with_defaults() -> None:
+    cfg = parse(GOOD)
+    assert cfg.role == "primary" and cfg.timing.heartbeat_timeout == 1.0
+    assert cfg.auto_reprotect is True
+
+
+@pytest.mark.parametrize(("extra", "field", "fix"), [
+    ('role = "leader"', "role", 'use "primary" or "secondary"'),
+    ("colour = 1", "colour", "remove it"),
+    ('peer_heartbeat = "nowhere"', "peer_heartbeat", "write it like"),
+    ('incoming_uri = "unix:/x"', "incoming_uri", "tcp:"),
+    ("[timing]\nheartbeat_timeout = 0.2", "timing.heartbeat_timeout", "raise it to at least 0.3"),
+    ("[timing]\nloop_wait = 0.5", "timing.loop_wait", "lower loop_wait"),
+    ("[timing]\nlease_ttl = 0.1", "timing.lease_ttl", "raise it"),
+    ("[timing]\nqmp_timeout = -1", "timing.qmp_timeout", "positive number"),
+    ('[timing]\ncheckpoint_min_interval = 20', "timing.checkpoint_min_interval", "min <= max"),
+])
+def test_bad_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> None:
+    lines = [ln for ln in GOOD.splitlines() if not ln.startswith(extra.split("=")[0].strip() + " ")]
+    text = "\n".join(lines) + "\n" + extra + "\n"
+    with pytest.raises(ConfigError) as err:
+        parse(text, "web1.toml")
+    assert f"web1.toml: {field}:" in str(err.value)
+    assert fix in str(err.value)
+
+
+def test_missing_field_and_bad_toml() -> None:
+    with pytest.raises(ConfigError, match="qmp: missing; add qmp"):
+        parse(GOOD.replace('qmp = "/run/pvm.qmp"', ""))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse("name = ")

@@ -1,0 +1,180 @@
+"""Playbooks for the reconciliation decision: this snapshot in, exactly this decision out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from colo_orch.core.decide import (
+    ActionResult,
+    Checkpoint,
+    EnterColo,
+    Pause,
+    PeerObs,
+    ReleaseLease,
+    Snapshot,
+    StartVM,
+    StopVM,
+    TakeOver,
+    VmObs,
+    decide,
+)
+from colo_orch.core.state import Event, State
+
+MIN, MAX = 0.2, 10.0
+RUNNING = VmObs(reachable=True, running=True, status="running")
+INCOMING = VmObs(reachable=True, running=False, status="inmigrate")
+GONE = VmObs(reachable=False)
+URI = "tcp:10.99.1.2:4444"
+SEC_WAITING = PeerObs(alive=True, state=State.WAITING, role="secondary", vm_ok=True,
+                      incoming_uri=URI)
+PEER_PROTECTED_SEC = PeerObs(alive=True, state=State.PROTECTED, role="secondary", vm_ok=True)
+PEER_PROTECTED_PRI = PeerObs(alive=True, state=State.PROTECTED, role="primary", vm_ok=True)
+
+
+def snap(state: State, role: str = "primary", **kw: object) -> Snapshot:
+    base = Snapshot(now=100.0, state=state, role=role, vm=RUNNING, peer=PEER_PROTECTED_SEC,
+                    lease_held=role == "primary", lease_available=False, busy=False,
+                    finished=None, last_checkpoint_at=99.0)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_stopped_adopts_a_running_vm() -> None:
+    d = decide(snap(State.STOPPED), MIN, MAX)
+    assert (d.event, d.action) == (Event.START, None)
+
+
+def test_stopped_secondary_starts_an_incoming_vm() -> None:
+    d = decide(snap(State.STOPPED, role="secondary", vm=GONE), MIN, MAX)
+    assert (d.event, d.action) == (Event.START, StartVM(incoming=True))
+
+
+def test_starting_becomes_waiting_once_the_monitor_answers() -> None:
+    assert decide(snap(State.STARTING, vm=INCOMING), MIN, MAX).event is Event.VM_RUNNING
+
+
+def test_primary_waits_until_the_secondary_is_ready_then_syncs() -> None:
+    d = decide(snap(State.WAITING, peer=PeerObs(alive=False)), MIN, MAX)
+    assert (d.event, d.action) == (None, None)
+    d = decide(snap(State.WAITING, peer=SEC_WAITING), MIN, MAX)
+    assert (d.event, d.action) == (Event.SYNC, EnterColo(URI))
+
+
+def test_secondary_is_protected_when_colo_mode_says_so() -> None:
+    s = snap(State.WAITING, role="secondary", vm=INCOMING, peer=PEER_PROTECTED_PRI)
+    assert decide(s, MIN, MAX).event is None
+    s = replace(s, vm=replace(RUNNING, colo_mode="secondary"))
+    assert decide(s, MIN, MAX).event is Event.COLO_ENTERED
+
+
+def test_syncing_to_protected_or_degraded() -> None:
+    assert decide(snap(State.SYNCING, vm=replace(RUNNING, migration="colo")), MIN,
+                  MAX).event is Event.COLO_ENTERED
+    d = decide(snap(State.SYNCING, vm=replace(RUNNING, migration="failed")), MIN, MAX)
+    assert d.event is Event.ERROR and d.degraded_reason == "COLO migration failed"
+
+
+def test_checkpoint_requests_are_coalesced_and_rate_limited() -> None:
+    s = snap(State.PROTECTED, checkpoint_requests=("payload", "timeout", "payload"),
+             last_checkpoint_at=99.9)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action) == (None, None) and "rate limit" in d.sentence
+    d = decide(replace(s, last_checkpoint_at=99.7), MIN, MAX)
+    assert d.event is Event.CHECKPOINT
+    assert d.action == Checkpoint(("payload", "timeout"))
+    assert d.consumed_checkpoints and "3 request(s) coalesced" in d.sentence
+
+
+def test_periodic_checkpoint_after_max_interval() -> None:
+    d = decide(snap(State.PROTECTED, last_checkpoint_at=89.0), MIN, MAX)
+    assert d.action == Checkpoint(("periodic",))
+
+
+def test_secondary_never_checkpoints() -> None:
+    s = snap(State.PROTECTED, role="secondary", peer=PEER_PROTECTED_PRI,
+             checkpoint_requests=("payload",), last_checkpoint_at=0.0)
+    assert decide(s, MIN, MAX).action is None
+
+
+def test_checkpoint_done_returns_to_protected() -> None:
+    d = decide(snap(State.CHECKPOINTING, busy=False,
+                    finished=ActionResult("checkpoint", True, "45 ms")), MIN, MAX)
+    assert d.event is Event.CHECKPOINT_DONE
+
+
+def test_secondary_takes_over_only_with_the_lease() -> None:
+    lost = PeerObs(alive=False)
+    s = snap(State.PROTECTED, role="secondary", peer=lost, lease_held=False,
+             lease_available=False)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action) == (None, None) and "split-brain guard" in d.sentence
+    d = decide(replace(s, lease_available=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
+
+
+def test_secondary_takes_over_when_the_primary_reports_its_vm_lost() -> None:
+    fenced = PeerObs(alive=True, state=State.FENCED, role="primary", vm_ok=False)
+    s = snap(State.PROTECTED, role="secondary", peer=fenced, lease_held=False,
+             lease_available=True)
+    assert decide(s, MIN, MAX).action == TakeOver("secondary")
+
+
+def test_primary_continues_alone_when_the_secondary_is_lost() -> None:
+    d = decide(snap(State.PROTECTED, peer=PeerObs(alive=False)), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+
+
+def test_takeover_result_makes_the_survivor_primary() -> None:
+    d = decide(snap(State.FAILING_OVER, role="secondary",
+                    finished=ActionResult("take_over", True, "60 ms")), MIN, MAX)
+    assert (d.event, d.role) == (Event.TOOK_OVER, "primary")
+
+
+def test_vm_lost_fences_and_releases_the_lease() -> None:
+    d = decide(snap(State.PROTECTED, vm=GONE), MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, ReleaseLease())
+
+
+def test_hung_monitor_degrades() -> None:
+    d = decide(snap(State.PROTECTED, vm=VmObs(reachable=True, hung=True)), MIN, MAX)
+    assert d.event is Event.ERROR and d.degraded_reason == "QEMU monitor hung"
+
+
+def test_reprotection_both_sides() -> None:
+    alone_peer = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(snap(State.FENCED, vm=GONE, peer=alone_peer, lease_held=False), MIN, MAX)
+    assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True), "secondary")
+    d = decide(snap(State.ALONE, peer=SEC_WAITING), MIN, MAX)
+    assert d.event is Event.REPROTECT
+    d = decide(snap(State.ALONE, peer=SEC_WAITING, auto_reprotect=False), MIN, MAX)
+    assert d.event is None
+    d = decide(snap(State.ALONE, peer=SEC_WAITING, auto_reprotect=False, operator="reprotect"),
+               MIN, MAX)
+    assert d.event is Event.REPROTECT and d.consumed_operator
+
+
+def test_fenced_with_the_lease_releases_it_first() -> None:
+    d = decide(snap(State.FENCED, vm=GONE, lease_held=True), MIN, MAX)
+    assert (d.event, d.action) == (None, ReleaseLease())
+
+
+def test_pause_and_resume_resynchronise_with_a_checkpoint() -> None:
+    d = decide(snap(State.PROTECTED, operator="pause"), MIN, MAX)
+    assert (d.event, d.action, d.consumed_operator) == (Event.PAUSE, Pause(), True)
+    d = decide(snap(State.PAUSED, operator="resume"), MIN, MAX)
+    assert (d.event, d.action) == (Event.RESUME, Checkpoint(("resume",)))
+
+
+def test_nothing_happens_while_an_action_runs() -> None:
+    d = decide(snap(State.PROTECTED, busy=True, peer=PeerObs(alive=False)), MIN, MAX)
+    assert (d.event, d.action) == (None, None)
+
+
+def test_stop_wins() -> None:
+    d = decide(snap(State.PROTECTED, operator="stop"), MIN, MAX)
+    assert (d.event, d.action) == (Event.STOP, StopVM())
+
+
+def test_failed_action_degrades_with_the_reason() -> None:
+    d = decide(snap(State.SYNCING, finished=ActionResult("enter_colo", False, "refused")),
+               MIN, MAX)
+    assert d.event is Event.ERROR and d.degraded_reason == "enter_colo failed: refused"
