@@ -8,8 +8,8 @@
  * colo_tap_eg: tc egress of the SVM's tap, whatever the path (forward link while protected,
  *              the bridge after failover): ack += offset and SACK edges += offset.
  * colo_tap_in: tc ingress of the SVM's tap (its output): learns the SVM's ISN from its
- *              SYN/SYN-ACK, seq -= offset, then to the forward link (protected) or on to
- *              the bridge (pass-through after failover).
+ *              SYN/SYN-ACK; protected: to the forward link unchanged; pass-through (after
+ *              failover): seq -= offset for old connections, on to the bridge.
  * offset = svm_isn - pvm_isn per connection, in an LRU hash so stale flows age out.
  * Checksums: bpf_l4_csum_replace updates a full checksum and leaves a CHECKSUM_PARTIAL one
  * (offload, GSO) alone, which is what the device then completes.
@@ -191,7 +191,11 @@ int colo_tap_in(struct __sk_buff *skb)
 			else
 				offsets.delete(&k);  /* after failover new connections run unrewritten */
 		}
-		o = offsets.lookup(&k);
+		/* While protected the comparator reads each side relative to its own ISN, so the
+		 * SVM's output stays in its own sequence space (its SYN-ACK may leave before the
+		 * PVM's ISN is known; rewriting only later segments would make one flow use two
+		 * spaces). After failover the clients see it: then old connections are shifted. */
+		o = prot ? 0 : offsets.lookup(&k);
 		if (o && o->have == (COLO_HAVE_PVM | COLO_HAVE_SVM) && o->offset != 0) {
 			if (shift32(skb, p.l4, 4, -o->offset) == 0)
 				count(C_SEQ_REWRITES, 1);

@@ -1,0 +1,62 @@
+"""The SVM's output on the primary host: an AF_PACKET socket on the forward link.
+
+Chosen as the cheapest path: packet taps run before tc ingress, so the socket gets a copy
+of every frame the secondary steers here (whole GSO super-packets, one copy, no verdict to
+send back) and `colo_svm_in` then drops the frame before any stack sees it. A second
+NFQUEUE would cost a verdict per packet; a BPF ring buffer would add a second copy path
+for bulk payload. The only module that opens packet sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # the mirrored input we send out on the same link
+SO_RCVBUFFORCE = 33
+RECV_BUF = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    ethertype: int
+    payload: bytes  # from the L3 header on
+
+
+class PacketSocket:
+    def __init__(self, ifname: str, *, rcvbuf: int = 16 * 1024 * 1024) -> None:
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+        try:
+            self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self._sock.bind((ifname, ETH_P_ALL))
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._buf = bytearray(RECV_BUF)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def receive(self, limit: int = 64) -> list[Frame]:
+        out: list[Frame] = []
+        buf = self._buf
+        recv = self._sock.recvfrom_into
+        while len(out) < limit:
+            try:
+                n, addr = recv(buf)
+            except BlockingIOError:
+                break
+            out.append(Frame(addr[1], bytes(buf[:n])))
+        return out
+
+    def close(self) -> None:
+        self._sock.close()

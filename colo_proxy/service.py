@@ -1,0 +1,341 @@
+"""The proxy services of the two hosts: the loops that join the kernel datapath, the
+comparator and the control channel.
+
+`PrimaryProxy` is the adapter of the comparison engine: it feeds PVM packets (NFQUEUE) and
+SVM packets (packet socket) to `Comparator`, interprets its commands (Release = accept
+verdict, Drop = forget the SVM copy, RequestCheckpoint = tell the orchestrator, Wakeup =
+when to call `tick`) and owns the clock. Its I/O objects are injected, so unit tests
+drive it with fakes; `run_primary`/`run_secondary` build the real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from colo_proxy.compare import (
+    Comparator,
+    Drop,
+    Flow,
+    Release,
+    RequestCheckpoint,
+    Side,
+    Wakeup,
+)
+from colo_proxy.control import ControlServer, ProtocolError
+from colo_proxy.settings import ProxySettings
+
+log = logging.getLogger("colo-proxy")
+
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IP_ETHERTYPES = (ETH_P_IP, ETH_P_IPV6)
+PROTECTED = "protected"
+PASSTHROUGH = "passthrough"  # after failover (the other host is gone) or while paused
+
+
+class Queue(Protocol):
+    def receive(self, limit: int = ...) -> list[Any]: ...
+    def decide(self, accept: Any, drop: Any = ...) -> None: ...
+    def accept_all(self) -> None: ...
+
+
+class Source(Protocol):
+    def receive(self, limit: int = ...) -> list[Any]: ...
+
+
+class Datapath(Protocol):
+    def set_mode(self, mode: int) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+
+
+def flow_json(flow: Flow | None) -> dict[str, Any] | None:
+    if flow is None:
+        return None
+    return {"proto": flow.proto, "src": flow.src, "sport": flow.sport, "dst": flow.dst,
+            "dport": flow.dport, "name": str(flow)}
+
+
+class PrimaryProxy:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        queue: Queue,
+        svm: Source,
+        *,
+        notify: Callable[[dict[str, Any]], Any],
+        datapath: Datapath | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.svm = svm
+        self.notify = notify
+        self.datapath = datapath
+        self.clock = clock
+        self.cmp = Comparator(settings.compare)
+        self.mode = PROTECTED
+        self.wake: float | None = None
+        self.svm_ids = 0
+        self.checkpoint_requests: dict[str, int] = {}
+        self.checkpoints = 0
+        self.svm_non_ip = 0
+        self.truncated = 0
+        self.passed_uncompared = 0
+        self.started = clock()
+        self._accept: list[int] = []
+        self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
+
+    # Events ------------------------------------------------------------------
+    def on_pvm_readable(self) -> None:
+        pkts = self.queue.receive(256)
+        if not pkts:
+            return
+        if self.mode != PROTECTED:
+            self.passed_uncompared += len(pkts)
+            self.queue.decide([p.packet_id for p in pkts])
+            return
+        now = self.clock()
+        cmp_packet = self.cmp.packet
+        for p in pkts:
+            if p.truncated:
+                # The copy lost its tail (a > 64 KiB GSO packet): the engine sees the
+                # truncated bytes, finds them inconsistent and applies its policy.
+                self.truncated += 1
+            cmds = cmp_packet(Side.PRIMARY, p.packet_id, p.payload, now)
+            if self.trace:
+                self._trace("PVM", p.packet_id, p.payload, cmds)
+            self._apply(cmds)
+        self._flush()
+
+    def on_svm_readable(self) -> None:
+        frames = self.svm.receive(256)
+        if not frames or self.mode != PROTECTED:
+            return
+        now = self.clock()
+        cmp_packet = self.cmp.packet
+        for f in frames:
+            if f.ethertype not in IP_ETHERTYPES:
+                self.svm_non_ip += 1  # ARP and the like: the SVM's own, never compared
+                continue
+            self.svm_ids += 1
+            cmds = cmp_packet(Side.SECONDARY, self.svm_ids, f.payload, now)
+            if self.trace:
+                self._trace("SVM", self.svm_ids, f.payload, cmds)
+            self._apply(cmds)
+        self._flush()
+
+    def on_timer(self) -> None:
+        now = self.clock()
+        if self.wake is not None and now >= self.wake:
+            self.wake = None
+            self._apply(self.cmp.tick(now))
+            self._flush()
+
+    def timeout(self, cap: float = 1.0) -> float:
+        if self.wake is None:
+            return cap
+        return max(0.0, min(cap, self.wake - self.clock()))
+
+    def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        kind = msg["type"]
+        if kind == "hello":
+            return {"type": "hello", "role": "primary", "mode": self.mode}
+        if kind == "status":
+            return self.status()
+        if kind == "checkpoint_started":
+            log.info("checkpoint started")
+        elif kind == "checkpoint_done":
+            self.checkpoints += 1
+            held = self.cmp.held_packets
+            self._apply(self.cmp.checkpoint_done(self.clock()))
+            self._flush()
+            log.info("checkpoint done: released %d held packets", held)
+        elif kind in ("failover", "pause"):
+            self._passthrough(kind)
+        elif kind == "resume":
+            if self.datapath is not None:
+                self.datapath.set_mode(0)
+            self.cmp = Comparator(self.settings.compare)
+            self.wake = None
+            self.mode = PROTECTED
+            log.info("protection resumed: comparing again (the orchestrator checkpoints first)")
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}")
+        return {"type": "ok", "for": kind}
+
+    def _passthrough(self, why: str) -> None:
+        # The secondary is gone (failover) or protection is paused: what is held can only
+        # go out now, and new output passes at once.
+        self.mode = PASSTHROUGH
+        if self.datapath is not None:
+            self.datapath.set_mode(1)
+        self.queue.accept_all()
+        self.cmp = Comparator(self.settings.compare)
+        self.wake = None
+        log.warning("%s: output now passes uncompared, mirroring stopped", why)
+
+    # Commands ----------------------------------------------------------------
+    def _trace(self, side: str, pid: int, data: bytes, cmds: list[Any]) -> None:
+        import struct
+        if len(data) >= 40 and data[0] >> 4 == 4 and data[9] == 6:
+            ihl = (data[0] & 15) * 4
+            sp, dp, seq, ack, off, fl = struct.unpack_from("!HHIIBB", data, ihl)
+            plen = len(data) - ihl - (off >> 4) * 4
+            log.debug("%s %d %d>%d seq=%d ack=%d fl=%#x len=%d -> %s", side, pid, sp, dp,
+                      seq, ack, fl, plen, cmds)
+        else:
+            log.debug("%s %d non-tcp %d bytes -> %s", side, pid, len(data), cmds)
+
+    def _apply(self, commands: list[Any]) -> None:
+        for c in commands:
+            if isinstance(c, Release):
+                self._accept.extend(c.packet_ids)
+            elif isinstance(c, Drop):
+                pass  # SVM copies: we own the bytes already, nothing to tell the kernel
+            elif isinstance(c, RequestCheckpoint):
+                reason = str(c.reason)
+                self.checkpoint_requests[reason] = self.checkpoint_requests.get(reason, 0) + 1
+                msg = {"type": "checkpoint_request", "reason": reason,
+                       "flow": flow_json(c.flow), "offset": c.offset}
+                sent = self.notify(msg)
+                log.warning("checkpoint requested: %s on %s at offset %s%s", reason,
+                            c.flow or "-", c.offset,
+                            "" if sent else " (no orchestrator connected: output stays held)")
+            elif isinstance(c, Wakeup):
+                self.wake = c.at
+            else:
+                raise RuntimeError(f"Unexpected command: {c}")
+
+    def _flush(self) -> None:
+        if self._accept:
+            self.queue.decide(self._accept)
+            self._accept = []
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "status", "role": "primary", "mode": self.mode,
+            "uptime_seconds": round(self.clock() - self.started, 3),
+            "held_packets": self.cmp.held_packets, "flows": self.cmp.flow_count,
+            "checkpoint_pending": self.cmp.checkpoint_pending,
+            "checkpoint_requests": dict(self.checkpoint_requests),
+            "checkpoints_done": self.checkpoints,
+            "compare": self.cmp.stats.as_dict(),
+            "svm_non_ip": self.svm_non_ip, "truncated_copies": self.truncated,
+            "passed_uncompared": self.passed_uncompared,
+        }
+        if self.datapath is not None:
+            out["datapath"] = self.datapath.counters()
+        enobufs = getattr(self.queue, "enobufs", None)
+        if enobufs is not None:
+            out["queue_overflows"] = enobufs
+        return out
+
+
+class SecondaryProxy:
+    """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
+
+    def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.datapath = datapath
+        self.mode = PROTECTED
+        self.clock = clock
+        self.started = clock()
+        self.checkpoints = 0
+
+    def timeout(self, cap: float = 1.0) -> float:
+        return cap
+
+    def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        kind = msg["type"]
+        if kind == "hello":
+            return {"type": "hello", "role": "secondary", "mode": self.mode}
+        if kind == "status":
+            return {"type": "status", "role": "secondary", "mode": self.mode,
+                    "uptime_seconds": round(self.clock() - self.started, 3),
+                    "checkpoints_done": self.checkpoints,
+                    "offsets": len(self.datapath.offsets()),
+                    "datapath": self.datapath.counters()}
+        if kind == "checkpoint_started":
+            pass
+        elif kind == "checkpoint_done":
+            self.checkpoints += 1
+            n = self.datapath.reset_offsets()
+            log.info("checkpoint done: %d sequence offsets reset", n)
+        elif kind in ("failover", "pause"):
+            self.mode = PASSTHROUGH
+            self.datapath.set_mode(1)
+            log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
+                        kind)
+        elif kind == "resume":
+            self.mode = PROTECTED
+            self.datapath.set_mode(0)
+            log.info("protection resumed")
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}")
+        return {"type": "ok", "for": kind}
+
+
+# The loop ------------------------------------------------------------------------
+class _Stop(Exception):
+    pass
+
+
+def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
+          sources: dict[str, Any], ready: Callable[[], None] | None = None) -> None:
+    """Poll the sources and the control socket until SIGTERM/SIGINT."""
+    sel = selectors.DefaultSelector()
+    sel.register(control, selectors.EVENT_READ, "accept")
+    for name, src in sources.items():
+        sel.register(src, selectors.EVENT_READ, name)
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    if ready is not None:
+        ready()
+    try:
+        while not stop:
+            for key, _ev in sel.select(proxy.timeout()):
+                what = key.data
+                if what == "pvm":
+                    assert isinstance(proxy, PrimaryProxy)
+                    proxy.on_pvm_readable()
+                elif what == "svm":
+                    assert isinstance(proxy, PrimaryProxy)
+                    proxy.on_svm_readable()
+                elif what == "accept":
+                    c = control.accept()
+                    if c is not None:
+                        sel.register(c, selectors.EVENT_READ, c)
+                else:
+                    _control_readable(proxy, control, sel, what)
+            if isinstance(proxy, PrimaryProxy):
+                proxy.on_timer()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        sel.close()
+
+
+def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
+                      sel: selectors.BaseSelector, client: Any) -> None:
+    msgs = control.read(client)
+    if msgs is None:
+        sel.unregister(client)
+        return
+    for m in msgs:
+        if isinstance(m, ProtocolError):
+            client.send({"type": "error", "error": str(m)})
+            continue
+        try:
+            reply = proxy.on_control(m)
+        except ProtocolError as exc:
+            reply = {"type": "error", "error": str(exc)}
+        client.send(reply)

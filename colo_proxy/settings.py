@@ -1,0 +1,75 @@
+"""The proxy's configuration: a TOML file (see contrib/colo-proxy.toml) plus flags."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from colo_proxy.compare import CompareConfig
+
+DEFAULT_SOCKET = "/run/colo-proxy/control.sock"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    role: str = "primary"
+    tap: str = "tapP"  # the VM's tap (bridge port) on this host
+    forward: str = "fwd0"  # the forward link to the other host
+    vm_mac: str = "52:54:00:c0:10:01"
+    control_socket: str = DEFAULT_SOCKET
+    instance: str = "colo"  # tag of our iptables rules
+    queue: int = 0  # NFQUEUE number (primary)
+    # Proxy process dead: "closed" holds the PVM's output (the consistent default),
+    # "open" lets it pass uncompared (iptables --queue-bypass).
+    on_crash: str = "closed"
+    # Kernel queue full: "drop" (TCP retransmits) or "accept" uncompared (NFQA_CFG_F_FAIL_OPEN).
+    on_queue_full: str = "drop"
+    queue_maxlen: int = 8192
+    gso: bool = True
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    def validate(self) -> ProxySettings:
+        if self.role not in ("primary", "secondary"):
+            raise ConfigError(f"role must be primary or secondary, not {self.role!r}")
+        if self.on_crash not in ("closed", "open"):
+            raise ConfigError(f"on_crash must be closed or open, not {self.on_crash!r}")
+        if self.on_queue_full not in ("drop", "accept"):
+            raise ConfigError(f"on_queue_full must be drop or accept, not {self.on_queue_full!r}")
+        if not 0 <= self.queue <= 65535:
+            raise ConfigError(f"queue must be 0..65535, not {self.queue}")
+        if len(self.vm_mac.split(":")) != 6:
+            raise ConfigError(f"vm_mac {self.vm_mac!r} is not a MAC address")
+        return self
+
+
+def load(path: str | Path | None, overrides: dict[str, Any]) -> ProxySettings:
+    """Settings from a TOML file ([proxy] and [compare] tables), then flag overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    proxy = dict(data.get("proxy", {}))
+    compare = dict(data.get("compare", {}))
+    proxy.update({k: v for k, v in overrides.items() if v is not None and k != "compare"})
+    compare.update(overrides.get("compare") or {})
+    known = {f.name for f in fields(ProxySettings)} - {"compare"}
+    unknown = set(proxy) - known
+    if unknown:
+        raise ConfigError(f"unknown [proxy] keys: {', '.join(sorted(unknown))}")
+    cknown = {f.name for f in fields(CompareConfig)}
+    if set(compare) - cknown:
+        raise ConfigError(f"unknown [compare] keys: {', '.join(sorted(set(compare) - cknown))}")
+    try:
+        cmp_cfg = replace(CompareConfig(), **compare)
+        return ProxySettings(**proxy, compare=cmp_cfg).validate()
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
