@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_replay(sub)
+    from colo_proxy.service_cli import register  # primary, secondary, status, cleanup
+
+    register(sub)
     return parser
 
 
