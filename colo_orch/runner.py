@@ -9,6 +9,7 @@ hypervisor action at a time, and the loop never waits for it).
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections import Counter, deque
@@ -151,6 +152,10 @@ class Orchestrator:
 
     def cycle(self) -> Decision:
         now = time.monotonic()
+        if not self._vm_at:
+            # Decide nothing before the first look at the VM: "unreachable" is only
+            # the initial value, and acting on it would start a second VM.
+            return Decision("waiting for the first observation of our VM")
         snap = self.snapshot(now)
         d = decide(snap, self.cfg.timing.checkpoint_min_interval,
                    self.cfg.timing.checkpoint_max_interval)
@@ -216,7 +221,7 @@ class Orchestrator:
         b = self.backend
         if isinstance(action, StartVM):
             uri = self.cfg.incoming_uri if action.incoming else None
-            return "start_vm", lambda: b.start_vm(uri)
+            return "start_vm", lambda: self._start_vm(uri)
         if isinstance(action, EnterColo):
             return "enter_colo", lambda: self._enter_colo(action.uri)
         if isinstance(action, Checkpoint):
@@ -233,6 +238,23 @@ class Orchestrator:
         if isinstance(action, StopVM):
             return "stop_vm", b.stop_vm
         raise RuntimeError(f"Unexpected command: {action}")
+
+    def _hook(self, name: str, argv: list[str]) -> str:
+        if not argv:
+            return ""
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s hook %s failed: %s", name, argv, exc)
+            return f"; {name} hook failed: {exc}"
+        if proc.returncode != 0:
+            log.warning("%s hook exited %d: %s", name, proc.returncode, proc.stderr[-200:])
+            return f"; {name} hook exited {proc.returncode}"
+        return f"; {name} hook ran"
+
+    def _start_vm(self, uri: str | None) -> str:
+        hooked = self._hook("on_secondary", self.cfg.on_secondary) if uri else ""
+        return self.backend.start_vm(uri) + hooked
 
     def _enter_colo(self, uri: str) -> str:
         out = self.backend.enter_colo(uri)
@@ -261,6 +283,7 @@ class Orchestrator:
         if self.proxy is not None:
             self.proxy.send({"type": "failover"})
         out = self.backend.take_over(was_role)
+        out += self._hook("on_takeover", self.cfg.on_takeover)
         took = time.monotonic() - start
         if self._peer_lost_at is not None:
             took = time.monotonic() - self._peer_lost_at

@@ -44,6 +44,10 @@ class Config:
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     vm_command: list[str] = field(default_factory=list)  # argv to (re)start our VM
     auto_reprotect: bool = True
+    # Commands run after this host took over, and before it starts a secondary VM
+    # (like keepalived's notify scripts): e.g. to move a LAN uplink.
+    on_takeover: list[str] = field(default_factory=list)
+    on_secondary: list[str] = field(default_factory=list)
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
     timing: Timing = field(default_factory=Timing)
@@ -127,9 +131,11 @@ def _check(cfg: Config, path: str) -> None:
                     'write it like incoming_uri = "tcp:10.0.0.2:4444"')
     if not isinstance(cfg.auto_reprotect, bool):
         raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
-    if not isinstance(cfg.vm_command, list) or not all(isinstance(a, str) for a in cfg.vm_command):
-        raise _fail(path, "vm_command", "must be a list of strings (an argv)",
-                    'write it like vm_command = ["qemu-system-x86_64", "-m", "256"]')
+    for key in ("vm_command", "on_takeover", "on_secondary"):
+        v = getattr(cfg, key)
+        if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+            raise _fail(path, key, "must be a list of strings (an argv)",
+                        f'write it like {key} = ["/usr/local/bin/x", "--flag"]')
     t = cfg.timing
     if t.heartbeat_timeout < 3 * t.heartbeat_interval:
         raise _fail(path, "timing.heartbeat_timeout",

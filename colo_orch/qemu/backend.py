@@ -46,7 +46,14 @@ class _Monitor:
                 raise ConnectionError(f"no QMP socket at {self.path}")
             mon = QEMUMonitorProtocol(self.path)
             mon.settimeout(self.timeout)
-            mon.connect(negotiate=True)
+            try:
+                mon.connect(negotiate=True)
+            except BaseException:
+                try:
+                    mon.close()
+                except Exception:  # closing a half-open connection may fail in any way
+                    pass
+                raise
             self._mon = mon
         return self._mon
 

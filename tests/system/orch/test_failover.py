@@ -1,0 +1,99 @@
+"""The orchestrators drive a real QEMU COLO pair in the lab: protect, checkpoint, fail over,
+re-protect, and fail over a second time (the direction reversed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from colo_lab import pair
+from colo_lab.lab import Lab
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = Lab(f"orch{os.getpid() % 10000}")
+    lab.down()
+    try:
+        lab.up(secondary="incoming")
+        pair.start_orchestrators(lab)
+        yield lab
+    finally:
+        lab.down()
+        assert lab.leftovers() == []
+
+
+def _checkpoints(lab: Lab, host: str) -> int:
+    return sum(pair.state(lab, host).get("checkpoints", {}).values())
+
+
+def _wait(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {what}")
+
+
+def _store_and_checkpoint(lab: Lab, primary: str, key: str, value: bytes) -> None:
+    assert lab.http(f"/kv/{key}", method="PUT", data=value)[0] == 200
+    before = _checkpoints(lab, primary)
+    pair.api(lab, primary, "POST", "/checkpoint")
+    _wait(lambda: _checkpoints(lab, primary) > before, 20, "manual checkpoint")
+
+
+def _kill_vm(lab: Lab, host: str) -> None:
+    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
+    pri = pair.wait_state(lab, "primary", "PROTECTED", 60)
+    sec = pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    assert (pri["role"], sec["role"]) == ("primary", "secondary")
+    assert pri["lease_holder"] == "pri"
+
+    for i in range(3):
+        _store_and_checkpoint(lab, "primary", f"k{i}", f"v{i}".encode())
+    assert pair.state(lab, "primary")["checkpoints"]["manual"] >= 3
+
+    # 1. The PVM's QEMU dies: the secondary takes over with the checkpointed state.
+    _kill_vm(lab, "primary")
+    sec = pair.wait_state(lab, "secondary", "ALONE", 30)
+    assert sec["role"] == "primary" and sec["failovers"] == 1
+    assert sec["last_takeover_s"] is not None and sec["last_takeover_s"] < 5
+    assert pair.wait_state(lab, "primary", {"FENCED", "STARTING", "WAITING", "PROTECTED"}, 10)
+    assert lab.http("/kv/k2") == (200, b"v2")
+
+    # 2. Re-protection: the old primary host starts a new SVM; the survivor re-enters COLO.
+    pri = pair.wait_state(lab, "primary", "PROTECTED", 90)
+    sec = pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    assert (pri["role"], sec["role"]) == ("secondary", "primary")
+    _store_and_checkpoint(lab, "secondary", "after", b"reprotected")
+
+    # 3. Second failover, the other way: the new PVM (on the secondary host) dies.
+    _kill_vm(lab, "secondary")
+    pri = pair.wait_state(lab, "primary", "ALONE", 30)
+    assert pri["role"] == "primary" and pri["failovers"] == 1
+    _wait(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
+    assert lab.http("/kv/after") == (200, b"reprotected")
+    assert lab.http("/kv/k1") == (200, b"v1")
+    for role in ("primary", "secondary"):
+        assert lab.vm(role).serial_problems() == []
+
+
+def test_secondary_loss_leaves_the_primary_serving_alone(lab: Lab) -> None:
+    pair.wait_state(lab, "primary", "PROTECTED", 60)
+    pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    _kill_vm(lab, "secondary")
+    pri = pair.wait_state(lab, "primary", "ALONE", 30)
+    assert pri["role"] == "primary"
+    assert lab.http("/health")[0] == 200
+    # The fenced secondary host brings up a new SVM and the pair is protected again.
+    pair.wait_state(lab, "primary", "PROTECTED", 90)
+    pair.wait_state(lab, "secondary", "PROTECTED", 30)
