@@ -15,7 +15,7 @@ build: bootstrap
 	$(VENV)/bin/colo-lab build
 
 demo: build
-	$(VENV)/bin/colo-lab smoke --name demo --checkpoints 20
+	$(VENV)/bin/colo-lab demo
 
 test: build lint
 	COLO_REQUIRE_SYSTEM=1 $(PYTEST) tests

@@ -10,7 +10,7 @@ from typing import NoReturn
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_IP, Lab
 
-COMMANDS = ("up", "down", "status", "build", "smoke")
+COMMANDS = ("up", "down", "status", "build", "smoke", "demo")
 
 EPILOG = """\
 examples:
@@ -21,6 +21,7 @@ examples:
   ip netns exec colo-lab-client curl http://10.99.0.10/   reach the service
   colo-lab smoke --checkpoints 20 boot, enter COLO, checkpoint, verify, tear down
   colo-lab down                   remove everything of the lab (also after a crash)
+  colo-lab demo                   the whole story: protect, checkpoint, fail over, re-protect
 
 environment:
   COLO_CACHE    build cache (default /var/cache/colo-lab)
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("smoke", help="COLO smoke check: boot, COLO, checkpoints, verify, down")
     sm.add_argument("--checkpoints", type=int, default=20, help="how many (default 20)")
     sm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
-    for sp in (up, down, st, sm):
+    dm = sub.add_parser("demo", help="run the demo (lab, orchestrators, client, failover, summary)")
+    for sp in (up, down, st, sm, dm):
         sp.add_argument("--name", default="lab", help="lab name (default 'lab')")
     return p
 
@@ -132,6 +134,11 @@ def _run(args: argparse.Namespace) -> int:
         for line in res.serial_problems[:10]:
             print(f"  serial: {line}")
         return 0 if res.ok(args.checkpoints) else 1
+    if args.command == "demo":
+        from colo_lab.demo import run_demo
+
+        summary = run_demo(_say, name=args.name)
+        return 0 if summary.get("requests_ok") else 1
     raise LabError(f"unknown command {args.command}")
 
 

@@ -1,0 +1,132 @@
+"""A checking HTTP client for the lab service, run inside the client namespace.
+
+Keeps ONE persistent HTTP/1.1 connection and loops: PUT /kv/cN with a unique
+value, then GET /kv/cN, checking that the answer is exactly what was stored.
+Any reset, timeout, short or wrong answer is counted as an error and the
+connection is reopened. Every request's outcome goes to stdout as a JSON line,
+so a caller can watch progress and compute the service's gap at a failover.
+
+usage: python -m colo_lab.client --host 10.99.0.10 [--duration S] [--count N]
+       [--random-every K] [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+
+class Conn:
+    def __init__(self, host: str, timeout: float) -> None:
+        self.host = host
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.opened = 0
+
+    def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection((self.host, 80), timeout=self.timeout)
+            self.buf = b""
+            self.opened += 1
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        header, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for ln in lines[1:]:
+            k, _, v = ln.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v)
+        while len(self.buf) < length:
+            self._fill()
+        data, self.buf = self.buf[:length], self.buf[length:]
+        return status, data
+
+    def _fill(self) -> None:
+        assert self.sock is not None
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed by the server")
+        self.buf += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="colo_lab.client")
+    p.add_argument("--host", default="10.99.0.10")
+    p.add_argument("--duration", type=float, default=0.0, help="seconds (0: until --count)")
+    p.add_argument("--count", type=int, default=0, help="request pairs (0: until --duration)")
+    p.add_argument("--random-every", type=int, default=0,
+                   help="also GET /random every K pairs (non-deterministic: causes divergence)")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--prefix", default="c")
+    args = p.parse_args(argv)
+    stop = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    conn = Conn(args.host, args.timeout)
+    start = time.monotonic()
+    ok = errors = randoms = 0
+    i = 0
+    while not stop:
+        if args.duration and time.monotonic() - start >= args.duration:
+            break
+        if args.count and i >= args.count:
+            break
+        key, value = f"{args.prefix}{i}", f"value-{i}-{'x' * (i % 97)}".encode()
+        t0 = time.monotonic()
+        err = ""
+        try:
+            st, body = conn.request("PUT", f"/kv/{key}", value)
+            if (st, body) != (200, f"stored {len(value)}\n".encode()):
+                err = f"PUT answered {st} {body[:40]!r}"
+            else:
+                st, body = conn.request("GET", f"/kv/{key}")
+                if (st, body) != (200, value):
+                    err = f"GET answered {st} {body[:40]!r}"
+            if not err and args.random_every and i % args.random_every == 0:
+                st, _ = conn.request("GET", "/random")
+                randoms += 1
+                if st != 200:
+                    err = f"/random answered {st}"
+        except (OSError, ConnectionError, ValueError, IndexError) as exc:
+            err = f"{type(exc).__name__}: {exc}"
+        t1 = time.monotonic()
+        if err:
+            errors += 1
+            conn.close()
+        else:
+            ok += 1
+        print(json.dumps({"i": i, "t": round(t1 - start, 4), "ms": round(1000 * (t1 - t0), 2),
+                          "ok": not err, "err": err, "conn": conn.opened}), flush=True)
+        i += 1
+        if err:
+            time.sleep(0.05)  # pacing after an error, not synchronisation
+    conn.close()
+    print(json.dumps({"summary": True, "ok": ok, "errors": errors, "randoms": randoms,
+                      "connections": conn.opened,
+                      "seconds": round(time.monotonic() - start, 3)}), flush=True)
+    return 0 if errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

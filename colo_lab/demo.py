@@ -1,0 +1,159 @@
+"""The demo: a protected VM pair survives the death of its primary, then of the new primary.
+
+Steps (each printed as it happens):
+ 1. lab up: namespaces, PVM booted, SVM waiting for migration
+ 2. both orchestrators start and protect the pair (COLO)
+ 3. a client keeps one persistent connection and a checked request loop running
+ 4. requests to the non-deterministic endpoint cause checkpoints
+ 5. the PVM's QEMU is killed (SIGKILL); the SVM takes over
+ 6. the orchestrators re-protect: a new secondary, COLO again
+ 7. a summary: requests, errors, checkpoints by reason, takeover time
+ 8. everything is removed
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from colo_lab import pair
+from colo_lab.errors import LabError
+from colo_lab.lab import VM_IP, Lab
+
+
+@dataclass
+class ClientWatch:
+    """Reads the checking client's JSON lines as they come."""
+
+    proc: subprocess.Popen[str]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("summary"):
+                self.summary = rec
+            else:
+                self.results.append(rec)
+
+    def count(self) -> int:
+        return len(self.results)
+
+    def wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() > deadline:
+                raise LabError(f"client made only {self.count()} of {n} requests")
+            if self.proc.poll() is not None:
+                raise LabError("the client stopped early")
+            time.sleep(0.05)
+
+
+def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any]:
+    lab = Lab(name)
+    lab.down()
+    t0 = time.monotonic()
+    try:
+        say("1/7 starting the lab: namespaces, bridges, PVM booting, SVM waiting ...")
+        lab.up(secondary="incoming")
+        say(f"    lab up in {time.monotonic() - t0:.1f} s (accel {lab.accel})")
+        say("2/7 starting colo-orch on both hosts ...")
+        pair.start_orchestrators(lab)
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        say("    pair PROTECTED: PVM on the primary host, SVM in COLO on the secondary host")
+
+        say(f"3/7 client: one persistent connection to http://{VM_IP}/, PUT+GET checked ...")
+        client = ClientWatch(subprocess.Popen(
+            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "colo_lab.client",
+             "--host", VM_IP, "--duration", "600", "--random-every", "10", "--timeout", "5"],
+            stdout=subprocess.PIPE, text=True, start_new_session=True))
+        client_t0 = time.monotonic()
+        client.start()
+        client.wait_for(20, 60)
+        say(f"    {client.count()} requests so far")
+
+        say("4/7 checkpoints while the client runs (proxy requests, operator, periodic) ...")
+        for _ in range(3):
+            before = _cps(lab, "primary")
+            pair.api(lab, "primary", "POST", "/checkpoint")
+            _wait(lambda b=before: _cps(lab, "primary") > b, 20, "checkpoint")
+        st = pair.state(lab, "primary")
+        say(f"    checkpoints by reason: {st['checkpoints']}; last took "
+            f"{1000 * (st['last_checkpoint_s'] or 0):.0f} ms")
+
+        say("5/7 killing the PVM's QEMU with SIGKILL ...")
+        n_before = client.count()
+        pid = int((lab.run_dir / "pvm.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        sec = pair.wait_state(lab, "secondary", "ALONE", 30)
+        say(f"    secondary took over in {1000 * (sec['last_takeover_s'] or 0):.0f} ms; "
+            f"now {sec['role']}")
+        client.wait_for(n_before + 20, 60)
+        gap = _largest_gap(client.results, killed_at - client_t0)
+        say(f"    client continues: {client.count() - n_before} more requests; "
+            f"longest pause around the failover {gap * 1000:.0f} ms")
+
+        say("6/7 re-protecting: new SVM on the old primary host, COLO again ...")
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        client.wait_for(client.count() + 10, 60)
+        say("    pair PROTECTED again (roles swapped)")
+
+        client.proc.send_signal(signal.SIGTERM)
+        client.proc.wait(timeout=30)
+        _wait(lambda: bool(client.summary), 10, "client summary")
+        summary = {
+            "requests_ok": client.summary.get("ok"),
+            "request_errors": client.summary.get("errors"),
+            "client_connections": client.summary.get("connections"),
+            "checkpoints_by_reason": pair.state(lab, "primary").get("checkpoints", {})
+            | {f"{k} (new primary)": v for k, v in
+               pair.state(lab, "secondary").get("checkpoints", {}).items()},
+            "takeover_ms": round(1000 * (sec["last_takeover_s"] or 0)),
+            "longest_client_pause_ms": round(gap * 1000),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        say("7/7 summary:")
+        for k, v in summary.items():
+            say(f"    {k}: {v}")
+        return summary
+    finally:
+        say("cleaning up the lab ...")
+        lab.down()
+
+
+def _cps(lab: Lab, host: str) -> int:
+    return sum(pair.state(lab, host).get("checkpoints", {}).values())
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _largest_gap(results: list[dict[str, Any]], around: float) -> float:
+    """Longest time between two consecutive answers within 10 s of `around`."""
+    times = [r["t"] for r in results if r["ok"] and abs(r["t"] - around) < 10]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
