@@ -94,7 +94,7 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         for _ in range(3):
             before = _cps(lab, "primary")
             pair.api(lab, "primary", "POST", "/checkpoint")
-            _wait(lambda b=before: _cps(lab, "primary") > b, 20, "checkpoint")
+            _wait(_more_checkpoints(lab, before), 20, "checkpoint")
         st = pair.state(lab, "primary")
         say(f"    checkpoints by reason: {st['checkpoints']}; last took "
             f"{1000 * (st['last_checkpoint_s'] or 0):.0f} ms")
@@ -143,6 +143,10 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
 
 def _cps(lab: Lab, host: str) -> int:
     return sum(pair.state(lab, host).get("checkpoints", {}).values())
+
+
+def _more_checkpoints(lab: Lab, before: int) -> Callable[[], bool]:
+    return lambda: _cps(lab, "primary") > before
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
