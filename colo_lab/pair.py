@@ -49,6 +49,7 @@ api_listen = "{me.ctl_ip}:{API_PORT}"
 arbiter_path = "{lab.run_dir / 'arbiter.lease'}"
 proxy_socket = "{proxy_socket}"
 vm_command = {_toml_list(vm.argv())}
+vm_pidfile = "{vm.pid_path}"
 # Without a proxy the LAN uplink is the lab's stand-in for steering the SVM's output.
 on_takeover = ["ip", "link", "set", "lan0", "up"]
 on_secondary = ["ip", "link", "set", "lan0", "down"]

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     orch = Orchestrator(
         cfg,
-        QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command, qmp_timeout=cfg.timing.qmp_timeout),
+        QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command, qmp_timeout=cfg.timing.qmp_timeout,
+                    pidfile=cfg.vm_pidfile),
         LocalLeaseArbiter(arbiter_path, cfg.timing.lease_ttl),
         hb,
         ProxyLink(cfg.proxy_socket) if cfg.proxy_socket else None,

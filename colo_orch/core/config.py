@@ -43,6 +43,7 @@ class Config:
     api_listen: str = "127.0.0.1:7411"
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     vm_command: list[str] = field(default_factory=list)  # argv to (re)start our VM
+    vm_pidfile: str = ""  # QEMU's -pidfile: lets us fence (kill) a VM whose monitor hangs
     auto_reprotect: bool = True
     # Commands run after this host took over, and before it starts a secondary VM
     # (like keepalived's notify scripts): e.g. to move a LAN uplink.
@@ -114,7 +115,7 @@ def _addr(path: str, key: str, value: object) -> None:
 
 
 def _check(cfg: Config, path: str) -> None:
-    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path"):
+    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
     if not cfg.name or not cfg.name.replace("-", "").isalnum():

@@ -285,6 +285,14 @@ def _paused(s: Snapshot, _mn: float, _mx: float) -> Decision:
 
 
 def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    p = s.peer
+    if p.alive and p.role == "primary" and p.state in (State.FAILING_OVER, State.ALONE,
+                                                       State.WAITING, State.SYNCING,
+                                                       State.PROTECTED):
+        # The peer has taken over while we were stuck: our VM must never run again
+        # beside it (split brain), so fence it for good.
+        return Decision(f"peer took over while we were degraded ({s.degraded_reason}): "
+                        "fencing our VM", Event.VM_LOST, StopVM())
     if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
         return Decision(f"VM answers again after '{s.degraded_reason}': serving alone",
                         Event.RECOVERED)

@@ -94,12 +94,13 @@ class _Monitor:
 class QemuBackend(Backend):
     def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
-                 log_dir: str = "/tmp") -> None:
+                 log_dir: str = "/tmp", pidfile: str = "") -> None:
         self.mon = _Monitor(qmp, qmp_timeout)
         self.events = _Monitor(qmp_events, qmp_timeout)
         self.vm_command = vm_command
         self.qemu_delay_ms = qemu_checkpoint_delay_ms
         self.log_dir = log_dir
+        self.pidfile = pidfile
         self._colo_cap_set = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
@@ -235,13 +236,32 @@ class QemuBackend(Backend):
         return f"VM running {1000 * ran:.0f} ms after lost-heartbeat"
 
     def stop_vm(self) -> str:
+        """Quit the VM; if its monitor does not answer, kill it (fencing must not hang)."""
+        how = "quit"
         try:
             self.mon.cmd("quit")
         except Exception:
-            pass
+            how = self._kill()
         self.mon.drop()
         self.events.drop()
-        return "VM stopped"
+        return f"VM stopped ({how})"
+
+    def _kill(self) -> str:
+        pid = None
+        if self.proc is not None and self.proc.poll() is None:
+            pid = self.proc.pid
+        elif self.pidfile:
+            try:
+                pid = int(Path(self.pidfile).read_text().strip())
+            except (OSError, ValueError):
+                pid = None
+        if pid is None:
+            raise BackendError("VM monitor hung and no pid known to kill it (set vm_pidfile)")
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            return "already gone"
+        return f"SIGKILL to pid {pid}"
 
     def close(self) -> None:
         self.mon.drop()

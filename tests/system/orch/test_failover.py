@@ -97,3 +97,40 @@ def test_secondary_loss_leaves_the_primary_serving_alone(lab: Lab) -> None:
     # The fenced secondary host brings up a new SVM and the pair is protected again.
     pair.wait_state(lab, "primary", "PROTECTED", 90)
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
+
+
+def test_hung_primary_qemu_degrades_then_is_fenced_and_replaced() -> None:
+    lab = Lab(f"hung{os.getpid() % 10000}")
+    lab.down()
+    try:
+        lab.up(secondary="incoming")
+        pair.start_orchestrators(lab, extra="[timing]\nqmp_timeout = 1.0\n")
+        pair.wait_state(lab, "primary", "PROTECTED", 60)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        _store_and_checkpoint(lab, "primary", "before", b"hang")
+        pid = int((lab.run_dir / "pvm.pid").read_text())
+        os.kill(pid, signal.SIGSTOP)  # QEMU alive but its monitor never answers
+        try:
+            st = pair.wait_state(lab, "primary", {"DEGRADED", "FENCED"}, 20)
+            assert st["degraded_reason"] == "QEMU monitor hung"
+            # The orchestrator itself stays responsive, and the peer takes over.
+            sec = pair.wait_state(lab, "secondary", "ALONE", 30)
+            assert sec["role"] == "primary"
+            # The hung VM is fenced (killed), never resumed beside the new primary.
+            _wait(lambda: not _alive(pid), 30, "hung PVM fenced")
+        finally:
+            if _alive(pid):
+                os.kill(pid, signal.SIGCONT)
+        assert lab.http("/kv/before") == (200, b"hang")
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+    finally:
+        lab.down()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read().split()
+    return stat[2] != "Z"

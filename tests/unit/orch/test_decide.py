@@ -178,3 +178,10 @@ def test_failed_action_degrades_with_the_reason() -> None:
     d = decide(snap(State.SYNCING, finished=ActionResult("enter_colo", False, "refused")),
                MIN, MAX)
     assert d.event is Event.ERROR and d.degraded_reason == "enter_colo failed: refused"
+
+
+def test_degraded_host_fences_its_vm_when_the_peer_took_over() -> None:
+    took = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(snap(State.DEGRADED, vm=VmObs(reachable=True, hung=True), peer=took,
+                    degraded_reason="QEMU monitor hung"), MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM())
