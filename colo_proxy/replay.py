@@ -2,9 +2,15 @@
 
 Each capture holds what one replica sent (pcap or pcapng; Ethernet with or without VLAN tags,
 Linux cooked, BSD loopback or raw IP). Packets are fed in time order, packet time as ``now``;
-a requested checkpoint is taken as instantaneous (``checkpoint_done`` at once) and the flow it
-names is reported once and no longer compared. This tells an operator how often a workload
-would diverge before deploying it.
+a requested checkpoint is taken as instantaneous and the flow it names is reported once and
+no longer compared. This tells an operator how often a workload would diverge before
+deploying it.
+
+Replay does not call ``checkpoint_done``: a real checkpoint restarts the SVM from the PVM's
+state, so the comparator discards SVM output it kept. Here the secondary's capture goes on as
+recorded, and discarding its output for the other flows (output it will not produce again)
+would turn them into false timeouts. Instead the diverged flow alone stops being compared,
+which is what an instantaneous checkpoint means for it.
 
 The two captures normally come from two separate runs, so the replicas' TCP ISNs differ and
 so do the clients' ISNs. In production the secondary's rewriter puts SVM output into the
@@ -264,9 +270,7 @@ def replay(
                 wake = cmd.at
             elif isinstance(cmd, RequestCheckpoint):
                 _record(cmd, now)
-                # A checkpoint in replay is instantaneous.
                 report.checkpoints += 1
-                handle(cmp.checkpoint_done(now), now)
 
     def _record(cmd: RequestCheckpoint, now: float) -> None:
         if cmd.flow is None or cmd.flow.proto == -1:

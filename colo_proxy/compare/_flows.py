@@ -220,9 +220,15 @@ class TcpFlow(FlowState):
             m = self.matched = start
             if self.s_segs:
                 self._trim_svm(m, drop)
-        end = start + len(data)
-        if end > self.p_top:
-            self.p_top = end
+        n = len(data)
+        end = start + n
+        if n:
+            if end > self.p_top:
+                self.p_top = end
+        elif not flags & FIN:
+            # No byte to prove (a pure ACK, or an RST/ACK after the FIN's sequence slot): it
+            # waits only for the PVM data sent before it.
+            end = start if self.p_top == NO_TOP else min(start, self.p_top)
         aoff = NO_ACK
         if flags & ACK:
             ab = self.p_abase
@@ -244,7 +250,7 @@ class TcpFlow(FlowState):
                 need |= NEED_RST
                 self.p_rst = True
         div = None
-        if end > m:
+        if n and end > m:
             segs = self.p_segs
             if segs is None:
                 segs = self.p_segs = []
@@ -301,8 +307,9 @@ class TcpFlow(FlowState):
         start = ref + ((seq - base - ref + HALF) & MASK) - HALF
         if flags & SYN:
             start = 0 if start < 0 else start
-        end = start + len(data)
-        if end > self.s_top:
+        n = len(data)
+        end = start + n
+        if n and end > self.s_top:
             self.s_top = end
         if flags & ACK:
             ab = self.s_abase
@@ -317,7 +324,7 @@ class TcpFlow(FlowState):
         if flags & RST:
             self.s_rst = True
         div = None
-        if m is None or end > m:
+        if n and (m is None or end > m):
             segs = self.s_segs
             if segs is None:
                 segs = self.s_segs = []
@@ -476,17 +483,22 @@ class TcpFlow(FlowState):
     def resync(self, epoch: int) -> None:
         super().resync(epoch)
         # Everything the PVM sent before the checkpoint is committed, and the SVM's TCP stack
-        # is now the PVM's: same sequence space, same ACKs, same FIN/RST/SYN history.
+        # is now the PVM's: same sequence space, and at least the PVM's SYN/FIN/RST/ACK
+        # history. What the SVM showed beyond that is kept rather than forgotten: the
+        # restored SVM holds the same inputs and will produce it again (and a replay of two
+        # independent captures, where the SVM does not restart, needs it).
         if self.p_top != NO_TOP:
             self.matched = self.p_top if self.matched is None else max(self.matched, self.p_top)
-        self.s_base = self.p_base
-        self.s_abase = self.p_abase
-        self.s_syn = self.p_syn
-        self.s_fin = self.p_fin
-        self.s_rst = self.p_rst
+        if self.p_base is not None:
+            self.s_base = self.p_base
+        if self.p_abase is not None:
+            self.s_abase = self.p_abase
+        self.s_syn = self.s_syn or self.p_syn
+        if self.p_fin is not None:
+            self.s_fin = self.p_fin
+        self.s_rst = self.s_rst or self.p_rst
         self.s_top = self.p_top
-        if self.p_amax != NO_ACK:
-            self.s_ack = self.p_amax
+        self.s_ack = max(self.s_ack, self.p_amax)
 
 
 class DatagramFlow(FlowState):

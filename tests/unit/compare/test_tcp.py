@@ -133,6 +133,18 @@ def test_fin_must_match(c: Comparator) -> None:
     assert c.packet(S, 3, sdata(3, b"", flags=ACK | FIN), 0.1) == [Release((2,)), Drop((3,))]
 
 
+def test_acks_after_the_fin_use_its_sequence_slot(c: Comparator) -> None:
+    c.packet(P, 2, pdata(0, b"bye", flags=ACK | FIN), 0.1)
+    c.packet(S, 2, sdata(0, b"bye", flags=ACK | FIN), 0.1)
+    # The ACK of the client's FIN comes from sequence number FIN + 1.
+    assert c.packet(P, 3, pdata(4, b"", ack=CACK + 1, flags=ACK), 0.2) == []
+    assert c.packet(S, 3, sdata(4, b"", ack=CACK + 1, flags=ACK), 0.2) == [
+        Release((3,)),
+        Drop((3,)),
+    ]
+    assert c.held_packets == 0
+
+
 def test_fin_at_another_position_diverges(c: Comparator) -> None:
     assert c.packet(P, 2, pdata(0, b"bye", flags=ACK | FIN), 0.1) == []
     assert c.packet(S, 2, sdata(0, b"by", flags=ACK | FIN), 0.1) == [
