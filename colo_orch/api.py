@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
 
 from colo_orch.core.state import State
 from colo_orch.runner import Orchestrator
@@ -25,44 +22,10 @@ from colo_orch.runner import Orchestrator
 COMMANDS = ("checkpoint", "failover", "pause", "resume", "reprotect")
 READY_STATES = {State.PROTECTED.name, State.CHECKPOINTING.name, State.ALONE.name,
                 State.PAUSED.name}
-CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full",
-                      "periodic", "manual", "resume")
-
-
-class OrchestratorCollector(Collector):
-    """Reads the orchestrator's counters at scrape time."""
-
-    def __init__(self, orch: Orchestrator) -> None:
-        self.orch = orch
-
-    def collect(self) -> Iterator[Any]:
-        st = self.orch.status()
-        g = GaugeMetricFamily("colo_orch_state", "Orchestrator state (stable numbers, see "
-                              "colo_orch/core/state.py)", labels=["role"])
-        g.add_metric([st["role"]], st["state_code"])
-        yield g
-        c = CounterMetricFamily("colo_checkpoints", "Checkpoints completed, by reason",
-                                labels=["reason"])
-        counts = st["checkpoints"]
-        for reason in sorted(set(CHECKPOINT_REASONS) | set(counts)):
-            c.add_metric([reason], counts.get(reason, 0))
-        yield c
-        yield CounterMetricFamily("colo_failovers", "Failovers completed", value=st["failovers"])
-        yield CounterMetricFamily("colo_reprotections", "Re-protections started",
-                                  value=st["reprotections"])
-        alive = st["peer_seen_s_ago"] is not None and \
-            st["peer_seen_s_ago"] <= self.orch.cfg.timing.heartbeat_timeout
-        yield GaugeMetricFamily("colo_peer_up", "1 if the peer's heartbeat is current",
-                                value=1 if alive else 0)
-        if st["last_takeover_s"] is not None:
-            yield GaugeMetricFamily("colo_last_takeover_seconds",
-                                    "Time from peer loss to serving alone, last failover",
-                                    value=st["last_takeover_s"])
 
 
 def make_server(orch: Orchestrator, listen: str) -> ThreadingHTTPServer:
-    registry = CollectorRegistry()
-    registry.register(OrchestratorCollector(orch))
+    registry = orch.registry
     host, port = listen.rsplit(":", 1)
 
     class Handler(BaseHTTPRequestHandler):

@@ -17,6 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from colo_orch.arbiter import Arbiter
 from colo_orch.backend import Backend
 from colo_orch.core.config import Config
@@ -38,6 +40,7 @@ from colo_orch.core.decide import (
 )
 from colo_orch.core.state import RUNNING_STATES, Machine, State
 from colo_orch.heartbeat import Heartbeat
+from colo_orch.metrics import OrchMetrics
 from colo_orch.proxy_link import ProxyLink
 
 log = logging.getLogger("colo_orch")
@@ -45,7 +48,10 @@ log = logging.getLogger("colo_orch")
 
 class Orchestrator:
     def __init__(self, cfg: Config, backend: Backend, arbiter: Arbiter,
-                 heartbeat: Heartbeat, proxy: ProxyLink | None, host_id: str) -> None:
+                 heartbeat: Heartbeat, proxy: ProxyLink | None, host_id: str,
+                 metrics: OrchMetrics | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = metrics or OrchMetrics(self.registry)
         self.cfg = cfg
         self.backend = backend
         self.arbiter = arbiter
@@ -81,6 +87,7 @@ class Orchestrator:
         with self._lock:
             if command == "checkpoint":
                 self._requests.append("manual")
+                self.metrics.checkpoint_requests.labels("manual").inc()
             else:
                 self._operator = command
         return f"{command} requested"
@@ -127,7 +134,9 @@ class Orchestrator:
         else:
             peer = PeerObs(alive=False)
         if self.proxy is not None:
-            self._requests.extend(self.proxy.take_requests())
+            for reason in self.proxy.take_requests():
+                self.metrics.checkpoint_requests.labels(self.metrics.reason(reason)).inc()
+                self._requests.append(reason)
         holder = self.arbiter.holder()
         with self._lock:
             busy = self._future is not None and not self._future.done()
@@ -183,6 +192,17 @@ class Orchestrator:
             "vm_ok": snap.vm.reachable and not snap.vm.hung,
             "incoming": self.cfg.incoming_uri,
         })
+        m = self.metrics
+        m.state.state(self.machine.state.name)
+        m.state_code.set(int(self.machine.state))
+        m.role.state(self.role)
+        m.peer_up.set(1 if snap.peer.alive else 0)
+        m.lease_held.set(1 if snap.lease_held else 0)
+        rep = self.heartbeat.last()
+        if rep is not None and rep.rtt is not None:
+            m.heartbeat_rtt.set(rep.rtt)
+        if self.proxy is not None:
+            m.proxy_up.set(1 if self.proxy.connected else 0)
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
@@ -201,8 +221,14 @@ class Orchestrator:
                 self.proxy.send({"type": "checkpoint_done"})
         if before is State.FAILING_OVER and after is State.ALONE:
             self.failovers += 1
+            self.metrics.failovers.inc()
+            if self.last_takeover_s is not None:
+                self.metrics.takeover.set(self.last_takeover_s)
         if before is State.ALONE and after is State.WAITING:
             self.reprotections += 1
+            self.metrics.reprotections.inc()
+        if before is State.CHECKPOINTING and after is not State.PROTECTED:
+            self.metrics.checkpoint_failures.inc()
 
     def _renew_lease(self) -> None:
         st = self.machine.state
@@ -268,10 +294,21 @@ class Orchestrator:
         if self.proxy is not None:
             self.proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
         start = time.monotonic()
-        out = self.backend.checkpoint()
+        try:
+            out = self.backend.checkpoint()
+        except Exception:
+            self.metrics.checkpoint_failures.inc()
+            raise
         self.last_checkpoint_s = time.monotonic() - start
+        m = self.metrics
+        m.checkpoint_duration.observe(self.last_checkpoint_s)
+        pause = getattr(self.backend, "checkpoint_pause_s", None)
+        if isinstance(pause, float) and pause > 0:
+            m.pvm_pause.observe(pause)
+        m.last_checkpoint.set(time.time())
         for r in reasons:
             self.checkpoints[r] += 1
+            m.checkpoints.labels(m.reason(r)).inc()
         if "resume" in reasons and self.proxy is not None:
             self.proxy.send({"type": "resume"})
         return f"{', '.join(reasons)}: {out}"

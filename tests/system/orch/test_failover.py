@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from colo_lab import pair
+from colo_lab import netns, pair
 from colo_lab.lab import Lab
 
 
@@ -47,6 +47,17 @@ def _store_and_checkpoint(lab: Lab, primary: str, key: str, value: bytes) -> Non
     _wait(lambda: _checkpoints(lab, primary) > before, 20, "manual checkpoint")
 
 
+def _metrics(lab: Lab, host: str) -> dict[str, float]:
+    h = lab.hosts[host]
+    text = netns.sh(h.ns, ["curl", "-sS", f"http://{h.ctl_ip}:{pair.API_PORT}/metrics"])
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def _kill_vm(lab: Lab, host: str) -> None:
     pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
     os.kill(pid, signal.SIGKILL)
@@ -61,11 +72,18 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     for i in range(3):
         _store_and_checkpoint(lab, "primary", f"k{i}", f"v{i}".encode())
     assert pair.state(lab, "primary")["checkpoints"]["manual"] >= 3
+    metrics = _metrics(lab, "primary")
+    assert metrics['colo_checkpoints_total{reason="manual"}'] >= 3
+    assert metrics['colo_checkpoints_total{reason="payload"}'] == 0
+    assert metrics['colo_orch_state{colo_orch_state="PROTECTED"}'] == 1
+    assert metrics["colo_checkpoint_pvm_pause_seconds_count"] >= 3
+    assert metrics["colo_peer_up"] == 1 and metrics["colo_arbiter_lease_held"] == 1
 
     # 1. The PVM's QEMU dies: the secondary takes over with the checkpointed state.
     _kill_vm(lab, "primary")
     sec = pair.wait_state(lab, "secondary", "ALONE", 30)
     assert sec["role"] == "primary" and sec["failovers"] == 1
+    assert _metrics(lab, "secondary")["colo_failovers_total"] == 1
     assert sec["last_takeover_s"] is not None and sec["last_takeover_s"] < 5
     assert pair.wait_state(lab, "primary", {"FENCED", "STARTING", "WAITING", "PROTECTED"}, 10)
     assert lab.http("/kv/k2") == (200, b"v2")

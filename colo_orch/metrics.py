@@ -1,0 +1,78 @@
+"""The orchestrator's Prometheus metrics (naming per the Prometheus naming guide).
+
+One `colo_` prefix, base units, `_total` counters, timestamps rather than ages,
+no high-cardinality labels, known label values created at 0. Every constructor
+takes the registry, so tests use a fresh one.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+
+from colo_orch.core.state import State
+
+CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",
+                      "manual", "resume", "other")
+# Checkpoints pause the PVM for tens of milliseconds under TCG, a few under KVM.
+PAUSE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class OrchMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.state = Enum("colo_orch_state", "Orchestrator state",
+                          states=[s.name for s in State], registry=registry)
+        self.state_code = Gauge("colo_orch_state_code",
+                                "Orchestrator state as its stable number (colo_orch/core/state.py)",
+                                registry=registry)
+        self.role = Enum("colo_orch_role", "This host's current role",
+                         states=["primary", "secondary"], registry=registry)
+        self.checkpoints = Counter("colo_checkpoints_total", "Checkpoints completed, by reason",
+                                   ["reason"], registry=registry)
+        for r in CHECKPOINT_REASONS:
+            self.checkpoints.labels(r)
+        self.checkpoint_failures = Counter("colo_checkpoint_failures_total",
+                                           "Checkpoints that failed", registry=registry)
+        self.checkpoint_duration = Histogram(
+            "colo_checkpoint_duration_seconds",
+            "From the checkpoint command to the PVM running again", buckets=PAUSE_BUCKETS,
+            registry=registry)
+        self.pvm_pause = Histogram("colo_checkpoint_pvm_pause_seconds",
+                                   "How long the PVM was stopped for one checkpoint",
+                                   buckets=PAUSE_BUCKETS, registry=registry)
+        self.last_checkpoint = Gauge("colo_last_checkpoint_timestamp_seconds",
+                                     "Unix time of the last completed checkpoint",
+                                     registry=registry)
+        self.checkpoint_requests = Counter("colo_checkpoint_requests_total",
+                                           "Checkpoint requests received, by reason",
+                                           ["reason"], registry=registry)
+        for r in CHECKPOINT_REASONS:
+            self.checkpoint_requests.labels(r)
+        self.peer_up = Gauge("colo_peer_up", "1 while the peer's heartbeat is current",
+                             registry=registry)
+        self.heartbeat_rtt = Gauge("colo_heartbeat_rtt_seconds",
+                                   "Round trip of the last echoed heartbeat (includes up to one "
+                                   "heartbeat interval of echo delay)", registry=registry)
+        self.failovers = Counter("colo_failovers_total", "Failovers completed (this host took "
+                                 "over or continued alone)", registry=registry)
+        self.reprotections = Counter("colo_reprotections_total",
+                                     "Re-protections started by this host as primary",
+                                     registry=registry)
+        self.takeover = Gauge("colo_last_takeover_seconds",
+                              "From peer loss to serving alone, at the last failover",
+                              registry=registry)
+        self.lease_held = Gauge("colo_arbiter_lease_held", "1 while this host holds the lease",
+                                registry=registry)
+        self.proxy_up = Gauge("colo_proxy_connected",
+                              "1 while the control channel to colo-proxy is open",
+                              registry=registry)
+        info = Info("colo_build", "Build information", registry=registry)
+        try:
+            ver = version("colo")
+        except PackageNotFoundError:
+            ver = "unknown"
+        info.info({"version": ver, "component": "orchestrator"})
+
+    def reason(self, r: str) -> str:
+        return r if r in CHECKPOINT_REASONS else "other"
