@@ -13,7 +13,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
-PATTERN = bytes((i * 7 + 13) & 0xFF for i in range(1 << 20))
+from colo_lab.guest import pattern
+
+PATTERN = pattern()  # the guest's /blob pattern; beyond 1 MiB the stand-in repeats it
 MAX_BLOB = 64 << 20
 
 
@@ -81,6 +83,9 @@ class Handler(BaseHTTPRequestHandler):
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    # The default backlog of 5 drops SYNs under 20 concurrent connects, at different
+    # moments on each replica: a timing divergence the tests do not mean to cause.
+    request_queue_size = 128
 
 
 def main() -> None:

@@ -144,7 +144,7 @@ class Datapath:
         out = []
         for k, v in self._bpf["offsets"].items():
             out.append(Offset(_ip(k.vm_ip), _port(k.vm_port), _ip(k.peer_ip), _port(k.peer_port),
-                              v.pvm_isn, v.svm_isn, v.offset, v.have == 3))
+                              v.pvm_isn, v.svm_isn, v.offset, v.have & 3 == 3))
         return out
 
 

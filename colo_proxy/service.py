@@ -253,11 +253,17 @@ class SecondaryProxy:
         kind = msg["type"]
         if kind == "hello":
             return {"type": "hello", "role": "secondary", "mode": self.mode}
+        if kind == "status" and msg.get("offsets"):
+            return {"type": "offsets", "offsets": [
+                {"vm": f"{o.vm_ip}:{o.vm_port}", "peer": f"{o.peer_ip}:{o.peer_port}",
+                 "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn, "offset": o.offset,
+                 "complete": o.complete} for o in self.datapath.offsets()]}
         if kind == "status":
             return {"type": "status", "role": "secondary", "mode": self.mode,
                     "uptime_seconds": round(self.clock() - self.started, 3),
                     "checkpoints_done": self.checkpoints,
-                    "offsets": len(self.datapath.offsets()),
+                    "offsets": len(offs := self.datapath.offsets()),
+                    "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
                     "datapath": self.datapath.counters()}
         if kind == "checkpoint_started":
             pass

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.compare import CompareConfig
+from colo_proxy.compare import CompareConfig, FlowMatch
 
 DEFAULT_SOCKET = "/run/colo-proxy/control.sock"
 
@@ -32,6 +33,10 @@ class ProxySettings:
     on_queue_full: str = "drop"
     queue_maxlen: int = 8192
     gso: bool = True
+    # ICMPv6 to link-local multicast (MLD reports, router solicitations, DAD) is timed by
+    # random delays in each kernel and never reaches a client's connection state: pass the
+    # PVM's, drop the SVM's, instead of checkpointing for it.
+    pass_icmp6_multicast: bool = True
     compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self) -> ProxySettings:
@@ -69,7 +74,21 @@ def load(path: str | Path | None, overrides: dict[str, Any]) -> ProxySettings:
     if set(compare) - cknown:
         raise ConfigError(f"unknown [compare] keys: {', '.join(sorted(set(compare) - cknown))}")
     try:
-        cmp_cfg = replace(CompareConfig(), **compare)
+        matches = [_flow_match(m) for m in compare.pop("pass_through", [])]
+        if proxy.get("pass_icmp6_multicast", True):
+            matches.append(ICMP6_MULTICAST)
+        cmp_cfg = replace(CompareConfig(), pass_through=tuple(matches), **compare)
         return ProxySettings(**proxy, compare=cmp_cfg).validate()
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+ICMP6_MULTICAST = FlowMatch(proto=58, dst=ipaddress.ip_network("ff02::/16"))
+
+
+def _flow_match(m: Any) -> FlowMatch:
+    """A [[compare.pass_through]] table: proto, src, sport, dst, dport (all optional)."""
+    if not isinstance(m, dict) or set(m) - {"proto", "src", "sport", "dst", "dport"}:
+        raise ConfigError(f"bad pass_through entry {m!r}: keys are proto, src, sport, dst, dport")
+    net = {k: ipaddress.ip_network(m[k]) for k in ("src", "dst") if k in m}
+    return FlowMatch(proto=m.get("proto"), sport=m.get("sport"), dport=m.get("dport"), **net)

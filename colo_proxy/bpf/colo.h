@@ -35,6 +35,8 @@ struct colo_flow {
 
 #define COLO_HAVE_PVM 1
 #define COLO_HAVE_SVM 2
+#define COLO_HAVE_BOTH 3
+#define COLO_PAIRED 4  /* the offset was computed from this pair of ISNs */
 
 /* Sequence offset of one connection: offset = svm_isn - pvm_isn once both are known. */
 struct colo_offset {

@@ -50,11 +50,31 @@ static __always_inline void key_in(struct colo_flow *k, const struct colo_pkt *p
 	k->vm_ip = p->daddr; k->peer_ip = p->saddr; k->vm_port = p->dport; k->peer_port = p->sport;
 }
 
+/* Learn one side's ISN. Copies and client packets travel different paths (and CPUs), so
+ * either side may come first; a pair once complete is kept against retransmitted SYNs and
+ * replaced when a new connection reuses the addresses (a different ISN). */
+static __always_inline void learn_isn(struct colo_offset *o, u32 isn, int svm)
+{
+	u32 *mine = svm ? &o->svm_isn : &o->pvm_isn;
+
+	if (o->have & COLO_PAIRED) {
+		if (*mine == isn)
+			return;
+		o->have = 0;
+	}
+	*mine = isn;
+	o->have |= svm ? COLO_HAVE_SVM : COLO_HAVE_PVM;
+	count(svm ? C_SVM_ISN : C_PVM_ISN, 1);
+	if ((o->have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH) {
+		o->offset = o->svm_isn - o->pvm_isn;
+		o->have |= COLO_PAIRED;
+	}
+}
+
 static __always_inline void learn(const struct colo_pkt *p, int svm)
 {
 	struct colo_flow k = {};
 	struct colo_offset fresh = {}, *o;
-	u32 isn = bpf_ntohl(p->seq);
 
 	key_out(&k, p);
 	o = offsets.lookup(&k);
@@ -64,16 +84,12 @@ static __always_inline void learn(const struct colo_pkt *p, int svm)
 		if (!o)
 			return;
 	}
-	if (svm) {
-		o->svm_isn = isn;
-		o->have |= COLO_HAVE_SVM;
-		count(C_SVM_ISN, 1);
-	} else {
-		o->pvm_isn = isn;
-		o->have |= COLO_HAVE_PVM;
-		count(C_PVM_ISN, 1);
-	}
-	o->offset = o->svm_isn - o->pvm_isn;
+	learn_isn(o, bpf_ntohl(p->seq), svm);
+}
+
+static __always_inline int paired(const struct colo_offset *o)
+{
+	return o && (o->have & COLO_PAIRED) && o->offset != 0;
 }
 
 /* Rewrite a 32-bit field at `off` by `delta` and fix the TCP checksum. A field at an odd
@@ -162,7 +178,13 @@ int colo_tap_eg(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	key_in(&k, &p);
 	o = offsets.lookup(&k);
-	if (!o || o->have != (COLO_HAVE_PVM | COLO_HAVE_SVM) || o->offset == 0)
+	/* The client's handshake ACK acknowledges PVM ISN + 1: it teaches the PVM's ISN when
+	 * it overtakes the PVM's SYN-ACK copy (they race on different CPUs). No PVM data can
+	 * be acknowledged before it, since that data waits for the SVM's, which waits for
+	 * this ACK. */
+	if (o && o->have == COLO_HAVE_SVM && !(p.flags & TCPF_SYN) && protected())
+		learn_isn(o, bpf_ntohl(p.ack) - 1, 0);
+	if (!paired(o))
 		return TC_ACT_OK;
 	if (shift32(skb, p.l4, 8, o->offset) == 0)
 		count(C_ACK_REWRITES, 1);
@@ -196,7 +218,7 @@ int colo_tap_in(struct __sk_buff *skb)
 		 * PVM's ISN is known; rewriting only later segments would make one flow use two
 		 * spaces). After failover the clients see it: then old connections are shifted. */
 		o = prot ? 0 : offsets.lookup(&k);
-		if (o && o->have == (COLO_HAVE_PVM | COLO_HAVE_SVM) && o->offset != 0) {
+		if (paired(o)) {
 			if (shift32(skb, p.l4, 4, -o->offset) == 0)
 				count(C_SEQ_REWRITES, 1);
 		}

@@ -1,0 +1,179 @@
+"""Run a pair of proxies in a lab's host namespaces (system tests, benchmark, demo).
+
+Works with `colo_lab.lab.Lab` and `colo_lab.standin.Standin` alike: both name their host
+namespaces in `.hosts[role].ns` and taps in `.hosts[role].tap`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from colo_proxy import control
+
+REPO = Path(__file__).resolve().parent.parent
+ROLES = ("secondary", "primary")  # secondary first: its filters must steer before mirroring
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def in_ns(ns: str, argv: list[str], timeout: float = 30.0, check: bool = True) -> str:
+    proc = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} in {ns}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class ProxyPair:
+    def __init__(self, lab: Any, run_dir: Path, *, extra: list[str] | None = None,
+                 queue: int = 5) -> None:
+        self.lab = lab
+        self.run_dir = run_dir
+        self.extra = extra or []
+        self.queue = queue
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def sock(self, role: str) -> str:
+        return str(self.run_dir / f"{role}.sock")
+
+    def log(self, role: str) -> Path:
+        return self.run_dir / f"{role}.log"
+
+    def ns(self, role: str) -> str:
+        return str(self.lab.hosts[role].ns)
+
+    def start(self, role: str | None = None, timeout: float = 60.0) -> None:
+        for r in [role] if role else ROLES:
+            h = self.lab.hosts[r]
+            argv = [sys.executable, "-m", "colo_proxy.cli", r, "--tap", h.tap,
+                    "--control-socket", self.sock(r), "--queue", str(self.queue),
+                    "--instance", f"t{os.getpid()}", *self.extra]
+            with open(self.log(r), "ab") as log:
+                self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
+                                                 stdout=log, stderr=log, cwd=str(REPO))
+            wait_for(lambda r=r: self._hello(r), timeout, f"the {r} proxy to answer")
+
+    def _hello(self, role: str) -> bool:
+        proc = self.procs[role]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{role} proxy exited {proc.returncode}: "
+                               f"{self.log(role).read_text()[-2000:]}")
+        try:
+            return control.request(self.sock(role), {"type": "hello"}, 2.0)["type"] == "hello"
+        except OSError:
+            return False
+
+    def status(self, role: str) -> dict[str, Any]:
+        return control.request(self.sock(role), {"type": "status"})
+
+    def tell(self, msg_type: str, roles: tuple[str, ...] = ROLES) -> None:
+        for r in roles:
+            reply = control.request(self.sock(r), {"type": msg_type})
+            if reply.get("type") != "ok":
+                raise RuntimeError(f"{r} proxy refused {msg_type}: {reply}")
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.get(role)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(30)
+
+    def stop(self) -> None:
+        for r in ("primary", "secondary"):
+            self.kill(r, signal.SIGTERM)
+
+    def cleanup(self) -> dict[str, str]:
+        """`colo-proxy cleanup` in both host namespaces; their output per role."""
+        return {r: in_ns(self.ns(r), [sys.executable, "-m", "colo_proxy.cli", "cleanup",
+                                      "--control-socket", self.sock(r)])
+                for r in ("primary", "secondary") if _ns_exists(self.ns(r))}
+
+    def leftovers(self) -> list[str]:
+        """Filters, clsact qdiscs and iptables rules of colo-proxy still in the host ns."""
+        left = []
+        for r in ("primary", "secondary"):
+            ns = self.ns(r)
+            if not _ns_exists(ns):
+                continue
+            for dev in ("tapP" if r == "primary" else "tapS", "fwd0"):
+                for hook in ("ingress", "egress"):
+                    out = in_ns(ns, ["tc", "filter", "show", "dev", dev, hook], check=False)
+                    if out.strip():
+                        left.append(f"{r} {dev} {hook}: {out.strip()}")
+                qd = in_ns(ns, ["tc", "qdisc", "show", "dev", dev], check=False)
+                if "clsact" in qd:
+                    left.append(f"{r} {dev}: clsact qdisc")
+            for tool in ("iptables", "ip6tables"):
+                rules = in_ns(ns, [tool, "-w", "-S", "FORWARD"], check=False)
+                left += [f"{r} {tool}: {ln}" for ln in rules.splitlines() if "colo-proxy" in ln]
+        return left
+
+    def prog_ids(self) -> list[int]:
+        code = ("import json; from colo_proxy.datapath import attached; "
+                "print(json.dumps([a['prog_id'] for a in attached()]))")
+        ids: list[int] = []
+        for r in ("primary", "secondary"):
+            ids += json.loads(in_ns(self.ns(r), [sys.executable, "-c", code]))
+        return ids
+
+
+def _ns_exists(ns: str) -> bool:
+    return Path("/run/netns", ns).exists()
+
+
+class Orchestrator:
+    """A stand-in orchestrator: collects the primary's checkpoint requests on a thread."""
+
+    def __init__(self, sock_path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sock_path)
+        self.requests: list[dict[str, Any]] = []
+        self.replies: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        dec = control.LineDecoder()
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for item in dec.feed(data):
+                if isinstance(item, dict):
+                    with self._lock:
+                        if item["type"] == "checkpoint_request":
+                            self.requests.append(dict(item, at=time.monotonic()))
+                        else:
+                            self.replies.append(item)
+
+    def taken(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out, self.requests = self.requests, []
+        return out
+
+    def close(self) -> None:
+        self.sock.close()

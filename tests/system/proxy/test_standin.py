@@ -1,0 +1,183 @@
+"""The proxy pair on stand-in VMs: the acceptance of issue 4 (fast, no QEMU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from colo_lab.standin import Standin
+from colo_proxy import control
+from colo_proxy.datapath import prog_exists
+from colo_proxy.harness import Orchestrator, ProxyPair, in_ns, wait_for
+
+pytestmark = pytest.mark.system
+LOADGEN = [sys.executable, "-m", "colo_lab.loadgen"]
+
+
+def _load(lab: Standin, *args: str, timeout: float = 120) -> dict[str, object]:
+    out = in_ns(lab.client_ns, [*LOADGEN, *args], timeout=timeout)
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+def test_deterministic_service_needs_no_checkpoint(standin: Standin, pair: ProxyPair) -> None:
+    res = _load(standin, "check", "--conns", "20", "--requests", "1000")
+    assert res["errors"] == [] and res["ok"] == 1000
+
+    pri, sec = pair.status("primary"), pair.status("secondary")
+    assert pri["checkpoint_requests"] == {}
+    assert pri["compare"]["primary_packets"] > 1000
+    assert pri["compare"]["released_packets"] == pri["compare"]["primary_packets"]
+    assert pri["compare"]["internal_errors"] == 0
+    # Each connection's offset was learned; the SVM's ISN differs from the PVM's on most
+    # (separate TCP stacks; equal only when both SYNs landed within the same 64 ns).
+    offs = control.request(pair.sock("secondary"), {"type": "status", "offsets": True})
+    assert sec["offsets"] >= 20 and all(o["complete"] for o in offs["offsets"]), offs
+    assert sec["offsets_nonzero"] >= 10, offs
+    assert sec["datapath"]["ack_rewrites"] > 1000
+    assert sec["datapath"]["redirect_failures"] == 0
+    assert pri["datapath"]["clone_failures"] == 0
+
+
+def test_nondeterministic_reply_is_held_until_checkpoint(standin: Standin, pair: ProxyPair) -> None:
+    orch = Orchestrator(pair.sock("primary"))
+    try:
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", standin.client_ns, *LOADGEN, "random", "--timeout", "15"],
+            stdout=subprocess.PIPE,
+        )
+        reqs = wait_for(orch.taken, 10, "a checkpoint request")
+        assert [r["reason"] for r in reqs] == ["payload"]
+        flow = reqs[0]["flow"]
+        assert (flow["proto"], flow["src"], flow["sport"]) == (6, "10.99.0.10", 80)
+        assert flow["dst"] == "10.99.0.100"
+        # The replies differ in their body only: the headers were compared and released.
+        assert reqs[0]["offset"] > 0
+        held = pair.status("primary")["held_packets"]
+        assert held > 0
+        done_at = __import__("time").monotonic()
+        pair.tell("checkpoint_done")
+        out, _ = client.communicate(timeout=30)
+    finally:
+        orch.close()
+    chunks = json.loads(out)["chunks"]
+    before = b"".join(bytes.fromhex(c["hex"]) for c in chunks if c["at"] < done_at)
+    whole = b"".join(bytes.fromhex(c["hex"]) for c in chunks)
+    head, _, body = whole.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == 37
+    # Nothing of the differing body reached the client before the checkpoint.
+    assert len(before) <= reqs[0]["offset"]
+    wait_for(lambda: pair.status("primary")["held_packets"] == 0, 5, "nothing held")
+
+
+@pytest.mark.parametrize("pair", [["--compare-timeout", "0.5"]], indirect=True)
+def test_reply_without_svm_twin_times_out(standin: Standin, pair: ProxyPair) -> None:
+    orch = Orchestrator(pair.sock("primary"))
+    svm = standin.servers["secondary"]
+    try:
+        _load(standin, "check", "--conns", "1", "--requests", "5")
+        assert orch.taken() == []
+        # The SVM's service stops answering; its kernel still takes the connection.
+        os.kill(svm.pid, signal.SIGSTOP)
+        t0 = __import__("time").monotonic()
+        client = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                standin.client_ns,
+                "curl",
+                "-sS",
+                "-m",
+                "20",
+                "http://10.99.0.10/health",
+            ],
+            stdout=subprocess.PIPE,
+        )
+        reqs = wait_for(orch.taken, 10, "a checkpoint request")
+        assert reqs[0]["reason"] == "timeout"
+        assert reqs[0]["flow"]["sport"] == 80
+        assert reqs[0]["at"] - t0 >= 0.5
+        pair.tell("checkpoint_done")
+        out, _ = client.communicate(timeout=30)
+        assert out == b"ok\n"
+    finally:
+        os.kill(svm.pid, signal.SIGCONT)
+        orch.close()
+
+
+def test_sigkill_holds_traffic_restart_takes_over_cleanup_leaves_nothing(
+    standin: Standin, pair: ProxyPair
+) -> None:
+    ids = pair.prog_ids()
+    assert len(ids) == 6 and all(prog_exists(i) for i in ids)
+    pair.kill("primary")
+    pair.kill("secondary")
+    # Fail-closed (the default): with the proxy dead the PVM's output is held.
+    held = in_ns(
+        standin.client_ns, ["curl", "-sS", "-m", "2", "http://10.99.0.10/health"], check=False
+    )
+    assert held == ""
+    # A restarted pair takes over the queue, filters and rules of the dead one.
+    pair.start()
+    assert _load(standin, "check", "--conns", "2", "--requests", "20")["ok"] == 20
+    ids += pair.prog_ids()
+    pair.kill("primary")
+    pair.kill("secondary")
+    out = pair.cleanup()
+    assert "removed" in out["primary"] and "removed" in out["secondary"]
+    assert pair.leftovers() == []
+    assert not any(prog_exists(i) for i in ids)
+    # Without a proxy and its rules the service answers directly again.
+    assert (
+        in_ns(standin.client_ns, ["curl", "-sS", "-m", "5", "http://10.99.0.10/health"]) == "ok\n"
+    )
+
+
+@pytest.mark.parametrize("pair", [["--on-crash", "open"]], indirect=True)
+def test_fail_open_passes_traffic_when_the_proxy_dies(standin: Standin, pair: ProxyPair) -> None:
+    pair.kill("primary")
+    assert (
+        in_ns(standin.client_ns, ["curl", "-sS", "-m", "5", "http://10.99.0.10/health"]) == "ok\n"
+    )
+
+
+def test_failover_sends_svm_output_to_the_lan(standin: Standin, pair: ProxyPair) -> None:
+    """The PVM's host is lost: the SVM serves old connections (rewritten) and new ones."""
+    code = (
+        "import http.client,json,sys\n"
+        "c=http.client.HTTPConnection('10.99.0.10',80,timeout=10)\n"
+        "c.request('GET','/health'); a=c.getresponse().read()\n"
+        "sys.stdout.write(json.dumps([a.decode()])+'\\n'); sys.stdout.flush()\n"
+        "sys.stdin.readline()\n"
+        "c.request('PUT','/kv/x',body=b'after'); b=c.getresponse().read()\n"
+        "print(json.dumps([b.decode()]))\n"
+    )
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", standin.client_ns, sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert client.stdout is not None and client.stdin is not None
+    assert json.loads(client.stdout.readline()) == ["ok\n"]
+    # Lose the primary host: its uplink goes down and its VM is gone.
+    standin.set_uplink("primary", False)
+    pair.kill("primary")
+    pair.tell("failover", ("secondary",))
+    standin.set_uplink("secondary", True)
+    # The client's ARP cache still holds the same MAC; the LAN bridge learns the new port
+    # from the SVM's first frame (announce-self does this for a real VM).
+    in_ns(standin.vm_ns["secondary"], ["ping", "-c", "1", "-W", "1", "10.99.0.100"], check=False)
+    client.stdin.write(b"go\n")
+    client.stdin.flush()
+    out, _ = client.communicate(timeout=30)
+    assert json.loads(out) == ["stored 5\n"]
+    assert pair.status("secondary")["datapath"]["seq_rewrites"] > 0
+    assert (
+        in_ns(standin.client_ns, ["curl", "-sS", "-m", "5", "http://10.99.0.10/health"]) == "ok\n"
+    )
