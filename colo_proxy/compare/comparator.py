@@ -203,9 +203,14 @@ class Comparator:
                                 and not (seq - base - m) & _MASK
                             ):
                                 pst, pd = ps[0]
-                                data = ip_packet[20 + doff : tot]
-                                if pst == m and pd == data:
-                                    n = len(data)
+                                n = len(pd)
+                                # startswith at an offset compares in place: no copy of
+                                # the SVM's payload on the hot path.
+                                if (
+                                    pst == m
+                                    and n == tot - 20 - doff
+                                    and ip_packet.startswith(pd, 20 + doff)
+                                ):
                                     f.matched = m = m + n
                                     f.nbytes -= n
                                     self._nbytes -= n
