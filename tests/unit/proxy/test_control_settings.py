@@ -1,0 +1,48 @@
+"""The control channel's codec and the TOML settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from colo_proxy import control
+from colo_proxy.settings import ICMP6_MULTICAST, ConfigError, load
+
+
+def test_lines_decode_across_reads_and_errors_are_items() -> None:
+    dec = control.LineDecoder()
+    msg = control.encode({"type": "status"})
+    assert list(dec.feed(msg[:5])) == []
+    first, second = dec.feed(msg[5:] + b"not json\n")
+    assert first == {"v": 1, "type": "status"}
+    assert isinstance(second, control.ProtocolError)
+    items = list(dec.feed(b'{"v":2,"type":"x"}\n[1]\n'))
+    assert all(isinstance(i, control.ProtocolError) for i in items) and len(items) == 2
+
+
+def test_overlong_line_is_refused() -> None:
+    dec = control.LineDecoder()
+    assert isinstance(next(iter(dec.feed(b"x" * (control.MAX_LINE + 1)))),
+                      control.ProtocolError)
+
+
+def test_settings_from_toml_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[proxy]\ntap = "vif1.0"\nqueue = 3\non_crash = "open"\n'
+                   '[compare]\ncompare_timeout = 0.25\n'
+                   '[[compare.pass_through]]\nproto = 17\ndport = 53\n')
+    s = load(cfg, {"queue": 7, "role": "primary"})
+    assert (s.tap, s.queue, s.on_crash) == ("vif1.0", 7, "open")
+    assert s.compare.compare_timeout == 0.25
+    assert s.compare.pass_through[0].dport == 53
+    assert ICMP6_MULTICAST in s.compare.pass_through
+
+
+@pytest.mark.parametrize("text", ['[proxy]\nbogus = 1\n', '[proxy]\non_crash = "maybe"\n',
+                                  '[compare]\ncompare_timeout = -1\n', "[proxy\n"])
+def test_bad_settings_say_what(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "p.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError):
+        load(cfg, {})

@@ -1,0 +1,183 @@
+"""PrimaryProxy interprets the comparator's commands: fakes for the queue and the SVM source."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from colo_proxy.compare import CompareConfig
+from colo_proxy.control import ProtocolError
+from colo_proxy.nfq_proto import QueuedPacket
+from colo_proxy.packet_socket import Frame
+from colo_proxy.service import PASSTHROUGH, PROTECTED, PrimaryProxy, SecondaryProxy
+from colo_proxy.settings import ProxySettings
+
+VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
+
+
+def tcp(seq: int, payload: bytes = b"", flags: int = 0x18, ack: int = 1000) -> bytes:
+    th = struct.pack("!HHIIBBHHH", 80, 40000, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    total = 20 + len(th) + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 6, 0, VM, CLIENT)
+    return ip + th + payload
+
+
+@dataclass
+class FakeQueue:
+    incoming: list[QueuedPacket] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    held: set[int] = field(default_factory=set)
+    enobufs: int = 0
+
+    def push(self, pid: int, data: bytes) -> None:
+        self.incoming.append(QueuedPacket(pid, 0x800, data, False, len(data), 0, 0))
+
+    def receive(self, limit: int = 64) -> list[QueuedPacket]:
+        out, self.incoming = self.incoming, []
+        self.held |= {p.packet_id for p in out}
+        return out
+
+    def decide(self, accept: Any, drop: Any = ()) -> None:
+        self.accepted += list(accept)
+        self.held -= set(accept)
+
+    def accept_all(self) -> None:
+        self.decide(sorted(self.held))
+
+
+@dataclass
+class FakeSource:
+    incoming: list[Frame] = field(default_factory=list)
+
+    def receive(self, limit: int = 64) -> list[Frame]:
+        out, self.incoming = self.incoming, []
+        return out
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def env() -> tuple[PrimaryProxy, FakeQueue, FakeSource, list[dict[str, Any]], Clock]:
+    q, s, sent, clock = FakeQueue(), FakeSource(), [], Clock()
+    settings = ProxySettings(compare=CompareConfig(compare_timeout=0.5))
+    proxy = PrimaryProxy(settings, q, s, notify=lambda m: sent.append(m) or 1, clock=clock)
+    return proxy, q, s, sent, clock
+
+
+def handshake(proxy: PrimaryProxy, q: FakeQueue, s: FakeSource) -> None:
+    q.push(1, tcp(5000, flags=0x12))
+    proxy.on_pvm_readable()
+    s.incoming.append(Frame(0x800, tcp(9000, flags=0x12)))
+    proxy.on_svm_readable()
+    assert q.accepted == [1]
+
+
+def test_equal_payload_releases_the_pvm_packet(env: Any) -> None:
+    proxy, q, s, sent, _ = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, b"hello"))
+    proxy.on_pvm_readable()
+    assert q.accepted == [1]  # held until the SVM said the same
+    # The SVM's stream starts at its own ISN and is segmented differently.
+    s.incoming += [Frame(0x800, tcp(9001, b"hel")), Frame(0x800, tcp(9004, b"lo"))]
+    proxy.on_svm_readable()
+    assert q.accepted == [1, 2]
+    assert sent == []
+
+
+def test_differing_payload_requests_a_checkpoint_and_holds(env: Any) -> None:
+    proxy, q, s, sent, _ = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, b"abcX"))
+    proxy.on_pvm_readable()
+    s.incoming.append(Frame(0x800, tcp(9001, b"abcY")))
+    proxy.on_svm_readable()
+    assert [m["reason"] for m in sent] == ["payload"]
+    assert sent[0]["flow"]["sport"] == 80 and sent[0]["offset"] == 3
+    assert q.accepted == [1]
+    assert proxy.on_control({"type": "checkpoint_done"}) == {"type": "ok",
+                                                              "for": "checkpoint_done"}
+    assert q.accepted == [1, 2]
+
+
+def test_missing_twin_times_out_through_wakeup(env: Any) -> None:
+    proxy, q, s, sent, clock = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, b"only the pvm"))
+    proxy.on_pvm_readable()
+    assert proxy.wake is not None and proxy.timeout() == pytest.approx(0.5)
+    clock.t += 0.6
+    proxy.on_timer()
+    assert [m["reason"] for m in sent] == ["timeout"]
+
+
+def test_failover_releases_everything_and_passes_new_output(env: Any) -> None:
+    proxy, q, s, _, _ = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, b"held"))
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "failover"})
+    assert proxy.mode == PASSTHROUGH and q.accepted == [1, 2]
+    q.push(3, tcp(5005, b"more"))
+    proxy.on_pvm_readable()
+    assert q.accepted == [1, 2, 3]
+    proxy.on_control({"type": "resume"})
+    assert proxy.mode == PROTECTED
+
+
+def test_bad_input_never_raises_and_is_counted(env: Any) -> None:
+    proxy, q, s, _, _ = env
+    junk = [b"", b"\x45", b"\x60" + bytes(10), tcp(1)[:30], b"\xff" * 100]
+    for i, j in enumerate(junk, 10):
+        q.push(i, j)
+        s.incoming.append(Frame(0x800, j))
+    s.incoming.append(Frame(0x806, b"arp"))
+    proxy.on_pvm_readable()
+    proxy.on_svm_readable()
+    st = proxy.status()
+    assert st["svm_non_ip"] == 1
+    assert st["compare"]["parse_errors"] + st["compare"]["non_ip"] > 0
+    assert st["compare"]["internal_errors"] == 0
+
+
+def test_unknown_control_message_is_refused(env: Any) -> None:
+    proxy = env[0]
+    with pytest.raises(ProtocolError):
+        proxy.on_control({"type": "format_disk"})
+
+
+class FakeDatapath:
+    def __init__(self) -> None:
+        self.mode_set: list[int] = []
+        self.resets = 0
+
+    def set_mode(self, mode: int) -> None:
+        self.mode_set.append(mode)
+
+    def counters(self) -> dict[str, int]:
+        return {"ack_rewrites": 3}
+
+    def offsets(self) -> list[Any]:
+        return []
+
+    def reset_offsets(self) -> int:
+        self.resets += 1
+        return 2
+
+
+def test_secondary_resets_offsets_at_checkpoint_and_switches_mode() -> None:
+    dp = FakeDatapath()
+    sec = SecondaryProxy(dp)
+    sec.on_control({"type": "checkpoint_done"})
+    sec.on_control({"type": "failover"})
+    assert dp.resets == 1 and dp.mode_set == [1] and sec.mode == PASSTHROUGH
+    assert sec.on_control({"type": "status"})["datapath"] == {"ack_rewrites": 3}
