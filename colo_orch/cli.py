@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     orch = Orchestrator(
         cfg,
         QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command, qmp_timeout=cfg.timing.qmp_timeout,
-                    pidfile=cfg.vm_pidfile),
+                    pidfile=cfg.vm_pidfile, disks=cfg.disks, nbd_port=cfg.nbd_port,
+                    incoming_uri=cfg.incoming_uri),
         LocalLeaseArbiter(arbiter_path, cfg.timing.lease_ttl),
         hb,
         ProxyLink(cfg.proxy_socket) if cfg.proxy_socket else None,

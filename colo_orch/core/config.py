@@ -12,6 +12,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from colo_orch.blk.spec import ID_RE, Disk
+
 ROLES = ("primary", "secondary")
 ARBITERS = ("local",)
 
@@ -52,6 +54,10 @@ class Config:
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
     timing: Timing = field(default_factory=Timing)
+    # Replicated disks ([[disks]] tables, docs/DISKS.md) and the port of the
+    # secondary's NBD server (on the host of its incoming_uri).
+    disks: tuple[Disk, ...] = ()
+    nbd_port: int = 10809
 
 
 def _fail(path: str, key: str, problem: str, fix: str) -> ConfigError:
@@ -92,9 +98,9 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
             raise _fail(path, f"timing.{key}", f"must be a positive number of seconds, got {value!r}",
                         f"e.g. {key} = {getattr(Timing(), key)}")
     timing = Timing(**{k: float(v) for k, v in timing_data.items()})
-    values: dict[str, Any] = {"timing": timing}
+    values: dict[str, Any] = {"timing": timing, "disks": _disks(data.get("disks", []), path)}
     for f in fields(Config):
-        if f.name == "timing":
+        if f.name in ("timing", "disks"):
             continue
         if f.name not in data:
             if f.default is MISSING and f.default_factory is MISSING:
@@ -104,6 +110,38 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
     cfg = Config(**values)
     _check(cfg, path)
     return cfg
+
+
+def _disks(data: object, path: str) -> tuple[Disk, ...]:
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise _fail(path, "disks", "must be an array of tables", "write each disk as [[disks]]")
+    out: list[Disk] = []
+    for i, d in enumerate(data):
+        where = f"disks[{i}]"
+        dknown = {f.name for f in fields(Disk)}
+        for key in d:
+            if key not in dknown:
+                raise _fail(path, f"{where}.{key}", "unknown field",
+                            f"remove it; known: {', '.join(sorted(dknown))}")
+        d = {"id": f"disk{i}", **d}
+        for key in dknown:
+            v = d.get(key)
+            if not isinstance(v, str) or not v:
+                raise _fail(path, f"{where}.{key}", "missing or not a string",
+                            f'add {key} = "..." (see docs/DISKS.md)')
+            if key != "id" and not v.startswith("/"):
+                raise _fail(path, f"{where}.{key}", f"{v!r} is not an absolute path",
+                            "images are opened by QEMU from any directory: give the full path")
+        if not ID_RE.match(d["id"]):
+            raise _fail(path, f"{where}.id", f"{d['id']!r} is not a disk id",
+                        "use up to 16 lower-case letters and digits, starting with a letter")
+        if len({d["image"], d["active"], d["hidden"]}) != 3:
+            raise _fail(path, where, "image, active and hidden must be three different files",
+                        "give each its own path")
+        out.append(Disk(**d))
+    if len({d.id for d in out}) != len(out):
+        raise _fail(path, "disks", "two disks have the same id", "give each disk its own id")
+    return tuple(out)
 
 
 def _addr(path: str, key: str, value: object) -> None:
@@ -137,6 +175,9 @@ def _check(cfg: Config, path: str) -> None:
         if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
             raise _fail(path, key, "must be a list of strings (an argv)",
                         f'write it like {key} = ["/usr/local/bin/x", "--flag"]')
+    if not isinstance(cfg.nbd_port, int) or isinstance(cfg.nbd_port, bool) or not (
+            0 < cfg.nbd_port < 65536):
+        raise _fail(path, "nbd_port", f"{cfg.nbd_port!r} is not a port", "e.g. nbd_port = 10809")
     t = cfg.timing
     if t.heartbeat_timeout < 3 * t.heartbeat_interval:
         raise _fail(path, "timing.heartbeat_timeout",

@@ -25,6 +25,7 @@ class VmObs:
     status: str = ""  # query-status "status" (running, inmigrate, paused, colo, ...)
     migration: str = "none"  # query-migrate status (none, active, colo, completed, failed)
     colo_mode: str = "none"  # query-colo-status mode (none, primary, secondary)
+    disk_error: str = ""  # disk replication problem (colo_orch.blk), "" if none
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,11 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
                         Event.PEER_LOST, TakeOver(s.role), consumed_operator=bool(s.operator))
     if s.role != "primary":
         return Decision("protected (secondary)")
+    if s.vm.disk_error:
+        # The secondary's disk stopped being a copy of ours: a failover now would lose
+        # writes, so protection is over until a re-protection resyncs it.
+        return Decision(f"disk replication broken ({s.vm.disk_error}): continuing alone",
+                        Event.PEER_LOST, TakeOver(s.role))
     if s.operator == "pause":
         return Decision("pausing protection on operator request: output is released uncompared",
                         Event.PAUSE, Pause(), consumed_operator=True)

@@ -28,6 +28,9 @@ from typing import Any
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from colo_orch.backend import Backend, BackendError
+from colo_orch.blk.graph import DiskError, Replication
+from colo_orch.blk.images import ImageError, check_layers, create_layer, size_of
+from colo_orch.blk.spec import Disk, drive_args, uri_host
 from colo_orch.core.decide import VmObs
 
 
@@ -94,7 +97,8 @@ class _Monitor:
 class QemuBackend(Backend):
     def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
-                 log_dir: str = "/tmp", pidfile: str = "") -> None:
+                 log_dir: str = "/tmp", pidfile: str = "", disks: tuple[Disk, ...] = (),
+                 nbd_port: int = 10809, incoming_uri: str = "") -> None:
         self.mon = _Monitor(qmp, qmp_timeout)
         self.events = _Monitor(qmp_events, qmp_timeout)
         self.vm_command = vm_command
@@ -104,6 +108,10 @@ class QemuBackend(Backend):
         self._colo_cap_set = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
+        # Replicated disks (colo_orch.blk); the NBD server listens on our migration host.
+        self.disks = disks
+        self.blk = Replication(self.mon, disks, nbd_port)
+        self.nbd_host = uri_host(incoming_uri) if incoming_uri else ""
 
     # Observation -------------------------------------------------------------
     def observe(self) -> VmObs:
@@ -121,13 +129,26 @@ class QemuBackend(Backend):
                 self.mon.cmd("migrate-set-capabilities",
                              capabilities=[{"capability": "x-colo", "state": True}])
                 self._colo_cap_set = True
+            disk_error = self._observe_disks(str(status.get("status", "")))
         except TimeoutError:
             return VmObs(reachable=True, hung=True)
         except Exception:
             return VmObs(reachable=False)
         return VmObs(reachable=True, running=bool(status.get("running")),
                      status=str(status.get("status", "")), migration=str(mig),
-                     colo_mode=str(colo))
+                     colo_mode=str(colo), disk_error=disk_error)
+
+    def _observe_disks(self, status: str) -> str:
+        """Export our disks when we wait as a secondary (also for an adopted VM); check
+        replication while we are the primary. Returns the problem, "" if none."""
+        if not self.disks:
+            return ""
+        try:
+            if status == "inmigrate" and self.blk.state == "none":
+                self.blk.export(self.nbd_host)
+            return self.blk.poll()
+        except DiskError as exc:
+            return str(exc)
 
     # Actions -----------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
@@ -138,7 +159,9 @@ class QemuBackend(Backend):
         self._colo_cap_set = False
         for p in (self.mon.path, self.events.path):
             Path(p).unlink(missing_ok=True)
-        argv = list(self.vm_command) + (["-incoming", incoming_uri] if incoming_uri else [])
+        self.blk.reset()
+        argv = list(self.vm_command) + self._disk_args(secondary=bool(incoming_uri))
+        argv += ["-incoming", incoming_uri] if incoming_uri else []
         log = open(os.path.join(self.log_dir, f"vm-{os.getpid()}.log"), "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      start_new_session=True)
@@ -157,7 +180,51 @@ class QemuBackend(Backend):
             time.sleep(0.05)
         raise BackendError("VM did not open its monitor within 60 s")
 
+    def _disk_args(self, *, secondary: bool) -> list[str]:
+        """Check the images and, for a secondary, recreate its empty active/hidden layers."""
+        try:
+            for d in self.disks:
+                if secondary:
+                    for layer in (d.active, d.hidden):
+                        create_layer(layer, size_of(d.image))
+                    check_layers(d.image, d.active, d.hidden)
+                else:
+                    size_of(d.image)
+        except ImageError as exc:
+            raise BackendError(f"disk: {exc}") from exc
+        return drive_args(self.disks, secondary=secondary)
+
     def enter_colo(self, uri: str) -> str:
+        if not self.disks:
+            return self._migrate_colo(uri)
+        # The secondary's copy is made equal to our disk while the guest runs, then the
+        # guest stays stopped from the replication child's attachment until COLO starts
+        # it: a write in between would reach one image only. (The secondary's image is
+        # not writable until its incoming migration completes, so writes during the
+        # migration itself would be lost on it.)
+        peer = uri_host(uri)
+        try:
+            synced = self.blk.resync(peer)
+            self.mon.cmd("stop")
+            try:
+                self.blk.attach(peer)
+                out = self._migrate_colo(uri)
+            except BaseException:
+                self._undo_disks()
+                raise
+        except DiskError as exc:
+            raise BackendError(f"disk replication: {exc}") from exc
+        return f"{synced}; {self.blk.state} to {peer}; {out}"
+
+    def _undo_disks(self) -> None:
+        """enter_colo failed: drop the replication children and let the guest run alone."""
+        try:
+            self.blk.detach()
+        finally:
+            if not self.mon.cmd("query-status").get("running"):
+                self.mon.cmd("cont")
+
+    def _migrate_colo(self, uri: str) -> str:
         cap = [{"capability": "x-colo", "state": True}]
         self.mon.cmd("migrate-set-capabilities", capabilities=cap)
         self.mon.cmd("migrate-set-parameters", **{"x-checkpoint-delay": self.qemu_delay_ms})
@@ -192,6 +259,7 @@ class QemuBackend(Backend):
                     raise BackendError("COLO ended during the checkpoint")
                 continue
             name = ev.get("event")
+            self.blk.note_event(ev)
             if name == "STOP":
                 stopped_at = time.monotonic()
             elif name == "RESUME" and stopped_at is not None:
@@ -204,6 +272,16 @@ class QemuBackend(Backend):
 
     def take_over(self, was_role: str) -> str:
         start = time.monotonic()
+        disk = ""
+        if self.disks:
+            try:
+                # Secondary: the dead primary must write no more into our image before
+                # replication commits the active/hidden layers into it. Primary: the
+                # local image alone is the disk from now on.
+                disk = (self.blk.stop_export() if was_role == "secondary"
+                        else self.blk.detach())
+            except DiskError as exc:
+                raise BackendError(f"disk failover: {exc}") from exc
         try:
             self.mon.cmd("x-colo-lost-heartbeat")
         except BackendError as exc:
@@ -228,12 +306,18 @@ class QemuBackend(Backend):
         else:
             raise BackendError("VM did not run within 10 s of x-colo-lost-heartbeat")
         ran = time.monotonic() - start
+        if self.disks and was_role == "secondary":
+            try:
+                disk += "; " + self.blk.wait_committed(max(1.0, 9.0 - ran))
+            except DiskError as exc:
+                raise BackendError(f"disk failover: {exc}") from exc
         if was_role == "secondary":
             try:
                 self.mon.cmd("announce-self", initial=50, max=550, rounds=5, step=100)
             except BackendError:
                 pass  # older QEMU: the guest's own traffic updates the switches
-        return f"VM running {1000 * ran:.0f} ms after lost-heartbeat"
+        out = f"VM running {1000 * ran:.0f} ms after lost-heartbeat"
+        return f"{out}; {disk}" if disk else out
 
     def stop_vm(self) -> str:
         """Quit the VM; if its monitor does not answer, kill it (fencing must not hang)."""
