@@ -39,6 +39,8 @@ from colo_lab.guest import Guest, ensure_guest
 from colo_lab.paths import run_root
 from colo_lab.qemu_build import ensure_qemu
 from colo_lab.vm import VM, VMSpec
+from colo_orch.blk.images import create_raw, prepare
+from colo_orch.blk.spec import Disk, drive_args
 
 VM_MAC = "52:54:00:c0:10:01"
 VM_IP = "10.99.0.10"
@@ -47,6 +49,7 @@ LAN_PLEN = 24
 CTL_PRIMARY = "10.99.1.1"
 CTL_SECONDARY = "10.99.1.2"
 MIGRATION_PORT = 4444
+DISK_SIZE = 64 << 20  # the optional replicated disk (ext4, the guest's /data)
 NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
 ROLES = ("primary", "secondary")
 
@@ -80,13 +83,17 @@ class Lab:
         self.qemu: Path | None = None
         self.guest: Guest | None = None
         self.accel = "tcg"
+        self.disk = False  # VMs get a replicated virtio disk (colo_orch.blk)
 
     # Building --------------------------------------------------------------
-    def up(self, *, secondary: str = "standalone", build_only: bool = False) -> None:
+    def up(self, *, secondary: str = "standalone", build_only: bool = False,
+           disk: bool = False) -> None:
         """Create the topology and start the VMs.
 
         secondary: "standalone" boots the SVM as an independent guest, "incoming"
         starts it waiting for the PVM's COLO migration, "none" starts no SVM.
+        disk: give both VMs a virtio disk (one image per host, equal ext4 at start)
+        wired for COLO block replication; the guest keeps its key-value store on it.
         """
         if secondary not in ("standalone", "incoming", "none"):
             raise LabError(f"bad secondary mode '{secondary}'", "use standalone, incoming or none")
@@ -105,8 +112,11 @@ class Lab:
             )
         self.accel = choose_accel(self.qemu, self.guest)
         self.run_dir.mkdir(parents=True)
+        self.disk = disk
         self._save_state()
         try:
+            if disk:
+                self._make_disks()
             self._topology()
             self.start_vm("primary")
             if secondary != "none":
@@ -143,8 +153,26 @@ class Lab:
         netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
         self.set_uplink("secondary", False)
 
-    def vm_spec(self, role: str, *, incoming: bool = False) -> VMSpec:
+    def disks(self, role: str) -> tuple[Disk, ...]:
+        """The replicated disk of a host: its image and its secondary layers."""
+        if not self.disk:
+            return ()
+        p = self.run_dir / role[:3]
+        return (Disk("disk0", f"{p}-disk.raw", f"{p}-active.qcow2", f"{p}-hidden.qcow2"),)
+
+    def _make_disks(self) -> None:
+        # Formatted here (the guest's busybox has no ext4 mkfs); the secondary host's
+        # copy starts equal, as `coloctl disk prepare --copy-from` would make it.
+        pri, sec = self.disks("primary")[0], self.disks("secondary")[0]
+        create_raw(pri.image, DISK_SIZE)
+        subprocess.run(["mkfs.ext4", "-q", "-F", pri.image], check=True, capture_output=True)
+        prepare(sec.image, sec.active, sec.hidden, copy_from=pri.image)
+        prepare(pri.image, pri.active, pri.hidden)
+
+    def vm_spec(self, role: str, *, incoming: bool = False, with_disk: bool = True) -> VMSpec:
+        """with_disk=False leaves out the drive arguments (an orchestrator adds its own)."""
         h = self.hosts[role]
+        disk_args = drive_args(self.disks(role), secondary=incoming) if with_disk else []
         return VMSpec(
             name="pvm" if role == "primary" else "svm",
             ns=h.ns,
@@ -153,6 +181,7 @@ class Lab:
             ip_cidr=f"{VM_IP}/{LAN_PLEN}",
             incoming=f"tcp:{h.ctl_ip}:{MIGRATION_PORT}" if incoming else None,
             accel=self.accel,
+            extra_args=disk_args,
         )
 
     def start_vm(self, role: str, *, incoming: bool = False, spec: VMSpec | None = None) -> VM:
@@ -162,6 +191,9 @@ class Lab:
         old = self.vms.pop(role, None)
         if old is not None:
             old.kill()
+        if incoming:
+            for d in self.disks(role):  # a secondary starts from empty layers
+                prepare(d.image, d.active, d.hidden)
         vm = VM(spec or self.vm_spec(role, incoming=incoming), self.run_dir, self.qemu, self.guest)
         vm.start()
         self.vms[role] = vm
@@ -281,6 +313,7 @@ class Lab:
             state = {
                 "name": self.name,
                 "accel": self.accel,
+                "disk": self.disk,
                 "qemu": str(self.qemu),
                 "kernel": str(self.guest.kernel) if self.guest else None,
                 "vms": {r: v.pid() for r, v in self.vms.items()},

@@ -27,11 +27,21 @@ def _toml_list(argv: list[str]) -> str:
     return "[" + ", ".join(json.dumps(a) for a in argv) + "]"
 
 
+def _disks_toml(lab: Lab, role: str) -> str:
+    return "".join(f"""
+[[disks]]
+id = "{d.id}"
+image = "{d.image}"
+active = "{d.active}"
+hidden = "{d.hidden}"
+""" for d in lab.disks(role))
+
+
 def orch_config(lab: Lab, role: str, *, proxy_socket: str = "", extra: str = "") -> Path:
     """Write the TOML config of one host's orchestrator; returns its path."""
     me = lab.hosts[role]
     peer = lab.hosts["secondary" if role == "primary" else "primary"]
-    spec = lab.vm_spec(role)
+    spec = lab.vm_spec(role, with_disk=False)  # the orchestrator adds the drives per role
     lab._ensure_built()
     assert lab.qemu is not None and lab.guest is not None
     from colo_lab.vm import VM
@@ -54,7 +64,7 @@ vm_pidfile = "{vm.pid_path}"
 on_takeover = ["ip", "link", "set", "lan0", "up"]
 on_secondary = ["ip", "link", "set", "lan0", "down"]
 {extra}
-"""
+{_disks_toml(lab, role)}"""
     path = lab.run_dir / f"orch-{role}.toml"
     path.write_text(text)
     return path

@@ -17,6 +17,7 @@ examples:
   coloctl failover                       secondary: take over; primary: drop the secondary
   coloctl pause | resume                 suspend / resume output comparison
   coloctl reprotect                      pair again after a failover
+  coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
 """
 COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect")
 
@@ -32,6 +33,11 @@ def _call(url: str, method: str, path: str) -> tuple[int, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["disk"]:  # local image work: no orchestrator needed
+        from colo_orch.blk.cli import main as disk_main
+
+        return disk_main(argv[1:])
     p = argparse.ArgumentParser(prog="coloctl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:7411", help="orchestrator API")
