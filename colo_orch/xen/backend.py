@@ -1,0 +1,296 @@
+"""The Xen backend: `xl` for the domain, `xl remus -c -p` for COLO, colo-proxy for output.
+
+What runs where (docs/xen.md):
+- primary host: `xl create` starts the domain; `enter_colo` runs
+  `xl remus -c -p -u -e -s "" <domain> "exec python -m colo_orch.xen.connect ADDR PORT"`
+  and supervises it. libxl then connects to the libxl bridge (colo_proxy.libxl_proxy, owned
+  here) for checkpoints. COLO is reached at the first COLO_CHECKPOINT (libxl sends it when
+  the secondary reports CHECKPOINT_SVM_READY for the initial sync).
+- secondary host: `start_vm(incoming_uri)` listens on the port and runs
+  `xl migrate-receive --colo --userspace-colo-proxy -e` on the accepted connection; the
+  incoming domain is named `<name>--incoming` until failover renames it (xl_vmcontrol.c,
+  xl_migrate.c).
+
+End of replication, from xl's own messages (tools/xl/xl_migrate.c):
+- primary `xl remus` prints "COLO: Backup failed? resuming domain at primary." and exits 1
+  when the secondary is lost (libxl resumes the primary), "COLO: Primary domain has been
+  destroyed." and exits 0 when our domain is gone, "Failed to suspend domain at primary."
+  on a suspend timeout.
+- secondary `xl migrate-receive` prints "migration target: COLO Failover for domain N" and
+  exits 0 when the primary's stream ends: the domain runs on alone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from colo_orch.backend import Backend, BackendError
+from colo_orch.core.decide import VmObs
+from colo_proxy.libxl_proxy import LibxlBridge
+
+# Outcomes of a supervised xl process, recognised from its stderr.
+SECONDARY_LOST = "secondary_lost"
+PRIMARY_DESTROYED = "primary_destroyed"
+SUSPEND_FAILED = "suspend_failed"
+FAILED_OVER = "failed_over"
+CREATE_FAILED = "create_failed"
+READY = "ready"
+MESSAGES = (
+    ("Backup failed? resuming domain at primary", SECONDARY_LOST),
+    ("Primary domain has been destroyed", PRIMARY_DESTROYED),
+    ("Failed to suspend domain at primary", SUSPEND_FAILED),
+    ("COLO Failover for domain", FAILED_OVER),
+    ("Domain creation failed", CREATE_FAILED),
+    ("Ready to receive domain", READY),
+)
+
+
+@dataclass
+class Supervised:
+    """One xl process: its stderr is read line by line into `lines` and `marks`."""
+
+    proc: subprocess.Popen[bytes]
+    lines: list[str] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._read, daemon=True, name="xl-stderr").start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            with self.cond:
+                self.lines.append(line)
+                self.marks += [m for text, m in MESSAGES if text in line]
+                self.cond.notify_all()
+        self.proc.wait()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(cond, timeout)
+
+    def outcome(self) -> str:
+        with self.cond:
+            ends = [m for m in self.marks if m != READY]
+        if ends:
+            return ends[-1]
+        if self.exited:
+            return f"exit {self.proc.returncode}"
+        return "running"
+
+    def tail(self) -> str:
+        with self.cond:
+            return " | ".join(self.lines[-3:])
+
+
+class XenBackend(Backend):
+    def __init__(self, domain: str, config_path: str, *, xl: list[str] | None = None,
+                 bridge: LibxlBridge | None = None, xl_timeout: float = 10.0,
+                 python: str = sys.executable) -> None:
+        self.domain = domain
+        self.config_path = config_path
+        self.xl = xl or ["xl"]
+        self.bridge = bridge
+        self.xl_timeout = xl_timeout
+        self.python = python
+        self.remus: Supervised | None = None
+        self.receiver: Supervised | None = None
+        self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None
+        self._colo_from = 0  # bridge checkpoint count when remus started
+
+    # xl calls ---------------------------------------------------------------------------
+    def _run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([*self.xl, *args], capture_output=True, text=True,
+                                  timeout=timeout or self.xl_timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"xl {args[0]} did not answer in {exc.timeout} s") from exc
+
+    def _state(self, name: str) -> str | None:
+        """The `xl list` state flags of a domain (e.g. "r-----", "--p---"), None if absent."""
+        out = self._run("list", name)
+        if out.returncode != 0:
+            return None
+        rows = [ln.split() for ln in out.stdout.splitlines()[1:] if ln.split()]
+        for row in rows:
+            if row[0] == name and len(row) >= 5:
+                return row[4]
+        return None
+
+    # Observation ---------------------------------------------------------------------------
+    def observe(self) -> VmObs:
+        try:
+            st = self._state(self.domain)
+            incoming = None if st is not None else self._state(f"{self.domain}--incoming")
+        except TimeoutError:
+            return VmObs(reachable=True, hung=True)
+        except OSError:
+            return VmObs(reachable=False)
+        if incoming is not None:
+            # A COLO secondary: the domain exists under its migration name while xl receives.
+            alive = self.receiver is not None and not self.receiver.exited
+            return VmObs(reachable=True, running=True, status="colo" if alive else "paused",
+                         migration="colo" if alive else "none",
+                         colo_mode="secondary" if alive else "none")
+        if st is None:
+            if self.receiver is not None and not self.receiver.exited:
+                return VmObs(reachable=True, status="inmigrate")
+            return VmObs(reachable=False)
+        running = "p" not in st
+        mig, mode = "none", "none"
+        r = self.remus
+        if r is not None and not r.exited:
+            in_colo = self.bridge is not None and self.bridge.checkpoints > self._colo_from
+            mig, mode = ("colo", "primary") if in_colo else ("active", "none")
+        elif r is not None and r.outcome() == SUSPEND_FAILED:
+            mig = "failed"
+        return VmObs(reachable=True, running=running,
+                     status="running" if running else "paused", migration=mig, colo_mode=mode)
+
+    # Actions ----------------------------------------------------------------------------------
+    def start_vm(self, incoming_uri: str | None) -> str:
+        if incoming_uri is None:
+            out = self._run("create", self.config_path, timeout=60)
+            if out.returncode != 0:
+                raise BackendError(f"xl create failed: {out.stderr.strip()[-300:]}")
+            return f"domain {self.domain} created"
+        addr, port = _tcp(incoming_uri)
+        self._close_receiver()
+        self._listener = socket.create_server((addr, port))
+        threading.Thread(target=self._receive, daemon=True, name="xl-receiver").start()
+        return f"waiting for xl remus on {addr}:{port}"
+
+    def _receive(self) -> None:
+        lst = self._listener
+        assert lst is not None
+        try:
+            conn, _ = lst.accept()
+        except OSError:
+            return
+        self._conn = conn
+        proc = subprocess.Popen(
+            [*self.xl, "migrate-receive", "--colo", "--userspace-colo-proxy", "-e"],
+            stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.PIPE,
+            start_new_session=True)
+        self.receiver = Supervised(proc)
+
+    def enter_colo(self, uri: str) -> str:
+        if self.bridge is None:
+            raise BackendError("no libxl bridge: cannot tell when COLO is reached")
+        addr, port = _tcp(uri)
+        self._colo_from = self.bridge.checkpoints
+        rune = f"exec {self.python} -m colo_orch.xen.connect {addr} {port}"
+        proc = subprocess.Popen([*self.xl, "remus", "-c", "-p", "-u", "-e", "-s", "",
+                                 self.domain, rune],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        self.remus = r = Supervised(proc)
+        start = time.monotonic()
+        bridge = self.bridge
+        reached = _until(bridge, lambda: bridge.checkpoints > self._colo_from or r.exited, 60)
+        if reached and not r.exited:
+            return f"in COLO after {time.monotonic() - start:.2f} s"
+        if not r.exited:
+            _terminate(r.proc)
+            raise BackendError("xl remus did not reach COLO within 60 s")
+        raise BackendError(f"xl remus ended ({r.outcome()}): {r.tail()}")
+
+    def checkpoint(self) -> str:
+        r, b = self.remus, self.bridge
+        if r is None or r.exited or b is None:
+            raise BackendError("COLO is not running (no xl remus)")
+        n = b.checkpoints
+        start = time.monotonic()
+        b.request_checkpoint("orchestrator")
+        if not _until(b, lambda: b.checkpoints > n or r.exited, 30):
+            raise BackendError("no COLO_CHECKPOINT from libxl within 30 s")
+        if b.checkpoints <= n:
+            raise BackendError(f"xl remus ended during the checkpoint ({r.outcome()})")
+        return f"took {1000 * (time.monotonic() - start):.0f} ms"
+
+    def take_over(self, was_role: str) -> str:
+        start = time.monotonic()
+        if was_role == "secondary":
+            rc = self.receiver
+            if rc is not None and not rc.exited and self._conn is not None:
+                # The primary is lost but its stream may hang: end it so that libxl on
+                # this side fails over (it does on any end of the stream).
+                self._conn.shutdown(socket.SHUT_RDWR)
+            if rc is not None and not rc.wait(lambda: rc.exited, 10):
+                raise BackendError("xl migrate-receive did not fail over within 10 s")
+            if rc is not None and rc.outcome() != FAILED_OVER:
+                raise BackendError(f"secondary did not fail over: {rc.outcome()}: {rc.tail()}")
+        else:
+            r = self.remus
+            if r is not None and not r.wait(lambda: r.exited, 10):
+                _terminate(r.proc)
+        st = self._state(self.domain)
+        if st is None:
+            raise BackendError(f"domain {self.domain} is not there after failover")
+        if "p" in st:
+            self._run("unpause", self.domain)
+        return f"domain running {1000 * (time.monotonic() - start):.0f} ms after takeover"
+
+    def stop_vm(self) -> str:
+        for sup in (self.remus, self.receiver):
+            if sup is not None and not sup.exited:
+                _terminate(sup.proc)
+        self._close_receiver()
+        out = self._run("destroy", self.domain)
+        return "domain destroyed" if out.returncode == 0 else f"xl destroy: {out.stderr.strip()}"
+
+    def _close_receiver(self) -> None:
+        for s in (self._listener, self._conn):
+            if s is not None:
+                s.close()
+        self._listener = self._conn = None
+
+    def close(self) -> None:
+        self._close_receiver()
+
+
+def _until(bridge: LibxlBridge, cond: Callable[[], bool], timeout: float) -> bool:
+    """Wait on the bridge's condition; an xl exit does not signal it, so look again every
+    0.1 s (a bound on noticing the exit, not a synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while not bridge.wait(cond, min(0.1, max(0.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            return False
+    return True
+
+
+def _tcp(uri: str) -> tuple[str, int]:
+    """"tcp:ADDR:PORT" (the orchestrator's incoming_uri) as (ADDR, PORT)."""
+    rest = uri.removeprefix("tcp:")
+    addr, _, port = rest.rpartition(":")
+    if not addr or not port.isdigit():
+        raise BackendError(f"incoming uri {uri!r} is not tcp:ADDR:PORT")
+    return addr.strip("[]"), int(port)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)

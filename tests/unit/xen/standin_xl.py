@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""A stand-in for Xen's `xl` (not xl): replays recorded behaviours of the commands the Xen
+backend uses, with xl's own messages (tools/xl/xl_migrate.c). No hypervisor is involved.
+
+State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
+`remus` behaves as $XL_STANDIN_SCENARIO says:
+  normal          libxl's checkpoint loop (the simulation in libxl_sim.py) against the
+                  proxy at $XL_STANDIN_CHECKPOINT until killed;
+  secondary_lost  the same until the file "end" appears, then "Backup failed?", exit 1;
+  primary_lost    the same until "end", then the domain vanishes, "destroyed", exit 0;
+  error           "Failed to suspend domain at primary.", exit 1, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from libxl_sim import SimulatedLibxl
+
+STATE = Path(os.environ["XL_STANDIN_DIR"])
+
+
+def say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str]) -> int:
+    cmd, args = argv[0], argv[1:]
+    if cmd == "list":
+        f = STATE / args[0]
+        if not f.exists():
+            say(f"Invalid domain identifier: {args[0]}")
+            return 1
+        print("Name                                        ID   Mem VCPUs\tState\tTime(s)")
+        print(f"{args[0]:<40} 7  1024     2     {f.read_text().strip()}       1.0")
+        return 0
+    if cmd == "create":
+        (STATE / Path(args[0]).stem).write_text("-b----")
+        return 0
+    if cmd == "destroy":
+        (STATE / args[0]).unlink(missing_ok=True)
+        return 0
+    if cmd == "unpause":
+        (STATE / args[0]).write_text("-b----")
+        return 0
+    if cmd == "remus":
+        return remus(args)
+    say(f"standin xl: {cmd} not replayed")
+    return 2
+
+
+def remus(args: list[str]) -> int:
+    scenario = os.environ.get("XL_STANDIN_SCENARIO", "normal")
+    (STATE / "remus-args").write_text("\n".join(args))
+    if scenario == "error":
+        say("Failed to suspend domain at primary.")
+        return 1
+    host, _, port = os.environ["XL_STANDIN_CHECKPOINT"].rpartition(":")
+    sim = SimulatedLibxl((host, int(port)), timeout=0.3).start()
+    end = STATE / "end"
+    done = threading.Event()
+    while not end.exists():
+        done.wait(0.02)  # replay driver: polls for the test's trigger file
+    sim.stop()
+    domain = args[-2]
+    if scenario == "primary_lost":
+        (STATE / domain).unlink(missing_ok=True)
+        say("COLO: Primary domain has been destroyed.")
+        return 0
+    say("COLO: Backup failed? resuming domain at primary.")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""XenBackend's supervision of `xl remus`, with a stand-in `xl` replaying recorded runs and
+the real libxl bridge (the stand-in's libxl side is the simulation)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colo_orch.backend import BackendError
+from colo_orch.xen.backend import PRIMARY_DESTROYED, SECONDARY_LOST, XenBackend
+from colo_proxy.libxl_proxy import LibxlBridge
+
+STANDIN = Path(__file__).parent / "standin_xl.py"
+
+
+@pytest.fixture
+def bridge() -> Iterator[LibxlBridge]:
+    b = LibxlBridge(("127.0.0.1", 0), None).start()
+    yield b
+    b.stop()
+
+
+def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge,
+            scenario: str) -> XenBackend:
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    monkeypatch.setenv("XL_STANDIN_SCENARIO", scenario)
+    monkeypatch.setenv("XL_STANDIN_CHECKPOINT", f"{bridge.address[0]}:{bridge.address[1]}")
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=[sys.executable, str(STANDIN)],
+                   bridge=bridge)
+    assert b.observe().reachable is False
+    assert "created" in b.start_vm(None)
+    return b
+
+
+def end_of_replication(b: XenBackend, tmp_path: Path) -> str:
+    b.enter_colo("tcp:192.168.100.2:7420")
+    (tmp_path / "end").touch()  # the stand-in replays the end of its recorded run
+    r = b.remus
+    assert r is not None and r.wait(lambda: r.exited, 10)
+    return r.outcome()
+
+
+def test_normal_run_reaches_colo_and_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "normal")
+    try:
+        assert "in COLO" in b.enter_colo("tcp:192.168.100.2:7420")
+        args = (tmp_path / "remus-args").read_text().split("\n")
+        assert args[:7] == ["-c", "-p", "-u", "-e", "-s", "", "web"]
+        assert args[7].endswith("-m colo_orch.xen.connect 192.168.100.2 7420")
+        obs = b.observe()
+        assert (obs.running, obs.migration, obs.colo_mode) == (True, "colo", "primary")
+        assert b.checkpoint().startswith("took")
+        assert bridge.session is not None and bridge.session.stats.do_checkpoints >= 1
+    finally:
+        b.stop_vm()
+    assert b.observe().reachable is False
+
+
+def test_secondary_lost_leaves_the_primary_running_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "secondary_lost")
+    assert end_of_replication(b, tmp_path) == SECONDARY_LOST
+    obs = b.observe()
+    assert (obs.reachable, obs.running, obs.migration) == (True, True, "none")
+    assert "running" in b.take_over("primary")
+    with pytest.raises(BackendError):
+        b.checkpoint()
+
+
+def test_primary_lost_is_reported_as_our_vm_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "primary_lost")
+    assert end_of_replication(b, tmp_path) == PRIMARY_DESTROYED
+    assert b.observe().reachable is False  # decide() fences: VM_LOST
+
+
+def test_error_exit_fails_enter_colo_and_the_primary_keeps_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "error")
+    with pytest.raises(BackendError, match="suspend_failed"):
+        b.enter_colo("tcp:192.168.100.2:7420")
+    obs = b.observe()
+    assert (obs.running, obs.migration) == (True, "failed")
