@@ -18,6 +18,11 @@ class BackendError(Exception):
 
 
 class Backend(ABC):
+    # True when the hypervisor path itself tells the proxy that a checkpoint is done
+    # (Xen: libxl's COLO_CHECKPOINT through the libxl bridge). The runner then must not
+    # send its own checkpoint_done, which would release output produced after the resume.
+    notifies_proxy_of_checkpoints = False
+
     @abstractmethod
     def observe(self) -> VmObs:
         """The VM's state now. Bound: qmp_timeout. Never raises: unreachable is a value."""

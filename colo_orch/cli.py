@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     from colo_orch.api import make_server, serve_in_background
     from colo_orch.arbiter import LocalLeaseArbiter
+    from colo_orch.backend import Backend
     from colo_orch.heartbeat import Heartbeat
     from colo_orch.proxy_link import ProxyLink
     from colo_orch.qemu.backend import QemuBackend
@@ -66,11 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"colo-orch: error: heartbeat_listen {cfg.heartbeat_listen}: {exc.strerror}; "
               "use an address of this host and a free port", file=sys.stderr)
         return 2
+    backend: Backend
+    if cfg.backend == "xen":
+        from colo_orch.xen.backend import XenBackend
+        from colo_proxy.libxl_proxy import LibxlBridge
+
+        host, port = cfg.xen_checkpoint_listen.rsplit(":", 1)
+        # libxl asks this bridge when to checkpoint; the bridge asks the local proxy.
+        bridge = LibxlBridge((host, int(port)), cfg.proxy_socket or None).start()
+        backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge)
+    else:
+        backend = QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command,
+                              qmp_timeout=cfg.timing.qmp_timeout, pidfile=cfg.vm_pidfile,
+                              disks=cfg.disks, nbd_port=cfg.nbd_port,
+                              incoming_uri=cfg.incoming_uri)
     orch = Orchestrator(
         cfg,
-        QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command, qmp_timeout=cfg.timing.qmp_timeout,
-                    pidfile=cfg.vm_pidfile, disks=cfg.disks, nbd_port=cfg.nbd_port,
-                    incoming_uri=cfg.incoming_uri),
+        backend,
         LocalLeaseArbiter(arbiter_path, cfg.timing.lease_ttl),
         hb,
         ProxyLink(cfg.proxy_socket) if cfg.proxy_socket else None,

@@ -216,8 +216,9 @@ class Orchestrator:
             self._peer_lost_at = None
         if before is State.CHECKPOINTING and after is State.PROTECTED:
             self.last_checkpoint_at = now
-            if self.proxy is not None:
+            if self._tell_proxy_checkpoints():
                 # Both VMs run the same state again: release held output, reset offsets.
+                assert self.proxy is not None
                 self.proxy.send({"type": "checkpoint_done"})
         if before is State.FAILING_OVER and after is State.ALONE:
             self.failovers += 1
@@ -287,11 +288,17 @@ class Orchestrator:
         self.last_checkpoint_at = time.monotonic()
         if self.proxy is not None:
             self.proxy.send({"type": "resume"})
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
         return out
 
+    def _tell_proxy_checkpoints(self) -> bool:
+        return self.proxy is not None and not self.backend.notifies_proxy_of_checkpoints
+
     def _checkpoint(self, reasons: tuple[str, ...]) -> str:
-        if self.proxy is not None:
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
         start = time.monotonic()
         try:

@@ -16,6 +16,7 @@ from colo_orch.blk.spec import ID_RE, Disk
 
 ROLES = ("primary", "secondary")
 ARBITERS = ("local",)
+BACKENDS = ("qemu", "xen")
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,10 @@ class Config:
     # (like keepalived's notify scripts): e.g. to move a LAN uplink.
     on_takeover: list[str] = field(default_factory=list)
     on_secondary: list[str] = field(default_factory=list)
+    backend: str = "qemu"  # "qemu" (QMP) or "xen" (xl remus -c, libxl proxy protocol)
+    xen_domain: str = ""  # backend = "xen": the domain name
+    xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/xen/domain.py)
+    xen_checkpoint_listen: str = ""  # backend = "xen": colo_checkpoint_host:port of vif 0
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
     timing: Timing = field(default_factory=Timing)
@@ -160,6 +165,14 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "name", f"{cfg.name!r} is not a simple name", 'use letters, digits and "-"')
     if cfg.role not in ROLES:
         raise _fail(path, "role", f"{cfg.role!r} is not a role", 'use "primary" or "secondary"')
+    if cfg.backend not in BACKENDS:
+        raise _fail(path, "backend", f"{cfg.backend!r} is not a backend", 'use "qemu" or "xen"')
+    if cfg.backend == "xen":
+        for key in ("xen_domain", "xen_config"):
+            if not isinstance(getattr(cfg, key), str) or not getattr(cfg, key):
+                raise _fail(path, key, 'required with backend = "xen"',
+                            f'add {key} = "..." (docs/xen.md)')
+        _addr(path, "xen_checkpoint_listen", cfg.xen_checkpoint_listen)
     if cfg.arbiter not in ARBITERS:
         raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not supported",
                     'use "local" (a cluster store plugs in through colo_orch.arbiter.Arbiter)')

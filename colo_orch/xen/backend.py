@@ -107,6 +107,7 @@ class XenBackend(Backend):
         self.config_path = config_path
         self.xl = xl or ["xl"]
         self.bridge = bridge
+        self.notifies_proxy_of_checkpoints = bridge is not None
         self.xl_timeout = xl_timeout
         self.python = python
         self.remus: Supervised | None = None

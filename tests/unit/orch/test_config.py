@@ -48,3 +48,13 @@ def test_missing_field_and_bad_toml() -> None:
         parse(GOOD.replace('qmp = "/run/pvm.qmp"', ""))
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("name = ")
+
+
+def test_xen_backend_needs_its_fields() -> None:
+    with pytest.raises(ConfigError, match='xen_domain: required with backend = "xen"'):
+        parse(GOOD + 'backend = "xen"\n')
+    cfg = parse(GOOD + 'backend = "xen"\nxen_domain = "web1"\nxen_config = "/etc/xen/web1.cfg"\n'
+                'xen_checkpoint_listen = "10.99.1.1:9911"\n')
+    assert cfg.backend == "xen"
+    with pytest.raises(ConfigError, match="backend: 'kvm' is not a backend"):
+        parse(GOOD + 'backend = "kvm"\n')
