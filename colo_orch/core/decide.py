@@ -225,6 +225,14 @@ def _peer_gone(s: Snapshot) -> bool:
 
 
 def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
+    p = s.peer
+    # Only ALONE: during a re-protection the new primary is in WAITING/SYNCING while we
+    # become PROTECTED, and heartbeats may lag by an interval.
+    if s.role == "secondary" and p.alive and p.role == "primary" and p.state is State.ALONE:
+        # The primary went on without us (it lost us, e.g. a cut link): our VM is a stale
+        # copy that must never take over. Fence it; re-protection starts a fresh one.
+        return Decision(f"the primary serves without us ({p.state.name}): fencing our stale VM",
+                        Event.VM_LOST, StopVM())
     if _peer_gone(s) or s.operator == "failover":
         why = "operator requested failover" if s.operator == "failover" else _peer_why(s)
         if s.role == "secondary" and not (s.lease_held or s.lease_available):

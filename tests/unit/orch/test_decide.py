@@ -185,3 +185,9 @@ def test_degraded_host_fences_its_vm_when_the_peer_took_over() -> None:
     d = decide(snap(State.DEGRADED, vm=VmObs(reachable=True, hung=True), peer=took,
                     degraded_reason="QEMU monitor hung"), MIN, MAX)
     assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+
+
+def test_stale_secondary_is_fenced_when_the_primary_went_on_alone() -> None:
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    s = snap(State.PROTECTED, role="secondary", peer=alone, lease_held=False)
+    assert (decide(s, MIN, MAX).event, decide(s, MIN, MAX).action) == (Event.VM_LOST, StopVM())
