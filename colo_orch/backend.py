@@ -50,5 +50,12 @@ class Backend(ABC):
     def stop_vm(self) -> str:
         """Stop our VM. Bound: 10 s."""
 
+    def wait_resume(self, timeout: float) -> bool:
+        """Secondary: True when our VM resumed (a checkpoint was loaded) within timeout.
+
+        Called only from the secondary's event watcher, never while an action runs.
+        """
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

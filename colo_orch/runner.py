@@ -80,6 +80,60 @@ class Orchestrator:
         self.last_takeover_s: float | None = None
         self.last_checkpoint_s: float | None = None
         self._peer_lost_at: float | None = None
+        self._proxy_lock = threading.Lock()
+        self._proxy_proc: subprocess.Popen[bytes] | None = None
+        self._proxy_role = ""
+        self.secondary_checkpoints = 0
+
+    # The local proxy process (when the orchestrator runs it) -------------------
+    def _ensure_proxy(self, role: str) -> str:
+        """Run colo-proxy in `role`; restart it if it runs in the other role."""
+        argv = (self.cfg.proxy_primary_command if role == "primary"
+                else self.cfg.proxy_secondary_command)
+        if not argv:
+            return ""
+        with self._proxy_lock:
+            proc = self._proxy_proc
+            if proc is not None and proc.poll() is None and self._proxy_role == role:
+                return ""
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            self._proxy_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                                start_new_session=True)
+            self._proxy_role = role
+        # The proxy must hold output before the pair is protected: wait for its socket.
+        deadline = time.monotonic() + 20
+        while self.proxy is not None and time.monotonic() < deadline:
+            if self.proxy.connected and self.proxy.send({"type": "status"}):
+                return f"; proxy started as {role}"
+            if self._proxy_proc.poll() is not None:
+                raise RuntimeError(f"colo-proxy ({role}) exited with {self._proxy_proc.returncode}")
+            time.sleep(0.05)
+        raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket}")
+
+    def _start_proxy_at_boot(self) -> None:
+        try:
+            self._ensure_proxy(self.role)
+        except Exception as exc:  # reported, and retried by the next start/enter action
+            log.error("could not start colo-proxy: %s", exc)
+
+    def _watch_secondary(self) -> None:
+        """Secondary: tell our proxy each time the SVM resumed with a new checkpoint."""
+        while not self._stop.is_set():
+            if (self.role != "secondary" or self.machine.state is not State.PROTECTED
+                    or self.proxy is None):
+                self._stop.wait(self.cfg.timing.loop_wait)
+                continue
+            if self.backend.wait_resume(0.2) and self.role == "secondary":
+                # Offsets reset now: the SVM runs the PVM's TCP state.
+                self.proxy.send({"type": "checkpoint_done"})
+                with self._lock:
+                    self.secondary_checkpoints += 1
 
     # Inputs from other threads ---------------------------------------------
     def request(self, command: str) -> str:
@@ -99,6 +153,9 @@ class Orchestrator:
     def run(self) -> None:
         observer = threading.Thread(target=self._observe_loop, name="observer", daemon=True)
         observer.start()
+        if self.cfg.proxy_primary_command:
+            self._executor.submit(self._start_proxy_at_boot)
+        threading.Thread(target=self._watch_secondary, name="svm-events", daemon=True).start()
         self.heartbeat.start()
         if self.proxy is not None:
             self.proxy.start()
@@ -112,6 +169,8 @@ class Orchestrator:
                 self.proxy.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self.backend.close()
+            if self._proxy_proc is not None and self._proxy_proc.poll() is None:
+                self._proxy_proc.terminate()
 
     def _observe_loop(self) -> None:
         while not self._stop.is_set():
@@ -130,7 +189,8 @@ class Orchestrator:
             except ValueError:
                 pstate = None
             peer = PeerObs(alive=True, state=pstate, role=str(p.get("role", "")),
-                           vm_ok=bool(p.get("vm_ok")), incoming_uri=str(p.get("incoming", "")))
+                           vm_ok=bool(p.get("vm_ok")), incoming_uri=str(p.get("incoming", "")),
+                           proxy_ready=bool(p.get("proxy_ready", True)))
         else:
             peer = PeerObs(alive=False)
         if self.proxy is not None:
@@ -191,6 +251,8 @@ class Orchestrator:
             "state": int(self.machine.state), "role": self.role,
             "vm_ok": snap.vm.reachable and not snap.vm.hung,
             "incoming": self.cfg.incoming_uri,
+            # A secondary is ready for COLO only once its proxy steers the SVM's output.
+            "proxy_ready": self.proxy is None or self.proxy.connected,
         })
         m = self.metrics
         m.state.state(self.machine.state.name)
@@ -281,10 +343,12 @@ class Orchestrator:
 
     def _start_vm(self, uri: str | None) -> str:
         hooked = self._hook("on_secondary", self.cfg.on_secondary) if uri else ""
-        return self.backend.start_vm(uri) + hooked
+        proxied = self._ensure_proxy("secondary" if uri else "primary")
+        return self.backend.start_vm(uri) + hooked + proxied
 
     def _enter_colo(self, uri: str) -> str:
-        out = self.backend.enter_colo(uri)
+        proxied = self._ensure_proxy("primary")
+        out = self.backend.enter_colo(uri) + proxied
         self.last_checkpoint_at = time.monotonic()
         if self.proxy is not None:
             self.proxy.send({"type": "resume"})

@@ -45,6 +45,10 @@ class Config:
     incoming_uri: str  # where our VM waits when we are the secondary ("tcp:ADDR:PORT")
     api_listen: str = "127.0.0.1:7411"
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
+    # When set, the orchestrator runs colo-proxy itself in the role this host has now,
+    # and restarts it in the other role when a re-protection swaps the roles.
+    proxy_primary_command: list[str] = field(default_factory=list)
+    proxy_secondary_command: list[str] = field(default_factory=list)
     vm_command: list[str] = field(default_factory=list)  # argv to (re)start our VM
     vm_pidfile: str = ""  # QEMU's -pidfile: lets us fence (kill) a VM whose monitor hangs
     auto_reprotect: bool = True
@@ -165,6 +169,12 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "name", f"{cfg.name!r} is not a simple name", 'use letters, digits and "-"')
     if cfg.role not in ROLES:
         raise _fail(path, "role", f"{cfg.role!r} is not a role", 'use "primary" or "secondary"')
+    if bool(cfg.proxy_primary_command) != bool(cfg.proxy_secondary_command):
+        raise _fail(path, "proxy_primary_command", "set with proxy_secondary_command or neither",
+                    "give both commands (roles swap at re-protection) or leave both out")
+    if cfg.proxy_primary_command and not cfg.proxy_socket:
+        raise _fail(path, "proxy_socket", "required when the orchestrator runs the proxy",
+                    'add proxy_socket = "/run/colo/proxy.sock" (the proxy\'s --control-socket)')
     if cfg.backend not in BACKENDS:
         raise _fail(path, "backend", f"{cfg.backend!r} is not a backend", 'use "qemu" or "xen"')
     if cfg.backend == "xen":
@@ -183,7 +193,8 @@ def _check(cfg: Config, path: str) -> None:
                     'write it like incoming_uri = "tcp:10.0.0.2:4444"')
     if not isinstance(cfg.auto_reprotect, bool):
         raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
-    for key in ("vm_command", "on_takeover", "on_secondary"):
+    for key in ("vm_command", "on_takeover", "on_secondary", "proxy_primary_command",
+                "proxy_secondary_command"):
         v = getattr(cfg, key)
         if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
             raise _fail(path, key, "must be a list of strings (an argv)",

@@ -37,6 +37,7 @@ class PeerObs:
     role: str = ""
     vm_ok: bool = False
     incoming_uri: str = ""  # where the peer's VM waits when the peer is secondary
+    proxy_ready: bool = True  # the peer's proxy is up (or it runs none)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def _waiting(s: Snapshot, _mn: float, _mx: float) -> Decision:
         return Decision("waiting for the primary to start COLO")
     p = s.peer
     if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
-            and s.vm.running):
+            and s.vm.running and p.proxy_ready):
         return Decision(f"secondary is ready: starting COLO to {p.incoming_uri}", Event.SYNC,
                         EnterColo(p.incoming_uri))
     return Decision("serving; waiting for a secondary")
@@ -281,7 +282,8 @@ def _failing_over(s: Snapshot, _mn: float, _mx: float) -> Decision:
 
 def _alone(s: Snapshot, _mn: float, _mx: float) -> Decision:
     p = s.peer
-    if p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri:
+    if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
+            and p.proxy_ready):
         if s.auto_reprotect or s.operator == "reprotect":
             return Decision("a new secondary is waiting: re-protecting", Event.REPROTECT,
                             consumed_operator=s.operator == "reprotect")

@@ -347,6 +347,17 @@ class QemuBackend(Backend):
             return "already gone"
         return f"SIGKILL to pid {pid}"
 
+    def wait_resume(self, timeout: float) -> bool:
+        # The SVM stops for each checkpoint and resumes once it has loaded the PVM's
+        # state (migration/colo.c, colo_incoming_process_checkpoint): its RESUME is the
+        # moment the secondary's sequence offsets become zero.
+        try:
+            ev = self.events.pull_event(wait=timeout)
+        except Exception:
+            self.events.drop()
+            return False
+        return ev is not None and ev.get("event") == "RESUME"
+
     def close(self) -> None:
         self.mon.drop()
         self.events.drop()

@@ -191,3 +191,9 @@ def test_stale_secondary_is_fenced_when_the_primary_went_on_alone() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
     s = snap(State.PROTECTED, role="secondary", peer=alone, lease_held=False)
     assert (decide(s, MIN, MAX).event, decide(s, MIN, MAX).action) == (Event.VM_LOST, StopVM())
+
+
+def test_primary_waits_for_the_secondarys_proxy() -> None:
+    not_ready = replace(SEC_WAITING, proxy_ready=False)
+    assert decide(snap(State.WAITING, peer=not_ready), MIN, MAX).action is None
+    assert decide(snap(State.ALONE, peer=not_ready), MIN, MAX).event is None
