@@ -4,7 +4,7 @@ Steps (each printed as it happens):
  1. lab up: namespaces, PVM booted, SVM waiting for migration
  2. both orchestrators start and protect the pair (COLO)
  3. a client keeps one persistent connection and a checked request loop running
- 4. requests to the non-deterministic endpoint cause checkpoints
+ 4. requests to the non-deterministic endpoint cause checkpoints (reason "payload")
  5. the PVM's QEMU is killed (SIGKILL); the SVM takes over
  6. the orchestrators re-protect: a new secondary, COLO again
  7. a summary: requests, errors, checkpoints by reason, takeover time
@@ -74,8 +74,8 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         say("1/7 starting the lab: namespaces, bridges, PVM booting, SVM waiting ...")
         lab.up(secondary="incoming")
         say(f"    lab up in {time.monotonic() - t0:.1f} s (accel {lab.accel})")
-        say("2/7 starting colo-orch on both hosts ...")
-        pair.start_orchestrators(lab)
+        say("2/7 starting colo-orch (and through it colo-proxy) on both hosts ...")
+        pair.start_orchestrators(lab, proxy=True)
         pair.wait_state(lab, "primary", "PROTECTED", 90)
         pair.wait_state(lab, "secondary", "PROTECTED", 30)
         say("    pair PROTECTED: PVM on the primary host, SVM in COLO on the secondary host")

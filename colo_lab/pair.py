@@ -37,7 +37,15 @@ hidden = "{d.hidden}"
 """ for d in lab.disks(role))
 
 
-def orch_config(lab: Lab, role: str, *, proxy_socket: str = "", extra: str = "") -> Path:
+def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
+    """colo-proxy in `role` on `host` (the tap is the host's, whatever role it plays)."""
+    h = lab.hosts[host]
+    return [sys.executable, "-m", "colo_proxy.cli", role, "--tap", h.tap,
+            "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
+            "--queue", "5", "--instance", f"{lab.name}{host[:3]}"]
+
+
+def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "") -> Path:
     """Write the TOML config of one host's orchestrator; returns its path."""
     me = lab.hosts[role]
     peer = lab.hosts["secondary" if role == "primary" else "primary"]
@@ -57,7 +65,9 @@ peer_heartbeat = "{peer.ctl_ip}:{HEARTBEAT_PORT}"
 incoming_uri = "tcp:{me.ctl_ip}:{MIGRATION_PORT}"
 api_listen = "{me.ctl_ip}:{API_PORT}"
 arbiter_path = "{lab.run_dir / 'arbiter.lease'}"
-proxy_socket = "{proxy_socket}"
+proxy_socket = "{lab.run_dir / f"proxy-{role[:3]}.sock" if proxy else ""}"
+proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary")) if proxy else "[]"}
+proxy_secondary_command = {_toml_list(proxy_command(lab, role, "secondary")) if proxy else "[]"}
 vm_command = {_toml_list(vm.argv())}
 vm_pidfile = "{vm.pid_path}"
 # Without a proxy the LAN uplink is the lab's stand-in for steering the SVM's output.
