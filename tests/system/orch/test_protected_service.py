@@ -1,0 +1,164 @@
+"""The orchestrators with colo-proxy in the data path, against a real client.
+
+A checking client keeps ONE persistent TCP connection and a PUT+GET loop going
+through the proxies while VMs are killed; every answer must be correct and the
+connection must never be reset. Non-deterministic requests must cause "payload"
+checkpoints within the rate limit, and deterministic traffic none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from colo_lab import pair
+from colo_lab.lab import VM_IP, Lab
+
+
+class Client:
+    """colo_lab.client in the client namespace; its JSON lines collected as they come."""
+
+    def __init__(self, lab: Lab, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "colo_lab.client",
+             "--host", VM_IP, "--duration", "900", "--timeout", "10", *args],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            rec = json.loads(line)
+            if rec.get("summary"):
+                self.summary = rec
+            else:
+                self.lines.append(rec)
+
+    def wait_more(self, n: int, timeout: float = 90) -> None:
+        want = len(self.lines) + n
+        deadline = time.monotonic() + timeout
+        while len(self.lines) < want:
+            assert self.proc.poll() is None, "client ended early"
+            assert time.monotonic() < deadline, f"client stalled at {len(self.lines)}"
+            time.sleep(0.05)
+
+    def finish(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self._t.join(timeout=10)
+        return self.summary
+
+    def errors(self) -> list[str]:
+        return [r["err"] for r in self.lines if not r["ok"]]
+
+
+def _lab(name: str, extra: str = "") -> Iterator[Lab]:
+    lab = Lab(f"{name}{os.getpid() % 10000}")
+    lab.down()
+    try:
+        lab.up(secondary="incoming")
+        pair.start_orchestrators(lab, proxy=True, extra=extra)
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        yield lab
+    finally:
+        lab.down()
+        assert lab.leftovers() == []
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    yield from _lab("svc")
+
+
+def _kill_vm(lab: Lab, host: str) -> None:
+    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
+    os.kill(pid, signal.SIGKILL)
+
+
+def _checkpoints(lab: Lab, host: str) -> dict[str, int]:
+    return dict(pair.state(lab, host).get("checkpoints", {}))
+
+
+def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
+    client = Client(lab, "--random-every", "7")
+    try:
+        client.wait_more(15)
+        _kill_vm(lab, "primary")
+        sec = pair.wait_state(lab, "secondary", "ALONE", 30)
+        print(f"first takeover: {1000 * sec['last_takeover_s']:.0f} ms")
+        client.wait_more(15)
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        client.wait_more(10)
+        # Second failover, the other way round: the bug that broke QEMU COLO after two
+        # failovers must not exist here.
+        _kill_vm(lab, "secondary")
+        pri = pair.wait_state(lab, "primary", "ALONE", 30)
+        print(f"second takeover: {1000 * pri['last_takeover_s']:.0f} ms")
+        client.wait_more(15)
+    finally:
+        summary = client.finish()
+    assert client.errors() == []
+    assert summary["errors"] == 0 and summary["connections"] == 1
+    assert summary["ok"] >= 55
+
+
+def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None:
+    client = Client(lab)
+    try:
+        client.wait_more(15)
+        _kill_vm(lab, "secondary")
+        pair.wait_state(lab, "primary", "ALONE", 30)
+        client.wait_more(15)
+        # The fenced secondary host brings a new SVM; the pair is protected again.
+        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        client.wait_more(10)
+    finally:
+        summary = client.finish()
+    assert client.errors() == []
+    assert summary["errors"] == 0 and summary["connections"] == 1
+
+
+@pytest.fixture
+def slow_lab() -> Iterator[Lab]:
+    # A long minimum interval makes the rate limit observable.
+    yield from _lab("rate", "[timing]\ncheckpoint_min_interval = 1.5\n")
+
+
+def test_divergence_checkpoints_payload_within_the_rate_limit(slow_lab: Lab) -> None:
+    lab = slow_lab
+    before = _checkpoints(lab, "primary")
+    # Deterministic traffic alone: no checkpoint at all.
+    code_body = [lab.http(f"/kv/d{i}", method="PUT", data=b"x" * i) for i in range(1, 21)]
+    assert all(code == 200 for code, _ in code_body)
+    assert _checkpoints(lab, "primary") == before
+    # Every /random answer differs between PVM and SVM.
+    start = time.monotonic()
+    answers = [lab.http("/random") for _ in range(8)]
+    elapsed = time.monotonic() - start
+    assert all(code == 200 for code, _ in answers)
+    assert len({body for _, body in answers}) == 8
+    after = _checkpoints(lab, "primary")
+    payload = after.get("payload", 0) - before.get("payload", 0)
+    assert payload >= 2, after
+    # Requests closer than checkpoint_min_interval are coalesced.
+    assert payload <= elapsed / 1.5 + 2, (payload, elapsed)
+    # After the checkpoints, deterministic requests match again: no new checkpoint.
+    settled = _checkpoints(lab, "primary")
+    for i in range(10):
+        assert lab.http(f"/kv/d{i + 1}") == (200, b"x" * (i + 1))
+    assert _checkpoints(lab, "primary") == settled
