@@ -278,10 +278,6 @@ class Orchestrator:
             self._peer_lost_at = None
         if before is State.CHECKPOINTING and after is State.PROTECTED:
             self.last_checkpoint_at = now
-            if self._tell_proxy_checkpoints():
-                # Both VMs run the same state again: release held output, reset offsets.
-                assert self.proxy is not None
-                self.proxy.send({"type": "checkpoint_done"})
         if before is State.FAILING_OVER and after is State.ALONE:
             self.failovers += 1
             self.metrics.failovers.inc()
@@ -370,6 +366,11 @@ class Orchestrator:
         except Exception:
             self.metrics.checkpoint_failures.inc()
             raise
+        if self._tell_proxy_checkpoints():
+            # Both VMs run the same state again: release held output at once (not at the
+            # next loop cycle: output the PVM makes after RESUME must not join it).
+            assert self.proxy is not None
+            self.proxy.send({"type": "checkpoint_done"})
         self.last_checkpoint_s = time.monotonic() - start
         m = self.metrics
         m.checkpoint_duration.observe(self.last_checkpoint_s)
