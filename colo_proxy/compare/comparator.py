@@ -66,6 +66,13 @@ def _signed(x: int) -> int:
 
 
 _F = TypeVar("_F", bound=FlowState)
+# The hot path builds its frozen Release/Drop commands through the slot descriptors:
+# the same objects as Release(ids) (equal, hashable, immutable through the public
+# API) at ~60 ns less each than the dataclass __init__, which goes through
+# object.__setattr__ to get past `frozen`.
+_new = object.__new__
+_set_release = Release.__dict__["packet_ids"].__set__
+_set_drop = Drop.__dict__["packet_ids"].__set__
 _RELEASE_MOVE = 1.0  # seconds between LRU moves of a busy flow (only ordering, not safety)
 
 
@@ -239,7 +246,11 @@ class Comparator:
                                                 f.npkts -= 1
                                                 self._npkts -= 1
                                                 stats.released_packets += 1
-                                                return [Release((pid,)), Drop((packet_id,))]
+                                                rl = _new(Release)
+                                                _set_release(rl, (pid,))
+                                                dr = _new(Drop)
+                                                _set_drop(dr, (packet_id,))
+                                                return [rl, dr]
                                             rel: list[PacketId] = []
                                             f._release(rel)
                                             self._npkts -= len(rel)
