@@ -18,7 +18,7 @@ import pytest
 # Shared with the proxy-less disk test (pytest puts this folder on sys.path).
 from test_disk_failover import Writer, _took_over, _value, _wait
 
-from colo_lab import pair
+from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_orch.blk.cli import main as disk_main
 
@@ -83,3 +83,17 @@ def test_verify_finds_a_corrupted_block_on_the_secondary(lab: Lab) -> None:
         fh.seek(offset)
         fh.write(bytes(b ^ 0xFF for b in old))
     assert disk_main(["verify", "--settle", "0.5", pri.image, sec.image]) == 1
+
+
+def test_cut_nbd_link_ends_protection_visibly(lab: Lab) -> None:
+    # The replication link to the secondary's NBD export goes dark (no RST, packets lost).
+    sec_ns = lab.hosts["secondary"].ns
+    netns.sh(sec_ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp", "--dport", "10809",
+                      "-j", "DROP"])
+    assert lab.http("/kv/cut", method="PUT", data=b"during the cut", timeout=30)[0] == 200
+    # The primary must not keep calling an unreplicated disk protected.
+    st = pair.wait_state(lab, "primary", {"ALONE", "DEGRADED"}, 60)
+    assert any("disk replication broken" in s for s in st["recent"]), st["recent"]
+    # The stale secondary is fenced rather than left PROTECTED.
+    pair.wait_state(lab, "secondary", {"FENCED", "STARTING", "WAITING", "DEGRADED"}, 30)
+    assert lab.http("/kv/cut", timeout=30) == (200, b"during the cut")
