@@ -83,6 +83,7 @@ class Orchestrator:
         self._proxy_lock = threading.Lock()
         self._proxy_proc: subprocess.Popen[bytes] | None = None
         self._proxy_role = ""
+        self._proxy_mode = ""  # "pass" once told to pause; "" = unknown or comparing
         self.secondary_checkpoints = 0
 
     # The local proxy process (when the orchestrator runs it) -------------------
@@ -106,6 +107,7 @@ class Orchestrator:
             self._proxy_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
             self._proxy_role = role
+            self._proxy_mode = ""
         # The proxy must hold output before the pair is protected: wait for its socket.
         deadline = time.monotonic() + 20
         while self.proxy is not None and time.monotonic() < deadline:
@@ -115,6 +117,16 @@ class Orchestrator:
                 raise RuntimeError(f"colo-proxy ({role}) exited with {self._proxy_proc.returncode}")
             time.sleep(0.05)
         raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket}")
+
+    def _sync_proxy_mode(self) -> None:
+        """A primary's proxy compares only while the pair is protected; otherwise there is
+        no SVM output to wait for, and held output would never be released."""
+        if self.proxy is None or self.role != "primary" or not self.proxy.connected:
+            return
+        if self.machine.state in (State.PROTECTED, State.CHECKPOINTING):
+            return  # _enter_colo / resume switched it to comparing
+        if self._proxy_mode != "pass" and self.proxy.send({"type": "pause"}):
+            self._proxy_mode = "pass"
 
     def _start_proxy_at_boot(self) -> None:
         try:
@@ -254,6 +266,7 @@ class Orchestrator:
             # A secondary is ready for COLO only once its proxy steers the SVM's output.
             "proxy_ready": self.proxy is None or self.proxy.connected,
         })
+        self._sync_proxy_mode()
         m = self.metrics
         m.state.state(self.machine.state.name)
         m.state_code.set(int(self.machine.state))
@@ -348,6 +361,7 @@ class Orchestrator:
         self.last_checkpoint_at = time.monotonic()
         if self.proxy is not None:
             self.proxy.send({"type": "resume"})
+            self._proxy_mode = ""
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
@@ -383,6 +397,7 @@ class Orchestrator:
             m.checkpoints.labels(m.reason(r)).inc()
         if "resume" in reasons and self.proxy is not None:
             self.proxy.send({"type": "resume"})
+            self._proxy_mode = ""
         return f"{', '.join(reasons)}: {out}"
 
     def _take_over(self, was_role: str) -> str:

@@ -97,3 +97,23 @@ def test_cut_nbd_link_ends_protection_visibly(lab: Lab) -> None:
     # The stale secondary is fenced rather than left PROTECTED.
     pair.wait_state(lab, "secondary", {"FENCED", "STARTING", "WAITING", "DEGRADED"}, 30)
     assert lab.http("/kv/cut", timeout=30) == (200, b"during the cut")
+
+
+def test_secondary_not_listening_is_a_clear_degraded_state() -> None:
+    lab = Lab(f"blkn{os.getpid() % 10000}")
+    lab.down()
+    try:
+        lab.up(secondary="incoming", disk=True)
+        # Nothing answers on the secondary's NBD port: reject connections outright.
+        netns.sh(lab.hosts["secondary"].ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp",
+                                              "--dport", "10809", "-j", "REJECT",
+                                              "--reject-with", "tcp-reset"])
+        pair.start_orchestrators(lab, proxy=True)
+        st = pair.wait_state(lab, "primary", "DEGRADED", 90)
+        assert "enter_colo failed" in st["degraded_reason"], st
+        assert "10809" in st["degraded_reason"] or "NBD" in st["degraded_reason"], st
+        # Never reported as protected, and the PVM keeps serving.
+        assert pair.state(lab, "primary")["state"] != "PROTECTED"
+        assert lab.http("/health", timeout=30)[0] == 200
+    finally:
+        lab.down()
