@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from colo_orch.blk.graph import DiskStatus
 from colo_orch.core.decide import VmObs
 
 
@@ -56,6 +57,13 @@ class Backend(ABC):
         Called only from the secondary's event watcher, never while an action runs.
         """
         return False
+
+    def disk_status(self) -> tuple[DiskStatus | None, int]:
+        """Replication state of the protected disks and how many there are (metrics).
+
+        Called from the loop thread: must only read what the other threads set.
+        """
+        return None, 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

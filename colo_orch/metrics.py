@@ -11,6 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 
+from colo_orch.blk.graph import STATES as DISK_STATES
+from colo_orch.blk.graph import DiskStatus
 from colo_orch.core.state import State
 
 CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",
@@ -67,6 +69,22 @@ class OrchMetrics:
         self.proxy_up = Gauge("colo_proxy_connected",
                               "1 while the control channel to colo-proxy is open",
                               registry=registry)
+        self.disk_state = Enum("colo_disk_replication_state",
+                               "Disk replication state of this host's protected disks",
+                               states=list(DISK_STATES), registry=registry)
+        self.disks = Gauge("colo_disks", "Protected (replicated) disks of this VM",
+                           registry=registry)
+        self.disk_bytes = Counter("colo_disk_replicated_bytes_total",
+                                  "Bytes the guest wrote to the secondary's disks",
+                                  registry=registry)
+        self.disk_errors = Counter("colo_disk_replication_errors_total",
+                                   "Writes to the secondary's disks that failed",
+                                   registry=registry)
+        # The replication's own figures restart at each attach (re-protection); the
+        # counters above must not, so only increases are added.
+        self._disk_seen = (0, 0)
+        self.pair = Info("colo_pair", "The protected pair this orchestrator belongs to",
+                         registry=registry)
         info = Info("colo_build", "Build information", registry=registry)
         try:
             ver = version("colo")
@@ -76,3 +94,19 @@ class OrchMetrics:
 
     def reason(self, r: str) -> str:
         return r if r in CHECKPOINT_REASONS else "other"
+
+    def identify(self, pair: str, host: str) -> None:
+        self.pair.info({"pair": pair, "host": host})
+
+    def observe_disks(self, st: DiskStatus | None, count: int) -> None:
+        """The disk replication's status, read once per loop cycle."""
+        self.disks.set(count)
+        if st is None:
+            return
+        self.disk_state.state(st.state if st.state in DISK_STATES else "none")
+        last_bytes, last_errors = self._disk_seen
+        # A value below the last one is a new replication session counting from 0.
+        self.disk_bytes.inc(st.bytes_replicated - last_bytes
+                            if st.bytes_replicated >= last_bytes else st.bytes_replicated)
+        self.disk_errors.inc(st.errors - last_errors if st.errors >= last_errors else st.errors)
+        self._disk_seen = (st.bytes_replicated, st.errors)

@@ -52,6 +52,7 @@ class Orchestrator:
                  metrics: OrchMetrics | None = None) -> None:
         self.registry = CollectorRegistry()
         self.metrics = metrics or OrchMetrics(self.registry)
+        self.metrics.identify(cfg.name, host_id)
         self.cfg = cfg
         self.backend = backend
         self.arbiter = arbiter
@@ -278,6 +279,7 @@ class Orchestrator:
             m.heartbeat_rtt.set(rep.rtt)
         if self.proxy is not None:
             m.proxy_up.set(1 if self.proxy.connected else 0)
+        m.observe_disks(*self.backend.disk_status())
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)

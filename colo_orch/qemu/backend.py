@@ -28,7 +28,7 @@ from typing import Any
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from colo_orch.backend import Backend, BackendError
-from colo_orch.blk.graph import DiskError, Replication
+from colo_orch.blk.graph import DiskError, DiskStatus, Replication
 from colo_orch.blk.images import ImageError, check_layers, create_layer, size_of
 from colo_orch.blk.spec import Disk, drive_args, uri_host
 from colo_orch.core.decide import VmObs
@@ -149,6 +149,9 @@ class QemuBackend(Backend):
             return self.blk.poll()
         except DiskError as exc:
             return str(exc)
+
+    def disk_status(self) -> tuple[DiskStatus | None, int]:
+        return (self.blk.status() if self.disks else None), len(self.disks)
 
     # Actions -----------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:

@@ -1,0 +1,44 @@
+"""The orchestrator's metrics: disk replication counters survive re-protection."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from colo_orch.blk.graph import DiskStatus
+from colo_orch.metrics import OrchMetrics
+
+
+def _value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def test_disk_counters_only_grow_across_replication_sessions() -> None:
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    m.observe_disks(DiskStatus("replicating", bytes_replicated=4096, errors=0), 1)
+    m.observe_disks(DiskStatus("replicating", bytes_replicated=8192, errors=1), 1)
+    # Re-protection: the replication counts from 0 again.
+    m.observe_disks(DiskStatus("replicating", bytes_replicated=1000, errors=0), 1)
+    assert _value(reg, "colo_disk_replicated_bytes_total") == 9192
+    assert _value(reg, "colo_disk_replication_errors_total") == 1
+    assert _value(reg, "colo_disk_replication_state",
+                  colo_disk_replication_state="replicating") == 1
+    assert _value(reg, "colo_disk_replication_state", colo_disk_replication_state="broken") == 0
+    assert _value(reg, "colo_disks") == 1
+
+
+def test_no_disks_keeps_state_none_and_counters_zero() -> None:
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    m.observe_disks(None, 0)
+    assert _value(reg, "colo_disk_replication_state", colo_disk_replication_state="none") == 1
+    assert _value(reg, "colo_disk_replicated_bytes_total") == 0
+    assert _value(reg, "colo_checkpoints_total", reason="payload") == 0
+
+
+def test_pair_and_build_info() -> None:
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    m.identify("web", "pri")
+    assert _value(reg, "colo_pair_info", pair="web", host="pri") == 1
+    assert any(s.name == "colo_build_info" for f in reg.collect() for s in f.samples)
