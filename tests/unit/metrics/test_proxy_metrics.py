@@ -1,0 +1,146 @@
+"""The proxy's collector over a PrimaryProxy driven with in-memory queue and SVM source."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+
+from colo_proxy.compare import CompareConfig
+from colo_proxy.compare.events import REASONS
+from colo_proxy.datapath import COUNTERS
+from colo_proxy.metrics import HOLD_BUCKETS, HoldTimer, ProxyCollector, nfqueue_stats, registry_for
+from colo_proxy.nfq_proto import QueuedPacket
+from colo_proxy.packet_socket import Frame
+from colo_proxy.service import PrimaryProxy
+from colo_proxy.settings import ProxySettings
+
+VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
+
+
+def tcp(seq: int, payload: bytes = b"", flags: int = 0x18) -> bytes:
+    th = struct.pack("!HHIIBBHHH", 80, 40000, seq, 1000, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0, 64, 6, 0, VM, CLIENT)
+    return ip + th + payload
+
+
+@dataclass
+class Queue:
+    incoming: list[QueuedPacket] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    enobufs: int = 0
+
+    def receive(self, limit: int = 64) -> list[QueuedPacket]:
+        out, self.incoming = self.incoming, []
+        return out
+
+    def decide(self, accept: Any, drop: Any = ()) -> None:
+        self.accepted += list(accept)
+
+    def accept_all(self) -> None:
+        pass
+
+
+@dataclass
+class Source:
+    incoming: list[Frame] = field(default_factory=list)
+
+    def receive(self, limit: int = 64) -> list[Frame]:
+        out, self.incoming = self.incoming, []
+        return out
+
+
+def _pair() -> tuple[PrimaryProxy, Queue, Source]:
+    q, s = Queue(), Source()
+    proxy = PrimaryProxy(ProxySettings(compare=CompareConfig(compare_timeout=0.5)), q, s,
+                         notify=lambda m: 1)
+    return proxy, q, s
+
+
+def _send(proxy: PrimaryProxy, q: Queue, s: Source, pid: int, pvm: bytes, svm: bytes) -> None:
+    q.incoming.append(QueuedPacket(pid, 0x800, pvm, False, len(pvm), 0, 0))
+    proxy.on_pvm_readable()
+    s.incoming.append(Frame(0x800, svm))
+    proxy.on_svm_readable()
+
+
+def _samples(coll: ProxyCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in coll.collect() for s in fam.samples}
+
+
+def test_fresh_collector_has_every_known_label_at_zero() -> None:
+    got = _samples(ProxyCollector(None, "primary", queue=5))
+    for r in REASONS:
+        assert got[("colo_proxy_divergences_total", (("reason", r),))] == 0
+        assert got[("colo_proxy_checkpoint_requests_total", (("reason", r),))] == 0
+    assert got[("colo_proxy_compared_packets_total", (("side", "secondary"),))] == 0
+    assert got[("colo_proxy_mode", (("colo_proxy_mode", "protected"),))] == 1
+    assert got[("colo_proxy_hold_seconds_count", ())] == 0
+
+
+def test_divergence_and_comparator_restart_keep_counters_monotonic() -> None:
+    proxy, q, s = _pair()
+    coll = ProxyCollector(proxy, "primary")
+    _send(proxy, q, s, 1, tcp(5000, flags=0x12), tcp(9000, flags=0x12))
+    _send(proxy, q, s, 2, tcp(5001, b"same"), tcp(9001, b"same"))
+    _send(proxy, q, s, 3, tcp(5005, b"mine"), tcp(9005, b"your"))
+    got = _samples(coll)
+    assert got[("colo_proxy_divergences_total", (("reason", "payload"),))] == 1
+    assert got[("colo_proxy_checkpoint_requests_total", (("reason", "payload"),))] == 1
+    assert got[("colo_proxy_compared_packets_total", (("side", "primary"),))] == 3
+    assert got[("colo_proxy_held_packets", ())] == 1
+    # resume builds a new comparator: its counts start at 0, the exported ones must not.
+    proxy.on_control({"type": "resume"})
+    _send(proxy, q, s, 4, tcp(7000, flags=0x12), tcp(8000, flags=0x12))
+    after = _samples(coll)
+    assert after[("colo_proxy_divergences_total", (("reason", "payload"),))] == 1
+    assert after[("colo_proxy_compared_packets_total", (("side", "primary"),))] == 4
+
+
+def test_hold_timer_buckets_and_release_all() -> None:
+    h = HoldTimer()
+    h.queued(1, 10.0, 100)
+    h.queued(2, 10.0, 50)
+    h.queued(3, 10.0, 10)
+    h.released([1, 99], 10.0004)  # 99 was never timed: ignored
+    h.release_all(12.0)
+    cum = dict(h.cumulative())
+    assert cum["0.0005"] == 1 and cum["+Inf"] == 3 and cum[repr(HOLD_BUCKETS[-1])] == 3
+    assert cum["1.0"] == 1 and cum["2.5"] == 3
+    assert (h.count, h.released_packets, h.released_bytes) == (3, 3, 160)
+
+
+def test_every_bpf_counter_is_exported() -> None:
+    class Dp:
+        def status(self) -> dict[str, Any]:
+            return {"datapath": {name: 1 << i for i, name in enumerate(COUNTERS)}}
+
+    got = _samples(ProxyCollector(Dp(), "secondary"))
+    total = sum(v for (n, _), v in got.items() if n.startswith("colo_proxy_datapath_"))
+    assert total == (1 << len(COUNTERS)) - 1
+
+
+def test_nfqueue_stats_reads_the_kernel_line(tmp_path: Path) -> None:
+    f = tmp_path / "nfnetlink_queue"
+    f.write_text("    0  12345     0 2 65531     0     0        0  1\n"
+                 "    5  23456     3 2 65531     7     2      812  1\n")
+    assert nfqueue_stats(5, f) == {"held": 3, "queue_full": 7, "socket_full": 2, "queued": 812}
+    assert nfqueue_stats(6, f) == {}
+    got = _samples(ProxyCollector(None, "primary", queue=5, nfqueue_proc=f))
+    assert got[("colo_proxy_nfqueue_dropped_packets_total", (("reason", "queue_full"),))] == 7
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_exposition() -> None:
+    proxy, _q, _s = _pair()
+    text = generate_latest(registry_for(proxy, "primary", queue=5))
+    out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                         timeout=30, check=False)
+    assert out.returncode == 0, out.stderr.decode() + out.stdout.decode()
