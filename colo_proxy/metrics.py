@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
@@ -322,15 +322,21 @@ def registry_for(proxy: StatusSource | None, role: str, **kw: Any) -> CollectorR
     return reg
 
 
-def serve(listen: str, proxy: StatusSource, role: str, **kw: Any) -> Callable[[], None]:
-    """Serve /metrics on ADDR:PORT in a thread; returns the function that stops it."""
-    host, _, port = listen.rpartition(":")
-    server, thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0",
-                                       registry=registry_for(proxy, role, **kw))
+class Endpoint:
+    """The running /metrics HTTP server (a thread of prometheus_client's)."""
 
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    def __init__(self, listen: str, registry: CollectorRegistry) -> None:
+        host, _, port = listen.rpartition(":")
+        self._server, self._thread = start_http_server(
+            int(port), host.strip("[]") or "0.0.0.0", registry=registry)
+        self.port = int(self._server.server_address[1])
 
-    return stop
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve(listen: str, proxy: StatusSource, role: str, **kw: Any) -> Endpoint:
+    """Serve /metrics on ADDR:PORT (port 0: any free one) until `stop()`."""
+    return Endpoint(listen, registry_for(proxy, role, **kw))

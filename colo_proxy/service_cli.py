@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from colo_proxy import control, netfilter
@@ -32,6 +33,8 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare-timeout", dest="compare_timeout", type=float,
                    help="seconds a PVM packet waits for its SVM twin")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False)
+    p.add_argument("--metrics-listen", dest="metrics_listen", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics on http://ADDR:PORT/metrics")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -51,7 +54,7 @@ def register(sub: Any) -> None:
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
     keys = ("tap", "forward", "vm_mac", "control_socket", "instance", "queue", "on_crash",
-            "on_queue_full", "gso")
+            "on_queue_full", "gso", "metrics_listen")
     over: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     over["role"] = args.role
     if getattr(args, "compare_timeout", None) is not None:
@@ -95,9 +98,14 @@ def run_primary(s: ProxySettings) -> None:
             netfilter.install(s.tap, s.queue, s.instance, bypass=s.on_crash == "open")
             try:
                 proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp)
-                serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
-                    "ready: comparing output of %s, mirror to %s, control %s, on crash %s",
-                    s.tap, s.forward, s.control_socket, s.on_crash))
+                stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
+                                              fail_open=qcfg.fail_open)
+                try:
+                    serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
+                        "ready: comparing output of %s, mirror to %s, control %s, on crash %s",
+                        s.tap, s.forward, s.control_socket, s.on_crash))
+                finally:
+                    stop_metrics()
             finally:
                 netfilter.remove(s.instance)
                 svm.close()
@@ -114,12 +122,28 @@ def run_secondary(s: ProxySettings) -> None:
     try:
         with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
             dp.set_mode(MODE_PROTECTED)
-            serve(SecondaryProxy(dp), ctl, {}, ready=lambda: log.info(
-                "ready: SVM tap %s, forward link %s, control %s", s.tap, s.forward,
-                s.control_socket))
+            proxy = SecondaryProxy(dp)
+            stop_metrics = _serve_metrics(s, proxy)
+            try:
+                serve(proxy, ctl, {}, ready=lambda: log.info(
+                    "ready: SVM tap %s, forward link %s, control %s", s.tap, s.forward,
+                    s.control_socket))
+            finally:
+                stop_metrics()
     finally:
         ctl.close()
         log.info("stopped: filters removed")
+
+
+def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None]:
+    """Start the /metrics endpoint if configured; returns its stop function."""
+    if not s.metrics_listen:
+        return lambda: None
+    from colo_proxy import metrics
+
+    endpoint = metrics.serve(s.metrics_listen, proxy, s.role, **kw)
+    log.info("metrics on http://%s/metrics", s.metrics_listen)
+    return endpoint.stop
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

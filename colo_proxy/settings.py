@@ -33,6 +33,7 @@ class ProxySettings:
     on_queue_full: str = "drop"
     queue_maxlen: int = 8192
     gso: bool = True
+    metrics_listen: str = ""  # ADDR:PORT of the Prometheus /metrics endpoint; "" = none
     # ICMPv6 to link-local multicast (MLD reports, router solicitations, DAD) is timed by
     # random delays in each kernel and never reaches a client's connection state: pass the
     # PVM's, drop the SVM's, instead of checkpointing for it.
@@ -48,6 +49,9 @@ class ProxySettings:
             raise ConfigError(f"on_queue_full must be drop or accept, not {self.on_queue_full!r}")
         if not 0 <= self.queue <= 65535:
             raise ConfigError(f"queue must be 0..65535, not {self.queue}")
+        port = self.metrics_listen.rpartition(":")[2]
+        if self.metrics_listen and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"metrics_listen must be ADDR:PORT, not {self.metrics_listen!r}")
         if len(self.vm_mac.split(":")) != 6:
             raise ConfigError(f"vm_mac {self.vm_mac!r} is not a MAC address")
         return self

@@ -144,3 +144,26 @@ def test_promtool_accepts_the_exposition() -> None:
     out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                          timeout=30, check=False)
     assert out.returncode == 0, out.stderr.decode() + out.stdout.decode()
+
+
+def test_metrics_listen_setting_is_checked() -> None:
+    from colo_proxy.settings import ConfigError, load
+
+    assert load(None, {"metrics_listen": "10.0.0.1:7412"}).metrics_listen == "10.0.0.1:7412"
+    with pytest.raises(ConfigError, match="metrics_listen"):
+        load(None, {"metrics_listen": "10.0.0.1"})
+
+
+def test_serve_answers_a_scrape() -> None:
+    import urllib.request
+
+    from colo_proxy.metrics import serve
+
+    proxy, _q, _s = _pair()
+    endpoint = serve("127.0.0.1:0", proxy, "primary")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics") as r:
+            text = r.read().decode()
+    finally:
+        endpoint.stop()
+    assert 'colo_proxy_divergences_total{reason="payload"} 0.0' in text
