@@ -20,6 +20,7 @@ from colo_lab.lab import MIGRATION_PORT, Lab
 
 HEARTBEAT_PORT = 7410
 API_PORT = 7411
+PROXY_METRICS_PORT = 7412  # colo-proxy's /metrics, on the host's control IP
 PAIR = "web"
 
 
@@ -42,7 +43,8 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
     h = lab.hosts[host]
     return [sys.executable, "-m", "colo_proxy.cli", role, "--tap", h.tap,
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
-            "--queue", "5", "--instance", f"{lab.name}{host[:3]}"]
+            "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
+            "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}"]
 
 
 def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "") -> Path:
