@@ -96,7 +96,8 @@ class OrchMetrics:
         return r if r in CHECKPOINT_REASONS else "other"
 
     def identify(self, pair: str, host: str) -> None:
-        self.pair.info({"pair": pair, "host": host})
+        # Not "pair"/"host": those are the scrape configuration's target labels.
+        self.pair.info({"name": pair, "host_id": host})
 
     def observe_disks(self, st: DiskStatus | None, count: int) -> None:
         """The disk replication's status, read once per loop cycle."""

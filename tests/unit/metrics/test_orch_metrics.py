@@ -40,5 +40,5 @@ def test_pair_and_build_info() -> None:
     reg = CollectorRegistry()
     m = OrchMetrics(reg)
     m.identify("web", "pri")
-    assert _value(reg, "colo_pair_info", pair="web", host="pri") == 1
+    assert reg.get_sample_value("colo_pair_info", {"name": "web", "host_id": "pri"}) == 1
     assert any(s.name == "colo_build_info" for f in reg.collect() for s in f.samples)

@@ -1,0 +1,122 @@
+"""The dashboards and docs/metrics.md agree with the metrics the code exports.
+
+The PromQL check is rough on purpose: it finds the metric names, label matchers and
+grouping labels of each query, which is where a renamed metric or label would break a
+panel silently (Grafana shows "No data", not an error).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from colo_orch.metrics_doc import Family, catalogue, markdown
+
+ROOT = Path(__file__).resolve().parents[3]
+KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+            "unless", "bool", "offset", "inf", "nan"}
+GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+SELECTOR = re.compile(r"([A-Za-z_:][\w:]*)?\s*\{([^}]*)\}")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+IDENT = re.compile(r"(?<![\w.])([A-Za-z_:][\w:]*)\b(?!\s*\()")
+
+
+def load_build() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("colo_dashboards_build",
+                                                  ROOT / "dashboards" / "build.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def problems(expr: str, cat: dict[str, Family], target_labels: tuple[str, ...]) -> list[str]:
+    """What in `expr` names a metric or label that the code does not export."""
+    by_sample = {s: f for f in cat.values() for s in f.samples}
+    out: list[str] = []
+    used: list[Family] = []
+    grouping = [lab.strip() for m in GROUPING.finditer(expr) for lab in m.group(2).split(",")]
+    rest = GROUPING.sub(" ", expr)
+    for m in SELECTOR.finditer(rest):
+        name = m.group(1)
+        fam = by_sample.get(name) if name else None
+        if name and fam is None:
+            out.append(f"unknown metric {name}")
+        if fam is not None:
+            used.append(fam)
+        for label, op, value in MATCHER.findall(m.group(2)):
+            if label in target_labels or fam is None:
+                continue
+            if label not in fam.labels:
+                out.append(f"{name} has no label {label}")
+            elif op == "=" and value not in fam.values.get(label, set()):
+                out.append(f"{name}{{{label}}} has no value {value!r}")
+    rest = SELECTOR.sub(lambda m: " ", rest)
+    rest = re.sub(r"\[[^\]]*\]", " ", rest)
+    for name in IDENT.findall(rest):
+        if name in KEYWORDS:
+            continue
+        if name not in by_sample:
+            out.append(f"unknown metric {name}")
+        else:
+            used.append(by_sample[name])
+    known = set(target_labels).union(*(f.labels for f in used)) if used else set(target_labels)
+    out += [f"grouping by unknown label {lab}" for lab in grouping if lab and lab not in known]
+    return out
+
+
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    return load_build()
+
+
+def test_every_panel_query_uses_exported_metrics_and_labels(build: ModuleType) -> None:
+    cat = catalogue()
+    found = {(uid, title, e): problems(e, cat, build.TARGET_LABELS)
+             for uid, title, e in build.queries()}
+    assert len(found) > 30
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_check_finds_wrong_names(build: ModuleType) -> None:
+    cat = catalogue()
+
+    def check(e: str) -> list[str]:
+        return problems(e, cat, build.TARGET_LABELS)
+
+    assert check('sum by (reason) (rate(colo_checkpoint_total{pair=~"$pair"}[1m]))') == [
+        "unknown metric colo_checkpoint_total", "grouping by unknown label reason"]
+    assert check('colo_checkpoints_total{reasn="payload"}') == [
+        "colo_checkpoints_total has no label reasn"]
+    assert check('colo_orch_state{colo_orch_state="PROTECTD"} == 1') == [
+        "colo_orch_state{colo_orch_state} has no value 'PROTECTD'"]
+    assert check("sum by (flow) (colo_proxy_held_packets)") == [
+        "grouping by unknown label flow"]
+    assert check("time() - max(colo_last_checkpoint_timestamp > 0)") == [
+        "unknown metric colo_last_checkpoint_timestamp"]
+    assert check('histogram_quantile(0.9, sum by (le, pair) '
+                 '(rate(colo_proxy_hold_seconds_bucket{host="a"}[5m])))') == []
+
+
+def test_committed_dashboards_are_current(build: ModuleType) -> None:
+    assert build.main(["--check"]) == 0, "run: python dashboards/build.py"
+
+
+def test_docs_metrics_md_is_current() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    assert text == markdown(), "run: python -m colo_orch.metrics_doc > docs/metrics.md"
+
+
+def test_metric_names_follow_the_naming_guide() -> None:
+    for name, f in catalogue().items():
+        assert name.startswith("colo_"), name
+        if f.type == "counter":
+            assert name.endswith("_total"), name
+        assert not re.search(r"_(ms|milliseconds|age|ago)$", name), name
+        assert not f.labels & {"ip", "port", "flow", "src", "dst", "sport", "dport"}, name
