@@ -230,6 +230,9 @@ class PrimaryProxy:
         }
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
+        read_drops = getattr(self.svm, "read_drops", None)
+        if read_drops is not None:
+            out["svm_socket_drops"] = read_drops()
         enobufs = getattr(self.queue, "enobufs", None)
         if enobufs is not None:
             out["queue_overflows"] = enobufs

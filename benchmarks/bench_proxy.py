@@ -1,0 +1,111 @@
+"""Direct path vs the COLO proxy on stand-in VMs, in one run (issue 4's benchmark).
+
+Throughput: the VM sends (the queued and compared direction) a deterministic 64 MiB body
+(GET /blob, sendfile on the stand-in) several times over one keep-alive connection to curl.
+iperf3 is not usable here: even with --repeating-payload its stream content depends on
+where partial writes fall, which differs between replicas (measured: a payload divergence
+every 1-3 MB), so every run would be a string of checkpoints.
+Latency: one keep-alive connection, GET /health, p50/p99 over N requests.
+A stand-in orchestrator answers every checkpoint request at once (iperf3's closing
+results message differs between replicas, once per run). Run as root:
+
+    .venv/bin/python benchmarks/bench_proxy.py [--bytes 2G] [--requests 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from colo_lab.lab import VM_IP
+from colo_lab.standin import Standin
+from colo_proxy.harness import Orchestrator, ProxyPair, in_ns
+
+BLOB = 64 << 20
+
+
+def bulk(lab: Standin, rounds: int) -> float:
+    """Bits per second of `rounds` x 64 MiB downloads on one connection."""
+    urls = [f"http://{VM_IP}/blob/{BLOB}", "-o", "/dev/null"] * rounds
+    out = in_ns(lab.client_ns, ["curl", "-sS", "-w", "%{size_download} %{time_total}\n",
+                                *urls], timeout=600)
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    if len(rows) != rounds or any(int(r[0]) != BLOB for r in rows):
+        raise RuntimeError(f"bad downloads: {out!r}")
+    return sum(int(r[0]) for r in rows) * 8 / sum(float(r[1]) for r in rows)
+
+
+def latency(lab: Standin, n: int) -> dict[str, float]:
+    out = in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "latency",
+                                "--requests", str(n)], timeout=300)
+    return {k: float(v) for k, v in json.loads(out).items()}
+
+
+def answer_checkpoints(orch: Orchestrator, pair: ProxyPair, stop: threading.Event,
+                       count: list[int]) -> None:
+    while not stop.wait(0.02):
+        if orch.taken():
+            pair.tell("checkpoint_done")
+            count[0] += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=16, help="64 MiB downloads per path")
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--name", default=f"bp{os.getpid() % 10000}")
+    a = ap.parse_args()
+    lab = Standin(a.name)
+    lab.down()
+    pair = ProxyPair(lab, Path("/run/colo-proxy-bench") / a.name)
+    try:
+        lab.up()
+        in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "check", "--conns",
+                              "1", "--requests", "5"])
+        direct_bps = bulk(lab, a.rounds)
+        direct_lat = latency(lab, a.requests)
+
+        pair.start()
+        # The SVM's own ARP requests never leave the proxy, and a stand-in gets no real
+        # checkpoint to copy the PVM's neighbour cache: let the client ask again, so the
+        # mirrored request teaches the SVM the client's MAC.
+        in_ns(lab.client_ns, ["ip", "neigh", "flush", "dev", "eth0"])
+        orch = Orchestrator(pair.sock("primary"))
+        stop, count = threading.Event(), [0]
+        t = threading.Thread(target=answer_checkpoints, args=(orch, pair, stop, count))
+        t.start()
+        try:
+            proxied_bps = bulk(lab, a.rounds)
+            proxied_lat = latency(lab, a.requests)
+            status = pair.status("primary")
+        finally:
+            stop.set()
+            t.join()
+            orch.close()
+    finally:
+        pair.stop()
+        pair.cleanup()
+        lab.down()
+        shutil.rmtree(pair.run_dir, ignore_errors=True)
+
+    print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   proxied "
+          f"{proxied_bps / 1e9:7.2f} Gbit/s   ratio {proxied_bps / direct_bps:.2f} (target >= 0.50)")
+    for q in ("p50_us", "p99_us"):
+        added = proxied_lat[q] - direct_lat[q]
+        target = 50 if q == "p50_us" else 250
+        print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      proxied {proxied_lat[q]:7.0f} us"
+              f"      added {added:+6.0f} us (target <= {target})   ratio "
+              f"{proxied_lat[q] / direct_lat[q]:.2f}")
+    print(f"checkpoints answered {count[0]}; requests by reason "
+          f"{status['checkpoint_requests']}; queue overflows {status.get('queue_overflows')}")
+
+
+if __name__ == "__main__":
+    main()
