@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -120,3 +122,17 @@ def test_metric_names_follow_the_naming_guide() -> None:
             assert name.endswith("_total"), name
         assert not re.search(r"_(ms|milliseconds|age|ago)$", name), name
         assert not f.labels & {"ip", "port", "flow", "src", "dst", "sport", "dport"}, name
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_scrape_config_example_is_valid_and_labels_every_target(build: ModuleType) -> None:
+    path = ROOT / "dashboards" / "prometheus.yml"
+    out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True,
+                         text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = path.read_text()
+    assert text.count("labels: {pair:") == text.count("- targets:")
+    for uid in build.DASHBOARDS:
+        assert (ROOT / "dashboards" / f"{uid}.json").exists()
+    assert "/var/lib/grafana/dashboards/colo" in (
+        ROOT / "dashboards" / "provisioning" / "dashboards" / "colo.yml").read_text()
