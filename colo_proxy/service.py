@@ -27,6 +27,7 @@ from colo_proxy.compare import (
     Wakeup,
 )
 from colo_proxy.control import ControlServer, ProtocolError
+from colo_proxy.metrics import HoldTimer
 from colo_proxy.settings import ProxySettings
 
 log = logging.getLogger("colo-proxy")
@@ -88,6 +89,7 @@ class PrimaryProxy:
         self.passed_uncompared = 0
         self.started = clock()
         self._accept: list[int] = []
+        self.hold = HoldTimer()  # per PVM packet: how long it was held (metrics)
         self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
 
     # Events ------------------------------------------------------------------
@@ -101,7 +103,9 @@ class PrimaryProxy:
             return
         now = self.clock()
         cmp_packet = self.cmp.packet
+        queued = self.hold.queued
         for p in pkts:
+            queued(p.packet_id, now, len(p.payload))
             if p.truncated:
                 # The copy lost its tail (a > 64 KiB GSO packet): the engine sees the
                 # truncated bytes, finds them inconsistent and applies its policy.
@@ -175,6 +179,7 @@ class PrimaryProxy:
         if self.datapath is not None:
             self.datapath.set_mode(1)
         self.queue.accept_all()
+        self.hold.release_all(self.clock())
         self.cmp = Comparator(self.settings.compare)
         self.wake = None
         log.warning("%s: output now passes uncompared, mirroring stopped", why)
@@ -213,6 +218,7 @@ class PrimaryProxy:
 
     def _flush(self) -> None:
         if self._accept:
+            self.hold.released(self._accept, self.clock())
             self.queue.decide(self._accept)
             self._accept = []
 

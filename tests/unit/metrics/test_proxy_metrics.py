@@ -167,3 +167,16 @@ def test_serve_answers_a_scrape() -> None:
     finally:
         endpoint.stop()
     assert 'colo_proxy_divergences_total{reason="payload"} 0.0' in text
+
+
+def test_released_packets_are_timed() -> None:
+    proxy, q, s = _pair()
+    coll = ProxyCollector(proxy, "primary")
+    _send(proxy, q, s, 1, tcp(5000, flags=0x12), tcp(9000, flags=0x12))
+    _send(proxy, q, s, 2, tcp(5001, b"same"), tcp(9001, b"same"))
+    _send(proxy, q, s, 3, tcp(5005, b"mine"), tcp(9005, b"your"))
+    got = _samples(coll)
+    assert got[("colo_proxy_hold_seconds_count", ())] == 2  # SYN-ACK and the matched segment
+    assert got[("colo_proxy_released_bytes_total", ())] == 40 + 44
+    proxy.on_control({"type": "checkpoint_done"})  # the diverged segment goes out too
+    assert _samples(coll)[("colo_proxy_hold_seconds_count", ())] == 3
