@@ -46,12 +46,18 @@ def set_bridge_netfilter(on: bool) -> None:
 
 
 def install(tap: str, queue: int, instance: str, *, bypass: bool) -> None:
-    """Queue every IPv4 and IPv6 frame entering the bridge from `tap` (replacing old rules)."""
-    remove(instance)
+    """Queue every IPv4 and IPv6 frame entering the bridge from `tap` (replacing old rules).
+
+    The new rule goes in before the old ones (a crashed predecessor's) are deleted, so a
+    restart under fail-closed never opens a moment in which output passes unqueued.
+    """
+    old = rules(instance)
     set_bridge_netfilter(True)
     for tool in TOOLS:
         # Inserted first: the PVM's output must be queued before any accept rule.
         _run([tool, "-w", "-I", "FORWARD", "1", *rule_spec(tap, queue, instance, bypass=bypass)])
+    for tool, line in old:
+        _run([tool, "-w", "-D", *_split(line[3:])], check=False)
 
 
 def rules(instance: str | None = None) -> list[tuple[str, str]]:
