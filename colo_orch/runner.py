@@ -73,6 +73,7 @@ class Orchestrator:
         self._stop = threading.Event()
         self.last_checkpoint_at = time.monotonic()
         self.degraded_reason = ""
+        self.degraded_at = 0.0
         self.history: deque[tuple[float, str]] = deque(maxlen=200)
         # Counters for the API and metrics.
         self.checkpoints: Counter[str] = Counter()
@@ -124,8 +125,15 @@ class Orchestrator:
         no SVM output to wait for, and held output would never be released."""
         if self.proxy is None or self.role != "primary" or not self.proxy.connected:
             return
-        if self.machine.state in (State.PROTECTED, State.CHECKPOINTING):
-            return  # _enter_colo / resume switched it to comparing
+        # Only in states where no action owns the proxy: during SYNCING the action thread
+        # switches it to comparing (resume) the moment COLO starts, before this loop sees
+        # the state change; a pause sent then would let output pass uncompared.
+        if self.machine.state not in (State.WAITING, State.ALONE, State.DEGRADED):
+            return
+        with self._lock:
+            busy = self._future is not None and not self._future.done()
+        if busy:
+            return
         if self._proxy_mode != "pass" and self.proxy.send({"type": "pause"}):
             self._proxy_mode = "pass"
 
@@ -220,6 +228,7 @@ class Orchestrator:
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
+                degraded_at=self.degraded_at,
             )
 
     def _collect_finished(self) -> ActionResult | None:
@@ -256,6 +265,7 @@ class Orchestrator:
             self.role = d.role
         if d.degraded_reason:
             self.degraded_reason = d.degraded_reason
+            self.degraded_at = now
         self._bookkeeping(before, snap, d, now)
         if d.action is not None:
             self._act(d.action)
@@ -363,7 +373,7 @@ class Orchestrator:
         self.last_checkpoint_at = time.monotonic()
         if self.proxy is not None:
             self.proxy.send({"type": "resume"})
-            self._proxy_mode = ""
+            self._proxy_mode = "compare"
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
@@ -399,7 +409,7 @@ class Orchestrator:
             m.checkpoints.labels(m.reason(r)).inc()
         if "resume" in reasons and self.proxy is not None:
             self.proxy.send({"type": "resume"})
-            self._proxy_mode = ""
+            self._proxy_mode = "compare"
         return f"{', '.join(reasons)}: {out}"
 
     def _take_over(self, was_role: str) -> str:

@@ -63,6 +63,7 @@ class Snapshot:
     operator: str = ""  # pending operator command: pause, resume, failover, reprotect, stop
     auto_reprotect: bool = True
     degraded_reason: str = ""
+    degraded_at: float = 0.0  # when the state became DEGRADED
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -119,6 +120,8 @@ class Decision:
 
 
 MAX_INTERVAL_REASON = "periodic"
+# Seconds a failed re-protection (COLO could not start) stays DEGRADED before the next try.
+REPROTECT_BACKOFF = 30.0
 
 
 def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
@@ -310,6 +313,11 @@ def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
         return Decision(f"peer took over while we were degraded ({s.degraded_reason}): "
                         "fencing our VM", Event.VM_LOST, StopVM())
     if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
+        wait = s.degraded_at + REPROTECT_BACKOFF - s.now
+        if s.degraded_reason.startswith("enter_colo failed") and wait > 0:
+            # Stay visibly degraded, and do not hammer a broken secondary: retry later.
+            return Decision(f"degraded: {s.degraded_reason}; re-protection retried in "
+                            f"{wait:.0f} s")
         return Decision(f"VM answers again after '{s.degraded_reason}': serving alone",
                         Event.RECOVERED)
     return Decision(f"degraded: {s.degraded_reason}")

@@ -197,3 +197,11 @@ def test_primary_waits_for_the_secondarys_proxy() -> None:
     not_ready = replace(SEC_WAITING, proxy_ready=False)
     assert decide(snap(State.WAITING, peer=not_ready), MIN, MAX).action is None
     assert decide(snap(State.ALONE, peer=not_ready), MIN, MAX).event is None
+
+
+def test_failed_reprotection_stays_degraded_then_retries() -> None:
+    reason = "enter_colo failed: NBD export does not answer"
+    s = snap(State.DEGRADED, degraded_reason=reason, degraded_at=95.0)
+    d = decide(s, MIN, MAX)
+    assert d.event is None and "retried in 25 s" in d.sentence
+    assert decide(replace(s, degraded_at=60.0), MIN, MAX).event is Event.RECOVERED
