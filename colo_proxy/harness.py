@@ -6,6 +6,7 @@ namespaces in `.hosts[role].ns` and taps in `.hosts[role].tap`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -22,6 +23,13 @@ from colo_proxy import control
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = ("secondary", "primary")  # secondary first: its filters must steer before mirroring
+RUN_ROOT = Path("/run/colo-proxy-test")
+_serial = itertools.count()
+
+
+def unique_name(prefix: str) -> str:
+    """A lab name no other test process uses (lab names are at most 10 characters)."""
+    return f"{prefix}{os.getpid() % 10000}{next(_serial)}"[:10]
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:

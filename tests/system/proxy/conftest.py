@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from colo_lab.standin import Standin
-from colo_proxy.harness import ProxyPair
-
-_names = itertools.count()
+from colo_proxy.harness import RUN_ROOT, ProxyPair, unique_name
 
 
 def _bcc_ok() -> bool:
@@ -30,13 +27,9 @@ def _need_bcc() -> None:
         pytest.skip("bcc or kernel headers (/lib/modules/$(uname -r)/build) unavailable")
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}{os.getpid() % 10000}{next(_names)}"[:10]
-
-
 @pytest.fixture
 def standin() -> Iterator[Standin]:
-    lab = Standin(unique("px"))
+    lab = Standin(unique_name("px"))
     lab.down()
     try:
         lab.up()
@@ -46,14 +39,10 @@ def standin() -> Iterator[Standin]:
         assert lab.leftovers() == []
 
 
-def make_pair(lab: object, name: str, extra: list[str] | None = None) -> ProxyPair:
-    return ProxyPair(lab, Path("/run/colo-proxy-test") / name, extra=extra)
-
-
 @pytest.fixture
 def pair(standin: Standin, request: pytest.FixtureRequest) -> Iterator[ProxyPair]:
     extra = getattr(request, "param", None) or []
-    p = make_pair(standin, standin.name, extra)
+    p = ProxyPair(standin, RUN_ROOT / standin.name, extra=extra)
     try:
         p.start()
         yield p
