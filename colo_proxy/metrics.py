@@ -96,7 +96,9 @@ class HoldTimer:
 
 
 class StatusSource(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    """PrimaryProxy (status()) or SecondaryProxy (on_control({"type": "status"}))."""
+
+    def on_control(self, msg: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def nfqueue_stats(num: int, path: Path = NFQUEUE_PROC) -> dict[str, int]:
@@ -154,8 +156,18 @@ class ProxyCollector(Collector):
             return {k: now.get(k, 0) + self._carried.get(k, 0)
                     for k in set(now) | set(self._carried)}
 
+    def _status(self) -> dict[str, Any]:
+        if self.proxy is None:
+            return {}
+        if hasattr(self.proxy, "status"):
+            own: dict[str, Any] = self.proxy.status()
+            return own
+        # SecondaryProxy answers status only as a control message.
+        reply: dict[str, Any] = self.proxy.on_control({"type": "status"})
+        return reply
+
     def collect(self) -> Iterator[Metric]:
-        st = self.proxy.status() if self.proxy is not None else {}
+        st = self._status()
         yield from self._common(st)
         if self.role == "primary":
             yield from self._compare(st, self._compare_stats())

@@ -180,3 +180,20 @@ def test_released_packets_are_timed() -> None:
     assert got[("colo_proxy_released_bytes_total", ())] == 40 + 44
     proxy.on_control({"type": "checkpoint_done"})  # the diverged segment goes out too
     assert _samples(coll)[("colo_proxy_hold_seconds_count", ())] == 3
+
+
+def test_secondary_proxy_is_collected_through_its_control_status() -> None:
+    from colo_proxy.service import SecondaryProxy
+
+    class Datapath:
+        def offsets(self) -> list[Any]:
+            return []
+
+        def counters(self) -> dict[str, int]:
+            return {"fwd_in_packets": 7, "ack_rewrites": 3}
+
+    proxy = SecondaryProxy(Datapath())
+    got = _samples(ProxyCollector(proxy, "secondary"))
+    assert got[("colo_proxy_datapath_packets_total", (("path", "fwd_in"),))] == 7
+    assert got[("colo_proxy_datapath_rewrites_total", (("field", "ack"),))] == 3
+    assert ("colo_proxy_divergences_total", (("reason", "payload"),)) not in got
