@@ -6,6 +6,7 @@ namespaces in `.hosts[role].ns` and taps in `.hosts[role].tap`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -79,7 +80,7 @@ class ProxyPair:
             with open(self.log(r), "ab") as log:
                 self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
                                                  stdout=log, stderr=log, cwd=str(REPO))
-            wait_for(lambda r=r: self._hello(r), timeout, f"the {r} proxy to answer")
+            wait_for(functools.partial(self._hello, r), timeout, f"the {r} proxy to answer")
 
     def _hello(self, role: str) -> bool:
         proc = self.procs[role]
@@ -87,7 +88,8 @@ class ProxyPair:
             raise RuntimeError(f"{role} proxy exited {proc.returncode}: "
                                f"{self.log(role).read_text()[-2000:]}")
         try:
-            return control.request(self.sock(role), {"type": "hello"}, 2.0)["type"] == "hello"
+            reply = control.request(self.sock(role), {"type": "hello"}, 2.0)
+            return bool(reply["type"] == "hello")
         except OSError:
             return False
 

@@ -146,7 +146,7 @@ class Ack:
     errno: int
 
 
-def parse(buf: memoryview | bytes, length: int | None = None) -> Iterator[QueuedPacket | Ack]:
+def parse(buf: memoryview | bytes | bytearray, length: int | None = None) -> Iterator[QueuedPacket | Ack]:
     """Every queued packet and ack in one received netlink datagram; junk is skipped."""
     mv = memoryview(buf)
     end = len(mv) if length is None else length
