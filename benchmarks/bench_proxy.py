@@ -85,6 +85,10 @@ def main() -> None:
             proxied_bps = bulk(lab, a.rounds)
             proxied_lat = latency(lab, a.requests)
             status = pair.status("primary")
+            # The same path with the primary paused (NFQUEUE hop and the Python loop, each
+            # packet accepted at once): splits the added latency into hop and SVM wait.
+            pair.tell("pause", ("primary",))
+            hop_lat = latency(lab, a.requests)
         finally:
             stop.set()
             t.join()
@@ -103,6 +107,8 @@ def main() -> None:
         print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      proxied {proxied_lat[q]:7.0f} us"
               f"      added {added:+6.0f} us (target <= {target})   ratio "
               f"{proxied_lat[q] / direct_lat[q]:.2f}")
+    print(f"breakdown p50: queue hop + loop {hop_lat['p50_us'] - direct_lat['p50_us']:+.0f} us,"
+          f" waiting for the SVM twin {proxied_lat['p50_us'] - hop_lat['p50_us']:+.0f} us")
     print(f"checkpoints answered {count[0]}; requests by reason "
           f"{status['checkpoint_requests']}; queue overflows {status.get('queue_overflows')}")
 

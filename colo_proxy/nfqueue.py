@@ -109,12 +109,16 @@ class NfQueue:
 
     def _send(self, msg: bytes) -> None:
         # Verdicts must not be lost: wait for socket space rather than drop one, which
-        # would strand a packet in the kernel queue until we exit.
-        self._sock.setblocking(True)
+        # would strand a packet in the kernel queue until we exit. Netlink sends to the
+        # kernel normally never block, so the common case costs one syscall.
         try:
             self._sock.send(msg)
-        finally:
-            self._sock.setblocking(False)
+        except BlockingIOError:
+            self._sock.setblocking(True)
+            try:
+                self._sock.send(msg)
+            finally:
+                self._sock.setblocking(False)
 
     def close(self) -> None:
         # Closing the socket unbinds the queue; the kernel drops what it still held
