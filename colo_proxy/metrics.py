@@ -196,6 +196,10 @@ class ProxyCollector(Collector):
         yield _by("colo_proxy_compared_packets",
                   "Packets given to the comparator, by the VM that sent them", "side",
                   [(side, cs.get(f"{side}_packets", 0)) for side in SIDES])
+        cb = st.get("compared_bytes", {})
+        yield _by("colo_proxy_compared_bytes",
+                  "IP bytes given to the comparator, by the VM that sent them", "side",
+                  [(side, cb.get(side, 0)) for side in SIDES])
         yield _counter("colo_proxy_released_packets",
                        "PVM packets released to the clients (matched, or by a checkpoint)",
                        cs.get("released_packets", 0))

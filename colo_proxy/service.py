@@ -87,6 +87,7 @@ class PrimaryProxy:
         self.svm_non_ip = 0
         self.truncated = 0
         self.passed_uncompared = 0
+        self.compared_bytes = {"primary": 0, "secondary": 0}  # IP bytes given to the comparator
         self.started = clock()
         self._accept: list[int] = []
         self.hold = HoldTimer()  # per PVM packet: how long it was held (metrics)
@@ -104,7 +105,9 @@ class PrimaryProxy:
         now = self.clock()
         cmp_packet = self.cmp.packet
         queued = self.hold.queued
+        nbytes = 0
         for p in pkts:
+            nbytes += len(p.payload)
             queued(p.packet_id, now, len(p.payload))
             if p.truncated:
                 # The copy lost its tail (a > 64 KiB GSO packet): the engine sees the
@@ -114,6 +117,7 @@ class PrimaryProxy:
             if self.trace:
                 self._trace("PVM", p.packet_id, p.payload, cmds)
             self._apply(cmds)
+        self.compared_bytes["primary"] += nbytes
         self._flush()
 
     def on_svm_readable(self) -> None:
@@ -127,6 +131,7 @@ class PrimaryProxy:
                 self.svm_non_ip += 1  # ARP and the like: the SVM's own, never compared
                 continue
             self.svm_ids += 1
+            self.compared_bytes["secondary"] += len(f.payload)
             cmds = cmp_packet(Side.SECONDARY, self.svm_ids, f.payload, now)
             if self.trace:
                 self._trace("SVM", self.svm_ids, f.payload, cmds)
@@ -233,6 +238,7 @@ class PrimaryProxy:
             "compare": self.cmp.stats.as_dict(),
             "svm_non_ip": self.svm_non_ip, "truncated_copies": self.truncated,
             "passed_uncompared": self.passed_uncompared,
+            "compared_bytes": dict(self.compared_bytes),
         }
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
