@@ -8,9 +8,13 @@ share a lease file in the run directory (the single-host arbiter).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +132,33 @@ def wait_state(lab: Lab, host: str, want: str | set[str], timeout: float = 60.0)
     tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
     raise LabError(f"{host} orchestrator not in {sorted(wanted)} after {timeout:.0f} s: "
                    f"{st.get('state')} ({st.get('recent', [])[-3:]}); log: {' | '.join(tail)}")
+
+
+def kill_vm(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
+    """Signal the QEMU of a host (by its pid file, whichever process started it)."""
+    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
+    os.kill(pid, sig)
+    return pid
+
+
+def checkpoint_count(lab: Lab, host: str) -> int:
+    return sum(state(lab, host).get("checkpoints", {}).values())
+
+
+@contextmanager
+def protected(name: str, *, proxy: bool = False, disk: bool = False,
+              extra: str = "") -> Iterator[Lab]:
+    """A lab whose pair both orchestrators have brought to PROTECTED; removed afterwards."""
+    lab = Lab(name)
+    lab.down()
+    try:
+        lab.up(secondary="incoming", disk=disk)
+        start_orchestrators(lab, proxy=proxy, extra=extra)
+        wait_state(lab, "primary", "PROTECTED", 90)
+        wait_state(lab, "secondary", "PROTECTED", 30)
+        yield lab
+    finally:
+        lab.down()
+    left = lab.leftovers()
+    if left:
+        raise LabError(f"lab {name} left behind: {', '.join(left)}")

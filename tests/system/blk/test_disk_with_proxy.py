@@ -9,7 +9,6 @@ Also: `coloctl disk verify` finds a block corrupted on the secondary's image.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Iterator
 
@@ -25,22 +24,8 @@ from colo_orch.blk.cli import main as disk_main
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Lab(f"blkp{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming", disk=True)
-        pair.start_orchestrators(lab, proxy=True)
-        pair.wait_state(lab, "primary", "PROTECTED", 90)
-        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    with pair.protected(f"blkp{os.getpid() % 10000}", proxy=True, disk=True) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
-
-
-def _kill_vm(lab: Lab, host: str) -> None:
-    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
-    os.kill(pid, signal.SIGKILL)
 
 
 def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
@@ -52,7 +37,7 @@ def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
 def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     with Writer(lab, 0) as w:
         _wait(lambda: len(w.acked) >= 8, 90, "records")
-        _kill_vm(lab, "primary")
+        pair.kill_vm(lab, "primary")
         killed_at = time.monotonic()
     _took_over(lab, "secondary")
     acked = {n: t for n, t in w.acked.items() if t < killed_at}
@@ -63,7 +48,7 @@ def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
     with Writer(lab, max(w.acked) + 1) as w2:
         _wait(lambda: len(w2.acked) >= 5, 90, "records after re-protection")
-        _kill_vm(lab, "secondary")
+        pair.kill_vm(lab, "secondary")
         killed_at = time.monotonic()
     _took_over(lab, "primary")
     acked2 = {**acked, **{n: t for n, t in w2.acked.items() if t < killed_at}}

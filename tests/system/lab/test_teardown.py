@@ -6,22 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from colo_lab import netns
 from colo_lab.lab import Lab
+from colo_lab.wait import wait_until
 
 COLO_LAB = [sys.executable, "-m", "colo_lab.cli"]
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_down_after_killed_up_leaves_nothing() -> None:
@@ -31,7 +22,7 @@ def test_down_after_killed_up_leaves_nothing() -> None:
     proc = subprocess.Popen([*COLO_LAB, "up", "--name", name], stderr=subprocess.PIPE)
     try:
         # Kill it once both QEMUs exist (their pid files are written at start).
-        _wait(lambda: (lab.run_dir / "svm.pid").exists() or proc.poll() is not None,
+        wait_until(lambda: (lab.run_dir / "svm.pid").exists() or proc.poll() is not None,
               120, "both VMs to start")
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         os.kill(proc.pid, signal.SIGKILL)

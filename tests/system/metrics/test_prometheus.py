@@ -115,17 +115,8 @@ class Prometheus:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Lab(f"prom{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming")
-        pair.start_orchestrators(lab, proxy=True)
-        pair.wait_state(lab, "primary", "PROTECTED", 90)
-        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    with pair.protected(f"prom{os.getpid() % 10000}", proxy=True) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
 
 
 @pytest.fixture

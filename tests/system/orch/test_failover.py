@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
+from colo_lab.wait import wait_until
 
 
 @pytest.fixture
@@ -28,23 +28,14 @@ def lab() -> Iterator[Lab]:
 
 
 def _checkpoints(lab: Lab, host: str) -> int:
-    return sum(pair.state(lab, host).get("checkpoints", {}).values())
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
+    return pair.checkpoint_count(lab, host)
 
 
 def _store_and_checkpoint(lab: Lab, primary: str, key: str, value: bytes) -> None:
     assert lab.http(f"/kv/{key}", method="PUT", data=value)[0] == 200
     before = _checkpoints(lab, primary)
     pair.api(lab, primary, "POST", "/checkpoint")
-    _wait(lambda: _checkpoints(lab, primary) > before, 20, "manual checkpoint")
+    wait_until(lambda: _checkpoints(lab, primary) > before, 20, "manual checkpoint")
 
 
 def _metrics(lab: Lab, host: str) -> dict[str, float]:
@@ -56,11 +47,6 @@ def _metrics(lab: Lab, host: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
-
-
-def _kill_vm(lab: Lab, host: str) -> None:
-    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
-    os.kill(pid, signal.SIGKILL)
 
 
 def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
@@ -80,7 +66,7 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     assert metrics["colo_peer_up"] == 1 and metrics["colo_arbiter_lease_held"] == 1
 
     # 1. The PVM's QEMU dies: the secondary takes over with the checkpointed state.
-    _kill_vm(lab, "primary")
+    pair.kill_vm(lab, "primary")
     sec = pair.wait_state(lab, "secondary", "ALONE", 30)
     assert sec["role"] == "primary" and sec["failovers"] == 1
     assert _metrics(lab, "secondary")["colo_failovers_total"] == 1
@@ -95,10 +81,10 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     _store_and_checkpoint(lab, "secondary", "after", b"reprotected")
 
     # 3. Second failover, the other way: the new PVM (on the secondary host) dies.
-    _kill_vm(lab, "secondary")
+    pair.kill_vm(lab, "secondary")
     pri = pair.wait_state(lab, "primary", "ALONE", 30)
     assert pri["role"] == "primary" and pri["failovers"] == 1
-    _wait(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
+    wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
     assert lab.http("/kv/after") == (200, b"reprotected")
     assert lab.http("/kv/k1") == (200, b"v1")
     for role in ("primary", "secondary"):
@@ -108,7 +94,7 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
 def test_secondary_loss_leaves_the_primary_serving_alone(lab: Lab) -> None:
     pair.wait_state(lab, "primary", "PROTECTED", 60)
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
-    _kill_vm(lab, "secondary")
+    pair.kill_vm(lab, "secondary")
     pri = pair.wait_state(lab, "primary", "ALONE", 30)
     assert pri["role"] == "primary"
     assert lab.http("/health")[0] == 200
@@ -135,7 +121,7 @@ def test_hung_primary_qemu_degrades_then_is_fenced_and_replaced() -> None:
             sec = pair.wait_state(lab, "secondary", "ALONE", 30)
             assert sec["role"] == "primary"
             # The hung VM is fenced (killed), never resumed beside the new primary.
-            _wait(lambda: not _alive(pid), 30, "hung PVM fenced")
+            wait_until(lambda: not _alive(pid), 30, "hung PVM fenced")
         finally:
             if _alive(pid):
                 os.kill(pid, signal.SIGCONT)

@@ -65,27 +65,13 @@ class Client:
 
 
 def _lab(name: str, extra: str = "") -> Iterator[Lab]:
-    lab = Lab(f"{name}{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming")
-        pair.start_orchestrators(lab, proxy=True, extra=extra)
-        pair.wait_state(lab, "primary", "PROTECTED", 90)
-        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+    with pair.protected(f"{name}{os.getpid() % 10000}", proxy=True, extra=extra) as lab:
         yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
     yield from _lab("svc")
-
-
-def _kill_vm(lab: Lab, host: str) -> None:
-    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
-    os.kill(pid, signal.SIGKILL)
 
 
 def _checkpoints(lab: Lab, host: str) -> dict[str, int]:
@@ -96,7 +82,7 @@ def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
     client = Client(lab, "--random-every", "7")
     try:
         client.wait_more(15)
-        _kill_vm(lab, "primary")
+        pair.kill_vm(lab, "primary")
         sec = pair.wait_state(lab, "secondary", "ALONE", 30)
         print(f"first takeover: {1000 * sec['last_takeover_s']:.0f} ms")
         client.wait_more(15)
@@ -105,7 +91,7 @@ def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
         client.wait_more(10)
         # Second failover, the other way round: the bug that broke QEMU COLO after two
         # failovers must not exist here.
-        _kill_vm(lab, "secondary")
+        pair.kill_vm(lab, "secondary")
         pri = pair.wait_state(lab, "primary", "ALONE", 30)
         print(f"second takeover: {1000 * pri['last_takeover_s']:.0f} ms")
         client.wait_more(15)
@@ -120,7 +106,7 @@ def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None
     client = Client(lab)
     try:
         client.wait_more(15)
-        _kill_vm(lab, "secondary")
+        pair.kill_vm(lab, "secondary")
         pair.wait_state(lab, "primary", "ALONE", 30)
         client.wait_more(15)
         # The fenced secondary host brings a new SVM; the pair is protected again.
