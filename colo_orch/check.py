@@ -67,7 +67,7 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
                 return str(exc)
             return None
 
-        checks.insert(0, (f"config {config}", _cfg))
+        checks.insert(0, ("config", _cfg))  # the error itself names the file
     failed = 0
     for what, fn in checks:
         problem = fn()
