@@ -9,7 +9,8 @@ Latency: one keep-alive connection, GET /health, p50/p99 over N requests.
 A stand-in orchestrator answers every checkpoint request at once (iperf3's closing
 results message differs between replicas, once per run). Run as root:
 
-    .venv/bin/python benchmarks/bench_proxy.py [--bytes 2G] [--requests 5000]
+    .venv/bin/python benchmarks/bench_proxy.py [--rounds 16] [--requests 5000] \\
+        [--variant '--busy-poll-us 0' --variant '--busy-poll-us 200' ...]
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -56,22 +59,10 @@ def answer_checkpoints(orch: Orchestrator, pair: ProxyPair, stop: threading.Even
             count[0] += 1
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=16, help="64 MiB downloads per path")
-    ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--name", default=f"bp{os.getpid() % 10000}")
-    a = ap.parse_args()
-    lab = Standin(a.name)
-    lab.down()
-    pair = ProxyPair(lab, Path("/run/colo-proxy-bench") / a.name)
+def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    """Start both proxies with `extra` flags, measure the proxied path, stop them."""
+    pair = ProxyPair(lab, Path("/run/colo-proxy-bench") / a.name, extra=extra)
     try:
-        lab.up()
-        in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "check", "--conns",
-                              "1", "--requests", "5"])
-        direct_bps = bulk(lab, a.rounds)
-        direct_lat = latency(lab, a.requests)
-
         pair.start()
         # The SVM's own ARP requests never leave the proxy, and a stand-in gets no real
         # checkpoint to copy the PVM's neighbour cache: let the client ask again, so the
@@ -82,13 +73,13 @@ def main() -> None:
         t = threading.Thread(target=answer_checkpoints, args=(orch, pair, stop, count))
         t.start()
         try:
-            proxied_bps = bulk(lab, a.rounds)
-            proxied_lat = latency(lab, a.requests)
+            bps = bulk(lab, a.rounds)
+            lat = latency(lab, a.requests)
             status = pair.status("primary")
             # The same path with the primary paused (NFQUEUE hop and the Python loop, each
             # packet accepted at once): splits the added latency into hop and SVM wait.
             pair.tell("pause", ("primary",))
-            hop_lat = latency(lab, a.requests)
+            hop = latency(lab, a.requests)
         finally:
             stop.set()
             t.join()
@@ -96,21 +87,50 @@ def main() -> None:
     finally:
         pair.stop()
         pair.cleanup()
-        lab.down()
         shutil.rmtree(pair.run_dir, ignore_errors=True)
+    return {"bps": bps, "lat": lat, "hop": hop, "status": status, "answered": count[0]}
 
-    print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   proxied "
-          f"{proxied_bps / 1e9:7.2f} Gbit/s   ratio {proxied_bps / direct_bps:.2f} (target >= 0.50)")
-    for q in ("p50_us", "p99_us"):
-        added = proxied_lat[q] - direct_lat[q]
-        target = 50 if q == "p50_us" else 250
-        print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      proxied {proxied_lat[q]:7.0f} us"
-              f"      added {added:+6.0f} us (target <= {target})   ratio "
-              f"{proxied_lat[q] / direct_lat[q]:.2f}")
-    print(f"breakdown p50: queue hop + loop {hop_lat['p50_us'] - direct_lat['p50_us']:+.0f} us,"
-          f" waiting for the SVM twin {proxied_lat['p50_us'] - hop_lat['p50_us']:+.0f} us")
-    print(f"checkpoints answered {count[0]}; requests by reason "
-          f"{status['checkpoint_requests']}; queue overflows {status.get('queue_overflows')}")
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=16, help="64 MiB downloads per path")
+    ap.add_argument("--requests", type=int, default=5000)
+    ap.add_argument("--name", default=f"bp{os.getpid() % 10000}")
+    ap.add_argument("--variant", action="append", default=[], metavar="FLAGS",
+                    help="proxy flags of one proxied run, e.g. '--busy-poll-us 0'; "
+                         "repeat to compare several in one run (default: the defaults)")
+    a = ap.parse_args()
+    variants = a.variant or [""]
+    lab = Standin(a.name)
+    lab.down()
+    runs = []
+    try:
+        lab.up()
+        in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "check", "--conns",
+                              "1", "--requests", "5"])
+        direct_bps = bulk(lab, a.rounds)
+        direct_lat = latency(lab, a.requests)
+        for v in variants:
+            runs.append((v, proxied(lab, a, shlex.split(v))))
+    finally:
+        lab.down()
+
+    for v, r in runs:
+        proxied_bps, proxied_lat, hop_lat, status = r["bps"], r["lat"], r["hop"], r["status"]
+        print(f"== proxy flags: {v or '(defaults)'}")
+        print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   proxied "
+              f"{proxied_bps / 1e9:7.2f} Gbit/s   ratio {proxied_bps / direct_bps:.2f}"
+              " (target >= 0.50)")
+        for q in ("p50_us", "p99_us"):
+            added = proxied_lat[q] - direct_lat[q]
+            target = 50 if q == "p50_us" else 250
+            print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      proxied "
+                  f"{proxied_lat[q]:7.0f} us      added {added:+6.0f} us (target <= {target})"
+                  f"   ratio {proxied_lat[q] / direct_lat[q]:.2f}")
+        print(f"breakdown p50: queue hop + loop {hop_lat['p50_us'] - direct_lat['p50_us']:+.0f}"
+              f" us, waiting for the SVM twin {proxied_lat['p50_us'] - hop_lat['p50_us']:+.0f} us")
+        print(f"checkpoints answered {r['answered']}; requests by reason "
+              f"{status['checkpoint_requests']}; queue overflows {status.get('queue_overflows')}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ drive it with fakes; `run_primary`/`run_secondary` build the real ones.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import time
@@ -95,7 +96,7 @@ class PrimaryProxy:
 
     # Events ------------------------------------------------------------------
     def on_pvm_readable(self) -> None:
-        pkts = self.queue.receive(256)
+        pkts = self.queue.receive(self.settings.batch)
         if not pkts:
             return
         if self.mode != PROTECTED:
@@ -121,7 +122,7 @@ class PrimaryProxy:
         self._flush()
 
     def on_svm_readable(self) -> None:
-        frames = self.svm.receive(256)
+        frames = self.svm.receive(self.settings.batch)
         if not frames or self.mode != PROTECTED:
             return
         now = self.clock()
@@ -144,6 +145,10 @@ class PrimaryProxy:
             self.wake = None
             self._apply(self.cmp.tick(now))
             self._flush()
+
+    def idle(self) -> bool:
+        """Nothing held: the next packet is new PVM output, not an awaited SVM twin."""
+        return self.cmp.held_packets == 0
 
     def timeout(self, cap: float = 1.0) -> float:
         if self.wake is None:
@@ -264,6 +269,9 @@ class SecondaryProxy:
     def timeout(self, cap: float = 1.0) -> float:
         return cap
 
+    def idle(self) -> bool:
+        return True
+
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
@@ -306,13 +314,26 @@ class _Stop(Exception):
 
 
 def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
-          sources: dict[str, Any], ready: Callable[[], None] | None = None) -> None:
-    """Poll the sources and the control socket until SIGTERM/SIGINT."""
+          sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
+          busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
+    """Poll the sources and the control socket until SIGTERM/SIGINT.
+
+    With `busy_poll_us`, each packet from a source opens a window of that many
+    microseconds in which the loop polls without sleeping (epoll with a zero timeout,
+    yielding the CPU after each empty poll), so the next packet of a request/response
+    exchange finds the proxy awake; once the window passes with nothing read, the loop
+    blocks in epoll again. Idle cost: at most one window of polling per burst. Unless
+    `busy_poll_held`, the loop polls only while no PVM packet waits for its SVM twin:
+    the SVM needs the CPU to produce it, and a spinning proxy on shared CPUs delays it.
+    """
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ, "accept")
     for name, src in sources.items():
         sel.register(src, selectors.EVENT_READ, name)
     stop = False
+    busy = busy_poll_us / 1e6
+    busy_until = 0.0
+    clock = time.monotonic
 
     def _on_signal(signum: int, _frame: object) -> None:
         nonlocal stop
@@ -323,20 +344,29 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
         ready()
     try:
         while not stop:
-            for key, _ev in sel.select(proxy.timeout()):
+            polling = busy and clock() < busy_until and (busy_poll_held or proxy.idle())
+            events = sel.select(0.0 if polling else proxy.timeout())
+            data = False
+            for key, _ev in events:
                 what = key.data
                 if what == "pvm":
                     assert isinstance(proxy, PrimaryProxy)
                     proxy.on_pvm_readable()
+                    data = True
                 elif what == "svm":
                     assert isinstance(proxy, PrimaryProxy)
                     proxy.on_svm_readable()
+                    data = True
                 elif what == "accept":
                     c = control.accept()
                     if c is not None:
                         sel.register(c, selectors.EVENT_READ, c)
                 else:
                     _control_readable(proxy, control, sel, what)
+            if data and busy:
+                busy_until = clock() + busy
+            elif polling and not events:
+                os.sched_yield()  # let the VMs (or anyone) run: 2 shared CPUs
             if isinstance(proxy, PrimaryProxy):
                 proxy.on_timer()
     finally:

@@ -32,6 +32,11 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-queue-full", dest="on_queue_full", choices=("drop", "accept"))
     p.add_argument("--compare-timeout", dest="compare_timeout", type=float,
                    help="seconds a PVM packet waits for its SVM twin")
+    p.add_argument("--busy-poll-us", dest="busy_poll_us", type=int,
+                   help="after a packet, poll without sleeping for this many us (0: off)")
+    p.add_argument("--busy-poll-held", dest="busy_poll_held", action="store_const",
+                   const=True, help="busy-poll also while packets wait for SVM twins")
+    p.add_argument("--batch", type=int, help="most packets read per source and call")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False)
     p.add_argument("--metrics-listen", dest="metrics_listen", metavar="ADDR:PORT",
                    help="serve Prometheus metrics on http://ADDR:PORT/metrics")
@@ -54,7 +59,7 @@ def register(sub: Any) -> None:
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
     keys = ("tap", "forward", "vm_mac", "control_socket", "instance", "queue", "on_crash",
-            "on_queue_full", "gso", "metrics_listen")
+            "on_queue_full", "gso", "metrics_listen", "busy_poll_us", "busy_poll_held", "batch")
     over: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     over["role"] = args.role
     if getattr(args, "compare_timeout", None) is not None:
@@ -103,7 +108,8 @@ def run_primary(s: ProxySettings) -> None:
                 try:
                     serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
                         "ready: comparing output of %s, mirror to %s, control %s, on crash %s",
-                        s.tap, s.forward, s.control_socket, s.on_crash))
+                        s.tap, s.forward, s.control_socket, s.on_crash),
+                        busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held)
                 finally:
                     stop_metrics()
             finally:

@@ -11,6 +11,7 @@ from typing import Any
 from colo_proxy.compare import CompareConfig, FlowMatch
 
 DEFAULT_SOCKET = "/run/colo-proxy/control.sock"
+BUSY_POLL_US = 0  # set from docs/BENCHMARKS.md's measurements
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,14 @@ class ProxySettings:
     on_queue_full: str = "drop"
     queue_maxlen: int = 8192
     gso: bool = True
+    # After any packet, keep polling the queue and the SVM socket without sleeping for this
+    # many microseconds before blocking in epoll (waking a sleeping proxy costs more than
+    # the hop itself). Bounded, and each empty poll yields the CPU; 0 disables.
+    busy_poll_us: int = BUSY_POLL_US
+    # Poll also while PVM packets wait for their SVM twins (off: the SVM needs the CPU).
+    busy_poll_held: bool = False
+    # Most packets read from each source per call (one NFQUEUE datagram = one packet).
+    batch: int = 256
     metrics_listen: str = ""  # ADDR:PORT of the Prometheus /metrics endpoint; "" = none
     # ICMPv6 to link-local multicast (MLD reports, router solicitations, DAD) is timed by
     # random delays in each kernel and never reaches a client's connection state: pass the
@@ -49,6 +58,10 @@ class ProxySettings:
             raise ConfigError(f"on_queue_full must be drop or accept, not {self.on_queue_full!r}")
         if not 0 <= self.queue <= 65535:
             raise ConfigError(f"queue must be 0..65535, not {self.queue}")
+        if not 0 <= self.busy_poll_us <= 10_000:
+            raise ConfigError(f"busy_poll_us must be 0..10000, not {self.busy_poll_us}")
+        if not 1 <= self.batch <= 65536:
+            raise ConfigError(f"batch must be 1..65536, not {self.batch}")
         port = self.metrics_listen.rpartition(":")[2]
         if self.metrics_listen and not (port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"metrics_listen must be ADDR:PORT, not {self.metrics_listen!r}")

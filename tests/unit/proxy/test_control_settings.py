@@ -39,8 +39,17 @@ def test_settings_from_toml_and_flags(tmp_path: Path) -> None:
     assert ICMP6_MULTICAST in s.compare.pass_through
 
 
+def test_busy_poll_and_batch_settings(tmp_path: Path) -> None:
+    assert load(None, {}).busy_poll_us == 0  # off: on 2 shared CPUs it slowed the SVM
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[proxy]\nbusy_poll_us = 300\nbatch = 64\n')
+    s = load(cfg, {"busy_poll_held": True})
+    assert (s.busy_poll_us, s.busy_poll_held, s.batch) == (300, True, 64)
+
+
 @pytest.mark.parametrize("text", ['[proxy]\nbogus = 1\n', '[proxy]\non_crash = "maybe"\n',
-                                  '[compare]\ncompare_timeout = -1\n', "[proxy\n"])
+                                  '[compare]\ncompare_timeout = -1\n', "[proxy\n",
+                                  '[proxy]\nbusy_poll_us = -1\n', '[proxy]\nbatch = 0\n'])
 def test_bad_settings_say_what(tmp_path: Path, text: str) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text(text)
