@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "remus":
         return remus(args)
+    if cmd == "migrate-receive":
+        return migrate_receive(args)
     say(f"standin xl: {cmd} not replayed")
     return 2
 
@@ -74,6 +76,21 @@ def remus(args: list[str]) -> int:
         return 0
     say("COLO: Backup failed? resuming domain at primary.")
     return 1
+
+
+def migrate_receive(args: list[str]) -> int:
+    """The secondary side as xl_migrate.c reports it: ready, then, when the primary's stream
+    ends, "COLO Failover for domain" and the incoming domain runs on under its own name."""
+    (STATE / "receive-args").write_text("\n".join(args))
+    domain = os.environ.get("XL_STANDIN_DOMAIN", "web")
+    incoming = STATE / f"{domain}--incoming"
+    incoming.write_text("-b----")
+    say("migration target: Ready to receive domain.")
+    while sys.stdin.buffer.read(65536):
+        pass  # the primary's checkpoint stream, until it ends
+    incoming.rename(STATE / domain)
+    say("migration target: COLO Failover for domain 7")
+    return 0
 
 
 if __name__ == "__main__":

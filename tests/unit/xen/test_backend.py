@@ -3,14 +3,22 @@ the real libxl bridge (the stand-in's libxl side is the simulation)."""
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from colo_orch.backend import BackendError
-from colo_orch.xen.backend import PRIMARY_DESTROYED, SECONDARY_LOST, XenBackend
+from colo_orch.xen.backend import (
+    FAILED_OVER,
+    PRIMARY_DESTROYED,
+    READY,
+    SECONDARY_LOST,
+    XenBackend,
+)
 from colo_proxy.libxl_proxy import LibxlBridge
 
 STANDIN = Path(__file__).parent / "standin_xl.py"
@@ -85,3 +93,31 @@ def test_error_exit_fails_enter_colo_and_the_primary_keeps_running(
         b.enter_colo("tcp:192.168.100.2:7420")
     obs = b.observe()
     assert (obs.running, obs.migration) == (True, "failed")
+
+
+def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=[sys.executable, str(STANDIN)],
+                   bridge=bridge)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
+        # The primary's `xl remus` connects and streams (here: a few bytes).
+        primary = socket.create_connection(("127.0.0.1", port), timeout=10)
+        primary.sendall(b"checkpoint stream")
+        deadline = time.monotonic() + 10
+        while b.receiver is None or READY not in b.receiver.marks:
+            assert time.monotonic() < deadline, "xl migrate-receive never became ready"
+            time.sleep(0.02)
+        args = (tmp_path / "receive-args").read_text().split("\n")
+        assert args == ["--colo", "--userspace-colo-proxy", "-e"]
+        # The primary dies: take_over ends the stream itself if it hangs.
+        assert "domain running" in b.take_over("secondary")
+        assert b.receiver.outcome() == FAILED_OVER
+        assert (tmp_path / "web").exists() and not (tmp_path / "web--incoming").exists()
+        primary.close()
+    finally:
+        b.stop_vm()
