@@ -9,6 +9,7 @@ from the single-slot action executor, never concurrently with each other.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from colo_orch.blk.graph import DiskStatus
 from colo_orch.core.decide import VmObs
@@ -23,6 +24,9 @@ class Backend(ABC):
     # (Xen: libxl's COLO_CHECKPOINT through the libxl bridge). The runner then must not
     # send its own checkpoint_done, which would release output produced after the resume.
     notifies_proxy_of_checkpoints = False
+    # Called (from the action thread) when the PVM has stopped for a checkpoint: from then
+    # on the proxy can tell pre-snapshot output from what the PVM sends after it resumes.
+    on_checkpoint_stop: Callable[[], object] | None = None
 
     @abstractmethod
     def observe(self) -> VmObs:

@@ -385,7 +385,11 @@ class Orchestrator:
     def _checkpoint(self, reasons: tuple[str, ...]) -> str:
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
-            self.proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
+            proxy = self.proxy
+            proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
+            self.backend.on_checkpoint_stop = lambda: proxy.send({"type": "checkpoint_barrier"})
+        else:
+            self.backend.on_checkpoint_stop = None
         start = time.monotonic()
         try:
             out = self.backend.checkpoint()

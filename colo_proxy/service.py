@@ -92,11 +92,17 @@ class PrimaryProxy:
         self.started = clock()
         self._accept: list[int] = []
         self.hold = HoldTimer()  # per PVM packet: how long it was held (metrics)
+        # Between a checkpoint's barrier (the PVM is stopped: all it sent is queued) and
+        # checkpoint_done, arrivals belong to the state after the snapshot. They are kept
+        # here, out of the comparator, and compared afresh once the old epoch is released.
+        self._post: list[tuple[Side, int, bytes]] | None = None
         self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
 
     # Events ------------------------------------------------------------------
     def on_pvm_readable(self) -> None:
-        pkts = self.queue.receive(self.settings.batch)
+        self._feed_pvm(self.queue.receive(self.settings.batch))
+
+    def _feed_pvm(self, pkts: list[Any]) -> None:
         if not pkts:
             return
         if self.mode != PROTECTED:
@@ -104,6 +110,11 @@ class PrimaryProxy:
             self.queue.decide([p.packet_id for p in pkts])
             return
         now = self.clock()
+        if self._post is not None:
+            for p in pkts:
+                self.hold.queued(p.packet_id, now, len(p.payload))
+                self._post.append((Side.PRIMARY, p.packet_id, p.payload))
+            return
         cmp_packet = self.cmp.packet
         queued = self.hold.queued
         nbytes = 0
@@ -122,7 +133,9 @@ class PrimaryProxy:
         self._flush()
 
     def on_svm_readable(self) -> None:
-        frames = self.svm.receive(self.settings.batch)
+        self._feed_svm(self.svm.receive(self.settings.batch))
+
+    def _feed_svm(self, frames: list[Any]) -> None:
         if not frames or self.mode != PROTECTED:
             return
         now = self.clock()
@@ -132,6 +145,9 @@ class PrimaryProxy:
                 self.svm_non_ip += 1  # ARP and the like: the SVM's own, never compared
                 continue
             self.svm_ids += 1
+            if self._post is not None:
+                self._post.append((Side.SECONDARY, self.svm_ids, f.payload))
+                continue
             self.compared_bytes["secondary"] += len(f.payload)
             cmds = cmp_packet(Side.SECONDARY, self.svm_ids, f.payload, now)
             if self.trace:
@@ -163,18 +179,37 @@ class PrimaryProxy:
             return self.status()
         if kind == "checkpoint_started":
             log.info("checkpoint started")
+        elif kind == "checkpoint_barrier":
+            # Sent while the PVM is stopped for the checkpoint: whatever it sent before is
+            # in the queue now. Read all of it into the current epoch; what arrives after
+            # this was produced from the state the SVM is about to receive.
+            if self.mode == PROTECTED and self._post is None:
+                while pkts := self.queue.receive(self.settings.batch):
+                    self._feed_pvm(pkts)
+                while frames := self.svm.receive(self.settings.batch):
+                    self._feed_svm(frames)
+                self._post = []
         elif kind == "checkpoint_done":
             self.checkpoints += 1
             held = self.cmp.held_packets
-            self._apply(self.cmp.checkpoint_done(self.clock()))
+            now = self.clock()
+            post, self._post = self._post, None
+            self._apply(self.cmp.checkpoint_done(now))
+            for side, pid, data in post or ():
+                self._apply(self.cmp.packet(side, pid, data, now))
             self._flush()
-            log.info("checkpoint done: released %d held packets", held)
+            log.info("checkpoint done: released %d held packets, %d after the barrier "
+                     "compared afresh", held, len(post or ()))
         elif kind in ("failover", "pause"):
             self._passthrough(kind)
         elif kind == "resume":
             if self.datapath is not None:
                 self.datapath.set_mode(0)
             self.cmp = Comparator(self.settings.compare)
+            post, self._post = self._post, None
+            for side, pid, data in post or ():
+                self._apply(self.cmp.packet(side, pid, data, self.clock()))
+            self._flush()
             self.wake = None
             self.mode = PROTECTED
             log.info("protection resumed: comparing again (the orchestrator checkpoints first)")
@@ -186,6 +221,7 @@ class PrimaryProxy:
         # The secondary is gone (failover) or protection is paused: what is held can only
         # go out now, and new output passes at once.
         self.mode = PASSTHROUGH
+        self._post = None  # its PVM packets are still outstanding: accept_all releases them
         if self.datapath is not None:
             self.datapath.set_mode(1)
         self.queue.accept_all()

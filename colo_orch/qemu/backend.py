@@ -265,6 +265,8 @@ class QemuBackend(Backend):
             self.blk.note_event(ev)
             if name == "STOP":
                 stopped_at = time.monotonic()
+                if self.on_checkpoint_stop is not None:
+                    self.on_checkpoint_stop()
             elif name == "RESUME" and stopped_at is not None:
                 self.checkpoint_pause_s = time.monotonic() - stopped_at
                 return (f"took {1000 * (time.monotonic() - start):.0f} ms, PVM paused "

@@ -203,6 +203,17 @@ class TcpFlow(FlowState):
                 rel.append(pid)
             else:
                 self._hold(pid, 0, NO_ACK, NEED_CHECKPOINT, now)
+                # Still track how far the PVM's stream got: the checkpoint commits it, and
+                # the SVM (then in the PVM's state) continues from there, not from where
+                # the streams diverged.
+                base = self.p_base
+                if base is not None and (data or flags & FIN):
+                    ref = 0 if self.matched is None else self.matched
+                    end = ref + ((seq - base - ref + HALF) & MASK) - HALF + len(data)
+                    if end > self.p_top:
+                        self.p_top = end
+                    if flags & FIN and self.p_fin is None:
+                        self.p_fin = end
             return None
         if flags & SYN and not self.p_syn:
             self.p_syn = True

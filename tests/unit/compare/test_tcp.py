@@ -305,3 +305,18 @@ def test_table_full_evicts_least_recently_used_idle_flow() -> None:
         c.packet(P, port, tcp(1, 2, ACK, b"x", dport=port), float(port))
         c.packet(S, port, tcp(1, 2, ACK, b"x", dport=port), float(port))
     assert c.flows() == [tcp_flow(dport=2), tcp_flow(dport=3)]
+
+
+def test_after_a_divergence_the_stream_resumes_where_the_pvm_got_to() -> None:
+    # The PVM keeps sending after the divergence; the checkpoint commits all of it, and the
+    # SVM (now in the PVM's state and sequence space) continues from the PVM's end.
+    c = Comparator(CompareConfig())
+    established(c)
+    c.packet(P, 2, pdata(0, b"abcX"), 0.1)
+    cmds = c.packet(S, 2, sdata(0, b"abcY"), 0.1)
+    assert cmds == [Drop((2,)), RequestCheckpoint("payload", FLOW, 3)]
+    assert c.packet(P, 3, pdata(4, b"more"), 0.2) == []
+    assert c.checkpoint_done(0.3) == [Release((2, 3))]
+    assert c.packet(P, 4, pdata(8, b"post"), 0.4) == []
+    # The SVM's segment carries the PVM's sequence number now.
+    assert c.packet(S, 3, pdata(8, b"post"), 0.4) == [Release((4,)), Drop((3,))]

@@ -181,3 +181,35 @@ def test_secondary_resets_offsets_at_checkpoint_and_switches_mode() -> None:
     sec.on_control({"type": "failover"})
     assert dp.resets == 1 and dp.mode_set == [1] and sec.mode == PASSTHROUGH
     assert sec.on_control({"type": "status"})["datapath"] == {"ack_rewrites": 3}
+
+
+def test_output_after_the_checkpoint_barrier_is_compared_in_the_new_epoch(env: Any) -> None:
+    proxy, q, s, sent, _ = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, b"abcX"))
+    proxy.on_pvm_readable()
+    s.incoming.append(Frame(0x800, tcp(9001, b"abcY")))
+    proxy.on_svm_readable()
+    assert [m["reason"] for m in sent] == ["payload"]
+    # Sent by the PVM before it stopped, not yet read by the proxy: pre-snapshot output.
+    q.push(3, tcp(5005, b"more"))
+    assert proxy.on_control({"type": "checkpoint_barrier"})["type"] == "ok"
+    # The PVM resumed before checkpoint_done reached us: this is post-snapshot output.
+    q.push(4, tcp(5009, b"post"))
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1, 2, 3]  # 4 was not released with the old epoch
+    # The SVM now runs the PVM's state (same sequence space) and says the same: released.
+    s.incoming.append(Frame(0x800, tcp(5009, b"post")))
+    proxy.on_svm_readable()
+    assert q.accepted == [1, 2, 3, 4]
+    # A post-barrier pair that both arrived before checkpoint_done is matched on re-feed.
+    proxy.on_control({"type": "checkpoint_barrier"})
+    q.push(5, tcp(5013, b"next"))
+    proxy.on_pvm_readable()
+    s.incoming.append(Frame(0x800, tcp(5013, b"next")))
+    proxy.on_svm_readable()
+    assert q.accepted == [1, 2, 3, 4]
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1, 2, 3, 4, 5]
+    assert [m["reason"] for m in sent] == ["payload"]
