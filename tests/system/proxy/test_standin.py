@@ -28,9 +28,9 @@ def _load(lab: Standin, *args: str, timeout: float = 120) -> dict[str, object]:
 
 def test_deterministic_service_needs_no_checkpoint(standin: Standin, pair: ProxyPair) -> None:
     res = _load(standin, "check", "--conns", "20", "--requests", "1000")
-    assert res["errors"] == [] and res["ok"] == 1000
-
     pri, sec = pair.status("primary"), pair.status("secondary")
+    assert res["errors"] == [] and res["ok"] == 1000, json.dumps([res["errors"], pri, sec])
+
     assert pri["checkpoint_requests"] == {}
     assert pri["compare"]["primary_packets"] > 1000
     assert pri["compare"]["released_packets"] == pri["compare"]["primary_packets"]
