@@ -369,9 +369,22 @@ class Orchestrator:
 
     def _enter_colo(self, uri: str) -> str:
         proxied = self._ensure_proxy("primary")
+        self._proxy_mode = ""  # set to "compare" only by what happens in this action
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
+            proxy = self.proxy
+
+            def at_stop() -> None:
+                # The PVM is stopped to start COLO: compare (and mirror) from here on;
+                # what it sent before is covered by the state the SVM is receiving.
+                proxy.send({"type": "resume"})
+                proxy.send({"type": "checkpoint_barrier"})
+                self._proxy_mode = "compare"
+
+            self.backend.on_checkpoint_stop = at_stop
         out = self.backend.enter_colo(uri) + proxied
         self.last_checkpoint_at = time.monotonic()
-        if self.proxy is not None:
+        if self.proxy is not None and self._proxy_mode != "compare":
             self.proxy.send({"type": "resume"})
             self._proxy_mode = "compare"
         if self._tell_proxy_checkpoints():

@@ -108,6 +108,7 @@ class QemuBackend(Backend):
         self._colo_cap_set = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
+        self._colo_stop_seen = False
         # Replicated disks (colo_orch.blk); the NBD server listens on our migration host.
         self.disks = disks
         self.blk = Replication(self.mon, disks, nbd_port)
@@ -198,6 +199,14 @@ class QemuBackend(Backend):
         return drive_args(self.disks, secondary=secondary)
 
     def enter_colo(self, uri: str) -> str:
+        # The PVM stops once while COLO starts (explicitly for disks, else to finish the
+        # migration); that STOP is the barrier between output the SVM's state will cover
+        # and output it must reproduce.
+        self._colo_stop_seen = False
+        try:
+            self.events.clear_events()
+        except Exception:  # no events monitor yet: nothing to clear
+            pass
         if not self.disks:
             return self._migrate_colo(uri)
         # The secondary's copy is made equal to our disk while the guest runs, then the
@@ -234,14 +243,33 @@ class QemuBackend(Backend):
         start = time.monotonic()
         self.mon.cmd("migrate", uri=uri)
         while time.monotonic() - start < 60:
+            self._watch_colo_stop(0)
             st = self.mon.cmd("query-migrate").get("status")
             if st == "colo":
+                # The STOP certainly came first; its event may still be on its way.
+                self._watch_colo_stop(1.0)
                 return f"in COLO after {time.monotonic() - start:.2f} s"
             if st in ("failed", "cancelled"):
                 raise BackendError(f"COLO migration to {uri} {st}")
             time.sleep(0.05)
         self._cancel_migration()
         raise BackendError(f"COLO migration to {uri} did not reach COLO within 60 s")
+
+    def _watch_colo_stop(self, wait: float) -> None:
+        if self._colo_stop_seen or self.on_checkpoint_stop is None:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                ev = self.events.pull_event(wait=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                return
+            if ev is None:
+                return
+            if ev.get("event") == "STOP":
+                self._colo_stop_seen = True
+                self.on_checkpoint_stop()
+                return
 
     def _cancel_migration(self) -> None:
         try:
