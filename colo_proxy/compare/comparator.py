@@ -603,13 +603,31 @@ class Comparator:
         drop: list[PacketId],
         out: list[Command],
     ) -> None:
+        self._by_policy(policy, Reason.POLICY, side, pid, proto, addrs + _NO_PORTS, body, now,
+                        rel, drop, out)
+
+    def _by_policy(
+        self,
+        policy: Policy,
+        reason: Reason,
+        side: Side,
+        pid: PacketId,
+        proto: int,
+        key: bytes,
+        body: bytes,
+        now: float,
+        rel: list[PacketId],
+        drop: list[PacketId],
+        out: list[Command],
+    ) -> None:
+        """Compare as a datagram, pass, or hand to the checkpoint (reason), as configured."""
         if policy == Policy.COMPARE:
-            self._datagram(side, pid, proto, addrs + _NO_PORTS, body, now, rel, drop, out)
+            self._datagram(side, pid, proto, key, body, now, rel, drop, out)
         elif policy == Policy.PASS:
             self.stats.pass_through_packets += 1
             (rel if side == Side.PRIMARY else drop).append(pid)
         else:
-            self._orphan(side, pid, Reason.POLICY, rel, drop, out)
+            self._orphan(side, pid, reason, rel, drop, out)
 
     def _unparseable(
         self,
@@ -622,14 +640,8 @@ class Comparator:
         out: list[Command],
     ) -> None:
         self.stats.parse_errors += 1
-        policy = self.config.unparseable_policy
-        if policy == Policy.COMPARE:
-            self._datagram(side, pid, -1, _UNPARSEABLE_KEY, bytes(pkt), now, rel, drop, out)
-        elif policy == Policy.PASS:
-            self.stats.pass_through_packets += 1
-            (rel if side == Side.PRIMARY else drop).append(pid)
-        else:
-            self._orphan(side, pid, Reason.UNPARSEABLE, rel, drop, out)
+        self._by_policy(self.config.unparseable_policy, Reason.UNPARSEABLE, side, pid, -1,
+                        _UNPARSEABLE_KEY, bytes(pkt), now, rel, drop, out)
 
     def _fail_safe(
         self,
