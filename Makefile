@@ -18,7 +18,7 @@ demo: build
 	$(VENV)/bin/colo-lab demo
 
 test: build lint
-	COLO_REQUIRE_SYSTEM=1 $(PYTEST) tests
+	COLO_REQUIRE_SYSTEM=1 COLO_REQUIRE_COMPILED=1 $(PYTEST) tests
 
 unit: bootstrap
 	$(PYTEST) tests/unit
@@ -35,4 +35,4 @@ bench: build
 
 clean:
 	-for n in $$(ls /run/colo-lab 2>/dev/null); do $(VENV)/bin/colo-lab down --name $$n; done
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build/compare-mypyc

@@ -6,18 +6,24 @@ flow with 100,000 flows in the table, measured in the same run. Target (issue 3)
 300,000 pairs/s on one core, well under 1 KiB per idle flow.
 
     .venv/bin/python benchmarks/bench_compare.py [--pairs N] [--flows N] [--conns N]
+
+The core runs compiled by mypyc when scripts/build-compare has built it for these sources
+(the bootstrap does); the benchmark then also measures the interpreted modules in a child
+process (COLO_COMPARE_PURE=1) in the same run and prints the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import struct
+import subprocess
 import sys
 import time
 import tracemalloc
 
-from colo_proxy.compare import Comparator, CompareConfig, Side
+from colo_proxy.compare import COMPILED, Comparator, CompareConfig, Side
 
 MSS = 1448
 SYN, ACK, PSH = 0x02, 0x10, 0x08
@@ -140,14 +146,42 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=300_000, help="segment pairs (default 300000)")
     ap.add_argument("--conns", type=int, default=100, help="concurrent flows for the pairs")
     ap.add_argument("--flows", type=int, default=100_000, help="idle flows (default 100000)")
+    ap.add_argument("--pairs-only", action="store_true", help="print only the median pairs/s")
+    ap.add_argument(
+        "--no-interpreted", action="store_true", help="skip the interpreted comparison run"
+    )
     args = ap.parse_args()
     rates = [bench_pairs(args.pairs, args.conns) for _ in range(3)]
-    per_flow, secs = bench_idle_flows(args.flows)
+    median = sorted(rates)[1]
+    if args.pairs_only:
+        print(f"{median:.0f}")
+        return
+    build = "compiled (mypyc)" if COMPILED else "interpreted (no build for these sources)"
     print(
-        f"matched {MSS}-byte segment pairs/s: best {max(rates):,.0f}, "
-        f"median {sorted(rates)[1]:,.0f} ({args.pairs:,} pairs over {args.conns} flows; "
+        f"core: {build}; matched {MSS}-byte segment pairs/s: best {max(rates):,.0f}, "
+        f"median {median:,.0f} ({args.pairs:,} pairs over {args.conns} flows; "
         f"target >= 300,000)"
     )
+    if COMPILED and not args.no_interpreted:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--pairs-only",
+                f"--pairs={args.pairs}",
+                f"--conns={args.conns}",
+            ],
+            env={**os.environ, "COLO_COMPARE_PURE": "1"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pure = float(out.stdout.strip())
+        print(
+            f"same run, interpreted: median {pure:,.0f} pairs/s; "
+            f"compiled/interpreted = {median / pure:.2f}"
+        )
+    per_flow, secs = bench_idle_flows(args.flows)
     print(
         f"idle flows: {args.flows:,} in table, {per_flow:,.0f} bytes per idle flow "
         f"(target well under 1024), built in {secs:.2f} s"

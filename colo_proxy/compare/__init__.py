@@ -1,11 +1,22 @@
 """Sans-IO comparison of PVM and SVM output (see docs/COMPARE.md).
 
 Pure: no sockets, no clock, no bcc, no NFQUEUE, no metrics; the caller passes ``now``.
+The modules run compiled by mypyc when a build matching these sources exists
+(``_compiled``); ``COMPILED`` says which.
 """
 
-from colo_proxy.compare.comparator import Comparator, CompareStats
-from colo_proxy.compare.config import CompareConfig, FlowMatch, Policy
-from colo_proxy.compare.events import (
+from colo_proxy.compare import _compiled
+
+_native = _compiled.find()
+if _native is not None:
+    __path__.insert(0, str(_native))
+COMPILED = _native is not None
+
+# These imports must come after __path__ is set: they load the compiled modules if any.
+
+from colo_proxy.compare.comparator import Comparator, CompareStats  # noqa: E402
+from colo_proxy.compare.config import CompareConfig, FlowMatch, Policy  # noqa: E402
+from colo_proxy.compare.events import (  # noqa: E402
     REASONS,
     Command,
     Drop,
@@ -17,9 +28,10 @@ from colo_proxy.compare.events import (
     Side,
     Wakeup,
 )
-from colo_proxy.compare.parse import flow_of
+from colo_proxy.compare.parse import flow_of  # noqa: E402
 
 __all__ = [
+    "COMPILED",
     "REASONS",
     "Command",
     "Comparator",

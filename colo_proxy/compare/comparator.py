@@ -37,6 +37,7 @@ from colo_proxy.compare._flows import (
 from colo_proxy.compare._flows import HALF as _HALF
 from colo_proxy.compare._flows import MASK as _MASK
 from colo_proxy.compare._flows import NO_ACK as _NO_ACK
+from colo_proxy.compare._flows import NO_TOP as _NO_TOP
 from colo_proxy.compare.config import CompareConfig, Policy
 from colo_proxy.compare.events import (
     Command,
@@ -66,36 +67,33 @@ def _signed(x: int) -> int:
 
 
 _F = TypeVar("_F", bound=FlowState)
-# The hot path builds its frozen Release/Drop commands through the slot descriptors:
-# the same objects as Release(ids) (equal, hashable, immutable through the public
-# API) at ~60 ns less each than the dataclass __init__, which goes through
-# object.__setattr__ to get past `frozen`.
-_new = object.__new__
-_set_release = Release.__dict__["packet_ids"].__set__
-_set_drop = Drop.__dict__["packet_ids"].__set__
 _RELEASE_MOVE = 1.0  # seconds between LRU moves of a busy flow (only ordering, not safety)
+
+
+# The counters of CompareStats by name (a module constant: compiled classes have no
+# __slots__ attribute to list them at run time).
+_COUNTERS: tuple[str, ...] = (
+    "checkpoint_requests",
+    "dropped_packets",
+    "flows_created",
+    "flows_evicted",
+    "flows_over_limit",
+    "fragments",
+    "internal_errors",
+    "non_ip",
+    "other_protocol",
+    "parse_errors",
+    "pass_through_packets",
+    "primary_packets",
+    "released_packets",
+    "secondary_packets",
+)
 
 
 class CompareStats:
     """Counters for metrics export; plain attributes, read them at scrape time."""
 
-    __slots__ = (
-        "checkpoint_requests",
-        "divergences",
-        "dropped_packets",
-        "flows_created",
-        "flows_evicted",
-        "flows_over_limit",
-        "fragments",
-        "internal_errors",
-        "non_ip",
-        "other_protocol",
-        "parse_errors",
-        "pass_through_packets",
-        "primary_packets",
-        "released_packets",
-        "secondary_packets",
-    )
+    __slots__ = ("divergences", *_COUNTERS)
 
     def __init__(self) -> None:
         self.primary_packets = 0
@@ -115,7 +113,7 @@ class CompareStats:
         self.divergences: dict[str, int] = {r.value: 0 for r in Reason}
 
     def as_dict(self) -> dict[str, int]:
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "divergences"}
+        out = {name: getattr(self, name) for name in _COUNTERS}
         for reason, n in self.divergences.items():
             out[f"divergences_{reason}"] = n
         return out
@@ -246,11 +244,7 @@ class Comparator:
                                                 f.npkts -= 1
                                                 self._npkts -= 1
                                                 stats.released_packets += 1
-                                                rl = _new(Release)
-                                                _set_release(rl, (pid,))
-                                                dr = _new(Drop)
-                                                _set_drop(dr, (packet_id,))
-                                                return [rl, dr]
+                                                return [Release((pid,)), Drop((packet_id,))]
                                             rel: list[PacketId] = []
                                             f._release(rel)
                                             self._npkts -= len(rel)
@@ -267,6 +261,7 @@ class Comparator:
                                 and m is not None
                                 and f.s_segs is None
                                 and f.s_fin is None
+                                and f.s_rst == _NO_TOP
                                 and not (seq - base - top) & _MASK
                                 and top >= m
                             ):
