@@ -181,7 +181,9 @@ class TcpFlow(FlowState):
         self.p_fin: int | None = None
         self.s_fin: int | None = None
         self.p_rst = False
-        self.s_rst = False
+        # Where the SVM reset the connection (stream offset), NO_TOP if it has not: after
+        # that it sends nothing more, so a PVM packet that must still wait never will.
+        self.s_rst = NO_TOP
         self.p_segs: list[Segment] | None = None
         self.s_segs: list[Segment] | None = None
 
@@ -289,6 +291,10 @@ class TcpFlow(FlowState):
             rel.append(pid)
         else:
             self._hold(pid, end, aoff, need, now)
+            if self.s_rst != NO_TOP:
+                # The SVM has reset the connection, so no SVM packet will ever free this one.
+                self.diverge(drop)
+                return Reason.TCP_FLAGS, self.s_rst
         return None
 
     # -- SVM ---------------------------------------------------------------------------
@@ -332,8 +338,8 @@ class TcpFlow(FlowState):
                 self.s_ack = aoff
         if flags & FIN and self.s_fin is None:
             self.s_fin = end
-        if flags & RST:
-            self.s_rst = True
+        if flags & RST and self.s_rst == NO_TOP:
+            self.s_rst = end
         div = None
         if n and (m is None or end > m):
             segs = self.s_segs
@@ -360,6 +366,13 @@ class TcpFlow(FlowState):
             return div
         if self.held:
             self._release(rel)
+        # Not inside the block above: mypy keeps self.held narrowed to a list across
+        # _release, and mypyc would turn that into a failing run-time check.
+        if self.s_rst != NO_TOP and self.held:
+            # The SVM reset the connection and the PVM did not (its RST would have been
+            # released): FIN and RST must match.
+            self.diverge(drop)
+            return Reason.TCP_FLAGS, self.s_rst
         return None
 
     # -- internals ---------------------------------------------------------------------
@@ -378,7 +391,7 @@ class TcpFlow(FlowState):
             return False
         if need & NEED_FIN and (self.s_fin is None or self.s_fin != self.p_fin):
             return False
-        return not (need & NEED_RST and not self.s_rst)
+        return not (need & NEED_RST and self.s_rst == NO_TOP)
 
     def _release(self, rel: list[PacketId]) -> None:
         held = self.held
@@ -507,7 +520,11 @@ class TcpFlow(FlowState):
         self.s_syn = self.s_syn or self.p_syn
         if self.p_fin is not None:
             self.s_fin = self.p_fin
-        self.s_rst = self.s_rst or self.p_rst
+        # The SVM is restored to the PVM's state: reset only if the PVM reset.
+        if not self.p_rst:
+            self.s_rst = NO_TOP
+        elif self.s_rst == NO_TOP:
+            self.s_rst = self.p_top
         self.s_top = self.p_top
         self.s_ack = max(self.s_ack, self.p_amax)
 

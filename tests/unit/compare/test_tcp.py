@@ -168,6 +168,30 @@ def test_pvm_rst_alone_times_out(c: Comparator) -> None:
     assert c.tick(1.1) == [RequestCheckpoint("timeout", FLOW, None)]
 
 
+def test_svm_rst_first_then_the_pvm_twin(c: Comparator) -> None:
+    assert c.packet(S, 2, sdata(0, b"", flags=RST | ACK), 0.1) == [Drop((2,))]
+    assert c.packet(P, 2, pdata(0, b"", flags=RST | ACK), 0.1) == [Release((2,))]
+
+
+def test_svm_rst_alone_diverges_at_the_pvm_data_it_never_sends(c: Comparator) -> None:
+    assert c.packet(P, 2, pdata(0, b"hello"), 0.1) == []
+    assert c.packet(S, 2, sdata(0, b"hello"), 0.1) == [Release((2,)), Drop((2,))]
+    assert c.packet(S, 3, sdata(5, b"", flags=RST | ACK), 0.2) == [Drop((3,))]
+    assert c.packet(P, 3, pdata(5, b"more"), 0.3) == [RequestCheckpoint("tcp_flags", FLOW, 5)]
+    assert c.checkpoint_done(0.4) == [Release((3,))]
+    # The SVM now holds the PVM's (open) connection, in the PVM's sequence space.
+    assert c.packet(P, 4, pdata(9, b"next"), 0.5) == []
+    assert c.packet(S, 4, pdata(9, b"next"), 0.5) == [Release((4,)), Drop((4,))]
+
+
+def test_svm_rst_while_a_pvm_packet_waits_diverges_now(c: Comparator) -> None:
+    assert c.packet(P, 2, pdata(0, b"", ack=CACK + 10, flags=ACK), 0.1) == []
+    assert c.packet(S, 2, sdata(0, b"", flags=RST | ACK), 0.2) == [
+        Drop((2,)),
+        RequestCheckpoint("tcp_flags", FLOW, 0),
+    ]
+
+
 def test_ack_gating_waits_for_the_svm_to_acknowledge_client_data(c: Comparator) -> None:
     assert c.packet(P, 2, pdata(0, b"resp", ack=CACK + 100), 0.1) == []
     # Same bytes, but the SVM has not yet received the client's 100 bytes.
