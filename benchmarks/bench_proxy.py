@@ -6,11 +6,14 @@ iperf3 is not usable here: even with --repeating-payload its stream content depe
 where partial writes fall, which differs between replicas (measured: a payload divergence
 every 1-3 MB), so every run would be a string of checkpoints.
 Latency: one keep-alive connection, GET /health, p50/p99 over N requests.
+With --floor, the same run also measures the path through a minimal C NFQUEUE consumer
+(benchmarks/nfq_floor.c) that accepts every PVM packet at once: the hop that any proxy
+holding output in NFQUEUE adds on this machine, before comparing or waiting for the SVM.
 A stand-in orchestrator answers every checkpoint request at once (iperf3's closing
 results message differs between replicas, once per run). Run as root:
 
     .venv/bin/python benchmarks/bench_proxy.py [--rounds 16] [--requests 5000] \\
-        [--variant '--busy-poll-us 0' --variant '--busy-poll-us 200' ...]
+        [--variant '--busy-poll-us 0' --variant '--busy-poll-us 200' ...] [--floor]
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -57,6 +62,37 @@ def answer_checkpoints(orch: Orchestrator, pair: ProxyPair, stop: threading.Even
         if orch.taken():
             pair.tell("checkpoint_done")
             count[0] += 1
+
+
+FLOOR_QUEUE = 9
+_NETFILTER = ("import sys; sys.path.insert(0, {repo!r}); from colo_proxy import netfilter; "
+              "netfilter.{call}")
+
+
+def floor(lab: Standin, a: argparse.Namespace) -> dict[str, Any]:
+    """Throughput and latency through nfq_floor.c: one queue hop, nothing else."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    ns, tap = lab.hosts["primary"].ns, lab.hosts["primary"].tap
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "nfq_floor"
+        subprocess.run(["cc", "-O2", "-o", str(exe), str(Path(__file__).parent / "nfq_floor.c"),
+                        "-lnetfilter_queue"], check=True)
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(exe), str(FLOOR_QUEUE)],
+                                stdout=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            if b"ready" not in proc.stdout.readline():
+                raise RuntimeError("nfq_floor did not start")
+            in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
+                repo=repo, call=f"install({tap!r}, {FLOOR_QUEUE}, 'bench-floor', bypass=False)")])
+            try:
+                return {"bps": bulk(lab, a.rounds), "lat": latency(lab, a.requests)}
+            finally:
+                in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
+                    repo=repo, call="remove('bench-floor')")])
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
@@ -96,6 +132,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=16, help="64 MiB downloads per path")
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--name", default=f"bp{os.getpid() % 10000}")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure a minimal C consumer that accepts at once (nfq_floor.c)")
     ap.add_argument("--variant", action="append", default=[], metavar="FLAGS",
                     help="proxy flags of one proxied run, e.g. '--busy-poll-us 0'; "
                          "repeat to compare several in one run (default: the defaults)")
@@ -110,11 +148,19 @@ def main() -> None:
                               "1", "--requests", "5"])
         direct_bps = bulk(lab, a.rounds)
         direct_lat = latency(lab, a.requests)
+        low = floor(lab, a) if a.floor else None
         for v in variants:
             runs.append((v, proxied(lab, a, shlex.split(v))))
     finally:
         lab.down()
 
+    if low is not None:
+        print("== floor: nfq_floor.c accepts every PVM packet at once (no SVM, no comparison)")
+        print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   floor   "
+              f"{low['bps'] / 1e9:7.2f} Gbit/s   ratio {low['bps'] / direct_bps:.2f}")
+        for q in ("p50_us", "p99_us"):
+            print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      floor   "
+                  f"{low['lat'][q]:7.0f} us      added {low['lat'][q] - direct_lat[q]:+6.0f} us")
     for v, r in runs:
         proxied_bps, proxied_lat, hop_lat, status = r["bps"], r["lat"], r["hop"], r["status"]
         print(f"== proxy flags: {v or '(defaults)'}")
