@@ -9,7 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from colo_orch.blk.images import RANGE, Comparison, ImageError, compare, parse_size, prepare
+from colo_orch.blk.images import (
+    RANGE,
+    Comparison,
+    ImageError,
+    compare_sizes,
+    parse_size,
+    prepare,
+)
 
 EPILOG = """\
 examples:
@@ -20,27 +27,54 @@ examples:
 """
 
 
+BLOCK = 4096  # re-read unit for a range that differs: small enough to fall between writes
+
+
+def _differing_blocks(a: bytes, b: bytes, base: int) -> list[int]:
+    """Offsets of the BLOCK-sized pieces at which two reads of one range differ."""
+    return [base + i for i in range(0, max(len(a), len(b)), BLOCK)
+            if a[i:i + BLOCK] != b[i:i + BLOCK]]
+
+
 def _settled(primary: str, secondary: str, range_size: int, settle: float,
              clock: Callable[[], float] = time.monotonic) -> Comparison:
-    """Compare; while ranges differ, re-read them until they agree or `settle` passes.
+    """Compare range by range; a range that differs is re-read until it agrees, or it
+    differs for `settle` seconds.
 
-    While the primary replicates, each guest write lands on both images within
-    one write's latency; a range read in between differs for that long only. A
-    range that still differs after `settle` seconds is a real difference.
+    While the primary replicates, each guest write lands on both images within one
+    write's latency; a range read in between differs for that long only. So the two
+    copies of a range are read one right after the other (not whole image after whole
+    image, which under load reads them seconds apart), and when they differ only the
+    4 KiB blocks that differed are re-read, each pair within microseconds, so a steady
+    stream of writes to the range cannot make every re-read straddle a write. A block
+    that still differs after `settle` seconds is a real difference.
     """
-    cmp = compare(primary, secondary, range_size)
-    deadline = clock() + settle
-    while not cmp.equal and clock() < deadline:
-        assert cmp.first_diff is not None
-        off = cmp.first_diff * range_size
-        with open(primary, "rb") as a, open(secondary, "rb") as b:
-            a.seek(off)
-            b.seek(off)
-            if a.read(range_size) != b.read(range_size):
-                time.sleep(0.05)
-                continue
-        cmp = compare(primary, secondary, range_size)
-    return cmp
+    base = compare_sizes(primary, secondary, range_size)
+    ranges = 0
+    with open(primary, "rb") as a, open(secondary, "rb") as b:
+        while True:
+            off = ranges * range_size
+            x, y = a.read(range_size), b.read(range_size)
+            if not x and not y:
+                break
+            if x != y:
+                blocks = _differing_blocks(x, y, off)
+                deadline = clock() + settle
+                while blocks and clock() < deadline:
+                    time.sleep(0.01)
+                    still = []
+                    for blk in blocks:
+                        a.seek(blk)
+                        b.seek(blk)
+                        if a.read(BLOCK) != b.read(BLOCK):
+                            still.append(blk)
+                    blocks = still
+                if blocks:
+                    return Comparison(base, range_size, -(-base // range_size), ranges)
+                a.seek(off + range_size)
+                b.seek(off + range_size)
+            ranges += 1
+    return Comparison(base, range_size, ranges, None)
 
 
 def main(argv: list[str]) -> int:

@@ -137,13 +137,19 @@ def range_hashes(path: str, range_size: int = RANGE) -> list[bytes]:
     return out
 
 
-def compare(primary: str, secondary: str, range_size: int = RANGE) -> Comparison:
+def compare_sizes(primary: str, secondary: str, range_size: int = RANGE) -> int:
+    """The images' common size; an ImageError if they differ or the range size is bad."""
     a, b = size_of(primary), size_of(secondary)
     if a != b:
         raise ImageError(f"sizes differ: {primary} is {a} bytes, {secondary} is {b}: "
                          "the secondary's copy must be the same size (coloctl disk prepare)")
     if range_size <= 0:
         raise ImageError("range size must be positive")
+    return a
+
+
+def compare(primary: str, secondary: str, range_size: int = RANGE) -> Comparison:
+    a = compare_sizes(primary, secondary, range_size)
     ha, hb = range_hashes(primary, range_size), range_hashes(secondary, range_size)
     first = next((i for i, (x, y) in enumerate(zip(ha, hb, strict=True)) if x != y), None)
     return Comparison(a, range_size, len(ha), first)

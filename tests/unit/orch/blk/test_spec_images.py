@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,39 @@ def test_verify_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "range #1" in capsys.readouterr().out
     assert disk_main(["verify", a, str(tmp_path / "gone")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_verify_under_a_steady_stream_of_replicated_writes_is_equal(tmp_path: Path) -> None:
+    # Replication as the guest sees it: each write lands on the primary's image, then on
+    # the secondary's, back to back, with no pause between writes to the same range.
+    a = _img(tmp_path / "a", 8 << 20)
+    b = _img(tmp_path / "b", 8 << 20)
+    stop = threading.Event()
+    writes = [0]
+
+    def writer() -> None:
+        with open(a, "r+b") as fa, open(b, "r+b") as fb:
+            while not stop.is_set():
+                rec = writes[0].to_bytes(8, "big") * 64
+                for f in (fa, fb):
+                    f.seek(8192)
+                    f.write(rec)
+                    f.flush()
+                writes[0] += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert disk_main(["verify", a, b, "--settle", "5"]) == 0
+    finally:
+        stop.set()
+        t.join()
+    assert writes[0] > 10
+    # A write that reached only the primary is a real difference, in its range.
+    with open(a, "r+b") as fa:
+        fa.seek((5 << 20) + 3)
+        fa.write(b"lost")
+    assert disk_main(["verify", a, b, "--settle", "0.2"]) == 1
 
 
 @needs_qemu_img
