@@ -35,7 +35,7 @@ COUNTERS = (
     "svm_out_packets", "svm_out_bytes", "fwd_in_packets", "fwd_in_bytes",
     "tap_out_packets", "tap_out_bytes", "redirect_failures",
     "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
-    "non_ip",
+    "non_ip", "tsecr_rewrites", "tsval_rewrites",
 )
 MODE_PROTECTED = 0
 MODE_PASSTHROUGH = 1
@@ -63,6 +63,7 @@ class Offset:
     svm_isn: int
     offset: int
     complete: bool
+    ts_offset: int | None = None  # TSval offset; None unless both handshakes had timestamps
 
 
 class Datapath:
@@ -89,13 +90,10 @@ class Datapath:
         self.detach()
 
     def attach(self) -> None:
-        from bcc import BPF  # imported here: bcc is slow to import and needs root
-
         self._ipr = ipr = IPRoute()
         idx = {"tap": _ifindex(ipr, self.tap), "fwd": _ifindex(ipr, self.fwd)}
-        cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={idx['fwd']}",
-                  f"-DTAP_IFINDEX={idx['tap']}", f"-DVM_MAC={mac_to_int(self.vm_mac):#x}ULL"]
-        self._bpf = BPF(src_file=str(BPF_DIR / f"{self.role}.bpf.c"), cflags=cflags)
+        self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
+                         vm_mac=self.vm_mac)
         # A crashed predecessor may have left filters: replace them, never stack on them.
         cleanup(ifnames=[self.tap, self.fwd], ipr=ipr)
         for prog, which, parent in HOOKS[self.role]:
@@ -143,9 +141,19 @@ class Datapath:
             return []
         out = []
         for k, v in self._bpf["offsets"].items():
+            ts = v.ts_offset if v.have & 3 == 3 and v.ts_have & 3 == 3 else None
             out.append(Offset(_ip(k.vm_ip), _port(k.vm_port), _ip(k.peer_ip), _port(k.peer_port),
-                              v.pvm_isn, v.svm_isn, v.offset, v.have & 3 == 3))
+                              v.pvm_isn, v.svm_isn, v.offset, v.have & 3 == 3, ts))
         return out
+
+
+def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str) -> Any:
+    """Compile and load one host role's programs (a bcc `BPF`); nothing is attached."""
+    from bcc import BPF  # imported here: bcc is slow to import and needs root
+
+    cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={fwd_ifindex}", f"-DTAP_IFINDEX={tap_ifindex}",
+              f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL"]
+    return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c"), cflags=cflags)
 
 
 def _ip(raw: int) -> str:

@@ -302,8 +302,9 @@ class ProxyCollector(Collector):
                   "the SVM's tap)", "kind",
                   [(k, counters.get(f"{k}_failures", 0)) for k in ("clone", "redirect")])
         yield _by("colo_proxy_datapath_rewrites",
-                  "TCP sequence rewrites on the secondary host, by field", "field",
-                  [(f, counters.get(f"{f}_rewrites", 0)) for f in ("ack", "sack", "seq")])
+                  "TCP sequence and timestamp rewrites on the secondary host, by field",
+                  "field", [(f, counters.get(f"{f}_rewrites", 0))
+                            for f in ("ack", "sack", "seq", "tsecr", "tsval")])
         yield _by("colo_proxy_datapath_isn_learned",
                   "Initial sequence numbers learned for offsets, by VM", "side",
                   [("primary", counters.get("pvm_isn_learned", 0)),

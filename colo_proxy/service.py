@@ -316,7 +316,8 @@ class SecondaryProxy:
             return {"type": "offsets", "offsets": [
                 {"vm": f"{o.vm_ip}:{o.vm_port}", "peer": f"{o.peer_ip}:{o.peer_port}",
                  "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn, "offset": o.offset,
-                 "complete": o.complete} for o in self.datapath.offsets()]}
+                 "complete": o.complete, "ts_offset": o.ts_offset}
+                for o in self.datapath.offsets()]}
         if kind == "status":
             return {"type": "status", "role": "secondary", "mode": self.mode,
                     "uptime_seconds": round(self.clock() - self.started, 3),

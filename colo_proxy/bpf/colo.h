@@ -22,6 +22,8 @@ enum colo_counter {
 	C_PVM_ISN,         /* secondary: PVM ISNs learned */
 	C_SVM_ISN,         /* secondary: SVM ISNs learned */
 	C_NON_IP,          /* frames that are not IPv4 (passed, never rewritten) */
+	C_TSECR_REWRITES,  /* secondary: timestamp echo += ts offset toward the SVM */
+	C_TSVAL_REWRITES,  /* secondary: timestamp value -= ts offset from the SVM (failover) */
 	C_MAX,
 };
 
@@ -38,12 +40,18 @@ struct colo_flow {
 #define COLO_HAVE_BOTH 3
 #define COLO_PAIRED 4  /* the offset was computed from this pair of ISNs */
 
-/* Sequence offset of one connection: offset = svm_isn - pvm_isn once both are known. */
+/* Sequence offset of one connection: offset = svm_isn - pvm_isn once both are known.
+ * Timestamp offset (RFC 7323): ts_offset = svm_tsval - pvm_tsval of the two SYN-ACKs (or
+ * SYNs), valid when ts_have has both bits (each handshake segment carried the option). */
 struct colo_offset {
 	__u32 pvm_isn;
 	__u32 svm_isn;
 	__u32 offset;
 	__u32 have;
+	__u32 pvm_tsval;
+	__u32 svm_tsval;
+	__u32 ts_offset;
+	__u32 ts_have;
 };
 
 /* mode[0]: 0 protected (mirror/steer), 1 pass-through (failover: no mirror; secondary

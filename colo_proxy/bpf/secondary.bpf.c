@@ -6,11 +6,19 @@
  *              VM's) only teaches the PVM's ISN and is dropped; everything else (the
  *              clients' packets) is redirected to the SVM's tap.
  * colo_tap_eg: tc egress of the SVM's tap, whatever the path (forward link while protected,
- *              the bridge after failover): ack += offset and SACK edges += offset.
- * colo_tap_in: tc ingress of the SVM's tap (its output): learns the SVM's ISN from its
- *              SYN/SYN-ACK; protected: to the forward link unchanged; pass-through (after
- *              failover): seq -= offset for old connections, on to the bridge.
+ *              the bridge after failover): ack += offset, SACK edges += offset and the
+ *              timestamp echo (TSecr) += ts_offset.
+ * colo_tap_in: tc ingress of the SVM's tap (its output): learns the SVM's ISN (and TSval)
+ *              from its SYN/SYN-ACK; protected: to the forward link unchanged; pass-through
+ *              (after failover): seq -= offset, TSval -= ts_offset for old connections, on
+ *              to the bridge.
  * offset = svm_isn - pvm_isn per connection, in an LRU hash so stale flows age out.
+ * ts_offset = svm_tsval - pvm_tsval of the two handshake segments: the clients echo the
+ * PVM's timestamps, and a SYN_RECV socket (Linux >= 6.15, commit 3ba075278c11) drops a
+ * handshake ACK whose TSecr is not one of its own SYN-ACKs' TSvals (TcpExtTSEcrRejected).
+ * Without this the SVM never completes a handshake whose SYN-ACK left in another
+ * millisecond tick than the PVM's: it answers the client's ACK and data with challenge
+ * ACKs only, and the PVM's replies wait for a twin that never comes.
  * Checksums: bpf_l4_csum_replace updates a full checksum and leaves a CHECKSUM_PARTIAL one
  * (offload, GSO) alone, which is what the device then completes.
  */
@@ -23,7 +31,11 @@ BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 BPF_ARRAY(mode, u32, 1);
 BPF_TABLE("lru_hash", struct colo_flow, struct colo_offset, offsets, 65536);
 
-#define SACK_MAX_OPTS 8
+#define TCP_OPTS_MAX 10  /* options walked: SYN's mss, sackOK, TS, nop, wscale fit */
+#define TCPOPT_NOP 1
+#define TCPOPT_SACK 5
+#define TCPOPT_TS 8
+#define TCPOLEN_TS 10
 
 static __always_inline void count(int idx, u64 n)
 {
@@ -50,31 +62,87 @@ static __always_inline void key_in(struct colo_flow *k, const struct colo_pkt *p
 	k->vm_ip = p->daddr; k->peer_ip = p->saddr; k->vm_port = p->dport; k->peer_port = p->sport;
 }
 
-/* Learn one side's ISN. Copies and client packets travel different paths (and CPUs), so
- * either side may come first; a pair once complete is kept against retransmitted SYNs and
- * replaced when a new connection reuses the addresses (a different ISN). */
-static __always_inline void learn_isn(struct colo_offset *o, u32 isn, int svm)
+/* Offset of the timestamp option from the TCP header, 0 when the segment has none. */
+static __always_inline u32 ts_option(struct __sk_buff *skb, const struct colo_pkt *p)
 {
+	u32 pos = 20;
+	u8 kind, len;
+
+#pragma unroll
+	for (int i = 0; i < TCP_OPTS_MAX; i++) {
+		if (pos + 2 > p->doff)
+			return 0;
+		if (bpf_skb_load_bytes(skb, p->l4 + pos, &kind, 1) < 0 || kind == 0)
+			return 0;
+		if (kind == TCPOPT_NOP) {
+			pos += 1;
+			continue;
+		}
+		if (bpf_skb_load_bytes(skb, p->l4 + pos + 1, &len, 1) < 0 || len < 2)
+			return 0;
+		if (kind == TCPOPT_TS)
+			return len == TCPOLEN_TS && pos + TCPOLEN_TS <= p->doff ? pos : 0;
+		pos += len;
+	}
+	return 0;
+}
+
+/* The 32-bit field `at` bytes into the timestamp option (2: TSval, 6: TSecr); 0 if none. */
+static __always_inline int ts_field(struct __sk_buff *skb, const struct colo_pkt *p, u32 at,
+				    u32 *val)
+{
+	u32 pos = ts_option(skb, p), raw;
+
+	if (!pos || bpf_skb_load_bytes(skb, p->l4 + pos + at, &raw, 4) < 0)
+		return 0;
+	*val = bpf_ntohl(raw);
+	return 1;
+}
+
+/* Learn one side's ISN, and the timestamp its handshake segment carried (its TSval, or
+ * for the PVM side learned from the client's ACK, the TSecr that echoes it). Copies and
+ * client packets travel different paths (and CPUs), so either side may come first; a
+ * side once known is kept against retransmitted SYNs (the first timestamp counts: it is
+ * the one the peer echoes, and the SYN_RECV socket's lowest acceptable one) and replaced
+ * when a new connection reuses the addresses (a different ISN). */
+static __always_inline void learn_isn(struct colo_offset *o, u32 isn, int svm, int has_ts,
+				      u32 ts)
+{
+	u32 bit = svm ? COLO_HAVE_SVM : COLO_HAVE_PVM;
 	u32 *mine = svm ? &o->svm_isn : &o->pvm_isn;
 
+	if ((o->have & bit) && *mine == isn)
+		return;
 	if (o->have & COLO_PAIRED) {
-		if (*mine == isn)
-			return;
 		o->have = 0;
+		o->ts_have = 0;
 	}
 	*mine = isn;
-	o->have |= svm ? COLO_HAVE_SVM : COLO_HAVE_PVM;
+	o->have |= bit;
+	if (has_ts) {
+		if (svm)
+			o->svm_tsval = ts;
+		else
+			o->pvm_tsval = ts;
+		o->ts_have |= bit;
+	} else {
+		o->ts_have &= ~bit;
+	}
 	count(svm ? C_SVM_ISN : C_PVM_ISN, 1);
 	if ((o->have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH) {
 		o->offset = o->svm_isn - o->pvm_isn;
+		o->ts_offset = (o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH ?
+			       o->svm_tsval - o->pvm_tsval : 0;
 		o->have |= COLO_PAIRED;
 	}
 }
 
-static __always_inline void learn(const struct colo_pkt *p, int svm)
+static __always_inline void learn(struct __sk_buff *skb, const struct colo_pkt *p, int svm)
 {
 	struct colo_flow k = {};
 	struct colo_offset fresh = {}, *o;
+	u32 tsval = 0;
+	int has_ts = ts_field(skb, p, 2, &tsval);
 
 	key_out(&k, p);
 	o = offsets.lookup(&k);
@@ -84,12 +152,12 @@ static __always_inline void learn(const struct colo_pkt *p, int svm)
 		if (!o)
 			return;
 	}
-	learn_isn(o, bpf_ntohl(p->seq), svm);
+	learn_isn(o, bpf_ntohl(p->seq), svm, has_ts, tsval);
 }
 
 static __always_inline int paired(const struct colo_offset *o)
 {
-	return o && (o->have & COLO_PAIRED) && o->offset != 0;
+	return o && (o->have & COLO_PAIRED);
 }
 
 /* Rewrite a 32-bit field at `off` by `delta` and fix the TCP checksum. A field at an odd
@@ -114,26 +182,29 @@ static __always_inline int shift32(struct __sk_buff *skb, u32 l4, u32 off, u32 d
 	return bpf_l4_csum_replace(skb, l4 + 16, f, t, 4);
 }
 
-static __always_inline void fix_sack(struct __sk_buff *skb, const struct colo_pkt *p, u32 delta)
+/* Toward the SVM: SACK edges += delta (sequence space), TSecr += ts_delta (timestamps). */
+static __always_inline void fix_options(struct __sk_buff *skb, const struct colo_pkt *p,
+					u32 delta, u32 ts_delta)
 {
 	u32 pos = 20;
 	u8 kind, len;
+	int sack = delta != 0, ts = ts_delta != 0;
 
 #pragma unroll
-	for (int i = 0; i < SACK_MAX_OPTS; i++) {
-		if (pos + 2 > p->doff)
+	for (int i = 0; i < TCP_OPTS_MAX; i++) {
+		if (!(sack || ts) || pos + 2 > p->doff)
 			return;
 		if (bpf_skb_load_bytes(skb, p->l4 + pos, &kind, 1) < 0)
 			return;
 		if (kind == 0)
 			return;
-		if (kind == 1) {
+		if (kind == TCPOPT_NOP) {
 			pos += 1;
 			continue;
 		}
 		if (bpf_skb_load_bytes(skb, p->l4 + pos + 1, &len, 1) < 0 || len < 2)
 			return;
-		if (kind == 5 && pos + len <= p->doff) {
+		if (kind == TCPOPT_SACK && sack && pos + len <= p->doff) {
 #pragma unroll
 			for (int j = 0; j < 4; j++) {
 				if (2 + j * 8 + 8 > len)
@@ -142,7 +213,12 @@ static __always_inline void fix_sack(struct __sk_buff *skb, const struct colo_pk
 				shift32(skb, p->l4, pos + 6 + j * 8, delta);
 				count(C_SACK_REWRITES, 1);
 			}
-			return;
+			sack = 0;
+		} else if (kind == TCPOPT_TS && ts && len == TCPOLEN_TS &&
+			   pos + TCPOLEN_TS <= p->doff) {
+			if (shift32(skb, p->l4, pos + 6, ts_delta) == 0)
+				count(C_TSECR_REWRITES, 1);
+			ts = 0;
 		}
 		pos += len;
 	}
@@ -155,7 +231,7 @@ int colo_fwd_in(struct __sk_buff *skb)
 
 	if (r == 1 && colo_mac_is_vm(p.eth.h_source)) {
 		if ((p.flags & TCPF_SYN) && protected())
-			learn(&p, 0);
+			learn(skb, &p, 0);
 		return TC_ACT_SHOT;  /* a PVM copy: never give it to the SVM */
 	}
 	if (r < 0)
@@ -173,23 +249,28 @@ int colo_tap_eg(struct __sk_buff *skb)
 	struct colo_pkt p = {};
 	struct colo_flow k = {};
 	struct colo_offset *o;
+	u32 ecr = 0, ts_delta;
+	int has_ts;
 
 	if (colo_parse(skb, &p) != 1 || !(p.flags & TCPF_ACK))
 		return TC_ACT_OK;
 	key_in(&k, &p);
 	o = offsets.lookup(&k);
-	/* The client's handshake ACK acknowledges PVM ISN + 1: it teaches the PVM's ISN when
-	 * it overtakes the PVM's SYN-ACK copy (they race on different CPUs). No PVM data can
-	 * be acknowledged before it, since that data waits for the SVM's, which waits for
-	 * this ACK. */
-	if (o && o->have == COLO_HAVE_SVM && !(p.flags & TCPF_SYN) && protected())
-		learn_isn(o, bpf_ntohl(p.ack) - 1, 0);
+	/* The client's handshake ACK acknowledges PVM ISN + 1 and echoes the PVM's SYN-ACK
+	 * TSval: it teaches both when it overtakes the PVM's SYN-ACK copy (they race on
+	 * different CPUs). No PVM data can be acknowledged before it, since that data waits
+	 * for the SVM's, which waits for this ACK. */
+	if (o && o->have == COLO_HAVE_SVM && !(p.flags & TCPF_SYN) && protected()) {
+		has_ts = ts_field(skb, &p, 6, &ecr);
+		learn_isn(o, bpf_ntohl(p.ack) - 1, 0, has_ts, ecr);
+	}
 	if (!paired(o))
 		return TC_ACT_OK;
-	if (shift32(skb, p.l4, 8, o->offset) == 0)
+	if (o->offset && shift32(skb, p.l4, 8, o->offset) == 0)
 		count(C_ACK_REWRITES, 1);
+	ts_delta = (o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH ? o->ts_offset : 0;
 	if (p.doff > 20)
-		fix_sack(skb, &p, o->offset);
+		fix_options(skb, &p, o->offset, ts_delta);
 	return TC_ACT_OK;
 }
 
@@ -200,6 +281,7 @@ int colo_tap_in(struct __sk_buff *skb)
 	struct colo_offset *o;
 	int prot = protected();
 	int r = colo_parse(skb, &p);
+	u32 pos;
 
 	count(C_TAP_OUT_PKTS, 1);
 	count(C_TAP_OUT_BYTES, skb->len);
@@ -209,7 +291,7 @@ int colo_tap_in(struct __sk_buff *skb)
 		key_out(&k, &p);
 		if ((p.flags & TCPF_SYN) && !(p.flags & TCPF_RST)) {
 			if (prot)
-				learn(&p, 1);
+				learn(skb, &p, 1);
 			else
 				offsets.delete(&k);  /* after failover new connections run unrewritten */
 		}
@@ -219,8 +301,13 @@ int colo_tap_in(struct __sk_buff *skb)
 		 * spaces). After failover the clients see it: then old connections are shifted. */
 		o = prot ? 0 : offsets.lookup(&k);
 		if (paired(o)) {
-			if (shift32(skb, p.l4, 4, -o->offset) == 0)
+			if (o->offset && shift32(skb, p.l4, 4, -o->offset) == 0)
 				count(C_SEQ_REWRITES, 1);
+			if ((o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH && o->ts_offset) {
+				pos = ts_option(skb, &p);
+				if (pos && shift32(skb, p.l4, pos + 2, -o->ts_offset) == 0)
+					count(C_TSVAL_REWRITES, 1);
+			}
 		}
 	}
 	if (!prot)

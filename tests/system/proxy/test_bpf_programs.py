@@ -1,0 +1,217 @@
+"""The secondary host's tc programs run on crafted frames (BPF_PROG_TEST_RUN): no lab.
+
+Learning and rewriting are checked field by field, with the TCP checksum recomputed, for
+the orderings the datapath meets: the PVM's SYN-ACK copy before or after the client's
+handshake ACK, and the SVM's output after failover.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from colo_lab.lab import VM_MAC
+from colo_proxy import datapath
+
+pytestmark = pytest.mark.system
+
+VM, CLIENT = "10.99.0.10", "10.99.0.100"
+CLIENT_MAC = bytes.fromhex("02aabbccddee")
+PVM_ISN, SVM_ISN, CLIENT_ISN = 1_000_000, 3_000_000_000, 77_000
+# The two replicas' SYN-ACKs left in different millisecond ticks (the SVM lags by 2).
+PVM_TS, SVM_TS, CLIENT_TS = 871_647_765, 871_647_767, 970_149_060
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _ts(val: int, ecr: int) -> bytes:
+    return b"\x01\x01" + struct.pack("!BBII", 8, 10, val, ecr)
+
+
+def _syn_opts(val: int, ecr: int) -> bytes:
+    # mss 1460, sackOK, TS, nop, wscale 10: Linux's SYN-ACK layout
+    return struct.pack("!BBH", 2, 4, 1460) + b"\x04\x02" + struct.pack("!BBII", 8, 10, val, ecr) \
+        + b"\x01\x03\x03\x0a"
+
+
+def _frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int,
+           opts: bytes = b"", data: bytes = b"", *, from_vm: bool) -> bytes:
+    vm_mac = bytes.fromhex(VM_MAC.replace(":", ""))
+    eth = (CLIENT_MAC + vm_mac if from_vm else vm_mac + CLIENT_MAC) + b"\x08\x00"
+    doff = (20 + len(opts)) // 4
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 502, 0, 0) + opts
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(
+        "!BBH", 0, 6, len(tcp) + len(data))
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp + data)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 1, 0x4000, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    return eth + ip + tcp + data
+
+
+def _from_svm(seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
+    return _frame(VM, 80, CLIENT, 40000, seq, ack, flags, opts, data, from_vm=True)
+
+
+def _from_client(seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
+    return _frame(CLIENT, 40000, VM, 80, seq, ack, flags, opts, data, from_vm=False)
+
+
+class Tcp:
+    """The TCP header fields of a frame, its timestamp option and checksum validity."""
+
+    def __init__(self, frame: bytes) -> None:
+        ip = frame[14:]
+        ihl = (ip[0] & 15) * 4
+        tot = struct.unpack_from("!H", ip, 2)[0]
+        tcp = ip[ihl:tot]
+        self.seq, self.ack = struct.unpack_from("!II", tcp, 4)
+        doff = (tcp[12] >> 4) * 4
+        self.tsval = self.tsecr = None
+        self.sack: list[tuple[int, int]] = []
+        pos = 20
+        while pos < doff:
+            kind = tcp[pos]
+            if kind == 0:
+                break
+            if kind == 1:
+                pos += 1
+                continue
+            n = tcp[pos + 1]
+            if kind == 8:
+                self.tsval, self.tsecr = struct.unpack_from("!II", tcp, pos + 2)
+            elif kind == 5:
+                self.sack = [struct.unpack_from("!II", tcp, pos + 2 + i)
+                             for i in range(0, n - 2, 8)]
+            pos += n
+        pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
+        self.csum_ok = _csum(pseudo + tcp) == 0
+
+
+def _run(bpf: Any, prog: str, frame: bytes) -> tuple[int, bytes]:
+    """BPF_PROG_TEST_RUN: the program's return code and the frame as it left."""
+    fd = bpf.load_func(prog.encode(), bpf.SCHED_CLS).fd
+    out = ctypes.create_string_buffer(len(frame) + 256)
+    data = ctypes.create_string_buffer(frame, len(frame))
+    attr = (ctypes.c_uint8 * 80)()
+    struct.pack_into("=IIIIQQ", attr, 0, fd, 0, len(frame), len(out),
+                     ctypes.addressof(data), ctypes.addressof(out))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(321, 10, attr, 80) != 0:  # __NR_bpf (x86_64), BPF_PROG_TEST_RUN
+        raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN")
+    retval, _, size_out = struct.unpack_from("=III", attr, 4)
+    return retval, out.raw[:size_out]
+
+
+@pytest.fixture(scope="module")
+def secondary() -> Iterator[Any]:
+    bpf = datapath.load("secondary", fwd_ifindex=1, tap_ifindex=1, vm_mac=VM_MAC)
+    try:
+        yield bpf
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture
+def sec(secondary: Any) -> Any:
+    secondary["offsets"].clear()
+    secondary["mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PROTECTED)
+    return secondary
+
+
+def _counters(bpf: Any) -> dict[str, int]:
+    table = bpf["counters"]
+    return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(datapath.COUNTERS)}
+
+
+SVM_SYNACK = _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(SVM_TS, CLIENT_TS))
+PVM_SYNACK = _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(PVM_TS, CLIENT_TS))
+# The client echoes what it got: the PVM's SYN-ACK.
+CLIENT_ACK = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS + 1, PVM_TS))
+
+
+def _svm_sees(bpf: Any, frame: bytes) -> Tcp:
+    rc, out = _run(bpf, "colo_tap_eg", frame)
+    assert rc == TC_ACT_OK
+    return Tcp(out)
+
+
+def test_handshake_ack_echoes_the_svms_synack_timestamp(sec: Any) -> None:
+    before = _counters(sec)
+    assert _run(sec, "colo_tap_in", SVM_SYNACK)[0] == TC_ACT_REDIRECT
+    assert _run(sec, "colo_fwd_in", PVM_SYNACK)[0] == TC_ACT_SHOT
+    got = _svm_sees(sec, CLIENT_ACK)
+    # A SYN_RECV socket (Linux >= 6.15) drops an ACK whose TSecr is none of its SYN-ACKs'
+    # TSvals: the SVM must see its own, not the PVM's.
+    assert (got.ack, got.tsecr, got.tsval) == (SVM_ISN + 1, SVM_TS, CLIENT_TS + 1)
+    assert got.csum_ok
+    after = _counters(sec)
+    assert after["tsecr_rewrites"] - before["tsecr_rewrites"] == 1
+    assert after["ack_rewrites"] - before["ack_rewrites"] == 1
+    offsets = [(v.offset, v.ts_offset, v.ts_have) for v in sec["offsets"].values()]
+    assert offsets == [(SVM_ISN - PVM_ISN, SVM_TS - PVM_TS, 3)]
+
+
+def test_ack_that_overtakes_the_pvm_copy_teaches_its_timestamp(sec: Any) -> None:
+    _run(sec, "colo_tap_in", SVM_SYNACK)
+    got = _svm_sees(sec, CLIENT_ACK)  # before the PVM's SYN-ACK copy
+    assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS) and got.csum_ok
+    # The copy arrives late and changes nothing; nor do retransmitted SYN-ACKs.
+    _run(sec, "colo_fwd_in", PVM_SYNACK)
+    _run(sec, "colo_fwd_in", _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK,
+                                       _syn_opts(PVM_TS + 1000, CLIENT_TS)))
+    _run(sec, "colo_tap_in", _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK,
+                                       _syn_opts(SVM_TS + 1000, CLIENT_TS)))
+    later = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK | PSH, _ts(CLIENT_TS + 9, PVM_TS + 5),
+                         b"GET / HTTP/1.1\r\n\r\n")
+    got = _svm_sees(sec, later)
+    assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS + 5) and got.csum_ok
+
+
+def test_sack_and_timestamp_in_one_ack(sec: Any) -> None:
+    _run(sec, "colo_tap_in", SVM_SYNACK)
+    _run(sec, "colo_fwd_in", PVM_SYNACK)
+    sack = b"\x01\x01" + struct.pack("!BBII", 5, 10, PVM_ISN + 1001, PVM_ISN + 2001)
+    frame = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS, PVM_TS + 3) + sack)
+    got = _svm_sees(sec, frame)
+    assert got.tsecr == SVM_TS + 3
+    assert got.sack == [(SVM_ISN + 1001, SVM_ISN + 2001)] and got.csum_ok
+
+
+def test_without_timestamps_only_sequence_numbers_move(sec: Any) -> None:
+    opts = struct.pack("!BBH", 2, 4, 1460)
+    _run(sec, "colo_tap_in", _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
+    _run(sec, "colo_fwd_in", _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
+    got = _svm_sees(sec, _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, b""))
+    assert got.ack == SVM_ISN + 1 and got.tsecr is None and got.csum_ok
+    assert [v.ts_have for v in sec["offsets"].values()] == [0]
+
+
+def test_after_failover_svm_output_is_in_the_pvms_spaces(sec: Any) -> None:
+    _run(sec, "colo_tap_in", SVM_SYNACK)
+    _run(sec, "colo_fwd_in", PVM_SYNACK)
+    sec["mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PASSTHROUGH)
+    before = _counters(sec)
+    rc, out = _run(sec, "colo_tap_in", _from_svm(SVM_ISN + 1, CLIENT_ISN + 64, ACK | PSH,
+                                                 _ts(SVM_TS + 40, CLIENT_TS + 9), b"ok\n"))
+    assert rc == TC_ACT_OK
+    got = Tcp(out)
+    assert (got.seq, got.tsval, got.tsecr) == (PVM_ISN + 1, PVM_TS + 40, CLIENT_TS + 9)
+    assert got.csum_ok
+    after = _counters(sec)
+    assert after["tsval_rewrites"] - before["tsval_rewrites"] == 1
+    assert after["seq_rewrites"] - before["seq_rewrites"] == 1
