@@ -52,6 +52,12 @@ def in_ns(ns: str, argv: list[str], timeout: float = 30.0, check: bool = True) -
     return proc.stdout
 
 
+def nstat(ns: str, *keys: str) -> dict[str, int]:
+    """Kernel network counters of a namespace (`nstat -az`); absent ones read as missing."""
+    out = in_ns(ns, ["nstat", "-az", *keys])
+    return {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()[1:] if ln.strip()}
+
+
 class ProxyPair:
     def __init__(self, lab: Any, run_dir: Path, *, extra: list[str] | None = None,
                  queue: int = 5) -> None:

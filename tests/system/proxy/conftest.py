@@ -21,18 +21,6 @@ def _bcc_ok() -> bool:
     return Path(f"/lib/modules/{os.uname().release}/build").exists()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Known defect (issue 4, open): about one run in three, one request of the stand-in
-    # load stalls until its timeout (a PVM packet whose SVM twin never reaches the
-    # comparator; with no orchestrator in these tests nothing checkpoints it free). Until
-    # it is found, a failed proxy system test is run again, at most twice; every rerun is
-    # reported by pytest ("R"), so the flake stays visible.
-    here = str(Path(__file__).parent)
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(pytest.mark.flaky(reruns=2))
-
-
 @pytest.fixture(autouse=True)
 def _need_bcc() -> None:
     if os.geteuid() == 0 and not _bcc_ok():

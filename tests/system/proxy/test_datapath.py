@@ -12,15 +12,10 @@ import pytest
 
 from colo_lab.lab import VM_MAC
 from colo_lab.standin import Standin
-from colo_proxy.harness import Orchestrator, ProxyPair, in_ns, wait_for
+from colo_proxy.harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
 
 pytestmark = pytest.mark.system
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
-
-
-def _nstat(ns: str, *keys: str) -> dict[str, int]:
-    out = in_ns(ns, ["nstat", "-az", *keys])
-    return {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()[1:] if ln.strip()}
 
 
 @pytest.mark.parametrize("offload", ["on", "off"])
@@ -44,8 +39,9 @@ def test_rewrite_keeps_checksums_right(standin: Standin, pair: ProxyPair, offloa
     sec = pair.status("secondary")["datapath"]
     assert sec["ack_rewrites"] > 0
     for ns in (standin.client_ns, standin.vm_ns["secondary"]):
-        errs = _nstat(ns, "TcpInCsumErrors", "TcpExtTCPACKSkippedSeq")
+        errs = nstat(ns, "TcpInCsumErrors", "TcpExtTCPACKSkippedSeq", "TcpExtTSEcrRejected")
         assert errs.get("TcpInCsumErrors", 0) == 0, (ns, errs)
+        assert errs.get("TcpExtTSEcrRejected", 0) == 0, (ns, errs)
 
 
 def _ip4(proto: int, payload: bytes, *, frag: int = 0, src: str = "10.99.0.10",
