@@ -69,30 +69,63 @@ _NETFILTER = ("import sys; sys.path.insert(0, {repo!r}); from colo_proxy import 
               "netfilter.{call}")
 
 
+def _build_floor(tmp: str) -> Path:
+    exe = Path(tmp) / "nfq_floor"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(Path(__file__).parent / "nfq_floor.c"),
+                    "-lnetfilter_queue"], check=True)
+    return exe
+
+
+def _run_floor(lab: Standin, a: argparse.Namespace, argv: list[str],
+               bulk_too: bool = True) -> dict[str, Any]:
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.hosts["primary"].ns, *argv],
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        if b"ready" not in proc.stdout.readline():
+            raise RuntimeError("nfq_floor did not start")
+        return {"bps": bulk(lab, a.rounds) if bulk_too else None,
+                "lat": latency(lab, a.requests)}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def floor(lab: Standin, a: argparse.Namespace) -> dict[str, Any]:
-    """Throughput and latency through nfq_floor.c: one queue hop, nothing else."""
+    """Through nfq_floor.c accepting at once: one queue hop, no SVM, nothing else."""
     repo = str(Path(__file__).resolve().parent.parent)
     ns, tap = lab.hosts["primary"].ns, lab.hosts["primary"].tap
     with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "nfq_floor"
-        subprocess.run(["cc", "-O2", "-o", str(exe), str(Path(__file__).parent / "nfq_floor.c"),
-                        "-lnetfilter_queue"], check=True)
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(exe), str(FLOOR_QUEUE)],
-                                stdout=subprocess.PIPE)
+        exe = _build_floor(tmp)
+        in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
+            repo=repo, call=f"install({tap!r}, {FLOOR_QUEUE}, 'bench-floor', bypass=False)")])
         try:
-            assert proc.stdout is not None
-            if b"ready" not in proc.stdout.readline():
-                raise RuntimeError("nfq_floor did not start")
-            in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
-                repo=repo, call=f"install({tap!r}, {FLOOR_QUEUE}, 'bench-floor', bypass=False)")])
-            try:
-                return {"bps": bulk(lab, a.rounds), "lat": latency(lab, a.requests)}
-            finally:
-                in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
-                    repo=repo, call="remove('bench-floor')")])
+            return _run_floor(lab, a, [str(exe), str(FLOOR_QUEUE)])
         finally:
-            proc.kill()
-            proc.wait()
+            in_ns(ns, [sys.executable, "-c", _NETFILTER.format(
+                repo=repo, call="remove('bench-floor')")])
+
+
+def floor_svm(lab: Standin, a: argparse.Namespace) -> dict[str, Any]:
+    """The proxies' datapath (mirror, rewrite, queue) with nfq_floor.c in place of the
+    primary proxy: each PVM packet waits for an SVM frame of its length, no comparison."""
+    pair = ProxyPair(lab, Path("/run/colo-proxy-bench") / f"{a.name}f")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = _build_floor(tmp)
+            pair.start()
+            in_ns(lab.client_ns, ["ip", "neigh", "flush", "dev", "eth0"])
+            # SIGKILL leaves the datapath in place (fail-closed: the queue rule stays, the
+            # eBPF programs stay attached); the floor binds the same queue.
+            pair.procs["primary"].kill()
+            pair.procs["primary"].wait()
+            # Latency only: its byte counting is a floor for one request at a time, not a
+            # flow-control-safe proxy for bulk transfers.
+            return _run_floor(lab, a, [str(exe), str(pair.queue), "fwd0"], bulk_too=False)
+    finally:
+        pair.stop()
+        pair.cleanup()
+        shutil.rmtree(pair.run_dir, ignore_errors=True)
 
 
 def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
@@ -149,18 +182,26 @@ def main() -> None:
         direct_bps = bulk(lab, a.rounds)
         direct_lat = latency(lab, a.requests)
         low = floor(lab, a) if a.floor else None
+        low_svm = floor_svm(lab, a) if a.floor else None
         for v in variants:
             runs.append((v, proxied(lab, a, shlex.split(v))))
     finally:
         lab.down()
 
-    if low is not None:
-        print("== floor: nfq_floor.c accepts every PVM packet at once (no SVM, no comparison)")
-        print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   floor   "
-              f"{low['bps'] / 1e9:7.2f} Gbit/s   ratio {low['bps'] / direct_bps:.2f}")
+    for title, got in (
+        ("nfq_floor.c accepts every PVM packet at once (no SVM, no comparison)", low),
+        ("nfq_floor.c holds each PVM packet until an SVM frame of its length (no comparison)",
+         low_svm),
+    ):
+        if got is None:
+            continue
+        print(f"== floor: {title}")
+        if got["bps"] is not None:
+            print(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   floor   "
+                  f"{got['bps'] / 1e9:7.2f} Gbit/s   ratio {got['bps'] / direct_bps:.2f}")
         for q in ("p50_us", "p99_us"):
             print(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      floor   "
-                  f"{low['lat'][q]:7.0f} us      added {low['lat'][q] - direct_lat[q]:+6.0f} us")
+                  f"{got['lat'][q]:7.0f} us      added {got['lat'][q] - direct_lat[q]:+6.0f} us")
     for v, r in runs:
         proxied_bps, proxied_lat, hop_lat, status = r["bps"], r["lat"], r["hop"], r["status"]
         print(f"== proxy flags: {v or '(defaults)'}")
