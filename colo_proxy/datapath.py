@@ -9,6 +9,7 @@ by the kernel once no filter and no process holds them.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ COUNTERS = (
     "svm_out_packets", "svm_out_bytes", "fwd_in_packets", "fwd_in_bytes",
     "tap_out_packets", "tap_out_bytes", "redirect_failures",
     "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
-    "non_ip", "tsecr_rewrites", "tsval_rewrites",
+    "non_ip", "tsecr_rewrites", "tsval_rewrites", "ip6_ext_headers",
 )
 MODE_PROTECTED = 0
 MODE_PASSTHROUGH = 1
@@ -55,7 +56,7 @@ def mac_to_int(mac: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Offset:
-    vm_ip: str
+    vm_ip: str  # dotted IPv4 or compressed IPv6 (the map holds IPv4 v4-mapped)
     vm_port: int
     peer_ip: str
     peer_port: int
@@ -156,8 +157,10 @@ def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str) -> Any:
     return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c"), cflags=cflags)
 
 
-def _ip(raw: int) -> str:
-    return ".".join(str(b) for b in raw.to_bytes(4, "little"))
+def _ip(raw: Any) -> str:
+    """A key's 16-byte address (network order) as text; IPv4 is stored v4-mapped."""
+    addr = ipaddress.IPv6Address(bytes(raw))
+    return str(addr.ipv4_mapped or addr)
 
 
 def _port(raw: int) -> int:

@@ -315,6 +315,10 @@ class ProxyCollector(Collector):
         yield _counter("colo_proxy_datapath_non_ip_packets",
                        "Frames that are not IP (passed, never compared or rewritten)",
                        counters.get("non_ip", 0))
+        yield _counter("colo_proxy_datapath_ipv6_ext_header_packets",
+                       "IPv6 TCP segments behind extension headers on the secondary host "
+                       "(passed, never sequence-rewritten)",
+                       counters.get("ip6_ext_headers", 0))
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -21,16 +21,19 @@ enum colo_counter {
 	C_SEQ_REWRITES,    /* secondary: seq -= offset from the SVM */
 	C_PVM_ISN,         /* secondary: PVM ISNs learned */
 	C_SVM_ISN,         /* secondary: SVM ISNs learned */
-	C_NON_IP,          /* frames that are not IPv4 (passed, never rewritten) */
+	C_NON_IP,          /* frames that are neither IPv4 nor IPv6 (passed, never rewritten) */
 	C_TSECR_REWRITES,  /* secondary: timestamp echo += ts offset toward the SVM */
 	C_TSVAL_REWRITES,  /* secondary: timestamp value -= ts offset from the SVM (failover) */
+	C_IP6_EXT,         /* secondary: IPv6 TCP behind extension headers (passed unrewritten) */
 	C_MAX,
 };
 
-/* One TCP connection, addresses and ports in network byte order, VM's side first. */
+/* One TCP connection, addresses and ports in network byte order, VM's side first.
+ * Addresses are IPv6; an IPv4 one is v4-mapped (::ffff:a.b.c.d), so both families share
+ * one map (36-byte key, 32-byte value per flow). */
 struct colo_flow {
-	__u32 vm_ip;
-	__u32 peer_ip;
+	__u32 vm_ip[4];
+	__u32 peer_ip[4];
 	__u16 vm_port;
 	__u16 peer_port;
 };

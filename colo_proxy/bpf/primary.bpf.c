@@ -4,7 +4,7 @@
  * colo_mirror:  tc egress of the PVM's tap: every frame the bridge delivers to the PVM is
  *               cloned onto the forward link (the secondary redirects it into the SVM).
  * colo_pvm_out: tc ingress of the PVM's tap: copies of the PVM's SYN and SYN-ACK segments
- *               go to the secondary too, which learns the PVM's ISN from them.
+ *               go to the secondary too (IPv4 and IPv6), which learns the PVM's ISN from them.
  * colo_svm_in:  tc ingress of the forward link: the SVM's output, already copied to the
  *               comparator's packet socket (taps run before tc), is dropped here so that
  *               it never reaches a stack or the LAN.
@@ -52,7 +52,7 @@ int colo_pvm_out(struct __sk_buff *skb)
 
 	if (!protected())
 		return TC_ACT_OK;
-	if (colo_parse(skb, &p) == 1 && (p.flags & TCPF_SYN) && !(p.flags & TCPF_RST)) {
+	if (colo_parse(skb, &p) == COLO_PARSE_TCP && (p.flags & TCPF_SYN) && !(p.flags & TCPF_RST)) {
 		if (bpf_clone_redirect(skb, FWD_IFINDEX, 0) == 0)
 			count(C_ISN_CLONES, 1);
 		else

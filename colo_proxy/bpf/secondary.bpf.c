@@ -12,7 +12,9 @@
  *              from its SYN/SYN-ACK; protected: to the forward link unchanged; pass-through
  *              (after failover): seq -= offset, TSval -= ts_offset for old connections, on
  *              to the bridge.
- * offset = svm_isn - pvm_isn per connection, in an LRU hash so stale flows age out.
+ * offset = svm_isn - pvm_isn per connection, in an LRU hash so stale flows age out; IPv4
+ * and IPv6 flows share it (IPv4 addresses v4-mapped in the 16-byte key fields). IPv6 TCP
+ * behind extension headers is passed unrewritten and counted (C_IP6_EXT).
  * ts_offset = svm_tsval - pvm_tsval of the two handshake segments: the clients echo the
  * PVM's timestamps, and a SYN_RECV socket (Linux >= 6.15, commit 3ba075278c11) drops a
  * handshake ACK whose TSecr is not one of its own SYN-ACKs' TSvals (TcpExtTSEcrRejected).
@@ -54,12 +56,16 @@ static __always_inline int protected(void)
 /* Key from a VM output segment (src = VM) or a VM input segment (dst = VM). */
 static __always_inline void key_out(struct colo_flow *k, const struct colo_pkt *p)
 {
-	k->vm_ip = p->saddr; k->peer_ip = p->daddr; k->vm_port = p->sport; k->peer_port = p->dport;
+	__builtin_memcpy(k->vm_ip, p->saddr, 16);
+	__builtin_memcpy(k->peer_ip, p->daddr, 16);
+	k->vm_port = p->sport; k->peer_port = p->dport;
 }
 
 static __always_inline void key_in(struct colo_flow *k, const struct colo_pkt *p)
 {
-	k->vm_ip = p->daddr; k->peer_ip = p->saddr; k->vm_port = p->dport; k->peer_port = p->sport;
+	__builtin_memcpy(k->vm_ip, p->daddr, 16);
+	__builtin_memcpy(k->peer_ip, p->saddr, 16);
+	k->vm_port = p->dport; k->peer_port = p->sport;
 }
 
 /* Offset of the timestamp option from the TCP header, 0 when the segment has none. */
@@ -229,12 +235,12 @@ int colo_fwd_in(struct __sk_buff *skb)
 	struct colo_pkt p = {};
 	int r = colo_parse(skb, &p);
 
-	if (r == 1 && colo_mac_is_vm(p.eth.h_source)) {
+	if (r == COLO_PARSE_TCP && colo_mac_is_vm(p.eth.h_source)) {
 		if ((p.flags & TCPF_SYN) && protected())
 			learn(skb, &p, 0);
 		return TC_ACT_SHOT;  /* a PVM copy: never give it to the SVM */
 	}
-	if (r < 0)
+	if (r == COLO_PARSE_NON_IP)
 		count(C_NON_IP, 1);
 	count(C_FWD_IN_PKTS, 1);
 	count(C_FWD_IN_BYTES, skb->len);
@@ -250,9 +256,11 @@ int colo_tap_eg(struct __sk_buff *skb)
 	struct colo_flow k = {};
 	struct colo_offset *o;
 	u32 ecr = 0, ts_delta;
-	int has_ts;
+	int has_ts, r = colo_parse(skb, &p);
 
-	if (colo_parse(skb, &p) != 1 || !(p.flags & TCPF_ACK))
+	if (r == COLO_PARSE_IP6_EXT)
+		count(C_IP6_EXT, 1);
+	if (r != COLO_PARSE_TCP || !(p.flags & TCPF_ACK))
 		return TC_ACT_OK;
 	key_in(&k, &p);
 	o = offsets.lookup(&k);
@@ -285,9 +293,11 @@ int colo_tap_in(struct __sk_buff *skb)
 
 	count(C_TAP_OUT_PKTS, 1);
 	count(C_TAP_OUT_BYTES, skb->len);
-	if (r < 0)
+	if (r == COLO_PARSE_NON_IP)
 		count(C_NON_IP, 1);
-	if (r == 1) {
+	else if (r == COLO_PARSE_IP6_EXT)
+		count(C_IP6_EXT, 1);
+	if (r == COLO_PARSE_TCP) {
 		key_out(&k, &p);
 		if ((p.flags & TCPF_SYN) && !(p.flags & TCPF_RST)) {
 			if (prot)

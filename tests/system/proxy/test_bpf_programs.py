@@ -2,7 +2,7 @@
 
 Learning and rewriting are checked field by field, with the TCP checksum recomputed, for
 the orderings the datapath meets: the PVM's SYN-ACK copy before or after the client's
-handshake ACK, and the SVM's output after failover.
+handshake ACK, and the SVM's output after failover; each over IPv4 and over IPv6.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from colo_proxy import datapath
 pytestmark = pytest.mark.system
 
 VM, CLIENT = "10.99.0.10", "10.99.0.100"
+VM6, CLIENT6 = "fd99::10", "fd99::100"
 CLIENT_MAC = bytes.fromhex("02aabbccddee")
 PVM_ISN, SVM_ISN, CLIENT_ISN = 1_000_000, 3_000_000_000, 77_000
 # The two replicas' SYN-ACKs left in different millisecond ticks (the SVM lags by 2).
@@ -49,26 +50,64 @@ def _syn_opts(val: int, ecr: int) -> bytes:
 
 
 def _frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int,
-           opts: bytes = b"", data: bytes = b"", *, from_vm: bool) -> bytes:
+           opts: bytes = b"", data: bytes = b"", *, from_vm: bool, ext: bytes = b"") -> bytes:
+    """An Ethernet frame with one TCP segment; IPv6 when the addresses are (`ext`: IPv6
+    extension headers before TCP, their first byte left for the next header: TCP)."""
     vm_mac = bytes.fromhex(VM_MAC.replace(":", ""))
-    eth = (CLIENT_MAC + vm_mac if from_vm else vm_mac + CLIENT_MAC) + b"\x08\x00"
+    v6 = ":" in src
+    eth = (CLIENT_MAC + vm_mac if from_vm else vm_mac + CLIENT_MAC) + (
+        b"\x86\xdd" if v6 else b"\x08\x00")
     doff = (20 + len(opts)) // 4
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 502, 0, 0) + opts
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(
-        "!BBH", 0, 6, len(tcp) + len(data))
+    if v6:
+        s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+        pseudo = s6 + d6 + struct.pack("!I3xB", len(tcp) + len(data), 6)
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(
+            "!BBH", 0, 6, len(tcp) + len(data))
     tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp + data)) + tcp[18:]
+    if v6:
+        nh = 6
+        if ext:  # one destination-options header (60) carrying TCP as its next header
+            nh, ext = 60, b"\x06" + ext[1:]
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(tcp) + len(data), nh, 64,
+                         s6, d6) + ext
+        return eth + ip + tcp + data
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 1, 0x4000, 64, 6, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
     return eth + ip + tcp + data
 
 
-def _from_svm(seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
-    return _frame(VM, 80, CLIENT, 40000, seq, ack, flags, opts, data, from_vm=True)
+class Flow:
+    """One connection VM:80 <-> client:40000 of an address family, as frames."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.vm, self.client = (VM6, CLIENT6) if family == "ipv6" else (VM, CLIENT)
+
+    def from_svm(self, seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
+        return _frame(self.vm, 80, self.client, 40000, seq, ack, flags, opts, data, from_vm=True)
+
+    def from_client(self, seq: int, ack: int, flags: int, opts: bytes,
+                    data: bytes = b"") -> bytes:
+        return _frame(self.client, 40000, self.vm, 80, seq, ack, flags, opts, data,
+                      from_vm=False)
+
+    def svm_synack(self) -> bytes:
+        return self.from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(SVM_TS, CLIENT_TS))
+
+    def pvm_synack(self) -> bytes:
+        return self.from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(PVM_TS, CLIENT_TS))
+
+    def client_ack(self) -> bytes:
+        # The client echoes what it got: the PVM's SYN-ACK.
+        return self.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS + 1, PVM_TS))
 
 
-def _from_client(seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
-    return _frame(CLIENT, 40000, VM, 80, seq, ack, flags, opts, data, from_vm=False)
+@pytest.fixture(params=["ipv4", "ipv6"])
+def flow(request: pytest.FixtureRequest) -> Flow:
+    return Flow(request.param)
 
 
 class Tcp:
@@ -76,8 +115,15 @@ class Tcp:
 
     def __init__(self, frame: bytes) -> None:
         ip = frame[14:]
-        ihl = (ip[0] & 15) * 4
-        tot = struct.unpack_from("!H", ip, 2)[0]
+        if frame[12:14] == b"\x86\xdd":
+            nh, plen = ip[6], struct.unpack_from("!H", ip, 4)[0]
+            ihl = 40 + ((ip[41] + 1) * 8 if nh == 60 else 0)
+            tot = 40 + plen
+            pseudo_addrs = ip[8:40]
+        else:
+            ihl = (ip[0] & 15) * 4
+            tot = struct.unpack_from("!H", ip, 2)[0]
+            pseudo_addrs = ip[12:20]
         tcp = ip[ihl:tot]
         self.seq, self.ack = struct.unpack_from("!II", tcp, 4)
         doff = (tcp[12] >> 4) * 4
@@ -98,7 +144,10 @@ class Tcp:
                 self.sack = [struct.unpack_from("!II", tcp, pos + 2 + i)
                              for i in range(0, n - 2, 8)]
             pos += n
-        pseudo = ip[12:20] + struct.pack("!BBH", 0, 6, len(tcp))
+        if len(pseudo_addrs) == 32:
+            pseudo = pseudo_addrs + struct.pack("!I3xB", len(tcp), 6)
+        else:
+            pseudo = pseudo_addrs + struct.pack("!BBH", 0, 6, len(tcp))
         self.csum_ok = _csum(pseudo + tcp) == 0
 
 
@@ -138,23 +187,17 @@ def _counters(bpf: Any) -> dict[str, int]:
     return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(datapath.COUNTERS)}
 
 
-SVM_SYNACK = _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(SVM_TS, CLIENT_TS))
-PVM_SYNACK = _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, _syn_opts(PVM_TS, CLIENT_TS))
-# The client echoes what it got: the PVM's SYN-ACK.
-CLIENT_ACK = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS + 1, PVM_TS))
-
-
 def _svm_sees(bpf: Any, frame: bytes) -> Tcp:
     rc, out = _run(bpf, "colo_tap_eg", frame)
     assert rc == TC_ACT_OK
     return Tcp(out)
 
 
-def test_handshake_ack_echoes_the_svms_synack_timestamp(sec: Any) -> None:
+def test_handshake_ack_echoes_the_svms_synack_timestamp(sec: Any, flow: Flow) -> None:
     before = _counters(sec)
-    assert _run(sec, "colo_tap_in", SVM_SYNACK)[0] == TC_ACT_REDIRECT
-    assert _run(sec, "colo_fwd_in", PVM_SYNACK)[0] == TC_ACT_SHOT
-    got = _svm_sees(sec, CLIENT_ACK)
+    assert _run(sec, "colo_tap_in", flow.svm_synack())[0] == TC_ACT_REDIRECT
+    assert _run(sec, "colo_fwd_in", flow.pvm_synack())[0] == TC_ACT_SHOT
+    got = _svm_sees(sec, flow.client_ack())
     # A SYN_RECV socket (Linux >= 6.15) drops an ACK whose TSecr is none of its SYN-ACKs'
     # TSvals: the SVM must see its own, not the PVM's.
     assert (got.ack, got.tsecr, got.tsval) == (SVM_ISN + 1, SVM_TS, CLIENT_TS + 1)
@@ -166,48 +209,49 @@ def test_handshake_ack_echoes_the_svms_synack_timestamp(sec: Any) -> None:
     assert offsets == [(SVM_ISN - PVM_ISN, SVM_TS - PVM_TS, 3)]
 
 
-def test_ack_that_overtakes_the_pvm_copy_teaches_its_timestamp(sec: Any) -> None:
-    _run(sec, "colo_tap_in", SVM_SYNACK)
-    got = _svm_sees(sec, CLIENT_ACK)  # before the PVM's SYN-ACK copy
+def test_ack_that_overtakes_the_pvm_copy_teaches_its_timestamp(sec: Any, flow: Flow) -> None:
+    _run(sec, "colo_tap_in", flow.svm_synack())
+    got = _svm_sees(sec, flow.client_ack())  # before the PVM's SYN-ACK copy
     assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS) and got.csum_ok
     # The copy arrives late and changes nothing; nor do retransmitted SYN-ACKs.
-    _run(sec, "colo_fwd_in", PVM_SYNACK)
-    _run(sec, "colo_fwd_in", _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK,
-                                       _syn_opts(PVM_TS + 1000, CLIENT_TS)))
-    _run(sec, "colo_tap_in", _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK,
-                                       _syn_opts(SVM_TS + 1000, CLIENT_TS)))
-    later = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK | PSH, _ts(CLIENT_TS + 9, PVM_TS + 5),
-                         b"GET / HTTP/1.1\r\n\r\n")
+    _run(sec, "colo_fwd_in", flow.pvm_synack())
+    _run(sec, "colo_fwd_in", flow.from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK,
+                                           _syn_opts(PVM_TS + 1000, CLIENT_TS)))
+    _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK,
+                                           _syn_opts(SVM_TS + 1000, CLIENT_TS)))
+    later = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK | PSH,
+                             _ts(CLIENT_TS + 9, PVM_TS + 5), b"GET / HTTP/1.1\r\n\r\n")
     got = _svm_sees(sec, later)
     assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS + 5) and got.csum_ok
 
 
-def test_sack_and_timestamp_in_one_ack(sec: Any) -> None:
-    _run(sec, "colo_tap_in", SVM_SYNACK)
-    _run(sec, "colo_fwd_in", PVM_SYNACK)
+def test_sack_and_timestamp_in_one_ack(sec: Any, flow: Flow) -> None:
+    _run(sec, "colo_tap_in", flow.svm_synack())
+    _run(sec, "colo_fwd_in", flow.pvm_synack())
     sack = b"\x01\x01" + struct.pack("!BBII", 5, 10, PVM_ISN + 1001, PVM_ISN + 2001)
-    frame = _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS, PVM_TS + 3) + sack)
+    frame = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK,
+                             _ts(CLIENT_TS, PVM_TS + 3) + sack)
     got = _svm_sees(sec, frame)
     assert got.tsecr == SVM_TS + 3
     assert got.sack == [(SVM_ISN + 1001, SVM_ISN + 2001)] and got.csum_ok
 
 
-def test_without_timestamps_only_sequence_numbers_move(sec: Any) -> None:
+def test_without_timestamps_only_sequence_numbers_move(sec: Any, flow: Flow) -> None:
     opts = struct.pack("!BBH", 2, 4, 1460)
-    _run(sec, "colo_tap_in", _from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
-    _run(sec, "colo_fwd_in", _from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
-    got = _svm_sees(sec, _from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, b""))
+    _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
+    _run(sec, "colo_fwd_in", flow.from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
+    got = _svm_sees(sec, flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, b""))
     assert got.ack == SVM_ISN + 1 and got.tsecr is None and got.csum_ok
     assert [v.ts_have for v in sec["offsets"].values()] == [0]
 
 
-def test_after_failover_svm_output_is_in_the_pvms_spaces(sec: Any) -> None:
-    _run(sec, "colo_tap_in", SVM_SYNACK)
-    _run(sec, "colo_fwd_in", PVM_SYNACK)
+def test_after_failover_svm_output_is_in_the_pvms_spaces(sec: Any, flow: Flow) -> None:
+    _run(sec, "colo_tap_in", flow.svm_synack())
+    _run(sec, "colo_fwd_in", flow.pvm_synack())
     sec["mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PASSTHROUGH)
     before = _counters(sec)
-    rc, out = _run(sec, "colo_tap_in", _from_svm(SVM_ISN + 1, CLIENT_ISN + 64, ACK | PSH,
-                                                 _ts(SVM_TS + 40, CLIENT_TS + 9), b"ok\n"))
+    rc, out = _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN + 1, CLIENT_ISN + 64, ACK | PSH,
+                                                     _ts(SVM_TS + 40, CLIENT_TS + 9), b"ok\n"))
     assert rc == TC_ACT_OK
     got = Tcp(out)
     assert (got.seq, got.tsval, got.tsecr) == (PVM_ISN + 1, PVM_TS + 40, CLIENT_TS + 9)
@@ -215,3 +259,43 @@ def test_after_failover_svm_output_is_in_the_pvms_spaces(sec: Any) -> None:
     after = _counters(sec)
     assert after["tsval_rewrites"] - before["tsval_rewrites"] == 1
     assert after["seq_rewrites"] - before["seq_rewrites"] == 1
+
+
+def test_ipv4_and_ipv6_flows_with_the_same_ports_keep_their_own_offsets(sec: Any) -> None:
+    v4, v6 = Flow("ipv4"), Flow("ipv6")
+    _run(sec, "colo_tap_in", v4.svm_synack())
+    _run(sec, "colo_fwd_in", v4.pvm_synack())
+    # The IPv6 connection's replicas chose other ISNs (and no timestamps).
+    opts = struct.pack("!BBH", 2, 4, 1440)
+    _run(sec, "colo_tap_in", v6.from_svm(SVM_ISN + 500, CLIENT_ISN + 1, SYN | ACK, opts))
+    _run(sec, "colo_fwd_in", v6.from_svm(PVM_ISN + 7, CLIENT_ISN + 1, SYN | ACK, opts))
+    assert _svm_sees(sec, v4.client_ack()).ack == SVM_ISN + 1
+    got = _svm_sees(sec, v6.from_client(CLIENT_ISN + 1, PVM_ISN + 8, ACK, b""))
+    assert got.ack == SVM_ISN + 501 and got.csum_ok
+    # The listing's decoding of the keys: IPv4 stored v4-mapped, shown dotted.
+    listed = sorted((datapath._ip(k.vm_ip), datapath._port(k.vm_port), datapath._ip(k.peer_ip),
+                     datapath._port(k.peer_port), v.offset) for k, v in sec["offsets"].items())
+    assert listed == [(VM, 80, CLIENT, 40000, SVM_ISN - PVM_ISN),
+                      (VM6, 80, CLIENT6, 40000, SVM_ISN + 500 - PVM_ISN - 7)]
+
+
+def test_ipv6_tcp_behind_extension_headers_passes_unrewritten(sec: Any) -> None:
+    v6 = Flow("ipv6")
+    _run(sec, "colo_tap_in", v6.svm_synack())
+    _run(sec, "colo_fwd_in", v6.pvm_synack())
+    pad = b"\x06\x00" + b"\x01\x04\x00\x00\x00\x00"  # dest options: next TCP, PadN(4)
+    frame = _frame(CLIENT6, 40000, VM6, 80, CLIENT_ISN + 1, PVM_ISN + 1, ACK,
+                   _ts(CLIENT_TS + 1, PVM_TS), from_vm=False, ext=pad)
+    before = _counters(sec)
+    rc, out = _run(sec, "colo_tap_eg", frame)
+    assert rc == TC_ACT_OK and out == frame
+    got = Tcp(out)
+    assert (got.ack, got.tsecr) == (PVM_ISN + 1, PVM_TS) and got.csum_ok
+    after = _counters(sec)
+    assert after["ip6_ext_headers"] - before["ip6_ext_headers"] == 1
+    assert after["ack_rewrites"] == before["ack_rewrites"]
+    # Toward the comparator (the SVM's output) it is counted too, and still redirected.
+    out_frame = _frame(VM6, 80, CLIENT6, 40000, SVM_ISN + 1, CLIENT_ISN + 1, ACK,
+                       _ts(SVM_TS + 1, CLIENT_TS), from_vm=True, ext=pad)
+    assert _run(sec, "colo_tap_in", out_frame) == (TC_ACT_REDIRECT, out_frame)
+    assert _counters(sec)["ip6_ext_headers"] - after["ip6_ext_headers"] == 1
