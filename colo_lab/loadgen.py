@@ -3,7 +3,8 @@
 `check`: N keep-alive connections in threads making M requests in all, every answer
 verified against what a correct replica sends. `latency`: one connection, small
 request/response, per-request times. `random`: one GET /random, recording when each
-byte arrived (to show that no uncompared byte reached the client).
+byte arrived (to show that no uncompared byte reached the client). `--host` (default the
+VM's IPv4 address) may be an IPv6 one (the stand-in lab's `fd99::10`).
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def _one(conn: http.client.HTTPConnection, i: int, c: int) -> str | None:
     return None
 
 
-def check(conns: int, total: int, timeout: float) -> dict[str, object]:
+def check(conns: int, total: int, timeout: float, host: str = VM_IP) -> dict[str, object]:
     errors: list[str] = []
     done = [0] * conns
     per = total // conns
 
     def worker(c: int) -> None:
         try:
-            conn = http.client.HTTPConnection(VM_IP, 80, timeout=timeout)
+            conn = http.client.HTTPConnection(host, 80, timeout=timeout)
             for i in range(per):
                 err = _one(conn, i, c)
                 if err:
@@ -76,8 +77,8 @@ def check(conns: int, total: int, timeout: float) -> dict[str, object]:
     return {"ok": sum(done), "errors": errors[:10], "seconds": time.monotonic() - t0}
 
 
-def latency(n: int, warmup: int) -> dict[str, object]:
-    conn = http.client.HTTPConnection(VM_IP, 80, timeout=10)
+def latency(n: int, warmup: int, host: str = VM_IP) -> dict[str, object]:
+    conn = http.client.HTTPConnection(host, 80, timeout=10)
     times = []
     for i in range(n + warmup):
         t = time.perf_counter()
@@ -91,8 +92,8 @@ def latency(n: int, warmup: int) -> dict[str, object]:
             "p99_us": times[int(len(times) * 0.99) - 1] * 1e6}
 
 
-def random_once(timeout: float) -> dict[str, object]:
-    s = socket.create_connection((VM_IP, 80), timeout=timeout)
+def random_once(timeout: float, host: str = VM_IP) -> dict[str, object]:
+    s = socket.create_connection((host, 80), timeout=timeout)
     s.sendall(b"GET /random HTTP/1.1\r\nHost: vm\r\nConnection: close\r\n\r\n")
     chunks = []
     deadline = time.monotonic() + timeout
@@ -113,13 +114,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--host", default=VM_IP, help="the service's address (IPv4 or IPv6)")
     a = ap.parse_args()
     if a.mode == "check":
-        out = check(a.conns, a.requests, a.timeout)
+        out = check(a.conns, a.requests, a.timeout, a.host)
     elif a.mode == "latency":
-        out = latency(a.requests, a.warmup)
+        out = latency(a.requests, a.warmup, a.host)
     else:
-        out = random_once(a.timeout)
+        out = random_once(a.timeout, a.host)
     print(json.dumps(out))
 
 

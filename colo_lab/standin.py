@@ -4,11 +4,14 @@ Same namespaces, bridges, links and addresses as `colo_lab.lab.Lab` (see its doc
 but each host's `tapP`/`tapS` is one end of a veth whose other end (`eth0`, the VM's MAC
 and IP) sits in a namespace `colo-<name>-pvm`/`-svm` running `colo_lab.standin_server`.
 It starts in well under a second, so the proxy's system tests use it first; the same
-tests then run once against real VMs.
+tests then run once against real VMs. Unlike the real lab it also has IPv6 on the LAN
+(`VM_IP6` in both VM namespaces, `CLIENT_IP6` in the client's), without duplicate address
+detection so that the addresses are usable at once.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -19,6 +22,9 @@ from colo_lab.errors import LabError
 from colo_lab.lab import CLIENT_IP, CTL_PRIMARY, CTL_SECONDARY, LAN_PLEN, VM_IP, VM_MAC, Lab
 
 REPO = Path(__file__).resolve().parent.parent
+VM_IP6 = "fd99::10"
+CLIENT_IP6 = "fd99::100"
+LAN_PLEN6 = 64
 
 
 class Standin:
@@ -52,6 +58,8 @@ class Standin:
         netns.veth(self.lan_ns, "p-client", self.client_ns, "eth0")
         netns.ip(self.lan_ns, "link", "set", "p-client", "master", "lan")
         netns.ip(self.client_ns, "addr", "add", f"{CLIENT_IP}/{LAN_PLEN}", "dev", "eth0")
+        netns.ip(self.client_ns, "addr", "add", f"{CLIENT_IP6}/{LAN_PLEN6}", "dev", "eth0",
+                 "nodad")
         for h in self.hosts.values():
             port = "p-" + h.role[:3]
             netns.veth(self.lan_ns, port, h.ns, "lan0")
@@ -61,6 +69,7 @@ class Standin:
             netns.ip(vm, "link", "set", "eth0", "down")
             netns.ip(vm, "link", "set", "eth0", "address", VM_MAC)
             netns.ip(vm, "addr", "add", f"{VM_IP}/{LAN_PLEN}", "dev", "eth0")
+            netns.ip(vm, "addr", "add", f"{VM_IP6}/{LAN_PLEN6}", "dev", "eth0", "nodad")
             netns.ip(vm, "link", "set", "eth0", "up")
             netns.bridge(h.ns, "br0", ["lan0", h.tap])
             for key in ("net.bridge.bridge-nf-call-iptables",
@@ -75,6 +84,17 @@ class Standin:
         netns.ip(pri.ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
         netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
         self.set_uplink("secondary", False)
+        self._wait_ipv6([(self.client_ns, CLIENT_IP6),
+                         *((ns, VM_IP6) for ns in self.vm_ns.values())])
+
+    def _wait_ipv6(self, addrs: list[tuple[str, str]], timeout: float = 10.0) -> None:
+        """Until each (namespace, address) is on its eth0 and usable (not tentative)."""
+        deadline = time.monotonic() + timeout
+        for ns, addr in addrs:
+            while not _ipv6_usable(ns, addr):
+                if time.monotonic() > deadline:
+                    raise LabError(f"IPv6 address {addr} in {ns} not usable after {timeout} s")
+                time.sleep(0.02)
 
     def start_server(self, role: str, timeout: float = 10.0) -> None:
         old = self.servers.pop(role, None)
@@ -112,3 +132,9 @@ class Standin:
 
     def leftovers(self) -> list[str]:
         return [f"namespace {ns}" for ns in netns.list_ns(self.prefix)]
+
+
+def _ipv6_usable(ns: str, addr: str) -> bool:
+    out = netns.ip(ns, "-j", "-6", "addr", "show", "dev", "eth0")
+    return any(a.get("local") == addr and not a.get("tentative") and not a.get("dadfailed")
+               for link in json.loads(out or "[]") for a in link.get("addr_info", []))

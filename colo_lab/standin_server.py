@@ -8,6 +8,7 @@ busybox service (colo_lab/guestfs/service.sh), so tests run against either.
 from __future__ import annotations
 
 import argparse
+import socket
 import socketserver
 import tempfile
 import uuid
@@ -102,11 +103,18 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(socketserver.ThreadingTCPServer):
+    """Listens on `::`, dual-stack: IPv4 clients arrive v4-mapped, IPv6 ones as they are."""
+
+    address_family = socket.AF_INET6
     allow_reuse_address = True
     daemon_threads = True
     # The default backlog of 5 drops SYNs under 20 concurrent connects, at different
     # moments on each replica: a timing divergence the tests do not mean to cause.
     request_queue_size = 128
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 def main() -> None:
@@ -114,7 +122,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=80)
     args = ap.parse_args()
     _blob_file()  # at start: built lazily, the first bulk reply would lag on one replica only
-    with Server(("0.0.0.0", args.port), Handler) as srv:
+    with Server(("::", args.port), Handler) as srv:
         print("standin: service ready", flush=True)
         srv.serve_forever()
 

@@ -66,6 +66,19 @@ class Offset:
     complete: bool
     ts_offset: int | None = None  # TSval offset; None unless both handshakes had timestamps
 
+    @property
+    def vm(self) -> str:
+        """`addr:port`, the address bracketed when IPv6 (`[fd99::10]:80`)."""
+        return endpoint(self.vm_ip, self.vm_port)
+
+    @property
+    def peer(self) -> str:
+        return endpoint(self.peer_ip, self.peer_port)
+
+
+def endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
 
 class Datapath:
     """The programs of one host role, attached while the context is open."""

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from colo_lab.standin import Standin
+from colo_lab.standin import CLIENT_IP6, VM_IP6, Standin
 from colo_proxy import control
 from colo_proxy.datapath import prog_exists
 from colo_proxy.harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
@@ -47,6 +47,28 @@ def test_deterministic_service_needs_no_checkpoint(standin: Standin, pair: Proxy
     assert pri["datapath"]["clone_failures"] == 0
     # The SVM took every handshake: Linux >= 6.15 drops an ACK whose timestamp echo is none
     # of its own SYN-ACKs' (the rewriter shifts the PVM's into the SVM's).
+    assert svm_tcp.get("TcpExtTSEcrRejected", 0) == 0, svm_tcp
+
+
+def test_ipv6_connections_need_no_checkpoint(standin: Standin, pair: ProxyPair) -> None:
+    """IPv6 TCP through the proxy pair: the secondary rewrites it as IPv4 (offsets learned
+    from the handshakes), so the SVM takes every client segment and no reply diverges."""
+    res = _load(standin, "check", "--host", VM_IP6, "--conns", "8", "--requests", "400")
+    pri, sec = pair.status("primary"), pair.status("secondary")
+    svm_tcp = nstat(standin.vm_ns["secondary"], "TcpExtTSEcrRejected", "TcpExtListenDrops")
+    assert res["errors"] == [] and res["ok"] == 400, json.dumps(
+        [res["errors"], pri, sec, svm_tcp])
+    assert pri["checkpoint_requests"] == {}
+    assert pri["compare"]["released_packets"] == pri["compare"]["primary_packets"]
+    assert pri["compare"]["internal_errors"] == 0
+    offs = control.request(pair.sock("secondary"), {"type": "status", "offsets": True})
+    # "addr:port" (the address bracketed when IPv6, or not: split at the last colon).
+    six = [o for o in offs["offsets"] if o["vm"].rsplit(":", 1)[0].strip("[]") == VM_IP6]
+    assert len(six) >= 8, offs
+    assert all(o["complete"] and o["peer"].rsplit(":", 1)[0].strip("[]") == CLIENT_IP6
+               for o in six), offs
+    assert sec["datapath"]["ack_rewrites"] > 400
+    assert sec["datapath"]["ip6_ext_headers"] == 0
     assert svm_tcp.get("TcpExtTSEcrRejected", 0) == 0, svm_tcp
 
 
