@@ -59,8 +59,12 @@ def test_ipv6_connections_need_no_checkpoint(standin: Standin, pair: ProxyPair) 
     assert res["errors"] == [] and res["ok"] == 400, json.dumps(
         [res["errors"], pri, sec, svm_tcp])
     assert pri["checkpoint_requests"] == {}
+    # The PVM's IPv6 output was queued (ip6tables) and compared with the SVM's.
+    assert pri["compare"]["primary_packets"] > 400
+    assert pri["compare"]["secondary_packets"] > 400
     assert pri["compare"]["released_packets"] == pri["compare"]["primary_packets"]
     assert pri["compare"]["internal_errors"] == 0
+    assert pri["datapath"]["isn_clones"] >= 8  # the PVM's IPv6 SYN-ACKs copied too
     offs = control.request(pair.sock("secondary"), {"type": "status", "offsets": True})
     # "addr:port" (the address bracketed when IPv6, or not: split at the last colon).
     six = [o for o in offs["offsets"] if o["vm"].rsplit(":", 1)[0].strip("[]") == VM_IP6]
