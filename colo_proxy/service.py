@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -314,7 +314,7 @@ class SecondaryProxy:
             return {"type": "hello", "role": "secondary", "mode": self.mode}
         if kind == "status" and msg.get("offsets"):
             return {"type": "offsets", "offsets": [
-                {"vm": f"{o.vm_ip}:{o.vm_port}", "peer": f"{o.peer_ip}:{o.peer_port}",
+                {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
                  "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn, "offset": o.offset,
                  "complete": o.complete, "ts_offset": o.ts_offset}
                 for o in self.datapath.offsets()]}
@@ -355,6 +355,9 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
           busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
     """Poll the sources and the control socket until SIGTERM/SIGINT.
 
+    One epoll set; each ready descriptor maps straight to its handler (no selector
+    objects on the per-packet path: a request/response exchange wakes this loop twice).
+
     With `busy_poll_us`, each packet from a source opens a window of that many
     microseconds in which the loop polls without sleeping (epoll with a zero timeout,
     yielding the CPU after each empty poll), so the next packet of a request/response
@@ -363,10 +366,33 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
     `busy_poll_held`, the loop polls only while no PVM packet waits for its SVM twin:
     the SVM needs the CPU to produce it, and a spinning proxy on shared CPUs delays it.
     """
-    sel = selectors.DefaultSelector()
-    sel.register(control, selectors.EVENT_READ, "accept")
+    ep = select.epoll()
+    handlers: dict[int, Callable[[], None]] = {}
+    data_fds: set[int] = set()
+
+    def watch(fd: int, handler: Callable[[], None]) -> None:
+        ep.register(fd, select.EPOLLIN)
+        handlers[fd] = handler
+
+    def forget(fd: int) -> None:
+        if handlers.pop(fd, None) is not None:
+            try:
+                ep.unregister(fd)
+            except OSError:
+                pass  # already closed (ControlServer.read drops a client that went away)
+
+    def on_accept() -> None:
+        c = control.accept()
+        if c is not None:
+            fd = c.fileno()
+            watch(fd, lambda: _control_readable(proxy, control, c, lambda: forget(fd)))
+
+    watch(control.fileno(), on_accept)
     for name, src in sources.items():
-        sel.register(src, selectors.EVENT_READ, name)
+        assert isinstance(proxy, PrimaryProxy)
+        watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
+        data_fds.add(src.fileno())
+    primary = proxy if isinstance(proxy, PrimaryProxy) else None
     stop = False
     busy = busy_poll_us / 1e6
     busy_until = 0.0
@@ -382,41 +408,31 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
     try:
         while not stop:
             polling = busy and clock() < busy_until and (busy_poll_held or proxy.idle())
-            events = sel.select(0.0 if polling else proxy.timeout())
+            events = ep.poll(0.0 if polling else proxy.timeout())
             data = False
-            for key, _ev in events:
-                what = key.data
-                if what == "pvm":
-                    assert isinstance(proxy, PrimaryProxy)
-                    proxy.on_pvm_readable()
-                    data = True
-                elif what == "svm":
-                    assert isinstance(proxy, PrimaryProxy)
-                    proxy.on_svm_readable()
-                    data = True
-                elif what == "accept":
-                    c = control.accept()
-                    if c is not None:
-                        sel.register(c, selectors.EVENT_READ, c)
-                else:
-                    _control_readable(proxy, control, sel, what)
+            for fd, _ev in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler()
+                    if fd in data_fds:
+                        data = True
             if data and busy:
                 busy_until = clock() + busy
             elif polling and not events:
                 os.sched_yield()  # let the VMs (or anyone) run: 2 shared CPUs
-            if isinstance(proxy, PrimaryProxy):
-                proxy.on_timer()
+            if primary is not None:
+                primary.on_timer()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        sel.close()
+        ep.close()
 
 
 def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
-                      sel: selectors.BaseSelector, client: Any) -> None:
+                      client: Any, forget: Callable[[], None]) -> None:
     msgs = control.read(client)
     if msgs is None:
-        sel.unregister(client)
+        forget()
         return
     for m in msgs:
         if isinstance(m, ProtocolError):

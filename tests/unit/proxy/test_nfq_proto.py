@@ -110,3 +110,18 @@ def test_plan_is_exactly_the_release(held: set[int], data: st.DataObject) -> Non
     assert accepted == acc
     assert set(drops) == drp
     assert kernel == held - acc - drp == set(pl.outstanding())
+
+
+@given(st.sets(st.integers(1, 40), min_size=1), st.data())
+def test_single_release_encodes_like_the_general_plan(held: set[int], data: st.DataObject) -> None:
+    """encode()'s one-id path sends exactly the verdict plan() would (per verdict kind)."""
+    fast, general = p.VerdictPlanner(), p.VerdictPlanner()
+    for i in sorted(held):
+        fast.held(i)
+        general.held(i)
+    for pid in data.draw(st.lists(st.sampled_from([*sorted(held), 99]), max_size=8)):
+        batch, singles, _ = general.plan([pid])
+        want = [("single", i, p.NF_ACCEPT) for i in singles]
+        want += [("batch", batch, p.NF_ACCEPT)] if batch is not None else []
+        assert _decode_verdicts(fast.encode(7, [pid])) == want
+        assert fast.outstanding() == general.outstanding()
