@@ -182,7 +182,7 @@ class TcpFlow(FlowState):
         self.s_fin: int | None = None
         self.p_rst = False
         # Where the SVM reset the connection (stream offset), NO_TOP if it has not: after
-        # that it sends nothing more, so a PVM packet that must still wait never will.
+        # that it sends no more data on this connection.
         self.s_rst = NO_TOP
         self.p_segs: list[Segment] | None = None
         self.s_segs: list[Segment] | None = None
@@ -274,6 +274,12 @@ class TcpFlow(FlowState):
                 div = self._compare(drop)
         if div is None and (self.p_fin is not None or self.s_fin is not None):
             div = self._check_fin()
+        if div is None and n and end > self.s_rst > NO_TOP:
+            # PVM bytes past the point where the SVM reset the connection: a reset socket
+            # sends no data, so the SVM can never produce them. (Only data: a reset socket
+            # still answers each segment with an RST, possibly with an ACK, so a waiting
+            # pure ACK or RST of the PVM may yet be freed; if not, it times out.)
+            div = Reason.TCP_FLAGS, self.s_rst
         if div is not None:
             self._hold(pid, end, aoff, need, now)
             self.diverge(drop)
@@ -291,10 +297,6 @@ class TcpFlow(FlowState):
             rel.append(pid)
         else:
             self._hold(pid, end, aoff, need, now)
-            if self.s_rst != NO_TOP:
-                # The SVM has reset the connection, so no SVM packet will ever free this one.
-                self.diverge(drop)
-                return Reason.TCP_FLAGS, self.s_rst
         return None
 
     # -- SVM ---------------------------------------------------------------------------
@@ -366,13 +368,6 @@ class TcpFlow(FlowState):
             return div
         if self.held:
             self._release(rel)
-        # Not inside the block above: mypy keeps self.held narrowed to a list across
-        # _release, and mypyc would turn that into a failing run-time check.
-        if self.s_rst != NO_TOP and self.held:
-            # The SVM reset the connection and the PVM did not (its RST would have been
-            # released): FIN and RST must match.
-            self.diverge(drop)
-            return Reason.TCP_FLAGS, self.s_rst
         return None
 
     # -- internals ---------------------------------------------------------------------
