@@ -103,7 +103,23 @@ def _checkpoint_after(lab: Lab, primary: str) -> float:
 
 
 def _took_over(lab: Lab, host: str) -> dict[str, Any]:
-    _wait(lambda: pair.state(lab, host).get("failovers") == 1, 30, f"{host} takes over")
+    try:
+        _wait(lambda: pair.state(lab, host).get("failovers") == 1, 30, f"{host} takes over")
+    except AssertionError as exc:
+        # Say where each orchestrator got to (a failover that never came is otherwise
+        # impossible to tell apart from one that hung).
+        seen = []
+        for h in ("primary", "secondary"):
+            try:
+                st = pair.state(lab, h)
+            except Exception as err:  # the host may be the one that died
+                st = {"error": str(err)}
+            log = lab.run_dir / f"orch-{h}.log"
+            tail = log.read_text(errors="replace").splitlines()[-12:] if log.exists() else []
+            seen.append(f"{h}: {st.get('state')} role={st.get('role')} "
+                        f"failovers={st.get('failovers')} recent={st.get('recent', [])[-4:]} "
+                        f"log: {' | '.join(tail)}")
+        raise AssertionError(f"{exc}\n" + "\n".join(seen)) from None
     st = pair.state(lab, host)
     assert st["role"] == "primary"
     return st
