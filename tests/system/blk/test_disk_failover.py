@@ -104,7 +104,10 @@ def _checkpoint_after(lab: Lab, primary: str) -> float:
 
 def _took_over(lab: Lab, host: str) -> dict[str, Any]:
     try:
-        _wait(lambda: pair.state(lab, host).get("failovers") == 1, 30, f"{host} takes over")
+        # At least once: if the fenced peer's first restarted VM dies right after it starts
+        # (seen here: "monitor unreachable" 50 ms after the start, then a 5 s back-off), the
+        # re-protection that began meanwhile ends in a second "continuing alone" failover.
+        _wait(lambda: pair.state(lab, host).get("failovers", 0) >= 1, 30, f"{host} takes over")
     except AssertionError as exc:
         # Say where each orchestrator got to (a failover that never came is otherwise
         # impossible to tell apart from one that hung).
