@@ -51,6 +51,8 @@ CTL_SECONDARY = "10.99.1.2"
 MIGRATION_PORT = 4444
 DISK_SIZE = 64 << 20  # the optional replicated disk (ext4, the guest's /data)
 NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
+# Labs brought up by this process and not yet down: a failing test shows their logs.
+LIVE: set[Lab] = set()
 ROLES = ("primary", "secondary")
 
 
@@ -112,6 +114,7 @@ class Lab:
             )
         self.accel = choose_accel(self.qemu, self.guest)
         self.run_dir.mkdir(parents=True)
+        LIVE.add(self)
         self.disk = disk
         self._save_state()
         try:
@@ -294,11 +297,30 @@ class Lab:
         for ns in namespaces:
             netns.delete(ns)
             removed.append(f"namespace {ns}")
+        LIVE.discard(self)
+        keep = os.environ.get("COLO_LAB_KEEP_LOGS")
+        if keep and self.run_dir.exists():
+            self.keep_logs(Path(keep))
         if self.run_dir.exists():
             shutil.rmtree(self.run_dir, ignore_errors=True)
             removed.append(f"run dir {self.run_dir}")
         self.vms.clear()
         return removed
+
+    def logs(self) -> list[Path]:
+        """The lab's logs and generated configs (no images, sockets or pid files)."""
+        if not self.run_dir.is_dir():
+            return []
+        return sorted(p for p in self.run_dir.iterdir()
+                      if p.is_file() and p.suffix in (".log", ".toml", ".json"))
+
+    def keep_logs(self, dest: Path) -> Path:
+        """Copy logs() to dest/<name>-<time>/ (COLO_LAB_KEEP_LOGS does this at every down)."""
+        out = dest / f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=True)
+        for p in self.logs():
+            shutil.copy2(p, out / p.name)
+        return out
 
     def leftovers(self) -> list[str]:
         """What of this lab still exists (empty after a clean down)."""

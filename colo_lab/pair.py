@@ -48,7 +48,9 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
     return [sys.executable, "-m", "colo_proxy.cli", role, "--tap", h.tap,
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
-            "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}"]
+            "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
+            # Every packet and its commands in the log: for chasing a false checkpoint.
+            *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
 
 def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "") -> Path:

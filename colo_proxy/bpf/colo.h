@@ -47,14 +47,16 @@ struct colo_flow {
  * Timestamp offset (RFC 7323): ts_offset = svm_tsval - pvm_tsval of the two SYN-ACKs (or
  * SYNs), valid when ts_have has both bits (each handshake segment carried the option). */
 struct colo_offset {
+	/* 64-bit: the two sides set their bits with atomic fetch-and-or, which the BPF
+	 * backend of Debian 12's bcc (no alu32) supports on 64-bit words only. */
+	__u64 have;
+	__u64 ts_have;
 	__u32 pvm_isn;
 	__u32 svm_isn;
 	__u32 offset;
-	__u32 have;
 	__u32 pvm_tsval;
 	__u32 svm_tsval;
 	__u32 ts_offset;
-	__u32 ts_have;
 };
 
 /* mode[0]: 0 protected (mirror/steer), 1 pass-through (failover: no mirror; secondary

@@ -114,8 +114,10 @@ static __always_inline int ts_field(struct __sk_buff *skb, const struct colo_pkt
 static __always_inline void learn_isn(struct colo_offset *o, u32 isn, int svm, int has_ts,
 				      u32 ts)
 {
-	u32 bit = svm ? COLO_HAVE_SVM : COLO_HAVE_PVM;
+	u64 bit = svm ? COLO_HAVE_SVM : COLO_HAVE_PVM;
+	u64 other = svm ? COLO_HAVE_PVM : COLO_HAVE_SVM;
 	u32 *mine = svm ? &o->svm_isn : &o->pvm_isn;
+	u64 old;
 
 	if ((o->have & bit) && *mine == isn)
 		return;
@@ -123,23 +125,28 @@ static __always_inline void learn_isn(struct colo_offset *o, u32 isn, int svm, i
 		o->have = 0;
 		o->ts_have = 0;
 	}
+	/* The two sides are learned on different CPUs at nearly the same moment (both VMs
+	 * answer the same SYN): each writes only its own fields, then announces them with an
+	 * atomic OR. A plain `have |= bit` lost one side now and then, and the flow stayed
+	 * unrewritten: the SVM reset the client's handshake ACK (a tcp_flags checkpoint). The
+	 * side whose OR finds the other's bit already set computes the offsets, once. */
 	*mine = isn;
-	o->have |= bit;
 	if (has_ts) {
 		if (svm)
 			o->svm_tsval = ts;
 		else
 			o->pvm_tsval = ts;
-		o->ts_have |= bit;
+		__sync_fetch_and_or(&o->ts_have, bit);
 	} else {
-		o->ts_have &= ~bit;
+		__sync_fetch_and_and(&o->ts_have, ~bit);
 	}
 	count(svm ? C_SVM_ISN : C_PVM_ISN, 1);
-	if ((o->have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH) {
+	old = __sync_fetch_and_or(&o->have, bit);
+	if ((old & other) && !(old & COLO_PAIRED)) {
 		o->offset = o->svm_isn - o->pvm_isn;
 		o->ts_offset = (o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH ?
 			       o->svm_tsval - o->pvm_tsval : 0;
-		o->have |= COLO_PAIRED;
+		__sync_fetch_and_or(&o->have, COLO_PAIRED);
 	}
 }
 
@@ -153,7 +160,9 @@ static __always_inline void learn(struct __sk_buff *skb, const struct colo_pkt *
 	key_out(&k, p);
 	o = offsets.lookup(&k);
 	if (!o) {
-		offsets.update(&k, &fresh);
+		/* NOEXIST: when the other side creates the entry at the same moment, keep the
+		 * one that won (an update would replace it, and the other CPU's learning with it). */
+		offsets.insert(&k, &fresh);
 		o = offsets.lookup(&k);
 		if (!o)
 			return;
