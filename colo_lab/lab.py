@@ -49,6 +49,13 @@ LAN_PLEN = 24
 CTL_PRIMARY = "10.99.1.1"
 CTL_SECONDARY = "10.99.1.2"
 MIGRATION_PORT = 4444
+# colo-proxy's compare_timeout for the lab's VMs when they run under TCG. The proxy's
+# default (1 s) suits KVM. Under TCG a freshly loaded SVM starts with an empty translation
+# cache: it never ran guest code before the COLO migration. Its first answers can then lag
+# the PVM's by more than a second on two shared CPUs (seen: the first SYN-ACK after
+# protection began). That is slowness, not divergence. QEMU's colo-compare defaults to
+# 3000 ms (qemu-options.hx, compare_timeout).
+TCG_COMPARE_TIMEOUT = 5.0
 DISK_SIZE = 64 << 20  # the optional replicated disk (ext4, the guest's /data)
 NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
 # Labs brought up by this process and not yet down: a failing test shows their logs.

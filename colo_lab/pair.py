@@ -20,7 +20,7 @@ from typing import Any
 
 from colo_lab import netns
 from colo_lab.errors import LabError
-from colo_lab.lab import MIGRATION_PORT, Lab
+from colo_lab.lab import MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
 
 HEARTBEAT_PORT = 7410
 API_PORT = 7411
@@ -49,6 +49,7 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
             "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
+            *(["--compare-timeout", str(TCG_COMPARE_TIMEOUT)] if lab.accel == "tcg" else []),
             # Every packet and its commands in the log: for chasing a false checkpoint.
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
@@ -78,6 +79,7 @@ proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary")) if prox
 proxy_secondary_command = {_toml_list(proxy_command(lab, role, "secondary")) if proxy else "[]"}
 vm_command = {_toml_list(vm.argv())}
 vm_pidfile = "{vm.pid_path}"
+vm_log = "{lab.run_dir / f"orch-{role}-vm.log"}"
 # Without a proxy the LAN uplink is the lab's stand-in for steering the SVM's output.
 on_takeover = ["ip", "link", "set", "lan0", "up"]
 on_secondary = ["ip", "link", "set", "lan0", "down"]

@@ -5,7 +5,8 @@ What is guaranteed without the output-commit proxy (docs/DISKS.md): a failover
 restores the last checkpoint, disk and memory together. So every record
 acknowledged before a checkpoint started is on the survivor's disk; a record
 acknowledged later may be missing (the proxy would have held its answer), but
-whatever is there is whole and the records form a prefix (no holes, nothing torn).
+whatever is there is whole and the records form a prefix (no holes, nothing torn), but
+for the one request in flight at the kill, which the survivor may serve after a gap.
 """
 
 from __future__ import annotations
@@ -135,7 +136,13 @@ def _kill_vm(lab: Lab, host: str) -> None:
 
 def _check_records(lab: Lab, acked: dict[int, float], safe_before: float, upto: int) -> int:
     """Every record acked before `safe_before` is there; all present ones are whole and form
-    a prefix. Returns how many are present."""
+    a prefix, except `upto`: the record in flight at the kill. Returns the prefix's length.
+
+    Without the output-commit proxy the PVM acknowledges records the survivor never got
+    (those after the last checkpoint), and the request in flight at the kill can still land
+    on the survivor: its SYN, retransmitted after a second, reaches the VM that took over
+    in the meantime. That record may then stand after a gap (seen: "hole before r14" with
+    r14 the one in flight); any other record after a gap is a real hole."""
     present = 0
     for n in range(upto + 1):
         code, body = lab.http(f"/kv/r{n}", timeout=5)
@@ -146,8 +153,12 @@ def _check_records(lab: Lab, acked: dict[int, float], safe_before: float, upto: 
     must = [n for n, t in acked.items() if t < safe_before]
     assert all(n < present for n in must), (
         f"acknowledged before a checkpoint but lost: {[n for n in must if n >= present][:5]}")
-    for n in range(present, upto + 1):  # nothing after the first hole either
+    for n in range(present, upto):  # nothing after the first hole either
         assert lab.http(f"/kv/r{n}", timeout=5)[0] == 404, f"hole before r{n}"
+    if present < upto:
+        code, body = lab.http(f"/kv/r{upto}", timeout=5)
+        assert code == 404 or (code, body) == (200, _value(upto)), (
+            f"record r{upto} (in flight at the kill) torn: {code} {body[:40]!r}")
     return present
 
 

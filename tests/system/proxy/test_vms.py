@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from colo_lab.lab import Lab
+from colo_lab.lab import TCG_COMPARE_TIMEOUT, Lab
 from colo_proxy.harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name, wait_for
 
 pytestmark = pytest.mark.system
@@ -22,7 +22,8 @@ def vm_pair() -> Iterator[tuple[Lab, ProxyPair]]:
     lab.down()
     # TCG guests fork a shell per request and share two CPUs with everything else: the
     # SVM's twin can lag the PVM's by more than a second, which is not a divergence here.
-    pair = ProxyPair(lab, RUN_ROOT / lab.name, extra=["--compare-timeout", "5"])
+    pair = ProxyPair(lab, RUN_ROOT / lab.name,
+                     extra=["--compare-timeout", str(TCG_COMPARE_TIMEOUT)])
     try:
         lab.up(secondary="standalone")
         lab.set_uplink("secondary", False)
