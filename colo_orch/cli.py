@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         backend = QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command,
                               qmp_timeout=cfg.timing.qmp_timeout, pidfile=cfg.vm_pidfile,
+                              vm_log=cfg.vm_log,
                               disks=cfg.disks, nbd_port=cfg.nbd_port,
                               incoming_uri=cfg.incoming_uri)
     orch = Orchestrator(

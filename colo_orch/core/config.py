@@ -51,6 +51,7 @@ class Config:
     proxy_secondary_command: list[str] = field(default_factory=list)
     vm_command: list[str] = field(default_factory=list)  # argv to (re)start our VM
     vm_pidfile: str = ""  # QEMU's -pidfile: lets us fence (kill) a VM whose monitor hangs
+    vm_log: str = ""  # the started VM's stdout/stderr ("" = the qmp path with suffix .log)
     auto_reprotect: bool = True
     # Commands run after this host took over, and before it starts a secondary VM
     # (like keepalived's notify scripts): e.g. to move a LAN uplink.
@@ -162,7 +163,8 @@ def _addr(path: str, key: str, value: object) -> None:
 
 
 def _check(cfg: Config, path: str) -> None:
-    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile"):
+    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile",
+                "vm_log"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
     if not cfg.name or not cfg.name.replace("-", "").isalnum():

@@ -32,6 +32,7 @@ from colo_orch.blk.graph import DiskError, DiskStatus, Replication
 from colo_orch.blk.images import ImageError, check_layers, create_layer, size_of
 from colo_orch.blk.spec import Disk, drive_args, uri_host
 from colo_orch.core.decide import VmObs
+from colo_orch.qemu.process import ensure_gone, pid_from_file, started_with
 
 
 class _Monitor:
@@ -97,13 +98,14 @@ class _Monitor:
 class QemuBackend(Backend):
     def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
-                 log_dir: str = "/tmp", pidfile: str = "", disks: tuple[Disk, ...] = (),
+                 vm_log: str = "", pidfile: str = "", disks: tuple[Disk, ...] = (),
                  nbd_port: int = 10809, incoming_uri: str = "") -> None:
         self.mon = _Monitor(qmp, qmp_timeout)
         self.events = _Monitor(qmp_events, qmp_timeout)
         self.vm_command = vm_command
         self.qemu_delay_ms = qemu_checkpoint_delay_ms
-        self.log_dir = log_dir
+        # The VM's stdout and stderr (QEMU's own error messages); default: beside its monitor.
+        self.vm_log = vm_log or str(Path(qmp).with_suffix(".log"))
         self.pidfile = pidfile
         self._colo_cap_set = False
         self.proc: subprocess.Popen[bytes] | None = None
@@ -164,25 +166,48 @@ class QemuBackend(Backend):
         for p in (self.mon.path, self.events.path):
             Path(p).unlink(missing_ok=True)
         self.blk.reset()
+        before = self._previous_gone()
         argv = list(self.vm_command) + self._disk_args(secondary=bool(incoming_uri))
         argv += ["-incoming", incoming_uri] if incoming_uri else []
-        log = open(os.path.join(self.log_dir, f"vm-{os.getpid()}.log"), "ab")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
+        try:
+            log = open(self.vm_log, "ab")
+        except OSError as exc:
+            raise BackendError(f"cannot open the VM log {self.vm_log}: {exc.strerror}; "
+                               "set vm_log to a writable file") from exc
+        with log:
+            log.write(f"--- colo-orch starts the VM: {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BackendError(f"VM command exited with {self.proc.returncode}")
+                raise BackendError(f"VM command exited with {self.proc.returncode} "
+                                   f"(its messages: {self.vm_log})")
             if os.path.exists(self.mon.path) and os.path.exists(self.events.path):
                 try:
                     st = self.mon.cmd("query-status")
                     self.events.clear_events()
-                    return f"pid {self.proc.pid}, status {st.get('status')}"
+                    out = f"pid {self.proc.pid}, status {st.get('status')}"
+                    return f"{out}; {before}" if before else out
                 except Exception:
                     pass
             time.sleep(0.05)
         raise BackendError("VM did not open its monitor within 60 s")
+
+    def _previous_gone(self) -> str:
+        """The VM we start replaces the last one, which must have released its pid-file
+        lock, images and ports (colo_orch.qemu.process): wait for it, kill it if it lingers."""
+        pids = []
+        if self.proc is not None and self.proc.poll() is None:
+            pids.append(self.proc.pid)
+        pid = pid_from_file(self.pidfile) if self.pidfile else None
+        if pid is not None and pid not in pids and started_with(pid, self.pidfile):
+            pids.append(pid)
+        try:
+            return ensure_gone(pids, grace=5.0)
+        except ProcessLookupError as exc:
+            raise BackendError(f"{exc}: cannot start a new VM beside it") from exc
 
     def _disk_args(self, *, secondary: bool) -> list[str]:
         """Check the images and, for a secondary, recreate its empty active/hidden layers."""
