@@ -24,6 +24,7 @@ measured in the lab, see notes/MEASURED.md):
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -321,7 +322,34 @@ class Replication:
         self._probe = None
 
 
+# NBD fixed-newstyle handshake (the NBD protocol, doc/proto.md): the server greets with
+# NBDMAGIC, IHAVEOPT and 16 bits of flags; the client answers with 32 bits of flags and
+# may then end the negotiation with NBD_OPT_ABORT, which the server acknowledges.
+NBD_GREETING = struct.Struct("!QQH")
+NBDMAGIC, IHAVEOPT = 0x4E42444D41474943, 0x49484156454F5054
+NBD_FLAG_C_FIXED_NEWSTYLE, NBD_OPT_ABORT = 1, 2
+
+
 def _tcp_probe(host: str, port: int, timeout: float) -> None:
-    """Open and close a TCP connection to the NBD server (it accepts many clients)."""
-    with socket.create_connection((host, port), timeout=timeout):
-        pass
+    """Check that the NBD server answers, and leave politely.
+
+    A plain connect-and-close would do for reachability, but QEMU's server logs "option
+    negotiation failed: ... Unexpected end-of-file" for every client that leaves before
+    negotiating: two lines a second in the VM's log. A client that sends NBD_OPT_ABORT
+    is let go silently (nbd/server.c).
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        greeting = b""
+        while len(greeting) < NBD_GREETING.size:
+            chunk = sock.recv(NBD_GREETING.size - len(greeting))
+            if not chunk:
+                raise ConnectionError(f"{host}:{port} closed before its NBD greeting")
+            greeting += chunk
+        magic, opt, _ = NBD_GREETING.unpack(greeting)
+        if (magic, opt) != (NBDMAGIC, IHAVEOPT):
+            raise ConnectionError(f"{host}:{port} is not a (newstyle) NBD server")
+        sock.sendall(struct.pack("!IQII", NBD_FLAG_C_FIXED_NEWSTYLE, IHAVEOPT, NBD_OPT_ABORT, 0))
+        try:
+            sock.recv(20)  # the server's NBD_REP_ACK; it may also just close
+        except OSError:
+            pass

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 from typing import Any
 
 import pytest
 
+from colo_orch.blk import graph
 from colo_orch.blk.graph import DiskError, Replication
 from colo_orch.blk.spec import Disk
 from colo_orch.core.decide import PeerObs, Snapshot, TakeOver, VmObs, decide
@@ -160,3 +164,54 @@ def test_decide_ends_protection_when_disk_replication_breaks() -> None:
     d = decide(s, 0.2, 10.0)
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
     assert "disk replication broken (NBD link" in d.sentence
+
+
+def _one_shot_server(greeting: bytes) -> tuple[int, list[bytes], threading.Thread]:
+    """A loopback server that greets one client with `greeting` and records what it sends."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    got: list[bytes] = []
+
+    def run() -> None:
+        with srv:
+            conn, _ = srv.accept()
+            with conn:
+                conn.sendall(greeting)
+                if len(greeting) < 18:
+                    return  # hang up mid-greeting
+                conn.settimeout(5)
+                data = b""
+                while len(data) < 20:
+                    try:
+                        chunk = conn.recv(64)
+                    except OSError:  # a client that hung up with unread data resets
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+                got.append(data)
+                if len(data) == 20:  # NBD_REP_ACK to NBD_OPT_ABORT
+                    conn.sendall(struct.pack("!QIII", 0x3E889045565A9, 2, 1, 0))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return srv.getsockname()[1], got, t
+
+
+def test_probe_negotiates_and_aborts_like_an_nbd_client() -> None:
+    greeting = struct.pack("!QQH", 0x4E42444D41474943, 0x49484156454F5054, 3)
+    port, got, t = _one_shot_server(greeting)
+    graph._tcp_probe("127.0.0.1", port, 5.0)
+    t.join(timeout=5)
+    # Client flags (fixed newstyle), then NBD_OPT_ABORT with no data.
+    assert got == [struct.pack("!IQII", 1, 0x49484156454F5054, 2, 0)]
+
+
+def test_probe_rejects_what_is_not_an_nbd_server() -> None:
+    port, _, t = _one_shot_server(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n")
+    with pytest.raises(ConnectionError, match=r"not a .*NBD server"):
+        graph._tcp_probe("127.0.0.1", port, 5.0)
+    t.join(timeout=5)
+    port, _, t = _one_shot_server(b"NBD")
+    with pytest.raises(ConnectionError, match="closed before its NBD greeting"):
+        graph._tcp_probe("127.0.0.1", port, 5.0)
+    t.join(timeout=5)
