@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"colo-orch: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s colo-orch[%(name)s] %(message)s")
-    # qemu.qmp logs every refused reconnect of a dead VM's socket; our own lines
-    # already say "our VM is gone".
-    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     from colo_orch.api import make_server, serve_in_background
     from colo_orch.arbiter import LocalLeaseArbiter
     from colo_orch.backend import Backend

@@ -1,4 +1,4 @@
-"""The QEMU/KVM backend over QMP (QEMU's own `qemu.qmp` library).
+"""The QEMU/KVM backend over QMP (our own client, colo_orch.qemu.qmp).
 
 QEMU facts this relies on (QEMU 7.2, docs/COLO-FT.txt, measured here):
 - COLO needs the `x-colo` capability on both VMs, then `migrate` from the PVM to
@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from colo_orch.backend import Backend, BackendError
 from colo_orch.blk.graph import DiskError, DiskStatus, Replication
 from colo_orch.blk.images import ImageError, check_layers, create_layer, size_of
 from colo_orch.blk.spec import Disk, drive_args, uri_host
 from colo_orch.core.decide import VmObs
 from colo_orch.qemu.process import ensure_gone, pid_from_file, started_with
+from colo_orch.qemu.qmp import QmpClient
 
 
 class _Monitor:
@@ -42,24 +41,17 @@ class _Monitor:
         self.path = path
         self.timeout = timeout
         self._lock = threading.Lock()
-        self._mon: QEMUMonitorProtocol | None = None
+        self._mon: QmpClient | None = None
 
-    def _connect(self) -> QEMUMonitorProtocol:
-        if self._mon is None:
+    def _connect(self) -> QmpClient:
+        mon = self._mon
+        if mon is None or not mon.connected:
             if not os.path.exists(self.path):
                 raise ConnectionError(f"no QMP socket at {self.path}")
-            mon = QEMUMonitorProtocol(self.path)
-            mon.settimeout(self.timeout)
-            try:
-                mon.connect(negotiate=True)
-            except BaseException:
-                try:
-                    mon.close()
-                except Exception:  # closing a half-open connection may fail in any way
-                    pass
-                raise
+            mon = QmpClient(self.path, self.timeout)
+            mon.connect()
             self._mon = mon
-        return self._mon
+        return mon
 
     def cmd(self, name: str, **args: Any) -> Any:
         if not self._lock.acquire(timeout=self.timeout):
@@ -77,11 +69,7 @@ class _Monitor:
         return reply.get("return")
 
     def pull_event(self, wait: float) -> dict[str, Any] | None:
-        mon = self._connect()
-        try:
-            return mon.pull_event(wait=wait)
-        except TimeoutError:
-            return None
+        return self._connect().pull_event(wait)
 
     def clear_events(self) -> None:
         self._connect().clear_events()
@@ -89,10 +77,7 @@ class _Monitor:
     def drop(self) -> None:
         mon, self._mon = self._mon, None
         if mon is not None:
-            try:
-                mon.close()
-            except Exception:  # closing a broken connection may fail in any way
-                pass
+            mon.close()
 
 
 class QemuBackend(Backend):
@@ -122,7 +107,7 @@ class QemuBackend(Backend):
             status = self.mon.cmd("query-status")
         except (TimeoutError, BackendError):
             return VmObs(reachable=True, hung=True)
-        except Exception:  # no socket, refused, or qemu.qmp's own disconnect errors
+        except Exception:  # no socket, refused, or the monitor closed
             return VmObs(reachable=False)
         try:
             mig = self.mon.cmd("query-migrate").get("status", "none")
