@@ -81,7 +81,12 @@ class ProxyLink:
                 continue
             with self._lock:
                 self._sock = sock
-            self.connected = True
+            # Not `connected` yet: the proxy listens before it has attached its datapath
+            # (compiling the BPF programs takes seconds), so the kernel accepts us at once.
+            # Its answer to hello comes from its serving loop, which starts only once the
+            # datapath is attached. A peer told "proxy ready" earlier started COLO while
+            # the secondary's mirror was not in place: the SVM missed the first client
+            # packets (a 'timeout' checkpoint in CI).
             decoder = LineDecoder()
             sock.sendall(encode({"type": "hello", "who": "colo-orch"}))
             while not self._stop.is_set():
@@ -97,8 +102,8 @@ class ProxyLink:
                     with self._cond:
                         if msg.get("type") == "checkpoint_request":
                             self._requests.append(str(msg.get("reason", "unknown")))
-                        elif msg.get("for") == "hello":
-                            pass
+                        elif msg.get("type") == "hello" or msg.get("for") == "hello":
+                            self.connected = True
                         else:
                             self._replies.append(msg)
                             self._cond.notify_all()

@@ -1,0 +1,49 @@
+"""colo_orch.proxy_link: the proxy counts as there only once its serving loop answers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from colo_orch.proxy_link import ProxyLink
+
+
+def _until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
+    path = str(tmp_path / "proxy.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)  # like colo-proxy before its datapath is attached: listening, not serving
+    link = ProxyLink(path, timeout=0.2)
+    link.start()
+    try:
+        conn, _ = srv.accept()
+        hello = json.loads(conn.makefile("rb").readline())
+        assert hello["type"] == "hello"
+        # Accepted by the kernel, but no answer yet: not ready, and requests fail.
+        time.sleep(0.3)  # a window in which a wrong link would have said "connected"
+        assert not link.connected
+        assert link.send({"type": "status"}) is False
+        conn.sendall(b'{"type": "hello", "role": "secondary", "mode": "protected"}\n')
+        assert _until(lambda: link.connected)
+        # A reply to a request is not mistaken for the hello, nor the hello for a reply.
+        threading.Thread(target=lambda: (conn.recv(4096), conn.sendall(
+            b'{"type": "ok", "for": "status"}\n')), daemon=True).start()
+        assert link.send({"type": "status"}) is True
+        conn.close()
+        assert _until(lambda: not link.connected)
+    finally:
+        link.stop()
+        srv.close()
