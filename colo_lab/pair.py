@@ -50,6 +50,9 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
             "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
             *(["--compare-timeout", str(TCG_COMPARE_TIMEOUT)] if lab.accel == "tcg" else []),
+            # The host's port to the LAN: connections carried over a role swap are
+            # rewritten there (colo_proxy.handover).
+            *(["--uplink", "lan0"] if role == "primary" else []),
             # Every packet and its commands in the log: for chasing a false checkpoint.
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
@@ -143,6 +146,13 @@ def kill_vm(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
     pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
     os.kill(pid, sig)
     return pid
+
+
+def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
+    """The status of the colo-proxy that host's orchestrator runs (either role)."""
+    from colo_proxy import control
+
+    return control.request(lab.run_dir / f"proxy-{host[:3]}.sock", {"type": "status"})
 
 
 def checkpoint_count(lab: Lab, host: str) -> int:

@@ -48,6 +48,8 @@ HOOKS = {
     "secondary": (("colo_fwd_in", "fwd", INGRESS), ("colo_tap_eg", "tap", EGRESS),
                   ("colo_tap_in", "tap", INGRESS)),
 }
+# Primary with an uplink: flows carried over a role swap are rewritten at the host's edge.
+UPLINK_HOOKS = (("colo_up_in", "uplink", INGRESS), ("colo_up_eg", "uplink", EGRESS))
 
 
 def mac_to_int(mac: str) -> int:
@@ -83,10 +85,12 @@ def endpoint(ip: str, port: int) -> str:
 class Datapath:
     """The programs of one host role, attached while the context is open."""
 
-    def __init__(self, role: str, *, tap: str, fwd: str, vm_mac: str) -> None:
+    def __init__(self, role: str, *, tap: str, fwd: str, vm_mac: str,
+                 uplink: str = "") -> None:
         if role not in HOOKS:
             raise ValueError(f"role must be primary or secondary, not {role!r}")
         self.role, self.tap, self.fwd, self.vm_mac = role, tap, fwd, vm_mac
+        self.uplink = uplink if role == "primary" else ""
         self._bpf: Any = None
         self._ipr: IPRoute | None = None
         self.attached: list[tuple[str, str, int]] = []
@@ -105,21 +109,26 @@ class Datapath:
 
     def attach(self) -> None:
         self._ipr = ipr = IPRoute()
-        idx = {"tap": _ifindex(ipr, self.tap), "fwd": _ifindex(ipr, self.fwd)}
+        names = {"tap": self.tap, "fwd": self.fwd}
+        hooks = list(HOOKS[self.role])
+        if self.uplink:
+            names["uplink"] = self.uplink
+            hooks += UPLINK_HOOKS
+        idx = {which: _ifindex(ipr, name) for which, name in names.items()}
         self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
                          vm_mac=self.vm_mac)
         # A crashed predecessor may have left filters: replace them, never stack on them.
-        cleanup(ifnames=[self.tap, self.fwd], ipr=ipr)
-        for prog, which, parent in HOOKS[self.role]:
+        cleanup(ifnames=list(names.values()), ipr=ipr)
+        for prog, which, parent in hooks:
             fn = self._bpf.load_func(prog, self._bpf.SCHED_CLS)
             _ensure_clsact(ipr, idx[which])
             ipr.tc("add-filter", "bpf", idx[which], ":1", fd=fn.fd, name=prog,
                    parent=parent, classid=1, direct_action=True, prio=PRIO)
-            self.attached.append((prog, self.tap if which == "tap" else self.fwd, parent))
+            self.attached.append((prog, names[which], parent))
 
     def detach(self) -> None:
         if self._ipr is not None:
-            cleanup(ifnames=[self.tap, self.fwd], ipr=self._ipr)
+            cleanup(ifnames=[n for n in (self.tap, self.fwd, self.uplink) if n], ipr=self._ipr)
             self._ipr.close()
             self._ipr = None
         if self._bpf is not None:
@@ -150,6 +159,31 @@ class Datapath:
         table.clear()
         return n
 
+    def carry(self, offsets: list[Offset]) -> int:
+        """Primary with an uplink: rewrite these flows (handed over by the proxy that ran
+        as secondary here before the role swap) at the host's edge. Returns how many."""
+        if not self.uplink:
+            return 0
+        table = self._bpf["carried"]
+        n = 0
+        for o in offsets:
+            if not o.complete or not (o.offset or o.ts_offset):
+                continue
+            k = table.Key()
+            _set_ip(k.vm_ip, o.vm_ip)
+            _set_ip(k.peer_ip, o.peer_ip)
+            k.vm_port, k.peer_port = _port(o.vm_port), _port(o.peer_port)
+            v = table.Leaf()
+            v.have, v.offset, v.pvm_isn, v.svm_isn = 7, o.offset, o.pvm_isn, o.svm_isn
+            v.ts_have, v.ts_offset = (3, o.ts_offset) if o.ts_offset is not None else (0, 0)
+            table[k] = v
+            n += 1
+        return n
+
+    def carried(self) -> int:
+        """How many carried flows are still rewritten (a SYN on their addresses ends one)."""
+        return len(list(self._bpf["carried"].keys())) if self.uplink else 0
+
     def offsets(self) -> list[Offset]:
         if self.role != "secondary":
             return []
@@ -177,7 +211,15 @@ def _ip(raw: Any) -> str:
 
 
 def _port(raw: int) -> int:
+    """A key's port (network order, read as a little-endian u16) as a number, and back."""
     return int.from_bytes(raw.to_bytes(2, "little"), "big")
+
+
+def _set_ip(field: Any, ip: str) -> None:
+    """Fill a key's 16-byte address field (4 x u32) from text; IPv4 goes v4-mapped."""
+    addr = ipaddress.ip_address(ip)
+    raw = (ipaddress.IPv6Address(f"::ffff:{addr}") if addr.version == 4 else addr).packed
+    ctypes.memmove(ctypes.addressof(field), raw, 16)
 
 
 def _ifindex(ipr: IPRoute, name: str) -> int:

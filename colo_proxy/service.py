@@ -16,6 +16,7 @@ import select
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from colo_proxy.compare import (
@@ -28,6 +29,8 @@ from colo_proxy.compare import (
     Wakeup,
 )
 from colo_proxy.control import ControlServer, ProtocolError
+from colo_proxy.handover import discard as discard_handover
+from colo_proxy.handover import write as write_handover
 from colo_proxy.metrics import HoldTimer
 from colo_proxy.settings import ProxySettings
 
@@ -53,6 +56,7 @@ class Source(Protocol):
 class Datapath(Protocol):
     def set_mode(self, mode: int) -> None: ...
     def counters(self) -> dict[str, int]: ...
+    def carried(self) -> int: ...
 
 
 def flow_json(flow: Flow | None) -> dict[str, Any] | None:
@@ -283,6 +287,7 @@ class PrimaryProxy:
         }
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
+            out["carried_flows"] = self.datapath.carried()
         read_drops = getattr(self.svm, "read_drops", None)
         if read_drops is not None:
             out["svm_socket_drops"] = read_drops()
@@ -295,8 +300,10 @@ class PrimaryProxy:
 class SecondaryProxy:
     """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
 
-    def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
+                 handover: Path | None = None) -> None:
         self.datapath = datapath
+        self.handover = handover  # where the offsets go at failover (colo_proxy.handover)
         self.mode = PROTECTED
         self.clock = clock
         self.started = clock()
@@ -330,19 +337,31 @@ class SecondaryProxy:
         elif kind == "checkpoint_done":
             self.checkpoints += 1
             n = self.datapath.reset_offsets()
+            self._void_handover()
             log.info("checkpoint done: %d sequence offsets reset", n)
         elif kind in ("failover", "pause"):
             self.mode = PASSTHROUGH
             self.datapath.set_mode(1)
             log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
                         kind)
+            if kind == "failover" and self.handover is not None:
+                # From now on no flow is learned: these are all the flows in the VM's own
+                # spaces, for the primary-role proxy after the role swap.
+                n = write_handover(self.handover, self.datapath.offsets())
+                log.info("%d connection offset(s) written to %s for the role swap", n,
+                         self.handover)
         elif kind == "resume":
             self.mode = PROTECTED
             self.datapath.set_mode(0)
+            self._void_handover()
             log.info("protection resumed")
         else:
             raise ProtocolError(f"unknown message type {kind!r}")
         return {"type": "ok", "for": kind}
+
+    def _void_handover(self) -> None:
+        if self.handover is not None:
+            discard_handover(self.handover)
 
 
 # The loop ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from colo_proxy import control, netfilter
+from colo_proxy import control, handover, netfilter
 from colo_proxy.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
 
 log = logging.getLogger("colo-proxy")
@@ -23,6 +23,8 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="TOML file ([proxy] and [compare] tables)")
     p.add_argument("--tap", help="the VM's tap on this host's bridge")
     p.add_argument("--forward", help="the forward link to the other host")
+    p.add_argument("--uplink", help="the host's port toward the clients (primary: rewrites "
+                   "connections carried over a role swap)")
     p.add_argument("--vm-mac", dest="vm_mac", help="the VMs' MAC address")
     p.add_argument("--control-socket", dest="control_socket", help="unix socket path")
     p.add_argument("--instance", help="tag of this proxy's iptables rules")
@@ -58,7 +60,7 @@ def register(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
-    keys = ("tap", "forward", "vm_mac", "control_socket", "instance", "queue", "on_crash",
+    keys = ("tap", "forward", "uplink", "vm_mac", "control_socket", "instance", "queue", "on_crash",
             "on_queue_full", "gso", "metrics_listen", "busy_poll_us", "busy_poll_held", "batch")
     over: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     over["role"] = args.role
@@ -95,10 +97,11 @@ def run_primary(s: ProxySettings) -> None:
                        fail_open=s.on_queue_full == "accept")
     ctl = control.ControlServer(s.control_socket)
     try:
-        with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp, \
-                NfQueue(qcfg) as q:
+        with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
+                      uplink=s.uplink) as dp, NfQueue(qcfg) as q:
             svm = PacketSocket(s.forward)
             dp.set_mode(MODE_PROTECTED)
+            _carry_over(s, dp)
             # Bind the queue before the rule exists, so no packet is ever queued to nobody.
             netfilter.install(s.tap, s.queue, s.instance, bypass=s.on_crash == "open")
             try:
@@ -120,15 +123,29 @@ def run_primary(s: ProxySettings) -> None:
         log.info("stopped: filters and rules removed")
 
 
+def _carry_over(s: ProxySettings, dp: Any) -> None:
+    """Take the offsets the secondary-role proxy left at the role swap (colo_proxy.handover)."""
+    offsets = handover.take(handover.path_for(s.control_socket))
+    if not offsets:
+        return
+    if not s.uplink:
+        log.warning("%d connection(s) opened by this VM since the last checkpoint before the "
+                    "failover will break: no --uplink to rewrite them on", len(offsets))
+        return
+    log.info("carried %d connection(s) over the role swap: rewritten on %s",
+             dp.carry(offsets), s.uplink)
+
+
 def run_secondary(s: ProxySettings) -> None:
     from colo_proxy.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.service import SecondaryProxy, serve
 
     ctl = control.ControlServer(s.control_socket)
+    handover.discard(handover.path_for(s.control_socket))  # a new secondary: none is valid
     try:
         with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
             dp.set_mode(MODE_PROTECTED)
-            proxy = SecondaryProxy(dp)
+            proxy = SecondaryProxy(dp, handover=handover.path_for(s.control_socket))
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(

@@ -23,6 +23,9 @@ class ProxySettings:
     role: str = "primary"
     tap: str = "tapP"  # the VM's tap (bridge port) on this host
     forward: str = "fwd0"  # the forward link to the other host
+    # The host's port toward the clients (on the VM's bridge). As primary, connections
+    # carried over a role swap are rewritten there; "" = none (they break at the swap).
+    uplink: str = ""
     vm_mac: str = "52:54:00:c0:10:01"
     control_socket: str = DEFAULT_SOCKET
     instance: str = "colo"  # tag of our iptables rules

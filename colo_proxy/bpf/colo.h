@@ -16,21 +16,21 @@ enum colo_counter {
 	C_TAP_OUT_PKTS,    /* secondary: SVM output taken off its tap */
 	C_TAP_OUT_BYTES,
 	C_REDIRECT_FAIL,
-	C_ACK_REWRITES,    /* secondary: ack += offset toward the SVM */
-	C_SACK_REWRITES,   /* secondary: SACK block edges += offset */
-	C_SEQ_REWRITES,    /* secondary: seq -= offset from the SVM */
+	C_ACK_REWRITES,    /* ack += offset toward the SVM (primary: carried flows) */
+	C_SACK_REWRITES,   /* SACK block edges += offset (same) */
+	C_SEQ_REWRITES,    /* seq -= offset from the SVM (same) */
 	C_PVM_ISN,         /* secondary: PVM ISNs learned */
 	C_SVM_ISN,         /* secondary: SVM ISNs learned */
 	C_NON_IP,          /* frames that are neither IPv4 nor IPv6 (passed, never rewritten) */
-	C_TSECR_REWRITES,  /* secondary: timestamp echo += ts offset toward the SVM */
-	C_TSVAL_REWRITES,  /* secondary: timestamp value -= ts offset from the SVM (failover) */
+	C_TSECR_REWRITES,  /* timestamp echo += ts offset toward the SVM (same) */
+	C_TSVAL_REWRITES,  /* timestamp value -= ts offset from the SVM (same) */
 	C_IP6_EXT,         /* secondary: IPv6 TCP behind extension headers (passed unrewritten) */
 	C_MAX,
 };
 
 /* One TCP connection, addresses and ports in network byte order, VM's side first.
  * Addresses are IPv6; an IPv4 one is v4-mapped (::ffff:a.b.c.d), so both families share
- * one map (36-byte key, 32-byte value per flow). */
+ * one map (36-byte key, 40-byte value per flow). */
 struct colo_flow {
 	__u32 vm_ip[4];
 	__u32 peer_ip[4];

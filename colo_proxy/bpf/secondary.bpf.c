@@ -28,16 +28,11 @@
 #include <uapi/linux/pkt_cls.h>
 #include "colo.h"
 #include "parse.h"
+#include "rewrite.h"
 
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 BPF_ARRAY(mode, u32, 1);
 BPF_TABLE("lru_hash", struct colo_flow, struct colo_offset, offsets, 65536);
-
-#define TCP_OPTS_MAX 10  /* options walked: SYN's mss, sackOK, TS, nop, wscale fit */
-#define TCPOPT_NOP 1
-#define TCPOPT_SACK 5
-#define TCPOPT_TS 8
-#define TCPOLEN_TS 10
 
 static __always_inline void count(int idx, u64 n)
 {
@@ -46,63 +41,25 @@ static __always_inline void count(int idx, u64 n)
 		*v += n;
 }
 
+static __always_inline void count_rewrites(const struct colo_rewrites *n)
+{
+	if (n->ack)
+		count(C_ACK_REWRITES, n->ack);
+	if (n->sack)
+		count(C_SACK_REWRITES, n->sack);
+	if (n->tsecr)
+		count(C_TSECR_REWRITES, n->tsecr);
+	if (n->seq)
+		count(C_SEQ_REWRITES, n->seq);
+	if (n->tsval)
+		count(C_TSVAL_REWRITES, n->tsval);
+}
+
 static __always_inline int protected(void)
 {
 	int zero = 0;
 	u32 *m = mode.lookup(&zero);
 	return !m || *m == COLO_MODE_PROTECTED;
-}
-
-/* Key from a VM output segment (src = VM) or a VM input segment (dst = VM). */
-static __always_inline void key_out(struct colo_flow *k, const struct colo_pkt *p)
-{
-	__builtin_memcpy(k->vm_ip, p->saddr, 16);
-	__builtin_memcpy(k->peer_ip, p->daddr, 16);
-	k->vm_port = p->sport; k->peer_port = p->dport;
-}
-
-static __always_inline void key_in(struct colo_flow *k, const struct colo_pkt *p)
-{
-	__builtin_memcpy(k->vm_ip, p->daddr, 16);
-	__builtin_memcpy(k->peer_ip, p->saddr, 16);
-	k->vm_port = p->dport; k->peer_port = p->sport;
-}
-
-/* Offset of the timestamp option from the TCP header, 0 when the segment has none. */
-static __always_inline u32 ts_option(struct __sk_buff *skb, const struct colo_pkt *p)
-{
-	u32 pos = 20;
-	u8 kind, len;
-
-#pragma unroll
-	for (int i = 0; i < TCP_OPTS_MAX; i++) {
-		if (pos + 2 > p->doff)
-			return 0;
-		if (bpf_skb_load_bytes(skb, p->l4 + pos, &kind, 1) < 0 || kind == 0)
-			return 0;
-		if (kind == TCPOPT_NOP) {
-			pos += 1;
-			continue;
-		}
-		if (bpf_skb_load_bytes(skb, p->l4 + pos + 1, &len, 1) < 0 || len < 2)
-			return 0;
-		if (kind == TCPOPT_TS)
-			return len == TCPOLEN_TS && pos + TCPOLEN_TS <= p->doff ? pos : 0;
-		pos += len;
-	}
-	return 0;
-}
-
-/* The 32-bit field `at` bytes into the timestamp option (2: TSval, 6: TSecr); 0 if none. */
-static __always_inline int ts_field(struct __sk_buff *skb, const struct colo_pkt *p, u32 at,
-				    u32 *val)
-{
-	u32 pos = ts_option(skb, p), raw;
-
-	if (!pos || bpf_skb_load_bytes(skb, p->l4 + pos + at, &raw, 4) < 0)
-		return 0;
-	*val = bpf_ntohl(raw);
-	return 1;
 }
 
 /* Learn one side's ISN, and the timestamp its handshake segment carried (its TSval, or
@@ -175,70 +132,6 @@ static __always_inline int paired(const struct colo_offset *o)
 	return o && (o->have & COLO_PAIRED);
 }
 
-/* Rewrite a 32-bit field at `off` by `delta` and fix the TCP checksum. A field at an odd
- * offset within the segment straddles 16-bit checksum words: its contribution is then
- * byte-swapped within each half, so the incremental update is fed swapped values. */
-static __always_inline int shift32(struct __sk_buff *skb, u32 l4, u32 off, u32 delta)
-{
-	u32 old_raw, new_raw, new_host, f, t;
-
-	if (bpf_skb_load_bytes(skb, l4 + off, &old_raw, 4) < 0)
-		return -1;
-	new_host = bpf_ntohl(old_raw) + delta;
-	new_raw = bpf_htonl(new_host);
-	if (bpf_skb_store_bytes(skb, l4 + off, &new_raw, 4, 0) < 0)
-		return -1;
-	f = old_raw;
-	t = new_raw;
-	if (off & 1) {
-		f = ((f & 0x00ff00ff) << 8) | ((f >> 8) & 0x00ff00ff);
-		t = ((t & 0x00ff00ff) << 8) | ((t >> 8) & 0x00ff00ff);
-	}
-	return bpf_l4_csum_replace(skb, l4 + 16, f, t, 4);
-}
-
-/* Toward the SVM: SACK edges += delta (sequence space), TSecr += ts_delta (timestamps). */
-static __always_inline void fix_options(struct __sk_buff *skb, const struct colo_pkt *p,
-					u32 delta, u32 ts_delta)
-{
-	u32 pos = 20;
-	u8 kind, len;
-	int sack = delta != 0, ts = ts_delta != 0;
-
-#pragma unroll
-	for (int i = 0; i < TCP_OPTS_MAX; i++) {
-		if (!(sack || ts) || pos + 2 > p->doff)
-			return;
-		if (bpf_skb_load_bytes(skb, p->l4 + pos, &kind, 1) < 0)
-			return;
-		if (kind == 0)
-			return;
-		if (kind == TCPOPT_NOP) {
-			pos += 1;
-			continue;
-		}
-		if (bpf_skb_load_bytes(skb, p->l4 + pos + 1, &len, 1) < 0 || len < 2)
-			return;
-		if (kind == TCPOPT_SACK && sack && pos + len <= p->doff) {
-#pragma unroll
-			for (int j = 0; j < 4; j++) {
-				if (2 + j * 8 + 8 > len)
-					break;
-				shift32(skb, p->l4, pos + 2 + j * 8, delta);
-				shift32(skb, p->l4, pos + 6 + j * 8, delta);
-				count(C_SACK_REWRITES, 1);
-			}
-			sack = 0;
-		} else if (kind == TCPOPT_TS && ts && len == TCPOLEN_TS &&
-			   pos + TCPOLEN_TS <= p->doff) {
-			if (shift32(skb, p->l4, pos + 6, ts_delta) == 0)
-				count(C_TSECR_REWRITES, 1);
-			ts = 0;
-		}
-		pos += len;
-	}
-}
-
 int colo_fwd_in(struct __sk_buff *skb)
 {
 	struct colo_pkt p = {};
@@ -264,7 +157,8 @@ int colo_tap_eg(struct __sk_buff *skb)
 	struct colo_pkt p = {};
 	struct colo_flow k = {};
 	struct colo_offset *o;
-	u32 ecr = 0, ts_delta;
+	struct colo_rewrites n = {};
+	u32 ecr = 0;
 	int has_ts, r = colo_parse(skb, &p);
 
 	if (r == COLO_PARSE_IP6_EXT)
@@ -283,11 +177,8 @@ int colo_tap_eg(struct __sk_buff *skb)
 	}
 	if (!paired(o))
 		return TC_ACT_OK;
-	if (o->offset && shift32(skb, p.l4, 8, o->offset) == 0)
-		count(C_ACK_REWRITES, 1);
-	ts_delta = (o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH ? o->ts_offset : 0;
-	if (p.doff > 20)
-		fix_options(skb, &p, o->offset, ts_delta);
+	to_vm(skb, &p, o, &n);
+	count_rewrites(&n);
 	return TC_ACT_OK;
 }
 
@@ -296,9 +187,9 @@ int colo_tap_in(struct __sk_buff *skb)
 	struct colo_pkt p = {};
 	struct colo_flow k = {};
 	struct colo_offset *o;
+	struct colo_rewrites n = {};
 	int prot = protected();
 	int r = colo_parse(skb, &p);
-	u32 pos;
 
 	count(C_TAP_OUT_PKTS, 1);
 	count(C_TAP_OUT_BYTES, skb->len);
@@ -320,13 +211,8 @@ int colo_tap_in(struct __sk_buff *skb)
 		 * spaces). After failover the clients see it: then old connections are shifted. */
 		o = prot ? 0 : offsets.lookup(&k);
 		if (paired(o)) {
-			if (o->offset && shift32(skb, p.l4, 4, -o->offset) == 0)
-				count(C_SEQ_REWRITES, 1);
-			if ((o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH && o->ts_offset) {
-				pos = ts_option(skb, &p);
-				if (pos && shift32(skb, p.l4, pos + 2, -o->ts_offset) == 0)
-					count(C_TSVAL_REWRITES, 1);
-			}
+			from_vm(skb, &p, o, &n);
+			count_rewrites(&n);
 		}
 	}
 	if (!prot)

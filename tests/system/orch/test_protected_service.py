@@ -123,6 +123,40 @@ def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None
 
 
 @pytest.fixture
+def no_periodic_lab() -> Iterator[Lab]:
+    # No periodic checkpoint: a connection opened after protection began then keeps its
+    # sequence offset up to the failover (a checkpoint would make it zero).
+    yield from _lab("swap", "[timing]\ncheckpoint_max_interval = 600\n")
+
+
+def test_connection_opened_since_the_last_checkpoint_survives_the_role_swap(
+        no_periodic_lab: Lab) -> None:
+    """The old secondary's offsets go over to the proxy that restarts as primary at the
+    re-protection, which rewrites those flows on the uplink (docs/PROXY.md)."""
+    lab = no_periodic_lab
+    before = pair.checkpoint_count(lab, "primary")
+    client = Client(lab)
+    try:
+        client.wait_more(10)
+        assert pair.checkpoint_count(lab, "primary") == before  # the offset is not zero
+        pair.kill_vm(lab, "primary")
+        pair.wait_state(lab, "secondary", "ALONE", 30)
+        client.wait_more(10)
+        # Re-protection: the secondary host's proxy restarts as primary, the primary
+        # host's as secondary.
+        pair.wait_state(lab, "secondary", "PROTECTED", 90)
+        pair.wait_state(lab, "primary", "PROTECTED", 30)
+        client.wait_more(20)
+        carried = pair.proxy_status(lab, "secondary")
+    finally:
+        summary = client.finish()
+    assert client.errors() == []
+    assert summary["errors"] == 0 and summary["connections"] == 1
+    dp = carried["datapath"]
+    assert carried["carried_flows"] >= 1 and dp["ack_rewrites"] > 0 and dp["seq_rewrites"] > 0
+
+
+@pytest.fixture
 def slow_lab() -> Iterator[Lab]:
     # A long minimum interval makes the rate limit observable.
     yield from _lab("rate", "[timing]\ncheckpoint_min_interval = 1.5\n")

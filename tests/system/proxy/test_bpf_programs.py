@@ -343,3 +343,52 @@ def test_both_sides_learned_at_once_on_two_cpus_always_pair(sec: Any) -> None:
     assert unpaired == [], f"{len(unpaired)} of {n} flows lost a side (have bits {unpaired[:8]})"
     assert {(int(v.offset), int(v.ts_offset)) for v in values} == {
         ((SVM_ISN - PVM_ISN) % 2**32, SVM_TS - PVM_TS)}
+
+
+@pytest.fixture(scope="module")
+def primary_bpf() -> Iterator[Any]:
+    bpf = datapath.load("primary", fwd_ifindex=1, tap_ifindex=1, vm_mac=VM_MAC)
+    try:
+        yield bpf
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture
+def uplink(primary_bpf: Any) -> datapath.Datapath:
+    """The primary's datapath with an uplink, its programs loaded but attached nowhere."""
+    primary_bpf["carried"].clear()
+    dp = datapath.Datapath("primary", tap="tapP", fwd="fwd0", vm_mac=VM_MAC, uplink="lan0")
+    dp._bpf = primary_bpf
+    return dp
+
+
+def test_flows_carried_over_a_role_swap_are_moved_at_the_uplink(
+        uplink: datapath.Datapath, flow: Flow) -> None:
+    # This host's VM was the SVM: the flow runs in its spaces, the client in the old PVM's.
+    carried = datapath.Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN,
+                              (SVM_ISN - PVM_ISN) % 2**32, True, SVM_TS - PVM_TS)
+    assert uplink.carry([carried]) == 1 and uplink.carried() == 1
+    bpf = uplink._bpf
+    sack = b"\x01\x01" + struct.pack("!BBII", 5, 10, PVM_ISN + 1001, PVM_ISN + 2001)
+    rc, out = _run(bpf, "colo_up_in", flow.from_client(
+        CLIENT_ISN + 9, PVM_ISN + 500, ACK, _ts(CLIENT_TS + 9, PVM_TS + 40) + sack))
+    got = Tcp(out)
+    assert rc == TC_ACT_OK and got.csum_ok
+    assert (got.ack, got.tsecr, got.seq) == (SVM_ISN + 500, SVM_TS + 40, CLIENT_ISN + 9)
+    assert got.sack == [(SVM_ISN + 1001, SVM_ISN + 2001)]
+    rc, out = _run(bpf, "colo_up_eg", flow.from_svm(
+        SVM_ISN + 500, CLIENT_ISN + 9, ACK | PSH, _ts(SVM_TS + 41, CLIENT_TS + 9), b"ok\n"))
+    got = Tcp(out)
+    assert rc == TC_ACT_OK and got.csum_ok
+    assert (got.seq, got.tsval, got.tsecr) == (PVM_ISN + 500, PVM_TS + 41, CLIENT_TS + 9)
+    counters = _counters(bpf)
+    assert counters["ack_rewrites"] >= 1 and counters["seq_rewrites"] >= 1
+    # Other flows pass untouched; a SYN on the carried addresses is a new connection.
+    other = _frame(flow.client, 40009, flow.vm, 80, CLIENT_ISN, PVM_ISN, ACK, from_vm=False)
+    assert _run(bpf, "colo_up_in", other)[1] == other
+    syn = _frame(flow.client, 40000, flow.vm, 80, 5, 0, SYN, _syn_opts(CLIENT_TS, 0),
+                 from_vm=False)
+    assert _run(bpf, "colo_up_in", syn)[1] == syn and uplink.carried() == 0
+    ack = flow.from_client(6, PVM_ISN + 1, ACK, b"")
+    assert _run(bpf, "colo_up_in", ack)[1] == ack

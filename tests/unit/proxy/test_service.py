@@ -166,6 +166,9 @@ class FakeDatapath:
     def counters(self) -> dict[str, int]:
         return {"ack_rewrites": 3}
 
+    def carried(self) -> int:
+        return 0
+
     def offsets(self) -> list[Any]:
         return []
 
