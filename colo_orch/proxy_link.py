@@ -71,10 +71,11 @@ class ProxyLink:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(self.path)
             except OSError as exc:
+                sock.close()
                 self.connected = False
                 self.last_error = f"cannot connect to {self.path}: {exc.strerror}"
                 self._stop.wait(0.5)
@@ -88,8 +89,14 @@ class ProxyLink:
             # the secondary's mirror was not in place: the SVM missed the first client
             # packets (a 'timeout' checkpoint in CI).
             decoder = LineDecoder()
-            sock.sendall(encode({"type": "hello", "who": "colo-orch"}))
-            while not self._stop.is_set():
+            try:
+                sock.sendall(encode({"type": "hello", "who": "colo-orch"}))
+            except OSError as exc:  # a proxy that was just stopping: connect again
+                self.last_error = f"hello to {self.path}: {exc.strerror}"
+                data = b""
+            else:
+                data = b"-"
+            while data and not self._stop.is_set():
                 try:
                     data = sock.recv(65536)
                 except OSError:
@@ -111,3 +118,4 @@ class ProxyLink:
                 self._sock = None
             self.connected = False
             sock.close()
+            self._stop.wait(0.1)  # a proxy on its way out may still accept: do not spin

@@ -47,3 +47,27 @@ def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
     finally:
         link.stop()
         srv.close()
+
+
+def test_a_proxy_that_hangs_up_at_once_is_retried(tmp_path: Path) -> None:
+    """A proxy on its way out accepts, then closes: the link connects again. (In CI the
+    close came before the hello was sent, and the BrokenPipeError killed the reader
+    thread; that ordering cannot be forced from here, the retry path can.)"""
+    path = str(tmp_path / "proxy.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(10)  # a link that stopped trying fails the test, not hangs it
+    link = ProxyLink(path, timeout=0.5)
+    link.start()
+    try:
+        for _ in range(3):  # hang up on the first attempts
+            conn, _ = srv.accept()
+            conn.close()
+        conn, _ = srv.accept()
+        assert json.loads(conn.makefile("rb").readline())["type"] == "hello"
+        conn.sendall(b'{"type": "hello", "role": "primary", "mode": "protected"}\n')
+        assert _until(lambda: link.connected)
+    finally:
+        link.stop()
+        srv.close()
