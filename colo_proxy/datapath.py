@@ -120,7 +120,7 @@ class Datapath:
         # A crashed predecessor may have left filters: replace them, never stack on them.
         cleanup(ifnames=list(names.values()), ipr=ipr)
         for prog, which, parent in hooks:
-            fn = self._bpf.load_func(prog, self._bpf.SCHED_CLS)
+            fn = self._bpf.load_func(prog.encode(), self._bpf.SCHED_CLS)
             _ensure_clsact(ipr, idx[which])
             ipr.tc("add-filter", "bpf", idx[which], ":1", fd=fn.fd, name=prog,
                    parent=parent, classid=1, direct_action=True, prio=PRIO)
@@ -138,23 +138,23 @@ class Datapath:
 
     # Maps ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         out = {}
         for i, name in enumerate(COUNTERS):
             out[name] = int(sum(table[ctypes.c_int(i)]))
         return out
 
     def set_mode(self, mode: int) -> None:
-        self._bpf["mode"][ctypes.c_int(0)] = ctypes.c_uint32(mode)
+        self._bpf[b"mode"][ctypes.c_int(0)] = ctypes.c_uint32(mode)
 
     def mode(self) -> int:
-        return int(self._bpf["mode"][ctypes.c_int(0)].value)
+        return int(self._bpf[b"mode"][ctypes.c_int(0)].value)
 
     def reset_offsets(self) -> int:
         """Forget every offset (after a checkpoint the SVM has the PVM's TCP state)."""
         if self.role != "secondary":
             return 0
-        table = self._bpf["offsets"]
+        table = self._bpf[b"offsets"]
         n = len(list(table.keys()))
         table.clear()
         return n
@@ -164,7 +164,7 @@ class Datapath:
         as secondary here before the role swap) at the host's edge. Returns how many."""
         if not self.uplink:
             return 0
-        table = self._bpf["carried"]
+        table = self._bpf[b"carried"]
         n = 0
         for o in offsets:
             if not o.complete or not (o.offset or o.ts_offset):
@@ -182,13 +182,13 @@ class Datapath:
 
     def carried(self) -> int:
         """How many carried flows are still rewritten (a SYN on their addresses ends one)."""
-        return len(list(self._bpf["carried"].keys())) if self.uplink else 0
+        return len(list(self._bpf[b"carried"].keys())) if self.uplink else 0
 
     def offsets(self) -> list[Offset]:
         if self.role != "secondary":
             return []
         out = []
-        for k, v in self._bpf["offsets"].items():
+        for k, v in self._bpf[b"offsets"].items():
             ts = v.ts_offset if v.have & 3 == 3 and v.ts_have & 3 == 3 else None
             out.append(Offset(_ip(k.vm_ip), _port(k.vm_port), _ip(k.peer_ip), _port(k.peer_port),
                               v.pvm_isn, v.svm_isn, v.offset, v.have & 3 == 3, ts))
@@ -201,7 +201,8 @@ def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str) -> Any:
 
     cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={fwd_ifindex}", f"-DTAP_IFINDEX={tap_ifindex}",
               f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL"]
-    return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c"), cflags=cflags)
+    # bcc wants bytes for file, table and function names (str is deprecated).
+    return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c").encode(), cflags=cflags)
 
 
 def _ip(raw: Any) -> str:

@@ -179,13 +179,13 @@ def secondary() -> Iterator[Any]:
 
 @pytest.fixture
 def sec(secondary: Any) -> Any:
-    secondary["offsets"].clear()
-    secondary["mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PROTECTED)
+    secondary[b"offsets"].clear()
+    secondary[b"mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PROTECTED)
     return secondary
 
 
 def _counters(bpf: Any) -> dict[str, int]:
-    table = bpf["counters"]
+    table = bpf[b"counters"]
     return {name: int(sum(table[ctypes.c_int(i)])) for i, name in enumerate(datapath.COUNTERS)}
 
 
@@ -207,7 +207,7 @@ def test_handshake_ack_echoes_the_svms_synack_timestamp(sec: Any, flow: Flow) ->
     after = _counters(sec)
     assert after["tsecr_rewrites"] - before["tsecr_rewrites"] == 1
     assert after["ack_rewrites"] - before["ack_rewrites"] == 1
-    offsets = [(v.offset, v.ts_offset, v.ts_have) for v in sec["offsets"].values()]
+    offsets = [(v.offset, v.ts_offset, v.ts_have) for v in sec[b"offsets"].values()]
     assert offsets == [(SVM_ISN - PVM_ISN, SVM_TS - PVM_TS, 3)]
 
 
@@ -244,13 +244,13 @@ def test_without_timestamps_only_sequence_numbers_move(sec: Any, flow: Flow) -> 
     _run(sec, "colo_fwd_in", flow.from_svm(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, opts))
     got = _svm_sees(sec, flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, b""))
     assert got.ack == SVM_ISN + 1 and got.tsecr is None and got.csum_ok
-    assert [v.ts_have for v in sec["offsets"].values()] == [0]
+    assert [v.ts_have for v in sec[b"offsets"].values()] == [0]
 
 
 def test_after_failover_svm_output_is_in_the_pvms_spaces(sec: Any, flow: Flow) -> None:
     _run(sec, "colo_tap_in", flow.svm_synack())
     _run(sec, "colo_fwd_in", flow.pvm_synack())
-    sec["mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PASSTHROUGH)
+    sec[b"mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PASSTHROUGH)
     before = _counters(sec)
     rc, out = _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN + 1, CLIENT_ISN + 64, ACK | PSH,
                                                      _ts(SVM_TS + 40, CLIENT_TS + 9), b"ok\n"))
@@ -276,7 +276,7 @@ def test_ipv4_and_ipv6_flows_with_the_same_ports_keep_their_own_offsets(sec: Any
     assert got.ack == SVM_ISN + 501 and got.csum_ok
     # The listing's decoding of the keys: IPv4 stored v4-mapped, shown dotted.
     listed = sorted((datapath._ip(k.vm_ip), datapath._port(k.vm_port), datapath._ip(k.peer_ip),
-                     datapath._port(k.peer_port), v.offset) for k, v in sec["offsets"].items())
+                     datapath._port(k.peer_port), v.offset) for k, v in sec[b"offsets"].items())
     assert listed == [(VM, 80, CLIENT, 40000, SVM_ISN - PVM_ISN),
                       (VM6, 80, CLIENT6, 40000, SVM_ISN + 500 - PVM_ISN - 7)]
 
@@ -337,7 +337,7 @@ def test_both_sides_learned_at_once_on_two_cpus_always_pair(sec: Any) -> None:
     for th in threads:
         th.join(timeout=120)
     assert not errors and not any(th.is_alive() for th in threads), errors
-    values = list(sec["offsets"].values())
+    values = list(sec[b"offsets"].values())
     assert len(values) == n
     unpaired = [int(v.have) for v in values if not v.have & 4]
     assert unpaired == [], f"{len(unpaired)} of {n} flows lost a side (have bits {unpaired[:8]})"
@@ -357,7 +357,7 @@ def primary_bpf() -> Iterator[Any]:
 @pytest.fixture
 def uplink(primary_bpf: Any) -> datapath.Datapath:
     """The primary's datapath with an uplink, its programs loaded but attached nowhere."""
-    primary_bpf["carried"].clear()
+    primary_bpf[b"carried"].clear()
     dp = datapath.Datapath("primary", tap="tapP", fwd="fwd0", vm_mac=VM_MAC, uplink="lan0")
     dp._bpf = primary_bpf
     return dp
