@@ -36,7 +36,7 @@ COUNTERS = (
     "svm_out_packets", "svm_out_bytes", "fwd_in_packets", "fwd_in_bytes",
     "tap_out_packets", "tap_out_bytes", "redirect_failures",
     "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
-    "non_ip", "tsecr_rewrites", "tsval_rewrites", "ip6_ext_headers",
+    "non_ip", "tsecr_rewrites", "tsval_rewrites", "ip6_ext_headers", "svm_solicits",
 )
 MODE_PROTECTED = 0
 MODE_PASSTHROUGH = 1
@@ -116,7 +116,7 @@ class Datapath:
             hooks += UPLINK_HOOKS
         idx = {which: _ifindex(ipr, name) for which, name in names.items()}
         self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
-                         vm_mac=self.vm_mac)
+                         vm_mac=self.vm_mac, uplink_ifindex=idx.get("uplink", 0))
         # A crashed predecessor may have left filters: replace them, never stack on them.
         cleanup(ifnames=list(names.values()), ipr=ipr)
         for prog, which, parent in hooks:
@@ -195,12 +195,13 @@ class Datapath:
         return out
 
 
-def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str) -> Any:
+def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str,
+         uplink_ifindex: int = 0) -> Any:
     """Compile and load one host role's programs (a bcc `BPF`); nothing is attached."""
     from bcc import BPF  # imported here: bcc is slow to import and needs root
 
     cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={fwd_ifindex}", f"-DTAP_IFINDEX={tap_ifindex}",
-              f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL"]
+              f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL", f"-DUPLINK_IFINDEX={uplink_ifindex}"]
     # bcc wants bytes for file, table and function names (str is deprecated).
     return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c").encode(), cflags=cflags)
 

@@ -60,10 +60,11 @@ def nstat(ns: str, *keys: str) -> dict[str, int]:
 
 class ProxyPair:
     def __init__(self, lab: Any, run_dir: Path, *, extra: list[str] | None = None,
-                 queue: int = 5) -> None:
+                 queue: int = 5, uplink: str = "lan0") -> None:
         self.lab = lab
         self.run_dir = run_dir
         self.extra = extra or []
+        self.uplink = uplink  # the primary host's port to the LAN (both labs: lan0)
         self.queue = queue
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ class ProxyPair:
             h = self.lab.hosts[r]
             argv = [sys.executable, "-m", "colo_proxy.cli", r, "--tap", h.tap,
                     "--control-socket", self.sock(r), "--queue", str(self.queue),
-                    "--instance", f"t{os.getpid()}", *self.extra]
+                    "--instance", f"t{os.getpid()}", *self.extra,
+                    *(["--uplink", self.uplink] if r == "primary" and self.uplink else [])]
             with open(self.log(r), "ab") as log:
                 self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
                                                  stdout=log, stderr=log, cwd=str(REPO))

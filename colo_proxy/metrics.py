@@ -230,6 +230,9 @@ class ProxyCollector(Collector):
         yield _gauge("colo_proxy_held_bytes", "IP bytes of the PVM packets held now",
                      getattr(cmp, "held_bytes", 0))
         yield _gauge("colo_proxy_flows", "Flows the comparator tracks now", st.get("flows", 0))
+        yield _gauge("colo_proxy_carried_flows",
+                     "Connections carried over a role swap, still rewritten on the uplink",
+                     st.get("carried_flows", 0))
         yield _gauge("colo_proxy_checkpoint_pending",
                      "1 while a requested checkpoint has not been reported done",
                      1 if st.get("checkpoint_pending") else 0)
@@ -302,7 +305,8 @@ class ProxyCollector(Collector):
                   "the SVM's tap)", "kind",
                   [(k, counters.get(f"{k}_failures", 0)) for k in ("clone", "redirect")])
         yield _by("colo_proxy_datapath_rewrites",
-                  "TCP sequence and timestamp rewrites on the secondary host, by field",
+                  "TCP sequence and timestamp rewrites, by field (secondary host; primary "
+                  "host: connections carried over a role swap)",
                   "field", [(f, counters.get(f"{f}_rewrites", 0))
                             for f in ("ack", "sack", "seq", "tsecr", "tsval")])
         yield _by("colo_proxy_datapath_isn_learned",
@@ -315,6 +319,10 @@ class ProxyCollector(Collector):
         yield _counter("colo_proxy_datapath_non_ip_packets",
                        "Frames that are not IP (passed, never compared or rewritten)",
                        counters.get("non_ip", 0))
+        yield _counter("colo_proxy_datapath_svm_solicitations",
+                       "The SVM's ARP requests and IPv6 neighbour solicitations sent on to "
+                       "the LAN by the primary host (it resolves its neighbours itself)",
+                       counters.get("svm_solicits", 0))
         yield _counter("colo_proxy_datapath_ipv6_ext_header_packets",
                        "IPv6 TCP segments behind extension headers on the secondary host "
                        "(passed, never sequence-rewritten)",

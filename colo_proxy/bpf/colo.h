@@ -25,6 +25,8 @@ enum colo_counter {
 	C_TSECR_REWRITES,  /* timestamp echo += ts offset toward the SVM (same) */
 	C_TSVAL_REWRITES,  /* timestamp value -= ts offset from the SVM (same) */
 	C_IP6_EXT,         /* secondary: IPv6 TCP behind extension headers (passed unrewritten) */
+	C_SVM_SOLICITS,    /* primary: the SVM's ARP requests and neighbour solicitations sent on
+			    * to the LAN (uplink) */
 	C_MAX,
 };
 

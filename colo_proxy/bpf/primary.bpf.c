@@ -1,13 +1,22 @@
 /* Primary host: mirror the PVM's input onto the forward link, take the SVM's output off it.
  *
- * -DFWD_IFINDEX=n (forward link), -DVM_MAC=0x525400c01001 (the VMs' shared MAC).
+ * -DFWD_IFINDEX=n (forward link), -DVM_MAC=0x525400c01001 (the VMs' shared MAC),
+ * -DUPLINK_IFINDEX=n (the host's port toward the clients; 0: none).
  * colo_mirror:  tc egress of the PVM's tap: every frame the bridge delivers to the PVM is
  *               cloned onto the forward link (the secondary redirects it into the SVM).
  * colo_pvm_out: tc ingress of the PVM's tap: copies of the PVM's SYN and SYN-ACK segments
  *               go to the secondary too (IPv4 and IPv6), which learns the PVM's ISN from them.
  * colo_svm_in:  tc ingress of the forward link: the SVM's output, already copied to the
  *               comparator's packet socket (taps run before tc), is dropped here so that
- *               it never reaches a stack or the LAN.
+ *               it never reaches a stack or the LAN. Except, with an uplink
+ *               (-DUPLINK_IFINDEX=n), a copy of the SVM's own ARP requests and IPv6
+ *               neighbour solicitations goes out to the LAN: the SVM resolves its
+ *               neighbours itself, and the answers come back to it through the mirror
+ *               (they are addressed to the MAC both VMs share). Without this the SVM
+ *               heard an answer only when it happened to come while its own request was
+ *               pending (the answer to the PVM's), fell behind and caused a "timeout"
+ *               checkpoint. A request changes no state in a client that a PVM's identical
+ *               request would not.
  * colo_up_in, colo_up_eg: tc ingress and egress of the host's uplink (optional). Flows
  *               carried over a role swap: this host's VM was the SVM, and connections it
  *               opened after the last checkpoint before the failover run in its own
@@ -85,10 +94,36 @@ int colo_pvm_out(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* An ARP request, or an ICMPv6 neighbour solicitation right behind the fixed IPv6 header,
+ * sent by the VMs' MAC. */
+static __always_inline int vm_solicits(struct __sk_buff *skb)
+{
+	struct ethhdr eth;
+	u16 op;
+	u8 nh, type;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || !colo_mac_is_vm(eth.h_source))
+		return 0;
+	if (eth.h_proto == bpf_htons(ETH_P_ARP))  /* oper: 6 bytes into the ARP header */
+		return bpf_skb_load_bytes(skb, ETH_HLEN + 6, &op, 2) == 0 && op == bpf_htons(1);
+	if (eth.h_proto != bpf_htons(COLO_ETH_P_IPV6) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 || nh != 58)  /* ICMPv6 */
+		return 0;
+	return bpf_skb_load_bytes(skb, ETH_HLEN + COLO_IP6_HLEN, &type, 1) == 0 && type == 135;
+}
+
 int colo_svm_in(struct __sk_buff *skb)
 {
 	count(C_SVM_OUT_PKTS, 1);
 	count(C_SVM_OUT_BYTES, skb->len);
+#if UPLINK_IFINDEX
+	if (vm_solicits(skb)) {
+		if (bpf_clone_redirect(skb, UPLINK_IFINDEX, 0) == 0)
+			count(C_SVM_SOLICITS, 1);
+		else
+			count(C_CLONE_FAIL, 1);
+	}
+#endif
 	return TC_ACT_SHOT;
 }
 

@@ -347,7 +347,9 @@ def test_both_sides_learned_at_once_on_two_cpus_always_pair(sec: Any) -> None:
 
 @pytest.fixture(scope="module")
 def primary_bpf() -> Iterator[Any]:
-    bpf = datapath.load("primary", fwd_ifindex=1, tap_ifindex=1, vm_mac=VM_MAC)
+    # Uplink: lo (the SVM's solicitations are cloned there, into this test's namespace).
+    bpf = datapath.load("primary", fwd_ifindex=1, tap_ifindex=1, vm_mac=VM_MAC,
+                        uplink_ifindex=socket.if_nametoindex("lo"))
     try:
         yield bpf
     finally:
@@ -392,3 +394,31 @@ def test_flows_carried_over_a_role_swap_are_moved_at_the_uplink(
     assert _run(bpf, "colo_up_in", syn)[1] == syn and uplink.carried() == 0
     ack = flow.from_client(6, PVM_ISN + 1, ACK, b"")
     assert _run(bpf, "colo_up_in", ack)[1] == ack
+
+
+def _arp(op: int, src_mac: bytes) -> bytes:
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, src_mac, socket.inet_aton(VM),
+                      b"\0" * 6, socket.inet_aton(CLIENT))
+    return b"\xff" * 6 + src_mac + b"\x08\x06" + arp
+
+
+def _ns6(src_mac: bytes, icmp_type: int = 135) -> bytes:
+    icmp = struct.pack("!BBHI16s", icmp_type, 0, 0, 0, socket.inet_pton(socket.AF_INET6, CLIENT6))
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), 58, 255,
+                      socket.inet_pton(socket.AF_INET6, VM6),
+                      socket.inet_pton(socket.AF_INET6, "ff02::1:ff00:100"))
+    return bytes.fromhex("3333ff000100") + src_mac + b"\x86\xdd" + ip6 + icmp
+
+
+def test_the_svms_neighbour_solicitations_go_out_to_the_lan(primary_bpf: Any) -> None:
+    """Everything the SVM sends is dropped on the primary after the comparator's copy, but
+    its ARP requests and neighbour solicitations also go on to the LAN (uplink)."""
+    vm = bytes.fromhex(VM_MAC.replace(":", ""))
+    before = _counters(primary_bpf)["svm_solicits"]
+    for frame in (_arp(1, vm), _ns6(vm)):
+        assert _run(primary_bpf, "colo_svm_in", frame)[0] == TC_ACT_SHOT
+    assert _counters(primary_bpf)["svm_solicits"] == before + 2
+    # Not these: an ARP reply, a neighbour advertisement, another MAC's request, TCP.
+    for frame in (_arp(2, vm), _ns6(vm, 136), _arp(1, CLIENT_MAC), Flow("ipv4").svm_synack()):
+        assert _run(primary_bpf, "colo_svm_in", frame)[0] == TC_ACT_SHOT
+    assert _counters(primary_bpf)["svm_solicits"] == before + 2

@@ -76,6 +76,25 @@ def test_ipv6_connections_need_no_checkpoint(standin: Standin, pair: ProxyPair) 
     assert svm_tcp.get("TcpExtTSEcrRejected", 0) == 0, svm_tcp
 
 
+def test_the_svm_resolves_its_neighbours_itself(standin: Standin, pair: ProxyPair) -> None:
+    """The SVM forgot the client's MAC while the PVM and the client still know each other:
+    only the SVM asks (ARP, and IPv6 neighbour solicitation), and only the primary host's
+    uplink can carry its question to the client."""
+    warm = _load(standin, "check", "--conns", "2", "--requests", "20")
+    warm6 = _load(standin, "check", "--host", VM_IP6, "--conns", "2", "--requests", "20")
+    assert warm["errors"] == [] and warm6["errors"] == []
+    in_ns(standin.vm_ns["secondary"], ["ip", "neigh", "flush", "all"])
+    before = pair.status("primary")["datapath"]["svm_solicits"]
+    res = _load(standin, "check", "--conns", "4", "--requests", "100")
+    res6 = _load(standin, "check", "--host", VM_IP6, "--conns", "4", "--requests", "100")
+    pri = pair.status("primary")
+    assert res["errors"] == [] and res6["errors"] == [], json.dumps([res, res6, pri])
+    # Without the uplink copy the SVM's answers waited for a neighbour entry that never
+    # came, and each connection's first reply timed out into a checkpoint.
+    assert pri["checkpoint_requests"] == {}, pri["checkpoint_requests"]
+    assert pri["datapath"]["svm_solicits"] >= before + 2
+
+
 def test_nondeterministic_reply_is_held_until_checkpoint(standin: Standin, pair: ProxyPair) -> None:
     orch = Orchestrator(pair.sock("primary"))
     try:
@@ -155,7 +174,8 @@ def test_sigkill_holds_traffic_restart_takes_over_cleanup_leaves_nothing(
     standin: Standin, pair: ProxyPair
 ) -> None:
     ids = pair.prog_ids()
-    assert len(ids) == 6 and all(prog_exists(i) for i in ids)
+    # 3 per host, and the primary's 2 on its uplink (lan0).
+    assert len(ids) == 8 and all(prog_exists(i) for i in ids)
     pair.kill("primary")
     pair.kill("secondary")
     # Fail-closed (the default): with the proxy dead the PVM's output is held.
