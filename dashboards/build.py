@@ -124,7 +124,7 @@ DATAPATH = [
     Panel("Redirect failures",
           [(f"sum by (kind) (rate(colo_proxy_datapath_failures_total{PH}[{RI}]))",
             "{{kind}}")], unit="ops", width=8),
-    Panel("Sequence rewrites (secondary)",
+    Panel("Sequence rewrites (secondary; primary: carried flows)",
           [(f"sum by (field) (rate(colo_proxy_datapath_rewrites_total{PH}[{RI}]))",
             "{{field}}"),
            (f"sum by (side) (rate(colo_proxy_datapath_isn_learned_total{PH}[{RI}]))",
@@ -137,6 +137,13 @@ DATAPATH = [
             "IPv6 TCP behind extension headers")], unit="pps", width=8,
           description="IPv6 TCP behind extension headers passes the secondary's sequence "
                       "rewriter unchanged: such flows diverge if the SVM's ISN differs"),
+    Panel("Role swap and SVM neighbours",
+          [(f"sum by (host) (colo_proxy_carried_flows{PH})", "carried flows {{host}}"),
+           (f"sum(rate(colo_proxy_datapath_svm_solicitations_total{PH}[{RI}]))",
+            "SVM ARP/ND sent on")], width=8,
+          description="Connections carried over the last role swap and still rewritten "
+                      "on the new primary's uplink; the SVM's own ARP requests and "
+                      "neighbour solicitations the primary sent on to the LAN"),
     Panel("NFQUEUE drops and overflows",
           [(f"sum by (reason) (rate(colo_proxy_nfqueue_dropped_packets_total{PH}[{RI}]))",
             "dropped {{reason}}"),
