@@ -37,6 +37,7 @@ COUNTERS = (
     "tap_out_packets", "tap_out_bytes", "redirect_failures",
     "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
     "non_ip", "tsecr_rewrites", "tsval_rewrites", "ip6_ext_headers", "svm_solicits",
+    "carry_learned",
 )
 MODE_PROTECTED = 0
 MODE_PASSTHROUGH = 1
@@ -181,14 +182,21 @@ class Datapath:
         return n
 
     def carried(self) -> int:
-        """How many carried flows are still rewritten (a SYN on their addresses ends one)."""
-        return len(list(self._bpf[b"carried"].keys())) if self.uplink else 0
+        """How many carried flows are still rewritten (a SYN on their addresses ends one):
+        on a primary with an uplink, or announced to a secondary by its primary."""
+        if self.role == "primary" and not self.uplink:
+            return 0
+        return len(list(self._bpf[b"carried"].keys()))
+
+    def carried_offsets(self) -> list[Offset]:
+        return self._read(b"carried") if self.role == "secondary" or self.uplink else []
 
     def offsets(self) -> list[Offset]:
-        if self.role != "secondary":
-            return []
+        return self._read(b"offsets") if self.role == "secondary" else []
+
+    def _read(self, table: bytes) -> list[Offset]:
         out = []
-        for k, v in self._bpf[b"offsets"].items():
+        for k, v in self._bpf[table].items():
             ts = v.ts_offset if v.have & 3 == 3 and v.ts_have & 3 == 3 else None
             out.append(Offset(_ip(k.vm_ip), _port(k.vm_port), _ip(k.peer_ip), _port(k.peer_port),
                               v.pvm_isn, v.svm_isn, v.offset, v.have & 3 == 3, ts))

@@ -11,9 +11,11 @@ a checkpoint or a resume of protection makes it void (the VMs share one space ag
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ from colo_proxy.datapath import Offset
 
 log = logging.getLogger("colo-proxy")
 VERSION = 1
+# struct colo_carry_msg in bpf/colo.h: the primary repeats one per carried flow on the
+# forward link, so that the secondary keeps the flows going after the next failover too.
+ETH_P_CARRY = 0x88B5
+CARRY_MAGIC = 0x434F4C4F  # "COLO"
+ANNOUNCE_EVERY = 2.0  # seconds; a secondary that (re)starts hears them within this
+_MSG = struct.Struct("!II16s16sHHIII")
 
 
 def path_for(control_socket: str | Path) -> Path:
@@ -69,3 +77,14 @@ def discard(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _ip16(ip: str) -> bytes:
+    addr = ipaddress.ip_address(ip)
+    return (ipaddress.IPv6Address(f"::ffff:{addr}") if addr.version == 4 else addr).packed
+
+
+def announcement(o: Offset) -> bytes:
+    """The payload (after the Ethernet header) announcing one carried flow."""
+    return _MSG.pack(CARRY_MAGIC, 1, _ip16(o.vm_ip), _ip16(o.peer_ip), o.vm_port, o.peer_port,
+                     o.offset % 2**32, (o.ts_offset or 0) % 2**32, int(o.ts_offset is not None))

@@ -231,7 +231,8 @@ class ProxyCollector(Collector):
                      getattr(cmp, "held_bytes", 0))
         yield _gauge("colo_proxy_flows", "Flows the comparator tracks now", st.get("flows", 0))
         yield _gauge("colo_proxy_carried_flows",
-                     "Connections carried over a role swap, still rewritten on the uplink",
+                     "Connections carried over a role swap, still shifted (primary: on its "
+                     "uplink; secondary: after its next failover)",
                      st.get("carried_flows", 0))
         yield _gauge("colo_proxy_checkpoint_pending",
                      "1 while a requested checkpoint has not been reported done",
@@ -323,6 +324,10 @@ class ProxyCollector(Collector):
                        "The SVM's ARP requests and IPv6 neighbour solicitations sent on to "
                        "the LAN by the primary host (it resolves its neighbours itself)",
                        counters.get("svm_solicits", 0))
+        yield _counter("colo_proxy_datapath_carry_announcements",
+                       "Carried-flow announcements a secondary took from its primary "
+                       "(flows it keeps shifted through the next failover)",
+                       counters.get("carry_learned", 0))
         yield _counter("colo_proxy_datapath_ipv6_ext_header_packets",
                        "IPv6 TCP segments behind extension headers on the secondary host "
                        "(passed, never sequence-rewritten)",

@@ -38,11 +38,16 @@ class PacketSocket:
             except PermissionError:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self._sock.bind((ifname, ETH_P_ALL))
+            self._ifname = ifname
             self._sock.setblocking(False)
         except BaseException:
             self._sock.close()
             raise
         self.drops = 0  # frames the kernel dropped because our receive buffer was full
+
+    def send(self, ethertype: int, payload: bytes, dst: bytes = b"\xff" * 6) -> None:
+        """One frame out on the link (the kernel adds the link's source MAC)."""
+        self._sock.sendto(payload, (self._ifname, ethertype, 0, 0, dst))
 
     def fileno(self) -> int:
         return self._sock.fileno()

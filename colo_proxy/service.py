@@ -331,6 +331,7 @@ class SecondaryProxy:
                     "checkpoints_done": self.checkpoints,
                     "offsets": len(offs := self.datapath.offsets()),
                     "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
+                    "carried_flows": self.datapath.carried(),
                     "datapath": self.datapath.counters()}
         if kind == "checkpoint_started":
             pass
@@ -347,7 +348,9 @@ class SecondaryProxy:
             if kind == "failover" and self.handover is not None:
                 # From now on no flow is learned: these are all the flows in the VM's own
                 # spaces, for the primary-role proxy after the role swap.
-                n = write_handover(self.handover, self.datapath.offsets())
+                # With the flows an earlier role swap carried, which go on as they are.
+                n = write_handover(self.handover, self.datapath.offsets()
+                                   + self.datapath.carried_offsets())
                 log.info("%d connection offset(s) written to %s for the role swap", n,
                          self.handover)
         elif kind == "resume":

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,7 @@ def run_primary(s: ProxySettings) -> None:
             _carry_over(s, dp)
             # Bind the queue before the rule exists, so no packet is ever queued to nobody.
             netfilter.install(s.tap, s.queue, s.instance, bypass=s.on_crash == "open")
+            announcer = _Announcer(dp, svm) if s.uplink else None
             try:
                 proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp)
                 stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
@@ -116,6 +118,8 @@ def run_primary(s: ProxySettings) -> None:
                 finally:
                     stop_metrics()
             finally:
+                if announcer is not None:
+                    announcer.stop()
                 netfilter.remove(s.instance)
                 svm.close()
     finally:
@@ -134,6 +138,31 @@ def _carry_over(s: ProxySettings, dp: Any) -> None:
         return
     log.info("carried %d connection(s) over the role swap: rewritten on %s",
              dp.carry(offsets), s.uplink)
+
+
+class _Announcer:
+    """Repeats the carried flows to the secondary (colo_proxy.handover.announcement) while
+    there are any, so that a failover of this primary does not break them either."""
+
+    def __init__(self, dp: Any, link: Any) -> None:
+        self.dp, self.link = dp, link
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="carry-announcer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                for o in self.dp.carried_offsets():
+                    self.link.send(handover.ETH_P_CARRY, handover.announcement(o))
+            except OSError as exc:  # a full device queue: the next round repeats them
+                log.debug("carried-flow announcement: %s", exc)
+            if self._stop.wait(handover.ANNOUNCE_EVERY):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def run_secondary(s: ProxySettings) -> None:

@@ -27,6 +27,7 @@ enum colo_counter {
 	C_IP6_EXT,         /* secondary: IPv6 TCP behind extension headers (passed unrewritten) */
 	C_SVM_SOLICITS,    /* primary: the SVM's ARP requests and neighbour solicitations sent on
 			    * to the LAN (uplink) */
+	C_CARRY_LEARNED,   /* secondary: carried-flow announcements taken from the primary */
 	C_MAX,
 };
 
@@ -59,6 +60,20 @@ struct colo_offset {
 	__u32 pvm_tsval;
 	__u32 svm_tsval;
 	__u32 ts_offset;
+};
+
+/* A flow carried over a role swap, announced by the primary proxy on the forward link so
+ * that the secondary can keep it going after the next failover too. Ethertype 0x88B5
+ * (IEEE 802 local experimental); the numbers after the key in network byte order. */
+#define COLO_ETH_P_CARRY 0x88B5
+#define COLO_CARRY_MAGIC 0x434f4c4fU  /* "COLO" */
+struct colo_carry_msg {
+	__u32 magic;
+	__u32 version;  /* 1 */
+	struct colo_flow key;
+	__u32 offset;
+	__u32 ts_offset;
+	__u32 ts_valid;
 };
 
 /* mode[0]: 0 protected (mirror/steer), 1 pass-through (failover: no mirror; secondary

@@ -3,7 +3,8 @@
  *
  * -DFWD_IFINDEX=n, -DTAP_IFINDEX=n (the SVM's tap), -DVM_MAC=0x....
  * colo_fwd_in: tc ingress of the forward link. A PVM SYN/SYN-ACK copy (source MAC = the
- *              VM's) only teaches the PVM's ISN and is dropped; everything else (the
+ *              VM's) only teaches the PVM's ISN and is dropped; so is a carried-flow
+ *              announcement (ethertype 0x88B5, into `carried`); everything else (the
  *              clients' packets) is redirected to the SVM's tap.
  * colo_tap_eg: tc egress of the SVM's tap, whatever the path (forward link while protected,
  *              the bridge after failover): ack += offset, SACK edges += offset and the
@@ -33,6 +34,11 @@
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 BPF_ARRAY(mode, u32, 1);
 BPF_TABLE("lru_hash", struct colo_flow, struct colo_offset, offsets, 65536);
+/* Flows the primary carries over a role swap (announced on the forward link): the VM runs
+ * them in its own spaces, shifted from the clients' by these offsets. While protected the
+ * primary's uplink shifts them, so the mirror already brings them in the VM's spaces;
+ * after a failover this host's tap does, like `offsets`. Checkpoints do not reset them. */
+BPF_TABLE("lru_hash", struct colo_flow, struct colo_offset, carried, 65536);
 
 static __always_inline void count(int idx, u64 n)
 {
@@ -132,10 +138,32 @@ static __always_inline int paired(const struct colo_offset *o)
 	return o && (o->have & COLO_PAIRED);
 }
 
+/* A carried-flow announcement from the primary proxy into `carried`. */
+static __always_inline void learn_carried(struct __sk_buff *skb)
+{
+	struct colo_carry_msg m;
+	struct colo_offset o = {};
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &m, sizeof(m)) < 0 ||
+	    m.magic != bpf_htonl(COLO_CARRY_MAGIC) || m.version != bpf_htonl(1))
+		return;
+	o.have = COLO_HAVE_BOTH | COLO_PAIRED;
+	o.offset = bpf_ntohl(m.offset);
+	o.ts_offset = bpf_ntohl(m.ts_offset);
+	o.ts_have = m.ts_valid ? COLO_HAVE_BOTH : 0;
+	carried.update(&m.key, &o);
+	count(C_CARRY_LEARNED, 1);
+}
+
 int colo_fwd_in(struct __sk_buff *skb)
 {
 	struct colo_pkt p = {};
 	int r = colo_parse(skb, &p);
+
+	if (p.eth.h_proto == bpf_htons(COLO_ETH_P_CARRY)) {
+		learn_carried(skb);
+		return TC_ACT_SHOT;
+	}
 
 	if (r == COLO_PARSE_TCP && colo_mac_is_vm(p.eth.h_source)) {
 		if ((p.flags & TCPF_SYN) && protected())
@@ -163,9 +191,22 @@ int colo_tap_eg(struct __sk_buff *skb)
 
 	if (r == COLO_PARSE_IP6_EXT)
 		count(C_IP6_EXT, 1);
-	if (r != COLO_PARSE_TCP || !(p.flags & TCPF_ACK))
+	if (r != COLO_PARSE_TCP)
 		return TC_ACT_OK;
 	key_in(&k, &p);
+	if (!(p.flags & TCPF_ACK)) {
+		if (p.flags & TCPF_SYN)
+			carried.delete(&k);  /* the addresses start a new connection */
+		return TC_ACT_OK;
+	}
+	if (!protected()) {
+		o = carried.lookup(&k);
+		if (o) {
+			to_vm(skb, &p, o, &n);
+			count_rewrites(&n);
+			return TC_ACT_OK;
+		}
+	}
 	o = offsets.lookup(&k);
 	/* The client's handshake ACK acknowledges PVM ISN + 1 and echoes the PVM's SYN-ACK
 	 * TSval: it teaches both when it overtakes the PVM's SYN-ACK copy (they race on
@@ -210,6 +251,8 @@ int colo_tap_in(struct __sk_buff *skb)
 		 * PVM's ISN is known; rewriting only later segments would make one flow use two
 		 * spaces). After failover the clients see it: then old connections are shifted. */
 		o = prot ? 0 : offsets.lookup(&k);
+		if (!prot && !o)
+			o = carried.lookup(&k);
 		if (paired(o)) {
 			from_vm(skb, &p, o, &n);
 			count_rewrites(&n);

@@ -129,10 +129,11 @@ def no_periodic_lab() -> Iterator[Lab]:
     yield from _lab("swap", "[timing]\ncheckpoint_max_interval = 600\n")
 
 
-def test_connection_opened_since_the_last_checkpoint_survives_the_role_swap(
+def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
         no_periodic_lab: Lab) -> None:
     """The old secondary's offsets go over to the proxy that restarts as primary at the
-    re-protection, which rewrites those flows on the uplink (docs/PROXY.md)."""
+    re-protection, which rewrites those flows on the uplink (docs/PROXY.md), and announces
+    them to the new secondary, which keeps them through the next failover."""
     lab = no_periodic_lab
     before = pair.checkpoint_count(lab, "primary")
     client = Client(lab)
@@ -148,12 +149,19 @@ def test_connection_opened_since_the_last_checkpoint_survives_the_role_swap(
         pair.wait_state(lab, "primary", "PROTECTED", 30)
         client.wait_more(20)
         carried = pair.proxy_status(lab, "secondary")
+        # The second failover, the other way: the primary host's proxy (now secondary)
+        # heard the carried flow from the forward link and shifts it when its VM serves.
+        pair.kill_vm(lab, "secondary")
+        pair.wait_state(lab, "primary", "ALONE", 30)
+        client.wait_more(20)
+        heard = pair.proxy_status(lab, "primary")
     finally:
         summary = client.finish()
     assert client.errors() == []
     assert summary["errors"] == 0 and summary["connections"] == 1
     dp = carried["datapath"]
     assert carried["carried_flows"] >= 1 and dp["ack_rewrites"] > 0 and dp["seq_rewrites"] > 0
+    assert heard["datapath"]["carry_learned"] >= 1, heard
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from colo_lab.lab import VM_MAC
-from colo_proxy import datapath
+from colo_proxy import datapath, handover
 
 pytestmark = pytest.mark.system
 
@@ -422,3 +422,41 @@ def test_the_svms_neighbour_solicitations_go_out_to_the_lan(primary_bpf: Any) ->
     for frame in (_arp(2, vm), _ns6(vm, 136), _arp(1, CLIENT_MAC), Flow("ipv4").svm_synack()):
         assert _run(primary_bpf, "colo_svm_in", frame)[0] == TC_ACT_SHOT
     assert _counters(primary_bpf)["svm_solicits"] == before + 2
+
+
+def test_carried_flows_announced_by_the_primary_survive_the_next_failover(
+        sec: Any, flow: Flow) -> None:
+    """After a role swap the primary repeats its carried flows on the forward link; the
+    secondary keeps them through checkpoints and shifts them once it serves itself."""
+    sec[b"carried"].clear()
+    delta = (SVM_ISN - PVM_ISN) % 2**32
+    carried = datapath.Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN, delta, True,
+                              SVM_TS - PVM_TS)
+    msg = b"\xff" * 6 + CLIENT_MAC + b"\x88\xb5" + handover.announcement(carried)
+    before = _counters(sec)["carry_learned"]
+    assert _run(sec, "colo_fwd_in", msg)[0] == TC_ACT_SHOT
+    assert _counters(sec)["carry_learned"] == before + 1
+    bad = msg[:14] + b"XXXX" + msg[18:]
+    assert _run(sec, "colo_fwd_in", bad)[0] == TC_ACT_SHOT  # not ours: ignored
+    assert _counters(sec)["carry_learned"] == before + 1
+    dp = datapath.Datapath("secondary", tap="tapS", fwd="fwd0", vm_mac=VM_MAC)
+    dp._bpf = sec
+    # (The ISNs do not travel: only the offsets matter from here on.)
+    assert [(o.vm, o.peer, o.offset, o.ts_offset, o.complete) for o in dp.carried_offsets()] \
+        == [(carried.vm, carried.peer, delta, SVM_TS - PVM_TS, True)]
+    assert dp.reset_offsets() == 0 and dp.carried() == 1  # a checkpoint keeps it
+    # Protected: the primary's uplink already moved the mirrored copy into the VM's spaces.
+    mirrored = flow.from_client(CLIENT_ISN + 9, SVM_ISN + 500, ACK, _ts(CLIENT_TS, SVM_TS + 4))
+    assert _run(sec, "colo_tap_eg", mirrored)[1] == mirrored
+    # After a failover this host serves: the clients' segments come in their spaces.
+    sec[b"mode"][ctypes.c_int(0)] = ctypes.c_uint32(datapath.MODE_PASSTHROUGH)
+    got = _svm_sees(sec, flow.from_client(CLIENT_ISN + 9, PVM_ISN + 500, ACK,
+                                          _ts(CLIENT_TS, PVM_TS + 4)))
+    assert (got.ack, got.tsecr) == (SVM_ISN + 500, SVM_TS + 4) and got.csum_ok
+    rc, out = _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN + 500, CLIENT_ISN + 9, ACK | PSH,
+                                                     _ts(SVM_TS + 5, CLIENT_TS), b"ok\n"))
+    got = Tcp(out)
+    assert rc == TC_ACT_OK and (got.seq, got.tsval) == (PVM_ISN + 500, PVM_TS + 5) and got.csum_ok
+    # A SYN on those addresses is a new connection: no longer shifted.
+    _run(sec, "colo_tap_eg", flow.from_client(5, 0, SYN, _syn_opts(CLIENT_TS, 0)))
+    assert dp.carried() == 0

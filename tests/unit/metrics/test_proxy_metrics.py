@@ -189,6 +189,9 @@ def test_secondary_proxy_is_collected_through_its_control_status() -> None:
         def offsets(self) -> list[Any]:
             return []
 
+        def carried(self) -> int:
+            return 0
+
         def counters(self) -> dict[str, int]:
             return {"fwd_in_packets": 7, "ack_rewrites": 3}
 

@@ -44,6 +44,12 @@ class Datapath:
     def offsets(self) -> list[Offset]:
         return [V4, HALF]
 
+    def carried(self) -> int:
+        return 1
+
+    def carried_offsets(self) -> list[Offset]:
+        return [NO_TS]  # carried over an earlier role swap: goes on with the next
+
     def reset_offsets(self) -> int:
         return 2
 
@@ -58,10 +64,23 @@ def test_secondary_writes_at_failover_and_voids_at_resync(tmp_path: Path) -> Non
     assert not path.exists()  # a pause is no failover: no role swap follows
     proxy.on_control({"type": "resume"})
     proxy.on_control({"type": "failover"})
-    assert handover.take(path) == [V4]
+    assert handover.take(path) == [V4, NO_TS]
     proxy.on_control({"type": "failover"})
     proxy.on_control({"type": "checkpoint_done"})  # the VMs share one space again
     assert not path.exists()
     proxy.on_control({"type": "failover"})
     proxy.on_control({"type": "resume"})
     assert not path.exists()
+
+
+def test_announcement_layout_matches_struct_colo_carry_msg() -> None:
+    msg = handover.announcement(V6)
+    assert len(msg) == 56  # 4 + 4 + 36 (struct colo_flow) + 3 x 4
+    assert msg[:8] == b"COLO" + (1).to_bytes(4, "big")
+    assert msg[8:24] == bytes.fromhex("fd990000000000000000000000000010")
+    assert msg[40:44] == (80).to_bytes(2, "big") + (40001).to_bytes(2, "big")
+    assert msg[44:] == (0).to_bytes(4, "big") + (2**32 - 3).to_bytes(4, "big") + \
+        (1).to_bytes(4, "big")
+    v4 = handover.announcement(NO_TS)
+    assert v4[8:24] == bytes(10) + b"\xff\xff" + bytes([10, 99, 0, 10])
+    assert v4[-4:] == bytes(4)  # no timestamps
