@@ -47,8 +47,16 @@ def _service_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
+    examples = {
+        "primary": "examples:\n  colo-proxy primary -c /etc/colo/proxy.toml\n"
+                   "  colo-proxy primary --tap tapP --forward fwd0 --uplink eth0 "
+                   "--queue 0 --metrics-listen 10.0.0.1:7412\n",
+        "secondary": "examples:\n  colo-proxy secondary -c /etc/colo/proxy.toml\n"
+                     "  colo-proxy secondary --tap tapS --forward fwd0\n",
+    }
     for role in ("primary", "secondary"):
-        p = sub.add_parser(role, help=f"run the proxy of the {role} host")
+        p = sub.add_parser(role, help=f"run the proxy of the {role} host", epilog=examples[role],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         _service_args(p)
         p.set_defaults(func=_cmd_service, role=role)
     p = sub.add_parser("status", help="ask a running proxy for its state (JSON)")
