@@ -150,7 +150,12 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
         client.wait_more(20)
         carried = pair.proxy_status(lab, "secondary")
         # The second failover, the other way: the primary host's proxy (now secondary)
-        # heard the carried flow from the forward link and shifts it when its VM serves.
+        # hears the carried flow from the forward link (every 2 s) and shifts it when its
+        # VM serves.
+        deadline = time.monotonic() + 30
+        while pair.proxy_status(lab, "primary").get("carried_flows", 0) < 1:
+            assert time.monotonic() < deadline, "the secondary never heard the carried flow"
+            time.sleep(0.1)
         pair.kill_vm(lab, "secondary")
         pair.wait_state(lab, "primary", "ALONE", 30)
         client.wait_more(20)
