@@ -133,9 +133,9 @@ def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, 
     pair = ProxyPair(lab, Path("/run/colo-proxy-bench") / a.name, extra=extra)
     try:
         pair.start()
-        # The SVM's own ARP requests never leave the proxy, and a stand-in gets no real
-        # checkpoint to copy the PVM's neighbour cache: let the client ask again, so the
-        # mirrored request teaches the SVM the client's MAC.
+        # A stand-in gets no real checkpoint to copy the PVM's neighbour cache, and without
+        # an uplink the SVM's own ARP requests never leave the proxy: let the client ask
+        # again, so the mirrored request teaches the SVM the client's MAC.
         in_ns(lab.client_ns, ["ip", "neigh", "flush", "dev", "eth0"])
         orch = Orchestrator(pair.sock("primary"))
         stop, count = threading.Event(), [0]

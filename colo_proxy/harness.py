@@ -83,8 +83,9 @@ class ProxyPair:
             h = self.lab.hosts[r]
             argv = [sys.executable, "-m", "colo_proxy.cli", r, "--tap", h.tap,
                     "--control-socket", self.sock(r), "--queue", str(self.queue),
-                    "--instance", f"t{os.getpid()}", *self.extra,
-                    *(["--uplink", self.uplink] if r == "primary" and self.uplink else [])]
+                    "--instance", f"t{os.getpid()}",
+                    *(["--uplink", self.uplink] if r == "primary" and self.uplink else []),
+                    *self.extra]  # last: extra flags win (e.g. --uplink "" for none)
             with open(self.log(r), "ab") as log:
                 self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
                                                  stdout=log, stderr=log, cwd=str(REPO))
