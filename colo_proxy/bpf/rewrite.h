@@ -140,6 +140,16 @@ static __always_inline void to_vm(struct __sk_buff *skb, const struct colo_pkt *
 				  const struct colo_offset *o, struct colo_rewrites *n)
 {
 	u32 ts_delta = (o->ts_have & COLO_HAVE_BOTH) == COLO_HAVE_BOTH ? o->ts_offset : 0;
+	u32 ecr;
+
+	/* A segment that acknowledges only the SYN echoes one of the PVM's SYN-ACKs, maybe a
+	 * retransmitted one (sent a second or more after the first, when the SVM was slow).
+	 * Shifted by the offset of the first SYN-ACKs it can land past the SVM's last SYN-ACK,
+	 * and a SYN_RECV socket (Linux >= 6.15) drops an ACK whose TSecr is outside its own
+	 * SYN-ACKs' TSvals. Echo the SVM's first SYN-ACK instead: always inside. */
+	if (ts_delta && (o->have & COLO_HAVE_PVM) && bpf_ntohl(p->ack) == o->pvm_isn + 1 &&
+	    ts_field(skb, p, 6, &ecr))
+		ts_delta = o->svm_tsval - ecr;
 
 	if (o->offset && shift32(skb, p->l4, 8, o->offset) == 0)
 		n->ack++;

@@ -221,17 +221,33 @@ def test_ack_that_overtakes_the_pvm_copy_teaches_its_timestamp(sec: Any, flow: F
                                            _syn_opts(PVM_TS + 1000, CLIENT_TS)))
     _run(sec, "colo_tap_in", flow.from_svm(SVM_ISN, CLIENT_ISN + 1, SYN | ACK,
                                            _syn_opts(SVM_TS + 1000, CLIENT_TS)))
-    later = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK | PSH,
+    later = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 101, ACK | PSH,
                              _ts(CLIENT_TS + 9, PVM_TS + 5), b"GET / HTTP/1.1\r\n\r\n")
     got = _svm_sees(sec, later)
-    assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS + 5) and got.csum_ok
+    assert (got.ack, got.tsecr) == (SVM_ISN + 101, SVM_TS + 5) and got.csum_ok
+
+
+def test_ack_echoing_a_retransmitted_pvm_synack_echoes_the_svms_first(
+        sec: Any, flow: Flow) -> None:
+    """The SVM was slow, the PVM retransmitted its SYN-ACK a second later and the client
+    echoes that one: shifted, it would lie past the SVM's own SYN-ACKs (the SVM sent one),
+    and the SVM's SYN_RECV socket would drop the ACK (TcpExtTSEcrRejected)."""
+    _run(sec, "colo_tap_in", flow.svm_synack())
+    _run(sec, "colo_fwd_in", flow.pvm_synack())
+    retx = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK, _ts(CLIENT_TS + 1, PVM_TS + 1000))
+    got = _svm_sees(sec, retx)
+    assert (got.ack, got.tsecr) == (SVM_ISN + 1, SVM_TS) and got.csum_ok
+    # Once the VM's data is acknowledged the timestamps shift as usual.
+    data = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 51, ACK, _ts(CLIENT_TS + 2, PVM_TS + 1001))
+    got = _svm_sees(sec, data)
+    assert (got.ack, got.tsecr) == (SVM_ISN + 51, SVM_TS + 1001) and got.csum_ok
 
 
 def test_sack_and_timestamp_in_one_ack(sec: Any, flow: Flow) -> None:
     _run(sec, "colo_tap_in", flow.svm_synack())
     _run(sec, "colo_fwd_in", flow.pvm_synack())
     sack = b"\x01\x01" + struct.pack("!BBII", 5, 10, PVM_ISN + 1001, PVM_ISN + 2001)
-    frame = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 1, ACK,
+    frame = flow.from_client(CLIENT_ISN + 1, PVM_ISN + 501, ACK,
                              _ts(CLIENT_TS, PVM_TS + 3) + sack)
     got = _svm_sees(sec, frame)
     assert got.tsecr == SVM_TS + 3
