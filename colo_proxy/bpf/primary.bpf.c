@@ -45,20 +45,6 @@ static __always_inline void count(int idx, u64 n)
 		*v += n;
 }
 
-static __always_inline void count_rewrites(const struct colo_rewrites *n)
-{
-	if (n->ack)
-		count(C_ACK_REWRITES, n->ack);
-	if (n->sack)
-		count(C_SACK_REWRITES, n->sack);
-	if (n->tsecr)
-		count(C_TSECR_REWRITES, n->tsecr);
-	if (n->seq)
-		count(C_SEQ_REWRITES, n->seq);
-	if (n->tsval)
-		count(C_TSVAL_REWRITES, n->tsval);
-}
-
 static __always_inline int protected(void)
 {
 	int zero = 0;
@@ -157,7 +143,7 @@ int colo_up_in(struct __sk_buff *skb)
 	o = carried_flow(&p, 1);
 	if (o && (p.flags & TCPF_ACK)) {
 		to_vm(skb, &p, o, &n);
-		count_rewrites(&n);
+		COUNT_REWRITES(&n);
 	}
 	return TC_ACT_OK;
 }
@@ -173,7 +159,7 @@ int colo_up_eg(struct __sk_buff *skb)
 	o = carried_flow(&p, 0);
 	if (o) {
 		from_vm(skb, &p, o, &n);
-		count_rewrites(&n);
+		COUNT_REWRITES(&n);
 	}
 	return TC_ACT_OK;
 }

@@ -19,6 +19,21 @@ struct colo_rewrites {
 	u32 ack, sack, tsecr, seq, tsval;
 };
 
+/* Add what a rewrite reported to the counters. A macro: it expands in the main file,
+ * where count() (a map lookup) is defined, so bcc rewrites its map access. */
+#define COUNT_REWRITES(n) do {						\
+		if ((n)->ack)						\
+			count(C_ACK_REWRITES, (n)->ack);		\
+		if ((n)->sack)						\
+			count(C_SACK_REWRITES, (n)->sack);		\
+		if ((n)->tsecr)						\
+			count(C_TSECR_REWRITES, (n)->tsecr);		\
+		if ((n)->seq)						\
+			count(C_SEQ_REWRITES, (n)->seq);		\
+		if ((n)->tsval)						\
+			count(C_TSVAL_REWRITES, (n)->tsval);		\
+	} while (0)
+
 /* Key from a VM output segment (src = VM) or a VM input segment (dst = VM). */
 static __always_inline void key_out(struct colo_flow *k, const struct colo_pkt *p)
 {

@@ -47,20 +47,6 @@ static __always_inline void count(int idx, u64 n)
 		*v += n;
 }
 
-static __always_inline void count_rewrites(const struct colo_rewrites *n)
-{
-	if (n->ack)
-		count(C_ACK_REWRITES, n->ack);
-	if (n->sack)
-		count(C_SACK_REWRITES, n->sack);
-	if (n->tsecr)
-		count(C_TSECR_REWRITES, n->tsecr);
-	if (n->seq)
-		count(C_SEQ_REWRITES, n->seq);
-	if (n->tsval)
-		count(C_TSVAL_REWRITES, n->tsval);
-}
-
 static __always_inline int protected(void)
 {
 	int zero = 0;
@@ -203,7 +189,7 @@ int colo_tap_eg(struct __sk_buff *skb)
 		o = carried.lookup(&k);
 		if (o) {
 			to_vm(skb, &p, o, &n);
-			count_rewrites(&n);
+			COUNT_REWRITES(&n);
 			return TC_ACT_OK;
 		}
 	}
@@ -219,7 +205,7 @@ int colo_tap_eg(struct __sk_buff *skb)
 	if (!paired(o))
 		return TC_ACT_OK;
 	to_vm(skb, &p, o, &n);
-	count_rewrites(&n);
+	COUNT_REWRITES(&n);
 	return TC_ACT_OK;
 }
 
@@ -255,7 +241,7 @@ int colo_tap_in(struct __sk_buff *skb)
 			o = carried.lookup(&k);
 		if (paired(o)) {
 			from_vm(skb, &p, o, &n);
-			count_rewrites(&n);
+			COUNT_REWRITES(&n);
 		}
 	}
 	if (!prot)
