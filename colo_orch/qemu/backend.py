@@ -41,17 +41,21 @@ class _Monitor:
         self.path = path
         self.timeout = timeout
         self._lock = threading.Lock()
+        # Two threads may find no connection at once: only one may open it (QEMU serves one
+        # client per monitor socket; a second would wait unanswered).
+        self._connecting = threading.Lock()
         self._mon: QmpClient | None = None
 
     def _connect(self) -> QmpClient:
-        mon = self._mon
-        if mon is None or not mon.connected:
-            if not os.path.exists(self.path):
-                raise ConnectionError(f"no QMP socket at {self.path}")
-            mon = QmpClient(self.path, self.timeout)
-            mon.connect()
-            self._mon = mon
-        return mon
+        with self._connecting:
+            mon = self._mon
+            if mon is None or not mon.connected:
+                if not os.path.exists(self.path):
+                    raise ConnectionError(f"no QMP socket at {self.path}")
+                mon = QmpClient(self.path, self.timeout)
+                mon.connect()
+                self._mon = mon
+            return mon
 
     def cmd(self, name: str, **args: Any) -> Any:
         if not self._lock.acquire(timeout=self.timeout):
