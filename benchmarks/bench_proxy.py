@@ -33,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from colo_lab.lab import VM_IP
+from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns
 from colo_lab.standin import Standin
-from colo_proxy.harness import Orchestrator, ProxyPair, in_ns
 
 BLOB = 64 << 20
 
@@ -65,7 +65,7 @@ def answer_checkpoints(orch: Orchestrator, pair: ProxyPair, stop: threading.Even
 
 
 FLOOR_QUEUE = 9
-_NETFILTER = ("import sys; sys.path.insert(0, {repo!r}); from colo_proxy import netfilter; "
+_NETFILTER = ("import sys; sys.path.insert(0, {repo!r}); from colo_proxy.kernel import netfilter; "
               "netfilter.{call}")
 
 

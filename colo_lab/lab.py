@@ -39,8 +39,8 @@ from colo_lab.guest import Guest, ensure_guest
 from colo_lab.paths import run_root
 from colo_lab.qemu_build import ensure_qemu
 from colo_lab.vm import VM, VMSpec
-from colo_orch.blk.images import create_raw, prepare
-from colo_orch.blk.spec import Disk, drive_args
+from colo_orch.backends.qemu.blk.images import create_raw, prepare
+from colo_orch.backends.qemu.blk.spec import Disk, drive_args
 
 VM_MAC = "52:54:00:c0:10:01"
 VM_IP = "10.99.0.10"
@@ -92,7 +92,7 @@ class Lab:
         self.qemu: Path | None = None
         self.guest: Guest | None = None
         self.accel = "tcg"
-        self.disk = False  # VMs get a replicated virtio disk (colo_orch.blk)
+        self.disk = False  # VMs get a replicated virtio disk (colo_orch.backends.qemu.blk)
 
     # Building --------------------------------------------------------------
     def up(self, *, secondary: str = "standalone", build_only: bool = False,

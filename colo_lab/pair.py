@@ -45,13 +45,13 @@ hidden = "{d.hidden}"
 def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
     """colo-proxy in `role` on `host` (the tap is the host's, whatever role it plays)."""
     h = lab.hosts[host]
-    return [sys.executable, "-m", "colo_proxy.cli", role, "--tap", h.tap,
+    return [sys.executable, "-m", "colo_proxy.cli.main", role, "--tap", h.tap,
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
             "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
             *(["--compare-timeout", str(TCG_COMPARE_TIMEOUT)] if lab.accel == "tcg" else []),
             # The host's port to the LAN: connections carried over a role swap are
-            # rewritten there (colo_proxy.handover).
+            # rewritten there (colo_proxy.wire.handover).
             *(["--uplink", "lan0"] if role == "primary" else []),
             # Every packet and its commands in the log: for chasing a false checkpoint.
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
@@ -99,7 +99,7 @@ def start_orchestrators(lab: Lab, **kw: Any) -> dict[str, subprocess.Popen[bytes
         cfg = orch_config(lab, role, **kw)
         logf = open(lab.run_dir / f"orch-{role}.log", "ab")
         procs[role] = subprocess.Popen(
-            ["ip", "netns", "exec", lab.hosts[role].ns, sys.executable, "-m", "colo_orch.cli",
+            ["ip", "netns", "exec", lab.hosts[role].ns, sys.executable, "-m", "colo_orch.cli.orch",
              "run", "--config", str(cfg), "--host-id", role[:3]],
             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True,
         )
@@ -150,7 +150,7 @@ def kill_vm(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
 
 def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
     """The status of the colo-proxy that host's orchestrator runs (either role)."""
-    from colo_proxy import control
+    from colo_proxy.wire import control
 
     return control.request(lab.run_dir / f"proxy-{host[:3]}.sock", {"type": "status"})
 

@@ -4,7 +4,7 @@
     python dashboards/build.py          # (re)write the JSON files
     python dashboards/build.py --check  # exit 1 if a committed file differs
 
-Every query uses only metrics that colo_orch/metrics.py and colo_proxy/metrics.py export
+Every query uses only metrics that colo_orch/daemon/metrics.py and colo_proxy/service/metrics.py export
 and the target labels that dashboards/prometheus.yml attaches (`pair`, `host`, `job`,
 `instance`); tests/unit/metrics/test_dashboards.py checks both, and the system test
 tests/system/metrics/ runs every query against a real Prometheus scraping the lab.

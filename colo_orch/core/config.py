@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from colo_orch.blk.spec import ID_RE, Disk
+from colo_orch.backends.qemu.blk.spec import ID_RE, Disk
 
 ROLES = ("primary", "secondary")
 ARBITERS = ("local",)
@@ -59,7 +59,7 @@ class Config:
     on_secondary: list[str] = field(default_factory=list)
     backend: str = "qemu"  # "qemu" (QMP) or "xen" (xl remus -c, libxl proxy protocol)
     xen_domain: str = ""  # backend = "xen": the domain name
-    xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/xen/domain.py)
+    xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/backends/xen/domain.py)
     xen_checkpoint_listen: str = ""  # backend = "xen": colo_checkpoint_host:port of vif 0
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
@@ -187,7 +187,7 @@ def _check(cfg: Config, path: str) -> None:
         _addr(path, "xen_checkpoint_listen", cfg.xen_checkpoint_listen)
     if cfg.arbiter not in ARBITERS:
         raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not supported",
-                    'use "local" (a cluster store plugs in through colo_orch.arbiter.Arbiter)')
+                    'use "local" (a cluster store plugs in through colo_orch.daemon.arbiter.Arbiter)')
     for key in ("heartbeat_listen", "peer_heartbeat", "api_listen"):
         _addr(path, key, getattr(cfg, key))
     if not cfg.incoming_uri.startswith("tcp:"):

@@ -1,7 +1,7 @@
 """One reconciliation decision: a snapshot of the world in, one event and one action out.
 
 Pure: no I/O, no clock (the snapshot carries `now`). The runner
-(`colo_orch.runner`) builds the snapshot from QMP, the heartbeat listener, the
+(`colo_orch.daemon.runner`) builds the snapshot from QMP, the heartbeat listener, the
 arbiter and the proxy, fires the event on the `Machine`, hands the action to
 the single-slot executor, and logs the sentence. A missed observation is simply
 seen again at the next cycle.
@@ -25,7 +25,7 @@ class VmObs:
     status: str = ""  # query-status "status" (running, inmigrate, paused, colo, ...)
     migration: str = "none"  # query-migrate status (none, active, colo, completed, failed)
     colo_mode: str = "none"  # query-colo-status mode (none, primary, secondary)
-    disk_error: str = ""  # disk replication problem (colo_orch.blk), "" if none
+    disk_error: str = ""  # disk replication problem (colo_orch.backends.qemu.blk), "" if none
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,7 @@ def replay(primary: Path, secondary: Path) -> tuple[int, dict]:  # type: ignore[
         [
             sys.executable,
             "-m",
-            "colo_proxy.cli",
+            "colo_proxy.cli.main",
             "replay",
             "--primary",
             str(primary),

@@ -10,8 +10,8 @@ import dpkt
 import pytest
 from compare.packets import ACK, FIN, PSH, SYN, tcp
 
-from colo_proxy.cli import main
-from colo_proxy.replay import ReplayError, read_capture, replay_files
+from colo_proxy.cli.main import main
+from colo_proxy.cli.replay import ReplayError, read_capture, replay_files
 
 C_ISN = 4000
 

@@ -24,7 +24,7 @@ import pytest
 from colo_lab import pair
 from colo_lab.errors import LabError
 from colo_lab.lab import Lab
-from colo_orch.blk.cli import main as disk_main
+from colo_orch.cli.disk import main as disk_main
 
 
 @pytest.fixture

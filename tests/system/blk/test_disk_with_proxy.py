@@ -19,7 +19,7 @@ from test_disk_failover import Writer, _took_over, _value, _wait
 
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
-from colo_orch.blk.cli import main as disk_main
+from colo_orch.cli.disk import main as disk_main
 
 
 @pytest.fixture

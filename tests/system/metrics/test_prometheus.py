@@ -131,7 +131,7 @@ def prom(lab: Lab) -> Iterator[Prometheus]:
 
 def _proxy_status(lab: Lab) -> dict[str, Any]:
     h = lab.hosts["primary"]
-    out = netns.sh(h.ns, [sys.executable, "-m", "colo_proxy.cli", "status", "--control-socket",
+    out = netns.sh(h.ns, [sys.executable, "-m", "colo_proxy.cli.main", "status", "--control-socket",
                           str(lab.run_dir / "proxy-pri.sock")], timeout=15)
     data: dict[str, Any] = json.loads(out)
     return data

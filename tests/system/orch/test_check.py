@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CHECK = [sys.executable, "-m", "colo_orch.cli", "check"]
+CHECK = [sys.executable, "-m", "colo_orch.cli.orch", "check"]
 
 
 def test_host_checks_pass_here() -> None:

@@ -203,7 +203,7 @@ def test_divergence_checkpoints_payload_within_the_rate_limit(slow_lab: Lab) -> 
 def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
     h = lab.hosts[host]
     return subprocess.run(
-        ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.ctl",
+        ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.cli.ctl",
          "--url", f"http://{h.ctl_ip}:{pair.API_PORT}", *args],
         capture_output=True, text=True, timeout=30)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from colo_lab.proxy_harness import RUN_ROOT, ProxyPair, unique_name
 from colo_lab.standin import Standin
-from colo_proxy.harness import RUN_ROOT, ProxyPair, unique_name
 
 
 def _bcc_ok() -> bool:

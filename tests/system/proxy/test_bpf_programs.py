@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from colo_lab.lab import VM_MAC
-from colo_proxy import datapath, handover
+from colo_proxy.kernel import datapath
+from colo_proxy.wire import handover
 
 pytestmark = pytest.mark.system
 

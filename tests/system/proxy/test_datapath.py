@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from colo_lab.lab import VM_MAC
+from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
 from colo_lab.standin import Standin
-from colo_proxy.harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
 
 pytestmark = pytest.mark.system
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")

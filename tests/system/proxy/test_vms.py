@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from colo_lab.lab import TCG_COMPARE_TIMEOUT, Lab
-from colo_proxy.harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name, wait_for
+from colo_lab.proxy_harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name, wait_for
 
 pytestmark = pytest.mark.system
 

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from colo_orch.metrics_doc import Family, catalogue, markdown
+from colo_orch.daemon.metrics_doc import Family, catalogue, markdown
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
@@ -112,7 +112,7 @@ def test_committed_dashboards_are_current(build: ModuleType) -> None:
 
 def test_docs_metrics_md_is_current() -> None:
     text = (ROOT / "docs" / "metrics.md").read_text()
-    assert text == markdown(), "run: python -m colo_orch.metrics_doc > docs/metrics.md"
+    assert text == markdown(), "run: python -m colo_orch.daemon.metrics_doc > docs/metrics.md"
 
 
 def test_metric_names_follow_the_naming_guide() -> None:

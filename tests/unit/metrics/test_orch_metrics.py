@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from colo_orch.blk.graph import DiskStatus
-from colo_orch.metrics import OrchMetrics
+from colo_orch.backends.qemu.blk.graph import DiskStatus
+from colo_orch.daemon.metrics import OrchMetrics
 
 
 def _value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:

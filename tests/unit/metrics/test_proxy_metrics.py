@@ -14,12 +14,18 @@ from prometheus_client import generate_latest
 
 from colo_proxy.compare import CompareConfig
 from colo_proxy.compare.events import REASONS
-from colo_proxy.datapath import COUNTERS
-from colo_proxy.metrics import HOLD_BUCKETS, HoldTimer, ProxyCollector, nfqueue_stats, registry_for
-from colo_proxy.nfq_proto import QueuedPacket
-from colo_proxy.packet_socket import Frame
-from colo_proxy.service import PrimaryProxy
-from colo_proxy.settings import ProxySettings
+from colo_proxy.kernel.datapath import COUNTERS
+from colo_proxy.kernel.packet_socket import Frame
+from colo_proxy.service.metrics import (
+    HOLD_BUCKETS,
+    HoldTimer,
+    ProxyCollector,
+    nfqueue_stats,
+    registry_for,
+)
+from colo_proxy.service.proxies import PrimaryProxy
+from colo_proxy.service.settings import ProxySettings
+from colo_proxy.wire.nfqueue_msgs import QueuedPacket
 
 VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
 
@@ -147,7 +153,7 @@ def test_promtool_accepts_the_exposition() -> None:
 
 
 def test_metrics_listen_setting_is_checked() -> None:
-    from colo_proxy.settings import ConfigError, load
+    from colo_proxy.service.settings import ConfigError, load
 
     assert load(None, {"metrics_listen": "10.0.0.1:7412"}).metrics_listen == "10.0.0.1:7412"
     with pytest.raises(ConfigError, match="metrics_listen"):
@@ -157,7 +163,7 @@ def test_metrics_listen_setting_is_checked() -> None:
 def test_serve_answers_a_scrape() -> None:
     import urllib.request
 
-    from colo_proxy.metrics import serve
+    from colo_proxy.service.metrics import serve
 
     proxy, _q, _s = _pair()
     endpoint = serve("127.0.0.1:0", proxy, "primary")
@@ -183,7 +189,7 @@ def test_released_packets_are_timed() -> None:
 
 
 def test_secondary_proxy_is_collected_through_its_control_status() -> None:
-    from colo_proxy.service import SecondaryProxy
+    from colo_proxy.service.proxies import SecondaryProxy
 
     class Datapath:
         def offsets(self) -> list[Any]:

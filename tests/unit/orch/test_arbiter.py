@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo_orch.arbiter import LocalLeaseArbiter
+from colo_orch.daemon.arbiter import LocalLeaseArbiter
 
 
 class Clock:

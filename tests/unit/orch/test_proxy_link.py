@@ -1,4 +1,4 @@
-"""colo_orch.proxy_link: the proxy counts as there only once its serving loop answers."""
+"""colo_orch.daemon.proxy_link: the proxy counts as there only once its serving loop answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from colo_orch.proxy_link import ProxyLink
+from colo_orch.daemon.proxy_link import ProxyLink
 
 
 def _until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -1,4 +1,4 @@
-"""colo_orch.qemu.process: a replaced VM's process must be gone before the next starts."""
+"""colo_orch.backends.qemu.process: a replaced VM's process must be gone before the next starts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_orch.qemu import process
+from colo_orch.backends.qemu import process
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""colo_orch.qemu.qmp against a QMP server that follows QEMU's qmp-spec, on a Unix socket."""
+"""colo_orch.backends.qemu.qmp against a QMP server that follows QEMU's qmp-spec, on a Unix socket."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from colo_orch.qemu.backend import _Monitor
-from colo_orch.qemu.qmp import QmpClient, QmpError
+from colo_orch.backends.qemu.backend import _Monitor
+from colo_orch.backends.qemu.qmp import QmpClient, QmpError
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}},
                     "capabilities": ["oob"]}}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_proxy import control
-from colo_proxy.settings import ICMP6_MULTICAST, ConfigError, load
+from colo_proxy.service.settings import ICMP6_MULTICAST, ConfigError, load
+from colo_proxy.wire import control
 
 
 def test_lines_decode_across_reads_and_errors_are_items() -> None:

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from colo_proxy import nfq_proto as p
+from colo_proxy.wire import nfqueue_msgs as p
 
 
 def _packet_msg(pid: int, payload: bytes, *, gso: bool = False, cap: int | None = None) -> bytes:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from colo_proxy.compare import CompareConfig
-from colo_proxy.control import ProtocolError
-from colo_proxy.nfq_proto import QueuedPacket
-from colo_proxy.packet_socket import Frame
-from colo_proxy.service import PASSTHROUGH, PROTECTED, PrimaryProxy, SecondaryProxy
-from colo_proxy.settings import ProxySettings
+from colo_proxy.kernel.packet_socket import Frame
+from colo_proxy.service.proxies import PASSTHROUGH, PROTECTED, PrimaryProxy, SecondaryProxy
+from colo_proxy.service.settings import ProxySettings
+from colo_proxy.wire.control import ProtocolError
+from colo_proxy.wire.nfqueue_msgs import QueuedPacket
 
 VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from colo_orch.backend import BackendError
-from colo_orch.xen.backend import (
+from colo_orch.backends.base import BackendError
+from colo_orch.backends.xen.backend import (
     FAILED_OVER,
     PRIMARY_DESTROYED,
     READY,
     SECONDARY_LOST,
     XenBackend,
 )
-from colo_proxy.libxl_proxy import LibxlBridge
+from colo_orch.backends.xen.libxl import LibxlBridge
 
 STANDIN = Path(__file__).parent / "standin_xl.py"
 
@@ -58,7 +58,7 @@ def test_normal_run_reaches_colo_and_checkpoints(tmp_path: Path, monkeypatch: py
         assert "in COLO" in b.enter_colo("tcp:192.168.100.2:7420")
         args = (tmp_path / "remus-args").read_text().split("\n")
         assert args[:7] == ["-c", "-p", "-u", "-e", "-s", "", "web"]
-        assert args[7].endswith("-m colo_orch.xen.connect 192.168.100.2 7420")
+        assert args[7].endswith("-m colo_orch.backends.xen.connect 192.168.100.2 7420")
         obs = b.observe()
         assert (obs.running, obs.migration, obs.colo_mode) == (True, "colo", "primary")
         assert b.checkpoint().startswith("took")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_orch.xen import xlu
-from colo_orch.xen.domain import (
+from colo_orch.backends.xen import xlu
+from colo_orch.backends.xen.domain import (
     ColoDisk,
     ColoNic,
     DomainConfigError,

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from compare.packets import ACK, PSH, SYN, tcp
 
-from colo_proxy import control
+from colo_orch.backends.xen.libxl import LibxlBridge
 from colo_proxy.compare import CompareConfig
-from colo_proxy.libxl_proxy import LibxlBridge
-from colo_proxy.service import PrimaryProxy, serve
-from colo_proxy.settings import ProxySettings
+from colo_proxy.service.proxies import PrimaryProxy, serve
+from colo_proxy.service.settings import ProxySettings
+from colo_proxy.wire import control
 
 from .libxl_sim import SimulatedLibxl
 from .test_libxl_proxy import CACK, P_ISN, S_ISN, Frame, Pkt

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from compare.packets import ACK, PSH, SYN, tcp
 
-from colo_proxy.compare import CompareConfig
-from colo_proxy.libxl_proxy import (
+from colo_orch.backends.xen.libxl import (
     COLO_CHECKPOINT,
     DO_CHECKPOINT,
     INIT,
@@ -29,8 +28,9 @@ from colo_proxy.libxl_proxy import (
     Send,
     encode,
 )
-from colo_proxy.service import PrimaryProxy
-from colo_proxy.settings import ProxySettings
+from colo_proxy.compare import CompareConfig
+from colo_proxy.service.proxies import PrimaryProxy
+from colo_proxy.service.settings import ProxySettings
 
 from .libxl_sim import LibxlLoopModel, SimulationError, frame, libxl_strcmp_view
 

@@ -1,4 +1,4 @@
-"""The QMP sequences of colo_orch.blk.graph against a scripted monitor (no QEMU)."""
+"""The QMP sequences of colo_orch.backends.qemu.blk.graph against a scripted monitor (no QEMU)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from colo_orch.blk import graph
-from colo_orch.blk.graph import DiskError, Replication
-from colo_orch.blk.spec import Disk
+from colo_orch.backends.qemu.blk import graph
+from colo_orch.backends.qemu.blk.graph import DiskError, Replication
+from colo_orch.backends.qemu.blk.spec import Disk
 from colo_orch.core.decide import PeerObs, Snapshot, TakeOver, VmObs, decide
 from colo_orch.core.state import Event, State
 

@@ -34,7 +34,7 @@ packets itself: it asks a proxy when to checkpoint. Facts from xen.git
 `LibxlSession` is the sans-IO core (bytes and requests in, commands out; transitions in
 `TRANSITIONS`, an illegal one raises and changes nothing). `LibxlBridge` is the socket
 adapter: it serves libxl on TCP and talks to the proxy service over its ordinary JSON control
-socket (colo_proxy/control.py) as one more client, so the same `PrimaryProxy` and comparator
+socket (colo_proxy/wire/control.py) as one more client, so the same `PrimaryProxy` and comparator
 serve the QEMU and the Xen backend unchanged: the comparator's `checkpoint_request` becomes
 `DO_CHECKPOINT`, libxl's `COLO_CHECKPOINT` becomes `checkpoint_done`.
 """
@@ -53,8 +53,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from colo_proxy.control import LineDecoder, ProtocolError
-from colo_proxy.control import encode as encode_json
+from colo_proxy.wire.control import LineDecoder, ProtocolError
+from colo_proxy.wire.control import encode as encode_json
 
 log = logging.getLogger("colo-proxy.libxl")
 
@@ -572,7 +572,7 @@ def _recv(sock: socket.socket) -> bytes | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m colo_proxy.libxl_proxy",
+        prog="python -m colo_orch.backends.xen.libxl",
         description="Serve libxl's userspace COLO proxy protocol (xl remus -c -p) for a "
                     "running colo-proxy primary.")
     p.add_argument("--listen", default="0.0.0.0:9911",

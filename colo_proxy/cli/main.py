@@ -84,7 +84,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from colo_proxy.replay import ReplayError, replay_files
+    from colo_proxy.cli.replay import ReplayError, replay_files
 
     try:
         report = replay_files(
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_replay(sub)
-    from colo_proxy.service_cli import register  # primary, secondary, status, cleanup
+    from colo_proxy.cli.service import register  # primary, secondary, status, cleanup
 
     register(sub)
     return parser

@@ -1,4 +1,4 @@
-"""The QEMU/KVM backend over QMP (our own client, colo_orch.qemu.qmp).
+"""The QEMU/KVM backend over QMP (our own client, colo_orch.backends.qemu.qmp).
 
 QEMU facts this relies on (QEMU 7.2, docs/COLO-FT.txt, measured here):
 - COLO needs the `x-colo` capability on both VMs, then `migrate` from the PVM to
@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from colo_orch.backend import Backend, BackendError
-from colo_orch.blk.graph import DiskError, DiskStatus, Replication
-from colo_orch.blk.images import ImageError, check_layers, create_layer, size_of
-from colo_orch.blk.spec import Disk, drive_args, uri_host
+from colo_orch.backends.base import Backend, BackendError
+from colo_orch.backends.qemu.blk.graph import DiskError, DiskStatus, Replication
+from colo_orch.backends.qemu.blk.images import ImageError, check_layers, create_layer, size_of
+from colo_orch.backends.qemu.blk.spec import Disk, drive_args, uri_host
+from colo_orch.backends.qemu.process import ensure_gone, pid_from_file, started_with
+from colo_orch.backends.qemu.qmp import QmpClient
 from colo_orch.core.decide import VmObs
-from colo_orch.qemu.process import ensure_gone, pid_from_file, started_with
-from colo_orch.qemu.qmp import QmpClient
 
 
 class _Monitor:
@@ -100,7 +100,7 @@ class QemuBackend(Backend):
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
         self._colo_stop_seen = False
-        # Replicated disks (colo_orch.blk); the NBD server listens on our migration host.
+        # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
         self.blk = Replication(self.mon, disks, nbd_port)
         self.nbd_host = uri_host(incoming_uri) if incoming_uri else ""
@@ -186,7 +186,7 @@ class QemuBackend(Backend):
 
     def _previous_gone(self) -> str:
         """The VM we start replaces the last one, which must have released its pid-file
-        lock, images and ports (colo_orch.qemu.process): wait for it, kill it if it lingers."""
+        lock, images and ports (colo_orch.backends.qemu.process): wait for it, kill it if it lingers."""
         pids = []
         if self.proc is not None and self.proc.poll() is None:
             pids.append(self.proc.pid)

@@ -5,7 +5,7 @@ syntax, the `disk` and `vif` lists) and each disk specification with `xlu_disk_p
 (the flex grammar of tools/libs/util/libxlu_disk_l.l, where `colo`, `colo-host`, `colo-port`,
 `colo-export`, `active-disk` and `hidden-disk` live). Neither needs a libxl context, so they
 run here. The vif keys are parsed by `xl` itself (parse_nic_config in tools/xl/xl_parse.c,
-not a library), so `colo_orch.xen.domain` checks them against the key list of that file.
+not a library), so `colo_orch.backends.xen.domain` checks them against the key list of that file.
 
 The glue below is ours: it calls the libraries and writes the parsed fields as
 `key=value` lines. It is compiled once per machine into a cache directory (needs a C

@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.datapath import Offset
+from colo_proxy.kernel.datapath import Offset
 
 log = logging.getLogger("colo-proxy")
 VERSION = 1

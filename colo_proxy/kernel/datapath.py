@@ -1,4 +1,4 @@
-"""Load the BPF programs of colo_proxy/bpf with bcc and attach them to tc clsact hooks.
+"""Load the BPF programs of colo_proxy/kernel/bpf with bcc and attach them to tc clsact hooks.
 
 The only module that imports bcc and pyroute2. Every filter we add is named
 `colo_<program>` (TCA_BPF_NAME), so `cleanup()` finds and removes them after a crash

@@ -35,7 +35,7 @@ def _call(url: str, method: str, path: str) -> tuple[int, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["disk"]:  # local image work: no orchestrator needed
-        from colo_orch.blk.cli import main as disk_main
+        from colo_orch.cli.disk import main as disk_main
 
         return disk_main(argv[1:])
     p = argparse.ArgumentParser(prog="coloctl", description=__doc__, epilog=EPILOG,

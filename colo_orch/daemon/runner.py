@@ -19,8 +19,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from colo_orch.arbiter import Arbiter
-from colo_orch.backend import Backend
+from colo_orch.backends.base import Backend
 from colo_orch.core.config import Config
 from colo_orch.core.decide import (
     Action,
@@ -39,9 +38,10 @@ from colo_orch.core.decide import (
     decide,
 )
 from colo_orch.core.state import RUNNING_STATES, Machine, State
-from colo_orch.heartbeat import Heartbeat
-from colo_orch.metrics import OrchMetrics
-from colo_orch.proxy_link import ProxyLink
+from colo_orch.daemon.arbiter import Arbiter
+from colo_orch.daemon.heartbeat import Heartbeat
+from colo_orch.daemon.metrics import OrchMetrics
+from colo_orch.daemon.proxy_link import ProxyLink
 
 log = logging.getLogger("colo_orch")
 

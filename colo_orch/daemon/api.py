@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import generate_latest
 
 from colo_orch.core.state import State
-from colo_orch.runner import Orchestrator
+from colo_orch.daemon.runner import Orchestrator
 
 COMMANDS = ("checkpoint", "failover", "pause", "resume", "reprotect")
 READY_STATES = {State.PROTECTED.name, State.CHECKPOINTING.name, State.ALONE.name,

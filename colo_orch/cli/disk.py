@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from colo_orch.blk.images import (
+from colo_orch.backends.qemu.blk.images import (
     RANGE,
     Comparison,
     ImageError,

@@ -1,7 +1,7 @@
 """`colo-proxy primary|secondary|status|cleanup`: the service's command line.
 
 `register(subparsers)` adds the subcommands to the `colo-proxy` parser of cli.py;
-`python -m colo_proxy.service_cli` runs them on their own.
+`python -m colo_proxy.cli.service` runs them on their own.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from colo_proxy import control, handover, netfilter
-from colo_proxy.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
+from colo_proxy.kernel import netfilter
+from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
+from colo_proxy.wire import control, handover
 
 log = logging.getLogger("colo-proxy")
 
@@ -97,10 +98,10 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def run_primary(s: ProxySettings) -> None:
-    from colo_proxy.datapath import MODE_PROTECTED, Datapath
-    from colo_proxy.nfqueue import NfQueue, QueueConfig
-    from colo_proxy.packet_socket import PacketSocket
-    from colo_proxy.service import PrimaryProxy, serve
+    from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
+    from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
+    from colo_proxy.kernel.packet_socket import PacketSocket
+    from colo_proxy.service.proxies import PrimaryProxy, serve
 
     qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
                        fail_open=s.on_queue_full == "accept")
@@ -136,7 +137,7 @@ def run_primary(s: ProxySettings) -> None:
 
 
 def _carry_over(s: ProxySettings, dp: Any) -> None:
-    """Take the offsets the secondary-role proxy left at the role swap (colo_proxy.handover)."""
+    """Take the offsets the secondary-role proxy left at the role swap (colo_proxy.wire.handover)."""
     offsets = handover.take(handover.path_for(s.control_socket))
     if not offsets:
         return
@@ -149,7 +150,7 @@ def _carry_over(s: ProxySettings, dp: Any) -> None:
 
 
 class _Announcer:
-    """Repeats the carried flows to the secondary (colo_proxy.handover.announcement) while
+    """Repeats the carried flows to the secondary (colo_proxy.wire.handover.announcement) while
     there are any, so that a failover of this primary does not break them either."""
 
     def __init__(self, dp: Any, link: Any) -> None:
@@ -174,8 +175,8 @@ class _Announcer:
 
 
 def run_secondary(s: ProxySettings) -> None:
-    from colo_proxy.datapath import MODE_PROTECTED, Datapath
-    from colo_proxy.service import SecondaryProxy, serve
+    from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
+    from colo_proxy.service.proxies import SecondaryProxy, serve
 
     ctl = control.ControlServer(s.control_socket)
     handover.discard(handover.path_for(s.control_socket))  # a new secondary: none is valid
@@ -199,7 +200,7 @@ def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None
     """Start the /metrics endpoint if configured; returns its stop function."""
     if not s.metrics_listen:
         return lambda: None
-    from colo_proxy import metrics
+    from colo_proxy.service import metrics
 
     endpoint = metrics.serve(s.metrics_listen, proxy, s.role, **kw)
     log.info("metrics on http://%s/metrics", s.metrics_listen)
@@ -218,7 +219,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def cleanup(instance: str | None = None, control_socket: str | None = None) -> list[str]:
     """Remove our tc filters, empty clsact qdiscs and iptables rules in this namespace."""
-    from colo_proxy import datapath
+    from colo_proxy.kernel import datapath
 
     removed = datapath.cleanup()
     removed += netfilter.remove(instance)

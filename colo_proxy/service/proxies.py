@@ -28,11 +28,11 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
-from colo_proxy.control import ControlServer, ProtocolError
-from colo_proxy.handover import discard as discard_handover
-from colo_proxy.handover import write as write_handover
-from colo_proxy.metrics import HoldTimer
-from colo_proxy.settings import ProxySettings
+from colo_proxy.service.metrics import HoldTimer
+from colo_proxy.service.settings import ProxySettings
+from colo_proxy.wire.control import ControlServer, ProtocolError
+from colo_proxy.wire.handover import discard as discard_handover
+from colo_proxy.wire.handover import write as write_handover
 
 log = logging.getLogger("colo-proxy")
 
@@ -303,7 +303,7 @@ class SecondaryProxy:
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
                  handover: Path | None = None) -> None:
         self.datapath = datapath
-        self.handover = handover  # where the offsets go at failover (colo_proxy.handover)
+        self.handover = handover  # where the offsets go at failover (colo_proxy.wire.handover)
         self.mode = PROTECTED
         self.clock = clock
         self.started = clock()

@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from colo_proxy import nfq_proto as p
+from colo_proxy.wire import nfqueue_msgs as p
 
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from colo_proxy import control
+from colo_proxy.wire import control
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = ("secondary", "primary")  # secondary first: its filters must steer before mirroring
@@ -81,7 +81,7 @@ class ProxyPair:
     def start(self, role: str | None = None, timeout: float = 60.0) -> None:
         for r in [role] if role else ROLES:
             h = self.lab.hosts[r]
-            argv = [sys.executable, "-m", "colo_proxy.cli", r, "--tap", h.tap,
+            argv = [sys.executable, "-m", "colo_proxy.cli.main", r, "--tap", h.tap,
                     "--control-socket", self.sock(r), "--queue", str(self.queue),
                     "--instance", f"t{os.getpid()}",
                     *(["--uplink", self.uplink] if r == "primary" and self.uplink else []),
@@ -123,7 +123,7 @@ class ProxyPair:
 
     def cleanup(self) -> dict[str, str]:
         """`colo-proxy cleanup` in both host namespaces; their output per role."""
-        return {r: in_ns(self.ns(r), [sys.executable, "-m", "colo_proxy.cli", "cleanup",
+        return {r: in_ns(self.ns(r), [sys.executable, "-m", "colo_proxy.cli.main", "cleanup",
                                       "--control-socket", self.sock(r)])
                 for r in ("primary", "secondary") if _ns_exists(self.ns(r))}
 
@@ -148,7 +148,7 @@ class ProxyPair:
         return left
 
     def prog_ids(self) -> list[int]:
-        code = ("import json; from colo_proxy.datapath import attached; "
+        code = ("import json; from colo_proxy.kernel.datapath import attached; "
                 "print(json.dumps([a['prog_id'] for a in attached()]))")
         ids: list[int] = []
         for r in ("primary", "secondary"):

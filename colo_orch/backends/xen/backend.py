@@ -2,8 +2,8 @@
 
 What runs where (docs/xen.md):
 - primary host: `xl create` starts the domain; `enter_colo` runs
-  `xl remus -c -p -u -e -s "" <domain> "exec python -m colo_orch.xen.connect ADDR PORT"`
-  and supervises it. libxl then connects to the libxl bridge (colo_proxy.libxl_proxy, owned
+  `xl remus -c -p -u -e -s "" <domain> "exec python -m colo_orch.backends.xen.connect ADDR PORT"`
+  and supervises it. libxl then connects to the libxl bridge (colo_orch.backends.xen.libxl, owned
   here) for checkpoints. COLO is reached at the first COLO_CHECKPOINT (libxl sends it when
   the secondary reports CHECKPOINT_SVM_READY for the initial sync).
 - secondary host: `start_vm(incoming_uri)` listens on the port and runs
@@ -32,9 +32,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from colo_orch.backend import Backend, BackendError
+from colo_orch.backends.base import Backend, BackendError
+from colo_orch.backends.xen.libxl import LibxlBridge
 from colo_orch.core.decide import VmObs
-from colo_proxy.libxl_proxy import LibxlBridge
 
 # Outcomes of a supervised xl process, recognised from its stderr.
 SECONDARY_LOST = "secondary_lost"
@@ -197,7 +197,7 @@ class XenBackend(Backend):
             raise BackendError("no libxl bridge: cannot tell when COLO is reached")
         addr, port = _tcp(uri)
         self._colo_from = self.bridge.checkpoints
-        rune = f"exec {self.python} -m colo_orch.xen.connect {addr} {port}"
+        rune = f"exec {self.python} -m colo_orch.backends.xen.connect {addr} {port}"
         proc = subprocess.Popen([*self.xl, "remus", "-c", "-p", "-u", "-e", "-s", "",
                                  self.domain, rune],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

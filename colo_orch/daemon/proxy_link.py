@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from colo_proxy.control import LineDecoder, ProtocolError, encode
+from colo_proxy.wire.control import LineDecoder, ProtocolError, encode
 
 
 class ProxyLink:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
-        from colo_orch.check import run_check
+        from colo_orch.cli.check import run_check
 
         return run_check(args.config, smoke=args.smoke)
     try:
@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"colo-orch: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s colo-orch[%(name)s] %(message)s")
-    from colo_orch.api import make_server, serve_in_background
-    from colo_orch.arbiter import LocalLeaseArbiter
-    from colo_orch.backend import Backend
-    from colo_orch.heartbeat import Heartbeat
-    from colo_orch.proxy_link import ProxyLink
-    from colo_orch.qemu.backend import QemuBackend
-    from colo_orch.runner import Orchestrator
+    from colo_orch.backends.base import Backend
+    from colo_orch.backends.qemu.backend import QemuBackend
+    from colo_orch.daemon.api import make_server, serve_in_background
+    from colo_orch.daemon.arbiter import LocalLeaseArbiter
+    from colo_orch.daemon.heartbeat import Heartbeat
+    from colo_orch.daemon.proxy_link import ProxyLink
+    from colo_orch.daemon.runner import Orchestrator
 
     host_id = args.host_id or f"{socket.gethostname()}-{cfg.role}"
     arbiter_path = cfg.arbiter_path or f"/run/colo/{cfg.name}.lease"
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     backend: Backend
     if cfg.backend == "xen":
-        from colo_orch.xen.backend import XenBackend
-        from colo_proxy.libxl_proxy import LibxlBridge
+        from colo_orch.backends.xen.backend import XenBackend
+        from colo_orch.backends.xen.libxl import LibxlBridge
 
         host, port = cfg.xen_checkpoint_listen.rsplit(":", 1)
         # libxl asks this bridge when to checkpoint; the bridge asks the local proxy.

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from colo_orch.blk.spec import Disk
+from colo_orch.backends.qemu.blk.spec import Disk
 
 
 class Qmp(Protocol):
