@@ -29,6 +29,7 @@ system: build
 lint: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	bash scripts/check-commits
 
 bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
