@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     backend: Backend
     if cfg.backend == "xen":
         from colo_orch.backends.xen.backend import XenBackend
-        from colo_orch.backends.xen.libxl import LibxlBridge
+        from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 
         host, port = cfg.xen_checkpoint_listen.rsplit(":", 1)
         # libxl asks this bridge when to checkpoint; the bridge asks the local proxy.

@@ -3,8 +3,8 @@
 What runs where (docs/xen.md):
 - primary host: `xl create` starts the domain; `enter_colo` runs
   `xl remus -c -p -u -e -s "" <domain> "exec python -m colo_orch.backends.xen.connect ADDR PORT"`
-  and supervises it. libxl then connects to the libxl bridge (colo_orch.backends.xen.libxl, owned
-  here) for checkpoints. COLO is reached at the first COLO_CHECKPOINT (libxl sends it when
+  and supervises it. libxl then connects to the libxl bridge
+  (colo_orch.backends.xen.libxl.bridge, owned here) for checkpoints. COLO is reached at the first COLO_CHECKPOINT (libxl sends it when
   the secondary reports CHECKPOINT_SVM_READY for the initial sync).
 - secondary host: `start_vm(incoming_uri)` listens on the port and runs
   `xl migrate-receive --colo --userspace-colo-proxy -e` on the accepted connection; the
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from colo_orch.backends.base import Backend, BackendError
-from colo_orch.backends.xen.libxl import LibxlBridge
+from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_orch.core.decide import VmObs
 
 # Outcomes of a supervised xl process, recognised from its stderr.

@@ -2,7 +2,7 @@
 
 Not libxl: a model built from the behaviour documented in xen.git
 tools/libs/light/libxl_colo_proxy.c, libxl_colo_save.c and libxl_colo.h (see the module
-docstring of colo_orch/backends/xen/libxl.py for the list of facts), so that our proxy can be
+docstring of colo_orch/backends/xen/libxl/session.py for the list of facts), so that our proxy can be
 tested where no Xen hypervisor runs. What it reproduces on purpose:
 
 - INIT is sent without a NUL; any reply within 500 ms is accepted, none fails the setup.

@@ -19,7 +19,7 @@ from colo_orch.backends.xen.backend import (
     SECONDARY_LOST,
     XenBackend,
 )
-from colo_orch.backends.xen.libxl import LibxlBridge
+from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 
 STANDIN = Path(__file__).parent / "standin_xl.py"
 

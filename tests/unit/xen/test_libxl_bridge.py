@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from compare.packets import ACK, PSH, SYN, tcp
 
-from colo_orch.backends.xen.libxl import LibxlBridge
+from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_proxy.compare import CompareConfig
 from colo_proxy.service.proxies import PrimaryProxy, serve
 from colo_proxy.service.settings import ProxySettings

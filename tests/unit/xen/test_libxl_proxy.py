@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from compare.packets import ACK, PSH, SYN, tcp
 
-from colo_orch.backends.xen.libxl import (
+from colo_orch.backends.xen.libxl.session import (
     COLO_CHECKPOINT,
     DO_CHECKPOINT,
     INIT,

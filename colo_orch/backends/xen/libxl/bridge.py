@@ -1,0 +1,320 @@
+"""The socket adapter of `session.LibxlSession`: libxl on TCP, the proxy on its control socket.
+
+It serves libxl on TCP and talks to the proxy service over its ordinary JSON control socket
+(colo_proxy/wire/control.py) as one more client, so the same `PrimaryProxy` and comparator
+serve the QEMU and the Xen backend unchanged: the comparator's `checkpoint_request` becomes
+`DO_CHECKPOINT`, libxl's `COLO_CHECKPOINT` becomes `checkpoint_done`.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from colo_orch.backends.xen.libxl.session import (
+    CheckpointDone,
+    Close,
+    Command,
+    LibxlSession,
+    Log,
+    Phase,
+    Send,
+    encode,
+)
+from colo_proxy.wire.control import LineDecoder, ProtocolError
+from colo_proxy.wire.control import encode as encode_json
+
+log = logging.getLogger("colo-proxy.libxl")
+
+
+class LibxlBridge:
+    """Serve libxl on TCP; speak the proxy service's JSON control protocol on its unix socket.
+
+    One thread runs a selector loop over: the TCP listener, the libxl connection (the newest
+    wins: libxl reconnects when `xl remus` restarts), the control connection (reconnected
+    every `reconnect` seconds: the proxy may restart) and a wake-up socketpair for requests
+    from other threads (`request_checkpoint`).
+    """
+
+    def __init__(self, listen: tuple[str, int], control_path: str | None, *,
+                 clock: Callable[[], float] = time.monotonic, reconnect: float = 0.5,
+                 on_checkpoint: Callable[[CheckpointDone], None] | None = None) -> None:
+        self.control_path = control_path
+        self.clock = clock
+        self.reconnect = reconnect
+        self.on_checkpoint = on_checkpoint
+        self.listener = socket.create_server(listen, reuse_port=False)
+        self.listener.setblocking(False)
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        self.session: LibxlSession | None = None
+        self.sessions = 0
+        self._libxl: socket.socket | None = None
+        self._ctl: socket.socket | None = None
+        self._ctl_decoder = LineDecoder()
+        self._ctl_next_try = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._inbox: list[tuple[str, Any]] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sel = selectors.DefaultSelector()
+        self.checkpoints = 0  # COLO_CHECKPOINTs over all sessions
+        self.control_failures = 0  # checkpoint_done we could not deliver to the proxy
+
+    # Other threads -----------------------------------------------------------------
+    def start(self) -> LibxlBridge:
+        self._sel.register(self.listener, selectors.EVENT_READ, "listen")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._run, name="libxl-bridge", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for s in (self._libxl, self._ctl, self.listener, self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._sel.close()
+
+    def request_checkpoint(self, reason: str) -> None:
+        """Ask libxl for a checkpoint now (coalesced with any outstanding request)."""
+        self._post("request", reason)
+
+    def send_control(self, msg: dict[str, Any]) -> None:
+        """Pass a message to the proxy service (e.g. {"type": "failover"})."""
+        self._post("control", msg)
+
+    @property
+    def connected(self) -> bool:
+        s = self.session
+        return s is not None and s.phase in (Phase.READY, Phase.REQUESTED)
+
+    @property
+    def proxy_connected(self) -> bool:
+        return self._ctl is not None
+
+    def wait_checkpoints(self, count: int, timeout: float) -> bool:
+        """Wait until at least `count` COLO_CHECKPOINTs have arrived in total."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.checkpoints >= count, timeout)
+
+    def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(cond, timeout)
+
+    def status(self) -> dict[str, Any]:
+        s = self.session
+        return {"listen": f"{self.address[0]}:{self.address[1]}",
+                "libxl_connected": self.connected, "proxy_connected": self.proxy_connected,
+                "phase": s.phase.name if s else None, "sessions": self.sessions,
+                "checkpoints": self.checkpoints, "control_failures": self.control_failures,
+                "session": s.stats.as_dict() if s else None}
+
+    def _post(self, kind: str, arg: Any) -> None:
+        with self._cond:
+            self._inbox.append((kind, arg))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    # The loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._ensure_control()
+            for key, _ in self._sel.select(timeout=self.reconnect):
+                what = key.data
+                if what == "listen":
+                    self._accept()
+                elif what == "wake":
+                    self._drain_inbox()
+                elif what == "libxl":
+                    self._libxl_readable()
+                elif what == "ctl":
+                    self._ctl_readable()
+                else:
+                    raise RuntimeError(f"Unexpected selector key: {what}")
+
+    def _accept(self) -> None:
+        try:
+            conn, peer = self.listener.accept()
+        except BlockingIOError:
+            return
+        if self._libxl is not None:
+            log.warning("libxl connected again from %s: dropping the old connection", peer)
+            self._drop_libxl()
+        conn.setblocking(False)
+        self._libxl = conn
+        with self._cond:
+            self.session = LibxlSession()
+            self.sessions += 1
+            self._cond.notify_all()
+        self._sel.register(conn, selectors.EVENT_READ, "libxl")
+
+    def _drop_libxl(self) -> None:
+        conn, self._libxl = self._libxl, None
+        if conn is not None:
+            self._sel.unregister(conn)
+            conn.close()
+        if self.session is not None:
+            self._apply(self.session.closed(self.clock()))
+
+    def _libxl_readable(self) -> None:
+        assert self._libxl is not None and self.session is not None
+        data = _recv(self._libxl)
+        if data is None:
+            return
+        if not data:
+            self._drop_libxl()
+            return
+        self._apply(self.session.received(data, self.clock()))
+
+    def _drain_inbox(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._cond:
+            items, self._inbox = self._inbox, []
+        for kind, arg in items:
+            if kind == "request":
+                self._request(str(arg))
+            elif kind == "control":
+                self._ctl_send(arg)
+            else:
+                raise RuntimeError(f"Unexpected inbox item: {kind}")
+
+    def _request(self, reason: str) -> None:
+        if self.session is None:
+            log.warning("checkpoint request (%s) before libxl ever connected: output stays "
+                        "held", reason)
+            return
+        self._apply(self.session.request(reason, self.clock()))
+
+    def _apply(self, commands: list[Command]) -> None:
+        for c in commands:
+            if isinstance(c, Send):
+                self._libxl_send(c.payload)
+            elif isinstance(c, CheckpointDone):
+                # The proxy first: its held output waits on this message.
+                if not self._ctl_send({"type": "checkpoint_done"}):
+                    self.control_failures += 1
+                    log.error("COLO_CHECKPOINT from libxl but no proxy connected: output "
+                              "stays held until the next checkpoint")
+                with self._cond:
+                    self.checkpoints += 1
+                    self._cond.notify_all()
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(c)
+            elif isinstance(c, Log):
+                log.log(c.level, "%s", c.text)
+            elif isinstance(c, Close):
+                log.error("closing the libxl connection: %s", c.reason)
+                self._drop_libxl()
+            else:
+                raise RuntimeError(f"Unexpected command: {c}")
+        with self._cond:
+            self._cond.notify_all()
+
+    def _libxl_send(self, payload: bytes) -> None:
+        conn = self._libxl
+        if conn is None:
+            return
+        try:
+            # A few bytes on a connection libxl reads promptly: a short blocking send never
+            # splits a frame and cannot hold the loop for long.
+            conn.settimeout(1.0)
+            conn.sendall(encode(payload))
+        except OSError as exc:
+            log.error("sending to libxl failed: %s", exc)
+            self._drop_libxl()
+            return
+        finally:
+            if self._libxl is conn:
+                conn.setblocking(False)
+
+    # The proxy's control socket ----------------------------------------------------------
+    def _ensure_control(self) -> None:
+        if self._ctl is not None or self.control_path is None:
+            return
+        now = self.clock()
+        if now < self._ctl_next_try:
+            return
+        self._ctl_next_try = now + self.reconnect
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.control_path)
+        except OSError as exc:
+            s.close()
+            log.debug("proxy control socket %s: %s", self.control_path, exc)
+            return
+        s.setblocking(False)
+        self._ctl = s
+        self._ctl_decoder = LineDecoder()
+        self._sel.register(s, selectors.EVENT_READ, "ctl")
+        self._ctl_send({"type": "hello", "who": "colo-libxl-bridge"})
+        with self._cond:
+            self._cond.notify_all()
+
+    def _ctl_send(self, msg: dict[str, Any]) -> bool:
+        s = self._ctl
+        if s is None:
+            return False
+        try:
+            s.settimeout(1.0)
+            s.sendall(encode_json(msg))
+            return True
+        except OSError:
+            self._drop_ctl()
+            return False
+        finally:
+            if self._ctl is s:
+                s.setblocking(False)
+
+    def _drop_ctl(self) -> None:
+        s, self._ctl = self._ctl, None
+        if s is not None:
+            self._sel.unregister(s)
+            s.close()
+
+    def _ctl_readable(self) -> None:
+        assert self._ctl is not None
+        data = _recv(self._ctl)
+        if data is None:
+            return
+        if not data:
+            log.warning("the proxy closed its control connection; reconnecting")
+            self._drop_ctl()
+            return
+        for msg in self._ctl_decoder.feed(data):
+            if isinstance(msg, ProtocolError):
+                log.warning("bad line from the proxy: %s", msg)
+                continue
+            if msg.get("type") == "checkpoint_request":
+                self._request(str(msg.get("reason", "unknown")))
+            elif msg.get("type") == "error":
+                log.warning("the proxy refused a message: %s", msg.get("error"))
+            # "ok" and "hello" replies need nothing.
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """What a non-blocking socket has: None if nothing yet, b"" if the peer has gone."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
