@@ -38,11 +38,13 @@ class Timing:
 class Config:
     name: str  # the protected VM pair's name
     role: str  # initial role of this host
-    qmp: str  # command monitor socket of this host's VM
-    qmp_events: str  # second monitor, for events
     heartbeat_listen: str  # "ADDR:PORT" this host receives heartbeats on
     peer_heartbeat: str  # "ADDR:PORT" of the peer's heartbeat listener
     incoming_uri: str  # where our VM waits when we are the secondary ("tcp:ADDR:PORT")
+    # backend = "qemu" (required there): the command monitor socket of this host's VM and
+    # a second one for events. Xen has none: libxl drives qemu-xen's monitor itself.
+    qmp: str = ""
+    qmp_events: str = ""
     api_listen: str = "127.0.0.1:7411"
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     # When set, the orchestrator runs colo-proxy itself in the role this host has now,
@@ -185,6 +187,12 @@ def _check(cfg: Config, path: str) -> None:
                 raise _fail(path, key, 'required with backend = "xen"',
                             f'add {key} = "..." (docs/xen.md)')
         _addr(path, "xen_checkpoint_listen", cfg.xen_checkpoint_listen)
+    else:
+        for key, example in (("qmp", "vm.qmp"), ("qmp_events", "vm-events.qmp")):
+            if not getattr(cfg, key):
+                raise _fail(path, key, f'required with backend = "{cfg.backend}"',
+                            f'add {key} = "/run/colo/{example}" (a QEMU -qmp unix socket), '
+                            'or set backend = "xen" (docs/xen.md)')
     if cfg.arbiter not in ARBITERS:
         raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not supported",
                     'use "local" (a cluster store plugs in through colo_orch.daemon.arbiter.Arbiter)')

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from colo_orch.core.config import ConfigError, parse
@@ -44,8 +47,8 @@ def test_bad_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> No
 
 
 def test_missing_field_and_bad_toml() -> None:
-    with pytest.raises(ConfigError, match="qmp: missing; add qmp"):
-        parse(GOOD.replace('qmp = "/run/pvm.qmp"', ""))
+    with pytest.raises(ConfigError, match="name: missing; add name"):
+        parse(GOOD.replace('name = "web1"', ""))
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("name = ")
 
@@ -58,3 +61,21 @@ def test_xen_backend_needs_its_fields() -> None:
     assert cfg.backend == "xen"
     with pytest.raises(ConfigError, match="backend: 'kvm' is not a backend"):
         parse(GOOD + 'backend = "kvm"\n')
+
+
+@pytest.mark.parametrize("key", ["qmp", "qmp_events"])
+def test_qemu_backend_needs_its_monitors(key: str) -> None:
+    text = "\n".join(ln for ln in GOOD.splitlines() if not ln.startswith(f"{key} "))
+    with pytest.raises(ConfigError) as err:
+        parse(text, "web1.toml")
+    msg = str(err.value)
+    assert msg.startswith(f'web1.toml: {key}: required with backend = "qemu"'), msg
+    assert f"add {key} = " in msg and 'backend = "xen"' in msg
+
+
+def test_xen_config_as_docs_xen_md_writes_it_loads() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "xen.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    assert len(blocks) == 1, "docs/xen.md shows one orchestrator configuration"
+    cfg = parse(blocks[0], "docs/xen.md")
+    assert (cfg.backend, cfg.qmp, cfg.qmp_events) == ("xen", "", "")
