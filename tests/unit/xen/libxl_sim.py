@@ -1,4 +1,5 @@
-"""A simulation of libxl's userspace-proxy side of COLO (the primary's `xl remus -c -p`).
+"""A simulation of libxl's userspace-proxy side of COLO (the primary's `xl remus -c -p`), and
+of the back channel that the secondary's libxl writes (`xl migrate-receive --colo`).
 
 Not libxl: a model built from the behaviour documented in xen.git
 tools/libs/light/libxl_colo_proxy.c, libxl_colo_save.c and libxl_colo.h (see the module
@@ -16,6 +17,12 @@ tested where no Xen hypervisor runs. What it reproduces on purpose:
 `LibxlLoopModel` is sans-IO with the clock passed in (the periodic path is tested without
 waiting 5 s); `SimulatedLibxl` drives it over a real TCP socket in a thread, the way libxl's
 forked wait child reads its socket with SO_RCVTIMEO.
+
+`RestoreBackChannel` is the secondary: not libxl either, but the bytes that xen.git's
+tools/xl/xl_migrate.c and libxl_colo_restore.c write on `xl migrate-receive`'s stdout (see
+the docstring of colo_orch/backends/xen/libxl/backchannel.py), encoded here from those
+sources and not with the product's code: xl's banner, then per checkpoint the
+checkpoint-state records SVM_SUSPENDED, SVM_READY and, once the SVM runs again, SVM_RESUMED.
 """
 
 from __future__ import annotations
@@ -191,3 +198,38 @@ class SimulatedLibxl:
             if not self._stop.is_set():
                 self.error = exc
             self._notify()
+
+
+# The secondary's back channel --------------------------------------------------------
+RECEIVER_BANNER = b"xl migration receiver ready, send binary domain data.\n"  # xl.h
+SVM_SUSPENDED, SVM_READY, SVM_RESUMED = 1, 2, 3  # libxl_sr_stream_format.h
+
+
+def checkpoint_state_record(state: int) -> bytes:
+    """libxl__stream_write_checkpoint_state: {type 5, length 4} in host order, the id, and
+    zero padding to 8 bytes."""
+    return struct.pack("=III", 5, 4, state) + bytes(4)
+
+
+@dataclass
+class RestoreBackChannel:
+    """What the secondary writes to the primary, step by step of libxl_colo_restore.c."""
+
+    resumed: int = 0
+
+    def start(self) -> bytes:
+        """xl's migrate_receive, before the stream is read."""
+        return RECEIVER_BANNER
+
+    def initial_sync(self) -> bytes:
+        """The first resume: devices set up, SVM_READY, the SVM unpaused, SVM_RESUMED."""
+        assert self.resumed == 0
+        self.resumed += 1
+        return checkpoint_state_record(SVM_READY) + checkpoint_state_record(SVM_RESUMED)
+
+    def checkpoint(self) -> bytes:
+        """Suspended and reported; the state loaded, SVM_READY; resumed, SVM_RESUMED."""
+        assert self.resumed > 0, "a checkpoint before the initial sync"
+        self.resumed += 1
+        return b"".join(checkpoint_state_record(s)
+                        for s in (SVM_SUSPENDED, SVM_READY, SVM_RESUMED))
