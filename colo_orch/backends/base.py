@@ -20,9 +20,10 @@ class BackendError(Exception):
 
 
 class Backend(ABC):
-    # True when the hypervisor path itself tells the proxy that a checkpoint is done
-    # (Xen: libxl's COLO_CHECKPOINT through the libxl bridge). The runner then must not
-    # send its own checkpoint_done, which would release output produced after the resume.
+    # True when the hypervisor path itself tells the primary's proxy that a checkpoint is
+    # done (Xen: libxl's COLO_CHECKPOINT through the libxl bridge). The runner then must not
+    # send its own checkpoint_done there, which would release output produced after the
+    # resume. The secondary's proxy is told by the runner on both backends (`wait_resume`).
     notifies_proxy_of_checkpoints = False
     # Called (from the action thread) when the PVM has stopped for a checkpoint: from then
     # on the proxy can tell pre-snapshot output from what the PVM sends after it resumes.
@@ -55,12 +56,18 @@ class Backend(ABC):
     def stop_vm(self) -> str:
         """Stop our VM. Bound: 10 s."""
 
+    @abstractmethod
     def wait_resume(self, timeout: float) -> bool:
-        """Secondary: True when our VM resumed (a checkpoint was loaded) within timeout.
+        """Secondary: True when our VM resumed with a newly loaded checkpoint.
 
-        Called only from the secondary's event watcher, never while an action runs.
+        Blocks for up to `timeout` while the VM does not resume: the secondary's watcher
+        calls it in a loop while PROTECTED (an early False makes that loop spin) and tells
+        its proxy `checkpoint_done` at each True. A resume is reported once, at the first
+        call after it. QEMU: the SVM's RESUME event (any other event ends the wait with
+        False); Xen: libxl's CHECKPOINT_SVM_RESUMED record on the back channel to the
+        primary (resumes between two calls give one True). Called only from that watcher's
+        thread, which no action waits for: it may run alongside one (take_over).
         """
-        return False
 
     def disk_status(self) -> tuple[DiskStatus | None, int]:
         """Replication state of the protected disks and how many there are (metrics).

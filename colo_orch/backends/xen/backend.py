@@ -9,7 +9,9 @@ What runs where (docs/xen.md):
 - secondary host: `start_vm(incoming_uri)` listens on the port and runs
   `xl migrate-receive --colo --userspace-colo-proxy -e` on the accepted connection; the
   incoming domain is named `<name>--incoming` until failover renames it (xl_vmcontrol.c,
-  xl_migrate.c).
+  xl_migrate.c). Its stdout, libxl's back channel to the primary, passes through us: the
+  CHECKPOINT_SVM_RESUMED records on it are how `wait_resume` learns that the SVM runs a new
+  checkpoint (libxl/backchannel.py; the secondary's libxl tells no proxy).
 
 End of replication, from xl's own messages (tools/xl/xl_migrate.c):
 - primary `xl remus` prints "COLO: Backup failed? resuming domain at primary." and exits 1
@@ -22,6 +24,7 @@ End of replication, from xl's own messages (tools/xl/xl_migrate.c):
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -31,10 +34,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO
 
 from colo_orch.backends.base import Backend, BackendError
+from colo_orch.backends.xen.libxl.backchannel import (
+    CHECKPOINT_SVM_RESUMED,
+    BackChannelDecoder,
+    BackChannelError,
+)
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_orch.core.decide import VmObs
+
+log = logging.getLogger("colo_orch.xen")
 
 # Outcomes of a supervised xl process, recognised from its stderr.
 SECONDARY_LOST = "secondary_lost"
@@ -115,6 +126,11 @@ class XenBackend(Backend):
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
         self._colo_from = 0  # bridge checkpoint count when remus started
+        # Secondary: CHECKPOINT_SVM_RESUMED records seen on the back channel, and how many
+        # wait_resume has reported.
+        self._resumed = threading.Condition()
+        self._resumes = 0
+        self._resumes_reported = 0
 
     # xl calls ---------------------------------------------------------------------------
     def _run(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
@@ -188,9 +204,39 @@ class XenBackend(Backend):
         self._conn = conn
         proc = subprocess.Popen(
             [*self.xl, "migrate-receive", "--colo", "--userspace-colo-proxy", "-e"],
-            stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.PIPE,
+            stdin=conn.fileno(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True)
         self.receiver = Supervised(proc)
+        assert proc.stdout is not None
+        threading.Thread(target=self._back_channel, args=(proc.stdout, conn),
+                         daemon=True, name="xl-back-channel").start()
+
+    def _back_channel(self, out: IO[bytes], conn: socket.socket) -> None:
+        """Pass xl's stdout to the primary unchanged, and count the SVM's resumes on it."""
+        decoder: BackChannelDecoder | None = BackChannelDecoder()
+        # os.read, not out.read: it returns what there is, at once (a record is 16 bytes).
+        while data := os.read(out.fileno(), 65536):
+            try:
+                # The primary's libxl first: it waits for SVM_READY to resume the PVM.
+                conn.sendall(data)
+            except OSError:
+                # The primary is gone. Closing our end makes xl's next write fail (EPIPE:
+                # xl ignores SIGPIPE), as a write to the dead connection itself would have.
+                break
+            if decoder is None:
+                continue
+            try:
+                resumed = decoder.feed(data).count(CHECKPOINT_SVM_RESUMED)
+            except BackChannelError as exc:
+                log.error("xl's back channel: %s; the secondary proxy's offsets will not "
+                          "reset at checkpoints", exc)
+                decoder = None
+                continue
+            if resumed:
+                with self._resumed:
+                    self._resumes += resumed
+                    self._resumed.notify_all()
+        out.close()
 
     def enter_colo(self, uri: str) -> str:
         if self.bridge is None:
@@ -212,6 +258,17 @@ class XenBackend(Backend):
             _terminate(r.proc)
             raise BackendError("xl remus did not reach COLO within 60 s")
         raise BackendError(f"xl remus ended ({r.outcome()}): {r.tail()}")
+
+    def wait_resume(self, timeout: float) -> bool:
+        # The secondary's libxl talks to no proxy in userspace-proxy mode; its
+        # CHECKPOINT_SVM_RESUMED record on the back channel is the one sign that the SVM
+        # resumed with a new checkpoint (libxl/backchannel.py).
+        with self._resumed:
+            if not self._resumed.wait_for(lambda: self._resumes > self._resumes_reported,
+                                          timeout):
+                return False
+            self._resumes_reported = self._resumes
+            return True
 
     def checkpoint(self) -> str:
         r, b = self.remus, self.bridge

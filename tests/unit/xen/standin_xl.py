@@ -9,6 +9,9 @@ State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
   secondary_lost  the same until the file "end" appears, then "Backup failed?", exit 1;
   primary_lost    the same until "end", then the domain vanishes, "destroyed", exit 0;
   error           "Failed to suspend domain at primary.", exit 1, at once.
+`migrate-receive` writes the secondary's back channel (libxl_sim.RestoreBackChannel) on
+stdout. Its stdin stands in for the primary's stream: a line "sync" ends the initial sync,
+a line "checkpoint" is one checkpoint; other bytes are taken as stream data.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from libxl_sim import SimulatedLibxl
+from libxl_sim import RestoreBackChannel, SimulatedLibxl
 
 STATE = Path(os.environ["XL_STANDIN_DIR"])
 
@@ -86,8 +89,16 @@ def migrate_receive(args: list[str]) -> int:
     incoming = STATE / f"{domain}--incoming"
     incoming.write_text("-b----")
     say("migration target: Ready to receive domain.")
-    while sys.stdin.buffer.read(65536):
-        pass  # the primary's checkpoint stream, until it ends
+    back = RestoreBackChannel()
+    os.write(1, back.start())
+    pending = b""
+    while data := os.read(0, 65536):  # the primary's stream, until it ends
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line == b"sync":
+                os.write(1, back.initial_sync())
+            elif line == b"checkpoint":
+                os.write(1, back.checkpoint())
     incoming.rename(STATE / domain)
     say("migration target: COLO Failover for domain 7")
     return 0

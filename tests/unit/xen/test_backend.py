@@ -21,6 +21,8 @@ from colo_orch.backends.xen.backend import (
 )
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 
+from .libxl_sim import RestoreBackChannel
+
 STANDIN = Path(__file__).parent / "standin_xl.py"
 
 
@@ -95,8 +97,10 @@ def test_error_exit_fails_enter_colo_and_the_primary_keeps_running(
     assert (obs.running, obs.migration) == (True, "failed")
 
 
-def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+@pytest.fixture
+def secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              bridge: LibxlBridge) -> Iterator[tuple[XenBackend, socket.socket]]:
+    """A secondary whose `xl migrate-receive` is ready, and the primary's end of its stream."""
     monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
     b = XenBackend("web", str(tmp_path / "web.cfg"), xl=[sys.executable, str(STANDIN)],
                    bridge=bridge)
@@ -105,19 +109,57 @@ def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
         port = probe.getsockname()[1]
     try:
         assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
-        # The primary's `xl remus` connects and streams (here: a few bytes).
+        # The primary's `xl remus` connects and streams.
         primary = socket.create_connection(("127.0.0.1", port), timeout=10)
-        primary.sendall(b"checkpoint stream")
         deadline = time.monotonic() + 10
         while b.receiver is None or READY not in b.receiver.marks:
             assert time.monotonic() < deadline, "xl migrate-receive never became ready"
             time.sleep(0.02)
-        args = (tmp_path / "receive-args").read_text().split("\n")
-        assert args == ["--colo", "--userspace-colo-proxy", "-e"]
-        # The primary dies: take_over ends the stream itself if it hangs.
-        assert "domain running" in b.take_over("secondary")
-        assert b.receiver.outcome() == FAILED_OVER
-        assert (tmp_path / "web").exists() and not (tmp_path / "web--incoming").exists()
+        yield b, primary
         primary.close()
     finally:
         b.stop_vm()
+
+
+def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
+        tmp_path: Path, secondary: tuple[XenBackend, socket.socket]) -> None:
+    b, primary = secondary
+    primary.sendall(b"checkpoint stream")
+    args = (tmp_path / "receive-args").read_text().split("\n")
+    assert args == ["--colo", "--userspace-colo-proxy", "-e"]
+    # The primary dies: take_over ends the stream itself if it hangs.
+    assert "domain running" in b.take_over("secondary")
+    assert b.receiver is not None and b.receiver.outcome() == FAILED_OVER
+    assert (tmp_path / "web").exists() and not (tmp_path / "web--incoming").exists()
+
+
+def test_wait_resume_blocks_for_its_timeout_while_the_svm_runs_on(
+        secondary: tuple[XenBackend, socket.socket]) -> None:
+    # The orchestrator's SVM watcher calls wait_resume(0.2) in a loop: returning early
+    # would make that loop spin.
+    b, _ = secondary
+    calls, start = 0, time.monotonic()
+    while time.monotonic() - start < 0.5:
+        assert b.wait_resume(0.1) is False
+        calls += 1
+    assert calls <= 6, f"{calls} calls in 0.5 s"
+
+
+def test_each_svm_resume_is_reported_once_and_the_primary_gets_every_byte(
+        secondary: tuple[XenBackend, socket.socket]) -> None:
+    b, primary = secondary
+    primary.sendall(b"sync\n")  # the initial sync: the SVM runs the PVM's state
+    assert b.wait_resume(10) is True
+    assert b.wait_resume(0.1) is False
+    primary.sendall(b"checkpoint\n")
+    assert b.wait_resume(10) is True
+    assert b.wait_resume(0.1) is False
+    # The back channel reached the primary's libxl as xl wrote it.
+    sim = RestoreBackChannel()
+    sent = sim.start() + sim.initial_sync() + sim.checkpoint()
+    got = b""
+    while len(got) < len(sent):
+        chunk = primary.recv(4096)
+        assert chunk, f"the back channel ended after {got!r}"
+        got += chunk
+    assert got == sent
