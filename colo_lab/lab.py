@@ -40,7 +40,8 @@ from colo_lab.paths import run_root
 from colo_lab.qemu_build import ensure_qemu
 from colo_lab.vm import VM, VMSpec
 from colo_orch.backends.qemu.blk.images import create_raw, prepare
-from colo_orch.backends.qemu.blk.spec import Disk, drive_args
+from colo_orch.backends.qemu.blk.spec import drive_args
+from colo_orch.core.disks import Disk
 
 VM_MAC = "52:54:00:c0:10:01"
 VM_IP = "10.99.0.10"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from colo_orch.backends.qemu.blk.graph import DiskStatus
 from colo_orch.core.decide import VmObs
+from colo_orch.core.disks import DiskStatus
 
 
 class BackendError(Exception):

@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from colo_orch.backends.qemu.blk.spec import ID_RE, Disk
+from colo_orch.core.disks import ID_RE, Disk
 
 ROLES = ("primary", "secondary")
 ARBITERS = ("local",)

@@ -11,8 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 
-from colo_orch.backends.qemu.blk.graph import STATES as DISK_STATES
-from colo_orch.backends.qemu.blk.graph import DiskStatus
+from colo_orch.core.disks import STATES as DISK_STATES
+from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
 
 CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",

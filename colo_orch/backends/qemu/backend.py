@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from colo_orch.backends.base import Backend, BackendError
-from colo_orch.backends.qemu.blk.graph import DiskError, DiskStatus, Replication
+from colo_orch.backends.qemu.blk.graph import DiskError, Replication
 from colo_orch.backends.qemu.blk.images import ImageError, check_layers, create_layer, size_of
-from colo_orch.backends.qemu.blk.spec import Disk, drive_args, uri_host
+from colo_orch.backends.qemu.blk.spec import drive_args, uri_host
 from colo_orch.backends.qemu.process import ensure_gone, pid_from_file, started_with
 from colo_orch.backends.qemu.qmp import QmpClient
 from colo_orch.core.decide import VmObs
+from colo_orch.core.disks import Disk, DiskStatus
 
 
 class _Monitor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from colo_orch.backends.qemu.blk.graph import DiskStatus
+from colo_orch.core.disks import DiskStatus
 from colo_orch.daemon.metrics import OrchMetrics
 
 

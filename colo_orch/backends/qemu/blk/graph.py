@@ -28,10 +28,10 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from colo_orch.backends.qemu.blk.spec import Disk
+from colo_orch.backends.qemu.blk.spec import QemuDisk
+from colo_orch.core.disks import Disk, DiskStatus
 
 
 class Qmp(Protocol):
@@ -40,19 +40,6 @@ class Qmp(Protocol):
 
 class DiskError(Exception):
     """A disk replication step failed; str() names the disk, the step and the likely cause."""
-
-
-@dataclass(frozen=True)
-class DiskStatus:
-    """What `/state` and the metrics show about disk replication."""
-
-    state: str  # none, exported, resyncing, replicating, broken, committed, alone
-    problem: str = ""
-    bytes_replicated: int = 0
-    errors: int = 0
-
-
-STATES = ("none", "exported", "resyncing", "replicating", "broken", "committed", "alone")
 
 
 def _refused(exc: Exception) -> bool:
@@ -68,7 +55,7 @@ class Replication:
                  sleep: Callable[[float], None] = time.sleep,
                  connect: Callable[[str, int, float], None] | None = None) -> None:
         self.mon = mon
-        self.disks = tuple(disks)
+        self.disks = tuple(map(QemuDisk.of, disks))
         self.port = nbd_port
         self.clock = clock
         self.sleep = sleep
@@ -137,7 +124,7 @@ class Replication:
             self.sleep(0.02)
 
     # Primary ---------------------------------------------------------------------
-    def _target(self, d: Disk, peer: str) -> str:
+    def _target(self, d: QemuDisk, peer: str) -> str:
         return f"nbd://{peer}:{self.port}/{d.parent}"
 
     def resync(self, peer: str, *, connect_timeout: float = 10.0, timeout: float = 300.0) -> str:
@@ -218,7 +205,7 @@ class Replication:
             self.state = "alone"
         return f"replication child removed from {removed} disk(s)"
 
-    def _remove_child(self, d: Disk) -> int:
+    def _remove_child(self, d: QemuDisk) -> int:
         child = self._child_name(d)
         if child is None:
             return 0
@@ -229,7 +216,7 @@ class Replication:
             pass  # already gone with its last reference
         return 1
 
-    def _child_name(self, d: Disk) -> str | None:
+    def _child_name(self, d: QemuDisk) -> str | None:
         """The quorum's name for the replication child ("children.N"; N grows on each add)."""
         graph = self.mon.cmd("x-debug-query-block-graph")
         rep = next((n["id"] for n in graph.get("nodes", []) if n.get("name") == d.replication),

@@ -8,18 +8,19 @@ either VM, and COLO migrates the device state between them.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
-ID_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
+from colo_orch.core.disks import Disk
 
 
 @dataclass(frozen=True)
-class Disk:
-    id: str  # short name, e.g. "disk0"; QEMU node names derive from it
-    image: str  # this host's copy of the disk (raw)
-    active: str  # the secondary's active layer (qcow2, recreated empty at each start)
-    hidden: str  # the secondary's hidden layer (qcow2, recreated empty at each start)
+class QemuDisk(Disk):
+    """A configured disk with the names QEMU's block graph gives its nodes."""
+
+    @classmethod
+    def of(cls, disk: Disk) -> QemuDisk:
+        return disk if isinstance(disk, QemuDisk) else cls(*astuple(disk))
 
     # QEMU names --------------------------------------------------------------
     @property
@@ -61,15 +62,15 @@ def _esc(path: str) -> str:
     return path.replace(",", ",,")
 
 
-def _quorum(d: Disk, child: str) -> str:
+def _quorum(d: QemuDisk, child: str) -> str:
     return (f"if=none,id={d.top},driver=quorum,read-pattern=fifo,vote-threshold=1,"
             f"children.0{child}")
 
 
-def drive_args(disks: tuple[Disk, ...] | list[Disk], *, secondary: bool) -> list[str]:
+def drive_args(disks: Sequence[Disk], *, secondary: bool) -> list[str]:
     """The -drive/-device arguments of all disks for a primary or a secondary VM."""
     argv: list[str] = []
-    for d in disks:
+    for d in map(QemuDisk.of, disks):
         if secondary:
             argv += ["-drive", f"if=none,id={d.parent},driver=raw,file.filename={_esc(d.image)}"]
             argv += ["-drive", (f"if=none,id={d.childs},driver=replication,mode=secondary,"

@@ -11,8 +11,8 @@ import pytest
 
 from colo_orch.backends.qemu.blk import graph
 from colo_orch.backends.qemu.blk.graph import DiskError, Replication
-from colo_orch.backends.qemu.blk.spec import Disk
 from colo_orch.core.decide import PeerObs, Snapshot, TakeOver, VmObs, decide
+from colo_orch.core.disks import Disk
 from colo_orch.core.state import Event, State
 
 D = Disk("disk0", "/i/d.raw", "/i/a.qcow2", "/i/h.qcow2")

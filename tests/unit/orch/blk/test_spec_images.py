@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from colo_orch.backends.qemu.blk.images import ImageError, compare, create_raw, parse_size, prepare
-from colo_orch.backends.qemu.blk.spec import Disk, drive_args, uri_host
+from colo_orch.backends.qemu.blk.spec import drive_args, uri_host
 from colo_orch.cli.disk import main as disk_main
 from colo_orch.core.config import ConfigError, parse
+from colo_orch.core.disks import Disk
 
 D = Disk("disk0", "/i/a,b.raw", "/i/act.qcow2", "/i/hid.qcow2")
 BASE = """name = "web"

@@ -1,0 +1,40 @@
+"""The orchestrator's core decides and imports no I/O, no backend, daemon or CLI.
+
+A backend, the daemon and the CLIs may import the core, never the other way: the
+decisions are then testable from a snapshot alone, and a new backend cannot
+change them. The one file the core reads is the configuration, in `config.load`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parents[3] / "colo_orch" / "core"
+PURE = {"__future__", "collections", "dataclasses", "enum", "re", "tomllib", "typing"}
+READS_ITS_FILE = {"config.py": {"pathlib"}}
+OUTSIDE = ("colo_orch.backends", "colo_orch.daemon", "colo_orch.cli")
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert not node.level, f"{path.name}: use absolute imports"
+            assert node.module
+            out.add(node.module)
+    return out
+
+
+def test_core_modules_import_only_pure_modules_and_the_core() -> None:
+    paths = sorted(CORE.glob("*.py"))
+    assert {p.name for p in paths} >= {"config.py", "decide.py", "disks.py", "state.py"}
+    for path in paths:
+        mods = _imports(path)
+        own = {m for m in mods if m.split(".")[0] == "colo_orch"}
+        assert not {m for m in own if m.startswith(OUTSIDE)}, path.name
+        assert all(m.startswith("colo_orch.core") for m in own), (path.name, own)
+        others = {m.split(".")[0] for m in mods - own}
+        assert others <= PURE | READS_ITS_FILE.get(path.name, set()), (path.name, others - PURE)
