@@ -1,0 +1,172 @@
+"""The orchestrator's actions: what each decided action does, on the action thread.
+
+The loop hands one action at a time to a single-slot executor and never waits for
+it; each body here returns the sentence that the loop logs when it finishes, or
+raises, which the next decision reads as a failed action.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from colo_orch.backends.base import Backend
+from colo_orch.core.decide import (
+    Action,
+    Checkpoint,
+    EnterColo,
+    Pause,
+    ReleaseLease,
+    StartVM,
+    StopVM,
+    TakeOver,
+)
+from colo_orch.daemon.arbiter import Arbiter
+from colo_orch.daemon.metrics import OrchMetrics
+from colo_orch.daemon.proxy_supervision import ProxySupervision
+
+log = logging.getLogger("colo_orch")
+
+
+class Actions(ProxySupervision):
+    """Orchestrator part: start the VM, enter COLO, checkpoint, take over, run hooks."""
+
+    # Orchestrator.__init__ sets these; declared as what this part uses (beyond ProxySupervision's).
+    backend: Backend
+    arbiter: Arbiter
+    host_id: str
+    metrics: OrchMetrics
+    checkpoints: Counter[str]
+    last_checkpoint_at: float
+    last_checkpoint_s: float | None
+    last_takeover_s: float | None
+    _executor: ThreadPoolExecutor
+    _action_name: str
+    _peer_lost_at: float | None
+
+    def _act(self, action: Action) -> None:
+        name, fn = self._action_fn(action)
+        if fn is None:
+            return
+        self._action_name = name
+        self._future = self._executor.submit(fn)
+
+    def _action_fn(self, action: Action) -> tuple[str, Any]:
+        b = self.backend
+        if isinstance(action, StartVM):
+            uri = self.cfg.incoming_uri if action.incoming else None
+            return "start_vm", lambda: self._start_vm(uri)
+        if isinstance(action, EnterColo):
+            return "enter_colo", lambda: self._enter_colo(action.uri)
+        if isinstance(action, Checkpoint):
+            return "checkpoint", lambda: self._checkpoint(action.reasons)
+        if isinstance(action, TakeOver):
+            return "take_over", lambda: self._take_over(action.was_role)
+        if isinstance(action, Pause):
+            if self.proxy is not None:
+                self.proxy.send({"type": "pause"})
+            return "pause", None
+        if isinstance(action, ReleaseLease):
+            self.arbiter.release(self.host_id)
+            return "release_lease", None
+        if isinstance(action, StopVM):
+            return "stop_vm", b.stop_vm
+        raise RuntimeError(f"Unexpected command: {action}")
+
+    def _hook(self, name: str, argv: list[str]) -> str:
+        if not argv:
+            return ""
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s hook %s failed: %s", name, argv, exc)
+            return f"; {name} hook failed: {exc}"
+        if proc.returncode != 0:
+            log.warning("%s hook exited %d: %s", name, proc.returncode, proc.stderr[-200:])
+            return f"; {name} hook exited {proc.returncode}"
+        return f"; {name} hook ran"
+
+    def _start_vm(self, uri: str | None) -> str:
+        hooked = self._hook("on_secondary", self.cfg.on_secondary) if uri else ""
+        proxied = self._ensure_proxy("secondary" if uri else "primary")
+        return self.backend.start_vm(uri) + hooked + proxied
+
+    def _enter_colo(self, uri: str) -> str:
+        proxied = self._ensure_proxy("primary")
+        self._proxy_mode = ""  # set to "compare" only by what happens in this action
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
+            proxy = self.proxy
+
+            def at_stop() -> None:
+                # The PVM is stopped to start COLO: compare (and mirror) from here on;
+                # what it sent before is covered by the state the SVM is receiving.
+                proxy.send({"type": "resume"})
+                proxy.send({"type": "checkpoint_barrier"})
+                self._proxy_mode = "compare"
+
+            self.backend.on_checkpoint_stop = at_stop
+        out = self.backend.enter_colo(uri) + proxied
+        self.last_checkpoint_at = time.monotonic()
+        if self.proxy is not None and self._proxy_mode != "compare":
+            self.proxy.send({"type": "resume"})
+            self._proxy_mode = "compare"
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
+            self.proxy.send({"type": "checkpoint_done"})
+        return out
+
+    def _tell_proxy_checkpoints(self) -> bool:
+        return self.proxy is not None and not self.backend.notifies_proxy_of_checkpoints
+
+    def _checkpoint(self, reasons: tuple[str, ...]) -> str:
+        if self._tell_proxy_checkpoints():
+            assert self.proxy is not None
+            proxy = self.proxy
+            proxy.send({"type": "checkpoint_started", "reasons": list(reasons)})
+            self.backend.on_checkpoint_stop = lambda: proxy.send({"type": "checkpoint_barrier"})
+        else:
+            self.backend.on_checkpoint_stop = None
+        start = time.monotonic()
+        try:
+            out = self.backend.checkpoint()
+        except Exception:
+            self.metrics.checkpoint_failures.inc()
+            raise
+        if self._tell_proxy_checkpoints():
+            # Both VMs run the same state again: release held output at once (not at the
+            # next loop cycle: output the PVM makes after RESUME must not join it).
+            assert self.proxy is not None
+            self.proxy.send({"type": "checkpoint_done"})
+        self.last_checkpoint_s = time.monotonic() - start
+        m = self.metrics
+        m.checkpoint_duration.observe(self.last_checkpoint_s)
+        pause = getattr(self.backend, "checkpoint_pause_s", None)
+        if isinstance(pause, float) and pause > 0:
+            m.pvm_pause.observe(pause)
+        m.last_checkpoint.set(time.time())
+        for r in reasons:
+            self.checkpoints[r] += 1
+            m.checkpoints.labels(m.reason(r)).inc()
+        if "resume" in reasons and self.proxy is not None:
+            self.proxy.send({"type": "resume"})
+            self._proxy_mode = "compare"
+        return f"{', '.join(reasons)}: {out}"
+
+    def _take_over(self, was_role: str) -> str:
+        start = time.monotonic()
+        if was_role == "secondary" and not self.arbiter.acquire(self.host_id):
+            raise RuntimeError("arbiter lease is held by the peer: refusing to take over")
+        if self.proxy is not None:
+            self.proxy.send({"type": "failover"})
+        out = self.backend.take_over(was_role)
+        out += self._hook("on_takeover", self.cfg.on_takeover)
+        took = time.monotonic() - start
+        if self._peer_lost_at is not None:
+            took = time.monotonic() - self._peer_lost_at
+        self.last_takeover_s = took
+        return f"{out}; {took * 1000:.0f} ms after the peer was lost"

@@ -1,0 +1,53 @@
+"""The observer and SVM-watch threads of the orchestrator.
+
+The observer queries the hypervisor (QMP can be slow) so that the loop only ever
+reads the last observation. The SVM watcher tells a secondary's proxy when the
+SVM resumed from a checkpoint, which only the hypervisor's events show.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from colo_orch.backends.base import Backend
+from colo_orch.core.config import Config
+from colo_orch.core.decide import VmObs
+from colo_orch.core.state import Machine, State
+from colo_orch.daemon.proxy_link import ProxyLink
+
+
+class Watchers:
+    """Orchestrator part: the bodies of the observer and svm-events threads."""
+
+    # Orchestrator.__init__ sets these; declared as what this part uses.
+    cfg: Config
+    backend: Backend
+    proxy: ProxyLink | None
+    role: str
+    machine: Machine
+    secondary_checkpoints: int
+    _lock: threading.Lock
+    _stop: threading.Event
+    _vm: VmObs
+    _vm_at: float
+
+    def _observe_loop(self) -> None:
+        while not self._stop.is_set():
+            obs = self.backend.observe()
+            with self._lock:
+                self._vm, self._vm_at = obs, time.monotonic()
+            self._stop.wait(self.cfg.timing.loop_wait)
+
+    def _watch_secondary(self) -> None:
+        """Secondary: tell our proxy each time the SVM resumed with a new checkpoint."""
+        while not self._stop.is_set():
+            if (self.role != "secondary" or self.machine.state is not State.PROTECTED
+                    or self.proxy is None):
+                self._stop.wait(self.cfg.timing.loop_wait)
+                continue
+            if self.backend.wait_resume(0.2) and self.role == "secondary":
+                # Offsets reset now: the SVM runs the PVM's TCP state.
+                self.proxy.send({"type": "checkpoint_done"})
+                with self._lock:
+                    self.secondary_checkpoints += 1
