@@ -27,7 +27,7 @@ from colo_orch.core.decide import (
 )
 from colo_orch.daemon.arbiter import Arbiter
 from colo_orch.daemon.metrics import OrchMetrics
-from colo_orch.daemon.proxy_supervision import ProxySupervision
+from colo_orch.daemon.proxy_supervision import ProxyMode, ProxySupervision
 
 log = logging.getLogger("colo_orch")
 
@@ -97,7 +97,7 @@ class Actions(ProxySupervision):
 
     def _enter_colo(self, uri: str) -> str:
         proxied = self._ensure_proxy("primary")
-        self._proxy_mode = ""  # set to "compare" only by what happens in this action
+        self._proxy_mode = ProxyMode.UNKNOWN  # COMPARE only by what happens in this action
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             proxy = self.proxy
@@ -107,14 +107,14 @@ class Actions(ProxySupervision):
                 # what it sent before is covered by the state the SVM is receiving.
                 proxy.send({"type": "resume"})
                 proxy.send({"type": "checkpoint_barrier"})
-                self._proxy_mode = "compare"
+                self._proxy_mode = ProxyMode.COMPARE
 
             self.backend.on_checkpoint_stop = at_stop
         out = self.backend.enter_colo(uri) + proxied
         self.last_checkpoint_at = time.monotonic()
-        if self.proxy is not None and self._proxy_mode != "compare":
+        if self.proxy is not None and self._proxy_mode is not ProxyMode.COMPARE:
             self.proxy.send({"type": "resume"})
-            self._proxy_mode = "compare"
+            self._proxy_mode = ProxyMode.COMPARE
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
@@ -154,7 +154,7 @@ class Actions(ProxySupervision):
             m.checkpoints.labels(m.reason(r)).inc()
         if "resume" in reasons and self.proxy is not None:
             self.proxy.send({"type": "resume"})
-            self._proxy_mode = "compare"
+            self._proxy_mode = ProxyMode.COMPARE
         return f"{', '.join(reasons)}: {out}"
 
     def _take_over(self, was_role: str) -> str:

@@ -8,6 +8,7 @@ loop puts it back to pass-through whenever no action owns it.
 
 from __future__ import annotations
 
+import enum
 import logging
 import subprocess
 import threading
@@ -19,6 +20,19 @@ from colo_orch.core.state import Machine, State
 from colo_orch.daemon.proxy_link import ProxyLink
 
 log = logging.getLogger("colo_orch")
+
+
+class ProxyMode(enum.Enum):
+    """What the orchestrator last told its proxy about comparing.
+
+    Only a record of our own messages: a restarted proxy, or one that COLO is
+    about to start on, has been told nothing yet (UNKNOWN), so the next message
+    that matters is sent again rather than assumed.
+    """
+
+    UNKNOWN = "unknown"  # nothing said since the proxy started or an enter_colo began
+    PASS = "pass"  # told to pause: output leaves uncompared
+    COMPARE = "compare"  # told to resume: output waits for the SVM's
 
 
 class ProxySupervision:
@@ -37,7 +51,7 @@ class ProxySupervision:
     _proxy_lock: threading.Lock
     _proxy_proc: subprocess.Popen[bytes] | None
     _proxy_role: str
-    _proxy_mode: str
+    _proxy_mode: ProxyMode
 
     def _ensure_proxy(self, role: str) -> str:
         """Run colo-proxy in `role`; restart it if it runs in the other role."""
@@ -59,7 +73,7 @@ class ProxySupervision:
             self._proxy_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
             self._proxy_role = role
-            self._proxy_mode = ""
+            self._proxy_mode = ProxyMode.UNKNOWN
         # The proxy must hold output before the pair is protected: wait for its socket.
         deadline = time.monotonic() + 20
         while self.proxy is not None and time.monotonic() < deadline:
@@ -84,8 +98,8 @@ class ProxySupervision:
             busy = self._future is not None and not self._future.done()
         if busy:
             return
-        if self._proxy_mode != "pass" and self.proxy.send({"type": "pause"}):
-            self._proxy_mode = "pass"
+        if self._proxy_mode is not ProxyMode.PASS and self.proxy.send({"type": "pause"}):
+            self._proxy_mode = ProxyMode.PASS
 
     def _start_proxy_at_boot(self) -> None:
         try:

@@ -35,6 +35,7 @@ from colo_orch.daemon.arbiter import Arbiter
 from colo_orch.daemon.heartbeat import Heartbeat
 from colo_orch.daemon.metrics import OrchMetrics
 from colo_orch.daemon.proxy_link import ProxyLink
+from colo_orch.daemon.proxy_supervision import ProxyMode
 from colo_orch.daemon.watchers import Watchers
 
 log = logging.getLogger("colo_orch")
@@ -84,7 +85,7 @@ class Orchestrator(Actions, Watchers):
         self._proxy_lock = threading.Lock()
         self._proxy_proc: subprocess.Popen[bytes] | None = None
         self._proxy_role = ""
-        self._proxy_mode = ""  # "pass" once told to pause; "" = unknown or comparing
+        self._proxy_mode = ProxyMode.UNKNOWN
         self.secondary_checkpoints = 0
 
     # Inputs from other threads ---------------------------------------------
