@@ -10,11 +10,12 @@ from typing import NoReturn
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_IP, Lab
 
-COMMANDS = ("up", "down", "status", "build", "smoke", "demo")
+COMMANDS = ("up", "down", "status", "build", "qemu-path", "smoke", "demo")
 
 EPILOG = """\
 examples:
   colo-lab build                  build the patched QEMU and the guest into the cache
+  colo-lab qemu-path              print the cached patched QEMU (builds nothing)
   colo-lab up                     start a lab: namespaces, bridges, PVM and SVM booted
   colo-lab up --secondary incoming   SVM waits for the PVM's COLO migration instead
   colo-lab status --json          what is running
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what is running")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("build", help="build (or find cached) QEMU and guest; no lab is started")
+    sub.add_parser("qemu-path", help="print the cached patched QEMU's path; exit 1 if none "
+                   "(reads the cache only: builds nothing)")
     sm = sub.add_parser("smoke", help="COLO smoke check: boot, COLO, checkpoints, verify, down")
     sm.add_argument("--checkpoints", type=int, default=20, help="how many (default 20)")
     sm.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
@@ -88,6 +91,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"qemu:  {lab.qemu}")
         assert lab.guest is not None
         print(f"guest: {lab.guest.kernel} {lab.guest.initrd}")
+        return 0
+    if args.command == "qemu-path":
+        from colo_lab.qemu_build import cached_binary
+
+        qemu = cached_binary()
+        if qemu is None:
+            _say("no patched QEMU in the cache; 'colo-lab build' builds it")
+            return 1
+        print(qemu)
         return 0
     lab = Lab(args.name)
     if args.command == "up":

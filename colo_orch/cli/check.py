@@ -1,10 +1,15 @@
-"""`colo-orch check`: can this host run a protected VM? Each line says what and how to fix."""
+"""`colo-orch check`: can this host run a protected VM? Each line says what and how to fix.
+
+The test bed (`colo-lab`) knows where its patched QEMU is and runs the two-VM smoke
+check; the product only runs it as a command, so that it installs and runs without it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,25 +44,72 @@ def _tool(name: str, pkg: str) -> Callable[[], str | None]:
     return lambda: None if shutil.which(name) else f"apt-get install {pkg}"
 
 
-def _qemu() -> str | None:
+LAB_MISSING = ("colo-lab (the test bed) is installed neither in {bindir} nor on PATH: "
+               "install the colo source tree with scripts/bootstrap (or pip install -e . in it)")
+
+
+def lab_command(python: str = sys.executable) -> list[str] | None:
+    """The test bed's command, if installed: beside this Python (a venv's bin), else on PATH."""
+    beside = Path(python).with_name("colo-lab")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("colo-lab")
+    return [found] if found else None
+
+
+def smoke_command(lab: list[str]) -> list[str]:
+    return [*lab, "smoke", "--name", "check", "--checkpoints", "5"]
+
+
+def _lab_qemu(lab: list[str] | None) -> str | None:
+    """The lab's cached patched QEMU (it only reads its cache), or None."""
+    if lab is None:
+        return None
+    try:
+        res = subprocess.run([*lab, "qemu-path"], capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = res.stdout.strip()
+    return path if res.returncode == 0 and path else None
+
+
+def _qemu(lab: list[str] | None = None) -> str | None:
     env = os.environ.get("COLO_QEMU")
     if env:
         return None if os.access(env, os.X_OK) else f"COLO_QEMU={env} is not executable"
-    from colo_lab.qemu_build import cached_binary
-
-    if cached_binary() is None and not shutil.which("qemu-system-x86_64"):
+    if _lab_qemu(lab) is None and not shutil.which("qemu-system-x86_64"):
         return "no QEMU: run 'colo-lab build' (patched QEMU) or install qemu-system-x86"
     return None
 
 
+def _smoke(lab: list[str] | None) -> bool:
+    """The two-VM COLO smoke check, run by the lab with its output going straight to ours."""
+    if lab is None:
+        print("FAIL QEMU can run COLO on this host: "
+              + LAB_MISSING.format(bindir=Path(sys.executable).parent))
+        return False
+    print("running the two-VM COLO smoke check (colo-lab smoke)...", flush=True)
+    proc = subprocess.Popen(smoke_command(lab))
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        # The lab got the same SIGINT: let it take its namespaces and VMs down first.
+        rc = proc.wait()
+    print(f"{'ok  ' if rc == 0 else 'FAIL'} QEMU can run COLO on this host"
+          + ("" if rc == 0 else ": see the lines above; try the lab's patched QEMU"))
+    return rc == 0
+
+
 def run_check(config: str | None, *, smoke: bool = False) -> int:
+    lab = lab_command()
     checks: list[Check] = [
         ("BPF in the kernel", _bpf),
         ("bcc and kernel headers", _bcc),
         ("bridge netfilter", _br_netfilter),
         ("iptables", _tool("iptables", "iptables")),
         ("iproute2 (ip, tc)", _tool("tc", "iproute2")),
-        ("QEMU binary", _qemu),
+        ("QEMU binary", lambda: _qemu(lab)),
     ]
     if config:
         def _cfg() -> str | None:
@@ -74,12 +126,6 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
         print(f"{'ok  ' if problem is None else 'FAIL'} {what}" + (f": {problem}" if problem else ""))
         failed += problem is not None
     if smoke and not failed:
-        from colo_lab.cli import main as lab_main
-
-        print("running the two-VM COLO smoke check (colo-lab smoke)...", flush=True)
-        rc = lab_main(["smoke", "--name", "check", "--checkpoints", "5"])
-        print(f"{'ok  ' if rc == 0 else 'FAIL'} QEMU can run COLO on this host"
-              + ("" if rc == 0 else ": see the lines above; try the lab's patched QEMU"))
-        failed += rc != 0
+        failed += not _smoke(lab)
     print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}", file=sys.stderr)
     return 0 if not failed else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,17 @@ def test_bad_lab_name_says_the_fix(name: str) -> None:
 def test_status_of_absent_lab(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--name", "absent0"]) == 0
     assert "down" in capsys.readouterr().out
+
+
+def test_qemu_path_reads_the_cache_and_builds_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLO_CACHE", str(tmp_path))
+    assert main(["qemu-path"]) == 1
+    assert "'colo-lab build' builds it" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    build = tmp_path / "qemu-k1"
+    build.mkdir()
+    (build / "qemu-system-x86_64").touch()
+    (tmp_path / "qemu-current").symlink_to(build)
+    assert main(["qemu-path"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'qemu-current' / 'qemu-system-x86_64'}\n"

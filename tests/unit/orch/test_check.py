@@ -1,0 +1,81 @@
+"""`colo-orch check` finds the test bed and its QEMU only through the `colo-lab` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from colo_orch.cli import check
+
+
+def _script(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH with neither colo-lab nor QEMU on it, and no COLO_QEMU."""
+    empty = tmp_path / "path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("COLO_QEMU", raising=False)
+    return empty
+
+
+def test_lab_is_found_beside_python_first_then_on_path(tmp_path: Path, bare: Path) -> None:
+    venv = tmp_path / "venv" / "bin"
+    assert check.lab_command(str(venv / "python")) is None
+    on_path = _script(bare / "colo-lab", "exit 0")
+    assert check.lab_command(str(venv / "python")) == [str(on_path)]
+    beside = _script(venv / "colo-lab", "exit 0")
+    assert check.lab_command(str(venv / "python")) == [str(beside)]
+
+
+def test_smoke_command_is_a_short_named_lab_run() -> None:
+    assert check.smoke_command(["/v/bin/colo-lab"]) == [
+        "/v/bin/colo-lab", "smoke", "--name", "check", "--checkpoints", "5"]
+
+
+def test_qemu_from_the_lab_cache_else_path(tmp_path: Path, bare: Path) -> None:
+    missing = "no QEMU: run 'colo-lab build' (patched QEMU) or install qemu-system-x86"
+    cached = _script(tmp_path / "cached" / "colo-lab",
+                     '[ "$1" = qemu-path ] && echo /cache/qemu-system-x86_64')
+    empty = _script(tmp_path / "empty" / "colo-lab", "exit 1")
+    assert check._qemu([str(cached)]) is None
+    assert check._qemu([str(empty)]) == missing
+    assert check._qemu(None) == missing
+    _script(bare / "qemu-system-x86_64", "exit 0")
+    assert check._qemu([str(empty)]) is None
+    assert check._qemu(None) is None
+
+
+def test_colo_qemu_wins_and_must_be_executable(tmp_path: Path, bare: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLO_QEMU", str(tmp_path / "nope"))
+    cached = _script(tmp_path / "cached" / "colo-lab", "echo /cache/qemu-system-x86_64")
+    assert check._qemu([str(cached)]) == f"COLO_QEMU={tmp_path / 'nope'} is not executable"
+    monkeypatch.setenv("COLO_QEMU", str(_script(tmp_path / "q", "exit 0")))
+    assert check._qemu(None) is None
+
+
+def test_smoke_runs_the_lab_and_streams_its_output(tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    lab = _script(tmp_path / "colo-lab", 'echo "lab says: $*"; exit 0')
+    assert check._smoke([str(lab)]) is True
+    out = capfd.readouterr().out
+    assert "lab says: smoke --name check --checkpoints 5" in out
+    assert out.rstrip().endswith("ok   QEMU can run COLO on this host")
+    failing = _script(tmp_path / "failing" / "colo-lab", "exit 3")
+    assert check._smoke([str(failing)]) is False
+    assert "FAIL QEMU can run COLO on this host: see the lines above" in capfd.readouterr().out
+
+
+def test_smoke_without_the_lab_says_how_to_get_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check._smoke(None) is False
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL QEMU can run COLO on this host: colo-lab (the test bed)")
+    assert "scripts/bootstrap" in out
