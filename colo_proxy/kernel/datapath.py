@@ -14,13 +14,14 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from colo_proxy.wire.offset import Offset
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 NAME_PREFIX = "colo_"
@@ -55,32 +56,6 @@ UPLINK_HOOKS = (("colo_up_in", "uplink", INGRESS), ("colo_up_eg", "uplink", EGRE
 
 def mac_to_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
-
-
-@dataclass(frozen=True, slots=True)
-class Offset:
-    vm_ip: str  # dotted IPv4 or compressed IPv6 (the map holds IPv4 v4-mapped)
-    vm_port: int
-    peer_ip: str
-    peer_port: int
-    pvm_isn: int
-    svm_isn: int
-    offset: int
-    complete: bool
-    ts_offset: int | None = None  # TSval offset; None unless both handshakes had timestamps
-
-    @property
-    def vm(self) -> str:
-        """`addr:port`, the address bracketed when IPv6 (`[fd99::10]:80`)."""
-        return endpoint(self.vm_ip, self.vm_port)
-
-    @property
-    def peer(self) -> str:
-        return endpoint(self.peer_ip, self.peer_port)
-
-
-def endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class Datapath:
@@ -168,7 +143,7 @@ class Datapath:
         table = self._bpf[b"carried"]
         n = 0
         for o in offsets:
-            if not o.complete or not (o.offset or o.ts_offset):
+            if not o.shifts:
                 continue
             k = table.Key()
             _set_ip(k.vm_ip, o.vm_ip)

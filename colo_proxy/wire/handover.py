@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.kernel.datapath import Offset
+from colo_proxy.wire.offset import Offset
 
 log = logging.getLogger("colo-proxy")
 VERSION = 1
@@ -37,7 +37,7 @@ def path_for(control_socket: str | Path) -> Path:
 
 def write(path: Path, offsets: list[Offset]) -> int:
     """Write the offsets that move a flow (complete, non-zero); returns how many."""
-    keep = [o for o in offsets if o.complete and (o.offset or o.ts_offset)]
+    keep = [o for o in offsets if o.shifts]
     doc: dict[str, Any] = {"version": VERSION, "offsets": [
         {"vm_ip": o.vm_ip, "vm_port": o.vm_port, "peer_ip": o.peer_ip,
          "peer_port": o.peer_port, "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn,

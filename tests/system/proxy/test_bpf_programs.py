@@ -20,6 +20,7 @@ import pytest
 from colo_lab.lab import VM_MAC
 from colo_proxy.kernel import datapath
 from colo_proxy.wire import handover
+from colo_proxy.wire.offset import Offset
 
 pytestmark = pytest.mark.system
 
@@ -385,7 +386,7 @@ def uplink(primary_bpf: Any) -> datapath.Datapath:
 def test_flows_carried_over_a_role_swap_are_moved_at_the_uplink(
         uplink: datapath.Datapath, flow: Flow) -> None:
     # This host's VM was the SVM: the flow runs in its spaces, the client in the old PVM's.
-    carried = datapath.Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN,
+    carried = Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN,
                               (SVM_ISN - PVM_ISN) % 2**32, True, SVM_TS - PVM_TS)
     assert uplink.carry([carried]) == 1 and uplink.carried() == 1
     bpf = uplink._bpf
@@ -447,7 +448,7 @@ def test_carried_flows_announced_by_the_primary_survive_the_next_failover(
     secondary keeps them through checkpoints and shifts them once it serves itself."""
     sec[b"carried"].clear()
     delta = (SVM_ISN - PVM_ISN) % 2**32
-    carried = datapath.Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN, delta, True,
+    carried = Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN, delta, True,
                               SVM_TS - PVM_TS)
     msg = b"\xff" * 6 + CLIENT_MAC + b"\x88\xb5" + handover.announcement(carried)
     before = _counters(sec)["carry_learned"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.kernel.datapath import Offset
 from colo_proxy.service.proxies import SecondaryProxy
 from colo_proxy.wire import handover
+from colo_proxy.wire.offset import Offset
 
 V4 = Offset("10.99.0.10", 80, "10.99.0.100", 40000, 1000, 5000, 4000, True, 7)
 V6 = Offset("fd99::10", 80, "fd99::100", 40001, 2000, 2000, 0, True, -3)  # TS only
