@@ -150,7 +150,7 @@ def kill_vm(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
 
 def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
     """The status of the colo-proxy that host's orchestrator runs (either role)."""
-    from colo_proxy.wire import control
+    from colo_proxy.service import control_socket as control
 
     return control.request(lab.run_dir / f"proxy-{host[:3]}.sock", {"type": "status"})
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.wire import control
+from colo_proxy.service import control_socket as control
+from colo_proxy.wire.control import LineDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 ROLES = ("secondary", "primary")  # secondary first: its filters must steer before mirroring
@@ -173,7 +174,7 @@ class Orchestrator:
         self._thread.start()
 
     def _read(self) -> None:
-        dec = control.LineDecoder()
+        dec = LineDecoder()
         while True:
             try:
                 data = self.sock.recv(65536)

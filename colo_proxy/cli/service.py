@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from colo_proxy.kernel import netfilter
+from colo_proxy.service.control_socket import ControlServer, request
 from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
-from colo_proxy.wire import control, handover
+from colo_proxy.wire import handover
 
 log = logging.getLogger("colo-proxy")
 
@@ -105,7 +106,7 @@ def run_primary(s: ProxySettings) -> None:
 
     qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
                        fail_open=s.on_queue_full == "accept")
-    ctl = control.ControlServer(s.control_socket)
+    ctl = ControlServer(s.control_socket)
     try:
         with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
                       uplink=s.uplink) as dp, NfQueue(qcfg) as q:
@@ -178,7 +179,7 @@ def run_secondary(s: ProxySettings) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.service.proxies import SecondaryProxy, serve
 
-    ctl = control.ControlServer(s.control_socket)
+    ctl = ControlServer(s.control_socket)
     handover.discard(handover.path_for(s.control_socket))  # a new secondary: none is valid
     try:
         with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
@@ -209,7 +210,7 @@ def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None
 
 def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        reply = control.request(args.control_socket, {"type": "status"})
+        reply = request(args.control_socket, {"type": "status"})
     except OSError as exc:
         print(f"colo-proxy: no proxy answers on {args.control_socket}: {exc}", file=sys.stderr)
         return 1
@@ -228,7 +229,7 @@ def cleanup(instance: str | None = None, control_socket: str | None = None) -> l
 
         if os.path.exists(control_socket):
             try:
-                control.request(control_socket, {"type": "hello"}, timeout=1.0)
+                request(control_socket, {"type": "hello"}, timeout=1.0)
                 removed.append(f"(a proxy still runs on {control_socket}; socket kept)")
             except OSError:
                 os.unlink(control_socket)

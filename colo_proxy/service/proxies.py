@@ -28,9 +28,10 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
+from colo_proxy.service.control_socket import ControlServer
 from colo_proxy.service.metrics import HoldTimer
 from colo_proxy.service.settings import ProxySettings
-from colo_proxy.wire.control import ControlServer, ProtocolError
+from colo_proxy.wire.control import ProtocolError
 from colo_proxy.wire.handover import discard as discard_handover
 from colo_proxy.wire.handover import write as write_handover
 

@@ -14,7 +14,7 @@ import pytest
 from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
 from colo_lab.standin import CLIENT_IP6, VM_IP6, Standin
 from colo_proxy.kernel.datapath import prog_exists
-from colo_proxy.wire import control
+from colo_proxy.service import control_socket as control
 
 pytestmark = pytest.mark.system
 LOADGEN = [sys.executable, "-m", "colo_lab.loadgen"]

@@ -18,9 +18,9 @@ from compare.packets import ACK, PSH, SYN, tcp
 
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_proxy.compare import CompareConfig
+from colo_proxy.service import control_socket as control
 from colo_proxy.service.proxies import PrimaryProxy, serve
 from colo_proxy.service.settings import ProxySettings
-from colo_proxy.wire import control
 
 from .libxl_sim import SimulatedLibxl
 from .test_libxl_proxy import CACK, P_ISN, S_ISN, Frame, Pkt
