@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from colo_proxy.kernel import netfilter
+from colo_proxy.service import handover_file
 from colo_proxy.service.control_socket import ControlServer, request
 from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
 from colo_proxy.wire import handover
@@ -139,7 +140,7 @@ def run_primary(s: ProxySettings) -> None:
 
 def _carry_over(s: ProxySettings, dp: Any) -> None:
     """Take the offsets the secondary-role proxy left at the role swap (colo_proxy.wire.handover)."""
-    offsets = handover.take(handover.path_for(s.control_socket))
+    offsets = handover_file.take(handover_file.path_for(s.control_socket))
     if not offsets:
         return
     if not s.uplink:
@@ -180,11 +181,11 @@ def run_secondary(s: ProxySettings) -> None:
     from colo_proxy.service.proxies import SecondaryProxy, serve
 
     ctl = ControlServer(s.control_socket)
-    handover.discard(handover.path_for(s.control_socket))  # a new secondary: none is valid
+    handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid
     try:
         with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
             dp.set_mode(MODE_PROTECTED)
-            proxy = SecondaryProxy(dp, handover=handover.path_for(s.control_socket))
+            proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket))
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(

@@ -29,11 +29,11 @@ from colo_proxy.compare import (
     Wakeup,
 )
 from colo_proxy.service.control_socket import ControlServer
+from colo_proxy.service.handover_file import discard as discard_handover
+from colo_proxy.service.handover_file import write as write_handover
 from colo_proxy.service.metrics import HoldTimer
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
-from colo_proxy.wire.handover import discard as discard_handover
-from colo_proxy.wire.handover import write as write_handover
 
 log = logging.getLogger("colo-proxy")
 
@@ -304,7 +304,7 @@ class SecondaryProxy:
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
                  handover: Path | None = None) -> None:
         self.datapath = datapath
-        self.handover = handover  # where the offsets go at failover (colo_proxy.wire.handover)
+        self.handover = handover  # where the offsets go at failover (service.handover_file)
         self.mode = PROTECTED
         self.clock = clock
         self.started = clock()

@@ -7,21 +7,20 @@ primary, and the offsets would go with the old process. So the secondary writes 
 a file next to its control socket when it fails over, and the primary loads them at
 start into its uplink rewrite (datapath.Datapath.carry). Nothing else writes the file;
 a checkpoint or a resume of protection makes it void (the VMs share one space again).
+
+This module holds the file's document and the carry announcement, without I/O;
+`colo_proxy.service.handover_file` reads and writes the file.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import logging
-import os
 import struct
-from pathlib import Path
 from typing import Any
 
 from colo_proxy.wire.offset import Offset
 
-log = logging.getLogger("colo-proxy")
 VERSION = 1
 # struct colo_carry_msg in bpf/colo.h: the primary repeats one per carried flow on the
 # forward link, so that the secondary keeps the flows going after the next failover too.
@@ -31,32 +30,21 @@ ANNOUNCE_EVERY = 2.0  # seconds; a secondary that (re)starts hears them within t
 _MSG = struct.Struct("!II16s16sHHIII")
 
 
-def path_for(control_socket: str | Path) -> Path:
-    return Path(f"{control_socket}.handover.json")
+class DamagedHandover(ValueError):
+    pass
 
 
-def write(path: Path, offsets: list[Offset]) -> int:
-    """Write the offsets that move a flow (complete, non-zero); returns how many."""
-    keep = [o for o in offsets if o.shifts]
+def encode(offsets: list[Offset]) -> str:
+    """The handover document of these offsets."""
     doc: dict[str, Any] = {"version": VERSION, "offsets": [
         {"vm_ip": o.vm_ip, "vm_port": o.vm_port, "peer_ip": o.peer_ip,
          "peer_port": o.peer_port, "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn,
-         "offset": o.offset, "ts_offset": o.ts_offset} for o in keep]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)  # a reader sees the whole file or none
-    return len(keep)
+         "offset": o.offset, "ts_offset": o.ts_offset} for o in offsets]}
+    return json.dumps(doc, indent=1)
 
 
-def take(path: Path) -> list[Offset]:
-    """Read and remove the file; [] if there is none. A damaged file is reported and
-    dropped: its flows then break, as without a handover, but nothing else does."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    finally:
-        discard(path)
+def decode(text: str) -> list[Offset]:
+    """The offsets of a handover document; `DamagedHandover` if it is not one."""
     try:
         doc = json.loads(text)
         if doc.get("version") != VERSION:
@@ -67,16 +55,7 @@ def take(path: Path) -> list[Offset]:
                        None if d.get("ts_offset") is None else int(d["ts_offset"]))
                 for d in doc["offsets"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.error("handover file %s is damaged (%s): the connections it held are not "
-                  "carried over", path, exc)
-        return []
-
-
-def discard(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        raise DamagedHandover(str(exc)) from exc
 
 
 def _ip16(ip: str) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from colo_proxy.service import handover_file
 from colo_proxy.service.proxies import SecondaryProxy
 from colo_proxy.wire import handover
 from colo_proxy.wire.offset import Offset
@@ -17,12 +18,12 @@ ZERO = Offset("10.99.0.10", 80, "10.99.0.100", 40004, 5, 5, 0, True, 0)  # nothi
 
 
 def test_write_then_take_keeps_the_flows_that_move(tmp_path: Path) -> None:
-    path = handover.path_for(tmp_path / "proxy.sock")
+    path = handover_file.path_for(tmp_path / "proxy.sock")
     assert path.name == "proxy.sock.handover.json"
-    assert handover.write(path, [V4, V6, NO_TS, HALF, ZERO]) == 3
-    assert handover.take(path) == [V4, V6, NO_TS]
+    assert handover_file.write(path, [V4, V6, NO_TS, HALF, ZERO]) == 3
+    assert handover_file.take(path) == [V4, V6, NO_TS]
     assert not path.exists()  # taken once: a later primary start finds none
-    assert handover.take(path) == []
+    assert handover_file.take(path) == []
 
 
 def test_a_damaged_file_is_dropped_not_trusted(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_a_damaged_file_is_dropped_not_trusted(tmp_path: Path) -> None:
     for text in ("{", '{"version": 99, "offsets": []}', '{"version": 1, "offsets": [{}]}',
                  '[1, 2]'):
         path.write_text(text)
-        assert handover.take(path) == []
+        assert handover_file.take(path) == []
         assert not path.exists()
 
 
@@ -64,7 +65,7 @@ def test_secondary_writes_at_failover_and_voids_at_resync(tmp_path: Path) -> Non
     assert not path.exists()  # a pause is no failover: no role swap follows
     proxy.on_control({"type": "resume"})
     proxy.on_control({"type": "failover"})
-    assert handover.take(path) == [V4, NO_TS]
+    assert handover_file.take(path) == [V4, NO_TS]
     proxy.on_control({"type": "failover"})
     proxy.on_control({"type": "checkpoint_done"})  # the VMs share one space again
     assert not path.exists()
