@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from colo_proxy.compare.events import REASONS
+from colo_proxy.service.modes import Mode
 
 # BPF hook paths (the `path` label): where a packet was counted.
 PATHS = {
@@ -40,7 +41,7 @@ PATHS = {
     "fwd_in": "secondary: mirrored input redirected into the SVM's tap",
     "tap_out": "secondary: SVM output taken off its tap",
 }
-MODES = ("protected", "passthrough")
+MODES = tuple(dict.fromkeys(m.label for m in Mode))  # ("protected", "passthrough")
 SIDES = ("primary", "secondary")
 # How long a PVM packet waits for its SVM twin: the latency COLO adds. Matches are
 # sub-millisecond under KVM; a checkpoint release takes tens to hundreds of ms.

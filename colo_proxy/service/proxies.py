@@ -32,6 +32,15 @@ from colo_proxy.service.control_socket import ControlServer
 from colo_proxy.service.handover_file import discard as discard_handover
 from colo_proxy.service.handover_file import write as write_handover
 from colo_proxy.service.metrics import HoldTimer
+from colo_proxy.service.modes import (
+    BARRIER,
+    EVENTS,
+    PASSTHROUGH,
+    Event,
+    IllegalTransition,
+    Machine,
+    Mode,
+)
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 
@@ -40,8 +49,6 @@ log = logging.getLogger("colo-proxy")
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 IP_ETHERTYPES = (ETH_P_IP, ETH_P_IPV6)
-PROTECTED = "protected"
-PASSTHROUGH = "passthrough"  # after failover (the other host is gone) or while paused
 
 
 class Queue(Protocol):
@@ -85,7 +92,7 @@ class PrimaryProxy:
         self.datapath = datapath
         self.clock = clock
         self.cmp = Comparator(settings.compare)
-        self.mode = PROTECTED
+        self.modes = Machine()
         self.wake: float | None = None
         self.svm_ids = 0
         self.checkpoint_requests: dict[str, int] = {}
@@ -97,11 +104,16 @@ class PrimaryProxy:
         self.started = clock()
         self._accept: list[int] = []
         self.hold = HoldTimer()  # per PVM packet: how long it was held (metrics)
-        # Between a checkpoint's barrier (the PVM is stopped: all it sent is queued) and
-        # checkpoint_done, arrivals belong to the state after the snapshot. They are kept
-        # here, out of the comparator, and compared afresh once the old epoch is released.
-        self._post: list[tuple[Side, int, bytes]] | None = None
+        # In BARRIER (from a checkpoint's barrier, when the PVM is stopped and all it sent
+        # is queued, to checkpoint_done) arrivals belong to the state after the snapshot.
+        # They are kept here, out of the comparator, and compared afresh once the old epoch
+        # is released. Empty in every other mode.
+        self._post: list[tuple[Side, int, bytes]] = []
         self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
+
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
 
     # Events ------------------------------------------------------------------
     def on_pvm_readable(self) -> None:
@@ -110,12 +122,13 @@ class PrimaryProxy:
     def _feed_pvm(self, pkts: list[Any]) -> None:
         if not pkts:
             return
-        if self.mode != PROTECTED:
+        mode = self.modes.mode
+        if mode is PASSTHROUGH:
             self.passed_uncompared += len(pkts)
             self.queue.decide([p.packet_id for p in pkts])
             return
         now = self.clock()
-        if self._post is not None:
+        if mode is BARRIER:
             for p in pkts:
                 self.hold.queued(p.packet_id, now, len(p.payload))
                 self._post.append((Side.PRIMARY, p.packet_id, p.payload))
@@ -141,16 +154,17 @@ class PrimaryProxy:
         self._feed_svm(self.svm.receive(self.settings.batch))
 
     def _feed_svm(self, frames: list[Any]) -> None:
-        if not frames or self.mode != PROTECTED:
+        if not frames or self.modes.mode is PASSTHROUGH:
             return
         now = self.clock()
         cmp_packet = self.cmp.packet
+        barrier = self.modes.mode is BARRIER
         for f in frames:
             if f.ethertype not in IP_ETHERTYPES:
                 self.svm_non_ip += 1  # ARP and the like: the SVM's own, never compared
                 continue
             self.svm_ids += 1
-            if self._post is not None:
+            if barrier:
                 self._post.append((Side.SECONDARY, self.svm_ids, f.payload))
                 continue
             self.compared_bytes["secondary"] += len(f.payload)
@@ -179,7 +193,7 @@ class PrimaryProxy:
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
-            return {"type": "hello", "role": "primary", "mode": self.mode}
+            return {"type": "hello", "role": "primary", "mode": self.mode.label}
         if kind == "status":
             return self.status()
         if kind == "checkpoint_started":
@@ -188,35 +202,38 @@ class PrimaryProxy:
             # Sent while the PVM is stopped for the checkpoint: whatever it sent before is
             # in the queue now. Read all of it into the current epoch; what arrives after
             # this was produced from the state the SVM is about to receive.
-            if self.mode == PROTECTED and self._post is None:
+            # Not allowed a second time, nor while passing through: ignored, as always.
+            if self.modes.can(Event.CHECKPOINT_BARRIER):
                 while pkts := self.queue.receive(self.settings.batch):
                     self._feed_pvm(pkts)
                 while frames := self.svm.receive(self.settings.batch):
                     self._feed_svm(frames)
-                self._post = []
+                self.modes.fire(Event.CHECKPOINT_BARRIER)
         elif kind == "checkpoint_done":
+            self.modes.fire(Event.CHECKPOINT_DONE)
             self.checkpoints += 1
             held = self.cmp.held_packets
             now = self.clock()
-            post, self._post = self._post, None
+            post, self._post = self._post, []
             self._apply(self.cmp.checkpoint_done(now))
-            for side, pid, data in post or ():
+            for side, pid, data in post:
                 self._apply(self.cmp.packet(side, pid, data, now))
             self._flush()
             log.info("checkpoint done: released %d held packets, %d after the barrier "
-                     "compared afresh", held, len(post or ()))
+                     "compared afresh", held, len(post))
         elif kind in ("failover", "pause"):
+            self.modes.fire(EVENTS[kind])
             self._passthrough(kind)
         elif kind == "resume":
+            self.modes.fire(Event.RESUME)
             if self.datapath is not None:
                 self.datapath.set_mode(0)
             self.cmp = Comparator(self.settings.compare)
-            post, self._post = self._post, None
-            for side, pid, data in post or ():
+            post, self._post = self._post, []
+            for side, pid, data in post:
                 self._apply(self.cmp.packet(side, pid, data, self.clock()))
             self._flush()
             self.wake = None
-            self.mode = PROTECTED
             log.info("protection resumed: comparing again (the orchestrator checkpoints first)")
         else:
             raise ProtocolError(f"unknown message type {kind!r}")
@@ -225,8 +242,7 @@ class PrimaryProxy:
     def _passthrough(self, why: str) -> None:
         # The secondary is gone (failover) or protection is paused: what is held can only
         # go out now, and new output passes at once.
-        self.mode = PASSTHROUGH
-        self._post = None  # its PVM packets are still outstanding: accept_all releases them
+        self._post = []  # its PVM packets are still outstanding: accept_all releases them
         if self.datapath is not None:
             self.datapath.set_mode(1)
         self.queue.accept_all()
@@ -275,7 +291,7 @@ class PrimaryProxy:
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "type": "status", "role": "primary", "mode": self.mode,
+            "type": "status", "role": "primary", "mode": self.mode.label,
             "uptime_seconds": round(self.clock() - self.started, 3),
             "held_packets": self.cmp.held_packets, "flows": self.cmp.flow_count,
             "checkpoint_pending": self.cmp.checkpoint_pending,
@@ -305,10 +321,14 @@ class SecondaryProxy:
                  handover: Path | None = None) -> None:
         self.datapath = datapath
         self.handover = handover  # where the offsets go at failover (service.handover_file)
-        self.mode = PROTECTED
+        self.modes = Machine()
         self.clock = clock
         self.started = clock()
         self.checkpoints = 0
+
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
 
     def timeout(self, cap: float = 1.0) -> float:
         return cap
@@ -319,7 +339,7 @@ class SecondaryProxy:
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
-            return {"type": "hello", "role": "secondary", "mode": self.mode}
+            return {"type": "hello", "role": "secondary", "mode": self.mode.label}
         if kind == "status" and msg.get("offsets"):
             return {"type": "offsets", "offsets": [
                 {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
@@ -327,7 +347,7 @@ class SecondaryProxy:
                  "complete": o.complete, "ts_offset": o.ts_offset}
                 for o in self.datapath.offsets()]}
         if kind == "status":
-            return {"type": "status", "role": "secondary", "mode": self.mode,
+            return {"type": "status", "role": "secondary", "mode": self.mode.label,
                     "uptime_seconds": round(self.clock() - self.started, 3),
                     "checkpoints_done": self.checkpoints,
                     "offsets": len(offs := self.datapath.offsets()),
@@ -337,12 +357,13 @@ class SecondaryProxy:
         if kind == "checkpoint_started":
             pass
         elif kind == "checkpoint_done":
+            self.modes.fire(Event.CHECKPOINT_DONE)
             self.checkpoints += 1
             n = self.datapath.reset_offsets()
             self._void_handover()
             log.info("checkpoint done: %d sequence offsets reset", n)
         elif kind in ("failover", "pause"):
-            self.mode = PASSTHROUGH
+            self.modes.fire(EVENTS[kind])
             self.datapath.set_mode(1)
             log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
                         kind)
@@ -355,7 +376,7 @@ class SecondaryProxy:
                 log.info("%d connection offset(s) written to %s for the role swap", n,
                          self.handover)
         elif kind == "resume":
-            self.mode = PROTECTED
+            self.modes.fire(Event.RESUME)
             self.datapath.set_mode(0)
             self._void_handover()
             log.info("protection resumed")
@@ -463,6 +484,6 @@ def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServ
             continue
         try:
             reply = proxy.on_control(m)
-        except ProtocolError as exc:
+        except (ProtocolError, IllegalTransition) as exc:
             reply = {"type": "error", "error": str(exc)}
         client.send(reply)

@@ -1,0 +1,111 @@
+"""The proxy's modes: one transition table, and the names its replies have always shown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from colo_proxy.service.metrics import MODES
+from colo_proxy.service.modes import (
+    EVENTS,
+    TRANSITIONS,
+    Event,
+    IllegalTransition,
+    Machine,
+    Mode,
+)
+from colo_proxy.service.proxies import PrimaryProxy, SecondaryProxy
+from colo_proxy.service.settings import ProxySettings
+from colo_proxy.wire.control import REQUESTS
+
+LEGAL = [(m, e, nxt) for m, row in TRANSITIONS.items() for e, nxt in row.items()]
+ILLEGAL = [(m, e) for m in Mode for e in Event if e not in TRANSITIONS[m]]
+
+
+@pytest.mark.parametrize(("mode", "event", "nxt"), LEGAL)
+def test_every_transition_in_the_table_works(mode: Mode, event: Event, nxt: Mode) -> None:
+    m = Machine(mode)
+    assert m.can(event)
+    assert m.fire(event) is nxt and m.mode is nxt
+
+
+@pytest.mark.parametrize(("mode", "event"), ILLEGAL)
+def test_an_illegal_transition_raises_and_leaves_the_mode(mode: Mode, event: Event) -> None:
+    m = Machine(mode)
+    assert not m.can(event)
+    with pytest.raises(IllegalTransition) as err:
+        m.fire(event)
+    assert m.mode is mode and (err.value.mode, err.value.event) == (mode, event)
+
+
+def test_the_table_has_illegal_pairs_and_every_mode_a_row() -> None:
+    assert set(TRANSITIONS) == set(Mode)
+    assert (Mode.BARRIER, Event.CHECKPOINT_BARRIER) in ILLEGAL
+
+
+def test_numbers_are_stable_and_events_are_control_messages() -> None:
+    assert {m.name: int(m) for m in Mode} == {"PROTECTED": 0, "PASSTHROUGH": 1, "BARRIER": 2}
+    assert set(EVENTS) <= set(REQUESTS) and set(EVENTS.values()) == set(Event)
+
+
+def test_mode_names_are_those_the_status_always_reported() -> None:
+    assert {m: m.label for m in Mode} == {Mode.PROTECTED: "protected",
+                                          Mode.PASSTHROUGH: "passthrough",
+                                          Mode.BARRIER: "protected"}
+    assert MODES == ("protected", "passthrough")
+
+
+class Idle:
+    """Queue, SVM source and datapath at once, with nothing ever arriving."""
+
+    def receive(self, limit: int = 64) -> list[Any]:
+        return []
+
+    def decide(self, accept: Any, drop: Any = ()) -> None:
+        pass
+
+    def accept_all(self) -> None:
+        pass
+
+    def set_mode(self, mode: int) -> None:
+        pass
+
+    def reset_offsets(self) -> int:
+        return 0
+
+    def offsets(self) -> list[Any]:
+        return []
+
+    def carried(self) -> int:
+        return 0
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+
+def _reported(proxy: PrimaryProxy | SecondaryProxy) -> tuple[str, str]:
+    return (proxy.on_control({"type": "hello"})["mode"],
+            proxy.on_control({"type": "status"})["mode"])
+
+
+def test_the_primary_reports_each_mode_by_its_old_name() -> None:
+    proxy = PrimaryProxy(ProxySettings(), Idle(), Idle(), notify=lambda m: 0)
+    assert proxy.mode is Mode.PROTECTED and _reported(proxy) == ("protected",) * 2
+    proxy.on_control({"type": "checkpoint_barrier"})
+    assert proxy.mode is Mode.BARRIER and _reported(proxy) == ("protected",) * 2
+    proxy.on_control({"type": "pause"})
+    assert proxy.mode is Mode.PASSTHROUGH and _reported(proxy) == ("passthrough",) * 2
+    # A barrier the table does not allow is ignored, as before the table: ok, no change.
+    assert proxy.on_control({"type": "checkpoint_barrier"}) == {"type": "ok",
+                                                                "for": "checkpoint_barrier"}
+    assert proxy.mode is Mode.PASSTHROUGH
+    proxy.on_control({"type": "resume"})
+    assert proxy.mode is Mode.PROTECTED
+
+
+def test_the_secondary_reports_each_mode_by_its_old_name() -> None:
+    sec = SecondaryProxy(Idle())
+    assert _reported(sec) == ("protected",) * 2
+    sec.on_control({"type": "failover"})
+    assert sec.mode is Mode.PASSTHROUGH and _reported(sec) == ("passthrough",) * 2
