@@ -103,7 +103,8 @@ def run_primary(s: ProxySettings) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
     from colo_proxy.kernel.packet_socket import PacketSocket
-    from colo_proxy.service.proxies import PrimaryProxy, serve
+    from colo_proxy.service.loop import serve
+    from colo_proxy.service.primary import PrimaryProxy
 
     qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
                        fail_open=s.on_queue_full == "accept")
@@ -178,7 +179,8 @@ class _Announcer:
 
 def run_secondary(s: ProxySettings) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
-    from colo_proxy.service.proxies import SecondaryProxy, serve
+    from colo_proxy.service.loop import serve
+    from colo_proxy.service.secondary import SecondaryProxy
 
     ctl = ControlServer(s.control_socket)
     handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid

@@ -23,7 +23,7 @@ from colo_proxy.service.metrics import (
     nfqueue_stats,
     registry_for,
 )
-from colo_proxy.service.proxies import PrimaryProxy
+from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.nfqueue_msgs import QueuedPacket
 
@@ -189,7 +189,7 @@ def test_released_packets_are_timed() -> None:
 
 
 def test_secondary_proxy_is_collected_through_its_control_status() -> None:
-    from colo_proxy.service.proxies import SecondaryProxy
+    from colo_proxy.service.secondary import SecondaryProxy
 
     class Datapath:
         def offsets(self) -> list[Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_proxy.service import handover_file
-from colo_proxy.service.proxies import SecondaryProxy
+from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.wire import handover
 from colo_proxy.wire.offset import Offset
 

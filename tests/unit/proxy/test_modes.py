@@ -15,7 +15,8 @@ from colo_proxy.service.modes import (
     Machine,
     Mode,
 )
-from colo_proxy.service.proxies import PrimaryProxy, SecondaryProxy
+from colo_proxy.service.primary import PrimaryProxy
+from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import REQUESTS
 

@@ -11,7 +11,8 @@ import pytest
 from colo_proxy.compare import CompareConfig
 from colo_proxy.kernel.packet_socket import Frame
 from colo_proxy.service.modes import PASSTHROUGH, PROTECTED
-from colo_proxy.service.proxies import PrimaryProxy, SecondaryProxy
+from colo_proxy.service.primary import PrimaryProxy
+from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 from colo_proxy.wire.nfqueue_msgs import QueuedPacket

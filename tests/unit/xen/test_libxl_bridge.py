@@ -19,7 +19,8 @@ from compare.packets import ACK, PSH, SYN, tcp
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_proxy.compare import CompareConfig
 from colo_proxy.service import control_socket as control
-from colo_proxy.service.proxies import PrimaryProxy, serve
+from colo_proxy.service.loop import serve
+from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
 
 from .libxl_sim import SimulatedLibxl

@@ -29,7 +29,7 @@ from colo_orch.backends.xen.libxl.session import (
     encode,
 )
 from colo_proxy.compare import CompareConfig
-from colo_proxy.service.proxies import PrimaryProxy
+from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
 
 from .libxl_sim import LibxlLoopModel, SimulationError, frame, libxl_strcmp_view

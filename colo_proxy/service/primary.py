@@ -1,22 +1,17 @@
-"""The proxy services of the two hosts: the loops that join the kernel datapath, the
-comparator and the control channel.
+"""The primary host's proxy: the adapter of the comparison engine.
 
-`PrimaryProxy` is the adapter of the comparison engine: it feeds PVM packets (NFQUEUE) and
-SVM packets (packet socket) to `Comparator`, interprets its commands (Release = accept
-verdict, Drop = forget the SVM copy, RequestCheckpoint = tell the orchestrator, Wakeup =
-when to call `tick`) and owns the clock. Its I/O objects are injected, so unit tests
-drive it with fakes; `run_primary`/`run_secondary` build the real ones.
+`PrimaryProxy` feeds PVM packets (NFQUEUE) and SVM packets (packet socket) to
+`Comparator`, interprets its commands (Release = accept verdict, Drop = forget the SVM
+copy, RequestCheckpoint = tell the orchestrator, Wakeup = when to call `tick`) and owns
+the clock. Its I/O objects are injected, so unit tests drive it with fakes;
+`colo_proxy.service.run` builds the real ones and `colo_proxy.service.loop` polls them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
-import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from colo_proxy.compare import (
@@ -28,19 +23,8 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
-from colo_proxy.service.control_socket import ControlServer
-from colo_proxy.service.handover_file import discard as discard_handover
-from colo_proxy.service.handover_file import write as write_handover
 from colo_proxy.service.metrics import HoldTimer
-from colo_proxy.service.modes import (
-    BARRIER,
-    EVENTS,
-    PASSTHROUGH,
-    Event,
-    IllegalTransition,
-    Machine,
-    Mode,
-)
+from colo_proxy.service.modes import BARRIER, EVENTS, PASSTHROUGH, Event, Machine, Mode
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 
@@ -312,178 +296,3 @@ class PrimaryProxy:
         if enobufs is not None:
             out["queue_overflows"] = enobufs
         return out
-
-
-class SecondaryProxy:
-    """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
-
-    def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
-                 handover: Path | None = None) -> None:
-        self.datapath = datapath
-        self.handover = handover  # where the offsets go at failover (service.handover_file)
-        self.modes = Machine()
-        self.clock = clock
-        self.started = clock()
-        self.checkpoints = 0
-
-    @property
-    def mode(self) -> Mode:
-        return self.modes.mode
-
-    def timeout(self, cap: float = 1.0) -> float:
-        return cap
-
-    def idle(self) -> bool:
-        return True
-
-    def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
-        kind = msg["type"]
-        if kind == "hello":
-            return {"type": "hello", "role": "secondary", "mode": self.mode.label}
-        if kind == "status" and msg.get("offsets"):
-            return {"type": "offsets", "offsets": [
-                {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
-                 "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn, "offset": o.offset,
-                 "complete": o.complete, "ts_offset": o.ts_offset}
-                for o in self.datapath.offsets()]}
-        if kind == "status":
-            return {"type": "status", "role": "secondary", "mode": self.mode.label,
-                    "uptime_seconds": round(self.clock() - self.started, 3),
-                    "checkpoints_done": self.checkpoints,
-                    "offsets": len(offs := self.datapath.offsets()),
-                    "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
-                    "carried_flows": self.datapath.carried(),
-                    "datapath": self.datapath.counters()}
-        if kind == "checkpoint_started":
-            pass
-        elif kind == "checkpoint_done":
-            self.modes.fire(Event.CHECKPOINT_DONE)
-            self.checkpoints += 1
-            n = self.datapath.reset_offsets()
-            self._void_handover()
-            log.info("checkpoint done: %d sequence offsets reset", n)
-        elif kind in ("failover", "pause"):
-            self.modes.fire(EVENTS[kind])
-            self.datapath.set_mode(1)
-            log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
-                        kind)
-            if kind == "failover" and self.handover is not None:
-                # From now on no flow is learned: these are all the flows in the VM's own
-                # spaces, for the primary-role proxy after the role swap.
-                # With the flows an earlier role swap carried, which go on as they are.
-                n = write_handover(self.handover, self.datapath.offsets()
-                                   + self.datapath.carried_offsets())
-                log.info("%d connection offset(s) written to %s for the role swap", n,
-                         self.handover)
-        elif kind == "resume":
-            self.modes.fire(Event.RESUME)
-            self.datapath.set_mode(0)
-            self._void_handover()
-            log.info("protection resumed")
-        else:
-            raise ProtocolError(f"unknown message type {kind!r}")
-        return {"type": "ok", "for": kind}
-
-    def _void_handover(self) -> None:
-        if self.handover is not None:
-            discard_handover(self.handover)
-
-
-# The loop ------------------------------------------------------------------------
-class _Stop(Exception):
-    pass
-
-
-def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
-          sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
-          busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
-    """Poll the sources and the control socket until SIGTERM/SIGINT.
-
-    One epoll set; each ready descriptor maps straight to its handler (no selector
-    objects on the per-packet path: a request/response exchange wakes this loop twice).
-
-    With `busy_poll_us`, each packet from a source opens a window of that many
-    microseconds in which the loop polls without sleeping (epoll with a zero timeout,
-    yielding the CPU after each empty poll), so the next packet of a request/response
-    exchange finds the proxy awake; once the window passes with nothing read, the loop
-    blocks in epoll again. Idle cost: at most one window of polling per burst. Unless
-    `busy_poll_held`, the loop polls only while no PVM packet waits for its SVM twin:
-    the SVM needs the CPU to produce it, and a spinning proxy on shared CPUs delays it.
-    """
-    ep = select.epoll()
-    handlers: dict[int, Callable[[], None]] = {}
-    data_fds: set[int] = set()
-
-    def watch(fd: int, handler: Callable[[], None]) -> None:
-        ep.register(fd, select.EPOLLIN)
-        handlers[fd] = handler
-
-    def forget(fd: int) -> None:
-        if handlers.pop(fd, None) is not None:
-            try:
-                ep.unregister(fd)
-            except OSError:
-                pass  # already closed (ControlServer.read drops a client that went away)
-
-    def on_accept() -> None:
-        c = control.accept()
-        if c is not None:
-            fd = c.fileno()
-            watch(fd, lambda: _control_readable(proxy, control, c, lambda: forget(fd)))
-
-    watch(control.fileno(), on_accept)
-    for name, src in sources.items():
-        assert isinstance(proxy, PrimaryProxy)
-        watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
-        data_fds.add(src.fileno())
-    primary = proxy if isinstance(proxy, PrimaryProxy) else None
-    stop = False
-    busy = busy_poll_us / 1e6
-    busy_until = 0.0
-    clock = time.monotonic
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    if ready is not None:
-        ready()
-    try:
-        while not stop:
-            polling = busy and clock() < busy_until and (busy_poll_held or proxy.idle())
-            events = ep.poll(0.0 if polling else proxy.timeout())
-            data = False
-            for fd, _ev in events:
-                handler = handlers.get(fd)
-                if handler is not None:
-                    handler()
-                    if fd in data_fds:
-                        data = True
-            if data and busy:
-                busy_until = clock() + busy
-            elif polling and not events:
-                os.sched_yield()  # let the VMs (or anyone) run: 2 shared CPUs
-            if primary is not None:
-                primary.on_timer()
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        ep.close()
-
-
-def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
-                      client: Any, forget: Callable[[], None]) -> None:
-    msgs = control.read(client)
-    if msgs is None:
-        forget()
-        return
-    for m in msgs:
-        if isinstance(m, ProtocolError):
-            client.send({"type": "error", "error": str(m)})
-            continue
-        try:
-            reply = proxy.on_control(m)
-        except (ProtocolError, IllegalTransition) as exc:
-            reply = {"type": "error", "error": str(exc)}
-        client.send(reply)

@@ -1,0 +1,111 @@
+"""The proxy's event loop: one epoll set over the data sources and the control socket."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from colo_proxy.service.control_socket import ControlServer
+from colo_proxy.service.modes import IllegalTransition
+from colo_proxy.service.primary import PrimaryProxy
+from colo_proxy.service.secondary import SecondaryProxy
+from colo_proxy.wire.control import ProtocolError
+
+
+def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
+          sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
+          busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
+    """Poll the sources and the control socket until SIGTERM/SIGINT.
+
+    One epoll set; each ready descriptor maps straight to its handler (no selector
+    objects on the per-packet path: a request/response exchange wakes this loop twice).
+
+    With `busy_poll_us`, each packet from a source opens a window of that many
+    microseconds in which the loop polls without sleeping (epoll with a zero timeout,
+    yielding the CPU after each empty poll), so the next packet of a request/response
+    exchange finds the proxy awake; once the window passes with nothing read, the loop
+    blocks in epoll again. Idle cost: at most one window of polling per burst. Unless
+    `busy_poll_held`, the loop polls only while no PVM packet waits for its SVM twin:
+    the SVM needs the CPU to produce it, and a spinning proxy on shared CPUs delays it.
+    """
+    ep = select.epoll()
+    handlers: dict[int, Callable[[], None]] = {}
+    data_fds: set[int] = set()
+
+    def watch(fd: int, handler: Callable[[], None]) -> None:
+        ep.register(fd, select.EPOLLIN)
+        handlers[fd] = handler
+
+    def forget(fd: int) -> None:
+        if handlers.pop(fd, None) is not None:
+            try:
+                ep.unregister(fd)
+            except OSError:
+                pass  # already closed (ControlServer.read drops a client that went away)
+
+    def on_accept() -> None:
+        c = control.accept()
+        if c is not None:
+            fd = c.fileno()
+            watch(fd, lambda: _control_readable(proxy, control, c, lambda: forget(fd)))
+
+    watch(control.fileno(), on_accept)
+    for name, src in sources.items():
+        assert isinstance(proxy, PrimaryProxy)
+        watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
+        data_fds.add(src.fileno())
+    primary = proxy if isinstance(proxy, PrimaryProxy) else None
+    stop = False
+    busy = busy_poll_us / 1e6
+    busy_until = 0.0
+    clock = time.monotonic
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    if ready is not None:
+        ready()
+    try:
+        while not stop:
+            polling = busy and clock() < busy_until and (busy_poll_held or proxy.idle())
+            events = ep.poll(0.0 if polling else proxy.timeout())
+            data = False
+            for fd, _ev in events:
+                handler = handlers.get(fd)
+                if handler is not None:
+                    handler()
+                    if fd in data_fds:
+                        data = True
+            if data and busy:
+                busy_until = clock() + busy
+            elif polling and not events:
+                os.sched_yield()  # let the VMs (or anyone) run: 2 shared CPUs
+            if primary is not None:
+                primary.on_timer()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        ep.close()
+
+
+def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
+                      client: Any, forget: Callable[[], None]) -> None:
+    msgs = control.read(client)
+    if msgs is None:
+        forget()
+        return
+    for m in msgs:
+        if isinstance(m, ProtocolError):
+            client.send({"type": "error", "error": str(m)})
+            continue
+        try:
+            reply = proxy.on_control(m)
+        except (ProtocolError, IllegalTransition) as exc:
+            reply = {"type": "error", "error": str(exc)}
+        client.send(reply)

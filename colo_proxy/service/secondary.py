@@ -1,0 +1,95 @@
+"""The secondary host's proxy: the datapath's controls (rewrite, steer) and the handover.
+
+Nothing is compared here: the SVM's output goes over the forward link to the primary's
+comparator while protected, and to the bridge after a failover.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from colo_proxy.service.handover_file import discard as discard_handover
+from colo_proxy.service.handover_file import write as write_handover
+from colo_proxy.service.modes import EVENTS, Event, Machine, Mode
+from colo_proxy.wire.control import ProtocolError
+
+log = logging.getLogger("colo-proxy")
+
+
+class SecondaryProxy:
+    """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
+
+    def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
+                 handover: Path | None = None) -> None:
+        self.datapath = datapath
+        self.handover = handover  # where the offsets go at failover (service.handover_file)
+        self.modes = Machine()
+        self.clock = clock
+        self.started = clock()
+        self.checkpoints = 0
+
+    @property
+    def mode(self) -> Mode:
+        return self.modes.mode
+
+    def timeout(self, cap: float = 1.0) -> float:
+        return cap
+
+    def idle(self) -> bool:
+        return True
+
+    def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
+        kind = msg["type"]
+        if kind == "hello":
+            return {"type": "hello", "role": "secondary", "mode": self.mode.label}
+        if kind == "status" and msg.get("offsets"):
+            return {"type": "offsets", "offsets": [
+                {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
+                 "pvm_isn": o.pvm_isn, "svm_isn": o.svm_isn, "offset": o.offset,
+                 "complete": o.complete, "ts_offset": o.ts_offset}
+                for o in self.datapath.offsets()]}
+        if kind == "status":
+            return {"type": "status", "role": "secondary", "mode": self.mode.label,
+                    "uptime_seconds": round(self.clock() - self.started, 3),
+                    "checkpoints_done": self.checkpoints,
+                    "offsets": len(offs := self.datapath.offsets()),
+                    "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
+                    "carried_flows": self.datapath.carried(),
+                    "datapath": self.datapath.counters()}
+        if kind == "checkpoint_started":
+            pass
+        elif kind == "checkpoint_done":
+            self.modes.fire(Event.CHECKPOINT_DONE)
+            self.checkpoints += 1
+            n = self.datapath.reset_offsets()
+            self._void_handover()
+            log.info("checkpoint done: %d sequence offsets reset", n)
+        elif kind in ("failover", "pause"):
+            self.modes.fire(EVENTS[kind])
+            self.datapath.set_mode(1)
+            log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
+                        kind)
+            if kind == "failover" and self.handover is not None:
+                # From now on no flow is learned: these are all the flows in the VM's own
+                # spaces, for the primary-role proxy after the role swap.
+                # With the flows an earlier role swap carried, which go on as they are.
+                n = write_handover(self.handover, self.datapath.offsets()
+                                   + self.datapath.carried_offsets())
+                log.info("%d connection offset(s) written to %s for the role swap", n,
+                         self.handover)
+        elif kind == "resume":
+            self.modes.fire(Event.RESUME)
+            self.datapath.set_mode(0)
+            self._void_handover()
+            log.info("protection resumed")
+        else:
+            raise ProtocolError(f"unknown message type {kind!r}")
+        return {"type": "ok", "for": kind}
+
+    def _void_handover(self) -> None:
+        if self.handover is not None:
+            discard_handover(self.handover)
