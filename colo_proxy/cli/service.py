@@ -1,7 +1,8 @@
 """`colo-proxy primary|secondary|status|cleanup`: the service's command line.
 
-`register(subparsers)` adds the subcommands to the `colo-proxy` parser of cli.py;
-`python -m colo_proxy.cli.service` runs them on their own.
+`register(subparsers)` adds the subcommands to the `colo-proxy` parser of cli/main.py;
+`python -m colo_proxy.cli.service` runs them on their own. Argument parsing only: the
+service is built and run by `colo_proxy.service.run`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,11 @@ import argparse
 import json
 import logging
 import sys
-import threading
-from collections.abc import Callable
 from typing import Any
 
-from colo_proxy.kernel import netfilter
-from colo_proxy.service import handover_file
-from colo_proxy.service.control_socket import ControlServer, request
+from colo_proxy.service import run
+from colo_proxy.service.control_socket import request
 from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
-from colo_proxy.wire import handover
 
 log = logging.getLogger("colo-proxy")
 
@@ -93,122 +90,10 @@ def _cmd_service(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     if s.role == "primary":
-        run_primary(s)
+        run.run_primary(s)
     else:
-        run_secondary(s)
+        run.run_secondary(s)
     return 0
-
-
-def run_primary(s: ProxySettings) -> None:
-    from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
-    from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
-    from colo_proxy.kernel.packet_socket import PacketSocket
-    from colo_proxy.service.loop import serve
-    from colo_proxy.service.primary import PrimaryProxy
-
-    qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
-                       fail_open=s.on_queue_full == "accept")
-    ctl = ControlServer(s.control_socket)
-    try:
-        with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
-                      uplink=s.uplink) as dp, NfQueue(qcfg) as q:
-            svm = PacketSocket(s.forward)
-            dp.set_mode(MODE_PROTECTED)
-            _carry_over(s, dp)
-            # Bind the queue before the rule exists, so no packet is ever queued to nobody.
-            netfilter.install(s.tap, s.queue, s.instance, bypass=s.on_crash == "open")
-            announcer = _Announcer(dp, svm) if s.uplink else None
-            try:
-                proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp)
-                stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
-                                              fail_open=qcfg.fail_open)
-                try:
-                    serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
-                        "ready: comparing output of %s, mirror to %s, control %s, on crash %s",
-                        s.tap, s.forward, s.control_socket, s.on_crash),
-                        busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held)
-                finally:
-                    stop_metrics()
-            finally:
-                if announcer is not None:
-                    announcer.stop()
-                netfilter.remove(s.instance)
-                svm.close()
-    finally:
-        ctl.close()
-        log.info("stopped: filters and rules removed")
-
-
-def _carry_over(s: ProxySettings, dp: Any) -> None:
-    """Take the offsets the secondary-role proxy left at the role swap (colo_proxy.wire.handover)."""
-    offsets = handover_file.take(handover_file.path_for(s.control_socket))
-    if not offsets:
-        return
-    if not s.uplink:
-        log.warning("%d connection(s) opened by this VM since the last checkpoint before the "
-                    "failover will break: no --uplink to rewrite them on", len(offsets))
-        return
-    log.info("carried %d connection(s) over the role swap: rewritten on %s",
-             dp.carry(offsets), s.uplink)
-
-
-class _Announcer:
-    """Repeats the carried flows to the secondary (colo_proxy.wire.handover.announcement) while
-    there are any, so that a failover of this primary does not break them either."""
-
-    def __init__(self, dp: Any, link: Any) -> None:
-        self.dp, self.link = dp, link
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="carry-announcer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                for o in self.dp.carried_offsets():
-                    self.link.send(handover.ETH_P_CARRY, handover.announcement(o))
-            except OSError as exc:  # a full device queue: the next round repeats them
-                log.debug("carried-flow announcement: %s", exc)
-            if self._stop.wait(handover.ANNOUNCE_EVERY):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-def run_secondary(s: ProxySettings) -> None:
-    from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
-    from colo_proxy.service.loop import serve
-    from colo_proxy.service.secondary import SecondaryProxy
-
-    ctl = ControlServer(s.control_socket)
-    handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid
-    try:
-        with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
-            dp.set_mode(MODE_PROTECTED)
-            proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket))
-            stop_metrics = _serve_metrics(s, proxy)
-            try:
-                serve(proxy, ctl, {}, ready=lambda: log.info(
-                    "ready: SVM tap %s, forward link %s, control %s", s.tap, s.forward,
-                    s.control_socket))
-            finally:
-                stop_metrics()
-    finally:
-        ctl.close()
-        log.info("stopped: filters removed")
-
-
-def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None]:
-    """Start the /metrics endpoint if configured; returns its stop function."""
-    if not s.metrics_listen:
-        return lambda: None
-    from colo_proxy.service import metrics
-
-    endpoint = metrics.serve(s.metrics_listen, proxy, s.role, **kw)
-    log.info("metrics on http://%s/metrics", s.metrics_listen)
-    return endpoint.stop
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -221,27 +106,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cleanup(instance: str | None = None, control_socket: str | None = None) -> list[str]:
-    """Remove our tc filters, empty clsact qdiscs and iptables rules in this namespace."""
-    from colo_proxy.kernel import datapath
-
-    removed = datapath.cleanup()
-    removed += netfilter.remove(instance)
-    if control_socket:
-        import os
-
-        if os.path.exists(control_socket):
-            try:
-                request(control_socket, {"type": "hello"}, timeout=1.0)
-                removed.append(f"(a proxy still runs on {control_socket}; socket kept)")
-            except OSError:
-                os.unlink(control_socket)
-                removed.append(f"stale socket {control_socket}")
-    return removed
-
-
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    for line in cleanup(args.instance, args.control_socket):
+    for line in run.cleanup(args.instance, args.control_socket):
         print(f"removed {line}")
     return 0
 
