@@ -22,6 +22,9 @@ taken relative to the ACK of that side's handshake, like the payload offset.
 
 Held PVM packets are released in arrival order: releasing a later segment first would only
 make the client see reordering and send duplicate ACKs.
+
+One responsibility, and so one module despite its length: the comparison state of a single
+flow (TCP or datagram, sharing `FlowState`); the tables of flows are ``comparator``.
 """
 
 from __future__ import annotations

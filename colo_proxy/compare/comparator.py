@@ -14,6 +14,9 @@ nor a timeout ever walks the whole table.
 Each divergent flow yields one ``RequestCheckpoint`` and then waits for ``checkpoint_done``;
 the orchestrator coalesces requests. Command order in one returned list: Release, Drop,
 RequestCheckpoint(s), Wakeup.
+
+One responsibility, and so one module despite its length: the flow tables, timers and
+epochs that every packet and tick goes through; what one flow does is ``_flows``.
 """
 
 from __future__ import annotations

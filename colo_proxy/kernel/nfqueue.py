@@ -1,6 +1,7 @@
 """The NFQUEUE socket: bind a queue over raw nfnetlink, read packets, send verdicts.
 
-Thin adapter over `nfq_proto` (the only module here that touches the netlink socket).
+Thin adapter over `colo_proxy.wire.nfqueue_msgs`: the only module that touches the netlink
+socket.
 """
 
 from __future__ import annotations
