@@ -8,6 +8,8 @@ so a caller can watch progress and compute the service's gap at a failover.
 
 usage: python -m colo_lab.client --host 10.99.0.10 [--duration S] [--count N]
        [--random-every K] [--timeout S]
+
+`Watch` runs it in a lab's client namespace and collects those lines (the demo, tests).
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ import argparse
 import json
 import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from types import FrameType
+from typing import Any
+
+from colo_lab.errors import LabError
+from colo_lab.wait import wait_until
 
 
 class Conn:
@@ -126,6 +134,61 @@ def main(argv: list[str] | None = None) -> int:
                       "connections": conn.opened,
                       "seconds": round(time.monotonic() - start, 3)}), flush=True)
     return 0 if errors == 0 else 1
+
+
+class Watch:
+    """This client running in namespace `ns` (arguments as for main), its JSON lines
+    collected as they come: `results` per request, `summary` once it has stopped."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "colo_lab.client", *args],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.results: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("summary"):
+                self.summary = rec
+            else:
+                self.results.append(rec)
+
+    def count(self) -> int:
+        return len(self.results)
+
+    def wait_for(self, n: int, timeout: float) -> None:
+        """Until the client has made `n` requests in all; LabError if it stops first."""
+
+        def reached() -> bool:
+            if self.count() >= n:
+                return True
+            if self.proc.poll() is not None:
+                raise LabError(f"the client stopped early, after {self.count()} requests")
+            return False
+
+        wait_until(reached, timeout, f"{n} requests from the client",
+                   detail=lambda: f"it made {self.count()}")
+
+    def wait_more(self, n: int, timeout: float = 90.0) -> None:
+        self.wait_for(self.count() + n, timeout)
+
+    def errors(self) -> list[str]:
+        return [str(r["err"]) for r in self.results if not r["ok"]]
+
+    def finish(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop the client (SIGTERM) and return its summary ({} if it printed none)."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return self.summary
 
 
 if __name__ == "__main__":

@@ -14,56 +14,17 @@ Steps (each printed as it happens):
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from colo_lab import pair
+from colo_lab.client import Watch
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_IP, Lab
-
-
-@dataclass
-class ClientWatch:
-    """Reads the checking client's JSON lines as they come."""
-
-    proc: subprocess.Popen[str]
-    results: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def start(self) -> None:
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("summary"):
-                self.summary = rec
-            else:
-                self.results.append(rec)
-
-    def count(self) -> int:
-        return len(self.results)
-
-    def wait_for(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count() < n:
-            if time.monotonic() > deadline:
-                raise LabError(f"client made only {self.count()} of {n} requests")
-            if self.proc.poll() is not None:
-                raise LabError("the client stopped early")
-            time.sleep(0.05)
+from colo_lab.wait import wait_until
 
 
 def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any]:
@@ -81,12 +42,9 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         say("    pair PROTECTED: PVM on the primary host, SVM in COLO on the secondary host")
 
         say(f"3/7 client: one persistent connection to http://{VM_IP}/, PUT+GET checked ...")
-        client = ClientWatch(subprocess.Popen(
-            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "colo_lab.client",
-             "--host", VM_IP, "--duration", "600", "--random-every", "10", "--timeout", "5"],
-            stdout=subprocess.PIPE, text=True, start_new_session=True))
+        client = Watch(lab.client_ns, "--host", VM_IP, "--duration", "600",
+                       "--random-every", "10", "--timeout", "5")
         client_t0 = time.monotonic()
-        client.start()
         client.wait_for(20, 60)
         say(f"    {client.count()} requests so far")
 
@@ -94,7 +52,7 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         for _ in range(3):
             before = _cps(lab, "primary")
             pair.api(lab, "primary", "POST", "/checkpoint")
-            _wait(_more_checkpoints(lab, before), 20, "checkpoint")
+            wait_until(_more_checkpoints(lab, before), 20, "checkpoint")
         st = pair.state(lab, "primary")
         say(f"    checkpoints by reason: {st['checkpoints']}; last took "
             f"{1000 * (st['last_checkpoint_s'] or 0):.0f} ms")
@@ -118,9 +76,8 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         client.wait_for(client.count() + 10, 60)
         say("    pair PROTECTED again (roles swapped)")
 
-        client.proc.send_signal(signal.SIGTERM)
-        client.proc.wait(timeout=30)
-        _wait(lambda: bool(client.summary), 10, "client summary")
+        if not client.finish(timeout=30):
+            raise LabError("the client printed no summary")
         summary = {
             "requests_ok": client.summary.get("ok"),
             "request_errors": client.summary.get("errors"),
@@ -147,14 +104,6 @@ def _cps(lab: Lab, host: str) -> int:
 
 def _more_checkpoints(lab: Lab, before: int) -> Callable[[], bool]:
     return lambda: _cps(lab, "primary") > before
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise LabError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _largest_gap(results: list[dict[str, Any]], around: float) -> float:

@@ -39,6 +39,7 @@ from colo_lab.guest import Guest, ensure_guest
 from colo_lab.paths import run_root
 from colo_lab.qemu_build import ensure_qemu
 from colo_lab.vm import VM, VMSpec
+from colo_lab.wait import wait_until
 from colo_orch.backends.qemu.blk.images import create_raw, prepare
 from colo_orch.backends.qemu.blk.spec import drive_args
 from colo_orch.core.disks import Disk
@@ -255,18 +256,20 @@ class Lab:
         return int(code), body
 
     def wait_http(self, path: str, expect: bytes, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
         last = ""
-        while time.monotonic() < deadline:
+
+        def answered() -> bool:
+            nonlocal last
             try:
                 code, body = self.http(path, timeout=3)
-                if code == 200 and body == expect:
-                    return
-                last = f"{code} {body[:60]!r}"
             except (LabError, subprocess.TimeoutExpired) as exc:
                 last = str(exc)
-            time.sleep(0.2)
-        raise LabError(f"service at {VM_IP}{path} did not answer {expect!r}: {last}")
+                return False
+            last = f"{code} {body[:60]!r}"
+            return code == 200 and body == expect
+
+        wait_until(answered, timeout, f"the service at {VM_IP}{path} to answer {expect!r}",
+                   every=0.2, detail=lambda: f"last answer: {last}")
 
     # Inspecting and tearing down ------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from colo_lab import netns
 from colo_lab.errors import LabError
 from colo_lab.lab import MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
+from colo_lab.wait import wait_until
 
 HEARTBEAT_PORT = 7410
 API_PORT = 7411
@@ -128,17 +128,20 @@ def state(lab: Lab, host: str) -> dict[str, Any]:
 
 def wait_state(lab: Lab, host: str, want: str | set[str], timeout: float = 60.0) -> dict[str, Any]:
     wanted = {want} if isinstance(want, str) else want
-    deadline = time.monotonic() + timeout
     st: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
+        nonlocal st
         st = state(lab, host)
-        if st.get("state") in wanted:
-            return st
-        time.sleep(0.1)
-    log = (lab.run_dir / f"orch-{host}.log")
-    tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
-    raise LabError(f"{host} orchestrator not in {sorted(wanted)} after {timeout:.0f} s: "
-                   f"{st.get('state')} ({st.get('recent', [])[-3:]}); log: {' | '.join(tail)}")
+        return st if st.get("state") in wanted else None
+
+    def seen() -> str:
+        log = (lab.run_dir / f"orch-{host}.log")
+        tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+        return f"{st.get('state')} ({st.get('recent', [])[-3:]}); log: {' | '.join(tail)}"
+
+    return wait_until(reached, timeout, f"the {host} orchestrator in {sorted(wanted)}",
+                      every=0.1, detail=seen)
 
 
 def kill_vm(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:

@@ -16,10 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from colo_lab.wait import wait_until
 from colo_proxy.service import control_socket as control
 from colo_proxy.wire.control import LineDecoder
 
@@ -32,17 +32,6 @@ _serial = itertools.count()
 def unique_name(prefix: str) -> str:
     """A lab name no other test process uses (lab names are at most 10 characters)."""
     return f"{prefix}{os.getpid() % 10000}{next(_serial)}"[:10]
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def in_ns(ns: str, argv: list[str], timeout: float = 30.0, check: bool = True) -> str:
@@ -90,7 +79,7 @@ class ProxyPair:
             with open(self.log(r), "ab") as log:
                 self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
                                                  stdout=log, stderr=log, cwd=str(REPO))
-            wait_for(functools.partial(self._hello, r), timeout, f"the {r} proxy to answer")
+            wait_until(functools.partial(self._hello, r), timeout, f"the {r} proxy to answer")
 
     def _hello(self, role: str) -> bool:
         proc = self.procs[role]

@@ -20,6 +20,7 @@ from pathlib import Path
 from colo_lab import netns
 from colo_lab.errors import LabError
 from colo_lab.lab import CLIENT_IP, CTL_PRIMARY, CTL_SECONDARY, LAN_PLEN, VM_IP, VM_MAC, Lab
+from colo_lab.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 VM_IP6 = "fd99::10"
@@ -89,12 +90,14 @@ class Standin:
 
     def _wait_ipv6(self, addrs: list[tuple[str, str]], timeout: float = 10.0) -> None:
         """Until each (namespace, address) is on its eth0 and usable (not tentative)."""
-        deadline = time.monotonic() + timeout
-        for ns, addr in addrs:
-            while not _ipv6_usable(ns, addr):
-                if time.monotonic() > deadline:
-                    raise LabError(f"IPv6 address {addr} in {ns} not usable after {timeout} s")
-                time.sleep(0.02)
+        pending = list(addrs)
+
+        def usable() -> bool:
+            pending[:] = [(ns, addr) for ns, addr in pending if not _ipv6_usable(ns, addr)]
+            return not pending
+
+        wait_until(usable, timeout, "the stand-in lab's IPv6 addresses to be usable",
+                   every=0.02, detail=lambda: f"not yet: {pending}")
 
     def start_server(self, role: str, timeout: float = 10.0) -> None:
         old = self.servers.pop(role, None)

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from colo_lab.errors import LabError
 from colo_lab.guest import Guest
 from colo_lab.qemu_build import FIRMWARE_ARGS
+from colo_lab.wait import wait_until
 
 # Lines a guest kernel prints when it is broken; a checkpoint that hands the SVM
 # an inconsistent memory image shows up as one of these.
@@ -102,16 +102,20 @@ class VM:
                 ["ip", "netns", "exec", self.spec.ns, *self.argv()],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while not (self.qmp_path.exists() and self.events_path.exists()):
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def sockets_open() -> bool:
+            if self.qmp_path.exists() and self.events_path.exists():
+                return True
+            if proc.poll() is not None:
                 raise LabError(
                     f"QEMU for {self.spec.name} exited at start: {self._stderr_tail()}",
                     f"see {self.stderr_path}",
                 )
-            if time.monotonic() > deadline:
-                raise LabError(f"QEMU for {self.spec.name} did not open its QMP sockets")
-            time.sleep(0.02)
+            return False
+
+        wait_until(sockets_open, timeout, f"QEMU for {self.spec.name} to open its QMP sockets",
+                   every=0.02)
 
     def pid(self) -> int | None:
         if self.proc is not None:
@@ -153,19 +157,18 @@ class VM:
         self.wait_serial(READY, timeout)
 
     def wait_serial(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            log = self.serial()
-            if text in log:
-                return
+        def said() -> bool:
+            if text in self.serial():
+                return True
             if not self.alive():
                 raise LabError(f"{self.spec.name} died before '{text}': {self._stderr_tail()}")
-            if time.monotonic() > deadline:
-                tail = " | ".join(log.strip().splitlines()[-5:])
-                raise LabError(
-                    f"{self.spec.name}: no '{text}' after {timeout:.0f} s; serial: {tail}"
-                )
-            time.sleep(0.1)
+            return False
+
+        def tail() -> str:
+            return "serial: " + " | ".join(self.serial().strip().splitlines()[-5:])
+
+        wait_until(said, timeout, f"'{text}' on {self.spec.name}'s serial console", every=0.1,
+                   detail=tail)
 
     def serial(self) -> str:
         try:

@@ -9,6 +9,7 @@ report that flow with reason "payload" at that byte's offset.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import dpkt
 import pytest
+
+from colo_lab.wait import wait_until
 
 pytestmark = [
     pytest.mark.system,
@@ -229,9 +232,8 @@ def capture_pair(lab: Lab, tag: str, inject_b: bool) -> tuple[Path, Path]:
         assert client.returncode == 0 and "done" in out, err
     for _, dump, pcap in setups:
         # The server's last packet (the ACK of the client's FIN) may follow the client's exit.
-        while not capture_complete(pcap):
-            assert time.monotonic() < deadline, f"{pcap} incomplete"
-            time.sleep(0.05)
+        wait_until(functools.partial(capture_complete, pcap),
+                   max(1.0, deadline - time.monotonic()), f"{pcap} to be complete")
         dump.terminate()
         dump.wait(timeout=10)
     return setups[0][2], setups[1][2]

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ import pytest
 from colo_lab import pair
 from colo_lab.errors import LabError
 from colo_lab.lab import Lab
+from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 
 
@@ -38,15 +39,6 @@ def lab() -> Iterator[Lab]:
     finally:
         lab.down()
         assert lab.leftovers() == []
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
 
 
 def _value(n: int) -> bytes:
@@ -97,9 +89,9 @@ def _checkpoint_after(lab: Lab, primary: str) -> float:
     before = _checkpoints(lab, primary)
     pair.api(lab, primary, "POST", "/checkpoint")
     # The first completion may be a checkpoint that started before t; the second cannot.
-    _wait(lambda: _checkpoints(lab, primary) >= before + 1, 20, "checkpoint")
+    wait_until(lambda: _checkpoints(lab, primary) >= before + 1, 20, "checkpoint")
     pair.api(lab, primary, "POST", "/checkpoint")
-    _wait(lambda: _checkpoints(lab, primary) >= before + 2, 20, "checkpoint")
+    wait_until(lambda: _checkpoints(lab, primary) >= before + 2, 20, "checkpoint")
     return t
 
 
@@ -108,7 +100,7 @@ def _took_over(lab: Lab, host: str) -> dict[str, Any]:
         # At least once: if the fenced peer's first restarted VM dies right after it starts
         # (seen here: "monitor unreachable" 50 ms after the start, then a 5 s back-off), the
         # re-protection that began meanwhile ends in a second "continuing alone" failover.
-        _wait(lambda: pair.state(lab, host).get("failovers", 0) >= 1, 30, f"{host} takes over")
+        wait_until(lambda: pair.state(lab, host).get("failovers", 0) >= 1, 30, f"{host} takes over")
     except AssertionError as exc:
         # Say where each orchestrator got to (a failover that never came is otherwise
         # impossible to tell apart from one that hung).
@@ -171,21 +163,21 @@ def _verify(lab: Lab, primary_host: str) -> int:
 def test_records_survive_failover_reprotection_and_second_failover(lab: Lab) -> None:
     pair.wait_state(lab, "primary", "PROTECTED", 90)
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
-    _wait(lambda: lab.http("/health", timeout=3)[0] == 200, 30, "service on the PVM")
+    wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 30, "service on the PVM")
 
     # 1. Records under load; checkpoints; verify equal under load; kill the PVM under load.
     with Writer(lab, 0) as w:
-        _wait(lambda: len(w.acked) >= 5, 60, "first records")
+        wait_until(lambda: len(w.acked) >= 5, 60, "first records")
         assert _verify(lab, "primary") == 0
         safe = _checkpoint_after(lab, "primary")
-        _wait(lambda: any(t > safe for t in w.acked.values()), 30, "records after the mark")
+        wait_until(lambda: any(t > safe for t in w.acked.values()), 30, "records after the mark")
         _kill_vm(lab, "primary")
         killed_at = time.monotonic()
     # Failover and the automatic re-protection can both finish between two polls of
     # /state (about 1.5 s with a 64 MiB disk), so wait on the failover counter.
     sec = _took_over(lab, "secondary")
     assert any("disk committed" in s for s in sec["recent"]), sec["recent"]
-    _wait(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after failover")
+    wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after failover")
     acked = {n: t for n, t in w.acked.items() if t < killed_at}
     first = _check_records(lab, acked, safe, max(acked) + 1)
     assert first >= sum(1 for t in acked.values() if t < safe) > 0
@@ -194,15 +186,15 @@ def test_records_survive_failover_reprotection_and_second_failover(lab: Lab) -> 
     pair.wait_state(lab, "primary", "PROTECTED", 120)
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
     with Writer(lab, first) as w2:
-        _wait(lambda: len(w2.acked) >= 3, 60, "records after re-protection")
+        wait_until(lambda: len(w2.acked) >= 3, 60, "records after re-protection")
         assert _verify(lab, "secondary") == 0
         safe2 = _checkpoint_after(lab, "secondary")
-        _wait(lambda: any(t > safe2 for t in w2.acked.values()), 30, "records after the mark")
+        wait_until(lambda: any(t > safe2 for t in w2.acked.values()), 30, "records after the mark")
         # 3. Second failover, the other way.
         _kill_vm(lab, "secondary")
         killed_at = time.monotonic()
     _took_over(lab, "primary")
-    _wait(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
+    wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
     acked2 = {n: t for n, t in {**w.acked, **w2.acked}.items() if t < killed_at}
     total = _check_records(lab, acked2, safe2, max(acked2) + 1)
     assert total > first

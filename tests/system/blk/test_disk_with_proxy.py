@@ -15,10 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 # Shared with the proxy-less disk test (pytest puts this folder on sys.path).
-from test_disk_failover import Writer, _took_over, _value, _wait
+from test_disk_failover import Writer, _took_over, _value
 
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
+from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 
 
@@ -36,7 +37,7 @@ def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
 
 def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     with Writer(lab, 0) as w:
-        _wait(lambda: len(w.acked) >= 8, 90, "records")
+        wait_until(lambda: len(w.acked) >= 8, 90, "records")
         pair.kill_vm(lab, "primary")
         killed_at = time.monotonic()
     _took_over(lab, "secondary")
@@ -47,7 +48,7 @@ def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     pair.wait_state(lab, "primary", "PROTECTED", 120)
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
     with Writer(lab, max(w.acked) + 1) as w2:
-        _wait(lambda: len(w2.acked) >= 5, 90, "records after re-protection")
+        wait_until(lambda: len(w2.acked) >= 5, 90, "records after re-protection")
         pair.kill_vm(lab, "secondary")
         killed_at = time.monotonic()
     _took_over(lab, "primary")
@@ -59,7 +60,7 @@ def test_verify_finds_a_corrupted_block_on_the_secondary(lab: Lab) -> None:
     pri, sec = lab.disks("primary")[0], lab.disks("secondary")[0]
     assert lab.http("/kv/x", method="PUT", data=b"y" * 5000)[0] == 200
     pair.api(lab, "primary", "POST", "/checkpoint")
-    _wait(lambda: disk_main(["verify", pri.image, sec.image]) == 0, 30, "equal disks")
+    wait_until(lambda: disk_main(["verify", pri.image, sec.image]) == 0, 30, "equal disks")
     # Flip bytes in the middle of the secondary's image, behind QEMU's back.
     offset = 5 * 1024 * 1024 + 123
     with open(sec.image, "r+b") as fh:

@@ -16,20 +16,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
+from colo_lab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM_PORT = 19090
-T = TypeVar("T")
 
 
 def _build() -> ModuleType:
@@ -40,18 +39,6 @@ def _build() -> ModuleType:
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
-
-
-def _poll(fn: Callable[[], T | None], timeout: float, what: str,
-          detail: Callable[[], str] = str) -> T:
-    """fn() until it returns a value (not None) or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got is not None:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; {detail()}")
 
 
 class Prometheus:
@@ -159,7 +146,8 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
                  for t in r.get("data", {}).get("activeTargets", [])]
         return f"targets {found}; log: {prom.log_tail()}"
 
-    _poll(all_up, 60, "Prometheus to scrape both orchestrators and both proxies", targets)
+    wait_until(all_up, 60, "Prometheus to scrape both orchestrators and both proxies", every=0.2,
+               detail=targets)
 
     # Deterministic traffic, then exactly one request whose answer differs between VMs.
     for i in range(1, 11):
@@ -172,7 +160,8 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
         div = int(_proxy_status(lab)["compare"].get("divergences_payload", 0))
         return (cps, div) if cps >= 1 and div >= 1 else None
 
-    checkpoints, divergences = _poll(caused, 60, "the payload checkpoint of /random")
+    checkpoints, divergences = wait_until(caused, 60, "the payload checkpoint of /random",
+                                          every=0.2)
 
     def panel(title: str, reason: str) -> float | None:
         (expr,) = [e for _, t, e in build.queries() if t == title]
@@ -182,12 +171,12 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
 
     # The panels show what the components counted, once Prometheus has scraped it and has
     # enough samples for every rate() in the dashboards.
-    _poll(lambda: True if panel("Checkpoints by reason", "payload") == checkpoints else None,
-          30, f"the checkpoint panel to show {checkpoints} payload checkpoint(s)")
-    _poll(lambda: True if panel("Divergences by reason", "payload") == divergences else None,
-          30, f"the divergence panel to show {divergences} payload divergence(s)")
-    _poll(lambda: True if (prom.value("min(count_over_time(up[1m]))") or 0) >= 5 else None,
-          30, "five scrapes of every target")
+    wait_until(lambda: panel("Checkpoints by reason", "payload") == checkpoints, 30,
+               f"the checkpoint panel to show {checkpoints} payload checkpoint(s)", every=0.2)
+    wait_until(lambda: panel("Divergences by reason", "payload") == divergences, 30,
+               f"the divergence panel to show {divergences} payload divergence(s)", every=0.2)
+    wait_until(lambda: (prom.value("min(count_over_time(up[1m]))") or 0) >= 5, 30,
+               "five scrapes of every target", every=0.2)
 
     empty = []
     for uid, title, expr in build.queries():

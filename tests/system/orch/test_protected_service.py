@@ -10,58 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from colo_lab import pair
+from colo_lab.client import Watch
 from colo_lab.lab import VM_IP, Lab
+from colo_lab.wait import wait_until
 
 
-class Client:
+def _client(lab: Lab, *args: str) -> Watch:
     """colo_lab.client in the client namespace; its JSON lines collected as they come."""
-
-    def __init__(self, lab: Lab, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "colo_lab.client",
-             "--host", VM_IP, "--duration", "900", "--timeout", "10", *args],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        self.lines: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            rec = json.loads(line)
-            if rec.get("summary"):
-                self.summary = rec
-            else:
-                self.lines.append(rec)
-
-    def wait_more(self, n: int, timeout: float = 90) -> None:
-        want = len(self.lines) + n
-        deadline = time.monotonic() + timeout
-        while len(self.lines) < want:
-            assert self.proc.poll() is None, "client ended early"
-            assert time.monotonic() < deadline, f"client stalled at {len(self.lines)}"
-            time.sleep(0.05)
-
-    def finish(self) -> dict[str, Any]:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        self._t.join(timeout=10)
-        return self.summary
-
-    def errors(self) -> list[str]:
-        return [r["err"] for r in self.lines if not r["ok"]]
+    return Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "10", *args)
 
 
 def _lab(name: str, extra: str = "") -> Iterator[Lab]:
@@ -82,7 +46,7 @@ def _checkpoints(lab: Lab, host: str) -> dict[str, int]:
 
 
 def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
-    client = Client(lab, "--random-every", "7")
+    client = _client(lab, "--random-every", "7")
     try:
         client.wait_more(15)
         pair.kill_vm(lab, "primary")
@@ -106,7 +70,7 @@ def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
 
 
 def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None:
-    client = Client(lab)
+    client = _client(lab)
     try:
         client.wait_more(15)
         pair.kill_vm(lab, "secondary")
@@ -136,7 +100,7 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
     them to the new secondary, which keeps them through the next failover."""
     lab = no_periodic_lab
     before = pair.checkpoint_count(lab, "primary")
-    client = Client(lab)
+    client = _client(lab)
     try:
         client.wait_more(10)
         assert pair.checkpoint_count(lab, "primary") == before  # the offset is not zero
@@ -152,10 +116,8 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
         # The second failover, the other way: the primary host's proxy (now secondary)
         # hears the carried flow from the forward link (every 2 s) and shifts it when its
         # VM serves.
-        deadline = time.monotonic() + 30
-        while pair.proxy_status(lab, "primary").get("carried_flows", 0) < 1:
-            assert time.monotonic() < deadline, "the secondary never heard the carried flow"
-            time.sleep(0.1)
+        wait_until(lambda: pair.proxy_status(lab, "primary").get("carried_flows", 0) >= 1, 30,
+                   "the secondary to hear the carried flow", every=0.1)
         pair.kill_vm(lab, "secondary")
         pair.wait_state(lab, "primary", "ALONE", 30)
         client.wait_more(20)

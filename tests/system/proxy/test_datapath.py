@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from colo_lab.lab import VM_MAC
-from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
+from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat
 from colo_lab.standin import Standin
+from colo_lab.wait import wait_until
 
 pytestmark = pytest.mark.system
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
@@ -99,7 +100,7 @@ def test_bad_frames_from_both_vms_never_crash_the_proxy(standin: Standin,
             seen = c["fragments"] + c["parse_errors"] + c["other_protocol"] + st["svm_non_ip"]
             return c if seen >= 3 else None
 
-        c = wait_for(counted, 10, "the bad frames to be counted")
+        c = wait_until(counted, 10, "the bad frames to be counted")
         print("bad-frame counters:", {k: v for k, v in c.items() if v})
         assert c["internal_errors"] == 0
         # Whatever the engine's policy asked for, a checkpoint settles it, and the proxies

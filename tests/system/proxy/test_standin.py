@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat, wait_for
+from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat
 from colo_lab.standin import CLIENT_IP6, VM_IP6, Standin
+from colo_lab.wait import wait_until
 from colo_proxy.kernel.datapath import prog_exists
 from colo_proxy.service import control_socket as control
 
@@ -102,7 +103,7 @@ def test_nondeterministic_reply_is_held_until_checkpoint(standin: Standin, pair:
             ["ip", "netns", "exec", standin.client_ns, *LOADGEN, "random", "--timeout", "15"],
             stdout=subprocess.PIPE,
         )
-        reqs = wait_for(orch.taken, 10, "a checkpoint request")
+        reqs = wait_until(orch.taken, 10, "a checkpoint request")
         assert [r["reason"] for r in reqs] == ["payload"]
         flow = reqs[0]["flow"]
         assert (flow["proto"], flow["src"], flow["sport"]) == (6, "10.99.0.10", 80)
@@ -122,7 +123,7 @@ def test_nondeterministic_reply_is_held_until_checkpoint(standin: Standin, pair:
                 pair.tell("checkpoint_done")
             return bool(pair.status("primary")["held_packets"] == 0)
 
-        wait_for(settled, 10, "nothing held")
+        wait_until(settled, 10, "nothing held")
     finally:
         orch.close()
     chunks = json.loads(out)["chunks"]
@@ -158,7 +159,7 @@ def test_reply_without_svm_twin_times_out(standin: Standin, pair: ProxyPair) -> 
             ],
             stdout=subprocess.PIPE,
         )
-        reqs = wait_for(orch.taken, 10, "a checkpoint request")
+        reqs = wait_until(orch.taken, 10, "a checkpoint request")
         assert reqs[0]["reason"] == "timeout"
         assert reqs[0]["flow"]["sport"] == 80
         assert reqs[0]["at"] - t0 >= 0.5

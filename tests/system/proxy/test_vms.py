@@ -6,13 +6,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from colo_lab.lab import TCG_COMPARE_TIMEOUT, Lab
-from colo_lab.proxy_harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name, wait_for
+from colo_lab.proxy_harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name
+from colo_lab.wait import wait_until
 
 pytestmark = pytest.mark.system
 
@@ -54,7 +54,7 @@ def test_real_vms_compare_equal_and_diverge_on_random(vm_pair: tuple[Lab, ProxyP
     try:
         client = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "-m",
                                    "60", "http://10.99.0.10/random"], stdout=subprocess.PIPE)
-        reqs = wait_for(orch.taken, 30, "a checkpoint request")
+        reqs = wait_until(orch.taken, 30, "a checkpoint request")
         assert reqs[0]["reason"] == "payload"
         assert (reqs[0]["flow"]["sport"], reqs[0]["flow"]["dst"]) == (80, "10.99.0.100")
         assert client.poll() is None  # the differing reply is held: curl still waits
@@ -63,12 +63,13 @@ def test_real_vms_compare_equal_and_diverge_on_random(vm_pair: tuple[Lab, ProxyP
         # the body, written separately, then diverges again after this stand-in checkpoint
         # (which copies no state). Seen in CI: the headers released, the body held forever.
         pair.tell("checkpoint_done")
-        deadline = time.monotonic() + 60
-        while client.poll() is None:
-            assert time.monotonic() < deadline, "the held reply was never released"
+
+        def released() -> bool:
             if orch.taken():
                 pair.tell("checkpoint_done")
-            time.sleep(0.05)
+            return client.poll() is not None
+
+        wait_until(released, 60, "the held reply to be released")
         body, _ = client.communicate(timeout=10)
         assert len(body.split()) == 2  # "<uuid> <uptime>", the PVM's answer
     finally:

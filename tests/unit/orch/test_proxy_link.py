@@ -6,19 +6,10 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from colo_lab.wait import wait_until
 from colo_orch.daemon.proxy_link import ProxyLink
-
-
-def _until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
@@ -37,13 +28,13 @@ def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
         assert not link.connected
         assert link.send({"type": "status"}) is False
         conn.sendall(b'{"type": "hello", "role": "secondary", "mode": "protected"}\n')
-        assert _until(lambda: link.connected)
+        wait_until(lambda: link.connected, 10, "the link to connect", every=0.01)
         # A reply to a request is not mistaken for the hello, nor the hello for a reply.
         threading.Thread(target=lambda: (conn.recv(4096), conn.sendall(
             b'{"type": "ok", "for": "status"}\n')), daemon=True).start()
         assert link.send({"type": "status"}) is True
         conn.close()
-        assert _until(lambda: not link.connected)
+        wait_until(lambda: not link.connected, 10, "the link to notice the close", every=0.01)
     finally:
         link.stop()
         srv.close()
@@ -67,7 +58,7 @@ def test_a_proxy_that_hangs_up_at_once_is_retried(tmp_path: Path) -> None:
         conn, _ = srv.accept()
         assert json.loads(conn.makefile("rb").readline())["type"] == "hello"
         conn.sendall(b'{"type": "hello", "role": "primary", "mode": "protected"}\n')
-        assert _until(lambda: link.connected)
+        wait_until(lambda: link.connected, 10, "the link to connect again", every=0.01)
     finally:
         link.stop()
         srv.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from colo_lab.wait import wait_until
 from colo_orch.backends.base import BackendError
 from colo_orch.backends.xen.backend import (
     FAILED_OVER,
@@ -111,10 +112,8 @@ def secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
         # The primary's `xl remus` connects and streams.
         primary = socket.create_connection(("127.0.0.1", port), timeout=10)
-        deadline = time.monotonic() + 10
-        while b.receiver is None or READY not in b.receiver.marks:
-            assert time.monotonic() < deadline, "xl migrate-receive never became ready"
-            time.sleep(0.02)
+        wait_until(lambda: b.receiver is not None and READY in b.receiver.marks, 10,
+                   "xl migrate-receive to become ready", every=0.02)
         yield b, primary
         primary.close()
     finally:

@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from compare.packets import ACK, PSH, SYN, tcp
 
+from colo_lab.wait import wait_until
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_proxy.compare import CompareConfig
 from colo_proxy.service import control_socket as control
@@ -115,29 +116,10 @@ class Proxy:
         self.proc.join(timeout=5)
 
 
-def until(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> None:
-    import threading
-
-    ev = threading.Event()
-    deadline_hit = not _poll(cond, ev, timeout)
-    assert not deadline_hit, f"timed out waiting for {what}"
-
-
-def _poll(cond: Callable[[], Any], ev: Any, timeout: float) -> bool:
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        ev.wait(0.01)  # a polling interval for a condition, not a synchronisation sleep
-    return bool(cond())
-
-
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[Proxy]:
     p = Proxy(tmp_path)
-    until(lambda: os.path.exists(p.path), "the proxy's control socket")
+    wait_until(lambda: os.path.exists(p.path), DEADLINE, "the proxy's control socket", every=0.01)
     yield p
     p.stop()
 
@@ -156,7 +138,8 @@ def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: Proxy,
     try:
         # INIT answered, initial sync's COLO_CHECKPOINT reached the proxy.
         assert bridge.wait_checkpoints(1, DEADLINE), bridge.status()
-        until(lambda: proxy.status()["checkpoints_done"] >= 1, "the first checkpoint_done")
+        wait_until(lambda: proxy.status()["checkpoints_done"] >= 1, DEADLINE,
+                   "the first checkpoint_done", every=0.01)
         proxy.send("pvm", 1, tcp(P_ISN, CACK, SYN | ACK))
         proxy.send("svm", 1, tcp(S_ISN, CACK, SYN | ACK))
         assert proxy.wait_accepted(1) == [1]
