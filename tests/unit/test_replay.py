@@ -8,10 +8,10 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from compare.packets import ACK, FIN, PSH, SYN, tcp
 
 from colo_proxy.cli.main import main
 from colo_proxy.cli.replay import ReplayError, read_capture, replay_files
+from tests.support.packets import ACK, FIN, PSH, SYN, tcp
 
 C_ISN = 4000
 

@@ -12,20 +12,16 @@ for the one request in flight at the kill, which the survivor may serve after a 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from colo_lab import pair
-from colo_lab.errors import LabError
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
+from tests.support.records import Writer, failovers, took_over, value
 
 
 @pytest.fixture
@@ -41,89 +37,16 @@ def lab() -> Iterator[Lab]:
         assert lab.leftovers() == []
 
 
-def _value(n: int) -> bytes:
-    # 3 KiB: spans filesystem blocks, so a torn record would show.
-    return (f"record {n:05d} ".encode() * 300)[:3000]
-
-
-class Writer:
-    """A client writing numbered records; remembers when each was acknowledged."""
-
-    def __init__(self, lab: Lab, start: int) -> None:
-        self.lab = lab
-        self.next = start
-        self.acked: dict[int, float] = {}
-        self.last_error = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            n = self.next
-            try:
-                code, body = self.lab.http(f"/kv/r{n}", method="PUT", data=_value(n), timeout=3)
-            except (LabError, OSError, subprocess.TimeoutExpired) as exc:
-                self.last_error = str(exc)  # the VM died or moved: this one was not acknowledged
-                time.sleep(0.05)
-                continue
-            if code == 200 and body == b"stored 3000\n":
-                self.acked[n] = time.monotonic()
-                self.next = n + 1
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def _checkpoints(lab: Lab, host: str) -> int:
-    return sum(pair.state(lab, host).get("checkpoints", {}).values())
-
-
 def _checkpoint_after(lab: Lab, primary: str) -> float:
     """Return a time t such that a checkpoint started after t has completed."""
     t = time.monotonic()
-    before = _checkpoints(lab, primary)
+    before = pair.checkpoint_count(lab, primary)
     pair.api(lab, primary, "POST", "/checkpoint")
     # The first completion may be a checkpoint that started before t; the second cannot.
-    wait_until(lambda: _checkpoints(lab, primary) >= before + 1, 20, "checkpoint")
+    wait_until(lambda: pair.checkpoint_count(lab, primary) >= before + 1, 20, "checkpoint")
     pair.api(lab, primary, "POST", "/checkpoint")
-    wait_until(lambda: _checkpoints(lab, primary) >= before + 2, 20, "checkpoint")
+    wait_until(lambda: pair.checkpoint_count(lab, primary) >= before + 2, 20, "checkpoint")
     return t
-
-
-def _took_over(lab: Lab, host: str) -> dict[str, Any]:
-    try:
-        # At least once: if the fenced peer's first restarted VM dies right after it starts
-        # (seen here: "monitor unreachable" 50 ms after the start, then a 5 s back-off), the
-        # re-protection that began meanwhile ends in a second "continuing alone" failover.
-        wait_until(lambda: pair.state(lab, host).get("failovers", 0) >= 1, 30, f"{host} takes over")
-    except AssertionError as exc:
-        # Say where each orchestrator got to (a failover that never came is otherwise
-        # impossible to tell apart from one that hung).
-        seen = []
-        for h in ("primary", "secondary"):
-            try:
-                st = pair.state(lab, h)
-            except Exception as err:  # the host may be the one that died
-                st = {"error": str(err)}
-            log = lab.run_dir / f"orch-{h}.log"
-            tail = log.read_text(errors="replace").splitlines()[-12:] if log.exists() else []
-            seen.append(f"{h}: {st.get('state')} role={st.get('role')} "
-                        f"failovers={st.get('failovers')} recent={st.get('recent', [])[-4:]} "
-                        f"log: {' | '.join(tail)}")
-        raise AssertionError(f"{exc}\n" + "\n".join(seen)) from None
-    st = pair.state(lab, host)
-    assert st["role"] == "primary"
-    return st
-
-
-def _kill_vm(lab: Lab, host: str) -> None:
-    pid = int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
-    os.kill(pid, signal.SIGKILL)
 
 
 def _check_records(lab: Lab, acked: dict[int, float], safe_before: float, upto: int) -> int:
@@ -140,7 +63,7 @@ def _check_records(lab: Lab, acked: dict[int, float], safe_before: float, upto: 
         code, body = lab.http(f"/kv/r{n}", timeout=5)
         if code == 404:
             break
-        assert (code, body) == (200, _value(n)), f"record r{n} torn or wrong: {code} {body[:40]!r}"
+        assert (code, body) == (200, value(n)), f"record r{n} torn or wrong: {code} {body[:40]!r}"
         present += 1
     must = [n for n, t in acked.items() if t < safe_before]
     assert all(n < present for n in must), (
@@ -149,7 +72,7 @@ def _check_records(lab: Lab, acked: dict[int, float], safe_before: float, upto: 
         assert lab.http(f"/kv/r{n}", timeout=5)[0] == 404, f"hole before r{n}"
     if present < upto:
         code, body = lab.http(f"/kv/r{upto}", timeout=5)
-        assert code == 404 or (code, body) == (200, _value(upto)), (
+        assert code == 404 or (code, body) == (200, value(upto)), (
             f"record r{upto} (in flight at the kill) torn: {code} {body[:40]!r}")
     return present
 
@@ -171,11 +94,12 @@ def test_records_survive_failover_reprotection_and_second_failover(lab: Lab) -> 
         assert _verify(lab, "primary") == 0
         safe = _checkpoint_after(lab, "primary")
         wait_until(lambda: any(t > safe for t in w.acked.values()), 30, "records after the mark")
-        _kill_vm(lab, "primary")
+        taken = failovers(lab, "secondary")
+        pair.kill_vm(lab, "primary")
         killed_at = time.monotonic()
     # Failover and the automatic re-protection can both finish between two polls of
     # /state (about 1.5 s with a 64 MiB disk), so wait on the failover counter.
-    sec = _took_over(lab, "secondary")
+    sec = took_over(lab, "secondary", taken)
     assert any("disk committed" in s for s in sec["recent"]), sec["recent"]
     wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after failover")
     acked = {n: t for n, t in w.acked.items() if t < killed_at}
@@ -191,9 +115,10 @@ def test_records_survive_failover_reprotection_and_second_failover(lab: Lab) -> 
         safe2 = _checkpoint_after(lab, "secondary")
         wait_until(lambda: any(t > safe2 for t in w2.acked.values()), 30, "records after the mark")
         # 3. Second failover, the other way.
-        _kill_vm(lab, "secondary")
+        taken = failovers(lab, "primary")
+        pair.kill_vm(lab, "secondary")
         killed_at = time.monotonic()
-    _took_over(lab, "primary")
+    took_over(lab, "primary", taken)
     wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
     acked2 = {n: t for n, t in {**w.acked, **w2.acked}.items() if t < killed_at}
     total = _check_records(lab, acked2, safe2, max(acked2) + 1)

@@ -14,13 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-# Shared with the proxy-less disk test (pytest puts this folder on sys.path).
-from test_disk_failover import Writer, _took_over, _value
-
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
+from tests.support.records import Writer, failovers, took_over, value
 
 
 @pytest.fixture
@@ -32,15 +30,16 @@ def lab() -> Iterator[Lab]:
 def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
     for n in sorted(acked):
         code, body = lab.http(f"/kv/r{n}", timeout=10)
-        assert (code, body) == (200, _value(n)), f"acknowledged record r{n}: {code} {body[:40]!r}"
+        assert (code, body) == (200, value(n)), f"acknowledged record r{n}: {code} {body[:40]!r}"
 
 
 def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     with Writer(lab, 0) as w:
         wait_until(lambda: len(w.acked) >= 8, 90, "records")
+        taken = failovers(lab, "secondary")
         pair.kill_vm(lab, "primary")
         killed_at = time.monotonic()
-    _took_over(lab, "secondary")
+    took_over(lab, "secondary", taken)
     acked = {n: t for n, t in w.acked.items() if t < killed_at}
     assert len(acked) >= 8
     _all_acked_present(lab, acked)
@@ -49,9 +48,10 @@ def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
     with Writer(lab, max(w.acked) + 1) as w2:
         wait_until(lambda: len(w2.acked) >= 5, 90, "records after re-protection")
+        taken = failovers(lab, "primary")
         pair.kill_vm(lab, "secondary")
         killed_at = time.monotonic()
-    _took_over(lab, "primary")
+    took_over(lab, "primary", taken)
     acked2 = {**acked, **{n: t for n, t in w2.acked.items() if t < killed_at}}
     _all_acked_present(lab, acked2)
 

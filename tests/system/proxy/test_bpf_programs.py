@@ -21,26 +21,29 @@ from colo_lab.lab import VM_MAC
 from colo_proxy.kernel import datapath
 from colo_proxy.wire import handover
 from colo_proxy.wire.offset import Offset
+from tests.support.packets import (
+    ACK,
+    CLIENT4,
+    CLIENT6,
+    CLIENT_ETHER,
+    CLIENT_ISN,
+    PSH,
+    PVM_ISN,
+    SVM_ISN,
+    SYN,
+    VM4,
+    VM6,
+    VM_ETHER,
+    csum,
+    ether,
+    tcp,
+)
 
 pytestmark = pytest.mark.system
 
-VM, CLIENT = "10.99.0.10", "10.99.0.100"
-VM6, CLIENT6 = "fd99::10", "fd99::100"
-CLIENT_MAC = bytes.fromhex("02aabbccddee")
-PVM_ISN, SVM_ISN, CLIENT_ISN = 1_000_000, 3_000_000_000, 77_000
 # The two replicas' SYN-ACKs left in different millisecond ticks (the SVM lags by 2).
 PVM_TS, SVM_TS, CLIENT_TS = 871_647_765, 871_647_767, 970_149_060
-SYN, ACK, PSH = 0x02, 0x10, 0x08
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _ts(val: int, ecr: int) -> bytes:
@@ -55,32 +58,13 @@ def _syn_opts(val: int, ecr: int) -> bytes:
 
 def _frame(src: str, sport: int, dst: str, dport: int, seq: int, ack: int, flags: int,
            opts: bytes = b"", data: bytes = b"", *, from_vm: bool, ext: bytes = b"") -> bytes:
-    """An Ethernet frame with one TCP segment; IPv6 when the addresses are (`ext`: IPv6
-    extension headers before TCP, their first byte left for the next header: TCP)."""
-    vm_mac = bytes.fromhex(VM_MAC.replace(":", ""))
-    v6 = ":" in src
-    eth = (CLIENT_MAC + vm_mac if from_vm else vm_mac + CLIENT_MAC) + (
-        b"\x86\xdd" if v6 else b"\x08\x00")
-    doff = (20 + len(opts)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 502, 0, 0) + opts
-    if v6:
-        s6, d6 = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
-        pseudo = s6 + d6 + struct.pack("!I3xB", len(tcp) + len(data), 6)
-    else:
-        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack(
-            "!BBH", 0, 6, len(tcp) + len(data))
-    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp + data)) + tcp[18:]
-    if v6:
-        nh = 6
-        if ext:  # one destination-options header (60) carrying TCP as its next header
-            nh, ext = 60, b"\x06" + ext[1:]
-        ip = struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(tcp) + len(data), nh, 64,
-                         s6, d6) + ext
-        return eth + ip + tcp + data
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 1, 0x4000, 64, 6, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    return eth + ip + tcp + data
+    """An Ethernet frame with one TCP segment; IPv6 when the addresses are (`ext`: an IPv6
+    destination-options header before TCP)."""
+    seg = tcp(seq, ack, flags, data, sport=sport, dport=dport, options=opts, src=src, dst=dst,
+              ext=ext)
+    if from_vm:
+        return ether(seg, src=VM_ETHER, dst=CLIENT_ETHER)
+    return ether(seg, src=CLIENT_ETHER, dst=VM_ETHER)
 
 
 class Flow:
@@ -88,7 +72,7 @@ class Flow:
 
     def __init__(self, family: str) -> None:
         self.family = family
-        self.vm, self.client = (VM6, CLIENT6) if family == "ipv6" else (VM, CLIENT)
+        self.vm, self.client = (VM6, CLIENT6) if family == "ipv6" else (VM4, CLIENT4)
 
     def from_svm(self, seq: int, ack: int, flags: int, opts: bytes, data: bytes = b"") -> bytes:
         return _frame(self.vm, 80, self.client, 40000, seq, ack, flags, opts, data, from_vm=True)
@@ -152,7 +136,7 @@ class Tcp:
             pseudo = pseudo_addrs + struct.pack("!I3xB", len(tcp), 6)
         else:
             pseudo = pseudo_addrs + struct.pack("!BBH", 0, 6, len(tcp))
-        self.csum_ok = _csum(pseudo + tcp) == 0
+        self.csum_ok = csum(pseudo + tcp) == 0
 
 
 def _run(bpf: Any, prog: str, frame: bytes) -> tuple[int, bytes]:
@@ -295,7 +279,7 @@ def test_ipv4_and_ipv6_flows_with_the_same_ports_keep_their_own_offsets(sec: Any
     # The listing's decoding of the keys: IPv4 stored v4-mapped, shown dotted.
     listed = sorted((datapath._ip(k.vm_ip), datapath._port(k.vm_port), datapath._ip(k.peer_ip),
                      datapath._port(k.peer_port), v.offset) for k, v in sec[b"offsets"].items())
-    assert listed == [(VM, 80, CLIENT, 40000, SVM_ISN - PVM_ISN),
+    assert listed == [(VM4, 80, CLIENT4, 40000, SVM_ISN - PVM_ISN),
                       (VM6, 80, CLIENT6, 40000, SVM_ISN + 500 - PVM_ISN - 7)]
 
 
@@ -332,7 +316,7 @@ def test_both_sides_learned_at_once_on_two_cpus_always_pair(sec: Any) -> None:
     n = 50_000  # below the map's 65,536 entries; the old code lost 4 of them
 
     def synacks(isn: int, ts: int) -> list[bytes]:
-        return [_frame(VM, 80, CLIENT, 1024 + i, isn, CLIENT_ISN + 1, SYN | ACK,
+        return [_frame(VM4, 80, CLIENT4, 1024 + i, isn, CLIENT_ISN + 1, SYN | ACK,
                        _syn_opts(ts, CLIENT_TS), from_vm=True) for i in range(n)]
 
     sides = {"colo_tap_in": synacks(SVM_ISN, SVM_TS), "colo_fwd_in": synacks(PVM_ISN, PVM_TS)}
@@ -415,8 +399,8 @@ def test_flows_carried_over_a_role_swap_are_moved_at_the_uplink(
 
 
 def _arp(op: int, src_mac: bytes) -> bytes:
-    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, src_mac, socket.inet_aton(VM),
-                      b"\0" * 6, socket.inet_aton(CLIENT))
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, src_mac, socket.inet_aton(VM4),
+                      b"\0" * 6, socket.inet_aton(CLIENT4))
     return b"\xff" * 6 + src_mac + b"\x08\x06" + arp
 
 
@@ -431,13 +415,13 @@ def _ns6(src_mac: bytes, icmp_type: int = 135) -> bytes:
 def test_the_svms_neighbour_solicitations_go_out_to_the_lan(primary_bpf: Any) -> None:
     """Everything the SVM sends is dropped on the primary after the comparator's copy, but
     its ARP requests and neighbour solicitations also go on to the LAN (uplink)."""
-    vm = bytes.fromhex(VM_MAC.replace(":", ""))
+    vm = VM_ETHER
     before = _counters(primary_bpf)["svm_solicits"]
     for frame in (_arp(1, vm), _ns6(vm)):
         assert _run(primary_bpf, "colo_svm_in", frame)[0] == TC_ACT_SHOT
     assert _counters(primary_bpf)["svm_solicits"] == before + 2
     # Not these: an ARP reply, a neighbour advertisement, another MAC's request, TCP.
-    for frame in (_arp(2, vm), _ns6(vm, 136), _arp(1, CLIENT_MAC), Flow("ipv4").svm_synack()):
+    for frame in (_arp(2, vm), _ns6(vm, 136), _arp(1, CLIENT_ETHER), Flow("ipv4").svm_synack()):
         assert _run(primary_bpf, "colo_svm_in", frame)[0] == TC_ACT_SHOT
     assert _counters(primary_bpf)["svm_solicits"] == before + 2
 
@@ -450,7 +434,7 @@ def test_carried_flows_announced_by_the_primary_survive_the_next_failover(
     delta = (SVM_ISN - PVM_ISN) % 2**32
     carried = Offset(flow.vm, 80, flow.client, 40000, PVM_ISN, SVM_ISN, delta, True,
                               SVM_TS - PVM_TS)
-    msg = b"\xff" * 6 + CLIENT_MAC + b"\x88\xb5" + handover.announcement(carried)
+    msg = b"\xff" * 6 + CLIENT_ETHER + b"\x88\xb5" + handover.announcement(carried)
     before = _counters(sec)["carry_learned"]
     assert _run(sec, "colo_fwd_in", msg)[0] == TC_ACT_SHOT
     assert _counters(sec)["carry_learned"] == before + 1

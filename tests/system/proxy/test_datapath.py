@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import struct
 import sys
 
 import pytest
 
-from colo_lab.lab import VM_MAC
 from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat
 from colo_lab.standin import Standin
 from colo_lab.wait import wait_until
+from tests.support.packets import ETH_IP4, ether, ip4, udp
 
 pytestmark = pytest.mark.system
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
@@ -45,39 +43,19 @@ def test_rewrite_keeps_checksums_right(standin: Standin, pair: ProxyPair, offloa
         assert errs.get("TcpExtTSEcrRejected", 0) == 0, (ns, errs)
 
 
-def _ip4(proto: int, payload: bytes, *, frag: int = 0, src: str = "10.99.0.10",
-         tot: int | None = None) -> bytes:
-    tot = 20 + len(payload) if tot is None else tot
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, tot, 7, frag, 64, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton("10.99.0.100"))
-    csum = _csum(hdr)
-    return hdr[:10] + struct.pack("!H", csum) + hdr[12:] + payload
-
-
-def _csum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s > 0xFFFF:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _frames() -> list[bytes]:
-    mac = bytes.fromhex(VM_MAC.replace(":", ""))
-    client = b"\x02" * 6  # the frames go out as broadcast/unknown unicast; fine for the test
-    eth = lambda t: client + mac + struct.pack("!H", t)  # noqa: E731
-    udp = struct.pack("!HHHH", 5000, 6000, 16, 0) + b"datagram"
-    ip6 = (struct.pack("!IHBB", 6 << 28, len(udp), 17, 64)
-           + socket.inet_pton(socket.AF_INET6, "fd00::10")
-           + socket.inet_pton(socket.AF_INET6, "fd00::64") + udp)
+    def dgram(**ip: int) -> bytes:
+        return udp(b"datagram", sport=5000, dport=6000, **ip)
+
     return [
-        eth(0x0800) + _ip4(17, udp, frag=0x2000),  # first fragment
-        eth(0x0800) + _ip4(17, b"tail-of-fragment", frag=3),  # later fragment
-        eth(0x8100) + struct.pack("!HH", 42, 0x0800) + _ip4(17, udp),  # VLAN-tagged
-        eth(0x86DD) + ip6,  # IPv6 UDP
-        eth(0x0800) + _ip4(6, b"\x00\x50" + b"\x00" * 5),  # TCP header cut short
-        eth(0x0800) + _ip4(17, udp, tot=900),  # total length past the frame
-        eth(0x0800) + b"\x45\x00",  # truncated IP header
-        eth(0x88B5) + b"local experimental ethertype",
+        ether(dgram(frag=0x2000)),  # first fragment
+        ether(ip4(17, b"tail-of-fragment", frag=3)),  # later fragment
+        ether(dgram(), vlan=42),  # VLAN-tagged
+        ether(udp(b"datagram", sport=5000, dport=6000, v6=True)),  # IPv6 UDP
+        ether(ip4(6, b"\x00\x50" + b"\x00" * 5)),  # TCP header cut short
+        ether(dgram(total=900)),  # total length past the frame
+        ether(b"\x45\x00", ethertype=ETH_IP4),  # truncated IP header
+        ether(b"local experimental ethertype", ethertype=0x88B5),
     ]
 
 

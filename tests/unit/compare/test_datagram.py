@@ -13,8 +13,7 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
-
-from .packets import CLIENT4, CLIENT6, VM4, VM6, icmp_echo_reply, ip4, ip6, udp
+from tests.support.packets import CLIENT4, CLIENT6, VM4, VM6, icmp_echo_reply, ip4, ip6, udp
 
 P, S = Side.PRIMARY, Side.SECONDARY
 UDP_FLOW = Flow(17, VM4, 53, CLIENT4, 40000)
@@ -32,8 +31,8 @@ def test_udp_datagrams_match_in_any_order() -> None:
 
 def test_udp_checksum_is_not_compared() -> None:
     c = Comparator()
-    c.packet(P, 1, udp(b"x", csum=0x1234), 0.0)
-    assert c.packet(S, 1, udp(b"x", csum=0), 0.0) == [Release((1,)), Drop((1,))]
+    c.packet(P, 1, udp(b"x", checksum=0x1234), 0.0)
+    assert c.packet(S, 1, udp(b"x", checksum=0), 0.0) == [Release((1,)), Drop((1,))]
 
 
 def test_udp_divergence_beyond_the_window() -> None:
@@ -71,8 +70,8 @@ def test_udp_ipv6() -> None:
 
 def test_icmp_compares_all_but_the_checksum() -> None:
     c = Comparator()
-    c.packet(P, 1, icmp_echo_reply(7, 1, b"ping", csum=1), 0.0)
-    assert c.packet(S, 1, icmp_echo_reply(7, 1, b"ping", csum=2), 0.0) == [
+    c.packet(P, 1, icmp_echo_reply(7, 1, b"ping", checksum=1), 0.0)
+    assert c.packet(S, 1, icmp_echo_reply(7, 1, b"ping", checksum=2), 0.0) == [
         Release((1,)),
         Drop((1,)),
     ]

@@ -15,8 +15,7 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
-
-from .packets import ACK, PSH, SYN, tcp, tcp_flow, udp
+from tests.support.packets import ACK, PSH, SYN, tcp, tcp_flow, udp
 
 P, S = Side.PRIMARY, Side.SECONDARY
 CACK = 5001

@@ -14,8 +14,7 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
-
-from .packets import ACK, FIN, PSH, RST, SYN, tcp, tcp_flow
+from tests.support.packets import ACK, FIN, PSH, RST, SYN, tcp, tcp_flow
 
 P, S = Side.PRIMARY, Side.SECONDARY
 P_ISN, S_ISN, C_ISN = 1000, 900_000, 7000  # the replicas pick different ISNs

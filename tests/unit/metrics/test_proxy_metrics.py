@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import struct
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ from prometheus_client import generate_latest
 from colo_proxy.compare import CompareConfig
 from colo_proxy.compare.events import REASONS
 from colo_proxy.kernel.datapath import COUNTERS
-from colo_proxy.kernel.packet_socket import Frame
 from colo_proxy.service.metrics import (
     HOLD_BUCKETS,
     HoldTimer,
@@ -25,54 +22,22 @@ from colo_proxy.service.metrics import (
 )
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
-from colo_proxy.wire.nfqueue_msgs import QueuedPacket
-
-VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
-
-
-def tcp(seq: int, payload: bytes = b"", flags: int = 0x18) -> bytes:
-    th = struct.pack("!HHIIBBHHH", 80, 40000, seq, 1000, 5 << 4, flags, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 1, 0, 64, 6, 0, VM, CLIENT)
-    return ip + th + payload
+from tests.support.fakes import FakeQueue, FakeSource
+from tests.support.packets import ACK, PSH, SYN, tcp
 
 
-@dataclass
-class Queue:
-    incoming: list[QueuedPacket] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-    enobufs: int = 0
-
-    def receive(self, limit: int = 64) -> list[QueuedPacket]:
-        out, self.incoming = self.incoming, []
-        return out
-
-    def decide(self, accept: Any, drop: Any = ()) -> None:
-        self.accepted += list(accept)
-
-    def accept_all(self) -> None:
-        pass
-
-
-@dataclass
-class Source:
-    incoming: list[Frame] = field(default_factory=list)
-
-    def receive(self, limit: int = 64) -> list[Frame]:
-        out, self.incoming = self.incoming, []
-        return out
-
-
-def _pair() -> tuple[PrimaryProxy, Queue, Source]:
-    q, s = Queue(), Source()
+def _pair() -> tuple[PrimaryProxy, FakeQueue, FakeSource]:
+    q, s = FakeQueue(), FakeSource()
     proxy = PrimaryProxy(ProxySettings(compare=CompareConfig(compare_timeout=0.5)), q, s,
                          notify=lambda m: 1)
     return proxy, q, s
 
 
-def _send(proxy: PrimaryProxy, q: Queue, s: Source, pid: int, pvm: bytes, svm: bytes) -> None:
-    q.incoming.append(QueuedPacket(pid, 0x800, pvm, False, len(pvm), 0, 0))
+def _send(proxy: PrimaryProxy, q: FakeQueue, s: FakeSource, pid: int, pvm: bytes,
+          svm: bytes) -> None:
+    q.push(pid, pvm)
     proxy.on_pvm_readable()
-    s.incoming.append(Frame(0x800, svm))
+    s.push(svm)
     proxy.on_svm_readable()
 
 
@@ -94,9 +59,9 @@ def test_fresh_collector_has_every_known_label_at_zero() -> None:
 def test_divergence_and_comparator_restart_keep_counters_monotonic() -> None:
     proxy, q, s = _pair()
     coll = ProxyCollector(proxy, "primary")
-    _send(proxy, q, s, 1, tcp(5000, flags=0x12), tcp(9000, flags=0x12))
-    _send(proxy, q, s, 2, tcp(5001, b"same"), tcp(9001, b"same"))
-    _send(proxy, q, s, 3, tcp(5005, b"mine"), tcp(9005, b"your"))
+    _send(proxy, q, s, 1, tcp(5000, 1000, SYN | ACK), tcp(9000, 1000, SYN | ACK))
+    _send(proxy, q, s, 2, tcp(5001, 1000, PSH | ACK, b"same"), tcp(9001, 1000, PSH | ACK, b"same"))
+    _send(proxy, q, s, 3, tcp(5005, 1000, PSH | ACK, b"mine"), tcp(9005, 1000, PSH | ACK, b"your"))
     got = _samples(coll)
     assert got[("colo_proxy_divergences_total", (("reason", "payload"),))] == 1
     assert got[("colo_proxy_checkpoint_requests_total", (("reason", "payload"),))] == 1
@@ -104,7 +69,7 @@ def test_divergence_and_comparator_restart_keep_counters_monotonic() -> None:
     assert got[("colo_proxy_held_packets", ())] == 1
     # resume builds a new comparator: its counts start at 0, the exported ones must not.
     proxy.on_control({"type": "resume"})
-    _send(proxy, q, s, 4, tcp(7000, flags=0x12), tcp(8000, flags=0x12))
+    _send(proxy, q, s, 4, tcp(7000, 1000, SYN | ACK), tcp(8000, 1000, SYN | ACK))
     after = _samples(coll)
     assert after[("colo_proxy_divergences_total", (("reason", "payload"),))] == 1
     assert after[("colo_proxy_compared_packets_total", (("side", "primary"),))] == 4
@@ -178,9 +143,9 @@ def test_serve_answers_a_scrape() -> None:
 def test_released_packets_are_timed() -> None:
     proxy, q, s = _pair()
     coll = ProxyCollector(proxy, "primary")
-    _send(proxy, q, s, 1, tcp(5000, flags=0x12), tcp(9000, flags=0x12))
-    _send(proxy, q, s, 2, tcp(5001, b"same"), tcp(9001, b"same"))
-    _send(proxy, q, s, 3, tcp(5005, b"mine"), tcp(9005, b"your"))
+    _send(proxy, q, s, 1, tcp(5000, 1000, SYN | ACK), tcp(9000, 1000, SYN | ACK))
+    _send(proxy, q, s, 2, tcp(5001, 1000, PSH | ACK, b"same"), tcp(9001, 1000, PSH | ACK, b"same"))
+    _send(proxy, q, s, 3, tcp(5005, 1000, PSH | ACK, b"mine"), tcp(9005, 1000, PSH | ACK, b"your"))
     got = _samples(coll)
     assert got[("colo_proxy_hold_seconds_count", ())] == 2  # SYN-ACK and the matched segment
     assert got[("colo_proxy_released_bytes_total", ())] == 40 + 44

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,48 +13,8 @@ from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
-from colo_proxy.wire.nfqueue_msgs import QueuedPacket
-
-VM, CLIENT = bytes([10, 99, 0, 10]), bytes([10, 99, 0, 100])
-
-
-def tcp(seq: int, payload: bytes = b"", flags: int = 0x18, ack: int = 1000) -> bytes:
-    th = struct.pack("!HHIIBBHHH", 80, 40000, seq, ack, 5 << 4, flags, 65535, 0, 0)
-    total = 20 + len(th) + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 6, 0, VM, CLIENT)
-    return ip + th + payload
-
-
-@dataclass
-class FakeQueue:
-    incoming: list[QueuedPacket] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-    held: set[int] = field(default_factory=set)
-    enobufs: int = 0
-
-    def push(self, pid: int, data: bytes) -> None:
-        self.incoming.append(QueuedPacket(pid, 0x800, data, False, len(data), 0, 0))
-
-    def receive(self, limit: int = 64) -> list[QueuedPacket]:
-        out, self.incoming = self.incoming, []
-        self.held |= {p.packet_id for p in out}
-        return out
-
-    def decide(self, accept: Any, drop: Any = ()) -> None:
-        self.accepted += list(accept)
-        self.held -= set(accept)
-
-    def accept_all(self) -> None:
-        self.decide(sorted(self.held))
-
-
-@dataclass
-class FakeSource:
-    incoming: list[Frame] = field(default_factory=list)
-
-    def receive(self, limit: int = 64) -> list[Frame]:
-        out, self.incoming = self.incoming, []
-        return out
+from tests.support.fakes import FakeQueue, FakeSource
+from tests.support.packets import ACK, PSH, SYN, tcp
 
 
 class Clock:
@@ -76,9 +34,9 @@ def env() -> tuple[PrimaryProxy, FakeQueue, FakeSource, list[dict[str, Any]], Cl
 
 
 def handshake(proxy: PrimaryProxy, q: FakeQueue, s: FakeSource) -> None:
-    q.push(1, tcp(5000, flags=0x12))
+    q.push(1, tcp(5000, 1000, SYN | ACK))
     proxy.on_pvm_readable()
-    s.incoming.append(Frame(0x800, tcp(9000, flags=0x12)))
+    s.push(tcp(9000, 1000, SYN | ACK))
     proxy.on_svm_readable()
     assert q.accepted == [1]
 
@@ -86,11 +44,12 @@ def handshake(proxy: PrimaryProxy, q: FakeQueue, s: FakeSource) -> None:
 def test_equal_payload_releases_the_pvm_packet(env: Any) -> None:
     proxy, q, s, sent, _ = env
     handshake(proxy, q, s)
-    q.push(2, tcp(5001, b"hello"))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"hello"))
     proxy.on_pvm_readable()
     assert q.accepted == [1]  # held until the SVM said the same
     # The SVM's stream starts at its own ISN and is segmented differently.
-    s.incoming += [Frame(0x800, tcp(9001, b"hel")), Frame(0x800, tcp(9004, b"lo"))]
+    s.push(tcp(9001, 1000, PSH | ACK, b"hel"))
+    s.push(tcp(9004, 1000, PSH | ACK, b"lo"))
     proxy.on_svm_readable()
     assert q.accepted == [1, 2]
     assert sent == []
@@ -99,9 +58,9 @@ def test_equal_payload_releases_the_pvm_packet(env: Any) -> None:
 def test_differing_payload_requests_a_checkpoint_and_holds(env: Any) -> None:
     proxy, q, s, sent, _ = env
     handshake(proxy, q, s)
-    q.push(2, tcp(5001, b"abcX"))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"abcX"))
     proxy.on_pvm_readable()
-    s.incoming.append(Frame(0x800, tcp(9001, b"abcY")))
+    s.push(tcp(9001, 1000, PSH | ACK, b"abcY"))
     proxy.on_svm_readable()
     assert [m["reason"] for m in sent] == ["payload"]
     assert sent[0]["flow"]["sport"] == 80 and sent[0]["offset"] == 3
@@ -114,7 +73,7 @@ def test_differing_payload_requests_a_checkpoint_and_holds(env: Any) -> None:
 def test_missing_twin_times_out_through_wakeup(env: Any) -> None:
     proxy, q, s, sent, clock = env
     handshake(proxy, q, s)
-    q.push(2, tcp(5001, b"only the pvm"))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"only the pvm"))
     proxy.on_pvm_readable()
     assert proxy.wake is not None and proxy.timeout() == pytest.approx(0.5)
     clock.t += 0.6
@@ -125,11 +84,11 @@ def test_missing_twin_times_out_through_wakeup(env: Any) -> None:
 def test_failover_releases_everything_and_passes_new_output(env: Any) -> None:
     proxy, q, s, _, _ = env
     handshake(proxy, q, s)
-    q.push(2, tcp(5001, b"held"))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"held"))
     proxy.on_pvm_readable()
     proxy.on_control({"type": "failover"})
     assert proxy.mode == PASSTHROUGH and q.accepted == [1, 2]
-    q.push(3, tcp(5005, b"more"))
+    q.push(3, tcp(5005, 1000, PSH | ACK, b"more"))
     proxy.on_pvm_readable()
     assert q.accepted == [1, 2, 3]
     proxy.on_control({"type": "resume"})
@@ -138,7 +97,7 @@ def test_failover_releases_everything_and_passes_new_output(env: Any) -> None:
 
 def test_bad_input_never_raises_and_is_counted(env: Any) -> None:
     proxy, q, s, _, _ = env
-    junk = [b"", b"\x45", b"\x60" + bytes(10), tcp(1)[:30], b"\xff" * 100]
+    junk = [b"", b"\x45", b"\x60" + bytes(10), tcp(1, 1000, PSH | ACK)[:30], b"\xff" * 100]
     for i, j in enumerate(junk, 10):
         q.push(i, j)
         s.incoming.append(Frame(0x800, j))
@@ -191,28 +150,28 @@ def test_secondary_resets_offsets_at_checkpoint_and_switches_mode() -> None:
 def test_output_after_the_checkpoint_barrier_is_compared_in_the_new_epoch(env: Any) -> None:
     proxy, q, s, sent, _ = env
     handshake(proxy, q, s)
-    q.push(2, tcp(5001, b"abcX"))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"abcX"))
     proxy.on_pvm_readable()
-    s.incoming.append(Frame(0x800, tcp(9001, b"abcY")))
+    s.push(tcp(9001, 1000, PSH | ACK, b"abcY"))
     proxy.on_svm_readable()
     assert [m["reason"] for m in sent] == ["payload"]
     # Sent by the PVM before it stopped, not yet read by the proxy: pre-snapshot output.
-    q.push(3, tcp(5005, b"more"))
+    q.push(3, tcp(5005, 1000, PSH | ACK, b"more"))
     assert proxy.on_control({"type": "checkpoint_barrier"})["type"] == "ok"
     # The PVM resumed before checkpoint_done reached us: this is post-snapshot output.
-    q.push(4, tcp(5009, b"post"))
+    q.push(4, tcp(5009, 1000, PSH | ACK, b"post"))
     proxy.on_pvm_readable()
     proxy.on_control({"type": "checkpoint_done"})
     assert q.accepted == [1, 2, 3]  # 4 was not released with the old epoch
     # The SVM now runs the PVM's state (same sequence space) and says the same: released.
-    s.incoming.append(Frame(0x800, tcp(5009, b"post")))
+    s.push(tcp(5009, 1000, PSH | ACK, b"post"))
     proxy.on_svm_readable()
     assert q.accepted == [1, 2, 3, 4]
     # A post-barrier pair that both arrived before checkpoint_done is matched on re-feed.
     proxy.on_control({"type": "checkpoint_barrier"})
-    q.push(5, tcp(5013, b"next"))
+    q.push(5, tcp(5013, 1000, PSH | ACK, b"next"))
     proxy.on_pvm_readable()
-    s.incoming.append(Frame(0x800, tcp(5013, b"next")))
+    s.push(tcp(5013, 1000, PSH | ACK, b"next"))
     proxy.on_svm_readable()
     assert q.accepted == [1, 2, 3, 4]
     proxy.on_control({"type": "checkpoint_done"})

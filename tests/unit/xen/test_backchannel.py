@@ -12,8 +12,7 @@ from colo_orch.backends.xen.libxl.backchannel import (
     BackChannelDecoder,
     BackChannelError,
 )
-
-from .libxl_sim import RestoreBackChannel, checkpoint_state_record
+from tests.support.libxl_sim import RestoreBackChannel, checkpoint_state_record
 
 FIRST = [CHECKPOINT_SVM_READY, CHECKPOINT_SVM_RESUMED]
 LATER = [CHECKPOINT_SVM_SUSPENDED, CHECKPOINT_SVM_READY, CHECKPOINT_SVM_RESUMED]

@@ -3,6 +3,7 @@ the real libxl bridge (the stand-in's libxl side is the simulation)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -21,10 +22,17 @@ from colo_orch.backends.xen.backend import (
     XenBackend,
 )
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
+from tests.support.libxl_sim import RestoreBackChannel
 
-from .libxl_sim import RestoreBackChannel
+ROOT = Path(__file__).resolve().parents[3]
+XL = [sys.executable, "-m", "tests.support.standin_xl"]
 
-STANDIN = Path(__file__).parent / "standin_xl.py"
+
+@pytest.fixture(autouse=True)
+def _standin_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in `xl` imports the libxl simulation from tests.support."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
 
 
 @pytest.fixture
@@ -39,7 +47,7 @@ def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge
     monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
     monkeypatch.setenv("XL_STANDIN_SCENARIO", scenario)
     monkeypatch.setenv("XL_STANDIN_CHECKPOINT", f"{bridge.address[0]}:{bridge.address[1]}")
-    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=[sys.executable, str(STANDIN)],
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL,
                    bridge=bridge)
     assert b.observe().reachable is False
     assert "created" in b.start_vm(None)
@@ -103,7 +111,7 @@ def secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
               bridge: LibxlBridge) -> Iterator[tuple[XenBackend, socket.socket]]:
     """A secondary whose `xl migrate-receive` is ready, and the primary's end of its stream."""
     monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
-    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=[sys.executable, str(STANDIN)],
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL,
                    bridge=bridge)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

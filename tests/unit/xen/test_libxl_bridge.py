@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from compare.packets import ACK, PSH, SYN, tcp
 
 from colo_lab.wait import wait_until
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from colo_proxy.compare import CompareConfig
+from colo_proxy.kernel.packet_socket import Frame
 from colo_proxy.service import control_socket as control
 from colo_proxy.service.loop import serve
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
-
-from .libxl_sim import SimulatedLibxl
-from .test_libxl_proxy import CACK, P_ISN, S_ISN, Frame, Pkt
+from colo_proxy.wire.nfqueue_msgs import QueuedPacket
+from tests.support.fakes import frame, queued
+from tests.support.libxl_sim import SimulatedLibxl
+from tests.support.packets import ACK, CLIENT_ISN, PSH, PVM_ISN, SVM_ISN, SYN, tcp
 
 DEADLINE = 10.0  # generous: the machine is shared; conditions end the waits, not this
 
@@ -53,8 +54,8 @@ class _LineSock:
 class StandinQueue(_LineSock):
     """Stands in for NFQUEUE: PVM packets come from the test, verdicts go back to it."""
 
-    def receive(self, limit: int = 256) -> list[Pkt]:
-        return [Pkt(m["id"], bytes.fromhex(m["hex"])) for m in self.lines()]
+    def receive(self, limit: int = 256) -> list[QueuedPacket]:
+        return [queued(m["id"], bytes.fromhex(m["hex"])) for m in self.lines()]
 
     def decide(self, accept: Any, drop: Any = ()) -> None:
         self.sock.setblocking(True)
@@ -67,7 +68,7 @@ class StandinQueue(_LineSock):
 
 class StandinSvm(_LineSock):
     def receive(self, limit: int = 256) -> list[Frame]:
-        return [Frame(bytes.fromhex(m["hex"])) for m in self.lines()]
+        return [frame(bytes.fromhex(m["hex"])) for m in self.lines()]
 
 
 def _proxy_child(path: str, pvm: socket.socket, svm: socket.socket) -> None:
@@ -140,19 +141,19 @@ def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: Proxy,
         assert bridge.wait_checkpoints(1, DEADLINE), bridge.status()
         wait_until(lambda: proxy.status()["checkpoints_done"] >= 1, DEADLINE,
                    "the first checkpoint_done", every=0.01)
-        proxy.send("pvm", 1, tcp(P_ISN, CACK, SYN | ACK))
-        proxy.send("svm", 1, tcp(S_ISN, CACK, SYN | ACK))
+        proxy.send("pvm", 1, tcp(PVM_ISN, CLIENT_ISN + 1, SYN | ACK))
+        proxy.send("svm", 1, tcp(SVM_ISN, CLIENT_ISN + 1, SYN | ACK))
         assert proxy.wait_accepted(1) == [1]
 
         # Divergence: DO_CHECKPOINT goes out, libxl checkpoints on it, output is flushed.
-        proxy.send("pvm", 2, tcp(P_ISN + 1, CACK, ACK | PSH, b"hello"))
-        proxy.send("svm", 2, tcp(S_ISN + 1, CACK, ACK | PSH, b"hellx"))
+        proxy.send("pvm", 2, tcp(PVM_ISN + 1, CLIENT_ISN + 1, ACK | PSH, b"hello"))
+        proxy.send("svm", 2, tcp(SVM_ISN + 1, CLIENT_ISN + 1, ACK | PSH, b"hellx"))
         assert proxy.wait_accepted(2) == [1, 2]
         assert sim.wait_for(lambda: any(c.why == "do_checkpoint"
                                         for c in sim.model.checkpoints), DEADLINE)
 
         # Periodic: a packet with no twin yet goes out at libxl's own 0.3 s checkpoint.
-        proxy.send("pvm", 3, tcp(P_ISN + 6, CACK, ACK | PSH, b"alone"))
+        proxy.send("pvm", 3, tcp(PVM_ISN + 6, CLIENT_ISN + 1, ACK | PSH, b"alone"))
         assert proxy.wait_accepted(3) == [1, 2, 3]
         assert sim.wait_for(lambda: sum(c.why == "timeout"
                                         for c in sim.model.checkpoints) >= 2, DEADLINE)
@@ -163,11 +164,11 @@ def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: Proxy,
     assert bridge.wait(lambda: not bridge.connected, DEADLINE)
     requests = bridge.session.stats.requests if bridge.session else 0
     # A second connection diverges while libxl is away.
-    proxy.send("pvm", 4, tcp(P_ISN, CACK, SYN | ACK, sport=81))
-    proxy.send("svm", 3, tcp(S_ISN, CACK, SYN | ACK, sport=81))
+    proxy.send("pvm", 4, tcp(PVM_ISN, CLIENT_ISN + 1, SYN | ACK, sport=81))
+    proxy.send("svm", 3, tcp(SVM_ISN, CLIENT_ISN + 1, SYN | ACK, sport=81))
     assert proxy.wait_accepted(4)[-1] == 4
-    proxy.send("pvm", 5, tcp(P_ISN + 1, CACK, ACK | PSH, b"hello", sport=81))
-    proxy.send("svm", 4, tcp(S_ISN + 1, CACK, ACK | PSH, b"jello", sport=81))
+    proxy.send("pvm", 5, tcp(PVM_ISN + 1, CLIENT_ISN + 1, ACK | PSH, b"hello", sport=81))
+    proxy.send("svm", 4, tcp(SVM_ISN + 1, CLIENT_ISN + 1, ACK | PSH, b"jello", sport=81))
     assert bridge.wait(lambda: bridge.session is not None
                        and bridge.session.stats.requests > requests, DEADLINE)
     assert proxy.status()["held_packets"] >= 1  # held: nobody can checkpoint now

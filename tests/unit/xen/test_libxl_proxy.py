@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from compare.packets import ACK, PSH, SYN, tcp
 
 from colo_orch.backends.xen.libxl.session import (
     COLO_CHECKPOINT,
@@ -31,8 +29,9 @@ from colo_orch.backends.xen.libxl.session import (
 from colo_proxy.compare import CompareConfig
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.settings import ProxySettings
-
-from .libxl_sim import LibxlLoopModel, SimulationError, frame, libxl_strcmp_view
+from tests.support.fakes import FakeQueue, FakeSource
+from tests.support.libxl_sim import LibxlLoopModel, SimulationError, frame, libxl_strcmp_view
+from tests.support.packets import ACK, CLIENT_ISN, PSH, PVM_ISN, SVM_ISN, SYN, tcp
 
 
 def sends(cmds: list[Any]) -> list[bytes]:
@@ -138,47 +137,7 @@ def test_an_illegal_transition_raises_and_changes_nothing() -> None:
 
 
 # The proxy core against the simulated libxl, clock injected ---------------------------
-@dataclass
-class Pkt:
-    packet_id: int
-    payload: bytes
-    truncated: bool = False
-
-
-@dataclass
-class Frame:
-    payload: bytes
-    ethertype: int = 0x0800
-
-
-@dataclass
-class StandinQueue:
-    """Stands in for NFQUEUE: packets handed in by the test, verdicts recorded."""
-
-    pending: list[Pkt] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-
-    def receive(self, limit: int = 256) -> list[Pkt]:
-        out, self.pending = self.pending[:limit], self.pending[limit:]
-        return out
-
-    def decide(self, accept: Any, drop: Any = ()) -> None:
-        self.accepted.extend(accept)
-
-    def accept_all(self) -> None:
-        pass
-
-
-@dataclass
-class StandinSvm:
-    pending: list[Frame] = field(default_factory=list)
-
-    def receive(self, limit: int = 256) -> list[Frame]:
-        out, self.pending = self.pending[:limit], self.pending[limit:]
-        return out
-
-
-P_ISN, S_ISN, CACK = 1000, 900_000, 7001
+CACK = CLIENT_ISN + 1  # what the client has acknowledged: its SYN
 
 
 class Wiring:
@@ -190,7 +149,7 @@ class Wiring:
 
     def __init__(self, compare_timeout: float = 60.0) -> None:
         self.now = 0.0
-        self.q, self.svm = StandinQueue(), StandinSvm()
+        self.q, self.svm = FakeQueue(), FakeSource()
         settings = ProxySettings(compare=CompareConfig(compare_timeout=compare_timeout))
         self.proxy = PrimaryProxy(settings, self.q, self.svm, notify=self._notify,
                                   clock=lambda: self.now)
@@ -227,17 +186,17 @@ class Wiring:
         self._to_session(self.libxl.svm_ready(self.now))
 
     def pvm(self, pid: int, off: int, data: bytes) -> None:
-        self.q.pending.append(Pkt(pid, tcp(P_ISN + 1 + off, CACK, ACK | PSH, data)))
+        self.q.push(pid, tcp(PVM_ISN + 1 + off, CACK, ACK | PSH, data))
         self.proxy.on_pvm_readable()
 
     def svm_(self, off: int, data: bytes) -> None:
-        self.svm.pending.append(Frame(tcp(S_ISN + 1 + off, CACK, ACK | PSH, data)))
+        self.svm.push(tcp(SVM_ISN + 1 + off, CACK, ACK | PSH, data))
         self.proxy.on_svm_readable()
 
     def handshake(self) -> None:
-        self.q.pending.append(Pkt(1, tcp(P_ISN, CACK, SYN | ACK)))
+        self.q.push(1, tcp(PVM_ISN, CACK, SYN | ACK))
         self.proxy.on_pvm_readable()
-        self.svm.pending.append(Frame(tcp(S_ISN, CACK, SYN | ACK)))
+        self.svm.push(tcp(SVM_ISN, CACK, SYN | ACK))
         self.proxy.on_svm_readable()
         assert self.q.accepted == [1]
 

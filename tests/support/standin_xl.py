@@ -4,7 +4,7 @@ backend uses, with xl's own messages (tools/xl/xl_migrate.c). No hypervisor is i
 
 State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
 `remus` behaves as $XL_STANDIN_SCENARIO says:
-  normal          libxl's checkpoint loop (the simulation in libxl_sim.py) against the
+  normal          libxl's checkpoint loop (the simulation in tests/support/libxl_sim.py) against the
                   proxy at $XL_STANDIN_CHECKPOINT until killed;
   secondary_lost  the same until the file "end" appears, then "Backup failed?", exit 1;
   primary_lost    the same until "end", then the domain vanishes, "destroyed", exit 0;
@@ -12,6 +12,8 @@ State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
 `migrate-receive` writes the secondary's back channel (libxl_sim.RestoreBackChannel) on
 stdout. Its stdin stands in for the primary's stream: a line "sync" ends the initial sync,
 a line "checkpoint" is one checkpoint; other bytes are taken as stream data.
+
+Run as `python -m tests.support.standin_xl` with the repository root on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from libxl_sim import RestoreBackChannel, SimulatedLibxl
+from tests.support.libxl_sim import RestoreBackChannel, SimulatedLibxl
 
 STATE = Path(os.environ["XL_STANDIN_DIR"])
 
