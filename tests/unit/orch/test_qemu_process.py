@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,12 +58,24 @@ def test_ensure_gone_kills_what_lingers(child: subprocess.Popen[bytes]) -> None:
     assert child.wait(timeout=10) == -signal.SIGKILL
 
 
-def test_ensure_gone_waits_for_an_exiting_process() -> None:
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+def test_ensure_gone_waits_for_an_exiting_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A VM on its way out: it exits when its stdin closes, which happens once ensure_gone
+    # has found it alive and begun to wait (not after a fixed time that a slow start or a
+    # busy machine could outlast).
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                         stdin=subprocess.PIPE)
+    real_wait_gone = process.wait_gone
+
+    def exits_while_waited_for(pids: Iterable[int], timeout: float) -> list[int]:
+        assert p.stdin is not None
+        p.stdin.close()
+        return real_wait_gone(pids, timeout)
+
+    monkeypatch.setattr(process, "wait_gone", exits_while_waited_for)
     try:
         said = process.ensure_gone([p.pid], grace=20)
         assert said == f"waited for the previous VM (pid {p.pid}) to exit"
-        assert p.wait(timeout=1) == 0  # it exited by itself: not killed
+        assert p.wait(timeout=10) == 0  # it exited by itself: not killed
     finally:
         p.kill()
         p.wait()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from colo_lab.wait import wait_until
 from colo_orch.backends.qemu.blk.images import ImageError, compare, create_raw, parse_size, prepare
 from colo_orch.backends.qemu.blk.spec import drive_args, uri_host
 from colo_orch.cli.disk import main as disk_main
@@ -133,11 +134,14 @@ def test_verify_under_a_steady_stream_of_replicated_writes_is_equal(tmp_path: Pa
     t = threading.Thread(target=writer)
     t.start()
     try:
+        # The stream runs before verify starts and until it has returned.
+        wait_until(lambda: writes[0] >= 10, 30, "ten replicated writes", every=0.01)
         assert disk_main(["verify", a, b, "--settle", "5"]) == 0
+        during = writes[0]
+        wait_until(lambda: writes[0] > during, 30, "the writes to go on", every=0.01)
     finally:
         stop.set()
         t.join()
-    assert writes[0] > 10
     # A write that reached only the primary is a real difference, in its range.
     with open(a, "r+b") as fa:
         fa.seek((5 << 20) + 3)
