@@ -36,9 +36,7 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
         lab.up(secondary="incoming")
         say(f"    lab up in {time.monotonic() - t0:.1f} s (accel {lab.accel})")
         say("2/7 starting colo-orch (and through it colo-proxy) on both hosts ...")
-        pair.start_orchestrators(lab, proxy=True)
-        pair.wait_state(lab, "primary", "PROTECTED", 90)
-        pair.wait_state(lab, "secondary", "PROTECTED", 30)
+        pair.protect(lab, proxy=True)
         say("    pair PROTECTED: PVM on the primary host, SVM in COLO on the secondary host")
 
         say(f"3/7 client: one persistent connection to http://{VM_IP}/, PUT+GET checked ...")

@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -162,20 +160,9 @@ def checkpoint_count(lab: Lab, host: str) -> int:
     return sum(state(lab, host).get("checkpoints", {}).values())
 
 
-@contextmanager
-def protected(name: str, *, proxy: bool = False, disk: bool = False,
-              extra: str = "") -> Iterator[Lab]:
-    """A lab whose pair both orchestrators have brought to PROTECTED; removed afterwards."""
-    lab = Lab(name)
-    lab.down()
-    try:
-        lab.up(secondary="incoming", disk=disk)
-        start_orchestrators(lab, proxy=proxy, extra=extra)
-        wait_state(lab, "primary", "PROTECTED", 90)
-        wait_state(lab, "secondary", "PROTECTED", 30)
-        yield lab
-    finally:
-        lab.down()
-    left = lab.leftovers()
-    if left:
-        raise LabError(f"lab {name} left behind: {', '.join(left)}")
+def protect(lab: Lab, *, proxy: bool = False, extra: str = "") -> None:
+    """Start both orchestrators of a lab that is up (its SVM waiting for the migration)
+    and wait until they have brought the pair to PROTECTED."""
+    start_orchestrators(lab, proxy=proxy, extra=extra)
+    wait_state(lab, "primary", "PROTECTED", 90)
+    wait_state(lab, "secondary", "PROTECTED", 30)

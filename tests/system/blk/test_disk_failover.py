@@ -11,9 +11,7 @@ for the one request in flight at the kill, which the survivor may serve after a 
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,18 +21,7 @@ from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 from tests.support.records import Writer, failovers, took_over, value
 
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(f"blk{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming", disk=True)
-        pair.start_orchestrators(lab)
-        yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
+pytestmark = pytest.mark.lab(disk=True)
 
 
 def _checkpoint_after(lab: Lab, primary: str) -> float:

@@ -8,9 +8,7 @@ Also: `coloctl disk verify` finds a block corrupted on the secondary's image.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,11 +18,7 @@ from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 from tests.support.records import Writer, failovers, took_over, value
 
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with pair.protected(f"blkp{os.getpid() % 10000}", proxy=True, disk=True) as lab:
-        yield lab
+pytestmark = pytest.mark.lab(proxy=True, disk=True)
 
 
 def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
@@ -68,9 +62,15 @@ def test_verify_finds_a_corrupted_block_on_the_secondary(lab: Lab) -> None:
         old = fh.read(16)
         fh.seek(offset)
         fh.write(bytes(b ^ 0xFF for b in old))
-    assert disk_main(["verify", "--settle", "0.5", pri.image, sec.image]) == 1
+    try:
+        assert disk_main(["verify", "--settle", "0.5", pri.image, sec.image]) == 1
+    finally:  # for the next test on this lab (which checks the disks are equal)
+        with open(sec.image, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(old)
 
 
+@pytest.mark.lab(spoils=True)  # the link stays cut
 def test_cut_nbd_link_ends_protection_visibly(lab: Lab) -> None:
     # The replication link to the secondary's NBD export goes dark (no RST, packets lost).
     sec_ns = lab.hosts["secondary"].ns
@@ -85,21 +85,16 @@ def test_cut_nbd_link_ends_protection_visibly(lab: Lab) -> None:
     assert lab.http("/kv/cut", timeout=30) == (200, b"during the cut")
 
 
-def test_secondary_not_listening_is_a_clear_degraded_state() -> None:
-    lab = Lab(f"blkn{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming", disk=True)
-        # Nothing answers on the secondary's NBD port: reject connections outright.
-        netns.sh(lab.hosts["secondary"].ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp",
-                                              "--dport", "10809", "-j", "REJECT",
-                                              "--reject-with", "tcp-reset"])
-        pair.start_orchestrators(lab, proxy=True)
-        st = pair.wait_state(lab, "primary", "DEGRADED", 90)
-        assert "enter_colo failed" in st["degraded_reason"], st
-        assert "10809" in st["degraded_reason"] or "NBD" in st["degraded_reason"], st
-        # Never reported as protected, and the PVM keeps serving.
-        assert pair.state(lab, "primary")["state"] != "PROTECTED"
-        assert lab.http("/health", timeout=30)[0] == 200
-    finally:
-        lab.down()
+@pytest.mark.lab(orchestrators=False)  # started by the test, once the port is closed
+def test_secondary_not_listening_is_a_clear_degraded_state(lab: Lab) -> None:
+    # Nothing answers on the secondary's NBD port: reject connections outright.
+    netns.sh(lab.hosts["secondary"].ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp",
+                                          "--dport", "10809", "-j", "REJECT",
+                                          "--reject-with", "tcp-reset"])
+    pair.start_orchestrators(lab, proxy=True)
+    st = pair.wait_state(lab, "primary", "DEGRADED", 90)
+    assert "enter_colo failed" in st["degraded_reason"], st
+    assert "10809" in st["degraded_reason"] or "NBD" in st["degraded_reason"], st
+    # Never reported as protected, and the PVM keeps serving.
+    assert pair.state(lab, "primary")["state"] != "PROTECTED"
+    assert lab.http("/health", timeout=30)[0] == 200

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
 from colo_lab.lab import Lab
@@ -13,16 +10,7 @@ from colo_lab.smoke import run_smoke
 CHECKPOINTS = 20
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(f"smoke{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="standalone")
-        yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
+pytestmark = pytest.mark.lab(secondary="standalone", orchestrators=False)
 
 
 def test_two_vms_enter_colo_and_survive_20_checkpoints(lab: Lab) -> None:

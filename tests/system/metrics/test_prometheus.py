@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from colo_lab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM_PORT = 19090
+pytestmark = pytest.mark.lab(proxy=True)
 
 
 def _build() -> ModuleType:
@@ -98,12 +98,6 @@ class Prometheus:
                 self.proc.wait(timeout=5)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    with pair.protected(f"prom{os.getpid() % 10000}", proxy=True) as lab:
-        yield lab
 
 
 @pytest.fixture

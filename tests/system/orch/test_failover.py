@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,18 +12,7 @@ from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(f"orch{os.getpid() % 10000}")
-    lab.down()
-    try:
-        lab.up(secondary="incoming")
-        pair.start_orchestrators(lab)
-        yield lab
-    finally:
-        lab.down()
-        assert lab.leftovers() == []
+pytestmark = pytest.mark.lab()
 
 
 def _checkpoints(lab: Lab, host: str) -> int:
@@ -68,10 +56,11 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     assert metrics["colo_peer_up"] == 1 and metrics["colo_arbiter_lease_held"] == 1
 
     # 1. The PVM's QEMU dies: the secondary takes over with the checkpointed state.
+    taken = pair.state(lab, "secondary")["failovers"]
     pair.kill_vm(lab, "primary")
     sec = pair.wait_state(lab, "secondary", "ALONE", 30)
-    assert sec["role"] == "primary" and sec["failovers"] == 1
-    assert _metrics(lab, "secondary")["colo_failovers_total"] == 1
+    assert sec["role"] == "primary" and sec["failovers"] == taken + 1
+    assert _metrics(lab, "secondary")["colo_failovers_total"] == taken + 1
     assert sec["last_takeover_s"] is not None and sec["last_takeover_s"] < 5
     assert pair.wait_state(lab, "primary", {"FENCED", "STARTING", "WAITING", "PROTECTED"}, 10)
     assert lab.http("/kv/k2") == (200, b"v2")
@@ -83,9 +72,10 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     _store_and_checkpoint(lab, "secondary", "after", b"reprotected")
 
     # 3. Second failover, the other way: the new PVM (on the secondary host) dies.
+    taken = pair.state(lab, "primary")["failovers"]
     pair.kill_vm(lab, "secondary")
     pri = pair.wait_state(lab, "primary", "ALONE", 30)
-    assert pri["role"] == "primary" and pri["failovers"] == 1
+    assert pri["role"] == "primary" and pri["failovers"] == taken + 1
     wait_until(lambda: lab.http("/health", timeout=3)[0] == 200, 20, "service after 2nd failover")
     assert lab.http("/kv/after") == (200, b"reprotected")
     assert lab.http("/kv/k1") == (200, b"v1")
@@ -105,32 +95,24 @@ def test_secondary_loss_leaves_the_primary_serving_alone(lab: Lab) -> None:
     pair.wait_state(lab, "secondary", "PROTECTED", 30)
 
 
-def test_hung_primary_qemu_degrades_then_is_fenced_and_replaced() -> None:
-    lab = Lab(f"hung{os.getpid() % 10000}")
-    lab.down()
+@pytest.mark.lab(extra="[timing]\nqmp_timeout = 1.0\n")
+def test_hung_primary_qemu_degrades_then_is_fenced_and_replaced(lab: Lab) -> None:
+    _store_and_checkpoint(lab, "primary", "before", b"hang")
+    pid = int((lab.run_dir / "pvm.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # QEMU alive but its monitor never answers
     try:
-        lab.up(secondary="incoming")
-        pair.start_orchestrators(lab, extra="[timing]\nqmp_timeout = 1.0\n")
-        pair.wait_state(lab, "primary", "PROTECTED", 60)
-        pair.wait_state(lab, "secondary", "PROTECTED", 30)
-        _store_and_checkpoint(lab, "primary", "before", b"hang")
-        pid = int((lab.run_dir / "pvm.pid").read_text())
-        os.kill(pid, signal.SIGSTOP)  # QEMU alive but its monitor never answers
-        try:
-            st = pair.wait_state(lab, "primary", {"DEGRADED", "FENCED"}, 20)
-            assert st["degraded_reason"] == "QEMU monitor hung"
-            # The orchestrator itself stays responsive, and the peer takes over.
-            sec = pair.wait_state(lab, "secondary", "ALONE", 30)
-            assert sec["role"] == "primary"
-            # The hung VM is fenced (killed), never resumed beside the new primary.
-            wait_until(lambda: not _alive(pid), 30, "hung PVM fenced")
-        finally:
-            if _alive(pid):
-                os.kill(pid, signal.SIGCONT)
-        assert lab.http("/kv/before") == (200, b"hang")
-        pair.wait_state(lab, "primary", "PROTECTED", 90)
+        st = pair.wait_state(lab, "primary", {"DEGRADED", "FENCED"}, 20)
+        assert st["degraded_reason"] == "QEMU monitor hung"
+        # The orchestrator itself stays responsive, and the peer takes over.
+        sec = pair.wait_state(lab, "secondary", "ALONE", 30)
+        assert sec["role"] == "primary"
+        # The hung VM is fenced (killed), never resumed beside the new primary.
+        wait_until(lambda: not _alive(pid), 30, "hung PVM fenced")
     finally:
-        lab.down()
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert lab.http("/kv/before") == (200, b"hang")
+    pair.wait_state(lab, "primary", "PROTECTED", 90)
 
 
 def _alive(pid: int) -> bool:

@@ -9,11 +9,9 @@ checkpoints within the rate limit, and deterministic traffic none.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,20 +20,12 @@ from colo_lab.client import Watch
 from colo_lab.lab import VM_IP, Lab
 from colo_lab.wait import wait_until
 
+pytestmark = pytest.mark.lab(proxy=True)
+
 
 def _client(lab: Lab, *args: str) -> Watch:
     """colo_lab.client in the client namespace; its JSON lines collected as they come."""
     return Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "10", *args)
-
-
-def _lab(name: str, extra: str = "") -> Iterator[Lab]:
-    with pair.protected(f"{name}{os.getpid() % 10000}", proxy=True, extra=extra) as lab:
-        yield lab
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    yield from _lab("svc")
 
 
 def _checkpoints(lab: Lab, host: str) -> dict[str, int]:
@@ -86,19 +76,42 @@ def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None
     assert summary["errors"] == 0 and summary["connections"] == 1
 
 
-@pytest.fixture
-def no_periodic_lab() -> Iterator[Lab]:
-    # No periodic checkpoint: a connection opened after protection began then keeps its
-    # sequence offset up to the failover (a checkpoint would make it zero).
-    yield from _lab("swap", "[timing]\ncheckpoint_max_interval = 600\n")
+def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    h = lab.hosts[host]
+    return subprocess.run(
+        ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.cli.ctl",
+         "--url", f"http://{h.ctl_ip}:{pair.API_PORT}", *args],
+        capture_output=True, text=True, timeout=30)
 
 
-def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
-        no_periodic_lab: Lab) -> None:
+def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
+    st = _coloctl(lab, "primary", "status")
+    assert st.returncode == 0 and "PROTECTED (primary)" in st.stdout, st.stdout
+    assert _coloctl(lab, "primary", "pause").returncode == 0
+    pair.wait_state(lab, "primary", "PAUSED", 20)
+    before = _checkpoints(lab, "primary")
+    # Paused: output passes uncompared, so divergence causes no checkpoint.
+    for _ in range(3):
+        assert lab.http("/random")[0] == 200
+    assert _checkpoints(lab, "primary") == before
+    assert _coloctl(lab, "primary", "resume").returncode == 0
+    pair.wait_state(lab, "primary", "PROTECTED", 20)
+    # Resuming resynchronises the secondary with a checkpoint first.
+    assert _checkpoints(lab, "primary").get("resume", 0) == before.get("resume", 0) + 1
+    assert lab.http("/kv/z", method="PUT", data=b"ok")[0] == 200
+    js = json.loads(_coloctl(lab, "primary", "status", "--json").stdout)
+    assert js["state"] == "PROTECTED" and js["proxy_connected"] is True
+    bad = _coloctl(lab, "primary", "--url", "http://127.0.0.1:1", "status")
+    assert bad.returncode == 2 and "cannot reach the orchestrator" in bad.stderr
+
+
+# No periodic checkpoint: a connection opened after protection began then keeps its
+# sequence offset up to the failover (a checkpoint would make it zero).
+@pytest.mark.lab(extra="[timing]\ncheckpoint_max_interval = 600\n")
+def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(lab: Lab) -> None:
     """The old secondary's offsets go over to the proxy that restarts as primary at the
     re-protection, which rewrites those flows on the uplink (docs/PROXY.md), and announces
     them to the new secondary, which keeps them through the next failover."""
-    lab = no_periodic_lab
     before = pair.checkpoint_count(lab, "primary")
     client = _client(lab)
     try:
@@ -131,14 +144,9 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(
     assert heard["datapath"]["carry_learned"] >= 1, heard
 
 
-@pytest.fixture
-def slow_lab() -> Iterator[Lab]:
-    # A long minimum interval makes the rate limit observable.
-    yield from _lab("rate", "[timing]\ncheckpoint_min_interval = 1.5\n")
-
-
-def test_divergence_checkpoints_payload_within_the_rate_limit(slow_lab: Lab) -> None:
-    lab = slow_lab
+# A long minimum interval makes the rate limit observable.
+@pytest.mark.lab(extra="[timing]\ncheckpoint_min_interval = 1.5\n")
+def test_divergence_checkpoints_payload_within_the_rate_limit(lab: Lab) -> None:
     before = _checkpoints(lab, "primary")
     # Deterministic traffic alone: no checkpoint at all.
     code_body = [lab.http(f"/kv/d{i}", method="PUT", data=b"x" * i) for i in range(1, 21)]
@@ -160,32 +168,3 @@ def test_divergence_checkpoints_payload_within_the_rate_limit(slow_lab: Lab) -> 
     for i in range(10):
         assert lab.http(f"/kv/d{i + 1}") == (200, b"x" * (i + 1))
     assert _checkpoints(lab, "primary") == settled
-
-
-def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    h = lab.hosts[host]
-    return subprocess.run(
-        ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.cli.ctl",
-         "--url", f"http://{h.ctl_ip}:{pair.API_PORT}", *args],
-        capture_output=True, text=True, timeout=30)
-
-
-def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
-    st = _coloctl(lab, "primary", "status")
-    assert st.returncode == 0 and "PROTECTED (primary)" in st.stdout, st.stdout
-    assert _coloctl(lab, "primary", "pause").returncode == 0
-    pair.wait_state(lab, "primary", "PAUSED", 20)
-    before = _checkpoints(lab, "primary")
-    # Paused: output passes uncompared, so divergence causes no checkpoint.
-    for _ in range(3):
-        assert lab.http("/random")[0] == 200
-    assert _checkpoints(lab, "primary") == before
-    assert _coloctl(lab, "primary", "resume").returncode == 0
-    pair.wait_state(lab, "primary", "PROTECTED", 20)
-    # Resuming resynchronises the secondary with a checkpoint first.
-    assert _checkpoints(lab, "primary").get("resume", 0) == before.get("resume", 0) + 1
-    assert lab.http("/kv/z", method="PUT", data=b"ok")[0] == 200
-    js = json.loads(_coloctl(lab, "primary", "status", "--json").stdout)
-    assert js["state"] == "PROTECTED" and js["proxy_connected"] is True
-    bad = _coloctl(lab, "primary", "--url", "http://127.0.0.1:1", "status")
-    assert bad.returncode == 2 and "cannot reach the orchestrator" in bad.stderr

@@ -11,32 +11,26 @@ from collections.abc import Iterator
 import pytest
 
 from colo_lab.lab import TCG_COMPARE_TIMEOUT, Lab
-from colo_lab.proxy_harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns, unique_name
+from colo_lab.proxy_harness import RUN_ROOT, Orchestrator, ProxyPair, in_ns
 from colo_lab.wait import wait_until
 
-pytestmark = pytest.mark.system
+pytestmark = pytest.mark.lab(secondary="standalone", orchestrators=False)
 
 
 @pytest.fixture
-def vm_pair() -> Iterator[tuple[Lab, ProxyPair]]:
-    lab = Lab(unique_name("pxvm"))
-    lab.down()
+def vm_pair(lab: Lab) -> Iterator[tuple[Lab, ProxyPair]]:
     # TCG guests fork a shell per request and share two CPUs with everything else: the
     # SVM's twin can lag the PVM's by more than a second, which is not a divergence here.
     pair = ProxyPair(lab, RUN_ROOT / lab.name,
                      extra=["--compare-timeout", str(TCG_COMPARE_TIMEOUT)])
     try:
-        lab.up(secondary="standalone")
         lab.set_uplink("secondary", False)
         pair.start()
         yield lab, pair
     finally:
         pair.stop()
-        if Lab(lab.name).leftovers():
-            pair.cleanup()
+        pair.cleanup()
         shutil.rmtree(pair.run_dir, ignore_errors=True)
-        lab.down()
-        assert lab.leftovers() == []
 
 
 def test_real_vms_compare_equal_and_diverge_on_random(vm_pair: tuple[Lab, ProxyPair]) -> None:
