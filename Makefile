@@ -5,7 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: demo test bootstrap build unit system lint bench clean
+.PHONY: demo test bootstrap build unit system test-vm test-standin test-bpf test-host \
+	lint bench clean
 
 bootstrap:
 	bash scripts/bootstrap
@@ -25,6 +26,23 @@ unit: bootstrap
 
 system: build
 	COLO_REQUIRE_SYSTEM=1 $(PYTEST) tests/system
+
+# The kinds of system test (markers in pyproject.toml, set in tests/system/conftest.py):
+#   test-vm       the lab's two QEMU VMs (minutes)
+#   test-standin  the proxy pair on stand-in VMs (seconds each)
+#   test-bpf      the eBPF programs on crafted frames (seconds)
+#   test-host     root and host tools only (seconds)
+test-vm: build
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m vm tests/system
+
+test-standin: bootstrap
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m standin tests/system
+
+test-bpf: bootstrap
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m bpf tests/system
+
+test-host: build
+	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m host tests/system
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,11 @@
 Without root they are skipped, except where COLO_REQUIRE_SYSTEM=1 (CI and
 `make test`): there a skipped system test would hide a broken suite, so it fails.
 
+Each system test is of one kind, a marker that says what it needs and about how long it
+takes: `vm` (the lab's two QEMU VMs), `standin` (the proxy pair on stand-in VMs), `bpf`
+(eBPF programs on crafted frames) or `host` (root and host tools only). Tests that use the
+`lab` or `standin` fixture get theirs here; the others are marked in their modules.
+
 The two-VM lab: a test takes the `lab` fixture and says which lab with the `lab` marker
 (on its module, on itself, or both: the closer one wins per field), with LabKind's fields
 and `spoils=True` for a test that leaves the lab unusable. The tests of a module share a
@@ -31,6 +36,7 @@ from colo_lab.proxy_harness import unique_name
 from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 
+KINDS = ("vm", "standin", "bpf", "host")
 # How long a shared lab may take to be PROTECTED again after a test killed its VMs (1 to 5 s
 # here); longer, and the next test boots a lab of its own.
 REPROTECT_S = 30.0
@@ -40,8 +46,19 @@ _FAILED = pytest.StashKey[bool]()
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = os.path.dirname(__file__)
     for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(pytest.mark.system)
+        if not str(item.fspath).startswith(here):
+            continue
+        item.add_marker(pytest.mark.system)
+        fixtures = getattr(item, "fixturenames", ())
+        if "lab" in fixtures:
+            item.add_marker(pytest.mark.vm)
+        if "standin" in fixtures:
+            item.add_marker(pytest.mark.standin)
+        kinds = [k for k in KINDS if item.get_closest_marker(k) is not None]
+        if len(kinds) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a system test has exactly one of the markers {KINDS}, "
+                f"not {kinds}: mark its module or the test (tests/system/conftest.py)")
 
 
 @pytest.fixture(autouse=True)

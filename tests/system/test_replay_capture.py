@@ -26,8 +26,7 @@ import pytest
 from colo_lab.wait import wait_until
 
 pytestmark = [
-    pytest.mark.system,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.host,
     pytest.mark.skipif(
         not (shutil.which("ip") and shutil.which("tcpdump")), reason="needs iproute2 and tcpdump"
     ),
@@ -110,7 +109,7 @@ def wait_line(proc: subprocess.Popen[str], stream: str, text: str, deadline: flo
     raise AssertionError(f"no {text!r} from {proc.args!r}; got {seen!r}")
 
 
-class Lab:
+class Sandbox:
     """Namespaces and processes made by one test, all removed by ``close``."""
 
     def __init__(self, tmp: Path) -> None:
@@ -170,26 +169,26 @@ class Lab:
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    made = Sandbox(tmp_path)
     try:
-        yield lab
+        yield made
     finally:
-        lab.close()
+        made.close()
 
 
-def capture_pair(lab: Lab, tag: str, inject_b: bool) -> tuple[Path, Path]:
+def capture_pair(sandbox: Sandbox, tag: str, inject_b: bool) -> tuple[Path, Path]:
     """Run the server in two setups (MSS 1000 and 536), return the two output captures."""
     deadline = time.monotonic() + 30
     setups = []
     for name, mss, inject in (("a", 1000, False), ("b", 536, inject_b)):
-        server_ns, client_ns = lab.setup(f"{tag}{name}")
-        pcap = lab.tmp / f"{tag}{name}.pcap"
+        server_ns, client_ns = sandbox.setup(f"{tag}{name}")
+        pcap = sandbox.tmp / f"{tag}{name}.pcap"
         # --immediate-mode: hand each packet to tcpdump at once, -U: write it at once. The
         # ring has one snaplen-sized slot per packet: a snaplen just above a 64 KiB GSO packet
         # and a 16 MiB buffer keep bursts from overflowing it (the default 256 KiB snaplen in
         # 2 MiB drops packets).
-        dump = lab.spawn(
+        dump = sandbox.spawn(
             server_ns,
             "tcpdump",
             "-i",
@@ -207,14 +206,14 @@ def capture_pair(lab: Lab, tag: str, inject_b: bool) -> tuple[Path, Path]:
         )
         wait_line(dump, "stderr", "listening on", deadline)
         inject_args = (str(INJECT_REQUEST), str(INJECT_OFFSET)) if inject else ("-1", "-1")
-        server = lab.spawn(
+        server = sandbox.spawn(
             server_ns, sys.executable, "-c", SERVER, str(mss), *inject_args, SERVER_IP, str(PORT)
         )
         wait_line(server, "stdout", "ready", deadline)
         setups.append((client_ns, dump, pcap))
     sizes = ",".join(map(str, SIZES))
     clients = [
-        lab.spawn(
+        sandbox.spawn(
             ns,
             sys.executable,
             "-c",
@@ -281,8 +280,8 @@ def replay(primary: Path, secondary: Path) -> tuple[int, dict]:  # type: ignore[
     return proc.returncode, json.loads(proc.stdout)
 
 
-def test_replay_of_two_real_runs(lab: Lab) -> None:
-    pvm, svm = capture_pair(lab, "m", inject_b=False)
+def test_replay_of_two_real_runs(sandbox: Sandbox) -> None:
+    pvm, svm = capture_pair(sandbox, "m", inject_b=False)
     rc, report = replay(pvm, svm)
     flows = report["flows"]
     assert len(flows) == len(SIZES), report
@@ -290,7 +289,7 @@ def test_replay_of_two_real_runs(lab: Lab) -> None:
     assert rc == 0
     assert segment_sizes(pvm) != segment_sizes(svm)  # segmentation really differed
 
-    pvm, svm = capture_pair(lab, "d", inject_b=True)
+    pvm, svm = capture_pair(sandbox, "d", inject_b=True)
     rc, report = replay(pvm, svm)
     assert rc == 1
     diverged = [f for f in report["flows"] if f["status"] == "diverged"]

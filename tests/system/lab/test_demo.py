@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from colo_lab.lab import Lab
 
 
+@pytest.mark.vm
 def test_demo_runs_and_cleans_up() -> None:
     name = f"demo{os.getpid() % 10000}"
     try:

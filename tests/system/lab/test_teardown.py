@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from colo_lab import netns
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
@@ -15,6 +17,7 @@ from colo_lab.wait import wait_until
 COLO_LAB = [sys.executable, "-m", "colo_lab.cli"]
 
 
+@pytest.mark.vm  # both QEMUs start
 def test_down_after_killed_up_leaves_nothing() -> None:
     name = f"kill{os.getpid() % 10000}"
     lab = Lab(name)
@@ -42,6 +45,7 @@ def test_down_after_killed_up_leaves_nothing() -> None:
     assert "tapP" not in links and "tapS" not in links
 
 
+@pytest.mark.host
 def test_busy_namespace_is_one_clear_line() -> None:
     name = f"busy{os.getpid() % 10000}"
     ns = f"colo-{name}-client"
@@ -57,6 +61,7 @@ def test_busy_namespace_is_one_clear_line() -> None:
         Lab(name).down()
 
 
+@pytest.mark.host
 def test_missing_dependency_is_one_clear_line(tmp_path: Path) -> None:
     # A PATH without iproute2's `ip`: the lab must say what is missing and how to get it.
     env = dict(os.environ, PATH=str(tmp_path))

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CHECK = [sys.executable, "-m", "colo_orch.cli.orch", "check"]
 
 
+@pytest.mark.host
 def test_host_checks_pass_here() -> None:
     res = subprocess.run(CHECK, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -16,6 +19,7 @@ def test_host_checks_pass_here() -> None:
         assert f"ok   {what}" in res.stdout
 
 
+@pytest.mark.host
 def test_bad_config_is_named_with_its_fix(tmp_path: Path) -> None:
     cfg = tmp_path / "web1.toml"
     cfg.write_text('name = "web1"\nrole = "leader"\nqmp = "/a"\nqmp_events = "/b"\n'
@@ -28,6 +32,7 @@ def test_bad_config_is_named_with_its_fix(tmp_path: Path) -> None:
             '"secondary"') in res.stdout, res.stdout
 
 
+@pytest.mark.vm  # the smoke check runs the two-VM lab
 def test_smoke_check_says_this_qemu_can_do_colo() -> None:
     res = subprocess.run([*CHECK, "--smoke"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

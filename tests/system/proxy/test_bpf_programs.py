@@ -39,7 +39,7 @@ from tests.support.packets import (
     tcp,
 )
 
-pytestmark = pytest.mark.system
+pytestmark = pytest.mark.bpf
 
 # The two replicas' SYN-ACKs left in different millisecond ticks (the SVM lags by 2).
 PVM_TS, SVM_TS, CLIENT_TS = 871_647_765, 871_647_767, 970_149_060

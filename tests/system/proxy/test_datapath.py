@@ -13,7 +13,6 @@ from colo_lab.standin import Standin
 from colo_lab.wait import wait_until
 from tests.support.packets import ETH_IP4, ether, ip4, udp
 
-pytestmark = pytest.mark.system
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
 
 

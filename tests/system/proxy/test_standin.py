@@ -17,7 +17,6 @@ from colo_lab.wait import wait_until
 from colo_proxy.kernel.datapath import prog_exists
 from colo_proxy.service import control_socket as control
 
-pytestmark = pytest.mark.system
 LOADGEN = [sys.executable, "-m", "colo_lab.loadgen"]
 
 
