@@ -21,7 +21,8 @@ from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 from tests.support.records import Writer, failovers, took_over, value
 
-pytestmark = pytest.mark.lab(disk=True)
+# The first VM test of the suite: 50 s here with the first boot's checks.
+pytestmark = [pytest.mark.lab(disk=True), pytest.mark.timeout(150)]
 
 
 def _checkpoint_after(lab: Lab, primary: str) -> float:

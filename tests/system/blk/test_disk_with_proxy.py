@@ -27,6 +27,7 @@ def _all_acked_present(lab: Lab, acked: dict[int, float]) -> None:
         assert (code, body) == (200, value(n)), f"acknowledged record r{n}: {code} {body[:40]!r}"
 
 
+@pytest.mark.timeout(90)  # 30 s here, with the boot
 def test_every_acknowledged_record_survives_two_failovers(lab: Lab) -> None:
     with Writer(lab, 0) as w:
         wait_until(lambda: len(w.acked) >= 8, 90, "records")
@@ -86,6 +87,7 @@ def test_cut_nbd_link_ends_protection_visibly(lab: Lab) -> None:
 
 
 @pytest.mark.lab(orchestrators=False)  # started by the test, once the port is closed
+@pytest.mark.timeout(90)  # 26 s here, with the boot
 def test_secondary_not_listening_is_a_clear_degraded_state(lab: Lab) -> None:
     # Nothing answers on the secondary's NBD port: reject connections outright.
     netns.sh(lab.hosts["secondary"].ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp",

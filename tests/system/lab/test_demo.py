@@ -12,6 +12,7 @@ from colo_lab.lab import Lab
 
 
 @pytest.mark.vm
+@pytest.mark.timeout(90)  # 26 s here
 def test_demo_runs_and_cleans_up() -> None:
     name = f"demo{os.getpid() % 10000}"
     try:

@@ -28,7 +28,7 @@ from colo_lab.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM_PORT = 19090
-pytestmark = pytest.mark.lab(proxy=True)
+pytestmark = [pytest.mark.lab(proxy=True), pytest.mark.timeout(90)]  # 25 s here
 
 
 def _build() -> ModuleType:

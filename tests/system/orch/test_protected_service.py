@@ -35,6 +35,7 @@ def _checkpoints(lab: Lab, host: str) -> dict[str, int]:
     return cps
 
 
+@pytest.mark.timeout(90)  # 30 s here, with the boot
 def test_pvm_killed_twice_client_never_notices(lab: Lab) -> None:
     client = _client(lab, "--random-every", "7")
     try:
@@ -108,6 +109,7 @@ def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
 # No periodic checkpoint: a connection opened after protection began then keeps its
 # sequence offset up to the failover (a checkpoint would make it zero).
 @pytest.mark.lab(extra="[timing]\ncheckpoint_max_interval = 600\n")
+@pytest.mark.timeout(90)  # 25 s here, with the boot
 def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(lab: Lab) -> None:
     """The old secondary's offsets go over to the proxy that restarts as primary at the
     re-protection, which rewrites those flows on the uplink (docs/PROXY.md), and announces
@@ -146,6 +148,7 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(lab: La
 
 # A long minimum interval makes the rate limit observable.
 @pytest.mark.lab(extra="[timing]\ncheckpoint_min_interval = 1.5\n")
+@pytest.mark.timeout(90)  # 28 s here, with the boot
 def test_divergence_checkpoints_payload_within_the_rate_limit(lab: Lab) -> None:
     before = _checkpoints(lab, "primary")
     # Deterministic traffic alone: no checkpoint at all.
