@@ -27,9 +27,15 @@ def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
         time.sleep(0.3)  # a window in which a wrong link would have said "connected"
         assert not link.connected
         assert link.send({"type": "status"}) is False
+        # Read the unanswered request now: answered below, its "ok" could land before the
+        # next send clears the replies, and that send would then wait in vain.
+        assert json.loads(conn.recv(4096))["type"] == "status"
         conn.sendall(b'{"type": "hello", "role": "secondary", "mode": "protected"}\n')
         wait_until(lambda: link.connected, 10, "the link to connect", every=0.01)
         # A reply to a request is not mistaken for the hello, nor the hello for a reply.
+        # The short timeout made the unanswered request fail fast; this answer comes from
+        # another thread, which a loaded machine may run late.
+        link.timeout = 10.0
         threading.Thread(target=lambda: (conn.recv(4096), conn.sendall(
             b'{"type": "ok", "for": "status"}\n')), daemon=True).start()
         assert link.send({"type": "status"}) is True
