@@ -6,7 +6,7 @@
 
 Every query uses only metrics that colo_orch/daemon/metrics.py and colo_proxy/service/metrics.py export
 and the target labels that dashboards/prometheus.yml attaches (`pair`, `host`, `job`,
-`instance`); tests/unit/metrics/test_dashboards.py checks both, and the system test
+`instance`); tests/unit/dashboards/test_dashboards.py checks both, and the system test
 tests/system/metrics/ runs every query against a real Prometheus scraping the lab.
 Template variables in queries: `$pair`, `$host`, `$__rate_interval`.
 """

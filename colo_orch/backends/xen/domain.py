@@ -9,7 +9,7 @@ tools/xl/xl_parse.c, tools/libs/light/libxl_colo_save.c, libxl_colo_restore.c, l
   replication inside qemu-xen (libxl_dm.c): quorum + NBD client on the primary, an NBD server
   on colo-host:colo-port exporting colo-export and active/hidden overlays on the secondary.
   `target=` comes last: libxlutil's grammar makes it swallow the rest of the string (seen
-  with its own parser, see tests/unit/xen).
+  with its own parser, see tests/unit/orch/backends/xen).
 - NICs, userspace proxy mode (`xl remus -c -p`): libxl adds no vif checkpoint device
   (device_kind_flags is VBD only) and runs no colo-proxy-setup script, so `forwarddev` is not
   needed. It reads `colo_checkpoint_host`/`colo_checkpoint_port` from the *first* NIC only and

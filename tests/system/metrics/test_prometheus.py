@@ -25,8 +25,8 @@ import pytest
 from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
+from tests.support.paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 PROM_PORT = 19090
 pytestmark = [pytest.mark.lab(proxy=True), pytest.mark.timeout(90)]  # 25 s here
 

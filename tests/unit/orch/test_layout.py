@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.paths import REPO as ROOT
+
 CORE = ROOT / "colo_orch" / "core"
 PURE = {"__future__", "collections", "dataclasses", "enum", "re", "tomllib", "typing"}
 READS_ITS_FILE = {"config.py": {"pathlib"}}

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-PROXY = Path(__file__).resolve().parents[3] / "colo_proxy"
+from tests.support.paths import REPO
+
+PROXY = REPO / "colo_proxy"
 PURE = {"__future__", "bisect", "collections", "dataclasses", "enum", "heapq", "ipaddress",
         "itertools", "json", "struct", "typing"}
 # compare/_compiled.py reads the sources to pick the compiled build (test_purity.py there).

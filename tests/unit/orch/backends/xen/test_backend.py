@@ -23,8 +23,8 @@ from colo_orch.backends.xen.backend import (
 )
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 from tests.support.libxl_sim import RestoreBackChannel
+from tests.support.paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 XL = [sys.executable, "-m", "tests.support.standin_xl"]
 
 

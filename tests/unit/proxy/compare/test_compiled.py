@@ -1,7 +1,7 @@
 """The compiled (mypyc) build of the comparator: used only when it matches the sources, and
 doing exactly what the sources say.
 
-The rest of tests/unit/compare runs on whichever build this interpreter loaded (the compiled
+The rest of tests/unit/proxy/compare runs on whichever build this interpreter loaded (the compiled
 one under `make test`). Here the interpreted modules are loaded beside it, and both are fed
 the same random events: every command, counter and held packet must be the same.
 """
@@ -24,8 +24,8 @@ import colo_proxy
 import colo_proxy.compare as compare
 from colo_proxy.compare import _compiled, comparator
 from tests.support.packets import ACK, FIN, PSH, RST, SYN, icmp_echo_reply, ip4, tcp, udp
+from tests.support.paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 PACKAGE = "colo_proxy.compare"
 
 

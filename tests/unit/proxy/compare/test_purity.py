@@ -10,7 +10,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[3] / "colo_proxy" / "compare"
+from tests.support.paths import REPO
+
+CORE = REPO / "colo_proxy" / "compare"
 PURE = {"__future__", "bisect", "collections", "dataclasses", "enum", "heapq", "ipaddress",
         "itertools", "struct", "typing"}
 LOADER_ONLY = {"hashlib", "os", "pathlib", "sys"}

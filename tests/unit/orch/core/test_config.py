@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from colo_orch.core.config import ConfigError, parse
+from tests.support.paths import REPO
 
 GOOD = """
 name = "web1"
@@ -74,7 +74,7 @@ def test_qemu_backend_needs_its_monitors(key: str) -> None:
 
 
 def test_xen_config_as_docs_xen_md_writes_it_loads() -> None:
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "xen.md").read_text()
+    doc = (REPO / "docs" / "xen.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
     assert len(blocks) == 1, "docs/xen.md shows one orchestrator configuration"
     cfg = parse(blocks[0], "docs/xen.md")
