@@ -8,12 +8,13 @@ hypervisor call can delay it.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from colo_orch.core import heartbeat_msg
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Heartbeat:
         self._echo: tuple[int, float] | None = None
         self.sent = 0
         self.received = 0
+        self.rejected = 0  # datagrams on our port that were not a heartbeat of our pair
 
     def set_payload(self, payload: dict[str, Any]) -> None:
         with self._lock:
@@ -73,10 +75,10 @@ class Heartbeat:
                 self._sent[self._seq] = now
                 if len(self._sent) > 64:
                     self._sent.pop(min(self._sent))
-                msg = {"v": 1, "pair": self.name, "seq": self._seq, "state": self._payload,
-                       "echo": self._echo[0] if self._echo else None}
+                msg = heartbeat_msg.encode(self.name, self._seq, self._payload,
+                                           self._echo[0] if self._echo else None)
             try:
-                self.sock.sendto(json.dumps(msg).encode(), self.peer_addr)
+                self.sock.sendto(msg, self.peer_addr)
                 self.sent += 1
             except OSError:
                 pass  # the link is down; the peer will notice the silence
@@ -88,19 +90,15 @@ class Heartbeat:
                 data, _ = self.sock.recvfrom(65536)
             except (TimeoutError, OSError):
                 continue
-            try:
-                msg = json.loads(data)
-                if msg.get("v") != 1 or msg.get("pair") != self.name:
-                    continue
-                payload = dict(msg["state"])
-            except (ValueError, KeyError, TypeError):
-                continue  # not a heartbeat of ours: ignore, never crash
+            beat = heartbeat_msg.decode(data, self.name)
+            if beat is None:
+                self.rejected += 1  # not a heartbeat of ours: count it, never crash
+                continue
             now = time.monotonic()
             with self._lock:
                 rtt = None
-                echo = msg.get("echo")
-                if isinstance(echo, int) and echo in self._sent:
-                    rtt = now - self._sent[echo]
-                self._echo = (int(msg.get("seq", 0)), now)
-                self._last = PeerReport(now, payload, rtt)
+                if beat.echo is not None and beat.echo in self._sent:
+                    rtt = now - self._sent[beat.echo]
+                self._echo = (beat.seq, now)
+                self._last = PeerReport(now, beat.state, rtt)
                 self.received += 1

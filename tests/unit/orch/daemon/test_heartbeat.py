@@ -1,0 +1,36 @@
+"""colo_orch.daemon.heartbeat: stray datagrams on the port never stop the peer being heard."""
+
+from __future__ import annotations
+
+import socket
+
+from colo_lab.wait import wait_until
+from colo_orch.daemon.heartbeat import Heartbeat
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_peer_is_still_heard_after_garbage_on_the_port() -> None:
+    pa, pb = _free_port(), _free_port()
+    a = Heartbeat(f"127.0.0.1:{pa}", f"127.0.0.1:{pb}", 0.05, "web")
+    b = Heartbeat(f"127.0.0.1:{pb}", f"127.0.0.1:{pa}", 0.05, "web")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
+        # Queued before the first heartbeat, so the receiver reads them first. "[]" killed
+        # its thread ('list' object has no attribute 'get'): the peer was never heard again.
+        for data in (b"[]", b"{", b'{"v": 1, "pair": "web", "seq": 1, "state": []}'):
+            stray.sendto(data, ("127.0.0.1", pb))
+        b.start()
+        try:
+            a.set_payload({"state": 4, "role": "primary", "vm_ok": True})
+            a.start()
+            wait_until(lambda: b.last() is not None, 10, "a heartbeat after the garbage")
+            rep = b.last()
+            assert rep is not None and rep.payload["role"] == "primary"
+            assert b.rejected == 3
+        finally:
+            a.stop()
+            b.stop()
