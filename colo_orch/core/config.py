@@ -7,6 +7,7 @@ bad combination shows only as a failover that happens too late or too eagerly.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -45,6 +46,10 @@ class Config:
     # a second one for events. Xen has none: libxl drives qemu-xen's monitor itself.
     qmp: str = ""
     qmp_events: str = ""
+    # Where the peer's VM waits when the peer is secondary: the target of our COLO migration.
+    # Required (see _check); from our own config, never from the wire, so a forged heartbeat
+    # cannot choose where this host sends the VM's memory.
+    peer_incoming_uri: str = ""
     api_listen: str = "127.0.0.1:7411"
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     # When set, the orchestrator runs colo-proxy itself in the role this host has now,
@@ -164,8 +169,22 @@ def _addr(path: str, key: str, value: object) -> None:
         raise _fail(path, key, f"port {port!r} is not 1-65535", "use a free TCP/UDP port")
 
 
+# tcp:HOST:PORT with HOST a name or an IPv4 address, or an IPv6 address in brackets. Nothing
+# else: the URI reaches QEMU's command line and, on Xen, a shell command run by xl.
+_TCP_URI = re.compile(r"^tcp:(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
+
+
+def _tcp_uri(path: str, key: str, value: str, example: str) -> None:
+    if not value:
+        raise _fail(path, key, "missing", f'add {key} = "{example}"')
+    m = _TCP_URI.match(value)
+    if m is None or not 0 < int(m.group(1)) < 65536:
+        raise _fail(path, key, f"{value!r} is not tcp:ADDR:PORT",
+                    f'write it like {key} = "{example}"')
+
+
 def _check(cfg: Config, path: str) -> None:
-    for key in ("name", "qmp", "qmp_events", "incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile",
+    for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile",
                 "vm_log"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
@@ -198,9 +217,8 @@ def _check(cfg: Config, path: str) -> None:
                     'use "local" (a cluster store plugs in through colo_orch.daemon.arbiter.Arbiter)')
     for key in ("heartbeat_listen", "peer_heartbeat", "api_listen"):
         _addr(path, key, getattr(cfg, key))
-    if not cfg.incoming_uri.startswith("tcp:"):
-        raise _fail(path, "incoming_uri", f"{cfg.incoming_uri!r} is not tcp:ADDR:PORT",
-                    'write it like incoming_uri = "tcp:10.0.0.2:4444"')
+    _tcp_uri(path, "incoming_uri", cfg.incoming_uri, "tcp:10.0.0.2:4444")
+    _tcp_uri(path, "peer_incoming_uri", cfg.peer_incoming_uri, "tcp:10.0.0.1:4444")
     if not isinstance(cfg.auto_reprotect, bool):
         raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
     for key in ("vm_command", "on_takeover", "on_secondary", "proxy_primary_command",

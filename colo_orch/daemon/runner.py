@@ -136,7 +136,10 @@ class Orchestrator(Actions, Watchers):
             except ValueError:
                 pstate = None
             peer = PeerObs(alive=True, state=pstate, role=str(p.get("role", "")),
-                           vm_ok=bool(p.get("vm_ok")), incoming_uri=str(p.get("incoming", "")),
+                           vm_ok=bool(p.get("vm_ok")),
+                           # Our config's, not the heartbeat's "incoming": nothing read from
+                           # the wire chooses where the VM's memory goes.
+                           incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)))
         else:
             peer = PeerObs(alive=False)

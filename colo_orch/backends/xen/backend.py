@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -243,7 +244,10 @@ class XenBackend(Backend):
             raise BackendError("no libxl bridge: cannot tell when COLO is reached")
         addr, port = _tcp(uri)
         self._colo_from = self.bridge.checkpoints
-        rune = f"exec {self.python} -m colo_orch.backends.xen.connect {addr} {port}"
+        # xl runs this through a shell: quote every word, though the config allows none
+        # that a shell would read (defence in depth for a URI that reaches a root shell).
+        rune = "exec " + shlex.join([self.python, "-m", "colo_orch.backends.xen.connect",
+                                     addr, str(port)])
         proc = subprocess.Popen([*self.xl, "remus", "-c", "-p", "-u", "-e", "-s", "",
                                  self.domain, rune],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

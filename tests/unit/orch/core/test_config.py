@@ -17,6 +17,7 @@ qmp_events = "/run/pvm-events.qmp"
 heartbeat_listen = "10.99.1.1:7410"
 peer_heartbeat = "10.99.1.2:7410"
 incoming_uri = "tcp:10.99.1.1:4444"
+peer_incoming_uri = "tcp:10.99.1.2:4444"
 """
 
 
@@ -31,6 +32,10 @@ def test_good_config_loads_with_defaults() -> None:
     ("colour = 1", "colour", "remove it"),
     ('peer_heartbeat = "nowhere"', "peer_heartbeat", "write it like"),
     ('incoming_uri = "unix:/x"', "incoming_uri", "tcp:"),
+    # It reaches a root shell on Xen (xl remus's "-e" command): only an address and a port.
+    ('peer_incoming_uri = "tcp:$(reboot):4444"', "peer_incoming_uri", "write it like"),
+    ('peer_incoming_uri = "tcp:10.0.0.2:4444;id"', "peer_incoming_uri", "write it like"),
+    ('peer_incoming_uri = "tcp:10.0.0.2:70000"', "peer_incoming_uri", "write it like"),
     ("[timing]\nheartbeat_timeout = 0.2", "timing.heartbeat_timeout", "raise it to at least 0.3"),
     ("[timing]\nloop_wait = 0.5", "timing.loop_wait", "lower loop_wait"),
     ("[timing]\nlease_ttl = 0.1", "timing.lease_ttl", "raise it"),
@@ -49,6 +54,10 @@ def test_bad_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> No
 def test_missing_field_and_bad_toml() -> None:
     with pytest.raises(ConfigError, match="name: missing; add name"):
         parse(GOOD.replace('name = "web1"', ""))
+    with pytest.raises(ConfigError, match='peer_incoming_uri: missing; add peer_incoming_uri'):
+        parse("\n".join(ln for ln in GOOD.splitlines() if not ln.startswith("peer_incoming")))
+    assert parse(GOOD.replace('"tcp:10.99.1.2:4444"', '"tcp:[fd99::2]:4444"')).peer_incoming_uri \
+        == "tcp:[fd99::2]:4444"
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("name = ")
 

@@ -1,0 +1,37 @@
+"""colo_orch.daemon.runner: what the loop takes from the peer's heartbeat, and what it does not."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from colo_orch.core.config import Config
+from colo_orch.core.state import State
+from colo_orch.daemon.arbiter import LocalLeaseArbiter
+from colo_orch.daemon.heartbeat import PeerReport
+from colo_orch.daemon.runner import Orchestrator
+
+
+class _Heartbeat:
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.report = PeerReport(time.monotonic(), payload, None)
+
+    def last(self) -> PeerReport:
+        return self.report
+
+
+def test_the_migration_target_comes_from_our_config_not_the_heartbeat(tmp_path: Path) -> None:
+    cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
+                 heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
+                 incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
+                 arbiter_path=str(tmp_path / "lease"))
+    # A forged heartbeat (or a compromised peer) names another host as the place to send
+    # the VM's memory to; before, the primary migrated there.
+    forged = _Heartbeat({"state": int(State.WAITING), "role": "secondary", "vm_ok": True,
+                         "incoming": "tcp:203.0.113.9:4444", "proxy_ready": True})
+    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, 3.0),  # type: ignore[arg-type]
+                        heartbeat=forged, proxy=None, host_id="a")  # type: ignore[arg-type]
+    snap = orch.snapshot(time.monotonic())
+    assert snap.peer.alive and snap.peer.role == "secondary"
+    assert snap.peer.incoming_uri == "tcp:10.99.1.2:4444"
