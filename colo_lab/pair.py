@@ -7,8 +7,10 @@ share a lease file in the run directory (the single-host arbiter).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -55,6 +57,18 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
 
+def heartbeat_key(lab: Lab, role: str) -> Path:
+    """This host's copy of the pair's heartbeat key: one secret, a file per host (as on two
+    machines, where no file is shared)."""
+    path = lab.run_dir / f"heartbeat-{role[:3]}.key"
+    if not path.exists():
+        copies = sorted(lab.run_dir.glob("heartbeat-*.key"))
+        secret = copies[0].read_bytes() if copies else base64.b64encode(secrets.token_bytes(32))
+        path.write_bytes(secret)
+        path.chmod(0o600)
+    return path
+
+
 def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "") -> Path:
     """Write the TOML config of one host's orchestrator; returns its path."""
     me = lab.hosts[role]
@@ -74,6 +88,7 @@ heartbeat_listen = "{me.ctl_ip}:{HEARTBEAT_PORT}"
 peer_heartbeat = "{peer.ctl_ip}:{HEARTBEAT_PORT}"
 incoming_uri = "tcp:{me.ctl_ip}:{MIGRATION_PORT}"
 peer_incoming_uri = "tcp:{peer.ctl_ip}:{MIGRATION_PORT}"
+heartbeat_key_file = "{heartbeat_key(lab, role)}"
 api_listen = "{me.ctl_ip}:{API_PORT}"
 arbiter_path = "{lab.run_dir / 'arbiter.lease'}"
 proxy_socket = "{lab.run_dir / f"proxy-{role[:3]}.sock" if proxy else ""}"

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import sys
+from pathlib import Path
 from types import FrameType
 
 from colo_orch.core.config import ConfigError, load
@@ -58,9 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     host_id = args.host_id or f"{socket.gethostname()}-{cfg.role}"
     arbiter_path = cfg.arbiter_path or f"/run/colo/{cfg.name}.lease"
     try:
+        key = Path(cfg.heartbeat_key_file).read_bytes().strip()
         hb = Heartbeat(cfg.heartbeat_listen, cfg.peer_heartbeat, cfg.timing.heartbeat_interval,
-                       cfg.name)
+                       cfg.name, key)
+    except ValueError as exc:
+        print(f"colo-orch: error: heartbeat_key_file {cfg.heartbeat_key_file}: {exc}; "
+              "write 32 random bytes there (head -c 32 /dev/urandom | base64) on both hosts",
+              file=sys.stderr)
+        return 2
     except OSError as exc:
+        if exc.filename == cfg.heartbeat_key_file:
+            print(f"colo-orch: error: heartbeat_key_file {cfg.heartbeat_key_file}: "
+                  f"{exc.strerror}; give the path of the pair's heartbeat key", file=sys.stderr)
+            return 2
         print(f"colo-orch: error: heartbeat_listen {cfg.heartbeat_listen}: {exc.strerror}; "
               "use an address of this host and a free port", file=sys.stderr)
         return 2

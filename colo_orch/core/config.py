@@ -50,6 +50,9 @@ class Config:
     # Required (see _check); from our own config, never from the wire, so a forged heartbeat
     # cannot choose where this host sends the VM's memory.
     peer_incoming_uri: str = ""
+    # The pair's shared heartbeat secret (at least 16 bytes; each host keeps its own copy).
+    # Required (see _check): only the peer may tell this host what state it is in.
+    heartbeat_key_file: str = ""
     api_listen: str = "127.0.0.1:7411"
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     # When set, the orchestrator runs colo-proxy itself in the role this host has now,
@@ -184,7 +187,8 @@ def _tcp_uri(path: str, key: str, value: str, example: str) -> None:
 
 
 def _check(cfg: Config, path: str) -> None:
-    for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "proxy_socket", "arbiter_path", "vm_pidfile",
+    for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "heartbeat_key_file",
+                "proxy_socket", "arbiter_path", "vm_pidfile",
                 "vm_log"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
@@ -219,6 +223,10 @@ def _check(cfg: Config, path: str) -> None:
         _addr(path, key, getattr(cfg, key))
     _tcp_uri(path, "incoming_uri", cfg.incoming_uri, "tcp:10.0.0.2:4444")
     _tcp_uri(path, "peer_incoming_uri", cfg.peer_incoming_uri, "tcp:10.0.0.1:4444")
+    if not cfg.heartbeat_key_file:
+        raise _fail(path, "heartbeat_key_file", "missing",
+                    'add heartbeat_key_file = "/etc/colo/web.key" (the same secret on both hosts: '
+                    "head -c 32 /dev/urandom | base64 > FILE, then copy it to the peer)")
     if not isinstance(cfg.auto_reprotect, bool):
         raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
     for key in ("vm_command", "on_takeover", "on_secondary", "proxy_primary_command",

@@ -8,6 +8,7 @@ hypervisor call can delay it.
 
 from __future__ import annotations
 
+import secrets
 import socket
 import threading
 import time
@@ -25,7 +26,14 @@ class PeerReport:
 
 
 class Heartbeat:
-    def __init__(self, listen: str, peer: str, interval: float, name: str) -> None:
+    def __init__(self, listen: str, peer: str, interval: float, name: str, key: bytes) -> None:
+        if len(key) < heartbeat_msg.MIN_KEY:
+            raise ValueError(f"the heartbeat key has {len(key)} bytes; it needs at least "
+                             f"{heartbeat_msg.MIN_KEY}")
+        self.key = key
+        # Drawn at each start, so the peer tells our restart from a replay of old datagrams.
+        self.boot = secrets.randbits(63)
+        self._replay = heartbeat_msg.Replay()
         host, port = listen.rsplit(":", 1)
         phost, pport = peer.rsplit(":", 1)
         self.peer_addr = (phost, int(pport))
@@ -45,7 +53,8 @@ class Heartbeat:
         self._echo: tuple[int, float] | None = None
         self.sent = 0
         self.received = 0
-        self.rejected = 0  # datagrams on our port that were not a heartbeat of our pair
+        self.rejected = 0  # datagrams on our port that were not an authentic heartbeat
+        self.replayed = 0  # authentic, but a sequence number already seen from that boot
 
     def set_payload(self, payload: dict[str, Any]) -> None:
         with self._lock:
@@ -75,8 +84,8 @@ class Heartbeat:
                 self._sent[self._seq] = now
                 if len(self._sent) > 64:
                     self._sent.pop(min(self._sent))
-                msg = heartbeat_msg.encode(self.name, self._seq, self._payload,
-                                           self._echo[0] if self._echo else None)
+                msg = heartbeat_msg.encode(self.key, self.name, self.boot, self._seq,
+                                           self._payload, self._echo[0] if self._echo else None)
             try:
                 self.sock.sendto(msg, self.peer_addr)
                 self.sent += 1
@@ -90,9 +99,12 @@ class Heartbeat:
                 data, _ = self.sock.recvfrom(65536)
             except (TimeoutError, OSError):
                 continue
-            beat = heartbeat_msg.decode(data, self.name)
+            beat = heartbeat_msg.decode(self.key, data, self.name)
             if beat is None:
                 self.rejected += 1  # not a heartbeat of ours: count it, never crash
+                continue
+            if not self._replay.fresh(beat):
+                self.replayed += 1
                 continue
             now = time.monotonic()
             with self._lock:

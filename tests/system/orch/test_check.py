@@ -25,7 +25,8 @@ def test_bad_config_is_named_with_its_fix(tmp_path: Path) -> None:
     cfg.write_text('name = "web1"\nrole = "leader"\nqmp = "/a"\nqmp_events = "/b"\n'
                    'heartbeat_listen = "10.0.0.1:7410"\npeer_heartbeat = "10.0.0.2:7410"\n'
                    'incoming_uri = "tcp:10.0.0.1:4444"\n'
-                   'peer_incoming_uri = "tcp:10.0.0.2:4444"\n')
+                   'peer_incoming_uri = "tcp:10.0.0.2:4444"\n'
+                   'heartbeat_key_file = "/etc/colo/web.key"\n')
     res = subprocess.run([*CHECK, "--config", str(cfg)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 1

@@ -16,7 +16,7 @@ import pytest
 from tests.support.paths import REPO as ROOT
 
 CORE = ROOT / "colo_orch" / "core"
-PURE = {"__future__", "collections", "dataclasses", "enum", "json", "re", "tomllib", "typing"}
+PURE = {"__future__", "collections", "dataclasses", "enum", "hashlib", "hmac", "json", "re", "tomllib", "typing"}
 READS_ITS_FILE = {"config.py": {"pathlib"}}
 OUTSIDE = ("colo_orch.backends", "colo_orch.daemon", "colo_orch.cli")
 NEVER = {

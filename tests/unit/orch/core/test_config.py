@@ -18,6 +18,7 @@ heartbeat_listen = "10.99.1.1:7410"
 peer_heartbeat = "10.99.1.2:7410"
 incoming_uri = "tcp:10.99.1.1:4444"
 peer_incoming_uri = "tcp:10.99.1.2:4444"
+heartbeat_key_file = "/etc/colo/web1.key"
 """
 
 
@@ -58,6 +59,8 @@ def test_missing_field_and_bad_toml() -> None:
         parse("\n".join(ln for ln in GOOD.splitlines() if not ln.startswith("peer_incoming")))
     assert parse(GOOD.replace('"tcp:10.99.1.2:4444"', '"tcp:[fd99::2]:4444"')).peer_incoming_uri \
         == "tcp:[fd99::2]:4444"
+    with pytest.raises(ConfigError, match="heartbeat_key_file: missing; add heartbeat_key_file"):
+        parse("\n".join(ln for ln in GOOD.splitlines() if not ln.startswith("heartbeat_key")))
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse("name = ")
 
