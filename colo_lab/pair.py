@@ -100,6 +100,9 @@ vm_log = "{lab.run_dir / f"orch-{role}-vm.log"}"
 # Without a proxy the LAN uplink is the lab's stand-in for steering the SVM's output.
 on_takeover = ["ip", "link", "set", "lan0", "up"]
 on_secondary = ["ip", "link", "set", "lan0", "down"]
+# A primary without the arbiter's lease must stop reaching the clients at once.
+on_fence = ["ip", "link", "set", "lan0", "down"]
+on_unfence = ["ip", "link", "set", "lan0", "up"]
 {extra}
 {_disks_toml(lab, role)}"""
     path = lab.run_dir / f"orch-{role}.toml"

@@ -67,6 +67,12 @@ class Config:
     # (like keepalived's notify scripts): e.g. to move a LAN uplink.
     on_takeover: list[str] = field(default_factory=list)
     on_secondary: list[str] = field(default_factory=list)
+    # Run when this host must stop releasing output because it holds neither the arbiter's
+    # lease nor the failsafe (like keepalived's notify_fault), and when it may again. The
+    # proxy, when there is one, is told first (`fence`); without a proxy these hooks are
+    # the only way to hold output, so one of the two is required (see _check).
+    on_fence: list[str] = field(default_factory=list)
+    on_unfence: list[str] = field(default_factory=list)
     backend: str = "qemu"  # "qemu" (QMP) or "xen" (xl remus -c, libxl proxy protocol)
     xen_domain: str = ""  # backend = "xen": the domain name
     xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/backends/xen/domain.py)
@@ -229,12 +235,18 @@ def _check(cfg: Config, path: str) -> None:
                     "head -c 32 /dev/urandom | base64 > FILE, then copy it to the peer)")
     if not isinstance(cfg.auto_reprotect, bool):
         raise _fail(path, "auto_reprotect", "must be true or false", "auto_reprotect = true")
-    for key in ("vm_command", "on_takeover", "on_secondary", "proxy_primary_command",
-                "proxy_secondary_command"):
+    for key in ("vm_command", "on_takeover", "on_secondary", "on_fence", "on_unfence",
+                "proxy_primary_command", "proxy_secondary_command"):
         v = getattr(cfg, key)
         if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
             raise _fail(path, key, "must be a list of strings (an argv)",
                         f'write it like {key} = ["/usr/local/bin/x", "--flag"]')
+    if not cfg.proxy_socket and not cfg.on_fence:
+        raise _fail(path, "on_fence", "missing, and there is no proxy_socket: nothing could hold "
+                    "the VM's output when this host loses the arbiter's lease",
+                    'run colo-proxy (proxy_socket) or give a command that cuts the VM off from '
+                    'its clients, e.g. on_fence = ["ip", "link", "set", "uplink0", "down"] '
+                    'with on_unfence to undo it')
     if not isinstance(cfg.nbd_port, int) or isinstance(cfg.nbd_port, bool) or not (
             0 < cfg.nbd_port < 65536):
         raise _fail(path, "nbd_port", f"{cfg.nbd_port!r} is not a port", "e.g. nbd_port = 10809")
@@ -248,6 +260,14 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "timing.loop_wait",
                     f"{t.loop_wait} s is longer than heartbeat_interval ({t.heartbeat_interval} s)",
                     "lower loop_wait: a cycle must run at least once per heartbeat")
+    if t.heartbeat_timeout / 2 <= t.heartbeat_interval + t.loop_wait:
+        # The failsafe (docs/ORCHESTRATOR.md, F2) trusts an echo younger than half the
+        # timeout; a healthy echo is up to one interval plus one loop old.
+        raise _fail(path, "timing.heartbeat_timeout",
+                    f"{t.heartbeat_timeout} s: half of it must exceed heartbeat_interval + "
+                    f"loop_wait ({t.heartbeat_interval + t.loop_wait:g} s), or the failsafe "
+                    "would flap on a healthy pair",
+                    f"raise it above {2 * (t.heartbeat_interval + t.loop_wait):g}")
     if t.lease_ttl < 2 * t.loop_wait + t.heartbeat_interval:
         raise _fail(path, "timing.lease_ttl",
                     f"{t.lease_ttl} s cannot be renewed in time (needs >= 2 x loop_wait + "

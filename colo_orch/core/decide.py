@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from colo_orch.core.state import RUNNING_STATES, TRANSITIONS, Event, State
+from colo_orch.core.state import RUNNING_STATES, SERVING_STATES, TRANSITIONS, Event, State
 
 
 # Observations --------------------------------------------------------------
@@ -38,6 +38,9 @@ class PeerObs:
     vm_ok: bool = False
     incoming_uri: str = ""  # where the peer's VM waits when the peer is secondary
     proxy_ready: bool = True  # the peer's proxy is up (or it runs none)
+    # The peer's last heartbeat echoed one of ours sent less than heartbeat_timeout / 2 ago:
+    # it still hears us, so it cannot have declared us lost (docs/ORCHESTRATOR.md, F2).
+    hears_us: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class Snapshot:
     role: str  # our current role: "primary" or "secondary"
     vm: VmObs
     peer: PeerObs
-    lease_held: bool  # we hold the arbiter's lease
+    lease_held: bool  # we hold the arbiter's lease, and our hold is certain now
     lease_available: bool  # nobody else holds a live lease (we could take it)
     busy: bool  # the single-slot executor runs an action
     finished: ActionResult | None  # the action that finished since the last cycle
@@ -64,6 +67,8 @@ class Snapshot:
     auto_reprotect: bool = True
     degraded_reason: str = ""
     degraded_at: float = 0.0  # when the state became DEGRADED
+    lease_reachable: bool = True  # the arbiter's store answered its last request
+    lease_error: str = ""  # why the lease was lost or the store did not answer
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -116,6 +121,9 @@ class Decision:
     consumed_checkpoints: bool = False
     consumed_operator: bool = False
     degraded_reason: str = ""
+    # True: hold every output packet of our VM now (fail closed), before any action;
+    # False: release the fence again. Done by the loop itself, never queued behind an action.
+    fence: bool | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -132,15 +140,20 @@ def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
         d = _on_finished(s)
         if d is not None:
             return d
+    # 2. Only the lease holder releases output: checked even while an action runs, because
+    #    the fence must not wait behind a checkpoint or a take-over.
+    if _must_hold(s):
+        return Decision(f"{_lease_why(s)}: holding output (fail closed)", Event.LEASE_LOST,
+                        role="primary", fence=True)
     if s.busy:
         return Decision(f"waiting: an action is running ({st.name})")
 
-    # 2. Operator stop wins over everything.
+    # 3. Operator stop wins over everything else.
     if s.operator == "stop":
         return Decision("stopping on operator request", Event.STOP, StopVM(),
                         consumed_operator=True)
 
-    # 3. Our VM vanished while we were part of the pair: fence ourselves, let the peer go on.
+    # 4. Our VM vanished while we were part of the pair: fence ourselves, let the peer go on.
     if st in RUNNING_STATES or st is State.STARTING:
         if not s.vm.reachable and not s.vm.hung:
             return Decision(
@@ -148,7 +161,7 @@ def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
                 "the arbiter lease so the peer can take over",
                 Event.VM_LOST, ReleaseLease(),
             )
-        if s.vm.hung and st is not State.DEGRADED:
+        if s.vm.hung and st not in (State.DEGRADED, State.HOLDING):
             return Decision(
                 "our VM's monitor does not answer within qmp_timeout: degraded",
                 Event.ERROR, degraded_reason="QEMU monitor hung",
@@ -158,6 +171,68 @@ def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
     if handler is None:
         return Decision(f"nothing to do in {st.name}")
     return handler(s, min_interval, max_interval)
+
+
+# Peer states in which a secondary follows us: it may receive our checkpoints and never
+# serves; FAILING_OVER is missing on purpose (a secondary there is taking over).
+_FOLLOWING = frozenset({State.STOPPED, State.STARTING, State.WAITING, State.PROTECTED,
+                        State.FENCED})
+
+
+def follows_us(p: PeerObs) -> bool:
+    """The peer is our secondary and still hears us: it will not take over before our
+    failsafe ends (docs/ORCHESTRATOR.md, F2)."""
+    return p.alive and p.hears_us and p.role == "secondary" and p.state in _FOLLOWING
+
+
+def failsafe(s: Snapshot) -> bool:
+    """Patroni's failsafe mode: the store does not answer, but the secondary confirms that
+    it follows us, so serving on cannot split the brain. Never when the store answers and
+    says the lease is not ours (a key deleted or taken by hand)."""
+    return not s.lease_reachable and follows_us(s.peer)
+
+
+def lease_ok(s: Snapshot) -> bool:
+    return s.lease_held or failsafe(s)
+
+
+def _must_hold(s: Snapshot) -> bool:
+    st = s.state
+    return (st in SERVING_STATES and (s.role == "primary" or st is State.FAILING_OVER)
+            and not lease_ok(s))
+
+
+def _lease_why(s: Snapshot) -> str:
+    if s.lease_error:
+        return f"no arbiter lease ({s.lease_error})"
+    if not s.lease_reachable:
+        return "the arbiter does not answer and the secondary does not confirm it follows us"
+    return "we do not hold the arbiter lease"
+
+
+def _peer_serves(p: PeerObs) -> bool:
+    """The peer is (or is becoming) the primary that serves clients."""
+    return p.alive and (p.state in (State.FAILING_OVER, State.ALONE) or (
+        p.role == "primary" and p.state in SERVING_STATES))
+
+
+def wants_lease(state: State, role: str, s: Snapshot) -> bool:
+    """Whether this host should hold (acquire and renew) the arbiter lease now.
+
+    A primary wants it in every state where its VM may serve, and before it starts one; a
+    secondary only once its primary is lost (it must hold the lease before it takes over).
+    The runner passes the state after this cycle's decision.
+    """
+    if state is State.FAILING_OVER:
+        return True
+    if s.vm.hung:
+        # A VM whose monitor does not answer cannot be relied on, nor fenced cleanly: let
+        # the lease go, so that we fence our output (S1) and the secondary can take over.
+        return False
+    if role == "primary":
+        return state in SERVING_STATES or state in (State.HOLDING, State.STOPPED,
+                                                    State.STARTING)
+    return state is State.PROTECTED and (_peer_gone(s) or s.operator == "failover")
 
 
 def _on_finished(s: Snapshot) -> Decision | None:
@@ -188,6 +263,15 @@ def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
     if s.operator == "reprotect":
         return Decision("starting a new secondary VM on operator request", Event.REPROTECT,
                         StartVM(incoming=True), role="secondary", consumed_operator=True)
+    if s.role == "primary" and _peer_serves(s.peer):
+        # Our config says primary, but the peer took over while we were away: a second
+        # primary would split the brain. Come back as its secondary.
+        state = s.peer.state.name if s.peer.state else "?"
+        return Decision(f"the peer serves as primary ({state}): starting our VM as its "
+                        "new secondary", Event.REPROTECT, StartVM(incoming=True),
+                        role="secondary")
+    if s.role == "primary" and not s.lease_held:
+        return Decision(f"not starting our VM as primary: {_lease_why(s)}; waiting for it")
     return Decision(f"starting our VM as {s.role}", Event.START,
                     StartVM(incoming=s.role == "secondary"))
 
@@ -239,9 +323,10 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
                         Event.VM_LOST, StopVM())
     if _peer_gone(s) or s.operator == "failover":
         why = "operator requested failover" if s.operator == "failover" else _peer_why(s)
-        if s.role == "secondary" and not (s.lease_held or s.lease_available):
-            return Decision(f"{why}, but the arbiter lease is held by the peer: not taking over "
-                            "(split-brain guard)")
+        if s.role == "secondary" and not s.lease_held:
+            if s.lease_available:
+                return Decision(f"{why}: acquiring the arbiter lease before taking over")
+            return Decision(f"{why}, but {_lease_why(s)}: not taking over (split-brain guard)")
         return Decision(f"{why}: {'taking over' if s.role == 'secondary' else 'continuing alone'}",
                         Event.PEER_LOST, TakeOver(s.role), consumed_operator=bool(s.operator))
     if s.role != "primary":
@@ -323,6 +408,25 @@ def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision(f"degraded: {s.degraded_reason}")
 
 
+def _holding(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    p = s.peer
+    if _peer_serves(p):
+        state = p.state.name if p.state else "?"
+        return Decision(f"the peer serves ({state}) while we hold no lease: fencing our stale "
+                        "VM", Event.VM_LOST, StopVM())
+    if not lease_ok(s):
+        return Decision(f"holding output: {_lease_why(s)}")
+    how = "the arbiter lease is ours again" if s.lease_held else "failsafe: the secondary follows"
+    in_colo = s.vm.colo_mode == "primary" or s.vm.migration == "colo"
+    if in_colo and follows_us(p) and p.state is State.PROTECTED:
+        return Decision(f"{how}: resuming protection (a checkpoint resynchronises the "
+                        "secondary first)", Event.RESUME, Checkpoint(("resume",)), fence=False)
+    if in_colo:
+        return Decision(f"{how}, without a secondary: leaving COLO to serve alone",
+                        Event.PEER_LOST, TakeOver("primary"), fence=False)
+    return Decision(f"{how}: serving alone", Event.LEASE_REGAINED, fence=False)
+
+
 def _fenced(s: Snapshot, _mn: float, _mx: float) -> Decision:
     p = s.peer
     if s.lease_held:
@@ -346,5 +450,6 @@ _HANDLERS = {
     State.PAUSED: _paused,
     State.DEGRADED: _degraded,
     State.FENCED: _fenced,
+    State.HOLDING: _holding,
 }
 

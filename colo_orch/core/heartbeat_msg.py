@@ -1,7 +1,8 @@
 """The heartbeat datagram between the two orchestrators: encode, and a decoder that never raises.
 
 A datagram is a 32-byte HMAC-SHA256 tag, then a JSON object: `{"v": 1, "pair": NAME,
-"boot": B, "seq": N, "state": {...}, "echo": N | null}`. The tag is over the JSON bytes
+"boot": B, "seq": N, "state": {...}, "echo": [B, N] | null}`, where `echo` names the
+last heartbeat that the sender received from us (our boot and sequence number). The tag is over the JSON bytes
 with the pair's shared key (each host holds its own copy: `heartbeat_key_file`). Anything
 can arrive on the heartbeat port (a stray packet, a scanner, a forgery), so `decode`
 checks the tag first and then every field the daemon reads, and returns None for
@@ -10,7 +11,9 @@ what state it is in.
 
 `boot` is a random number a sender draws at start, and `seq` counts up from 1. A
 receiver refuses a sequence number it has already passed within one boot (a replayed
-datagram), so a recording cannot stand in for a live peer within one run of it. No
+datagram), so a recording cannot stand in for a live peer within one run of it. Across
+runs the echo does it: a receiver counts the peer as present only while the peer echoes
+a heartbeat that this run of the receiver sent recently, which no recording can. No
 clock is shared between the hosts and none is used here.
 """
 
@@ -35,7 +38,7 @@ class Beat:
     boot: int
     seq: int
     state: dict[str, Any]
-    echo: int | None
+    echo: tuple[int, int] | None  # (boot, seq) of the last heartbeat it received from us
 
 
 def _tag(key: bytes, body: bytes) -> bytes:
@@ -43,9 +46,9 @@ def _tag(key: bytes, body: bytes) -> bytes:
 
 
 def encode(key: bytes, pair: str, boot: int, seq: int, state: dict[str, Any],
-           echo: int | None) -> bytes:
+           echo: tuple[int, int] | None) -> bytes:
     body = json.dumps({"v": VERSION, "pair": pair, "boot": boot, "seq": seq, "state": state,
-                       "echo": echo}).encode()
+                       "echo": list(echo) if echo is not None else None}).encode()
     return _tag(key, body) + body
 
 
@@ -69,13 +72,14 @@ def decode(key: bytes, data: bytes, pair: str) -> Beat | None:
         return None
     if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(state, dict):
         return None
-    if echo is not None and not _int(echo):
+    if echo is not None and not (isinstance(echo, list) and len(echo) == 2
+                                 and all(_int(x) for x in echo)):
         return None
     for field, kind in STATE_FIELDS.items():
         if field in state and not (_int(state[field]) if kind is int
                                    else isinstance(state[field], kind)):
             return None
-    return Beat(boot, seq, dict(state), echo if isinstance(echo, int) else None)
+    return Beat(boot, seq, dict(state), (echo[0], echo[1]) if isinstance(echo, list) else None)
 
 
 class Replay:

@@ -18,6 +18,10 @@ Lifecycle of a pair (P = primary host, S = secondary host):
     ALONE -reprotect-> WAITING -sync-> SYNCING -colo_entered-> PROTECTED  (again a primary)
     P: PROTECTED -pause-> PAUSED -resume-> CHECKPOINTING (resync) -> PROTECTED
     any running state -vm_lost-> FENCED (our VM is gone; the peer may take over)
+    a serving primary -lease_lost-> HOLDING (output fenced: neither the arbiter's lease nor
+        the failsafe lets it serve); HOLDING -lease_regained-> ALONE, -resume-> CHECKPOINTING
+        (the secondary still follows), -peer_lost-> FAILING_OVER (leave COLO, serve alone),
+        -vm_lost-> FENCED (the peer serves: our VM is stale)
     FENCED -reprotect-> STARTING (we come back as a new secondary)
     most states -error-> DEGRADED -recovered-> (the state the reason allows)
 """
@@ -40,6 +44,7 @@ class State(IntEnum):
     PAUSED = 8  # protection paused by the operator: output released uncompared
     DEGRADED = 9  # an error needs attention; the reason is kept; service may continue
     FENCED = 10  # our VM is gone or must not run: the peer is (or may become) the primary
+    HOLDING = 11  # primary without the lease (or the failsafe): output fenced, VM kept
 
 
 class Event(IntEnum):
@@ -58,6 +63,8 @@ class Event(IntEnum):
     ERROR = 12
     RECOVERED = 13
     STOP = 14
+    LEASE_LOST = 15
+    LEASE_REGAINED = 16
 
 
 S, E = State, Event
@@ -78,6 +85,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.PEER_LOST: S.WAITING,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.SYNCING: {
         E.COLO_ENTERED: S.PROTECTED,
@@ -85,6 +93,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.VM_LOST: S.FENCED,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.PROTECTED: {
         E.CHECKPOINT: S.CHECKPOINTING,
@@ -93,6 +102,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.PAUSE: S.PAUSED,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.CHECKPOINTING: {
         E.CHECKPOINT_DONE: S.PROTECTED,
@@ -100,12 +110,14 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.VM_LOST: S.FENCED,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.FAILING_OVER: {
         E.TOOK_OVER: S.ALONE,
         E.VM_LOST: S.FENCED,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.ALONE: {
         E.REPROTECT: S.WAITING,
@@ -113,6 +125,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.PEER_LOST: S.ALONE,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.PAUSED: {
         E.RESUME: S.CHECKPOINTING,
@@ -120,6 +133,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.VM_LOST: S.FENCED,
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.DEGRADED: {
         E.RECOVERED: S.ALONE,
@@ -127,13 +141,28 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.VM_LOST: S.FENCED,
         E.REPROTECT: S.STARTING,
         E.STOP: S.STOPPED,
+        E.LEASE_LOST: S.HOLDING,
     },
     S.FENCED: {E.REPROTECT: S.STARTING, E.STOP: S.STOPPED},
+    S.HOLDING: {
+        E.LEASE_REGAINED: S.ALONE,
+        E.RESUME: S.CHECKPOINTING,
+        E.PEER_LOST: S.FAILING_OVER,
+        E.VM_LOST: S.FENCED,
+        E.STOP: S.STOPPED,
+    },
 }
 
 # States in which our VM runs and serves (or stands by) as part of the pair.
 RUNNING_STATES = frozenset(
-    {S.WAITING, S.SYNCING, S.PROTECTED, S.CHECKPOINTING, S.FAILING_OVER, S.ALONE, S.PAUSED}
+    {S.WAITING, S.SYNCING, S.PROTECTED, S.CHECKPOINTING, S.FAILING_OVER, S.ALONE, S.PAUSED,
+     S.HOLDING}
+)
+# States in which a primary's VM may release output to clients: each needs the lease
+# (or the failsafe), and leaves by LEASE_LOST to HOLDING when it has neither.
+SERVING_STATES = frozenset(
+    {S.WAITING, S.SYNCING, S.PROTECTED, S.CHECKPOINTING, S.FAILING_OVER, S.ALONE, S.PAUSED,
+     S.DEGRADED}
 )
 
 

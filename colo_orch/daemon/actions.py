@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,27 @@ class Actions(ProxySupervision):
     _executor: ThreadPoolExecutor
     _action_name: str
     _peer_lost_at: float | None
+    _fenced: bool  # output must be held: we have neither the lease nor the failsafe
+    _fence_told: bool  # the proxy acknowledged the current _fenced
+
+    def _set_fence(self, on: bool) -> None:
+        """Hold (or release) every output packet of our VM: from the loop, at once.
+
+        The proxy is told first and again at each cycle until it acknowledges (it may be
+        restarting); the hook runs on a thread of its own, so a slow one never delays the
+        loop's heartbeats."""
+        self._fenced, self._fence_told = on, False
+        self._tell_fence()
+        name, argv = ("on_fence", self.cfg.on_fence) if on else ("on_unfence", self.cfg.on_unfence)
+        if argv:
+            threading.Thread(target=self._hook, args=(name, argv), name=name, daemon=True).start()
+        log.warning("%s our VM's output", "fenced" if on else "unfenced")
+
+    def _tell_fence(self) -> None:
+        if self.proxy is None or self._fence_told or not self.proxy.connected:
+            return
+        if self.proxy.send({"type": "fence" if self._fenced else "unfence"}):
+            self._fence_told = True
 
     def _act(self, action: Action) -> None:
         name, fn = self._action_fn(action)

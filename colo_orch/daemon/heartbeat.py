@@ -2,8 +2,13 @@
 
 Each side sends its state every `interval` and records when it last heard the
 peer. UDP, not TCP: a heartbeat must never wait behind a retransmission, and a
-lost one is simply superseded by the next. Runs in its own thread so that no
-hypervisor call can delay it.
+lost one is simply superseded by the next.
+
+The decision loop sends (`beat`), not a thread of its own: a heartbeat says "my
+loop decided a moment ago", so a wedged loop goes silent to its peer instead of
+advertising PROTECTED forever (docs/ORCHESTRATOR.md, F3). Receiving runs in a
+thread, so no input can delay the loop; only datagrams from `peer` that carry
+the pair's key and a fresh sequence number count.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ class PeerReport:
     received_at: float  # monotonic time of arrival
     payload: dict[str, Any]
     rtt: float | None  # round trip of our last heartbeat, echoed by the peer
+    # When we sent the heartbeat that the peer's echoes (our monotonic clock; None when
+    # it echoed none we remember): the peer heard us at or after that moment.
+    echo_sent_at: float | None = None
 
 
 class Heartbeat:
@@ -36,7 +44,9 @@ class Heartbeat:
         self._replay = heartbeat_msg.Replay()
         host, port = listen.rsplit(":", 1)
         phost, pport = peer.rsplit(":", 1)
-        self.peer_addr = (phost, int(pport))
+        # Resolved once: received datagrams are pinned to this address (numeric, as recvfrom
+        # gives it).
+        self.peer_addr = (socket.gethostbyname(phost), int(pport))
         self.interval = interval
         self.name = name
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -48,9 +58,10 @@ class Heartbeat:
         self._last: PeerReport | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._next_at = 0.0
         self._seq = 0
         self._sent: dict[int, float] = {}
-        self._echo: tuple[int, float] | None = None
+        self._echo: tuple[int, int] | None = None  # (boot, seq) last received from the peer
         self.sent = 0
         self.received = 0
         self.rejected = 0  # datagrams on our port that were not an authentic heartbeat
@@ -65,10 +76,9 @@ class Heartbeat:
             return self._last
 
     def start(self) -> None:
-        for target in (self._send_loop, self._recv_loop):
-            t = threading.Thread(target=target, name=f"heartbeat-{target.__name__}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._recv_loop, name="heartbeat-recv", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def stop(self) -> None:
         self._stop.set()
@@ -76,28 +86,34 @@ class Heartbeat:
             t.join(timeout=2)
         self.sock.close()
 
-    def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                self._seq += 1
-                now = time.monotonic()
-                self._sent[self._seq] = now
-                if len(self._sent) > 64:
-                    self._sent.pop(min(self._sent))
-                msg = heartbeat_msg.encode(self.key, self.name, self.boot, self._seq,
-                                           self._payload, self._echo[0] if self._echo else None)
-            try:
-                self.sock.sendto(msg, self.peer_addr)
-                self.sent += 1
-            except OSError:
-                pass  # the link is down; the peer will notice the silence
-            self._stop.wait(self.interval)
+    def beat(self, now: float) -> bool:
+        """Send the payload if `interval` has passed since the last send; the loop calls
+        this every cycle. Never blocks (UDP); True if a datagram went out."""
+        with self._lock:
+            if now < self._next_at:
+                return False
+            self._next_at = now + self.interval
+            self._seq += 1
+            self._sent[self._seq] = now
+            if len(self._sent) > 64:
+                self._sent.pop(min(self._sent))
+            msg = heartbeat_msg.encode(self.key, self.name, self.boot, self._seq,
+                                       self._payload, self._echo)
+        try:
+            self.sock.sendto(msg, self.peer_addr)
+        except OSError:
+            return False  # the link is down; the peer will notice the silence
+        self.sent += 1
+        return True
 
     def _recv_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                data, _ = self.sock.recvfrom(65536)
+                data, src = self.sock.recvfrom(65536)
             except (TimeoutError, OSError):
+                continue
+            if src[:2] != self.peer_addr:
+                self.rejected += 1  # only the peer's own socket speaks for the peer
                 continue
             beat = heartbeat_msg.decode(self.key, data, self.name)
             if beat is None:
@@ -108,9 +124,10 @@ class Heartbeat:
                 continue
             now = time.monotonic()
             with self._lock:
-                rtt = None
-                if beat.echo is not None and beat.echo in self._sent:
-                    rtt = now - self._sent[beat.echo]
-                self._echo = (beat.seq, now)
-                self._last = PeerReport(now, beat.state, rtt)
+                rtt = sent_at = None
+                if beat.echo is not None and beat.echo[0] == self.boot:
+                    sent_at = self._sent.get(beat.echo[1])
+                    rtt = now - sent_at if sent_at is not None else None
+                self._echo = (beat.boot, beat.seq)
+                self._last = PeerReport(now, beat.state, rtt, sent_at)
                 self.received += 1

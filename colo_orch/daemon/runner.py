@@ -28,8 +28,16 @@ from prometheus_client import CollectorRegistry
 
 from colo_orch.backends.base import Backend
 from colo_orch.core.config import Config
-from colo_orch.core.decide import ActionResult, Decision, PeerObs, Snapshot, VmObs, decide
-from colo_orch.core.state import RUNNING_STATES, Machine, State
+from colo_orch.core.decide import (
+    ActionResult,
+    Decision,
+    PeerObs,
+    Snapshot,
+    VmObs,
+    decide,
+    wants_lease,
+)
+from colo_orch.core.state import Machine, State
 from colo_orch.daemon.actions import Actions
 from colo_orch.daemon.arbiter import Arbiter
 from colo_orch.daemon.heartbeat import Heartbeat
@@ -87,6 +95,8 @@ class Orchestrator(Actions, Watchers):
         self._proxy_role = ""
         self._proxy_mode = ProxyMode.UNKNOWN
         self.secondary_checkpoints = 0
+        self._fenced = False
+        self._fence_told = True  # nothing to tell a proxy before we first fence
 
     # Inputs from other threads ---------------------------------------------
     def request(self, command: str) -> str:
@@ -129,7 +139,12 @@ class Orchestrator(Actions, Watchers):
     def snapshot(self, now: float) -> Snapshot:
         t = self.cfg.timing
         rep = self.heartbeat.last()
-        if rep is not None and now - rep.received_at <= t.heartbeat_timeout:
+        # The peer counts only while it echoes a heartbeat this run of ours sent within
+        # heartbeat_timeout: a datagram of an earlier run of the peer (or of ours) proves
+        # nothing about now, and a peer that no longer hears us may be taking over.
+        if (rep is not None and now - rep.received_at <= t.heartbeat_timeout
+                and rep.echo_sent_at is not None
+                and now - rep.echo_sent_at <= t.heartbeat_timeout):
             p = rep.payload
             try:
                 pstate: State | None = State(int(p.get("state", -1)))
@@ -140,7 +155,8 @@ class Orchestrator(Actions, Watchers):
                            # Our config's, not the heartbeat's "incoming": nothing read from
                            # the wire chooses where the VM's memory goes.
                            incoming_uri=self.cfg.peer_incoming_uri,
-                           proxy_ready=bool(p.get("proxy_ready", True)))
+                           proxy_ready=bool(p.get("proxy_ready", True)),
+                           hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2)
         else:
             peer = PeerObs(alive=False)
         if self.proxy is not None:
@@ -196,9 +212,12 @@ class Orchestrator(Actions, Watchers):
             self.degraded_reason = d.degraded_reason
             self.degraded_at = now
         self._bookkeeping(before, snap, d, now)
+        if d.fence is not None:
+            self._set_fence(d.fence)
         if d.action is not None:
             self._act(d.action)
-        self._renew_lease()
+        if wants_lease(self.machine.state, self.role, snap):
+            self.arbiter.acquire(self.host_id)
         self.heartbeat.set_payload({
             "state": int(self.machine.state), "role": self.role,
             "vm_ok": snap.vm.reachable and not snap.vm.hung,
@@ -206,6 +225,8 @@ class Orchestrator(Actions, Watchers):
             # A secondary is ready for COLO only once its proxy steers the SVM's output.
             "proxy_ready": self.proxy is None or self.proxy.connected,
         })
+        self.heartbeat.beat(now)
+        self._tell_fence()
         self._sync_proxy_mode()
         m = self.metrics
         m.state.state(self.machine.state.name)
@@ -243,11 +264,6 @@ class Orchestrator(Actions, Watchers):
         if before is State.CHECKPOINTING and after is not State.PROTECTED:
             self.metrics.checkpoint_failures.inc()
 
-    def _renew_lease(self) -> None:
-        st = self.machine.state
-        if self.role == "primary" and st in RUNNING_STATES and st is not State.FAILING_OVER:
-            self.arbiter.acquire(self.host_id)
-
     # Reporting --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -269,6 +285,7 @@ class Orchestrator(Actions, Watchers):
             "last_takeover_s": self.last_takeover_s,
             "last_checkpoint_s": self.last_checkpoint_s,
             "degraded_reason": self.degraded_reason,
+            "fenced": self._fenced,
             "proxy_connected": self.proxy.connected if self.proxy else None,
             "recent": [s for _, s in list(self.history)[-10:]],
         }

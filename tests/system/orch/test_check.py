@@ -26,7 +26,8 @@ def test_bad_config_is_named_with_its_fix(tmp_path: Path) -> None:
                    'heartbeat_listen = "10.0.0.1:7410"\npeer_heartbeat = "10.0.0.2:7410"\n'
                    'incoming_uri = "tcp:10.0.0.1:4444"\n'
                    'peer_incoming_uri = "tcp:10.0.0.2:4444"\n'
-                   'heartbeat_key_file = "/etc/colo/web.key"\n')
+                   'heartbeat_key_file = "/etc/colo/web.key"\n'
+                   'on_fence = ["true"]\n')
     res = subprocess.run([*CHECK, "--config", str(cfg)], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 1

@@ -19,7 +19,16 @@ peer_heartbeat = "10.99.1.2:7410"
 incoming_uri = "tcp:10.99.1.1:4444"
 peer_incoming_uri = "tcp:10.99.1.2:4444"
 heartbeat_key_file = "/etc/colo/web1.key"
+on_fence = ["ip", "link", "set", "uplink0", "down"]
 """
+
+
+def test_a_host_that_could_not_hold_output_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"on_fence: missing, and there is no proxy_socket.*"
+                       r"run colo-proxy \(proxy_socket\) or give a command"):
+        parse(GOOD.replace('on_fence = ["ip", "link", "set", "uplink0", "down"]', ""))
+    assert parse(GOOD.replace('on_fence = ["ip", "link", "set", "uplink0", "down"]',
+                              'proxy_socket = "/run/colo/proxy.sock"')).on_fence == []
 
 
 def test_good_config_loads_with_defaults() -> None:
@@ -38,6 +47,8 @@ def test_good_config_loads_with_defaults() -> None:
     ('peer_incoming_uri = "tcp:10.0.0.2:4444;id"', "peer_incoming_uri", "write it like"),
     ('peer_incoming_uri = "tcp:10.0.0.2:70000"', "peer_incoming_uri", "write it like"),
     ("[timing]\nheartbeat_timeout = 0.2", "timing.heartbeat_timeout", "raise it to at least 0.3"),
+    ("[timing]\nloop_wait = 0.1\nheartbeat_timeout = 0.35", "timing.heartbeat_timeout",
+     "raise it above 0.4"),
     ("[timing]\nloop_wait = 0.5", "timing.loop_wait", "lower loop_wait"),
     ("[timing]\nlease_ttl = 0.1", "timing.lease_ttl", "raise it"),
     ("[timing]\nqmp_timeout = -1", "timing.qmp_timeout", "positive number"),

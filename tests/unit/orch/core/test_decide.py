@@ -107,14 +107,18 @@ def test_secondary_takes_over_only_with_the_lease() -> None:
              lease_available=False)
     d = decide(s, MIN, MAX)
     assert (d.event, d.action) == (None, None) and "split-brain guard" in d.sentence
+    # A free lease is not enough: the keeper must have taken it (a create-if-absent that
+    # the peer could still win) before the SVM serves.
     d = decide(replace(s, lease_available=True), MIN, MAX)
+    assert (d.event, d.action) == (None, None) and "acquiring the arbiter lease" in d.sentence
+    d = decide(replace(s, lease_held=True), MIN, MAX)
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
 
 
 def test_secondary_takes_over_when_the_primary_reports_its_vm_lost() -> None:
     fenced = PeerObs(alive=True, state=State.FENCED, role="primary", vm_ok=False)
-    s = snap(State.PROTECTED, role="secondary", peer=fenced, lease_held=False,
-             lease_available=True)
+    s = snap(State.PROTECTED, role="secondary", peer=fenced, lease_held=True,
+             lease_available=False)
     assert decide(s, MIN, MAX).action == TakeOver("secondary")
 
 

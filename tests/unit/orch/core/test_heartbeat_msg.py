@@ -31,7 +31,7 @@ def _signed(body: object) -> bytes:
 
 
 def test_a_heartbeat_round_trips() -> None:
-    assert decode(KEY, encode(KEY, "web", 9, 7, STATE, 6), "web") == Beat(9, 7, STATE, 6)
+    assert decode(KEY, encode(KEY, "web", 9, 7, STATE, (5, 6)), "web") == Beat(9, 7, STATE, (5, 6))
     assert decode(KEY, encode(KEY, "web", 9, 1, {}, None), "web") == Beat(9, 1, {}, None)
 
 
@@ -54,11 +54,18 @@ def test_the_datagrams_that_killed_the_receiver_are_refused() -> None:
                  {"v": 1, "pair": "web", "boot": 1, "seq": "1", "state": {}},
                  {"v": 1, "pair": "web", "boot": 1, "seq": True, "state": {}},
                  {"v": 1, "pair": "web", "boot": 1, "seq": 1, "state": {}, "echo": [1]},
+                 {"v": 1, "pair": "web", "boot": 1, "seq": 1, "state": {}, "echo": 7},
+                 {"v": 1, "pair": "web", "boot": 1, "seq": 1, "state": {}, "echo": [1, True]},
                  {"v": 1, "pair": "web", "boot": 1, "seq": 1, "state": {"state": [4]}},
                  {"v": 1, "pair": "web", "boot": 1, "seq": 1, "state": {"vm_ok": "yes"}}):
         assert decode(KEY, _signed(body), "web") is None, body
     for data in (b"[]", b"", b"\xff" * 40, _tag(b"[" * 100_000) + b"[" * 100_000):
         assert decode(KEY, data, "web") is None
+
+
+def test_the_echo_names_our_boot_and_sequence_number() -> None:
+    beat = decode(KEY, encode(KEY, "web", 1, 7, STATE, (99, 3)), "web")
+    assert beat is not None and beat.echo == (99, 3)
 
 
 def test_a_replay_within_one_boot_is_refused_a_restart_is_not() -> None:
@@ -82,6 +89,6 @@ def test_any_json_in_any_field_decodes_typed_or_is_refused(boot: object, seq: ob
                                 "state": state, "echo": echo}), "web")
     if beat is not None:
         assert type(beat.seq) is int and type(beat.boot) is int
-        assert beat.echo is None or type(beat.echo) is int
+        assert beat.echo is None or [type(x) for x in beat.echo] == [int, int]
         for key, kind in (("state", int), ("role", str), ("vm_ok", bool)):
             assert key not in beat.state or type(beat.state[key]) is kind

@@ -16,7 +16,7 @@ def test_every_state_has_a_row_and_numbers_are_stable() -> None:
     assert [(s.name, int(s)) for s in State] == [
         ("STOPPED", 0), ("STARTING", 1), ("WAITING", 2), ("SYNCING", 3), ("PROTECTED", 4),
         ("CHECKPOINTING", 5), ("FAILING_OVER", 6), ("ALONE", 7), ("PAUSED", 8),
-        ("DEGRADED", 9), ("FENCED", 10),
+        ("DEGRADED", 9), ("FENCED", 10), ("HOLDING", 11),
     ]
 
 

@@ -15,7 +15,8 @@ from colo_orch.daemon.runner import Orchestrator
 
 class _Heartbeat:
     def __init__(self, payload: dict[str, Any]) -> None:
-        self.report = PeerReport(time.monotonic(), payload, None)
+        now = time.monotonic()
+        self.report = PeerReport(now, payload, None, echo_sent_at=now)
 
     def last(self) -> PeerReport:
         return self.report

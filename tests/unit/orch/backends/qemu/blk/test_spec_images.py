@@ -25,6 +25,7 @@ peer_heartbeat = "10.0.0.2:7410"
 incoming_uri = "tcp:10.0.0.1:4444"
 peer_incoming_uri = "tcp:10.0.0.2:4444"
 heartbeat_key_file = "/etc/colo/web.key"
+on_fence = ["true"]
 """
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="no qemu-img")
 

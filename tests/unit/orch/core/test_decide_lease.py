@@ -1,0 +1,152 @@
+"""Playbooks for the lease rules (docs/ORCHESTRATOR.md, "Safety"): who may release output."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from colo_orch.core.decide import (
+    Checkpoint,
+    PeerObs,
+    Snapshot,
+    StartVM,
+    StopVM,
+    TakeOver,
+    VmObs,
+    decide,
+    wants_lease,
+)
+from colo_orch.core.state import SERVING_STATES, Event, State
+
+MIN, MAX = 0.2, 10.0
+RUNNING = VmObs(reachable=True, running=True, status="running")
+IN_COLO = VmObs(reachable=True, running=True, status="colo", migration="colo",
+                colo_mode="primary")
+GONE = VmObs(reachable=False)
+FOLLOWING = PeerObs(alive=True, state=State.PROTECTED, role="secondary", vm_ok=True,
+                    hears_us=True)
+LOST = PeerObs(alive=False)
+
+
+def snap(state: State, role: str = "primary", **kw: object) -> Snapshot:
+    base = Snapshot(now=100.0, state=state, role=role, vm=IN_COLO, peer=FOLLOWING,
+                    lease_held=True, lease_available=False, busy=False, finished=None,
+                    last_checkpoint_at=99.0)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("state", sorted(SERVING_STATES))
+def test_a_primary_without_the_lease_holds_its_output_in_every_serving_state(
+        state: State) -> None:
+    d = decide(snap(state, lease_held=False, peer=LOST), MIN, MAX)
+    assert (d.event, d.fence, d.role) == (Event.LEASE_LOST, True, "primary")
+
+
+def test_the_fence_does_not_wait_behind_a_running_action() -> None:
+    d = decide(snap(State.CHECKPOINTING, busy=True, lease_held=False, peer=LOST), MIN, MAX)
+    assert (d.event, d.fence) == (Event.LEASE_LOST, True)
+
+
+def test_a_lease_taken_by_hand_fences_even_when_the_secondary_follows() -> None:
+    # The store answers and says the key is not ours: the failsafe is for outages only.
+    d = decide(snap(State.PROTECTED, lease_held=False, lease_reachable=True,
+                    lease_error="leader key now held by intruder"), MIN, MAX)
+    assert (d.event, d.fence) == (Event.LEASE_LOST, True)
+    assert "intruder" in d.sentence
+
+
+def test_failsafe_a_store_outage_alone_does_not_stop_a_healthy_pair() -> None:
+    s = snap(State.PROTECTED, lease_held=False, lease_reachable=False,
+             lease_error="no etcd endpoint answers")
+    d = decide(s, MIN, MAX)
+    assert d.event is None and d.fence is None
+    # ...but only while the secondary still hears us and follows.
+    for peer in (replace(FOLLOWING, hears_us=False), replace(FOLLOWING, alive=False),
+                 replace(FOLLOWING, state=State.FAILING_OVER)):
+        d = decide(replace(s, peer=peer), MIN, MAX)
+        assert (d.event, d.fence) == (Event.LEASE_LOST, True), peer
+
+
+def test_alone_requires_the_lease() -> None:
+    d = decide(snap(State.ALONE, vm=RUNNING, peer=LOST, lease_held=False), MIN, MAX)
+    assert (d.event, d.fence) == (Event.LEASE_LOST, True)
+    d = decide(snap(State.ALONE, vm=RUNNING, peer=LOST), MIN, MAX)
+    assert d.event is None and d.fence is None
+
+
+def test_a_primary_continues_alone_only_with_the_lease() -> None:
+    d = decide(snap(State.PROTECTED, peer=LOST), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+    d = decide(snap(State.PROTECTED, peer=LOST, lease_held=False), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.LEASE_LOST, None, True)
+
+
+def test_a_secondary_never_needs_the_lease_to_follow() -> None:
+    primary = PeerObs(alive=True, state=State.PROTECTED, role="primary", vm_ok=True)
+    d = decide(snap(State.PROTECTED, role="secondary", peer=primary, lease_held=False,
+                    lease_reachable=False), MIN, MAX)
+    assert d.event is None and d.fence is None
+
+
+def test_holding_fences_the_stale_vm_once_the_peer_serves() -> None:
+    for peer in (PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True),
+                 PeerObs(alive=True, state=State.FAILING_OVER, role="secondary", vm_ok=True)):
+        d = decide(snap(State.HOLDING, lease_held=False, peer=peer), MIN, MAX)
+        assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+
+
+def test_holding_waits_while_it_has_neither_lease_nor_failsafe() -> None:
+    d = decide(snap(State.HOLDING, lease_held=False, peer=LOST), MIN, MAX)
+    assert d.event is None and d.action is None and "holding output" in d.sentence
+
+
+def test_holding_resumes_protection_when_the_lease_returns_and_the_secondary_follows() -> None:
+    d = decide(snap(State.HOLDING), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.RESUME, Checkpoint(("resume",)), False)
+
+
+def test_holding_leaves_colo_to_serve_alone_when_the_lease_returns_without_a_secondary() -> None:
+    d = decide(snap(State.HOLDING, peer=LOST), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.PEER_LOST, TakeOver("primary"), False)
+
+
+def test_holding_outside_colo_serves_alone_when_the_lease_returns() -> None:
+    d = decide(snap(State.HOLDING, vm=RUNNING, peer=LOST), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.LEASE_REGAINED, None, False)
+
+
+def test_a_primary_starts_its_vm_only_with_the_lease() -> None:
+    s = snap(State.STOPPED, vm=GONE, peer=LOST, lease_held=False, lease_reachable=False,
+             lease_error="no etcd endpoint answers")
+    d = decide(s, MIN, MAX)
+    assert d.event is None and d.action is None and "no etcd endpoint answers" in d.sentence
+    d = decide(replace(s, lease_held=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.START, StartVM(incoming=False))
+
+
+def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(snap(State.STOPPED, vm=GONE, peer=alone, lease_held=False), MIN, MAX)
+    assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True), "secondary")
+
+
+def test_who_wants_the_lease() -> None:
+    s = snap(State.PROTECTED)
+    assert wants_lease(State.PROTECTED, "primary", s)
+    assert wants_lease(State.HOLDING, "primary", s)
+    assert wants_lease(State.STOPPED, "primary", s)
+    assert not wants_lease(State.FENCED, "primary", s)
+    assert wants_lease(State.FAILING_OVER, "secondary", s)
+    # A secondary only once its primary is lost, and only from PROTECTED.
+    assert not wants_lease(State.PROTECTED, "secondary", s)
+    assert wants_lease(State.PROTECTED, "secondary", replace(s, peer=LOST))
+    assert not wants_lease(State.WAITING, "secondary", replace(s, peer=LOST))
+
+
+def test_a_primary_with_a_hung_monitor_lets_the_lease_go_and_stays_holding() -> None:
+    hung = VmObs(reachable=True, hung=True)
+    s = snap(State.DEGRADED, vm=hung)
+    assert not wants_lease(State.DEGRADED, "primary", s)
+    d = decide(snap(State.HOLDING, vm=hung, lease_held=False, peer=LOST), MIN, MAX)
+    assert d.event is None and "holding output" in d.sentence
