@@ -136,18 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if errors == 0 else 1
 
 
-class Watch:
-    """This client running in namespace `ns` (arguments as for main), its JSON lines
-    collected as they come: `results` per request, `summary` once it has stopped."""
+class JsonLinesProcess:
+    """A lab module (`python -m MODULE ARGS`) running in namespace `ns`, each JSON line of
+    its stdout handed to `on_record` on a reader thread as it comes."""
 
-    def __init__(self, ns: str, *args: str) -> None:
+    def __init__(self, ns: str, module: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "colo_lab.client", *args],
+            ["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
             stdout=subprocess.PIPE, text=True, start_new_session=True)
-        self.results: list[dict[str, Any]] = []
-        self.summary: dict[str, Any] = {}
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def on_record(self, rec: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -156,10 +157,24 @@ class Watch:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            if rec.get("summary"):
-                self.summary = rec
-            else:
-                self.results.append(rec)
+            if isinstance(rec, dict):
+                self.on_record(rec)
+
+
+class Watch(JsonLinesProcess):
+    """This client running in namespace `ns` (arguments as for main), its JSON lines
+    collected as they come: `results` per request, `summary` once it has stopped."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+        super().__init__(ns, "colo_lab.client", *args)
+
+    def on_record(self, rec: dict[str, Any]) -> None:
+        if rec.get("summary"):
+            self.summary = rec
+        else:
+            self.results.append(rec)
 
     def count(self) -> int:
         return len(self.results)

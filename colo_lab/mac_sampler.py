@@ -27,6 +27,8 @@ import time
 from types import FrameType
 from typing import Any
 
+from colo_lab.client import JsonLinesProcess
+
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # linux/if_packet.h: a frame the bridge sends out of this port
 
@@ -80,31 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class MacSampler:
+class MacSampler(JsonLinesProcess):
     """The sampler running in namespace `ns`; `samples` as they come, `both()` the
     intervals in which more than one port carried the VM's MAC."""
 
     def __init__(self, ns: str, mac: str, ports: list[str], interval: float = 0.05) -> None:
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "colo_lab.mac_sampler",
-             "--mac", mac, "--ports", ",".join(ports), "--interval", str(interval)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.samples: list[dict[str, Any]] = []
         self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(ns, "colo_lab.mac_sampler", "--mac", mac, "--ports", ",".join(ports),
+                         "--interval", str(interval))
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("ready"):
-                self.ready.set()
-            else:
-                self.samples.append(rec)
+    def on_record(self, rec: dict[str, Any]) -> None:
+        if rec.get("ready"):
+            self.ready.set()
+        else:
+            self.samples.append(rec)
 
     def seen(self, port: str) -> int:
         """Frames from the MAC seen on `port` so far."""
