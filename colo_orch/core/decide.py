@@ -68,6 +68,10 @@ class Snapshot:
     degraded_reason: str = ""
     degraded_at: float = 0.0  # when the state became DEGRADED
     lease_reachable: bool = True  # the arbiter's store answered its last request
+    # The arbiter has answered (or failed) at least once since we started. Before that a
+    # restarted orchestrator knows nothing of the lease its previous run held, and fencing
+    # the adopted VM on that ignorance would cut its clients off for nothing.
+    lease_known: bool = True
     lease_error: str = ""  # why the lease was lost or the store did not answer
 
 
@@ -198,16 +202,27 @@ def lease_ok(s: Snapshot) -> bool:
 
 def _must_hold(s: Snapshot) -> bool:
     st = s.state
-    return (st in SERVING_STATES and (s.role == "primary" or st is State.FAILING_OVER)
-            and not lease_ok(s))
+    return (s.lease_known and st in SERVING_STATES
+            and (s.role == "primary" or st is State.FAILING_OVER) and not lease_ok(s))
 
 
 def _lease_why(s: Snapshot) -> str:
+    if not s.lease_known:
+        return "the arbiter has not answered yet"
     if s.lease_error:
         return f"no arbiter lease ({s.lease_error})"
     if not s.lease_reachable:
         return "the arbiter does not answer and the secondary does not confirm it follows us"
     return "we do not hold the arbiter lease"
+
+
+def _go_alone(s: Snapshot, sentence: str, consumed_operator: bool = False) -> Decision:
+    """Leave COLO and serve alone (S1: only with the lease; without it the general rule has
+    fenced us already, or the arbiter has not answered yet and we wait for it)."""
+    if not s.lease_held:
+        return Decision(f"{sentence}, but {_lease_why(s)}: waiting for the lease")
+    return Decision(sentence, Event.PEER_LOST, TakeOver(s.role),
+                    consumed_operator=consumed_operator)
 
 
 def _peer_serves(p: PeerObs) -> bool:
@@ -241,8 +256,8 @@ def _on_finished(s: Snapshot) -> Decision | None:
     st = s.state
     if not f.ok:
         if st is State.CHECKPOINTING and not s.peer.alive:
-            return Decision(f"checkpoint failed ({f.detail}) and the peer is lost: failing over",
-                            Event.PEER_LOST, TakeOver(s.role))
+            return _go_alone(s, f"checkpoint failed ({f.detail}) and the peer is lost: failing "
+                             "over")
         if Event.ERROR in TRANSITIONS[st]:
             return Decision(f"{f.name} failed: {f.detail}", Event.ERROR,
                             degraded_reason=f"{f.name} failed: {f.detail}")
@@ -302,8 +317,7 @@ def _syncing(s: Snapshot, _mn: float, _mx: float) -> Decision:
         return Decision(f"COLO migration {s.vm.migration}", Event.ERROR,
                         degraded_reason=f"COLO migration {s.vm.migration}")
     if _peer_gone(s):
-        return Decision("peer lost during the initial sync: continuing alone", Event.PEER_LOST,
-                        TakeOver(s.role))
+        return _go_alone(s, "peer lost during the initial sync: continuing alone")
     return Decision(f"initial sync in progress ({s.vm.migration})")
 
 
@@ -327,15 +341,14 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
             if s.lease_available:
                 return Decision(f"{why}: acquiring the arbiter lease before taking over")
             return Decision(f"{why}, but {_lease_why(s)}: not taking over (split-brain guard)")
-        return Decision(f"{why}: {'taking over' if s.role == 'secondary' else 'continuing alone'}",
-                        Event.PEER_LOST, TakeOver(s.role), consumed_operator=bool(s.operator))
+        return _go_alone(s, f"{why}: {'taking over' if s.role == 'secondary' else 'continuing alone'}",
+                         consumed_operator=bool(s.operator))
     if s.role != "primary":
         return Decision("protected (secondary)")
     if s.vm.disk_error:
         # The secondary's disk stopped being a copy of ours: a failover now would lose
         # writes, so protection is over until a re-protection resyncs it.
-        return Decision(f"disk replication broken ({s.vm.disk_error}): continuing alone",
-                        Event.PEER_LOST, TakeOver(s.role))
+        return _go_alone(s, f"disk replication broken ({s.vm.disk_error}): continuing alone")
     if s.operator == "pause":
         return Decision("pausing protection on operator request: output is released uncompared",
                         Event.PAUSE, Pause(), consumed_operator=True)
@@ -380,8 +393,7 @@ def _alone(s: Snapshot, _mn: float, _mx: float) -> Decision:
 
 def _paused(s: Snapshot, _mn: float, _mx: float) -> Decision:
     if _peer_gone(s):
-        return Decision(f"{_peer_why(s)} while paused: continuing alone", Event.PEER_LOST,
-                        TakeOver(s.role))
+        return _go_alone(s, f"{_peer_why(s)} while paused: continuing alone")
     if s.operator == "resume":
         return Decision("resuming protection: a checkpoint resynchronises the secondary first",
                         Event.RESUME, Checkpoint(("resume",)), consumed_operator=True)

@@ -150,3 +150,10 @@ def test_a_primary_with_a_hung_monitor_lets_the_lease_go_and_stays_holding() -> 
     assert not wants_lease(State.DEGRADED, "primary", s)
     d = decide(snap(State.HOLDING, vm=hung, lease_held=False, peer=LOST), MIN, MAX)
     assert d.event is None and "holding output" in d.sentence
+
+
+def test_no_fence_before_the_arbiter_first_answers() -> None:
+    # A restarted orchestrator that adopted its VM: its keeper has not asked etcd yet.
+    d = decide(snap(State.PROTECTED, lease_held=False, lease_known=False, peer=LOST), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (None, None, None)
+    assert "the arbiter has not answered yet" in d.sentence
