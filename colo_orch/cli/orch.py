@@ -9,8 +9,12 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from colo_orch.core.config import ConfigError, load
+from colo_orch.core.config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from colo_orch.daemon.arbiter import Arbiter
 
 EPILOG = """\
 examples:
@@ -36,6 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_arbiter(cfg: Config, host_id: str) -> Arbiter | None:
+    """The configured arbiter, or None after printing why it cannot work (exit 2)."""
+    from colo_orch.daemon.arbiter import LocalLeaseArbiter
+
+    t = cfg.timing
+    if cfg.arbiter == "local":
+        return LocalLeaseArbiter(cfg.arbiter_path or f"/run/colo/{cfg.name}.lease", host_id,
+                                 t.lease_ttl, t.lease_margin)
+    raise AssertionError(f"unknown arbiter {cfg.arbiter!r} (the config check lets none through)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
@@ -51,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     from colo_orch.backends.base import Backend
     from colo_orch.backends.qemu.backend import QemuBackend
     from colo_orch.daemon.api import make_server, serve_in_background
-    from colo_orch.daemon.arbiter import LocalLeaseArbiter
     from colo_orch.daemon.heartbeat import Heartbeat
     from colo_orch.daemon.proxy_link import ProxyLink
     from colo_orch.daemon.runner import Orchestrator
 
     host_id = args.host_id or f"{socket.gethostname()}-{cfg.role}"
-    arbiter_path = cfg.arbiter_path or f"/run/colo/{cfg.name}.lease"
+    arbiter = make_arbiter(cfg, host_id)
+    if arbiter is None:
+        return 2
     try:
         key = Path(cfg.heartbeat_key_file).read_bytes().strip()
         hb = Heartbeat(cfg.heartbeat_listen, cfg.peer_heartbeat, cfg.timing.heartbeat_interval,
@@ -93,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     orch = Orchestrator(
         cfg,
         backend,
-        LocalLeaseArbiter(arbiter_path, cfg.timing.lease_ttl),
+        arbiter,
         hb,
         ProxyLink(cfg.proxy_socket) if cfg.proxy_socket else None,
         host_id,

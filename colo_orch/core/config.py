@@ -17,6 +17,10 @@ from colo_orch.core.disks import ID_RE, Disk
 
 ROLES = ("primary", "secondary")
 ARBITERS = ("local",)
+# How long the loop takes to make its proxy hold output once it sees the lease is no
+# longer certain: one command over the proxy's local control socket.
+FENCE_ALLOWANCE_S = 0.2
+
 BACKENDS = ("qemu", "xen")
 
 
@@ -32,7 +36,10 @@ class Timing:
     checkpoint_min_interval: float = 0.2  # rate limit: requests closer than this coalesce
     checkpoint_max_interval: float = 10.0  # periodic safety-net checkpoint
     qmp_timeout: float = 5.0  # a QMP command that takes longer marks the VM hung
-    lease_ttl: float = 2.0  # arbiter lease lifetime; renewed every loop
+    lease_ttl: float = 3.0  # arbiter lease lifetime
+    # The holder's hold ends this long before the store could expire its lease: the time
+    # to notice and fence (see _check_lease_timing).
+    lease_margin: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class Config:
     xen_domain: str = ""  # backend = "xen": the domain name
     xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/backends/xen/domain.py)
     xen_checkpoint_listen: str = ""  # backend = "xen": colo_checkpoint_host:port of vif 0
+    # "local": a lease file on this machine, for a pair whose two orchestrators run on ONE
+    # machine only.
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
     timing: Timing = field(default_factory=Timing)
@@ -273,7 +282,36 @@ def _check(cfg: Config, path: str) -> None:
                     f"{t.lease_ttl} s cannot be renewed in time (needs >= 2 x loop_wait + "
                     "heartbeat_interval)",
                     f"raise it to at least {2 * t.loop_wait + t.heartbeat_interval:g}")
+    _check_lease_timing(cfg, path)
     if t.checkpoint_min_interval > t.checkpoint_max_interval:
         raise _fail(path, "timing.checkpoint_min_interval",
                     f"{t.checkpoint_min_interval} s exceeds checkpoint_max_interval "
                     f"({t.checkpoint_max_interval} s)", "make min <= max")
+
+
+def _check_lease_timing(cfg: Config, path: str) -> None:
+    """The holder must fence before etcd can let the peer acquire, and keep its hold
+    through one failed keep-alive. See docs/ORCHESTRATOR.md, "The arbiter".
+
+    The holder's hold is certain until safe_until = (send time of its last successful
+    keep-alive) + ttl - lease_margin, while etcd cannot expire the lease before that send
+    time + ttl. Past safe_until the loop notices within a cycle (<= 2 x loop_wait,
+    counting the cycle under way) and makes its proxy hold output (FENCE_ALLOWANCE_S):
+
+        lease_margin >= 2 x loop_wait + FENCE_ALLOWANCE_S
+
+    The local arbiter renews every cycle: lease_margin + 2 x loop_wait < ttl.
+    """
+    t = cfg.timing
+    need = 2 * t.loop_wait + FENCE_ALLOWANCE_S
+    if t.lease_margin < need - 1e-9:
+        raise _fail(path, "timing.lease_margin",
+                    f"{t.lease_margin:g} s is too short to fence before the lease can pass to "
+                    f"the peer (needs >= 2 x loop_wait + {FENCE_ALLOWANCE_S:g} s to hold "
+                    f"output = {need:g} s)",
+                    f"raise it to at least {need:g} or lower loop_wait")
+    if t.lease_margin + 2 * t.loop_wait >= t.lease_ttl:
+        raise _fail(path, "timing.lease_margin",
+                    f"{t.lease_margin:g} s leaves no time to renew the lease (needs "
+                    f"lease_margin + 2 x loop_wait < lease_ttl = {t.lease_ttl:g} s)",
+                    "lower it or raise lease_ttl")

@@ -93,11 +93,18 @@ class Actions(ProxySupervision):
                 self.proxy.send({"type": "pause"})
             return "pause", None
         if isinstance(action, ReleaseLease):
-            self.arbiter.release(self.host_id)
-            return "release_lease", None
+            return "release_lease", self._release_lease
         if isinstance(action, StopVM):
             return "stop_vm", b.stop_vm
         raise RuntimeError(f"Unexpected command: {action}")
+
+    def _lease_timeout(self) -> float:
+        # Long enough for a request to each of a few endpoints; the loop does not wait.
+        return self.cfg.timing.lease_ttl / 2
+
+    def _release_lease(self) -> str:
+        self.arbiter.release()
+        return "lease released"
 
     def _hook(self, name: str, argv: list[str]) -> str:
         if not argv:
@@ -181,8 +188,10 @@ class Actions(ProxySupervision):
 
     def _take_over(self, was_role: str) -> str:
         start = time.monotonic()
-        if was_role == "secondary" and not self.arbiter.acquire(self.host_id):
-            raise RuntimeError("arbiter lease is held by the peer: refusing to take over")
+        if was_role == "secondary" and not self.arbiter.acquire_now(self._lease_timeout()):
+            v = self.arbiter.view()
+            why = f"held by {v.holder}" if v.holder else (v.error or "not acquired")
+            raise RuntimeError(f"arbiter lease {why}: refusing to take over")
         if self.proxy is not None:
             self.proxy.send({"type": "failover"})
         out = self.backend.take_over(was_role)

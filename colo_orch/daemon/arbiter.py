@@ -1,16 +1,22 @@
-"""Split-brain guard: only the holder of the arbiter's lease may serve as primary.
+"""Split-brain guard: only the holder of the pair's lease may serve as primary.
 
-The lease works like an etcd lease with compare-and-set (Patroni's leader key):
-the primary renews it every loop; a secondary may take over only when nobody
-else holds a live lease. A primary that loses its VM releases it at once, so
-the takeover does not wait for the lease to expire; a primary host that dies
-entirely stops renewing, and the lease expires after `ttl`. A network split
-leaves the lease with the primary, so the secondary does not take over.
+The lease is Patroni's leader key: a key per pair, bound to a lease with a TTL in a
+store that decides expiry itself. The primary's loop says every cycle whether it
+wants the lease (`want`); a keeper renews it in the background, so a slow store
+never stalls the loop, and the loop reads the keeper's last answers (`view`)
+without waiting. A secondary takes over only after `acquire_now` succeeded.
 
-`LocalLeaseArbiter` is the single-host arbiter (both orchestrators on one
-machine, as in the lab, or two hosts sharing a lock file on shared storage).
-A cluster store plugs in by implementing `Arbiter` with the same semantics:
-`acquire` must be an atomic compare-and-set on (holder, expiry).
+`safe_until` is the holder's own, conservative end of its hold, on its own
+monotonic clock: the time the grant or keep-alive request was sent, plus the TTL
+the store granted, less `timing.lease_margin`. The store starts the TTL no earlier
+than it received the request, so the holder's hold ends (and it fences) before the
+store can let anyone else acquire, whatever the two hosts' clocks say.
+
+Implementations:
+- `colo_orch.daemon.etcd_arbiter.EtcdArbiter`: etcd (two or more machines).
+- `LocalLeaseArbiter` (here): a lock file and this machine's monotonic clock, for
+  ONE MACHINE ONLY (both orchestrators on one host). Two hosts each with their own
+  file would each hold "the" lease: `colo-orch check` refuses that configuration.
 """
 
 from __future__ import annotations
@@ -18,36 +24,95 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
-class Arbiter(ABC):
-    @abstractmethod
-    def acquire(self, who: str) -> bool:
-        """Take or renew the lease for `who`; False if another holder's lease is live.
+@dataclass(frozen=True)
+class LeaseView:
+    """The store's last answers, as the keeper saw them (all times: local monotonic)."""
 
-        Atomic with respect to every other caller. Must return within a second.
+    held: bool  # the store's last answer says we hold the pair's leader key
+    holder: str | None  # the holder per that answer (None: the key is absent)
+    # Our hold is certain until then; 0.0 when not held. The send time of the grant or
+    # keep-alive request + the TTL the store granted - timing.lease_margin.
+    safe_until: float
+    reachable: bool  # the store's last request succeeded
+    checked_at: float  # when the last answer came
+    error: str = ""  # why the last request failed, or why we lost the lease; "" otherwise
+
+
+NOT_CHECKED = LeaseView(held=False, holder=None, safe_until=0.0, reachable=False,
+                        checked_at=0.0, error="not checked yet")
+
+
+class Arbiter(ABC):
+    """The pair's lease, held for one host (`who`, given to the constructor).
+
+    Only `acquire_now` and `release` wait for the store, each for a bounded time;
+    `want` and `view` return at once.
+    """
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the keeper (idempotent)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the keeper. Does NOT release: a stopped holder's lease expires by itself."""
+
+    @abstractmethod
+    def want(self, hold: bool, now: float) -> None:
+        """Called by the loop every cycle. True: acquire (create if absent) and keep alive.
+
+        False: do not renew; revoke the lease if we hold it. A True not repeated for more
+        than ttl/3 counts as False: a loop that stopped deciding must lose the lease.
         """
 
     @abstractmethod
-    def release(self, who: str) -> None:
-        """Give the lease up if `who` holds it (no-op otherwise)."""
+    def view(self) -> LeaseView:
+        """The keeper's last answers. Never waits for the store."""
 
     @abstractmethod
-    def holder(self) -> str | None:
-        """The holder of a live lease, or None."""
+    def acquire_now(self, timeout: float) -> bool:
+        """Create the key if absent, now (the take-over path); True if we hold it after.
+
+        Returns within `timeout` seconds. Counts as a `want(True)` at the time of the call.
+        """
+
+    @abstractmethod
+    def release(self) -> None:
+        """Revoke the lease now if we hold it (bounded, best effort)."""
 
 
 class LocalLeaseArbiter(Arbiter):
-    def __init__(self, path: str | Path, ttl: float,
+    """A lease in a lock-protected file, timed by this machine's monotonic clock.
+
+    For ONE MACHINE ONLY: the lease file and `time.monotonic()` mean nothing to another
+    host, so two hosts each with their own file both hold "the" lease. There is no
+    keeper thread: the file is local, so `want` renews it synchronously.
+    """
+
+    def __init__(self, path: str | Path, who: str, ttl: float, margin: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self.who = who
         self.ttl = ttl
+        self.margin = margin
         self.clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._mu = threading.Lock()
+        self._error = ""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
     def _locked(self) -> int:
         fd = os.open(str(self.path) + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
@@ -66,31 +131,49 @@ class LocalLeaseArbiter(Arbiter):
         tmp.write_text(json.dumps({"holder": holder, "expires": expires}))
         os.replace(tmp, self.path)
 
-    def acquire(self, who: str) -> bool:
-        fd = self._locked()
-        try:
-            holder, expires = self._read()
-            now = self.clock()
-            if holder not in (None, who) and expires > now:
-                return False
-            self._write(who, now + self.ttl)
-            return True
-        finally:
-            os.close(fd)
+    def _take(self) -> bool:
+        with self._mu:
+            fd = self._locked()
+            try:
+                holder, expires = self._read()
+                now = self.clock()
+                if holder not in (None, self.who) and expires > now:
+                    return False
+                self._write(self.who, now + self.ttl)
+                return True
+            finally:
+                os.close(fd)
 
-    def release(self, who: str) -> None:
-        fd = self._locked()
-        try:
-            holder, _ = self._read()
-            if holder == who:
-                self._write(None, 0.0)
-        finally:
-            os.close(fd)
+    def want(self, hold: bool, now: float) -> None:
+        if hold:
+            self._take()
+        else:
+            self.release()
 
-    def holder(self) -> str | None:
-        fd = self._locked()
-        try:
-            holder, expires = self._read()
-            return holder if holder is not None and expires > self.clock() else None
-        finally:
-            os.close(fd)
+    def acquire_now(self, timeout: float) -> bool:
+        return self._take()
+
+    def release(self) -> None:
+        with self._mu:
+            fd = self._locked()
+            try:
+                holder, _ = self._read()
+                if holder == self.who:
+                    self._write(None, 0.0)
+            finally:
+                os.close(fd)
+
+    def view(self) -> LeaseView:
+        with self._mu:
+            fd = self._locked()
+            try:
+                holder, expires = self._read()
+                now = self.clock()
+            finally:
+                os.close(fd)
+        if holder is not None and expires <= now:
+            holder = None
+        held = holder == self.who
+        return LeaseView(held=held, holder=holder,
+                         safe_until=expires - self.margin if held else 0.0,
+                         reachable=True, checked_at=now)

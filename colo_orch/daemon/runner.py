@@ -120,6 +120,7 @@ class Orchestrator(Actions, Watchers):
             self._executor.submit(self._start_proxy_at_boot)
         threading.Thread(target=self._watch_secondary, name="svm-events", daemon=True).start()
         self.heartbeat.start()
+        self.arbiter.start()
         if self.proxy is not None:
             self.proxy.start()
         try:
@@ -128,6 +129,7 @@ class Orchestrator(Actions, Watchers):
                 self._stop.wait(self.cfg.timing.loop_wait)
         finally:
             self.heartbeat.stop()
+            self.arbiter.stop()
             if self.proxy is not None:
                 self.proxy.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -163,13 +165,18 @@ class Orchestrator(Actions, Watchers):
             for reason in self.proxy.take_requests():
                 self.metrics.checkpoint_requests.labels(self.metrics.reason(reason)).inc()
                 self._requests.append(reason)
-        holder = self.arbiter.holder()
+        lease = self.arbiter.view()
         with self._lock:
             busy = self._future is not None and not self._future.done()
             finished = self._collect_finished()
             return Snapshot(
                 now=now, state=self.machine.state, role=self.role, vm=self._vm, peer=peer,
-                lease_held=holder == self.host_id, lease_available=holder is None,
+                # Held only while certain: past safe_until, etcd may already have let
+                # the peer acquire.
+                lease_held=lease.held and now < lease.safe_until,
+                lease_available=lease.reachable and lease.holder is None,
+                lease_reachable=lease.reachable, lease_known=lease.checked_at > 0.0,
+                lease_error=lease.error,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
@@ -216,8 +223,7 @@ class Orchestrator(Actions, Watchers):
             self._set_fence(d.fence)
         if d.action is not None:
             self._act(d.action)
-        if wants_lease(self.machine.state, self.role, snap):
-            self.arbiter.acquire(self.host_id)
+        self.arbiter.want(wants_lease(self.machine.state, self.role, snap), now)
         self.heartbeat.set_payload({
             "state": int(self.machine.state), "role": self.role,
             "vm_ok": snap.vm.reachable and not snap.vm.hung,
@@ -269,6 +275,7 @@ class Orchestrator(Actions, Watchers):
         with self._lock:
             vm = asdict(self._vm)
         rep = self.heartbeat.last()
+        lease = self.arbiter.view()
         return {
             "name": self.cfg.name,
             "host": self.host_id,
@@ -278,7 +285,9 @@ class Orchestrator(Actions, Watchers):
             "vm": vm,
             "peer": rep.payload if rep else None,
             "peer_seen_s_ago": round(time.monotonic() - rep.received_at, 3) if rep else None,
-            "lease_holder": self.arbiter.holder(),
+            "lease_holder": lease.holder,
+            "lease_reachable": lease.reachable,
+            "lease_error": lease.error,
             "checkpoints": dict(self.checkpoints),
             "failovers": self.failovers,
             "reprotections": self.reprotections,

@@ -102,3 +102,11 @@ def test_xen_config_as_docs_xen_md_writes_it_loads() -> None:
     assert len(blocks) == 1, "docs/xen.md shows one orchestrator configuration"
     cfg = parse(blocks[0], "docs/xen.md")
     assert (cfg.backend, cfg.qmp, cfg.qmp_events) == ("xen", "", "")
+
+
+def test_lease_margin_leaves_time_to_fence_and_to_renew() -> None:
+    with pytest.raises(ConfigError, match=r"timing\.lease_margin: 0\.1 s is too short to fence"):
+        parse(GOOD + "[timing]\nlease_margin = 0.1\n")
+    assert parse(GOOD + "[timing]\nlease_ttl = 2.5\n").timing.lease_ttl == 2.5
+    with pytest.raises(ConfigError, match=r"timing\.lease_margin: 2 s leaves no time to renew"):
+        parse(GOOD + "[timing]\nlease_ttl = 2\nlease_margin = 2\n")

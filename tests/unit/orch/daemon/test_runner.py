@@ -31,7 +31,7 @@ def test_the_migration_target_comes_from_our_config_not_the_heartbeat(tmp_path: 
     # the VM's memory to; before, the primary migrated there.
     forged = _Heartbeat({"state": int(State.WAITING), "role": "secondary", "vm_ok": True,
                          "incoming": "tcp:203.0.113.9:4444", "proxy_ready": True})
-    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, 3.0),  # type: ignore[arg-type]
+    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),  # type: ignore[arg-type]
                         heartbeat=forged, proxy=None, host_id="a")  # type: ignore[arg-type]
     snap = orch.snapshot(time.monotonic())
     assert snap.peer.alive and snap.peer.role == "secondary"
