@@ -41,14 +41,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_arbiter(cfg: Config, host_id: str) -> Arbiter | None:
-    """The configured arbiter, or None after printing why it cannot work (exit 2)."""
+    """The configured arbiter, or None after printing why it cannot work (exit 2).
+
+    An etcd that does not answer at start is no reason to stop: the error names every
+    endpoint and the keeper goes on trying, so that a primary restarted during an etcd
+    outage still adopts its VM. Credentials etcd refuses are: retrying cannot fix them.
+    """
     from colo_orch.daemon.arbiter import LocalLeaseArbiter
 
     t = cfg.timing
     if cfg.arbiter == "local":
         return LocalLeaseArbiter(cfg.arbiter_path or f"/run/colo/{cfg.name}.lease", host_id,
                                  t.lease_ttl, t.lease_margin)
-    raise AssertionError(f"unknown arbiter {cfg.arbiter!r} (the config check lets none through)")
+    from colo_orch.daemon.etcd_arbiter import (
+        EtcdArbiter,
+        EtcdAuthError,
+        EtcdConfigError,
+        EtcdError,
+        settings_from_config,
+    )
+
+    try:
+        settings = settings_from_config(cfg)
+    except EtcdConfigError as exc:
+        print(f"colo-orch: error: {exc}", file=sys.stderr)
+        return None
+    arbiter = EtcdArbiter(settings, cfg.name, host_id, t.lease_ttl, t.lease_margin)
+    try:
+        arbiter.check(timeout=len(settings.endpoints) * t.lease_ttl / 4)
+    except EtcdAuthError as exc:
+        print(f"colo-orch: error: {exc}", file=sys.stderr)
+        return None
+    except EtcdError as exc:
+        logging.getLogger("colo_orch").error("%s; the arbiter keeps trying (a secondary cannot "
+                                             "take over and a primary cannot renew until etcd "
+                                             "answers)", exc)
+    return arbiter
 
 
 def main(argv: list[str] | None = None) -> int:

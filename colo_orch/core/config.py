@@ -16,11 +16,12 @@ from typing import Any
 from colo_orch.core.disks import ID_RE, Disk
 
 ROLES = ("primary", "secondary")
-ARBITERS = ("local",)
+ARBITERS = ("local", "etcd")
 # How long the loop takes to make its proxy hold output once it sees the lease is no
 # longer certain: one command over the proxy's local control socket.
 FENCE_ALLOWANCE_S = 0.2
-
+# How soon the etcd keeper retries a failed request.
+RETRY_S = 0.1
 BACKENDS = ("qemu", "xen")
 
 
@@ -36,7 +37,7 @@ class Timing:
     checkpoint_min_interval: float = 0.2  # rate limit: requests closer than this coalesce
     checkpoint_max_interval: float = 10.0  # periodic safety-net checkpoint
     qmp_timeout: float = 5.0  # a QMP command that takes longer marks the VM hung
-    lease_ttl: float = 3.0  # arbiter lease lifetime
+    lease_ttl: float = 3.0  # arbiter lease lifetime (etcd: whole seconds); renewed every ttl/3
     # The holder's hold ends this long before the store could expire its lease: the time
     # to notice and fence (see _check_lease_timing).
     lease_margin: float = 1.0
@@ -85,9 +86,16 @@ class Config:
     xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/backends/xen/domain.py)
     xen_checkpoint_listen: str = ""  # backend = "xen": colo_checkpoint_host:port of vif 0
     # "local": a lease file on this machine, for a pair whose two orchestrators run on ONE
-    # machine only.
+    # machine only. "etcd": a leader key in etcd (two or more machines).
     arbiter: str = "local"
     arbiter_path: str = ""  # lease file of the local arbiter
+    etcd_endpoints: list[str] = field(default_factory=list)  # "http(s)://HOST:PORT" each
+    etcd_prefix: str = "/colo"  # the pair's keys live under {etcd_prefix}/{name}/
+    etcd_ca_file: str = ""  # https: the CA that signed etcd's certificates ("" = system CAs)
+    etcd_cert_file: str = ""  # https: our client certificate, with etcd_key_file
+    etcd_key_file: str = ""
+    etcd_user: str = ""  # etcd authentication, with etcd_password_file (mode 0600)
+    etcd_password_file: str = ""
     timing: Timing = field(default_factory=Timing)
     # Replicated disks ([[disks]] tables, docs/DISKS.md) and the port of the
     # secondary's NBD server (on the host of its incoming_uri).
@@ -204,7 +212,8 @@ def _tcp_uri(path: str, key: str, value: str, example: str) -> None:
 def _check(cfg: Config, path: str) -> None:
     for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "heartbeat_key_file",
                 "proxy_socket", "arbiter_path", "vm_pidfile",
-                "vm_log"):
+                "vm_log", "etcd_prefix", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
+                "etcd_user", "etcd_password_file"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
     if not cfg.name or not cfg.name.replace("-", "").isalnum():
@@ -232,8 +241,11 @@ def _check(cfg: Config, path: str) -> None:
                             f'add {key} = "/run/colo/{example}" (a QEMU -qmp unix socket), '
                             'or set backend = "xen" (docs/xen.md)')
     if cfg.arbiter not in ARBITERS:
-        raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not supported",
-                    'use "local" (a cluster store plugs in through colo_orch.daemon.arbiter.Arbiter)')
+        raise _fail(path, "arbiter", f"{cfg.arbiter!r} is not an arbiter",
+                    'use "etcd" (with etcd_endpoints) or, with both orchestrators on one '
+                    'machine, "local"')
+    if cfg.arbiter == "etcd":
+        _check_etcd(cfg, path)
     for key in ("heartbeat_listen", "peer_heartbeat", "api_listen"):
         _addr(path, key, getattr(cfg, key))
     _tcp_uri(path, "incoming_uri", cfg.incoming_uri, "tcp:10.0.0.2:4444")
@@ -289,6 +301,61 @@ def _check(cfg: Config, path: str) -> None:
                     f"({t.checkpoint_max_interval} s)", "make min <= max")
 
 
+_ENDPOINT = re.compile(r"^(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?$")
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+
+
+def _check_etcd(cfg: Config, path: str) -> None:
+    eps = cfg.etcd_endpoints
+    example = 'etcd_endpoints = ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]'
+    if not eps:
+        raise _fail(path, "etcd_endpoints", 'required with arbiter = "etcd"',
+                    f"list the client URLs of the etcd members: {example}")
+    if not isinstance(eps, list) or not all(isinstance(e, str) for e in eps):
+        raise _fail(path, "etcd_endpoints", "must be a list of strings", f"write it like {example}")
+    for e in eps:
+        m = _ENDPOINT.match(e)
+        if m is None or not 0 < int(m.group(3)) < 65536:
+            raise _fail(path, "etcd_endpoints", f"{e!r} is not http(s)://HOST:PORT",
+                        f"write it like {example}")
+    if len(set(eps)) != len(eps):
+        raise _fail(path, "etcd_endpoints", "lists an endpoint twice", "list each member once")
+    schemes = {e.split(":", 1)[0] for e in eps}
+    if len(schemes) > 1:
+        raise _fail(path, "etcd_endpoints", "mixes http:// and https://",
+                    "use https:// for every member (or http:// for every member)")
+    if not _PREFIX.match(cfg.etcd_prefix):
+        raise _fail(path, "etcd_prefix", f"{cfg.etcd_prefix!r} is not a key prefix",
+                    'start it with "/", no trailing "/", letters, digits, ".", "_", "-": '
+                    'etcd_prefix = "/colo"')
+    tls = ("etcd_ca_file", "etcd_cert_file", "etcd_key_file")
+    for key in (*tls, "etcd_password_file"):
+        v = getattr(cfg, key)
+        if v and not v.startswith("/"):
+            raise _fail(path, key, f"{v!r} is not an absolute path",
+                        "give the full path: the daemon does not run in your directory")
+    if bool(cfg.etcd_cert_file) != bool(cfg.etcd_key_file):
+        raise _fail(path, "etcd_cert_file" if not cfg.etcd_cert_file else "etcd_key_file",
+                    "the client certificate and its key go together",
+                    "set both etcd_cert_file and etcd_key_file, or neither")
+    if schemes == {"http"}:
+        for key in tls:
+            if getattr(cfg, key):
+                raise _fail(path, key, "TLS files need https:// endpoints",
+                            "write etcd_endpoints as https://HOST:PORT, or remove " + key)
+    if bool(cfg.etcd_user) != bool(cfg.etcd_password_file):
+        raise _fail(path, "etcd_password_file" if cfg.etcd_user else "etcd_user",
+                    "etcd_user and etcd_password_file go together",
+                    "set both (the password file holds the password alone, mode 0600), "
+                    "or neither")
+    t = cfg.timing
+    if t.lease_ttl != int(t.lease_ttl) or t.lease_ttl < 2:
+        raise _fail(path, "timing.lease_ttl",
+                    f"{t.lease_ttl:g} s is not a whole number of seconds >= 2 (etcd grants "
+                    "leases in whole seconds, at least 2 with its default election timeout)",
+                    "use e.g. lease_ttl = 3")
+
+
 def _check_lease_timing(cfg: Config, path: str) -> None:
     """The holder must fence before etcd can let the peer acquire, and keep its hold
     through one failed keep-alive. See docs/ORCHESTRATOR.md, "The arbiter".
@@ -300,7 +367,12 @@ def _check_lease_timing(cfg: Config, path: str) -> None:
 
         lease_margin >= 2 x loop_wait + FENCE_ALLOWANCE_S
 
-    The local arbiter renews every cycle: lease_margin + 2 x loop_wait < ttl.
+    A keep-alive is sent every ttl/3 and may time out after ttl/4; its retry, RETRY_S
+    later, must still land before safe_until:
+
+        ttl/3 + ttl/4 + RETRY_S + lease_margin <= ttl, i.e. lease_margin <= 5/12 ttl - RETRY_S
+
+    The local arbiter renews every cycle instead: lease_margin + 2 x loop_wait < ttl.
     """
     t = cfg.timing
     need = 2 * t.loop_wait + FENCE_ALLOWANCE_S
@@ -310,8 +382,18 @@ def _check_lease_timing(cfg: Config, path: str) -> None:
                     f"the peer (needs >= 2 x loop_wait + {FENCE_ALLOWANCE_S:g} s to hold "
                     f"output = {need:g} s)",
                     f"raise it to at least {need:g} or lower loop_wait")
-    if t.lease_margin + 2 * t.loop_wait >= t.lease_ttl:
+    if cfg.arbiter != "etcd":
+        if t.lease_margin + 2 * t.loop_wait >= t.lease_ttl:
+            raise _fail(path, "timing.lease_margin",
+                        f"{t.lease_margin:g} s leaves no time to renew the lease (needs "
+                        f"lease_margin + 2 x loop_wait < lease_ttl = {t.lease_ttl:g} s)",
+                        "lower it or raise lease_ttl")
+        return
+    most = 5 * t.lease_ttl / 12 - RETRY_S
+    if t.lease_margin > most + 1e-9:
+        ttl_need = -int(-12 * (t.lease_margin + RETRY_S) // 5)  # ceil
         raise _fail(path, "timing.lease_margin",
-                    f"{t.lease_margin:g} s leaves no time to renew the lease (needs "
-                    f"lease_margin + 2 x loop_wait < lease_ttl = {t.lease_ttl:g} s)",
-                    "lower it or raise lease_ttl")
+                    f"{t.lease_margin:g} s leaves a healthy holder no time to retry a failed "
+                    f"keep-alive (needs <= 5/12 x lease_ttl - {RETRY_S:g} s = {most:.3g} s: "
+                    "a keep-alive every lease_ttl/3 may time out after lease_ttl/4)",
+                    f"lower it to at most {most:.3g}, or raise lease_ttl to at least {ttl_need}")

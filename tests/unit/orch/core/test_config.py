@@ -104,9 +104,64 @@ def test_xen_config_as_docs_xen_md_writes_it_loads() -> None:
     assert (cfg.backend, cfg.qmp, cfg.qmp_events) == ("xen", "", "")
 
 
-def test_lease_margin_leaves_time_to_fence_and_to_renew() -> None:
+ETCD = GOOD + 'arbiter = "etcd"\netcd_endpoints = ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]\n'
+
+
+def test_etcd_arbiter_loads_with_its_defaults() -> None:
+    cfg = parse(ETCD)
+    assert cfg.arbiter == "etcd" and cfg.etcd_prefix == "/colo"
+    assert cfg.etcd_endpoints == ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]
+    assert (cfg.timing.lease_ttl, cfg.timing.lease_margin) == (3.0, 1.0)
+    tls = parse(GOOD + 'arbiter = "etcd"\netcd_endpoints = ["https://[fd00::5]:2379"]\n'
+                'etcd_ca_file = "/etc/colo/ca.pem"\netcd_cert_file = "/etc/colo/c.pem"\n'
+                'etcd_key_file = "/etc/colo/c.key"\netcd_user = "colo"\n'
+                'etcd_password_file = "/etc/colo/etcd.pw"\n')
+    assert tls.etcd_user == "colo"
+
+
+@pytest.mark.parametrize(("extra", "field", "fix"), [
+    ('arbiter = "zookeeper"', "arbiter", 'use "etcd"'),
+    ('arbiter = "etcd"', "etcd_endpoints", 'etcd_endpoints = ["http://10.0.0.5:2379"'),
+    ('etcd_endpoints = "http://10.0.0.5:2379"', "etcd_endpoints", "list of strings"),
+    ('etcd_endpoints = ["10.0.0.5:2379"]', "etcd_endpoints", "write it like"),
+    ('etcd_endpoints = ["http://10.0.0.5"]', "etcd_endpoints", "write it like"),
+    ('etcd_endpoints = ["http://10.0.0.5:99999"]', "etcd_endpoints", "write it like"),
+    ('etcd_endpoints = ["unix:///run/etcd.sock:1"]', "etcd_endpoints", "write it like"),
+    ('etcd_endpoints = ["http://a:1", "http://a:1"]', "etcd_endpoints", "list each member once"),
+    ('etcd_endpoints = ["http://a:1", "https://b:1"]', "etcd_endpoints", "https:// for every"),
+    ('etcd_prefix = "colo"', "etcd_prefix", 'start it with "/"'),
+    ('etcd_prefix = "/colo/"', "etcd_prefix", 'no trailing "/"'),
+    ('etcd_ca_file = "/etc/colo/ca.pem"', "etcd_ca_file", "https://HOST:PORT"),
+    ('etcd_ca_file = "ca.pem"', "etcd_ca_file", "full path"),
+    ('etcd_cert_file = "/etc/colo/c.pem"', "etcd_key_file", "set both etcd_cert_file"),
+    ('etcd_key_file = "/etc/colo/c.key"', "etcd_cert_file", "set both etcd_cert_file"),
+    ('etcd_user = "colo"', "etcd_password_file", "set both"),
+    ('etcd_password_file = "/etc/colo/pw"', "etcd_user", "set both"),
+    ("[timing]\nlease_ttl = 2.5", "timing.lease_ttl", "lease_ttl = 3"),
+    ("[timing]\nlease_ttl = 1", "timing.lease_ttl", "lease_ttl = 3"),
+    # fences too late: 2 x loop_wait + 0.2 s is 0.3 s
+    ("[timing]\nlease_margin = 0.25", "timing.lease_margin", "raise it to at least 0.3"),
+    # no time left for a retried keep-alive: 5/12 x 3 - 0.1 = 1.15 s
+    ("[timing]\nlease_margin = 1.2", "timing.lease_margin", "raise lease_ttl to at least 4"),
+])
+def test_bad_etcd_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> None:
+    base = ETCD if "etcd_endpoints" not in extra else GOOD + 'arbiter = "etcd"\n'
+    if extra.startswith("etcd_") and "https" not in extra and "endpoints" not in extra \
+            and "ca_file" not in extra:
+        base = ETCD.replace('"http://10.0.0.5:2379", "http://10.0.0.6:2379"',
+                            '"https://10.0.0.5:2379"')
+    if extra.startswith("arbiter"):
+        base = GOOD
+    with pytest.raises(ConfigError) as err:
+        parse(base + extra + "\n", "web1.toml")
+    assert f"web1.toml: {field}:" in str(err.value)
+    assert fix in str(err.value), str(err.value)
+
+
+def test_lease_timing_holds_for_the_local_arbiter_too() -> None:
     with pytest.raises(ConfigError, match=r"timing\.lease_margin: 0\.1 s is too short to fence"):
         parse(GOOD + "[timing]\nlease_margin = 0.1\n")
+    # A fractional ttl is fine without etcd.
     assert parse(GOOD + "[timing]\nlease_ttl = 2.5\n").timing.lease_ttl == 2.5
     with pytest.raises(ConfigError, match=r"timing\.lease_margin: 2 s leaves no time to renew"):
         parse(GOOD + "[timing]\nlease_ttl = 2\nlease_margin = 2\n")

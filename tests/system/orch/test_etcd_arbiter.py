@@ -1,0 +1,382 @@
+"""The etcd arbiter against a real etcd on loopback: exclusive, expired by etcd alone, the
+holder's safe_until before etcd's expiry, keys taken by hand noticed, endpoints tried in
+turn, authentication and TLS refused with the fix named."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colo_lab.etcd import EtcdCluster, free_port, start_single
+from colo_lab.wait import wait_until
+from colo_orch.daemon.arbiter import LeaseView
+from colo_orch.daemon.etcd_arbiter import (
+    EtcdArbiter,
+    EtcdAuthError,
+    EtcdSettings,
+    EtcdUnreachable,
+)
+
+pytestmark = pytest.mark.host
+
+TTL = 3.0
+MARGIN = 1.0
+PERIOD = TTL / 3
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with start_single(tmp_path_factory.mktemp("etcd")) as cluster:
+        yield cluster
+
+
+class Loop:
+    """Stands for the orchestrator's loop: says want(hold) every 50 ms until stopped."""
+
+    def __init__(self, arbiter: EtcdArbiter, hold: bool = True) -> None:
+        self.arbiter = arbiter
+        self.hold = hold
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.arbiter.want(self.hold, time.monotonic())
+            self._stop.wait(0.05)
+
+    def wedge(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+_pairs = iter(range(1000))
+
+
+def _arbiter(endpoints: list[str], who: str, pair: str, **settings: str) -> EtcdArbiter:
+    a = EtcdArbiter(EtcdSettings(endpoints=tuple(endpoints), **settings), pair, who, TTL, MARGIN)
+    a.start()
+    return a
+
+
+@pytest.fixture
+def pair() -> str:
+    return f"p{next(_pairs)}-{os.getpid()}"
+
+
+@pytest.fixture
+def arbiters(etcd: EtcdCluster, pair: str) -> Iterator[list[EtcdArbiter]]:
+    made = [_arbiter(etcd.endpoints, who, pair) for who in ("hostA", "hostB")]
+    yield made
+    for a in made:
+        a.stop()
+        a.release()
+
+
+def _held(a: EtcdArbiter) -> LeaseView | None:
+    v = a.view()
+    return v if v.held and time.monotonic() < v.safe_until else None
+
+
+def test_acquire_is_exclusive(arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
+    a, b = arbiters
+    Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    assert not b.acquire_now(1.0)
+    wait_until(lambda: b.view().holder == "hostA", 2, "hostB to see hostA as the holder")
+    assert not b.view().held
+    got = etcd.ctl(["get", f"/colo/{pair}/leader", "--print-value-only"]).stdout.strip()
+    assert got == "hostA"
+
+
+def _stop_and_wait_for_takeover(a: EtcdArbiter, b: EtcdArbiter) -> tuple[float, float, float]:
+    """Stop a's keeper; poll until b acquires. Returns (last renewal sent, a's safe_until,
+    the time b acquired), all on this machine's monotonic clock."""
+    a.stop()
+    v = a.view()
+    assert v.held
+    last_sent = v.safe_until - TTL + MARGIN
+    acquired = wait_until(lambda: b.acquire_now(0.5) and time.monotonic(), TTL + 5,
+                          "hostB to acquire after hostA stopped renewing", every=0.02)
+    return last_sent, v.safe_until, acquired
+
+
+def test_lease_expires_by_etcd_after_ttl_when_the_holder_stops(
+        arbiters: list[EtcdArbiter]) -> None:
+    a, b = arbiters
+    Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    time.sleep(PERIOD * 1.5)  # let a keep-alive happen: measure from a renewal, not the grant
+    last_sent, _, acquired = _stop_and_wait_for_takeover(a, b)
+    after = acquired - last_sent
+    print(f"hostB acquired {after:.3f} s after hostA's last keep-alive was sent (ttl {TTL})")
+    assert TTL - 0.3 <= after <= TTL + 1.5
+
+
+def test_holders_safe_until_comes_before_etcds_expiry(arbiters: list[EtcdArbiter],
+                                                      etcd: EtcdCluster, pair: str) -> None:
+    a, b = arbiters
+    for i in range(3):
+        loop = Loop(a)
+        wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+        time.sleep(0.3 * i)  # stop at different points of the keep-alive period
+        _, safe_until, acquired = _stop_and_wait_for_takeover(a, b)
+        loop.wedge()
+        print(f"round {i}: safe_until {acquired - safe_until:.3f} s before hostB acquired")
+        assert safe_until < acquired
+        assert acquired - safe_until >= MARGIN - 0.3
+        b.release()
+        a.start()
+
+
+def test_revoke_frees_the_key_at_once(arbiters: list[EtcdArbiter]) -> None:
+    a, b = arbiters
+    loop = Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    loop.wedge()
+    a.release()
+    assert a.view().held is False
+    assert b.acquire_now(0.5)
+    # want(False) revokes too.
+    loop_b = Loop(b)
+    wait_until(lambda: _held(b), 5, "hostB to keep the lease")
+    loop_b.hold = False
+    wait_until(lambda: a.acquire_now(0.2), 1.0, "the key free as soon as hostB stops wanting it")
+
+
+def test_a_wedged_loop_loses_the_lease(arbiters: list[EtcdArbiter]) -> None:
+    a, b = arbiters
+    loop = Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    loop.wedge()
+    t0 = time.monotonic()
+    wait_until(lambda: not a.view().held, TTL, "hostA's keeper to give up the lease")
+    took = time.monotonic() - t0
+    print(f"a wedged loop lost the lease after {took:.3f} s")
+    # Stale after ttl/3; the keeper looks every 0.25 s, then revokes.
+    assert took <= TTL / 3 + 0.25 + 0.5
+    assert b.acquire_now(0.5)
+
+
+@pytest.mark.parametrize(("how", "why"), [
+    (["del"], "leader key deleted by hand"),
+    (["put", "_", "intruder"], "leader key now held by intruder"),
+])
+def test_key_taken_by_hand_makes_the_holder_step_down(
+        arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str, how: list[str],
+        why: str) -> None:
+    a, _ = arbiters
+    Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    key = f"/colo/{pair}/leader"
+    etcd.ctl([how[0], key, *how[2:]])
+    t0 = time.monotonic()
+    v = wait_until(lambda: (lambda v: v if not v.held else None)(a.view()), PERIOD + 1.0,
+                   "hostA to see it lost the key")
+    print(f"{' '.join(how[:1])}: noticed after {time.monotonic() - t0:.3f} s: {v.error}")
+    assert v.error == why
+    # It stays off the key for a TTL, so that its loop sees the loss (and says why).
+    time.sleep(0.5)
+    assert not a.view().held and a.view().error == why
+
+
+def test_a_dead_and_a_hung_endpoint_before_a_live_one(etcd: EtcdCluster, pair: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with socket.socket() as hung_sock:  # accepts connections, never answers
+        hung_sock.bind(("127.0.0.1", 0))
+        hung_sock.listen(16)
+        hung = f"http://127.0.0.1:{hung_sock.getsockname()[1]}"
+        a = _arbiter([dead, hung, *etcd.endpoints], "hostA", pair)
+        b = _arbiter([hung, dead, *etcd.endpoints], "hostB", pair)
+        try:
+            Loop(a)
+            t0 = time.monotonic()
+            wait_until(lambda: _held(a), 5, "hostA to hold the lease past two bad endpoints")
+            print(f"held after {time.monotonic() - t0:.3f} s")
+            time.sleep(2 * PERIOD)
+            assert _held(a), a.view()
+            wait_until(lambda: b.view().holder == "hostA", 5, "hostB to read the holder")
+        finally:
+            a.stop()
+            b.stop()
+            a.release()
+
+
+def test_unreachable_store_is_said_with_every_endpoint(pair: str) -> None:
+    eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    a = _arbiter(eps, "hostA", pair)
+    try:
+        Loop(a)
+        v = wait_until(lambda: (lambda v: v if v.checked_at else None)(a.view()), 3,
+                       "a first answer")
+        assert not v.reachable and not v.held
+        for ep in eps:
+            assert f"{ep}: connection refused" in v.error, v.error
+        with pytest.raises(EtcdUnreachable, match=eps[1]):
+            a.check(1.0)
+    finally:
+        a.stop()
+
+
+GOOD_CFG = """
+name = "{pair}"
+role = "primary"
+qmp = "{d}/vm.qmp"
+qmp_events = "{d}/vm-events.qmp"
+heartbeat_listen = "127.0.0.1:{hb}"
+peer_heartbeat = "127.0.0.1:{peer}"
+incoming_uri = "tcp:127.0.0.1:4444"
+peer_incoming_uri = "tcp:127.0.0.1:4445"
+heartbeat_key_file = "{d}/hb.key"
+api_listen = "127.0.0.1:{api}"
+arbiter = "etcd"
+etcd_endpoints = {endpoints}
+on_fence = ["true"]
+"""
+
+
+def _config(tmp_path: Path, pair: str, endpoints: list[str], extra: str = "") -> Path:
+    (tmp_path / "hb.key").write_bytes(os.urandom(32).hex().encode())
+    (tmp_path / "hb.key").chmod(0o600)
+    cfg = tmp_path / "orch.toml"
+    eps = "[" + ", ".join(f'"{e}"' for e in endpoints) + "]"
+    cfg.write_text(GOOD_CFG.format(pair=pair, d=tmp_path, hb=free_port(), peer=free_port(),
+                                   api=free_port(), endpoints=eps) + extra)
+    return cfg
+
+
+def test_orch_started_with_etcd_down_names_the_endpoints_and_goes_on(
+        tmp_path: Path, pair: str) -> None:
+    eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    cfg = _config(tmp_path, pair, eps)
+    log = tmp_path / "orch.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "colo_orch.cli.orch", "run", "--config",
+                                 str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "etcd unreachable" in log.read_text(), 20, "the error at start",
+                   detail=log.read_text)
+        text = log.read_text()
+        for ep in eps:
+            assert ep in text
+        assert proc.poll() is None, text  # it keeps going: the keeper retries
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# Authentication --------------------------------------------------------------------
+@pytest.fixture
+def etcd_auth(tmp_path: Path) -> Iterator[EtcdCluster]:
+    with start_single(tmp_path / "auth") as c:
+        c.ctl(["user", "add", "root:rootpw"])
+        c.ctl(["user", "grant-role", "root", "root"])
+        c.ctl(["role", "add", "colo"])
+        c.ctl(["role", "grant-permission", "colo", "--prefix=true", "readwrite", "/colo/"])
+        c.ctl(["user", "add", "orch:orchpw"])
+        c.ctl(["user", "grant-role", "orch", "colo"])
+        c.ctl(["auth", "enable"])
+        yield c
+
+
+def test_auth_right_credentials_hold_wrong_ones_are_named(
+        etcd_auth: EtcdCluster, pair: str, tmp_path: Path) -> None:
+    ep = etcd_auth.endpoints
+    a = _arbiter(ep, "hostA", pair, user="orch", password="orchpw")
+    try:
+        a.check(2.0)
+        Loop(a)
+        wait_until(lambda: _held(a), 5, "hostA to hold the lease with its credentials")
+        got = etcd_auth.ctl(["get", f"/colo/{pair}/leader", "--print-value-only"],
+                            user="root:rootpw").stdout.strip()
+        assert got == "hostA"
+    finally:
+        a.stop()
+        a.release()
+    bad = EtcdArbiter(EtcdSettings(endpoints=tuple(ep), user="orch", password="wrong"),
+                      pair, "hostB", TTL, MARGIN)
+    with pytest.raises(EtcdAuthError) as err:
+        bad.check(2.0)
+    msg = str(err.value)
+    assert "'orch'" in msg and ep[0] in msg and "etcd_password_file" in msg, msg
+    anon = EtcdArbiter(EtcdSettings(endpoints=tuple(ep)), pair, "hostB", TTL, MARGIN)
+    with pytest.raises(EtcdAuthError, match=r"requires authentication.*set etcd_user"):
+        anon.check(2.0)
+    # colo-orch run: exit 2 naming the user, the endpoint and the fix.
+    pw = tmp_path / "etcd.pw"
+    pw.write_text("wrong\n")
+    pw.chmod(0o600)
+    cfg = _config(tmp_path, pair, ep, f'etcd_user = "orch"\netcd_password_file = "{pw}"\n')
+    res = subprocess.run([sys.executable, "-m", "colo_orch.cli.orch", "run", "--config",
+                          str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "refused user 'orch'" in res.stderr and ep[0] in res.stderr
+    assert "etcd_password_file" in res.stderr
+    pw.chmod(0o644)
+    res = subprocess.run([sys.executable, "-m", "colo_orch.cli.orch", "run", "--config",
+                          str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and f"chmod 600 {pw}" in res.stderr, res.stderr
+
+
+# TLS ---------------------------------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def _certs(d: Path, name: str) -> None:
+    """A CA `name`-ca and, signed by it, a server certificate for 127.0.0.1 and a client's."""
+    d.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.pem", "-days", "1",
+             "-subj", f"/CN={name} test CA", cwd=d)
+    # etcd's JSON gateway dials its own gRPC server with the server's certificate as a
+    # client certificate: the server's must allow both uses.
+    for who, ext in (("server", "subjectAltName=IP:127.0.0.1\n"
+                                "extendedKeyUsage=serverAuth,clientAuth"),
+                     ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{who}.ext").write_text(ext + "\n")
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{name}-{who}.key", "-out", f"{name}-{who}.csr",
+                 "-subj", f"/CN={who}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}-{who}.csr", "-CA", f"{name}-ca.pem",
+                 "-CAkey", f"{name}-ca.key", "-CAcreateserial", "-days", "1",
+                 "-extfile", f"{who}.ext", "-out", f"{name}-{who}.pem", cwd=d)
+
+
+def test_tls_with_client_certificates(tmp_path: Path, pair: str) -> None:
+    d = tmp_path / "pki"
+    _certs(d, "good")
+    _certs(d, "other")
+    tls = [f"--cert-file={d}/good-server.pem", f"--key-file={d}/good-server.key",
+           "--client-cert-auth", f"--trusted-ca-file={d}/good-ca.pem"]
+    ctl = [f"--cacert={d}/good-ca.pem", f"--cert={d}/good-client.pem",
+           f"--key={d}/good-client.key"]
+    with start_single(tmp_path / "tls", scheme="https", extra_args=tls, ctl_args=ctl) as c:
+        good = {"ca_file": f"{d}/good-ca.pem", "cert_file": f"{d}/good-client.pem",
+                "key_file": f"{d}/good-client.key"}
+        a = _arbiter(c.endpoints, "hostA", pair, **good)
+        try:
+            Loop(a)
+            wait_until(lambda: _held(a), 5, "hostA to hold the lease over TLS")
+        finally:
+            a.stop()
+            a.release()
+        untrusted = EtcdArbiter(EtcdSettings(endpoints=tuple(c.endpoints),
+                                             **{**good, "ca_file": f"{d}/other-ca.pem"}),
+                                pair, "hostB", TTL, MARGIN)
+        with pytest.raises(EtcdUnreachable, match="certificate is not signed by etcd_ca_file"):
+            untrusted.check(2.0)
+        no_cert = EtcdArbiter(EtcdSettings(endpoints=tuple(c.endpoints),
+                                           ca_file=f"{d}/good-ca.pem"), pair, "hostB", TTL,
+                              MARGIN)
+        with pytest.raises(EtcdUnreachable) as err:
+            no_cert.check(2.0)
+        assert c.endpoints[0] in str(err.value) and "etcd_cert_file" in str(err.value)
