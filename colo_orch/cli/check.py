@@ -9,12 +9,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from colo_orch.core.config import ConfigError, load
+from colo_orch.core.config import Config, ConfigError, load
 
 Check = tuple[str, Callable[[], str | None]]  # (what, fn -> None if fine, else the fix)
 
@@ -101,6 +102,54 @@ def _smoke(lab: list[str] | None) -> bool:
     return rc == 0
 
 
+def is_local_address(host: str) -> bool | None:
+    """Whether `host` (a name or an address) is an address of this machine: one we can bind
+    to. None when the name does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except socket.gaierror:
+        return None
+    for family, _, _, _, addr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((addr[0], 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
+def arbiter_problem(cfg: Config) -> str | None:
+    """Why the configured arbiter cannot guard this pair, or None."""
+    if cfg.arbiter == "local":
+        host = cfg.peer_heartbeat.rsplit(":", 1)[0].strip("[]")
+        local = is_local_address(host)
+        if local:
+            return None
+        what = "does not resolve" if local is None else "is not an address of this machine"
+        return (f'arbiter = "local" works only with both orchestrators on one machine, but '
+                f"peer_heartbeat's host {host} {what}: use arbiter = \"etcd\" with "
+                "etcd_endpoints (docs/ORCHESTRATOR.md, \"The arbiter\")")
+    from colo_orch.daemon.etcd_arbiter import (
+        EtcdClient,
+        EtcdConfigError,
+        EtcdError,
+        settings_from_config,
+    )
+
+    try:
+        settings = settings_from_config(cfg)
+    except EtcdConfigError as exc:
+        return str(exc)
+    t = cfg.timing
+    client = EtcdClient(settings, request_timeout=t.lease_ttl / 4)
+    try:
+        client.check(timeout=len(settings.endpoints) * t.lease_ttl / 4)
+    except EtcdError as exc:
+        return f"{exc}; start etcd or fix etcd_endpoints"
+    return None
+
+
 def run_check(config: str | None, *, smoke: bool = False) -> int:
     lab = lab_command()
     checks: list[Check] = [
@@ -112,14 +161,14 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
         ("QEMU binary", lambda: _qemu(lab)),
     ]
     if config:
-        def _cfg() -> str | None:
-            try:
-                load(config)
-            except ConfigError as exc:
-                return str(exc)
-            return None
-
-        checks.insert(0, ("config", _cfg))  # the error itself names the file
+        try:
+            cfg: Config | None = load(config)
+            problem = None
+        except ConfigError as exc:
+            cfg, problem = None, str(exc)
+        checks.insert(0, ("config", lambda: problem))  # the error itself names the file
+        if cfg is not None:
+            checks.insert(1, ("arbiter", lambda: arbiter_problem(cfg)))
     failed = 0
     for what, fn in checks:
         problem = fn()

@@ -380,3 +380,16 @@ def test_tls_with_client_certificates(tmp_path: Path, pair: str) -> None:
         with pytest.raises(EtcdUnreachable) as err:
             no_cert.check(2.0)
         assert c.endpoints[0] in str(err.value) and "etcd_cert_file" in str(err.value)
+
+
+def test_check_config_asks_etcd(etcd: EtcdCluster, tmp_path: Path, pair: str) -> None:
+    check = [sys.executable, "-m", "colo_orch.cli.orch", "check", "--config"]
+    cfg = _config(tmp_path, pair, etcd.endpoints)
+    res = subprocess.run([*check, str(cfg)], capture_output=True, text=True, timeout=60)
+    assert "ok   arbiter" in res.stdout, res.stdout
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = _config(tmp_path, pair, [dead])
+    res = subprocess.run([*check, str(cfg)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert (f"FAIL arbiter: etcd unreachable: {dead}: connection refused; start etcd or fix "
+            "etcd_endpoints") in res.stdout, res.stdout

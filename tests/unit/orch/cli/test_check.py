@@ -1,12 +1,15 @@
-"""`colo-orch check` finds the test bed and its QEMU only through the `colo-lab` command."""
+"""`colo-orch check`: finds the test bed and its QEMU only through the `colo-lab` command;
+refuses an arbiter that cannot guard the pair."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from colo_orch.cli import check
+from colo_orch.core.config import Config
 
 
 def _script(path: Path, body: str) -> Path:
@@ -79,3 +82,46 @@ def test_smoke_without_the_lab_says_how_to_get_it(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert out.startswith("FAIL QEMU can run COLO on this host: colo-lab (the test bed)")
     assert "scripts/bootstrap" in out
+
+
+def _cfg(**kw: object) -> Config:
+    base: dict[str, object] = dict(
+        name="web", role="primary", qmp="/q", qmp_events="/e",
+        heartbeat_listen="127.0.0.1:7410", peer_heartbeat="127.0.0.1:7411",
+        incoming_uri="tcp:127.0.0.1:4444", peer_incoming_uri="tcp:127.0.0.1:4445")
+    return Config(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_local_arbiter_only_with_the_peer_on_this_machine() -> None:
+    assert check.is_local_address("127.0.0.1") is True
+    # TEST-NET-1 (RFC 5737): never an address of this machine. Bind only; nothing is sent.
+    assert check.is_local_address("192.0.2.7") is False
+    assert check.arbiter_problem(_cfg()) is None
+    problem = check.arbiter_problem(_cfg(peer_heartbeat="192.0.2.7:7410"))
+    assert problem is not None
+    assert "192.0.2.7 is not an address of this machine" in problem
+    assert 'use arbiter = "etcd" with etcd_endpoints' in problem
+
+
+def test_etcd_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    eps = []
+    for _ in range(2):  # ports bound, never listened on: connection refused at once
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        eps.append((s, f"http://127.0.0.1:{s.getsockname()[1]}"))
+    try:
+        problem = check.arbiter_problem(_cfg(arbiter="etcd", etcd_endpoints=[e for _, e in eps]))
+    finally:
+        for s, _ in eps:
+            s.close()
+    assert problem is not None
+    for _, e in eps:
+        assert f"{e}: connection refused" in problem
+    assert problem.endswith("start etcd or fix etcd_endpoints")
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o644)
+    problem = check.arbiter_problem(_cfg(arbiter="etcd", etcd_endpoints=["http://127.0.0.1:1"],
+                                         etcd_user="colo", etcd_password_file=str(pw)))
+    assert problem == f"etcd_password_file {pw}: mode 0644 lets others read the password; " \
+                      f"chmod 600 {pw}"
