@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  checkpoints: {sum(cps.values())} "
               f"({', '.join(f'{k} {v}' for k, v in sorted(cps.items())) or 'none'})")
         print(f"  failovers: {body['failovers']}, re-protections: {body['reprotections']}")
+        lease = f"held by {body.get('lease_holder') or 'nobody'}"
+        if body.get("lease_reachable") is False:
+            lease += ", the arbiter's store does not answer"
+        if body.get("lease_error"):
+            lease += f" ({body['lease_error']})"
+        print(f"  lease: {lease}")
         if body.get("degraded_reason"):
             print(f"  degraded: {body['degraded_reason']}")
     else:
