@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_lab.etcd import EtcdCluster, free_port, start_single
+from colo_lab.etcd import EtcdCluster, free_port, start_cluster, start_single
 from colo_lab.wait import wait_until
 from colo_orch.daemon.arbiter import LeaseView
 from colo_orch.daemon.etcd_arbiter import (
@@ -393,3 +393,30 @@ def test_check_config_asks_etcd(etcd: EtcdCluster, tmp_path: Path, pair: str) ->
     assert res.returncode == 1
     assert (f"FAIL arbiter: etcd unreachable: {dead}: connection refused; start etcd or fix "
             "etcd_endpoints") in res.stdout, res.stdout
+
+
+def test_three_members_one_down_holds_two_down_lapses_then_recovers(
+        tmp_path: Path, pair: str) -> None:
+    with start_cluster(tmp_path / "three", ["e0", "e1", "e2"]) as c:
+        a = _arbiter(c.endpoints, "hostA", pair)
+        try:
+            Loop(a)
+            wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+            c.kill("e0")  # the first endpoint: a crashed member
+            sent = a.view().safe_until
+            wait_until(lambda: a.view().safe_until > sent + PERIOD, 2 * PERIOD + 2,
+                       "a keep-alive through the other members")
+            c.kill("e1")  # no quorum: etcd can neither renew nor expire the lease
+            v = wait_until(lambda: (lambda v: v if not v.reachable else None)(a.view()),
+                           2 * PERIOD + 2, "the keeper to report etcd unanswering")
+            assert c.members["e0"].client_url in v.error, v.error
+            wait_until(lambda: not _held(a), TTL, "hostA's hold to lapse at safe_until")
+            for name in ("e0", "e1"):
+                c.start(name, wait=False)
+            c.wait_healthy()
+            t0 = time.monotonic()
+            wait_until(lambda: _held(a), 15, "hostA to hold the lease again")
+            print(f"held again {time.monotonic() - t0:.3f} s after quorum came back")
+        finally:
+            a.stop()
+            a.release()
