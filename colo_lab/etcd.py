@@ -115,7 +115,7 @@ class EtcdCluster:
                     raise LabError(f"etcd member {m.name} exited: {_tail(m.log)}",
                                    f"see {m.log}")
                 res = self.ctl(["endpoint", "health"], endpoints=[m.client_url],
-                               check=False, timeout=5)
+                               prefix=m.prefix, check=False, timeout=5)
                 return res.returncode == 0
 
             wait_until(healthy, timeout, f"etcd member {m.name} at {m.client_url} healthy",
@@ -139,12 +139,14 @@ class EtcdCluster:
             self.kill(name, signal.SIGTERM)
 
     def ctl(self, args: Sequence[str], *, endpoints: Sequence[str] | None = None,
-            user: str = "", check: bool = True,
+            prefix: Sequence[str] | None = None, user: str = "", check: bool = True,
             timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-        """Run etcdctl (v3 API) against `endpoints` (default: all members)."""
+        """Run etcdctl (v3 API) against `endpoints` (default: all members), with the argv
+        `prefix` (default: the first member's, e.g. to run it in that namespace)."""
         eps = ",".join(endpoints or self.endpoints)
-        m = next(iter(self.members.values()))
-        argv = [*m.prefix, need("etcdctl"), f"--endpoints={eps}", *self.ctl_args]
+        if prefix is None:
+            prefix = next(iter(self.members.values())).prefix
+        argv = [*prefix, need("etcdctl"), f"--endpoints={eps}", *self.ctl_args]
         if user:
             argv.append(f"--user={user}")
         argv += list(args)
