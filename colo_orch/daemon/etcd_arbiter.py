@@ -346,15 +346,18 @@ class EtcdArbiter(Arbiter):
         if not self._io.acquire(timeout=timeout):
             return False
         try:
-            if self._lease:
-                return True
             try:
-                self._acquire(deadline)
+                if not self._lease:
+                    self._acquire(deadline)
+                elif self.clock() >= self.view().safe_until:
+                    # Ours, but no longer certain (keep-alives failing): certain again only
+                    # after etcd answers a keep-alive.
+                    self._renew()
             except EtcdError as exc:
                 self._failed(str(exc))
                 return False
             self._wake.set()  # schedule the first keep-alive
-            return bool(self._lease)
+            return bool(self._lease) and self.clock() < self.view().safe_until
         finally:
             self._io.release()
 
