@@ -242,7 +242,7 @@ class EtcdClient:
                 "etcd_password_file")
         if code == _PERMISSION_DENIED:
             return EtcdAuthError(
-                f"etcd at {ep.url}: user {s.user or '(none)'!r} may not write under "
+                f"etcd at {ep.url}: user {s.user or '(none)'!r} has no read-write permission on "
                 f"{s.prefix!r}: {msg}; grant it: etcdctl role grant-permission ROLE "
                 f"--prefix=true readwrite {s.prefix}/ and etcdctl user grant-role "
                 f"{s.user or 'USER'} ROLE")

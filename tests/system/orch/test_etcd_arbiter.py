@@ -283,6 +283,7 @@ def etcd_auth(tmp_path: Path) -> Iterator[EtcdCluster]:
         c.ctl(["role", "grant-permission", "colo", "--prefix=true", "readwrite", "/colo/"])
         c.ctl(["user", "add", "orch:orchpw"])
         c.ctl(["user", "grant-role", "orch", "colo"])
+        c.ctl(["user", "add", "nobody:nobodypw"])  # no role
         c.ctl(["auth", "enable"])
         yield c
 
@@ -310,6 +311,12 @@ def test_auth_right_credentials_hold_wrong_ones_are_named(
     anon = EtcdArbiter(EtcdSettings(endpoints=tuple(ep)), pair, "hostB", TTL, MARGIN)
     with pytest.raises(EtcdAuthError, match=r"requires authentication.*set etcd_user"):
         anon.check(2.0)
+    roleless = EtcdArbiter(EtcdSettings(endpoints=tuple(ep), user="nobody", password="nobodypw"),
+                           pair, "hostB", TTL, MARGIN)
+    with pytest.raises(EtcdAuthError, match=r"'nobody' has no read-write permission on "
+                                            r"'/colo'.*grant-permission ROLE --prefix=true "
+                                            r"readwrite /colo/"):
+        roleless.check(2.0)
     # colo-orch run: exit 2 naming the user, the endpoint and the fix.
     pw = tmp_path / "etcd.pw"
     pw.write_text("wrong\n")
