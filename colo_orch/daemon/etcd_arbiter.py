@@ -308,6 +308,7 @@ class EtcdArbiter(Arbiter):
         self._next_renew = 0.0
         self._loss = ""  # why we lost the key, until we hold it again
         self._hands_off_until = 0.0
+        self._said_ttl = False
         self._view = NOT_CHECKED
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -454,6 +455,11 @@ class EtcdArbiter(Arbiter):
         sent = self.clock()
         got = self.client.call("lease/grant", {"TTL": self.ttl_wanted}, self._budget(deadline))
         lease, ttl = int(got["ID"]), int(got["TTL"])
+        if ttl != self.ttl_wanted and not self._said_ttl:
+            self._said_ttl = True
+            log.warning("etcd granted %d s leases for the %d s asked (its minimum follows its "
+                        "election timeout): a dead holder's key lives that long", ttl,
+                        self.ttl_wanted)
         key = _b64(self.key)
         got = self.client.call("kv/txn", {
             "compare": [{"key": key, "target": "CREATE", "result": "EQUAL",
