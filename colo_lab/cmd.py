@@ -28,6 +28,8 @@ PROVIDERS = {
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "depmod": "kmod",
+    "etcd": "etcd-server",
+    "etcdctl": "etcd-client",
 }
 
 

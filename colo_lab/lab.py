@@ -5,6 +5,8 @@
                                        │     ├─ fwd0 ──────── fwd0 ─┐
                                        │     └─ ctl0 ──────── ctl0 ─┤
                                        └── sec ns: br0 ── tapS ── SVM
+  pri ns: etcd0 ──┐
+  sec ns: etcd0 ──┴── etcdnet ns (bridge "etcd") ── etcd1, etcd2, etcd3 ns (colo_lab.etcd_net)
 ```
 - PVM and SVM have the same MAC and IP (the SVM takes over the PVM's identity).
 - `fwd0` is the forward link (mirrored input, SVM output; no addresses).
@@ -13,6 +15,7 @@
 - The secondary host's uplink (`lan0` in the sec ns) starts down: while the pair
   is protected the SVM must never talk to the LAN directly. `set_uplink` flips it
   (failover, or a test reaching the SVM alone).
+- `etcd0` is each host's own link to the lab's 3-member etcd cluster (colo_lab.etcd_net).
 
 Everything lives in namespaces named `colo-<name>-*` and a run directory
 `/run/colo-lab/<name>`; `down()` removes all of it, also after a crash, without
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from colo_lab import netns
+from colo_lab import etcd_net, netns
 from colo_lab.accel import choose_accel
 from colo_lab.cmd import need
 from colo_lab.errors import LabError
@@ -63,6 +66,12 @@ NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
 # Labs brought up by this process and not yet down: a failing test shows their logs.
 LIVE: set[Lab] = set()
 ROLES = ("primary", "secondary")
+# A host's links by what they are for, and their names in the host's namespace
+# (colo_lab.faults cuts them; `colo-lab status` shows them).
+LINKS = {"control": "ctl0", "forward": "fwd0", "uplink": "lan0", "etcd": etcd_net.HOST_LINK}
+# How long `up` waits for the etcd cluster after the VMs are ready. The members start
+# before the VMs and have elected a leader by then (about 2.5 s after their start here).
+ETCD_START_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,21 +107,25 @@ class Lab:
 
     # Building --------------------------------------------------------------
     def up(self, *, secondary: str = "standalone", build_only: bool = False,
-           disk: bool = False) -> None:
-        """Create the topology and start the VMs.
+           disk: bool = False, vms: bool = True) -> None:
+        """Create the topology, start the etcd cluster and start the VMs.
 
         secondary: "standalone" boots the SVM as an independent guest, "incoming"
         starts it waiting for the PVM's COLO migration, "none" starts no SVM.
         disk: give both VMs a virtio disk (one image per host, equal ext4 at start)
         wired for COLO block replication; the guest keeps its key-value store on it.
+        vms=False: the network and the etcd cluster only (no QEMU, no guest needed).
         """
         if secondary not in ("standalone", "incoming", "none"):
             raise LabError(f"bad secondary mode '{secondary}'", "use standalone, incoming or none")
+        if disk and not vms:
+            raise LabError("a disk needs the VMs", "leave out --disk or --no-vms")
         _require_root()
-        for tool in ("ip", "curl"):
+        for tool in ("ip", "curl", etcd_net.ETCD, etcd_net.ETCDCTL):
             need(tool)
-        self.qemu = qemu_binary()
-        self.guest = ensure_guest()
+        if vms or build_only:
+            self.qemu = qemu_binary()
+            self.guest = ensure_guest()
         if build_only:
             return
         busy = netns.list_ns(self.prefix)
@@ -121,7 +134,11 @@ class Lab:
                 f"lab '{self.name}' is busy ({', '.join(busy) or self.run_dir} exists)",
                 f"run 'colo-lab down --name {self.name}' first, or use another --name",
             )
-        self.accel = choose_accel(self.qemu, self.guest)
+        if vms:
+            assert self.qemu is not None and self.guest is not None
+            self.accel = choose_accel(self.qemu, self.guest)
+        else:
+            self.accel = "none"
         self.run_dir.mkdir(parents=True)
         LIVE.add(self)
         self.disk = disk
@@ -130,12 +147,16 @@ class Lab:
             if disk:
                 self._make_disks()
             self._topology()
-            self.start_vm("primary")
-            if secondary != "none":
-                self.start_vm("secondary", incoming=secondary == "incoming")
-            self.vms["primary"].wait_ready()
-            if secondary == "standalone":
-                self.vms["secondary"].wait_ready()
+            # Before the VMs: the members' election overlaps the guests' boot.
+            etcd_net.start(self)
+            if vms:
+                self.start_vm("primary")
+                if secondary != "none":
+                    self.start_vm("secondary", incoming=secondary == "incoming")
+                self.vms["primary"].wait_ready()
+                if secondary == "standalone":
+                    self.vms["secondary"].wait_ready()
+            etcd_net.wait_healthy(self, ETCD_START_S)
         except BaseException:
             self.down()
             raise
@@ -164,6 +185,7 @@ class Lab:
         netns.ip(pri.ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
         netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
         self.set_uplink("secondary", False)
+        etcd_net.build(self)
 
     def disks(self, role: str) -> tuple[Disk, ...]:
         """The replicated disk of a host: its image and its secondary layers."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_lab import netns
+from colo_lab import etcd_net, netns
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 
@@ -40,6 +40,7 @@ def test_down_after_killed_up_leaves_nothing() -> None:
     assert lab.leftovers() == []
     assert netns.list_ns(f"colo-{name}-") == []
     assert not Path(f"/run/netns/colo-{name}-pri").exists()
+    assert etcd_net.all_pids(lab) == []  # the members ran (started before the VMs)
     # No tap or bridge of the lab survives in the root namespace either.
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert "tapP" not in links and "tapS" not in links
