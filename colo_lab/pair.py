@@ -1,8 +1,10 @@
 """Run the orchestrators of a lab pair: their configs, processes and API calls.
 
 Each host's `colo-orch` runs inside that host's namespace, so heartbeats,
-migration and the API use the control link exactly as on two machines. Both
-share a lease file in the run directory (the single-host arbiter).
+migration and the API use the control link exactly as on two machines. The lease
+is held in the lab's etcd cluster (colo_lab.etcd_net), which each host reaches over
+its own link; `arbiter="local"` instead gives both a lease file in the run directory
+(the single-machine arbiter: both "hosts" then share a file, which two machines cannot).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from colo_lab import netns
+from colo_lab import etcd_net, netns
 from colo_lab.errors import LabError
 from colo_lab.lab import MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
 from colo_lab.wait import wait_until
@@ -26,6 +30,28 @@ HEARTBEAT_PORT = 7410
 API_PORT = 7411
 PROXY_METRICS_PORT = 7412  # colo-proxy's /metrics, on the host's control IP
 PAIR = "web"
+ARBITERS = ("etcd", "local")
+# The pair's keys in the lab's etcd cluster.
+ETCD_PREFIX = "/colo-lab"
+
+
+def default_arbiter() -> str:
+    """etcd, unless COLO_LAB_ARBITER says otherwise (local: the lease file of one machine)."""
+    arbiter = os.environ.get("COLO_LAB_ARBITER", "etcd")
+    if arbiter not in ARBITERS:
+        raise LabError(f"COLO_LAB_ARBITER={arbiter!r} is not an arbiter",
+                       f"use one of {', '.join(ARBITERS)}, or unset it")
+    return arbiter
+
+
+def arbiter_toml(lab: Lab, arbiter: str) -> str:
+    """The config lines of the pair's arbiter."""
+    if arbiter == "etcd":
+        return (f'arbiter = "etcd"\netcd_endpoints = {_toml_list(etcd_net.endpoints(lab))}\n'
+                f'etcd_prefix = "{ETCD_PREFIX}"')
+    if arbiter == "local":
+        return f'arbiter = "local"\narbiter_path = "{lab.run_dir / "arbiter.lease"}"'
+    raise LabError(f"no arbiter '{arbiter}'", f"use one of {', '.join(ARBITERS)}")
 
 
 def _toml_list(argv: list[str]) -> str:
@@ -69,8 +95,11 @@ def heartbeat_key(lab: Lab, role: str) -> Path:
     return path
 
 
-def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "") -> Path:
-    """Write the TOML config of one host's orchestrator; returns its path."""
+def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "",
+                arbiter: str | None = None) -> Path:
+    """Write the TOML config of one host's orchestrator; returns its path.
+    arbiter: "etcd" (the lab's cluster) or "local"; default_arbiter() when None."""
+    lease = arbiter_toml(lab, arbiter or default_arbiter())
     me = lab.hosts[role]
     peer = lab.hosts["secondary" if role == "primary" else "primary"]
     spec = lab.vm_spec(role, with_disk=False)  # the orchestrator adds the drives per role
@@ -90,7 +119,7 @@ incoming_uri = "tcp:{me.ctl_ip}:{MIGRATION_PORT}"
 peer_incoming_uri = "tcp:{peer.ctl_ip}:{MIGRATION_PORT}"
 heartbeat_key_file = "{heartbeat_key(lab, role)}"
 api_listen = "{me.ctl_ip}:{API_PORT}"
-arbiter_path = "{lab.run_dir / 'arbiter.lease'}"
+{lease}
 proxy_socket = "{lab.run_dir / f"proxy-{role[:3]}.sock" if proxy else ""}"
 proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary")) if proxy else "[]"}
 proxy_secondary_command = {_toml_list(proxy_command(lab, role, "secondary")) if proxy else "[]"}
@@ -124,11 +153,15 @@ def start_orchestrators(lab: Lab, **kw: Any) -> dict[str, subprocess.Popen[bytes
     return procs
 
 
-def api(lab: Lab, host: str, method: str, path: str) -> dict[str, Any]:
+def api_url(lab: Lab, host: str) -> str:
+    return f"http://{lab.hosts[host].ctl_ip}:{API_PORT}"
+
+
+def api(lab: Lab, host: str, method: str, path: str, timeout: float = 5.0) -> dict[str, Any]:
     """Call a host's orchestrator API from inside that host's namespace."""
     h = lab.hosts[host]
-    argv = ["curl", "-sS", "-m", "5", "-X", method, f"http://{h.ctl_ip}:{API_PORT}{path}"]
-    out = netns.sh(h.ns, argv, timeout=10)
+    argv = ["curl", "-sS", "-m", str(timeout), "-X", method, api_url(lab, host) + path]
+    out = netns.sh(h.ns, argv, timeout=timeout + 5)
     try:
         data = json.loads(out)
     except ValueError as exc:
@@ -136,9 +169,9 @@ def api(lab: Lab, host: str, method: str, path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def state(lab: Lab, host: str) -> dict[str, Any]:
+def state(lab: Lab, host: str, timeout: float = 5.0) -> dict[str, Any]:
     try:
-        return api(lab, host, "GET", "/state")
+        return api(lab, host, "GET", "/state", timeout)
     except LabError:
         return {}
 
@@ -179,9 +212,38 @@ def checkpoint_count(lab: Lab, host: str) -> int:
     return sum(state(lab, host).get("checkpoints", {}).values())
 
 
-def protect(lab: Lab, *, proxy: bool = False, extra: str = "") -> None:
+def orchestrator_pids(lab: Lab, host: str) -> list[int]:
+    """The colo-orch processes in a host's namespace (whoever started them)."""
+    found = []
+    for pid in netns.pids(lab.hosts[host].ns):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"colo_orch.cli.orch\0run" in cmdline:
+            found.append(pid)
+    return found
+
+
+def protect(lab: Lab, *, proxy: bool = False, extra: str = "", arbiter: str | None = None,
+            say: Callable[[str], None] | None = None) -> None:
     """Start both orchestrators of a lab that is up (its SVM waiting for the migration)
-    and wait until they have brought the pair to PROTECTED."""
-    start_orchestrators(lab, proxy=proxy, extra=extra)
-    wait_state(lab, "primary", "PROTECTED", 90)
-    wait_state(lab, "secondary", "PROTECTED", 30)
+    and wait until they have brought the pair to PROTECTED; `say` hears each state change."""
+    start_orchestrators(lab, proxy=proxy, extra=extra, arbiter=arbiter)
+    if say is None:
+        wait_state(lab, "primary", "PROTECTED", 90)
+        wait_state(lab, "secondary", "PROTECTED", 30)
+        return
+    t0 = time.monotonic()
+    seen: dict[str, str] = {}
+
+    def both_protected() -> bool:
+        for host in ("primary", "secondary"):
+            now = str(state(lab, host, timeout=2).get("state", "not answering yet"))
+            if seen.get(host) != now:
+                seen[host] = now
+                say(f"{time.monotonic() - t0:5.1f} s  {host}: {now}")
+        return all(v == "PROTECTED" for v in seen.values())
+
+    wait_until(both_protected, 120, "both orchestrators PROTECTED", every=0.2,
+               detail=lambda: f"states: {seen}; logs: {lab.run_dir}/orch-*.log")
