@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from typing import NoReturn
 
 from colo_lab.errors import LabError
@@ -16,10 +18,13 @@ EPILOG = """\
 examples:
   colo-lab build                  build the patched QEMU and the guest into the cache
   colo-lab qemu-path              print the cached patched QEMU (builds nothing)
-  colo-lab up                     start a lab: namespaces, bridges, PVM and SVM booted
+  colo-lab up                     start a lab: namespaces, bridges, etcd, PVM and SVM booted
   colo-lab up --secondary incoming   SVM waits for the PVM's COLO migration instead
-  colo-lab status --json          what is running
-  ip netns exec colo-lab-client curl http://10.99.0.10/   reach the service
+  colo-lab up --protected --proxy    and both orchestrators (with colo-proxy): PROTECTED
+  colo-lab up --no-vms            the network and the 3-member etcd cluster only
+  colo-lab status                 hosts, links, orchestrator states, etcd members
+  colo-lab status --json          the same, machine-readable
+  ip netns exec colo-lab-client curl http://10.99.0.10/health   reach the service
   colo-lab smoke --checkpoints 20 boot, enter COLO, checkpoint, verify, tear down
   colo-lab down                   remove everything of the lab (also after a crash)
   colo-lab demo                   the whole story: protect, checkpoint, fail over, re-protect
@@ -29,6 +34,12 @@ environment:
   COLO_RUN_DIR  run directories (default /run/colo-lab)
   COLO_ACCEL    force kvm or tcg (default: kvm only where it boots the guest)
   COLO_QEMU     use this qemu-system-x86_64 instead of the lab's patched build
+  COLO_LAB_ARBITER  the pair's arbiter: etcd (default, the lab's cluster) or local
+"""
+UP_DESCRIPTION = """Create the lab: namespaces, bridges, a 3-member etcd cluster, then the VMs.
+With --protected, both hosts' colo-orch run (in the hosts' namespaces, with the lab's
+etcd as arbiter) and `up` returns once the pair is PROTECTED; it stays up for you to try
+until 'colo-lab down'.
 """
 
 
@@ -54,9 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="command", required=True, parser_class=_Parser)
-    up = sub.add_parser("up", help="create the topology and boot the VMs")
+    up = sub.add_parser("up", help="create the topology and boot the VMs",
+                        description=UP_DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("--secondary", choices=["standalone", "incoming", "none"],
-                    default="standalone", help="how to start the SVM (default standalone)")
+                    help="how to start the SVM (default standalone; incoming with --protected)")
+    up.add_argument("--protected", action="store_true",
+                    help="start both orchestrators and wait until the pair is PROTECTED")
+    up.add_argument("--proxy", action="store_true",
+                    help="with --protected: the orchestrators run colo-proxy (output compared)")
+    up.add_argument("--disk", action="store_true",
+                    help="give the VMs a replicated disk (the guest's /data)")
+    up.add_argument("--no-vms", action="store_true",
+                    help="the network and the etcd cluster only: no QEMU, no guest")
     down = sub.add_parser("down", help="remove all namespaces, processes and files of a lab")
     st = sub.add_parser("status", help="show what is running")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -103,11 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     lab = Lab(args.name)
     if args.command == "up":
-        _say(f"starting lab '{lab.name}' (first run builds QEMU, about 10 min)")
-        lab.up(secondary=args.secondary)
-        _say(f"lab '{lab.name}' is up (accel {lab.accel}); service at http://{VM_IP}/ "
-             f"from namespace {lab.client_ns}; 'colo-lab down --name {lab.name}' removes it")
-        return 0
+        return _up(lab, args)
     if args.command == "down":
         removed = lab.down()
         for item in removed:
@@ -116,17 +133,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"nothing of lab '{lab.name}' was left")
         return 0
     if args.command == "status":
-        st = lab.status()
-        if args.json:
-            print(json.dumps(st, indent=1))
-        elif not st["up"]:
-            print(f"lab '{lab.name}': down")
-        else:
-            print(f"lab '{lab.name}': up (accel {st['accel']})")
-            for role, vm in st["vms"].items():
-                state = "running" if vm["running"] else "stopped"
-                print(f"  {role:<9} VM {state}" + (f" (pid {vm['pid']})" if vm["pid"] else ""))
-            print(f"  namespaces: {' '.join(st['namespaces'])}")
+        from colo_lab.status import lab_status, render
+
+        st = lab_status(lab)
+        print(json.dumps(st, indent=1) if args.json else render(st))
         return 0
     if args.command == "smoke":
         from colo_lab.smoke import run_smoke, timed_up
@@ -153,6 +163,63 @@ def _run(args: argparse.Namespace) -> int:
         # The demo's claim: the client never noticed. Any error fails it.
         return 0 if summary.get("requests_ok") and not summary.get("request_errors") else 1
     raise LabError(f"unknown command {args.command}")
+
+
+def _up(lab: Lab, args: argparse.Namespace) -> int:
+    if args.no_vms and (args.protected or args.disk or args.secondary):
+        raise LabError("--no-vms starts no VMs", "leave out --protected, --disk and --secondary")
+    if args.proxy and not args.protected:
+        raise LabError("--proxy needs --protected", "add --protected (the orchestrators run it)")
+    secondary = args.secondary or ("incoming" if args.protected else "standalone")
+    if args.protected and secondary != "incoming":
+        raise LabError(f"--protected with --secondary {secondary}: the orchestrators migrate "
+                       "the PVM into a waiting SVM", "leave out --secondary")
+    _say(f"starting lab '{lab.name}' (first run builds QEMU, about 10 min)")
+    t0 = time.monotonic()
+    lab.up(secondary=secondary, disk=args.disk, vms=not args.no_vms)
+    _say(f"lab '{lab.name}' is up in {time.monotonic() - t0:.1f} s (accel {lab.accel})")
+    if args.protected:
+        from colo_lab import pair
+
+        arbiter = pair.default_arbiter()
+        _say(f"starting colo-orch on both hosts (arbiter {arbiter}"
+             f"{', with colo-proxy' if args.proxy else ''}); waiting for PROTECTED ...")
+        try:
+            pair.protect(lab, proxy=args.proxy, arbiter=arbiter, say=_say)
+        except BaseException:
+            _say(f"the pair did not reach PROTECTED; logs in {lab.run_dir} "
+                 f"(orch-*.log); 'colo-lab down --name {lab.name}' removes the lab")
+            raise
+        _say("pair PROTECTED")
+    print(how_to_reach(lab, protected=args.protected, vms=not args.no_vms))
+    return 0
+
+
+def how_to_reach(lab: Lab, *, protected: bool, vms: bool) -> str:
+    """What a person types to use the lab that `up` left running."""
+    from colo_lab import etcd_net, pair
+
+    ctl = Path(sys.executable).with_name("coloctl")
+    coloctl = str(ctl) if ctl.exists() else f"{sys.executable} -m colo_orch.cli.ctl"
+    lines = [f"lab '{lab.name}' is up{' and PROTECTED' if protected else ''}"]
+    if vms:
+        lines.append(f"  service:   ip netns exec {lab.client_ns} curl http://{VM_IP}/health")
+        lines.append("             (also PUT/GET /kv/KEY, GET /random: a divergence, "
+                     "a checkpoint)")
+    for role, h in lab.hosts.items():
+        lines.append(f"  {role + ':':<10} namespace {h.ns}, API {pair.api_url(lab, role)}")
+    if protected:
+        pri = lab.hosts["primary"]
+        lines += [f"  coloctl:   ip netns exec {pri.ns} {coloctl} --url "
+                  f"{pair.api_url(lab, 'primary')} status",
+                  "             (checkpoint, failover, pause, resume, reprotect alike)",
+                  f"  logs:      {lab.run_dir}/orch-primary.log, orch-secondary.log"]
+    lines += [f"  etcd:      {','.join(etcd_net.endpoints(lab))}",
+              f"             e.g. ip netns exec {lab.hosts['primary'].ns} etcdctl --endpoints "
+              f"{etcd_net.endpoints(lab)[0]} endpoint status --cluster -w table",
+              f"  status:    colo-lab status --name {lab.name}",
+              f"  remove:    colo-lab down --name {lab.name}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

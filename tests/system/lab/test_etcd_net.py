@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from colo_lab import etcd_net, faults
+from colo_lab import etcd_net, faults, netns
 from colo_lab.errors import LabError
 from colo_lab.lab import Lab
 from colo_lab.proxy_harness import unique_name
 from colo_lab.wait import wait_until
 
 pytestmark = pytest.mark.host
+COLO_LAB = [sys.executable, "-m", "colo_lab.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +73,58 @@ def test_two_of_three_members_lost_stops_writes_until_they_return(net: Lab) -> N
     # client's timeout means "unknown", not "failed"). 3 or 4 versions, never fewer.
     history = json.loads(faults.etcdctl(net, "get", "/q", "-w", "json"))
     assert history["kvs"][0]["version"] in (3, 4)
+
+
+@pytest.mark.parametrize("link", ["control", "forward", "uplink", "etcd"])
+def test_status_json_shows_each_link_of_each_host_and_a_cut(net: Lab, link: str) -> None:
+    def status() -> dict[str, object]:
+        res = subprocess.run([*COLO_LAB, "status", "--json", "--name", net.name],
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+    host = "secondary" if link == "uplink" else "primary"  # the secondary's uplink starts down
+    if link == "uplink":
+        faults.heal(net, host, link)
+    before = status()
+    faults.cut(net, host, link)
+    try:
+        after = status()
+    finally:
+        faults.heal(net, host, link)
+        if link == "uplink":
+            faults.cut(net, host, link)
+    links = before["hosts"][host]["links"]  # type: ignore[index]
+    assert set(links) == {"control", "forward", "uplink", "etcd"}
+    assert links[link]["up"] is True
+    assert after["hosts"][host]["links"][link]["up"] is False  # type: ignore[index]
+    assert before["hosts"]["primary"]["links"]["etcd"]["address"] == "10.99.2.1/24"  # type: ignore[index]
+    assert before["hosts"]["secondary"]["links"]["control"]["address"] == "10.99.1.2/24"  # type: ignore[index]
+    assert "orchestrator" not in before["hosts"]["primary"]  # type: ignore[index]
+    assert [m["running"] for m in before["etcd"]] == [True, True, True]  # type: ignore[attr-defined]
+
+
+def test_down_after_a_killed_up_leaves_no_namespace_and_no_etcd() -> None:
+    lab = Lab(unique_name("ek"))
+    lab.down()
+    proc = subprocess.Popen([*COLO_LAB, "up", "--no-vms", "--name", lab.name],
+                            stderr=subprocess.PIPE)
+    try:
+        # Killed while the members run and `up` waits for them to be healthy or has just
+        # seen them so: either way nothing of etcd may outlive `down`.
+        wait_until(lambda: len(etcd_net.all_pids(lab)) == 3 or proc.poll() is not None, 30,
+                   "the etcd members to start")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert len(etcd_net.all_pids(lab)) == 3, "etcd outlives its `colo-lab up` until `down`"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    down = subprocess.run([*COLO_LAB, "down", "--name", lab.name], capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert "removed namespace colo-" in down.stdout and "-etcd1" in down.stdout
+    assert lab.leftovers() == []
+    assert netns.list_ns(lab.prefix) == []
+    assert etcd_net.all_pids(lab) == []

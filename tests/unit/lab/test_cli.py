@@ -50,3 +50,15 @@ def test_qemu_path_reads_the_cache_and_builds_nothing(
     (tmp_path / "qemu-current").symlink_to(build)
     assert main(["qemu-path"]) == 0
     assert capsys.readouterr().out == f"{tmp_path / 'qemu-current' / 'qemu-system-x86_64'}\n"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["up", "--proxy"], "--proxy needs --protected"),
+    (["up", "--no-vms", "--protected"], "--no-vms starts no VMs"),
+    (["up", "--protected", "--secondary", "standalone"], "leave out --secondary"),
+])
+def test_up_refuses_options_that_do_not_go_together(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--name", "absent0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
