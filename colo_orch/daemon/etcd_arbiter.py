@@ -99,24 +99,29 @@ def settings_from_config(cfg: Config) -> EtcdSettings:
         f = getattr(cfg, key)
         if f and not os.access(f, os.R_OK):
             raise EtcdConfigError(f"{key} {f}: cannot be read; give the path of the PEM file")
-    password = ""
-    if cfg.etcd_password_file:
-        f = Path(cfg.etcd_password_file)
-        try:
-            mode = f.stat().st_mode
-            password = f.read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise EtcdConfigError(f"etcd_password_file {f}: {exc.strerror}; write etcd_user's "
-                                  "password there (mode 0600)") from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise EtcdConfigError(f"etcd_password_file {f}: mode {stat.S_IMODE(mode):04o} lets "
-                                  f"others read the password; chmod 600 {f}")
-        if not password:
-            raise EtcdConfigError(f"etcd_password_file {f}: empty; write etcd_user's password "
-                                  "there")
+    password = read_password_file(cfg.etcd_password_file) if cfg.etcd_password_file else ""
     return EtcdSettings(endpoints=tuple(cfg.etcd_endpoints), prefix=cfg.etcd_prefix,
                         ca_file=cfg.etcd_ca_file, cert_file=cfg.etcd_cert_file,
                         key_file=cfg.etcd_key_file, user=cfg.etcd_user, password=password)
+
+
+def read_password_file(path: str, field: str = "etcd_password_file",
+                       user: str = "etcd_user") -> str:
+    """The password in `path`, which must not be readable by group or others; errors name
+    `field` (the config's or a command's option) and the fix."""
+    f = Path(path)
+    try:
+        mode = f.stat().st_mode
+        password = f.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise EtcdConfigError(f"{field} {f}: {exc.strerror}; write {user}'s password there "
+                              "(mode 0600)") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise EtcdConfigError(f"{field} {f}: mode {stat.S_IMODE(mode):04o} lets others read "
+                              f"the password; chmod 600 {f}")
+    if not password:
+        raise EtcdConfigError(f"{field} {f}: empty; write {user}'s password there")
+    return password
 
 
 def _b64(s: str) -> str:
@@ -254,6 +259,14 @@ class EtcdClient:
         key = self.settings.prefix + "/"
         self.call("kv/range", {"key": _b64(key), "range_end": _b64(key[:-1] + "0"),
                                "count_only": True}, timeout)
+
+    def range_prefix(self, timeout: float) -> list[tuple[str, str]]:
+        """Every (key, value) under our prefix + "/", in key order, as text."""
+        key = self.settings.prefix + "/"
+        got = self.call("kv/range", {"key": _b64(key), "range_end": _b64(key[:-1] + "0")},
+                        timeout)
+        return [(_unb64(kv.get("key", "")), _unb64(kv.get("value", "")))
+                for kv in got.get("kvs", [])]
 
 
 def _detail(exc: etcd_exc.Etcd3Exception) -> tuple[int, str]:
