@@ -9,12 +9,15 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from colo_orch.core.config import Config, ConfigError, load
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from colo_orch.daemon.arbiter import Arbiter
+    from colo_orch.daemon.fleet import FleetPublisher
 
 EPILOG = """\
 examples:
@@ -77,6 +80,19 @@ def make_arbiter(cfg: Config, host_id: str) -> Arbiter | None:
                                              "take over and a primary cannot renew until etcd "
                                              "answers)", exc)
     return arbiter
+
+
+def make_fleet(cfg: Config, host_id: str, arbiter: Arbiter,
+               status: Callable[[], Mapping[str, Any]]) -> FleetPublisher | None:
+    """With the etcd arbiter, this host's record for `coloctl list`, published from now on
+    (docs/ORCHESTRATOR.md, "Fleet view"); None with the local arbiter."""
+    from colo_orch.daemon.etcd_arbiter import EtcdArbiter
+    from colo_orch.daemon.fleet import FleetPublisher
+
+    if not isinstance(arbiter, EtcdArbiter):
+        return None
+    return FleetPublisher(arbiter.client.settings, cfg.name, host_id, status,
+                          cfg.api_listen).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
               "use a free port", file=sys.stderr)
         return 2
     serve_in_background(server)
+    fleet = make_fleet(cfg, host_id, arbiter, orch.status)
 
     def _term(signum: int, frame: FrameType | None) -> None:
         orch.stop()
@@ -157,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _term)
     logging.getLogger("colo_orch").info("started %s as %s (api %s)", cfg.name, cfg.role,
                                         cfg.api_listen)
-    orch.run()
+    try:
+        orch.run()
+    finally:
+        if fleet is not None:
+            fleet.stop()
     server.shutdown()
     return 0
 

@@ -293,6 +293,8 @@ class Orchestrator(Actions, Watchers):
             "reprotections": self.reprotections,
             "last_takeover_s": self.last_takeover_s,
             "last_checkpoint_s": self.last_checkpoint_s,
+            "last_checkpoint_age_s": (round(time.monotonic() - self.last_checkpoint_at, 3)
+                                      if self.checkpoints else None),
             "degraded_reason": self.degraded_reason,
             "fenced": self._fenced,
             "proxy_connected": self.proxy.connected if self.proxy else None,
