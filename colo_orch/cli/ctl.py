@@ -18,6 +18,7 @@ examples:
   coloctl pause | resume                 suspend / resume output comparison
   coloctl reprotect                      pair again after a failover
   coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
+  coloctl list --etcd http://10.0.0.5:2379 every pair and host in etcd (coloctl list -h)
 """
 COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect")
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from colo_orch.cli.disk import main as disk_main
 
         return disk_main(argv[1:])
+    if argv[:1] == ["list"]:  # the fleet, from etcd: no orchestrator needed
+        from colo_orch.cli.fleet import main as list_main
+
+        return list_main(argv[1:])
     p = argparse.ArgumentParser(prog="coloctl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:7411", help="orchestrator API")
