@@ -24,6 +24,7 @@ from colo_orch.daemon.etcd_arbiter import (
     EtcdSettings,
     EtcdUnreachable,
 )
+from tests.support.etcd import orch_config
 
 pytestmark = pytest.mark.host
 
@@ -226,37 +227,10 @@ def test_unreachable_store_is_said_with_every_endpoint(pair: str) -> None:
         a.stop()
 
 
-GOOD_CFG = """
-name = "{pair}"
-role = "primary"
-qmp = "{d}/vm.qmp"
-qmp_events = "{d}/vm-events.qmp"
-heartbeat_listen = "127.0.0.1:{hb}"
-peer_heartbeat = "127.0.0.1:{peer}"
-incoming_uri = "tcp:127.0.0.1:4444"
-peer_incoming_uri = "tcp:127.0.0.1:4445"
-heartbeat_key_file = "{d}/hb.key"
-api_listen = "127.0.0.1:{api}"
-arbiter = "etcd"
-etcd_endpoints = {endpoints}
-on_fence = ["true"]
-"""
-
-
-def _config(tmp_path: Path, pair: str, endpoints: list[str], extra: str = "") -> Path:
-    (tmp_path / "hb.key").write_bytes(os.urandom(32).hex().encode())
-    (tmp_path / "hb.key").chmod(0o600)
-    cfg = tmp_path / "orch.toml"
-    eps = "[" + ", ".join(f'"{e}"' for e in endpoints) + "]"
-    cfg.write_text(GOOD_CFG.format(pair=pair, d=tmp_path, hb=free_port(), peer=free_port(),
-                                   api=free_port(), endpoints=eps) + extra)
-    return cfg
-
-
 def test_orch_started_with_etcd_down_names_the_endpoints_and_goes_on(
         tmp_path: Path, pair: str) -> None:
     eps = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
-    cfg = _config(tmp_path, pair, eps)
+    cfg = orch_config(tmp_path, pair, eps)
     log = tmp_path / "orch.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "colo_orch.cli.orch", "run", "--config",
@@ -274,20 +248,6 @@ def test_orch_started_with_etcd_down_names_the_endpoints_and_goes_on(
 
 
 # Authentication --------------------------------------------------------------------
-@pytest.fixture
-def etcd_auth(tmp_path: Path) -> Iterator[EtcdCluster]:
-    with start_single(tmp_path / "auth") as c:
-        c.ctl(["user", "add", "root:rootpw"])
-        c.ctl(["user", "grant-role", "root", "root"])
-        c.ctl(["role", "add", "colo"])
-        c.ctl(["role", "grant-permission", "colo", "--prefix=true", "readwrite", "/colo/"])
-        c.ctl(["user", "add", "orch:orchpw"])
-        c.ctl(["user", "grant-role", "orch", "colo"])
-        c.ctl(["user", "add", "nobody:nobodypw"])  # no role
-        c.ctl(["auth", "enable"])
-        yield c
-
-
 def test_auth_right_credentials_hold_wrong_ones_are_named(
         etcd_auth: EtcdCluster, pair: str, tmp_path: Path) -> None:
     ep = etcd_auth.endpoints
@@ -321,7 +281,7 @@ def test_auth_right_credentials_hold_wrong_ones_are_named(
     pw = tmp_path / "etcd.pw"
     pw.write_text("wrong\n")
     pw.chmod(0o600)
-    cfg = _config(tmp_path, pair, ep, f'etcd_user = "orch"\netcd_password_file = "{pw}"\n')
+    cfg = orch_config(tmp_path, pair, ep, f'etcd_user = "orch"\netcd_password_file = "{pw}"\n')
     res = subprocess.run([sys.executable, "-m", "colo_orch.cli.orch", "run", "--config",
                           str(cfg)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stderr
@@ -391,11 +351,11 @@ def test_tls_with_client_certificates(tmp_path: Path, pair: str) -> None:
 
 def test_check_config_asks_etcd(etcd: EtcdCluster, tmp_path: Path, pair: str) -> None:
     check = [sys.executable, "-m", "colo_orch.cli.orch", "check", "--config"]
-    cfg = _config(tmp_path, pair, etcd.endpoints)
+    cfg = orch_config(tmp_path, pair, etcd.endpoints)
     res = subprocess.run([*check, str(cfg)], capture_output=True, text=True, timeout=60)
     assert "ok   arbiter" in res.stdout, res.stdout
     dead = f"http://127.0.0.1:{free_port()}"
-    cfg = _config(tmp_path, pair, [dead])
+    cfg = orch_config(tmp_path, pair, [dead])
     res = subprocess.run([*check, str(cfg)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert (f"FAIL arbiter: etcd unreachable: {dead}: connection refused; start etcd or fix "
