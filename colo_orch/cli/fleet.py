@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     settings = EtcdSettings(endpoints=endpoints, prefix=prefix, ca_file=args.ca_file,
                             cert_file=args.cert_file, key_file=args.key_file, user=args.user,
                             password=password)
-    client = EtcdClient(settings, request_timeout=args.timeout)
+    client = EtcdClient(settings, request_timeout=args.timeout, permission="read")
     try:
         kvs = client.range_prefix(args.timeout * len(endpoints))
     except EtcdError as exc:

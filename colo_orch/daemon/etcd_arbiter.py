@@ -154,8 +154,10 @@ class EtcdClient:
     Not thread-safe: one caller at a time (the arbiter serialises its requests).
     """
 
-    def __init__(self, settings: EtcdSettings, request_timeout: float) -> None:
+    def __init__(self, settings: EtcdSettings, request_timeout: float, *,
+                 permission: str = "readwrite") -> None:
         self.settings = settings
+        self.permission = permission  # what the caller needs on the prefix: for the errors
         self.request_timeout = request_timeout
         self._eps = [_Endpoint(u, settings) for u in settings.endpoints]
         self._cur = 0  # the endpoint that answered last: tried first
@@ -246,10 +248,11 @@ class EtcdClient:
                 f"etcd at {ep.url} requires authentication: {msg}; set etcd_user and "
                 "etcd_password_file")
         if code == _PERMISSION_DENIED:
+            need = {"readwrite": "read-write"}.get(self.permission, self.permission)
             return EtcdAuthError(
-                f"etcd at {ep.url}: user {s.user or '(none)'!r} has no read-write permission on "
+                f"etcd at {ep.url}: user {s.user or '(none)'!r} has no {need} permission on "
                 f"{s.prefix!r}: {msg}; grant it: etcdctl role grant-permission ROLE "
-                f"--prefix=true readwrite {s.prefix}/ and etcdctl user grant-role "
+                f"--prefix=true {self.permission} {s.prefix}/ and etcdctl user grant-role "
                 f"{s.user or 'USER'} ROLE")
         return EtcdError(f"{ep.url}: {msg} (code {code})", code)
 

@@ -38,8 +38,8 @@ def orch_config(tmp_path: Path, pair: str, endpoints: list[str], extra: str = ""
 
 
 def add_users(c: EtcdCluster) -> None:
-    """Users root:rootpw, orch:orchpw (read-write on /colo/) and nobody:nobodypw (no role),
-    then authentication on."""
+    """Users root:rootpw, orch:orchpw (read-write on /colo/), reader:readerpw (read on
+    /colo/) and nobody:nobodypw (no role), then authentication on."""
     c.ctl(["user", "add", "root:rootpw"])
     c.ctl(["user", "grant-role", "root", "root"])
     c.ctl(["role", "add", "colo"])
@@ -47,4 +47,8 @@ def add_users(c: EtcdCluster) -> None:
     c.ctl(["user", "add", "orch:orchpw"])
     c.ctl(["user", "grant-role", "orch", "colo"])
     c.ctl(["user", "add", "nobody:nobodypw"])  # no role
+    c.ctl(["role", "add", "colo-reader"])
+    c.ctl(["role", "grant-permission", "colo-reader", "--prefix=true", "read", "/colo/"])
+    c.ctl(["user", "add", "reader:readerpw"])
+    c.ctl(["user", "grant-role", "reader", "colo-reader"])
     c.ctl(["auth", "enable"])

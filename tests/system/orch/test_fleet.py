@@ -126,7 +126,7 @@ def test_an_empty_prefix_says_so(etcd: EtcdCluster, prefix: str) -> None:
     assert f"no pairs under {prefix} at {etcd.endpoints[0]}" in res.stderr, res.stderr
 
 
-def test_wrong_credentials_are_named(etcd_auth: EtcdCluster, tmp_path: Path) -> None:
+def test_wrong_credentials_and_missing_permissions_are_named(etcd_auth: EtcdCluster, tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("wrong\n")
     pw.chmod(0o600)
@@ -138,9 +138,18 @@ def test_wrong_credentials_are_named(etcd_auth: EtcdCluster, tmp_path: Path) -> 
     res = coloctl("--etcd", ep)
     assert res.returncode == 2 and "requires authentication" in res.stderr, res.stderr
     assert "set --user and --password-file" in res.stderr, res.stderr
-    pw.write_text("orchpw\n")
-    res = coloctl("--etcd", ep, "--user", "orch", "--password-file", str(pw))
-    assert res.returncode == 1 and "no pairs under /colo" in res.stderr, res.stderr
+    pw.write_text("nobodypw\n")
+    res = coloctl("--etcd", ep, "--user", "nobody", "--password-file", str(pw))
+    assert res.returncode == 2, res.stderr
+    assert ("user 'nobody' has no read permission on '/colo'" in res.stderr
+            and "grant-permission ROLE --prefix=true read /colo/" in res.stderr), res.stderr
+    # Reading is enough: a reader lists what the orchestrators (read-write) published.
+    etcd_auth.ctl(["put", "/colo/web/leader", "h1"], user="root:rootpw")
+    pw.write_text("readerpw\n")
+    res = coloctl("--etcd", ep, "--user", "reader", "--password-file", str(pw), "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["pairs"] == [{"pair": "web", "lease_holder": "h1",
+                                                "members": []}]
 
 
 def test_colo_orch_publishes_its_record_and_removes_it_on_exit(
