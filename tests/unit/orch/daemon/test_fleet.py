@@ -1,21 +1,58 @@
-"""The fleet publisher with no etcd to answer: it goes on trying, logs once a minute at
-most, and a failing status callback does not end it either."""
+"""The fleet publisher: its record from a real Orchestrator.status(); with no etcd to
+answer it goes on trying and logs once a minute at most, and a failing status callback
+does not end it either."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from colo_lab.etcd import free_port
 from colo_lab.wait import wait_until
+from colo_orch.core.config import Config
+from colo_orch.core.fleet import encode, member_record, parse_member
+from colo_orch.daemon.arbiter import LocalLeaseArbiter
 from colo_orch.daemon.etcd_arbiter import EtcdSettings
 from colo_orch.daemon.fleet import FleetPublisher
+from colo_orch.daemon.runner import Orchestrator
 
 STATUS: dict[str, Any] = {"name": "web", "host": "h1", "state": "PROTECTED",
                           "role": "primary"}
+
+
+class _Silent:
+    """A heartbeat that never heard its peer."""
+
+    def last(self) -> None:
+        return None
+
+
+def test_the_record_of_an_orchestrators_status(tmp_path: Path) -> None:
+    cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
+                 heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
+                 incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
+                 arbiter_path=str(tmp_path / "lease"))
+    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "h1", 3.0),  # type: ignore[arg-type]
+                        heartbeat=_Silent(), proxy=None, host_id="h1")  # type: ignore[arg-type]
+
+    def record() -> Any:
+        m = member_record(orch.status(), api="10.0.0.1:7411", published_at=time.time(),
+                          seq=1, uptime_s=0.0, period_s=1.0, ttl_s=10.0)
+        assert parse_member("web", "h1", encode(m)) == m
+        return m
+
+    first = record()
+    assert (first.pair, first.host, first.role, first.state) == ("web", "h1", "primary",
+                                                                 "STOPPED")
+    assert first.checkpoint_age_s is None and first.heartbeat_age_s is None
+    assert first.proxy is None and first.lease_holder is None
+    orch.checkpoints["timer"] += 1
+    orch.last_checkpoint_at = time.monotonic() - 5.0
+    assert 5.0 <= record().checkpoint_age_s < 6.0
 
 
 def _publisher(status: Any) -> FleetPublisher:
