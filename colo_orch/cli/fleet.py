@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -126,12 +127,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     endpoints = tuple(e.strip() for e in args.etcd.split(",") if e.strip())
     for e in endpoints:
-        if "://" not in e or not e.rsplit(":", 1)[-1].strip("/").isdigit():
+        scheme, _, rest = e.partition("://")
+        if scheme not in ("http", "https") or not rest.rsplit(":", 1)[-1].strip("/").isdigit():
             parser.error(f"--etcd: {e!r} is not http(s)://HOST:PORT")
     if not endpoints:
         parser.error("--etcd: give at least one http(s)://HOST:PORT")
     if bool(args.cert_file) != bool(args.key_file):
         parser.error("--cert-file and --key-file go together: give both or neither")
+    for option in ("ca_file", "cert_file", "key_file"):
+        f = getattr(args, option)
+        if f and not os.access(f, os.R_OK):
+            parser.error(f"--{option.replace('_', '-')} {f}: cannot be read; give the path "
+                         "of the PEM file")
     prefix = "/" + args.prefix.strip("/")
     try:
         password = (read_password_file(args.password_file, "--password-file", "--user")

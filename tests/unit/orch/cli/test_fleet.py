@@ -78,6 +78,9 @@ def test_unreachable_endpoints_are_named(capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize(("args", "why"), [
     (["--etcd", "10.0.0.5:2379"], "--etcd: '10.0.0.5:2379' is not http(s)://HOST:PORT"),
     (["--etcd", ","], "--etcd: give at least one"),
+    (["--etcd", "ftp://a:1"], "--etcd: 'ftp://a:1' is not http(s)://HOST:PORT"),
+    (["--etcd", "https://a:1", "--ca-file", "/nonexistent/ca.pem"],
+     "--ca-file /nonexistent/ca.pem: cannot be read"),
     (["--etcd", "http://a:1", "--cert-file", "/c"], "--cert-file and --key-file go together"),
     (["--etcd", "http://a:1", "--user", "u"], "--user needs --password-file"),
 ])
