@@ -169,3 +169,17 @@ def test_colo_orch_publishes_its_record_and_removes_it_on_exit(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     assert ("web", "hostA") not in listed(etcd, prefix), log.read_text()
+
+
+def test_bad_values_are_rows_saying_so(etcd: EtcdCluster, prefix: str) -> None:
+    etcd.ctl(["put", f"{prefix}/web/members/h1", "[]"])
+    etcd.ctl(["put", f"{prefix}/web/members/h2", '{"format": 1, "pair": "web", "host": 7}'])
+    etcd.ctl(["put", f"{prefix}/web/leader", "h2"])
+    res = coloctl("--etcd", etcd.endpoints[0], "--prefix", prefix)
+    assert res.returncode == 0, res.stderr
+    rows = res.stdout.splitlines()[1:]
+    assert rows[0].split()[:5] == ["web", "h1", "?", "BAD", "RECORD:"], res.stdout
+    assert "a JSON list, not an object" in rows[0]
+    assert rows[1].split()[:2] == ["web", "h2*"] and "field 'host' is 7" in rows[1], res.stdout
+    got = listed(etcd, prefix)
+    assert got[("web", "h1")]["bad"] and got[("web", "h2")]["leader"]
