@@ -68,16 +68,22 @@ class ProxyPair:
     def ns(self, role: str) -> str:
         return str(self.lab.hosts[role].ns)
 
+    def argv(self, role: str) -> list[str]:
+        """The command line of this pair's proxy in `role` (run in its host's namespace)."""
+        return [sys.executable, "-m", "colo_proxy.cli.main", role,
+                "--tap", self.lab.hosts[role].tap,
+                "--control-socket", self.sock(role), "--queue", str(self.queue),
+                # One instance per host: the hosts' namespaces share /run, where each
+                # proxy locks its instance (two machines would not).
+                "--instance", f"t{os.getpid()}{role[:3]}",
+                *(["--uplink", self.uplink] if role == "primary" and self.uplink else []),
+                *self.extra]  # last: extra flags win (e.g. --uplink "" for none)
+
     def start(self, role: str | None = None, timeout: float = 60.0) -> None:
         for r in [role] if role else ROLES:
             h = self.lab.hosts[r]
-            argv = [sys.executable, "-m", "colo_proxy.cli.main", r, "--tap", h.tap,
-                    "--control-socket", self.sock(r), "--queue", str(self.queue),
-                    "--instance", f"t{os.getpid()}",
-                    *(["--uplink", self.uplink] if r == "primary" and self.uplink else []),
-                    *self.extra]  # last: extra flags win (e.g. --uplink "" for none)
             with open(self.log(r), "ab") as log:
-                self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *argv],
+                self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *self.argv(r)],
                                                  stdout=log, stderr=log, cwd=str(REPO))
             wait_until(functools.partial(self._hello, r), timeout, f"the {r} proxy to answer")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from colo_proxy.service import run
 from colo_proxy.service.control_socket import request
+from colo_proxy.service.instance_lock import AlreadyRunning
 from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
 
 log = logging.getLogger("colo-proxy")
@@ -28,7 +29,8 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    "connections carried over a role swap)")
     p.add_argument("--vm-mac", dest="vm_mac", help="the VMs' MAC address")
     p.add_argument("--control-socket", dest="control_socket", help="unix socket path")
-    p.add_argument("--instance", help="tag of this proxy's iptables rules")
+    p.add_argument("--instance", help="this VM's proxy: the tag of its iptables rules and "
+                   "its lock (/run/colo-proxy/INSTANCE.lock; one proxy per instance)")
     p.add_argument("--queue", type=int, help="NFQUEUE number (primary)")
     p.add_argument("--on-crash", dest="on_crash", choices=("closed", "open"),
                    help="if the proxy dies: hold (closed) or pass (open) the PVM's output")
@@ -89,10 +91,14 @@ def _cmd_service(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("bad configuration: %s", exc)
         return 2
-    if s.role == "primary":
-        run.run_primary(s)
-    else:
-        run.run_secondary(s)
+    try:
+        if s.role == "primary":
+            run.run_primary(s)
+        else:
+            run.run_secondary(s)
+    except AlreadyRunning as exc:
+        log.error("not started: %s", exc)
+        return 3
     return 0
 
 

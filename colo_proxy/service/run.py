@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from colo_proxy.kernel import netfilter
-from colo_proxy.service import handover_file
+from colo_proxy.service import handover_file, instance_lock
 from colo_proxy.service.control_socket import ControlServer, request
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire import handover
@@ -24,6 +24,12 @@ log = logging.getLogger("colo-proxy")
 
 
 def run_primary(s: ProxySettings) -> None:
+    """Serve as the primary's proxy; AlreadyRunning if this instance runs already."""
+    with instance_lock.hold(s.instance):
+        _run_primary(s)
+
+
+def _run_primary(s: ProxySettings) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
     from colo_proxy.kernel.packet_socket import PacketSocket
@@ -102,6 +108,12 @@ class _Announcer:
 
 
 def run_secondary(s: ProxySettings) -> None:
+    """Serve as the secondary's proxy; AlreadyRunning if this instance runs already."""
+    with instance_lock.hold(s.instance):
+        _run_secondary(s)
+
+
+def _run_secondary(s: ProxySettings) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.service.loop import serve
     from colo_proxy.service.secondary import SecondaryProxy

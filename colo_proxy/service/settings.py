@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ class ProxySettings:
     uplink: str = ""
     vm_mac: str = "52:54:00:c0:10:01"
     control_socket: str = DEFAULT_SOCKET
-    instance: str = "colo"  # tag of our iptables rules
+    instance: str = "colo"  # this VM's proxy: tag of our iptables rules, name of our lock
     queue: int = 0  # NFQUEUE number (primary)
     # Proxy process dead: "closed" holds the PVM's output (the consistent default),
     # "open" lets it pass uncompared (iptables --queue-bypass).
@@ -68,6 +69,9 @@ class ProxySettings:
         port = self.metrics_listen.rpartition(":")[2]
         if self.metrics_listen and not (port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"metrics_listen must be ADDR:PORT, not {self.metrics_listen!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", self.instance):
+            raise ConfigError(f"instance must be letters, digits, '_', '.' or '-' (it names "
+                              f"/run/colo-proxy/<instance>.lock), not {self.instance!r}")
         if len(self.vm_mac.split(":")) != 6:
             raise ConfigError(f"vm_mac {self.vm_mac!r} is not a MAC address")
         return self

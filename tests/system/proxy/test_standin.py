@@ -199,6 +199,42 @@ def test_sigkill_holds_traffic_restart_takes_over_cleanup_leaves_nothing(
     )
 
 
+def _kernel_state(pair: ProxyPair, role: str) -> str:
+    """The proxy's rules and filters in its host's namespace, as text to compare."""
+    ns, tap = pair.ns(role), standin_tap(role)
+    return "\n".join(in_ns(ns, argv, check=False) for argv in (
+        ["iptables", "-w", "-S", "FORWARD"],
+        ["tc", "filter", "show", "dev", tap, "ingress"], ["tc", "filter", "show", "dev", tap, "egress"],
+        ["tc", "filter", "show", "dev", "fwd0", "ingress"],
+        ["tc", "filter", "show", "dev", "fwd0", "egress"]))
+
+
+def standin_tap(role: str) -> str:
+    return "tapP" if role == "primary" else "tapS"
+
+
+def test_a_second_proxy_of_an_instance_exits_and_changes_nothing(
+    standin: Standin, pair: ProxyPair
+) -> None:
+    """Before the lock, a second primary failed to bind the queue and on its way out removed
+    the live one's rules and filters: the PVM's output then passed uncompared."""
+    for role in ("secondary", "primary"):
+        live = control.request(pair.sock(role), {"type": "hello"})
+        kernel = _kernel_state(pair, role)
+        second = subprocess.run(["ip", "netns", "exec", pair.ns(role), *pair.argv(role)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert second.returncode == 3, second.stderr
+        assert f"already runs (pid {live['pid']}," in second.stderr, second.stderr
+        assert pair.procs[role].poll() is None
+        assert control.request(pair.sock(role), {"type": "hello"})["pid"] == live["pid"]
+        assert _kernel_state(pair, role) == kernel
+    assert "colo-proxy" in _kernel_state(pair, "primary")
+    # The live pair still compares: the PVM's output goes through its queue.
+    before = pair.status("primary")["compare"]["primary_packets"]
+    assert _load(standin, "check", "--conns", "2", "--requests", "20")["ok"] == 20
+    assert pair.status("primary")["compare"]["primary_packets"] > before + 20
+
+
 @pytest.mark.parametrize("pair", [["--on-crash", "open"]], indirect=True)
 def test_fail_open_passes_traffic_when_the_proxy_dies(standin: Standin, pair: ProxyPair) -> None:
     pair.kill("primary")
