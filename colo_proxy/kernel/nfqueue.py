@@ -108,6 +108,10 @@ class NfQueue:
         """Release everything still held (failover to pass-through, shutdown)."""
         self.decide(self.planner.outstanding())
 
+    def drop_all(self) -> None:
+        """Drop everything still held (fenced: fail closed)."""
+        self.decide((), self.planner.outstanding())
+
     def _send(self, msg: bytes) -> None:
         # Verdicts must not be lost: wait for socket space rather than drop one, which
         # would strand a packet in the kernel queue until we exit. Netlink sends to the

@@ -88,6 +88,10 @@ class HoldTimer:
         """Everything held went out at once (pass-through after failover or pause)."""
         self.released(list(self._arrived), now)
 
+    def forget_all(self) -> None:
+        """Everything held was dropped (fenced): it was never released, so not timed."""
+        self._arrived.clear()
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, total = [], 0
         for bound, n in zip((*HOLD_BUCKETS, float("inf")), self.buckets, strict=True):

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A proxy is in exactly one `Mode`. Of the orchestrator's control messages, five change
+A proxy is in exactly one `Mode`. Of the orchestrator's control messages, seven change
 it; `EVENTS` names their `Event`, and `Machine.fire(event)` moves to the mode the table
 gives, or raises `IllegalTransition` and changes nothing. The proxies fire before they
 act, so an event that is not allowed has no effect at all; the other messages (hello,
@@ -11,7 +11,15 @@ status, checkpoint_started) only read the mode.
     PROTECTED -checkpoint_barrier-> BARRIER -checkpoint_done-> PROTECTED    (primary)
     PROTECTED -checkpoint_done-> PROTECTED        (no barrier: the libxl bridge sends none)
     PROTECTED, BARRIER -failover, pause-> PASSTHROUGH -resume-> PROTECTED
-    any mode -resume-> PROTECTED                   (a fresh comparator; a checkpoint follows)
+    PROTECTED, BARRIER, PASSTHROUGH -resume-> PROTECTED  (a fresh comparator; a checkpoint follows)
+    any mode -fence-> FENCED -unfence-> the mode it was fenced from (BARRIER: PROTECTED)
+
+FENCED fails closed: the orchestrator can no longer prove that it may serve (its lease
+could not be renewed), so no output of this host's VM may reach a client. The primary
+drops every PVM packet, the held ones included; the secondary steers the SVM's output
+away from the LAN. Only `unfence` leaves it: a pause, failover or resume there would
+release output, so they are illegal. Unfencing a BARRIER returns to PROTECTED, because
+the fence dropped the epoch that the barrier had set aside.
 
 The loops that stay put are listed because the message is accepted there and its action
 still runs: a checkpoint_done is counted (and, on the secondary, resets the offsets), a
@@ -34,6 +42,7 @@ class Mode(IntEnum):
     PROTECTED = 0  # primary: PVM output held until the SVM's matches; secondary: steered
     PASSTHROUGH = 1  # after failover (the other host is gone) or while paused
     BARRIER = 2  # primary: the PVM stopped for a checkpoint; later arrivals wait for its end
+    FENCED = 3  # fail closed: no output of our VM reaches a client until unfence
 
     @property
     def label(self) -> str:
@@ -41,9 +50,10 @@ class Mode(IntEnum):
 
 
 LABELS = {Mode.PROTECTED: "protected", Mode.PASSTHROUGH: "passthrough",
-          Mode.BARRIER: "protected"}
+          Mode.BARRIER: "protected", Mode.FENCED: "fenced"}
 # The short names the proxies use, as `S, E` in colo_orch.core.state.
-PROTECTED, PASSTHROUGH, BARRIER = Mode.PROTECTED, Mode.PASSTHROUGH, Mode.BARRIER
+PROTECTED, PASSTHROUGH, BARRIER, FENCED = (Mode.PROTECTED, Mode.PASSTHROUGH, Mode.BARRIER,
+                                           Mode.FENCED)
 
 
 class Event(IntEnum):
@@ -52,12 +62,15 @@ class Event(IntEnum):
     FAILOVER = 2
     PAUSE = 3
     RESUME = 4
+    FENCE = 5
+    UNFENCE = 6
 
 
 # The control messages (colo_proxy.wire.control.REQUESTS) that change the mode.
 EVENTS = {"checkpoint_barrier": Event.CHECKPOINT_BARRIER,
           "checkpoint_done": Event.CHECKPOINT_DONE, "failover": Event.FAILOVER,
-          "pause": Event.PAUSE, "resume": Event.RESUME}
+          "pause": Event.PAUSE, "resume": Event.RESUME, "fence": Event.FENCE,
+          "unfence": Event.UNFENCE}
 
 M, E = Mode, Event
 
@@ -69,20 +82,35 @@ TRANSITIONS: dict[Mode, dict[Event, Mode]] = {
         E.FAILOVER: M.PASSTHROUGH,
         E.PAUSE: M.PASSTHROUGH,
         E.RESUME: M.PROTECTED,
+        E.FENCE: M.FENCED,
+        E.UNFENCE: M.PROTECTED,
     },
     M.BARRIER: {
         E.CHECKPOINT_DONE: M.PROTECTED,
         E.FAILOVER: M.PASSTHROUGH,
         E.PAUSE: M.PASSTHROUGH,
         E.RESUME: M.PROTECTED,
+        E.FENCE: M.FENCED,
+        E.UNFENCE: M.BARRIER,
     },
     M.PASSTHROUGH: {
         E.CHECKPOINT_DONE: M.PASSTHROUGH,
         E.FAILOVER: M.PASSTHROUGH,
         E.PAUSE: M.PASSTHROUGH,
         E.RESUME: M.PROTECTED,
+        E.FENCE: M.FENCED,
+        E.UNFENCE: M.PASSTHROUGH,
+    },
+    M.FENCED: {
+        # A checkpoint in flight when the fence came still ends: counted, nothing released.
+        E.CHECKPOINT_DONE: M.FENCED,
+        E.FENCE: M.FENCED,
+        # Or PASSTHROUGH: the mode it was fenced from (Machine.fenced_from).
+        E.UNFENCE: M.PROTECTED,
     },
 }
+# Where an unfence returns to, by the mode the fence came in.
+UNFENCE_TO = {M.PROTECTED: M.PROTECTED, M.BARRIER: M.PROTECTED, M.PASSTHROUGH: M.PASSTHROUGH}
 
 
 class IllegalTransition(Exception):
@@ -94,9 +122,13 @@ class IllegalTransition(Exception):
 
 @dataclass
 class Machine:
-    """The current mode; `fire` is the only way to change it."""
+    """The current mode; `fire` is the only way to change it.
+
+    `fenced_from` is the one piece of history the table needs: where unfence goes.
+    """
 
     mode: Mode = Mode.PROTECTED
+    fenced_from: Mode = Mode.PROTECTED
 
     def can(self, event: Event) -> bool:
         return event in TRANSITIONS[self.mode]
@@ -105,5 +137,9 @@ class Machine:
         nxt = TRANSITIONS[self.mode].get(event)
         if nxt is None:
             raise IllegalTransition(self.mode, event)
+        if self.mode is M.FENCED and event is E.UNFENCE:
+            nxt = self.fenced_from
+        elif nxt is M.FENCED and self.mode is not M.FENCED:
+            self.fenced_from = UNFENCE_TO[self.mode]
         self.mode = nxt
         return nxt

@@ -10,6 +10,7 @@ the clock. Its I/O objects are injected, so unit tests drive it with fakes;
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -24,7 +25,16 @@ from colo_proxy.compare import (
     Wakeup,
 )
 from colo_proxy.service.metrics import HoldTimer
-from colo_proxy.service.modes import BARRIER, EVENTS, PASSTHROUGH, Event, Machine, Mode
+from colo_proxy.service.modes import (
+    BARRIER,
+    EVENTS,
+    FENCED,
+    PASSTHROUGH,
+    PROTECTED,
+    Event,
+    Machine,
+    Mode,
+)
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 
@@ -39,6 +49,7 @@ class Queue(Protocol):
     def receive(self, limit: int = ...) -> list[Any]: ...
     def decide(self, accept: Any, drop: Any = ...) -> None: ...
     def accept_all(self) -> None: ...
+    def drop_all(self) -> None: ...
 
 
 class Source(Protocol):
@@ -84,6 +95,7 @@ class PrimaryProxy:
         self.svm_non_ip = 0
         self.truncated = 0
         self.passed_uncompared = 0
+        self.fenced_drops = 0  # PVM packets dropped while fenced (held ones included)
         self.compared_bytes = {"primary": 0, "secondary": 0}  # IP bytes given to the comparator
         self.started = clock()
         self._accept: list[int] = []
@@ -110,6 +122,10 @@ class PrimaryProxy:
         if mode is PASSTHROUGH:
             self.passed_uncompared += len(pkts)
             self.queue.decide([p.packet_id for p in pkts])
+            return
+        if mode is FENCED:
+            self.fenced_drops += len(pkts)
+            self.queue.decide((), [p.packet_id for p in pkts])
             return
         now = self.clock()
         if mode is BARRIER:
@@ -138,7 +154,7 @@ class PrimaryProxy:
         self._feed_svm(self.svm.receive(self.settings.batch))
 
     def _feed_svm(self, frames: list[Any]) -> None:
-        if not frames or self.modes.mode is PASSTHROUGH:
+        if not frames or self.modes.mode in (PASSTHROUGH, FENCED):
             return
         now = self.clock()
         cmp_packet = self.cmp.packet
@@ -177,7 +193,8 @@ class PrimaryProxy:
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
-            return {"type": "hello", "role": "primary", "mode": self.mode.label}
+            return {"type": "hello", "role": "primary", "mode": self.mode.label,
+                    "pid": os.getpid(), "instance": self.settings.instance}
         if kind == "status":
             return self.status()
         if kind == "checkpoint_started":
@@ -208,6 +225,16 @@ class PrimaryProxy:
         elif kind in ("failover", "pause"):
             self.modes.fire(EVENTS[kind])
             self._passthrough(kind)
+        elif kind == "fence":
+            self.modes.fire(Event.FENCE)
+            self._fence()
+        elif kind == "unfence":
+            was = self.mode
+            self.modes.fire(Event.UNFENCE)
+            if was is FENCED:
+                log.warning("unfenced: %s again%s", self.mode.label,
+                            " (the orchestrator checkpoints first)" if self.mode is PROTECTED
+                            else "")
         elif kind == "resume":
             self.modes.fire(Event.RESUME)
             if self.datapath is not None:
@@ -234,6 +261,20 @@ class PrimaryProxy:
         self.cmp = Comparator(self.settings.compare)
         self.wake = None
         log.warning("%s: output now passes uncompared, mirroring stopped", why)
+
+    def _fence(self) -> None:
+        # Fail closed: whatever is held, and whatever comes, is dropped. TCP retransmits
+        # it to whichever host may serve; nothing of ours reaches a client meanwhile.
+        dropped = self.cmp.held_packets + sum(1 for side, _, _ in self._post
+                                              if side is Side.PRIMARY)
+        self._post = []
+        self.queue.drop_all()
+        self.hold.forget_all()
+        self.fenced_drops += dropped
+        self.cmp = Comparator(self.settings.compare)
+        self.wake = None
+        log.warning("fenced: every PVM packet is dropped (%d held ones now) until unfence",
+                    dropped)
 
     # Commands ----------------------------------------------------------------
     def _trace(self, side: str, pid: int, data: bytes, cmds: list[Any]) -> None:
@@ -283,7 +324,7 @@ class PrimaryProxy:
             "checkpoints_done": self.checkpoints,
             "compare": self.cmp.stats.as_dict(),
             "svm_non_ip": self.svm_non_ip, "truncated_copies": self.truncated,
-            "passed_uncompared": self.passed_uncompared,
+            "passed_uncompared": self.passed_uncompared, "fenced_drops": self.fenced_drops,
             "compared_bytes": dict(self.compared_bytes),
         }
         if self.datapath is not None:

@@ -123,7 +123,8 @@ def _run_secondary(s: ProxySettings) -> None:
     try:
         with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
             dp.set_mode(MODE_PROTECTED)
-            proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket))
+            proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
+                                   instance=s.instance)
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(

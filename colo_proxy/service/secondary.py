@@ -7,6 +7,7 @@ comparator while protected, and to the bridge after a failover.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +25,9 @@ class SecondaryProxy:
     """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
 
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
-                 handover: Path | None = None) -> None:
+                 handover: Path | None = None, instance: str = "") -> None:
         self.datapath = datapath
+        self.instance = instance
         self.handover = handover  # where the offsets go at failover (service.handover_file)
         self.modes = Machine()
         self.clock = clock
@@ -45,7 +47,8 @@ class SecondaryProxy:
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
-            return {"type": "hello", "role": "secondary", "mode": self.mode.label}
+            return {"type": "hello", "role": "secondary", "mode": self.mode.label,
+                    "pid": os.getpid(), "instance": self.instance}
         if kind == "status" and msg.get("offsets"):
             return {"type": "offsets", "offsets": [
                 {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
@@ -81,6 +84,17 @@ class SecondaryProxy:
                                    + self.datapath.carried_offsets())
                 log.info("%d connection offset(s) written to %s for the role swap", n,
                          self.handover)
+        elif kind == "fence":
+            self.modes.fire(Event.FENCE)
+            # Steered to the forward link, the SVM's output reaches no client.
+            self.datapath.set_mode(0)
+            log.warning("fenced: SVM output kept off the LAN until unfence")
+        elif kind == "unfence":
+            was = self.mode
+            self.modes.fire(Event.UNFENCE)
+            if was is Mode.FENCED:
+                self.datapath.set_mode(0 if self.mode is Mode.PROTECTED else 1)
+                log.warning("unfenced: %s again", self.mode.label)
         elif kind == "resume":
             self.modes.fire(Event.RESUME)
             self.datapath.set_mode(0)

@@ -18,7 +18,7 @@ MAX_LINE = 64 * 1024
 # Orchestrator -> proxy. Each is answered with {"type": "ok", "for": <type>} (or the reply
 # named below), or {"type": "error", "error": ...}.
 REQUESTS = ("hello", "checkpoint_started", "checkpoint_barrier", "checkpoint_done", "failover",
-            "pause", "resume", "status")
+            "pause", "resume", "fence", "unfence", "status")
 # Proxy -> orchestrator, unsolicited: {"type": "checkpoint_request", "reason", "flow",
 # "offset"}.
 

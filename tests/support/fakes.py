@@ -51,6 +51,9 @@ class FakeQueue:
     def accept_all(self) -> None:
         self.decide(sorted(self.held))
 
+    def drop_all(self) -> None:
+        self.decide((), sorted(self.held))
+
 
 @dataclass
 class FakeSource:

@@ -46,15 +46,17 @@ def test_the_table_has_illegal_pairs_and_every_mode_a_row() -> None:
 
 
 def test_numbers_are_stable_and_events_are_control_messages() -> None:
-    assert {m.name: int(m) for m in Mode} == {"PROTECTED": 0, "PASSTHROUGH": 1, "BARRIER": 2}
+    assert {m.name: int(m) for m in Mode} == {"PROTECTED": 0, "PASSTHROUGH": 1, "BARRIER": 2,
+                                              "FENCED": 3}
     assert set(EVENTS) <= set(REQUESTS) and set(EVENTS.values()) == set(Event)
 
 
 def test_mode_names_are_those_the_status_always_reported() -> None:
     assert {m: m.label for m in Mode} == {Mode.PROTECTED: "protected",
                                           Mode.PASSTHROUGH: "passthrough",
-                                          Mode.BARRIER: "protected"}
-    assert MODES == ("protected", "passthrough")
+                                          Mode.BARRIER: "protected",
+                                          Mode.FENCED: "fenced"}
+    assert MODES == ("protected", "passthrough", "fenced")
 
 
 class Idle:
@@ -67,6 +69,9 @@ class Idle:
         pass
 
     def accept_all(self) -> None:
+        pass
+
+    def drop_all(self) -> None:
         pass
 
     def set_mode(self, mode: int) -> None:
@@ -110,3 +115,33 @@ def test_the_secondary_reports_each_mode_by_its_old_name() -> None:
     assert _reported(sec) == ("protected",) * 2
     sec.on_control({"type": "failover"})
     assert sec.mode is Mode.PASSTHROUGH and _reported(sec) == ("passthrough",) * 2
+
+
+@pytest.mark.parametrize(("start", "back"), [(Mode.PROTECTED, Mode.PROTECTED),
+                                             (Mode.BARRIER, Mode.PROTECTED),
+                                             (Mode.PASSTHROUGH, Mode.PASSTHROUGH)])
+def test_unfence_returns_to_the_mode_the_fence_came_in(start: Mode, back: Mode) -> None:
+    m = Machine(start)
+    assert m.fire(Event.FENCE) is Mode.FENCED
+    assert m.fire(Event.FENCE) is Mode.FENCED  # repeated: still where it came from
+    assert m.fire(Event.UNFENCE) is back and m.mode is back
+
+
+@pytest.mark.parametrize("event", [Event.PAUSE, Event.FAILOVER, Event.RESUME])
+def test_nothing_but_unfence_releases_a_fenced_proxy(event: Event) -> None:
+    m = Machine(Mode.FENCED)
+    with pytest.raises(IllegalTransition):
+        m.fire(event)
+    assert m.mode is Mode.FENCED
+
+
+def test_both_proxies_report_fenced_and_refuse_to_pass() -> None:
+    pri = PrimaryProxy(ProxySettings(), Idle(), Idle(), notify=lambda m: 0)
+    sec = SecondaryProxy(Idle())
+    for proxy in (pri, sec):
+        assert proxy.on_control({"type": "fence"}) == {"type": "ok", "for": "fence"}
+        assert _reported(proxy) == ("fenced",) * 2
+        with pytest.raises(IllegalTransition):
+            proxy.on_control({"type": "pause"})
+        proxy.on_control({"type": "unfence"})
+        assert _reported(proxy) == ("protected",) * 2

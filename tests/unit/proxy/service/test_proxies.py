@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 from colo_proxy.compare import CompareConfig
 from colo_proxy.kernel.packet_socket import Frame
-from colo_proxy.service.modes import PASSTHROUGH, PROTECTED
+from colo_proxy.service.modes import FENCED, PASSTHROUGH, PROTECTED
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
@@ -177,3 +178,38 @@ def test_output_after_the_checkpoint_barrier_is_compared_in_the_new_epoch(env: A
     proxy.on_control({"type": "checkpoint_done"})
     assert q.accepted == [1, 2, 3, 4, 5]
     assert [m["reason"] for m in sent] == ["payload"]
+
+
+def test_fence_drops_held_and_new_output_until_unfence(env: Any) -> None:
+    proxy, q, s, _, _ = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"held"))
+    proxy.on_pvm_readable()
+    assert q.accepted == [1] and q.held == {2}  # waits for the SVM's twin
+    proxy.on_control({"type": "fence"})
+    assert q.dropped == [2] and q.held == set()
+    q.push(3, tcp(5005, 1000, PSH | ACK, b"more"))
+    s.push(tcp(9001, 1000, PSH | ACK, b"held"))
+    proxy.on_pvm_readable()
+    proxy.on_svm_readable()
+    assert q.dropped == [2, 3] and q.accepted == [1]
+    st = proxy.status()
+    assert st["mode"] == "fenced" and st["fenced_drops"] == 2 and st["held_packets"] == 0
+    # A checkpoint in flight ends while fenced: counted, and nothing is released.
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1] and proxy.mode is FENCED
+    proxy.on_control({"type": "unfence"})
+    assert proxy.mode is PROTECTED
+    q.push(4, tcp(5009, 1000, PSH | ACK, b"x"))
+    proxy.on_pvm_readable()
+    assert 4 not in q.dropped  # compared again, not dropped
+
+
+def test_hello_names_the_role_mode_pid_and_instance(env: Any) -> None:
+    proxy = env[0]
+    hello = proxy.on_control({"type": "hello"})
+    assert hello == {"type": "hello", "role": "primary", "mode": "protected",
+                     "pid": os.getpid(), "instance": "colo"}
+    sec = SecondaryProxy(FakeDatapath(), instance="web-b")
+    assert sec.on_control({"type": "hello"})["pid"] == os.getpid()
+    assert sec.on_control({"type": "hello"})["instance"] == "web-b"
