@@ -273,6 +273,15 @@ def _on_finished(s: Snapshot) -> Decision | None:
 
 
 def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
+    mode = s.vm.colo_mode
+    if s.vm.reachable and not s.vm.hung and mode in ("primary", "secondary"):
+        # A restarted orchestrator: COLO runs, so the pair is protected now. Going through
+        # WAITING would have paused the primary's proxy (output uncompared) and left the
+        # pair unprotected until an operator noticed. What the VM is wins over the config:
+        # a failover and re-protection may have swapped the roles since the config was
+        # written.
+        why = "" if mode == s.role else f" (the config says {s.role}; the VM wins)"
+        return Decision(f"adopting our VM, in COLO as {mode}{why}", Event.ADOPT, role=mode)
     if s.vm.reachable:
         return Decision(f"adopting the running VM as {s.role}", Event.START)
     if s.operator == "reprotect":

@@ -12,6 +12,7 @@ Lifecycle of a pair (P = primary host, S = secondary host):
 
     P: STOPPED -start-> STARTING -vm_running-> WAITING -sync-> SYNCING -colo_entered-> PROTECTED
     S: STOPPED -start-> STARTING -vm_running-> WAITING -colo_entered-> PROTECTED
+    STOPPED -adopt-> PROTECTED      (a restarted orchestrator finds its VM in COLO)
     P: PROTECTED -checkpoint-> CHECKPOINTING -checkpoint_done-> PROTECTED
     S: PROTECTED -peer_lost-> FAILING_OVER -took_over-> ALONE      (S becomes the primary)
     P: PROTECTED -peer_lost-> FAILING_OVER -took_over-> ALONE      (P continues unprotected)
@@ -65,13 +66,14 @@ class Event(IntEnum):
     STOP = 14
     LEASE_LOST = 15
     LEASE_REGAINED = 16
+    ADOPT = 17
 
 
 S, E = State, Event
 
 # The whole table. A (state, event) pair that is missing is illegal.
 TRANSITIONS: dict[State, dict[Event, State]] = {
-    S.STOPPED: {E.START: S.STARTING, E.REPROTECT: S.STARTING},
+    S.STOPPED: {E.START: S.STARTING, E.REPROTECT: S.STARTING, E.ADOPT: S.PROTECTED},
     S.STARTING: {
         E.VM_RUNNING: S.WAITING,
         E.VM_LOST: S.FENCED,

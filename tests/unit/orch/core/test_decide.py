@@ -43,6 +43,22 @@ def test_stopped_adopts_a_running_vm() -> None:
     assert (d.event, d.action) == (Event.START, None)
 
 
+def test_a_restart_adopts_a_vm_in_colo_as_protected_in_the_vms_role() -> None:
+    for mode in ("primary", "secondary"):
+        vm = replace(RUNNING, colo_mode=mode, migration="colo" if mode == "primary" else "none")
+        d = decide(snap(State.STOPPED, vm=vm), MIN, MAX)
+        assert (d.event, d.action, d.role) == (Event.ADOPT, None, mode), d.sentence
+    # The config says primary, the VM is a COLO secondary (the roles swapped since): the VM
+    # wins, and the sentence says so.
+    d = decide(snap(State.STOPPED, role="primary", vm=replace(RUNNING, colo_mode="secondary")),
+               MIN, MAX)
+    assert d.role == "secondary" and "the VM wins" in d.sentence
+    # Not in COLO, or its monitor hung: no adoption as PROTECTED.
+    assert decide(snap(State.STOPPED, vm=RUNNING), MIN, MAX).event is Event.START
+    hung = VmObs(reachable=True, hung=True, colo_mode="primary")
+    assert decide(snap(State.STOPPED, vm=hung), MIN, MAX).event is not Event.ADOPT
+
+
 def test_stopped_secondary_starts_an_incoming_vm() -> None:
     d = decide(snap(State.STOPPED, role="secondary", vm=GONE), MIN, MAX)
     assert (d.event, d.action) == (Event.START, StartVM(incoming=True))
