@@ -89,8 +89,8 @@ class Actions(ProxySupervision):
         if isinstance(action, TakeOver):
             return "take_over", lambda: self._take_over(action.was_role)
         if isinstance(action, Pause):
-            if self.proxy is not None:
-                self.proxy.send({"type": "pause"})
+            if self.proxy is not None and self.proxy.send({"type": "pause"}):
+                self._proxy_mode = ProxyMode.PASS
             return "pause", None
         if isinstance(action, ReleaseLease):
             return "release_lease", self._release_lease
@@ -192,8 +192,8 @@ class Actions(ProxySupervision):
             v = self.arbiter.view()
             why = f"held by {v.holder}" if v.holder else (v.error or "not acquired")
             raise RuntimeError(f"arbiter lease {why}: refusing to take over")
-        if self.proxy is not None:
-            self.proxy.send({"type": "failover"})
+        if self.proxy is not None and self.proxy.send({"type": "failover"}):
+            self._proxy_mode = ProxyMode.PASS
         out = self.backend.take_over(was_role)
         out += self._hook("on_takeover", self.cfg.on_takeover)
         took = time.monotonic() - start

@@ -16,7 +16,7 @@ from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
 
 CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",
-                      "manual", "resume", "other")
+                      "manual", "resume", "proxy_restart", "other")
 # Checkpoints pause the PVM for tens of milliseconds under TCG, a few under KVM.
 PAUSE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -69,6 +69,11 @@ class OrchMetrics:
         self.proxy_up = Gauge("colo_proxy_connected",
                               "1 while the control channel to colo-proxy is open",
                               registry=registry)
+        self.protection_verified = Gauge(
+            "colo_protection_verified",
+            "1 while PROTECTED and both hosts' proxies are connected in their roles and "
+            "compare (the state alone does not show a missing or paused proxy)",
+            registry=registry)
         self.disk_state = Enum("colo_disk_replication_state",
                                "Disk replication state of this host's protected disks",
                                states=list(DISK_STATES), registry=registry)

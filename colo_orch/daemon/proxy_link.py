@@ -1,8 +1,12 @@
-"""The orchestrator's end of the colo-proxy control channel (docs/CONTROL.md).
+"""The orchestrator's end of the colo-proxy control channel (docs/PROXY.md).
 
 Reconnects by itself: the proxy may restart, and the orchestrator must keep
 heartbeating and checkpointing meanwhile. Checkpoint requests arrive on a
-reader thread and are collected until the loop takes them.
+reader thread and are collected until the loop takes them. Each connection
+begins with the proxy's answer to hello (its role, mode, pid and instance),
+kept in `hello`; `generation` counts those answers, so the loop sees every
+reconnect, even one between two of its cycles, and tells the new proxy again
+what it must do.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class ProxyLink:
         self._reader: threading.Thread | None = None
         self.connected = False
         self.last_error = ""
+        self.hello: dict[str, Any] | None = None  # the current connection's hello answer
+        self.generation = 0  # hello answers received: +1 per (re)connection
 
     def start(self) -> None:
         self._reader = threading.Thread(target=self._run, name="proxy-link", daemon=True)
@@ -67,6 +73,24 @@ class ProxyLink:
         if reply.get("type") == "error":
             self.last_error = str(reply.get("error"))
             return False
+        return True
+
+    def fence(self) -> bool:
+        """Fail closed: the proxy drops our VM's output until `unfence` (docs/PROXY.md)."""
+        return self.send({"type": "fence"})
+
+    def unfence(self) -> bool:
+        return self.send({"type": "unfence"})
+
+    def listening(self) -> bool:
+        """Something accepts connections on the socket (a proxy, perhaps still starting);
+        False for no socket or a dead proxy's leftover one."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(self.timeout)
+            try:
+                probe.connect(self.path)
+            except OSError:
+                return False
         return True
 
     def _run(self) -> None:
@@ -110,12 +134,15 @@ class ProxyLink:
                         if msg.get("type") == "checkpoint_request":
                             self._requests.append(str(msg.get("reason", "unknown")))
                         elif msg.get("type") == "hello" or msg.get("for") == "hello":
+                            self.hello = msg
+                            self.generation += 1
                             self.connected = True
                         else:
                             self._replies.append(msg)
                             self._cond.notify_all()
             with self._lock:
                 self._sock = None
+                self.hello = None
             self.connected = False
             sock.close()
             self._stop.wait(0.1)  # a proxy on its way out may still accept: do not spin

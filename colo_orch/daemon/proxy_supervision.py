@@ -4,41 +4,94 @@ When the configuration gives proxy commands, the orchestrator runs colo-proxy in
 this host's role and restarts it in the other role after a re-protection swaps
 the roles. A primary's proxy compares only while the pair is protected; the
 loop puts it back to pass-through whenever no action owns it.
+
+A restarted orchestrator adopts what runs: a proxy that answers hello on our
+socket in the role we want is kept, whoever started it (there is one per VM:
+colo-proxy locks its instance), and one in the wrong role is stopped by its pid
+before a new one starts. Every new connection (a restarted proxy, or one we
+adopt) is told again what the loop wants of it, and a message that could not be
+sent is sent again at the next cycle. A proxy that dies is started again.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from typing import Any
 
 from colo_orch.core.config import Config
+from colo_orch.core.decide import VmObs
 from colo_orch.core.state import Machine, State
 from colo_orch.daemon.proxy_link import ProxyLink
 
 log = logging.getLogger("colo_orch")
 
+# How long a proxy may take to answer hello once it listens: it compiles its BPF
+# programs first (about 2 s here, more on a loaded host).
+HELLO_WAIT_S = 20.0
+# How long a proxy in the wrong role gets to leave after SIGTERM, then after SIGKILL.
+TERM_WAIT_S = 10.0
+KILL_WAIT_S = 5.0
+# Between two attempts to start a proxy that keeps dying.
+RESTART_BACKOFF_S = 5.0
+
 
 class ProxyMode(enum.Enum):
-    """What the orchestrator last told its proxy about comparing.
+    """What the proxy is known to do about comparing: what we last told it, or what its
+    hello said when it (re)connected.
 
-    Only a record of our own messages: a restarted proxy, or one that COLO is
-    about to start on, has been told nothing yet (UNKNOWN), so the next message
-    that matters is sent again rather than assumed.
+    A proxy that COLO is about to start on has been told nothing yet (UNKNOWN), so the
+    next message that matters is sent again rather than assumed.
     """
 
-    UNKNOWN = "unknown"  # nothing said since the proxy started or an enter_colo began
-    PASS = "pass"  # told to pause: output leaves uncompared
-    COMPARE = "compare"  # told to resume: output waits for the SVM's
+    UNKNOWN = "unknown"  # nothing known since the proxy (re)connected or an enter_colo began
+    PASS = "pass"  # passes output uncompared (paused, or failed over)
+    COMPARE = "compare"  # compares (primary) or steers the SVM's output (secondary)
+
+    @property
+    def label(self) -> str:
+        """The proxy's own name for the mode (its hello and status)."""
+        return {ProxyMode.PASS: "passthrough", ProxyMode.COMPARE: "protected"}.get(self, "")
+
+
+HELLO_MODES = {"protected": ProxyMode.COMPARE, "passthrough": ProxyMode.PASS}
+# The states in which the loop, not an action, says what a proxy does, by our role.
+# Primary: compare only while protected; otherwise there is no SVM output to wait for,
+# and held output would never be released. Secondary: steer the SVM's output.
+WANTED = {
+    "primary": {State.PROTECTED: ProxyMode.COMPARE, State.WAITING: ProxyMode.PASS,
+                State.ALONE: ProxyMode.PASS, State.DEGRADED: ProxyMode.PASS,
+                State.PAUSED: ProxyMode.PASS},
+    "secondary": {State.PROTECTED: ProxyMode.COMPARE, State.WAITING: ProxyMode.COMPARE},
+}
+MESSAGES = {ProxyMode.PASS: "pause", ProxyMode.COMPARE: "resume"}
+
+
+def _proxy_pid_alive(pid: int) -> bool:
+    """`pid` is a running colo-proxy (not a zombie, not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, IndexError):
+        return False
+    return b"colo_proxy" in cmdline or b"colo-proxy" in cmdline
 
 
 class ProxySupervision:
-    """Orchestrator part: start, restart and switch the local proxy.
+    """Orchestrator part: start, adopt, restart and switch the local proxy.
 
-    Runs on the action thread (`_ensure_proxy`) and on the loop (`_sync_proxy_mode`).
+    Runs on the action thread (`_ensure_proxy`), on a restart thread of its own and on
+    the loop (`_sync_proxy_mode`, `_supervise_proxy`, `proxy_view`).
     """
 
     # Orchestrator.__init__ sets these; declared as what this part uses.
@@ -48,61 +101,234 @@ class ProxySupervision:
     machine: Machine
     _lock: threading.Lock
     _future: Future[str] | None
+    _requests: list[str]
+    _vm: VmObs
     _proxy_lock: threading.Lock
     _proxy_proc: subprocess.Popen[bytes] | None
     _proxy_role: str
     _proxy_mode: ProxyMode
+    _proxy_pid: int | None  # the proxy we run or adopted
+    _proxy_gen: int  # the link generation whose hello the loop has taken in
+    _proxy_hello_pid: int | None  # the pid that hello named
+    _proxy_restart_after: float  # monotonic time before which no restart is tried again
+    _proxy_restarter: threading.Thread | None
 
     def _ensure_proxy(self, role: str) -> str:
-        """Run colo-proxy in `role`; restart it if it runs in the other role."""
+        """Run colo-proxy in `role`: keep (or adopt) one that runs in it, replace one in the
+        other role. Held under `_proxy_lock` to the end, so that a second caller finds the
+        proxy answering, not merely started."""
         argv = (self.cfg.proxy_primary_command if role == "primary"
                 else self.cfg.proxy_secondary_command)
         if not argv:
             return ""
         with self._proxy_lock:
             proc = self._proxy_proc
-            if proc is not None and proc.poll() is None and self._proxy_role == role:
-                return ""
             if proc is not None and proc.poll() is None:
+                if self._proxy_role == role:
+                    return ""
                 proc.terminate()
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=TERM_WAIT_S)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.wait(timeout=5)
-            self._proxy_proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                                start_new_session=True)
-            self._proxy_role = role
+                    proc.wait(timeout=KILL_WAIT_S)
+            else:
+                found = self._running_proxy()
+                if found is not None and found[0] == role:
+                    self._proxy_proc, self._proxy_role, self._proxy_pid = None, role, found[1]
+                    return f"; adopted the running colo-proxy (pid {found[1]}) as {role}"
+                if found is not None:
+                    log.warning("colo-proxy pid %d runs as %s, we need %s: restarting it",
+                                found[1], found[0], role)
+                    self._terminate_pid(found[1])
+            gen = self.proxy.generation if self.proxy is not None else 0
+            self._proxy_proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                                       start_new_session=True)
+            self._proxy_role, self._proxy_pid = role, proc.pid
             self._proxy_mode = ProxyMode.UNKNOWN
-        # The proxy must hold output before the pair is protected: wait for its socket.
-        deadline = time.monotonic() + 20
-        while self.proxy is not None and time.monotonic() < deadline:
-            if self.proxy.connected and self.proxy.send({"type": "status"}):
+            # The proxy must hold output before the pair is protected: wait for its hello,
+            # on a connection newer than any to the proxy it replaces.
+            deadline = time.monotonic() + HELLO_WAIT_S
+            while self.proxy is not None and time.monotonic() < deadline:
+                link = self.proxy
+                if link.connected and link.generation != gen and link.send({"type": "status"}):
+                    return f"; proxy started as {role}"
+                if proc.poll() is not None:
+                    raise RuntimeError(f"colo-proxy ({role}) exited with {proc.returncode}")
+                time.sleep(0.05)
+            if self.proxy is None:
                 return f"; proxy started as {role}"
-            if self._proxy_proc.poll() is not None:
-                raise RuntimeError(f"colo-proxy ({role}) exited with {self._proxy_proc.returncode}")
-            time.sleep(0.05)
         raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket}")
 
-    def _sync_proxy_mode(self) -> None:
-        """A primary's proxy compares only while the pair is protected; otherwise there is
-        no SVM output to wait for, and held output would never be released."""
-        if self.proxy is None or self.role != "primary" or not self.proxy.connected:
+    def _running_proxy(self) -> tuple[str, int] | None:
+        """(role, pid) of a proxy that answers on our socket though it is not our child: one
+        a previous orchestrator started. None when nothing listens there."""
+        link = self.proxy
+        if link is None or not link.listening():
+            return None
+        deadline = time.monotonic() + HELLO_WAIT_S
+        while time.monotonic() < deadline:
+            hello = link.hello
+            if hello is not None and link.connected:
+                pid = hello.get("pid")
+                if not isinstance(pid, int) or pid <= 0:
+                    raise RuntimeError(f"the proxy on {link.path} does not say its pid "
+                                       "(an older colo-proxy): stop it, and we start ours")
+                return str(hello.get("role", "")), pid
+            if not link.listening():
+                return None
+            time.sleep(0.05)
+        raise RuntimeError(f"something listens on {link.path} but does not answer hello "
+                           f"within {HELLO_WAIT_S:.0f} s")
+
+    def _terminate_pid(self, pid: int) -> None:
+        """Stop a proxy that is not our child, and wait until it is gone (its lock with it)."""
+        for sig, wait in ((signal.SIGTERM, TERM_WAIT_S), (signal.SIGKILL, KILL_WAIT_S)):
+            if not _proxy_pid_alive(pid):
+                return
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _proxy_pid_alive(pid):
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"colo-proxy pid {pid} did not exit after SIGKILL")
+
+    def _stop_proxy(self) -> None:
+        """At our clean exit: the proxy we run or adopted goes with us, as it always has."""
+        if self._proxy_proc is not None and self._proxy_proc.poll() is None:
+            self._proxy_proc.terminate()
+        elif self._proxy_pid is not None and _proxy_pid_alive(self._proxy_pid):
+            os.kill(self._proxy_pid, signal.SIGTERM)
+
+    def _proxy_running(self) -> bool:
+        proc = self._proxy_proc
+        if proc is not None:
+            return proc.poll() is None
+        return self._proxy_pid is not None and _proxy_pid_alive(self._proxy_pid)
+
+    def _supervise_proxy(self) -> None:
+        """Loop: start the proxy again when it has died (on a thread: it takes seconds)."""
+        if self.proxy is None or not self._proxy_role or self.proxy.connected:
+            return  # none configured, the boot start has not chosen one yet, or it answers
+        t = self._proxy_restarter
+        if (t is not None and t.is_alive()) or self._proxy_lock.locked():
             return
+        if self._proxy_running() or time.monotonic() < self._proxy_restart_after:
+            return
+        self._proxy_restart_after = time.monotonic() + RESTART_BACKOFF_S
+        role = self._proxy_role
+        log.warning("colo-proxy (%s, pid %s) is gone: starting it again", role, self._proxy_pid)
+
+        def restart() -> None:
+            try:
+                log.info("colo-proxy restarted%s", self._ensure_proxy(role))
+            except Exception as exc:  # reported; the next cycle tries again
+                log.error("could not restart colo-proxy: %s", exc)
+
+        self._proxy_restarter = threading.Thread(target=restart, name="proxy-restart",
+                                                 daemon=True)
+        self._proxy_restarter.start()
+
+    def _take_hello(self) -> None:
+        """Loop: a new connection to the proxy. What it does is what its hello says, not
+        what we told the one before; a primary's proxy that was replaced while protected
+        compares with a fresh comparator, so a checkpoint brings it (and the secondary's
+        offsets) in step with the VMs."""
+        link = self.proxy
+        if link is None or link.generation == self._proxy_gen or not link.connected:
+            return
+        hello = link.hello or {}
+        first = self._proxy_gen == 0
+        self._proxy_gen = link.generation
+        self._proxy_mode = HELLO_MODES.get(str(hello.get("mode")), ProxyMode.UNKNOWN)
+        pid = hello.get("pid")
+        log.info("colo-proxy connected: %s, %s, pid %s", hello.get("role"), hello.get("mode"),
+                 pid)
+        restarted = not first and pid != self._proxy_hello_pid
+        self._proxy_hello_pid = pid if isinstance(pid, int) else None
+        if (restarted and self.role == "primary" and hello.get("role") == "primary"
+                and self.machine.state is State.PROTECTED):
+            with self._lock:
+                self._requests.append("proxy_restart")
+
+    def _wanted_proxy_mode(self) -> ProxyMode | None:
+        """What the loop wants the proxy to do now; None where an action owns it."""
+        hello = self.proxy.hello if self.proxy is not None else None
+        want = WANTED.get(self.role, {}).get(self.machine.state)
+        if want is ProxyMode.COMPARE and (hello or {}).get("role") != self.role:
+            return None  # a proxy in the other role is about to be replaced
+        return want
+
+    def _sync_proxy_mode(self) -> None:
+        """Tell the proxy what the loop wants of it, until it has taken it."""
+        link = self.proxy
+        if link is None or not link.connected:
+            return
+        self._take_hello()
         # Only in states where no action owns the proxy: during SYNCING the action thread
         # switches it to comparing (resume) the moment COLO starts, before this loop sees
         # the state change; a pause sent then would let output pass uncompared.
-        if self.machine.state not in (State.WAITING, State.ALONE, State.DEGRADED):
-            return
         with self._lock:
             busy = self._future is not None and not self._future.done()
-        if busy:
+            colo_runs = self._vm.colo_mode in ("primary", "secondary")
+        want = self._wanted_proxy_mode()
+        if busy or want is None or self._proxy_mode is want:
             return
-        if self._proxy_mode is not ProxyMode.PASS and self.proxy.send({"type": "pause"}):
-            self._proxy_mode = ProxyMode.PASS
+        if want is ProxyMode.PASS and self._proxy_mode is ProxyMode.COMPARE and colo_runs:
+            # COLO runs, so the SVM's output can still come: pausing would let output pass
+            # uncompared. (A restarted orchestrator passing WAITING did exactly that.)
+            return
+        if link.send({"type": MESSAGES[want]}):
+            self._proxy_mode = want
+            if want is ProxyMode.COMPARE and self.role == "primary":
+                with self._lock:  # a fresh comparator: bring the SVM in step first
+                    self._requests.append("proxy_restart")
+        # Not sent (the proxy went, or refused): the next cycle tries again.
 
-    def _start_proxy_at_boot(self) -> None:
+    def proxy_view(self) -> dict[str, Any]:
+        """The proxy as the loop last knew it: for the status, heartbeat and the check."""
+        link = self.proxy
+        hello = (link.hello if link is not None else None) or {}
+        if link is None or not link.connected:
+            return {"connected": False, "role": "", "mode": "", "pid": None}
+        return {"connected": True, "role": str(hello.get("role", "")),
+                "mode": self._proxy_mode.label or str(hello.get("mode", "")),
+                "pid": hello.get("pid")}
+
+    def _protection_verified(self, peer: dict[str, Any] | None) -> bool:
+        """PROTECTED, and shown to be: our proxy and the peer's (as its current heartbeat
+        says) are connected in their roles and compare or steer. False while either is
+        missing, restarting, paused or in the wrong role, whatever the state says."""
+        if self.machine.state not in (State.PROTECTED, State.CHECKPOINTING) or peer is None:
+            return False
+        peer_role = "secondary" if self.role == "primary" else "primary"
+        if peer.get("role") != peer_role or peer.get("state") not in (
+                int(State.PROTECTED), int(State.CHECKPOINTING)):
+            return False
+        if self.proxy is None:  # a pair without proxies: neither host runs one
+            return (peer.get("proxy_role", ""), peer.get("proxy_mode", "")) == ("", "")
+        ours = self.proxy_view()
+        return (ours["connected"] and (ours["role"], ours["mode"]) == (self.role, "protected")
+                and (peer.get("proxy_role"), peer.get("proxy_mode")) == (peer_role, "protected"))
+
+    def _start_proxy_at_boot(self, observed: Callable[[], VmObs | None]) -> None:
+        """Keep a proxy that runs in the role our VM has (we were restarted), else start
+        one in our role. Waits for the first look at the VM: COLO's mode wins over the
+        config's role, as in decide's adoption."""
+        deadline = time.monotonic() + HELLO_WAIT_S
+        obs = observed()
+        while obs is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            obs = observed()
+        in_colo = obs is not None and obs.colo_mode in ("primary", "secondary")
+        role = obs.colo_mode if obs is not None and in_colo else self.role
         try:
-            self._ensure_proxy(self.role)
+            out = self._ensure_proxy(role)
+            if out:
+                log.info("colo-proxy at start%s", out)
         except Exception as exc:  # reported, and retried by the next start/enter action
             log.error("could not start colo-proxy: %s", exc)

@@ -94,6 +94,12 @@ class Orchestrator(Actions, Watchers):
         self._proxy_proc: subprocess.Popen[bytes] | None = None
         self._proxy_role = ""
         self._proxy_mode = ProxyMode.UNKNOWN
+        self._proxy_pid: int | None = None
+        self._proxy_gen = 0
+        self._proxy_hello_pid: int | None = None
+        self._proxy_restart_after = 0.0
+        self._proxy_restarter: threading.Thread | None = None
+        self.protection_verified = False
         self.secondary_checkpoints = 0
         self._fenced = False
         self._fence_told = True  # nothing to tell a proxy before we first fence
@@ -117,7 +123,7 @@ class Orchestrator(Actions, Watchers):
         observer = threading.Thread(target=self._observe_loop, name="observer", daemon=True)
         observer.start()
         if self.cfg.proxy_primary_command:
-            self._executor.submit(self._start_proxy_at_boot)
+            self._executor.submit(self._start_proxy_at_boot, self._first_observation)
         threading.Thread(target=self._watch_secondary, name="svm-events", daemon=True).start()
         self.heartbeat.start()
         self.arbiter.start()
@@ -134,9 +140,11 @@ class Orchestrator(Actions, Watchers):
                 self.proxy.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self.backend.close()
-            if self._proxy_proc is not None and self._proxy_proc.poll() is None:
-                self._proxy_proc.terminate()
+            self._stop_proxy()
 
+    def _first_observation(self) -> VmObs | None:
+        with self._lock:
+            return self._vm if self._vm_at else None
 
     def snapshot(self, now: float) -> Snapshot:
         t = self.cfg.timing
@@ -230,10 +238,16 @@ class Orchestrator(Actions, Watchers):
             "incoming": self.cfg.incoming_uri,
             # A secondary is ready for COLO only once its proxy steers the SVM's output.
             "proxy_ready": self.proxy is None or self.proxy.connected,
+            # What our proxy said or was last told: the peer's protection_verified.
+            "proxy_role": (view := self.proxy_view())["role"], "proxy_mode": view["mode"],
         })
         self.heartbeat.beat(now)
         self._tell_fence()
         self._sync_proxy_mode()
+        self._supervise_proxy()
+        peer_rep = self.heartbeat.last()
+        self.protection_verified = self._protection_verified(
+            peer_rep.payload if peer_rep is not None and snap.peer.alive else None)
         m = self.metrics
         m.state.state(self.machine.state.name)
         m.state_code.set(int(self.machine.state))
@@ -245,6 +259,7 @@ class Orchestrator(Actions, Watchers):
             m.heartbeat_rtt.set(rep.rtt)
         if self.proxy is not None:
             m.proxy_up.set(1 if self.proxy.connected else 0)
+        m.protection_verified.set(1 if self.protection_verified else 0)
         m.observe_disks(*self.backend.disk_status())
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
@@ -298,5 +313,7 @@ class Orchestrator(Actions, Watchers):
             "degraded_reason": self.degraded_reason,
             "fenced": self._fenced,
             "proxy_connected": self.proxy.connected if self.proxy else None,
+            "proxy": self.proxy_view() if self.proxy else None,
+            "protection_verified": self.protection_verified,
             "recent": [s for _, s in list(self.history)[-10:]],
         }

@@ -68,3 +68,33 @@ def test_a_proxy_that_hangs_up_at_once_is_retried(tmp_path: Path) -> None:
     finally:
         link.stop()
         srv.close()
+
+
+def test_each_connection_keeps_its_hello_and_counts_a_generation(tmp_path: Path) -> None:
+    path = str(tmp_path / "proxy.sock")
+    link = ProxyLink(path, timeout=0.5)
+    assert not link.listening()  # no socket: no proxy
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(10)
+    assert link.listening()
+    srv.accept()[0].close()  # the probe: connected, and gone at once
+    link.start()
+    try:
+        for gen, pid in ((1, 4711), (2, 4712)):  # the proxy restarts: a new hello
+            conn, _ = srv.accept()
+            assert json.loads(conn.makefile("rb").readline())["type"] == "hello"
+            conn.sendall(json.dumps({"type": "hello", "role": "primary", "mode": "protected",
+                                     "pid": pid, "instance": "web"}).encode() + b"\n")
+            wait_until(lambda gen=gen: link.generation == gen and link.connected, 10,
+                       f"generation {gen}", every=0.01)
+            assert link.hello is not None and link.hello["pid"] == pid
+            conn.close()
+            wait_until(lambda: not link.connected, 10, "the close", every=0.01)
+            assert link.hello is None
+    finally:
+        link.stop()
+        srv.close()
+    Path(path).unlink()
+    assert not link.listening()

@@ -1,49 +1,93 @@
-"""colo_orch.daemon.proxy_supervision: a primary's proxy is told to pass output only once
-per change of what we last told it, and never while an action owns the proxy."""
+"""colo_orch.daemon.proxy_supervision: what the loop tells the proxy and when, and how a
+restarted orchestrator adopts the proxy that runs instead of starting a second one.
+
+The link is a fake (its connections are what the tests say); the processes are real.
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from colo_lab.wait import wait_until
 from colo_orch.core.config import Config
+from colo_orch.core.decide import VmObs
 from colo_orch.core.state import Event, Machine, State
 from colo_orch.daemon.proxy_supervision import ProxyMode, ProxySupervision
 
+COLO_PRIMARY = VmObs(reachable=True, running=True, status="running", migration="colo",
+                     colo_mode="primary")
+
 
 class _Link:
-    connected = True
+    """A proxy link whose connections the test makes: `connect` is a (re)connection with
+    that hello; `accept` False makes sends fail (a proxy that went away mid-message)."""
+
+    path = "/nonexistent/proxy.sock"
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.connected = False
+        self.hello: dict[str, Any] | None = None
+        self.generation = 0
+        self.accept = True
+        self.listens = False
+
+    def connect(self, role: str = "primary", mode: str = "protected", pid: int = 4711) -> None:
+        self.hello = {"type": "hello", "role": role, "mode": mode, "pid": pid,
+                      "instance": "web"}
+        self.generation += 1
+        self.connected = self.listens = True
 
     def send(self, msg: dict[str, Any]) -> bool:
-        self.sent.append(msg["type"])
-        return True
+        if self.accept:
+            self.sent.append(msg["type"])
+        return self.accept
+
+    def listening(self) -> bool:
+        return self.listens
 
 
 class _Part(ProxySupervision):
-    def __init__(self, role: str = "primary") -> None:
+    def __init__(self, role: str = "primary", state: State = State.WAITING,
+                 command: list[str] | None = None) -> None:
         self.cfg = Config(name="web", role=role, qmp="/q", qmp_events="/e",
                           heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
-                          incoming_uri="tcp:127.0.0.1:4444")
+                          incoming_uri="tcp:127.0.0.1:4444", proxy_socket="/p.sock",
+                          proxy_primary_command=command or [],
+                          proxy_secondary_command=command or [])
         self.link = _Link()
         self.proxy = self.link  # type: ignore[assignment]
         self.role = role
         self.machine = Machine()
-        for e in (Event.START, Event.VM_RUNNING):  # -> WAITING
+        path = {State.WAITING: (Event.START, Event.VM_RUNNING), State.PROTECTED: (Event.ADOPT,),
+                State.STOPPED: ()}[state]
+        for e in path:
             self.machine.fire(e)
         self._lock = threading.Lock()
         self._future = None
+        self._requests = []
+        self._vm = VmObs(reachable=True, running=True, status="running")
         self._proxy_lock = threading.Lock()
         self._proxy_proc = None
         self._proxy_role = ""
         self._proxy_mode = ProxyMode.UNKNOWN
+        self._proxy_pid = None
+        self._proxy_gen = 0
+        self._proxy_hello_pid = None
+        self._proxy_restart_after = 0.0
+        self._proxy_restarter = None
 
 
 def test_pause_is_sent_once_until_something_else_is_told() -> None:
     p = _Part()
+    p.link.connect()
     assert p.machine.state is State.WAITING
     p._sync_proxy_mode()
     p._sync_proxy_mode()
@@ -55,9 +99,141 @@ def test_pause_is_sent_once_until_something_else_is_told() -> None:
 
 def test_no_pause_while_an_action_runs_or_on_a_secondary() -> None:
     p = _Part()
+    p.link.connect()
     p._future = Future()  # an enter_colo may switch the proxy to comparing at any moment
     p._sync_proxy_mode()
     s = _Part("secondary")
+    s.link.connect("secondary")
     s._sync_proxy_mode()
     assert p.link.sent == [] and s.link.sent == []
-    assert p._proxy_mode is ProxyMode.UNKNOWN
+
+
+def test_every_reconnect_is_told_again_and_a_failed_send_is_retried() -> None:
+    p = _Part()
+    p.link.connect()
+    p._sync_proxy_mode()
+    assert p.link.sent == ["pause"]
+    # The proxy restarted: the new one compares (its hello says so), whatever we told the
+    # old one. Its first message does not get through; the next cycle sends it again.
+    p.link.connect(pid=4712)
+    p.link.accept = False
+    p._sync_proxy_mode()
+    assert p._proxy_mode is ProxyMode.COMPARE and p.link.sent == ["pause"]
+    p.link.accept = True
+    p._sync_proxy_mode()
+    assert p.link.sent == ["pause", "pause"] and p._proxy_mode is ProxyMode.PASS
+    # A new connection whose hello says it passes already: nothing to say.
+    p.link.connect(mode="passthrough", pid=4713)
+    p._sync_proxy_mode()
+    assert p.link.sent == ["pause", "pause"]
+
+
+def test_a_comparing_proxy_is_never_paused_while_colo_runs() -> None:
+    # A restarted orchestrator before its first decision (STOPPED, then WAITING in the old
+    # code) must not pause the live proxy of a pair that COLO still protects.
+    p = _Part()
+    p._vm = COLO_PRIMARY
+    p.link.connect(mode="protected")
+    p._sync_proxy_mode()
+    assert p.link.sent == [] and p._proxy_mode is ProxyMode.COMPARE
+
+
+def test_a_replaced_primary_proxy_while_protected_asks_for_a_checkpoint() -> None:
+    p = _Part(state=State.PROTECTED)
+    p.link.connect()
+    p._sync_proxy_mode()
+    assert p._requests == [] and p.link.sent == []  # adopted: nothing to say
+    p.link.connect(pid=4800)  # a new proxy: a fresh comparator, offsets lost
+    p._sync_proxy_mode()
+    assert p._requests == ["proxy_restart"] and p.link.sent == []
+    # A proxy found passing while we are protected is told to compare, and resynced.
+    p.link.connect(mode="passthrough", pid=4801)
+    p._requests.clear()
+    p._sync_proxy_mode()
+    assert p.link.sent == ["resume"] and "proxy_restart" in p._requests
+
+
+def _sleeper(marker: Path) -> list[str]:
+    """A stand-in proxy process: its command line says colo_proxy, it marks that it ran."""
+    code = "import pathlib, sys, time; pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+    return [sys.executable, "-c", code, str(marker), "colo_proxy"]
+
+
+def test_a_running_proxy_in_our_role_is_adopted_not_started_again(tmp_path: Path) -> None:
+    p = _Part(command=_sleeper(tmp_path / "started"))
+    p.link.connect("primary", pid=4711)
+    out = p._ensure_proxy("primary")
+    assert "adopted the running colo-proxy (pid 4711)" in out
+    assert not (tmp_path / "started").exists() and p._proxy_proc is None
+    assert (p._proxy_pid, p._proxy_role) == (4711, "primary")
+
+
+def test_a_running_proxy_in_the_wrong_role_is_stopped_then_replaced(tmp_path: Path) -> None:
+    old = subprocess.Popen(_sleeper(tmp_path / "old"))
+    p = _Part(command=_sleeper(tmp_path / "new"))
+    try:
+        wait_until((tmp_path / "old").exists, 10, "the old proxy to run")
+        p.link.connect("secondary", pid=old.pid)
+        # The new proxy connects (a new link generation) once it runs.
+        threading.Thread(target=lambda: (
+            wait_until((tmp_path / "new").exists, 10, "the new proxy to run"),
+            p.link.connect("primary", pid=0)), daemon=True).start()
+        assert p._ensure_proxy("primary") == "; proxy started as primary"
+        assert old.wait(timeout=10) == -15  # SIGTERM, and we waited for it to end
+        assert p._proxy_proc is not None and p._proxy_proc.poll() is None
+    finally:
+        old.kill()
+        if p._proxy_proc is not None:
+            p._proxy_proc.kill()
+            p._proxy_proc.wait()
+
+
+def test_a_dead_proxy_is_started_again(tmp_path: Path) -> None:
+    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "again"))
+    gone = subprocess.Popen([sys.executable, "-c", "pass", "colo_proxy"])
+    gone.wait()
+    p._proxy_role, p._proxy_pid = "primary", gone.pid  # adopted, then SIGKILLed
+    p.link.connected = False
+    threading.Thread(target=lambda: (
+        wait_until((tmp_path / "again").exists, 10, "the restarted proxy to run"),
+        p.link.connect("primary", pid=0)), daemon=True).start()
+    p._supervise_proxy()
+    try:
+        assert p._proxy_restarter is not None
+        p._proxy_restarter.join(timeout=30)
+        assert p._proxy_proc is not None and p._proxy_proc.poll() is None
+        p._supervise_proxy()  # it runs: nothing more is started
+        assert p._proxy_restarter is not None and not p._proxy_restarter.is_alive()
+    finally:
+        if p._proxy_proc is not None:
+            p._proxy_proc.kill()
+            p._proxy_proc.wait()
+
+
+PEER_OK = {"role": "secondary", "state": int(State.PROTECTED), "proxy_role": "secondary",
+           "proxy_mode": "protected"}
+
+
+@pytest.mark.parametrize(("peer", "ours", "verified"), [
+    (PEER_OK, ("primary", "protected"), True),
+    (None, ("primary", "protected"), False),  # no current heartbeat
+    (dict(PEER_OK, proxy_mode=""), ("primary", "protected"), False),  # its proxy is down
+    (dict(PEER_OK, proxy_role="primary"), ("primary", "protected"), False),
+    (PEER_OK, ("primary", "passthrough"), False),  # ours passes output uncompared
+    (PEER_OK, ("secondary", "protected"), False),  # ours in the wrong role
+    (PEER_OK, None, False),  # ours is not connected
+])
+def test_protection_is_verified_only_with_both_proxies_right(
+        peer: dict[str, Any] | None, ours: tuple[str, str] | None, verified: bool) -> None:
+    p = _Part(state=State.PROTECTED)
+    if ours is not None:
+        p.link.connect(*ours)
+        p._take_hello()
+    assert p._protection_verified(peer) is verified
+    assert p.proxy_view()["connected"] is (ours is not None)
+
+
+def test_nothing_is_verified_outside_protected() -> None:
+    p = _Part(state=State.WAITING)
+    p.link.connect()
+    assert p._protection_verified(PEER_OK) is False
