@@ -134,15 +134,16 @@ class Actions(ProxySupervision):
             def at_stop() -> None:
                 # The PVM is stopped to start COLO: compare (and mirror) from here on;
                 # what it sent before is covered by the state the SVM is receiving.
-                proxy.send({"type": "resume"})
+                if proxy.send({"type": "resume"}):
+                    self._proxy_mode = ProxyMode.COMPARE
                 proxy.send({"type": "checkpoint_barrier"})
-                self._proxy_mode = ProxyMode.COMPARE
 
             self.backend.on_checkpoint_stop = at_stop
         out = self.backend.enter_colo(uri) + proxied
         self.last_checkpoint_at = time.monotonic()
-        if self.proxy is not None and self._proxy_mode is not ProxyMode.COMPARE:
-            self.proxy.send({"type": "resume"})
+        # Not sent: the loop resumes it (and checkpoints) while PROTECTED.
+        if (self.proxy is not None and self._proxy_mode is not ProxyMode.COMPARE
+                and self.proxy.send({"type": "resume"})):
             self._proxy_mode = ProxyMode.COMPARE
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
@@ -181,8 +182,7 @@ class Actions(ProxySupervision):
         for r in reasons:
             self.checkpoints[r] += 1
             m.checkpoints.labels(m.reason(r)).inc()
-        if "resume" in reasons and self.proxy is not None:
-            self.proxy.send({"type": "resume"})
+        if "resume" in reasons and self.proxy is not None and self.proxy.send({"type": "resume"}):
             self._proxy_mode = ProxyMode.COMPARE
         return f"{', '.join(reasons)}: {out}"
 

@@ -219,9 +219,17 @@ class ProxySupervision:
             return
         if self._proxy_running() or time.monotonic() < self._proxy_restart_after:
             return
+        self._restart_proxy(f"colo-proxy ({self._proxy_role}, pid {self._proxy_pid}) is gone")
+
+    def _restart_proxy(self, why: str) -> None:
+        """Bring up the proxy in the role we gave it, on a thread (at most one at a time,
+        and not again within RESTART_BACKOFF_S)."""
+        t = self._proxy_restarter
+        if (t is not None and t.is_alive()) or self._proxy_lock.locked():
+            return
         self._proxy_restart_after = time.monotonic() + RESTART_BACKOFF_S
         role = self._proxy_role
-        log.warning("colo-proxy (%s, pid %s) is gone: starting it again", role, self._proxy_pid)
+        log.warning("%s: starting it as %s", why, role)
 
         def restart() -> None:
             try:
@@ -250,6 +258,10 @@ class ProxySupervision:
                  pid)
         restarted = not first and pid != self._proxy_hello_pid
         self._proxy_hello_pid = pid if isinstance(pid, int) else None
+        role = str(hello.get("role", ""))
+        if self._proxy_role and role != self._proxy_role and not self._proxy_lock.locked():
+            # Someone else's proxy, in the role we did not give ours: replace it.
+            self._restart_proxy(f"colo-proxy pid {pid} answers as {role or '?'}")
         if (restarted and self.role == "primary" and hello.get("role") == "primary"
                 and self.machine.state is State.PROTECTED):
             with self._lock:

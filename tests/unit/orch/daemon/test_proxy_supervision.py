@@ -237,3 +237,28 @@ def test_nothing_is_verified_outside_protected() -> None:
     p = _Part(state=State.WAITING)
     p.link.connect()
     assert p._protection_verified(PEER_OK) is False
+
+
+def test_a_reconnect_in_the_wrong_role_replaces_that_proxy(tmp_path: Path) -> None:
+    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "ours"))
+    stranger = subprocess.Popen(_sleeper(tmp_path / "stranger"))
+    try:
+        wait_until((tmp_path / "stranger").exists, 10, "the other proxy to run")
+        p._proxy_role = "primary"
+        p.link.connect("primary", pid=4711)
+        p._sync_proxy_mode()
+        # Another proxy took the socket, as a secondary: ours is brought back.
+        threading.Thread(target=lambda: (
+            wait_until((tmp_path / "ours").exists, 10, "our proxy to run"),
+            p.link.connect("primary", pid=0)), daemon=True).start()
+        p.link.connect("secondary", pid=stranger.pid)
+        p._sync_proxy_mode()
+        assert p._proxy_restarter is not None
+        p._proxy_restarter.join(timeout=30)
+        assert stranger.wait(timeout=10) == -15
+        assert p._proxy_proc is not None and p._proxy_proc.poll() is None
+    finally:
+        stranger.kill()
+        if p._proxy_proc is not None:
+            p._proxy_proc.kill()
+            p._proxy_proc.wait()
