@@ -99,6 +99,7 @@ class Orchestrator(Actions, Watchers):
         self._proxy_hello_pid: int | None = None
         self._proxy_restart_after = 0.0
         self._proxy_restarter: threading.Thread | None = None
+        self._listening_since = time.monotonic()  # when the heartbeat receiver started
         self.protection_verified = False
         self.secondary_checkpoints = 0
         self._fenced = False
@@ -125,6 +126,7 @@ class Orchestrator(Actions, Watchers):
         if self.cfg.proxy_primary_command:
             self._executor.submit(self._start_proxy_at_boot, self._first_observation)
         threading.Thread(target=self._watch_secondary, name="svm-events", daemon=True).start()
+        self._listening_since = time.monotonic()
         self.heartbeat.start()
         self.arbiter.start()
         if self.proxy is not None:
@@ -167,6 +169,13 @@ class Orchestrator(Actions, Watchers):
                            incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)),
                            hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2)
+        elif now - self._listening_since < t.heartbeat_timeout:
+            # Not heard (or not echoing this run's heartbeats) yet, but not listened to for
+            # heartbeat_timeout either: a restarted orchestrator that adopted a protected VM
+            # took that for a lost peer and failed over on its first cycle (measured in the
+            # lab, 2 restarts in 4). Alive with nothing known, not even that it hears us:
+            # no rule acts on such a peer, and none declares it lost.
+            peer = PeerObs(alive=True)
         else:
             peer = PeerObs(alive=False)
         if self.proxy is not None:
@@ -246,8 +255,8 @@ class Orchestrator(Actions, Watchers):
         self._sync_proxy_mode()
         self._supervise_proxy()
         peer_rep = self.heartbeat.last()
-        self.protection_verified = self._protection_verified(
-            peer_rep.payload if peer_rep is not None and snap.peer.alive else None)
+        peer_payload = peer_rep.payload if peer_rep is not None and snap.peer.alive else None
+        self.protection_verified = self._protection_verified(peer_payload)
         m = self.metrics
         m.state.state(self.machine.state.name)
         m.state_code.set(int(self.machine.state))

@@ -22,17 +22,37 @@ class _Heartbeat:
         return self.report
 
 
-def test_the_migration_target_comes_from_our_config_not_the_heartbeat(tmp_path: Path) -> None:
+def _orchestrator(tmp_path: Path, heartbeat: Any) -> Orchestrator:
     cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
                  heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
                  incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
                  arbiter_path=str(tmp_path / "lease"))
+    return Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),  # type: ignore[arg-type]
+                        heartbeat=heartbeat, proxy=None, host_id="a")
+
+
+def test_the_migration_target_comes_from_our_config_not_the_heartbeat(tmp_path: Path) -> None:
     # A forged heartbeat (or a compromised peer) names another host as the place to send
     # the VM's memory to; before, the primary migrated there.
     forged = _Heartbeat({"state": int(State.WAITING), "role": "secondary", "vm_ok": True,
                          "incoming": "tcp:203.0.113.9:4444", "proxy_ready": True})
-    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),  # type: ignore[arg-type]
-                        heartbeat=forged, proxy=None, host_id="a")  # type: ignore[arg-type]
+    orch = _orchestrator(tmp_path, forged)
     snap = orch.snapshot(time.monotonic())
     assert snap.peer.alive and snap.peer.role == "secondary"
     assert snap.peer.incoming_uri == "tcp:10.99.1.2:4444"
+
+
+class _Silent:
+    def last(self) -> None:
+        return None
+
+
+def test_a_peer_not_yet_heard_is_lost_only_after_heartbeat_timeout(tmp_path: Path) -> None:
+    """A restarted orchestrator adopting a protected VM took the peer it had not heard yet
+    for a lost one, and failed over on its first cycle."""
+    orch = _orchestrator(tmp_path, _Silent())
+    timeout = orch.cfg.timing.heartbeat_timeout
+    now = orch._listening_since + 0.5 * timeout
+    peer = orch.snapshot(now).peer
+    assert peer.alive and peer.state is None and peer.role == ""  # nothing known, not lost
+    assert not orch.snapshot(orch._listening_since + timeout).peer.alive
