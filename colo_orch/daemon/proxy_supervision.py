@@ -111,6 +111,7 @@ class ProxySupervision:
     _proxy_gen: int  # the link generation whose hello the loop has taken in
     _proxy_hello_pid: int | None  # the pid that hello named
     _proxy_restart_after: float  # monotonic time before which no restart is tried again
+    _peer_proxy_pid: int | None  # the pid the peer's heartbeat last named for its proxy
     _proxy_restarter: threading.Thread | None
 
     def _ensure_proxy(self, role: str) -> str:
@@ -326,6 +327,22 @@ class ProxySupervision:
         ours = self.proxy_view()
         return (ours["connected"] and (ours["role"], ours["mode"]) == (self.role, "protected")
                 and (peer.get("proxy_role"), peer.get("proxy_mode")) == (peer_role, "protected"))
+
+    def _note_peer_proxy(self, peer: dict[str, Any] | None) -> None:
+        """Primary: the secondary's proxy was replaced (its heartbeat names another pid).
+        The new one has no sequence offsets for open connections, so the SVM misreads
+        their segments and its output stops matching; a checkpoint now, rather than
+        compare_timeout later (5 s in the lab), resets them."""
+        pid = peer.get("proxy_pid") if peer is not None else None
+        if not isinstance(pid, int):
+            return  # no heartbeat, or its proxy is down: wait for the one that comes
+        last, self._peer_proxy_pid = self._peer_proxy_pid, pid
+        if (last is not None and pid != last and self.role == "primary"
+                and self.machine.state is State.PROTECTED):
+            log.info("the peer's colo-proxy was replaced (pid %d, was %d): checkpointing",
+                     pid, last)
+            with self._lock:
+                self._requests.append("proxy_restart")
 
     def _start_proxy_at_boot(self, observed: Callable[[], VmObs | None]) -> None:
         """Keep a proxy that runs in the role our VM has (we were restarted), else start

@@ -99,6 +99,7 @@ class Orchestrator(Actions, Watchers):
         self._proxy_hello_pid: int | None = None
         self._proxy_restart_after = 0.0
         self._proxy_restarter: threading.Thread | None = None
+        self._peer_proxy_pid: int | None = None
         self._listening_since = time.monotonic()  # when the heartbeat receiver started
         self.protection_verified = False
         self.secondary_checkpoints = 0
@@ -249,6 +250,7 @@ class Orchestrator(Actions, Watchers):
             "proxy_ready": self.proxy is None or self.proxy.connected,
             # What our proxy said or was last told: the peer's protection_verified.
             "proxy_role": (view := self.proxy_view())["role"], "proxy_mode": view["mode"],
+            "proxy_pid": view["pid"],
         })
         self.heartbeat.beat(now)
         self._tell_fence()
@@ -256,6 +258,7 @@ class Orchestrator(Actions, Watchers):
         self._supervise_proxy()
         peer_rep = self.heartbeat.last()
         peer_payload = peer_rep.payload if peer_rep is not None and snap.peer.alive else None
+        self._note_peer_proxy(peer_payload)
         self.protection_verified = self._protection_verified(peer_payload)
         m = self.metrics
         m.state.state(self.machine.state.name)

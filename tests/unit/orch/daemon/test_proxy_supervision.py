@@ -83,6 +83,7 @@ class _Part(ProxySupervision):
         self._proxy_hello_pid = None
         self._proxy_restart_after = 0.0
         self._proxy_restarter = None
+        self._peer_proxy_pid = None
 
 
 def test_pause_is_sent_once_until_something_else_is_told() -> None:
@@ -262,3 +263,17 @@ def test_a_reconnect_in_the_wrong_role_replaces_that_proxy(tmp_path: Path) -> No
         if p._proxy_proc is not None:
             p._proxy_proc.kill()
             p._proxy_proc.wait()
+
+
+def test_a_replaced_peer_proxy_makes_the_primary_checkpoint() -> None:
+    p = _Part(state=State.PROTECTED)
+    p._note_peer_proxy(dict(PEER_OK, proxy_pid=500))  # first seen: nothing to do
+    p._note_peer_proxy(dict(PEER_OK, proxy_pid=None))  # it restarts: down for a while
+    p._note_peer_proxy(None)  # no current heartbeat
+    assert p._requests == []
+    p._note_peer_proxy(dict(PEER_OK, proxy_pid=501))
+    assert p._requests == ["proxy_restart"]
+    s = _Part("secondary", state=State.PROTECTED)  # only the primary checkpoints
+    s._note_peer_proxy(dict(PEER_OK, proxy_pid=500))
+    s._note_peer_proxy(dict(PEER_OK, proxy_pid=501))
+    assert s._requests == []
