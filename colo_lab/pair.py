@@ -140,17 +140,74 @@ on_unfence = ["ip", "link", "set", "lan0", "up"]
 
 
 def start_orchestrators(lab: Lab, **kw: Any) -> dict[str, subprocess.Popen[bytes]]:
-    procs = {}
-    for role in ("primary", "secondary"):
-        cfg = orch_config(lab, role, **kw)
-        logf = open(lab.run_dir / f"orch-{role}.log", "ab")
-        procs[role] = subprocess.Popen(
+    return {role: _start_orchestrator(lab, role, orch_config(lab, role, **kw))
+            for role in ("primary", "secondary")}
+
+
+def _start_orchestrator(lab: Lab, role: str, cfg: Path) -> subprocess.Popen[bytes]:
+    with open(lab.run_dir / f"orch-{role}.log", "ab") as logf:
+        return subprocess.Popen(
             ["ip", "netns", "exec", lab.hosts[role].ns, sys.executable, "-m", "colo_orch.cli.orch",
              "run", "--config", str(cfg), "--host-id", role[:3]],
             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True,
         )
-        logf.close()
-    return procs
+
+
+def _pids_with(*parts: bytes) -> list[int]:
+    """Processes whose command line holds all of `parts` (each a whole argument)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(part in args for part in parts):
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat.rpartition(b")")[2].split()[0] == b"Z"
+
+
+def orchestrator_pid(lab: Lab, host: str) -> int | None:
+    """The pid of that host's colo-orch (`ip netns exec` runs it as itself), if it runs."""
+    pids = _pids_with(b"colo_orch.cli.orch", str(lab.run_dir / f"orch-{host}.toml").encode())
+    if len(pids) > 1:
+        raise LabError(f"{len(pids)} orchestrators run for the {host} host: {pids}")
+    return pids[0] if pids else None
+
+
+def proxy_pids(lab: Lab, host: str) -> list[int]:
+    """The colo-proxy processes of that host's VM (its instance), whoever started them."""
+    return _pids_with(b"colo_proxy.cli.main", b"--instance", f"{lab.name}{host[:3]}".encode())
+
+
+def kill_proxy(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
+    """Signal that host's colo-proxy (there must be exactly one); returns its pid."""
+    pids = proxy_pids(lab, host)
+    if len(pids) != 1:
+        raise LabError(f"{len(pids)} colo-proxy processes run for the {host} host: {pids}")
+    os.kill(pids[0], sig)
+    return pids[0]
+
+
+def restart_orchestrator(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
+    """Signal that host's colo-orch, wait until it is gone, and start it again with the
+    same config (what it left running stays). Returns the new process's pid."""
+    pid = orchestrator_pid(lab, host)
+    if pid is None:
+        raise LabError(f"no orchestrator runs for the {host} host")
+    os.kill(pid, sig)
+    wait_until(lambda: _gone(pid), 10, f"the {host} orchestrator to exit")
+    return _start_orchestrator(lab, host, lab.run_dir / f"orch-{host}.toml").pid
 
 
 def api_url(lab: Lab, host: str) -> str:

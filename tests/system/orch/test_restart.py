@@ -1,0 +1,137 @@
+"""A restarted colo-orch adopts what runs, and a killed colo-proxy is replaced, in a
+protected pair with proxies (issue 13, "truthful restarts").
+
+Before: a SIGKILLed and restarted primary orchestrator took its COLO VM as WAITING,
+paused the live proxy (output uncompared) and started a second proxy, which on its way
+out removed the live one's rules and filters; 30 s later nothing was compared.
+
+The peer must not take the restart for a death, so the orchestrators here allow 5 s of
+silence (a restart takes 1 to 2 s on this loaded two-core machine).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from colo_lab import pair
+from colo_lab.client import Watch
+from colo_lab.lab import VM_IP, Lab
+from colo_lab.wait import wait_until
+
+pytestmark = [pytest.mark.lab(proxy=True, extra="[timing]\nheartbeat_timeout = 5.0\n"
+                                                  "lease_ttl = 6.0\n"),
+              pytest.mark.timeout(240)]
+HOSTS = ("primary", "secondary")
+
+
+class Sampler:
+    """Samples a host's colo-proxy processes and mode every 50 ms on a thread."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self.lab, self.host = lab, host
+        self.pids: list[tuple[int, ...]] = []
+        self.modes: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.pids.append(tuple(pair.proxy_pids(self.lab, self.host)))
+            try:
+                self.modes.append(str(pair.proxy_status(self.lab, self.host).get("mode")))
+            except OSError:
+                self.modes.append("unreachable")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _verified(lab: Lab) -> bool:
+    return all(pair.state(lab, h).get("protection_verified") for h in HOSTS)
+
+
+def _payload_checkpoints(lab: Lab) -> int:
+    return int(pair.state(lab, "primary").get("checkpoints", {}).get("payload", 0))
+
+
+def _diverge_and_checkpoint(lab: Lab) -> None:
+    before = _payload_checkpoints(lab)
+    assert lab.http("/random")[0] == 200
+    wait_until(lambda: _payload_checkpoints(lab) > before, 30, "a payload checkpoint")
+
+
+def _log_since(lab: Lab, host: str, offset: int) -> str:
+    return (lab.run_dir / f"orch-{host}.log").read_bytes()[offset:].decode(errors="replace")
+
+
+@contextmanager
+def _client(lab: Lab) -> Iterator[Watch]:
+    """A persistent connection with a PUT/GET loop; it must lose nothing."""
+    client = Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "20")
+    try:
+        client.wait_more(5, 60)
+        yield client
+        client.wait_more(10, 90)
+    finally:
+        summary = client.finish()
+    assert client.errors() == []
+    assert summary["errors"] == 0 and summary["connections"] == 1, summary
+    print(f"longest client request pair: {max(r['ms'] for r in client.results):.0f} ms")
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_restarted_orchestrator_adopts_the_vm_and_its_proxy(lab: Lab, host: str) -> None:
+    wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
+    proxy = pair.proxy_pids(lab, host)
+    assert len(proxy) == 1
+    passed = pair.proxy_status(lab, "primary").get("passed_uncompared")
+    log_at = (lab.run_dir / f"orch-{host}.log").stat().st_size
+    sampler = Sampler(lab, host)
+    try:
+        t0 = time.monotonic()
+        pair.restart_orchestrator(lab, host)
+        pair.wait_state(lab, host, "PROTECTED", 30)
+        t1 = time.monotonic()
+        wait_until(lambda: _verified(lab), 30, "protection verified again")
+        print(f"{host} orchestrator restarted: PROTECTED after {t1 - t0:.2f} s, verified "
+              f"after {time.monotonic() - t0:.2f} s")
+        st = pair.state(lab, host)
+    finally:
+        sampler.stop()
+    log = _log_since(lab, host, log_at)
+    assert f"STOPPED -> PROTECTED: adopting our VM, in COLO as {host}" in log, log
+    assert "-> WAITING" not in log and "-> STARTING" not in log, log
+    assert f"adopted the running colo-proxy (pid {proxy[0]})" in log, log
+    # One proxy throughout, the same one, and never passing output uncompared.
+    assert sampler.pids and set(sampler.pids) == {tuple(proxy)}, set(sampler.pids)
+    assert set(sampler.modes) == {"protected"}, set(sampler.modes)
+    assert pair.proxy_status(lab, "primary").get("passed_uncompared") == passed
+    assert st["proxy"]["pid"] == proxy[0] and st["proxy"]["role"] == host
+    _diverge_and_checkpoint(lab)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_killed_proxy_is_replaced_and_no_connection_is_lost(lab: Lab, host: str) -> None:
+    wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
+    [old] = pair.proxy_pids(lab, host)
+    with _client(lab):
+        t0 = time.monotonic()
+        pair.kill_proxy(lab, host)
+        new = wait_until(lambda: [p for p in pair.proxy_pids(lab, host) if p != old], 30,
+                         f"a new {host} proxy")
+        wait_until(lambda: _verified(lab), 60, "protection verified again",
+                   detail=lambda: str({h: pair.state(lab, h).get("proxy") for h in HOSTS}))
+        print(f"{host} proxy killed: protection verified again after "
+              f"{time.monotonic() - t0:.2f} s")
+        assert pair.proxy_pids(lab, host) == new and len(new) == 1
+        assert pair.state(lab, host)["proxy"]["pid"] == new[0]
+        for h in HOSTS:
+            assert pair.state(lab, h)["state"] in ("PROTECTED", "CHECKPOINTING")
+    _diverge_and_checkpoint(lab)
