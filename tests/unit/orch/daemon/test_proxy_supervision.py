@@ -160,6 +160,18 @@ def _sleeper(marker: Path) -> list[str]:
     return [sys.executable, "-c", code, str(marker), "colo_proxy"]
 
 
+def _connect_once_started(p: _Part, marker: Path) -> None:
+    """The proxy started from `marker`'s command connects (a new link generation)."""
+    threading.Thread(target=lambda: (wait_until(marker.exists, 10, "the new proxy to run"),
+                                     p.link.connect("primary", pid=0)), daemon=True).start()
+
+
+def _reap(p: _Part) -> None:
+    if p._proxy_proc is not None:
+        p._proxy_proc.kill()
+        p._proxy_proc.wait()
+
+
 def test_a_running_proxy_in_our_role_is_adopted_not_started_again(tmp_path: Path) -> None:
     p = _Part(command=_sleeper(tmp_path / "started"))
     p.link.connect("primary", pid=4711)
@@ -175,18 +187,13 @@ def test_a_running_proxy_in_the_wrong_role_is_stopped_then_replaced(tmp_path: Pa
     try:
         wait_until((tmp_path / "old").exists, 10, "the old proxy to run")
         p.link.connect("secondary", pid=old.pid)
-        # The new proxy connects (a new link generation) once it runs.
-        threading.Thread(target=lambda: (
-            wait_until((tmp_path / "new").exists, 10, "the new proxy to run"),
-            p.link.connect("primary", pid=0)), daemon=True).start()
+        _connect_once_started(p, tmp_path / "new")
         assert p._ensure_proxy("primary") == "; proxy started as primary"
         assert old.wait(timeout=10) == -15  # SIGTERM, and we waited for it to end
         assert p._proxy_proc is not None and p._proxy_proc.poll() is None
     finally:
         old.kill()
-        if p._proxy_proc is not None:
-            p._proxy_proc.kill()
-            p._proxy_proc.wait()
+        _reap(p)
 
 
 def test_a_dead_proxy_is_started_again(tmp_path: Path) -> None:
@@ -195,9 +202,7 @@ def test_a_dead_proxy_is_started_again(tmp_path: Path) -> None:
     gone.wait()
     p._proxy_role, p._proxy_pid = "primary", gone.pid  # adopted, then SIGKILLed
     p.link.connected = False
-    threading.Thread(target=lambda: (
-        wait_until((tmp_path / "again").exists, 10, "the restarted proxy to run"),
-        p.link.connect("primary", pid=0)), daemon=True).start()
+    _connect_once_started(p, tmp_path / "again")
     p._supervise_proxy()
     try:
         assert p._proxy_restarter is not None
@@ -206,9 +211,7 @@ def test_a_dead_proxy_is_started_again(tmp_path: Path) -> None:
         p._supervise_proxy()  # it runs: nothing more is started
         assert p._proxy_restarter is not None and not p._proxy_restarter.is_alive()
     finally:
-        if p._proxy_proc is not None:
-            p._proxy_proc.kill()
-            p._proxy_proc.wait()
+        _reap(p)
 
 
 PEER_OK = {"role": "secondary", "state": int(State.PROTECTED), "proxy_role": "secondary",
@@ -249,9 +252,7 @@ def test_a_reconnect_in_the_wrong_role_replaces_that_proxy(tmp_path: Path) -> No
         p.link.connect("primary", pid=4711)
         p._sync_proxy_mode()
         # Another proxy took the socket, as a secondary: ours is brought back.
-        threading.Thread(target=lambda: (
-            wait_until((tmp_path / "ours").exists, 10, "our proxy to run"),
-            p.link.connect("primary", pid=0)), daemon=True).start()
+        _connect_once_started(p, tmp_path / "ours")
         p.link.connect("secondary", pid=stranger.pid)
         p._sync_proxy_mode()
         assert p._proxy_restarter is not None
@@ -260,9 +261,7 @@ def test_a_reconnect_in_the_wrong_role_replaces_that_proxy(tmp_path: Path) -> No
         assert p._proxy_proc is not None and p._proxy_proc.poll() is None
     finally:
         stranger.kill()
-        if p._proxy_proc is not None:
-            p._proxy_proc.kill()
-            p._proxy_proc.wait()
+        _reap(p)
 
 
 def test_a_replaced_peer_proxy_makes_the_primary_checkpoint() -> None:
