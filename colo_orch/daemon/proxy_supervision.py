@@ -112,6 +112,8 @@ class ProxySupervision:
     _proxy_hello_pid: int | None  # the pid that hello named
     _proxy_restart_after: float  # monotonic time before which no restart is tried again
     _peer_proxy_pid: int | None  # the pid the peer's heartbeat last named for its proxy
+    _fenced: bool  # our VM's output must be held (actions._set_fence)
+    _fence_told: bool  # the proxy has acknowledged that
     _proxy_restarter: threading.Thread | None
 
     def _ensure_proxy(self, role: str) -> str:
@@ -253,6 +255,9 @@ class ProxySupervision:
         hello = link.hello or {}
         first = self._proxy_gen == 0
         self._proxy_gen = link.generation
+        # A proxy started (or restarted) after the fence knows nothing of it: tell it again
+        # unless its hello shows it already fenced (or unfenced, when we are not).
+        self._fence_told = (hello.get("mode") == "fenced") == self._fenced
         self._proxy_mode = HELLO_MODES.get(str(hello.get("mode")), ProxyMode.UNKNOWN)
         pid = hello.get("pid")
         log.info("colo-proxy connected: %s, %s, pid %s", hello.get("role"), hello.get("mode"),
@@ -289,7 +294,8 @@ class ProxySupervision:
             busy = self._future is not None and not self._future.done()
             colo_runs = self._vm.colo_mode in ("primary", "secondary")
         want = self._wanted_proxy_mode()
-        if busy or want is None or self._proxy_mode is want:
+        if busy or want is None or self._proxy_mode is want or self._fenced:
+            # Fenced, the proxy refuses pause and resume: only unfence leaves the fence.
             return
         if want is ProxyMode.PASS and self._proxy_mode is ProxyMode.COMPARE and colo_runs:
             # COLO runs, so the SVM's output can still come: pausing would let output pass

@@ -84,6 +84,8 @@ class _Part(ProxySupervision):
         self._proxy_restart_after = 0.0
         self._proxy_restarter = None
         self._peer_proxy_pid = None
+        self._fenced = False
+        self._fence_told = True
 
 
 def test_pause_is_sent_once_until_something_else_is_told() -> None:
@@ -276,3 +278,16 @@ def test_a_replaced_peer_proxy_makes_the_primary_checkpoint() -> None:
     s._note_peer_proxy(dict(PEER_OK, proxy_pid=500))
     s._note_peer_proxy(dict(PEER_OK, proxy_pid=501))
     assert s._requests == []
+
+
+def test_a_proxy_that_connects_while_we_are_fenced_is_told_again() -> None:
+    p = _Part(state=State.PROTECTED)
+    p.link.connect()
+    p._sync_proxy_mode()
+    p._fenced, p._fence_told = True, True  # the lease was lost: fenced, and acknowledged
+    p.link.connect(pid=4712)  # the proxy restarted, knowing nothing of the fence
+    p._sync_proxy_mode()
+    assert p._fence_told is False and p.link.sent == []  # no pause or resume meanwhile
+    p.link.connect(mode="fenced", pid=4713)  # this one says it is fenced already
+    p._sync_proxy_mode()
+    assert p._fence_told is True
