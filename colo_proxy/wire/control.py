@@ -1,4 +1,4 @@
-"""The control channel between the proxy and its orchestrator (docs/CONTROL.md).
+"""The control channel between the proxy and its orchestrator (docs/PROXY.md, "Control channel").
 
 A unix stream socket carrying JSON objects, one per line, each with `"v": 1` and a
 `"type"`. This is the codec only, without I/O (`encode`, `decode`, `LineDecoder`): the
