@@ -74,6 +74,8 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
     return [sys.executable, "-m", "colo_proxy.cli.main", role, "--tap", h.tap,
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
+            # Each host's own lock directory, as on two machines (and removed with the lab).
+            "--lock-dir", str(lab.run_dir / f"locks-{host[:3]}"),
             "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
             *(["--compare-timeout", str(TCG_COMPARE_TIMEOUT)] if lab.accel == "tcg" else []),
             # The host's port to the LAN: connections carried over a role swap are

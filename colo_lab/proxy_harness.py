@@ -73,9 +73,10 @@ class ProxyPair:
         return [sys.executable, "-m", "colo_proxy.cli.main", role,
                 "--tap", self.lab.hosts[role].tap,
                 "--control-socket", self.sock(role), "--queue", str(self.queue),
-                # One instance per host: the hosts' namespaces share /run, where each
-                # proxy locks its instance (two machines would not).
+                # One instance per host, each locked in a directory of its host's own, as
+                # on two machines (the namespaces share one /run).
                 "--instance", f"t{os.getpid()}{role[:3]}",
+                "--lock-dir", str(self.run_dir / f"locks-{role[:3]}"),
                 *(["--uplink", self.uplink] if role == "primary" and self.uplink else []),
                 *self.extra]  # last: extra flags win (e.g. --uplink "" for none)
 

@@ -11,11 +11,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
-from colo_proxy.service import run
+from colo_proxy.service import instance_lock, run
 from colo_proxy.service.control_socket import request
-from colo_proxy.service.instance_lock import AlreadyRunning
+from colo_proxy.service.instance_lock import LOCK_DIR, AlreadyRunning
 from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
 
 log = logging.getLogger("colo-proxy")
@@ -30,7 +31,9 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vm-mac", dest="vm_mac", help="the VMs' MAC address")
     p.add_argument("--control-socket", dest="control_socket", help="unix socket path")
     p.add_argument("--instance", help="this VM's proxy: the tag of its iptables rules and "
-                   "its lock (/run/colo-proxy/INSTANCE.lock; one proxy per instance)")
+                   "its lock (LOCK_DIR/INSTANCE.lock; one proxy per instance)")
+    p.add_argument("--lock-dir", dest="lock_dir",
+                   help="directory of the instance locks (default /run/colo-proxy)")
     p.add_argument("--queue", type=int, help="NFQUEUE number (primary)")
     p.add_argument("--on-crash", dest="on_crash", choices=("closed", "open"),
                    help="if the proxy dies: hold (closed) or pass (open) the PVM's output")
@@ -67,11 +70,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("cleanup", help="remove every filter and rule a proxy left behind")
     p.add_argument("--instance", help="only this instance's iptables rules (default: all)")
     p.add_argument("--control-socket", dest="control_socket", default=DEFAULT_SOCKET)
+    p.add_argument("--lock-dir", dest="lock_dir", default=str(LOCK_DIR),
+                   help="directory of the instance locks (default /run/colo-proxy)")
     p.set_defaults(func=_cmd_cleanup)
 
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
-    keys = ("tap", "forward", "uplink", "vm_mac", "control_socket", "instance", "queue", "on_crash",
+    keys = ("tap", "forward", "uplink", "vm_mac", "control_socket", "instance", "lock_dir",
+            "queue", "on_crash",
             "on_queue_full", "gso", "metrics_listen", "busy_poll_us", "busy_poll_held", "batch")
     over: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
     over["role"] = args.role
@@ -113,6 +119,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
+    # A live proxy's filters and rules are what hold its VM's output: never remove them.
+    live = [(i, pid) for i, pid in instance_lock.running(Path(args.lock_dir))
+            if args.instance in (None, i)]
+    if live:
+        names = ", ".join(f"{i} (pid {pid})" for i, pid in live)
+        print(f"colo-proxy: cleanup refused: a proxy still runs: {names}; stop it first "
+              "(its filters and rules hold its VM's output)", file=sys.stderr)
+        return 1
     for line in run.cleanup(args.instance, args.control_socket):
         print(f"removed {line}")
     return 0

@@ -61,3 +61,20 @@ def hold(instance: str, directory: Path = LOCK_DIR) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)
+
+
+def running(directory: Path = LOCK_DIR) -> list[tuple[str, int | None]]:
+    """The instances whose lock some process holds now, with the pid each wrote."""
+    out: list[tuple[str, int | None]] = []
+    for path in sorted(directory.glob("*.lock")):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.append((path.stem, holder(path.stem, directory)))
+        finally:
+            os.close(fd)
+    return out

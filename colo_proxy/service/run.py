@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from colo_proxy.kernel import netfilter
@@ -25,7 +26,7 @@ log = logging.getLogger("colo-proxy")
 
 def run_primary(s: ProxySettings) -> None:
     """Serve as the primary's proxy; AlreadyRunning if this instance runs already."""
-    with instance_lock.hold(s.instance):
+    with instance_lock.hold(s.instance, Path(s.lock_dir)):
         _run_primary(s)
 
 
@@ -109,7 +110,7 @@ class _Announcer:
 
 def run_secondary(s: ProxySettings) -> None:
     """Serve as the secondary's proxy; AlreadyRunning if this instance runs already."""
-    with instance_lock.hold(s.instance):
+    with instance_lock.hold(s.instance, Path(s.lock_dir)):
         _run_secondary(s)
 
 

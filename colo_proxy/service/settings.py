@@ -30,6 +30,7 @@ class ProxySettings:
     vm_mac: str = "52:54:00:c0:10:01"
     control_socket: str = DEFAULT_SOCKET
     instance: str = "colo"  # this VM's proxy: tag of our iptables rules, name of our lock
+    lock_dir: str = "/run/colo-proxy"  # where each instance's lock lives (one per host)
     queue: int = 0  # NFQUEUE number (primary)
     # Proxy process dead: "closed" holds the PVM's output (the consistent default),
     # "open" lets it pass uncompared (iptables --queue-bypass).
@@ -71,7 +72,9 @@ class ProxySettings:
             raise ConfigError(f"metrics_listen must be ADDR:PORT, not {self.metrics_listen!r}")
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", self.instance):
             raise ConfigError(f"instance must be letters, digits, '_', '.' or '-' (it names "
-                              f"/run/colo-proxy/<instance>.lock), not {self.instance!r}")
+                              f"<lock_dir>/<instance>.lock), not {self.instance!r}")
+        if not self.lock_dir.startswith("/"):
+            raise ConfigError(f"lock_dir must be an absolute path, not {self.lock_dir!r}")
         if len(self.vm_mac.split(":")) != 6:
             raise ConfigError(f"vm_mac {self.vm_mac!r} is not a MAC address")
         return self
