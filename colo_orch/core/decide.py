@@ -272,6 +272,10 @@ def _on_finished(s: Snapshot) -> Decision | None:
     return None
 
 
+# query-migrate states of a migration under way (QEMU's MigrationStatus).
+_MIGRATING = frozenset({"setup", "active", "device", "pre-switchover"})
+
+
 def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
     mode = s.vm.colo_mode
     if s.vm.reachable and not s.vm.hung and mode in ("primary", "secondary"):
@@ -282,6 +286,13 @@ def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
         # written.
         why = "" if mode == s.role else f" (the config says {s.role}; the VM wins)"
         return Decision(f"adopting our VM, in COLO as {mode}{why}", Event.ADOPT, role=mode)
+    if s.vm.reachable and not s.vm.hung and s.vm.migration in _MIGRATING:
+        # A restarted primary during the initial sync: QEMU carries on with the migration
+        # that our previous run started. Starting COLO again would fail ("already in
+        # progress") and leave us DEGRADED with COLO running underneath.
+        why = "" if s.role == "primary" else f" (the config says {s.role}; the VM wins)"
+        return Decision(f"adopting our VM in its initial COLO sync ({s.vm.migration}){why}",
+                        Event.SYNC, role="primary")
     if s.vm.reachable:
         return Decision(f"adopting the running VM as {s.role}", Event.START)
     if s.operator == "reprotect":
@@ -452,7 +463,10 @@ def _fenced(s: Snapshot, _mn: float, _mx: float) -> Decision:
     p = s.peer
     if s.lease_held:
         return Decision("fenced: releasing the arbiter lease", action=ReleaseLease())
-    if s.operator == "reprotect" or (s.auto_reprotect and p.alive and p.state is State.ALONE):
+    # ALONE, or WAITING: a primary whose orchestrator restarted while it served alone
+    # adopts its VM as WAITING, and waits for a secondary just the same.
+    alone = p.alive and p.role == "primary" and p.state in (State.ALONE, State.WAITING)
+    if s.operator == "reprotect" or (s.auto_reprotect and alone):
         return Decision("peer serves alone: starting a new secondary VM here", Event.REPROTECT,
                         StartVM(incoming=True), role="secondary",
                         consumed_operator=s.operator == "reprotect")

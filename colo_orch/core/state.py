@@ -13,6 +13,7 @@ Lifecycle of a pair (P = primary host, S = secondary host):
     P: STOPPED -start-> STARTING -vm_running-> WAITING -sync-> SYNCING -colo_entered-> PROTECTED
     S: STOPPED -start-> STARTING -vm_running-> WAITING -colo_entered-> PROTECTED
     STOPPED -adopt-> PROTECTED      (a restarted orchestrator finds its VM in COLO)
+    STOPPED -sync-> SYNCING         (... or the primary's initial COLO migration under way)
     P: PROTECTED -checkpoint-> CHECKPOINTING -checkpoint_done-> PROTECTED
     S: PROTECTED -peer_lost-> FAILING_OVER -took_over-> ALONE      (S becomes the primary)
     P: PROTECTED -peer_lost-> FAILING_OVER -took_over-> ALONE      (P continues unprotected)
@@ -73,7 +74,9 @@ S, E = State, Event
 
 # The whole table. A (state, event) pair that is missing is illegal.
 TRANSITIONS: dict[State, dict[Event, State]] = {
-    S.STOPPED: {E.START: S.STARTING, E.REPROTECT: S.STARTING, E.ADOPT: S.PROTECTED},
+    # SYNC: a restarted primary finds the initial COLO migration under way (adopts it).
+    S.STOPPED: {E.START: S.STARTING, E.REPROTECT: S.STARTING, E.ADOPT: S.PROTECTED,
+                E.SYNC: S.SYNCING},
     S.STARTING: {
         E.VM_RUNNING: S.WAITING,
         E.VM_LOST: S.FENCED,

@@ -11,6 +11,8 @@ silence (a restart takes 1 to 2 s on this loaded two-core machine).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -134,4 +136,35 @@ def test_a_killed_proxy_is_replaced_and_no_connection_is_lost(lab: Lab, host: st
         assert pair.state(lab, host)["proxy"]["pid"] == new[0]
         for h in HOSTS:
             assert pair.state(lab, h)["state"] in ("PROTECTED", "CHECKPOINTING")
+    _diverge_and_checkpoint(lab)
+
+
+def test_a_primary_restarted_while_alone_adopts_and_protection_returns(lab: Lab) -> None:
+    wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
+    # The secondary host goes quiet (its orchestrator stopped) and its VM dies: the primary
+    # serves alone. Its orchestrator is then restarted there.
+    sec = pair.orchestrator_pid(lab, "secondary")
+    assert sec is not None
+    os.kill(sec, signal.SIGSTOP)
+    try:
+        pair.kill_vm(lab, "secondary")
+        pair.wait_state(lab, "primary", "ALONE", 30)
+        [proxy] = pair.proxy_pids(lab, "primary")
+        log_at = (lab.run_dir / "orch-primary.log").stat().st_size
+        with _client(lab):
+            pair.restart_orchestrator(lab, "primary")
+            st = pair.wait_state(lab, "primary", "WAITING", 30)
+        log = _log_since(lab, "primary", log_at)
+        assert "adopting the running VM as primary" in log, log
+        assert "HOLDING" not in log and "FAILING_OVER" not in log, log
+        assert st["role"] == "primary" and st["lease_holder"] == "pri"
+        assert pair.proxy_pids(lab, "primary") == [proxy]
+    finally:
+        os.kill(sec, signal.SIGCONT)
+    # The secondary finds its VM gone, fences, and comes back as the new secondary.
+    t0 = time.monotonic()
+    pair.wait_state(lab, "primary", "PROTECTED", 120)
+    wait_until(lambda: _verified(lab), 60, "protection verified again")
+    print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
+          "resumed")
     _diverge_and_checkpoint(lab)

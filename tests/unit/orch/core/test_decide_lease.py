@@ -157,3 +157,18 @@ def test_no_fence_before_the_arbiter_first_answers() -> None:
     d = decide(snap(State.PROTECTED, lease_held=False, lease_known=False, peer=LOST), MIN, MAX)
     assert (d.event, d.action, d.fence) == (None, None, None)
     assert "the arbiter has not answered yet" in d.sentence
+
+
+def test_a_restarted_primary_adopts_the_initial_sync_under_way() -> None:
+    migrating = VmObs(reachable=True, running=True, status="running", migration="active")
+    d = decide(snap(State.STOPPED, vm=migrating), MIN, MAX)
+    assert (d.event, d.action, d.role) == (Event.SYNC, None, "primary")
+
+
+def test_a_fenced_host_rejoins_a_primary_that_waits_for_a_secondary() -> None:
+    # The primary's orchestrator restarted while it served alone: it adopted its VM as
+    # WAITING, not ALONE. The fenced host must still come back as its secondary.
+    waiting = PeerObs(alive=True, state=State.WAITING, role="primary", vm_ok=True)
+    d = decide(snap(State.FENCED, role="primary", vm=GONE, lease_held=False, peer=waiting),
+               MIN, MAX)
+    assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True), "secondary")
