@@ -22,7 +22,8 @@ import pytest
 
 from colo_lab import pair
 from colo_lab.client import Watch
-from colo_lab.lab import VM_IP, Lab
+from colo_lab.lab import VM_IP, VM_MAC, Lab
+from colo_lab.mac_sampler import MacSampler
 from colo_lab.wait import wait_until
 
 pytestmark = [pytest.mark.lab(proxy=True, extra="[timing]\nheartbeat_timeout = 5.0\n"
@@ -75,14 +76,20 @@ def _log_since(lab: Lab, host: str, offset: int) -> str:
 
 @contextmanager
 def _client(lab: Lab) -> Iterator[Watch]:
-    """A persistent connection with a PUT/GET loop; it must lose nothing."""
+    """A persistent connection with a PUT/GET loop; it must lose nothing. Meanwhile the VM's
+    MAC must never come from both hosts' LAN ports in one 50 ms interval."""
+    macs = MacSampler(lab.lan_ns, VM_MAC, ["p-pri", "p-sec"])
     client = Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "20")
     try:
+        wait_until(macs.ready.is_set, 30, "the MAC sampler to listen")
         client.wait_more(5, 60)
         yield client
         client.wait_more(10, 90)
     finally:
         summary = client.finish()
+        macs.stop()
+    assert macs.both() == [], macs.both()[:5]
+    assert macs.seen("p-pri") + macs.seen("p-sec") > 0  # it did see the service answer
     assert client.errors() == []
     assert summary["errors"] == 0 and summary["connections"] == 1, summary
     print(f"longest client request pair: {max(r['ms'] for r in client.results):.0f} ms")
@@ -97,14 +104,15 @@ def test_a_restarted_orchestrator_adopts_the_vm_and_its_proxy(lab: Lab, host: st
     log_at = (lab.run_dir / f"orch-{host}.log").stat().st_size
     sampler = Sampler(lab, host)
     try:
-        t0 = time.monotonic()
-        pair.restart_orchestrator(lab, host)
-        pair.wait_state(lab, host, "PROTECTED", 30)
-        t1 = time.monotonic()
-        wait_until(lambda: _verified(lab), 30, "protection verified again")
-        print(f"{host} orchestrator restarted: PROTECTED after {t1 - t0:.2f} s, verified "
-              f"after {time.monotonic() - t0:.2f} s")
-        st = pair.state(lab, host)
+        with _client(lab):
+            t0 = time.monotonic()
+            pair.restart_orchestrator(lab, host)
+            pair.wait_state(lab, host, "PROTECTED", 30)
+            t1 = time.monotonic()
+            wait_until(lambda: _verified(lab), 30, "protection verified again")
+            print(f"{host} orchestrator restarted: PROTECTED after {t1 - t0:.2f} s, verified "
+                  f"after {time.monotonic() - t0:.2f} s")
+            st = pair.state(lab, host)
     finally:
         sampler.stop()
     log = _log_since(lab, host, log_at)
