@@ -56,6 +56,21 @@ class OrchMetrics:
         self.heartbeat_rtt = Gauge("colo_heartbeat_rtt_seconds",
                                    "Round trip of the last echoed heartbeat (includes up to one "
                                    "heartbeat interval of echo delay)", registry=registry)
+        # The receive thread's counts, copied each loop cycle: a datagram on the heartbeat
+        # port that is not the peer's authentic heartbeat (wrong source, tag, shape or
+        # pair), and an authentic one whose sequence number was already seen (a replay).
+        self.heartbeats_received = Counter("colo_heartbeats_received_total",
+                                           "Authentic, fresh heartbeats received from the peer",
+                                           registry=registry)
+        self.heartbeats_rejected = Counter(
+            "colo_heartbeat_rejected_total",
+            "Datagrams on the heartbeat port dropped as not the peer's authentic heartbeat "
+            "(source address, HMAC tag, pair or shape)", registry=registry)
+        self.heartbeats_replayed = Counter(
+            "colo_heartbeat_replayed_total",
+            "Authentic heartbeats dropped because their sequence number was already seen",
+            registry=registry)
+        self._heartbeats_seen = (0, 0, 0)
         self.failovers = Counter("colo_failovers_total", "Failovers completed (this host took "
                                  "over or continued alone)", registry=registry)
         self.reprotections = Counter("colo_reprotections_total",
@@ -103,6 +118,14 @@ class OrchMetrics:
     def identify(self, pair: str, host: str) -> None:
         # Not "pair"/"host": those are the scrape configuration's target labels.
         self.pair.info({"name": pair, "host_id": host})
+
+    def observe_heartbeats(self, received: int, rejected: int, replayed: int) -> None:
+        """The heartbeat receiver's running counts (they only grow within one run)."""
+        r0, j0, p0 = self._heartbeats_seen
+        self.heartbeats_received.inc(max(0, received - r0))
+        self.heartbeats_rejected.inc(max(0, rejected - j0))
+        self.heartbeats_replayed.inc(max(0, replayed - p0))
+        self._heartbeats_seen = (received, rejected, replayed)
 
     def observe_disks(self, st: DiskStatus | None, count: int) -> None:
         """The disk replication's status, read once per loop cycle."""

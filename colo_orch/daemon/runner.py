@@ -272,6 +272,8 @@ class Orchestrator(Actions, Watchers):
         if self.proxy is not None:
             m.proxy_up.set(1 if self.proxy.connected else 0)
         m.protection_verified.set(1 if self.protection_verified else 0)
+        hb = self.heartbeat
+        m.observe_heartbeats(hb.received, hb.rejected, hb.replayed)
         m.observe_disks(*self.backend.disk_status())
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
@@ -312,6 +314,9 @@ class Orchestrator(Actions, Watchers):
             "vm": vm,
             "peer": rep.payload if rep else None,
             "peer_seen_s_ago": round(time.monotonic() - rep.received_at, 3) if rep else None,
+            "heartbeats": {"sent": self.heartbeat.sent, "received": self.heartbeat.received,
+                           "rejected": self.heartbeat.rejected,
+                           "replayed": self.heartbeat.replayed},
             "lease_holder": lease.holder,
             "lease_reachable": lease.reachable,
             "lease_error": lease.error,

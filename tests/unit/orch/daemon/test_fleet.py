@@ -27,6 +27,8 @@ STATUS: dict[str, Any] = {"name": "web", "host": "h1", "state": "PROTECTED",
 class _Silent:
     """A heartbeat that never heard its peer."""
 
+    sent = received = rejected = replayed = 0
+
     def last(self) -> None:
         return None
 

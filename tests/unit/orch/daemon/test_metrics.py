@@ -1,4 +1,5 @@
-"""The orchestrator's metrics: disk replication counters survive re-protection."""
+"""The orchestrator's metrics: disk replication counters survive re-protection, heartbeat
+counters follow the receiver."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ def test_pair_and_build_info() -> None:
     m.identify("web", "pri")
     assert reg.get_sample_value("colo_pair_info", {"name": "web", "host_id": "pri"}) == 1
     assert any(s.name == "colo_build_info" for f in reg.collect() for s in f.samples)
+
+
+def test_heartbeat_counters_follow_the_receiver() -> None:
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    assert _value(reg, "colo_heartbeat_rejected_total") == 0
+    m.observe_heartbeats(received=10, rejected=2, replayed=0)
+    m.observe_heartbeats(received=12, rejected=5, replayed=1)
+    m.observe_heartbeats(received=12, rejected=5, replayed=1)  # a cycle with nothing new
+    assert _value(reg, "colo_heartbeats_received_total") == 12
+    assert _value(reg, "colo_heartbeat_rejected_total") == 5
+    assert _value(reg, "colo_heartbeat_replayed_total") == 1
