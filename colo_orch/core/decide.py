@@ -73,6 +73,9 @@ class Snapshot:
     # the adopted VM on that ignorance would cut its clients off for nothing.
     lease_known: bool = True
     lease_error: str = ""  # why the lease was lost or the store did not answer
+    # The store renewed our lease on a request sent after the peer's last heartbeat
+    # arrived: it still knew us alive after the peer could last have (S5).
+    lease_renewed_since_peer: bool = True
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -221,6 +224,13 @@ def _go_alone(s: Snapshot, sentence: str, consumed_operator: bool = False) -> De
     fenced us already, or the arbiter has not answered yet and we wait for it)."""
     if not s.lease_held:
         return Decision(f"{sentence}, but {_lease_why(s)}: waiting for the lease")
+    if s.role == "primary" and not s.peer.alive and not s.lease_renewed_since_peer:
+        # S5: a silent peer may be cut off from us only, or we from everything. Output
+        # released alone now, uncompared, would be lost if the secondary took over from
+        # its last checkpoint once our lease expired; so only after the store has renewed
+        # our lease since the peer was last heard. Until then the proxy holds output.
+        return Decision(f"{sentence}, but the arbiter has not renewed our lease since the "
+                        "peer was last heard: waiting for a renewal before serving alone")
     return Decision(sentence, Event.PEER_LOST, TakeOver(s.role),
                     consumed_operator=consumed_operator)
 

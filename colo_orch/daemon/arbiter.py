@@ -44,6 +44,9 @@ class LeaseView:
     reachable: bool  # the store's last request succeeded
     checked_at: float  # when the last answer came
     error: str = ""  # why the last request failed, or why we lost the lease; "" otherwise
+    # When we sent the grant or keep-alive that the store last answered for our lease (0.0
+    # when not held): the store knew us alive at or after that moment.
+    renewed_at: float = 0.0
 
 
 NOT_CHECKED = LeaseView(held=False, holder=None, safe_until=0.0, reachable=False,
@@ -176,4 +179,5 @@ class LocalLeaseArbiter(Arbiter):
         held = holder == self.who
         return LeaseView(held=held, holder=holder,
                          safe_until=expires - self.margin if held else 0.0,
-                         reachable=True, checked_at=now)
+                         reachable=True, checked_at=now,
+                         renewed_at=expires - self.ttl if held else 0.0)

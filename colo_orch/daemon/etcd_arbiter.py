@@ -432,13 +432,15 @@ class EtcdArbiter(Arbiter):
             return min(self.poll, 0.1)
         return self.poll
 
-    def _set(self, held: bool, holder: str | None, safe_until: float) -> None:
+    def _set(self, held: bool, holder: str | None, safe_until: float,
+             renewed_at: float = 0.0) -> None:
         """A successful answer. The reason we lost the key stays until we hold it again."""
         if held:
             self._loss = ""
         with self._mu:
             self._view = LeaseView(held=held, holder=holder, safe_until=safe_until,
-                                   reachable=True, checked_at=self.clock(), error=self._loss)
+                                   reachable=True, checked_at=self.clock(), error=self._loss,
+                                   renewed_at=renewed_at)
 
     def _failed(self, error: str) -> None:
         with self._mu:
@@ -447,7 +449,8 @@ class EtcdArbiter(Arbiter):
                 log.warning("%s", error)
             # held and safe_until stay: the hold ends by itself at safe_until.
             self._view = LeaseView(held=v.held, holder=v.holder, safe_until=v.safe_until,
-                                   reachable=False, checked_at=self.clock(), error=error)
+                                   reachable=False, checked_at=self.clock(), error=error,
+                                   renewed_at=v.renewed_at)
 
     def _lost(self, why: str, holder: str | None, by_hand: bool = False) -> None:
         log.warning("lost the leader key %s: %s", self.key, why)
@@ -509,7 +512,8 @@ class EtcdArbiter(Arbiter):
     def _held(self, lease: int, sent: float, ttl: int) -> None:
         self._lease = lease
         self._next_renew = sent + self.period
-        self._set(held=True, holder=self.who, safe_until=sent + ttl - self.margin)
+        self._set(held=True, holder=self.who, safe_until=sent + ttl - self.margin,
+                  renewed_at=sent)
 
     def _renew(self) -> None:
         sent = self.clock()

@@ -195,6 +195,7 @@ class Orchestrator(Actions, Watchers):
                 lease_available=lease.reachable and lease.holder is None,
                 lease_reachable=lease.reachable, lease_known=lease.checked_at > 0.0,
                 lease_error=lease.error,
+                lease_renewed_since_peer=rep is None or lease.renewed_at > rep.received_at,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,

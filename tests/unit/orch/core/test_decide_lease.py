@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from colo_orch.core.decide import (
+    ActionResult,
     Checkpoint,
     PeerObs,
     Snapshot,
@@ -80,6 +81,44 @@ def test_a_primary_continues_alone_only_with_the_lease() -> None:
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
     d = decide(snap(State.PROTECTED, peer=LOST, lease_held=False), MIN, MAX)
     assert (d.event, d.action, d.fence) == (Event.LEASE_LOST, None, True)
+
+
+SYNCING_VM = VmObs(reachable=True, running=True, status="running", migration="active")
+
+
+@pytest.mark.parametrize(("state", "vm"), [(State.PROTECTED, IN_COLO),
+                                           (State.SYNCING, SYNCING_VM),
+                                           (State.PAUSED, IN_COLO)])
+def test_a_primary_continues_alone_only_after_a_renewal_since_the_peer_was_heard(
+        state: State, vm: VmObs) -> None:
+    # S5, measured in the lab: cut off from the peer AND etcd, the primary still held a
+    # certain lease when it declared the peer lost, served alone for 0.35 s until its hold
+    # ended, and the secondary took over from its last checkpoint: 7 acknowledged PUTs lost.
+    stale = snap(state, vm=vm, peer=LOST, lease_renewed_since_peer=False)
+    d = decide(stale, MIN, MAX)
+    assert (d.event, d.action, d.fence) == (None, None, None)
+    assert "renewal" in d.sentence
+    # Still held at safe_until: the general rule fences (HOLDING), never ALONE.
+    d = decide(replace(stale, lease_held=False, lease_reachable=False), MIN, MAX)
+    assert (d.event, d.fence) == (Event.LEASE_LOST, True)
+    # Once the store has renewed since, the peer cannot take over while we keep it.
+    d = decide(replace(stale, lease_renewed_since_peer=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+
+
+def test_a_failed_checkpoint_with_a_silent_peer_waits_for_the_renewal_too() -> None:
+    s = snap(State.CHECKPOINTING, peer=LOST, lease_renewed_since_peer=False,
+             finished=ActionResult("checkpoint", False, "migration stream closed"))
+    d = decide(s, MIN, MAX)
+    assert d.action is None and "renewal" in d.sentence
+
+
+def test_a_peer_that_reports_its_vm_lost_needs_no_renewal() -> None:
+    # It still hears us and is not taking over: nothing it could lose.
+    fenced = PeerObs(alive=True, state=State.FENCED, role="secondary", vm_ok=False,
+                     hears_us=True)
+    d = decide(snap(State.PROTECTED, peer=fenced, lease_renewed_since_peer=False), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
 
 
 def test_a_secondary_never_needs_the_lease_to_follow() -> None:
