@@ -9,6 +9,7 @@ for bulk payload. The only module that opens packet sockets.
 
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import dataclass
 
@@ -60,6 +61,14 @@ class PacketSocket:
                 # recvfrom allocates the bytes object the comparator keeps: one copy.
                 data, addr = recv(RECV_BUF)
             except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENETDOWN:
+                    raise
+                # The link went down (a cut cable, `ip link set down`): the kernel reports
+                # that once on a bound packet socket. Nothing is lost by reading on; before,
+                # it ended the proxy, whose exit removed its filters and let the PVM's
+                # output out uncompared while the orchestrator had not fenced yet.
                 break
             out.append(Frame(addr[1], data))
         return out
