@@ -7,7 +7,12 @@ connection is reopened. Every request's outcome goes to stdout as a JSON line,
 so a caller can watch progress and compute the service's gap at a failover.
 
 usage: python -m colo_lab.client --host 10.99.0.10 [--duration S] [--count N]
-       [--random-every K] [--timeout S]
+       [--random-every K] [--timeout S] [--prefix P]
+       python -m colo_lab.client --host 10.99.0.10 --prefix P --verify FILE
+
+--verify reads request numbers (one per line, those whose PUT was acknowledged) and GETs
+each key back on one connection: one JSON line {"verified": N, "lost": [...]}, where a
+key is lost when the service answers anything but the value that was stored.
 
 `Watch` runs it in a lab's client namespace and collects those lines (the demo, tests).
 """
@@ -30,8 +35,9 @@ from colo_lab.wait import wait_until
 
 
 class Conn:
-    def __init__(self, host: str, timeout: float) -> None:
+    def __init__(self, host: str, timeout: float, port: int = 80) -> None:
         self.host = host
+        self.port = port
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.buf = b""
@@ -39,7 +45,7 @@ class Conn:
 
     def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         if self.sock is None:
-            self.sock = socket.create_connection((self.host, 80), timeout=self.timeout)
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             self.buf = b""
             self.opened += 1
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
@@ -73,8 +79,36 @@ class Conn:
         self.sock = None
 
 
+def value_of(i: int) -> bytes:
+    """The value the client stores under request number i (the same on every run)."""
+    return f"value-{i}-{'x' * (i % 97)}".encode()
+
+
+def verify(host: str, prefix: str, numbers: list[int], timeout: float,
+           port: int = 80) -> dict[str, Any]:
+    """GET every key back on one persistent connection; a key answered with anything but
+    its value is lost (a connection error is retried once on a new connection)."""
+    conn = Conn(host, timeout, port)
+    lost: list[dict[str, Any]] = []
+    for i in numbers:
+        for attempt in (1, 2):
+            try:
+                st, body = conn.request("GET", f"/kv/{prefix}{i}")
+                break
+            except (OSError, ConnectionError, ValueError, IndexError) as exc:
+                conn.close()
+                st, body = 0, f"{type(exc).__name__}: {exc}".encode()
+                if attempt == 2:
+                    break
+        if (st, body) != (200, value_of(i)):
+            lost.append({"i": i, "status": st, "body": body[:60].decode("latin-1")})
+    conn.close()
+    return {"verified": len(numbers) - len(lost), "lost": lost}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="colo_lab.client")
+    p = argparse.ArgumentParser(prog="colo_lab.client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="10.99.0.10")
     p.add_argument("--duration", type=float, default=0.0, help="seconds (0: until --count)")
     p.add_argument("--count", type=int, default=0, help="request pairs (0: until --duration)")
@@ -82,7 +116,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="also GET /random every K pairs (non-deterministic: causes divergence)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--prefix", default="c")
+    p.add_argument("--verify", metavar="FILE",
+                   help="GET back the keys of the request numbers in FILE, then exit")
     args = p.parse_args(argv)
+    if args.verify:
+        try:
+            with open(args.verify) as f:
+                numbers = [int(line) for line in f if line.strip()]
+        except (OSError, ValueError) as exc:
+            p.error(f"--verify {args.verify}: {exc}; give a file of request numbers, "
+                    "one per line")
+        out = verify(args.host, args.prefix, numbers, args.timeout)
+        print(json.dumps(out), flush=True)
+        return 0 if not out["lost"] else 1
     stop = False
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -100,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         if args.count and i >= args.count:
             break
-        key, value = f"{args.prefix}{i}", f"value-{i}-{'x' * (i % 97)}".encode()
+        key, value = f"{args.prefix}{i}", value_of(i)
         t0 = time.monotonic()
         err = ""
         try:

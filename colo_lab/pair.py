@@ -267,6 +267,18 @@ def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
     return control.request(lab.run_dir / f"proxy-{host[:3]}.sock", {"type": "status"})
 
 
+def metrics(lab: Lab, host: str) -> dict[str, float]:
+    """A host orchestrator's /metrics as {sample with its labels: value}."""
+    h = lab.hosts[host]
+    text = netns.sh(h.ns, ["curl", "-sS", "-m", "5", f"{api_url(lab, host)}/metrics"])
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def checkpoint_count(lab: Lab, host: str) -> int:
     return sum(state(lab, host).get("checkpoints", {}).values())
 

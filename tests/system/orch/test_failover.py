@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from colo_lab import netns, pair
+from colo_lab import pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 
@@ -26,17 +26,6 @@ def _store_and_checkpoint(lab: Lab, primary: str, key: str, value: bytes) -> Non
     wait_until(lambda: _checkpoints(lab, primary) > before, 20, "manual checkpoint")
 
 
-def _metrics(lab: Lab, host: str) -> dict[str, float]:
-    h = lab.hosts[host]
-    text = netns.sh(h.ns, ["curl", "-sS", f"http://{h.ctl_ip}:{pair.API_PORT}/metrics"])
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     pri = pair.wait_state(lab, "primary", "PROTECTED", 60)
     sec = pair.wait_state(lab, "secondary", "PROTECTED", 30)
@@ -46,7 +35,7 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     for i in range(3):
         _store_and_checkpoint(lab, "primary", f"k{i}", f"v{i}".encode())
     assert pair.state(lab, "primary")["checkpoints"]["manual"] >= 3
-    metrics = _metrics(lab, "primary")
+    metrics = pair.metrics(lab, "primary")
     assert metrics['colo_checkpoints_total{reason="manual"}'] >= 3
     assert metrics['colo_checkpoints_total{reason="payload"}'] == 0
     # The last checkpoint's count is taken before the loop returns to PROTECTED.
@@ -60,7 +49,7 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     pair.kill_vm(lab, "primary")
     sec = pair.wait_state(lab, "secondary", "ALONE", 30)
     assert sec["role"] == "primary" and sec["failovers"] == taken + 1
-    assert _metrics(lab, "secondary")["colo_failovers_total"] == taken + 1
+    assert pair.metrics(lab, "secondary")["colo_failovers_total"] == taken + 1
     assert sec["last_takeover_s"] is not None and sec["last_takeover_s"] < 5
     assert pair.wait_state(lab, "primary", {"FENCED", "STARTING", "WAITING", "PROTECTED"}, 10)
     assert lab.http("/kv/k2") == (200, b"v2")
