@@ -271,11 +271,12 @@ def test_secondary_cut_from_etcd_is_invisible(lab: Lab, work_factory: Any) -> No
     wait_until(lambda: pair.checkpoint_count(lab, "primary") > before, 20, "a checkpoint")
     _hold(work, hold)
     baseline = work.slowest(base)
-    # Twice the slowest healthy request, and at least 0.5 s (twice a checkpoint's worst
-    # pause under TCG here): a fault that cost clients anything (a fence, a take-over
-    # attempt) stops output for at least heartbeat_timeout, longer than this.
-    bound = max(2 * baseline, 0.5)
-    assert bound < t.heartbeat_timeout + t.lease_ttl
+    # Twice the slowest healthy request (measured here: 0.19 to 0.35 s under TCG on two
+    # shared cores, a checkpoint's PVM pause being about 50 ms of it), and never less
+    # than 0.5 s against that noise; but at most heartbeat_timeout: anything the fault
+    # could cost clients (a fence, a take-over attempt, a failsafe ending) stops output
+    # for at least that long, so a request within the bound saw none of it.
+    bound = min(max(2 * baseline, 0.5), t.heartbeat_timeout)
     since = time.monotonic()
     start = work.mark()
     faults.cut(lab, "secondary", "etcd")
@@ -350,6 +351,7 @@ def test_etcd_quorum_loss_keeps_service_and_protection(lab: Lab, work_factory: A
 def _control_link_cut(lab: Lab, work: Workload, scenario: str) -> None:
     t = _timing(lab)
     p_sec = work.sampler.seen(PORTS["secondary"])
+    p_pri = work.sampler.seen(PORTS["primary"])
     since = time.monotonic()
     start = work.mark()
     faults.cut(lab, "primary", "control")  # the veth pair: both ends lose their carrier
@@ -359,6 +361,7 @@ def _control_link_cut(lab: Lab, work: Workload, scenario: str) -> None:
         _hold(work, t.lease_ttl + t.heartbeat_timeout + 2)
         assert work.poller.states("secondary", since) <= HEALTHY
         assert work.sampler.seen(PORTS["secondary"]) == p_sec, "the secondary served"
+        assert work.sampler.seen(PORTS["primary"]) > p_pri, "the primary did not serve"
     finally:
         faults.heal(lab, "primary", "control")
     healed = work.mark()
