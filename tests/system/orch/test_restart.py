@@ -21,10 +21,9 @@ from contextlib import contextmanager
 import pytest
 
 from colo_lab import pair
-from colo_lab.client import Watch
-from colo_lab.lab import VM_IP, VM_MAC, Lab
-from colo_lab.mac_sampler import MacSampler
+from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
+from tests.support.workload import Workload
 
 pytestmark = [pytest.mark.lab(proxy=True, extra="[timing]\nheartbeat_timeout = 5.0\n"
                                                   "lease_ttl = 6.0\n"),
@@ -75,24 +74,20 @@ def _log_since(lab: Lab, host: str, offset: int) -> str:
 
 
 @contextmanager
-def _client(lab: Lab) -> Iterator[Watch]:
-    """A persistent connection with a PUT/GET loop; it must lose nothing. Meanwhile the VM's
-    MAC must never come from both hosts' LAN ports in one 50 ms interval."""
-    macs = MacSampler(lab.lan_ns, VM_MAC, ["p-pri", "p-sec"])
-    client = Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "20")
+def _client(lab: Lab, name: str) -> Iterator[Workload]:
+    """The fault tests' workload (tests/support/workload.py): one persistent connection
+    that must lose nothing (not even be reopened), every acknowledged key read back, and
+    the VM's MAC never from both hosts' LAN ports in one interval."""
+    work = Workload(lab, name)
     try:
-        wait_until(macs.ready.is_set, 30, "the MAC sampler to listen")
-        client.wait_more(5, 60)
-        yield client
-        client.wait_more(10, 90)
+        yield work
+        work.watch.wait_more(10, 90)
+        summary = work.finish()
     finally:
-        summary = client.finish()
-        macs.stop()
-    assert macs.both() == [], macs.both()[:5]
-    assert macs.seen("p-pri") + macs.seen("p-sec") > 0  # it did see the service answer
-    assert client.errors() == []
+        work.close()
+    assert work.watch.errors() == []
     assert summary["errors"] == 0 and summary["connections"] == 1, summary
-    print(f"longest client request pair: {max(r['ms'] for r in client.results):.0f} ms")
+    print(f"longest client request pair: {max(r['ms'] for r in work.watch.results):.0f} ms")
 
 
 @pytest.mark.parametrize("host", HOSTS)
@@ -104,7 +99,7 @@ def test_a_restarted_orchestrator_adopts_the_vm_and_its_proxy(lab: Lab, host: st
     log_at = (lab.run_dir / f"orch-{host}.log").stat().st_size
     sampler = Sampler(lab, host)
     try:
-        with _client(lab):
+        with _client(lab, f"restart-{host}"):
             t0 = time.monotonic()
             pair.restart_orchestrator(lab, host)
             pair.wait_state(lab, host, "PROTECTED", 30)
@@ -131,7 +126,7 @@ def test_a_restarted_orchestrator_adopts_the_vm_and_its_proxy(lab: Lab, host: st
 def test_a_killed_proxy_is_replaced_and_no_connection_is_lost(lab: Lab, host: str) -> None:
     wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
     [old] = pair.proxy_pids(lab, host)
-    with _client(lab):
+    with _client(lab, f"kill-{host}"):
         t0 = time.monotonic()
         pair.kill_proxy(lab, host)
         new = wait_until(lambda: [p for p in pair.proxy_pids(lab, host) if p != old], 30,
@@ -159,7 +154,7 @@ def test_a_primary_restarted_while_alone_adopts_and_protection_returns(lab: Lab)
         pair.wait_state(lab, "primary", "ALONE", 30)
         [proxy] = pair.proxy_pids(lab, "primary")
         log_at = (lab.run_dir / "orch-primary.log").stat().st_size
-        with _client(lab):
+        with _client(lab, "alone"):
             pair.restart_orchestrator(lab, "primary")
             st = pair.wait_state(lab, "primary", "WAITING", 30)
         log = _log_since(lab, "primary", log_at)

@@ -15,31 +15,24 @@ The SIGKILL/restart scenarios of colo-orch and colo-proxy are in test_restart.py
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from colo_lab import etcd_net, faults, pair
-from colo_lab.client import Watch
-from colo_lab.lab import VM_IP, VM_MAC, Lab
-from colo_lab.mac_sampler import MacSampler
-from colo_lab.netns import sh
+from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 from colo_orch.core.config import Timing, load
 from colo_orch.core.heartbeat_msg import encode
 from colo_orch.core.state import State
 from tests.support import datagrams
+from tests.support.workload import PORTS, Workload
 
 pytestmark = pytest.mark.lab(proxy=True)
 
-PORTS = {"primary": "p-pri", "secondary": "p-sec"}
 # The states of a healthy pair: a checkpoint passes through CHECKPOINTING.
 HEALTHY = {"PROTECTED", "CHECKPOINTING"}
 REPROTECT_S = 30.0  # the issue's bound for re-protection after a heal, unattended
@@ -60,98 +53,6 @@ def _report(scenario: str, **values: Any) -> None:
     if path:
         with open(path, "a") as f:
             f.write(line + "\n")
-
-
-@dataclass
-class StatePoller:
-    """Both orchestrators' /state every `every` seconds on a thread: what each went through."""
-
-    lab: Lab
-    every: float = 0.2
-    seen: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for host in ("primary", "secondary"):
-                st = pair.state(self.lab, host, timeout=2)
-                if st:
-                    self.seen.append((time.monotonic(), host, st))
-            self._stop.wait(self.every)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def states(self, host: str, since: float = 0.0) -> set[str]:
-        return {str(st["state"]) for t, h, st in list(self.seen) if h == host and t >= since}
-
-    def first(self, host: str, state: str, since: float = 0.0) -> float | None:
-        return next((t for t, h, st in list(self.seen)
-                     if h == host and t >= since and st["state"] == state), None)
-
-
-class Workload:
-    """The client, the MAC sampler and the state poller, for the length of one fault."""
-
-    def __init__(self, lab: Lab, name: str, random_every: int = 0) -> None:
-        self.lab = lab
-        self.prefix = f"{name}-"
-        self.sampler = MacSampler(lab.lan_ns, VM_MAC, list(PORTS.values()))
-        wait_until(self.sampler.ready.is_set, 15, "the MAC sampler to start")
-        self.watch = Watch(lab.client_ns, "--host", VM_IP, "--prefix", self.prefix,
-                           *(["--random-every", str(random_every)] if random_every else []))
-        self.watch.wait_for(20, 60)
-        self.poller = StatePoller(lab)
-        self._done = False
-
-    def mark(self) -> int:
-        """Where the client is now: pause() measures from here."""
-        return self.watch.count()
-
-    def pause(self, since: int, until: int | None = None) -> float:
-        """The longest gap between successive successful requests from `since` (counted
-        from the last success before it) to `until`."""
-        rs = self.watch.results[:until]
-        ok = [r["t"] for r in rs[:since] if r["ok"]][-1:]
-        ok += [r["t"] for r in rs[since:] if r["ok"]]
-        assert len(ok) >= 2, "the client had no successful request during the fault"
-        return max(b - a for a, b in itertools.pairwise(ok))
-
-    def slowest(self, since: int, until: int | None = None) -> float:
-        return max(r["ms"] for r in self.watch.results[since:until]) / 1000
-
-    def finish(self) -> dict[str, Any]:
-        """Stop everything; check no interval saw both hosts serve, and that every
-        acknowledged PUT is still readable. Returns the client's summary."""
-        self._done = True
-        self.poller.stop()
-        summary = self.watch.finish()
-        self.sampler.stop()
-        assert self.sampler.both() == [], f"both hosts served at once: {self.sampler.both()[:5]}"
-        acked = [r["i"] for r in self.watch.results if r["ok"]]
-        path = self.lab.run_dir / f"acked-{self.prefix}txt"
-        path.write_text("".join(f"{i}\n" for i in acked))
-        out = sh(self.lab.client_ns, [sys.executable, "-m", "colo_lab.client", "--host", VM_IP, "--prefix", self.prefix,
-                                      "--verify", str(path)], timeout=300, check=False)
-        verdict = json.loads(out.strip().splitlines()[-1])
-        assert verdict["lost"] == [], f"acknowledged PUTs lost: {verdict['lost'][:5]}"
-        assert verdict["verified"] == len(acked)
-        return summary
-
-    def close(self) -> None:
-        """After a failure: stop the helpers without checking."""
-        if self._done:
-            return
-        self.poller.stop()
-        for p in (self.watch, self.sampler):
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait(timeout=10)
 
 
 def _hold(work: Workload, seconds: float) -> None:
@@ -253,7 +154,7 @@ def test_forged_replayed_and_garbage_heartbeats_change_nothing(lab: Lab, work_fa
         assert st["reprotections"] == before[host]["reprotections"]
     pause = work.pause(start)
     summary = work.finish()
-    assert summary["errors"] == 0 and summary["connections"] == 1
+    assert summary["errors"] == 0 and summary["connections"] == 1, (summary, work.watch.errors())
     _report("forged heartbeats", client_pause_s=pause, reprotect_s=0.0,
             requests=summary["ok"], rejected={h: e[0] for h, e in expected.items()})
 
@@ -294,7 +195,7 @@ def test_secondary_cut_from_etcd_is_invisible(lab: Lab, work_factory: Any) -> No
     assert work.watch.errors() == []
     assert slowest <= bound, f"a request took {slowest:.3f} s (bound {bound:.3f} s)"
     summary = work.finish()
-    assert summary["errors"] == 0 and summary["connections"] == 1
+    assert summary["errors"] == 0 and summary["connections"] == 1, (summary, work.watch.errors())
     _report("secondary cut from etcd", client_pause_s=pause, slowest_request_s=slowest,
             bound_s=bound, healthy_slowest_s=baseline, reprotect_s=0.0,
             requests=summary["ok"])
@@ -342,7 +243,7 @@ def test_etcd_quorum_loss_keeps_service_and_protection(lab: Lab, work_factory: A
         assert work.poller.states(host, since) <= HEALTHY, work.poller.states(host, since)
     pause = work.pause(start)
     summary = work.finish()
-    assert summary["errors"] == 0 and summary["connections"] == 1
+    assert summary["errors"] == 0 and summary["connections"] == 1, (summary, work.watch.errors())
     _report("2 of 3 etcd members killed", client_pause_s=pause, reprotect_s=0.0,
             lease_again_s=relet, requests=summary["ok"])
 
@@ -372,7 +273,7 @@ def _control_link_cut(lab: Lab, work: Workload, scenario: str) -> None:
     work.watch.wait_more(10, 60)
     pause, after = work.pause(start, healed), work.pause(healed)
     summary = work.finish()
-    assert summary["errors"] == 0 and summary["connections"] == 1
+    assert summary["errors"] == 0 and summary["connections"] == 1, (summary, work.watch.errors())
     _report(scenario, client_pause_s=pause, reprotect_s=reprotect,
             client_pause_after_heal_s=after, requests=summary["ok"])
 
@@ -390,7 +291,11 @@ def test_isolated_primary_holds_output_before_the_secondary_takes_over(
     work = work_factory("iso")
     since = time.monotonic()
     start = work.mark()
-    links = ("control", "forward", "etcd")
+    # etcd first: the three cuts take tens of ms, and a keep-alive answered between the
+    # control cut and the etcd cut would be a second, later fault (the store lost after
+    # the primary went alone), the case docs/ORCHESTRATOR.md's S5 does not cover. It lost
+    # 5 acknowledged PUTs in one CI run out of four with the control link cut first.
+    links = ("etcd", "control", "forward")
     cut_at = time.monotonic()
     for link in links:
         faults.cut(lab, "primary", link)
@@ -416,7 +321,7 @@ def test_isolated_primary_holds_output_before_the_secondary_takes_over(
     work.watch.wait_more(10, 60)
     pause, after = work.pause(start, healed), work.pause(healed)
     summary = work.finish()
-    assert summary["errors"] == 0
+    assert summary["errors"] == 0, (summary, work.watch.errors())
     _report("primary isolated (control, forward, etcd)", client_pause_s=pause,
             client_pause_after_heal_s=after,
             takeover_s=took, reprotect_s=reprotect, output_gap_s=first_sec - last_pri,
