@@ -76,6 +76,12 @@ class Snapshot:
     # The store renewed our lease on a request sent after the peer's last heartbeat
     # arrived: it still knew us alive after the peer could last have (S5).
     lease_renewed_since_peer: bool = True
+    # The store's sync key says we serve alone (S6): our secondary's copy is stale, so it
+    # cannot take over from it. A primary serves alone only once this is recorded.
+    alone_recorded: bool = True
+    # The store's sync key says the primary served alone after our last checkpoint: our
+    # copy is stale and must never take over (S6).
+    stale: bool = False
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -131,6 +137,8 @@ class Decision:
     # True: hold every output packet of our VM now (fail closed), before any action;
     # False: release the fence again. Done by the loop itself, never queued behind an action.
     fence: bool | None = None
+    # True: ask the arbiter to record in the store that we serve alone (S6) before we do.
+    record_alone: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -231,6 +239,12 @@ def _go_alone(s: Snapshot, sentence: str, consumed_operator: bool = False) -> De
         # our lease since the peer was last heard. Until then the proxy holds output.
         return Decision(f"{sentence}, but the arbiter has not renewed our lease since the "
                         "peer was last heard: waiting for a renewal before serving alone")
+    if s.role == "primary" and not s.alone_recorded:
+        # S6: the store must say that the secondary's copy is stale before we release
+        # anything it does not have; were we cut off from the store afterwards, it would
+        # then refuse to take over. Unreachable store: never recorded, and S1 fences.
+        return Decision(f"{sentence}, but recording in the arbiter that we serve alone first",
+                        record_alone=True)
     return Decision(sentence, Event.PEER_LOST, TakeOver(s.role),
                     consumed_operator=consumed_operator)
 
@@ -365,6 +379,9 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
         # copy that must never take over. Fence it; re-protection starts a fresh one.
         return Decision(f"the primary serves without us ({p.state.name}): fencing our stale VM",
                         Event.VM_LOST, StopVM())
+    if s.role == "secondary" and s.stale:
+        return Decision("the arbiter says the primary served alone after our last checkpoint: "
+                        "our copy is stale; fencing our VM", Event.VM_LOST, StopVM())
     if _peer_gone(s) or s.operator == "failover":
         why = "operator requested failover" if s.operator == "failover" else _peer_why(s)
         if s.role == "secondary" and not s.lease_held:

@@ -47,6 +47,20 @@ class LeaseView:
     # When we sent the grant or keep-alive that the store last answered for our lease (0.0
     # when not held): the store knew us alive at or after that moment.
     renewed_at: float = 0.0
+    # The sync key (S6) names us as serving alone: our peer's copy is stale.
+    alone_recorded: bool = False
+    # The sync key said, when we last tried to take over, that the primary served alone
+    # after our last checkpoint: our copy is stale (error says so).
+    stale: bool = False
+
+
+STALE = "the primary served alone after our last checkpoint: our copy is stale"
+
+
+def sync_refuses(sync: str, who: str) -> bool:
+    """Whether a sync key's value forbids `who` to take over (S6): another host served
+    alone after our last checkpoint. Absent ("") or "protected": our copy is current."""
+    return sync.startswith("alone:") and sync != f"alone:{who}"
 
 
 NOT_CHECKED = LeaseView(held=False, holder=None, safe_until=0.0, reachable=False,
@@ -74,6 +88,17 @@ class Arbiter(ABC):
 
         False: do not renew; revoke the lease if we hold it. A True not repeated for more
         than ttl/3 counts as False: a loop that stopped deciding must lose the lease.
+        """
+
+    @abstractmethod
+    def want_sync(self, role: str, record: str) -> None:
+        """Called by the loop every cycle, before `want`: our role, and what the pair's sync
+        key should say (S6), written only while we hold the leader key.
+
+        record "alone": we (a primary) are about to serve alone; the view says
+        `alone_recorded` once the store has it. "protected": our secondary's copy is current
+        again. "": leave the key as it is. A "secondary" role makes every acquisition
+        (`want`, `acquire_now`) refuse while the key says another host served alone.
         """
 
     @abstractmethod
@@ -110,6 +135,8 @@ class LocalLeaseArbiter(Arbiter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._mu = threading.Lock()
         self._error = ""
+        self._role = "secondary"  # until told: fail closed
+        self._stale = False
 
     def start(self) -> None:
         pass
@@ -122,27 +149,31 @@ class LocalLeaseArbiter(Arbiter):
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
-    def _read(self) -> tuple[str | None, float]:
+    def _read(self) -> tuple[str | None, float, str]:
         try:
             data = json.loads(self.path.read_text())
-            return (str(data["holder"]) if data.get("holder") else None, float(data["expires"]))
+            return (str(data["holder"]) if data.get("holder") else None, float(data["expires"]),
+                    str(data.get("sync", "")))
         except (OSError, ValueError, KeyError, TypeError):
-            return None, 0.0
+            return None, 0.0, ""
 
-    def _write(self, holder: str | None, expires: float) -> None:
+    def _write(self, holder: str | None, expires: float, sync: str) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"holder": holder, "expires": expires}))
+        tmp.write_text(json.dumps({"holder": holder, "expires": expires, "sync": sync}))
         os.replace(tmp, self.path)
 
     def _take(self) -> bool:
         with self._mu:
             fd = self._locked()
             try:
-                holder, expires = self._read()
+                holder, expires, sync = self._read()
                 now = self.clock()
                 if holder not in (None, self.who) and expires > now:
                     return False
-                self._write(self.who, now + self.ttl)
+                self._stale = self._role == "secondary" and sync_refuses(sync, self.who)
+                if self._stale:
+                    return False
+                self._write(self.who, now + self.ttl, sync)
                 return True
             finally:
                 os.close(fd)
@@ -151,18 +182,33 @@ class LocalLeaseArbiter(Arbiter):
         if hold:
             self._take()
         else:
+            self._stale = False
             self.release()
 
     def acquire_now(self, timeout: float) -> bool:
         return self._take()
 
+    def want_sync(self, role: str, record: str) -> None:
+        with self._mu:
+            self._role = role
+            if not record:
+                return
+            value = f"alone:{self.who}" if record == "alone" else record
+            fd = self._locked()
+            try:
+                holder, expires, sync = self._read()
+                if holder == self.who and expires > self.clock() and sync != value:
+                    self._write(holder, expires, value)
+            finally:
+                os.close(fd)
+
     def release(self) -> None:
         with self._mu:
             fd = self._locked()
             try:
-                holder, _ = self._read()
+                holder, _, sync = self._read()
                 if holder == self.who:
-                    self._write(None, 0.0)
+                    self._write(None, 0.0, sync)
             finally:
                 os.close(fd)
 
@@ -170,8 +216,9 @@ class LocalLeaseArbiter(Arbiter):
         with self._mu:
             fd = self._locked()
             try:
-                holder, expires = self._read()
+                holder, expires, sync = self._read()
                 now = self.clock()
+                stale = self._stale
             finally:
                 os.close(fd)
         if holder is not None and expires <= now:
@@ -180,4 +227,6 @@ class LocalLeaseArbiter(Arbiter):
         return LeaseView(held=held, holder=holder,
                          safe_until=expires - self.margin if held else 0.0,
                          reachable=True, checked_at=now,
-                         renewed_at=expires - self.ttl if held else 0.0)
+                         renewed_at=expires - self.ttl if held else 0.0,
+                         alone_recorded=sync == f"alone:{self.who}", stale=stale,
+                         error=STALE if stale else "")

@@ -11,6 +11,13 @@ etcd alone; a host's clock only bounds its own `safe_until` (see `arbiter`).
   Each renewal then reads the key: deleted (`etcdctl del`) or rewritten
   (`etcdctl put`) by hand, the holder steps down at once and says why.
 - release: revoke the lease, which deletes the key.
+- sync (S6, Patroni's synchronous mode): the key `{etcd_prefix}/{pair}/sync`, without
+  a lease (it must outlive both hosts), says `protected` (the secondary's copy is
+  current) or `alone:<host id>` (that primary served alone: the other copy is stale).
+  The holder writes it in one transaction conditioned on the leader key's value and
+  lease being ours, so only the holder can. A secondary reads it before it creates the
+  leader key, and its create also compares the sync key's mod revision with the one it
+  read: a primary recording `alone` meanwhile makes the take-over fail.
 
 A restarted orchestrator whose key is still live (same host id, same value) adopts
 its lease by keeping it alive: its lease id is in the key.
@@ -44,7 +51,7 @@ from etcd3gw import exceptions as etcd_exc
 from etcd3gw.client import Etcd3Client
 
 from colo_orch.core.config import Config
-from colo_orch.daemon.arbiter import NOT_CHECKED, Arbiter, LeaseView
+from colo_orch.daemon.arbiter import NOT_CHECKED, STALE, Arbiter, LeaseView, sync_refuses
 
 log = logging.getLogger("colo_orch.etcd")
 
@@ -310,6 +317,7 @@ class EtcdArbiter(Arbiter):
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.who = who
         self.key = f"{settings.prefix}/{pair}/leader"
+        self.sync_key = f"{settings.prefix}/{pair}/sync"
         self.ttl_wanted = max(2, round(ttl))
         self.margin = margin
         self.period = ttl / 3  # keep-alive period
@@ -325,6 +333,10 @@ class EtcdArbiter(Arbiter):
         self._loss = ""  # why we lost the key, until we hold it again
         self._hands_off_until = 0.0
         self._said_ttl = False
+        self._role = "secondary"  # until told: a take-over checks the sync key
+        self._record = ""  # the sync key's wanted value, "" for none
+        self._sync = ""  # the sync key's value as last read or written ("" absent)
+        self._stale = False
         self._view = NOT_CHECKED
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -356,6 +368,14 @@ class EtcdArbiter(Arbiter):
     def view(self) -> LeaseView:
         with self._mu:
             return self._view
+
+    def want_sync(self, role: str, record: str) -> None:
+        value = f"alone:{self.who}" if record == "alone" else record
+        with self._mu:
+            changed = value != self._record and value not in ("", self._sync)
+            self._role, self._record = role, value
+        if changed:
+            self._wake.set()  # recording "alone" holds the primary's output: do it now
 
     def acquire_now(self, timeout: float) -> bool:
         deadline = self.clock() + timeout
@@ -414,11 +434,14 @@ class EtcdArbiter(Arbiter):
         """One round of the keeper; returns how long to sleep."""
         now = self.clock()
         wanted = self._wanted(now)
+        if not wanted:
+            self._stale = False  # said once to the loop that fenced on it; read anew next time
         try:
             if self._lease:
                 if not wanted:
                     self._revoke("not wanted: the loop stopped asking to hold it")
                     return self.poll
+                self._write_sync()
                 if now < self._next_renew:
                     return min(self._next_renew - now, self.poll)
                 self._renew()
@@ -439,8 +462,11 @@ class EtcdArbiter(Arbiter):
             self._loss = ""
         with self._mu:
             self._view = LeaseView(held=held, holder=holder, safe_until=safe_until,
-                                   reachable=True, checked_at=self.clock(), error=self._loss,
-                                   renewed_at=renewed_at)
+                                   reachable=True, checked_at=self.clock(),
+                                   error=STALE if self._stale else self._loss,
+                                   renewed_at=renewed_at,
+                                   alone_recorded=self._sync == f"alone:{self.who}",
+                                   stale=self._stale)
 
     def _failed(self, error: str) -> None:
         with self._mu:
@@ -450,7 +476,8 @@ class EtcdArbiter(Arbiter):
             # held and safe_until stay: the hold ends by itself at safe_until.
             self._view = LeaseView(held=v.held, holder=v.holder, safe_until=v.safe_until,
                                    reachable=False, checked_at=self.clock(), error=error,
-                                   renewed_at=v.renewed_at)
+                                   renewed_at=v.renewed_at, alone_recorded=v.alone_recorded,
+                                   stale=v.stale)
 
     def _lost(self, why: str, holder: str | None, by_hand: bool = False) -> None:
         log.warning("lost the leader key %s: %s", self.key, why)
@@ -471,6 +498,22 @@ class EtcdArbiter(Arbiter):
         return min(left, self.client.request_timeout)
 
     def _acquire(self, deadline: float | None = None) -> None:
+        with self._mu:
+            takeover = self._role == "secondary"
+        compare = [{"key": _b64(self.key), "target": "CREATE", "result": "EQUAL",
+                    "create_revision": "0"}]
+        if takeover:
+            # S6: only while the store says our copy is current; the create compares the
+            # sync key's mod revision so that an "alone" written since makes it fail.
+            kvs = self.client.call("kv/range", {"key": _b64(self.sync_key)},
+                                   self._budget(deadline)).get("kvs", [])
+            self._sync = _unb64(kvs[0].get("value", "")) if kvs else ""
+            self._stale = sync_refuses(self._sync, self.who)
+            if self._stale:
+                self._read_holder()
+                return
+            compare.append({"key": _b64(self.sync_key), "target": "MOD", "result": "EQUAL",
+                            "mod_revision": str(kvs[0].get("mod_revision", 0)) if kvs else "0"})
         sent = self.clock()
         got = self.client.call("lease/grant", {"TTL": self.ttl_wanted}, self._budget(deadline))
         lease, ttl = int(got["ID"]), int(got["TTL"])
@@ -481,8 +524,7 @@ class EtcdArbiter(Arbiter):
                         self.ttl_wanted)
         key = _b64(self.key)
         got = self.client.call("kv/txn", {
-            "compare": [{"key": key, "target": "CREATE", "result": "EQUAL",
-                         "create_revision": "0"}],
+            "compare": compare,
             "success": [{"request_put": {"key": key, "value": _b64(self.who),
                                          "lease": str(lease)}}],
             "failure": [{"request_range": {"key": key}}],
@@ -522,7 +564,11 @@ class EtcdArbiter(Arbiter):
         if ttl <= 0:
             self._lost("the lease expired at etcd (its keep-alive found no lease)", None)
             return
-        kvs = self.client.call("kv/range", {"key": _b64(self.key)}).get("kvs", [])
+        got = self.client.call("kv/txn", {"compare": [], "success": [
+            {"request_range": {"key": _b64(self.key)}},
+            {"request_range": {"key": _b64(self.sync_key)}}]})
+        kvs, sync = (r["response_range"].get("kvs", []) for r in got["responses"])
+        self._sync = _unb64(sync[0].get("value", "")) if sync else ""
         if not kvs:
             self._drop_lease(self._lease)
             self._lost("leader key deleted by hand", None, by_hand=True)
@@ -537,6 +583,33 @@ class EtcdArbiter(Arbiter):
             self._lost("leader key rewritten by hand without our lease", holder, by_hand=True)
             return
         self._held(self._lease, sent, ttl)
+
+    def _write_sync(self) -> None:
+        """Write the sync key's wanted value while we hold the leader key (S6)."""
+        with self._mu:
+            value = self._record
+        if not value or value == self._sync:
+            return
+        key = _b64(self.key)
+        got = self.client.call("kv/txn", {
+            "compare": [{"key": key, "target": "VALUE", "result": "EQUAL",
+                         "value": _b64(self.who)},
+                        {"key": key, "target": "LEASE", "result": "EQUAL",
+                         "lease": str(self._lease)}],
+            "success": [{"request_put": {"key": _b64(self.sync_key), "value": _b64(value)}}],
+            "failure": [],
+        })
+        if not got.get("succeeded"):
+            # Not ours any more: a renewal now finds out why and steps down.
+            log.warning("recording %r in %s refused: the leader key %s is no longer ours",
+                        value, self.sync_key, self.key)
+            self._renew()
+            return
+        self._sync = value
+        log.info("recorded %s in %s", value, self.sync_key)
+        v = self.view()
+        self._set(held=v.held, holder=v.holder, safe_until=v.safe_until,
+                  renewed_at=v.renewed_at)
 
     def _read_holder(self) -> None:
         kvs = self.client.call("kv/range", {"key": _b64(self.key)}).get("kvs", [])

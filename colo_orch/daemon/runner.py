@@ -35,6 +35,7 @@ from colo_orch.core.decide import (
     Snapshot,
     VmObs,
     decide,
+    follows_us,
     wants_lease,
 )
 from colo_orch.core.state import Machine, State
@@ -196,6 +197,7 @@ class Orchestrator(Actions, Watchers):
                 lease_reachable=lease.reachable, lease_known=lease.checked_at > 0.0,
                 lease_error=lease.error,
                 lease_renewed_since_peer=rep is None or lease.renewed_at > rep.received_at,
+                alone_recorded=lease.alone_recorded, stale=lease.stale,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
@@ -242,6 +244,13 @@ class Orchestrator(Actions, Watchers):
             self._set_fence(d.fence)
         if d.action is not None:
             self._act(d.action)
+        # S6: "alone" before a primary serves alone (decide waits for it); "protected" once
+        # the pair is protected again. Late "protected" only delays a take-over; so the
+        # secondary's copy counts as current only while it follows us.
+        protected = (self.role == "primary" and self.machine.state is State.PROTECTED
+                     and follows_us(snap.peer) and snap.peer.state is State.PROTECTED)
+        self.arbiter.want_sync(self.role, "alone" if d.record_alone else
+                               "protected" if protected else "")
         self.arbiter.want(wants_lease(self.machine.state, self.role, snap), now)
         self.heartbeat.set_payload({
             "state": int(self.machine.state), "role": self.role,

@@ -84,11 +84,11 @@ def test_a_primary_continues_alone_only_with_the_lease() -> None:
 
 
 SYNCING_VM = VmObs(reachable=True, running=True, status="running", migration="active")
+# States a primary leaves to serve alone when its peer goes silent, with its VM's look.
+LEAVING_COLO = [(State.PROTECTED, IN_COLO), (State.SYNCING, SYNCING_VM), (State.PAUSED, IN_COLO)]
 
 
-@pytest.mark.parametrize(("state", "vm"), [(State.PROTECTED, IN_COLO),
-                                           (State.SYNCING, SYNCING_VM),
-                                           (State.PAUSED, IN_COLO)])
+@pytest.mark.parametrize(("state", "vm"), LEAVING_COLO)
 def test_a_primary_continues_alone_only_after_a_renewal_since_the_peer_was_heard(
         state: State, vm: VmObs) -> None:
     # S5, measured in the lab: cut off from the peer AND etcd, the primary still held a
@@ -119,6 +119,51 @@ def test_a_peer_that_reports_its_vm_lost_needs_no_renewal() -> None:
                      hears_us=True)
     d = decide(snap(State.PROTECTED, peer=fenced, lease_renewed_since_peer=False), MIN, MAX)
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+
+
+@pytest.mark.parametrize(("state", "vm"), LEAVING_COLO)
+def test_a_primary_records_that_it_serves_alone_before_it_does(
+        state: State, vm: VmObs) -> None:
+    # S6, measured in the lab: the control link cut 50 ms before the etcd link, the primary
+    # renewed (S5), served alone, lost etcd, and the secondary took over from its last
+    # checkpoint: 5 acknowledged PUTs lost.
+    unrecorded = snap(state, vm=vm, peer=LOST, alone_recorded=False)
+    d = decide(unrecorded, MIN, MAX)
+    assert (d.event, d.action, d.fence, d.record_alone) == (None, None, None, True)
+    assert "recording" in d.sentence
+    # The store never answers: never recorded; the hold ends and S1 fences.
+    d = decide(replace(unrecorded, lease_held=False, lease_reachable=False), MIN, MAX)
+    assert (d.event, d.fence, d.record_alone) == (Event.LEASE_LOST, True, False)
+    d = decide(replace(unrecorded, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.action, d.record_alone) == (Event.PEER_LOST, TakeOver("primary"), False)
+
+
+def test_a_broken_disk_replication_records_alone_first_too() -> None:
+    broken = replace(IN_COLO, disk_error="secondary disk write failed")
+    d = decide(snap(State.PROTECTED, vm=broken, alone_recorded=False), MIN, MAX)
+    assert (d.event, d.record_alone) == (None, True)
+
+
+def test_a_secondary_takes_over_without_an_alone_record() -> None:
+    # Its own take-over needs no record: the primary's copy is not asked to take over.
+    primary_lost = snap(State.PROTECTED, role="secondary", peer=LOST, alone_recorded=False)
+    d = decide(primary_lost, MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
+
+
+def test_a_stale_secondary_fences_instead_of_taking_over() -> None:
+    # S6: the store says the primary served alone after our last checkpoint.
+    stale = snap(State.PROTECTED, role="secondary", peer=LOST, lease_held=False,
+                 lease_available=True, stale=True,
+                 lease_error="the primary served alone after our last checkpoint: our "
+                             "copy is stale")
+    d = decide(stale, MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+    assert "stale" in d.sentence
+    # Fenced, it re-protects as a fresh secondary once the primary serves alone.
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(snap(State.FENCED, role="secondary", peer=alone, lease_held=False), MIN, MAX)
+    assert (d.event, d.action) == (Event.REPROTECT, StartVM(incoming=True))
 
 
 def test_a_secondary_never_needs_the_lease_to_follow() -> None:

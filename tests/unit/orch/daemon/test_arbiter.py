@@ -65,3 +65,32 @@ def test_start_and_stop_do_not_release(tmp_path: Path) -> None:
     a.want(True, clock.t)
     a.stop()
     assert b.view().holder == "pri"
+
+
+def test_a_secondary_does_not_take_over_after_the_primary_served_alone(
+        tmp_path: Path) -> None:
+    # S6 (docs/ORCHESTRATOR.md): the primary records "alone" before it serves alone.
+    clock = Clock()
+    a, b = _pair(tmp_path, clock)
+    a.want_sync("primary", "")
+    b.want_sync("secondary", "alone")  # a non-holder cannot record anything
+    a.want(True, clock.t)
+    assert not a.view().alone_recorded
+    a.want_sync("primary", "alone")
+    assert a.view().alone_recorded
+    clock.t = 3.0  # the primary lost everything: its lease lapsed
+    assert not b.acquire_now(1.0)
+    v = b.view()
+    assert v.stale and "stale" in v.error and v.holder is None
+    b.want(False, clock.t)  # fenced: asked anew next time
+    assert not b.view().stale
+    # Back in protection, the primary says the secondary's copy is current again.
+    a.want(True, clock.t)
+    a.want_sync("primary", "protected")
+    assert not a.view().alone_recorded
+    clock.t = 6.0
+    assert b.acquire_now(1.0)
+    b.want_sync("primary", "alone")
+    assert b.view().alone_recorded
+    clock.t = 9.0
+    assert a.acquire_now(1.0)  # a primary's own acquisition does not check the key
