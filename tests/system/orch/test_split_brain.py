@@ -292,9 +292,8 @@ def test_isolated_primary_holds_output_before_the_secondary_takes_over(
     since = time.monotonic()
     start = work.mark()
     # etcd first: the three cuts take tens of ms, and a keep-alive answered between the
-    # control cut and the etcd cut would be a second, later fault (the store lost after
-    # the primary went alone), the case docs/ORCHESTRATOR.md's S5 does not cover. It lost
-    # 5 acknowledged PUTs in one CI run out of four with the control link cut first.
+    # control cut and the etcd cut is a second, later fault (the store lost after the
+    # primary went alone, S6): the next test covers that order.
     links = ("etcd", "control", "forward")
     cut_at = time.monotonic()
     for link in links:
@@ -326,6 +325,50 @@ def test_isolated_primary_holds_output_before_the_secondary_takes_over(
             client_pause_after_heal_s=after,
             takeover_s=took, reprotect_s=reprotect, output_gap_s=first_sec - last_pri,
             requests=summary["ok"], connections=summary["connections"])
+
+
+# 2 again, the control link cut first: the store lost after the primary may have gone alone.
+@pytest.mark.lab(spoils=True)  # the roles may end swapped: the next test needs a fresh lab
+def test_primary_losing_etcd_after_it_went_alone_loses_no_acknowledged_write(
+        lab: Lab, work_factory: Any) -> None:
+    # The old order: the primary may renew (S5) and serve alone in the tens of ms before
+    # its etcd link goes (5 acknowledged PUTs lost in one CI run before S6). Now either
+    # the etcd cut came first and the secondary takes over as in the test above, or the
+    # primary recorded "alone" first and the secondary, its copy stale, fences instead of
+    # taking over; the pair then waits for the heal, and nothing acknowledged is lost.
+    t = _timing(lab)
+    work = work_factory("iso2")
+    since = time.monotonic()
+    start = work.mark()
+    links = ("control", "forward", "etcd")
+    for link in links:
+        faults.cut(lab, "primary", link)
+    try:
+        got = pair.wait_state(lab, "secondary", {"ALONE", "FENCED"},
+                              t.lease_ttl + t.heartbeat_timeout + 10)
+        took_over = got["state"] == "ALONE"
+        held = work.poller.first("primary", "HOLDING", since)
+        if not took_over:  # the primary fences once its hold ends, without etcd
+            wait_until(lambda: work.poller.first("primary", "HOLDING", since), t.lease_ttl + 10,
+                       "the primary to hold its output", every=0.1)
+            held = work.poller.first("primary", "HOLDING", since)
+        assert held is not None, work.poller.states("primary", since)
+        if took_over:
+            taken = work.poller.first("secondary", "ALONE", since) or time.monotonic()
+            assert held < taken
+            work.watch.wait_more(10, 60)
+    finally:
+        for link in links:
+            faults.heal(lab, "primary", link)
+    roles = ("secondary", "primary") if took_over else ("primary", "secondary")
+    reprotect = _wait_protected(lab, roles, REPROTECT_S)
+    work.watch.wait_more(10, 60)
+    pause = work.pause(start)
+    summary = work.finish()
+    assert summary["errors"] == 0, (summary, work.watch.errors())
+    _report("primary isolated (control, forward, then etcd)", took_over=took_over,
+            client_pause_s=pause, reprotect_s=reprotect, requests=summary["ok"],
+            connections=summary["connections"])
 
 
 # 1 again, without a proxy: the LAN uplink alone steers and fences the output.
