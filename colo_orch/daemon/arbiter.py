@@ -6,6 +6,10 @@ wants the lease (`want`); a keeper renews it in the background, so a slow store
 never stalls the loop, and the loop reads the keeper's last answers (`view`)
 without waiting. A secondary takes over only after `acquire_now` succeeded.
 
+The sync key (docs/ORCHESTRATOR.md, S6) says whether the secondary's copy is current:
+the loop says every cycle what it should say (`want_sync`), the holder writes it, and
+a secondary's acquisition refuses while it names another host as serving alone.
+
 `safe_until` is the holder's own, conservative end of its hold, on its own
 monotonic clock: the time the grant or keep-alive request was sent, plus the TTL
 the store granted, less `timing.lease_margin`. The store starts the TTL no earlier
