@@ -76,11 +76,11 @@ class Snapshot:
     # The store renewed our lease on a request sent after the peer's last heartbeat
     # arrived: it still knew us alive after the peer could last have (S5).
     lease_renewed_since_peer: bool = True
-    # The store's sync key says we serve alone (S6): our secondary's copy is stale, so it
-    # cannot take over from it. A primary serves alone only once this is recorded.
+    # The store's sync key says we serve alone (S6): the other copy is stale, so that host
+    # cannot acquire the lease. We serve alone only once this is recorded.
     alone_recorded: bool = True
-    # The store's sync key says the primary served alone after our last checkpoint: our
-    # copy is stale and must never take over (S6).
+    # The store's sync key says the other host served alone after our last checkpoint:
+    # our copy is stale and must never serve (S6).
     stale: bool = False
 
 
@@ -239,10 +239,12 @@ def _go_alone(s: Snapshot, sentence: str, consumed_operator: bool = False) -> De
         # our lease since the peer was last heard. Until then the proxy holds output.
         return Decision(f"{sentence}, but the arbiter has not renewed our lease since the "
                         "peer was last heard: waiting for a renewal before serving alone")
-    if s.role == "primary" and not s.alone_recorded:
-        # S6: the store must say that the secondary's copy is stale before we release
-        # anything it does not have; were we cut off from the store afterwards, it would
-        # then refuse to take over. Unreachable store: never recorded, and S1 fences.
+    if not s.alone_recorded:
+        # S6: the store must say that the other copy is stale before we release anything
+        # it does not have; were we cut off from the store afterwards, that host would
+        # then refuse the lease. A secondary taking over records it too: its old primary,
+        # cut off and holding output, must not serve again once our lease lapses.
+        # Unreachable store: never recorded, and S1 fences.
         return Decision(f"{sentence}, but recording in the arbiter that we serve alone first",
                         record_alone=True)
     return Decision(sentence, Event.PEER_LOST, TakeOver(s.role),
@@ -473,6 +475,11 @@ def _holding(s: Snapshot, _mn: float, _mx: float) -> Decision:
         state = p.state.name if p.state else "?"
         return Decision(f"the peer serves ({state}) while we hold no lease: fencing our stale "
                         "VM", Event.VM_LOST, StopVM())
+    if s.stale:
+        # S6: our secondary took over while we were cut off, and may have lost the store
+        # since; our VM is behind what clients were told, whoever holds the lease now.
+        return Decision("the arbiter says the peer served alone after our last checkpoint: "
+                        "our copy is stale; fencing our VM", Event.VM_LOST, StopVM())
     if not lease_ok(s):
         return Decision(f"holding output: {_lease_why(s)}")
     how = "the arbiter lease is ours again" if s.lease_held else "failsafe: the secondary follows"

@@ -23,7 +23,8 @@ Lifecycle of a pair (P = primary host, S = secondary host):
     a serving primary -lease_lost-> HOLDING (output fenced: neither the arbiter's lease nor
         the failsafe lets it serve); HOLDING -lease_regained-> ALONE, -resume-> CHECKPOINTING
         (the secondary still follows), -peer_lost-> FAILING_OVER (leave COLO, serve alone),
-        -vm_lost-> FENCED (the peer serves: our VM is stale)
+        -vm_lost-> FENCED (the peer serves, or the arbiter says it served alone: our
+        VM is stale)
     FENCED -reprotect-> STARTING (we come back as a new secondary)
     most states -error-> DEGRADED -recovered-> (the state the reason allows)
 """

@@ -53,12 +53,12 @@ class LeaseView:
     renewed_at: float = 0.0
     # The sync key (S6) names us as serving alone: our peer's copy is stale.
     alone_recorded: bool = False
-    # The sync key said, when we last tried to take over, that the primary served alone
+    # The sync key said, when we last tried to acquire, that the other host served alone
     # after our last checkpoint: our copy is stale (error says so).
     stale: bool = False
 
 
-STALE = "the primary served alone after our last checkpoint: our copy is stale"
+STALE = "the other host served alone after our last checkpoint: our copy is stale"
 
 
 def sync_refuses(sync: str, who: str) -> bool:
@@ -95,14 +95,15 @@ class Arbiter(ABC):
         """
 
     @abstractmethod
-    def want_sync(self, role: str, record: str) -> None:
-        """Called by the loop every cycle, before `want`: our role, and what the pair's sync
-        key should say (S6), written only while we hold the leader key.
+    def want_sync(self, record: str) -> None:
+        """Called by the loop every cycle, before `want`: what the pair's sync key should
+        say (S6), written only while we hold the leader key.
 
-        record "alone": we (a primary) are about to serve alone; the view says
-        `alone_recorded` once the store has it. "protected": our secondary's copy is current
-        again. "": leave the key as it is. A "secondary" role makes every acquisition
-        (`want`, `acquire_now`) refuse while the key says another host served alone.
+        record "alone": we are about to serve alone (a primary leaving COLO, or a secondary
+        taking over); the view says `alone_recorded` once the store has it. "protected":
+        our secondary's copy is current again. "": leave the key as it is. Every
+        acquisition (`want`, `acquire_now`) refuses while the key says another host served
+        alone, whatever our role.
         """
 
     @abstractmethod
@@ -139,7 +140,6 @@ class LocalLeaseArbiter(Arbiter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._mu = threading.Lock()
         self._error = ""
-        self._role = "secondary"  # until told: fail closed
         self._stale = False
 
     def start(self) -> None:
@@ -174,7 +174,7 @@ class LocalLeaseArbiter(Arbiter):
                 now = self.clock()
                 if holder not in (None, self.who) and expires > now:
                     return False
-                self._stale = self._role == "secondary" and sync_refuses(sync, self.who)
+                self._stale = sync_refuses(sync, self.who)
                 if self._stale:
                     return False
                 self._write(self.who, now + self.ttl, sync)
@@ -192,9 +192,8 @@ class LocalLeaseArbiter(Arbiter):
     def acquire_now(self, timeout: float) -> bool:
         return self._take()
 
-    def want_sync(self, role: str, record: str) -> None:
+    def want_sync(self, record: str) -> None:
         with self._mu:
-            self._role = role
             if not record:
                 return
             value = f"alone:{self.who}" if record == "alone" else record

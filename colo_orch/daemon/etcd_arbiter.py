@@ -15,9 +15,11 @@ etcd alone; a host's clock only bounds its own `safe_until` (see `arbiter`).
   a lease (it must outlive both hosts), says `protected` (the secondary's copy is
   current) or `alone:<host id>` (that primary served alone: the other copy is stale).
   The holder writes it in one transaction conditioned on the leader key's value and
-  lease being ours, so only the holder can. A secondary reads it before it creates the
-  leader key, and its create also compares the sync key's mod revision with the one it
-  read: a primary recording `alone` meanwhile makes the take-over fail.
+  lease being ours, so only the holder can. Every acquisition reads it before it creates
+  the leader key, and its create also compares the sync key's mod revision with the one
+  it read: a host recording `alone` meanwhile makes it fail. `alone:` naming the other
+  host refuses it, whatever our role: a secondary whose primary went on alone, or a
+  primary that was cut off while its secondary took over.
 
 A restarted orchestrator whose key is still live (same host id, same value) adopts
 its lease by keeping it alive: its lease id is in the key.
@@ -333,7 +335,6 @@ class EtcdArbiter(Arbiter):
         self._loss = ""  # why we lost the key, until we hold it again
         self._hands_off_until = 0.0
         self._said_ttl = False
-        self._role = "secondary"  # until told: a take-over checks the sync key
         self._record = ""  # the sync key's wanted value, "" for none
         self._sync = ""  # the sync key's value as last read or written ("" absent)
         self._stale = False
@@ -369,13 +370,13 @@ class EtcdArbiter(Arbiter):
         with self._mu:
             return self._view
 
-    def want_sync(self, role: str, record: str) -> None:
+    def want_sync(self, record: str) -> None:
         value = f"alone:{self.who}" if record == "alone" else record
         with self._mu:
             changed = value != self._record and value not in ("", self._sync)
-            self._role, self._record = role, value
+            self._record = value
         if changed:
-            self._wake.set()  # recording "alone" holds the primary's output: do it now
+            self._wake.set()  # recording "alone" holds our output: do it now
 
     def acquire_now(self, timeout: float) -> bool:
         deadline = self.clock() + timeout
@@ -498,22 +499,21 @@ class EtcdArbiter(Arbiter):
         return min(left, self.client.request_timeout)
 
     def _acquire(self, deadline: float | None = None) -> None:
-        with self._mu:
-            takeover = self._role == "secondary"
+        # S6: only while the store says our copy is current, whatever our role: a secondary
+        # taking over, or a primary that was cut off while its secondary took over. The
+        # create compares the sync key's mod revision, so that an "alone" written since
+        # makes it fail.
+        kvs = self.client.call("kv/range", {"key": _b64(self.sync_key)},
+                               self._budget(deadline)).get("kvs", [])
+        self._sync = _unb64(kvs[0].get("value", "")) if kvs else ""
+        self._stale = sync_refuses(self._sync, self.who)
+        if self._stale:
+            self._read_holder()
+            return
         compare = [{"key": _b64(self.key), "target": "CREATE", "result": "EQUAL",
-                    "create_revision": "0"}]
-        if takeover:
-            # S6: only while the store says our copy is current; the create compares the
-            # sync key's mod revision so that an "alone" written since makes it fail.
-            kvs = self.client.call("kv/range", {"key": _b64(self.sync_key)},
-                                   self._budget(deadline)).get("kvs", [])
-            self._sync = _unb64(kvs[0].get("value", "")) if kvs else ""
-            self._stale = sync_refuses(self._sync, self.who)
-            if self._stale:
-                self._read_holder()
-                return
-            compare.append({"key": _b64(self.sync_key), "target": "MOD", "result": "EQUAL",
-                            "mod_revision": str(kvs[0].get("mod_revision", 0)) if kvs else "0"})
+                    "create_revision": "0"},
+                   {"key": _b64(self.sync_key), "target": "MOD", "result": "EQUAL",
+                    "mod_revision": str(kvs[0].get("mod_revision", 0)) if kvs else "0"}]
         sent = self.clock()
         got = self.client.call("lease/grant", {"TTL": self.ttl_wanted}, self._budget(deadline))
         lease, ttl = int(got["ID"]), int(got["TTL"])

@@ -249,7 +249,7 @@ class Orchestrator(Actions, Watchers):
         # secondary's copy counts as current only while it follows us.
         protected = (self.role == "primary" and self.machine.state is State.PROTECTED
                      and follows_us(snap.peer) and snap.peer.state is State.PROTECTED)
-        self.arbiter.want_sync(self.role, "alone" if d.record_alone else
+        self.arbiter.want_sync("alone" if d.record_alone else
                                "protected" if protected else "")
         self.arbiter.want(wants_lease(self.machine.state, self.role, snap), now)
         self.heartbeat.set_payload({

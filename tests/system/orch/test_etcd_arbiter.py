@@ -395,15 +395,15 @@ def test_three_members_one_down_holds_two_down_lapses_then_recovers(
 
 
 class SyncLoop(Loop):
-    """A loop that also says, every cycle, its role and what the sync key should say."""
+    """A loop that also says, every cycle, what the sync key should say."""
 
-    def __init__(self, arbiter: EtcdArbiter, role: str, record: str) -> None:
-        self.role, self.record = role, record
+    def __init__(self, arbiter: EtcdArbiter, record: str) -> None:
+        self.record = record
         super().__init__(arbiter)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.arbiter.want_sync(self.role, self.record)
+            self.arbiter.want_sync(self.record)
             self.arbiter.want(self.hold, time.monotonic())
             self._stop.wait(0.05)
 
@@ -416,11 +416,11 @@ def test_a_secondary_refuses_to_take_over_after_the_primary_recorded_alone(
         arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
     # S6: the primary served alone, then lost etcd: the secondary's copy is stale.
     a, b = arbiters
-    SyncLoop(a, "primary", "alone")
+    SyncLoop(a, "alone")
     wait_until(lambda: _held(a) and a.view().alone_recorded, 5, "hostA to record alone")
     assert _sync(etcd, pair) == "alone:hostA"
     a.stop()  # cut off from etcd: its lease lapses
-    b.want_sync("secondary", "")
+    b.want_sync("")
     # (Stale already while hostA holds the key: its copy is stale either way.)
     v = wait_until(lambda: (not b.acquire_now(0.5) and b.view().holder is None
                             and b.view()), TTL + 5,
@@ -434,29 +434,55 @@ def test_a_secondary_refuses_to_take_over_after_the_primary_recorded_alone(
 def test_a_secondary_takes_over_once_the_primary_recorded_protected(
         arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
     a, b = arbiters
-    loop = SyncLoop(a, "primary", "alone")
+    loop = SyncLoop(a, "alone")
     wait_until(lambda: _held(a) and a.view().alone_recorded, 5, "hostA to record alone")
     loop.record = "protected"  # re-protected: the secondary's copy is current again
     wait_until(lambda: _sync(etcd, pair) == "protected", 5, "hostA to record protected")
     assert not a.view().alone_recorded
     a.stop()
-    b.want_sync("secondary", "")
+    b.want_sync("")
     wait_until(lambda: b.acquire_now(0.5), TTL + 5, "hostB to take over", every=0.05)
     assert not b.view().stale
+
+
+def test_a_primary_cut_off_while_its_secondary_took_over_refuses_the_lease(
+        arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
+    # S6, the reverse case: hostB took over (and recorded it) while hostA, the primary,
+    # was cut off and holding output. hostB then loses etcd too: hostA's VM is stale and
+    # must not serve again on a lease that has come free.
+    a, b = arbiters
+    SyncLoop(b, "alone")
+    wait_until(lambda: _held(b) and b.view().alone_recorded, 5, "hostB to record alone")
+    assert _sync(etcd, pair) == "alone:hostB"
+    b.stop()
+    a.want_sync("")
+    v = wait_until(lambda: (not a.acquire_now(0.5) and a.view().holder is None
+                            and a.view()), TTL + 5,
+                   "hostA to find the leader key free", every=0.05)
+    assert v.stale and "our copy is stale" in v.error
+    got = etcd.ctl(["get", f"/colo/{pair}/leader", "--print-value-only"]).stdout.strip()
+    assert got == ""
+    # Its own record does not refuse a host: hostB, back, may hold the lease again.
+    b2 = _arbiter(etcd.endpoints, "hostB", pair)
+    try:
+        assert b2.acquire_now(2.0)
+        assert not b2.view().stale
+    finally:
+        b2.stop()
 
 
 def test_only_the_holder_of_the_leader_key_can_record_alone(
         arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
     a, b = arbiters
-    loop = SyncLoop(a, "primary", "")
+    loop = SyncLoop(a, "")
     wait_until(lambda: _held(a), 5, "hostA to hold the lease")
-    b.want_sync("primary", "alone")  # b holds nothing: its keeper writes nothing
+    b.want_sync("alone")  # b holds nothing: its keeper writes nothing
     # The key is taken from a (by hand) just before its keeper records: the record's
     # transaction compares the leader key's value and lease, and fails.
     with a._io:
         etcd.ctl(["put", f"/colo/{pair}/leader", "intruder"])
         loop.record = "alone"
-        a.want_sync("primary", "alone")
+        a.want_sync("alone")
     v = wait_until(lambda: (lambda v: v if not v.held else None)(a.view()), PERIOD + 2,
                    "hostA to see it lost the key")
     assert not v.alone_recorded

@@ -374,6 +374,55 @@ def test_primary_losing_etcd_after_it_went_alone_loses_no_acknowledged_write(
             connections=summary["connections"])
 
 
+# 2 reversed: the new primary loses etcd while the old one, still cut off, holds output.
+@pytest.mark.lab(spoils=True)  # the roles end swapped: the next test needs a fresh lab
+def test_old_primary_never_serves_its_stale_copy_when_the_new_one_loses_etcd(
+        lab: Lab, work_factory: Any) -> None:
+    # S6's reverse case: the secondary takes over and acknowledges writes the old
+    # primary's VM never saw; then it loses etcd, and the old primary gets etcd back
+    # (its peer links still cut: it cannot see the new primary). The leader key comes
+    # free once the new primary's lease lapses; taking it, the old primary would serve
+    # its stale copy. The sync key says alone:<secondary>, so it fences for good.
+    t = _timing(lab)
+    work = work_factory("rev")
+    since = time.monotonic()
+    start = work.mark()
+    pri_links = ("etcd", "control", "forward")
+    for link in pri_links:
+        faults.cut(lab, "primary", link)
+    sec_cut = False
+    try:
+        pair.wait_state(lab, "secondary", "ALONE", t.lease_ttl + t.heartbeat_timeout + 10)
+        assert work.poller.first("primary", "HOLDING", since) is not None
+        work.watch.wait_more(10, 60)  # writes that only the new primary's VM holds
+        second = time.monotonic()
+        faults.cut(lab, "secondary", "etcd")
+        sec_cut = True
+        faults.heal(lab, "primary", "etcd")
+        pair.wait_state(lab, "secondary", "HOLDING", t.lease_ttl + 10)
+        fenced = pair.wait_state(lab, "primary", "FENCED", 3 * t.lease_ttl + 10)
+        fenced_after = time.monotonic() - second
+        assert "stale" in json.dumps(fenced), fenced
+        served = work.poller.states("primary", second) & {"ALONE", "FAILING_OVER"}
+        assert not served, f"the old primary served its stale copy: {served}"
+    finally:
+        if sec_cut:
+            faults.heal(lab, "secondary", "etcd")
+        for link in pri_links:
+            faults.heal(lab, "primary", link)
+    healed = work.mark()
+    reprotect = _wait_protected(lab, ("secondary", "primary"), REPROTECT_S)
+    work.watch.wait_more(10, 60)
+    served = work.poller.states("primary", second) & {"ALONE", "FAILING_OVER"}
+    assert not served, f"the old primary served its stale copy: {served}"
+    pause = work.pause(start, healed)
+    summary = work.finish()
+    assert summary["errors"] == 0, (summary, work.watch.errors())
+    _report("new primary loses etcd, old one (cut off) gets it back", client_pause_s=pause,
+            old_primary_fenced_s=fenced_after, reprotect_s=reprotect,
+            requests=summary["ok"], connections=summary["connections"])
+
+
 # 1 again, without a proxy: the LAN uplink alone steers and fences the output.
 @pytest.mark.lab(proxy=False)
 def test_control_link_cut_without_proxy(lab: Lab, work_factory: Any) -> None:

@@ -144,18 +144,32 @@ def test_a_broken_disk_replication_records_alone_first_too() -> None:
     assert (d.event, d.record_alone) == (None, True)
 
 
-def test_a_secondary_takes_over_without_an_alone_record() -> None:
-    # Its own take-over needs no record: the primary's copy is not asked to take over.
+def test_a_secondary_records_alone_before_it_takes_over() -> None:
+    # S6, the reverse case: the old primary, cut off and holding output, must find its
+    # copy stale should it get the lease back after ours lapses.
     primary_lost = snap(State.PROTECTED, role="secondary", peer=LOST, alone_recorded=False)
     d = decide(primary_lost, MIN, MAX)
+    assert (d.event, d.action, d.record_alone) == (None, None, True)
+    d = decide(replace(primary_lost, alone_recorded=True), MIN, MAX)
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
+
+
+def test_a_holding_primary_whose_copy_is_stale_fences_for_good() -> None:
+    # Its secondary took over (and recorded it) while it was cut off; the store refuses
+    # the lease to it, whoever holds it now.
+    stale = snap(State.HOLDING, peer=LOST, lease_held=False, lease_available=True,
+                 stale=True, lease_error="the other host served alone after our last "
+                                         "checkpoint: our copy is stale")
+    d = decide(stale, MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+    assert "stale" in d.sentence
 
 
 def test_a_stale_secondary_fences_instead_of_taking_over() -> None:
     # S6: the store says the primary served alone after our last checkpoint.
     stale = snap(State.PROTECTED, role="secondary", peer=LOST, lease_held=False,
                  lease_available=True, stale=True,
-                 lease_error="the primary served alone after our last checkpoint: our "
+                 lease_error="the other host served alone after our last checkpoint: our "
                              "copy is stale")
     d = decide(stale, MIN, MAX)
     assert (d.event, d.action) == (Event.VM_LOST, StopVM())

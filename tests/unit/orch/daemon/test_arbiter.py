@@ -72,11 +72,11 @@ def test_a_secondary_does_not_take_over_after_the_primary_served_alone(
     # S6 (docs/ORCHESTRATOR.md): the primary records "alone" before it serves alone.
     clock = Clock()
     a, b = _pair(tmp_path, clock)
-    a.want_sync("primary", "")
-    b.want_sync("secondary", "alone")  # a non-holder cannot record anything
+    a.want_sync("")
+    b.want_sync("alone")  # a non-holder cannot record anything
     a.want(True, clock.t)
     assert not a.view().alone_recorded
-    a.want_sync("primary", "alone")
+    a.want_sync("alone")
     assert a.view().alone_recorded
     clock.t = 3.0  # the primary lost everything: its lease lapsed
     assert not b.acquire_now(1.0)
@@ -86,11 +86,13 @@ def test_a_secondary_does_not_take_over_after_the_primary_served_alone(
     assert not b.view().stale
     # Back in protection, the primary says the secondary's copy is current again.
     a.want(True, clock.t)
-    a.want_sync("primary", "protected")
+    a.want_sync("protected")
     assert not a.view().alone_recorded
     clock.t = 6.0
     assert b.acquire_now(1.0)
-    b.want_sync("primary", "alone")
+    b.want_sync("alone")
     assert b.view().alone_recorded
     clock.t = 9.0
-    assert a.acquire_now(1.0)  # a primary's own acquisition does not check the key
+    # The secondary took over and served alone: the old primary's copy is stale now.
+    assert not a.acquire_now(1.0)
+    assert a.view().stale
