@@ -23,7 +23,7 @@ from pathlib import Path
 
 from colo_lab.cmd import need, out, run
 from colo_lab.errors import LabError
-from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache
+from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache, touch_build
 
 GUESTFS = PACKAGE_DIR / "guestfs"
 # Modules the guest loads: the network and disk devices the lab gives it.
@@ -100,13 +100,20 @@ def ensure_guest() -> Guest:
     root = cache_dir()
     dest = root / f"guest-{_key(pkg, ver, busybox)}"
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / "guest-build.lock", "w") as lock:
+    if (dest / "DONE").exists():
+        touch_build(dest)  # written last: the build is whole; no lock to wait for
+    else:
+        _build_locked(pkg, busybox, dest)
+    kver = (dest / "KERNEL_VERSION").read_text().strip()
+    return Guest(kernel=dest / "vmlinuz", initrd=dest / "initrd.gz", kernel_version=kver)
+
+
+def _build_locked(pkg: str, busybox: Path, dest: Path) -> None:
+    with open(cache_dir() / "guest-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (dest / "DONE").exists():
             _build(pkg, busybox, dest)
             prune_cache("guest-", keep=dest)
-    kver = (dest / "KERNEL_VERSION").read_text().strip()
-    return Guest(kernel=dest / "vmlinuz", initrd=dest / "initrd.gz", kernel_version=kver)
 
 
 def cached_guest() -> Guest | None:

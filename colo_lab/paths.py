@@ -30,8 +30,23 @@ def run_root() -> Path:
     return Path(os.environ.get("COLO_RUN_DIR", "/run/colo-lab"))
 
 
+KEEP_BUILDS = 3
+
+
 def prune_cache(prefix: str, keep: Path) -> None:
-    """Remove older builds of one kind: the cache holds only the build in use."""
-    for old in cache_dir().glob(prefix + "*"):
-        if old != keep and old.is_dir() and not old.name.endswith(".work"):
-            shutil.rmtree(old, ignore_errors=True)
+    """Remove older builds of one kind, all but the KEEP_BUILDS used last (`keep` among
+    them): two checkouts of different inputs on one machine (a branch that changes the
+    QEMU patch, and main) would otherwise delete each other's build, each rebuilding it."""
+    builds = [b for b in cache_dir().glob(prefix + "*")
+              if b.is_dir() and not b.name.endswith(".work") and b != keep]
+    builds.sort(key=lambda b: b.stat().st_mtime, reverse=True)
+    for old in builds[KEEP_BUILDS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def touch_build(path: Path) -> None:
+    """Mark a cached build as just used (prune_cache keeps the builds used last)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # pruned meanwhile: the caller builds it again under the lock

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
-from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache
+from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache, touch_build
 
 PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
 
@@ -96,9 +96,15 @@ def ensure_qemu(*, rebuild: bool = False) -> Path:
     out = root / f"qemu-{key}"
     binary = out / "qemu-system-x86_64"
     root.mkdir(parents=True, exist_ok=True)
+    if binary.exists() and not rebuild:
+        # Built already (the binary appears by rename, whole): no lock, so a lab never
+        # waits for another checkout's build of other inputs.
+        touch_build(out)
+        return binary
     with open(root / "qemu-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists() and not rebuild:
+            touch_build(out)
             _point_current(root, out)
             return binary
         _build(version, out)
