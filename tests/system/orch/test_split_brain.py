@@ -31,7 +31,9 @@ from colo_orch.core.state import State
 from tests.support import datagrams
 from tests.support.workload import PORTS, Workload
 
-pytestmark = pytest.mark.lab(proxy=True)
+# A test that spoils the lab boots the next one's (25-30 s under TCG), and a fault case
+# takes 35-50 s more here: 60 s, the suite's default, ran out on a loaded machine.
+pytestmark = [pytest.mark.lab(proxy=True), pytest.mark.timeout(180)]
 
 # The states of a healthy pair: a checkpoint passes through CHECKPOINTING.
 HEALTHY = {"PROTECTED", "CHECKPOINTING"}
