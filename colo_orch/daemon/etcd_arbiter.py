@@ -330,6 +330,10 @@ class EtcdArbiter(Arbiter):
         self._mu = threading.Lock()  # guards the fields below
         self._want = False
         self._want_at = 0.0
+        # The loop has said once what it wants. Until then the keeper asks nothing: a first
+        # answer of "held by us, not by this run" (our key from before a restart, adopted
+        # only when wanted) made a restarted primary fence its output for a cycle.
+        self._told = False
         self._lease = 0  # our lease's id while we hold the key
         self._next_renew = 0.0
         self._loss = ""  # why we lost the key, until we hold it again
@@ -359,8 +363,8 @@ class EtcdArbiter(Arbiter):
 
     def want(self, hold: bool, now: float) -> None:
         with self._mu:
-            changed = hold != self._want
-            self._want = hold
+            changed = hold != self._want or not self._told
+            self._want, self._told = hold, True
             if hold:
                 self._want_at = now
         if changed:
@@ -434,6 +438,9 @@ class EtcdArbiter(Arbiter):
     def _step(self) -> float:
         """One round of the keeper; returns how long to sleep."""
         now = self.clock()
+        with self._mu:
+            if not self._told:
+                return self.poll
         wanted = self._wanted(now)
         if not wanted:
             self._stale = False  # said once to the loop that fenced on it; read anew next time

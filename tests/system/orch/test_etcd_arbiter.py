@@ -122,6 +122,30 @@ def test_lease_expires_by_etcd_after_ttl_when_the_holder_stops(
     assert TTL - 0.3 <= after <= TTL + 1.5
 
 
+def test_a_restarted_holder_says_nothing_before_it_is_asked_then_adopts(
+        arbiters: list[EtcdArbiter], etcd: EtcdCluster, pair: str) -> None:
+    # A restarted primary's keeper once read "held by hostA, not by us" before the loop's
+    # first want: the loop took that as an answer and fenced its output for a cycle
+    # (51 ms, seen in test_restart). Until asked, the view must stay "not checked".
+    a, _ = arbiters
+    Loop(a)
+    wait_until(lambda: _held(a), 5, "hostA to hold the lease")
+    a.stop()  # killed: its key lives on in etcd
+    again = _arbiter(etcd.endpoints, "hostA", pair)
+    try:
+        answered = []
+        end = time.monotonic() + 4 * PERIOD  # a few keeper rounds, unasked
+        while time.monotonic() < end:
+            answered.append(again.view().checked_at > 0.0)
+            time.sleep(0.01)  # sampling, not synchronisation
+        assert not any(answered), "the keeper answered before the loop asked"
+        again.want(True, time.monotonic())
+        v = wait_until(lambda: _held(again), 5, "the restarted hostA to adopt its key")
+        assert v.holder == "hostA"
+    finally:
+        again.stop()
+
+
 def test_holders_safe_until_comes_before_etcds_expiry(arbiters: list[EtcdArbiter],
                                                       etcd: EtcdCluster, pair: str) -> None:
     a, b = arbiters
@@ -204,6 +228,7 @@ def test_a_dead_and_a_hung_endpoint_before_a_live_one(etcd: EtcdCluster, pair: s
             print(f"held after {time.monotonic() - t0:.3f} s")
             time.sleep(2 * PERIOD)
             assert _held(a), a.view()
+            b.want(False, time.monotonic())  # as a secondary's loop says every cycle
             wait_until(lambda: b.view().holder == "hostA", 5, "hostB to read the holder")
         finally:
             a.stop()
