@@ -41,12 +41,10 @@ import base64
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from etcd3gw import exceptions as etcd_exc
@@ -54,6 +52,7 @@ from etcd3gw.client import Etcd3Client
 
 from colo_orch.core.config import Config
 from colo_orch.daemon.arbiter import NOT_CHECKED, STALE, Arbiter, LeaseView, sync_refuses
+from colo_orch.daemon.secret_file import SecretFileError, read_secret
 
 log = logging.getLogger("colo_orch.etcd")
 
@@ -118,19 +117,11 @@ def read_password_file(path: str, field: str = "etcd_password_file",
                        user: str = "etcd_user") -> str:
     """The password in `path`, which must not be readable by group or others; errors name
     `field` (the config's or a command's option) and the fix."""
-    f = Path(path)
     try:
-        mode = f.stat().st_mode
-        password = f.read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise EtcdConfigError(f"{field} {f}: {exc.strerror}; write {user}'s password there "
-                              "(mode 0600)") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise EtcdConfigError(f"{field} {f}: mode {stat.S_IMODE(mode):04o} lets others read "
-                              f"the password; chmod 600 {f}")
-    if not password:
-        raise EtcdConfigError(f"{field} {f}: empty; write {user}'s password there")
-    return password
+        secret = read_secret(path, field, f"{user}'s password", "the password")
+    except SecretFileError as exc:
+        raise EtcdConfigError(str(exc)) from exc
+    return secret.decode(errors="replace")
 
 
 def _b64(s: str) -> str:
