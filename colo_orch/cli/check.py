@@ -150,6 +150,20 @@ def arbiter_problem(cfg: Config) -> str | None:
     return None
 
 
+def api_problem(cfg: Config) -> str | None:
+    """Why the API's token or TLS files cannot be used, or None."""
+    from colo_orch.daemon.api import ApiError, read_token, tls_context
+
+    try:
+        if cfg.api_token_file:
+            read_token(cfg.api_token_file)
+        if cfg.api_tls_cert_file:
+            tls_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
+    except ApiError as exc:
+        return str(exc)
+    return None
+
+
 def run_check(config: str | None, *, smoke: bool = False) -> int:
     lab = lab_command()
     checks: list[Check] = [
@@ -169,6 +183,7 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
         checks.insert(0, ("config", lambda: problem))  # the error itself names the file
         if cfg is not None:
             checks.insert(1, ("arbiter", lambda: arbiter_problem(cfg)))
+            checks.insert(2, ("API credentials", lambda: api_problem(cfg)))
     failed = 0
     for what, fn in checks:
         problem = fn()

@@ -16,8 +16,10 @@ from colo_orch.core.config import Config, ConfigError, load
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from colo_orch.daemon.api import Handlers as ApiHandlers
     from colo_orch.daemon.arbiter import Arbiter
     from colo_orch.daemon.fleet import FleetPublisher
+    from colo_orch.daemon.runner import Orchestrator
 
 EPILOG = """\
 examples:
@@ -95,6 +97,17 @@ def make_fleet(cfg: Config, host_id: str, arbiter: Arbiter,
                           cfg.api_listen).start()
 
 
+def api_handlers(orch: Orchestrator) -> ApiHandlers:
+    """What the API may ask of the orchestrator."""
+    from prometheus_client import generate_latest
+
+    from colo_orch.daemon.api import Handlers
+
+    return Handlers(status=orch.status, command=orch.request,
+                    metrics=lambda: generate_latest(orch.registry),
+                    refused=lambda reason: orch.metrics.api_refused.labels(reason).inc())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
@@ -109,12 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s colo-orch[%(name)s] %(message)s")
     from colo_orch.backends.base import Backend
     from colo_orch.backends.qemu.backend import QemuBackend
-    from colo_orch.daemon.api import make_server, serve_in_background
+    from colo_orch.daemon.api import ApiError, ApiServer, read_token
     from colo_orch.daemon.heartbeat import Heartbeat
     from colo_orch.daemon.proxy_link import ProxyLink
     from colo_orch.daemon.runner import Orchestrator
 
     host_id = args.host_id or f"{socket.gethostname()}-{cfg.role}"
+    try:
+        token = read_token(cfg.api_token_file) if cfg.api_token_file else b""
+    except ApiError as exc:
+        print(f"colo-orch: error: {exc}", file=sys.stderr)
+        return 2
     arbiter = make_arbiter(cfg, host_id)
     if arbiter is None:
         return 2
@@ -159,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         host_id,
     )
     try:
-        server = make_server(orch, cfg.api_listen)
-    except OSError as exc:
-        print(f"colo-orch: error: api_listen {cfg.api_listen}: {exc.strerror}; "
-              "use a free port", file=sys.stderr)
+        server = ApiServer(cfg, api_handlers(orch), token).start()
+    except ApiError as exc:
+        print(f"colo-orch: error: {exc}", file=sys.stderr)
         return 2
-    serve_in_background(server)
     fleet = make_fleet(cfg, host_id, arbiter, orch.status)
 
     def _term(signum: int, frame: FrameType | None) -> None:
@@ -172,14 +188,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
-    logging.getLogger("colo_orch").info("started %s as %s (api %s)", cfg.name, cfg.role,
-                                        cfg.api_listen)
+    logging.getLogger("colo_orch").info(
+        "started %s as %s (api %s%s, socket %s, metrics %s)", cfg.name, cfg.role,
+        "https://" if cfg.api_tls_cert_file else "", cfg.api_listen or "off",
+        cfg.api_socket or "off", cfg.metrics_listen or "off")
+    if not token and not cfg.api_socket:
+        logging.getLogger("colo_orch").warning(
+            "every API command is refused: set api_token_file (or api_socket) to send them")
     try:
         orch.run()
     finally:
         if fleet is not None:
             fleet.stop()
-    server.shutdown()
+    server.stop()
     return 0
 
 

@@ -41,6 +41,9 @@ class Timing:
     # The holder's hold ends this long before the store could expire its lease: the time
     # to notice and fence (see _check_lease_timing).
     lease_margin: float = 1.0
+    # An API client has this long to send its request and read the answer; then the
+    # connection is cut (a slow client holds no worker: docs/ORCHESTRATOR.md).
+    api_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,19 @@ class Config:
     # The pair's shared heartbeat secret (at least 16 bytes; each host keeps its own copy).
     # Required (see _check): only the peer may tell this host what state it is in.
     heartbeat_key_file: str = ""
+    # The API (docs/ORCHESTRATOR.md, "API and coloctl"). api_listen ("" = none): GET /state
+    # and the operator commands, which need the token of api_token_file (mode 0600); HTTPS
+    # with api_tls_cert_file and api_tls_key_file. api_socket ("" = none): a unix socket
+    # for the same, where root and api_socket_uids/_gids need no token (SO_PEERCRED).
+    # metrics_listen ("" = none): read-only, GET /metrics, /healthz, /readyz, /state.
     api_listen: str = "127.0.0.1:7411"
+    metrics_listen: str = "127.0.0.1:7413"
+    api_token_file: str = ""
+    api_socket: str = ""
+    api_socket_uids: list[int] = field(default_factory=list)
+    api_socket_gids: list[int] = field(default_factory=list)
+    api_tls_cert_file: str = ""
+    api_tls_key_file: str = ""
     proxy_socket: str = ""  # colo-proxy control socket ("" = no proxy)
     # When set, the orchestrator runs colo-proxy itself in the role this host has now,
     # and restarts it in the other role when a re-protection swaps the roles.
@@ -190,7 +205,12 @@ def _disks(data: object, path: str) -> tuple[Disk, ...]:
 def _addr(path: str, key: str, value: object) -> None:
     if not isinstance(value, str) or value.count(":") < 1:
         raise _fail(path, key, f"{value!r} is not ADDR:PORT", f'write it like {key} = "10.0.0.1:7410"')
-    port = value.rsplit(":", 1)[1]
+    host, port = value.rsplit(":", 1)
+    if not host:
+        # ":7411" would bind every interface: say it on purpose (0.0.0.0) or not at all.
+        raise _fail(path, key, f"{value!r} has no address (it would mean every interface)",
+                    f'give this host\'s address, e.g. {key} = "10.0.0.1{value}", or '
+                    f'"0.0.0.0{value}" to bind every interface on purpose')
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise _fail(path, key, f"port {port!r} is not 1-65535", "use a free TCP/UDP port")
 
@@ -213,7 +233,8 @@ def _check(cfg: Config, path: str) -> None:
     for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "heartbeat_key_file",
                 "proxy_socket", "arbiter_path", "vm_pidfile",
                 "vm_log", "etcd_prefix", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
-                "etcd_user", "etcd_password_file"):
+                "etcd_user", "etcd_password_file", "api_listen", "metrics_listen",
+                "api_token_file", "api_socket", "api_tls_cert_file", "api_tls_key_file"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
     if not cfg.name or not cfg.name.replace("-", "").isalnum():
@@ -246,8 +267,9 @@ def _check(cfg: Config, path: str) -> None:
                     'machine, "local"')
     if cfg.arbiter == "etcd":
         _check_etcd(cfg, path)
-    for key in ("heartbeat_listen", "peer_heartbeat", "api_listen"):
+    for key in ("heartbeat_listen", "peer_heartbeat"):
         _addr(path, key, getattr(cfg, key))
+    _check_api(cfg, path)
     _tcp_uri(path, "incoming_uri", cfg.incoming_uri, "tcp:10.0.0.2:4444")
     _tcp_uri(path, "peer_incoming_uri", cfg.peer_incoming_uri, "tcp:10.0.0.1:4444")
     if not cfg.heartbeat_key_file:
@@ -299,6 +321,36 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "timing.checkpoint_min_interval",
                     f"{t.checkpoint_min_interval} s exceeds checkpoint_max_interval "
                     f"({t.checkpoint_max_interval} s)", "make min <= max")
+
+
+def _check_api(cfg: Config, path: str) -> None:
+    for key in ("api_listen", "metrics_listen"):
+        if getattr(cfg, key):
+            _addr(path, key, getattr(cfg, key))
+    if cfg.api_listen and cfg.api_listen == cfg.metrics_listen:
+        raise _fail(path, "metrics_listen", f"the same address as api_listen ({cfg.api_listen})",
+                    "give the read-only listener a port of its own, e.g. 7413")
+    for key in ("api_token_file", "api_socket", "api_tls_cert_file", "api_tls_key_file"):
+        v = getattr(cfg, key)
+        if v and not v.startswith("/"):
+            raise _fail(path, key, f"{v!r} is not an absolute path",
+                        "give the full path: the daemon does not run in your directory")
+    for key in ("api_socket_uids", "api_socket_gids"):
+        v = getattr(cfg, key)
+        if not isinstance(v, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v):
+            raise _fail(path, key, "must be a list of numeric ids",
+                        f"write it like {key} = [1000] (see id -u, getent group)")
+        if v and not cfg.api_socket:
+            raise _fail(path, key, "has no effect without api_socket",
+                        'add api_socket = "/run/colo/NAME-api.sock", or remove ' + key)
+    if bool(cfg.api_tls_cert_file) != bool(cfg.api_tls_key_file):
+        raise _fail(path, "api_tls_key_file" if cfg.api_tls_cert_file else "api_tls_cert_file",
+                    "the certificate and its key go together",
+                    "set both api_tls_cert_file and api_tls_key_file, or neither")
+    if cfg.api_tls_cert_file and not cfg.api_listen:
+        raise _fail(path, "api_tls_cert_file", "TLS is for api_listen, which is off",
+                    "set api_listen, or remove api_tls_cert_file and api_tls_key_file")
 
 
 _ENDPOINT = re.compile(r"^(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?$")

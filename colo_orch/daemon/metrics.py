@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 
+from colo_orch.core.api import REFUSALS as API_REFUSALS
 from colo_orch.core.disks import STATES as DISK_STATES
 from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
@@ -103,6 +104,14 @@ class OrchMetrics:
         # The replication's own figures restart at each attach (re-protection); the
         # counters above must not, so only increases are added.
         self._disk_seen = (0, 0)
+        self.api_refused = Counter(
+            "colo_api_requests_refused_total",
+            "API requests refused, by reason: unauthorized (no or wrong token), forbidden "
+            "(a socket peer not allowed, or commands off), read_only (a command on "
+            "metrics_listen), not_found, malformed, too_large, timeout (cut off at "
+            "timing.api_timeout), busy (too many connections)", ["reason"], registry=registry)
+        for r in API_REFUSALS:
+            self.api_refused.labels(r)
         self.pair = Info("colo_pair", "The protected pair this orchestrator belongs to",
                          registry=registry)
         info = Info("colo_build", "Build information", registry=registry)

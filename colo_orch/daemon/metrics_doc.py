@@ -71,7 +71,8 @@ def markdown() -> str:
         "(colo_orch/daemon/metrics.py, colo_proxy/service/metrics.py); tests/unit/dashboards/test_dashboards.py fails when this "
         "file is stale.",
         "",
-        "The orchestrator serves them on its API (`GET /metrics`, `api_listen`), each "
+        "The orchestrator serves them on its read-only listener (`GET /metrics` on "
+        "`metrics_listen`, default 127.0.0.1:7413; never on the command API), each "
         "colo-proxy on `--metrics-listen ADDR:PORT` (`[proxy] metrics_listen`). The scrape "
         "configuration adds the target labels `pair` and `host` "
         "(dashboards/prometheus.yml); the dashboards group by them. Every known label value "

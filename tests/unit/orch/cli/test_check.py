@@ -125,3 +125,17 @@ def test_etcd_that_does_not_answer_is_named(tmp_path: Path) -> None:
                                          etcd_user="colo", etcd_password_file=str(pw)))
     assert problem == f"etcd_password_file {pw}: mode 0644 lets others read the password; " \
                       f"chmod 600 {pw}"
+
+
+def test_api_credentials_others_can_read_are_named(tmp_path: Path) -> None:
+    token = tmp_path / "api.token"
+    token.write_text("a-token-of-24-characters\n")
+    token.chmod(0o600)
+    assert check.api_problem(_cfg(api_token_file=str(token))) is None
+    token.chmod(0o604)
+    assert check.api_problem(_cfg(api_token_file=str(token))) == \
+        f"api_token_file {token}: mode 0604 lets others read the token; chmod 600 {token}"
+    problem = check.api_problem(_cfg(api_tls_cert_file=str(tmp_path / "none.pem"),
+                                     api_tls_key_file=str(tmp_path / "none.key")))
+    assert problem is not None and problem.startswith("api_tls_cert_file ")
+    assert "give a PEM certificate chain and its private key" in problem

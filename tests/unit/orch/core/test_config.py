@@ -35,6 +35,36 @@ def test_good_config_loads_with_defaults() -> None:
     cfg = parse(GOOD)
     assert cfg.role == "primary" and cfg.timing.heartbeat_timeout == 1.0
     assert cfg.auto_reprotect is True
+    # Commands and metrics on loopback, each on its own port; no command opens by default.
+    assert (cfg.api_listen, cfg.metrics_listen) == ("127.0.0.1:7411", "127.0.0.1:7413")
+    assert (cfg.api_token_file, cfg.api_socket, cfg.timing.api_timeout) == ("", "", 5.0)
+
+
+@pytest.mark.parametrize(("extra", "field", "fix"), [
+    # ":7411" bound every interface.
+    ('api_listen = ":7411"', "api_listen", '"0.0.0.0:7411" to bind every interface on purpose'),
+    ('metrics_listen = ":7413"', "metrics_listen", 'e.g. metrics_listen = "10.0.0.1:7413"'),
+    ('metrics_listen = "127.0.0.1:7411"', "metrics_listen", "a port of its own"),
+    ('api_token_file = "api.token"', "api_token_file", "give the full path"),
+    ("api_socket_uids = [1000]", "api_socket_uids", "add api_socket"),
+    ('api_socket = "/run/colo/web1-api.sock"\napi_socket_gids = ["ops"]', "api_socket_gids",
+     "api_socket_gids = [1000]"),
+    ('api_tls_cert_file = "/etc/colo/api.pem"', "api_tls_key_file", "set both"),
+    ('api_listen = ""\napi_tls_cert_file = "/a.pem"\napi_tls_key_file = "/a.key"',
+     "api_tls_cert_file", "set api_listen"),
+    ("[timing]\napi_timeout = 0", "timing.api_timeout", "positive number"),
+])
+def test_bad_api_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD + extra + "\n", "web1.toml")
+    assert f"web1.toml: {field}:" in str(err.value)
+    assert fix in str(err.value)
+
+
+def test_api_listeners_can_be_off() -> None:
+    cfg = parse(GOOD + 'api_listen = ""\nmetrics_listen = ""\n'
+                'api_socket = "/run/colo/web1-api.sock"\n')
+    assert (cfg.api_listen, cfg.metrics_listen) == ("", "")
 
 
 @pytest.mark.parametrize(("extra", "field", "fix"), [
