@@ -3,34 +3,143 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import socket
+import ssl
 import sys
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 EPILOG = """\
 examples:
-  coloctl status                         state of the local orchestrator
+  coloctl --config /etc/colo/web1.toml status     address and token from the orchestrator's config
+  coloctl --config /etc/colo/web1.toml failover   secondary: take over; primary: drop the secondary
   coloctl --url http://10.0.0.1:7411 status --json
-  coloctl checkpoint                     take a checkpoint now
-  coloctl failover                       secondary: take over; primary: drop the secondary
-  coloctl pause | resume                 suspend / resume output comparison
-  coloctl reprotect                      pair again after a failover
+  COLO_API_TOKEN=$(cat token) coloctl --url https://10.0.0.1:7411 --cacert ca.pem checkpoint
+  coloctl --socket /run/colo/web1-api.sock pause  as root (or an api_socket_uids user): no token
+  coloctl checkpoint | pause | resume | reprotect take a checkpoint now; suspend / resume
+                                                  comparison; pair again after a failover
   coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
   coloctl list --etcd http://10.0.0.5:2379 every pair and host in etcd (coloctl list -h)
+
+Where it connects: --socket, else --url, else the config's api_socket, else its api_listen
+(https:// when it sets api_tls_cert_file), else http://127.0.0.1:7411. Commands need a
+token (status does not): --token-file FILE, else $COLO_API_TOKEN (the token itself), else
+the config's api_token_file. Token files must be mode 0600. Over api_socket, root needs none.
 """
 COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect")
+DEFAULT_URL = "http://127.0.0.1:7411"
+TOKEN_ENV = "COLO_API_TOKEN"
 
 
-def _call(url: str, method: str, path: str) -> tuple[int, Any]:
-    req = urllib.request.Request(url.rstrip("/") + path, method=method,
-                                 data=b"" if method == "POST" else None)
+class CtlError(Exception):
+    """What keeps coloctl from asking: str() names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str = ""  # http(s)://HOST:PORT, or "" with socket
+    socket: str = ""
+    token: bytes = b""
+    cacert: str = ""  # https: the CA file; or, from a config, the server's own certificate
+    pinned: bool = False  # cacert is the server's certificate itself, not a CA's
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def _connect_host(listen: str) -> str:
+    """Where to reach a listener bound at `listen` from this host."""
+    host = listen.rsplit(":", 1)[0]
+    return {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+
+
+def target(args: argparse.Namespace, env: dict[str, str]) -> Target:
+    """Where to send and with what token, from the options, the environment and the
+    orchestrator's config (in that order)."""
+    from colo_orch.core.api import check_token
+    from colo_orch.core.config import ConfigError, load
+    from colo_orch.daemon.api import ApiError, read_token
+
+    cfg = None
+    if args.config:
+        try:
+            cfg = load(args.config)
+        except ConfigError as exc:
+            raise CtlError(f"--config: {exc}") from exc
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        if args.token_file:
+            token = read_token(args.token_file, "--token-file")
+        elif env.get(TOKEN_ENV):
+            token = env[TOKEN_ENV].strip().encode(errors="replace")
+            problem = check_token(token)
+            if problem is not None:
+                raise CtlError(f"${TOKEN_ENV}: {problem}; set it to the token of the "
+                               "orchestrator's api_token_file")
+        elif cfg is not None and cfg.api_token_file:
+            token = read_token(cfg.api_token_file)
+        else:
+            token = b""
+    except ApiError as exc:
+        raise CtlError(str(exc)) from exc
+    if args.socket or args.url:
+        return Target(url=args.url or "", socket=args.socket or "", token=token,
+                      cacert=args.cacert or "")
+    if cfg is not None and cfg.api_socket:
+        return Target(socket=cfg.api_socket, token=token)
+    if cfg is not None and cfg.api_listen:
+        tls = bool(cfg.api_tls_cert_file)
+        url = f"{'https' if tls else 'http'}://{_connect_host(cfg.api_listen)}:" \
+              f"{cfg.api_listen.rsplit(':', 1)[1]}"
+        if tls and not args.cacert:
+            return Target(url=url, token=token, cacert=cfg.api_tls_cert_file, pinned=True)
+        return Target(url=url, token=token, cacert=args.cacert or "")
+    return Target(url=DEFAULT_URL, token=token, cacert=args.cacert or "")
+
+
+def _connection(t: Target, timeout: float) -> http.client.HTTPConnection:
+    if t.socket:
+        return _UnixConnection(t.socket, timeout)
+    u = urlsplit(t.url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.port is None:
+        raise CtlError(f"--url {t.url!r} is not http(s)://HOST:PORT")
+    if u.scheme == "http":
+        return http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    ctx = ssl.create_default_context(cafile=t.cacert or None)
+    if t.pinned:
+        # The config's api_tls_cert_file: trusted as it is, whether a CA signed it or not.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=ctx)
+
+
+def call(t: Target, method: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """One request: (status, the decoded JSON answer)."""
+    conn = _connection(t, timeout)
+    headers = {"Content-Length": "0"} if method == "POST" else {}
+    if t.token:
+        headers["Authorization"] = f"Bearer {t.token.decode()}"
+    try:
+        conn.request(method, path, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(raw or b"{}")
+    except ValueError:
+        return resp.status, {"error": raw[:200].decode(errors="replace")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,21 +154,36 @@ def main(argv: list[str] | None = None) -> int:
         return list_main(argv[1:])
     p = argparse.ArgumentParser(prog="coloctl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="http://127.0.0.1:7411", help="orchestrator API")
+    p.add_argument("--config", metavar="FILE",
+                   help="the orchestrator's config: its API address and token file")
+    p.add_argument("--url", help=f"orchestrator API (default {DEFAULT_URL})")
+    p.add_argument("--socket", metavar="PATH", help="the orchestrator's api_socket")
+    p.add_argument("--token-file", metavar="FILE",
+                   help=f"the API token (mode 0600); default ${TOKEN_ENV}, then --config's")
+    p.add_argument("--cacert", metavar="FILE", help="https: the CA of the API's certificate")
     p.add_argument("command", choices=COMMANDS, metavar="command",
                    help=" | ".join(COMMANDS))
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     try:
+        t = target(args, dict(os.environ))
         if args.command == "status":
-            code, body = _call(args.url, "GET", "/state")
+            code, body = call(t, "GET", "/state")
         else:
-            code, body = _call(args.url, "POST", f"/{args.command}")
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"coloctl: error: cannot reach the orchestrator at {args.url}: {reason}; "
-              "is colo-orch running? (--url to point elsewhere)", file=sys.stderr)
+            code, body = call(t, "POST", f"/{args.command}")
+    except CtlError as exc:
+        print(f"coloctl: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, http.client.HTTPException) as exc:
+        where = t.socket or t.url
+        print(f"coloctl: error: cannot reach the orchestrator at {where}: {exc}; "
+              "is colo-orch running? (--config, --url or --socket to point elsewhere)",
+              file=sys.stderr)
+        return 2
+    if code in (401, 403):
+        print(f"coloctl: error: refused ({code}): {body.get('error')}; give the token with "
+              f"--config FILE, ${TOKEN_ENV} or --token-file", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(body, indent=1))
     elif args.command == "status":

@@ -1,16 +1,20 @@
-"""`coloctl status` says who holds the lease and why the arbiter cannot answer."""
+"""`coloctl`: status says who holds the lease and why the arbiter cannot answer; commands
+carry the token from --token-file, $COLO_API_TOKEN or the orchestrator's config."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from colo_orch.cli.ctl import main
+from colo_orch.cli.ctl import CtlError, Target, main, target
+from tests.support.api import CONFIG
 
 STATE: dict[str, Any] = {
     "name": "web", "host": "h1", "state": "HOLDING", "role": "primary",
@@ -21,19 +25,35 @@ STATE: dict[str, Any] = {
 }
 
 
+TOKEN = "coloctl-test-token-0123"
+SEEN: list[tuple[str, str | None]] = []  # (path, Authorization) of each POST
+
+
 @pytest.fixture
 def api() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(STATE).encode()
-            self.send_response(200)
+        def _send(self, code: int, obj: Any) -> None:
+            body = json.dumps(obj).encode()
+            self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
+        def do_GET(self) -> None:
+            self._send(200, STATE)
+
+        def do_POST(self) -> None:
+            auth = self.headers.get("Authorization")
+            SEEN.append((self.path, auth))
+            if auth != f"Bearer {TOKEN}":
+                self._send(401, {"error": "wrong token"})
+            else:
+                self._send(202, {"accepted": f"{self.path[1:]} requested"})
+
         def log_message(self, *args: object) -> None:
             pass
 
+    SEEN.clear()
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -44,3 +64,57 @@ def test_status_names_the_holder_and_the_reason(api: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--url", api, "status"]) == 0
     assert "  lease: held by h2 (leader key now held by h2)\n" in capsys.readouterr().out
+
+
+def _token_file(tmp_path: Path, token: str, name: str = "api.token") -> Path:
+    f = tmp_path / name
+    f.write_text(token + "\n")
+    f.chmod(0o600)
+    return f
+
+
+def _args(**kw: Any) -> argparse.Namespace:
+    return argparse.Namespace(**{"config": None, "url": None, "socket": None,
+                                 "token_file": None, "cacert": None, **kw})
+
+
+def test_the_token_comes_from_the_option_then_the_environment_then_the_config(
+        tmp_path: Path) -> None:
+    opt = _token_file(tmp_path, "from-the-option-0123456")
+    cfg_token = _token_file(tmp_path, "from-the-config-0123456", "cfg.token")
+    cfg = tmp_path / "web1.toml"
+    cfg.write_text(CONFIG + f'api_token_file = "{cfg_token}"\napi_listen = "0.0.0.0:7999"\n')
+    env = {"COLO_API_TOKEN": "from-the-environment-01"}
+    assert target(_args(config=str(cfg), token_file=str(opt)), env).token == \
+        b"from-the-option-0123456"
+    assert target(_args(config=str(cfg)), env).token == b"from-the-environment-01"
+    got = target(_args(config=str(cfg)), {})
+    # Bound to every interface: reached on loopback.
+    assert got == Target(url="http://127.0.0.1:7999", token=b"from-the-config-0123456")
+    assert target(_args(), {}) == Target(url="http://127.0.0.1:7411")
+    sock = tmp_path / "api.sock"
+    cfg.write_text(CONFIG + f'api_socket = "{sock}"\n')
+    assert target(_args(config=str(cfg)), {}) == Target(socket=str(sock))
+
+
+def test_bad_token_sources_are_named(tmp_path: Path) -> None:
+    loose = _token_file(tmp_path, "readable-by-all-0123456")
+    loose.chmod(0o644)
+    with pytest.raises(CtlError, match=rf"--token-file {loose}: mode 0644 lets others read "
+                                       rf"the token; chmod 600 {loose}"):
+        target(_args(token_file=str(loose)), {})
+    with pytest.raises(CtlError, match=r"\$COLO_API_TOKEN: 5 bytes: shorter than 16"):
+        target(_args(), {"COLO_API_TOKEN": "short"})
+
+
+def test_a_command_carries_the_token_and_a_refusal_says_how_to_give_it(
+        api: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLO_API_TOKEN", raising=False)
+    assert main(["--url", api, "failover"]) == 1
+    err = capsys.readouterr().err
+    assert "refused (401): wrong token" in err and "--config FILE, $COLO_API_TOKEN" in err
+    monkeypatch.setenv("COLO_API_TOKEN", TOKEN)
+    assert main(["--url", api, "checkpoint"]) == 0
+    assert capsys.readouterr().out == "checkpoint requested\n"
+    assert SEEN == [("/failover", None), ("/checkpoint", f"Bearer {TOKEN}")]
