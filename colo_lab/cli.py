@@ -207,12 +207,14 @@ def how_to_reach(lab: Lab, *, protected: bool, vms: bool) -> str:
         lines.append("             (also PUT/GET /kv/KEY, GET /random: a divergence, "
                      "a checkpoint)")
     for role, h in lab.hosts.items():
-        lines.append(f"  {role + ':':<10} namespace {h.ns}, API {pair.api_url(lab, role)}")
+        lines.append(f"  {role + ':':<10} namespace {h.ns}, API {pair.api_url(lab, role)}, "
+                     f"metrics {pair.metrics_url(lab, role)}/metrics")
     if protected:
         pri = lab.hosts["primary"]
-        lines += [f"  coloctl:   ip netns exec {pri.ns} {coloctl} --url "
-                  f"{pair.api_url(lab, 'primary')} status",
-                  "             (checkpoint, failover, pause, resume, reprotect alike)",
+        lines += [f"  coloctl:   ip netns exec {pri.ns} {coloctl} --config "
+                  f"{lab.run_dir / 'orch-primary.toml'} status",
+                  "             (checkpoint, failover, pause, resume, reprotect alike: the "
+                  "config names the API and its token)",
                   f"  logs:      {lab.run_dir}/orch-primary.log, orch-secondary.log"]
     lines += [f"  etcd:      {','.join(etcd_net.endpoints(lab))}",
               f"             e.g. ip netns exec {lab.hosts['primary'].ns} etcdctl --endpoints "

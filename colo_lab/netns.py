@@ -44,9 +44,10 @@ def ip(ns: str | None, *args: str) -> str:
     return out(argv)
 
 
-def sh(ns: str, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True) -> str:
-    """Run a command inside a namespace and return its stdout."""
-    proc = run(["ip", "netns", "exec", ns, *argv], timeout=timeout, check=check)
+def sh(ns: str, argv: Sequence[str], *, timeout: float = 60.0, check: bool = True,
+       input: bytes | None = None) -> str:
+    """Run a command inside a namespace (`input` on its stdin) and return its stdout."""
+    proc = run(["ip", "netns", "exec", ns, *argv], timeout=timeout, check=check, input=input)
     return proc.stdout.decode()
 
 

@@ -27,8 +27,9 @@ from colo_lab.lab import MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
 from colo_lab.wait import wait_until
 
 HEARTBEAT_PORT = 7410
-API_PORT = 7411
+API_PORT = 7411  # GET /state and the commands (with the host's token)
 PROXY_METRICS_PORT = 7412  # colo-proxy's /metrics, on the host's control IP
+METRICS_PORT = 7413  # the orchestrator's read-only listener: /metrics, /healthz, /readyz
 PAIR = "web"
 ARBITERS = ("etcd", "local")
 # The pair's keys in the lab's etcd cluster.
@@ -97,6 +98,20 @@ def heartbeat_key(lab: Lab, role: str) -> Path:
     return path
 
 
+def _token_path(lab: Lab, role: str) -> Path:
+    return lab.run_dir / f"api-{role[:3]}.token"
+
+
+def api_token(lab: Lab, role: str) -> Path:
+    """This host's API token: its own secret (a token opens one orchestrator's commands),
+    readable by root alone, as the orchestrator requires."""
+    path = _token_path(lab, role)
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_bytes(base64.b64encode(secrets.token_bytes(32)) + b"\n")
+    return path
+
+
 def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "",
                 arbiter: str | None = None) -> Path:
     """Write the TOML config of one host's orchestrator; returns its path.
@@ -121,6 +136,8 @@ incoming_uri = "tcp:{me.ctl_ip}:{MIGRATION_PORT}"
 peer_incoming_uri = "tcp:{peer.ctl_ip}:{MIGRATION_PORT}"
 heartbeat_key_file = "{heartbeat_key(lab, role)}"
 api_listen = "{me.ctl_ip}:{API_PORT}"
+api_token_file = "{api_token(lab, role)}"
+metrics_listen = "{me.ctl_ip}:{METRICS_PORT}"
 {lease}
 proxy_socket = "{lab.run_dir / f"proxy-{role[:3]}.sock" if proxy else ""}"
 proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary")) if proxy else "[]"}
@@ -216,11 +233,21 @@ def api_url(lab: Lab, host: str) -> str:
     return f"http://{lab.hosts[host].ctl_ip}:{API_PORT}"
 
 
+def metrics_url(lab: Lab, host: str) -> str:
+    return f"http://{lab.hosts[host].ctl_ip}:{METRICS_PORT}"
+
+
 def api(lab: Lab, host: str, method: str, path: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Call a host's orchestrator API from inside that host's namespace."""
+    """Call a host's orchestrator API from inside that host's namespace, with its token
+    when it has one (given to curl on stdin: a command line is readable by every local
+    user)."""
     h = lab.hosts[host]
-    argv = ["curl", "-sS", "-m", str(timeout), "-X", method, api_url(lab, host) + path]
-    out = netns.sh(h.ns, argv, timeout=timeout + 5)
+    token_file = _token_path(lab, host)
+    header = (b"Authorization: Bearer " + token_file.read_bytes().strip() + b"\n"
+              if token_file.exists() else b"")
+    argv = ["curl", "-sS", "-m", str(timeout), "-X", method, "-H", "@-",
+            api_url(lab, host) + path]
+    out = netns.sh(h.ns, argv, timeout=timeout + 5, input=header)
     try:
         data = json.loads(out)
     except ValueError as exc:
@@ -270,7 +297,7 @@ def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
 def metrics(lab: Lab, host: str) -> dict[str, float]:
     """A host orchestrator's /metrics as {sample with its labels: value}."""
     h = lab.hosts[host]
-    text = netns.sh(h.ns, ["curl", "-sS", "-m", "5", f"{api_url(lab, host)}/metrics"])
+    text = netns.sh(h.ns, ["curl", "-sS", "-m", "5", f"{metrics_url(lab, host)}/metrics"])
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

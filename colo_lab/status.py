@@ -37,7 +37,8 @@ def links_from_ip(ip_json: list[dict[str, Any]], names: dict[str, str]) -> dict[
 
 def _host(lab: Lab, role: str) -> dict[str, Any]:
     h = lab.hosts[role]
-    entry: dict[str, Any] = {"namespace": h.ns, "api": pair.api_url(lab, role)}
+    entry: dict[str, Any] = {"namespace": h.ns, "api": pair.api_url(lab, role),
+                             "metrics": pair.metrics_url(lab, role)}
     if not netns.exists(h.ns):
         entry["links"] = {}
         return entry
@@ -66,7 +67,8 @@ def render(st: dict[str, Any]) -> str:
         running = "running" if vm["running"] else "stopped"
         lines.append(f"  {role:<9} VM {running}" + (f" (pid {vm['pid']})" if vm["pid"] else ""))
     for role, h in st.get("hosts", {}).items():
-        lines.append(f"  {role} host: namespace {h['namespace']}, API {h['api']}")
+        lines.append(f"  {role} host: namespace {h['namespace']}, API {h['api']}"
+                     + (f", metrics {h['metrics']}" if h.get("metrics") else ""))
         for purpose, link in h["links"].items():
             state = "up" if link["up"] else "DOWN"
             if link["up"] and link["state"] not in ("UP", "UNKNOWN"):

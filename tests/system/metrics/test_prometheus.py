@@ -49,7 +49,7 @@ class Prometheus:
         targets = {job: [{"targets": [f"{h.ctl_ip}:{port}"],
                           "labels": {"pair": pair.PAIR, "host": h.role[:3]}}
                          for h in lab.hosts.values()]
-                   for job, port in (("colo-orch", pair.API_PORT),
+                   for job, port in (("colo-orch", pair.METRICS_PORT),
                                      ("colo-proxy", pair.PROXY_METRICS_PORT))}
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "scrape_configs": [{"job_name": job, "static_configs": sc}
@@ -181,7 +181,7 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
 
     # Metric names pass promtool's lint on real scrapes of all four endpoints.
     for host in ("primary", "secondary"):
-        for port in (pair.API_PORT, pair.PROXY_METRICS_PORT):
+        for port in (pair.METRICS_PORT, pair.PROXY_METRICS_PORT):
             text = _scrape(lab, host, port)
             assert "colo_build_info" in text
             out = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,

@@ -81,7 +81,7 @@ def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str
     h = lab.hosts[host]
     return subprocess.run(
         ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.cli.ctl",
-         "--url", f"http://{h.ctl_ip}:{pair.API_PORT}", *args],
+         "--config", str(lab.run_dir / f"orch-{host}.toml"), *args],
         capture_output=True, text=True, timeout=30)
 
 
