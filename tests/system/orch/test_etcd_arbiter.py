@@ -25,6 +25,7 @@ from colo_orch.daemon.etcd_arbiter import (
     EtcdUnreachable,
 )
 from tests.support.etcd import orch_config
+from tests.support.pki import make_certs
 
 pytestmark = pytest.mark.host
 
@@ -319,34 +320,10 @@ def test_auth_right_credentials_hold_wrong_ones_are_named(
 
 
 # TLS ---------------------------------------------------------------------------------
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _certs(d: Path, name: str) -> None:
-    """A CA `name`-ca and, signed by it, a server certificate for 127.0.0.1 and a client's."""
-    d.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.pem", "-days", "1",
-             "-subj", f"/CN={name} test CA", cwd=d)
-    # etcd's JSON gateway dials its own gRPC server with the server's certificate as a
-    # client certificate: the server's must allow both uses.
-    for who, ext in (("server", "subjectAltName=IP:127.0.0.1\n"
-                                "extendedKeyUsage=serverAuth,clientAuth"),
-                     ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{who}.ext").write_text(ext + "\n")
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", f"{name}-{who}.key", "-out", f"{name}-{who}.csr",
-                 "-subj", f"/CN={who}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}-{who}.csr", "-CA", f"{name}-ca.pem",
-                 "-CAkey", f"{name}-ca.key", "-CAcreateserial", "-days", "1",
-                 "-extfile", f"{who}.ext", "-out", f"{name}-{who}.pem", cwd=d)
-
-
 def test_tls_with_client_certificates(tmp_path: Path, pair: str) -> None:
     d = tmp_path / "pki"
-    _certs(d, "good")
-    _certs(d, "other")
+    make_certs(d, "good")
+    make_certs(d, "other")
     tls = [f"--cert-file={d}/good-server.pem", f"--key-file={d}/good-server.key",
            "--client-cert-auth", f"--trusted-ca-file={d}/good-ca.pem"]
     ctl = [f"--cacert={d}/good-ca.pem", f"--cert={d}/good-client.pem",

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from colo_lab import pair
+from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 
@@ -70,6 +70,38 @@ def test_protect_checkpoint_failover_reprotect_failover(lab: Lab) -> None:
     assert lab.http("/kv/k1") == (200, b"v1")
     for role in ("primary", "secondary"):
         assert lab.vm(role).serial_problems() == []
+
+
+def test_a_forged_command_from_the_peer_host_changes_nothing(lab: Lab) -> None:
+    """Another host on the control link (here the secondary's namespace, as a compromised
+    peer or a LAN machine would) sends failover, pause and reprotect with a made-up token,
+    and with no token, to both orchestrators: each is refused, and the pair stays as it
+    was for at least 20 heartbeats afterwards."""
+    pair.wait_state(lab, "primary", "PROTECTED", 60)
+    before = {h: pair.state(lab, h) for h in ("primary", "secondary")}
+    logs = {h: lab.run_dir / f"orch-{h}.log" for h in before}
+    logged = {h: len(logs[h].read_text()) for h in before}
+    sec = lab.hosts["secondary"]
+    codes = []
+    for host in ("primary", "secondary"):
+        for cmd in ("failover", "pause", "reprotect"):
+            for auth in (["-H", "Authorization: Bearer forged-token-0123456789"], []):
+                codes.append(netns.sh(sec.ns, ["curl", "-s", "-o", "/dev/null", "-w",
+                                               "%{http_code}", "-m", "5", "-X", "POST", *auth,
+                                               f"{pair.api_url(lab, host)}/{cmd}"]))
+    assert codes == ["401"] * 12
+    sent = before["secondary"]["heartbeats"]["sent"]
+    wait_until(lambda: pair.state(lab, "secondary")["heartbeats"]["sent"] >= sent + 20, 20,
+               "20 more heartbeats from the secondary")
+    for host in ("primary", "secondary"):
+        now = pair.state(lab, host)
+        # (A periodic checkpoint may be under way.)
+        assert now["state"] in ("PROTECTED", "CHECKPOINTING"), (host, now["recent"])
+        assert (now["role"], now["failovers"], now["reprotections"]) == \
+            (before[host]["role"], before[host]["failovers"], before[host]["reprotections"])
+        m = pair.metrics(lab, host)
+        assert m['colo_api_requests_refused_total{reason="unauthorized"}'] >= 6
+        assert "API command" not in logs[host].read_text()[logged[host]:]
 
 
 def test_secondary_loss_leaves_the_primary_serving_alone(lab: Lab) -> None:
