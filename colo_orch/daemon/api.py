@@ -58,6 +58,7 @@ WORKERS = 2
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 REFUSAL_LOG_EVERY_S = 10.0
+LINGER_BYTES = 1 << 20  # what a refused client may still send before it is reset
 
 
 class ApiError(ValueError):
@@ -157,6 +158,22 @@ def _peer(sock: Any) -> Peer | None:
     return Peer(pid, uid, frozenset(gids))
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After refusing a request the client may still be sending: end our side, then read and
+    drop its bytes until it closes (up to LINGER_BYTES, within the connection's time), as
+    closing a socket with unread input resets it, and the reset can destroy the refusal
+    before the client reads it."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    await writer.drain()
+    left = LINGER_BYTES
+    while left > 0:
+        chunk = await reader.read(min(left, 65536))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 class ApiServer:
     """The listeners the config asks for, bound at construction (so that a bad address
     stops the daemon at start, naming its key), served from start() until stop()."""
@@ -172,7 +189,8 @@ class ApiServer:
         self._open = 0
         self._logged: dict[str, float] = {}
         self._listeners: list[tuple[Listener, socket.socket, ssl.SSLContext | None]] = []
-        self._socket_path = cfg.api_socket
+        self._socket_path = ""  # ours to remove at close, once bound
+        self._socket_ino = 0
         try:
             ctx = (tls_context(cfg.api_tls_cert_file, cfg.api_tls_key_file)
                    if cfg.api_tls_cert_file else None)
@@ -184,6 +202,8 @@ class ApiServer:
                                         _tcp_socket("metrics_listen", cfg.metrics_listen), None))
             if cfg.api_socket:
                 self._listeners.append((Listener.SOCKET, _unix_socket(cfg.api_socket), None))
+                self._socket_path = cfg.api_socket
+                self._socket_ino = os.stat(cfg.api_socket).st_ino
         except ApiError:
             self.close()
             raise
@@ -219,7 +239,9 @@ class ApiServer:
             sock.close()
         if self._socket_path:
             try:
-                os.unlink(self._socket_path)
+                # Only the file we bound: a successor may have replaced it since.
+                if os.stat(self._socket_path).st_ino == self._socket_ino:
+                    os.unlink(self._socket_path)
             except OSError:
                 pass
             self._socket_path = ""
@@ -252,6 +274,11 @@ class ApiServer:
         await self._stopping.wait()
         for s in servers:
             s.close()
+        # Connections still open end with the daemon, not as tasks destroyed mid-await.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                           listener: Listener) -> None:
@@ -271,6 +298,9 @@ class ApiServer:
             writer.transport.abort()
         except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()
+        except asyncio.CancelledError:  # the daemon stops
+            writer.transport.abort()
+            raise
         finally:
             self._open -= 1
 
@@ -286,6 +316,7 @@ class ApiServer:
             parsed = parse_head(buf)
         if isinstance(parsed, Reply):
             self._refuse(parsed, writer)
+            await _linger(reader, writer)
             return
         request: Request = parsed
         rest = request.content_length - (len(buf) - request.head_bytes)

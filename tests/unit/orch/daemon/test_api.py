@@ -151,7 +151,10 @@ def test_a_live_socket_is_never_taken_over_a_stale_one_is(tmp_path: Path, orch: 
                                                          server: ApiServer) -> None:
     with pytest.raises(ApiError, match="another process listens there"):
         _server(tmp_path, orch)
+    # The refused one left the live socket in place.
+    assert request(str(tmp_path / "api.sock"), "GET", "/state")[0] == 200
     server.stop()
+    assert not (tmp_path / "api.sock").exists()
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(tmp_path / "api.sock"))  # bound, never listening: a dead daemon's
     stale.close()
