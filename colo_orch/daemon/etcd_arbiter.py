@@ -281,6 +281,10 @@ def _detail(exc: etcd_exc.Etcd3Exception) -> tuple[int, str]:
         return -1, text.strip()[:200] or type(exc).__name__
 
 
+_CLIENT_CERT = ("TLS: etcd closed the handshake: does it want a client certificate "
+                "(etcd_cert_file, etcd_key_file) signed by its --trusted-ca-file?")
+
+
 def _why(exc: etcd_exc.Etcd3Exception) -> str:
     if isinstance(exc, etcd_exc.ConnectionTimeoutError):
         return "no answer in time"
@@ -291,10 +295,12 @@ def _why(exc: etcd_exc.Etcd3Exception) -> str:
             ("Network is unreachable", "network unreachable"),
             ("CERTIFICATE_VERIFY_FAILED", "TLS: etcd's certificate is not signed by "
                                           "etcd_ca_file (or not for this address)"),
-            # Go's TLS server hangs up on a missing or untrusted client certificate.
-            ("EOF occurred in violation of protocol",
-             "TLS: etcd closed the handshake: does it want a client certificate "
-             "(etcd_cert_file, etcd_key_file) signed by its --trusted-ca-file?")):
+            # Go's TLS server refuses a missing or untrusted client certificate with an
+            # alert after the TLS 1.3 handshake: the client reads it as an alert or, when
+            # the server has already hung up, as an EOF (either, as the race goes).
+            ("EOF occurred in violation of protocol", _CLIENT_CERT),
+            ("ALERT_BAD_CERTIFICATE", _CLIENT_CERT),
+            ("ALERT_CERTIFICATE_REQUIRED", _CLIENT_CERT)):
         if needle in text:
             return short
     if "SSL" in text:
