@@ -23,6 +23,7 @@ FENCE_ALLOWANCE_S = 0.2
 # How soon the etcd keeper retries a failed request.
 RETRY_S = 0.1
 BACKENDS = ("qemu", "xen")
+_INF = float("inf")
 
 
 class ConfigError(ValueError):
@@ -152,8 +153,11 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         if key not in tknown:
             raise _fail(path, f"timing.{key}", "unknown field",
                         f"remove it; known: {', '.join(sorted(tknown))}")
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise _fail(path, f"timing.{key}", f"must be a positive number of seconds, got {value!r}",
+        # Written so that NaN fails too (every comparison with it is false); an infinite
+        # timeout would never fire.
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < _INF:
+            raise _fail(path, f"timing.{key}",
+                        f"must be a finite, positive number of seconds, got {value!r}",
                         f"e.g. {key} = {getattr(Timing(), key)}")
     timing = Timing(**{k: float(v) for k, v in timing_data.items()})
     values: dict[str, Any] = {"timing": timing, "disks": _disks(data.get("disks", []), path)}
@@ -167,7 +171,20 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         values[f.name] = data[f.name]
     cfg = Config(**values)
     _check(cfg, path)
+    _no_infinite_floats(data, path, "")
     return cfg
+
+
+def _no_infinite_floats(data: object, path: str, key: str) -> None:
+    """TOML can write nan and inf; no field of ours means either. The last guard, for every
+    float field present and future, after the checks each field has of its own."""
+    if isinstance(data, float) and not -_INF < data < _INF:
+        raise _fail(path, key, f"{data} is not a finite number",
+                    "no field takes nan or inf: give the value docs/ORCHESTRATOR.md describes")
+    items = (data.items() if isinstance(data, dict) else
+             ((f"[{i}]", v) for i, v in enumerate(data)) if isinstance(data, list) else ())
+    for k, v in items:
+        _no_infinite_floats(v, path, f"{key}{k}" if k.startswith("[") or not key else f"{key}.{k}")
 
 
 def _disks(data: object, path: str) -> tuple[Disk, ...]:
