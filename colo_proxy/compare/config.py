@@ -84,8 +84,10 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         for name in ("compare_timeout", "idle_timeout", "closed_timeout"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+            # Written so that NaN fails too; infinity would hold output forever.
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(
+                    f"{name} must be a finite number of seconds > 0, got {getattr(self, name)!r}")
         for name in (
             "max_flow_packets",
             "max_flow_bytes",
