@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1  # replay found divergences
-EXIT_USAGE = 2  # bad arguments or unusable input (argparse uses 2 as well)
+EXIT_USAGE = 2  # bad arguments, config or input (argparse uses 2 as well)
 
 REPLAY_EPILOG = """\
 examples:
@@ -29,16 +29,6 @@ examples:
 Each capture holds one replica's output (e.g. `tcpdump -i tapP -w pvm.pcap -Q out`).
 Exit status: 0 all flows matched, 1 some flow diverged, 2 bad arguments or capture.
 """
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
 
 
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,9 +59,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--compare-timeout",
-        type=_positive_float,
         metavar="SECONDS",
-        default=CompareConfig().compare_timeout,
+        default=str(CompareConfig().compare_timeout),
         help="hold time before a missing SVM packet counts as divergence (default %(default)s)",
     )
     p.add_argument(
@@ -85,12 +74,19 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def _run_replay(args: argparse.Namespace) -> int:
     from colo_proxy.cli.replay import ReplayError, replay_files
+    from colo_proxy.service.settings import ConfigError, flag_value
 
+    try:
+        # Checked as the service checks its own --compare-timeout.
+        timeout = flag_value("compare_timeout", args.compare_timeout)
+    except ConfigError as e:
+        print(f"colo-proxy replay: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         report = replay_files(
             args.primary,
             args.secondary,
-            CompareConfig(compare_timeout=args.compare_timeout),
+            CompareConfig(compare_timeout=timeout),
             absolute_time=args.absolute_time,
         )
     except ReplayError as e:
@@ -107,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colo-proxy",
         description="COLO proxy: compare the output of a primary and a secondary VM.",
-        epilog="examples:\n  colo-proxy replay --primary pvm.pcap --secondary svm.pcap\n"
-        "  colo-proxy replay --help",
+        epilog="examples:\n  colo-proxy primary -c /etc/colo/proxy-primary.toml\n"
+        "  colo-proxy check -c /etc/colo/proxy-primary.toml\n"
+        "  colo-proxy replay --primary pvm.pcap --secondary svm.pcap\n"
+        "  colo-proxy COMMAND --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

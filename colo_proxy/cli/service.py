@@ -1,8 +1,9 @@
-"""`colo-proxy primary|secondary|status|cleanup`: the service's command line.
+"""`colo-proxy primary|secondary|check|status|cleanup`: the service's command line.
 
 `register(subparsers)` adds the subcommands to the `colo-proxy` parser of cli/main.py;
 `python -m colo_proxy.cli.service` runs them on their own. Argument parsing only: the
-service is built and run by `colo_proxy.service.run`.
+service is built and run by `colo_proxy.service.run`; `check` validates the settings
+(`colo_proxy.service.settings`) without running anything.
 """
 
 from __future__ import annotations
@@ -17,45 +18,72 @@ from typing import Any
 from colo_proxy.service import instance_lock, run
 from colo_proxy.service.control_socket import request
 from colo_proxy.service.instance_lock import LOCK_DIR, AlreadyRunning
-from colo_proxy.service.settings import DEFAULT_SOCKET, ConfigError, ProxySettings, load
+from colo_proxy.service.settings import (
+    DEFAULT_SOCKET,
+    ConfigError,
+    ProxySettings,
+    flag_name,
+    flag_value,
+    load,
+)
 
 log = logging.getLogger("colo-proxy")
+EXIT_BAD_CONFIG = 2  # as argparse's own usage errors
+
+
+# Setting -> help of its flag (settings.flag_name). Every flag's text is checked by
+# settings.load against the setting's spec, as the config file's value is (no argparse
+# `type` or `choices`): an error reads "command line: --queue: problem; fix", status 2.
+SETTING_FLAGS: dict[str, str] = {
+    "tap": "the VM's tap on this host's bridge",
+    "forward": "the forward link to the other host",
+    "uplink": "the host's port toward the clients (primary: rewrites connections carried "
+              "over a role swap)",
+    "vm_mac": "the VMs' MAC address",
+    "control_socket": "unix socket path",
+    "instance": "this VM's proxy: the tag of its iptables rules and its lock "
+                "(LOCK_DIR/INSTANCE.lock; one proxy per instance)",
+    "lock_dir": "directory of the instance locks (default /run/colo-proxy)",
+    "queue": "NFQUEUE number (primary)",
+    "on_crash": "{closed,open}: if the proxy dies, hold (closed) or pass (open) the PVM's "
+                "output",
+    "on_queue_full": "{drop,accept}: when the kernel queue is full",
+    "compare_timeout": "seconds a PVM packet waits for its SVM twin",
+    "busy_poll_us": "after a packet, poll without sleeping for this many us (0: off)",
+    "batch": "most packets read per source and call",
+    "metrics_listen": "serve Prometheus metrics on http://ADDR:PORT/metrics",
+}
+METAVARS = {"metrics_listen": "ADDR:PORT", "compare_timeout": "SECONDS"}
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="TOML file ([proxy] and [compare] tables)")
-    p.add_argument("--tap", help="the VM's tap on this host's bridge")
-    p.add_argument("--forward", help="the forward link to the other host")
-    p.add_argument("--uplink", help="the host's port toward the clients (primary: rewrites "
-                   "connections carried over a role swap)")
-    p.add_argument("--vm-mac", dest="vm_mac", help="the VMs' MAC address")
-    p.add_argument("--control-socket", dest="control_socket", help="unix socket path")
-    p.add_argument("--instance", help="this VM's proxy: the tag of its iptables rules and "
-                   "its lock (LOCK_DIR/INSTANCE.lock; one proxy per instance)")
-    p.add_argument("--lock-dir", dest="lock_dir",
-                   help="directory of the instance locks (default /run/colo-proxy)")
-    p.add_argument("--queue", type=int, help="NFQUEUE number (primary)")
-    p.add_argument("--on-crash", dest="on_crash", choices=("closed", "open"),
-                   help="if the proxy dies: hold (closed) or pass (open) the PVM's output")
-    p.add_argument("--on-queue-full", dest="on_queue_full", choices=("drop", "accept"))
-    p.add_argument("--compare-timeout", dest="compare_timeout", type=float,
-                   help="seconds a PVM packet waits for its SVM twin")
-    p.add_argument("--busy-poll-us", dest="busy_poll_us", type=int,
-                   help="after a packet, poll without sleeping for this many us (0: off)")
+    for key, text in SETTING_FLAGS.items():
+        p.add_argument(flag_name(key), dest=key, metavar=METAVARS.get(key), help=text)
     p.add_argument("--busy-poll-held", dest="busy_poll_held", action="store_const",
                    const=True, help="busy-poll also while packets wait for SVM twins")
-    p.add_argument("--batch", type=int, help="most packets read per source and call")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False)
-    p.add_argument("--metrics-listen", dest="metrics_listen", metavar="ADDR:PORT",
-                   help="serve Prometheus metrics on http://ADDR:PORT/metrics")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+CHECK_EPILOG = """\
+examples:
+  colo-proxy check -c /etc/colo/proxy-primary.toml
+  colo-proxy check -c /etc/colo/proxy-secondary.toml --role secondary
+  colo-proxy check --role primary --tap tapP --queue 5 --metrics-listen 10.0.0.1:7412
+
+Reads the config and the flags exactly as `colo-proxy primary|secondary` would, and touches
+nothing. Exit status: 0 and a summary when they are good; 2 and one line
+FILE: KEY: problem; fix (FILE is "command line" for a flag) when not.
+"""
 
 
 def register(sub: Any) -> None:
     examples = {
         "primary": "examples:\n  colo-proxy primary -c /etc/colo/proxy.toml\n"
                    "  colo-proxy primary --tap tapP --forward fwd0 --uplink eth0 "
-                   "--queue 0 --metrics-listen 10.0.0.1:7412\n",
+                   "--queue 0 --metrics-listen 10.0.0.1:7412\n"
+                   "  colo-proxy check -c /etc/colo/proxy.toml   (validate it first)\n",
         "secondary": "examples:\n  colo-proxy secondary -c /etc/colo/proxy.toml\n"
                      "  colo-proxy secondary --tap tapS --forward fwd0\n",
     }
@@ -64,6 +92,14 @@ def register(sub: Any) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _service_args(p)
         p.set_defaults(func=_cmd_service, role=role)
+    p = sub.add_parser("check", help="validate a config file and flags, touching nothing",
+                       description="Validate the proxy's configuration: the TOML file and the "
+                       "flags, as the primary or secondary command would take them.",
+                       epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _service_args(p)
+    p.add_argument("--role", metavar="{primary,secondary}",
+                   help="the command the config is for (default: the file's role, else primary)")
+    p.set_defaults(func=_cmd_check)
     p = sub.add_parser("status", help="ask a running proxy for its state (JSON)")
     p.add_argument("--control-socket", dest="control_socket", default=DEFAULT_SOCKET)
     p.set_defaults(func=_cmd_status)
@@ -76,14 +112,34 @@ def register(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
-    keys = ("tap", "forward", "uplink", "vm_mac", "control_socket", "instance", "lock_dir",
-            "queue", "on_crash",
-            "on_queue_full", "gso", "metrics_listen", "busy_poll_us", "busy_poll_held", "batch")
-    over: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
-    over["role"] = args.role
-    if getattr(args, "compare_timeout", None) is not None:
-        over["compare"] = {"compare_timeout": args.compare_timeout}
-    return load(args.config, over)
+    keys = (*SETTING_FLAGS, "gso", "busy_poll_held", "role")
+    return load(args.config, {k: getattr(args, k, None) for k in keys})
+
+
+def summary(s: ProxySettings) -> str:
+    """What `check` prints for good settings: the few values an operator looks for."""
+    links = f"tap {s.tap}, forward link {s.forward}"
+    if s.role == "primary":
+        links += f", uplink {s.uplink or '(none)'}"
+        queue = (f"NFQUEUE {s.queue} (on crash: {s.on_crash}, queue full: {s.on_queue_full}, "
+                 f"GSO {'on' if s.gso else 'off'}), ")
+    else:
+        queue = ""
+    return (f"{s.role} proxy, instance {s.instance}: {links}, VM MAC {s.vm_mac}\n"
+            f"{queue}control socket {s.control_socket}, "
+            f"metrics {('on ' + s.metrics_listen) if s.metrics_listen else 'off'}\n"
+            f"compare timeout {s.compare.compare_timeout:g} s, "
+            f"{len(s.compare.pass_through)} flow pattern(s) passed uncompared")
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        s = settings_from(args)
+    except ConfigError as exc:
+        print(f"colo-proxy check: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"{args.config or 'command line'}: ok\n{summary(s)}")
+    return 0
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
@@ -95,8 +151,8 @@ def _cmd_service(args: argparse.Namespace) -> int:
     try:
         s = settings_from(args)
     except ConfigError as exc:
-        log.error("bad configuration: %s", exc)
-        return 2
+        log.error("not started: %s", exc)
+        return EXIT_BAD_CONFIG
     try:
         if s.role == "primary":
             run.run_primary(s)
@@ -119,6 +175,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
+    try:  # the same settings as the service's flags, checked the same way
+        for key in ("instance", "lock_dir", "control_socket"):
+            if getattr(args, key) is not None:
+                flag_value(key, getattr(args, key))
+    except ConfigError as exc:
+        print(f"colo-proxy cleanup: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     # A live proxy's filters and rules are what hold its VM's output: never remove them.
     live = [(i, pid) for i, pid in instance_lock.running(Path(args.lock_dir))
             if args.instance in (None, i)]

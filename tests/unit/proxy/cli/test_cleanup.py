@@ -21,3 +21,14 @@ def test_cleanup_is_refused_while_the_instance_runs(tmp_path: Path,
     err = capsys.readouterr().err
     assert "cleanup refused: a proxy still runs: web1 (pid" in err
     assert instance_lock.running(tmp_path) == []  # a dead holder's file holds nothing
+
+
+def test_cleanup_checks_its_flags_as_the_service_does(capsys: pytest.CaptureFixture[str]) -> None:
+    # An empty instance would otherwise name no rule, or every rule's tag prefix.
+    assert main(["cleanup", "--instance", ""]) == 2
+    assert capsys.readouterr().err == (
+        "colo-proxy cleanup: error: command line: --instance: '' is not an instance name; use "
+        "1-64 letters, digits, '_', '.' or '-', not starting with '.' (it names "
+        "LOCK_DIR/INSTANCE.lock and tags the iptables rules), e.g. --instance web\n")
+    assert main(["cleanup", "--lock-dir", "locks"]) == 2
+    assert "command line: --lock-dir: 'locks' is not an absolute path" in capsys.readouterr().err

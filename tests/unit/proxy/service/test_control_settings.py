@@ -55,3 +55,36 @@ def test_bad_settings_say_what(tmp_path: Path, text: str) -> None:
     cfg.write_text(text)
     with pytest.raises(ConfigError):
         load(cfg, {})
+
+
+def test_every_setting_has_a_spec_in_its_table() -> None:
+    """A new field without a spec would be neither type- nor range-checked."""
+    from dataclasses import fields
+
+    from colo_proxy.compare import CompareConfig
+    from colo_proxy.service.settings import PASS_THROUGH, SPECS, ProxySettings
+
+    proxy = {f.name for f in fields(ProxySettings)} - {"compare"}
+    compare = {f.name for f in fields(CompareConfig)} - {PASS_THROUGH}
+    assert {k for k, s in SPECS.items() if s.table == "proxy"} == proxy
+    assert {k for k, s in SPECS.items() if s.table == "compare"} == compare
+    for key, spec in SPECS.items():  # each default passes its own spec
+        default = getattr(ProxySettings() if spec.table == "proxy" else CompareConfig(), key)
+        assert load(None, {key: default}) is not None
+
+
+def test_policies_load_as_policies(tmp_path: Path) -> None:
+    from colo_proxy.compare import Policy
+
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[compare]\nother_policy = "pass"\n')
+    assert load(cfg, {}).compare.other_policy is Policy.PASS
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
+def test_the_comparators_own_config_refuses_a_timeout_that_never_or_always_fires(
+        value: float) -> None:
+    from colo_proxy.compare import CompareConfig
+
+    with pytest.raises(ValueError, match="compare_timeout must be a finite number of seconds"):
+        CompareConfig(compare_timeout=value)
