@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_proxy.service import instance_lock, run
-from colo_proxy.service.control_socket import request
+from colo_proxy.service.control_socket import request, status_path_for
 from colo_proxy.service.instance_lock import LOCK_DIR, AlreadyRunning
 from colo_proxy.service.settings import (
     DEFAULT_SOCKET,
@@ -40,7 +40,8 @@ SETTING_FLAGS: dict[str, str] = {
     "uplink": "the host's port toward the clients (primary: rewrites connections carried "
               "over a role swap)",
     "vm_mac": "the VMs' MAC address",
-    "control_socket": "unix socket path",
+    "control_socket": "unix socket path (mode 0600, root only; PATH.status answers "
+                      "status to every user)",
     "instance": "this VM's proxy: the tag of its iptables rules and its lock "
                 "(LOCK_DIR/INSTANCE.lock; one proxy per instance)",
     "lock_dir": "directory of the instance locks (default /run/colo-proxy)",
@@ -165,10 +166,12 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    # The status socket: open to every local user, where the control socket is root's.
+    path = status_path_for(args.control_socket)
     try:
-        reply = request(args.control_socket, {"type": "status"})
+        reply = request(path, {"type": "status"})
     except OSError as exc:
-        print(f"colo-proxy: no proxy answers on {args.control_socket}: {exc}", file=sys.stderr)
+        print(f"colo-proxy: no proxy answers on {path}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(reply, indent=1, sort_keys=True))
     return 0

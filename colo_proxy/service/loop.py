@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from colo_proxy.service.control_socket import ControlServer
+from colo_proxy.service.control_socket import Client, ControlServer
 from colo_proxy.service.modes import IllegalTransition
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
@@ -19,7 +19,7 @@ from colo_proxy.wire.control import ProtocolError
 def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
           sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
           busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
-    """Poll the sources and the control socket until SIGTERM/SIGINT.
+    """Poll the sources and the control sockets until SIGTERM/SIGINT.
 
     One epoll set; each ready descriptor maps straight to its handler (no selector
     objects on the per-packet path: a request/response exchange wakes this loop twice).
@@ -47,13 +47,14 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
             except OSError:
                 pass  # already closed (ControlServer.read drops a client that went away)
 
-    def on_accept() -> None:
-        c = control.accept()
+    def on_accept(read_only: bool) -> None:
+        c = control.accept(read_only)
         if c is not None:
             fd = c.fileno()
             watch(fd, lambda: _control_readable(proxy, control, c, lambda: forget(fd)))
 
-    watch(control.fileno(), on_accept)
+    watch(control.fileno(), lambda: on_accept(False))
+    watch(control.status_fileno(), lambda: on_accept(True))
     for name, src in sources.items():
         assert isinstance(proxy, PrimaryProxy)
         watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
@@ -95,7 +96,7 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
 
 
 def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
-                      client: Any, forget: Callable[[], None]) -> None:
+                      client: Client, forget: Callable[[], None]) -> None:
     msgs = control.read(client)
     if msgs is None:
         forget()
@@ -103,6 +104,10 @@ def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServ
     for m in msgs:
         if isinstance(m, ProtocolError):
             client.send({"type": "error", "error": str(m)})
+            continue
+        refused = control.check(client, m)
+        if refused is not None:
+            client.send({"type": "error", "error": refused})
             continue
         try:
             reply = proxy.on_control(m)

@@ -17,7 +17,7 @@ from typing import Any
 
 from colo_proxy.kernel import netfilter
 from colo_proxy.service import handover_file, instance_lock
-from colo_proxy.service.control_socket import ControlServer, request
+from colo_proxy.service.control_socket import ControlServer, request, status_path_for
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire import handover
 
@@ -163,4 +163,8 @@ def cleanup(instance: str | None = None, control_socket: str | None = None) -> l
             except OSError:
                 os.unlink(control_socket)
                 removed.append(f"stale socket {control_socket}")
+                status = status_path_for(control_socket)
+                if status.exists():
+                    status.unlink()
+                    removed.append(f"stale socket {status}")
     return removed

@@ -1,139 +1,37 @@
 """Real sockets, real time (short timeouts): the simulated libxl over TCP, the bridge, and the
 proxy service's own control server, PrimaryProxy and loop (`serve`) in a child process whose
-NFQUEUE and SVM socket are stand-ins fed by the test."""
+NFQUEUE and SVM socket are stand-ins fed by the test (tests/support/proxy_child.py)."""
 
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
-import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from colo_lab.wait import wait_until
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
-from colo_proxy.compare import CompareConfig
-from colo_proxy.kernel.packet_socket import Frame
-from colo_proxy.service import control_socket as control
-from colo_proxy.service.loop import serve
-from colo_proxy.service.primary import PrimaryProxy
-from colo_proxy.service.settings import ProxySettings
-from colo_proxy.wire.nfqueue_msgs import QueuedPacket
-from tests.support.fakes import frame, queued
 from tests.support.libxl_sim import SimulatedLibxl
 from tests.support.packets import ACK, CLIENT_ISN, PSH, PVM_ISN, SVM_ISN, SYN, tcp
-
-DEADLINE = 10.0  # generous: the machine is shared; conditions end the waits, not this
-
-
-class _LineSock:
-    """The child's end of a socketpair carrying JSON lines (test <-> stand-ins)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sock.setblocking(False)
-        self.buf = b""
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def lines(self) -> list[dict[str, Any]]:
-        try:
-            self.buf += self.sock.recv(65536)
-        except BlockingIOError:
-            pass
-        *whole, self.buf = self.buf.split(b"\n")
-        return [json.loads(x) for x in whole if x]
-
-
-class StandinQueue(_LineSock):
-    """Stands in for NFQUEUE: PVM packets come from the test, verdicts go back to it."""
-
-    def receive(self, limit: int = 256) -> list[QueuedPacket]:
-        return [queued(m["id"], bytes.fromhex(m["hex"])) for m in self.lines()]
-
-    def decide(self, accept: Any, drop: Any = ()) -> None:
-        self.sock.setblocking(True)
-        self.sock.sendall(json.dumps({"accepted": list(accept)}).encode() + b"\n")
-        self.sock.setblocking(False)
-
-    def accept_all(self) -> None:
-        pass
-
-
-class StandinSvm(_LineSock):
-    def receive(self, limit: int = 256) -> list[Frame]:
-        return [frame(bytes.fromhex(m["hex"])) for m in self.lines()]
-
-
-def _proxy_child(path: str, pvm: socket.socket, svm: socket.socket) -> None:
-    q, s = StandinQueue(pvm), StandinSvm(svm)
-    ctl = control.ControlServer(path)
-    settings = ProxySettings(compare=CompareConfig(compare_timeout=60.0))
-    proxy = PrimaryProxy(settings, q, s, notify=ctl.broadcast)
-    serve(proxy, ctl, {"pvm": q, "svm": s})
-
-
-class Proxy:
-    def __init__(self, tmp: Path) -> None:
-        self.path = str(tmp / "proxy.sock")
-        self.pvm, pvm_child = socket.socketpair()
-        self.svm, svm_child = socket.socketpair()
-        ctx = multiprocessing.get_context("fork")
-        self.proc = ctx.Process(target=_proxy_child, args=(self.path, pvm_child, svm_child),
-                                daemon=True)
-        self.proc.start()
-        pvm_child.close()
-        svm_child.close()
-        self.accepted: list[int] = []
-        self._buf = b""
-        self.pvm.settimeout(DEADLINE)
-
-    def send(self, side: str, pid: int, data: bytes) -> None:
-        sock = self.pvm if side == "pvm" else self.svm
-        sock.sendall(json.dumps({"id": pid, "hex": data.hex()}).encode() + b"\n")
-
-    def wait_accepted(self, pid: int) -> list[int]:
-        while pid not in self.accepted:
-            chunk = self.pvm.recv(65536)  # bounded by DEADLINE
-            assert chunk, "the proxy child died"
-            self._buf += chunk
-            *whole, self._buf = self._buf.split(b"\n")
-            for line in whole:
-                self.accepted += json.loads(line)["accepted"]
-        return self.accepted
-
-    def status(self) -> dict[str, Any]:
-        return control.request(self.path, {"type": "status"})
-
-    def stop(self) -> None:
-        if self.proc.pid is not None and self.proc.is_alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-        self.proc.join(timeout=5)
+from tests.support.proxy_child import DEADLINE, ProxyChild
 
 
 @pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
-    p = Proxy(tmp_path)
-    wait_until(lambda: os.path.exists(p.path), DEADLINE, "the proxy's control socket", every=0.01)
+def proxy(tmp_path: Path) -> Iterator[ProxyChild]:
+    p = ProxyChild(tmp_path)
     yield p
     p.stop()
 
 
 @pytest.fixture
-def bridge(proxy: Proxy) -> Iterator[LibxlBridge]:
+def bridge(proxy: ProxyChild) -> Iterator[LibxlBridge]:
     b = LibxlBridge(("127.0.0.1", 0), proxy.path, reconnect=0.05).start()
     assert b.wait(lambda: b.proxy_connected, DEADLINE)
     yield b
     b.stop()
 
 
-def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: Proxy,
+def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: ProxyChild,
                                                           bridge: LibxlBridge) -> None:
     sim = SimulatedLibxl(bridge.address, timeout=0.3).start()
     try:
