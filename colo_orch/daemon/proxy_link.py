@@ -7,16 +7,24 @@ begins with the proxy's answer to hello (its role, mode, pid and instance),
 kept in `hello`; `generation` counts those answers, so the loop sees every
 reconnect, even one between two of its cycles, and tells the new proxy again
 what it must do.
+
+The proxy takes commands from one process at a time (docs/PROXY.md, "Control
+channel"): while another one holds its channel, `send` returns False with the proxy's
+reason in `last_error`, and the loop tries again at its next cycle; a dead holder's
+channel is free at once.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from typing import Any
 
 from colo_proxy.wire.control import LineDecoder, ProtocolError, encode
+
+log = logging.getLogger("colo_orch")
 
 
 class ProxyLink:
@@ -43,6 +51,13 @@ class ProxyLink:
         self._stop.set()
         with self._lock:
             if self._sock is not None:
+                # shutdown, not only close: the reader blocked in recv keeps the socket
+                # open past a close, and the proxy would take us for still connected
+                # (holding its command channel).
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 self._sock.close()
 
     def take_requests(self) -> list[str]:
@@ -71,7 +86,10 @@ class ProxyLink:
                 self._cond.wait(left)
             reply = self._replies.pop(0)
         if reply.get("type") == "error":
-            self.last_error = str(reply.get("error"))
+            error = str(reply.get("error"))
+            if error != self.last_error:  # once, not every cycle that retries it
+                log.warning("colo-proxy refused %s: %s", msg.get("type"), error)
+            self.last_error = error
             return False
         return True
 

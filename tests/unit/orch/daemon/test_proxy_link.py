@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from colo_lab.wait import wait_until
 from colo_orch.daemon.proxy_link import ProxyLink
+from tests.support.proxy_child import DEADLINE, ControlClient, ProxyChild
 
 
 def test_connected_only_after_the_proxy_answers_hello(tmp_path: Path) -> None:
@@ -98,3 +100,37 @@ def test_each_connection_keeps_its_hello_and_counts_a_generation(tmp_path: Path)
         srv.close()
     Path(path).unlink()
     assert not link.listening()
+
+
+def test_the_link_commands_a_real_proxy_alone_and_frees_it_when_it_stops(
+        tmp_path: Path) -> None:
+    """Against the proxy's own control server and loop: the orchestrator's link holds
+    the command channel, another process is refused meanwhile, and after the link is
+    gone (a restarted orchestrator) the next process commands at once."""
+    proxy = ProxyChild(tmp_path)
+    link = ProxyLink(proxy.path, timeout=DEADLINE)
+    other = ControlClient(proxy.path)
+    try:
+        link.start()
+        wait_until(lambda: link.connected, DEADLINE, "the link's hello", every=0.01)
+        assert link.hello is not None and link.hello["role"] == "primary"
+        assert link.send({"type": "pause"}) is True
+        refused = other.ask({"type": "resume"})
+        assert refused["type"] == "error" and f"pid {os.getpid()}" in refused["error"]
+        assert proxy.status()["mode"] == "passthrough"
+        other.kill()  # a refused process does not hold the channel either
+        reader = ControlClient(proxy.status_path)
+        assert reader.ask({"type": "status"})["mode"] == "passthrough"
+        reader.kill()
+        assert link.send({"type": "resume"}) is True
+        link.stop()
+        wait_until(lambda: not link.connected, DEADLINE, "the link to close", every=0.01)
+        successor = ControlClient(proxy.path)
+        try:
+            assert successor.ask({"type": "pause"})["type"] == "ok"
+        finally:
+            successor.kill()
+    finally:
+        link.stop()
+        other.kill()
+        proxy.stop()
