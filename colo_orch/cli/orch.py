@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
         host, port = cfg.xen_checkpoint_listen.rsplit(":", 1)
         # libxl asks this bridge when to checkpoint; the bridge asks the local proxy.
-        bridge = LibxlBridge((host, int(port)), cfg.proxy_socket or None).start()
+        bridge = LibxlBridge((host, int(port)), cfg.proxy_socket or None,
+                             peer=cfg.xen_checkpoint_peer or None).start()
         backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge)
     else:
         backend = QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command,

@@ -101,6 +101,9 @@ class Config:
     xen_domain: str = ""  # backend = "xen": the domain name
     xen_config: str = ""  # backend = "xen": the xl domain config (see colo_orch/backends/xen/domain.py)
     xen_checkpoint_listen: str = ""  # backend = "xen": colo_checkpoint_host:port of vif 0
+    # backend = "xen": the only address libxl's connection may come from ("" = the listen
+    # address: libxl runs on this host and connects to it, so that is its source).
+    xen_checkpoint_peer: str = ""
     # "local": a lease file on this machine, for a pair whose two orchestrators run on ONE
     # machine only. "etcd": a leader key in etcd (two or more machines).
     arbiter: str = "local"
@@ -246,12 +249,28 @@ def _tcp_uri(path: str, key: str, value: str, example: str) -> None:
                     f'write it like {key} = "{example}"')
 
 
+_IPV4 = re.compile(r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])$")
+
+
+def libxl_address_problem(host: str) -> str | None:
+    """Why the libxl bridge may not listen on, or accept libxl from, `host`; None if it
+    may. libxl reads colo_checkpoint_host with inet_addr (IPv4 only), and whoever gets
+    through can release held output, so never every interface."""
+    if not _IPV4.match(host):
+        return f"{host!r} is not an IPv4 address (libxl reads colo_checkpoint_host with inet_addr)"
+    if host == "0.0.0.0":
+        return "0.0.0.0 takes libxl's connection from any network"
+    return None
+
+
 def _check(cfg: Config, path: str) -> None:
     for key in ("name", "qmp", "qmp_events", "incoming_uri", "peer_incoming_uri", "heartbeat_key_file",
                 "proxy_socket", "arbiter_path", "vm_pidfile",
                 "vm_log", "etcd_prefix", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
                 "etcd_user", "etcd_password_file", "api_listen", "metrics_listen",
-                "api_token_file", "api_socket", "api_tls_cert_file", "api_tls_key_file"):
+                "api_token_file", "api_socket", "api_tls_cert_file", "api_tls_key_file",
+                "xen_checkpoint_peer"):
         if not isinstance(getattr(cfg, key), str):
             raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
     if not cfg.name or not cfg.name.replace("-", "").isalnum():
@@ -272,6 +291,16 @@ def _check(cfg: Config, path: str) -> None:
                 raise _fail(path, key, 'required with backend = "xen"',
                             f'add {key} = "..." (docs/xen.md)')
         _addr(path, "xen_checkpoint_listen", cfg.xen_checkpoint_listen)
+        problem = libxl_address_problem(cfg.xen_checkpoint_listen.rsplit(":", 1)[0])
+        if problem:
+            raise _fail(path, "xen_checkpoint_listen", problem,
+                        "listen on the address the first vif names in colo_checkpoint_host, "
+                        'e.g. xen_checkpoint_listen = "127.0.0.1:9911"')
+        problem = cfg.xen_checkpoint_peer and libxl_address_problem(cfg.xen_checkpoint_peer)
+        if problem:
+            raise _fail(path, "xen_checkpoint_peer", problem,
+                        "leave it out (libxl connects from the listen address) or give the "
+                        "IPv4 address libxl connects from")
     else:
         for key, example in (("qmp", "vm.qmp"), ("qmp_events", "vm-events.qmp")):
             if not getattr(cfg, key):

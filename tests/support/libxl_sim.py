@@ -200,6 +200,18 @@ class SimulatedLibxl:
             self._notify()
 
 
+def forge(address: tuple[str, int], *, source: str = "127.0.0.1") -> bytes:
+    """Not libxl but someone on its port: INIT and COLO_CHECKPOINT at once (what would
+    release held output), then the first bytes back; b"" when the bridge closed the
+    connection unanswered."""
+    with socket.create_connection(address, timeout=10, source_address=(source, 0)) as s:
+        try:
+            s.sendall(frame(INIT) + frame(COLO_CHECKPOINT))
+            return s.recv(4096)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""  # closed with our bytes unread: a reset, and nothing answered
+
+
 # The secondary's back channel --------------------------------------------------------
 RECEIVER_BANNER = b"xl migration receiver ready, send binary domain data.\n"  # xl.h
 SVM_SUSPENDED, SVM_READY, SVM_RESUMED = 1, 2, 3  # libxl_sr_stream_format.h

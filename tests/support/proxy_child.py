@@ -24,6 +24,7 @@ from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.nfqueue_msgs import QueuedPacket
 from tests.support.fakes import frame, queued
 from tests.support.packets import ACK, CLIENT_ISN, PSH, PVM_ISN, SVM_ISN, SYN, tcp
+from tests.support.users import become
 
 DEADLINE = 10.0  # generous: the machine is shared; conditions end the waits, not this
 
@@ -150,11 +151,7 @@ class ProxyChild:
 
 
 def _client_child(path: str, pipe: Any, uid: int | None, gid: int | None) -> None:
-    if gid is not None:
-        os.setgroups([])
-        os.setgid(gid)
-    if uid is not None:
-        os.setuid(uid)
+    become(uid, gid)
     sock: socket.socket | None = None
     lines: Any = None
     while True:

@@ -18,9 +18,9 @@ import pytest
 
 from colo_proxy.service import control_socket as control
 from tests.support.proxy_child import ControlClient, ProxyChild
+from tests.support.users import NOBODY
 
 pytestmark = pytest.mark.host
-NOBODY = 65534
 
 
 @pytest.fixture

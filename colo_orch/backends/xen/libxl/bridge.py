@@ -4,16 +4,27 @@ It serves libxl on TCP and talks to the proxy service over its ordinary JSON con
 (colo_proxy/wire/control.py) as one more client, so the same `PrimaryProxy` and comparator
 serve the QEMU and the Xen backend unchanged: the comparator's `checkpoint_request` becomes
 `DO_CHECKPOINT`, libxl's `COLO_CHECKPOINT` becomes `checkpoint_done`.
+
+libxl's protocol has no authentication, and a COLO_CHECKPOINT releases held output, so the
+bridge decides who libxl is before reading a byte (docs/xen.md, "Who may connect"): it
+listens on one IPv4 address, never 0.0.0.0; it takes a connection only from the configured
+peer address (by default that same address: libxl runs on this host and connects to it);
+the connecting socket must belong to root (or to the bridge's own user), as the kernel lists
+it in /proc/net/tcp; and while a libxl connection is live, a second one is refused, not
+allowed to evict it. A connection whose peer has hung up is not live: `xl remus` started
+again gets in at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from colo_orch.backends.xen.libxl.session import (
@@ -26,6 +37,8 @@ from colo_orch.backends.xen.libxl.session import (
     Send,
     encode,
 )
+from colo_orch.core.config import libxl_address_problem
+from colo_proxy.service.control_socket import peer_gone
 from colo_proxy.wire.control import LineDecoder, ProtocolError
 from colo_proxy.wire.control import encode as encode_json
 
@@ -35,15 +48,28 @@ log = logging.getLogger("colo-proxy.libxl")
 class LibxlBridge:
     """Serve libxl on TCP; speak the proxy service's JSON control protocol on its unix socket.
 
-    One thread runs a selector loop over: the TCP listener, the libxl connection (the newest
-    wins: libxl reconnects when `xl remus` restarts), the control connection (reconnected
-    every `reconnect` seconds: the proxy may restart) and a wake-up socketpair for requests
-    from other threads (`request_checkpoint`).
+    One thread runs a selector loop over: the TCP listener, the libxl connection (one at a
+    time: a second is refused while the first is live, and takes its place once it has hung
+    up, as when `xl remus` restarts), the control connection (reconnected every `reconnect`
+    seconds: the proxy may restart) and a wake-up socketpair for requests from other
+    threads (`request_checkpoint`).
+
+    `listen` is an IPv4 address of this host (not 0.0.0.0); `peer` the address libxl
+    connects from (None: the listen address); `allowed_uids` the owners its socket may
+    have (None: root and our own user). ValueError for an address libxl cannot use.
     """
 
     def __init__(self, listen: tuple[str, int], control_path: str | None, *,
+                 peer: str | None = None, allowed_uids: Collection[int] | None = None,
                  clock: Callable[[], float] = time.monotonic, reconnect: float = 0.5,
                  on_checkpoint: Callable[[CheckpointDone], None] | None = None) -> None:
+        self.peer = peer or listen[0]
+        for what, host in (("listen", listen[0]), ("peer", self.peer)):
+            problem = libxl_address_problem(host)
+            if problem:
+                raise ValueError(f"libxl bridge {what} address: {problem}")
+        self.allowed_uids = frozenset({0, os.geteuid()} if allowed_uids is None
+                                      else allowed_uids)
         self.control_path = control_path
         self.clock = clock
         self.reconnect = reconnect
@@ -66,6 +92,7 @@ class LibxlBridge:
         self._sel = selectors.DefaultSelector()
         self.checkpoints = 0  # COLO_CHECKPOINTs over all sessions
         self.control_failures = 0  # checkpoint_done we could not deliver to the proxy
+        self.refused = 0  # connections closed unread: not libxl's, or libxl is connected
 
     # Other threads -----------------------------------------------------------------
     def start(self) -> LibxlBridge:
@@ -113,8 +140,9 @@ class LibxlBridge:
 
     def status(self) -> dict[str, Any]:
         s = self.session
-        return {"listen": f"{self.address[0]}:{self.address[1]}",
+        return {"listen": f"{self.address[0]}:{self.address[1]}", "peer": self.peer,
                 "libxl_connected": self.connected, "proxy_connected": self.proxy_connected,
+                "refused": self.refused,
                 "phase": s.phase.name if s else None, "sessions": self.sessions,
                 "checkpoints": self.checkpoints, "control_failures": self.control_failures,
                 "session": s.stats.as_dict() if s else None}
@@ -152,9 +180,12 @@ class LibxlBridge:
             conn, peer = self.listener.accept()
         except BlockingIOError:
             return
-        if self._libxl is not None:
-            log.warning("libxl connected again from %s: dropping the old connection", peer)
-            self._drop_libxl()
+        refusal = self._refusal(conn, peer[0])
+        if refusal is not None:
+            self.refused += 1
+            log.warning("refused a connection from %s:%d: %s", peer[0], peer[1], refusal)
+            conn.close()
+            return
         conn.setblocking(False)
         self._libxl = conn
         with self._cond:
@@ -162,6 +193,31 @@ class LibxlBridge:
             self.sessions += 1
             self._cond.notify_all()
         self._sel.register(conn, selectors.EVENT_READ, "libxl")
+
+    def _refusal(self, conn: socket.socket, addr: str) -> str | None:
+        """Why this connection is not libxl's to take, or None."""
+        if addr != self.peer:
+            return f"only {self.peer} may connect (xen_checkpoint_peer)"
+        uid = _local_peer_uid(conn)
+        if uid is None:
+            return "no open socket on this host connects from there"
+        if uid not in self.allowed_uids:
+            return (f"the connecting socket belongs to uid {uid}; libxl's belongs to uid "
+                    f"{' or '.join(map(str, sorted(self.allowed_uids)))}")
+        old = self._libxl
+        if old is not None and not peer_gone(old):
+            return "libxl is connected already; one connection at a time"
+        if old is not None:
+            # The last libxl hung up, and its end-of-file (and maybe a last message) is not
+            # read yet: take them first, in order, then the new connection.
+            log.info("libxl connected again; the old connection has closed")
+            for _ in range(64):  # a hung-up peer's recv never blocks; bounded all the same
+                if self._libxl is not old:
+                    break
+                self._libxl_readable()
+            else:
+                self._drop_libxl()
+        return None
 
     def _drop_libxl(self) -> None:
         conn, self._libxl = self._libxl, None
@@ -308,6 +364,31 @@ class LibxlBridge:
             elif msg.get("type") == "error":
                 log.warning("the proxy refused a message: %s", msg.get("error"))
             # "ok" and "hello" replies need nothing.
+
+
+def _proc_addr(addr: tuple[str, int]) -> str:
+    """An IPv4 address and port as /proc/net/tcp prints them (the address as a host-order
+    integer of its network-order bytes, the port as a number)."""
+    host, port = addr[:2]
+    return f"{int.from_bytes(socket.inet_aton(host), sys.byteorder):08X}:{port:04X}"
+
+
+def _local_peer_uid(conn: socket.socket) -> int | None:
+    """The owner of the socket at the other end of `conn`, when it is on this host and still
+    connected: its /proc/net/tcp entry (local = our peer, remote = us, ESTABLISHED). None
+    otherwise: a socket in TIME_WAIT is listed as uid 0 whoever owned it, so only an
+    established one counts."""
+    try:
+        theirs, ours = _proc_addr(conn.getpeername()), _proc_addr(conn.getsockname())
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1] == theirs and fields[2] == ours and fields[3] == "01":
+                    return int(fields[7])
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return None
 
 
 def _recv(sock: socket.socket) -> bytes | None:

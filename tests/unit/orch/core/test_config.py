@@ -118,6 +118,24 @@ def test_xen_backend_needs_its_fields() -> None:
         parse(GOOD + 'backend = "kvm"\n')
 
 
+XEN = GOOD + 'backend = "xen"\nxen_domain = "web1"\nxen_config = "/etc/xen/web1.cfg"\n'
+
+
+@pytest.mark.parametrize("lines, error", [
+    ('xen_checkpoint_listen = "0.0.0.0:9911"\n',
+     "xen_checkpoint_listen: 0.0.0.0 takes libxl's connection from any network; listen on"),
+    ('xen_checkpoint_listen = "colo-pri:9911"\n',
+     "xen_checkpoint_listen: 'colo-pri' is not an IPv4 address"),
+    ('xen_checkpoint_listen = "127.0.0.1:9911"\nxen_checkpoint_peer = "0.0.0.0"\n',
+     "xen_checkpoint_peer: 0.0.0.0 takes libxl's connection from any network; leave it out"),
+])
+def test_the_libxl_bridge_never_listens_on_every_interface(lines: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse(XEN + lines)
+    cfg = parse(XEN + 'xen_checkpoint_listen = "127.0.0.1:9911"\n')
+    assert cfg.xen_checkpoint_peer == ""  # the listen address (colo_orch/cli/orch.py)
+
+
 @pytest.mark.parametrize("key", ["qmp", "qmp_events"])
 def test_qemu_backend_needs_its_monitors(key: str) -> None:
     text = "\n".join(ln for ln in GOOD.splitlines() if not ln.startswith(f"{key} "))

@@ -4,14 +4,17 @@ NFQUEUE and SVM socket are stand-ins fed by the test (tests/support/proxy_child.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from colo_lab.wait import wait_until
+from colo_orch.backends.xen.libxl import __main__ as standalone
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
-from tests.support.libxl_sim import SimulatedLibxl
+from tests.support.libxl_sim import INIT, SimulatedLibxl, forge, frame
 from tests.support.packets import ACK, CLIENT_ISN, PSH, PVM_ISN, SVM_ISN, SYN, tcp
 from tests.support.proxy_child import DEADLINE, ProxyChild
 
@@ -78,3 +81,69 @@ def test_over_tcp_init_divergence_periodic_and_disconnect(proxy: ProxyChild,
         assert bridge.sessions == 2 and sim2.error is None
     finally:
         sim2.stop()
+
+
+def test_only_the_configured_peer_may_connect(proxy: ProxyChild,
+                                              bridge: LibxlBridge) -> None:
+    """A connection from another address (a LAN host, here 127.0.0.2) is closed unread: its
+    COLO_CHECKPOINT releases nothing."""
+    assert bridge.peer == "127.0.0.1"
+    proxy.hold_one()
+    assert forge(bridge.address, source="127.0.0.2") == b""
+    assert bridge.refused == 1 and bridge.sessions == 0
+    assert proxy.still_held()
+
+
+def test_a_second_connection_is_refused_while_libxl_is_connected(
+        proxy: ProxyChild, bridge: LibxlBridge) -> None:
+    sim = SimulatedLibxl(bridge.address, timeout=0.3).start()
+    try:
+        assert bridge.wait_checkpoints(1, DEADLINE), bridge.status()
+        assert forge(bridge.address) == b""  # from libxl's own address, even
+        assert bridge.refused == 1 and bridge.sessions == 1
+        # libxl's connection was not evicted: its next checkpoint arrives on it.
+        n = bridge.checkpoints
+        assert bridge.wait_checkpoints(n + 1, DEADLINE), bridge.status()
+        assert bridge.connected and sim.error is None
+    finally:
+        sim.stop()
+
+
+def test_a_libxl_that_hung_up_is_replaced_at_once(proxy: ProxyChild,
+                                                  bridge: LibxlBridge) -> None:
+    """`xl remus` again after a failover: the old connection is gone, whether or not the
+    bridge has read its end yet, and the new one is taken."""
+    for expected in (1, 2):
+        with socket.create_connection(bridge.address, timeout=DEADLINE) as s:
+            s.sendall(frame(INIT))
+            assert s.recv(4096).endswith(b"COLO_COMPARE_GET_XEN_INIT\0")
+        assert bridge.sessions == expected
+    assert bridge.refused == 0
+
+
+def test_a_socket_of_another_user_is_refused(proxy: ProxyChild) -> None:
+    """The owner of the connecting socket, from /proc/net/tcp: here the bridge accepts only
+    a uid that is not ours (the real other user: tests/system/orch/test_libxl_users.py)."""
+    b = LibxlBridge(("127.0.0.1", 0), proxy.path, allowed_uids={os.geteuid() + 1}).start()
+    try:
+        assert forge(b.address) == b""
+        assert b.refused == 1 and b.sessions == 0
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("listen, peer", [(("0.0.0.0", 0), None), (("localhost", 0), None),
+                                          (("127.0.0.1", 0), "0.0.0.0")])
+def test_the_bridge_never_listens_on_every_interface(listen: tuple[str, int],
+                                                     peer: str | None) -> None:
+    with pytest.raises(ValueError, match=r"libxl bridge (listen|peer) address"):
+        LibxlBridge(listen, None, peer=peer)
+
+
+def test_the_standalone_bridge_listens_on_loopback_by_default(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert standalone.parser().parse_args(["--control", "/x.sock"]).listen == "127.0.0.1:9911"
+    assert standalone.main(["--listen", "0.0.0.0:9911", "--control", "/x.sock"]) == 2
+    err = capsys.readouterr().err
+    assert "0.0.0.0 takes libxl's connection from any network" in err
+    assert "--listen 127.0.0.1:9911" in err
