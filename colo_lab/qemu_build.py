@@ -4,7 +4,7 @@ Debian 12's qemu-system-x86 7.2 enters COLO but fails at the first checkpoint
 under TCG, and bookworm-backports' 10.0 never enters COLO (see
 `patches/qemu-7.2-colo-tcg.patch` for the two 7.2 defects). So the lab builds
 Debian's own source package with Debian's patches plus ours, for
-x86_64-softmmu only, with block replication, and caches the binary outside the
+x86_64-softmmu only, with block replication and GnuTLS, and caches the binary outside the
 repository under a key made of every input: the Debian source version, our
 patch and the configure flags. A build takes about 10 minutes on 2 cores.
 """
@@ -32,6 +32,9 @@ CONFIGURE_FLAGS = (
     "--target-list=x86_64-softmmu",
     "--without-default-features",
     "--enable-replication",
+    # TLS credentials (tls-creds-x509, tls-creds-psk) for COLO's migration and the NBD
+    # disk export: without GnuTLS QEMU refuses to create them.
+    "--enable-gnutls",
     "--enable-tcg",
     "--enable-kvm",
     "--enable-fdt=system",

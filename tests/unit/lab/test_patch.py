@@ -21,3 +21,4 @@ def test_build_key_depends_on_every_input() -> None:
     assert build_key("1:7.2+dfsg-7+deb12u18") != build_key("1:7.2+dfsg-7+deb12u19")
     assert len(build_key("x")) == 16
     assert "--enable-replication" in CONFIGURE_FLAGS
+    assert "--enable-gnutls" in CONFIGURE_FLAGS  # TLS credentials (docs/PORTS.md)
