@@ -164,11 +164,16 @@ def main(argv: list[str] | None = None) -> int:
                              peer=cfg.xen_checkpoint_peer or None).start()
         backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge)
     else:
+        from colo_orch.backends.qemu.tls import from_config
+
         backend = QemuBackend(cfg.qmp, cfg.qmp_events, cfg.vm_command,
                               qmp_timeout=cfg.timing.qmp_timeout, pidfile=cfg.vm_pidfile,
                               vm_log=cfg.vm_log,
                               disks=cfg.disks, nbd_port=cfg.nbd_port,
-                              incoming_uri=cfg.incoming_uri)
+                              incoming_uri=cfg.incoming_uri,
+                              tls=from_config(cfg.migration_tls, cfg.migration_tls_dir,
+                                              cfg.migration_tls_hostname,
+                                              cfg.migration_tls_psk_user))
     orch = Orchestrator(
         cfg,
         backend,

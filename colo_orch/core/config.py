@@ -120,6 +120,19 @@ class Config:
     # secondary's NBD server (on the host of its incoming_uri).
     disks: tuple[Disk, ...] = ()
     nbd_port: int = 10809
+    # TLS for the VM's state between the hosts (docs/PORTS.md): COLO's migration stream
+    # into incoming_uri and the secondary's NBD disk export (QEMU), the receiver of
+    # `xl remus` (Xen). "" = none: whoever reaches those ports first may send the VM's
+    # memory or write its disk, so `colo-orch check` warns. "x509": migration_tls_dir
+    # holds QEMU's tls-creds-x509 files (ca-cert.pem, server-cert.pem, server-key.pem,
+    # client-cert.pem, client-key.pem), both ends must present a certificate of that CA.
+    # "psk" (QEMU only): it holds keys.psk, lines of "USER:HEXKEY", the same on both hosts.
+    migration_tls: str = ""
+    migration_tls_dir: str = ""
+    # x509: the name the peer's server certificate must carry ("" = the host of
+    # peer_incoming_uri, which may be an IP address in the certificate's subjectAltName).
+    migration_tls_hostname: str = ""
+    migration_tls_psk_user: str = "qemu"  # psk: the USER of the key in keys.psk
 
 
 def _fail(path: str, key: str, problem: str, fix: str) -> ConfigError:
@@ -339,6 +352,7 @@ def _check(cfg: Config, path: str) -> None:
     if not isinstance(cfg.nbd_port, int) or isinstance(cfg.nbd_port, bool) or not (
             0 < cfg.nbd_port < 65536):
         raise _fail(path, "nbd_port", f"{cfg.nbd_port!r} is not a port", "e.g. nbd_port = 10809")
+    _check_migration_tls(cfg, path)
     t = cfg.timing
     if t.heartbeat_timeout < 3 * t.heartbeat_interval:
         raise _fail(path, "timing.heartbeat_timeout",
@@ -397,6 +411,51 @@ def _check_api(cfg: Config, path: str) -> None:
     if cfg.api_tls_cert_file and not cfg.api_listen:
         raise _fail(path, "api_tls_cert_file", "TLS is for api_listen, which is off",
                     "set api_listen, or remove api_tls_cert_file and api_tls_key_file")
+
+
+MIGRATION_TLS = ("x509", "psk")
+# These reach QEMU option strings (-object ...,username=U; drive_add ...,tls-hostname=H),
+# where a comma would start another option: names and addresses only.
+_TLS_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,253}$")
+
+
+def _check_migration_tls(cfg: Config, path: str) -> None:
+    for key in ("migration_tls", "migration_tls_dir", "migration_tls_hostname",
+                "migration_tls_psk_user"):
+        if not isinstance(getattr(cfg, key), str):
+            raise _fail(path, key, "must be a string", f'quote it: {key} = "..."')
+    kind = cfg.migration_tls
+    if kind == "":
+        for key in ("migration_tls_dir", "migration_tls_hostname"):
+            if getattr(cfg, key):
+                raise _fail(path, key, "set without migration_tls",
+                            f'add migration_tls = "x509" (or "psk"), or remove {key}')
+        return
+    if kind not in MIGRATION_TLS:
+        raise _fail(path, "migration_tls", f"{kind!r} is not a kind of TLS credentials",
+                    'use "x509" (certificates) or "psk" (a pre-shared key), or leave it out')
+    if kind == "psk" and cfg.backend == "xen":
+        raise _fail(path, "migration_tls", 'TLS-PSK is not available with backend = "xen"',
+                    'use "x509": the Xen receiver\'s TLS is Python\'s ssl module, which has '
+                    "no PSK before Python 3.13")
+    d = cfg.migration_tls_dir
+    if not d or not d.startswith("/"):
+        files = ("ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem, "
+                 "client-key.pem" if kind == "x509" else "keys.psk")
+        raise _fail(path, "migration_tls_dir",
+                    "missing" if not d else f"{d!r} is not an absolute path",
+                    f'give the directory that holds {files}: migration_tls_dir = "/etc/colo/tls"')
+    if cfg.migration_tls_hostname and (kind != "x509"
+                                       or not _TLS_NAME.match(cfg.migration_tls_hostname)):
+        raise _fail(path, "migration_tls_hostname",
+                    f"{cfg.migration_tls_hostname!r} is not a host name"
+                    + (" (x509 only)" if kind != "x509" else ""),
+                    "give the DNS name or address in the peer's server certificate, or "
+                    "leave it out to use the host of peer_incoming_uri")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.migration_tls_psk_user):
+        raise _fail(path, "migration_tls_psk_user",
+                    f"{cfg.migration_tls_psk_user!r} is not a user name",
+                    'use letters, digits, "_", "." and "-" (the USER of keys.psk)')
 
 
 _ENDPOINT = re.compile(r"^(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?$")

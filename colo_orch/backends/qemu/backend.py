@@ -14,10 +14,13 @@ QEMU facts this relies on (QEMU 7.2, docs/COLO-FT.txt, measured here):
   `yank` (QEMU >= 6.0) shuts down a migration socket stuck on a dead peer.
 - `announce-self` (QEMU >= 4.0) sends gratuitous RARPs so switches learn the
   survivor's port for the shared MAC.
+- TLS (migration_tls): see colo_orch.backends.qemu.tls. A secondary we start has its
+  credentials from the command line; one we adopt while it waits gets them over QMP.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -31,8 +34,11 @@ from colo_orch.backends.qemu.blk.images import ImageError, check_layers, create_
 from colo_orch.backends.qemu.blk.spec import drive_args, uri_host
 from colo_orch.backends.qemu.process import ensure_gone, pid_from_file, started_with
 from colo_orch.backends.qemu.qmp import QmpClient
+from colo_orch.backends.qemu.tls import SERVER_ID, QemuTls, add_creds
 from colo_orch.core.decide import VmObs
 from colo_orch.core.disks import Disk, DiskStatus
+
+log = logging.getLogger("colo_orch.qemu")
 
 
 class _Monitor:
@@ -89,7 +95,8 @@ class QemuBackend(Backend):
     def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
                  vm_log: str = "", pidfile: str = "", disks: tuple[Disk, ...] = (),
-                 nbd_port: int = 10809, incoming_uri: str = "") -> None:
+                 nbd_port: int = 10809, incoming_uri: str = "",
+                 tls: QemuTls | None = None) -> None:
         self.mon = _Monitor(qmp, qmp_timeout)
         self.events = _Monitor(qmp_events, qmp_timeout)
         self.vm_command = vm_command
@@ -98,12 +105,14 @@ class QemuBackend(Backend):
         self.vm_log = vm_log or str(Path(qmp).with_suffix(".log"))
         self.pidfile = pidfile
         self._colo_cap_set = False
+        self.tls = tls
+        self._tls_set = False  # our waiting VM runs a TLS handshake on each connection
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
         self._colo_stop_seen = False
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
-        self.blk = Replication(self.mon, disks, nbd_port)
+        self.blk = Replication(self.mon, disks, nbd_port, tls=tls)
         self.nbd_host = uri_host(incoming_uri) if incoming_uri else ""
 
     # Observation -------------------------------------------------------------
@@ -122,6 +131,8 @@ class QemuBackend(Backend):
                 self.mon.cmd("migrate-set-capabilities",
                              capabilities=[{"capability": "x-colo", "state": True}])
                 self._colo_cap_set = True
+            if status.get("status") == "inmigrate":
+                self._secure_incoming()
             disk_error = self._observe_disks(str(status.get("status", "")))
         except TimeoutError:
             return VmObs(reachable=True, hung=True)
@@ -130,6 +141,22 @@ class QemuBackend(Backend):
         return VmObs(reachable=True, running=bool(status.get("running")),
                      status=str(status.get("status", "")), migration=str(mig),
                      colo_mode=str(colo), disk_error=disk_error)
+
+    def _secure_incoming(self) -> None:
+        """An adopted waiting VM (one we started has them from its command line): from
+        now on each connection to its listener must pass the TLS handshake."""
+        if self.tls is None or self._tls_set:
+            return
+        try:
+            add_creds(self.mon, self.tls, "server")
+            self.mon.cmd("migrate-set-parameters", **{"tls-creds": SERVER_ID})
+        except BackendError as exc:
+            # Retried next cycle. Meanwhile the primary's TLS handshake fails on this VM,
+            # which then exits, and the VM we start instead has them or does not start.
+            log.error("cannot give our waiting VM its TLS credentials (%s, %s): %s",
+                      self.tls.kind, self.tls.dir, exc)
+            return
+        self._tls_set = True
 
     def _observe_disks(self, status: str) -> str:
         """Export our disks when we wait as a secondary (also for an adopted VM); check
@@ -153,12 +180,14 @@ class QemuBackend(Backend):
         self.mon.drop()
         self.events.drop()
         self._colo_cap_set = False
+        self._tls_set = bool(incoming_uri) and self.tls is not None
         for p in (self.mon.path, self.events.path):
             Path(p).unlink(missing_ok=True)
         self.blk.reset()
         before = self._previous_gone()
         argv = list(self.vm_command) + self._disk_args(secondary=bool(incoming_uri))
-        argv += ["-incoming", incoming_uri] if incoming_uri else []
+        if incoming_uri:
+            argv += (self.tls.incoming_args() if self.tls else []) + ["-incoming", incoming_uri]
         try:
             log = open(self.vm_log, "ab")
         except OSError as exc:
@@ -254,7 +283,11 @@ class QemuBackend(Backend):
     def _migrate_colo(self, uri: str) -> str:
         cap = [{"capability": "x-colo", "state": True}]
         self.mon.cmd("migrate-set-capabilities", capabilities=cap)
-        self.mon.cmd("migrate-set-parameters", **{"x-checkpoint-delay": self.qemu_delay_ms})
+        params: dict[str, Any] = {"x-checkpoint-delay": self.qemu_delay_ms}
+        if self.tls is not None:
+            add_creds(self.mon, self.tls, "client")
+            params.update(self.tls.migration_params())
+        self.mon.cmd("migrate-set-parameters", **params)
         start = time.monotonic()
         self.mon.cmd("migrate", uri=uri)
         while time.monotonic() - start < 60:

@@ -8,6 +8,8 @@ measured in the lab, see notes/MEASURED.md):
   `x-blockdev-change`. From then on every guest write completes only after both
   quorum children completed it (quorum waits for all children, then counts
   successes against vote-threshold=1).
+- With TLS (colo_orch.backends.qemu.tls) the export takes `tls-creds` and every NBD
+  client (mirror target, replication child) `tls-creds` and `tls-hostname`.
 - Secondary failover: `nbd-server-stop` before `x-colo-lost-heartbeat`; the
   replication driver then commits the active and hidden layers into the image
   with an internal active-commit job, after which the qcow2 layers leave the graph.
@@ -15,7 +17,8 @@ measured in the lab, see notes/MEASURED.md):
   the child's name, then `drive_del`). An NBD client stuck on a cut link would
   make that drain hang, so its node is yanked first (`yank` block-node, QEMU >= 6).
 - Re-protection: `drive-mirror` (sync=full, mode=existing) of the quorum to the
-  new secondary's export while the VM runs; once ready, the VM is stopped, the
+  new secondary's export while the VM runs (its target a `json:` filename: an NBD URL
+  cannot carry TLS options); once ready, the VM is stopped, the
   mirror cancelled (a ready mirror cancelled without force finishes the copy and
   leaves the target equal to the source), the replication child attached, and
   COLO's migration starts the VM again.
@@ -23,6 +26,7 @@ measured in the lab, see notes/MEASURED.md):
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from colo_orch.backends.qemu.blk.spec import QemuDisk
+from colo_orch.backends.qemu.tls import SERVER_ID, QemuTls, add_creds
 from colo_orch.core.disks import Disk, DiskStatus
 
 
@@ -53,10 +58,12 @@ class Replication:
     def __init__(self, mon: Qmp, disks: Sequence[Disk], nbd_port: int, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 connect: Callable[[str, int, float], None] | None = None) -> None:
+                 connect: Callable[[str, int, float], None] | None = None,
+                 tls: QemuTls | None = None) -> None:
         self.mon = mon
         self.disks = tuple(map(QemuDisk.of, disks))
         self.port = nbd_port
+        self.tls = tls
         self.clock = clock
         self.sleep = sleep
         self._connect = connect or _tcp_probe
@@ -81,10 +88,15 @@ class Replication:
 
     # Secondary -------------------------------------------------------------------
     def export(self, host: str) -> str:
-        """Start the NBD server on host:port and export each disk's image writable."""
+        """Start the NBD server on host:port and export each disk's image writable (to TLS
+        clients of the pair's CA or key only, when configured)."""
         addr = {"type": "inet", "data": {"host": host, "port": str(self.port)}}
+        tls: dict[str, str] = {}
         try:
-            self.mon.cmd("nbd-server-start", addr=addr)
+            if self.tls is not None:
+                add_creds(self.mon, self.tls, "server")
+                tls["tls-creds"] = SERVER_ID
+            self.mon.cmd("nbd-server-start", addr=addr, **tls)
         except Exception as exc:
             if "already" not in str(exc).lower():
                 raise DiskError(f"NBD server on {host}:{self.port} did not start: {exc}") from exc
@@ -95,7 +107,8 @@ class Replication:
                 if "already" not in str(exc).lower():
                     raise DiskError(f"{d.id}: NBD export of {d.image} failed: {exc}") from exc
         self.state = "exported"
-        return f"exported {len(self.disks)} disk(s) on {host}:{self.port}"
+        return (f"exported {len(self.disks)} disk(s) on {host}:{self.port}"
+                + (f" (TLS {self.tls.kind})" if self.tls else ""))
 
     def stop_export(self) -> str:
         """Failover: no more writes from the (dead) primary may reach our image."""
@@ -124,13 +137,25 @@ class Replication:
             self.sleep(0.02)
 
     # Primary ---------------------------------------------------------------------
-    def _target(self, d: QemuDisk, peer: str) -> str:
+    def _url(self, d: QemuDisk, peer: str) -> str:
+        """The secondary's export, as people read it."""
         return f"nbd://{peer}:{self.port}/{d.parent}"
+
+    def _target(self, d: QemuDisk, peer: str) -> str:
+        """The mirror's target: the export as a raw image, over TLS when configured."""
+        nbd = {"driver": "nbd", "server": {"type": "inet", "host": peer, "port": str(self.port)},
+               "export": d.parent, **(self.tls.nbd_client() if self.tls else {})}
+        return "json:" + json.dumps({"driver": "raw", "file": nbd}, separators=(",", ":"))
 
     def resync(self, peer: str, *, connect_timeout: float = 10.0, timeout: float = 300.0) -> str:
         """Mirror each disk to the secondary's export while the VM runs; return once ready."""
         self.state, self.problem, self.peer = "resyncing", "", peer
         start = self.clock()
+        if self.tls is not None:
+            try:
+                add_creds(self.mon, self.tls, "client")
+            except Exception as exc:
+                self._fail(f"TLS credentials ({self.tls.kind}, {self.tls.dir}): {exc}")
         for d in self.disks:
             self._cancel_job(d.resync_job)
             while True:
@@ -144,9 +169,10 @@ class Replication:
                         self._fail(f"{d.id}: the secondary's image differs in size from ours "
                                    f"({exc}); prepare it with coloctl disk prepare")
                     if not _refused(exc) or self.clock() - start > connect_timeout:
-                        self._fail(f"{d.id}: the secondary's NBD export {self._target(d, peer)} "
+                        self._fail(f"{d.id}: the secondary's NBD export {self._url(d, peer)} "
                                    f"does not answer ({exc}): is the secondary VM waiting "
-                                   "with its disk exported?")
+                                   "with its disk exported"
+                                   + (" over TLS with the same CA or key?" if self.tls else "?"))
                     self.sleep(0.2)
         copied = 0
         while True:
@@ -169,11 +195,12 @@ class Replication:
         """With the VM stopped: finish the resync and add the replication children."""
         for d in self.disks:
             self._finish_job(d.resync_job)
+        tls = "".join(f",file.{k}={v}" for k, v in (self.tls.nbd_client() if self.tls else {}).items())
         for d in self.disks:
             self._remove_child(d)
             line = (f"drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
                     f"file.host={peer},file.port={self.port},file.export={d.parent},"
-                    f"node-name={d.replication},file.node-name={d.nbd}")
+                    f"node-name={d.replication},file.node-name={d.nbd}{tls}")
             out = str(self.mon.cmd("human-monitor-command", **{"command-line": line})).strip()
             if out and out != "OK":
                 self._fail(f"{d.id}: adding the replication child failed: {out}")

@@ -249,3 +249,34 @@ def test_nan_and_inf_are_refused_by_colo_orch(
     cfg.write_text(GOOD + extra)
     assert main(["run", "--config", str(cfg)]) == 2
     assert capsys.readouterr().err == f"colo-orch: error: {cfg}: {error}\n"
+
+
+def test_migration_tls_loads_and_its_fields_are_checked() -> None:
+    cfg = parse(GOOD + 'migration_tls = "x509"\nmigration_tls_dir = "/etc/colo/tls"\n'
+                'migration_tls_hostname = "10.99.1.2"\n')
+    assert (cfg.migration_tls, cfg.migration_tls_dir, cfg.migration_tls_psk_user) == (
+        "x509", "/etc/colo/tls", "qemu")
+    assert parse(GOOD).migration_tls == ""  # off unless asked for (colo-orch check warns)
+
+
+@pytest.mark.parametrize(("extra", "field", "fix"), [
+    ('migration_tls = "tls"', "migration_tls", 'use "x509"'),
+    ('migration_tls = "x509"', "migration_tls_dir", "give the directory that holds ca-cert.pem"),
+    ('migration_tls = "psk"\nmigration_tls_dir = "tls"', "migration_tls_dir", "keys.psk"),
+    ('migration_tls_dir = "/etc/colo/tls"', "migration_tls_dir", 'add migration_tls = "x509"'),
+    # Values that reach QEMU's option strings: a comma would add an option of the sender's.
+    ('migration_tls = "x509"\nmigration_tls_dir = "/t"\nmigration_tls_hostname = "a,file=/x"',
+     "migration_tls_hostname", "the DNS name or address"),
+    ('migration_tls = "psk"\nmigration_tls_dir = "/t"\nmigration_tls_psk_user = "u,dir=/x"',
+     "migration_tls_psk_user", "the USER of keys.psk"),
+    ('migration_tls = "psk"\nmigration_tls_dir = "/t"\nmigration_tls_hostname = "h"',
+     "migration_tls_hostname", "x509 only"),
+    ('migration_tls = "psk"\nmigration_tls_dir = "/t"\nbackend = "xen"\nxen_domain = "w"\n'
+     'xen_config = "/x.cfg"\nxen_checkpoint_listen = "127.0.0.1:9911"', "migration_tls",
+     'use "x509"'),
+])
+def test_bad_migration_tls_is_named_with_its_fix(extra: str, field: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD + extra + "\n", "web1.toml")
+    assert f"web1.toml: {field}:" in str(err.value)
+    assert fix in str(err.value)

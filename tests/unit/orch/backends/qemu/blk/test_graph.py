@@ -81,7 +81,11 @@ def test_resync_mirrors_then_attach_cancels_and_adds_the_replication_child() -> 
     r = _rep(mon)
     assert r.resync("10.0.0.2").startswith("resynced 64 bytes")
     mirror = next(a for n, a in mon.calls if n == "drive-mirror")
-    assert mirror == {"device": "colo-disk0", "target": "nbd://10.0.0.2:10809/disk0-parent",
+    # The export as a raw image (an NBD URL would do, but cannot carry TLS options).
+    assert mirror == {"device": "colo-disk0",
+                      "target": 'json:{"driver":"raw","file":{"driver":"nbd","server":'
+                                '{"type":"inet","host":"10.0.0.2","port":"10809"},'
+                                '"export":"disk0-parent"}}',
                       "job-id": "disk0-resync", "mode": "existing", "format": "raw",
                       "sync": "full"}
     r.attach("10.0.0.2")
