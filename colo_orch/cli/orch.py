@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         # libxl asks this bridge when to checkpoint; the bridge asks the local proxy.
         bridge = LibxlBridge((host, int(port)), cfg.proxy_socket or None,
                              peer=cfg.xen_checkpoint_peer or None).start()
-        backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge)
+        backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge,
+                             tls_dir=cfg.migration_tls_dir if cfg.migration_tls else "",
+                             tls_hostname=cfg.migration_tls_hostname)
     else:
         from colo_orch.backends.qemu.tls import from_config
 

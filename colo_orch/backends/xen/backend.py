@@ -20,6 +20,10 @@ End of replication, from xl's own messages (tools/xl/xl_migrate.c):
   on a suspend timeout.
 - secondary `xl migrate-receive` prints "migration target: COLO Failover for domain N" and
   exits 0 when the primary's stream ends: the domain runs on alone.
+
+With TLS (migration_tls = "x509", colo_orch.backends.xen.tls) the receiver hands xl only
+a connection that passed the handshake with a client certificate of the pair's CA, and
+keeps listening after one that did not; connect.py is the TLS client on the primary.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -44,6 +49,7 @@ from colo_orch.backends.xen.libxl.backchannel import (
     BackChannelError,
 )
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
+from colo_orch.backends.xen.tls import relay, server_context
 from colo_orch.core.decide import VmObs
 
 log = logging.getLogger("colo_orch.xen")
@@ -114,7 +120,8 @@ class Supervised:
 class XenBackend(Backend):
     def __init__(self, domain: str, config_path: str, *, xl: list[str] | None = None,
                  bridge: LibxlBridge | None = None, xl_timeout: float = 10.0,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, tls_dir: str = "",
+                 tls_hostname: str = "") -> None:
         self.domain = domain
         self.config_path = config_path
         self.xl = xl or ["xl"]
@@ -122,6 +129,10 @@ class XenBackend(Backend):
         self.notifies_proxy_of_checkpoints = bridge is not None
         self.xl_timeout = xl_timeout
         self.python = python
+        # migration_tls = "x509": our receiver's TLS server, and what connect.py presents.
+        self.tls_dir = tls_dir
+        self.tls_hostname = tls_hostname
+        self.refused = 0  # connections to the receiver that failed the TLS handshake
         self.remus: Supervised | None = None
         self.receiver: Supervised | None = None
         self._listener: socket.socket | None = None
@@ -191,15 +202,33 @@ class XenBackend(Backend):
             return f"domain {self.domain} created"
         addr, port = _tcp(incoming_uri)
         self._close_receiver()
+        try:
+            ctx = server_context(self.tls_dir) if self.tls_dir else None
+        except (OSError, ssl.SSLError) as exc:
+            raise BackendError(f"migration_tls_dir {self.tls_dir}: {exc}") from exc
         self._listener = socket.create_server((addr, port))
-        threading.Thread(target=self._receive, daemon=True, name="xl-receiver").start()
-        return f"waiting for xl remus on {addr}:{port}"
+        threading.Thread(target=self._receive, args=(ctx,), daemon=True,
+                         name="xl-receiver").start()
+        return f"waiting for xl remus on {addr}:{port}" + (" (TLS x509)" if ctx else "")
 
-    def _receive(self) -> None:
+    def _accept(self, lst: socket.socket, ctx: ssl.SSLContext | None) -> socket.socket:
+        """The first connection (with TLS: the first that passes the handshake)."""
+        while True:
+            conn, peer = lst.accept()
+            if ctx is None:
+                return conn
+            try:
+                return relay(conn, ctx, server_side=True)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                self.refused += 1
+                log.warning("receiver: refused a connection from %s: %s", peer[0],
+                            exc or type(exc).__name__)
+
+    def _receive(self, ctx: ssl.SSLContext | None) -> None:
         lst = self._listener
         assert lst is not None
         try:
-            conn, _ = lst.accept()
+            conn = self._accept(lst, ctx)
         except OSError:
             return
         self._conn = conn
@@ -246,8 +275,10 @@ class XenBackend(Backend):
         self._colo_from = self.bridge.checkpoints
         # xl runs this through a shell: quote every word, though the config allows none
         # that a shell would read (defence in depth for a URI that reaches a root shell).
+        tls = ["--tls-dir", self.tls_dir] if self.tls_dir else []
+        tls += ["--tls-hostname", self.tls_hostname] if self.tls_dir and self.tls_hostname else []
         rune = "exec " + shlex.join([self.python, "-m", "colo_orch.backends.xen.connect",
-                                     addr, str(port)])
+                                     addr, str(port), *tls])
         proc = subprocess.Popen([*self.xl, "remus", "-c", "-p", "-u", "-e", "-s", "",
                                  self.domain, rune],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from colo_orch.backends.xen.backend import (
     XenBackend,
 )
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
+from colo_orch.backends.xen.tls import client_context, relay
+from tests.support import tls
 from tests.support.libxl_sim import RestoreBackChannel
 from tests.support.paths import REPO as ROOT
 
@@ -170,3 +174,74 @@ def test_each_svm_resume_is_reported_once_and_the_primary_gets_every_byte(
         assert chunk, f"the back channel ended after {got!r}"
         got += chunk
     assert got == sent
+
+
+def _until_closed(recv: Callable[[int], bytes]) -> None:
+    """Read until the peer has closed (a reset counts: it hung up on unread bytes)."""
+    try:
+        while recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+
+
+def _read_exactly(read: Callable[[int], bytes], n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = read(n - len(got))
+        assert chunk, f"the stream ended after {got!r}"
+        got += chunk
+    return got
+
+
+def test_with_tls_the_receiver_takes_the_stream_only_from_a_certificate_of_the_pair(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    """A plain connection, then a TLS client of another CA, are closed and xl never starts;
+    connect.py with the primary's certificate then streams through, both ways."""
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    ca = tls.make_ca(tmp_path / "ca")
+    sec, pri = (tls.host_dir(ca, tmp_path / h, "127.0.0.1") for h in ("sec", "pri"))
+    rogue = tls.host_dir(tls.make_ca(tmp_path / "rogue-ca", "rogue"), tmp_path / "rogue",
+                         "127.0.0.1")
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL, bridge=bridge, tls_dir=str(sec))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        assert b.start_vm(f"tcp:127.0.0.1:{port}").endswith("(TLS x509)")
+        # A plain sender: its bytes are a bad TLS hello, the receiver hangs up.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+            plain.sendall(b"sync\n" + b"\0" * 64)
+            _until_closed(plain.recv)
+        wait_until(lambda: b.refused == 1, 10, "the plain connection to be refused")
+        # A sender that trusts the pair's CA but shows a certificate of another CA.
+        ctx = client_context(str(rogue))
+        ctx.load_verify_locations(sec / "ca-cert.pem")
+        try:
+            sock = relay(socket.create_connection(("127.0.0.1", port), timeout=10), ctx,
+                         server_side=False, hostname="127.0.0.1")
+            sock.sendall(b"sync\n")
+            _until_closed(sock.recv)
+        except (ssl.SSLError, OSError):
+            pass  # TLS 1.2 ends the handshake itself; 1.3 right after it
+        wait_until(lambda: b.refused == 2, 10, "the rogue certificate to be refused")
+        assert b.receiver is None and not (tmp_path / "receive-args").exists()
+        # The primary's own sender, as xl remus runs it.
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "colo_orch.backends.xen.connect", "127.0.0.1", str(port),
+             "--tls-dir", str(pri)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert sender.stdin is not None and sender.stdout is not None
+        wait_until(lambda: b.receiver is not None and READY in b.receiver.marks, 10,
+                   "xl migrate-receive to become ready", every=0.02)
+        sender.stdin.write(b"sync\n")
+        sender.stdin.flush()
+        assert b.wait_resume(10) is True
+        sim = RestoreBackChannel()
+        want = sim.start() + sim.initial_sync()
+        assert _read_exactly(sender.stdout.read1, len(want)) == want
+        sender.stdin.close()  # xl remus ends its stream: the secondary fails over
+        assert "domain running" in b.take_over("secondary")
+        assert b.receiver is not None and b.receiver.outcome() == FAILED_OVER
+        assert sender.wait(10) == 0
+    finally:
+        b.stop_vm()
