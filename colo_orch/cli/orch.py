@@ -26,6 +26,10 @@ examples:
   colo-orch run --config /etc/colo/web1.toml      run the daemon for one protected VM
   colo-orch check --config /etc/colo/web1.toml    validate the config and this host
   colo-orch check                                 check this host only (kernel, bcc, QEMU)
+  colo-orch firewall --config /etc/colo/web1.toml > /etc/colo/web1.nft
+                                                  nftables rules: each port from the peer only
+  colo-orch firewall --config /etc/colo/web1.toml --admin 10.0.9.0/24
+                                                  ... and the API and metrics from 10.0.9.0/24
 
 The config is TOML; see docs/ORCHESTRATOR.md for every field and the timing rules.
 """
@@ -42,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--config", default=None)
     chk.add_argument("--smoke", action="store_true",
                      help="also run the two-VM COLO smoke check with the lab (about 10 s)")
+    fw = sub.add_parser("firewall", help="print nftables rules that keep this host's ports "
+                        "(migration, NBD, heartbeat, API, metrics) to the peer (docs/PORTS.md)")
+    fw.add_argument("--config", required=True)
+    fw.add_argument("--peer", action="append", default=[], metavar="ADDR",
+                    help="an address the peer connects from (default: the hosts of "
+                         "peer_heartbeat and peer_incoming_uri, resolved now)")
+    fw.add_argument("--admin", action="append", default=[], metavar="ADDR[/LEN]",
+                    help="also allow the API and the metrics endpoints from here "
+                         "(operators, Prometheus)")
     return p
 
 
@@ -114,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from colo_orch.cli.check import run_check
 
         return run_check(args.config, smoke=args.smoke)
+    if args.command == "firewall":
+        from colo_orch.cli.firewall import run_firewall
+
+        return run_firewall(args.config, args.peer, args.admin)
     try:
         cfg = load(args.config)
     except ConfigError as exc:
