@@ -20,6 +20,10 @@ from colo_orch.core.config import Config, ConfigError, load
 Check = tuple[str, Callable[[], str | None]]  # (what, fn -> None if fine, else the fix)
 
 
+class Warn(str):
+    """A check's finding that leaves the host able to run, but open: printed, not failed."""
+
+
 def _bpf() -> str | None:
     if not Path("/proc/sys/net/core/bpf_jit_enable").exists():
         return "kernel without BPF JIT: use a kernel with CONFIG_BPF_JIT"
@@ -164,6 +168,104 @@ def api_problem(cfg: Config) -> str | None:
     return None
 
 
+X509_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem",
+              "client-key.pem")
+
+
+def migration_tls_problem(cfg: Config) -> str | None:
+    """Whether the VM's state between the hosts is authenticated, and its files are there."""
+    if not cfg.migration_tls:
+        ports = cfg.incoming_uri.removeprefix("tcp:") + (
+            f" and the NBD port {cfg.nbd_port}" if cfg.disks and cfg.backend == "qemu" else "")
+        return Warn(f"migration_tls is not set: whoever reaches {ports} while this host waits "
+                    "as secondary can send its VM any memory"
+                    + (" and write its disks" if cfg.disks else "")
+                    + '; set migration_tls = "x509" (or "psk") with migration_tls_dir, and load '
+                    "the rules of colo-orch firewall (docs/PORTS.md)")
+    d = Path(cfg.migration_tls_dir)
+    files = X509_FILES if cfg.migration_tls == "x509" else ("keys.psk",)
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        return (f"migration_tls_dir {d} lacks {', '.join(missing)}: "
+                + ("the pair's CA certificate and this host's server and client certificates "
+                   "with their keys" if cfg.migration_tls == "x509" else
+                   "a line USER:HEXKEY, the same on both hosts")
+                + " (docs/PORTS.md)")
+    for f in files:
+        if (f.endswith("-key.pem") or f == "keys.psk") and (d / f).stat().st_mode & 0o077:
+            return f"{d / f} is readable by other users: chmod 600 {d / f}"
+    if cfg.migration_tls == "psk":
+        user = cfg.migration_tls_psk_user
+        try:
+            lines = (d / "keys.psk").read_text().splitlines()
+        except OSError as exc:
+            return f"{d / 'keys.psk'}: {exc.strerror}"
+        keys = [ln.split(":", 1)[1] for ln in lines if ln.startswith(user + ":")]
+        if not keys or not all(c in "0123456789abcdefABCDEF" for c in keys[0]) or not keys[0]:
+            return (f"{d / 'keys.psk'} has no line {user}:HEXKEY (migration_tls_psk_user); "
+                    f'write one: echo "{user}:$(head -c 32 /dev/urandom | xxd -p -c 64)"')
+    return None
+
+
+def qemu_tls_problem(cfg: Config, qemu: str) -> str | None:
+    """Whether this QEMU can create both credentials objects from migration_tls_dir: it
+    needs GnuTLS, and it checks the certificates' usage and dates as it loads them."""
+    from colo_orch.backends.qemu.tls import from_config
+
+    tls = from_config(cfg.migration_tls, cfg.migration_tls_dir, cfg.migration_tls_hostname,
+                      cfg.migration_tls_psk_user)
+    assert tls is not None
+    argv = [qemu, "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio",
+            "-object", tls.object_arg("server"), "-object", tls.object_arg("client")]
+    quit_ = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
+    try:
+        res = subprocess.run(argv, input=quit_, capture_output=True, text=True, timeout=30,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run {qemu}: {exc}"
+    if res.returncode == 0:
+        return None
+    err = res.stderr.strip().splitlines()[-1:] or [f"exit {res.returncode}"]
+    if "GNUTLS" in err[0]:
+        return (f"{qemu} is built without GnuTLS ({err[0]}): use a QEMU built with "
+                "--enable-gnutls (the lab's build has it: colo-lab build)")
+    return f"{qemu}: {err[0]}"
+
+
+def _vm_qemu(cfg: Config, lab: list[str] | None) -> str | None:
+    """The QEMU the VM runs (vm_command's first word), else the one `QEMU binary` found."""
+    if cfg.vm_command:
+        return shutil.which(cfg.vm_command[0]) or cfg.vm_command[0]
+    return os.environ.get("COLO_QEMU") or _lab_qemu(lab) or shutil.which("qemu-system-x86_64")
+
+
+def _qemu_tls(cfg: Config, lab: list[str] | None) -> str | None:
+    if migration_tls_problem(cfg) is not None:
+        return Warn("not checked: the TLS files are not in order (the line above)")
+    qemu = _vm_qemu(cfg, lab)
+    return qemu_tls_problem(cfg, qemu) if qemu else "no QEMU found (see the QEMU binary line)"
+
+
+def firewall_problem(cfg: Config) -> str | None:
+    """Whether the rules of `colo-orch firewall` are loaded (its table exists)."""
+    from colo_orch.core.ports import table_name
+
+    if not shutil.which("nft"):
+        return Warn("nft is not installed: the ports are open to every host that can reach "
+                    "them; apt-get install nftables, then load the rules of colo-orch firewall")
+    table = table_name(cfg.name)
+    try:
+        res = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Warn(f"cannot ask nft for table inet {table}: {exc}")
+    if res.returncode != 0:
+        return Warn(f"no nftables table inet {table}: the ports are open to every host that can "
+                    f"reach them; colo-orch firewall --config FILE > {cfg.name}.nft && "
+                    f"nft -f {cfg.name}.nft (docs/PORTS.md)")
+    return None
+
+
 def run_check(config: str | None, *, smoke: bool = False) -> int:
     lab = lab_command()
     checks: list[Check] = [
@@ -184,11 +286,16 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
         if cfg is not None:
             checks.insert(1, ("arbiter", lambda: arbiter_problem(cfg)))
             checks.insert(2, ("API credentials", lambda: api_problem(cfg)))
+            checks.insert(3, ("TLS between the hosts", lambda: migration_tls_problem(cfg)))
+            checks.insert(4, ("firewall", lambda: firewall_problem(cfg)))
+            if cfg.migration_tls and cfg.backend == "qemu":
+                checks.append(("QEMU loads the TLS credentials", lambda: _qemu_tls(cfg, lab)))
     failed = 0
     for what, fn in checks:
         problem = fn()
-        print(f"{'ok  ' if problem is None else 'FAIL'} {what}" + (f": {problem}" if problem else ""))
-        failed += problem is not None
+        status = "ok  " if problem is None else "WARN" if isinstance(problem, Warn) else "FAIL"
+        print(f"{status} {what}" + (f": {problem}" if problem else ""))
+        failed += problem is not None and not isinstance(problem, Warn)
     if smoke and not failed:
         failed += not _smoke(lab)
     print(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}", file=sys.stderr)

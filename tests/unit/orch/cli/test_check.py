@@ -139,3 +139,46 @@ def test_api_credentials_others_can_read_are_named(tmp_path: Path) -> None:
                                      api_tls_key_file=str(tmp_path / "none.key")))
     assert problem is not None and problem.startswith("api_tls_cert_file ")
     assert "give a PEM certificate chain and its private key" in problem
+
+
+def test_without_migration_tls_check_warns_and_names_the_open_ports() -> None:
+    from colo_orch.core.disks import Disk
+
+    problem = check.migration_tls_problem(_cfg(disks=(Disk("d0", "/i", "/a", "/h"),)))
+    assert isinstance(problem, check.Warn)
+    assert "127.0.0.1:4444 and the NBD port 10809" in problem
+    assert 'set migration_tls = "x509"' in problem and "colo-orch firewall" in problem
+
+
+def test_migration_tls_files_must_be_there_and_private(tmp_path: Path) -> None:
+    d = tmp_path / "tls"
+    d.mkdir()
+    cfg = _cfg(migration_tls="x509", migration_tls_dir=str(d))
+    problem = check.migration_tls_problem(cfg)
+    assert problem is not None and not isinstance(problem, check.Warn)
+    assert "lacks ca-cert.pem, server-cert.pem" in problem
+    for f in check.X509_FILES:
+        (d / f).write_text("x")
+        (d / f).chmod(0o600 if f.endswith("key.pem") else 0o644)
+    assert check.migration_tls_problem(cfg) is None
+    (d / "client-key.pem").chmod(0o640)
+    assert check.migration_tls_problem(cfg) == (f"{d}/client-key.pem is readable by other "
+                                                f"users: chmod 600 {d}/client-key.pem")
+    psk = _cfg(migration_tls="psk", migration_tls_dir=str(d), migration_tls_psk_user="web")
+    (d / "keys.psk").write_text("qemu:00ff\n")
+    (d / "keys.psk").chmod(0o600)
+    assert "has no line web:HEXKEY" in str(check.migration_tls_problem(psk))
+    (d / "keys.psk").write_text("qemu:00ff\nweb:0123abcd\n")
+    assert check.migration_tls_problem(psk) is None
+
+
+def test_a_qemu_without_gnutls_is_named(tmp_path: Path) -> None:
+    fake = _script(tmp_path / "qemu", 'echo "qemu: TLS credentials support requires GNUTLS" >&2; '
+                                      "exit 1")
+    cfg = _cfg(migration_tls="x509", migration_tls_dir=str(tmp_path))
+    problem = check.qemu_tls_problem(cfg, str(fake))
+    assert problem is not None and "is built without GnuTLS" in problem
+    ok = _script(tmp_path / "ok", 'case "$*" in *tls-creds-x509,id=colo-tls-server,*endpoint='
+                                  "server*tls-creds-x509,id=colo-tls-client,*) exit 0;; esac; "
+                                  "exit 3")
+    assert check.qemu_tls_problem(cfg, str(ok)) is None
