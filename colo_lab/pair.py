@@ -159,8 +159,12 @@ on_unfence = ["ip", "link", "set", "lan0", "up"]
 
 
 def start_orchestrators(lab: Lab, **kw: Any) -> dict[str, subprocess.Popen[bytes]]:
-    return {role: _start_orchestrator(lab, role, orch_config(lab, role, **kw))
-            for role in ("primary", "secondary")}
+    return {role: start_orchestrator(lab, role, **kw) for role in ("primary", "secondary")}
+
+
+def start_orchestrator(lab: Lab, role: str, **kw: Any) -> subprocess.Popen[bytes]:
+    """One host's orchestrator, with orch_config's keywords (e.g. an `extra` of its own)."""
+    return _start_orchestrator(lab, role, orch_config(lab, role, **kw))
 
 
 def _start_orchestrator(lab: Lab, role: str, cfg: Path) -> subprocess.Popen[bytes]:
