@@ -41,7 +41,7 @@ def split_hostport(value: str) -> tuple[str, int]:
 # Config fields that are addresses this host binds. A field ending in _listen that is not
 # named here is still listed (as an operator port): a listener added later is never left
 # out of the rules unnoticed.
-_KNOWN = ("heartbeat_listen", "api_listen", "incoming_uri", "nbd_port",
+_KNOWN = ("heartbeat_listen", "api_listen", "metrics_listen", "incoming_uri", "nbd_port",
           "xen_checkpoint_listen")
 
 
@@ -71,9 +71,14 @@ def listeners(cfg: Config, proxy_metrics: Sequence[tuple[str, str]] = ()) -> lis
         h, p = split_hostport(cfg.xen_checkpoint_listen)
         out.append(Listener("libxl", "xen_checkpoint_listen", "tcp", h, p, LOCAL,
                             "libxl on this host asks when to checkpoint"))
-    h, p = split_hostport(cfg.api_listen)
-    out.append(Listener("api", "api_listen", "tcp", h, p, OPERATOR,
-                        "coloctl, Prometheus: the orchestrator's HTTP API"))
+    if cfg.api_listen:  # "" = off
+        h, p = split_hostport(cfg.api_listen)
+        out.append(Listener("api", "api_listen", "tcp", h, p, OPERATOR,
+                            "coloctl: the orchestrator's commands (bearer token) and state"))
+    if cfg.metrics_listen:
+        h, p = split_hostport(cfg.metrics_listen)
+        out.append(Listener("metrics", "metrics_listen", "tcp", h, p, OPERATOR,
+                            "Prometheus: the orchestrator's /metrics and health (read only)"))
     for f in fields(Config):
         value = getattr(cfg, f.name)
         if f.name.endswith("_listen") and f.name not in _KNOWN and isinstance(value, str) and value:

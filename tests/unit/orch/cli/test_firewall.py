@@ -139,4 +139,4 @@ def test_nft_accepts_the_ruleset(tmp_path: Path) -> None:
 def test_listeners_name_their_config_keys() -> None:
     keys = {ln.key for ln in listeners(parse(BASE), [("proxy_primary_command", "1.2.3.4:5")])}
     assert keys == {"heartbeat_listen", "incoming_uri", "nbd_port", "api_listen",
-                    "proxy_primary_command"}
+                    "metrics_listen", "proxy_primary_command"}
