@@ -85,6 +85,7 @@ class Actions(ProxySupervision):
         if isinstance(action, EnterColo):
             return "enter_colo", lambda: self._enter_colo(action.uri)
         if isinstance(action, Checkpoint):
+            b.checkpoint_abort.clear()  # here, not in the action: an abort may come first
             return "checkpoint", lambda: self._checkpoint(action.reasons)
         if isinstance(action, TakeOver):
             return "take_over", lambda: self._take_over(action.was_role)

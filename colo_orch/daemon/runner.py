@@ -242,6 +242,8 @@ class Orchestrator(Actions, Watchers):
         self._bookkeeping(before, snap, d, now)
         if d.fence is not None:
             self._set_fence(d.fence)
+        if d.abort_checkpoint:
+            self.backend.abort_checkpoint()
         if d.action is not None:
             self._act(d.action)
         # S6: "alone" before a primary serves alone (decide waits for it); "protected" once

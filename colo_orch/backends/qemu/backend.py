@@ -97,6 +97,7 @@ class QemuBackend(Backend):
                  vm_log: str = "", pidfile: str = "", disks: tuple[Disk, ...] = (),
                  nbd_port: int = 10809, incoming_uri: str = "",
                  tls: QemuTls | None = None) -> None:
+        super().__init__()
         self.mon = _Monitor(qmp, qmp_timeout)
         self.events = _Monitor(qmp_events, qmp_timeout)
         self.vm_command = vm_command
@@ -332,7 +333,9 @@ class QemuBackend(Backend):
         stopped_at = None
         deadline = start + 30
         while time.monotonic() < deadline:
-            ev = self.events.pull_event(wait=0.5)
+            if self.checkpoint_abort.is_set():
+                raise BackendError("abandoned: the peer was lost during the checkpoint")
+            ev = self.events.pull_event(wait=0.1)
             if ev is None:
                 if self.mon.cmd("query-migrate").get("status") != "colo":
                     raise BackendError("COLO ended during the checkpoint")

@@ -122,6 +122,7 @@ class XenBackend(Backend):
                  bridge: LibxlBridge | None = None, xl_timeout: float = 10.0,
                  python: str = sys.executable, tls_dir: str = "",
                  tls_hostname: str = "") -> None:
+        super().__init__()
         self.domain = domain
         self.config_path = config_path
         self.xl = xl or ["xl"]
@@ -312,8 +313,11 @@ class XenBackend(Backend):
         n = b.checkpoints
         start = time.monotonic()
         b.request_checkpoint("orchestrator")
-        if not _until(b, lambda: b.checkpoints > n or r.exited, 30):
+        if not _until(b, lambda: b.checkpoints > n or r.exited
+                      or self.checkpoint_abort.is_set(), 30):
             raise BackendError("no COLO_CHECKPOINT from libxl within 30 s")
+        if b.checkpoints <= n and self.checkpoint_abort.is_set():
+            raise BackendError("abandoned: the peer was lost during the checkpoint")
         if b.checkpoints <= n:
             raise BackendError(f"xl remus ended during the checkpoint ({r.outcome()})")
         return f"took {1000 * (time.monotonic() - start):.0f} ms"

@@ -270,3 +270,24 @@ def test_a_fenced_host_rejoins_a_primary_that_waits_for_a_secondary() -> None:
     d = decide(snap(State.FENCED, role="primary", vm=GONE, lease_held=False, peer=waiting),
                MIN, MAX)
     assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True), "secondary")
+
+
+def test_a_checkpoint_hung_on_a_lost_peer_is_abandoned_then_the_primary_goes_alone() -> None:
+    # Seen in the lab: the control link cut just before a periodic checkpoint; QEMU's COLO
+    # stream blocked on the dead link and the primary sat in CHECKPOINTING for over 11 s.
+    running = snap(State.CHECKPOINTING, busy=True, peer=LOST)
+    d = decide(running, MIN, MAX)
+    assert (d.abort_checkpoint, d.event, d.action) == (True, None, None)
+    # A live peer: the checkpoint runs on.
+    assert not decide(replace(running, peer=FOLLOWING), MIN, MAX).abort_checkpoint
+    failed = replace(running, busy=False,
+                     finished=ActionResult("checkpoint", False, "abandoned: the peer was lost"))
+    d = decide(failed, MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+    # S6's record first: the failed result is seen once, the next cycles go on without it.
+    d = decide(replace(failed, alone_recorded=False), MIN, MAX)
+    assert (d.record_alone, d.event) == (True, None)
+    d = decide(replace(failed, finished=None, alone_recorded=False), MIN, MAX)
+    assert (d.record_alone, d.event) == (True, None)
+    d = decide(replace(failed, finished=None), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
