@@ -9,7 +9,8 @@
   sec ns: etcd0 ──┴── etcdnet ns (bridge "etcd") ── etcd1, etcd2, etcd3 ns (colo_lab.etcd_net)
 ```
 - PVM and SVM have the same MAC and IP (the SVM takes over the PVM's identity).
-- `fwd0` is the forward link (mirrored input, SVM output; no addresses).
+- `fwd0` is the forward link (mirrored input, SVM output; no addresses; fixed MACs,
+  `FWD_MACS`, which each host's colo-proxy is given as its peer's).
 - `ctl0` is the hosts' private control link (addresses CTL_PRIMARY/CTL_SECONDARY):
   migration, disk replication and heartbeats run over it.
 - The secondary host's uplink (`lan0` in the sec ns) starts down: while the pair
@@ -51,6 +52,9 @@ VM_MAC = "52:54:00:c0:10:01"
 VM_IP = "10.99.0.10"
 CLIENT_IP = "10.99.0.100"
 LAN_PLEN = 24
+# Each host's end of the forward link: fixed, so that each host's colo-proxy can be told
+# its peer's (`--peer-mac`; the proxies take the link's trusted frames from it only).
+FWD_MACS = {"primary": "02:c0:10:f0:00:01", "secondary": "02:c0:10:f0:00:02"}
 CTL_PRIMARY = "10.99.1.1"
 CTL_SECONDARY = "10.99.1.2"
 MIGRATION_PORT = 4444
@@ -80,6 +84,15 @@ class Host:
     ns: str
     tap: str
     ctl_ip: str
+
+
+def host_links(pri_ns: str, sec_ns: str) -> None:
+    """The two hosts' private links: forward (fixed MACs, FWD_MACS) and control."""
+    netns.veth(pri_ns, "fwd0", sec_ns, "fwd0", a_mac=FWD_MACS["primary"],
+               b_mac=FWD_MACS["secondary"])
+    netns.veth(pri_ns, "ctl0", sec_ns, "ctl0")
+    netns.ip(pri_ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
+    netns.ip(sec_ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
 
 
 class Lab:
@@ -180,10 +193,7 @@ class Lab:
             # it queues; elsewhere it stays off.
             _try_sysctl(h.ns, "net.bridge.bridge-nf-call-iptables", "0")
             _try_sysctl(h.ns, "net.bridge.bridge-nf-call-ip6tables", "0")
-        netns.veth(pri.ns, "fwd0", sec.ns, "fwd0")
-        netns.veth(pri.ns, "ctl0", sec.ns, "ctl0")
-        netns.ip(pri.ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
-        netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
+        host_links(pri.ns, sec.ns)
         self.set_uplink("secondary", False)
         etcd_net.build(self)
 

@@ -59,9 +59,12 @@ def sysctl(ns: str, key: str, value: str) -> None:
     sh(ns, ["sysctl", "-q", "-w", f"{key}={value}"])
 
 
-def veth(a_ns: str, a_name: str, b_ns: str, b_name: str) -> None:
-    """A veth pair with one end in each namespace (created in a_ns, so names never clash)."""
-    ip(a_ns, "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b_ns)
+def veth(a_ns: str, a_name: str, b_ns: str, b_name: str, *, a_mac: str = "",
+         b_mac: str = "") -> None:
+    """A veth pair with one end in each namespace (created in a_ns, so names never clash);
+    each end with the given MAC, or a random one."""
+    ip(a_ns, "link", "add", a_name, *(["address", a_mac] if a_mac else []), "type", "veth",
+       "peer", "name", b_name, *(["address", b_mac] if b_mac else []), "netns", b_ns)
     ip(a_ns, "link", "set", a_name, "up")
     ip(b_ns, "link", "set", b_name, "up")
 

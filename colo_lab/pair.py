@@ -23,7 +23,7 @@ from typing import Any
 
 from colo_lab import etcd_net, netns
 from colo_lab.errors import LabError
-from colo_lab.lab import MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
+from colo_lab.lab import FWD_MACS, MIGRATION_PORT, TCG_COMPARE_TIMEOUT, Lab
 from colo_lab.wait import wait_until
 
 HEARTBEAT_PORT = 7410
@@ -72,7 +72,12 @@ hidden = "{d.hidden}"
 def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
     """colo-proxy in `role` on `host` (the tap is the host's, whatever role it plays)."""
     h = lab.hosts[host]
+    other = "secondary" if host == "primary" else "primary"
     return [sys.executable, "-m", "colo_proxy.cli.main", role, "--tap", h.tap,
+            # The forward link's trusted frames come from the other host's end only, and
+            # carried-flow announcements are authenticated with the pair's key.
+            # (The orchestrator's config, written with this command line, writes the key.)
+            "--peer-mac", FWD_MACS[other], "--key-file", str(heartbeat_key_path(lab, host)),
             "--control-socket", str(lab.run_dir / f"proxy-{host[:3]}.sock"),
             "--queue", "5", "--instance", f"{lab.name}{host[:3]}",
             # Each host's own lock directory, as on two machines (and removed with the lab).
@@ -86,10 +91,15 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
 
+def heartbeat_key_path(lab: Lab, role: str) -> Path:
+    return lab.run_dir / f"heartbeat-{role[:3]}.key"
+
+
 def heartbeat_key(lab: Lab, role: str) -> Path:
     """This host's copy of the pair's heartbeat key: one secret, a file per host (as on two
-    machines, where no file is shared)."""
-    path = lab.run_dir / f"heartbeat-{role[:3]}.key"
+    machines, where no file is shared), written when first asked for. The host's colo-proxy
+    uses it too."""
+    path = heartbeat_key_path(lab, role)
     if not path.exists():
         copies = sorted(lab.run_dir.glob("heartbeat-*.key"))
         secret = copies[0].read_bytes() if copies else base64.b64encode(secrets.token_bytes(32))

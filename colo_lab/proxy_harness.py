@@ -6,19 +6,25 @@ namespaces in `.hosts[role].ns` and taps in `.hosts[role].tap`.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
 import itertools
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from colo_lab.lab import FWD_MACS
 from colo_lab.wait import wait_until
 from colo_proxy.service import control_socket as control
 from colo_proxy.wire.control import LineDecoder
@@ -58,6 +64,12 @@ class ProxyPair:
         self.queue = queue
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
+        # The pair's key (the orchestrators' heartbeat key in a real pair): authenticates
+        # the carried-flow announcements on the forward link.
+        self.key_file = run_dir / "pair.key"
+        if not self.key_file.exists():
+            self.key_file.write_bytes(base64.b64encode(secrets.token_bytes(32)))
+            self.key_file.chmod(0o600)
 
     def sock(self, role: str) -> str:
         return str(self.run_dir / f"{role}.sock")
@@ -72,6 +84,8 @@ class ProxyPair:
         """The command line of this pair's proxy in `role` (run in its host's namespace)."""
         return [sys.executable, "-m", "colo_proxy.cli.main", role,
                 "--tap", self.lab.hosts[role].tap,
+                "--peer-mac", FWD_MACS["secondary" if role == "primary" else "primary"],
+                "--key-file", str(self.key_file),
                 "--control-socket", self.sock(role), "--queue", str(self.queue),
                 # One instance per host, each locked in a directory of its host's own, as
                 # on two machines (the namespaces share one /run).
@@ -143,6 +157,18 @@ class ProxyPair:
                 rules = in_ns(ns, [tool, "-w", "-S", "FORWARD"], check=False)
                 left += [f"{r} {tool}: {ln}" for ln in rules.splitlines() if "colo-proxy" in ln]
         return left
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ProxyPair]:
+        """Both proxies started, and afterwards stopped, cleaned up and their run
+        directory removed (a test's pair)."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
+            self.cleanup()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def prog_ids(self) -> list[int]:
         code = ("import json; from colo_proxy.kernel.datapath import attached; "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from colo_lab import netns
 from colo_lab.errors import LabError
-from colo_lab.lab import CLIENT_IP, CTL_PRIMARY, CTL_SECONDARY, LAN_PLEN, VM_IP, VM_MAC, Lab
+from colo_lab.lab import CLIENT_IP, LAN_PLEN, VM_IP, VM_MAC, Lab, host_links
 from colo_lab.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,11 +79,7 @@ class Standin:
                     netns.sysctl(h.ns, key, "0")
                 except LabError:
                     pass
-        pri, sec = self.hosts["primary"], self.hosts["secondary"]
-        netns.veth(pri.ns, "fwd0", sec.ns, "fwd0")
-        netns.veth(pri.ns, "ctl0", sec.ns, "ctl0")
-        netns.ip(pri.ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
-        netns.ip(sec.ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
+        host_links(self.hosts["primary"].ns, self.hosts["secondary"].ns)
         self.set_uplink("secondary", False)
         self._wait_ipv6([(self.client_ns, CLIENT_IP6),
                          *((ns, VM_IP6) for ns in self.vm_ns.values())])

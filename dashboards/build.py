@@ -144,6 +144,16 @@ DATAPATH = [
           description="Connections carried over the last role swap and still rewritten "
                       "on the new primary's uplink; the SVM's own ARP requests and "
                       "neighbour solicitations the primary sent on to the LAN"),
+    Panel("Forward link: refused frames",
+          [(f"sum by (path) (rate(colo_proxy_datapath_refused_frames_total{PH}[{RI}]))",
+            "{{path}}"),
+           (f"sum by (reason) (rate(colo_proxy_carry_refused_frames_total{PH}[{RI}]))",
+            "carry {{reason}}")], unit="pps", width=8,
+          description="Frames the forward link does not trust (docs/PROXY.md): mirror: not "
+                      "client traffic for the VM; fwd_in, svm_out: from a MAC other than "
+                      "the peer host's; carry: announcements or challenges with a wrong "
+                      "HMAC, nonce or source. Anything but a little mirror noise (LLDP) "
+                      "is a forgery or a misconfigured peer_mac"),
     Panel("NFQUEUE drops and overflows",
           [(f"sum by (reason) (rate(colo_proxy_nfqueue_dropped_packets_total{PH}[{RI}]))",
             "dropped {{reason}}"),

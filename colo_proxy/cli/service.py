@@ -40,6 +40,10 @@ SETTING_FLAGS: dict[str, str] = {
     "uplink": "the host's port toward the clients (primary: rewrites connections carried "
               "over a role swap)",
     "vm_mac": "the VMs' MAC address",
+    "peer_mac": "the other host's forward-link MAC (required): only its frames are taken as "
+                "ISN copies, announcements or SVM output",
+    "key_file": "the pair's key (the orchestrators' heartbeat key file): authenticates "
+                "carried-flow announcements on the forward link",
     "control_socket": "unix socket path (mode 0600, root only; PATH.status answers "
                       "status to every user)",
     "instance": "this VM's proxy: the tag of its iptables rules and its lock "
@@ -54,7 +58,8 @@ SETTING_FLAGS: dict[str, str] = {
     "batch": "most packets read per source and call",
     "metrics_listen": "serve Prometheus metrics on http://ADDR:PORT/metrics",
 }
-METAVARS = {"metrics_listen": "ADDR:PORT", "compare_timeout": "SECONDS"}
+METAVARS = {"metrics_listen": "ADDR:PORT", "compare_timeout": "SECONDS", "peer_mac": "MAC",
+            "key_file": "FILE"}
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
@@ -71,7 +76,7 @@ CHECK_EPILOG = """\
 examples:
   colo-proxy check -c /etc/colo/proxy-primary.toml
   colo-proxy check -c /etc/colo/proxy-secondary.toml --role secondary
-  colo-proxy check --role primary --tap tapP --queue 5 --metrics-listen 10.0.0.1:7412
+  colo-proxy check --role primary --tap tapP --peer-mac 02:c0:10:f0:00:02 --queue 5
 
 Reads the config and the flags exactly as `colo-proxy primary|secondary` would, and touches
 nothing. Exit status: 0 and a summary when they are good; 2 and one line
@@ -83,10 +88,12 @@ def register(sub: Any) -> None:
     examples = {
         "primary": "examples:\n  colo-proxy primary -c /etc/colo/proxy.toml\n"
                    "  colo-proxy primary --tap tapP --forward fwd0 --uplink eth0 "
+                   "--peer-mac 02:c0:10:f0:00:02 --key-file /etc/colo/web.key "
                    "--queue 0 --metrics-listen 10.0.0.1:7412\n"
                    "  colo-proxy check -c /etc/colo/proxy.toml   (validate it first)\n",
         "secondary": "examples:\n  colo-proxy secondary -c /etc/colo/proxy.toml\n"
-                     "  colo-proxy secondary --tap tapS --forward fwd0\n",
+                     "  colo-proxy secondary --tap tapS --forward fwd0 "
+                     "--peer-mac 02:c0:10:f0:00:01 --key-file /etc/colo/web.key\n",
     }
     for role in ("primary", "secondary"):
         p = sub.add_parser(role, help=f"run the proxy of the {role} host", epilog=examples[role],
@@ -127,6 +134,8 @@ def summary(s: ProxySettings) -> str:
     else:
         queue = ""
     return (f"{s.role} proxy, instance {s.instance}: {links}, VM MAC {s.vm_mac}\n"
+            f"peer's forward-link MAC {s.peer_mac}, pair's key "
+            f"{s.key_file or '(none: carried flows are not announced)'}\n"
             f"{queue}control socket {s.control_socket}, "
             f"metrics {('on ' + s.metrics_listen) if s.metrics_listen else 'off'}\n"
             f"compare timeout {s.compare.compare_timeout:g} s, "
@@ -162,6 +171,9 @@ def _cmd_service(args: argparse.Namespace) -> int:
     except AlreadyRunning as exc:
         log.error("not started: %s", exc)
         return 3
+    except ConfigError as exc:  # found only when read (the key file): nothing attached yet
+        log.error("not started: %s", exc)
+        return EXIT_BAD_CONFIG
     return 0
 
 

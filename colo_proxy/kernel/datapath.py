@@ -38,7 +38,7 @@ COUNTERS = (
     "tap_out_packets", "tap_out_bytes", "redirect_failures",
     "ack_rewrites", "sack_rewrites", "seq_rewrites", "pvm_isn_learned", "svm_isn_learned",
     "non_ip", "tsecr_rewrites", "tsval_rewrites", "ip6_ext_headers", "svm_solicits",
-    "carry_learned",
+    "mirror_refused", "fwd_foreign", "svm_foreign",
 )
 MODE_PROTECTED = 0
 MODE_PASSTHROUGH = 1
@@ -58,14 +58,23 @@ def mac_to_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
-class Datapath:
-    """The programs of one host role, attached while the context is open."""
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
 
-    def __init__(self, role: str, *, tap: str, fwd: str, vm_mac: str,
+
+class Datapath:
+    """The programs of one host role, attached while the context is open.
+
+    `peer_mac` is the other host's forward-link MAC: the secondary takes ISN copies and
+    announcements only from it, the primary SVM output (see the programs' comments).
+    """
+
+    def __init__(self, role: str, *, tap: str, fwd: str, vm_mac: str, peer_mac: str,
                  uplink: str = "") -> None:
         if role not in HOOKS:
             raise ValueError(f"role must be primary or secondary, not {role!r}")
         self.role, self.tap, self.fwd, self.vm_mac = role, tap, fwd, vm_mac
+        self.peer_mac = peer_mac
         self.uplink = uplink if role == "primary" else ""
         self._bpf: Any = None
         self._ipr: IPRoute | None = None
@@ -91,8 +100,13 @@ class Datapath:
             names["uplink"] = self.uplink
             hooks += UPLINK_HOOKS
         idx = {which: _ifindex(ipr, name) for which, name in names.items()}
+        fwd_mac = ipr.get_links(idx["fwd"])[0].get_attr("IFLA_ADDRESS")
+        if fwd_mac == self.peer_mac.lower():
+            raise RuntimeError(f"peer_mac {self.peer_mac} is this host's own {self.fwd}: "
+                               f"give the forward-link MAC of the other host")
         self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
-                         vm_mac=self.vm_mac, uplink_ifindex=idx.get("uplink", 0))
+                         vm_mac=self.vm_mac, fwd_mac=fwd_mac, peer_mac=self.peer_mac,
+                         uplink_ifindex=idx.get("uplink", 0))
         # A crashed predecessor may have left filters: replace them, never stack on them.
         cleanup(ifnames=list(names.values()), ipr=ipr)
         for prog, which, parent in hooks:
@@ -135,10 +149,17 @@ class Datapath:
         table.clear()
         return n
 
+    def svm_filter(self) -> int:
+        """Primary: the descriptor of `colo_svm_sock`, the filter of the comparator's packet
+        socket (only the secondary host's frames are the SVM's output)."""
+        return int(self._bpf.load_func(b"colo_svm_sock", self._bpf.SOCKET_FILTER).fd)
+
     def carry(self, offsets: list[Offset]) -> int:
-        """Primary with an uplink: rewrite these flows (handed over by the proxy that ran
-        as secondary here before the role swap) at the host's edge. Returns how many."""
-        if not self.uplink:
+        """Write these flows into `carried`. Primary with an uplink: flows handed over by
+        the proxy that ran as secondary here before the role swap, rewritten at the host's
+        edge. Secondary: flows its primary announced (authenticated), shifted after a
+        failover. Returns how many."""
+        if self.role == "primary" and not self.uplink:
             return 0
         table = self._bpf[b"carried"]
         n = 0
@@ -178,13 +199,16 @@ class Datapath:
         return out
 
 
-def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str,
-         uplink_ifindex: int = 0) -> Any:
-    """Compile and load one host role's programs (a bcc `BPF`); nothing is attached."""
+def load(role: str, *, fwd_ifindex: int, tap_ifindex: int, vm_mac: str, fwd_mac: str,
+         peer_mac: str, uplink_ifindex: int = 0) -> Any:
+    """Compile and load one host role's programs (a bcc `BPF`); nothing is attached.
+    fwd_mac: this host's forward-link MAC; peer_mac: the other host's."""
     from bcc import BPF  # imported here: bcc is slow to import and needs root
 
     cflags = [f"-I{BPF_DIR}", f"-DFWD_IFINDEX={fwd_ifindex}", f"-DTAP_IFINDEX={tap_ifindex}",
-              f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL", f"-DUPLINK_IFINDEX={uplink_ifindex}"]
+              f"-DVM_MAC={mac_to_int(vm_mac):#x}ULL", f"-DFWD_MAC={mac_to_int(fwd_mac):#x}ULL",
+              f"-DPEER_MAC={mac_to_int(peer_mac):#x}ULL",
+              f"-DUPLINK_IFINDEX={uplink_ifindex}"]
     # bcc wants bytes for file, table and function names (str is deprecated).
     return BPF(src_file=str(BPF_DIR / f"{role}.bpf.c").encode(), cflags=cflags)
 

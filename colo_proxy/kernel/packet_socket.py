@@ -19,6 +19,7 @@ ETH_P_IPV6 = 0x86DD
 SOL_PACKET = 263
 PACKET_IGNORE_OUTGOING = 23  # the mirrored input we send out on the same link
 SO_RCVBUFFORCE = 33
+SO_ATTACH_BPF = 50
 PACKET_STATISTICS = 6  # struct tpacket_stats {packets, drops}, reset by each read
 RECV_BUF = 256 * 1024
 
@@ -30,15 +31,27 @@ class Frame:
 
 
 class PacketSocket:
-    def __init__(self, ifname: str, *, rcvbuf: int = 16 * 1024 * 1024) -> None:
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    """A packet socket on one interface.
+
+    protocol: ETH_P_ALL taps every frame before tc ingress; a single ethertype gets only
+    the frames of that type that tc ingress let through (the carried-flow exchange).
+    bpf_filter: a loaded BPF socket filter's descriptor (colo_svm_sock), attached before
+    the socket is bound, so no frame ever arrives unfiltered.
+    """
+
+    def __init__(self, ifname: str, *, protocol: int = ETH_P_ALL, rcvbuf: int = 16 * 1024 * 1024,
+                 bpf_filter: int | None = None) -> None:
+        # Protocol 0 until bound: the socket receives nothing yet, on any interface.
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
         try:
             self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except PermissionError:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self._sock.bind((ifname, ETH_P_ALL))
+            if bpf_filter is not None:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, bpf_filter)
+            self._sock.bind((ifname, protocol))
             self._ifname = ifname
             self._sock.setblocking(False)
         except BaseException:
@@ -71,6 +84,21 @@ class PacketSocket:
                 # output out uncompared while the orchestrator had not fenced yet.
                 break
             out.append(Frame(addr[1], data))
+        return out
+
+    def receive_from(self, limit: int = 64) -> list[tuple[bytes, bytes]]:
+        """(source MAC, payload) of the frames waiting, at most `limit`."""
+        out: list[tuple[bytes, bytes]] = []
+        while len(out) < limit:
+            try:
+                data, addr = self._sock.recvfrom(RECV_BUF)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENETDOWN:
+                    raise
+                break  # the link went down: read on later, as receive()
+            out.append((bytes(addr[4][:6]), data))
         return out
 
     def read_drops(self) -> int:

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from colo_proxy.compare.events import REASONS
 from colo_proxy.service.modes import Mode
+from colo_proxy.wire.carry import REFUSALS as CARRY_REFUSALS
 
 # BPF hook paths (the `path` label): where a packet was counted.
 PATHS = {
@@ -178,6 +179,19 @@ class ProxyCollector(Collector):
             yield from self._compare(st, self._compare_stats())
             yield from self._nfqueue(st)
         yield from self._datapath(st.get("datapath", {}))
+        yield from self._carry(st.get("carry", {}))
+
+    def _carry(self, st: dict[str, Any]) -> Iterator[Metric]:
+        yield _by("colo_proxy_carry_frames",
+                  "The carried-flow exchange on the forward link: sent (primary: "
+                  "announcements; secondary: challenges), accepted (primary: challenges "
+                  "answered; secondary: announcements written into its carried map)",
+                  "event", [(e, st.get(e, 0)) for e in ("sent", "accepted")])
+        refused = st.get("refused", {})
+        yield _by("colo_proxy_carry_refused_frames",
+                  "Frames of the carried-flow exchange refused (forged, stale or malformed: "
+                  "another source MAC, a wrong HMAC, an old nonce), by reason", "reason",
+                  [(r, refused.get(r, 0)) for r in CARRY_REFUSALS])
 
     def _common(self, st: dict[str, Any]) -> Iterator[Metric]:
         info = InfoMetricFamily("colo_build", "Build information")
@@ -329,10 +343,14 @@ class ProxyCollector(Collector):
                        "The SVM's ARP requests and IPv6 neighbour solicitations sent on to "
                        "the LAN by the primary host (it resolves its neighbours itself)",
                        counters.get("svm_solicits", 0))
-        yield _counter("colo_proxy_datapath_carry_announcements",
-                       "Carried-flow announcements a secondary took from its primary "
-                       "(flows it keeps shifted through the next failover)",
-                       counters.get("carry_learned", 0))
+        yield _by("colo_proxy_datapath_refused_frames",
+                  "Frames kept off a path because they are not what it carries (mirror: "
+                  "not client traffic for the VM, not mirrored; fwd_in: claims to be the "
+                  "primary host's own but comes from another MAC; svm_out: not from the "
+                  "secondary host's MAC, not compared): forged or stray", "path",
+                  [("mirror", counters.get("mirror_refused", 0)),
+                   ("fwd_in", counters.get("fwd_foreign", 0)),
+                   ("svm_out", counters.get("svm_foreign", 0))])
         yield _counter("colo_proxy_datapath_ipv6_ext_header_packets",
                        "IPv6 TCP segments behind extension headers on the secondary host "
                        "(passed, never sequence-rewritten)",

@@ -62,6 +62,12 @@ class Datapath(Protocol):
     def carried(self) -> int: ...
 
 
+class CarryStats(Protocol):
+    """The carried-flow exchange's counts (service.carry_link)."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 def flow_json(flow: Flow | None) -> dict[str, Any] | None:
     if flow is None:
         return None
@@ -78,9 +84,11 @@ class PrimaryProxy:
         *,
         notify: Callable[[dict[str, Any]], Any],
         datapath: Datapath | None = None,
+        carry: CarryStats | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.carry = carry
         self.queue = queue
         self.svm = svm
         self.notify = notify
@@ -330,6 +338,8 @@ class PrimaryProxy:
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
             out["carried_flows"] = self.datapath.carried()
+        if self.carry is not None:
+            out["carry"] = self.carry.stats()
         read_drops = getattr(self.svm, "read_drops", None)
         if read_drops is not None:
             out["svm_socket_drops"] = read_drops()

@@ -10,27 +10,66 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from colo_proxy.kernel import netfilter
-from colo_proxy.service import handover_file, instance_lock
+from colo_proxy.service import carry_link, handover_file, instance_lock
 from colo_proxy.service.control_socket import ControlServer, request, status_path_for
-from colo_proxy.service.settings import ProxySettings
-from colo_proxy.wire import handover
+from colo_proxy.service.settings import ConfigError, ProxySettings
+from colo_proxy.wire import carry
 
 log = logging.getLogger("colo-proxy")
 
 
 def run_primary(s: ProxySettings) -> None:
-    """Serve as the primary's proxy; AlreadyRunning if this instance runs already."""
+    """Serve as the primary's proxy; AlreadyRunning if this instance runs already,
+    ConfigError (before anything is attached) if the key file is unusable."""
+    key = pair_key(s)
     with instance_lock.hold(s.instance, Path(s.lock_dir)):
-        _run_primary(s)
+        _run_primary(s, key)
 
 
-def _run_primary(s: ProxySettings) -> None:
+def pair_key(s: ProxySettings) -> bytes | None:
+    """The pair's key for the carried-flow exchange; None (with a warning) without one."""
+    if not s.key_file:
+        if s.role == "secondary" or s.uplink:
+            log.warning("no key_file: carried flows are not %s, so connections carried over "
+                        "a role swap break at the next failover",
+                        "announced to the secondary" if s.uplink else "taken from the primary")
+        return None
+    try:
+        return carry_link.load_key(s.key_file)
+    except ValueError as exc:
+        raise ConfigError(f"key_file {s.key_file}: {exc}; give the pair's key (the file of "
+                          "the orchestrators' heartbeat_key_file)") from exc
+
+
+@contextmanager
+def _carry_end(s: ProxySettings, dp: Any, key: bytes | None,
+               end: type[carry_link.Announcer] | type[carry_link.Listener]) -> Iterator[Any]:
+    """The carried-flow exchange's end of this role, running while the context is open."""
+    from colo_proxy.kernel.datapath import mac_bytes
+    from colo_proxy.kernel.packet_socket import PacketSocket
+
+    if key is None:
+        yield None
+        return
+    link = PacketSocket(s.forward, protocol=carry.ETH_P_CARRY, rcvbuf=1 << 20)
+    try:
+        worker = end(dp, link, key, mac_bytes(s.peer_mac))
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+    finally:
+        link.close()
+
+
+def _run_primary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
     from colo_proxy.kernel.packet_socket import PacketSocket
@@ -42,27 +81,29 @@ def _run_primary(s: ProxySettings) -> None:
     ctl = ControlServer(s.control_socket)
     try:
         with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
-                      uplink=s.uplink) as dp, NfQueue(qcfg) as q:
-            svm = PacketSocket(s.forward)
+                      peer_mac=s.peer_mac, uplink=s.uplink) as dp, NfQueue(qcfg) as q:
+            # Filtered from the start: only the secondary host's frames are SVM output.
+            svm = PacketSocket(s.forward, bpf_filter=dp.svm_filter())
             dp.set_mode(MODE_PROTECTED)
             _carry_over(s, dp)
             # Bind the queue before the rule exists, so no packet is ever queued to nobody.
             netfilter.install(s.tap, s.queue, s.instance, bypass=s.on_crash == "open")
-            announcer = _Announcer(dp, svm) if s.uplink else None
             try:
-                proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp)
-                stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
-                                              fail_open=qcfg.fail_open)
-                try:
-                    serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
-                        "ready: comparing output of %s, mirror to %s, control %s, on crash %s",
-                        s.tap, s.forward, s.control_socket, s.on_crash),
-                        busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held)
-                finally:
-                    stop_metrics()
+                # Only a primary with an uplink carries flows over a role swap.
+                with _carry_end(s, dp, key if s.uplink else None,
+                                carry_link.Announcer) as ann:
+                    proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp,
+                                         carry=ann)
+                    stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
+                                                  fail_open=qcfg.fail_open)
+                    try:
+                        serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
+                            "ready: comparing output of %s, mirror to %s, control %s, on "
+                            "crash %s", s.tap, s.forward, s.control_socket, s.on_crash),
+                            busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held)
+                    finally:
+                        stop_metrics()
             finally:
-                if announcer is not None:
-                    announcer.stop()
                 netfilter.remove(s.instance)
                 svm.close()
     finally:
@@ -83,38 +124,15 @@ def _carry_over(s: ProxySettings, dp: Any) -> None:
              dp.carry(offsets), s.uplink)
 
 
-class _Announcer:
-    """Repeats the carried flows to the secondary (colo_proxy.wire.handover.announcement) while
-    there are any, so that a failover of this primary does not break them either."""
-
-    def __init__(self, dp: Any, link: Any) -> None:
-        self.dp, self.link = dp, link
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="carry-announcer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                for o in self.dp.carried_offsets():
-                    self.link.send(handover.ETH_P_CARRY, handover.announcement(o))
-            except OSError as exc:  # a full device queue: the next round repeats them
-                log.debug("carried-flow announcement: %s", exc)
-            if self._stop.wait(handover.ANNOUNCE_EVERY):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def run_secondary(s: ProxySettings) -> None:
-    """Serve as the secondary's proxy; AlreadyRunning if this instance runs already."""
+    """Serve as the secondary's proxy; AlreadyRunning if this instance runs already,
+    ConfigError (before anything is attached) if the key file is unusable."""
+    key = pair_key(s)
     with instance_lock.hold(s.instance, Path(s.lock_dir)):
-        _run_secondary(s)
+        _run_secondary(s, key)
 
 
-def _run_secondary(s: ProxySettings) -> None:
+def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
     from colo_proxy.service.loop import serve
     from colo_proxy.service.secondary import SecondaryProxy
@@ -122,10 +140,12 @@ def _run_secondary(s: ProxySettings) -> None:
     ctl = ControlServer(s.control_socket)
     handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid
     try:
-        with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac) as dp:
+        with Datapath("secondary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
+                      peer_mac=s.peer_mac) as dp, \
+                _carry_end(s, dp, key, carry_link.Listener) as listener:
             dp.set_mode(MODE_PROTECTED)
             proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
-                                   instance=s.instance)
+                                   instance=s.instance, carry=listener)
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(

@@ -25,8 +25,9 @@ class SecondaryProxy:
     """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
 
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
-                 handover: Path | None = None, instance: str = "") -> None:
+                 handover: Path | None = None, instance: str = "", carry: Any = None) -> None:
         self.datapath = datapath
+        self.carry = carry  # service.carry_link.Listener: announcements taken and refused
         self.instance = instance
         self.handover = handover  # where the offsets go at failover (service.handover_file)
         self.modes = Machine()
@@ -56,13 +57,16 @@ class SecondaryProxy:
                  "complete": o.complete, "ts_offset": o.ts_offset}
                 for o in self.datapath.offsets()]}
         if kind == "status":
-            return {"type": "status", "role": "secondary", "mode": self.mode.label,
-                    "uptime_seconds": round(self.clock() - self.started, 3),
-                    "checkpoints_done": self.checkpoints,
-                    "offsets": len(offs := self.datapath.offsets()),
-                    "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
-                    "carried_flows": self.datapath.carried(),
-                    "datapath": self.datapath.counters()}
+            out = {"type": "status", "role": "secondary", "mode": self.mode.label,
+                   "uptime_seconds": round(self.clock() - self.started, 3),
+                   "checkpoints_done": self.checkpoints,
+                   "offsets": len(offs := self.datapath.offsets()),
+                   "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
+                   "carried_flows": self.datapath.carried(),
+                   "datapath": self.datapath.counters()}
+            if self.carry is not None:
+                out["carry"] = self.carry.stats()
+            return out
         if kind == "checkpoint_started":
             pass
         elif kind == "checkpoint_done":

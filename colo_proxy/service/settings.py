@@ -42,6 +42,14 @@ class ProxySettings:
     # carried over a role swap are rewritten there; "" = none (they break at the swap).
     uplink: str = ""
     vm_mac: str = "52:54:00:c0:10:01"
+    # The other host's forward-link MAC (required): the secondary learns the PVM's ISNs and
+    # takes announcements only from it, the primary compares only its frames as the SVM's
+    # output. Anything else on the link is counted and dropped.
+    peer_mac: str = ""
+    # The pair's key (the orchestrators' heartbeat_key_file): carried-flow announcements on
+    # the forward link are authenticated with it. "" = none: carried flows break at the
+    # next failover after a role swap.
+    key_file: str = ""
     control_socket: str = DEFAULT_SOCKET
     instance: str = "colo"  # this VM's proxy: tag of our iptables rules, name of our lock
     lock_dir: str = "/run/colo-proxy"  # where each instance's lock lives (one per host)
@@ -103,6 +111,10 @@ def _mac(v: str) -> str | None:
 
 def _abs_path(v: str) -> str | None:
     return None if v.startswith("/") else f"{v!r} is not an absolute path"
+
+
+def _abs_path_or_none(v: str) -> str | None:
+    return None if v == "" else _abs_path(v)
 
 
 def _socket_path(v: str) -> str | None:
@@ -170,6 +182,11 @@ SPECS: dict[str, Spec] = {
                    "e.g. {eg}, or \"\" for none", check=_ifname_or_none),
     "vm_mac": Spec("proxy", str, "52:54:00:c0:10:01", "give the unicast MAC both VMs share, "
                    "e.g. {eg}", check=_mac),
+    "peer_mac": Spec("proxy", str, "02:c0:10:f0:00:02", "give the other host's forward-link "
+                     "MAC (`ip -br link show fwd0` there), e.g. {eg}", check=_mac),
+    "key_file": Spec("proxy", str, "/etc/colo/web.key", "give the full path of the pair's key "
+                     "(the orchestrators' heartbeat_key_file), e.g. {eg}, or \"\" for none",
+                     check=_abs_path_or_none),
     "control_socket": Spec("proxy", str, DEFAULT_SOCKET, "give an absolute path of at most "
                            f"{UNIX_PATH_MAX} bytes, e.g. {{eg}}", check=_socket_path),
     "instance": Spec("proxy", str, "web", "use 1-64 letters, digits, '_', '.' or '-', not "
@@ -440,6 +457,7 @@ def load(path: str | Path | None, flags: Mapping[str, Any]) -> ProxySettings:
         if key not in SPECS:
             raise ValueError(f"no setting {key!r}")  # a caller's bug, not the operator's
     values.update(_from_flags(flags))
+    _peer_mac(_Source(str(path), True) if path is not None else _Source(FLAGS, False), values)
     proxy = {k: v for k, v in values.items() if SPECS[k].table == "proxy"}
     compare: dict[str, Any] = {k: v for k, v in values.items() if SPECS[k].table == "compare"}
     for k in ("other_policy", "fragment_policy", "unparseable_policy"):
@@ -449,6 +467,18 @@ def load(path: str | Path | None, flags: Mapping[str, Any]) -> ProxySettings:
         matches.append(ICMP6_MULTICAST)
     cmp_cfg = replace(CompareConfig(), pass_through=tuple(matches), **compare)
     return ProxySettings(**proxy, compare=cmp_cfg)
+
+
+def _peer_mac(src: _Source, values: Mapping[str, Any]) -> None:
+    """peer_mac is required (nothing on the forward link is trusted without it), and is
+    neither the VM's MAC nor given twice over."""
+    peer = values.get("peer_mac", "")
+    if not peer:
+        raise src.fail(src.key("peer_mac"), "missing: the forward link's frames cannot be "
+                       "told from forgeries without it", _fix(src, "peer_mac"))
+    if peer.lower() == values.get("vm_mac", ProxySettings.vm_mac).lower():
+        raise src.fail(src.key("peer_mac"), f"{src.show(peer)} is the VM's MAC",
+                       _fix(src, "peer_mac"))
 
 
 ICMP6_MULTICAST = FlowMatch(proto=58, dst=ipaddress.ip_network("ff02::/16"))

@@ -8,26 +8,19 @@ a file next to its control socket when it fails over, and the primary loads them
 start into its uplink rewrite (datapath.Datapath.carry). Nothing else writes the file;
 a checkpoint or a resume of protection makes it void (the VMs share one space again).
 
-This module holds the file's document and the carry announcement, without I/O;
-`colo_proxy.service.handover_file` reads and writes the file.
+This module holds the file's document, without I/O; `colo_proxy.service.handover_file`
+reads and writes the file, and `colo_proxy.wire.carry` the announcements that tell the
+secondary about the carried flows.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import struct
 from typing import Any
 
 from colo_proxy.wire.offset import Offset
 
 VERSION = 1
-# struct colo_carry_msg in bpf/colo.h: the primary repeats one per carried flow on the
-# forward link, so that the secondary keeps the flows going after the next failover too.
-ETH_P_CARRY = 0x88B5
-CARRY_MAGIC = 0x434F4C4F  # "COLO"
-ANNOUNCE_EVERY = 2.0  # seconds; a secondary that (re)starts hears them within this
-_MSG = struct.Struct("!II16s16sHHIII")
 
 
 class DamagedHandover(ValueError):
@@ -56,14 +49,3 @@ def decode(text: str) -> list[Offset]:
                 for d in doc["offsets"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DamagedHandover(str(exc)) from exc
-
-
-def _ip16(ip: str) -> bytes:
-    addr = ipaddress.ip_address(ip)
-    return (ipaddress.IPv6Address(f"::ffff:{addr}") if addr.version == 4 else addr).packed
-
-
-def announcement(o: Offset) -> bytes:
-    """The payload (after the Ethernet header) announcing one carried flow."""
-    return _MSG.pack(CARRY_MAGIC, 1, _ip16(o.vm_ip), _ip16(o.peer_ip), o.vm_port, o.peer_port,
-                     o.offset % 2**32, (o.ts_offset or 0) % 2**32, int(o.ts_offset is not None))

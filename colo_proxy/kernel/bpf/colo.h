@@ -27,7 +27,13 @@ enum colo_counter {
 	C_IP6_EXT,         /* secondary: IPv6 TCP behind extension headers (passed unrewritten) */
 	C_SVM_SOLICITS,    /* primary: the SVM's ARP requests and neighbour solicitations sent on
 			    * to the LAN (uplink) */
-	C_CARRY_LEARNED,   /* secondary: carried-flow announcements taken from the primary */
+	C_MIRROR_REFUSED,  /* primary: frames delivered to the PVM but not mirrored: not client
+			    * traffic for the VM (see colo_mirror) */
+	C_FWD_FOREIGN,     /* secondary: frames on the forward link that claim to be the primary
+			    * host's own (the VM's source MAC, our ethertype) but come from
+			    * another MAC: dropped, nothing learned */
+	C_SVM_FOREIGN,     /* primary: frames on the forward link from another MAC than the
+			    * secondary host's: kept from the comparator */
 	C_MAX,
 };
 
@@ -62,19 +68,11 @@ struct colo_offset {
 	__u32 ts_offset;
 };
 
-/* A flow carried over a role swap, announced by the primary proxy on the forward link so
- * that the secondary can keep it going after the next failover too. Ethertype 0x88B5
- * (IEEE 802 local experimental); the numbers after the key in network byte order. */
+/* Carried-flow announcements and the secondary's challenges (colo_proxy/wire/carry.py)
+ * travel on the forward link with this ethertype (IEEE 802 local experimental). The
+ * programs never read them: they pass those from the peer host's forward-link MAC up to
+ * the proxy's packet socket, which checks their HMAC, and drop all others. */
 #define COLO_ETH_P_CARRY 0x88B5
-#define COLO_CARRY_MAGIC 0x434f4c4fU  /* "COLO" */
-struct colo_carry_msg {
-	__u32 magic;
-	__u32 version;  /* 1 */
-	struct colo_flow key;
-	__u32 offset;
-	__u32 ts_offset;
-	__u32 ts_valid;
-};
 
 /* mode[0]: 0 protected (mirror/steer), 1 pass-through (failover: no mirror; secondary
  * output to its bridge, old connections still rewritten, new ones not learned). */

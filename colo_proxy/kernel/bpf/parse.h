@@ -131,11 +131,19 @@ static __always_inline int colo_parse(struct __sk_buff *skb, struct colo_pkt *p)
 	return colo_parse_tcp(skb, p);
 }
 
-static __always_inline int colo_mac_is_vm(const unsigned char *mac)
+/* A MAC address as a number, to compare with -DVM_MAC=0x... and the like. */
+static __always_inline __u64 colo_mac(const unsigned char *mac)
 {
-	__u64 m = ((__u64)mac[0] << 40) | ((__u64)mac[1] << 32) | ((__u64)mac[2] << 24) |
-		  ((__u64)mac[3] << 16) | ((__u64)mac[4] << 8) | (__u64)mac[5];
-	return m == (__u64)(VM_MAC);
+	return ((__u64)mac[0] << 40) | ((__u64)mac[1] << 32) | ((__u64)mac[2] << 24) |
+	       ((__u64)mac[3] << 16) | ((__u64)mac[4] << 8) | (__u64)mac[5];
+}
+
+/* Write a MAC address given as a number (network order) at `off` in the frame. */
+static __always_inline int colo_store_mac(struct __sk_buff *skb, __u32 off, __u64 mac)
+{
+	unsigned char b[6] = {mac >> 40, mac >> 32, mac >> 24, mac >> 16, mac >> 8, mac};
+
+	return bpf_skb_store_bytes(skb, off, b, 6, 0);
 }
 
 #endif

@@ -1,16 +1,22 @@
 /* Secondary host: feed the SVM the mirrored input, send its output to the comparator, and
  * make its TCP sequence numbers match the PVM's.
  *
- * -DFWD_IFINDEX=n, -DTAP_IFINDEX=n (the SVM's tap), -DVM_MAC=0x....
- * colo_fwd_in: tc ingress of the forward link. A PVM SYN/SYN-ACK copy (source MAC = the
- *              VM's) only teaches the PVM's ISN and is dropped; so is a carried-flow
- *              announcement (ethertype 0x88B5, into `carried`); everything else (the
- *              clients' packets) is redirected to the SVM's tap.
+ * -DFWD_IFINDEX=n, -DTAP_IFINDEX=n (the SVM's tap), -DVM_MAC=0x...., -DFWD_MAC=0x... (this
+ * host's forward-link MAC), -DPEER_MAC=0x... (the primary host's forward-link MAC).
+ * colo_fwd_in: tc ingress of the forward link. From the primary host's MAC come its own
+ *              frames: a PVM SYN/SYN-ACK copy only teaches the PVM's ISN and is dropped; a
+ *              carried-flow announcement (ethertype 0x88B5) goes up to the proxy's socket,
+ *              which checks its HMAC and writes `carried` itself. The primary never
+ *              mirrors a frame from that MAC, the VM's or ours, nor our ethertype, so such
+ *              frames from elsewhere are forged: dropped and counted (C_FWD_FOREIGN).
+ *              Everything else (the clients' packets) is redirected to the SVM's tap.
  * colo_tap_eg: tc egress of the SVM's tap, whatever the path (forward link while protected,
  *              the bridge after failover): ack += offset, SACK edges += offset and the
  *              timestamp echo (TSecr) += ts_offset.
  * colo_tap_in: tc ingress of the SVM's tap (its output): learns the SVM's ISN (and TSval)
- *              from its SYN/SYN-ACK; protected: to the forward link unchanged; pass-through
+ *              from its SYN/SYN-ACK; protected: to the forward link with this host's
+ *              forward-link MAC as source (the primary compares only frames from it),
+ *              otherwise unchanged; pass-through
  *              (after failover): seq -= offset, TSval -= ts_offset for old connections, on
  *              to the bridge.
  * offset = svm_isn - pvm_isn per connection, in an LRU hash so stale flows age out; IPv4
@@ -34,7 +40,8 @@
 BPF_PERCPU_ARRAY(counters, u64, C_MAX);
 BPF_ARRAY(mode, u32, 1);
 BPF_TABLE("lru_hash", struct colo_flow, struct colo_offset, offsets, 65536);
-/* Flows the primary carries over a role swap (announced on the forward link): the VM runs
+/* Flows the primary carries over a role swap (announced on the forward link, written here
+ * by the proxy after it checked the announcement's HMAC): the VM runs
  * them in its own spaces, shifted from the clients' by these offsets. While protected the
  * primary's uplink shifts them, so the mirror already brings them in the VM's spaces;
  * after a failover this host's tap does, like `offsets`. Checkpoints do not reset them. */
@@ -124,37 +131,23 @@ static __always_inline int paired(const struct colo_offset *o)
 	return o && (o->have & COLO_PAIRED);
 }
 
-/* A carried-flow announcement from the primary proxy into `carried`. */
-static __always_inline void learn_carried(struct __sk_buff *skb)
-{
-	struct colo_carry_msg m;
-	struct colo_offset o = {};
-
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &m, sizeof(m)) < 0 ||
-	    m.magic != bpf_htonl(COLO_CARRY_MAGIC) || m.version != bpf_htonl(1))
-		return;
-	o.have = COLO_HAVE_BOTH | COLO_PAIRED;
-	o.offset = bpf_ntohl(m.offset);
-	o.ts_offset = bpf_ntohl(m.ts_offset);
-	o.ts_have = m.ts_valid ? COLO_HAVE_BOTH : 0;
-	carried.update(&m.key, &o);
-	count(C_CARRY_LEARNED, 1);
-}
-
 int colo_fwd_in(struct __sk_buff *skb)
 {
 	struct colo_pkt p = {};
 	int r = colo_parse(skb, &p);
+	u64 src = colo_mac(p.eth.h_source);
 
-	if (p.eth.h_proto == bpf_htons(COLO_ETH_P_CARRY)) {
-		learn_carried(skb);
-		return TC_ACT_SHOT;
-	}
-
-	if (r == COLO_PARSE_TCP && colo_mac_is_vm(p.eth.h_source)) {
-		if ((p.flags & TCPF_SYN) && protected())
+	if (src == (u64)(PEER_MAC)) {
+		if (p.eth.h_proto == bpf_htons(COLO_ETH_P_CARRY))
+			return TC_ACT_OK;  /* to the proxy's socket, bound to this ethertype */
+		if (r == COLO_PARSE_TCP && (p.flags & TCPF_SYN) && protected())
 			learn(skb, &p, 0);
-		return TC_ACT_SHOT;  /* a PVM copy: never give it to the SVM */
+		return TC_ACT_SHOT;  /* the primary host's own: never give it to the SVM */
+	}
+	if (src == (u64)(VM_MAC) || src == (u64)(FWD_MAC) ||
+	    p.eth.h_proto == bpf_htons(COLO_ETH_P_CARRY)) {
+		count(C_FWD_FOREIGN, 1);
+		return TC_ACT_SHOT;
 	}
 	if (r == COLO_PARSE_NON_IP)
 		count(C_NON_IP, 1);
@@ -246,6 +239,11 @@ int colo_tap_in(struct __sk_buff *skb)
 	}
 	if (!prot)
 		return TC_ACT_OK;
+	/* The primary takes as the SVM's output only what comes from this host's MAC. */
+	if (colo_store_mac(skb, 6, FWD_MAC) < 0) {
+		count(C_REDIRECT_FAIL, 1);
+		return TC_ACT_SHOT;
+	}
 	r = bpf_redirect(FWD_IFINDEX, 0);
 	if (r != TC_ACT_REDIRECT)
 		count(C_REDIRECT_FAIL, 1);

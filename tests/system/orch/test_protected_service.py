@@ -129,8 +129,8 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(lab: La
         client.wait_more(20)
         carried = pair.proxy_status(lab, "secondary")
         # The second failover, the other way: the primary host's proxy (now secondary)
-        # hears the carried flow from the forward link (every 2 s) and shifts it when its
-        # VM serves.
+        # hears the carried flow from the forward link (its challenge every 2 s answered)
+        # and shifts it when its VM serves.
         wait_until(lambda: pair.proxy_status(lab, "primary").get("carried_flows", 0) >= 1, 30,
                    "the secondary to hear the carried flow", every=0.1)
         pair.kill_vm(lab, "secondary")
@@ -143,7 +143,8 @@ def test_connection_opened_since_the_last_checkpoint_survives_role_swaps(lab: La
     assert summary["errors"] == 0 and summary["connections"] == 1
     dp = carried["datapath"]
     assert carried["carried_flows"] >= 1 and dp["ack_rewrites"] > 0 and dp["seq_rewrites"] > 0
-    assert heard["datapath"]["carry_learned"] >= 1, heard
+    # Heard authenticated (the pair's key), answering its own challenges.
+    assert heard["carry"]["accepted"] >= 1 and heard["carry"]["refused"] == {}, heard
 
 
 # A long minimum interval makes the rate limit observable.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,11 +41,5 @@ def standin() -> Iterator[Standin]:
 @pytest.fixture
 def pair(standin: Standin, request: pytest.FixtureRequest) -> Iterator[ProxyPair]:
     extra = getattr(request, "param", None) or []
-    p = ProxyPair(standin, RUN_ROOT / standin.name, extra=extra)
-    try:
-        p.start()
+    with ProxyPair(standin, RUN_ROOT / standin.name, extra=extra).running() as p:
         yield p
-    finally:
-        p.stop()
-        p.cleanup()
-        shutil.rmtree(p.run_dir, ignore_errors=True)

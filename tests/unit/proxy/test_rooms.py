@@ -15,8 +15,8 @@ import pytest
 from tests.support.paths import REPO
 
 PROXY = REPO / "colo_proxy"
-PURE = {"__future__", "bisect", "collections", "dataclasses", "enum", "heapq", "ipaddress",
-        "itertools", "json", "struct", "typing"}
+PURE = {"__future__", "bisect", "collections", "dataclasses", "enum", "hashlib", "hmac",
+        "heapq", "ipaddress", "itertools", "json", "struct", "typing"}
 # compare/_compiled.py reads the sources to pick the compiled build (test_purity.py there).
 LOADERS = {PROXY / "compare" / "_compiled.py"}
 KERNEL_LIBRARIES = {"bcc", "pyroute2", "netfilterqueue"}

@@ -128,6 +128,16 @@ BAD_FILES = [
     ('[[compare.pass_through]]\ndst = "10.0.0.1/8"\n', 'compare.pass_through[0].dst: '
      '"10.0.0.1/8" is not an address or network (with no host bits set); write it like '
      'dst = "10.0.0.0/24", "10.0.0.5" or "fd00::/64"'),
+    # Nothing on the forward link can be told from a forgery without the peer's MAC.
+    ('[proxy]\ntap = "tapS"\n', "proxy.peer_mac: missing: the forward link's frames cannot be "
+     "told from forgeries without it; give the other host's forward-link MAC (`ip -br link "
+     'show fwd0` there), e.g. peer_mac = "02:c0:10:f0:00:02"'),
+    ('[proxy]\npeer_mac = "52:54:00:c0:10:01"\n', 'proxy.peer_mac: "52:54:00:c0:10:01" is the '
+     "VM's MAC; give the other host's forward-link MAC (`ip -br link show fwd0` there), e.g. "
+     'peer_mac = "02:c0:10:f0:00:02"'),
+    ('[proxy]\nkey_file = "web.key"\n', "proxy.key_file: 'web.key' is not an absolute path; "
+     "give the full path of the pair's key (the orchestrators' heartbeat_key_file), e.g. "
+     'key_file = "/etc/colo/web.key", or "" for none'),
     ("[proxy\n", "not valid TOML: Expected ']' at the end of a table declaration "
      "(at line 1, column 7); fix the syntax at that line"),
 ]
@@ -220,6 +230,7 @@ def test_a_good_config_gets_a_short_summary(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "proxy.toml"
     cfg.write_text('[proxy]\ntap = "vif1.0"\nqueue = 3\nuplink = "eth0"\n'
+                   'peer_mac = "02:c0:10:f0:00:02"\nkey_file = "/etc/colo/web.key"\n'
                    'metrics_listen = "[fd00::1]:7412"\n'
                    "[compare]\ncompare_timeout = 0.25\n"
                    '[[compare.pass_through]]\nproto = 17\ndport = 123\ndst = "10.0.0.0/24"\n')
@@ -229,6 +240,7 @@ def test_a_good_config_gets_a_short_summary(tmp_path: Path,
         f"{cfg}: ok\n"
         "primary proxy, instance colo: tap vif1.0, forward link fwd0, uplink eth0, "
         "VM MAC 52:54:00:c0:10:01\n"
+        "peer's forward-link MAC 02:c0:10:f0:00:02, pair's key /etc/colo/web.key\n"
         "NFQUEUE 3 (on crash: open, queue full: drop, GSO on), control socket "
         "/run/colo-proxy/control.sock, metrics on [fd00::1]:7412\n"
         "compare timeout 0.25 s, 2 flow pattern(s) passed uncompared\n")

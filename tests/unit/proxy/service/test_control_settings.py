@@ -9,6 +9,8 @@ import pytest
 from colo_proxy.service.settings import ICMP6_MULTICAST, ConfigError, load
 from colo_proxy.wire import control
 
+PEER = "02:c0:10:f0:00:02"  # the other host's forward-link MAC (required)
+
 
 def test_lines_decode_across_reads_and_errors_are_items() -> None:
     dec = control.LineDecoder()
@@ -32,7 +34,7 @@ def test_settings_from_toml_and_flags(tmp_path: Path) -> None:
     cfg.write_text('[proxy]\ntap = "vif1.0"\nqueue = 3\non_crash = "open"\n'
                    '[compare]\ncompare_timeout = 0.25\n'
                    '[[compare.pass_through]]\nproto = 17\ndport = 53\n')
-    s = load(cfg, {"queue": 7, "role": "primary"})
+    s = load(cfg, {"queue": 7, "role": "primary", "peer_mac": PEER})
     assert (s.tap, s.queue, s.on_crash) == ("vif1.0", 7, "open")
     assert s.compare.compare_timeout == 0.25
     assert s.compare.pass_through[0].dport == 53
@@ -40,10 +42,10 @@ def test_settings_from_toml_and_flags(tmp_path: Path) -> None:
 
 
 def test_busy_poll_and_batch_settings(tmp_path: Path) -> None:
-    assert load(None, {}).busy_poll_us == 0  # off: on 2 shared CPUs it slowed the SVM
+    assert load(None, {"peer_mac": PEER}).busy_poll_us == 0  # off: it slowed the SVM
     cfg = tmp_path / "p.toml"
     cfg.write_text('[proxy]\nbusy_poll_us = 300\nbatch = 64\n')
-    s = load(cfg, {"busy_poll_held": True})
+    s = load(cfg, {"busy_poll_held": True, "peer_mac": PEER})
     assert (s.busy_poll_us, s.busy_poll_held, s.batch) == (300, True, 64)
 
 
@@ -54,7 +56,7 @@ def test_bad_settings_say_what(tmp_path: Path, text: str) -> None:
     cfg = tmp_path / "p.toml"
     cfg.write_text(text)
     with pytest.raises(ConfigError):
-        load(cfg, {})
+        load(cfg, {"peer_mac": PEER})
 
 
 def test_every_setting_has_a_spec_in_its_table() -> None:
@@ -69,8 +71,10 @@ def test_every_setting_has_a_spec_in_its_table() -> None:
     assert {k for k, s in SPECS.items() if s.table == "proxy"} == proxy
     assert {k for k, s in SPECS.items() if s.table == "compare"} == compare
     for key, spec in SPECS.items():  # each default passes its own spec
+        if key == "peer_mac":
+            continue  # required: no default
         default = getattr(ProxySettings() if spec.table == "proxy" else CompareConfig(), key)
-        assert load(None, {key: default}) is not None
+        assert load(None, {"peer_mac": PEER, key: default}) is not None
 
 
 def test_policies_load_as_policies(tmp_path: Path) -> None:
@@ -78,7 +82,7 @@ def test_policies_load_as_policies(tmp_path: Path) -> None:
 
     cfg = tmp_path / "p.toml"
     cfg.write_text('[compare]\nother_policy = "pass"\n')
-    assert load(cfg, {}).compare.other_policy is Policy.PASS
+    assert load(cfg, {"peer_mac": PEER}).compare.other_policy is Policy.PASS
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0])
@@ -88,3 +92,25 @@ def test_the_comparators_own_config_refuses_a_timeout_that_never_or_always_fires
 
     with pytest.raises(ValueError, match="compare_timeout must be a finite number of seconds"):
         CompareConfig(compare_timeout=value)
+
+
+def test_the_peers_forward_link_mac_is_required_and_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^command line: --peer-mac: missing: .*"
+                       r"ip -br link show fwd0.*--peer-mac 02:c0:10:f0:00:02"):
+        load(None, {})
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[proxy]\ntap = "tapS"\n')
+    with pytest.raises(ConfigError, match=rf"^{cfg}: proxy.peer_mac: missing"):
+        load(cfg, {})
+    for bad, why in (("02:c0:10:f0:00", "not a MAC"), ("03:00:00:00:00:01", "multicast"),
+                     ("52:54:00:c0:10:01", "is the VM's MAC")):
+        with pytest.raises(ConfigError, match=why):
+            load(None, {"peer_mac": bad})
+    assert load(None, {"peer_mac": PEER.upper()}).peer_mac == PEER.upper()
+
+
+def test_key_file_is_an_absolute_path_or_none() -> None:
+    with pytest.raises(ConfigError, match=r"--key-file: 'web\.key' is not an absolute path"):
+        load(None, {"peer_mac": PEER, "key_file": "web.key"})
+    assert load(None, {"peer_mac": PEER, "key_file": "/etc/colo/web.key"}).key_file
+    assert load(None, {"peer_mac": PEER, "key_file": ""}).key_file == ""

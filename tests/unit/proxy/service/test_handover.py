@@ -7,7 +7,6 @@ from typing import Any
 
 from colo_proxy.service import handover_file
 from colo_proxy.service.secondary import SecondaryProxy
-from colo_proxy.wire import handover
 from colo_proxy.wire.offset import Offset
 
 V4 = Offset("10.99.0.10", 80, "10.99.0.100", 40000, 1000, 5000, 4000, True, 7)
@@ -72,16 +71,3 @@ def test_secondary_writes_at_failover_and_voids_at_resync(tmp_path: Path) -> Non
     proxy.on_control({"type": "failover"})
     proxy.on_control({"type": "resume"})
     assert not path.exists()
-
-
-def test_announcement_layout_matches_struct_colo_carry_msg() -> None:
-    msg = handover.announcement(V6)
-    assert len(msg) == 56  # 4 + 4 + 36 (struct colo_flow) + 3 x 4
-    assert msg[:8] == b"COLO" + (1).to_bytes(4, "big")
-    assert msg[8:24] == bytes.fromhex("fd990000000000000000000000000010")
-    assert msg[40:44] == (80).to_bytes(2, "big") + (40001).to_bytes(2, "big")
-    assert msg[44:] == (0).to_bytes(4, "big") + (2**32 - 3).to_bytes(4, "big") + \
-        (1).to_bytes(4, "big")
-    v4 = handover.announcement(NO_TS)
-    assert v4[8:24] == bytes(10) + b"\xff\xff" + bytes([10, 99, 0, 10])
-    assert v4[-4:] == bytes(4)  # no timestamps

@@ -120,9 +120,11 @@ def test_promtool_accepts_the_exposition() -> None:
 def test_metrics_listen_setting_is_checked() -> None:
     from colo_proxy.service.settings import ConfigError, load
 
-    assert load(None, {"metrics_listen": "10.0.0.1:7412"}).metrics_listen == "10.0.0.1:7412"
+    peer = {"peer_mac": "02:c0:10:f0:00:02"}
+    assert load(None, {"metrics_listen": "10.0.0.1:7412", **peer}).metrics_listen == \
+        "10.0.0.1:7412"
     with pytest.raises(ConfigError, match=r"--metrics-listen: '10\.0\.0\.1' is not ADDR:PORT"):
-        load(None, {"metrics_listen": "10.0.0.1"})
+        load(None, {"metrics_listen": "10.0.0.1", **peer})
 
 
 def test_serve_answers_a_scrape() -> None:
