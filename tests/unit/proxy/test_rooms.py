@@ -2,7 +2,7 @@
 
 `wire` (codecs) and `compare` (the comparison core) are pure: standard-library modules
 without I/O and their own room, never `kernel` or `service`. Only `kernel` touches the
-kernel: bcc, pyroute2, netfilterqueue, AF_PACKET and netlink sockets.
+kernel: bcc, pyroute2, AF_PACKET and netlink sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ PURE = {"__future__", "bisect", "collections", "dataclasses", "enum", "hashlib",
         "heapq", "ipaddress", "itertools", "json", "struct", "typing"}
 # compare/_compiled.py reads the sources to pick the compiled build (test_purity.py there).
 LOADERS = {PROXY / "compare" / "_compiled.py"}
-KERNEL_LIBRARIES = {"bcc", "pyroute2", "netfilterqueue"}
+KERNEL_LIBRARIES = {"bcc", "pyroute2"}
 KERNEL_SOCKETS = {"AF_PACKET", "AF_NETLINK"}
 
 
