@@ -35,7 +35,10 @@ class Timing:
     loop_wait: float = 0.05  # seconds between reconciliation cycles
     heartbeat_interval: float = 0.1
     heartbeat_timeout: float = 1.0  # peer lost after this long without a heartbeat
-    checkpoint_min_interval: float = 0.2  # rate limit: requests closer than this coalesce
+    # The checkpoint budget (colo_orch.core.decide.checkpoint_wait): a token bucket of
+    # checkpoint_burst checkpoints, refilled by one every checkpoint_min_interval.
+    checkpoint_min_interval: float = 0.2
+    checkpoint_burst: float = 3.0
     checkpoint_max_interval: float = 10.0  # periodic safety-net checkpoint
     qmp_timeout: float = 5.0  # a QMP command that takes longer marks the VM hung
     lease_ttl: float = 3.0  # arbiter lease lifetime (etcd: whole seconds); renewed every ttl/3
@@ -381,6 +384,10 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "timing.checkpoint_min_interval",
                     f"{t.checkpoint_min_interval} s exceeds checkpoint_max_interval "
                     f"({t.checkpoint_max_interval} s)", "make min <= max")
+    if t.checkpoint_burst < 1:
+        raise _fail(path, "timing.checkpoint_burst",
+                    f"{t.checkpoint_burst:g} allows no checkpoint at all",
+                    "make it at least 1 (1: a plain minimum interval between checkpoints)")
 
 
 def _check_api(cfg: Config, path: str) -> None:

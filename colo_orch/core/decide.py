@@ -9,7 +9,7 @@ seen again at the next cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from colo_orch.core.state import RUNNING_STATES, SERVING_STATES, TRANSITIONS, Event, State
 
@@ -63,6 +63,9 @@ class Snapshot:
     finished: ActionResult | None  # the action that finished since the last cycle
     checkpoint_requests: tuple[str, ...] = ()  # reasons pending (proxy, operator)
     last_checkpoint_at: float = 0.0
+    # The checkpoint budget's state (`checkpoint_wait`): the moment its bucket is full
+    # again, as the previous Decision.checkpoint_tat left it; 0.0: full.
+    checkpoint_tat: float = 0.0
     operator: str = ""  # pending operator command: pause, resume, failover, reprotect, stop
     auto_reprotect: bool = True
     degraded_reason: str = ""
@@ -142,6 +145,11 @@ class Decision:
     # True: make the running checkpoint fail now (the peer is lost; it would hang on a
     # stream to a dead secondary until its bound), so that the failover can start.
     abort_checkpoint: bool = False
+    # The budget's state after this decision's checkpoint (None: no checkpoint, unchanged).
+    checkpoint_tat: float | None = None
+    # A request is held by the budget: decide again in this many seconds, not at the next
+    # loop cycle.
+    retry_in: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -150,8 +158,32 @@ MAX_INTERVAL_REASON = "periodic"
 REPROTECT_BACKOFF = 30.0
 
 
-def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
-    """The one thing to do now, and why."""
+# The checkpoint budget ----------------------------------------------------------
+# A token bucket holding `burst` checkpoints, refilled by one every `interval` seconds,
+# kept in GCRA form: one number, the theoretical arrival time `tat`, the moment the
+# bucket would be full again. A divergence after a quiet spell finds tokens and
+# checkpoints at once, however recent the previous checkpoint; a storm drains the bucket
+# and then gets one checkpoint per `interval`, so that in any window of T seconds at most
+# `burst + T / interval` checkpoints run and the VM keeps running between them.
+# burst = 1 is the plain minimum interval between checkpoint starts.
+def checkpoint_wait(tat: float, now: float, interval: float, burst: float) -> float:
+    """Seconds before the budget allows a checkpoint; 0.0: now."""
+    return max(0.0, tat - (burst - 1) * interval - now)
+
+
+def checkpoint_spend(tat: float, now: float, interval: float) -> float:
+    """The budget's `tat` once a checkpoint starts at `now`."""
+    return max(tat, now) + interval
+
+
+def decide(s: Snapshot, min_interval: float, max_interval: float,
+           burst: float = 1.0) -> Decision:
+    """The one thing to do now, and why.
+
+    `min_interval` and `burst` are the checkpoint budget's (`checkpoint_wait`): the
+    sustained rate is one checkpoint per `min_interval`, `burst` of them may run back to
+    back. The default, 1, keeps the plain minimum interval between checkpoint starts.
+    """
     st = s.state
     # 1. Finished actions move the state on first: they are facts, not wishes.
     if s.finished is not None:
@@ -194,7 +226,10 @@ def decide(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
     handler = _HANDLERS.get(st)
     if handler is None:
         return Decision(f"nothing to do in {st.name}")
-    return handler(s, min_interval, max_interval)
+    d = handler(s, min_interval, max_interval, burst)
+    if isinstance(d.action, Checkpoint):
+        return replace(d, checkpoint_tat=checkpoint_spend(s.checkpoint_tat, s.now, min_interval))
+    return d
 
 
 # Peer states in which a secondary follows us: it may receive our checkpoints and never
@@ -311,7 +346,7 @@ def _on_finished(s: Snapshot) -> Decision | None:
 _MIGRATING = frozenset({"setup", "active", "device", "pre-switchover"})
 
 
-def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     mode = s.vm.colo_mode
     if s.vm.reachable and not s.vm.hung and mode in ("primary", "secondary"):
         # A restarted orchestrator: COLO runs, so the pair is protected now. Going through
@@ -346,13 +381,13 @@ def _stopped(s: Snapshot, _mn: float, _mx: float) -> Decision:
                     StartVM(incoming=s.role == "secondary"))
 
 
-def _starting(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _starting(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if s.vm.reachable:
         return Decision(f"VM is up ({s.vm.status})", Event.VM_RUNNING)
     return Decision("waiting for our VM's monitor")
 
 
-def _waiting(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _waiting(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if s.role == "secondary":
         if s.vm.colo_mode == "secondary":
             return Decision("the primary's COLO migration arrived: protected", Event.COLO_ENTERED)
@@ -365,7 +400,7 @@ def _waiting(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision("serving; waiting for a secondary")
 
 
-def _syncing(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _syncing(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if s.vm.migration == "colo":
         return Decision("COLO state reached: protected", Event.COLO_ENTERED)
     if s.vm.migration in ("failed", "cancelled"):
@@ -381,7 +416,8 @@ def _peer_gone(s: Snapshot) -> bool:
         s.peer.state is not None and not s.peer.vm_ok)
 
 
-def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decision:
+def _protected(s: Snapshot, min_interval: float, max_interval: float,
+               burst: float) -> Decision:
     p = s.peer
     # Only ALONE: during a re-protection the new primary is in WAITING/SYNCING while we
     # become PROTECTED, and heartbeats may lag by an interval.
@@ -411,7 +447,8 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
         return Decision("pausing protection on operator request: output is released uncompared",
                         Event.PAUSE, Pause(), consumed_operator=True)
     since = s.now - s.last_checkpoint_at
-    if s.checkpoint_requests and since >= min_interval:
+    wait = checkpoint_wait(s.checkpoint_tat, s.now, min_interval, burst)
+    if s.checkpoint_requests and wait == 0.0:
         reasons = tuple(sorted(set(s.checkpoint_requests)))
         return Decision(f"checkpoint for {', '.join(reasons)} "
                         f"({len(s.checkpoint_requests)} request(s) coalesced)",
@@ -420,8 +457,8 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float) -> Decisio
         return Decision(f"periodic checkpoint ({since:.1f} s since the last)", Event.CHECKPOINT,
                         Checkpoint((MAX_INTERVAL_REASON,)))
     if s.checkpoint_requests:
-        return Decision(f"checkpoint request held by the rate limit ({since:.3f} s < "
-                        f"{min_interval} s)")
+        return Decision(f"checkpoint request held by the rate limit for {wait:.3f} s "
+                        f"(burst {burst:g} spent, one per {min_interval:g} s)", retry_in=wait)
     return Decision("protected")
 
 
@@ -431,7 +468,7 @@ def _peer_why(s: Snapshot) -> str:
     return f"peer reports its VM lost ({s.peer.state.name if s.peer.state else '?'})"
 
 
-def _checkpointing(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _checkpointing(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if not s.busy and _peer_gone(s):
         # The checkpoint failed with the peer lost, and _go_alone first had S6's record
         # written: the failed result was seen once, so go on from here (measured: without
@@ -440,11 +477,11 @@ def _checkpointing(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision("checkpoint in flight")
 
 
-def _failing_over(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _failing_over(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     return Decision("failover in flight")
 
 
-def _alone(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _alone(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     p = s.peer
     if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
             and p.proxy_ready):
@@ -454,7 +491,7 @@ def _alone(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision("serving alone (unprotected)")
 
 
-def _paused(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _paused(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if _peer_gone(s):
         return _go_alone(s, f"{_peer_why(s)} while paused: continuing alone")
     if s.operator == "resume":
@@ -463,7 +500,7 @@ def _paused(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision("protection paused")
 
 
-def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     p = s.peer
     if p.alive and p.role == "primary" and p.state in (State.FAILING_OVER, State.ALONE,
                                                        State.WAITING, State.SYNCING,
@@ -483,7 +520,7 @@ def _degraded(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision(f"degraded: {s.degraded_reason}")
 
 
-def _holding(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _holding(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     p = s.peer
     if _peer_serves(p):
         state = p.state.name if p.state else "?"
@@ -507,7 +544,7 @@ def _holding(s: Snapshot, _mn: float, _mx: float) -> Decision:
     return Decision(f"{how}: serving alone", Event.LEASE_REGAINED, fence=False)
 
 
-def _fenced(s: Snapshot, _mn: float, _mx: float) -> Decision:
+def _fenced(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     p = s.peer
     if s.lease_held:
         return Decision("fenced: releasing the arbiter lease", action=ReleaseLease())

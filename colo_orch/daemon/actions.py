@@ -46,6 +46,7 @@ class Actions(ProxySupervision):
     last_checkpoint_s: float | None
     last_takeover_s: float | None
     _executor: ThreadPoolExecutor
+    _wake: threading.Event  # wakes the loop before its next tick
     _action_name: str
     _peer_lost_at: float | None
     _fenced: bool  # output must be held: we have neither the lease nor the failsafe
@@ -76,6 +77,9 @@ class Actions(ProxySupervision):
             return
         self._action_name = name
         self._future = self._executor.submit(fn)
+        # The loop moves on (CHECKPOINTING -> PROTECTED, the next request) once it sees
+        # the action finished: wake it then rather than at its next tick.
+        self._future.add_done_callback(lambda _f: self._wake.set())
 
     def _action_fn(self, action: Action) -> tuple[str, Any]:
         b = self.backend

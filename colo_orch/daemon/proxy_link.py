@@ -20,6 +20,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from colo_proxy.wire.control import LineDecoder, ProtocolError, encode
@@ -42,6 +43,9 @@ class ProxyLink:
         self.last_error = ""
         self.hello: dict[str, Any] | None = None  # the current connection's hello answer
         self.generation = 0  # hello answers received: +1 per (re)connection
+        # Called on the reader thread when a checkpoint request arrives, so that the
+        # orchestrator's loop acts on it at once instead of at its next cycle.
+        self.on_request: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._reader = threading.Thread(target=self._run, name="proxy-link", daemon=True)
@@ -151,6 +155,8 @@ class ProxyLink:
                     with self._cond:
                         if msg.get("type") == "checkpoint_request":
                             self._requests.append(str(msg.get("reason", "unknown")))
+                            if self.on_request is not None:
+                                self.on_request()
                         elif msg.get("type") == "hello" or msg.get("for") == "hello":
                             self.hello = msg
                             self.generation += 1

@@ -80,6 +80,14 @@ class Orchestrator(Actions, Watchers):
         self._vm = VmObs(reachable=False)
         self._vm_at = 0.0
         self._stop = threading.Event()
+        # Set by whatever the loop must act on at once: a proxy's checkpoint request, an
+        # operator command, a finished action. Waiting out loop_wait instead cost a
+        # divergence up to 50 ms before its checkpoint (docs/BENCHMARKS.md).
+        self._wake = threading.Event()
+        self.checkpoint_tat = 0.0  # the checkpoint budget's state (core.decide)
+        self._retry_in: float | None = None
+        if proxy is not None:
+            proxy.on_request = self._wake.set
         self.last_checkpoint_at = time.monotonic()
         self.degraded_reason = ""
         self.degraded_at = 0.0
@@ -116,10 +124,12 @@ class Orchestrator(Actions, Watchers):
                 self.metrics.checkpoint_requests.labels("manual").inc()
             else:
                 self._operator = command
+        self._wake.set()
         return f"{command} requested"
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     # The loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -135,8 +145,12 @@ class Orchestrator(Actions, Watchers):
             self.proxy.start()
         try:
             while not self._stop.is_set():
+                self._wake.clear()  # before the cycle: what arrives during it wakes the next
                 self.cycle()
-                self._stop.wait(self.cfg.timing.loop_wait)
+                wait = self.cfg.timing.loop_wait
+                if self._retry_in is not None:
+                    wait = min(wait, self._retry_in)
+                self._wake.wait(wait)
         finally:
             self.heartbeat.stop()
             self.arbiter.stop()
@@ -199,7 +213,8 @@ class Orchestrator(Actions, Watchers):
                 lease_renewed_since_peer=rep is None or lease.renewed_at > rep.received_at,
                 alone_recorded=lease.alone_recorded, stale=lease.stale,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
-                last_checkpoint_at=self.last_checkpoint_at, operator=self._operator,
+                last_checkpoint_at=self.last_checkpoint_at,
+                checkpoint_tat=self.checkpoint_tat, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
                 degraded_at=self.degraded_at,
             )
@@ -221,8 +236,12 @@ class Orchestrator(Actions, Watchers):
             # the initial value, and acting on it would start a second VM.
             return Decision("waiting for the first observation of our VM")
         snap = self.snapshot(now)
-        d = decide(snap, self.cfg.timing.checkpoint_min_interval,
-                   self.cfg.timing.checkpoint_max_interval)
+        t = self.cfg.timing
+        d = decide(snap, t.checkpoint_min_interval, t.checkpoint_max_interval,
+                   t.checkpoint_burst)
+        self._retry_in = d.retry_in
+        if d.checkpoint_tat is not None:
+            self.checkpoint_tat = d.checkpoint_tat
         before = self.machine.state
         if d.event is not None:
             self.machine.fire(d.event)

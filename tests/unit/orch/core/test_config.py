@@ -85,6 +85,7 @@ def test_api_listeners_can_be_off() -> None:
     ("[timing]\nlease_ttl = 0.1", "timing.lease_ttl", "raise it"),
     ("[timing]\nqmp_timeout = -1", "timing.qmp_timeout", "positive number"),
     ('[timing]\ncheckpoint_min_interval = 20', "timing.checkpoint_min_interval", "min <= max"),
+    ('[timing]\ncheckpoint_burst = 0.5', "timing.checkpoint_burst", "at least 1"),
 ])
 def test_bad_field_is_named_with_its_fix(extra: str, field: str, fix: str) -> None:
     lines = [ln for ln in GOOD.splitlines() if not ln.startswith(extra.split("=")[0].strip() + " ")]

@@ -90,11 +90,13 @@ def test_syncing_to_protected_or_degraded() -> None:
 
 
 def test_checkpoint_requests_are_coalesced_and_rate_limited() -> None:
+    # The budget's last token went on a checkpoint started at 99.9 (test_checkpoint_budget
+    # covers the bucket itself).
     s = snap(State.PROTECTED, checkpoint_requests=("payload", "timeout", "payload"),
-             last_checkpoint_at=99.9)
+             checkpoint_tat=100.1)
     d = decide(s, MIN, MAX)
     assert (d.event, d.action) == (None, None) and "rate limit" in d.sentence
-    d = decide(replace(s, last_checkpoint_at=99.7), MIN, MAX)
+    d = decide(replace(s, checkpoint_tat=99.9), MIN, MAX)
     assert d.event is Event.CHECKPOINT
     assert d.action == Checkpoint(("payload", "timeout"))
     assert d.consumed_checkpoints and "3 request(s) coalesced" in d.sentence

@@ -134,3 +134,29 @@ def test_the_link_commands_a_real_proxy_alone_and_frees_it_when_it_stops(
         link.stop()
         other.kill()
         proxy.stop()
+
+
+def test_a_checkpoint_request_wakes_the_loop_at_once(tmp_path: Path) -> None:
+    """The orchestrator's loop sleeps up to loop_wait between cycles; a divergence must
+    not wait that out (docs/BENCHMARKS.md): the link calls on_request as it reads one."""
+    path = str(tmp_path / "proxy.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(10)
+    link = ProxyLink(path, timeout=0.5)
+    woken = threading.Event()
+    link.on_request = woken.set
+    link.start()
+    try:
+        conn, _ = srv.accept()
+        assert json.loads(conn.makefile("rb").readline())["type"] == "hello"
+        conn.sendall(b'{"type": "hello", "role": "primary", "mode": "protected"}\n')
+        wait_until(lambda: link.connected, 10, "the link to connect", every=0.01)
+        assert not woken.is_set()  # a hello is no request
+        conn.sendall(b'{"type": "checkpoint_request", "reason": "tcp_flags"}\n')
+        assert woken.wait(10)
+        assert link.take_requests() == ["tcp_flags"]
+    finally:
+        link.stop()
+        srv.close()

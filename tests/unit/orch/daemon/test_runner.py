@@ -10,6 +10,7 @@ from colo_orch.core.config import Config
 from colo_orch.core.state import State
 from colo_orch.daemon.arbiter import LocalLeaseArbiter
 from colo_orch.daemon.heartbeat import PeerReport
+from colo_orch.daemon.proxy_link import ProxyLink
 from colo_orch.daemon.runner import Orchestrator
 
 
@@ -56,3 +57,22 @@ def test_a_peer_not_yet_heard_is_lost_only_after_heartbeat_timeout(tmp_path: Pat
     peer = orch.snapshot(now).peer
     assert peer.alive and peer.state is None and peer.role == ""  # nothing known, not lost
     assert not orch.snapshot(orch._listening_since + timeout).peer.alive
+
+
+def test_a_proxy_request_or_an_operator_command_wakes_the_loop(tmp_path: Path) -> None:
+    # The loop sleeps on this event for up to loop_wait: what must be acted on at once
+    # sets it (the proxy link's reader thread, the API's handler).
+    cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
+                 heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
+                 incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
+                 arbiter_path=str(tmp_path / "lease"))
+    link = ProxyLink(str(tmp_path / "proxy.sock"))
+    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),  # type: ignore[arg-type]
+                        heartbeat=_Silent(), proxy=link, host_id="a")
+    assert not orch._wake.is_set()
+    assert link.on_request is not None
+    link.on_request()
+    assert orch._wake.is_set()
+    orch._wake.clear()
+    orch.request("checkpoint")
+    assert orch._wake.is_set()
