@@ -183,9 +183,9 @@ class TcpFlow(FlowState):
         self.s_ack = NO_ACK
         self.p_fin: int | None = None
         self.s_fin: int | None = None
-        self.p_rst = False
-        # Where the SVM reset the connection (stream offset), NO_TOP if it has not: after
-        # that it sends no more data on this connection.
+        # Where each side reset the connection (stream offset), NO_TOP if it has not: after
+        # that it sends no more data (nor a FIN) on this connection.
+        self.p_rst = NO_TOP
         self.s_rst = NO_TOP
         self.p_segs: list[Segment] | None = None
         self.s_segs: list[Segment] | None = None
@@ -264,7 +264,9 @@ class TcpFlow(FlowState):
                     self.p_fin = end
             if flags & RST:
                 need |= NEED_RST
-                self.p_rst = True
+                if self.p_rst == NO_TOP:
+                    # Past any data sent before it, whatever its own sequence number says.
+                    self.p_rst = end if end > self.p_top else self.p_top
         div = None
         if n and end > m:
             segs = self.p_segs
@@ -275,14 +277,8 @@ class TcpFlow(FlowState):
             )
             if self.s_segs:
                 div = self._compare(drop)
-        if div is None and (self.p_fin is not None or self.s_fin is not None):
-            div = self._check_fin()
-        if div is None and n and end > self.s_rst > NO_TOP:
-            # PVM bytes past the point where the SVM reset the connection: a reset socket
-            # sends no data, so the SVM can never produce them. (Only data: a reset socket
-            # still answers each segment with an RST, possibly with an ACK, so a waiting
-            # pure ACK or RST of the PVM may yet be freed; if not, it times out.)
-            div = Reason.TCP_FLAGS, self.s_rst
+        if div is None:
+            div = self._check_close()
         if div is not None:
             self._hold(pid, end, aoff, need, now)
             self.diverge(drop)
@@ -344,7 +340,7 @@ class TcpFlow(FlowState):
         if flags & FIN and self.s_fin is None:
             self.s_fin = end
         if flags & RST and self.s_rst == NO_TOP:
-            self.s_rst = end
+            self.s_rst = end if end > self.s_top else self.s_top
         div = None
         if n and (m is None or end > m):
             segs = self.s_segs
@@ -364,8 +360,8 @@ class TcpFlow(FlowState):
                 div = self._compare(drop)
         else:
             drop.append(sid)
-        if div is None and (self.p_fin is not None or self.s_fin is not None):
-            div = self._check_fin()
+        if div is None:
+            div = self._check_close()
         if div is not None:
             self.diverge(drop)
             return div
@@ -463,16 +459,37 @@ class TcpFlow(FlowState):
                 self.npkts -= n
         return None
 
-    def _check_fin(self) -> Divergence | None:
+    def _check_close(self) -> Divergence | None:
+        """Closing behaviours that can never match: diverge now, not at the timeout.
+
+        A side's FIN sits at one offset and no data follows it; after its RST a side sends
+        no data and no FIN. So these pairs never match: FINs at different offsets, data
+        past the other side's FIN or RST, and a FIN against an RST sent without one.
+        Anything else may still match (an RST the other side has yet to send, an ACK a
+        reset socket may still give in its next RST) and waits, up to the timeout.
+        """
         pf = self.p_fin
         sf = self.s_fin
+        pr = self.p_rst
+        sr = self.s_rst
+        if pf is None and sf is None and pr == NO_TOP and sr == NO_TOP:
+            return None  # both open: the usual case
         if pf is not None:
             if sf is not None and sf != pf:
                 return Reason.TCP_FLAGS, min(pf, sf)
             if self.s_top > pf:
                 return Reason.TCP_FLAGS, pf
-        if sf is not None and self.p_top > sf:
-            return Reason.TCP_FLAGS, sf
+            if sf is None and sr != NO_TOP:
+                return Reason.TCP_FLAGS, pf if pf < sr else sr
+        if sf is not None:
+            if self.p_top > sf:
+                return Reason.TCP_FLAGS, sf
+            if pf is None and pr != NO_TOP:
+                return Reason.TCP_FLAGS, sf if sf < pr else pr
+        if sr != NO_TOP and self.p_top > sr:
+            return Reason.TCP_FLAGS, sr
+        if pr != NO_TOP and self.s_top > pr:
+            return Reason.TCP_FLAGS, pr
         return None
 
     def _trim_svm(self, m: int, drop: list[PacketId]) -> None:
@@ -493,7 +510,7 @@ class TcpFlow(FlowState):
         return self.held[0][4] if self.held else None
 
     def is_closed(self) -> bool:
-        return self.p_rst or self.p_fin is not None
+        return self.p_rst != NO_TOP or self.p_fin is not None
 
     def _forget_data(self) -> None:
         self.p_segs = None
@@ -518,11 +535,15 @@ class TcpFlow(FlowState):
         self.s_syn = self.s_syn or self.p_syn
         if self.p_fin is not None:
             self.s_fin = self.p_fin
-        # The SVM is restored to the PVM's state: reset only if the PVM reset.
-        if not self.p_rst:
+        # The SVM is restored to the PVM's state: reset only if the PVM reset, and then
+        # with the PVM's closing history alone (an SVM FIN kept from before would count as
+        # a FIN against the PVM's RST).
+        if self.p_rst == NO_TOP:
             self.s_rst = NO_TOP
-        elif self.s_rst == NO_TOP:
-            self.s_rst = self.p_top
+        else:
+            self.s_fin = self.p_fin
+            if self.s_rst == NO_TOP:
+                self.s_rst = self.p_top
         self.s_top = self.p_top
         self.s_ack = max(self.s_ack, self.p_amax)
 
