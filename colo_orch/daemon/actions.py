@@ -26,6 +26,7 @@ from colo_orch.core.decide import (
     StopVM,
     TakeOver,
 )
+from colo_orch.core.timeline import checkpoint_steps
 from colo_orch.daemon.arbiter import Arbiter
 from colo_orch.daemon.metrics import OrchMetrics
 from colo_orch.daemon.proxy_supervision import ProxyMode, ProxySupervision
@@ -47,6 +48,8 @@ class Actions(ProxySupervision):
     last_takeover_s: float | None
     _executor: ThreadPoolExecutor
     _wake: threading.Event  # wakes the loop before its next tick
+    _checkpoint_marks: dict[str, float]  # set by the loop with each Checkpoint it decides
+    last_checkpoint_steps: dict[str, float]
     _action_name: str
     _peer_lost_at: float | None
     _fenced: bool  # output must be held: we have neither the lease nor the failsafe
@@ -90,7 +93,8 @@ class Actions(ProxySupervision):
             return "enter_colo", lambda: self._enter_colo(action.uri)
         if isinstance(action, Checkpoint):
             b.checkpoint_abort.clear()  # here, not in the action: an abort may come first
-            return "checkpoint", lambda: self._checkpoint(action.reasons)
+            marks = self._checkpoint_marks
+            return "checkpoint", lambda: self._checkpoint(action.reasons, marks)
         if isinstance(action, TakeOver):
             return "take_over", lambda: self._take_over(action.was_role)
         if isinstance(action, Pause):
@@ -158,7 +162,7 @@ class Actions(ProxySupervision):
     def _tell_proxy_checkpoints(self) -> bool:
         return self.proxy is not None and not self.backend.notifies_proxy_of_checkpoints
 
-    def _checkpoint(self, reasons: tuple[str, ...]) -> str:
+    def _checkpoint(self, reasons: tuple[str, ...], marks: dict[str, float]) -> str:
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             proxy = self.proxy
@@ -177,6 +181,14 @@ class Actions(ProxySupervision):
             # next loop cycle: output the PVM makes after RESUME must not join it).
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
+        marks["released"] = time.monotonic()
+        for key, attr in (("stopped", "checkpoint_stopped_at"), ("resumed", "checkpoint_resumed_at")):
+            at = getattr(self.backend, attr, None)
+            if isinstance(at, float) and at >= start:
+                marks[key] = at
+        self.last_checkpoint_steps = checkpoint_steps(marks)
+        log.info("checkpoint steps (ms): %s",
+                 ", ".join(f"{k} {v:g}" for k, v in self.last_checkpoint_steps.items()))
         self.last_checkpoint_s = time.monotonic() - start
         m = self.metrics
         m.checkpoint_duration.observe(self.last_checkpoint_s)

@@ -35,6 +35,8 @@ class ProxyLink:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._requests: list[str] = []
+        # The first request since the last take: its monotonic marks (core.timeline).
+        self._marks: dict[str, float] | None = None
         self._replies: list[dict[str, Any]] = []
         self._cond = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -67,6 +69,12 @@ class ProxyLink:
     def take_requests(self) -> list[str]:
         with self._lock:
             out, self._requests = self._requests, []
+        return out
+
+    def take_marks(self) -> dict[str, float] | None:
+        """The timing marks of the first request since the last call, if any."""
+        with self._lock:
+            out, self._marks = self._marks, None
         return out
 
     def send(self, msg: dict[str, Any]) -> bool:
@@ -155,6 +163,8 @@ class ProxyLink:
                     with self._cond:
                         if msg.get("type") == "checkpoint_request":
                             self._requests.append(str(msg.get("reason", "unknown")))
+                            if self._marks is None:
+                                self._marks = _marks(msg)
                             if self.on_request is not None:
                                 self.on_request()
                         elif msg.get("type") == "hello" or msg.get("for") == "hello":
@@ -170,3 +180,13 @@ class ProxyLink:
             self.connected = False
             sock.close()
             self._stop.wait(0.1)  # a proxy on its way out may still accept: do not spin
+
+
+def _marks(msg: dict[str, Any]) -> dict[str, float]:
+    """A request's timing marks; a field that is missing or not a number is left out."""
+    out = {"received": time.monotonic()}
+    for key in ("held_since", "detected_at"):
+        v = msg.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out

@@ -30,6 +30,7 @@ from colo_orch.backends.base import Backend
 from colo_orch.core.config import Config
 from colo_orch.core.decide import (
     ActionResult,
+    Checkpoint,
     Decision,
     PeerObs,
     Snapshot,
@@ -88,6 +89,11 @@ class Orchestrator(Actions, Watchers):
         self._retry_in: float | None = None
         if proxy is not None:
             proxy.on_request = self._wake.set
+        # Timing marks of the oldest pending proxy request, and of the last checkpoint's
+        # steps (colo_orch.core.timeline), for the log and the API.
+        self._request_marks: dict[str, float] | None = None
+        self.last_checkpoint_steps: dict[str, float] = {}
+        self._checkpoint_marks: dict[str, float] = {}
         self.last_checkpoint_at = time.monotonic()
         self.degraded_reason = ""
         self.degraded_at = 0.0
@@ -198,6 +204,9 @@ class Orchestrator(Actions, Watchers):
             for reason in self.proxy.take_requests():
                 self.metrics.checkpoint_requests.labels(self.metrics.reason(reason)).inc()
                 self._requests.append(reason)
+            marks = self.proxy.take_marks()
+            if marks is not None and self._request_marks is None:
+                self._request_marks = marks
         lease = self.arbiter.view()
         with self._lock:
             busy = self._future is not None and not self._future.done()
@@ -248,6 +257,9 @@ class Orchestrator(Actions, Watchers):
         with self._lock:
             if d.consumed_checkpoints:
                 self._requests.clear()
+            if isinstance(d.action, Checkpoint):
+                self._checkpoint_marks = dict(self._request_marks or {}, decided=now)
+                self._request_marks = None
             if d.consumed_operator:
                 self._operator = ""
             elif snap.operator and snap.operator not in ("pause", "resume", "failover",
@@ -356,6 +368,7 @@ class Orchestrator(Actions, Watchers):
             "reprotections": self.reprotections,
             "last_takeover_s": self.last_takeover_s,
             "last_checkpoint_s": self.last_checkpoint_s,
+            "last_checkpoint_steps_ms": dict(self.last_checkpoint_steps),
             "last_checkpoint_age_s": (round(time.monotonic() - self.last_checkpoint_at, 3)
                                       if self.checkpoints else None),
             "degraded_reason": self.degraded_reason,

@@ -71,6 +71,10 @@ class HoldTimer:
     def queued(self, packet_id: int, now: float, nbytes: int) -> None:
         self._arrived[packet_id] = (now, nbytes)
 
+    def oldest(self) -> float | None:
+        """When the longest-held PVM packet still held was queued."""
+        return next(iter(self._arrived.values()))[0] if self._arrived else None
+
     def released(self, packet_ids: Iterable[int], now: float) -> None:
         pop = self._arrived.pop
         buckets = self.buckets

@@ -305,8 +305,13 @@ class PrimaryProxy:
             elif isinstance(c, RequestCheckpoint):
                 reason = str(c.reason)
                 self.checkpoint_requests[reason] = self.checkpoint_requests.get(reason, 0) + 1
+                # Monotonic marks for the orchestrator's step timing (same host, same
+                # clock): what waits longest, and when the divergence was found.
+                now = self.clock()
+                oldest = self.hold.oldest()
                 msg = {"type": "checkpoint_request", "reason": reason,
-                       "flow": flow_json(c.flow), "offset": c.offset}
+                       "flow": flow_json(c.flow), "offset": c.offset,
+                       "held_since": now if oldest is None else oldest, "detected_at": now}
                 sent = self.notify(msg)
                 log.warning("checkpoint requested: %s on %s at offset %s%s", reason,
                             c.flow or "-", c.offset,

@@ -110,6 +110,9 @@ class QemuBackend(Backend):
         self._tls_set = False  # our waiting VM runs a TLS handshake on each connection
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
+        # Monotonic times of the last checkpoint's STOP and RESUME (colo_orch.core.timeline).
+        self.checkpoint_stopped_at = 0.0
+        self.checkpoint_resumed_at = 0.0
         self._colo_stop_seen = False
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
@@ -343,11 +346,12 @@ class QemuBackend(Backend):
             name = ev.get("event")
             self.blk.note_event(ev)
             if name == "STOP":
-                stopped_at = time.monotonic()
+                stopped_at = self.checkpoint_stopped_at = time.monotonic()
                 if self.on_checkpoint_stop is not None:
                     self.on_checkpoint_stop()
             elif name == "RESUME" and stopped_at is not None:
-                self.checkpoint_pause_s = time.monotonic() - stopped_at
+                self.checkpoint_resumed_at = time.monotonic()
+                self.checkpoint_pause_s = self.checkpoint_resumed_at - stopped_at
                 return (f"took {1000 * (time.monotonic() - start):.0f} ms, PVM paused "
                         f"{1000 * self.checkpoint_pause_s:.0f} ms")
             elif name == "COLO_EXIT":

@@ -154,9 +154,15 @@ def test_a_checkpoint_request_wakes_the_loop_at_once(tmp_path: Path) -> None:
         conn.sendall(b'{"type": "hello", "role": "primary", "mode": "protected"}\n')
         wait_until(lambda: link.connected, 10, "the link to connect", every=0.01)
         assert not woken.is_set()  # a hello is no request
-        conn.sendall(b'{"type": "checkpoint_request", "reason": "tcp_flags"}\n')
+        conn.sendall(b'{"type": "checkpoint_request", "reason": "tcp_flags", '
+                     b'"held_since": 5.5, "detected_at": 5.75}\n')
         assert woken.wait(10)
         assert link.take_requests() == ["tcp_flags"]
+        # Its marks for the step timing (core.timeline), on the host's monotonic clock.
+        marks = link.take_marks()
+        assert marks is not None and (marks["held_since"], marks["detected_at"]) == (5.5, 5.75)
+        assert 5.75 < marks["received"] <= time.monotonic()
+        assert link.take_marks() is None
     finally:
         link.stop()
         srv.close()

@@ -1,0 +1,123 @@
+"""Divergence to release on the lab VMs: where a divergent request's time goes (a benchmark).
+
+Brings up the two-VM lab, protects it with colo-proxy and the orchestrators, then sends,
+from the client namespace, one new connection per request:
+
+- `GET /` (deterministic: both VMs answer the same), the baseline;
+- `GET /random` (answers differ: one checkpoint each), ISOLATED: paced so that the
+  checkpoint budget is full again before each (not a synchronisation, a load shape);
+- `GET /random` back to back, a storm that spends the budget.
+
+For each divergent request it reads the primary orchestrator's `last_checkpoint_steps_ms`
+(colo_orch.core.timeline): detection, proxy request, orchestrator wake-up, checkpoint
+trigger, STOP to RESUME, release. It prints medians, and the added latency of a divergent
+request (median /random minus median /) as a ratio to one checkpoint's duration (STOP to
+RESUME plus its trigger), all from the same run. Target (issue 14): at most 1.5.
+
+    flock /work/tmp/vm.lock .venv/bin/python benchmarks/bench_divergence.py [-n 10]
+
+Needs root and the lab's cached QEMU and guest (docs/LAB.md). Runs against whichever
+colo_orch the interpreter imports: an orchestrator without step timing shows latencies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from colo_lab import pair
+from colo_lab.lab import VM_IP, Lab
+from colo_lab.proxy_harness import unique_name
+
+STEP_NAMES = ("detection", "proxy_request", "orchestrator_wakeup", "checkpoint_trigger",
+              "stop_to_resume", "release", "total")
+
+
+def timed_get(lab: Lab, path: str) -> float:
+    """Seconds from connect to the last byte of one request on a new connection (curl's
+    own timer: the namespace and process start are not in it)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "-m", "20", "-o", "/dev/null",
+         "-w", "%{http_code} %{time_total}", f"http://{VM_IP}{path}"],
+        capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    if out[0] != "200":
+        raise SystemExit(f"GET {path} answered {out[0]}")
+    return float(out[1])
+
+
+def checkpoints(lab: Lab) -> int:
+    return sum(v for k, v in pair.state(lab, "primary").get("checkpoints", {}).items()
+               if k != "periodic")
+
+
+def divergent(lab: Lab, n: int, gap: float) -> tuple[list[float], list[dict[str, float]]]:
+    lat, steps = [], []
+    for _ in range(n):
+        before = checkpoints(lab)
+        lat.append(timed_get(lab, "/random"))
+        st = pair.state(lab, "primary")
+        if checkpoints(lab) > before and st.get("last_checkpoint_steps_ms"):
+            steps.append(st["last_checkpoint_steps_ms"])
+        if gap:
+            time.sleep(gap)  # pacing: the budget refills (a load shape, not a wait for state)
+    return lat, steps
+
+
+def ms(x: float) -> str:
+    return f"{1000 * x:.0f}"
+
+
+def report(name: str, lat: list[float], steps: list[dict[str, float]], base: float) -> None:
+    med = statistics.median(lat)
+    line = f"| {name} | {len(lat)} | {ms(med)} | {ms(max(lat))} | {ms(med - base)} |"
+    cols = []
+    for s in STEP_NAMES:
+        vals = [d[s] for d in steps if s in d]
+        cols.append(f"{statistics.median(vals):.0f}" if vals else "-")
+    ck = [d["checkpoint_trigger"] + d["stop_to_resume"] for d in steps
+          if "checkpoint_trigger" in d and "stop_to_resume" in d]
+    ratio = f"{(med - base) * 1000 / statistics.median(ck):.2f}" if ck else "-"
+    print(line + " " + " | ".join(cols) + f" | {ratio} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=10, help="requests per kind (default 10)")
+    ap.add_argument("--gap", type=float, default=0.7,
+                    help="seconds between isolated divergent requests (default 0.7)")
+    ap.add_argument("--extra", default="", help="more orchestrator config lines ([timing] ...)")
+    a = ap.parse_args(argv)
+    lab = Lab(unique_name("bdiv"))
+    lab.down()
+    try:
+        lab.up(secondary="incoming")
+        pair.protect(lab, proxy=True, extra=a.extra)
+        lab.wait_http("/", lab.http("/")[1], 30)
+        for _ in range(3):  # warm the guest's page cache and the flows' code paths
+            timed_get(lab, "/")
+            timed_get(lab, "/random")
+        time.sleep(a.gap)
+        base = [timed_get(lab, "/") for _ in range(a.n)]
+        iso = divergent(lab, a.n, a.gap)
+        storm = divergent(lab, a.n, 0.0)
+        st: dict[str, Any] = pair.state(lab, "primary")
+    finally:
+        lab.down()
+    b = statistics.median(base)
+    print(f"GET / (deterministic, new connection): median {ms(b)} ms, max {ms(max(base))} ms "
+          f"({a.n} requests)")
+    print("| GET /random | n | median ms | max ms | added ms | "
+          + " | ".join(STEP_NAMES) + " | added / checkpoint |")
+    print("|---" * (6 + len(STEP_NAMES)) + "|")
+    report(f"isolated ({a.gap} s apart)", *iso, b)
+    report("back to back", *storm, b)
+    print(f"checkpoints by reason: {st.get('checkpoints')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
