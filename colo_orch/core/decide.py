@@ -515,8 +515,12 @@ def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
             # Stay visibly degraded, and do not hammer a broken secondary: retry later.
             return Decision(f"degraded: {s.degraded_reason}; re-protection retried in "
                             f"{wait:.0f} s")
-        return Decision(f"VM answers again after '{s.degraded_reason}': serving alone",
-                        Event.RECOVERED)
+        # Serving alone from here is a take-over like any other: measured in the lab, a
+        # checkpoint that failed on a secondary VM killed mid-transaction (COLO_EXIT, reason
+        # error) went DEGRADED, then straight to ALONE with the proxy still holding output for
+        # comparison with a VM that no longer ran: the client timed out for good. The
+        # take-over records `alone` first (S6), leaves COLO, and tells the proxy to pass.
+        return _go_alone(s, f"VM answers again after '{s.degraded_reason}': serving alone")
     return Decision(f"degraded: {s.degraded_reason}")
 
 

@@ -26,7 +26,9 @@ Lifecycle of a pair (P = primary host, S = secondary host):
         -vm_lost-> FENCED (the peer serves, or the arbiter says it served alone: our
         VM is stale)
     FENCED -reprotect-> STARTING (we come back as a new secondary)
-    most states -error-> DEGRADED -recovered-> (the state the reason allows)
+    most states -error-> DEGRADED; a primary whose VM answers again leaves it by
+        -peer_lost-> FAILING_OVER (a take-over: serving alone needs `alone` recorded, COLO
+        left and the proxy passing)
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class Event(IntEnum):
     PAUSE = 10
     RESUME = 11
     ERROR = 12
-    RECOVERED = 13
+    RECOVERED = 13  # unused since DEGRADED leaves by a take-over; kept for its number
     STOP = 14
     LEASE_LOST = 15
     LEASE_REGAINED = 16
@@ -142,7 +144,6 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.LEASE_LOST: S.HOLDING,
     },
     S.DEGRADED: {
-        E.RECOVERED: S.ALONE,
         E.PEER_LOST: S.FAILING_OVER,
         E.VM_LOST: S.FENCED,
         E.REPROTECT: S.STARTING,

@@ -171,3 +171,38 @@ def test_a_primary_restarted_while_alone_adopts_and_protection_returns(lab: Lab)
     print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
           "resumed")
     _diverge_and_checkpoint(lab)
+
+
+def test_a_secondary_lost_mid_checkpoint_leaves_the_primary_serving(lab: Lab) -> None:
+    """Found in CI: the secondary's VM died in the middle of a checkpoint while its
+    orchestrator was silent. The checkpoint failed (COLO_EXIT, reason error) before the peer
+    counted as lost, the primary went DEGRADED, then ALONE with its proxy still holding
+    output for comparison: the client timed out for good. The lab's 5 s of silence makes
+    the checkpoint fail first here every time (the SVM is stopped, so the checkpoint waits
+    for its answer until the VM is killed)."""
+    wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
+    svm = int((lab.run_dir / "svm.pid").read_text())
+    sec = pair.orchestrator_pid(lab, "secondary")
+    assert sec is not None
+    log_at = (lab.run_dir / "orch-primary.log").stat().st_size
+    os.kill(svm, signal.SIGSTOP)
+    try:
+        pair.api(lab, "primary", "POST", "/checkpoint")
+        pair.wait_state(lab, "primary", "CHECKPOINTING", 10)
+        os.kill(sec, signal.SIGSTOP)
+        os.kill(svm, signal.SIGKILL)
+        pair.wait_state(lab, "primary", "ALONE", 30)
+        assert pair.proxy_status(lab, "primary").get("mode") == "passthrough"
+        with _client(lab, "mid-checkpoint"):
+            pass
+    finally:
+        os.kill(sec, signal.SIGCONT)
+    log = _log_since(lab, "primary", log_at)
+    assert "COLO exited during the checkpoint" in log, log
+    assert "FAILING_OVER -> ALONE" in log, log
+    t0 = time.monotonic()
+    pair.wait_state(lab, "primary", "PROTECTED", 120)
+    wait_until(lambda: _verified(lab), 60, "protection verified again")
+    print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
+          "resumed")
+    _diverge_and_checkpoint(lab)

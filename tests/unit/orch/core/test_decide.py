@@ -18,7 +18,7 @@ from colo_orch.core.decide import (
     VmObs,
     decide,
 )
-from colo_orch.core.state import Event, State
+from colo_orch.core.state import TRANSITIONS, Event, State
 
 MIN, MAX = 0.2, 10.0
 RUNNING = VmObs(reachable=True, running=True, status="running")
@@ -226,4 +226,18 @@ def test_failed_reprotection_stays_degraded_then_retries() -> None:
     s = snap(State.DEGRADED, degraded_reason=reason, degraded_at=95.0)
     d = decide(s, MIN, MAX)
     assert d.event is None and "retried in 25 s" in d.sentence
-    assert decide(replace(s, degraded_at=60.0), MIN, MAX).event is Event.RECOVERED
+    d = decide(replace(s, degraded_at=60.0), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+
+
+def test_a_degraded_primary_serves_alone_only_by_a_take_over() -> None:
+    # Measured: a checkpoint failed on a secondary VM killed mid-transaction; the primary
+    # went DEGRADED, then ALONE with its proxy still holding output for comparison.
+    reason = "checkpoint failed: COLO exited during the checkpoint: {'reason': 'error'}"
+    s = snap(State.DEGRADED, degraded_reason=reason, peer=PeerObs(alive=False),
+             alone_recorded=False)
+    assert decide(s, MIN, MAX).record_alone
+    d = decide(replace(s, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+    assert TRANSITIONS[State.DEGRADED][d.event] is State.FAILING_OVER
+    assert Event.RECOVERED not in TRANSITIONS[State.DEGRADED]
