@@ -11,6 +11,7 @@ up again with its data, as a crashed and restarted server.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import signal
 import socket
@@ -137,6 +138,33 @@ class EtcdCluster:
         """Stop every member (their data stays under run_dir)."""
         for name in self.members:
             self.kill(name, signal.SIGTERM)
+
+    def _member_ids(self) -> tuple[dict[str, int], int]:
+        """Each running member's raft id, and the id of the leader they agree on."""
+        res = self.ctl(["endpoint", "status", "-w", "json"],
+                       endpoints=[m.client_url for m in self.members.values() if m.running])
+        ids, leaders = {}, set()
+        by_url = {m.client_url: name for name, m in self.members.items()}
+        for st in json.loads(res.stdout):
+            ids[by_url[st["Endpoint"]]] = int(st["Status"]["header"]["member_id"])
+            leaders.add(int(st["Status"]["leader"]))
+        if len(leaders) != 1:
+            raise LabError(f"etcd members disagree on the leader: {sorted(leaders)}",
+                           "wait until the cluster is healthy")
+        return ids, leaders.pop()
+
+    def leader(self) -> str:
+        """The name of the member that leads the cluster now."""
+        ids, lead = self._member_ids()
+        return next(name for name, i in ids.items() if i == lead)
+
+    def move_leader(self, to: str) -> None:
+        """Hand the leadership to member `to` (etcdctl move-leader, sent to the leader)."""
+        ids, lead = self._member_ids()
+        if ids[to] == lead:
+            return
+        self.ctl(["move-leader", f"{ids[to]:x}"], endpoints=[self.members[self.leader()].client_url])
+        wait_until(lambda: self.leader() == to, 10, f"etcd member {to} to lead")
 
     def ctl(self, args: Sequence[str], *, endpoints: Sequence[str] | None = None,
             prefix: Sequence[str] | None = None, user: str = "", check: bool = True,
