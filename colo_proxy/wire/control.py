@@ -36,6 +36,8 @@ def decode(line: bytes) -> dict[str, Any]:
         msg = json.loads(line)
     except ValueError as exc:
         raise ProtocolError(f"not JSON: {exc}") from exc
+    except RecursionError:  # "[[[[..." past the interpreter's limit: not a message of ours
+        raise ProtocolError("JSON nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ProtocolError("a message is a JSON object with a string 'type'")
     if msg.get("v", VERSION) != VERSION:

@@ -1,0 +1,46 @@
+"""Hypothesis strategies for fuzzing the parsers of bytes from outside: the inputs that
+random bytes almost never hit (deep nesting, digits that are not ASCII, a value of the
+wrong type in a document that is otherwise right), shared by the fuzz properties under
+tests/unit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from hypothesis import strategies as st
+
+# Characters that look harmless and are not: digits str.isdigit() takes and int() does not
+# (superscripts) or does (Arabic-Indic), line ends a `$` regex lets through, NUL, controls.
+TRICKY_CHARS = "\u00b2\u00b3\u00b9\u0661\u0662\uff11\n\r\t\0\x7f\x85\u2028 \"'\\:[]{}/.,-+#=e"
+
+json_scalars = (st.none() | st.booleans() | st.integers() | st.floats()
+                | st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12))
+json_values = st.recursive(json_scalars,
+                           lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+tricky_text = st.text(alphabet=st.sampled_from(TRICKY_CHARS) | st.characters(
+    blacklist_categories=["Cs"]), max_size=24)
+
+
+@st.composite
+def nested(draw: st.DrawFn, opener: str = "[") -> str:
+    """Brackets nested past any recursion limit, as a parser meets them in a hostile
+    document."""
+    return opener * draw(st.integers(900, 100_000))
+
+
+def json_bytes(values: st.SearchStrategy[object] = json_values) -> st.SearchStrategy[bytes]:
+    """JSON text, nesting bombs, or any bytes."""
+    return st.one_of(values.map(lambda v: json.dumps(v).encode()),
+                     nested().map(str.encode), nested("{\"a\":").map(str.encode),
+                     st.binary(max_size=64))
+
+
+@st.composite
+def chunked(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """`data` cut at arbitrary places, as a stream socket may deliver it."""
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    edges = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
