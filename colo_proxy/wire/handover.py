@@ -49,3 +49,5 @@ def decode(text: str) -> list[Offset]:
                 for d in doc["offsets"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DamagedHandover(str(exc)) from exc
+    except RecursionError:  # "[[[[..." past the interpreter's limit
+        raise DamagedHandover("JSON nested too deeply") from None
