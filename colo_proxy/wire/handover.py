@@ -15,6 +15,7 @@ secondary about the carried flows.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
@@ -37,17 +38,41 @@ def encode(offsets: list[Offset]) -> str:
 
 
 def decode(text: str) -> list[Offset]:
-    """The offsets of a handover document; `DamagedHandover` if it is not one."""
+    """The offsets of a handover document; `DamagedHandover` if it is not one, or if an
+    offset could not be loaded into the datapath's maps (`Datapath.carry`)."""
     try:
         doc = json.loads(text)
-        if doc.get("version") != VERSION:
-            raise ValueError(f"version {doc.get('version')!r}, expected {VERSION}")
-        return [Offset(str(d["vm_ip"]), int(d["vm_port"]), str(d["peer_ip"]),
-                       int(d["peer_port"]), int(d["pvm_isn"]), int(d["svm_isn"]),
-                       int(d["offset"]), True,
-                       None if d.get("ts_offset") is None else int(d["ts_offset"]))
-                for d in doc["offsets"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if not isinstance(doc, dict) or doc.get("version") != VERSION:
+            raise ValueError(f"not a version {VERSION} handover document")
+        entries = doc["offsets"]
+        if not isinstance(entries, list) or not all(isinstance(d, dict) for d in entries):
+            raise ValueError("offsets is not a list of objects")
+        return [Offset(_ip(d, "vm_ip"), _int(d, "vm_port", 0, PORT),
+                       _ip(d, "peer_ip"), _int(d, "peer_port", 0, PORT),
+                       _int(d, "pvm_isn", 0, U32), _int(d, "svm_isn", 0, U32),
+                       _int(d, "offset", S32, U32), True,
+                       None if d.get("ts_offset") is None else _int(d, "ts_offset", S32, U32))
+                for d in entries]
+    except (ValueError, KeyError) as exc:
         raise DamagedHandover(str(exc)) from exc
     except RecursionError:  # "[[[[..." past the interpreter's limit
         raise DamagedHandover("JSON nested too deeply") from None
+
+
+# The datapath's fields: 16-bit ports, 32-bit sequence numbers; an offset is a 32-bit
+# difference, written signed or not.
+PORT, U32, S32 = 2**16 - 1, 2**32 - 1, -(2**31)
+
+
+def _int(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    v = d[key]
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{key} {v!r:.40} is not an integer from {lo} to {hi}")
+    return v
+
+
+def _ip(d: dict[str, Any], key: str) -> str:
+    v = d[key]
+    if not isinstance(v, str):
+        raise ValueError(f"{key} {v!r:.40} is not an address")
+    return str(ipaddress.ip_address(v))  # ValueError names it
