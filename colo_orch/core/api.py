@@ -41,6 +41,7 @@ _TOKEN_CHARS = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: it travels in a 
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
 _TARGET = re.compile(r"^/[\x21-\x7e]*$")
+_LENGTH = re.compile(r"[0-9]{1,12}")
 
 
 class Listener(Enum):
@@ -162,7 +163,8 @@ def parse_head(buf: bytes) -> Request | Reply | None:
         return _bad(400, "malformed", "two different Content-Length headers")
     if lengths:
         (length,) = lengths
-        if not length.isdigit() or len(length) > 12:
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if not _LENGTH.fullmatch(length):
             return _bad(400, "malformed", f"Content-Length {length[:16]!r} is not a number")
         if int(length) > MAX_BODY_BYTES:
             return _bad(413, "too_large", f"body over {MAX_BODY_BYTES} bytes (commands take "
