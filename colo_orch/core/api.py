@@ -37,10 +37,12 @@ MIN_TOKEN = 16  # bytes, as the heartbeat key
 REFUSALS = ("unauthorized", "forbidden", "read_only", "not_found", "malformed", "too_large",
             "timeout", "busy")
 
-_TOKEN_CHARS = re.compile(rb"^[\x21-\x7e]+$")  # visible ASCII: it travels in a header
-_METHOD = re.compile(r"^[A-Z]{1,16}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 token
-_TARGET = re.compile(r"^/[\x21-\x7e]*$")
+# Used with fullmatch: a `$` also matches before a final "\n", which let "GET /state\n"
+# through as the path "/state\n".
+_TOKEN_CHARS = re.compile(rb"[\x21-\x7e]+")  # visible ASCII: it travels in a header
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_TARGET = re.compile(r"/[\x21-\x7e]*")
 _LENGTH = re.compile(r"[0-9]{1,12}")
 
 
@@ -144,7 +146,7 @@ def parse_head(buf: bytes) -> Request | Reply | None:
         return _bad(431, "too_large", f"request head over {MAX_HEAD_BYTES} bytes")
     lines = buf[:end].decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or not _TARGET.match(parts[1]):
+    if len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
         return _bad(400, "malformed", "not an HTTP request line (METHOD /path HTTP/1.1)")
     method, target, version = parts
     if version not in ("HTTP/1.0", "HTTP/1.1"):
@@ -152,7 +154,7 @@ def parse_head(buf: bytes) -> Request | Reply | None:
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not _HEADER_NAME.match(name):
+        if not sep or not _HEADER_NAME.fullmatch(name):
             return _bad(400, "malformed", "a header line is not NAME: VALUE")
         headers.append((name.lower(), value.strip(" \t")))
     request = Request(method, target.split("?", 1)[0], tuple(headers), 0, end + 4)
@@ -178,7 +180,7 @@ def check_token(raw: bytes) -> str | None:
     API token, or None."""
     if len(raw) < MIN_TOKEN:
         return f"{len(raw)} bytes: shorter than {MIN_TOKEN}"
-    if not _TOKEN_CHARS.match(raw):
+    if not _TOKEN_CHARS.fullmatch(raw):
         return "holds characters other than visible ASCII (it travels in an HTTP header)"
     return None
 
