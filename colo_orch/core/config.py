@@ -147,6 +147,9 @@ def parse(text: str, path: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{path}: arrays or tables nested too deeply; no field of ours "
+                          "nests more than two levels") from None
     return from_dict(data, path)
 
 
