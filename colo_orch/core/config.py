@@ -156,9 +156,12 @@ def parse(text: str, path: str = "<config>") -> Config:
 def load(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror}; check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, "
+                          "save it as such") from exc
     return parse(text, str(p))
 
 

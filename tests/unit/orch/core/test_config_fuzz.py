@@ -3,9 +3,11 @@ the problem, never another exception."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from colo_orch.core.config import ConfigError, parse
+from colo_orch.core.config import ConfigError, load, parse
 
 
 @pytest.mark.parametrize("text", [
@@ -14,3 +16,11 @@ from colo_orch.core.config import ConfigError, parse
 def test_what_crashed_the_loader_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
         parse(text)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    # was UnicodeDecodeError out of Path.read_text
+    path = tmp_path / "orch.toml"
+    path.write_bytes(b'name = "w\xffeb"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(path)
