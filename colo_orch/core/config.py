@@ -180,9 +180,11 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                         f"remove it; known: {', '.join(sorted(tknown))}")
         # Written so that NaN fails too (every comparison with it is false); an infinite
         # timeout would never fire.
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < _INF:
+        # An int past 2**53 s is no timeout either, and past 1e308 float() raises.
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not 0 < value < _INF or (isinstance(value, int) and value > 2**53)):
             raise _fail(path, f"timing.{key}",
-                        f"must be a finite, positive number of seconds, got {value!r}",
+                        f"must be a finite, positive number of seconds, got {value!r:.40}",
                         f"e.g. {key} = {getattr(Timing(), key)}")
     timing = Timing(**{k: float(v) for k, v in timing_data.items()})
     values: dict[str, Any] = {"timing": timing, "disks": _disks(data.get("disks", []), path)}

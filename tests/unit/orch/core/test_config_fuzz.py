@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from colo_orch.core.config import ConfigError, load, parse
+from tests.support.api import CONFIG
 
 
 @pytest.mark.parametrize("text", [
     "a = " + "[" * 5000,  # was RecursionError out of tomllib
+    CONFIG + "[timing]\nloop_wait = " + "9" * 400,  # was OverflowError out of float()
 ])
 def test_what_crashed_the_loader_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
