@@ -255,7 +255,8 @@ def _addr(path: str, key: str, value: object) -> None:
         raise _fail(path, key, f"{value!r} has no address (it would mean every interface)",
                     f'give this host\'s address, e.g. {key} = "10.0.0.1{value}", or '
                     f'"0.0.0.0{value}" to bind every interface on purpose')
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise _fail(path, key, f"port {port!r} is not 1-65535", "use a free TCP/UDP port")
 
 

@@ -14,6 +14,8 @@ from tests.support.api import CONFIG
 @pytest.mark.parametrize("text", [
     "a = " + "[" * 5000,  # was RecursionError out of tomllib
     CONFIG + "[timing]\nloop_wait = " + "9" * 400,  # was OverflowError out of float()
+    # was ValueError out of int(): "²" is a digit to str.isdigit(), not to int()
+    CONFIG.replace('"127.0.0.1:7410"', '"127.0.0.1:\u00b2"'),
 ])
 def test_what_crashed_the_loader_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
