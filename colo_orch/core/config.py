@@ -234,7 +234,7 @@ def _disks(data: object, path: str) -> tuple[Disk, ...]:
             if key != "id" and not v.startswith("/"):
                 raise _fail(path, f"{where}.{key}", f"{v!r} is not an absolute path",
                             "images are opened by QEMU from any directory: give the full path")
-        if not ID_RE.match(d["id"]):
+        if not ID_RE.fullmatch(d["id"]):
             raise _fail(path, f"{where}.id", f"{d['id']!r} is not a disk id",
                         "use up to 16 lower-case letters and digits, starting with a letter")
         if len({d["image"], d["active"], d["hidden"]}) != 3:
@@ -260,6 +260,7 @@ def _addr(path: str, key: str, value: object) -> None:
         raise _fail(path, key, f"port {port!r} is not 1-65535", "use a free TCP/UDP port")
 
 
+# The patterns below are used with fullmatch: a `$` also matches before a final "\n".
 # tcp:HOST:PORT with HOST a name or an IPv4 address, or an IPv6 address in brackets. Nothing
 # else: the URI reaches QEMU's command line and, on Xen, a shell command run by xl.
 _TCP_URI = re.compile(r"^tcp:(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
@@ -268,7 +269,7 @@ _TCP_URI = re.compile(r"^tcp:(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$
 def _tcp_uri(path: str, key: str, value: str, example: str) -> None:
     if not value:
         raise _fail(path, key, "missing", f'add {key} = "{example}"')
-    m = _TCP_URI.match(value)
+    m = _TCP_URI.fullmatch(value)
     if m is None or not 0 < int(m.group(1)) < 65536:
         raise _fail(path, key, f"{value!r} is not tcp:ADDR:PORT",
                     f'write it like {key} = "{example}"')
@@ -282,7 +283,7 @@ def libxl_address_problem(host: str) -> str | None:
     """Why the libxl bridge may not listen on, or accept libxl from, `host`; None if it
     may. libxl reads colo_checkpoint_host with inet_addr (IPv4 only), and whoever gets
     through can release held output, so never every interface."""
-    if not _IPV4.match(host):
+    if not _IPV4.fullmatch(host):
         return f"{host!r} is not an IPv4 address (libxl reads colo_checkpoint_host with inet_addr)"
     if host == "0.0.0.0":
         return "0.0.0.0 takes libxl's connection from any network"
@@ -462,7 +463,7 @@ def _check_migration_tls(cfg: Config, path: str) -> None:
                     "missing" if not d else f"{d!r} is not an absolute path",
                     f'give the directory that holds {files}: migration_tls_dir = "/etc/colo/tls"')
     if cfg.migration_tls_hostname and (kind != "x509"
-                                       or not _TLS_NAME.match(cfg.migration_tls_hostname)):
+                                       or not _TLS_NAME.fullmatch(cfg.migration_tls_hostname)):
         raise _fail(path, "migration_tls_hostname",
                     f"{cfg.migration_tls_hostname!r} is not a host name"
                     + (" (x509 only)" if kind != "x509" else ""),
@@ -487,7 +488,7 @@ def _check_etcd(cfg: Config, path: str) -> None:
     if not isinstance(eps, list) or not all(isinstance(e, str) for e in eps):
         raise _fail(path, "etcd_endpoints", "must be a list of strings", f"write it like {example}")
     for e in eps:
-        m = _ENDPOINT.match(e)
+        m = _ENDPOINT.fullmatch(e)
         if m is None or not 0 < int(m.group(3)) < 65536:
             raise _fail(path, "etcd_endpoints", f"{e!r} is not http(s)://HOST:PORT",
                         f"write it like {example}")
@@ -497,7 +498,7 @@ def _check_etcd(cfg: Config, path: str) -> None:
     if len(schemes) > 1:
         raise _fail(path, "etcd_endpoints", "mixes http:// and https://",
                     "use https:// for every member (or http:// for every member)")
-    if not _PREFIX.match(cfg.etcd_prefix):
+    if not _PREFIX.fullmatch(cfg.etcd_prefix):
         raise _fail(path, "etcd_prefix", f"{cfg.etcd_prefix!r} is not a key prefix",
                     'start it with "/", no trailing "/", letters, digits, ".", "_", "-": '
                     'etcd_prefix = "/colo"')

@@ -16,6 +16,13 @@ from tests.support.api import CONFIG
     CONFIG + "[timing]\nloop_wait = " + "9" * 400,  # was OverflowError out of float()
     # was ValueError out of int(): "²" is a digit to str.isdigit(), not to int()
     CONFIG.replace('"127.0.0.1:7410"', '"127.0.0.1:\u00b2"'),
+    # were accepted with a final newline (a regex's `$`), which reaches QEMU's command
+    # line and, on Xen, a shell command
+    CONFIG.replace('"tcp:127.0.0.1:4444"', '"tcp:127.0.0.1:4444\\n"'),
+    CONFIG + 'arbiter = "etcd"\netcd_endpoints = ["http://10.0.0.5:2379\\n"]\n',
+    CONFIG + 'arbiter = "etcd"\netcd_endpoints = ["http://10.0.0.5:2379"]\n'
+             'etcd_prefix = "/colo\\n"\n',
+    CONFIG + '[[disks]]\nid = "d\\n"\nimage = "/a"\nactive = "/b"\nhidden = "/c"\n',
 ])
 def test_what_crashed_the_loader_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError):
