@@ -44,3 +44,45 @@ def chunked(draw: st.DrawFn, data: bytes) -> list[bytes]:
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
     edges = [0, *cuts, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(repr(v), repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string, \uXXXX escapes and all
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    assert isinstance(v, dict)
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(x)}" for k, x in v.items()) + "}"
+
+
+toml_scalars = (st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats()
+                | tricky_text)
+# TOML values as text: any type in any field, and arrays nested past the recursion limit.
+toml_values = st.one_of(
+    st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3)
+                 | st.dictionaries(st.text(min_size=1, max_size=6), inner, max_size=3),
+                 max_leaves=8).map(_toml),
+    nested())
+
+
+@st.composite
+def toml_documents(draw: st.DrawFn, base: str) -> str:
+    """`base` (key = value lines) with one line's value, a new key, or a new table replaced
+    by something drawn; now and then any text at all."""
+    lines = base.strip().splitlines()
+    i = draw(st.integers(0, len(lines)))
+    key = lines[i].split("=", 1)[0].strip() if i < len(lines) and "=" in lines[i] else (
+        draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_.", min_size=1, max_size=24)))
+    line = f"{key} = {draw(toml_values)}"
+    if draw(st.booleans()):
+        table = draw(st.sampled_from(["[timing]", "[proxy]", "[compare]", "[[disks]]",
+                                      "[[compare.pass_through]]"]))
+        line = f"{table}\n{line}"
+    doc = "\n".join([*lines[:i], line, *lines[i + 1:]]) + "\n"
+    return draw(st.just(doc) | st.text(max_size=80))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
 
 from colo_orch.core.config import ConfigError, load, parse
 from tests.support.api import CONFIG
+from tests.support.strategies import toml_documents
 
 
 @pytest.mark.parametrize("text", [
@@ -35,3 +37,16 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b'name = "w\xffeb"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         load(path)
+
+
+@given(toml_documents(CONFIG))
+def test_any_document_gives_a_config_or_a_config_error(text: str) -> None:
+    try:
+        cfg = parse(text, "orch.toml")
+    except ConfigError as exc:
+        assert str(exc).startswith("orch.toml: ")
+        return
+    # What reaches QEMU's command line or a shell stays on one line.
+    for value in (cfg.incoming_uri, cfg.peer_incoming_uri, cfg.heartbeat_listen,
+                  cfg.peer_heartbeat, *cfg.etcd_endpoints):
+        assert value.isprintable(), value
