@@ -441,6 +441,9 @@ def read(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}; check the path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{path}: arrays or tables nested too deeply; no key of ours "
+                          "nests more than two levels") from None
 
 
 def load(path: str | Path | None, flags: Mapping[str, Any]) -> ProxySettings:
