@@ -441,6 +441,9 @@ def read(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}; check the path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax at that line") from exc
+    except UnicodeDecodeError as exc:  # tomllib.load decodes before it parses
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, "
+                          "save it as such") from exc
     except RecursionError:  # tomllib recurses into nested arrays and inline tables
         raise ConfigError(f"{path}: arrays or tables nested too deeply; no key of ours "
                           "nests more than two levels") from None

@@ -12,6 +12,7 @@ from colo_proxy.service.settings import ConfigError, load
 
 @pytest.mark.parametrize("text", [
     b"a = " + b"[" * 5000,  # was RecursionError out of tomllib
+    b'[proxy]\ntap = "t\xffp"\n',  # was UnicodeDecodeError out of tomllib.load
 ])
 def test_what_crashed_the_loader_is_a_config_error(tmp_path: Path, text: bytes) -> None:
     path = tmp_path / "proxy.toml"
