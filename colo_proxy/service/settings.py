@@ -133,7 +133,8 @@ def _listen(v: str) -> str | None:
     if v == "":
         return None
     host, colon, port = v.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not colon or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         return f"{v!r} is not ADDR:PORT with a port 1-65535"
     if not host:
         return f"{v!r} has no address: it would listen on every interface"
