@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
 
-from colo_proxy.service.settings import ConfigError, load
+from colo_proxy.service.settings import ConfigError, ProxySettings, load
+from tests.support.strategies import toml_documents
 
 
 @pytest.mark.parametrize("text", [
@@ -21,3 +23,34 @@ def test_what_crashed_the_loader_is_a_config_error(tmp_path: Path, text: bytes) 
     path.write_bytes(text)
     with pytest.raises(ConfigError, match=str(path)):
         load(path, {})
+
+
+BASE = """
+[proxy]
+role = "primary"
+tap = "tapP"
+vm_mac = "52:54:00:c0:10:01"
+peer_mac = "02:c0:10:f0:00:02"
+metrics_listen = "10.0.0.1:7412"
+queue = 0
+[compare]
+compare_timeout = 1.0
+max_flows = 1000
+other_policy = "compare"
+"""
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("settings") / "proxy.toml"
+
+
+@given(toml_documents(BASE))
+def test_any_file_gives_settings_or_a_config_error(scratch: Path, text: str) -> None:
+    scratch.write_text(text)
+    try:
+        loaded = load(scratch, {})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{scratch}: ")
+        return
+    assert isinstance(loaded, ProxySettings)
