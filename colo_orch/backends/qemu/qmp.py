@@ -147,7 +147,7 @@ class QmpClient:
         line, self._buf = self._buf.split(b"\n", 1)
         try:
             msg = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." too deep
             self.close()
             raise QmpError(f"QMP {self.path}: not JSON: {line[:80]!r}") from exc
         if not isinstance(msg, dict):
