@@ -19,37 +19,17 @@ from colo_orch.core.api import (
     parse_head,
     route,
 )
-from tests.support.strategies import TRICKY_CHARS
+from tests.support.strategies import http_heads
 
-LATIN1 = st.characters(max_codepoint=0xFF)
-VISIBLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
-# Pieces of a head: mostly the right words, with now and then any latin-1 text.
-TRICKY = st.sampled_from([c for c in TRICKY_CHARS if c <= "\xff"])
-# A tricky character often at the end, where a regex's `$` lets a line end through.
-PIECE = st.one_of(st.text(LATIN1 | TRICKY, max_size=12),
-                  st.tuples(st.text(VISIBLE, max_size=6), TRICKY).map("".join))
-METHODS = st.sampled_from(["GET", "POST", "PUT", "get", ""]) | PIECE
-TARGETS = (st.sampled_from(["/state", "/checkpoint", "/metrics", "/", "/state?x=1"])
-           | PIECE.map("/".__add__))
-VERSIONS = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2"]) | PIECE
-NAMES = st.sampled_from(["Host", "Content-Length", "Authorization", "Transfer-Encoding"]) | PIECE
-VALUES = (st.sampled_from(["0", "12", "Bearer " + "t" * 16, "localhost"])
-          | st.integers(-5, 10**14).map(str) | PIECE)
-HEADERS = st.lists(st.tuples(NAMES, VALUES).map(lambda h: f"{h[0]}: {h[1]}"), max_size=5)
 POLICY = Policy(b"t" * 16, frozenset({1000}), frozenset({100}))
 PEERS = st.none() | st.builds(Peer, st.integers(1, 99), st.integers(0, 2000),
                               st.frozensets(st.integers(0, 200), max_size=3))
 
 
-def _head(method: str, target: str, version: str, headers: list[str], tail: str) -> bytes:
-    return "\r\n".join([f"{method} {target} {version}", *headers, "", tail]).encode("latin-1")
-
-
-@given(METHODS, TARGETS, VERSIONS, HEADERS, PIECE, st.sampled_from(list(Listener)), PEERS)
-def test_any_head_parses_and_routes_or_is_refused(method: str, target: str, version: str,
-                                                  headers: list[str], tail: str,
-                                                  listener: Listener, peer: Peer | None) -> None:
-    parsed = parse_head(_head(method, target, version, headers, tail))
+@given(http_heads(), st.sampled_from(list(Listener)), PEERS)
+def test_any_head_parses_and_routes_or_is_refused(head: bytes, listener: Listener,
+                                                  peer: Peer | None) -> None:
+    parsed = parse_head(head)
     assert isinstance(parsed, Request | Reply)
     if isinstance(parsed, Reply):
         assert parsed.status >= 400 and parsed.refused
