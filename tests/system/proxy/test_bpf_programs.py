@@ -23,6 +23,7 @@ from colo_lab.wait import wait_until
 from colo_proxy.kernel import datapath
 from colo_proxy.wire import carry
 from colo_proxy.wire.offset import Offset
+from tests.support.bpf_run import ProgRun
 from tests.support.packets import (
     ACK,
     CLIENT4,
@@ -145,17 +146,7 @@ class Tcp:
 
 def _run(bpf: Any, prog: str, frame: bytes, kind: str = "SCHED_CLS") -> tuple[int, bytes]:
     """BPF_PROG_TEST_RUN: the program's return code and the frame as it left."""
-    fd = bpf.load_func(prog.encode(), getattr(bpf, kind)).fd
-    out = ctypes.create_string_buffer(len(frame) + 256)
-    data = ctypes.create_string_buffer(frame, len(frame))
-    attr = (ctypes.c_uint8 * 80)()
-    struct.pack_into("=IIIIQQ", attr, 0, fd, 0, len(frame), len(out),
-                     ctypes.addressof(data), ctypes.addressof(out))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syscall(321, 10, attr, 80) != 0:  # __NR_bpf (x86_64), BPF_PROG_TEST_RUN
-        raise OSError(ctypes.get_errno(), "BPF_PROG_TEST_RUN")
-    retval, _, size_out = struct.unpack_from("=III", attr, 4)
-    return retval, out.raw[:size_out]
+    return ProgRun(bpf.load_func(prog.encode(), getattr(bpf, kind)).fd)(frame)
 
 
 def _copy(frame: bytes) -> bytes:
