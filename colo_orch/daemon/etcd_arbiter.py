@@ -277,7 +277,8 @@ def _detail(exc: etcd_exc.Etcd3Exception) -> tuple[int, str]:
     try:
         body = json.loads(text)
         return int(body.get("code", -1)), str(body.get("message") or body.get("error") or text)
-    except (ValueError, TypeError, AttributeError):
+    # RecursionError: "[[[[..." nested too deeply; OverflowError: a code of 1e999 (inf).
+    except (ValueError, TypeError, AttributeError, RecursionError, OverflowError):
         return -1, text.strip()[:200] or type(exc).__name__
 
 
