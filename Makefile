@@ -50,9 +50,11 @@ test-host: build
 fuzz: bootstrap
 	$(PY) -m tests.support.datapath_fuzz --frames 1000000 $(if $(SEED),--seed $(SEED))
 
-# The parsers' fuzz properties (tests/unit/**/test_*_fuzz.py) with 20,000 examples each.
+# The parsers' fuzz properties (tests/unit/**/test_*_fuzz.py) with 20,000 examples each;
+# a property then takes a minute or two, past the suite's 60 s per test.
 fuzz-parsers: bootstrap
-	HYPOTHESIS_PROFILE=fuzz $(PYTEST) -p no:cacheprovider $$(find tests/unit -name 'test_*_fuzz.py')
+	HYPOTHESIS_PROFILE=fuzz $(PYTEST) -p no:cacheprovider --timeout 1200 \
+		$$(find tests/unit -name 'test_*_fuzz.py' | sort)
 
 lint: bootstrap
 	$(VENV)/bin/ruff check .

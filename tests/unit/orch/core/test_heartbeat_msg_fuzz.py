@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from colo_orch.core.heartbeat_msg import Beat, decode, encode
-from tests.support.strategies import json_values, nested
+from tests.support.strategies import json_comparable, nested
 
 KEY = b"k" * 32
 INTS = st.integers(-(2**63), 2**63)
 STATES = st.fixed_dictionaries({}, optional={
     "state": st.integers(0, 20), "role": st.text(max_size=10), "vm_ok": st.booleans(),
     "incoming": st.text(max_size=30), "proxy_ready": st.booleans(),
-    "extra": json_values})
+    "extra": json_comparable})
 
 
 @given(INTS, INTS, STATES, st.none() | st.tuples(INTS, INTS),

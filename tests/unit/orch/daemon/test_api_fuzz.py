@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from colo_orch.core.api import REASONS, Listener
@@ -49,6 +49,8 @@ def _send(addr: Addr, data: bytes) -> bytes:
         return read_all(s)
 
 
+# A connection per example: at most 2,000 of them under the fuzz profile (about a minute).
+@settings(max_examples=min(settings.default.max_examples, 2000))
 @given(st.sampled_from(list(Listener)), http_heads() | st.binary(max_size=200))
 def test_any_request_is_answered_or_closed_and_the_server_lives_on(
         server: ApiServer, listener: Listener, data: bytes) -> None:
