@@ -7,7 +7,7 @@ lacks (batch verdicts, the GSO flag, fail-open and a copy range past 4016 bytes)
 message format is small and stable.
 
 Batch verdicts (`NFQNL_MSG_VERDICT_BATCH`) apply to *every* queued packet whose id is at
-most the given id. The comparator releases per flow, so releases are not always a prefix
+or before the given id (in 32-bit serial-number order: ids wrap). The comparator releases per flow, so releases are not always a prefix
 of the queue: `VerdictPlanner` sends one batch verdict for the longest released prefix of
 the outstanding ids and single verdicts for the rest.
 """
@@ -205,47 +205,71 @@ def _parse_packet(mv: memoryview, off: int, end: int) -> QueuedPacket | None:
                         cap if cap >= 0 else len(payload), indev, physindev)
 
 
+# Packet ids are the queue's 32-bit `id_sequence`, which wraps. The kernel orders them as
+# serial numbers (RFC 1982): `nfq_id_after()` in net/netfilter/nfnetlink_queue.c is
+# `(int)(id - max) > 0`, and a batch verdict up to X takes queued packets, oldest first,
+# until the first one "after" X. Compared as plain integers, X = 1 just past the wrap
+# would look below a held 0xffffffff, yet the kernel's batch takes that packet too.
+ID_MASK = 0xFFFFFFFF
+_ID_HALF = 0x80000000
+
+
 class VerdictPlanner:
     """Which verdict messages release a set of packets, using batch verdicts where safe.
 
     `held(id)` records a packet we received and have not yet decided; `plan()` turns
     accepts and drops into (batch_max_id, single accepts, single drops). A batch verdict
-    up to X is safe only when every outstanding id <= X is being accepted now; ids from
-    the kernel only grow, and unread packets have larger ids than any we have read.
+    up to X is safe only when every outstanding id at or before X is being accepted now;
+    ids from the kernel only grow (modulo 2^32), and unread packets come after any we
+    have read. Internally each id is unwrapped onto an unbounded count (its "serial"),
+    so the heap orders packets the way the kernel's `nfq_id_after` does across the wrap;
+    the queue holds far fewer than 2^31 packets, so the nearest unwrapping is the right one.
     """
 
     def __init__(self) -> None:
-        self._outstanding: set[int] = set()
-        self._heap: list[int] = []
+        self._outstanding: dict[int, int] = {}  # kernel id -> serial
+        self._heap: list[int] = []  # serials, with lazily removed released ones
+        self._base = 0  # 2^32 times the wraps so far: serial = id + base
+        self._last = 0  # serial of the newest held packet
 
     def __len__(self) -> int:
         return len(self._outstanding)
 
     def held(self, packet_id: int) -> None:
-        self._outstanding.add(packet_id)
-        heapq.heappush(self._heap, packet_id)
+        serial = packet_id + self._base
+        if serial <= self._last - _ID_HALF:  # the id wrapped past 2^32 - 1
+            self._base += ID_MASK + 1
+            serial += ID_MASK + 1
+        self._last = serial
+        self._outstanding[packet_id] = serial
+        heapq.heappush(self._heap, serial)
 
     def outstanding(self) -> list[int]:
-        return sorted(self._outstanding)
+        """The held ids, oldest first (the kernel's queue order)."""
+        return [s & ID_MASK for s in sorted(self._outstanding.values())]
+
+    def _lowest(self) -> int | None:
+        """The serial of the oldest still-held packet, dropping released ones off the heap."""
+        heap, out = self._heap, self._outstanding
+        while heap and out.get(heap[0] & ID_MASK) != heap[0]:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
 
     def plan(
         self, accept: Iterable[int], drop: Iterable[int] = ()
     ) -> tuple[int | None, list[int], list[int]]:
-        acc = [i for i in accept if i in self._outstanding]
-        drp = [i for i in drop if i in self._outstanding]
-        self._outstanding.difference_update(acc)
-        self._outstanding.difference_update(drp)
-        heap = self._heap
-        while heap and heap[0] not in self._outstanding:
-            heapq.heappop(heap)
-        low = heap[0] if heap else None
+        out = self._outstanding
+        acc = [(out.pop(i), i) for i in accept if i in out]
+        drp = [(out.pop(i), i) for i in drop if i in out]
+        low = self._lowest()
         # Drops below the lowest still-held id would be accepted by a batch covering them,
         # so the batch must stop below the lowest dropped id as well.
         if drp:
-            low = min(drp) if low is None else min(low, min(drp))
-        batch = [i for i in acc if low is None or i < low]
-        singles = [i for i in acc if low is not None and i > low]
-        return (max(batch) if batch else None), singles, drp
+            low_drop = min(drp)[0]
+            low = low_drop if low is None else min(low, low_drop)
+        batch = [a for a in acc if low is None or a[0] < low]
+        singles = [i for s, i in acc if low is not None and s > low]
+        return (max(batch)[1] if batch else None), singles, [i for _, i in drp]
 
     def encode(self, queue: int, accept: Iterable[int], drop: Iterable[int] = ()) -> bytes:
         """One buffer of netlink messages (sent with one syscall) deciding these packets."""
@@ -254,13 +278,13 @@ class VerdictPlanner:
             # without its lists.
             pid = accept[0]
             out = self._outstanding
-            if pid not in out:
+            serial = out.pop(pid, None)
+            if serial is None:
                 return b""
-            out.discard(pid)
             heap = self._heap
-            while heap and heap[0] not in out:
+            while heap and out.get(heap[0] & ID_MASK) != heap[0]:
                 heapq.heappop(heap)
-            return verdict(queue, pid, True, batch=not heap or pid < heap[0])
+            return verdict(queue, pid, True, batch=not heap or serial < heap[0])
         batch, singles, drops = self.plan(accept, drop)
         parts = [verdict(queue, i, True) for i in singles]
         parts += [verdict(queue, i, False) for i in drops]

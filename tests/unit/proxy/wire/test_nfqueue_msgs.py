@@ -125,3 +125,75 @@ def test_single_release_encodes_like_the_general_plan(held: set[int], data: st.D
         want += [("batch", batch, p.NF_ACCEPT)] if batch is not None else []
         assert _decode_verdicts(fast.encode(7, [pid])) == want
         assert fast.outstanding() == general.outstanding()
+
+
+def _nfq_id_after(packet_id: int, max_id: int) -> bool:
+    """The kernel's `nfq_id_after` (net/netfilter/nfnetlink_queue.c): `(int)(id - max) > 0`."""
+    diff = (packet_id - max_id) & 0xFFFFFFFF
+    return diff != 0 and diff < 0x80000000
+
+
+def _kernel_verdicts(queue: list[int], batch: int | None, singles: list[int],
+                     drops: list[int]) -> tuple[set[int], list[int]]:
+    """What the kernel accepts for these verdicts, and what it still holds (in queue order).
+
+    A batch verdict walks the queue oldest first and stops at the first id after the
+    batch id (`nfqnl_recv_verdict_batch`); single verdicts find their id anywhere.
+    """
+    accepted = set(singles)
+    left = [i for i in queue if i not in accepted and i not in drops]
+    if batch is not None:
+        taken = 0
+        while taken < len(left) and not _nfq_id_after(left[taken], batch):
+            taken += 1
+        accepted |= set(left[:taken])
+        left = left[taken:]
+    return accepted, left
+
+
+def test_batch_across_the_wrap_leaves_the_held_packet() -> None:
+    """0xffffffff is held while 0 and 1, queued after it, are released."""
+    pl = p.VerdictPlanner()
+    queue = [0xFFFFFFFF, 0, 1]
+    for i in queue:
+        pl.held(i)
+    accepted, left = _kernel_verdicts(queue, *pl.plan([0, 1]))
+    assert accepted == {0, 1}
+    assert left == [0xFFFFFFFF] == pl.outstanding()
+
+
+@given(st.one_of(st.integers(0xFFFFFFD8, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF)),
+       st.integers(1, 40), st.data())
+def test_plan_is_exactly_the_release_at_any_id(start: int, count: int,
+                                                data: st.DataObject) -> None:
+    """Over any stretch of ids (wrapping or not), the kernel accepts exactly the release."""
+    queue = [(start + k) & 0xFFFFFFFF for k in range(count)]
+    pl = p.VerdictPlanner()
+    for i in queue:
+        pl.held(i)
+    acc = data.draw(st.sets(st.sampled_from(queue)))
+    rest = [i for i in queue if i not in acc]
+    drp = data.draw(st.sets(st.sampled_from(rest))) if rest else set()
+    batch, singles, drops = pl.plan(data.draw(st.permutations(sorted(acc))), sorted(drp))
+    accepted, left = _kernel_verdicts(queue, batch, singles, drops)
+    assert accepted == acc
+    assert set(drops) == drp
+    assert left == [i for i in queue if i not in acc | drp] == pl.outstanding()
+
+
+@given(st.integers(0xFFFFFFF0, 0xFFFFFFFF), st.integers(2, 30), st.data())
+def test_single_release_across_the_wrap(start: int, count: int, data: st.DataObject) -> None:
+    """encode()'s one-id path never sends a batch that covers a held packet across the wrap."""
+    queue = [(start + k) & 0xFFFFFFFF for k in range(count)]
+    pl = p.VerdictPlanner()
+    for i in queue:
+        pl.held(i)
+    left = list(queue)
+    for pid in data.draw(st.permutations(queue)):
+        [(kind, vid, _)] = _decode_verdicts(pl.encode(7, [pid]))
+        if kind == "batch":
+            _, left = _kernel_verdicts(left, vid, [], [])
+        else:
+            left.remove(vid)
+        assert pid not in left
+        assert left == pl.outstanding()
