@@ -94,12 +94,15 @@ class ProxyPair:
                 *(["--uplink", self.uplink] if role == "primary" and self.uplink else []),
                 *self.extra]  # last: extra flags win (e.g. --uplink "" for none)
 
-    def start(self, role: str | None = None, timeout: float = 60.0) -> None:
+    def start(self, role: str | None = None, timeout: float = 60.0,
+              env: dict[str, str] | None = None) -> None:
+        """Start the proxies (`env`: variables added to their environment)."""
         for r in [role] if role else ROLES:
             h = self.lab.hosts[r]
             with open(self.log(r), "ab") as log:
                 self.procs[r] = subprocess.Popen(["ip", "netns", "exec", h.ns, *self.argv(r)],
-                                                 stdout=log, stderr=log, cwd=str(REPO))
+                                                 stdout=log, stderr=log, cwd=str(REPO),
+                                                 env={**os.environ, **(env or {})})
             wait_until(functools.partial(self._hello, r), timeout, f"the {r} proxy to answer")
 
     def _hello(self, role: str) -> bool:

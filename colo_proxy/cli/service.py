@@ -29,6 +29,7 @@ from colo_proxy.service.settings import (
 
 log = logging.getLogger("colo-proxy")
 EXIT_BAD_CONFIG = 2  # as argparse's own usage errors
+EXIT_FAILED = 1  # an exception while running: failed closed, to be restarted
 
 
 # Setting -> help of its flag (settings.flag_name). Every flag's text is checked by
@@ -174,6 +175,14 @@ def _cmd_service(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # found only when read (the key file): nothing attached yet
         log.error("not started: %s", exc)
         return EXIT_BAD_CONFIG
+    except Exception:
+        # Failing closed: the rule and filters stay, so the VM's output is held (or passed,
+        # with on_crash = "open") as after a crash, until the supervisor's restart takes
+        # them over. Exit 1 tells the supervisor to restart us.
+        log.exception("failed: its rules and filters stay as on a crash (on_crash %s) until "
+                      "a restarted proxy takes them over, or `colo-proxy cleanup`",
+                      s.on_crash)
+        return EXIT_FAILED
     return 0
 
 

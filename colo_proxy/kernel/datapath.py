@@ -90,7 +90,13 @@ class Datapath:
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.detach()
+        # Fail closed: only an orderly exit removes the filters. After an exception they
+        # stay attached (the kernel keeps their programs and maps), so the datapath goes on
+        # steering as before and the next proxy replaces them (attach).
+        if t is None:
+            self.detach()
+        else:
+            self.release()
 
     def attach(self) -> None:
         self._ipr = ipr = IPRoute()
@@ -107,18 +113,29 @@ class Datapath:
         self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
                          vm_mac=self.vm_mac, fwd_mac=fwd_mac, peer_mac=self.peer_mac,
                          uplink_ifindex=idx.get("uplink", 0))
-        # A crashed predecessor may have left filters: replace them, never stack on them.
-        cleanup(ifnames=list(names.values()), ipr=ipr)
+        # A predecessor that crashed or failed closed left its filters: each is replaced
+        # in place (same prio and handle), never stacked on and never deleted first, so
+        # its hook is not one moment without a program.
+        kept = set()
         for prog, which, parent in hooks:
             fn = self._bpf.load_func(prog.encode(), self._bpf.SCHED_CLS)
             _ensure_clsact(ipr, idx[which])
-            ipr.tc("add-filter", "bpf", idx[which], ":1", fd=fn.fd, name=prog,
+            ipr.tc("replace-filter", "bpf", idx[which], ":1", fd=fn.fd, name=prog,
                    parent=parent, classid=1, direct_action=True, prio=PRIO)
+            kept.add((idx[which], parent, PRIO))
             self.attached.append((prog, names[which], parent))
+        # Any other filter of ours on these devices (a predecessor in another role) goes.
+        cleanup(ifnames=list(names.values()), ipr=ipr, keep=kept)
 
     def detach(self) -> None:
+        """Remove the filters (an orderly stop) and let go of the programs."""
         if self._ipr is not None:
             cleanup(ifnames=[n for n in (self.tap, self.fwd, self.uplink) if n], ipr=self._ipr)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of our handles, leaving the filters attached (failing closed)."""
+        if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
         if self._bpf is not None:
@@ -289,8 +306,10 @@ def attached(ifnames: list[str] | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def cleanup(ifnames: list[str] | None = None, ipr: IPRoute | None = None) -> list[str]:
-    """Remove our filters (by name prefix) and any clsact left empty; returns what went."""
+def cleanup(ifnames: list[str] | None = None, ipr: IPRoute | None = None,
+            keep: set[tuple[int, int, int]] | None = None) -> list[str]:
+    """Remove our filters (by name prefix) and any clsact left empty; returns what went.
+    `keep`: (ifindex, parent, prio) of filters to leave (the ones just attached)."""
     own = ipr is None
     ipr = ipr or IPRoute()
     removed = []
@@ -303,7 +322,7 @@ def cleanup(ifnames: list[str] | None = None, ipr: IPRoute | None = None) -> lis
             had_ours = False
             others = 0
             for parent, fname, prio, _id in list(_filters(ipr, idx)):
-                if not fname.startswith(NAME_PREFIX):
+                if not fname.startswith(NAME_PREFIX) or (idx, parent, prio) in (keep or ()):
                     others += 1
                     continue
                 had_ours = True

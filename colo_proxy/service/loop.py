@@ -18,7 +18,8 @@ from colo_proxy.wire.control import ProtocolError
 
 def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
           sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
-          busy_poll_us: int = 0, busy_poll_held: bool = False) -> None:
+          busy_poll_us: int = 0, busy_poll_held: bool = False,
+          fault: Callable[[], None] | None = None) -> None:
     """Poll the sources and the control sockets until SIGTERM/SIGINT.
 
     One epoll set; each ready descriptor maps straight to its handler (no selector
@@ -31,6 +32,9 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
     blocks in epoll again. Idle cost: at most one window of polling per burst. Unless
     `busy_poll_held`, the loop polls only while no PVM packet waits for its SVM twin:
     the SVM needs the CPU to produce it, and a spinning proxy on shared CPUs delays it.
+
+    `fault`, if given, is called before each ready descriptor is handled (a test hook
+    that raises, run.TEST_FAULT_ENV).
     """
     ep = select.epoll()
     handlers: dict[int, Callable[[], None]] = {}
@@ -80,6 +84,8 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
             for fd, _ev in events:
                 handler = handlers.get(fd)
                 if handler is not None:
+                    if fault is not None:
+                        fault()
                     handler()
                     if fd in data_fds:
                         data = True

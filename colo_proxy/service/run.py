@@ -1,8 +1,9 @@
 """Build and run a proxy: datapath, NFQUEUE, sockets and the proxy, served until stopped.
 
 `run_primary` and `run_secondary` acquire the kernel resources in the order that never
-leaves a packet queued to nobody and release them in reverse; `cleanup` removes what a
-crashed proxy left behind. The command line (`colo_proxy.cli.service`) only parses
+leaves a packet queued to nobody and, on an orderly stop, release them in reverse. An
+exception fails closed: the rule and the filters stay, as after a crash, for the next
+proxy to take over; `cleanup` removes what a crashed or failed proxy left behind. The command line (`colo_proxy.cli.service`) only parses
 arguments and calls these.
 """
 
@@ -100,15 +101,20 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
                         serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
                             "ready: comparing output of %s, mirror to %s, control %s, on "
                             "crash %s", s.tap, s.forward, s.control_socket, s.on_crash),
-                            busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held)
+                            busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held,
+                            fault=_test_fault())
                     finally:
                         stop_metrics()
-            finally:
+                # Only an orderly stop (serve returned: SIGTERM) lets the output pass
+                # uncompared. An exception leaves the rule, as a crash would (on_crash):
+                # closing the queue drops what it held and, without --queue-bypass, the
+                # kernel drops what comes until a restarted proxy binds it again.
                 netfilter.remove(s.instance)
+            finally:
                 svm.close()
     finally:
         ctl.close()
-        log.info("stopped: filters and rules removed")
+    log.info("stopped: filters and rules removed")
 
 
 def _carry_over(s: ProxySettings, dp: Any) -> None:
@@ -150,12 +156,32 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(
                     "ready: SVM tap %s, forward link %s, control %s", s.tap, s.forward,
-                    s.control_socket))
+                    s.control_socket), fault=_test_fault())
             finally:
                 stop_metrics()
     finally:
         ctl.close()
-        log.info("stopped: filters removed")
+    log.info("stopped: filters removed")  # after an exception Datapath leaves them
+
+
+# A test hook for the fail-closed system tests: while the file this names exists, the
+# loop raises once (removing the file) before handling the next packet or control message.
+TEST_FAULT_ENV = "COLO_PROXY_TEST_FAULT"
+
+
+def _test_fault() -> Callable[[], None] | None:
+    path = os.environ.get(TEST_FAULT_ENV)
+    if not path:
+        return None
+
+    def fault() -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        raise RuntimeError(f"fault injected by {TEST_FAULT_ENV}={path}")
+
+    return fault
 
 
 def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None]:

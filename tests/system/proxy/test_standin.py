@@ -16,6 +16,7 @@ from colo_lab.standin import CLIENT_IP6, VM_IP6, Standin
 from colo_lab.wait import wait_until
 from colo_proxy.kernel.datapath import prog_exists
 from colo_proxy.service import control_socket as control
+from colo_proxy.service.run import TEST_FAULT_ENV
 
 LOADGEN = [sys.executable, "-m", "colo_lab.loadgen"]
 
@@ -277,3 +278,40 @@ def test_failover_sends_svm_output_to_the_lan(standin: Standin, pair: ProxyPair)
     assert (
         in_ns(standin.client_ns, ["curl", "-sS", "-m", "5", "http://10.99.0.10/health"]) == "ok\n"
     )
+
+
+def test_an_exception_fails_closed_and_a_restart_takes_over(
+    standin: Standin, pair: ProxyPair
+) -> None:
+    """Before, an exception in the proxy ran the `finally` that removed its rule and
+    filters: the PVM's output then passed uncompared until someone restarted it."""
+    fault = pair.run_dir / "fault"
+    pair.kill("primary", signal.SIGTERM)
+    pair.start("primary", env={TEST_FAULT_ENV: str(fault)})
+    kernel = _kernel_state(pair, "primary")
+    assert "colo-proxy" in kernel and "colo_pvm_out" in kernel, kernel
+    fault.touch()
+    # The client's request makes the PVM answer: the proxy raises before reading it.
+    first = in_ns(standin.client_ns, ["curl", "-sS", "-m", "3", "http://10.99.0.10/health"],
+                  check=False)
+    proc = pair.procs["primary"]
+    wait_until(lambda: proc.poll() is not None, 10, "the primary proxy to exit")
+    log = pair.log("primary").read_text()
+    assert proc.returncode == 1, log[-2000:]
+    assert "Traceback" in log and f"fault injected by {TEST_FAULT_ENV}" in log, log[-2000:]
+    assert not fault.exists()
+    # No reply passed uncompared, then or while no proxy runs: the rule and the filters
+    # (the same programs) are still there.
+    assert first == ""
+    assert _kernel_state(pair, "primary") == kernel
+    held = in_ns(standin.client_ns, ["curl", "-sS", "-m", "2", "http://10.99.0.10/health"],
+                 check=False)
+    assert held == ""
+    # A restarted proxy takes the rule and the filters over and compares again.
+    pair.start("primary")
+    before = pair.status("primary")["compare"]["primary_packets"]
+    assert _load(standin, "check", "--conns", "2", "--requests", "20")["ok"] == 20
+    assert pair.status("primary")["compare"]["primary_packets"] > before + 20
+    after = _kernel_state(pair, "primary")
+    assert after.count("colo-proxy") == kernel.count("colo-proxy"), after
+    assert after.count("colo_") == kernel.count("colo_"), after
