@@ -10,8 +10,11 @@ for bulk payload. The only module that opens packet sockets.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from dataclasses import dataclass
+
+log = logging.getLogger("colo-proxy")
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -28,6 +31,33 @@ RECV_BUF = 256 * 1024
 class Frame:
     ethertype: int
     payload: bytes  # from the L3 header on
+
+
+@dataclass
+class SocketErrors:
+    """Errors a packet socket's reads returned, counted; logged once per burst.
+
+    A link that loses carrier (`ENETDOWN`, a cut cable or `ip link set down`) or any other
+    error the kernel reports on the socket (`sk_err`: reported once, by the next read) is
+    no reason to stop: the read ends, the loop goes on, and the next frame ends the burst.
+    Before, any of them but ENETDOWN ended the proxy. One log line per burst, not per
+    error: a flapping link must not flood the log.
+    """
+
+    ifname: str
+    total: int = 0
+    in_burst: bool = False
+
+    def failed(self, exc: OSError) -> None:
+        self.total += 1
+        if not self.in_burst:
+            self.in_burst = True
+            name = errno.errorcode.get(exc.errno or 0, "")
+            log.warning("packet socket on %s: %s %s (counted; reading on, logged again only "
+                        "after a frame arrived)", self.ifname, name, exc.strerror or exc)
+
+    def received(self) -> None:
+        self.in_burst = False
 
 
 class PacketSocket:
@@ -58,6 +88,7 @@ class PacketSocket:
             self._sock.close()
             raise
         self.drops = 0  # frames the kernel dropped because our receive buffer was full
+        self.errors = SocketErrors(ifname)
 
     def send(self, ethertype: int, payload: bytes, dst: bytes = b"\xff" * 6) -> None:
         """One frame out on the link (the kernel adds the link's source MAC)."""
@@ -73,17 +104,14 @@ class PacketSocket:
             try:
                 # recvfrom allocates the bytes object the comparator keeps: one copy.
                 data, addr = recv(RECV_BUF)
-            except BlockingIOError:
+            except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno != errno.ENETDOWN:
-                    raise
-                # The link went down (a cut cable, `ip link set down`): the kernel reports
-                # that once on a bound packet socket. Nothing is lost by reading on; before,
-                # it ended the proxy, whose exit removed its filters and let the PVM's
-                # output out uncompared while the orchestrator had not fenced yet.
+                self.errors.failed(exc)
                 break
             out.append(Frame(addr[1], data))
+        if out and self.errors.in_burst:
+            self.errors.received()
         return out
 
     def receive_from(self, limit: int = 64) -> list[tuple[bytes, bytes]]:
@@ -95,10 +123,11 @@ class PacketSocket:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno != errno.ENETDOWN:
-                    raise
-                break  # the link went down: read on later, as receive()
+                self.errors.failed(exc)
+                break
             out.append((bytes(addr[4][:6]), data))
+        if out and self.errors.in_burst:
+            self.errors.received()
         return out
 
     def read_drops(self) -> int:

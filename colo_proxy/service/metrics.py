@@ -275,7 +275,10 @@ class ProxyCollector(Collector):
                   [("parse", cs.get("parse_errors", 0)),
                    ("internal", cs.get("internal_errors", 0)),
                    ("truncated_copy", st.get("truncated_copies", 0)),
-                   ("svm_socket_drop", st.get("svm_socket_drops", 0))])
+                   ("svm_socket_drop", st.get("svm_socket_drops", 0)),
+                   # read errors on the SVM's packet socket (ENETDOWN when the forward
+                   # link loses carrier): counted, and the proxy reads on
+                   ("svm_socket_error", st.get("svm_socket_errors", 0))])
         h = HistogramMetricFamily("colo_proxy_hold_seconds",
                                   "How long each PVM packet was held before its release "
                                   "(the latency COLO adds)")

@@ -348,6 +348,9 @@ class PrimaryProxy:
         read_drops = getattr(self.svm, "read_drops", None)
         if read_drops is not None:
             out["svm_socket_drops"] = read_drops()
+        errors = getattr(self.svm, "errors", None)
+        if errors is not None:
+            out["svm_socket_errors"] = errors.total
         enobufs = getattr(self.queue, "enobufs", None)
         if enobufs is not None:
             out["queue_overflows"] = enobufs
