@@ -2,86 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from colo_orch.backends.qemu.backend import _Monitor
 from colo_orch.backends.qemu.qmp import QmpClient, QmpError
-
-GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}},
-                    "capabilities": ["oob"]}}
-Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], None]], None]
-
-
-def _answer(cmd: dict[str, Any], send: Callable[[dict[str, Any]], None]) -> None:
-    """query-status answers after an event; 'late' answers only a later command; others echo."""
-    ident, name = cmd.get("id"), cmd["execute"]
-    if name == "query-status":
-        send({"event": "RESUME", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}})
-        send({"return": {"status": "running", "running": True}, "id": ident})
-    elif name == "late":
-        pass  # never answered now: the answer comes before the next command's
-    elif name == "bad":
-        send({"error": {"class": "GenericError", "desc": "no such thing"}, "id": ident})
-    elif name == "quit":
-        send({"return": {}, "id": ident})
-        raise EOFError
-    else:
-        send({"return": {"echo": cmd.get("arguments", {})}, "id": ident})
-
-
-class FakeQmp:
-    def __init__(self, path: Path, greeting: dict[str, Any] = GREETING,
-                 handler: Handler = _answer) -> None:
-        self.path = str(path)
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(self.path)
-        self.srv.listen(8)
-        self.greeting, self.handler = greeting, handler
-        self.pending_late: list[Any] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.srv.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        lock = threading.Lock()
-
-        def send(msg: dict[str, Any]) -> None:
-            with lock:
-                conn.sendall(json.dumps(msg).encode() + b"\r\n")
-
-        with conn:
-            send(self.greeting)
-            f = conn.makefile("rb")
-            for line in f:
-                cmd = json.loads(line)
-                if cmd["execute"] == "qmp_capabilities":
-                    send({"return": {}, "id": cmd.get("id")})
-                    continue
-                for ident in self.pending_late:
-                    send({"return": {"late": True}, "id": ident})
-                self.pending_late.clear()
-                if cmd["execute"] == "late":
-                    self.pending_late.append(cmd.get("id"))
-                try:
-                    self.handler(cmd, send)
-                except EOFError:
-                    return
-
-    def close(self) -> None:
-        self.srv.close()
+from tests.support.qmp_server import FakeQmp
 
 
 @pytest.fixture
