@@ -9,7 +9,7 @@ backend. How a backend names them on its own side stays in the backend.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ID_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 
@@ -30,6 +30,12 @@ class DiskStatus:
     problem: str = ""
     bytes_replicated: int = 0
     errors: int = 0
+    # The hypervisor's disk error events since the orchestrator started, by name (QEMU:
+    # QUORUM_REPORT_BAD, BLOCK_IO_ERROR), whatever the replication's state, and the last.
+    error_events: dict[str, int] = field(default_factory=dict)
+    last_error_event: str = ""
 
 
+# The disk error events a backend reports (DiskStatus.error_events), named as QEMU does.
+ERROR_EVENTS = ("QUORUM_REPORT_BAD", "BLOCK_IO_ERROR")
 STATES = ("none", "exported", "resyncing", "replicating", "broken", "committed", "alone")

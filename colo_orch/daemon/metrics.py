@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
 
 from colo_orch.core.api import REFUSALS as API_REFUSALS
+from colo_orch.core.disks import ERROR_EVENTS as DISK_ERROR_EVENTS
 from colo_orch.core.disks import STATES as DISK_STATES
 from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
@@ -101,9 +102,18 @@ class OrchMetrics:
         self.disk_errors = Counter("colo_disk_replication_errors_total",
                                    "Writes to the secondary's disks that failed",
                                    registry=registry)
+        self.disk_error_events = Counter(
+            "colo_disk_error_events",
+            "The hypervisor's disk error events, by event (QEMU: QUORUM_REPORT_BAD, a write "
+            "or read of a quorum child failed, e.g. on the secondary's NBD link; "
+            "BLOCK_IO_ERROR, a guest request failed), read as they come",
+            ["event"], registry=registry)
+        for e in DISK_ERROR_EVENTS:
+            self.disk_error_events.labels(e)
         # The replication's own figures restart at each attach (re-protection); the
         # counters above must not, so only increases are added.
         self._disk_seen = (0, 0)
+        self._disk_events_seen: dict[str, int] = {}
         self.api_refused = Counter(
             "colo_api_requests_refused_total",
             "API requests refused, by reason: unauthorized (no or wrong token), forbidden "
@@ -148,3 +158,6 @@ class OrchMetrics:
                             if st.bytes_replicated >= last_bytes else st.bytes_replicated)
         self.disk_errors.inc(st.errors - last_errors if st.errors >= last_errors else st.errors)
         self._disk_seen = (st.bytes_replicated, st.errors)
+        for name, n in st.error_events.items():  # counted since the backend started
+            self.disk_error_events.labels(name).inc(max(0, n - self._disk_events_seen.get(name, 0)))
+            self._disk_events_seen[name] = n

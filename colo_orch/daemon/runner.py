@@ -39,6 +39,7 @@ from colo_orch.core.decide import (
     follows_us,
     wants_lease,
 )
+from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import Machine, State
 from colo_orch.daemon.actions import Actions
 from colo_orch.daemon.arbiter import Arbiter
@@ -96,6 +97,8 @@ class Orchestrator(Actions, Watchers):
         self._checkpoint_marks: dict[str, float] = {}
         self.last_checkpoint_at = time.monotonic()
         self.degraded_reason = ""
+        # The backend's disk replication status, read once per loop cycle.
+        self.disk_status: tuple[DiskStatus | None, int] = (None, 0)
         self.degraded_at = 0.0
         self.history: deque[tuple[float, str]] = deque(maxlen=200)
         # Counters for the API and metrics.
@@ -317,7 +320,8 @@ class Orchestrator(Actions, Watchers):
         m.protection_verified.set(1 if self.protection_verified else 0)
         hb = self.heartbeat
         m.observe_heartbeats(hb.received, hb.rejected, hb.replayed)
-        m.observe_disks(*self.backend.disk_status())
+        self.disk_status = self.backend.disk_status()
+        m.observe_disks(*self.disk_status)
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
@@ -343,6 +347,14 @@ class Orchestrator(Actions, Watchers):
             self.metrics.checkpoint_failures.inc()
 
     # Reporting --------------------------------------------------------------------
+    def _disk_view(self) -> dict[str, Any] | None:
+        """The replicated disks: their state, and `degraded` once replication broke (a
+        write reached only one side, or the link to the secondary's disk is cut)."""
+        st, count = self.disk_status
+        if st is None:
+            return None
+        return {"count": count, "degraded": st.state == "broken", **asdict(st)}
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             vm = asdict(self._vm)
@@ -372,6 +384,7 @@ class Orchestrator(Actions, Watchers):
             "last_checkpoint_age_s": (round(time.monotonic() - self.last_checkpoint_at, 3)
                                       if self.checkpoints else None),
             "degraded_reason": self.degraded_reason,
+            "disk": self._disk_view(),
             "fenced": self._fenced,
             "proxy_connected": self.proxy.connected if self.proxy else None,
             "proxy": self.proxy_view() if self.proxy else None,

@@ -25,6 +25,7 @@ import os
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from colo_orch.backends.base import Backend, BackendError
 from colo_orch.backends.qemu.blk.graph import DiskError, Replication
 from colo_orch.backends.qemu.blk.images import ImageError, check_layers, create_layer, size_of
 from colo_orch.backends.qemu.blk.spec import drive_args, uri_host
+from colo_orch.backends.qemu.events import DiskEvents, EventReader
 from colo_orch.backends.qemu.process import ensure_gone, pid_from_file, started_with
 from colo_orch.backends.qemu.qmp import QmpClient
 from colo_orch.backends.qemu.tls import SERVER_ID, QemuTls, add_creds
@@ -99,7 +101,9 @@ class QemuBackend(Backend):
                  tls: QemuTls | None = None) -> None:
         super().__init__()
         self.mon = _Monitor(qmp, qmp_timeout)
-        self.events = _Monitor(qmp_events, qmp_timeout)
+        # Read by a thread of its own: disk errors count when they happen (events.py).
+        self.disk_events = DiskEvents()
+        self.events = EventReader(qmp_events, qmp_timeout, self._on_event)
         self.vm_command = vm_command
         self.qemu_delay_ms = qemu_checkpoint_delay_ms
         # The VM's stdout and stderr (QEMU's own error messages); default: beside its monitor.
@@ -175,7 +179,17 @@ class QemuBackend(Backend):
             return str(exc)
 
     def disk_status(self) -> tuple[DiskStatus | None, int]:
-        return (self.blk.status() if self.disks else None), len(self.disks)
+        if not self.disks:
+            return None, 0
+        return replace(self.blk.status(), error_events=dict(self.disk_events.counts),
+                       last_error_event=self.disk_events.last), len(self.disks)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Every QMP event as it arrives (the events thread): a failed write to the
+        secondary's disk breaks replication now, not at the next checkpoint."""
+        if self.disk_events.note(event):
+            log.warning("disk error: %s", self.disk_events.last)
+        self.blk.note_event(event)
 
     # Actions -----------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
@@ -344,7 +358,6 @@ class QemuBackend(Backend):
                     raise BackendError("COLO ended during the checkpoint")
                 continue
             name = ev.get("event")
-            self.blk.note_event(ev)
             if name == "STOP":
                 stopped_at = self.checkpoint_stopped_at = time.monotonic()
                 if self.on_checkpoint_stop is not None:
@@ -448,4 +461,4 @@ class QemuBackend(Backend):
 
     def close(self) -> None:
         self.mon.drop()
-        self.events.drop()
+        self.events.close()

@@ -71,6 +71,13 @@ class QmpClient:
     def connected(self) -> bool:
         return self._sock is not None
 
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait for events with select (events.EventReader)."""
+        sock = self._sock
+        if sock is None:
+            raise QmpError(f"not connected to {self.path}")
+        return sock.fileno()
+
     # Messages ----------------------------------------------------------------------
     def cmd_raw(self, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run one command; its raw answer ({"return": ...} or {"error": ...})."""

@@ -55,3 +55,16 @@ def test_heartbeat_counters_follow_the_receiver() -> None:
     assert _value(reg, "colo_heartbeats_received_total") == 12
     assert _value(reg, "colo_heartbeat_rejected_total") == 5
     assert _value(reg, "colo_heartbeat_replayed_total") == 1
+
+
+def test_disk_error_events_are_counted_by_event() -> None:
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    assert _value(reg, "colo_disk_error_events_total", event="QUORUM_REPORT_BAD") == 0
+    assert _value(reg, "colo_disk_error_events_total", event="BLOCK_IO_ERROR") == 0
+    m.observe_disks(DiskStatus("replicating", error_events={"QUORUM_REPORT_BAD": 2,
+                                                            "BLOCK_IO_ERROR": 0}), 1)
+    m.observe_disks(DiskStatus("broken", errors=2, error_events={"QUORUM_REPORT_BAD": 3,
+                                                                 "BLOCK_IO_ERROR": 1}), 1)
+    assert _value(reg, "colo_disk_error_events_total", event="QUORUM_REPORT_BAD") == 3
+    assert _value(reg, "colo_disk_error_events_total", event="BLOCK_IO_ERROR") == 1

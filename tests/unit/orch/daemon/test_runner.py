@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_orch.core.config import Config
+from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
 from colo_orch.daemon.arbiter import LocalLeaseArbiter
 from colo_orch.daemon.heartbeat import PeerReport
@@ -76,3 +77,16 @@ def test_a_proxy_request_or_an_operator_command_wakes_the_loop(tmp_path: Path) -
     orch._wake.clear()
     orch.request("checkpoint")
     assert orch._wake.is_set()
+
+
+def test_the_state_api_shows_a_degraded_disk(tmp_path: Path) -> None:
+    orch = _orchestrator(tmp_path, _Silent())
+    assert orch._disk_view() is None  # no replicated disks
+    orch.disk_status = (DiskStatus("broken", "1 write(s) to the secondary's disk failed",
+                                   4096, 1, {"QUORUM_REPORT_BAD": 1, "BLOCK_IO_ERROR": 0},
+                                   "QUORUM_REPORT_BAD on disk0-replication: write failed"), 1)
+    assert orch._disk_view() == {
+        "count": 1, "degraded": True, "state": "broken",
+        "problem": "1 write(s) to the secondary's disk failed", "bytes_replicated": 4096,
+        "errors": 1, "error_events": {"QUORUM_REPORT_BAD": 1, "BLOCK_IO_ERROR": 0},
+        "last_error_event": "QUORUM_REPORT_BAD on disk0-replication: write failed"}
