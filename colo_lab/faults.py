@@ -1,4 +1,5 @@
-"""Faults a test injects into a lab: cut and heal a host's links, kill and restart etcd members.
+"""Faults a test injects into a lab: cut and heal a host's links, reset the disk
+replication's NBD connections, kill and restart etcd members.
 
 A link is cut on the host's side (`ip link set <link> down` in the host's namespace), as
 pulling that host's cable would: the other end loses its carrier too. The host's own
@@ -35,6 +36,31 @@ def cut(lab: Lab, host: str, link: str) -> None:
 def heal(lab: Lab, host: str, link: str) -> None:
     """Bring a host's link up again (addresses and routes come back with it)."""
     _set(lab, host, link, "up")
+
+
+NBD_PORT = 10809  # the orchestrators' nbd_port in the lab (the default)
+
+
+def cut_nbd(lab: Lab, port: int = NBD_PORT) -> list[int]:
+    """Reset the primary's established NBD connections to the secondary's disk export, and
+    every packet they send from now on (iptables in the secondary host's namespace).
+
+    Only those connections: a new connection to the port is still accepted, as by a
+    server whose session broke while it keeps listening. The primary's QEMU then gets an
+    error on each write to the secondary's disk (`QUORUM_REPORT_BAD`), while its
+    orchestrator's probe of the port still succeeds. Returns the client ports cut.
+    """
+    ns = lab.hosts["secondary"].ns
+    out = netns.sh(ns, ["ss", "-Htn", "state", "established", f"( sport = :{port} )"])
+    ports = sorted({int(line.split()[-1].rpartition(":")[2])
+                    for line in out.splitlines() if line.strip()})
+    if not ports:
+        raise LabError(f"no established NBD connection to port {port} on the secondary",
+                       "cut it while the pair is protected with a replicated disk")
+    for p in ports:
+        netns.sh(ns, ["iptables", "-w", "-I", "INPUT", "-p", "tcp", "--dport", str(port),
+                      "--sport", str(p), "-j", "REJECT", "--reject-with", "tcp-reset"])
+    return ports
 
 
 def kill_etcd_member(lab: Lab, i: int) -> None:

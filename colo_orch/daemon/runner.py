@@ -348,12 +348,13 @@ class Orchestrator(Actions, Watchers):
 
     # Reporting --------------------------------------------------------------------
     def _disk_view(self) -> dict[str, Any] | None:
-        """The replicated disks: their state, and `degraded` once replication broke (a
-        write reached only one side, or the link to the secondary's disk is cut)."""
+        """The replicated disks: their state, and `degraded` while they are not replicated
+        to a secondary: replication broke (a write reached only one side, or the link to
+        the secondary's disk is cut; `problem` says which) or the primary runs alone."""
         st, count = self.disk_status
         if st is None:
             return None
-        return {"count": count, "degraded": st.state == "broken", **asdict(st)}
+        return {"count": count, "degraded": st.state in ("broken", "alone"), **asdict(st)}
 
     def status(self) -> dict[str, Any]:
         with self._lock:

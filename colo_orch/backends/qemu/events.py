@@ -47,8 +47,9 @@ def describe(event: dict[str, Any]) -> str:
     """One line about a disk error event, for the state API and the log."""
     name, data = event.get("event", "?"), event.get("data") or {}
     if name == "QUORUM_REPORT_BAD":
-        what = (f"{data.get('type', 'request')} of {data.get('sectors-count', '?')} "
-                f"sector(s) at {data.get('sector', '?')}")
+        what = str(data.get("type", "request"))
+        if "sector" in data:  # a flush has none
+            what += f" of {data.get('sectors-count', '?')} sector(s) at {data['sector']}"
         err = f": {data['error']}" if data.get("error") else ""
         return f"QUORUM_REPORT_BAD on {data.get('node-name', '?')}: {what} failed{err}"
     where = data.get("node-name") or data.get("device") or "?"

@@ -112,3 +112,5 @@ def test_disk_events_count_only_disk_errors() -> None:
                                                        "action": "stop"}})
     assert d.counts == {"QUORUM_REPORT_BAD": 0, "BLOCK_IO_ERROR": 1}
     assert d.last == "BLOCK_IO_ERROR on n1: read failed, action stop"
+    d.note({"event": "QUORUM_REPORT_BAD", "data": {"node-name": "r", "type": "flush"}})
+    assert d.last == "QUORUM_REPORT_BAD on r: flush failed"
