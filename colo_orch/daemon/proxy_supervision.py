@@ -222,7 +222,13 @@ class ProxySupervision:
             return
         if self._proxy_running() or time.monotonic() < self._proxy_restart_after:
             return
-        self._restart_proxy(f"colo-proxy ({self._proxy_role}, pid {self._proxy_pid}) is gone")
+        proc = self._proxy_proc
+        # Exit status 1: it failed closed on an exception (its rules and filters stay and
+        # hold the output); a signal's is negative (-9: SIGKILL).
+        status = (f" (exit status {proc.returncode})"
+                  if proc is not None and proc.returncode is not None else "")
+        self._restart_proxy(f"colo-proxy ({self._proxy_role}, pid {self._proxy_pid}) is "
+                            f"gone{status}")
 
     def _restart_proxy(self, why: str) -> None:
         """Bring up the proxy in the role we gave it, on a thread (at most one at a time,

@@ -6,6 +6,7 @@ The link is a fake (its connections are what the tests say); the processes are r
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -212,6 +213,27 @@ def test_a_dead_proxy_is_started_again(tmp_path: Path) -> None:
         assert p._proxy_proc is not None and p._proxy_proc.poll() is None
         p._supervise_proxy()  # it runs: nothing more is started
         assert p._proxy_restarter is not None and not p._proxy_restarter.is_alive()
+    finally:
+        _reap(p)
+
+
+def test_a_proxy_that_failed_is_restarted_and_its_exit_status_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """colo-proxy exits 1 when it fails closed on an exception: restarted like a crash."""
+    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "again"))
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)", "colo_proxy"])
+    failed.wait()
+    p._proxy_proc, p._proxy_role, p._proxy_pid = failed, "primary", failed.pid
+    p.link.connected = False
+    _connect_once_started(p, tmp_path / "again")
+    with caplog.at_level(logging.WARNING, logger="colo_orch"):
+        p._supervise_proxy()
+    try:
+        assert p._proxy_restarter is not None
+        p._proxy_restarter.join(timeout=30)
+        assert p._proxy_proc is not None and p._proxy_proc.poll() is None
+        assert f"colo-proxy (primary, pid {failed.pid}) is gone (exit status 1): starting it " \
+            "as primary" in caplog.text
     finally:
         _reap(p)
 
