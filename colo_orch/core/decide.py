@@ -206,6 +206,12 @@ def decide(s: Snapshot, min_interval: float, max_interval: float,
 
     # 3. Operator stop wins over everything else.
     if s.operator == "stop":
+        if Event.STOP not in TRANSITIONS[st]:
+            # STOPPED has no STOP: firing it raised in the loop (found by the pair model,
+            # tests/unit/orch/core/test_decide_model.py). A VM we have not adopted yet is
+            # still stopped, as asked.
+            return Decision(f"stop requested: already {st.name}",
+                            action=StopVM() if s.vm.reachable else None, consumed_operator=True)
         return Decision("stopping on operator request", Event.STOP, StopVM(),
                         consumed_operator=True)
 

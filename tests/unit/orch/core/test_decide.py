@@ -196,6 +196,15 @@ def test_stop_wins() -> None:
     assert (d.event, d.action) == (Event.STOP, StopVM())
 
 
+def test_stop_in_stopped_fires_nothing() -> None:
+    # The pair model's shrunk example: `coloctl stop` before the first VM started. STOP is
+    # not in STOPPED's row, and firing it raised in the loop.
+    d = decide(snap(State.STOPPED, vm=GONE, operator="stop"), MIN, MAX)
+    assert (d.event, d.action, d.consumed_operator) == (None, None, True)
+    d = decide(snap(State.STOPPED, operator="stop"), MIN, MAX)  # a VM not adopted yet
+    assert (d.event, d.action, d.consumed_operator) == (None, StopVM(), True)
+
+
 def test_failed_action_degrades_with_the_reason() -> None:
     d = decide(snap(State.SYNCING, finished=ActionResult("enter_colo", False, "refused")),
                MIN, MAX)
