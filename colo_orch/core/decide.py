@@ -450,6 +450,12 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float,
         # writes, so protection is over until a re-protection resyncs it.
         return _go_alone(s, f"disk replication broken ({s.vm.disk_error}): continuing alone")
     if s.operator == "pause":
+        if not s.alone_recorded:
+            # S6: paused output reaches clients uncompared and is in no checkpoint of the
+            # secondary's; were we lost while paused, its takeover would lose it (the pair
+            # model's shrunk example: pause, our VM dies, the secondary serves its stale copy).
+            return Decision("pausing protection on operator request, but recording in the "
+                            "arbiter that we serve alone first", record_alone=True)
         return Decision("pausing protection on operator request: output is released uncompared",
                         Event.PAUSE, Pause(), consumed_operator=True)
     since = s.now - s.last_checkpoint_at

@@ -9,6 +9,7 @@ import pytest
 from colo_orch.core.decide import (
     ActionResult,
     Checkpoint,
+    Pause,
     PeerObs,
     Snapshot,
     StartVM,
@@ -144,6 +145,16 @@ def test_a_broken_disk_replication_records_alone_first_too() -> None:
     assert (d.event, d.record_alone) == (None, True)
 
 
+def test_a_pause_records_alone_before_output_passes_uncompared() -> None:
+    # The pair model's shrunk example: pause, the primary's VM dies, the secondary takes
+    # over from its last checkpoint, which lacks everything released while paused.
+    pause = snap(State.PROTECTED, operator="pause", alone_recorded=False)
+    d = decide(pause, MIN, MAX)
+    assert (d.event, d.action, d.record_alone, d.consumed_operator) == (None, None, True, False)
+    d = decide(replace(pause, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.action, d.consumed_operator) == (Event.PAUSE, Pause(), True)
+
+
 def test_a_secondary_records_alone_before_it_takes_over() -> None:
     # S6, the reverse case: the old primary, cut off and holding output, must find its
     # copy stale should it get the lease back after ours lapses.
@@ -221,6 +232,7 @@ def test_a_primary_starts_its_vm_only_with_the_lease() -> None:
     assert d.event is None and d.action is None and "no etcd endpoint answers" in d.sentence
     d = decide(replace(s, lease_held=True), MIN, MAX)
     assert (d.event, d.action) == (Event.START, StartVM(incoming=False))
+
 
 
 def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
