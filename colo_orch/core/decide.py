@@ -383,6 +383,12 @@ def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
                         role="secondary")
     if s.role == "primary" and not s.lease_held:
         return Decision(f"not starting our VM as primary: {_lease_why(s)}; waiting for it")
+    if s.role == "primary" and not s.alone_recorded:
+        # S6: a primary starting its VM serves alone (WAITING passes output uncompared):
+        # a secondary still following an earlier VM of ours must not take over from it
+        # (the pair model's shrunk example: stop the primary, which starts again).
+        return Decision("starting our VM as primary, but recording in the arbiter that we "
+                        "serve alone first", record_alone=True)
     return Decision(f"starting our VM as {s.role}", Event.START,
                     StartVM(incoming=s.role == "secondary"))
 

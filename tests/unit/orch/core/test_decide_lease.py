@@ -234,6 +234,16 @@ def test_a_primary_starts_its_vm_only_with_the_lease() -> None:
     assert (d.event, d.action) == (Event.START, StartVM(incoming=False))
 
 
+def test_a_primary_records_alone_before_it_starts_its_vm() -> None:
+    # The pair model's shrunk example: `coloctl stop` on a protected primary, which starts
+    # a new VM and serves it uncompared (WAITING) while the secondary, still PROTECTED
+    # with its old copy, could take over from it were the primary lost.
+    s = snap(State.STOPPED, vm=GONE, peer=FOLLOWING, alone_recorded=False)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.record_alone) == (None, None, True)
+    d = decide(replace(s, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.START, StartVM(incoming=False))
+
 
 def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
