@@ -560,6 +560,12 @@ def _holding(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if in_colo and follows_us(p) and p.state is State.PROTECTED:
         return Decision(f"{how}: resuming protection (a checkpoint resynchronises the "
                         "secondary first)", Event.RESUME, Checkpoint(("resume",)), fence=False)
+    if not s.alone_recorded:
+        # S6, as on every other path to serving alone: the pair model found this one (a
+        # restarted primary held output, then regained the lease and left COLO while the
+        # sync key said "protected"). Under the failsafe the store cannot record it: hold.
+        return Decision(f"{how}, but recording in the arbiter that we serve alone first",
+                        record_alone=True)
     if in_colo:
         return Decision(f"{how}, without a secondary: leaving COLO to serve alone",
                         Event.PEER_LOST, TakeOver("primary"), fence=False)

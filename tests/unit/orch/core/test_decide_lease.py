@@ -225,6 +225,20 @@ def test_holding_outside_colo_serves_alone_when_the_lease_returns() -> None:
     assert (d.event, d.action, d.fence) == (Event.LEASE_REGAINED, None, False)
 
 
+@pytest.mark.parametrize("vm", [IN_COLO, RUNNING])
+def test_holding_records_alone_before_it_serves_alone(vm: VmObs) -> None:
+    # The pair model's shrunk example: a primary cut off from the store and its secondary
+    # held output; its orchestrator restarted (adopting PROTECTED) and the secondary's VM
+    # died; with the failsafe it left COLO and served while the key said "protected".
+    s = snap(State.HOLDING, vm=vm, peer=LOST, alone_recorded=False)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.fence, d.record_alone) == (None, None, None, True)
+    failsafe = replace(s, lease_held=False, lease_reachable=False,
+                       peer=replace(FOLLOWING, state=State.FENCED))
+    d = decide(failsafe, MIN, MAX)  # the store cannot record it: keep holding
+    assert (d.event, d.fence, d.record_alone) == (None, None, True)
+
+
 def test_a_primary_starts_its_vm_only_with_the_lease() -> None:
     s = snap(State.STOPPED, vm=GONE, peer=LOST, lease_held=False, lease_reachable=False,
              lease_error="no etcd endpoint answers")
