@@ -85,6 +85,9 @@ class Snapshot:
     # The store's sync key says the other host served alone after our last checkpoint:
     # our copy is stale and must never serve (S6).
     stale: bool = False
+    # Our proxy holds every output packet of our VM (fail closed): we fenced it, or its
+    # hello said so when we (re)connected, e.g. after our orchestrator restarted.
+    fenced: bool = False
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -195,6 +198,12 @@ def decide(s: Snapshot, min_interval: float, max_interval: float,
     if _must_hold(s):
         return Decision(f"{_lease_why(s)}: holding output (fail closed)", Event.LEASE_LOST,
                         role="primary", fence=True)
+    if s.fenced and st in SERVING_STATES and (s.role == "primary" or st is State.FAILING_OVER):
+        # Only HOLDING's rules (the peer serves, our copy is stale, the lease, S6) lift a
+        # fence: a restarted orchestrator adopted PROTECTED and unfenced at the proxy's
+        # first hello while its peer served alone (found by the pair model).
+        return Decision("our output is fenced: holding it until we may serve",
+                        Event.LEASE_LOST, role="primary", fence=True)
     if s.busy:
         if st is State.CHECKPOINTING and _peer_gone(s):
             # Measured in the lab: the control link cut just before a periodic checkpoint

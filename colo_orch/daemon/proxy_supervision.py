@@ -262,7 +262,12 @@ class ProxySupervision:
         first = self._proxy_gen == 0
         self._proxy_gen = link.generation
         # A proxy started (or restarted) after the fence knows nothing of it: tell it again
-        # unless its hello shows it already fenced (or unfenced, when we are not).
+        # unless its hello shows it already fenced. A fenced proxy stays fenced whatever
+        # we thought: a restarted orchestrator unfenced it at this hello while its peer
+        # served alone (found by the pair model); decide lifts a fence, never a hello.
+        if hello.get("mode") == "fenced" and not self._fenced:
+            log.warning("colo-proxy says our VM's output is fenced: keeping it fenced")
+            self._fenced = True
         self._fence_told = (hello.get("mode") == "fenced") == self._fenced
         self._proxy_mode = HELLO_MODES.get(str(hello.get("mode")), ProxyMode.UNKNOWN)
         pid = hello.get("pid")

@@ -223,7 +223,7 @@ class Orchestrator(Actions, Watchers):
                 lease_reachable=lease.reachable, lease_known=lease.checked_at > 0.0,
                 lease_error=lease.error,
                 lease_renewed_since_peer=rep is None or lease.renewed_at > rep.received_at,
-                alone_recorded=lease.alone_recorded, stale=lease.stale,
+                alone_recorded=lease.alone_recorded, stale=lease.stale, fenced=self._fenced,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at,
                 checkpoint_tat=self.checkpoint_tat, operator=self._operator,

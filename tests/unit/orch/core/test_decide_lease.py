@@ -239,6 +239,22 @@ def test_holding_records_alone_before_it_serves_alone(vm: VmObs) -> None:
     assert (d.event, d.fence, d.record_alone) == (None, None, True)
 
 
+def test_a_fenced_primary_goes_holding_whose_rules_lift_the_fence() -> None:
+    # The pair model's shrunk example: a primary cut off from everything held output while
+    # its secondary took over; its orchestrator restarted and adopted PROTECTED, its proxy
+    # still fenced, before the arbiter first answered.
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    adopted = snap(State.PROTECTED, fenced=True, lease_known=False, lease_held=False,
+                   peer=PeerObs(alive=True))
+    d = decide(adopted, MIN, MAX)
+    assert (d.event, d.fence, d.role) == (Event.LEASE_LOST, True, "primary")
+    d = decide(replace(adopted, state=State.HOLDING, peer=alone), MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+    # Our own fence, with the lease and a following secondary: resumed as before.
+    d = decide(snap(State.HOLDING, fenced=True), MIN, MAX)
+    assert (d.event, d.fence) == (Event.RESUME, False)
+
+
 def test_a_primary_starts_its_vm_only_with_the_lease() -> None:
     s = snap(State.STOPPED, vm=GONE, peer=LOST, lease_held=False, lease_reachable=False,
              lease_error="no etcd endpoint answers")

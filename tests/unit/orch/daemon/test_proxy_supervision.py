@@ -313,3 +313,12 @@ def test_a_proxy_that_connects_while_we_are_fenced_is_told_again() -> None:
     p.link.connect(mode="fenced", pid=4713)  # this one says it is fenced already
     p._sync_proxy_mode()
     assert p._fence_told is True
+
+
+def test_a_fenced_proxy_stays_fenced_when_a_restarted_orchestrator_connects() -> None:
+    # The pair model's shrunk example: the previous run fenced the proxy (its peer took
+    # over); this run knew nothing of it and unfenced at the first hello.
+    p = _Part(state=State.PROTECTED)
+    p.link.connect(mode="fenced")
+    p._sync_proxy_mode()
+    assert p._fenced and p._fence_told and p.link.sent == []  # no unfence to tell
