@@ -332,7 +332,7 @@ def wants_lease(state: State, role: str, s: Snapshot) -> bool:
     if role == "primary":
         return state in SERVING_STATES or state in (State.HOLDING, State.STOPPED,
                                                     State.STARTING)
-    return state is State.PROTECTED and (_peer_gone(s) or s.operator == "failover")
+    return state is State.PROTECTED and _peer_gone(s)
 
 
 def _on_finished(s: Snapshot) -> Decision | None:
@@ -450,6 +450,13 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float,
     if s.role == "secondary" and s.stale:
         return Decision("the arbiter says the primary served alone after our last checkpoint: "
                         "our copy is stale; fencing our VM", Event.VM_LOST, StopVM())
+    if s.role == "secondary" and s.operator == "failover" and not _peer_gone(s):
+        # F2: a primary cut off from the store serves on while we follow it; going for its
+        # lapsed lease while we still do let both serve (the pair model's shrunk example:
+        # the primary's etcd link cut, then `coloctl failover` on the secondary).
+        return Decision("operator requested failover, but the primary is heard and may serve "
+                        "on the failsafe: we take over only once it is lost (request the "
+                        "failover on the primary)", consumed_operator=True)
     if _peer_gone(s) or s.operator == "failover":
         why = "operator requested failover" if s.operator == "failover" else _peer_why(s)
         if s.role == "secondary" and not s.lease_held:

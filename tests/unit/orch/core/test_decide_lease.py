@@ -155,6 +155,21 @@ def test_a_pause_records_alone_before_output_passes_uncompared() -> None:
     assert (d.event, d.action, d.consumed_operator) == (Event.PAUSE, Pause(), True)
 
 
+def test_an_operator_failover_on_the_secondary_waits_for_the_primary_to_be_lost() -> None:
+    # The pair model's shrunk example: the primary's etcd link cut, it serves on the
+    # failsafe (the secondary follows); `coloctl failover` on the secondary took the
+    # lapsed lease and took over while the primary still served.
+    primary = PeerObs(alive=True, state=State.PROTECTED, role="primary", vm_ok=True,
+                      hears_us=True)
+    s = snap(State.PROTECTED, role="secondary", peer=primary, operator="failover",
+             lease_held=False, lease_available=True)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.record_alone, d.consumed_operator) == (None, None, False, True)
+    assert not wants_lease(State.PROTECTED, "secondary", s)
+    d = decide(replace(s, peer=LOST, lease_held=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
+
+
 def test_a_secondary_records_alone_before_it_takes_over() -> None:
     # S6, the reverse case: the old primary, cut off and holding output, must find its
     # copy stale should it get the lease back after ours lapses.
