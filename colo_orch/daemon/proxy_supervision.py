@@ -155,6 +155,11 @@ class ProxySupervision:
             while self.proxy is not None and time.monotonic() < deadline:
                 link = self.proxy
                 if link.connected and link.generation != gen and link.send({"type": "status"}):
+                    if self._fenced:
+                        # Fail closed now: a proxy restarted while we hold our output
+                        # starts unfenced, and the loop would tell it only a cycle later
+                        # (found by the pair model; its next hello makes it told again).
+                        link.send({"type": "fence"})
                     return f"; proxy started as {role}"
                 if proc.poll() is not None:
                     raise RuntimeError(f"colo-proxy ({role}) exited with {proc.returncode}")

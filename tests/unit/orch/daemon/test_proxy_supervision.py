@@ -238,6 +238,19 @@ def test_a_proxy_that_failed_is_restarted_and_its_exit_status_logged(
         _reap(p)
 
 
+def test_a_proxy_started_while_we_are_fenced_is_fenced_at_its_hello(tmp_path: Path) -> None:
+    # The pair model: a proxy restarted while its host held output (HOLDING) started
+    # unfenced, and the loop told it the fence only at its next cycle.
+    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "fenced"))
+    p._fenced = True
+    _connect_once_started(p, tmp_path / "fenced")
+    try:
+        assert p._ensure_proxy("primary") == "; proxy started as primary"
+        assert p.link.sent == ["status", "fence"]
+    finally:
+        _reap(p)
+
+
 PEER_OK = {"role": "secondary", "state": int(State.PROTECTED), "proxy_role": "secondary",
            "proxy_mode": "protected"}
 
