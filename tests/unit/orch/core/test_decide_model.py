@@ -5,8 +5,8 @@ colo-proxy and an orchestrator, share one etcd (`tests.support.etcd_sim`) and a 
 link. Hypothesis's stateful testing picks the steps: time passing (every live loop
 cycles each `loop_wait`, heartbeats flow over a working link, keepers run when due),
 single loop cycles, keeper rounds, heartbeats and finished actions in any order, a cut
-or healed link, etcd cut off from a host, a VM that dies, an orchestrator that restarts,
-and operator commands.
+or healed link, etcd cut off from a host, a VM that dies, an orchestrator or a proxy
+that restarts, and operator commands.
 
 What is real: `decide()`, the state table (`Machine.fire`), `wants_lease`, `follows_us`,
 the proxy's mode table (`colo_proxy.service.modes`), the proxy supervision tables, and
@@ -193,6 +193,8 @@ class Host:
         self.world.proxy_gen += 1
         self.proxy = Proxy(role, self.world.proxy_gen)
         self.orch.proxy_mode = ProxyMode.UNKNOWN
+        if self.orch.fenced:
+            self.proxy.send("fence")  # at its hello, before the loop's next cycle
 
     # Serving ---------------------------------------------------------------------------
     def serves(self) -> bool:
@@ -537,6 +539,17 @@ class PairModel(RuleBasedStateMachine):
         h = self.world.hosts[host]
         h.boot()
         self.world.trace.append(f"{host}: orchestrator restarted")
+
+    @rule(host=HOSTS)
+    def proxy_restarts(self, host: str) -> None:
+        """The proxy dies (its rules fail closed) and supervision starts a new one in its
+        role, which knows nothing of what the old one was told. Simplified: at once, so
+        the new proxy's time before its hello (PROTECTED: holding) is not modelled."""
+        h = self.world.hosts[host]
+        if h.proxy is not None:
+            role, h.proxy = h.proxy.role, None
+            h.ensure_proxy(role)
+            self.world.trace.append(f"{host}: proxy restarted")
 
     @rule(host=HOSTS, command=st.sampled_from(("pause", "resume", "failover", "reprotect",
                                                "stop")))
