@@ -69,7 +69,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag_name(key), dest=key, metavar=METAVARS.get(key), help=text)
     p.add_argument("--busy-poll-held", dest="busy_poll_held", action="store_const",
                    const=True, help="busy-poll also while packets wait for SVM twins")
-    p.add_argument("--no-gso", dest="gso", action="store_const", const=False)
+    p.add_argument("--gso", dest="gso", action="store_const", const=True,
+                   help="queue whole GSO packets (faster; bulk flows can stall, docs/PROXY.md)")
+    p.add_argument("--no-gso", dest="gso", action="store_const", const=False,
+                   help="segment GSO packets before queueing them (the default)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 

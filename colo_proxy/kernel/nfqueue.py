@@ -26,7 +26,12 @@ class QueueConfig:
     num: int
     copy_range: int = p.MAX_COPY_RANGE
     maxlen: int = 8192  # packets the kernel holds for us before the full-queue policy applies
-    gso: bool = True  # whole GSO super-packets: ~8x the throughput of MTU-sized copies
+    # False: the kernel splits GSO super-packets into MSS-sized segments before queueing
+    # them. True (NFQA_CFG_F_GSO) queues them whole: fewer packets, but a held super-packet
+    # waits until the SVM has sent every one of its bytes, which a congestion-limited SVM
+    # may not do before the client acknowledges some of them (docs/PROXY.md, "Bulk
+    # transfers").
+    gso: bool = False
     fail_open: bool = False  # queue full: accept uncompared (True) or drop (False)
     rcvbuf: int = 16 * 1024 * 1024  # socket receive buffer (SO_RCVBUFFORCE)
 

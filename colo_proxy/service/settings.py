@@ -60,7 +60,12 @@ class ProxySettings:
     # Kernel queue full: "drop" (TCP retransmits) or "accept" uncompared (NFQA_CFG_F_FAIL_OPEN).
     on_queue_full: str = "drop"
     queue_maxlen: int = 8192
-    gso: bool = True
+    # Whole GSO super-packets through the queue (NFQA_CFG_F_GSO). Off: the kernel splits
+    # them into segments of one MSS before queueing. A held super-packet is released only
+    # when the SVM has sent all of its bytes, and a bulk flow whose SVM has a smaller
+    # congestion window than the PVM then stalls until the compare timeout (docs/PROXY.md,
+    # "Bulk transfers").
+    gso: bool = False
     # After any packet, keep polling the queue and the SVM socket without sleeping for this
     # many microseconds before blocking in epoll (waking a sleeping proxy costs more than
     # the hop itself). Bounded, and each empty poll yields the CPU; 0 disables.
@@ -201,7 +206,7 @@ SPECS: dict[str, Spec] = {
     "on_queue_full": Spec("proxy", str, "drop", "use {choices}", choices=("drop", "accept")),
     "queue_maxlen": Spec("proxy", int, 8192, "give the kernel queue's length in packets, from "
                          "1 to 4294967295, e.g. {eg}", lo=1, hi=2**32 - 1),
-    "gso": Spec("proxy", bool, True, "use {eg} or false"),
+    "gso": Spec("proxy", bool, False, "use {eg} or true"),
     "busy_poll_us": Spec("proxy", int, 0, "use 0 (off) to 10000 microseconds, e.g. {eg}",
                          lo=0, hi=10_000),
     "busy_poll_held": Spec("proxy", bool, False, "use {eg} or true"),
@@ -226,7 +231,7 @@ SPECS: dict[str, Spec] = {
 # [[compare.pass_through]]: an array of tables, checked by _flow_match.
 PASS_THROUGH = "pass_through"
 _FLOW_KEYS = ("proto", "src", "sport", "dst", "dport")
-_FLAG_NAMES = {"gso": "--no-gso"}
+_FLAG_NAMES = {"gso": "--gso"}
 
 
 def flag_name(key: str) -> str:

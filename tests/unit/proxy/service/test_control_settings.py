@@ -49,6 +49,23 @@ def test_busy_poll_and_batch_settings(tmp_path: Path) -> None:
     assert (s.busy_poll_us, s.busy_poll_held, s.batch) == (300, True, 64)
 
 
+def test_gso_packets_are_segmented_before_the_queue_unless_asked(tmp_path: Path) -> None:
+    # A whole GSO packet is held until the SVM has sent all of its bytes: bulk flows
+    # stalled for the compare timeout (docs/PROXY.md, "Bulk transfers").
+    from colo_proxy.cli.main import build_parser
+    from colo_proxy.cli.service import settings_from
+    from colo_proxy.kernel.nfqueue import QueueConfig
+
+    assert load(None, {"peer_mac": PEER}).gso is False
+    assert QueueConfig(0).gso is False
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[proxy]\ngso = true\n')
+    assert load(cfg, {"peer_mac": PEER}).gso is True
+    for argv, want in (([], False), (["--gso"], True), (["--no-gso"], False)):
+        args = build_parser().parse_args(["primary", "--peer-mac", PEER, *argv])
+        assert settings_from(args).gso is want, argv
+
+
 @pytest.mark.parametrize("text", ['[proxy]\nbogus = 1\n', '[proxy]\non_crash = "maybe"\n',
                                   '[compare]\ncompare_timeout = -1\n', "[proxy\n",
                                   '[proxy]\nbusy_poll_us = -1\n', '[proxy]\nbatch = 0\n'])
