@@ -379,6 +379,15 @@ def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         return Decision(f"adopting our VM in its initial COLO sync ({s.vm.migration}){why}",
                         Event.SYNC, role="primary")
     if s.vm.reachable:
+        if s.role == "primary" and not s.alone_recorded:
+            # S6, as on every other path to serving uncompared: a primary adopted outside
+            # COLO serves from WAITING, but the store may still say "protected" (COLO left
+            # on an error while our orchestrator was down), and a secondary following an
+            # older copy could then take over. Hold its output from now: WAITING, fenced,
+            # moves to HOLDING, whose rules record `alone` before they lift the fence.
+            return Decision("adopting the running VM as primary, holding its output until "
+                            "the arbiter records that we serve alone", Event.START,
+                            fence=True)
         return Decision(f"adopting the running VM as {s.role}", Event.START)
     if s.operator == "reprotect":
         return Decision("starting a new secondary VM on operator request", Event.REPROTECT,

@@ -290,6 +290,26 @@ def test_a_primary_records_alone_before_it_starts_its_vm() -> None:
     assert (d.event, d.action) == (Event.START, StartVM(incoming=False))
 
 
+def test_a_primary_adopted_outside_colo_holds_output_until_alone_is_recorded() -> None:
+    # The pair model's example: COLO left on an error while the primary's orchestrator was
+    # down; restarted, it adopted the VM as WAITING and passed output with the sync key
+    # still "protected", while the secondary followed a copy that was no longer current.
+    s = snap(State.STOPPED, vm=RUNNING, alone_recorded=False)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.START, None, True)
+    # Fenced in WAITING: HOLDING's rules record `alone`, then lift the fence.
+    waiting = replace(s, state=State.WAITING, fenced=True)
+    assert (decide(waiting, MIN, MAX).event, decide(waiting, MIN, MAX).fence) == (
+        Event.LEASE_LOST, True)
+    d = decide(replace(waiting, state=State.HOLDING), MIN, MAX)
+    assert (d.event, d.fence, d.record_alone) == (None, None, True)
+    d = decide(replace(waiting, state=State.HOLDING, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.fence) == (Event.LEASE_REGAINED, False)
+    # Already recorded: adopted as before, output untouched.
+    d = decide(replace(s, alone_recorded=True), MIN, MAX)
+    assert (d.event, d.fence) == (Event.START, None)
+
+
 def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
     d = decide(snap(State.STOPPED, vm=GONE, peer=alone, lease_held=False), MIN, MAX)

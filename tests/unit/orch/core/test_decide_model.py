@@ -532,13 +532,20 @@ class PairModel(RuleBasedStateMachine):
         h.vm = None
         self.world.trace.append(f"{host}: VM died")
 
-    @rule(host=HOSTS)
-    def orchestrator_restarts(self, host: str) -> None:
+    @rule(host=HOSTS, colo_exited=st.booleans())
+    def orchestrator_restarts(self, host: str, colo_exited: bool) -> None:
         """Simplified: the daemon comes back at once (its keeper's lease id, heartbeat
-        history and machine state are lost; the VM and the proxy keep running)."""
+        history and machine state are lost; the VM and the proxy keep running). With
+        `colo_exited`, a primary's QEMU left COLO on an error while the daemon was down
+        (COLO_EXIT, reason error): its VM runs on outside COLO, and the restarted daemon
+        adopts it as WAITING while the sync key may still say "protected"."""
         h = self.world.hosts[host]
+        vm = h.vm
+        if colo_exited and vm is not None and vm.colo_mode == "primary":
+            vm.colo_mode, vm.migration = "none", "failed"
         h.boot()
-        self.world.trace.append(f"{host}: orchestrator restarted")
+        self.world.trace.append(f"{host}: orchestrator restarted"
+                                f"{' (its VM left COLO meanwhile)' if colo_exited else ''}")
 
     @rule(host=HOSTS)
     def proxy_restarts(self, host: str) -> None:
