@@ -73,6 +73,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    help="queue whole GSO packets (faster; bulk flows can stall, docs/PROXY.md)")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False,
                    help="segment GSO packets before queueing them (the default)")
+    p.add_argument("--fenced", dest="fenced", action="store_const", const=True,
+                   help="start fenced: hold all of the VM's output from the first packet "
+                        "until the orchestrator sends unfence (colo-orch gives it when "
+                        "its output must be held)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -124,7 +128,7 @@ def register(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
-    keys = (*SETTING_FLAGS, "gso", "busy_poll_held", "role")
+    keys = (*SETTING_FLAGS, "gso", "busy_poll_held", "fenced", "role")
     return load(args.config, {k: getattr(args, k, None) for k in keys})
 
 

@@ -14,6 +14,11 @@ status, checkpoint_started) only read the mode.
     PROTECTED, BARRIER, PASSTHROUGH -resume-> PROTECTED  (a fresh comparator; a checkpoint follows)
     any mode -fence-> FENCED -unfence-> the mode it was fenced from (BARRIER: PROTECTED)
 
+A proxy starts PROTECTED (holding: nothing passes uncompared), or FENCED when started with
+`--fenced` (`initial`): its orchestrator holds the VM's output (HOLDING, or a restart while
+it waits for the arbiter), and a proxy that is only fenced at its hello lets the packets
+before it through. Unfenced, it goes to PROTECTED, as a fence from PROTECTED does.
+
 FENCED fails closed: the orchestrator can no longer prove that it may serve (its lease
 could not be renewed), so no output of this host's VM may reach a client. The primary
 drops every PVM packet, the held ones included; the secondary steers the SVM's output
@@ -143,3 +148,8 @@ class Machine:
             self.fenced_from = UNFENCE_TO[self.mode]
         self.mode = nxt
         return nxt
+
+
+def initial(fenced: bool = False) -> Machine:
+    """A new proxy's modes: FENCED from the first packet when `fenced`, else PROTECTED."""
+    return Machine(M.FENCED) if fenced else Machine()

@@ -32,8 +32,8 @@ from colo_proxy.service.modes import (
     PASSTHROUGH,
     PROTECTED,
     Event,
-    Machine,
     Mode,
+    initial,
 )
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
@@ -95,7 +95,7 @@ class PrimaryProxy:
         self.datapath = datapath
         self.clock = clock
         self.cmp = Comparator(settings.compare)
-        self.modes = Machine()
+        self.modes = initial(settings.fenced)
         self.wake: float | None = None
         self.svm_ids = 0
         self.checkpoint_requests: dict[str, int] = {}

@@ -23,6 +23,8 @@ from colo_proxy.service.settings import ConfigError, ProxySettings
 from colo_proxy.wire import carry
 
 log = logging.getLogger("colo-proxy")
+# Started with --fenced: the ready line says that nothing passes until unfence.
+FENCED_NOTE = "; FENCED: no output of the VM reaches a client until unfence"
 
 
 def run_primary(s: ProxySettings) -> None:
@@ -100,7 +102,8 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
                     try:
                         serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
                             "ready: comparing output of %s, mirror to %s, control %s, on "
-                            "crash %s", s.tap, s.forward, s.control_socket, s.on_crash),
+                            "crash %s%s", s.tap, s.forward, s.control_socket, s.on_crash,
+                            FENCED_NOTE if s.fenced else ""),
                             busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held,
                             fault=_test_fault())
                     finally:
@@ -151,12 +154,12 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
                 _carry_end(s, dp, key, carry_link.Listener) as listener:
             dp.set_mode(MODE_PROTECTED)
             proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
-                                   instance=s.instance, carry=listener)
+                                   instance=s.instance, carry=listener, fenced=s.fenced)
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(
-                    "ready: SVM tap %s, forward link %s, control %s", s.tap, s.forward,
-                    s.control_socket), fault=_test_fault())
+                    "ready: SVM tap %s, forward link %s, control %s%s", s.tap, s.forward,
+                    s.control_socket, FENCED_NOTE if s.fenced else ""), fault=_test_fault())
             finally:
                 stop_metrics()
     finally:

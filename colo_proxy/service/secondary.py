@@ -15,7 +15,7 @@ from typing import Any
 
 from colo_proxy.service.handover_file import discard as discard_handover
 from colo_proxy.service.handover_file import write as write_handover
-from colo_proxy.service.modes import EVENTS, Event, Machine, Mode
+from colo_proxy.service.modes import EVENTS, Event, Mode, initial
 from colo_proxy.wire.control import ProtocolError
 
 log = logging.getLogger("colo-proxy")
@@ -25,12 +25,15 @@ class SecondaryProxy:
     """The secondary host's side: only the datapath (rewrite, steer) and its controls."""
 
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
-                 handover: Path | None = None, instance: str = "", carry: Any = None) -> None:
+                 handover: Path | None = None, instance: str = "", carry: Any = None,
+                 fenced: bool = False) -> None:
         self.datapath = datapath
         self.carry = carry  # service.carry_link.Listener: announcements taken and refused
         self.instance = instance
         self.handover = handover  # where the offsets go at failover (service.handover_file)
-        self.modes = Machine()
+        # Fenced or not, the datapath starts steering the SVM's output off the LAN (run.py
+        # sets mode 0); fenced, pause, failover and resume are refused until unfence.
+        self.modes = initial(fenced)
         self.clock = clock
         self.started = clock()
         self.checkpoints = 0

@@ -79,6 +79,9 @@ class ProxySettings:
     # random delays in each kernel and never reaches a client's connection state: pass the
     # PVM's, drop the SVM's, instead of checkpointing for it.
     pass_icmp6_multicast: bool = True
+    # Start fenced (modes.initial): no output of our VM reaches a client until the
+    # orchestrator sends `unfence`. Given by the orchestrator when it holds our output.
+    fenced: bool = False
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
@@ -215,6 +218,7 @@ SPECS: dict[str, Spec] = {
                            "this host, 0.0.0.0 for every interface), or \"\" for none",
                            check=_listen),
     "pass_icmp6_multicast": Spec("proxy", bool, True, "use {eg} or false"),
+    "fenced": Spec("proxy", bool, False, "use {eg} or true"),
     "compare_timeout": _seconds("compare", 1.0, "how long a PVM packet waits for its SVM twin"),
     "max_flow_packets": _count(2048, "the packets held per flow"),
     "max_flow_bytes": _count(4 * 1024 * 1024, "the payload bytes held per flow"),

@@ -281,3 +281,16 @@ def test_check_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "examples:\n  colo-proxy check -c /etc/colo/proxy-primary.toml\n" in out
+
+
+def test_the_service_commands_take_fenced(capsys: pytest.CaptureFixture[str]) -> None:
+    from colo_proxy.cli.main import build_parser
+    from colo_proxy.cli.service import settings_from
+
+    mac = ["--peer-mac", "02:c0:10:f0:00:02"]
+    for role in ("primary", "secondary"):
+        assert settings_from(build_parser().parse_args([role, *mac, "--fenced"])).fenced
+        assert not settings_from(build_parser().parse_args([role, *mac])).fenced
+        with pytest.raises(SystemExit):
+            main([role, "--help"])
+        assert "--fenced" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from colo_proxy.service.modes import (
     IllegalTransition,
     Machine,
     Mode,
+    initial,
 )
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
@@ -57,6 +58,14 @@ def test_mode_names_are_those_the_status_always_reported() -> None:
                                           Mode.BARRIER: "protected",
                                           Mode.FENCED: "fenced"}
     assert MODES == ("protected", "passthrough", "fenced")
+
+
+def test_a_proxy_starts_protected_or_fenced_and_unfence_goes_to_protected() -> None:
+    assert initial().mode is Mode.PROTECTED
+    m = initial(fenced=True)  # colo-proxy --fenced: nothing passes before unfence
+    assert m.mode is Mode.FENCED
+    assert not any(m.can(e) for e in (Event.PAUSE, Event.FAILOVER, Event.RESUME))
+    assert m.fire(Event.UNFENCE) is Mode.PROTECTED
 
 
 class Idle:

@@ -9,7 +9,7 @@ import pytest
 
 from colo_proxy.compare import CompareConfig
 from colo_proxy.kernel.packet_socket import Frame
-from colo_proxy.service.modes import FENCED, PASSTHROUGH, PROTECTED
+from colo_proxy.service.modes import FENCED, PASSTHROUGH, PROTECTED, IllegalTransition
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
@@ -213,3 +213,34 @@ def test_hello_names_the_role_mode_pid_and_instance(env: Any) -> None:
     sec = SecondaryProxy(FakeDatapath(), instance="web-b")
     assert sec.on_control({"type": "hello"})["pid"] == os.getpid()
     assert sec.on_control({"type": "hello"})["instance"] == "web-b"
+
+
+def test_a_proxy_started_fenced_drops_from_the_first_packet_until_unfence() -> None:
+    # A proxy (re)started while its orchestrator holds output: fenced only at its hello,
+    # it compared (and released matching) packets before the fence arrived.
+    q, s, clock = FakeQueue(), FakeSource(), Clock()
+    proxy = PrimaryProxy(ProxySettings(fenced=True), q, s, notify=lambda m: 1, clock=clock)
+    assert proxy.on_control({"type": "hello"})["mode"] == "fenced"
+    q.push(1, tcp(5000, 1000, SYN | ACK))
+    s.push(tcp(9000, 1000, SYN | ACK))
+    proxy.on_pvm_readable()
+    proxy.on_svm_readable()
+    assert (q.accepted, q.dropped) == ([], [1])
+    # Nothing but unfence releases it: pause, failover and resume are refused.
+    for kind in ("pause", "failover", "resume"):
+        with pytest.raises(IllegalTransition):
+            proxy.on_control({"type": kind})
+    proxy.on_control({"type": "unfence"})
+    assert proxy.mode is PROTECTED
+    handshake(proxy, q, s)
+
+
+def test_a_secondary_started_fenced_keeps_the_svm_off_the_lan_until_unfence() -> None:
+    dp = FakeDatapath()
+    sec = SecondaryProxy(dp, fenced=True)
+    assert sec.on_control({"type": "hello"})["mode"] == "fenced"
+    with pytest.raises(IllegalTransition):
+        sec.on_control({"type": "failover"})
+    assert dp.mode_set == []  # still steered off the LAN, as the datapath started
+    sec.on_control({"type": "unfence"})
+    assert sec.mode is PROTECTED and dp.mode_set == [0]
