@@ -145,6 +145,10 @@ class ProxySupervision:
                                 found[1], found[0], role)
                     self._terminate_pid(found[1])
             gen = self.proxy.generation if self.proxy is not None else 0
+            if self._fenced:
+                # Our output is held (HOLDING, or an adoption waiting for `alone`): the
+                # proxy holds it from its first packet, not only once its hello is in.
+                argv = [*argv, "--fenced"]
             self._proxy_proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                                        start_new_session=True)
             self._proxy_role, self._proxy_pid = role, proc.pid
@@ -156,9 +160,9 @@ class ProxySupervision:
                 link = self.proxy
                 if link.connected and link.generation != gen and link.send({"type": "status"}):
                     if self._fenced:
-                        # Fail closed now: a proxy restarted while we hold our output
-                        # starts unfenced, and the loop would tell it only a cycle later
-                        # (found by the pair model; its next hello makes it told again).
+                        # Fail closed now: a fence decided while the proxy started is not
+                        # in its command line, and the loop would tell it only a cycle
+                        # later (found by the pair model; its hello makes it told again).
                         link.send({"type": "fence"})
                     return f"; proxy started as {role}"
                 if proc.poll() is not None:

@@ -89,7 +89,7 @@ class Vm:
 @dataclass
 class Proxy:
     """One host's colo-proxy: its role and the real mode table. A new one starts
-    PROTECTED (holding), as colo-proxy does."""
+    PROTECTED (holding), or FENCED when started with --fenced, as colo-proxy does."""
 
     role: str
     gen: int
@@ -191,10 +191,9 @@ class Host:
         if self.proxy is not None and self.proxy.role == role:
             return
         self.world.proxy_gen += 1
-        self.proxy = Proxy(role, self.world.proxy_gen)
+        # Started with --fenced while our output is held (ProxySupervision._ensure_proxy).
+        self.proxy = Proxy(role, self.world.proxy_gen, modes.initial(self.orch.fenced))
         self.orch.proxy_mode = ProxyMode.UNKNOWN
-        if self.orch.fenced:
-            self.proxy.send("fence")  # at its hello, before the loop's next cycle
 
     # Serving ---------------------------------------------------------------------------
     def serves(self) -> bool:
@@ -550,8 +549,8 @@ class PairModel(RuleBasedStateMachine):
     @rule(host=HOSTS)
     def proxy_restarts(self, host: str) -> None:
         """The proxy dies (its rules fail closed) and supervision starts a new one in its
-        role, which knows nothing of what the old one was told. Simplified: at once, so
-        the new proxy's time before its hello (PROTECTED: holding) is not modelled."""
+        role, which knows nothing of what the old one was told but the fence (--fenced).
+        Simplified: at once, so the new proxy's time before its hello is not modelled."""
         h = self.world.hosts[host]
         if h.proxy is not None:
             role, h.proxy = h.proxy.role, None

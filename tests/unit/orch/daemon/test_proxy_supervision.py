@@ -238,15 +238,27 @@ def test_a_proxy_that_failed_is_restarted_and_its_exit_status_logged(
         _reap(p)
 
 
-def test_a_proxy_started_while_we_are_fenced_is_fenced_at_its_hello(tmp_path: Path) -> None:
+def _cmdline(p: _Part) -> list[str]:
+    assert p._proxy_proc is not None
+    with open(f"/proc/{p._proxy_proc.pid}/cmdline", "rb") as f:
+        return f.read().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("fenced", [True, False])
+def test_a_proxy_started_while_we_are_fenced_starts_fenced(tmp_path: Path,
+                                                           fenced: bool) -> None:
     # The pair model: a proxy restarted while its host held output (HOLDING) started
-    # unfenced, and the loop told it the fence only at its next cycle.
-    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "fenced"))
-    p._fenced = True
-    _connect_once_started(p, tmp_path / "fenced")
+    # unfenced, and the loop told it the fence only at its next cycle; then it was fenced
+    # right after its hello, but what it read before that was compared and released.
+    # Now it starts with --fenced, and is still told at its hello (a fence decided while
+    # it started is not in its command line).
+    p = _Part(state=State.PROTECTED, command=_sleeper(tmp_path / "started"))
+    p._fenced = fenced
+    _connect_once_started(p, tmp_path / "started")
     try:
         assert p._ensure_proxy("primary") == "; proxy started as primary"
-        assert p.link.sent == ["status", "fence"]
+        assert (_cmdline(p)[-1] == "--fenced") is fenced
+        assert p.link.sent == (["status", "fence"] if fenced else ["status"])
     finally:
         _reap(p)
 
