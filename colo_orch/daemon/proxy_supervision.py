@@ -139,6 +139,13 @@ class ProxySupervision:
                 found = self._running_proxy()
                 if found is not None and found[0] == role:
                     self._proxy_proc, self._proxy_role, self._proxy_pid = None, role, found[1]
+                    if self.proxy is not None and (self.proxy.hello or {}).get(
+                            "mode") == "fenced":
+                        # Held now, not at the loop's first hello: a proxy that dies before
+                        # then is started again --fenced (the pair model: a restarted
+                        # orchestrator, its proxy then restarted unfenced, served a stale
+                        # copy while the peer served alone).
+                        self._fenced = self._fence_told = True
                     return f"; adopted the running colo-proxy (pid {found[1]}) as {role}"
                 if found is not None:
                     log.warning("colo-proxy pid %d runs as %s, we need %s: restarting it",

@@ -185,6 +185,8 @@ class Host:
         vm = self.vm
         role = vm.colo_mode if vm is not None and vm.colo_mode != "none" else orch.role
         self.ensure_proxy(role)
+        if self.proxy is not None and self.proxy.modes.mode is modes.Mode.FENCED:
+            orch.fenced = True  # the adopted proxy's hello, read at boot (_ensure_proxy)
         return orch
 
     def ensure_proxy(self, role: str) -> None:

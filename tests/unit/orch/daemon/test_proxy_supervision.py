@@ -182,6 +182,17 @@ def test_a_running_proxy_in_our_role_is_adopted_not_started_again(tmp_path: Path
     assert "adopted the running colo-proxy (pid 4711)" in out
     assert not (tmp_path / "started").exists() and p._proxy_proc is None
     assert (p._proxy_pid, p._proxy_role) == (4711, "primary")
+    assert not p._fenced
+
+
+def test_an_adopted_fenced_proxy_fences_us_before_the_loop_takes_its_hello(
+        tmp_path: Path) -> None:
+    # The pair model: a restarted orchestrator adopted its fenced proxy, which died before
+    # the loop's first cycle; started again without --fenced, it released a stale copy.
+    p = _Part(state=State.STOPPED, command=_sleeper(tmp_path / "started"))
+    p.link.connect("primary", mode="fenced", pid=4711)
+    assert "adopted" in p._ensure_proxy("primary")
+    assert p._fenced and p._fence_told
 
 
 def test_a_running_proxy_in_the_wrong_role_is_stopped_then_replaced(tmp_path: Path) -> None:
