@@ -198,6 +198,14 @@ def decide(s: Snapshot, min_interval: float, max_interval: float,
     if _must_hold(s):
         return Decision(f"{_lease_why(s)}: holding output (fail closed)", Event.LEASE_LOST,
                         role="primary", fence=True)
+    if (st is State.STOPPED and s.role == "primary" and s.vm.reachable and not s.fenced
+            and s.lease_known and not lease_ok(s)):
+        # S1 for a VM that still runs in STOPPED: one being stopped (`coloctl stop`, its
+        # StopVM still running) releases output until it is gone, and one not adopted yet
+        # serves as before. The pair model found the first: a primary on the failsafe,
+        # stopped as its link was cut, served beside the secondary that took over.
+        return Decision(f"{_lease_why(s)}: holding the output of our VM, still running "
+                        "(fail closed)", fence=True)
     if s.fenced and st in SERVING_STATES and (s.role == "primary" or st is State.FAILING_OVER):
         # Only HOLDING's rules (the peer serves, our copy is stale, the lease, S6) lift a
         # fence: a restarted orchestrator adopted PROTECTED and unfenced at the proxy's

@@ -310,6 +310,21 @@ def test_a_primary_adopted_outside_colo_holds_output_until_alone_is_recorded() -
     assert (d.event, d.fence) == (Event.START, None)
 
 
+def test_a_primary_stopping_its_vm_holds_its_output_once_the_lease_is_lost() -> None:
+    # The pair model's shrunk example: a primary on the failsafe (etcd cut off), stopped by
+    # the operator as its link was cut; while its StopVM ran, its VM still released output
+    # in STOPPED beside the secondary that took over.
+    s = snap(State.STOPPED, busy=True, peer=LOST, lease_held=False, lease_reachable=False,
+             lease_error="no etcd endpoint answers")
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.fence) == (None, None, True)
+    assert "no etcd endpoint answers" in d.sentence
+    # Once fenced, as before: the stop runs on; with the lease, or no VM, nothing to hold.
+    assert decide(replace(s, fenced=True), MIN, MAX).fence is None
+    assert decide(replace(s, lease_held=True), MIN, MAX).fence is None
+    assert decide(replace(s, vm=GONE), MIN, MAX).fence is None
+
+
 def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
     d = decide(snap(State.STOPPED, vm=GONE, peer=alone, lease_held=False), MIN, MAX)

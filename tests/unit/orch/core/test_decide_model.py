@@ -630,6 +630,39 @@ def test_a_primary_whose_enter_colo_fails_passes_output_only_with_alone_recorded
         m.teardown()
 
 
+# Examples the fuzz profile found, shrunk: (rule, arguments) in order, each checked.
+FOUND = {
+    # A restarted orchestrator (HOLDING before) adopted its fenced proxy, which died before
+    # the loop took in its hello: started again unfenced, it served a stale copy.
+    "proxy_restart_before_the_first_hello": [
+        ("etcd_reachable", {"host": "a", "reachable": False}), ("link", {"up": False}),
+        ("time_passes", {"seconds": 3.0, "finish_actions": False}),
+        ("action_ends", {"host": "b", "ok": False}),
+        ("orchestrator_restarts", {"host": "a", "colo_exited": False}),
+        ("proxy_restarts", {"host": "b"}), ("proxy_restarts", {"host": "a"})],
+    # A primary on the failsafe, stopped as its link was cut: its VM, still running while
+    # StopVM ran, served in STOPPED beside the secondary that took over.
+    "stop_on_the_failsafe": [
+        ("etcd_reachable", {"host": "a", "reachable": False}),
+        ("time_passes", {"seconds": 2.0, "finish_actions": False}), ("link", {"up": False}),
+        ("operator", {"host": "a", "command": "stop"}),
+        ("time_passes", {"seconds": 1.0, "finish_actions": False}),
+        ("action_ends", {"host": "b", "ok": False})],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_examples_the_fuzz_run_found(name: str) -> None:
+    m = PairModel()
+    try:
+        m.bring_up(protected_first=True)
+        for rule_name, kwargs in FOUND[name]:
+            getattr(m, rule_name)(**kwargs)
+            m.check()
+    finally:
+        m.teardown()
+
+
 # The unit run: a fixed set of examples, a few seconds. The fuzz profile (tests/conftest.py)
 # searches anew each run, with no time limit: 5000 runs of 100 steps take about 5 minutes.
 if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz":
