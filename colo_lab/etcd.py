@@ -164,7 +164,14 @@ class EtcdCluster:
         if ids[to] == lead:
             return
         self.ctl(["move-leader", f"{ids[to]:x}"], endpoints=[self.members[self.leader()].client_url])
-        wait_until(lambda: self.leader() == to, 10, f"etcd member {to} to lead")
+
+        def led() -> bool:
+            try:
+                return self.leader() == to
+            except LabError:
+                return False  # the members disagree while the leadership moves: not yet
+
+        wait_until(led, 10, f"etcd member {to} to lead")
 
     def ctl(self, args: Sequence[str], *, endpoints: Sequence[str] | None = None,
             prefix: Sequence[str] | None = None, user: str = "", check: bool = True,
