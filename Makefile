@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
 .PHONY: demo test bootstrap build unit system test-vm test-standin test-bpf test-host \
-	lint bench fuzz fuzz-parsers clean
+	lint bench bench-vms fuzz fuzz-parsers clean
 
 bootstrap:
 	bash scripts/bootstrap
@@ -63,6 +63,11 @@ lint: bootstrap
 
 bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Each protection mode on the same lab VMs, as ratios to direct (root; about 10 minutes
+# under TCG). The table also goes to docs/BENCHMARKS.md. ARGS="--modes direct,qemu-compare".
+bench-vms: build
+	$(PY) benchmarks/bench_vms.py --write-doc docs/BENCHMARKS.md $(ARGS)
 
 clean:
 	-for n in $$(ls /run/colo-lab 2>/dev/null); do $(VENV)/bin/colo-lab down --name $$n; done

@@ -21,6 +21,8 @@ examples:
   colo-lab up                     start a lab: namespaces, bridges, etcd, PVM and SVM booted
   colo-lab up --secondary incoming   SVM waits for the PVM's COLO migration instead
   colo-lab up --protected --proxy    and both orchestrators (with colo-proxy): PROTECTED
+  colo-lab up --qemu-compare      protected by QEMU's own colo-compare and filters instead
+                                  (no orchestrators; the anchor colo-proxy is measured against)
   colo-lab up --no-vms            the network and the 3-member etcd cluster only
   colo-lab status                 hosts, links, orchestrator states, etcd members
   colo-lab status --json          the same, machine-readable
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start both orchestrators and wait until the pair is PROTECTED")
     up.add_argument("--proxy", action="store_true",
                     help="with --protected: the orchestrators run colo-proxy (output compared)")
+    up.add_argument("--qemu-compare", action="store_true",
+                    help="protect the pair with QEMU's colo-compare, filter-mirror, "
+                    "-redirector and -rewriter (no orchestrators, nothing fails over)")
     up.add_argument("--disk", action="store_true",
                     help="give the VMs a replicated disk (the guest's /data)")
     up.add_argument("--no-vms", action="store_true",
@@ -168,16 +173,34 @@ def _run(args: argparse.Namespace) -> int:
 def _up(lab: Lab, args: argparse.Namespace) -> int:
     if args.no_vms and (args.protected or args.disk or args.secondary):
         raise LabError("--no-vms starts no VMs", "leave out --protected, --disk and --secondary")
+    if args.qemu_compare and (args.protected or args.disk or args.no_vms):
+        raise LabError("--qemu-compare protects the pair by QEMU alone",
+                       "leave out --protected, --proxy, --disk and --no-vms")
+    if args.qemu_compare and args.secondary not in (None, "incoming"):
+        raise LabError(f"--qemu-compare with --secondary {args.secondary}: QEMU migrates "
+                       "the PVM into a waiting SVM", "leave out --secondary")
     if args.proxy and not args.protected:
         raise LabError("--proxy needs --protected", "add --protected (the orchestrators run it)")
-    secondary = args.secondary or ("incoming" if args.protected else "standalone")
+    secondary = args.secondary or ("incoming" if args.protected or args.qemu_compare
+                                   else "standalone")
     if args.protected and secondary != "incoming":
         raise LabError(f"--protected with --secondary {secondary}: the orchestrators migrate "
                        "the PVM into a waiting SVM", "leave out --secondary")
     _say(f"starting lab '{lab.name}' (first run builds QEMU, about 10 min)")
     t0 = time.monotonic()
-    lab.up(secondary=secondary, disk=args.disk, vms=not args.no_vms)
+    lab.up(secondary=secondary, disk=args.disk, vms=not args.no_vms,
+           qemu_compare=args.qemu_compare)
     _say(f"lab '{lab.name}' is up in {time.monotonic() - t0:.1f} s (accel {lab.accel})")
+    if args.qemu_compare:
+        from colo_lab import qemu_compare
+
+        try:
+            took = qemu_compare.protect(lab)
+        except BaseException:
+            _say(f"the pair did not enter COLO; logs in {lab.run_dir} (*-qemu.log); "
+                 f"'colo-lab down --name {lab.name}' removes the lab")
+            raise
+        _say(f"pair in COLO with QEMU's colo-compare ({took:.1f} s)")
     if args.protected:
         from colo_lab import pair
 
@@ -191,17 +214,19 @@ def _up(lab: Lab, args: argparse.Namespace) -> int:
                  f"(orch-*.log); 'colo-lab down --name {lab.name}' removes the lab")
             raise
         _say("pair PROTECTED")
-    print(how_to_reach(lab, protected=args.protected, vms=not args.no_vms))
+    print(how_to_reach(lab, protected=args.protected, vms=not args.no_vms,
+                       qemu_compare=args.qemu_compare))
     return 0
 
 
-def how_to_reach(lab: Lab, *, protected: bool, vms: bool) -> str:
+def how_to_reach(lab: Lab, *, protected: bool, vms: bool, qemu_compare: bool = False) -> str:
     """What a person types to use the lab that `up` left running."""
     from colo_lab import etcd_net, pair
 
     ctl = Path(sys.executable).with_name("coloctl")
     coloctl = str(ctl) if ctl.exists() else f"{sys.executable} -m colo_orch.cli.ctl"
-    lines = [f"lab '{lab.name}' is up{' and PROTECTED' if protected else ''}"]
+    lines = [f"lab '{lab.name}' is up{' and PROTECTED' if protected else ''}"
+             f"{' in COLO with QEMU colo-compare' if qemu_compare else ''}"]
     if vms:
         lines.append(f"  service:   ip netns exec {lab.client_ns} curl http://{VM_IP}/health")
         lines.append("             (also PUT/GET /kv/KEY, GET /random: a divergence, "

@@ -117,10 +117,12 @@ class Lab:
         self.guest: Guest | None = None
         self.accel = "tcg"
         self.disk = False  # VMs get a replicated virtio disk (colo_orch.backends.qemu.blk)
+        # The VMs carry QEMU's own colo-compare and filters (colo_lab.qemu_compare).
+        self.qemu_compare = False
 
     # Building --------------------------------------------------------------
     def up(self, *, secondary: str = "standalone", build_only: bool = False,
-           disk: bool = False, vms: bool = True) -> None:
+           disk: bool = False, vms: bool = True, qemu_compare: bool = False) -> None:
         """Create the topology, start the etcd cluster and start the VMs.
 
         secondary: "standalone" boots the SVM as an independent guest, "incoming"
@@ -128,9 +130,14 @@ class Lab:
         disk: give both VMs a virtio disk (one image per host, equal ext4 at start)
         wired for COLO block replication; the guest keeps its key-value store on it.
         vms=False: the network and the etcd cluster only (no QEMU, no guest needed).
+        qemu_compare: the VMs are wired for QEMU's colo-compare (colo_lab.qemu_compare);
+        the SVM must then be incoming.
         """
         if secondary not in ("standalone", "incoming", "none"):
             raise LabError(f"bad secondary mode '{secondary}'", "use standalone, incoming or none")
+        if qemu_compare and secondary != "incoming":
+            raise LabError("QEMU's colo-compare pairs a PVM with an incoming SVM",
+                           "use secondary='incoming' (colo-lab up --qemu-compare does)")
         if disk and not vms:
             raise LabError("a disk needs the VMs", "leave out --disk or --no-vms")
         _require_root()
@@ -155,6 +162,7 @@ class Lab:
         self.run_dir.mkdir(parents=True)
         LIVE.add(self)
         self.disk = disk
+        self.qemu_compare = qemu_compare
         self._save_state()
         try:
             if disk:
@@ -217,6 +225,10 @@ class Lab:
         """with_disk=False leaves out the drive arguments (an orchestrator adds its own)."""
         h = self.hosts[role]
         disk_args = drive_args(self.disks(role), secondary=incoming) if with_disk else []
+        if self.qemu_compare:
+            from colo_lab import qemu_compare
+
+            disk_args = [*disk_args, *qemu_compare.args(role)]
         return VMSpec(
             name="pvm" if role == "primary" else "svm",
             ns=h.ns,

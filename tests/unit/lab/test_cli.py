@@ -56,6 +56,9 @@ def test_qemu_path_reads_the_cache_and_builds_nothing(
     (["up", "--proxy"], "--proxy needs --protected"),
     (["up", "--no-vms", "--protected"], "--no-vms starts no VMs"),
     (["up", "--protected", "--secondary", "standalone"], "leave out --secondary"),
+    (["up", "--qemu-compare", "--protected"], "protects the pair by QEMU alone"),
+    (["up", "--qemu-compare", "--no-vms"], "protects the pair by QEMU alone"),
+    (["up", "--qemu-compare", "--secondary", "standalone"], "leave out --secondary"),
 ])
 def test_up_refuses_options_that_do_not_go_together(
         argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:

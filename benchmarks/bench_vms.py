@@ -1,0 +1,205 @@
+"""Each protection mode on the same lab VMs, side by side, as ratios to direct (a benchmark).
+
+One run brings the lab up once per mode, with the same guest, QEMU and VM line, and
+measures from the client namespace:
+
+- direct: the PVM alone (no SVM, nothing compared);
+- colo-proxy: COLO with colo-proxy and both orchestrators (what `colo-lab up --protected
+  --proxy` runs);
+- qemu-compare: COLO with QEMU's colo-compare and filters, no orchestrator
+  (`colo-lab up --qemu-compare`, colo_lab.qemu_compare);
+- remus: Remus-style buffering (not built yet: shown as missing).
+
+Measures: GET / on a new connection and on keep-alive (p50, p99), GET /random (the VMs
+answer differently: a checkpoint each), 1 MB downloads, a long download of 1 MB parts on
+one connection, a mixed load of concurrent clients, checkpoints per second and the PVM's
+pause per checkpoint. It prints progress on stderr and one table (colo_lab.bench_table)
+on stdout; `--write-doc docs/BENCHMARKS.md` keeps it there with the date and commit.
+
+    flock /work/tmp/vm.lock .venv/bin/python benchmarks/bench_vms.py [--modes ...]
+
+Needs root and the lab's cached QEMU and guest (docs/LAB.md).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from colo_lab import pair, qemu_compare
+from colo_lab.bench_table import MODES, parse_args, pauses, percentile, render, replace_section
+from colo_lab.lab import Lab
+from colo_lab.proxy_harness import unique_name
+
+Figures = dict[str, float | None]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load(lab: Lab, kind: str, *args: str, timeout: float = 900) -> Any:
+    out = subprocess.run(
+        ["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "colo_lab.bench_load",
+         kind, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench_load {kind} failed: {out.stderr.strip()[-300:]}")
+    return json.loads(out.stdout)
+
+
+class Checkpoints:
+    """Checkpoints and PVM pauses of one mode, counted over the measurement."""
+
+    def __init__(self, mode: str, lab: Lab) -> None:
+        self.mode, self.lab = mode, lab
+        self.events: list[tuple[str, float]] = []
+        self.t0 = time.monotonic()
+        self.start = self._orch() if mode == "colo-proxy" else (0.0, 0.0, 0.0)
+        if mode == "qemu-compare":
+            self._drain()  # forget COLO's entry; count from here
+
+    def _orch(self) -> tuple[float, float, float]:
+        m = pair.metrics(self.lab, "primary")
+        n = sum(v for k, v in m.items() if k.startswith("colo_checkpoints_total{"))
+        return (n, m.get("colo_checkpoint_pvm_pause_seconds_sum", 0.0),
+                m.get("colo_checkpoint_pvm_pause_seconds_count", 0.0))
+
+    def _drain(self) -> None:
+        mon = self.lab.vms["primary"].events()
+        while True:
+            try:
+                ev = mon.pull_event(wait=0.01)
+            except TimeoutError:
+                return
+            if ev is None:
+                return
+            ts = ev.get("timestamp", {})
+            self.events.append((str(ev.get("event")),
+                                ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6))
+
+    def poll(self) -> None:
+        """Read the PVM's events so far (QEMU keeps them in the socket until read)."""
+        if self.mode == "qemu-compare":
+            self._drain()
+
+    def figures(self) -> Figures:
+        took = time.monotonic() - self.t0
+        if self.mode == "colo-proxy":
+            n, psum, pcount = (b - a for a, b in zip(self.start, self._orch(), strict=True))
+            return {"ckpt_rate": n / took,
+                    "pause_ms": 1000 * psum / pcount if pcount else None}
+        if self.mode == "qemu-compare":
+            self._drain()
+            p = pauses(self.events)
+            return {"ckpt_rate": len(p) / took,
+                    "pause_ms": 1000 * statistics.median(p) if p else None}
+        return {"ckpt_rate": 0.0, "pause_ms": None}
+
+
+def bring_up(mode: str, lab: Lab) -> None:
+    if mode == "direct":
+        lab.up(secondary="none")
+    elif mode == "colo-proxy":
+        lab.up(secondary="incoming")
+        pair.protect(lab, proxy=True)
+    elif mode == "qemu-compare":
+        lab.up(secondary="incoming", qemu_compare=True)
+        took = qemu_compare.protect(lab)
+        say(f"{mode}: COLO reached in {took:.1f} s")
+    else:
+        raise RuntimeError(f"mode {mode} is not built")
+    lab.wait_http("/", b"colo lab service\n", 60)
+
+
+def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
+    f: Figures = {}
+
+    def step(line: str) -> None:
+        ck.poll()
+        say(f"{mode}: {line}")
+
+    n = str(a.n)
+    t = load(lab, "new", "--path", "/", "-n", n)
+    f["new_p50"], f["new_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
+    step(f"GET / new connection p50 {f['new_p50']:.1f} ms, p99 {f['new_p99']:.1f} ms")
+    t = load(lab, "keep", "--path", "/", "-n", n)
+    f["keep_p50"], f["keep_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
+    step(f"GET / keep-alive p50 {f['keep_p50']:.1f} ms, p99 {f['keep_p99']:.1f} ms")
+    t = load(lab, "new", "--path", "/random", "-n", n)
+    f["random_p50"], f["random_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
+    step(f"GET /random p50 {f['random_p50']:.0f} ms, p99 {f['random_p99']:.0f} ms")
+    t = load(lab, "blob", "-n", str(a.downloads))
+    f["mb1"] = 1 / statistics.median(t)
+    step(f"1 MB downloads: median {1000 * statistics.median(t):.0f} ms "
+         f"(max {1000 * max(t):.0f}), {f['mb1']:.1f} MB/s")
+    if a.big_mb:
+        took = load(lab, "big", "-n", str(a.big_mb))
+        f["mb64"] = a.big_mb / took
+        step(f"{a.big_mb} MB download: {took:.1f} s, {f['mb64']:.1f} MB/s")
+    else:
+        f["mb64"] = None
+    mx = load(lab, "mixed", "--clients", str(a.clients), "--seconds", str(a.mixed_seconds))
+    if mx["errors"]:
+        raise RuntimeError(f"{mode}: mixed load errors: {mx['errors']}")
+    f["mixed_rps"] = len(mx["times"]) / mx["seconds"]
+    f["mixed_p99"] = 1000 * percentile(mx["times"], 99) if mx["times"] else None
+    step(f"mixed load ({a.clients} clients): {f['mixed_rps']:.0f} req/s, "
+         f"p99 {f['mixed_p99']} ms")
+    f.update(ck.figures())
+    step(f"checkpoints {f['ckpt_rate']:.2f}/s, pause per checkpoint {f['pause_ms']} ms")
+    return f
+
+
+def run_mode(mode: str, a: Any) -> Figures:
+    lab = Lab(unique_name("bvms"))
+    lab.down()
+    t0 = time.monotonic()
+    say(f"{mode}: bringing the lab up")
+    try:
+        bring_up(mode, lab)
+        say(f"{mode}: serving after {time.monotonic() - t0:.0f} s; warming up")
+        load(lab, "new", "--path", "/", "-n", "5")
+        load(lab, "new", "--path", "/random", "-n", "3")
+        load(lab, "blob", "-n", "1")
+        ck = Checkpoints(mode, lab)
+        return measure(mode, lab, a, ck)
+    finally:
+        lab.down()
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, check=False, cwd=Path(__file__).parent)
+    return out.stdout.strip() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    results: dict[str, Figures] = {}
+    for mode in a.modes:
+        if mode == "remus":
+            say("remus: not built yet; shown as missing")
+            continue
+        try:
+            results[mode] = run_mode(mode, a)
+        except Exception as exc:  # the other modes still run; this one shows as missing
+            say(f"{mode}: FAILED, shown as missing: {exc!r}")
+    table = render(results, MODES)
+    stamp = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}, "
+             f"`{' '.join(['bench_vms.py', *(argv if argv is not None else sys.argv[1:])])}`")
+    print(stamp)
+    print(table)
+    if a.write_doc:
+        doc = Path(a.write_doc)
+        doc.write_text(replace_section(doc.read_text(), stamp + "\n\n" + table))
+        say(f"table written to {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
