@@ -51,6 +51,8 @@ SETTING_FLAGS: dict[str, str] = {
                 "(LOCK_DIR/INSTANCE.lock; one proxy per instance)",
     "lock_dir": "directory of the instance locks (default /run/colo-proxy)",
     "queue": "NFQUEUE number (primary)",
+    "output": "{compare,buffer}: compare the PVM's output with the SVM's (COLO), or buffer "
+              "it until the next checkpoint (Remus-style; primary)",
     "on_crash": "{closed,open}: if the proxy dies, hold (closed) or pass (open) the PVM's "
                 "output",
     "on_queue_full": "{drop,accept}: when the kernel queue is full",

@@ -19,6 +19,16 @@ A proxy starts PROTECTED (holding: nothing passes uncompared), or FENCED when st
 it waits for the arbiter), and a proxy that is only fenced at its hello lets the packets
 before it through. Unfenced, it goes to PROTECTED, as a fence from PROTECTED does.
 
+Remus-style buffering (`output = "buffer"`, the primary only) has modes of its own in the
+same table: the PVM's output is not compared but held until a checkpoint has copied the
+state that produced it, then all of it is released. Such a proxy starts in BUFFERED (or
+FENCED, unfenced to BUFFERED) and never enters PROTECTED or BARRIER; its `Machine.home` is BUFFERED, the mode a resume from
+PASSTHROUGH and an unfence return to:
+
+    BUFFERED -checkpoint_barrier-> BUFFERED_BARRIER -checkpoint_done-> BUFFERED
+    BUFFERED -checkpoint_done-> BUFFERED          (no barrier: everything held is released)
+    BUFFERED, BUFFERED_BARRIER -failover, pause-> PASSTHROUGH -resume-> BUFFERED (home)
+
 FENCED fails closed: the orchestrator can no longer prove that it may serve (its lease
 could not be renewed), so no output of this host's VM may reach a client. The primary
 drops every PVM packet, the held ones included; the secondary steers the SVM's output
@@ -34,7 +44,9 @@ as it always has. The secondary treats checkpoint_barrier as an unknown message.
 
 Modes carry stable numbers; `Mode.label` is the name that the hello and status replies
 and the `colo_proxy_mode` metric have always shown: during BARRIER the output is still
-compared, so it reports "protected".
+compared, so it reports "protected"; the buffering modes hold the output as well, and
+report "protected" too (the orchestrators wait for that word before they call a pair
+protected).
 """
 
 from __future__ import annotations
@@ -48,6 +60,8 @@ class Mode(IntEnum):
     PASSTHROUGH = 1  # after failover (the other host is gone) or while paused
     BARRIER = 2  # primary: the PVM stopped for a checkpoint; later arrivals wait for its end
     FENCED = 3  # fail closed: no output of our VM reaches a client until unfence
+    BUFFERED = 4  # Remus: PVM output held, uncompared, until the next checkpoint_done
+    BUFFERED_BARRIER = 5  # Remus, PVM stopped: later output waits for the checkpoint after
 
     @property
     def label(self) -> str:
@@ -55,10 +69,12 @@ class Mode(IntEnum):
 
 
 LABELS = {Mode.PROTECTED: "protected", Mode.PASSTHROUGH: "passthrough",
-          Mode.BARRIER: "protected", Mode.FENCED: "fenced"}
+          Mode.BARRIER: "protected", Mode.FENCED: "fenced", Mode.BUFFERED: "protected",
+          Mode.BUFFERED_BARRIER: "protected"}
 # The short names the proxies use, as `S, E` in colo_orch.core.state.
 PROTECTED, PASSTHROUGH, BARRIER, FENCED = (Mode.PROTECTED, Mode.PASSTHROUGH, Mode.BARRIER,
                                            Mode.FENCED)
+BUFFERED, BUFFERED_BARRIER = Mode.BUFFERED, Mode.BUFFERED_BARRIER
 
 
 class Event(IntEnum):
@@ -98,10 +114,28 @@ TRANSITIONS: dict[Mode, dict[Event, Mode]] = {
         E.FENCE: M.FENCED,
         E.UNFENCE: M.BARRIER,
     },
+    M.BUFFERED: {
+        E.CHECKPOINT_BARRIER: M.BUFFERED_BARRIER,
+        E.CHECKPOINT_DONE: M.BUFFERED,
+        E.FAILOVER: M.PASSTHROUGH,
+        E.PAUSE: M.PASSTHROUGH,
+        E.RESUME: M.BUFFERED,
+        E.FENCE: M.FENCED,
+        E.UNFENCE: M.BUFFERED,
+    },
+    M.BUFFERED_BARRIER: {
+        E.CHECKPOINT_DONE: M.BUFFERED,
+        E.FAILOVER: M.PASSTHROUGH,
+        E.PAUSE: M.PASSTHROUGH,
+        E.RESUME: M.BUFFERED,
+        E.FENCE: M.FENCED,
+        E.UNFENCE: M.BUFFERED_BARRIER,
+    },
     M.PASSTHROUGH: {
         E.CHECKPOINT_DONE: M.PASSTHROUGH,
         E.FAILOVER: M.PASSTHROUGH,
         E.PAUSE: M.PASSTHROUGH,
+        # Or BUFFERED: the machine's home (Machine.home).
         E.RESUME: M.PROTECTED,
         E.FENCE: M.FENCED,
         E.UNFENCE: M.PASSTHROUGH,
@@ -115,7 +149,8 @@ TRANSITIONS: dict[Mode, dict[Event, Mode]] = {
     },
 }
 # Where an unfence returns to, by the mode the fence came in.
-UNFENCE_TO = {M.PROTECTED: M.PROTECTED, M.BARRIER: M.PROTECTED, M.PASSTHROUGH: M.PASSTHROUGH}
+UNFENCE_TO = {M.PROTECTED: M.PROTECTED, M.BARRIER: M.PROTECTED, M.PASSTHROUGH: M.PASSTHROUGH,
+              M.BUFFERED: M.BUFFERED, M.BUFFERED_BARRIER: M.BUFFERED}
 
 
 class IllegalTransition(Exception):
@@ -130,10 +165,17 @@ class Machine:
     """The current mode; `fire` is the only way to change it.
 
     `fenced_from` is the one piece of history the table needs: where unfence goes.
+    `home` is what protects this proxy's output, PROTECTED (compare) or BUFFERED (Remus):
+    where a resume from PASSTHROUGH goes. `Machine.buffering()` makes a Remus machine.
     """
 
     mode: Mode = Mode.PROTECTED
     fenced_from: Mode = Mode.PROTECTED
+    home: Mode = Mode.PROTECTED
+
+    @classmethod
+    def buffering(cls) -> Machine:
+        return cls(M.BUFFERED, fenced_from=M.BUFFERED, home=M.BUFFERED)
 
     def can(self, event: Event) -> bool:
         return event in TRANSITIONS[self.mode]
@@ -144,12 +186,16 @@ class Machine:
             raise IllegalTransition(self.mode, event)
         if self.mode is M.FENCED and event is E.UNFENCE:
             nxt = self.fenced_from
+        elif self.mode is M.PASSTHROUGH and event is E.RESUME:
+            nxt = self.home
         elif nxt is M.FENCED and self.mode is not M.FENCED:
             self.fenced_from = UNFENCE_TO[self.mode]
         self.mode = nxt
         return nxt
 
 
-def initial(fenced: bool = False) -> Machine:
-    """A new proxy's modes: FENCED from the first packet when `fenced`, else PROTECTED."""
-    return Machine(M.FENCED) if fenced else Machine()
+def initial(fenced: bool = False, buffer: bool = False) -> Machine:
+    """A new proxy's modes: FENCED from the first packet when `fenced`, else its home:
+    PROTECTED, or BUFFERED when it buffers (`buffer`, Remus-style); unfence goes home."""
+    home = M.BUFFERED if buffer else M.PROTECTED
+    return Machine(M.FENCED if fenced else home, fenced_from=home, home=home)

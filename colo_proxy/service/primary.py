@@ -27,6 +27,8 @@ from colo_proxy.compare import (
 from colo_proxy.service.metrics import HoldTimer
 from colo_proxy.service.modes import (
     BARRIER,
+    BUFFERED,
+    BUFFERED_BARRIER,
     EVENTS,
     FENCED,
     PASSTHROUGH,
@@ -95,7 +97,13 @@ class PrimaryProxy:
         self.datapath = datapath
         self.clock = clock
         self.cmp = Comparator(settings.compare)
-        self.modes = initial(settings.fenced)
+        # Remus-style (output = "buffer"): no comparison; what the PVM sends waits in
+        # _epoch for the checkpoint that copies the state which produced it, then goes out
+        # all at once. _next holds what arrives during that checkpoint (BUFFERED_BARRIER):
+        # it belongs to the state after the snapshot, so it waits for the checkpoint after.
+        self.modes = initial(settings.fenced, buffer=settings.output == "buffer")
+        self._epoch: list[int] = []
+        self._next: list[int] = []
         self.wake: float | None = None
         self.svm_ids = 0
         self.checkpoint_requests: dict[str, int] = {}
@@ -136,6 +144,12 @@ class PrimaryProxy:
             self.queue.decide((), [p.packet_id for p in pkts])
             return
         now = self.clock()
+        if mode is BUFFERED or mode is BUFFERED_BARRIER:
+            into = self._epoch if mode is BUFFERED else self._next
+            for p in pkts:
+                self.hold.queued(p.packet_id, now, len(p.payload))
+                into.append(p.packet_id)
+            return
         if mode is BARRIER:
             for p in pkts:
                 self.hold.queued(p.packet_id, now, len(p.payload))
@@ -162,8 +176,8 @@ class PrimaryProxy:
         self._feed_svm(self.svm.receive(self.settings.batch))
 
     def _feed_svm(self, frames: list[Any]) -> None:
-        if not frames or self.modes.mode in (PASSTHROUGH, FENCED):
-            return
+        if not frames or self.modes.mode in (PASSTHROUGH, FENCED, BUFFERED, BUFFERED_BARRIER):
+            return  # buffering: the SVM's output has no use (it is not compared)
         now = self.clock()
         cmp_packet = self.cmp.packet
         barrier = self.modes.mode is BARRIER
@@ -191,7 +205,7 @@ class PrimaryProxy:
 
     def idle(self) -> bool:
         """Nothing held: the next packet is new PVM output, not an awaited SVM twin."""
-        return self.cmp.held_packets == 0
+        return self.cmp.held_packets == 0 and not self._epoch and not self._next
 
     def timeout(self, cap: float = 1.0) -> float:
         if self.wake is None:
@@ -221,6 +235,9 @@ class PrimaryProxy:
         elif kind == "checkpoint_done":
             self.modes.fire(Event.CHECKPOINT_DONE)
             self.checkpoints += 1
+            if self.modes.home is BUFFERED:
+                self._release_epoch()
+                return {"type": "ok", "for": kind}
             held = self.cmp.held_packets
             now = self.clock()
             post, self._post = self._post, []
@@ -253,15 +270,28 @@ class PrimaryProxy:
                 self._apply(self.cmp.packet(side, pid, data, self.clock()))
             self._flush()
             self.wake = None
-            log.info("protection resumed: comparing again (the orchestrator checkpoints first)")
+            log.info("protection resumed: %s again (the orchestrator checkpoints first)",
+                     "buffering" if self.mode is BUFFERED else "comparing")
         else:
             raise ProtocolError(f"unknown message type {kind!r}")
         return {"type": "ok", "for": kind}
 
+    def _release_epoch(self) -> None:
+        """Buffering, at checkpoint_done: the state behind everything in _epoch is on the
+        secondary now, so all of it goes out; what came during the checkpoint waits on."""
+        if self.mode is not BUFFERED:
+            return  # fenced meanwhile: _fence dropped the buffers
+        released, self._epoch, self._next = self._epoch, self._next, []
+        self._accept.extend(released)
+        self._flush()
+        log.info("checkpoint done: released %d buffered packets, %d wait for the next",
+                 len(released), len(self._epoch))
+
     def _passthrough(self, why: str) -> None:
         # The secondary is gone (failover) or protection is paused: what is held can only
         # go out now, and new output passes at once.
-        self._post = []  # its PVM packets are still outstanding: accept_all releases them
+        self._post = []
+        self._epoch, self._next = [], []  # its PVM packets are still outstanding: accept_all releases them
         if self.datapath is not None:
             self.datapath.set_mode(1)
         self.queue.accept_all()
@@ -275,7 +305,9 @@ class PrimaryProxy:
         # it to whichever host may serve; nothing of ours reaches a client meanwhile.
         dropped = self.cmp.held_packets + sum(1 for side, _, _ in self._post
                                               if side is Side.PRIMARY)
+        dropped += len(self._epoch) + len(self._next)
         self._post = []
+        self._epoch, self._next = [], []
         self.queue.drop_all()
         self.hold.forget_all()
         self.fenced_drops += dropped
@@ -331,7 +363,9 @@ class PrimaryProxy:
         out: dict[str, Any] = {
             "type": "status", "role": "primary", "mode": self.mode.label,
             "uptime_seconds": round(self.clock() - self.started, 3),
-            "held_packets": self.cmp.held_packets, "flows": self.cmp.flow_count,
+            "output": self.settings.output,
+            "held_packets": self.cmp.held_packets + len(self._epoch) + len(self._next),
+            "flows": self.cmp.flow_count,
             "checkpoint_pending": self.cmp.checkpoint_pending,
             "checkpoint_requests": dict(self.checkpoint_requests),
             "checkpoints_done": self.checkpoints,

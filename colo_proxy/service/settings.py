@@ -54,6 +54,10 @@ class ProxySettings:
     instance: str = "colo"  # this VM's proxy: tag of our iptables rules, name of our lock
     lock_dir: str = "/run/colo-proxy"  # where each instance's lock lives (one per host)
     queue: int = 0  # NFQUEUE number (primary)
+    # What the primary does with the PVM's output: "compare" it with the SVM's (COLO), or
+    # "buffer" all of it until the next checkpoint has copied the state that produced it
+    # (Remus; the SVM's output is not used, the orchestrator's periodic checkpoints release).
+    output: str = "compare"
     # Proxy process dead: "closed" holds the PVM's output (the consistent default),
     # "open" lets it pass uncompared (iptables --queue-bypass).
     on_crash: str = "closed"
@@ -205,6 +209,7 @@ SPECS: dict[str, Spec] = {
                      "run in your directory, e.g. {eg}", check=_abs_path),
     "queue": Spec("proxy", int, 0, "use an NFQUEUE number from 0 to 65535, e.g. {eg}",
                   lo=0, hi=65535),
+    "output": Spec("proxy", str, "compare", "use {choices}", choices=("compare", "buffer")),
     "on_crash": Spec("proxy", str, "closed", "use {choices}", choices=("closed", "open")),
     "on_queue_full": Spec("proxy", str, "drop", "use {choices}", choices=("drop", "accept")),
     "queue_maxlen": Spec("proxy", int, 8192, "give the kernel queue's length in packets, from "

@@ -48,7 +48,8 @@ def test_the_table_has_illegal_pairs_and_every_mode_a_row() -> None:
 
 def test_numbers_are_stable_and_events_are_control_messages() -> None:
     assert {m.name: int(m) for m in Mode} == {"PROTECTED": 0, "PASSTHROUGH": 1, "BARRIER": 2,
-                                              "FENCED": 3}
+                                              "FENCED": 3, "BUFFERED": 4,
+                                              "BUFFERED_BARRIER": 5}
     assert set(EVENTS) <= set(REQUESTS) and set(EVENTS.values()) == set(Event)
 
 
@@ -56,7 +57,9 @@ def test_mode_names_are_those_the_status_always_reported() -> None:
     assert {m: m.label for m in Mode} == {Mode.PROTECTED: "protected",
                                           Mode.PASSTHROUGH: "passthrough",
                                           Mode.BARRIER: "protected",
-                                          Mode.FENCED: "fenced"}
+                                          Mode.FENCED: "fenced",
+                                          Mode.BUFFERED: "protected",
+                                          Mode.BUFFERED_BARRIER: "protected"}
     assert MODES == ("protected", "passthrough", "fenced")
 
 
@@ -66,6 +69,59 @@ def test_a_proxy_starts_protected_or_fenced_and_unfence_goes_to_protected() -> N
     assert m.mode is Mode.FENCED
     assert not any(m.can(e) for e in (Event.PAUSE, Event.FAILOVER, Event.RESUME))
     assert m.fire(Event.UNFENCE) is Mode.PROTECTED
+
+
+BUFFERING = {Mode.BUFFERED, Mode.BUFFERED_BARRIER}
+
+
+def _walk(m: Machine, depth: int) -> set[Mode]:
+    """Every mode reachable from m's state in up to depth events."""
+    seen = {m.mode}
+    if depth:
+        for e in Event:
+            if m.can(e):
+                n = Machine(m.mode, m.fenced_from, m.home)
+                n.fire(e)
+                seen |= _walk(n, depth - 1)
+    return seen
+
+
+def test_a_buffering_machine_never_compares_and_a_comparing_one_never_buffers() -> None:
+    # Remus and COLO are two ways to protect output: a resume or an unfence returns to the
+    # machine's own, whatever happened in between.
+    assert _walk(Machine.buffering(), 6) == BUFFERING | {Mode.PASSTHROUGH, Mode.FENCED}
+    assert _walk(Machine(), 6) == {Mode.PROTECTED, Mode.BARRIER, Mode.PASSTHROUGH,
+                                   Mode.FENCED}
+
+
+@pytest.mark.parametrize(("events", "end"), [
+    ([Event.CHECKPOINT_BARRIER, Event.CHECKPOINT_DONE], Mode.BUFFERED),
+    ([Event.CHECKPOINT_DONE], Mode.BUFFERED),
+    ([Event.CHECKPOINT_BARRIER, Event.FAILOVER, Event.RESUME], Mode.BUFFERED),
+    ([Event.PAUSE, Event.RESUME], Mode.BUFFERED),
+    ([Event.CHECKPOINT_BARRIER, Event.FENCE, Event.UNFENCE], Mode.BUFFERED),
+    ([Event.PAUSE, Event.FENCE, Event.UNFENCE], Mode.PASSTHROUGH),
+    ([Event.CHECKPOINT_BARRIER, Event.UNFENCE], Mode.BUFFERED_BARRIER),
+])
+def test_remus_playbook(events: list[Event], end: Mode) -> None:
+    m = Machine.buffering()
+    for e in events:
+        m.fire(e)
+    assert m.mode is end and m.mode.label in ("protected", "passthrough")
+
+
+def test_a_buffering_proxy_started_fenced_unfences_to_buffering() -> None:
+    m = initial(fenced=True, buffer=True)
+    assert m.mode is Mode.FENCED and m.fire(Event.UNFENCE) is Mode.BUFFERED
+    assert initial(buffer=True).mode is Mode.BUFFERED
+
+
+def test_remus_refuses_a_second_barrier() -> None:
+    m = Machine.buffering()
+    m.fire(Event.CHECKPOINT_BARRIER)
+    with pytest.raises(IllegalTransition):
+        m.fire(Event.CHECKPOINT_BARRIER)
+    assert m.mode is Mode.BUFFERED_BARRIER
 
 
 class Idle:

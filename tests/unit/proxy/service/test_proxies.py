@@ -9,7 +9,14 @@ import pytest
 
 from colo_proxy.compare import CompareConfig
 from colo_proxy.kernel.packet_socket import Frame
-from colo_proxy.service.modes import FENCED, PASSTHROUGH, PROTECTED, IllegalTransition
+from colo_proxy.service.modes import (
+    BUFFERED,
+    BUFFERED_BARRIER,
+    FENCED,
+    PASSTHROUGH,
+    PROTECTED,
+    IllegalTransition,
+)
 from colo_proxy.service.primary import PrimaryProxy
 from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
@@ -244,3 +251,56 @@ def test_a_secondary_started_fenced_keeps_the_svm_off_the_lan_until_unfence() ->
     assert dp.mode_set == []  # still steered off the LAN, as the datapath started
     sec.on_control({"type": "unfence"})
     assert sec.mode is PROTECTED and dp.mode_set == [0]
+
+
+@pytest.fixture
+def remus() -> tuple[PrimaryProxy, FakeQueue, FakeSource, list[dict[str, Any]]]:
+    q, s, sent = FakeQueue(), FakeSource(), []
+    proxy = PrimaryProxy(ProxySettings(output="buffer"), q, s,
+                         notify=lambda m: sent.append(m) or 1, clock=Clock())
+    return proxy, q, s, sent
+
+
+def test_buffering_holds_all_output_until_the_checkpoint_then_releases_it(remus: Any) -> None:
+    proxy, q, s, sent = remus
+    assert proxy.mode is BUFFERED and proxy.on_control({"type": "hello"})["mode"] == "protected"
+    q.push(1, tcp(5000, 1000, SYN | ACK))
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"hello"))
+    proxy.on_pvm_readable()
+    s.push(tcp(9000, 1000, SYN | ACK))  # the SVM's output is not compared, and not needed
+    proxy.on_svm_readable()
+    assert q.accepted == [] and proxy.status()["held_packets"] == 2 and not proxy.idle()
+    assert sent == []  # no divergence, no timeout: buffering never asks for a checkpoint
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1, 2] and proxy.idle() and proxy.mode is BUFFERED
+
+
+def test_output_after_the_barrier_waits_for_the_next_checkpoint(remus: Any) -> None:
+    proxy, q, _, _ = remus
+    q.push(1, tcp(5000, 1000, PSH | ACK, b"before"))
+    proxy.on_pvm_readable()
+    q.push(2, tcp(5006, 1000, PSH | ACK, b"queued"))  # sent before the stop, read at barrier
+    proxy.on_control({"type": "checkpoint_barrier"})
+    assert proxy.mode is BUFFERED_BARRIER
+    q.push(3, tcp(5012, 1000, PSH | ACK, b"after"))  # from the state after the snapshot
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1, 2] and proxy.status()["held_packets"] == 1
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1, 2, 3]
+
+
+def test_buffering_fails_closed_and_passes_on_failover(remus: Any) -> None:
+    proxy, q, _, _ = remus
+    q.push(1, tcp(5000, 1000, PSH | ACK, b"x"))
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "fence"})
+    assert q.dropped == [1] and proxy.fenced_drops == 1 and proxy.idle()
+    proxy.on_control({"type": "unfence"})
+    assert proxy.mode is BUFFERED
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"y"))
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "failover"})
+    assert q.accepted == [2] and proxy.mode is PASSTHROUGH
+    proxy.on_control({"type": "resume"})
+    assert proxy.mode is BUFFERED
