@@ -21,6 +21,8 @@ examples:
   colo-lab up                     start a lab: namespaces, bridges, etcd, PVM and SVM booted
   colo-lab up --secondary incoming   SVM waits for the PVM's COLO migration instead
   colo-lab up --protected --proxy    and both orchestrators (with colo-proxy): PROTECTED
+  colo-lab up --protected --proxy --remus   colo-proxy buffers output until the next
+                                  checkpoint (every 0.2 s) instead of comparing
   colo-lab up --qemu-compare      protected by QEMU's own colo-compare and filters instead
                                   (no orchestrators; the anchor colo-proxy is measured against)
   colo-lab up --no-vms            the network and the 3-member etcd cluster only
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start both orchestrators and wait until the pair is PROTECTED")
     up.add_argument("--proxy", action="store_true",
                     help="with --protected: the orchestrators run colo-proxy (output compared)")
+    up.add_argument("--remus", action="store_true",
+                    help="with --proxy: the primary's colo-proxy buffers all output until the "
+                    "next periodic checkpoint (Remus-style) instead of comparing")
     up.add_argument("--qemu-compare", action="store_true",
                     help="protect the pair with QEMU's colo-compare, filter-mirror, "
                     "-redirector and -rewriter (no orchestrators, nothing fails over)")
@@ -179,6 +184,8 @@ def _up(lab: Lab, args: argparse.Namespace) -> int:
     if args.qemu_compare and args.secondary not in (None, "incoming"):
         raise LabError(f"--qemu-compare with --secondary {args.secondary}: QEMU migrates "
                        "the PVM into a waiting SVM", "leave out --secondary")
+    if args.remus and not args.proxy:
+        raise LabError("--remus is an output mode of colo-proxy", "add --protected --proxy")
     if args.proxy and not args.protected:
         raise LabError("--proxy needs --protected", "add --protected (the orchestrators run it)")
     secondary = args.secondary or ("incoming" if args.protected or args.qemu_compare
@@ -208,7 +215,11 @@ def _up(lab: Lab, args: argparse.Namespace) -> int:
         _say(f"starting colo-orch on both hosts (arbiter {arbiter}"
              f"{', with colo-proxy' if args.proxy else ''}); waiting for PROTECTED ...")
         try:
-            pair.protect(lab, proxy=args.proxy, arbiter=arbiter, say=_say)
+            pair.protect(lab, proxy=args.proxy, arbiter=arbiter, say=_say,
+                         output="buffer" if args.remus else "compare",
+                         # Remus releases output only at checkpoints: take them often.
+                         extra=("[timing]\ncheckpoint_max_interval = 0.2\n" if args.remus
+                                else ""))
         except BaseException:
             _say(f"the pair did not reach PROTECTED; logs in {lab.run_dir} "
                  f"(orch-*.log); 'colo-lab down --name {lab.name}' removes the lab")

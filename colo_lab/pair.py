@@ -69,8 +69,9 @@ hidden = "{d.hidden}"
 """ for d in lab.disks(role))
 
 
-def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
-    """colo-proxy in `role` on `host` (the tap is the host's, whatever role it plays)."""
+def proxy_command(lab: Lab, host: str, role: str, output: str = "compare") -> list[str]:
+    """colo-proxy in `role` on `host` (the tap is the host's, whatever role it plays);
+    output="buffer": Remus-style buffering instead of comparing (colo_proxy.service.modes)."""
     h = lab.hosts[host]
     other = "secondary" if host == "primary" else "primary"
     return [sys.executable, "-m", "colo_proxy.cli.main", role, "--tap", h.tap,
@@ -87,6 +88,7 @@ def proxy_command(lab: Lab, host: str, role: str) -> list[str]:
             # The host's port to the LAN: connections carried over a role swap are
             # rewritten there (colo_proxy.wire.handover).
             *(["--uplink", "lan0"] if role == "primary" else []),
+            *(["--output", output] if output != "compare" else []),
             # Every packet and its commands in the log: for chasing a false checkpoint.
             *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
 
@@ -123,9 +125,10 @@ def api_token(lab: Lab, role: str) -> Path:
 
 
 def orch_config(lab: Lab, role: str, *, proxy: bool = False, extra: str = "",
-                arbiter: str | None = None) -> Path:
+                arbiter: str | None = None, output: str = "compare") -> Path:
     """Write the TOML config of one host's orchestrator; returns its path.
-    arbiter: "etcd" (the lab's cluster) or "local"; default_arbiter() when None."""
+    arbiter: "etcd" (the lab's cluster) or "local"; default_arbiter() when None.
+    output: the proxies' (proxy_command)."""
     lease = arbiter_toml(lab, arbiter or default_arbiter())
     me = lab.hosts[role]
     peer = lab.hosts["secondary" if role == "primary" else "primary"]
@@ -150,8 +153,10 @@ api_token_file = "{api_token(lab, role)}"
 metrics_listen = "{me.ctl_ip}:{METRICS_PORT}"
 {lease}
 proxy_socket = "{lab.run_dir / f"proxy-{role[:3]}.sock" if proxy else ""}"
-proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary")) if proxy else "[]"}
-proxy_secondary_command = {_toml_list(proxy_command(lab, role, "secondary")) if proxy else "[]"}
+proxy_primary_command = {_toml_list(proxy_command(lab, role, "primary", output))
+                         if proxy else "[]"}
+proxy_secondary_command = {_toml_list(proxy_command(lab, role, "secondary", output))
+                           if proxy else "[]"}
 vm_command = {_toml_list(vm.argv())}
 vm_pidfile = "{vm.pid_path}"
 vm_log = "{lab.run_dir / f"orch-{role}-vm.log"}"
@@ -338,10 +343,11 @@ def orchestrator_pids(lab: Lab, host: str) -> list[int]:
 
 
 def protect(lab: Lab, *, proxy: bool = False, extra: str = "", arbiter: str | None = None,
-            say: Callable[[str], None] | None = None) -> None:
+            say: Callable[[str], None] | None = None, output: str = "compare") -> None:
     """Start both orchestrators of a lab that is up (its SVM waiting for the migration)
-    and wait until they have brought the pair to PROTECTED; `say` hears each state change."""
-    start_orchestrators(lab, proxy=proxy, extra=extra, arbiter=arbiter)
+    and wait until they have brought the pair to PROTECTED; `say` hears each state change.
+    output="buffer": the proxies buffer (Remus-style) instead of comparing."""
+    start_orchestrators(lab, proxy=proxy, extra=extra, arbiter=arbiter, output=output)
     if say is None:
         wait_state(lab, "primary", "PROTECTED", 90)
         wait_state(lab, "secondary", "PROTECTED", 30)

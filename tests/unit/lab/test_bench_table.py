@@ -20,7 +20,8 @@ from colo_lab.bench_table import (
 
 def test_defaults_run_the_built_modes_in_order() -> None:
     a = parse_args([])
-    assert a.modes == ["direct", "colo-proxy", "qemu-compare"]
+    assert a.modes == ["direct", "colo-proxy", "qemu-compare", "remus"]
+    assert a.remus_interval == 0.2
     assert (a.n, a.big_mb, a.write_doc) == (40, 64, "")
 
 
@@ -31,6 +32,7 @@ def test_defaults_run_the_built_modes_in_order() -> None:
     (["-n", "0"], "-n must be at least 1"),
     (["--clients", "0"], "--clients must be at least 1"),
     (["--big-mb", "-1"], "--big-mb must be >= 0"),
+    (["--remus-interval", "0"], "--remus-interval > 0"),
 ])
 def test_bad_arguments_say_why(argv: list[str], says: str,
                                capsys: pytest.CaptureFixture[str]) -> None:

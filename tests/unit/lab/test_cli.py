@@ -56,6 +56,7 @@ def test_qemu_path_reads_the_cache_and_builds_nothing(
     (["up", "--proxy"], "--proxy needs --protected"),
     (["up", "--no-vms", "--protected"], "--no-vms starts no VMs"),
     (["up", "--protected", "--secondary", "standalone"], "leave out --secondary"),
+    (["up", "--protected", "--remus"], "add --protected --proxy"),
     (["up", "--qemu-compare", "--protected"], "protects the pair by QEMU alone"),
     (["up", "--qemu-compare", "--no-vms"], "protects the pair by QEMU alone"),
     (["up", "--qemu-compare", "--secondary", "standalone"], "leave out --secondary"),
