@@ -156,10 +156,14 @@ def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
     f["mixed_rps"] = len(mx["times"]) / mx["seconds"]
     f["mixed_p99"] = 1000 * percentile(mx["times"], 99) if mx["times"] else None
     step(f"mixed load ({a.clients} clients): {f['mixed_rps']:.0f} req/s, "
-         f"p99 {f['mixed_p99']} ms")
+         f"p99 {_ms(f['mixed_p99'])}")
     f.update(ck.figures())
-    step(f"checkpoints {f['ckpt_rate']:.2f}/s, pause per checkpoint {f['pause_ms']} ms")
+    step(f"checkpoints {f['ckpt_rate'] or 0:.2f}/s, pause per checkpoint {_ms(f['pause_ms'])}")
     return f
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def run_mode(mode: str, a: Any) -> Figures:
