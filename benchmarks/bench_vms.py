@@ -99,7 +99,7 @@ class Checkpoints:
             self._drain()
             p = pauses(self.events)
             return {"ckpt_rate": len(p) / took,
-                    "pause_ms": 1000 * statistics.median(p) if p else None}
+                    "pause_ms": 1000 * statistics.fmean(p) if p else None}
         return {"ckpt_rate": 0.0, "pause_ms": None}
 
 

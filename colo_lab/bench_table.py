@@ -41,7 +41,7 @@ MEASURES = (
     Measure("mixed_rps", "mixed load, concurrent clients", "req/s"),
     Measure("mixed_p99", "mixed load, request p99", "ms"),
     Measure("ckpt_rate", "checkpoints per second (whole run)", "/s", ratio=False),
-    Measure("pause_ms", "PVM pause per checkpoint (median)", "ms", ratio=False),
+    Measure("pause_ms", "PVM pause per checkpoint (mean)", "ms", ratio=False),
 )
 KEYS = tuple(m.key for m in MEASURES)
 
