@@ -242,7 +242,8 @@ def how_to_reach(lab: Lab, *, protected: bool, vms: bool, qemu_compare: bool = F
         lines.append(f"  service:   ip netns exec {lab.client_ns} curl http://{VM_IP}/health")
         lines.append("             (also PUT/GET /kv/KEY, GET /random: a divergence, "
                      "a checkpoint)")
-    for role, h in lab.hosts.items():
+    # Under QEMU's compare no orchestrator runs: its API and metrics addresses lead nowhere.
+    for role, h in ({} if qemu_compare else lab.hosts).items():
         lines.append(f"  {role + ':':<10} namespace {h.ns}, API {pair.api_url(lab, role)}, "
                      f"metrics {pair.metrics_url(lab, role)}/metrics")
     if protected:
