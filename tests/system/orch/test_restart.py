@@ -73,6 +73,17 @@ def _log_since(lab: Lab, host: str, offset: int) -> str:
     return (lab.run_dir / f"orch-{host}.log").read_bytes()[offset:].decode(errors="replace")
 
 
+def _reprotected_after_resume(lab: Lab) -> None:
+    """The secondary's orchestrator resumed: the pair is protected again, and a divergence
+    still checkpoints."""
+    t0 = time.monotonic()
+    pair.wait_state(lab, "primary", "PROTECTED", 120)
+    wait_until(lambda: _verified(lab), 60, "protection verified again")
+    print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
+          "resumed")
+    _diverge_and_checkpoint(lab)
+
+
 @contextmanager
 def _client(lab: Lab, name: str) -> Iterator[Workload]:
     """The fault tests' workload (tests/support/workload.py): one persistent connection
@@ -168,12 +179,7 @@ def test_a_primary_restarted_while_alone_adopts_and_protection_returns(lab: Lab)
     finally:
         os.kill(sec, signal.SIGCONT)
     # The secondary finds its VM gone, fences, and comes back as the new secondary.
-    t0 = time.monotonic()
-    pair.wait_state(lab, "primary", "PROTECTED", 120)
-    wait_until(lambda: _verified(lab), 60, "protection verified again")
-    print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
-          "resumed")
-    _diverge_and_checkpoint(lab)
+    _reprotected_after_resume(lab)
 
 
 def test_a_secondary_lost_mid_checkpoint_leaves_the_primary_serving(lab: Lab) -> None:
@@ -203,9 +209,4 @@ def test_a_secondary_lost_mid_checkpoint_leaves_the_primary_serving(lab: Lab) ->
     log = _log_since(lab, "primary", log_at)
     assert "COLO exited during the checkpoint" in log, log
     assert "FAILING_OVER -> ALONE" in log, log
-    t0 = time.monotonic()
-    pair.wait_state(lab, "primary", "PROTECTED", 120)
-    wait_until(lambda: _verified(lab), 60, "protection verified again")
-    print(f"re-protected {time.monotonic() - t0:.2f} s after the secondary's orchestrator "
-          "resumed")
-    _diverge_and_checkpoint(lab)
+    _reprotected_after_resume(lab)
