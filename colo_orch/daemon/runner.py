@@ -343,7 +343,12 @@ class Orchestrator(Actions, Watchers):
         if before is State.ALONE and after is State.WAITING:
             self.reprotections += 1
             self.metrics.reprotections.inc()
-        if before is State.CHECKPOINTING and after is not State.PROTECTED:
+        # A checkpoint runs on the action thread while this loop keeps cycling: a cycle
+        # that ends still CHECKPOINTING is one in progress, not a failure. It failed when
+        # CHECKPOINTING ends anywhere but PROTECTED (the action raised: ERROR; or the
+        # peer, the VM or the lease was lost under it); an operator's stop is not one.
+        if before is State.CHECKPOINTING and after not in (
+                State.PROTECTED, State.CHECKPOINTING, State.STOPPED):
             self.metrics.checkpoint_failures.inc()
 
     # Reporting --------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_orch.core.config import Config
+from colo_orch.core.decide import Decision
 from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
 from colo_orch.daemon.arbiter import LocalLeaseArbiter
@@ -90,3 +91,33 @@ def test_the_state_api_shows_a_degraded_disk(tmp_path: Path) -> None:
         "problem": "1 write(s) to the secondary's disk failed", "bytes_replicated": 4096,
         "errors": 1, "error_events": {"QUORUM_REPORT_BAD": 1, "BLOCK_IO_ERROR": 0},
         "last_error_event": "QUORUM_REPORT_BAD on disk0-replication: write failed"}
+
+
+def _failures(orch: Orchestrator) -> float:
+    value = orch.metrics.checkpoint_failures._value.get()
+    assert isinstance(value, float)
+    return value
+
+
+def test_a_checkpoint_in_progress_is_not_counted_as_failed(tmp_path: Path) -> None:
+    """The loop cycles while the action thread checkpoints. Each cycle that ended still
+    CHECKPOINTING counted one failure: the lab's Prometheus saw
+    colo_checkpoint_failures_total rise with every successful payload checkpoint."""
+    orch = _orchestrator(tmp_path, _Silent())
+    now = time.monotonic()
+    snap = orch.snapshot(now)
+    d = Decision("checkpoint in progress")
+    orch.machine.state = State.CHECKPOINTING
+    for _ in range(3):
+        orch._bookkeeping(State.CHECKPOINTING, snap, d, now)  # still CHECKPOINTING
+    assert _failures(orch) == 0
+    orch.machine.state = State.PROTECTED
+    orch._bookkeeping(State.CHECKPOINTING, snap, d, now)  # done
+    assert _failures(orch) == 0 and orch.last_checkpoint_at == now
+    for ended in (State.DEGRADED, State.FAILING_OVER, State.FENCED, State.HOLDING):
+        orch.machine.state = ended
+        orch._bookkeeping(State.CHECKPOINTING, snap, d, now)
+    assert _failures(orch) == 4
+    orch.machine.state = State.STOPPED  # an operator's stop during a checkpoint
+    orch._bookkeeping(State.CHECKPOINTING, snap, d, now)
+    assert _failures(orch) == 4
