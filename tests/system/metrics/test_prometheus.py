@@ -52,6 +52,7 @@ class Prometheus:
                    for job, port in (("colo-orch", pair.METRICS_PORT),
                                      ("colo-proxy", pair.PROXY_METRICS_PORT))}
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "rule_files": [str(ROOT / "dashboards" / "colo-alerts.yml")],
                   "scrape_configs": [{"job_name": job, "static_configs": sc}
                                      for job, sc in targets.items()]}
         # JSON is YAML: no YAML library needed.
@@ -187,5 +188,22 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
             out = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
                                  capture_output=True, timeout=30, check=False)
             assert out.returncode == 0, (host, port, out.stdout, out.stderr)
+
+    # The alerting rules evaluate without error on real scrapes, and a healthy protected
+    # pair (one divergence, no fault) raises none of them, not even as pending.
+    def rules() -> list[dict[str, Any]] | None:
+        r = prom.api("/api/v1/rules")
+        if r is None or r.get("status") != "success":
+            return None
+        found = [rule for g in r["data"]["groups"] for rule in g["rules"]]
+        return found if found and all(x.get("lastEvaluation", "").startswith("20")
+                                      for x in found) else None
+
+    evaluated = wait_until(rules, 30, "every alerting rule evaluated once", every=0.2)
+    assert {x["name"]: x["health"] for x in evaluated} == {
+        x["name"]: "ok" for x in evaluated}, [(x["name"], x.get("lastError")) for x in evaluated]
+    assert len(evaluated) == 10
+    assert [(x["name"], a["state"], a["labels"]) for x in evaluated
+            for a in x.get("alerts", [])] == []
     print(f"payload checkpoints {checkpoints}, payload divergences {divergences}, "
-          f"{len(build.queries())} panel queries answered")
+          f"{len(build.queries())} panel queries answered, {len(evaluated)} alert rules quiet")
