@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,17 +23,27 @@ examples:
   coloctl --socket /run/colo/web1-api.sock pause  as root (or an api_socket_uids user): no token
   coloctl checkpoint | pause | resume | reprotect take a checkpoint now; suspend / resume
                                                   comparison; pair again after a failover
+  coloctl --config /etc/colo/web1.toml pause --wait --timeout 30
+                                         wait until the loop acted on it (or dropped it)
   coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
   coloctl list --etcd http://10.0.0.5:2379 every pair and host in etcd (coloctl list -h)
 
-Where it connects: --socket, else --url, else the config's api_socket, else its api_listen
-(https:// when it sets api_tls_cert_file), else http://127.0.0.1:7411. Commands need a
+A command that does not apply to the host now (pause on a secondary, resume when not
+paused, ...) is refused with the reason and exit status 1; an accepted one shows under
+"commands" in status until the loop acts on it. Exit status: 0 done (or accepted, without
+--wait), 1 refused or dropped, 2 usage or connection error, 3 --wait timed out.
+
+Where it connects: --socket, else --url, else $COLOCTL_URL, else the config's api_socket,
+else its api_listen (https:// when it sets api_tls_cert_file), else
+http://127.0.0.1:7411. Commands need a
 token (status does not): --token-file FILE, else $COLO_API_TOKEN (the token itself), else
 the config's api_token_file. Token files must be mode 0600. Over api_socket, root needs none.
 """
 COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect")
 DEFAULT_URL = "http://127.0.0.1:7411"
 TOKEN_ENV = "COLO_API_TOKEN"
+URL_ENV = "COLOCTL_URL"
+WAIT_EVERY_S = 0.2
 
 
 class CtlError(Exception):
@@ -97,6 +108,8 @@ def target(args: argparse.Namespace, env: dict[str, str]) -> Target:
     if args.socket or args.url:
         return Target(url=args.url or "", socket=args.socket or "", token=token,
                       cacert=args.cacert or "")
+    if env.get(URL_ENV):
+        return Target(url=env[URL_ENV], token=token, cacert=args.cacert or "")
     if cfg is not None and cfg.api_socket:
         return Target(socket=cfg.api_socket, token=token)
     if cfg is not None and cfg.api_listen:
@@ -164,13 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=COMMANDS, metavar="command",
                    help=" | ".join(COMMANDS))
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--wait", action="store_true",
+                   help="after a command: wait until the orchestrator acted on it or dropped it")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="with --wait: give up after S seconds (default 60; exit status 3)")
     args = p.parse_args(argv)
+    if args.timeout <= 0:
+        p.error("--timeout must be more than 0 seconds")
     try:
         t = target(args, dict(os.environ))
         if args.command == "status":
             code, body = call(t, "GET", "/state")
         else:
             code, body = call(t, "POST", f"/{args.command}")
+            if args.wait and code == 202:
+                return _wait(t, args, body)
     except CtlError as exc:
         print(f"coloctl: error: {exc}", file=sys.stderr)
         return 2
@@ -183,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if code in (401, 403):
         print(f"coloctl: error: refused ({code}): {body.get('error')}; give the token with "
               f"--config FILE, ${TOKEN_ENV} or --token-file", file=sys.stderr)
+        return 1
+    if code == 409:
+        print(f"coloctl: {args.command} refused: {body.get('error')} (state "
+              f"{body.get('state', '?')})", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(body, indent=1))
@@ -206,9 +231,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  lease: {lease}")
         if body.get("degraded_reason"):
             print(f"  degraded: {body['degraded_reason']}")
+        for c in (body.get("commands") or {}).get("pending", []):
+            print(f"  pending: {c['command']} (id {c['id']}, {c['age_s']:.1f} s ago)")
     else:
         print(body.get("accepted") or body.get("error"))
     return 0 if code < 400 else 1
+
+
+def _wait(t: Target, args: argparse.Namespace, accepted: dict[str, Any]) -> int:
+    """Poll GET /state until the accepted command's outcome shows, or --timeout."""
+    cid = accepted.get("id")
+    if not isinstance(cid, int):
+        print("coloctl: error: the orchestrator gave the command no id (an older "
+              "colo-orch?); cannot --wait", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(f"{accepted.get('accepted')} (id {cid}); waiting up to {args.timeout:g} s",
+              flush=True)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        code, st = call(t, "GET", "/state")
+        found = [c for c in (st.get("commands") or {}).get("recent", []) if c.get("id") == cid]
+        if code == 200 and found:
+            c = found[0]
+            if args.json:
+                print(json.dumps(c, indent=1))
+            else:
+                print(f"{c['command']} {c['outcome']}: {c['detail']} (state {st['state']})")
+            return 0 if c["outcome"] == "done" else 1
+        if time.monotonic() >= deadline:
+            print(f"coloctl: {args.command} (id {cid}) still pending after {args.timeout:g} s "
+                  f"(state {st.get('state', '?')})", file=sys.stderr)
+            return 3
+        time.sleep(WAIT_EVERY_S)  # polling an HTTP API: the wait is on the orchestrator
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ MAX_HEAD_BYTES = 8192
 MAX_BODY_BYTES = 1024
 MIN_TOKEN = 16  # bytes, as the heartbeat key
 REFUSALS = ("unauthorized", "forbidden", "read_only", "not_found", "malformed", "too_large",
-            "timeout", "busy")
+            "timeout", "busy", "not_applicable")
 
 # Used with fullmatch: a `$` also matches before a final "\n", which let "GET /state\n"
 # through as the path "/state\n".
@@ -115,7 +115,7 @@ class Policy:
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 413: "Content Too Large",
+           408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable",
            505: "HTTP Version Not Supported"}

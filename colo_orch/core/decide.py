@@ -449,6 +449,12 @@ def _syncing(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     return Decision(f"initial sync in progress ({s.vm.migration})")
 
 
+def peer_gone(s: Snapshot) -> bool:
+    """The peer is lost: unheard, fenced, or its VM gone (whether a secondary may take
+    over, and whether a pending operator command still applies)."""
+    return _peer_gone(s)
+
+
 def _peer_gone(s: Snapshot) -> bool:
     return not s.peer.alive or s.peer.state is State.FENCED or (
         s.peer.state is not None and not s.peer.vm_ok)

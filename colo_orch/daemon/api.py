@@ -43,6 +43,7 @@ from colo_orch.core.api import (
     render,
     route,
 )
+from colo_orch.core.commands import CommandRefused
 from colo_orch.core.config import Config
 from colo_orch.core.state import State
 from colo_orch.daemon.secret_file import SecretFileError, read_secret
@@ -71,7 +72,8 @@ class Handlers:
     """What the API asks of the orchestrator; each runs on a worker thread."""
 
     status: Callable[[], dict[str, Any]]
-    command: Callable[[str], str]
+    # {"accepted": text, "id": n}, or raises CommandRefused when it does not apply now
+    command: Callable[[str], dict[str, Any]]
     metrics: Callable[[], bytes]  # Prometheus text format
     refused: Callable[[str], None] = lambda reason: None  # counts a refusal
 
@@ -343,9 +345,17 @@ class ApiServer:
         if isinstance(decision, Command):
             who = (f"uid {peer.uid} pid {peer.pid}" if peer is not None
                    else str(writer.get_extra_info("peername")))
-            log.info("API command %s from %s on %s", decision.name, who, listener.value)
-            accepted = h.command(decision.name)
-            return Reply(202, {"accepted": accepted, "state": h.status()["state"]}).encode()
+            try:
+                accepted = h.command(decision.name)
+            except CommandRefused as exc:
+                log.info("API command %s from %s on %s refused: %s", decision.name, who,
+                         listener.value, exc)
+                h.refused("not_applicable")
+                return Reply(409, {"error": str(exc), "state": h.status()["state"]},
+                             "not_applicable").encode()
+            log.info("API command %s from %s on %s accepted (id %s)", decision.name, who,
+                     listener.value, accepted.get("id"))
+            return Reply(202, {**accepted, "state": h.status()["state"]}).encode()
         if decision.what == "healthz":
             return Reply(200, {"ok": True}).encode()
         if decision.what == "metrics":

@@ -119,7 +119,8 @@ class OrchMetrics:
             "API requests refused, by reason: unauthorized (no or wrong token), forbidden "
             "(a socket peer not allowed, or commands off), read_only (a command on "
             "metrics_listen), not_found, malformed, too_large, timeout (cut off at "
-            "timing.api_timeout), busy (too many connections)", ["reason"], registry=registry)
+            "timing.api_timeout), busy (too many connections), not_applicable (a command that "
+            "does not apply in this host's state and role: HTTP 409)", ["reason"], registry=registry)
         for r in API_REFUSALS:
             self.api_refused.labels(r)
         self.pair = Info("colo_pair", "The protected pair this orchestrator belongs to",

@@ -21,12 +21,13 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from colo_orch.backends.base import Backend
+from colo_orch.core.commands import CommandRefused, Ledger, refusal
 from colo_orch.core.config import Config
 from colo_orch.core.decide import (
     ActionResult,
@@ -37,6 +38,7 @@ from colo_orch.core.decide import (
     VmObs,
     decide,
     follows_us,
+    peer_gone,
     wants_lease,
 )
 from colo_orch.core.disks import DiskStatus
@@ -79,6 +81,8 @@ class Orchestrator(Actions, Watchers):
         self._finished: ActionResult | None = None
         self._requests: list[str] = []
         self._operator = ""
+        self.commands = Ledger()  # accepted operator commands: pending, and their outcomes
+        self._peer_gone = False  # as of the last cycle: whether a command applies
         self._vm = VmObs(reachable=False)
         self._vm_at = 0.0
         self._stop = threading.Event()
@@ -125,16 +129,41 @@ class Orchestrator(Actions, Watchers):
         self._fence_told = True  # nothing to tell a proxy before we first fence
 
     # Inputs from other threads ---------------------------------------------
-    def request(self, command: str) -> str:
-        """An operator command from the API: checkpoint, pause, resume, failover, reprotect, stop."""
+    def request(self, command: str) -> dict[str, Any]:
+        """An operator command from the API (colo_orch.core.commands.COMMANDS): accepted
+        as pending, or CommandRefused when it does not apply to this host now."""
         with self._lock:
+            why = refusal(command, self.machine.state, self.role, self._peer_gone)
+            if why is not None:
+                raise CommandRefused(why)
+            entry = self.commands.accept(command, time.monotonic())
             if command == "checkpoint":
                 self._requests.append("manual")
                 self.metrics.checkpoint_requests.labels("manual").inc()
             else:
                 self._operator = command
         self._wake.set()
-        return f"{command} requested"
+        return {"accepted": f"{command} requested", "id": entry.id}
+
+    def _recheck_commands(self, snap: Snapshot, now: float) -> Snapshot:
+        """Drop pending commands that stopped applying (the state moved on since they were
+        accepted) before decide() sees them: a `pause` accepted by a protected primary must
+        not fire after a failover and re-protection made it one again."""
+        gone = peer_gone(snap)
+        with self._lock:
+            self._peer_gone = gone
+            dropped = self.commands.recheck(snap.state, snap.role, gone, now)
+            if not dropped:
+                return snap
+            for e in dropped:
+                log.warning("dropped operator command %s (id %d): %s", e.command, e.id,
+                            e.detail)
+                if e.command == "checkpoint" and "manual" in self._requests:
+                    self._requests.remove("manual")
+                elif e.command == self._operator:
+                    self._operator = ""
+            return replace(snap, operator=self._operator,
+                           checkpoint_requests=tuple(self._requests))
 
     def stop(self) -> None:
         self._stop.set()
@@ -247,7 +276,7 @@ class Orchestrator(Actions, Watchers):
             # Decide nothing before the first look at the VM: "unreachable" is only
             # the initial value, and acting on it would start a second VM.
             return Decision("waiting for the first observation of our VM")
-        snap = self.snapshot(now)
+        snap = self._recheck_commands(self.snapshot(now), now)
         t = self.cfg.timing
         d = decide(snap, t.checkpoint_min_interval, t.checkpoint_max_interval,
                    t.checkpoint_burst)
@@ -263,6 +292,10 @@ class Orchestrator(Actions, Watchers):
             if isinstance(d.action, Checkpoint):
                 self._checkpoint_marks = dict(self._request_marks or {}, decided=now)
                 self._request_marks = None
+            if d.consumed_operator or d.consumed_checkpoints:
+                self.commands.decided(operator=d.consumed_operator,
+                                      checkpoints=d.consumed_checkpoints,
+                                      sentence=d.sentence, now=now)
             if d.consumed_operator:
                 self._operator = ""
             elif snap.operator and snap.operator not in ("pause", "resume", "failover",
@@ -361,6 +394,10 @@ class Orchestrator(Actions, Watchers):
             return None
         return {"count": count, "degraded": st.state in ("broken", "alone"), **asdict(st)}
 
+    def _commands_view(self) -> dict[str, object]:
+        with self._lock:
+            return self.commands.view(time.monotonic())
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             vm = asdict(self._vm)
@@ -396,4 +433,5 @@ class Orchestrator(Actions, Watchers):
             "proxy": self.proxy_view() if self.proxy else None,
             "protection_verified": self.protection_verified,
             "recent": [s for _, s in list(self.history)[-10:]],
+            "commands": self._commands_view(),
         }

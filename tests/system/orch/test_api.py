@@ -73,6 +73,12 @@ class Orch:
     def manual_requests(self) -> float:
         return self.metrics()['colo_checkpoint_requests_total{reason="manual"}']
 
+    def judged(self) -> float:
+        """Commands that passed authentication and were judged against the state: with no
+        VM behind it this orchestrator stays STOPPED, where a checkpoint does not apply, so
+        each is refused with 409 (a command that applies is tested in the lab)."""
+        return self.refused("not_applicable")
+
     def refused(self, reason: str) -> float:
         return self.metrics()[f'colo_api_requests_refused_total{{reason="{reason}"}}']
 
@@ -139,18 +145,23 @@ def test_a_forged_or_missing_token_changes_nothing(start: Callable[..., Orch]) -
     assert orch.refused("read_only") == 8
     assert "API command" not in orch.log.read_text()  # no command was taken
     assert st["state"] not in ("PAUSED", "FAILING_OVER", "ALONE")
-    # The same request with the token does act: the check above could have failed.
-    assert request(api, "POST", "/checkpoint", TOKEN)[0] == 202
-    assert orch.manual_requests() == 1
+    # The same request with the token gets past the check (it could have failed) and is
+    # judged: a checkpoint does not apply to a stopped host.
+    status, body = request(api, "POST", "/checkpoint", TOKEN)
+    assert status == 409 and body["error"].startswith(
+        "checkpoint applies to a protected primary; this host is the primary in STOPPED"), body
+    assert orch.judged() == 1 and orch.manual_requests() == 0
     assert "API command checkpoint from ('127.0.0.1'" in orch.log.read_text()
     # coloctl: from the config, from the environment; a wrong one is refused and named.
     res = _ctl("--config", str(orch.cfg_path), "checkpoint")
-    assert res.returncode == 0 and res.stdout == "checkpoint requested\n", res.stderr
+    assert res.returncode == 1 and "coloctl: checkpoint refused: checkpoint applies" in \
+        res.stderr, res.stderr
     url = f"http://{api[0]}:{api[1]}"
-    assert _ctl("--url", url, "checkpoint", env={"COLO_API_TOKEN": TOKEN}).returncode == 0
+    res = _ctl("--url", url, "checkpoint", env={"COLO_API_TOKEN": TOKEN})
+    assert res.returncode == 1 and "checkpoint refused" in res.stderr, res.stderr
     res = _ctl("--url", url, "checkpoint", env={"COLO_API_TOKEN": "not-the-token-at-all-0"})
     assert res.returncode == 1 and "refused (401): wrong token" in res.stderr
-    assert orch.manual_requests() == 3
+    assert orch.judged() == 3
 
 
 def test_slow_and_oversized_requests_are_cut_off_and_block_nobody(
@@ -161,7 +172,7 @@ def test_slow_and_oversized_requests_are_cut_off_and_block_nobody(
     def serve() -> None:
         assert request(api, "GET", "/state")[0] == 200
         assert request(metrics, "GET", "/metrics")[0] == 200
-        assert request(api, "POST", "/checkpoint", TOKEN)[0] == 202
+        assert request(api, "POST", "/checkpoint", TOKEN)[0] == 409
 
     served, cut = slowloris([api, metrics], 20, serve, API_TIMEOUT)
     print(f"9 requests served in {served:.3f} s beside 40 slow clients; those cut off after "
@@ -174,7 +185,7 @@ def test_slow_and_oversized_requests_are_cut_off_and_block_nobody(
     assert exchange(api, b"POST /failover HTTP/1.1\r\n" + auth +
                     b"Content-Length: 1000000000\r\n\r\n")[0] == 413
     assert orch.refused("too_large") == 2
-    assert orch.manual_requests() == 3  # only the three checkpoints above
+    assert orch.judged() == 3  # only the three checkpoints above
     assert "API command failover" not in orch.log.read_text()
 
 
@@ -212,10 +223,10 @@ def test_the_socket_takes_commands_from_root_only(start: Callable[..., Orch],
     status, _ = _as_nobody(lambda: request(addr, "POST", "/checkpoint"))
     assert status == 403
     assert _as_nobody(lambda: request(addr, "GET", "/state"))[0] == 200  # reads stay open
-    assert orch.manual_requests() == 0 and orch.refused("forbidden") == 2
-    res = _ctl("--socket", str(sock), "checkpoint")  # root: no token needed
-    assert res.returncode == 0, res.stderr
-    assert orch.manual_requests() == 1
+    assert orch.judged() == 0 and orch.refused("forbidden") == 2
+    res = _ctl("--socket", str(sock), "checkpoint")  # root: no token needed, judged
+    assert res.returncode == 1 and "checkpoint refused" in res.stderr, res.stderr
+    assert orch.judged() == 1
     assert "API command checkpoint from uid 0 pid" in orch.log.read_text()
 
 
@@ -238,7 +249,7 @@ def test_tls(start: Callable[..., Orch], tmp_path: Path) -> None:
     kw: dict[str, Any] = {"tls": trust, "server_hostname": "127.0.0.1"}
     assert request(api, "GET", "/state", **kw)[0] == 200
     assert request(api, "POST", "/checkpoint", "wrong-token-0123456789", **kw)[0] == 401
-    assert request(api, "POST", "/checkpoint", TOKEN, **kw)[0] == 202
+    assert request(api, "POST", "/checkpoint", TOKEN, **kw)[0] == 409
     # Plain HTTP on the TLS port gets no answer; a client trusting another CA refuses.
     assert exchange(api, b"GET /state HTTP/1.1\r\n\r\n")[0] == 0
     other = ssl.create_default_context(cafile=str(pki / "other-ca.pem"))
@@ -248,7 +259,7 @@ def test_tls(start: Callable[..., Orch], tmp_path: Path) -> None:
     url = f"https://{api[0]}:{api[1]}"
     res = _ctl("--url", url, "--cacert", str(pki / "api-ca.pem"), "checkpoint",
                env={"COLO_API_TOKEN": TOKEN})
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1 and "checkpoint refused" in res.stderr, res.stderr
     res = _ctl("--config", str(orch.cfg_path), "status", "--json")
     assert res.returncode == 0 and '"state"' in res.stdout, res.stderr
     res = _ctl("--url", url, "--cacert", str(pki / "other-ca.pem"), "status")
@@ -257,4 +268,4 @@ def test_tls(start: Callable[..., Orch], tmp_path: Path) -> None:
     with connect(api) as s:
         s.sendall(b"\x16\x03\x01")
         wait_until(lambda: closed_by_peer(s), 5 * API_TIMEOUT, "the half handshake cut off")
-    assert orch.manual_requests() == 2
+    assert orch.judged() == 2

@@ -88,7 +88,16 @@ def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str
 def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
     st = _coloctl(lab, "primary", "status")
     assert st.returncode == 0 and "PROTECTED (primary)" in st.stdout, st.stdout
-    assert _coloctl(lab, "primary", "pause").returncode == 0
+    # A command that does not apply here is refused with its reason, and nothing happens.
+    ref = _coloctl(lab, "secondary", "pause")
+    assert ref.returncode == 1 and ("pause refused: pause applies to a protected primary; "
+                                    "this host is the secondary in PROTECTED") in ref.stderr, ref
+    ref = _coloctl(lab, "primary", "resume")
+    assert ref.returncode == 1 and "resume applies while paused" in ref.stderr, ref
+    # --wait returns once the loop acted on the command.
+    res = _coloctl(lab, "primary", "pause", "--wait", "--timeout", "20")
+    assert res.returncode == 0 and "pause done: pausing protection on operator request" in \
+        res.stdout, (res.stdout, res.stderr)
     pair.wait_state(lab, "primary", "PAUSED", 20)
     before = _checkpoints(lab, "primary")
     # Paused: output passes uncompared, so divergence causes no checkpoint.

@@ -27,6 +27,8 @@ STATE: dict[str, Any] = {
 
 TOKEN = "coloctl-test-token-0123"
 SEEN: list[tuple[str, str | None]] = []  # (path, Authorization) of each POST
+GETS: list[str] = []  # paths of each GET
+OUTCOMES: list[dict[str, Any]] = []  # commands.recent of GET /state, from the third GET
 
 
 @pytest.fixture
@@ -40,20 +42,30 @@ def api() -> Iterator[str]:
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            self._send(200, STATE)
+            GETS.append(self.path)
+            # A command's outcome shows from the third read of /state on.
+            self._send(200, {**STATE, "commands": {"pending": [], "recent": (
+                OUTCOMES if len(GETS) >= 3 else [])}})
 
         def do_POST(self) -> None:
             auth = self.headers.get("Authorization")
             SEEN.append((self.path, auth))
             if auth != f"Bearer {TOKEN}":
                 self._send(401, {"error": "wrong token"})
+            elif self.path == "/pause":
+                self._send(409, {"error": "pause applies to a protected primary; this host "
+                                          "is the secondary in PROTECTED", "state": "PROTECTED"})
             else:
-                self._send(202, {"accepted": f"{self.path[1:]} requested"})
+                self._send(202, {"accepted": f"{self.path[1:]} requested", "id": 7,
+                                 "state": "PROTECTED"})
 
         def log_message(self, *args: object) -> None:
             pass
 
     SEEN.clear()
+    GETS.clear()
+    OUTCOMES[:] = [{"id": 7, "command": "checkpoint", "age_s": 0.4, "outcome": "done",
+                    "detail": "checkpoint for manual (1 request(s) coalesced)"}]
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -118,3 +130,32 @@ def test_a_command_carries_the_token_and_a_refusal_says_how_to_give_it(
     assert main(["--url", api, "checkpoint"]) == 0
     assert capsys.readouterr().out == "checkpoint requested\n"
     assert SEEN == [("/failover", None), ("/checkpoint", f"Bearer {TOKEN}")]
+
+
+def test_a_command_that_does_not_apply_exits_1_with_its_reason(
+        api: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLO_API_TOKEN", TOKEN)
+    assert main(["--url", api, "pause"]) == 1
+    assert capsys.readouterr().err == (
+        "coloctl: pause refused: pause applies to a protected primary; this host is the "
+        "secondary in PROTECTED (state PROTECTED)\n")
+
+
+def test_wait_follows_the_command_to_its_outcome(
+        api: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLO_API_TOKEN", TOKEN)
+    monkeypatch.setenv("COLOCTL_URL", api)  # no --url: the environment names the API
+    assert main(["checkpoint", "--wait", "--timeout", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["checkpoint requested (id 7); waiting up to 10 s",
+                   "checkpoint done: checkpoint for manual (1 request(s) coalesced) "
+                   "(state HOLDING)"]
+    assert GETS == ["/state"] * 3
+    # Dropped: exit 1; never seen within the timeout: exit 3.
+    GETS.clear()
+    OUTCOMES[0] = {**OUTCOMES[0], "outcome": "dropped", "detail": "no longer applies"}
+    assert main(["checkpoint", "--wait"]) == 1
+    GETS.clear()
+    OUTCOMES[0] = {**OUTCOMES[0], "id": 6}
+    assert main(["checkpoint", "--wait", "--timeout", "0.3"]) == 3
+    assert "checkpoint (id 7) still pending after 0.3 s" in capsys.readouterr().err

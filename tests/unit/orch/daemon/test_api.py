@@ -15,6 +15,7 @@ import pytest
 
 from colo_lab.wait import wait_until
 from colo_orch.core.api import MAX_HEAD_BYTES, Listener
+from colo_orch.core.commands import CommandRefused
 from colo_orch.core.config import parse
 from colo_orch.daemon.api import ApiError, ApiServer, Handlers, read_token
 from tests.support.api import CONFIG, connect, exchange, request, slowloris
@@ -30,15 +31,18 @@ class Orch:
         self.commands: list[str] = []
         self.refusals: list[str] = []
         self.state = "PROTECTED"
+        self.refuse = ""  # the reason to refuse every command with, when set
 
     def handlers(self) -> Handlers:
         return Handlers(status=lambda: {"state": self.state, "name": "web"},
                         command=self._command, metrics=lambda: b"colo_up 1\n",
                         refused=self.refusals.append)
 
-    def _command(self, name: str) -> str:
+    def _command(self, name: str) -> dict[str, Any]:
+        if self.refuse:
+            raise CommandRefused(self.refuse)
         self.commands.append(name)
-        return f"{name} requested"
+        return {"accepted": f"{name} requested", "id": len(self.commands)}
 
 
 def _server(tmp_path: Path, orch: Orch, **kw: Any) -> ApiServer:
@@ -74,7 +78,7 @@ def test_commands_need_the_token_and_reads_do_not(server: ApiServer, orch: Orch)
     assert orch.commands == []
     assert orch.refusals == ["unauthorized", "unauthorized"]
     assert request(api, "POST", "/failover", TOKEN) == (
-        202, {"accepted": "failover requested", "state": "PROTECTED"})
+        202, {"accepted": "failover requested", "id": 1, "state": "PROTECTED"})
     assert orch.commands == ["failover"]
     assert request(api, "GET", "/state") == (200, {"state": "PROTECTED", "name": "web"})
     assert request(metrics, "GET", "/metrics") == (200, "colo_up 1\n")
@@ -178,3 +182,12 @@ def test_a_token_file_others_can_read_is_refused_naming_the_key_and_the_fix(
     f.write_bytes(b"short\n")
     with pytest.raises(ApiError, match=r"shorter than 16.*head -c 32 /dev/urandom"):
         read_token(str(f))
+
+
+def test_a_command_that_does_not_apply_is_refused_with_409_and_its_reason(
+        server: ApiServer, orch: Orch) -> None:
+    api, _, _ = _addrs(server)
+    orch.refuse = "pause applies to a protected primary; this host is the secondary in PROTECTED"
+    assert request(api, "POST", "/pause", TOKEN) == (409, {"error": orch.refuse,
+                                                           "state": "PROTECTED"})
+    assert orch.commands == [] and orch.refusals == ["not_applicable"]

@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         api_socket=str(tmp_path_factory.mktemp("api") / "api.sock"),
         timing=dataclasses.replace(cfg.timing, api_timeout=2.0))
     handlers = Handlers(status=lambda: {"state": "PROTECTED"},
-                        command=lambda name: commands.append(name) or "accepted",
+                        command=lambda name: commands.append(name) or {"accepted": name, "id": 1},
                         metrics=lambda: b"colo_up 1\n")
     s = ApiServer(cfg, handlers, TOKEN).start()
     yield s

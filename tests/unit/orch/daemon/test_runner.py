@@ -6,6 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from colo_orch.core.commands import CommandRefused
 from colo_orch.core.config import Config
 from colo_orch.core.decide import Decision
 from colo_orch.core.disks import DiskStatus
@@ -76,6 +79,7 @@ def test_a_proxy_request_or_an_operator_command_wakes_the_loop(tmp_path: Path) -
     link.on_request()
     assert orch._wake.is_set()
     orch._wake.clear()
+    orch.machine.state = State.PROTECTED
     orch.request("checkpoint")
     assert orch._wake.is_set()
 
@@ -121,3 +125,32 @@ def test_a_checkpoint_in_progress_is_not_counted_as_failed(tmp_path: Path) -> No
     orch.machine.state = State.STOPPED  # an operator's stop during a checkpoint
     orch._bookkeeping(State.CHECKPOINTING, snap, d, now)
     assert _failures(orch) == 4
+
+
+def test_a_command_is_refused_when_it_does_not_apply_and_dropped_when_it_stops_applying(
+        tmp_path: Path) -> None:
+    """A pause accepted by a protected primary stayed pending when the state moved on, and
+    fired much later, once the host was a protected primary again."""
+    orch = _orchestrator(tmp_path, _Silent())
+    orch.role = "secondary"
+    orch.machine.state = State.PROTECTED
+    with pytest.raises(CommandRefused, match="pause applies to a protected primary"):
+        orch.request("pause")
+    assert orch._operator == "" and orch.commands.pending == []
+    orch.role = "primary"
+    got = orch.request("pause")
+    assert got == {"accepted": "pause requested", "id": 1} and orch._operator == "pause"
+    now = time.monotonic()
+    snap = orch.snapshot(now)
+    assert snap.operator == "pause"
+    # Still PROTECTED next cycle: kept for decide().
+    assert orch._recheck_commands(snap, now).operator == "pause"
+    # The peer was lost before the loop acted: the primary serves alone now.
+    orch.machine.state = State.ALONE
+    after = orch._recheck_commands(orch.snapshot(now), now)
+    assert after.operator == "" and orch._operator == "" and orch.commands.pending == []
+    view = orch._commands_view()
+    assert view["pending"] == []
+    (last,) = view["recent"]
+    assert (last["id"], last["command"], last["outcome"]) == (1, "pause", "dropped")
+    assert "pause applies to a protected primary" in last["detail"]
