@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if not token and not cfg.api_socket:
         logging.getLogger("colo_orch").warning(
             "every API command is refused: set api_token_file (or api_socket) to send them")
+    from colo_orch.daemon.sd_notify import Notifier
+
+    orch.notify = Notifier()
     try:
         orch.run()
     finally:

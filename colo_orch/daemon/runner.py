@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any
@@ -81,6 +82,9 @@ class Orchestrator(Actions, Watchers):
         self._finished: ActionResult | None = None
         self._requests: list[str] = []
         self._operator = ""
+        # systemd's sd_notify (daemon.sd_notify.Notifier), set by the CLI: READY=1 once
+        # the loop runs, STATUS= each transition, STOPPING=1.
+        self.notify: Callable[[str], object] = lambda message: None
         self.commands = Ledger()  # accepted operator commands: pending, and their outcomes
         self._peer_gone = False  # as of the last cycle: whether a command applies
         self._vm = VmObs(reachable=False)
@@ -181,6 +185,7 @@ class Orchestrator(Actions, Watchers):
         self.arbiter.start()
         if self.proxy is not None:
             self.proxy.start()
+        self.notify(f"READY=1\nSTATUS={self.machine.state.name} ({self.role}): started")
         try:
             while not self._stop.is_set():
                 self._wake.clear()  # before the cycle: what arrives during it wakes the next
@@ -190,6 +195,7 @@ class Orchestrator(Actions, Watchers):
                     wait = min(wait, self._retry_in)
                 self._wake.wait(wait)
         finally:
+            self.notify("STOPPING=1")
             self.heartbeat.stop()
             self.arbiter.stop()
             if self.proxy is not None:
@@ -358,6 +364,7 @@ class Orchestrator(Actions, Watchers):
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
+            self.notify(f"STATUS={self.machine.state.name} ({self.role}): {d.sentence}")
         return d
 
     def _bookkeeping(self, before: State, snap: Snapshot, d: Decision, now: float) -> None:
