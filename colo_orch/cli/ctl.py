@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(body, indent=1))
     elif args.command == "status":
+        print(status_table(body))
+        print()
         print(f"{body['name']} on {body['host']}: {body['state']} ({body['role']})")
         vm = body["vm"]
         print(f"  vm: {'reachable' if vm['reachable'] else 'UNREACHABLE'}, status "
@@ -236,6 +238,69 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(body.get("accepted") or body.get("error"))
     return 0 if code < 400 else 1
+
+
+# colo_orch.core.state.State's numbers, as the peer's heartbeat carries them; names only
+# for display (an unknown number shows as itself).
+def _state_name(code: object) -> str:
+    from colo_orch.core.state import State
+
+    try:
+        return State(code).name if isinstance(code, int) else "?"
+    except ValueError:
+        return str(code)
+
+
+def status_table(st: dict[str, Any]) -> str:
+    """Both hosts of the pair, as this orchestrator sees them (like `patronictl list`): its
+    own row from its state, the peer's from the peer's last heartbeat."""
+    holder = st.get("lease_holder") or ""
+    me = {"host": st.get("host", "?") + "*", "role": st.get("role", ""),
+          "state": st.get("state", "?"),
+          "lease": "held" if holder and holder == st.get("host") else "-",
+          "checkpoint": _age(st.get("last_checkpoint_age_s")),
+          "proxy": _proxy(st.get("proxy")), "disks": (st.get("disk") or {}).get("state", "-"),
+          "sync": (st.get("vm") or {}).get("migration", "-")}
+    rows = [me]
+    peer = st.get("peer")
+    if peer:
+        rows.append({"host": str(peer.get("host", "peer")), "role": str(peer.get("role", "")),
+                     "state": _state_name(peer.get("state")),
+                     "lease": "held" if holder and holder == peer.get("host") else "-",
+                     "checkpoint": _age(peer.get("checkpoint_age_s")),
+                     "proxy": _proxy({"connected": bool(peer.get("proxy_role")),
+                                      "role": peer.get("proxy_role", ""),
+                                      "mode": peer.get("proxy_mode", "")}),
+                     "disks": str(peer.get("disk") or "-"), "sync": "-"})
+    else:
+        rows.append({"host": "(peer)", "role": "", "state": "never heard", "lease": "-",
+                     "checkpoint": "-", "proxy": "-", "disks": "-", "sync": "-"})
+    heard = st.get("peer_seen_s_ago")
+    title = (f"pair {st.get('name', '?')}: "
+             f"{'protection verified' if st.get('protection_verified') else 'NOT protected'}"
+             f", lease {'held by ' + holder if holder else 'free'}"
+             f"{'' if heard is None else f', peer heard {heard:.1f} s ago'}")
+    cols = [("HOST", "host"), ("ROLE", "role"), ("STATE", "state"), ("LEASE", "lease"),
+            ("LAST CHECKPOINT", "checkpoint"), ("PROXY", "proxy"), ("DISKS", "disks"),
+            ("SYNC", "sync")]
+    widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in cols]
+    lines = [title, "  ".join(h.ljust(w) for (h, _), w in zip(cols, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(str(r[k]).ljust(w) for (_, k), w in zip(cols, widths,
+                                                                       strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _age(seconds: object) -> str:
+    return f"{seconds:.1f} s ago" if isinstance(seconds, int | float) else "-"
+
+
+def _proxy(view: object) -> str:
+    if not isinstance(view, dict):
+        return "none"
+    if not view.get("connected"):
+        return "DISCONNECTED"
+    return f"{view.get('role') or '?'}, {view.get('mode') or '?'}"
 
 
 def _wait(t: Target, args: argparse.Namespace, accepted: dict[str, Any]) -> int:

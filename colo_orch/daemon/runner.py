@@ -336,6 +336,12 @@ class Orchestrator(Actions, Watchers):
             # What our proxy said or was last told: the peer's protection_verified.
             "proxy_role": (view := self.proxy_view())["role"], "proxy_mode": view["mode"],
             "proxy_pid": view["pid"],
+            # For the peer's `coloctl status` table only (decide() reads none of these).
+            # An age, not a time: the hosts share no clock.
+            "host": self.host_id,
+            "checkpoint_age_s": (round(now - self.last_checkpoint_at, 1)
+                                 if self.checkpoints else None),
+            "disk": self.disk_status[0].state if self.disk_status[0] is not None else "",
         })
         self.heartbeat.beat(now)
         self._tell_fence()

@@ -88,6 +88,10 @@ def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str
 def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
     st = _coloctl(lab, "primary", "status")
     assert st.returncode == 0 and "PROTECTED (primary)" in st.stdout, st.stdout
+    # Both hosts in one table, the peer's row from its heartbeat.
+    rows = {ln.split()[0]: ln.split() for ln in st.stdout.splitlines()[2:4]}
+    assert rows["pri*"][1:3] == ["primary", "PROTECTED"], st.stdout
+    assert rows["sec"][1:3] == ["secondary", "PROTECTED"], st.stdout
     # A command that does not apply here is refused with its reason, and nothing happens.
     ref = _coloctl(lab, "secondary", "pause")
     assert ref.returncode == 1 and ("pause refused: pause applies to a protected primary; "

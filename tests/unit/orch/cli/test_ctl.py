@@ -159,3 +159,30 @@ def test_wait_follows_the_command_to_its_outcome(
     OUTCOMES[0] = {**OUTCOMES[0], "id": 6}
     assert main(["checkpoint", "--wait", "--timeout", "0.3"]) == 3
     assert "checkpoint (id 7) still pending after 0.3 s" in capsys.readouterr().err
+
+
+def test_status_shows_both_hosts_in_one_table() -> None:
+    from colo_orch.cli.ctl import status_table
+    from colo_orch.core.state import State
+
+    st = {**STATE, "host": "pri", "state": "PROTECTED", "lease_holder": "pri",
+          "protection_verified": True, "peer_seen_s_ago": 0.21, "last_checkpoint_age_s": 2.04,
+          "proxy": {"connected": True, "role": "primary", "mode": "protected", "pid": 9},
+          "disk": {"state": "replicating"},
+          "vm": {**STATE["vm"], "migration": "colo"},
+          "peer": {"state": int(State.PROTECTED), "role": "secondary", "host": "sec",
+                   "proxy_role": "secondary", "proxy_mode": "protected",
+                   "checkpoint_age_s": None, "disk": "replicating"}}
+    assert status_table(st).splitlines() == [
+        "pair web: protection verified, lease held by pri, peer heard 0.2 s ago",
+        "HOST  ROLE       STATE      LEASE  LAST CHECKPOINT  PROXY                 DISKS"
+        "        SYNC",
+        "pri*  primary    PROTECTED  held   2.0 s ago        primary, protected    replicating"
+        "  colo",
+        "sec   secondary  PROTECTED  -      -                secondary, protected  replicating"
+        "  -"]
+    # A peer never heard, our proxy gone: said as such.
+    lone = {**STATE, "host": "pri", "proxy": {"connected": False}, "peer": None}
+    lines = status_table(lone).splitlines()
+    assert lines[0] == "pair web: NOT protected, lease held by h2"
+    assert "DISCONNECTED" in lines[2] and "never heard" in lines[3]
