@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from colo_orch.core.decide import VmObs
 from colo_orch.core.disks import DiskStatus
+from colo_orch.core.progress import Progress
 
 
 class BackendError(Exception):
@@ -41,6 +42,11 @@ class Backend(ABC):
         """From the loop thread: make a running `checkpoint` fail soon (the peer is lost)."""
         self.checkpoint_abort.set()
 
+    def progress(self) -> Progress | None:
+        """How far the resync or the first memory copy of a running `enter_colo` has come,
+        or None when none runs. Any thread."""
+        return None
+
     @abstractmethod
     def observe(self) -> VmObs:
         """The VM's state now. Bound: qmp_timeout. Never raises: unreachable is a value."""
@@ -53,7 +59,8 @@ class Backend(ABC):
     def enter_colo(self, uri: str) -> str:
         """From the primary: start COLO toward the secondary VM at uri; return once in COLO.
 
-        Bound: 60 s. Atomic: on failure the primary VM keeps running unprotected.
+        Bound: timing.resync_timeout plus timing.sync_timeout. Atomic: on failure the
+        primary VM keeps running unprotected.
         """
 
     @abstractmethod

@@ -260,7 +260,8 @@ def status_table(st: dict[str, Any]) -> str:
           "lease": "held" if holder and holder == st.get("host") else "-",
           "checkpoint": _age(st.get("last_checkpoint_age_s")),
           "proxy": _proxy(st.get("proxy")), "disks": (st.get("disk") or {}).get("state", "-"),
-          "sync": (st.get("vm") or {}).get("migration", "-")}
+          "sync": ((st.get("sync") or {}).get("text")
+                   or (st.get("vm") or {}).get("migration", "-"))}
     rows = [me]
     peer = st.get("peer")
     if peer:

@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                               incoming_uri=cfg.incoming_uri,
                               tls=from_config(cfg.migration_tls, cfg.migration_tls_dir,
                                               cfg.migration_tls_hostname,
-                                              cfg.migration_tls_psk_user))
+                                              cfg.migration_tls_psk_user),
+                              resync_timeout=cfg.timing.resync_timeout,
+                              sync_timeout=cfg.timing.sync_timeout,
+                              migration_bandwidth=cfg.timing.migration_bandwidth)
     orch = Orchestrator(
         cfg,
         backend,

@@ -48,6 +48,15 @@ class Timing:
     # An API client has this long to send its request and read the answer; then the
     # connection is cut (a slow client holds no worker: docs/ORCHESTRATOR.md).
     api_timeout: float = 5.0
+    # The first copy of a protection, whose time grows with the VM: the disks' resync
+    # (every byte of each replicated image to the secondary) and the memory's (the COLO
+    # migration up to COLO state). A 35 GB disk takes about 300 s at 1 Gbit/s, 4 GB of
+    # memory about 35 s. Past the limit the protection fails (DEGRADED, retried later).
+    resync_timeout: float = 1800.0
+    sync_timeout: float = 600.0
+    # QEMU's max-bandwidth for the memory copy, in MB/s (0 = QEMU's default, 128 MiB/s in
+    # QEMU 7.2: slower than a 10 Gbit/s control link can take).
+    migration_bandwidth: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -183,9 +192,12 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         # An int past 2**53 s is no timeout either, and past 1e308 float() raises.
         if (not isinstance(value, int | float) or isinstance(value, bool)
                 or not 0 < value < _INF or (isinstance(value, int) and value > 2**53)):
+            unit, eg = (("MB/s", "1000 (or leave it out: QEMU's default)")
+                        if key == "migration_bandwidth" else
+                        ("seconds", str(getattr(Timing(), key))))
             raise _fail(path, f"timing.{key}",
-                        f"must be a finite, positive number of seconds, got {value!r:.40}",
-                        f"e.g. {key} = {getattr(Timing(), key)}")
+                        f"must be a finite, positive number of {unit}, got {value!r:.40}",
+                        f"e.g. {key} = {eg}")
     timing = Timing(**{k: float(v) for k, v in timing_data.items()})
     values: dict[str, Any] = {"timing": timing, "disks": _disks(data.get("disks", []), path)}
     for f in fields(Config):

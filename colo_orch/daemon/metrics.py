@@ -15,6 +15,8 @@ from colo_orch.core.api import REFUSALS as API_REFUSALS
 from colo_orch.core.disks import ERROR_EVENTS as DISK_ERROR_EVENTS
 from colo_orch.core.disks import STATES as DISK_STATES
 from colo_orch.core.disks import DiskStatus
+from colo_orch.core.progress import PHASES as PROGRESS_PHASES
+from colo_orch.core.progress import Progress
 from colo_orch.core.state import State
 
 CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",
@@ -75,6 +77,17 @@ class OrchMetrics:
         self._heartbeats_seen = (0, 0, 0)
         self.failovers = Counter("colo_failovers_total", "Failovers completed (this host took "
                                  "over or continued alone)", registry=registry)
+        self.sync_done = Gauge(
+            "colo_sync_done_bytes", "Bytes copied so far by the first copy of a protection "
+            "under way, by phase: disks (the resync of the replicated disks), memory (the COLO "
+            "migration); 0 when none runs", ["phase"], registry=registry)
+        self.sync_total = Gauge(
+            "colo_sync_total_bytes", "Bytes the first copy of a protection under way has to "
+            "copy, by phase (0 when none runs, or QEMU does not know yet)", ["phase"],
+            registry=registry)
+        for phase in PROGRESS_PHASES:
+            self.sync_done.labels(phase)
+            self.sync_total.labels(phase)
         self.reprotections = Counter("colo_reprotections_total",
                                      "Re-protections started by this host as primary",
                                      registry=registry)
@@ -146,6 +159,13 @@ class OrchMetrics:
         self.heartbeats_rejected.inc(max(0, rejected - j0))
         self.heartbeats_replayed.inc(max(0, replayed - p0))
         self._heartbeats_seen = (received, rejected, replayed)
+
+    def observe_progress(self, p: Progress | None) -> None:
+        """The first copy of a protection under way (0 for each phase otherwise)."""
+        for phase in PROGRESS_PHASES:
+            here = p is not None and p.phase == phase
+            self.sync_done.labels(phase).set(p.done if here and p is not None else 0)
+            self.sync_total.labels(phase).set(p.total if here and p is not None else 0)
 
     def observe_disks(self, st: DiskStatus | None, count: int) -> None:
         """The disk replication's status, read once per loop cycle."""

@@ -367,6 +367,7 @@ class Orchestrator(Actions, Watchers):
         m.observe_heartbeats(hb.received, hb.rejected, hb.replayed)
         self.disk_status = self.backend.disk_status()
         m.observe_disks(*self.disk_status)
+        m.observe_progress(self.backend.progress())
         if d.event is not None or d.action is not None:
             self.history.append((time.time(), d.sentence))
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
@@ -447,4 +448,7 @@ class Orchestrator(Actions, Watchers):
             "protection_verified": self.protection_verified,
             "recent": [s for _, s in list(self.history)[-10:]],
             "commands": self._commands_view(),
+            # The resync or first memory copy of an enter_colo under way, else None.
+            "sync": (p.view() | {"text": p.describe()}
+                     if (p := self.backend.progress()) is not None else None),
         }

@@ -39,6 +39,7 @@ from colo_orch.backends.qemu.qmp import QmpClient
 from colo_orch.backends.qemu.tls import SERVER_ID, QemuTls, add_creds
 from colo_orch.core.decide import VmObs
 from colo_orch.core.disks import Disk, DiskStatus
+from colo_orch.core.progress import Progress, Ticker
 
 log = logging.getLogger("colo_orch.qemu")
 
@@ -98,8 +99,14 @@ class QemuBackend(Backend):
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
                  vm_log: str = "", pidfile: str = "", disks: tuple[Disk, ...] = (),
                  nbd_port: int = 10809, incoming_uri: str = "",
-                 tls: QemuTls | None = None) -> None:
+                 tls: QemuTls | None = None, resync_timeout: float = 1800.0,
+                 sync_timeout: float = 600.0, migration_bandwidth: float = 0.0) -> None:
         super().__init__()
+        self.resync_timeout = resync_timeout
+        self.sync_timeout = sync_timeout
+        self.migration_bandwidth = migration_bandwidth  # MB/s, 0 = QEMU's default
+        self._progress: Progress | None = None  # set by the action thread, read by any
+        self._ticker = Ticker()
         self.mon = _Monitor(qmp, qmp_timeout)
         # Read by a thread of its own: disk errors count when they happen (events.py).
         self.disk_events = DiskEvents()
@@ -261,6 +268,12 @@ class QemuBackend(Backend):
         return drive_args(self.disks, secondary=secondary)
 
     def enter_colo(self, uri: str) -> str:
+        try:
+            return self._enter_colo(uri)
+        finally:
+            self._progress = None  # no copy under way, whatever the outcome
+
+    def _enter_colo(self, uri: str) -> str:
         # The PVM stops once while COLO starts (explicitly for disks, else to finish the
         # migration); that STOP is the barrier between output the SVM's state will cover
         # and output it must reproduce.
@@ -278,7 +291,11 @@ class QemuBackend(Backend):
         # migration itself would be lost on it.)
         peer = uri_host(uri)
         try:
-            synced = self.blk.resync(peer)
+            start = time.monotonic()
+            self._ticker = Ticker()
+            synced = self.blk.resync(peer, timeout=self.resync_timeout,
+                                     progress=lambda done, total: self._note(
+                                         "disks", done, total, start))
             self.mon.cmd("stop")
             try:
                 self.blk.attach(peer)
@@ -289,6 +306,16 @@ class QemuBackend(Backend):
         except DiskError as exc:
             raise BackendError(f"disk replication: {exc}") from exc
         return f"{synced}; {self.blk.state} to {peer}; {out}"
+
+    def progress(self) -> Progress | None:
+        return self._progress
+
+    def _note(self, phase: str, done: int, total: int, start: float) -> None:
+        now = time.monotonic()
+        p = Progress(phase, done, total, start, now)
+        self._progress = p
+        if self._ticker.due(now):
+            log.info("protection, first copy: %s", p.describe())
 
     def _undo_disks(self) -> None:
         """enter_colo failed: drop the replication children and let the guest run alone."""
@@ -302,15 +329,22 @@ class QemuBackend(Backend):
         cap = [{"capability": "x-colo", "state": True}]
         self.mon.cmd("migrate-set-capabilities", capabilities=cap)
         params: dict[str, Any] = {"x-checkpoint-delay": self.qemu_delay_ms}
+        if self.migration_bandwidth > 0:
+            params["max-bandwidth"] = int(self.migration_bandwidth * 1_000_000)
         if self.tls is not None:
             add_creds(self.mon, self.tls, "client")
             params.update(self.tls.migration_params())
         self.mon.cmd("migrate-set-parameters", **params)
         start = time.monotonic()
+        self._ticker = Ticker()
         self.mon.cmd("migrate", uri=uri)
-        while time.monotonic() - start < 60:
+        while time.monotonic() - start < self.sync_timeout:
             self._watch_colo_stop(0)
-            st = self.mon.cmd("query-migrate").get("status")
+            mig = self.mon.cmd("query-migrate")
+            st = mig.get("status")
+            ram = mig.get("ram") or {}
+            self._note("memory", int(ram.get("transferred", 0)), int(ram.get("total", 0)),
+                       start)
             if st == "colo":
                 # The STOP certainly came first; its event may still be on its way.
                 self._watch_colo_stop(1.0)
@@ -319,7 +353,9 @@ class QemuBackend(Backend):
                 raise BackendError(f"COLO migration to {uri} {st}")
             time.sleep(0.05)
         self._cancel_migration()
-        raise BackendError(f"COLO migration to {uri} did not reach COLO within 60 s")
+        raise BackendError(f"COLO migration to {uri} did not reach COLO within "
+                           f"{self.sync_timeout:g} s (timing.sync_timeout; "
+                           f"{self._progress.describe() if self._progress else 'no progress'})")
 
     def _watch_colo_stop(self, wait: float) -> None:
         if self._colo_stop_seen or self.on_checkpoint_stop is None:

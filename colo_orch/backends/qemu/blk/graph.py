@@ -147,7 +147,8 @@ class Replication:
                "export": d.parent, **(self.tls.nbd_client() if self.tls else {})}
         return "json:" + json.dumps({"driver": "raw", "file": nbd}, separators=(",", ":"))
 
-    def resync(self, peer: str, *, connect_timeout: float = 10.0, timeout: float = 300.0) -> str:
+    def resync(self, peer: str, *, connect_timeout: float = 10.0, timeout: float = 1800.0,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> str:
         """Mirror each disk to the secondary's export while the VM runs; return once ready."""
         self.state, self.problem, self.peer = "resyncing", "", peer
         start = self.clock()
@@ -181,13 +182,16 @@ class Replication:
             if missing:
                 self._fail(f"resync of {', '.join(missing)} ended before it was ready "
                            "(the NBD link to the secondary failed?)")
+            progress(sum(int(jobs[d.resync_job].get("offset", 0)) for d in self.disks),
+                     sum(int(jobs[d.resync_job].get("len", 0)) for d in self.disks))
             if all(jobs[d.resync_job].get("ready") for d in self.disks):
                 copied = sum(int(jobs[d.resync_job].get("offset", 0)) for d in self.disks)
                 break
             if self.clock() - start > timeout:
                 for d in self.disks:
                     self._cancel_job(d.resync_job)
-                self._fail(f"resync to {peer} not ready within {timeout:.0f} s")
+                self._fail(f"resync to {peer} not ready within {timeout:.0f} s "
+                           "(timing.resync_timeout)")
             self.sleep(0.05)
         return f"resynced {copied} bytes in {self.clock() - start:.2f} s"
 

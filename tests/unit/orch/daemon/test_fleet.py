@@ -33,12 +33,20 @@ class _Silent:
         return None
 
 
+class _IdleBackend:
+    """status() asks the backend only whether a first copy is under way."""
+
+    def progress(self) -> None:
+        return None
+
+
 def test_the_record_of_an_orchestrators_status(tmp_path: Path) -> None:
     cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
                  heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
                  incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
                  arbiter_path=str(tmp_path / "lease"))
-    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "h1", 3.0),  # type: ignore[arg-type]
+    orch = Orchestrator(cfg, backend=_IdleBackend(),  # type: ignore[arg-type]
+                        arbiter=LocalLeaseArbiter(cfg.arbiter_path, "h1", 3.0),
                         heartbeat=_Silent(), proxy=None, host_id="h1")  # type: ignore[arg-type]
 
     def record() -> Any:

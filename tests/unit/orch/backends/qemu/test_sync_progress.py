@@ -1,0 +1,62 @@
+"""The QEMU backend's first copy of a protection: its progress as QEMU reports it, its
+configurable time limit and bandwidth."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from colo_orch.backends.base import BackendError
+from colo_orch.backends.qemu.blk.graph import DiskError
+from tests.unit.orch.backends.qemu.blk.test_graph import FakeMon, _rep
+from tests.unit.orch.backends.qemu.test_tls import Mon, _Backend
+
+
+def test_the_memory_copy_reports_progress_and_ends_it(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Any] = []
+    answers = [{"status": "active", "ram": {"transferred": 1_000_000, "total": 4_000_000}},
+               {"status": "active", "ram": {"transferred": 3_000_000, "total": 4_000_000}},
+               {"status": "colo", "ram": {"transferred": 4_000_000, "total": 4_000_000}}]
+    b: _Backend
+
+    def migrate_status() -> dict[str, Any]:
+        seen.append(b.progress())  # what GET /state would show at that moment
+        return answers.pop(0)
+
+    b = _Backend(Mon({"query-migrate": migrate_status}), None)
+    b.migration_bandwidth = 250.0
+    with caplog.at_level(logging.INFO, "colo_orch.qemu"):
+        assert "in COLO" in b.enter_colo("tcp:10.0.0.2:4444")
+    assert seen[0] is None
+    assert [(p.phase, p.done, p.total) for p in seen[1:]] == [
+        ("memory", 1_000_000, 4_000_000), ("memory", 3_000_000, 4_000_000)]
+    assert b.progress() is None  # over once in COLO
+    assert "protection, first copy: memory 25% (1.0 MB of 4.0 MB" in caplog.text
+    params = next(a for n, a in b.mon.calls if n == "migrate-set-parameters")  # type: ignore[attr-defined]
+    assert params["max-bandwidth"] == 250_000_000
+
+
+def test_the_memory_copy_gives_up_after_sync_timeout_and_says_how_far_it_came() -> None:
+    mon = Mon({"query-migrate": {"status": "active", "ram": {"transferred": 5, "total": 10}},
+               "migrate_cancel": None})
+    b = _Backend(mon, None)
+    b.sync_timeout = 0.3
+    with pytest.raises(BackendError, match=r"did not reach COLO within 0.3 s "
+                                           r"\(timing.sync_timeout; memory 50% \(5 B of 10 B"):
+        b.enter_colo("tcp:10.0.0.2:4444")
+    assert b.progress() is None
+
+
+def test_the_disk_resync_reports_offset_against_length() -> None:
+    jobs = [[{"device": "disk0-resync", "ready": False, "offset": 0, "len": 100}],
+            [{"device": "disk0-resync", "ready": False, "offset": 60, "len": 100}],
+            [{"device": "disk0-resync", "ready": True, "offset": 100, "len": 100}]]
+    mirrored: list[int] = []
+    mon = FakeMon({"query-block-jobs": lambda: jobs.pop(0) if len(jobs) > 1 else jobs[0],
+                   "block-job-cancel": lambda **a: None if mirrored else DiskError("no job"),
+                   "drive-mirror": lambda **a: mirrored.append(1)})
+    got: list[tuple[int, int]] = []
+    _rep(mon).resync("10.0.0.2", progress=lambda done, total: got.append((done, total)))
+    assert got == [(0, 100), (60, 100), (100, 100)]
