@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ PH = '{pair=~"$pair", host=~"$host"}'
 RI = "$__rate_interval"
 
 
+RANGE = "$__range"  # the dashboard's time range: counters as "in the range", not "since start"
+
+
 @dataclass
 class Panel:
     title: str
@@ -36,6 +39,35 @@ class Panel:
     width: int = 8
     height: int = 7
     description: str = ""
+    mappings: list[dict[str, Any]] = field(default_factory=list)  # Grafana value mappings
+    thresholds: list[tuple[float | None, str]] = field(default_factory=list)  # (from, colour)
+
+
+# Colours of the orchestrator's states (colo_orch/core/state.py): green while protected,
+# orange while serving without a standby or getting one, red where nobody may serve or
+# the host is stuck, grey when not running.
+_STATE_COLOURS = {
+    "PROTECTED": "green", "CHECKPOINTING": "green",
+    "ALONE": "orange", "WAITING": "orange", "SYNCING": "orange", "PAUSED": "orange",
+    "FAILING_OVER": "red", "DEGRADED": "red", "FENCED": "red", "HOLDING": "red",
+    "STOPPED": "text", "STARTING": "text",
+}
+
+
+def state_mappings() -> list[dict[str, Any]]:
+    """colo_orch_state_code's numbers as their names, coloured (a panel showed "4")."""
+    from colo_orch.core.state import State
+
+    assert set(_STATE_COLOURS) == {s.name for s in State}, "a state without a colour"
+    return [{"type": "value", "options": {
+        str(int(st)): {"text": st.name, "color": _STATE_COLOURS[st.name], "index": i}
+        for i, st in enumerate(State)}}]
+
+
+# checkpoint_max_interval (10 s by default): green below it, orange past it, red past the
+# ColoCheckpointStale alert's threshold (dashboards/colo-alerts.yml).
+CHECKPOINT_AGE: list[tuple[float | None, str]] = [(None, "green"), (10.0, "orange"),
+                                                  (30.0, "red")]
 
 
 def _hq(q: float, metric: str, sel: str, by: str = "") -> str:
@@ -45,21 +77,25 @@ def _hq(q: float, metric: str, sel: str, by: str = "") -> str:
 
 
 PAIR = [
-    Panel("State", [(f"colo_orch_state{P} == 1", "{{host}}: {{colo_orch_state}}"),
-                    (f"colo_orch_role{P} == 1", "{{host}}: {{colo_orch_role}}")],
-          kind="stat", width=8, height=5,
-          description="Each host's orchestrator state and role"),
+    Panel("State", [(f"max by (host) (colo_orch_state_code{P})", "{{host}}")],
+          kind="stat", width=4, height=5, mappings=state_mappings(),
+          description="Each host's orchestrator state: green protected, orange without a "
+                      "standby, red stuck or fenced"),
+    Panel("Role", [(f"colo_orch_role{P} == 1", "{{host}}: {{colo_orch_role}}")],
+          kind="stat", width=4, height=5),
     Panel("Peer heartbeat", [(f"colo_peer_up{P}", "{{host}} sees peer"),
                              (f"colo_heartbeat_rtt_seconds{P}", "{{host}} RTT")],
           unit="s", width=8, height=5,
           description="1 while the peer's heartbeat is current; round trip of the last echo"),
     Panel("Since last checkpoint",
           [(f"time() - max(colo_last_checkpoint_timestamp_seconds{P} > 0)", "seconds")],
-          kind="stat", unit="s", width=8, height=5),
+          kind="stat", unit="s", width=8, height=5, thresholds=CHECKPOINT_AGE,
+          description="Orange past checkpoint_max_interval (10 s by default), red past "
+                      "the ColoCheckpointStale alert's 30 s"),
     Panel("Checkpoints by reason",
-          [(f"sum by (reason) (colo_checkpoints_total{P})", "{{reason}}")],
+          [(f"sum by (reason) (increase(colo_checkpoints_total{P}[{RANGE}]))", "{{reason}}")],
           kind="bargauge", width=8,
-          description="Completed checkpoints since the orchestrators started"),
+          description="Completed checkpoints in the selected time range"),
     Panel("Checkpoint rate by reason",
           [(f"sum by (reason) (rate(colo_checkpoints_total{P}[{RI}]))", "{{reason}}"),
            (f"sum(rate(colo_checkpoint_failures_total{P}[{RI}]))", "failed")],
@@ -70,9 +106,11 @@ PAIR = [
            (_hq(0.99, "colo_checkpoint_duration_seconds", P), "duration p99")],
           unit="s", width=8),
     Panel("Divergences by reason",
-          [(f"sum by (reason) (colo_proxy_divergences_total{P})", "{{reason}}")],
+          [(f"sum by (reason) (increase(colo_proxy_divergences_total{P}[{RANGE}]))",
+            "{{reason}}")],
           kind="bargauge", width=8,
-          description="First differing output of a flow, as the primary's proxy found it"),
+          description="First differing output of a flow, as the primary's proxy found it, "
+                      "in the selected time range"),
     Panel("Checkpoint requests by reason",
           [(f"sum by (reason) (rate(colo_checkpoint_requests_total{P}[{RI}]))", "{{reason}}")],
           unit="ops", width=8),
@@ -99,10 +137,16 @@ PAIR = [
            (f"sum(rate(colo_disk_replication_errors_total{P}[{RI}]))", "errors")],
           unit="Bps", width=8),
     Panel("Failovers and re-protections",
-          [(f"sum(colo_failovers_total{P})", "failovers"),
-           (f"sum(colo_reprotections_total{P})", "re-protections"),
+          [(f"sum(increase(colo_failovers_total{P}[{RANGE}]))", "failovers"),
+           (f"sum(increase(colo_reprotections_total{P}[{RANGE}]))", "re-protections"),
            (f"max(colo_last_takeover_seconds{P})", "last takeover (s)")],
-          kind="stat", width=8),
+          kind="stat", width=8, description="Counts in the selected time range"),
+    Panel("Failover durations",
+          [(f"sum by (le) (increase(colo_takeover_duration_seconds_bucket{P}[{RANGE}]))",
+            "{{le}}")],
+          kind="bargauge", width=8,
+          description="Failovers in the selected range by how long they took, from peer "
+                      "loss to serving alone (cumulative buckets, seconds)"),
 ]
 
 DATAPATH = [
@@ -178,9 +222,11 @@ DATAPATH = [
            (f"sum by (kind) (rate(colo_proxy_errors_total{PH}[{RI}]))", "error {{kind}}")],
           unit="pps", width=12),
     Panel("Checkpoints seen by the proxies",
-          [(f"sum by (host) (colo_proxy_checkpoints_done_total{PH})", "{{host}}"),
-           (f"sum by (reason) (colo_proxy_checkpoint_requests_total{PH})",
-            "requested {{reason}}")], kind="bargauge", width=12),
+          [(f"sum by (host) (increase(colo_proxy_checkpoints_done_total{PH}[{RANGE}]))",
+            "{{host}}"),
+           (f"sum by (reason) (increase(colo_proxy_checkpoint_requests_total{PH}[{RANGE}]))",
+            "requested {{reason}}")], kind="bargauge", width=12,
+          description="In the selected time range"),
 ]
 
 FLEET = [
@@ -197,8 +243,8 @@ FLEET = [
     Panel("Versions", [("count by (version, component) (colo_build_info)",
                         "{{component}} {{version}}")], kind="stat", width=4, height=5),
     Panel("Pairs", [("max by (pair, host) (colo_orch_state_code)", "{{pair}} {{host}}")],
-          kind="table", width=12,
-          description="State code per host (colo_orch/core/state.py)"),
+          kind="table", width=12, mappings=state_mappings(),
+          description="State per host; the pair's dashboard has the details"),
     Panel("Checkpoint rate per pair",
           [(f"sum by (pair) (rate(colo_checkpoints_total[{RI}]))", "{{pair}}")],
           unit="ops", width=12),
@@ -207,13 +253,13 @@ FLEET = [
           unit="ops", width=12),
     Panel("Since last checkpoint per pair",
           [("time() - max by (pair) (colo_last_checkpoint_timestamp_seconds > 0)", "{{pair}}")],
-          unit="s", width=12),
+          unit="s", width=12, thresholds=CHECKPOINT_AGE),
     Panel("p99 added latency per pair",
           [(_hq(0.99, "colo_proxy_hold_seconds", "", "pair"), "{{pair}}")], unit="s",
           width=12),
-    Panel("Failovers (24 h) per pair",
-          [("sum by (pair) (increase(colo_failovers_total[24h]))", "{{pair}}")],
-          kind="bargauge", width=12),
+    Panel("Failovers per pair",
+          [(f"sum by (pair) (increase(colo_failovers_total[{RANGE}]))", "{{pair}}")],
+          kind="bargauge", width=12, description="In the selected time range"),
 ]
 
 DASHBOARDS = {
@@ -237,10 +283,18 @@ _DS = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def _panel(i: int, p: Panel, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": p.unit}
+    if p.mappings:
+        defaults["mappings"] = p.mappings
+        defaults["color"] = {"mode": "thresholds"}
+    if p.thresholds:
+        defaults["thresholds"] = {"mode": "absolute", "steps": [
+            {"value": v, "color": c} for v, c in p.thresholds]}
+        defaults["color"] = {"mode": "thresholds"}
     out: dict[str, Any] = {
         "id": i + 1, "type": p.kind, "title": p.title, "datasource": _DS,
         "gridPos": {"x": x, "y": y, "w": p.width, "h": p.height},
-        "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
         "targets": [{"refId": chr(ord("A") + n), "expr": e, "legendFormat": legend,
                      "datasource": _DS} for n, (e, legend) in enumerate(p.exprs)],
     }
@@ -269,9 +323,31 @@ def dashboard(uid: str) -> dict[str, Any]:
         "schemaVersion": 39, "version": 1, "refresh": "10s", "timezone": "",
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": [ds_var, *(_variable(v) for v in variables)]},
-        "annotations": {"list": []},
+        "annotations": {"list": _annotations(uid)},
+        "links": _links(uid),
         "panels": laid,
     }
+
+
+def _annotations(uid: str) -> list[dict[str, Any]]:
+    """Failovers (and, on the pair's dashboard, failed checkpoints) marked on every graph."""
+    sel = P if uid != "colo-fleet" else ""
+    out = [{"name": "Failovers", "enable": True, "iconColor": "red", "datasource": _DS,
+            "expr": f"changes(colo_failovers_total{sel}[1m]) > 0", "step": "15s",
+            "titleFormat": "failover", "textFormat": "{{pair}}: {{host}} took over"}]
+    if uid == "colo-pair":
+        out.append({"name": "Checkpoint failures", "enable": True, "iconColor": "orange",
+                    "datasource": _DS, "step": "15s", "titleFormat": "checkpoint failed",
+                    "expr": f"changes(colo_checkpoint_failures_total{P}[1m]) > 0",
+                    "textFormat": "{{host}}"})
+    return out
+
+
+def _links(uid: str) -> list[dict[str, Any]]:
+    """Fleet -> pair -> datapath, keeping the time range and the chosen pair and host."""
+    return [{"title": DASHBOARDS[other][0], "type": "link", "url": f"/d/{other}",
+             "includeVars": True, "keepTime": True, "targetBlank": False, "icon": "dashboard"}
+            for other in DASHBOARDS if other != uid]
 
 
 def render(uid: str) -> str:
@@ -289,8 +365,8 @@ def queries() -> list[tuple[str, str, str]]:
 
 def instantiate(expr: str, rate_interval: str = "1m") -> str:
     """The query as Grafana sends it with every variable at "All"."""
-    return (expr.replace("$__rate_interval", rate_interval).replace("$pair", ".*")
-            .replace("$host", ".*"))
+    return (expr.replace("$__rate_interval", rate_interval).replace("$__range", "1h")
+            .replace("$pair", ".*").replace("$host", ".*"))
 
 
 def main(argv: list[str]) -> int:

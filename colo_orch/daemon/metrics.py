@@ -94,6 +94,10 @@ class OrchMetrics:
         self.takeover = Gauge("colo_last_takeover_seconds",
                               "From peer loss to serving alone, at the last failover",
                               registry=registry)
+        # Every failover's duration, where the gauge above keeps only the last one.
+        self.takeover_hist = Histogram(
+            "colo_takeover_duration_seconds", "From peer loss to serving alone, each failover",
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60), registry=registry)
         self.lease_held = Gauge("colo_arbiter_lease_held", "1 while this host holds the lease",
                                 registry=registry)
         self.proxy_up = Gauge("colo_proxy_connected",

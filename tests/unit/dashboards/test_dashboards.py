@@ -8,6 +8,7 @@ panel silently (Grafana shows "No data", not an error).
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -135,3 +136,29 @@ def test_scrape_config_example_is_valid_and_labels_every_target(build: ModuleTyp
         assert (ROOT / "dashboards" / f"{uid}.json").exists()
     assert "/var/lib/grafana/dashboards/colo" in (
         ROOT / "dashboards" / "provisioning" / "dashboards" / "colo.yml").read_text()
+
+
+def test_counters_are_shown_over_the_range_not_since_process_start(
+        build: ModuleType) -> None:
+    # A bare counter shows how much since the exporter started: meaningless after a
+    # restart, and not what an on-call person asks of the selected range.
+    bare = [(uid, title, e) for uid, title, e in build.queries()
+            if re.search(r"\b(colo_\w+_total)\b(?![^(]*\[)", e)
+            and not re.search(r"(rate|increase|changes)\(colo_\w+_total", e)]
+    assert bare == []
+
+
+def test_states_show_as_names_and_checkpoint_age_as_colours(build: ModuleType) -> None:
+    from colo_orch.core.state import State
+
+    pair = json.loads((ROOT / "dashboards" / "colo-pair.json").read_text())
+    panels = {p["title"]: p for p in pair["panels"]}
+    (mapping,) = panels["State"]["fieldConfig"]["defaults"]["mappings"]
+    assert mapping["options"][str(int(State.PROTECTED))] == {
+        "text": "PROTECTED", "color": "green", "index": list(State).index(State.PROTECTED)}
+    assert {o["text"] for o in mapping["options"].values()} == {s.name for s in State}
+    steps = panels["Since last checkpoint"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps] == [None, 10.0, 30.0]
+    names = {a["name"] for a in pair["annotations"]["list"]}
+    assert names == {"Failovers", "Checkpoint failures"}
+    assert {link["url"] for link in pair["links"]} == {"/d/colo-datapath", "/d/colo-fleet"}
