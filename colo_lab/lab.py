@@ -197,8 +197,9 @@ class Lab:
             netns.tap(h.ns, h.tap)
             netns.bridge(h.ns, "br0", ["lan0", h.tap])
             # br_netfilter is built in and defaults to on: bridged frames would
-            # traverse iptables in every namespace. The proxy turns it on where
-            # it queues; elsewhere it stays off.
+            # traverse iptables in every namespace. Off, as on a host that keeps its
+            # bridges out of iptables: the proxy turns on its tap's bridge's own
+            # nf_call_iptables, and nothing else.
             _try_sysctl(h.ns, "net.bridge.bridge-nf-call-iptables", "0")
             _try_sysctl(h.ns, "net.bridge.bridge-nf-call-ip6tables", "0")
         host_links(pri.ns, sec.ns)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from colo_proxy.kernel import netfilter
+from colo_proxy.kernel import links, netfilter
 from colo_proxy.service import carry_link, handover_file, instance_lock
 from colo_proxy.service.control_socket import ControlServer, request, status_path_for
 from colo_proxy.service.settings import ConfigError, ProxySettings
@@ -79,6 +79,7 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.service.loop import serve
     from colo_proxy.service.primary import PrimaryProxy
 
+    _wait_for_links(s)
     qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
                        fail_open=s.on_queue_full == "accept")
     ctl = ControlServer(s.control_socket)
@@ -112,12 +113,23 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
                 # uncompared. An exception leaves the rule, as a crash would (on_crash):
                 # closing the queue drops what it held and, without --queue-bypass, the
                 # kernel drops what comes until a restarted proxy binds it again.
-                netfilter.remove(s.instance)
+                for line in netfilter.remove(s.instance):
+                    log.info("removed %s", line)
             finally:
                 svm.close()
     finally:
         ctl.close()
     log.info("stopped: filters and rules removed")
+
+
+def _wait_for_links(s: ProxySettings, *, uplink: bool = True) -> None:
+    """The tap exists once QEMU (or Xen) started the VM, which on a real host comes after
+    the proxy: wait for it, and for the other links, rather than fail."""
+    why = {s.tap: " (the VM's tap: it appears when the hypervisor starts the VM)",
+           s.forward: " (the forward link to the other host)",
+           s.uplink: " (the uplink toward the clients)"}
+    links.wait_for([s.tap, s.forward, s.uplink if uplink else ""], log,
+                   lambda n: why.get(n, ""))
 
 
 def _carry_over(s: ProxySettings, dp: Any) -> None:
@@ -146,6 +158,7 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.service.loop import serve
     from colo_proxy.service.secondary import SecondaryProxy
 
+    _wait_for_links(s, uplink=False)  # the uplink is the primary's business
     ctl = ControlServer(s.control_socket)
     handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid
     try:

@@ -1,0 +1,120 @@
+"""What the proxy changes on its host, and waits for (issue 17, "proxy on a real host"):
+it waits for a tap that QEMU has not created yet, turns on netfilter only for its tap's
+bridge, and puts that bridge back as it was when its last rule goes (an orderly stop, or
+`cleanup` after a crash).
+
+Each test runs the proxy's own kernel modules in a child process inside a namespace it
+made (`ip netns exec`), so the host-wide sysctls checked are that namespace's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from colo_lab import netns
+from colo_lab.proxy_harness import REPO, in_ns, unique_name
+
+pytestmark = pytest.mark.host
+
+WAIT = r"""
+import logging, sys
+from colo_proxy.kernel import links
+logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s", level=logging.INFO)
+links.wait_for(["tapw", "fwdw"], logging.getLogger("t"), lambda n: " (test)", timeout=60)
+"""
+
+BRIDGE = r"""
+import json, sys
+from colo_proxy.kernel import netfilter as nf
+def look(step):
+    sysctls = [open("/proc/sys/net/bridge/" + k).read().strip()
+               for k in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")]
+    print(json.dumps({"step": step, "br0": nf.bridge_netfilter("br0"),
+                      "br1": nf.bridge_netfilter("br1"), "sysctls": sysctls,
+                      "rules": len(nf.rules())}), flush=True)
+look("before")
+nf.install("tapa", 7, "one", bypass=False)
+look("one")
+nf.install("tapb", 8, "two", bypass=False)  # another VM's proxy, the same bridge
+look("two")
+print(json.dumps(nf.remove("one")), flush=True)
+look("one stopped")
+print(json.dumps(nf.remove("two")), flush=True)
+look("two stopped")
+nf.install("other", 9, "crashed", bypass=False)  # a proxy that then crashes:
+print(json.dumps(nf.remove()), flush=True)  # `colo-proxy cleanup` removes every rule
+look("cleaned up")
+try:
+    nf.install("lonely", 9, "three", bypass=False)
+except RuntimeError as exc:
+    print(json.dumps(str(exc)), flush=True)
+"""
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    name = unique_name("hc")
+    netns.add(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_the_proxy_waits_for_its_tap_and_says_so(ns: str) -> None:
+    child = netns.popen(ns, [sys.executable, "-c", WAIT], cwd=str(REPO), text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stderr is not None
+        first = child.stderr.readline()  # blocks until the child has looked and said so
+        assert first.startswith("WARNING waiting for tapw (test), fwdw (test) to appear"), first
+        assert child.poll() is None
+        # QEMU creating the tap (a veth end stands in for it), then the forward link.
+        netns.ip(ns, "link", "add", "tapw", "type", "veth", "peer", "name", "tapw-peer")
+        netns.ip(ns, "link", "add", "fwdw", "type", "veth", "peer", "name", "fwdw-peer")
+        assert child.wait(timeout=30) == 0
+        rest = child.stderr.read()
+        assert "INFO tapw, fwdw appeared after" in rest, rest
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
+def test_only_the_taps_bridge_is_changed_and_an_orderly_stop_restores_it(ns: str) -> None:
+    for bridge, ports in (("br0", ["tapa", "tapb"]), ("br1", ["other"])):
+        for port in ports:
+            netns.ip(ns, "link", "add", port, "type", "veth", "peer", "name", port + "-p")
+        netns.bridge(ns, bridge, ports)
+    netns.ip(ns, "link", "add", "lonely", "type", "veth", "peer", "name", "lonely-p")
+    for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
+        netns.sysctl(ns, key, "0")
+    out = in_ns(ns, [sys.executable, "-c", BRIDGE], timeout=60)
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    looks = {x["step"]: x for x in lines if isinstance(x, dict)}
+    off, on = ["0", "0"], ["1", "1"]
+    assert looks["before"] == {"step": "before", "br0": off, "br1": off, "sysctls": off,
+                               "rules": 0}
+    # Only the tap's bridge sends its frames through iptables; the host-wide sysctls,
+    # and every other bridge, stay as they were.
+    assert looks["one"] == {"step": "one", "br0": on, "br1": off, "sysctls": off, "rules": 2}
+    assert looks["two"]["br0"] == on and looks["two"]["rules"] == 4
+    # The first proxy stops: the other still queues from br0, which stays on.
+    assert "bridge br0: netfilter options stay on (another colo-proxy instance queues " \
+           "from it)" in lines[3]
+    assert looks["one stopped"]["br0"] == on and looks["one stopped"]["rules"] == 2
+    # The last one stops: br0 as it was before the first.
+    assert "bridge br0: nf_call_iptables=0, nf_call_ip6tables=0 again" in lines[5]
+    assert looks["two stopped"] == {"step": "two stopped", "br0": off, "br1": off,
+                                    "sysctls": off, "rules": 0}
+    # After a crash `cleanup` puts the bridge back too: the rules carried how it was.
+    assert "bridge br1: nf_call_iptables=0, nf_call_ip6tables=0 again" in lines[7]
+    assert looks["cleaned up"] == {"step": "cleaned up", "br0": off, "br1": off,
+                                   "sysctls": off, "rules": 0}
+    # A tap on no bridge: the error names the fix, and nothing was installed.
+    assert lines[-1].startswith("lonely is not a port of a bridge") and \
+        "ip link set lonely master BRIDGE" in lines[-1]
