@@ -6,7 +6,14 @@ from the client namespace, one new connection per request:
 - `GET /` (deterministic: both VMs answer the same), the baseline;
 - `GET /random` (answers differ: one checkpoint each), ISOLATED: paced so that the
   checkpoint budget is full again before each (not a synchronisation, a load shape);
-- `GET /random` back to back, a storm that spends the budget.
+- `GET /random` back to back, a storm that spends the budget;
+- `GET /` paced the same way, each right after a `GET /random` (so after a checkpoint):
+  what a checkpoint costs the next request, where the SVM runs from a fresh state.
+
+With `--trace DIR` it captures every request's packets (tcpdump) at the client, on the
+PVM's and the SVM's taps and on the forward link, joins them with the orchestrator's
+checkpoint marks and prints, per kind, the median time of each step after the client's
+SYN (colo_lab.packet_trace).
 
 For each divergent request it reads the primary orchestrator's `last_checkpoint_steps_ms`
 (colo_orch.core.timeline): detection, proxy request, orchestrator wake-up, checkpoint
@@ -23,15 +30,19 @@ colo_orch the interpreter imports: an orchestrator without step timing shows lat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from colo_lab import pair
+from colo_lab import netns, packet_trace, pair
 from colo_lab.lab import VM_IP, Lab
 from colo_lab.proxy_harness import unique_name
+from colo_lab.wait import wait_until
 
 STEP_NAMES = ("detection", "proxy_request", "orchestrator_wakeup", "checkpoint_trigger",
               "stop_to_resume", "release", "total")
@@ -54,6 +65,9 @@ def checkpoints(lab: Lab) -> int:
                if k != "periodic")
 
 
+MARKS: list[dict[str, float]] = []  # every divergent request's checkpoint marks (monotonic)
+
+
 def divergent(lab: Lab, n: int, gap: float) -> tuple[list[float], list[dict[str, float]]]:
     lat, steps = [], []
     for _ in range(n):
@@ -62,9 +76,70 @@ def divergent(lab: Lab, n: int, gap: float) -> tuple[list[float], list[dict[str,
         st = pair.state(lab, "primary")
         if checkpoints(lab) > before and st.get("last_checkpoint_steps_ms"):
             steps.append(st["last_checkpoint_steps_ms"])
+            MARKS.append(st.get("last_checkpoint_marks") or {})
         if gap:
             time.sleep(gap)  # pacing: the budget refills (a load shape, not a wait for state)
     return lat, steps
+
+
+def after_checkpoint(lab: Lab, n: int, gap: float) -> list[float]:
+    """`GET /` right after a divergent request's checkpoint (paced as the isolated ones)."""
+    lat = []
+    for _ in range(n):
+        timed_get(lab, "/random")
+        time.sleep(gap)  # pacing, as above: the checkpoint is long done
+        lat.append(timed_get(lab, "/"))
+    return lat
+
+
+# Capture points: name, host ("client" or a lab host role), interface.
+POINTS = (("client", "client", "eth0"), ("pvm", "primary", "tapP"),
+          ("fwd", "primary", "fwd0"), ("svm", "secondary", "tapS"))
+
+
+@contextlib.contextmanager
+def captured(lab: Lab, out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        for name, host, ifname in POINTS:
+            ns = lab.client_ns if host == "client" else lab.hosts[host].ns
+            files = (open(out / f"{name}.txt", "wb"), open(out / f"{name}.err", "wb"))
+            procs.append((netns.popen(ns, ["tcpdump", "-i", ifname, "-n", "-tt", "-S", "-l",
+                                           "-B", "8192", "tcp", "port", "80"],
+                                      stdout=files[0], stderr=files[1]), files))
+            wait_until(lambda n=name: b"listening on" in (out / f"{n}.err").read_bytes(), 10,
+                  f"tcpdump on {name}")
+        yield
+    finally:
+        for p, files in procs:
+            p.terminate()
+            p.wait(10)
+            for f in files:
+                f.close()
+
+
+def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
+    """Per kind, the median of each step after the client's SYN."""
+    points = {name: packet_trace.parse((out / f"{name}.txt").read_text().splitlines())
+              for name, _, _ in POINTS}
+    events = packet_trace.request_events(points, VM_IP)
+    for marks in MARKS:  # each checkpoint to the request it happened in
+        wall = {k: v + offset for k, v in marks.items()}
+        t = wall.get("detected_at")
+        owner = [c for c, ev in events.items() if t is not None and "client.in.syn" in ev
+                 and ev["client.in.syn"] <= t <= ev.get("client.out.last_data", t) + 1]
+        if owner:
+            events[owner[-1]].update({f"orch.{k}": v for k, v in wall.items()})
+    ordered = sorted(events.items(), key=lambda kv: kv[1].get("client.in.syn", 0))
+    for kind, idx in kinds.items():
+        rows = [packet_trace.relative(ordered[i][1]) for i in idx if i < len(ordered)]
+        med = packet_trace.medians(r for r in rows if r)
+        print(f"\n{kind}: median ms after the client's SYN ({len(rows)} requests)")
+        prev = 0.0
+        for k, v in med.items():
+            print(f"  {v:7.1f}  (+{v - prev:5.1f})  {k}")
+            prev = v
 
 
 def ms(x: float) -> str:
@@ -90,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gap", type=float, default=0.7,
                     help="seconds between isolated divergent requests (default 0.7)")
     ap.add_argument("--extra", default="", help="more orchestrator config lines ([timing] ...)")
+    ap.add_argument("--trace", type=Path, help="capture packets into this folder and print "
+                    "each step's median time (needs tcpdump)")
     a = ap.parse_args(argv)
     lab = Lab(unique_name("bdiv"))
     lab.down()
@@ -101,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             timed_get(lab, "/")
             timed_get(lab, "/random")
         time.sleep(a.gap)
-        base = [timed_get(lab, "/") for _ in range(a.n)]
-        iso = divergent(lab, a.n, a.gap)
-        storm = divergent(lab, a.n, 0.0)
+        offset = time.time() - time.monotonic()
+        with captured(lab, a.trace) if a.trace else contextlib.nullcontext():
+            base = [timed_get(lab, "/") for _ in range(a.n)]
+            iso = divergent(lab, a.n, a.gap)
+            storm = divergent(lab, a.n, 0.0)
+            after = after_checkpoint(lab, a.n, a.gap)
         st: dict[str, Any] = pair.state(lab, "primary")
     finally:
         lab.down()
@@ -115,7 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (6 + len(STEP_NAMES)) + "|")
     report(f"isolated ({a.gap} s apart)", *iso, b)
     report("back to back", *storm, b)
+    print(f"GET / right after a checkpoint: median {ms(statistics.median(after))} ms, "
+          f"max {ms(max(after))} ms (added over GET /: {ms(statistics.median(after) - b)})")
     print(f"checkpoints by reason: {st.get('checkpoints')}")
+    if a.trace:
+        n = a.n
+        # Request order: n GET /, n isolated /random, n back to back, then n pairs of
+        # (/random, GET /).
+        trace_table(a.trace, {"GET /": list(range(n)),
+                              "GET /random, isolated": list(range(n, 2 * n)),
+                              "GET /random, back to back": list(range(2 * n, 3 * n)),
+                              "GET / after a checkpoint": [3 * n + 2 * i + 1 for i in range(n)],
+                              }, offset)
     return 0
 
 

@@ -50,6 +50,7 @@ class Actions(ProxySupervision):
     _wake: threading.Event  # wakes the loop before its next tick
     _checkpoint_marks: dict[str, float]  # set by the loop with each Checkpoint it decides
     last_checkpoint_steps: dict[str, float]
+    last_checkpoint_marks: dict[str, float]
     _action_name: str
     _peer_lost_at: float | None
     _fenced: bool  # output must be held: we have neither the lease nor the failsafe
@@ -184,6 +185,7 @@ class Actions(ProxySupervision):
             if isinstance(at, float) and at >= start:
                 marks[key] = at
         self.last_checkpoint_steps = checkpoint_steps(marks)
+        self.last_checkpoint_marks = dict(marks)
         log.info("checkpoint steps (ms): %s",
                  ", ".join(f"{k} {v:g}" for k, v in self.last_checkpoint_steps.items()))
         self.last_checkpoint_s = time.monotonic() - start

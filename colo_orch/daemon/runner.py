@@ -102,6 +102,7 @@ class Orchestrator(Actions, Watchers):
         # steps (colo_orch.core.timeline), for the log and the API.
         self._request_marks: dict[str, float] | None = None
         self.last_checkpoint_steps: dict[str, float] = {}
+        self.last_checkpoint_marks: dict[str, float] = {}
         self._checkpoint_marks: dict[str, float] = {}
         self.last_checkpoint_at = time.monotonic()
         self.degraded_reason = ""
@@ -439,6 +440,8 @@ class Orchestrator(Actions, Watchers):
             "last_takeover_s": self.last_takeover_s,
             "last_checkpoint_s": self.last_checkpoint_s,
             "last_checkpoint_steps_ms": dict(self.last_checkpoint_steps),
+            # CLOCK_MONOTONIC seconds, to join the steps with packet captures of this host.
+            "last_checkpoint_marks": dict(self.last_checkpoint_marks),
             "last_checkpoint_age_s": (round(time.monotonic() - self.last_checkpoint_at, 3)
                                       if self.checkpoints else None),
             "degraded_reason": self.degraded_reason,
