@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import subprocess
 import sys
@@ -120,7 +121,8 @@ def captured(lab: Lab, out: Path) -> Iterator[None]:
 
 
 def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
-    """Per kind, the median of each step after the client's SYN."""
+    """Per kind, the median of each step (colo_lab.packet_trace.STEPS) over its requests;
+    every request's events go to events.json in `out`."""
     points = {name: packet_trace.parse((out / f"{name}.txt").read_text().splitlines())
               for name, _, _ in POINTS}
     events = packet_trace.request_events(points, VM_IP)
@@ -131,15 +133,20 @@ def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
                  and ev["client.in.syn"] <= t <= ev.get("client.out.last_data", t) + 1]
         if owner:
             events[owner[-1]].update({f"orch.{k}": v for k, v in wall.items()})
-    ordered = sorted(events.items(), key=lambda kv: kv[1].get("client.in.syn", 0))
-    for kind, idx in kinds.items():
-        rows = [packet_trace.relative(ordered[i][1]) for i in idx if i < len(ordered)]
-        med = packet_trace.medians(r for r in rows if r)
-        print(f"\n{kind}: median ms after the client's SYN ({len(rows)} requests)")
-        prev = 0.0
-        for k, v in med.items():
-            print(f"  {v:7.1f}  (+{v - prev:5.1f})  {k}")
-            prev = v
+    ordered = [ev for _, ev in sorted(events.items(),
+                                      key=lambda kv: kv[1].get("client.in.syn", 0))]
+    (out / "events.json").write_text(json.dumps(ordered, indent=1))
+    cols = {kind: [packet_trace.steps(ordered[i]) for i in idx if i < len(ordered)]
+            for kind, idx in kinds.items()}
+    print("\n| step, median ms | " + " | ".join(f"{k} ({len(v)})" for k, v in cols.items())
+          + " |")
+    print("|---" * (1 + len(cols)) + "|")
+    for name, _, _ in packet_trace.STEPS:
+        cells = []
+        for rows in cols.values():
+            vals = [r[name] for r in rows if name in r]
+            cells.append(f"{statistics.median(vals):.0f}" if vals else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def ms(x: float) -> str:

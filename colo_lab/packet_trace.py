@@ -96,6 +96,44 @@ def _put(ev: dict[str, float], key: str, t: float | None) -> None:
         ev[key] = t
 
 
+# One request's path, in the order it happens, as (step, from event, to event). "first of"
+# a pair (a tuple) is whichever came later: a held PVM segment leaves once both twins exist.
+STEPS: tuple[tuple[str, str | tuple[str, str], str], ...] = (
+    ("handshake (client SYN to SYN-ACK)", "client.in.syn", "client.out.synack"),
+    ("request to the VMs", "client.in.request", "pvm.in.request"),
+    ("PVM: request to headers", "pvm.in.request", "pvm.out.data1"),
+    ("SVM's headers after the PVM's", "pvm.out.data1", "fwd.out.data1"),
+    ("headers released (later twin to client)", ("pvm.out.data1", "fwd.out.data1"),
+     "client.out.data1"),
+    ("client ACK to PVM body (Nagle)", "client.out.data1", "pvm.out.data2"),
+    ("SVM's body after the PVM's", "pvm.out.data2", "fwd.out.data2"),
+    ("divergence found (SVM body to request)", "fwd.out.data2", "orch.detected_at"),
+    ("proxy request, orchestrator wake-up", "orch.detected_at", "orch.decided"),
+    ("checkpoint trigger", "orch.decided", "orch.stopped"),
+    ("STOP to RESUME", "orch.stopped", "orch.resumed"),
+    ("release", "orch.resumed", "orch.released"),
+    ("released to the client's last byte", "orch.released", "client.out.last_data"),
+    ("body released (later twin to client)", ("pvm.out.data2", "fwd.out.data2"),
+     "client.out.data2"),
+    ("whole request (SYN to last byte)", "client.in.syn", "client.out.last_data"),
+)
+
+
+def steps(events: Mapping[str, float]) -> dict[str, float]:
+    """Each step of STEPS whose events were seen, in ms (negative: the second came first)."""
+    out = {}
+    for name, a, b in STEPS:
+        start = _later(events, a)
+        if start is not None and b in events:
+            out[name] = round(1000 * (events[b] - start), 1)
+    return out
+
+
+def _later(events: Mapping[str, float], of: str | tuple[str, str]) -> float | None:
+    names = of if isinstance(of, tuple) else (of,)
+    return max(events[n] for n in names) if all(n in events for n in names) else None
+
+
 def relative(events: dict[str, float], origin: str = "client.in.syn") -> dict[str, float]:
     """Each event in ms after `origin` (the client's SYN), or {} when it was not seen."""
     if origin not in events:

@@ -56,3 +56,16 @@ def test_a_port_never_seen_opening_at_the_client_is_not_a_request() -> None:
 def test_medians_in_time_order() -> None:
     med = packet_trace.medians([{"a": 1.0, "b": 9.0}, {"a": 3.0, "b": 5.0}, {"a": 2.0}])
     assert list(med.items()) == [("a", 2.0), ("b", 7.0)]
+
+
+def test_steps_wait_for_the_later_twin_and_skip_what_was_not_seen() -> None:
+    ev = {"client.in.syn": 10.0, "client.out.synack": 10.002, "pvm.out.data1": 10.040,
+          "fwd.out.data1": 10.140, "client.out.data1": 10.1403}
+    st = packet_trace.steps(ev)
+    assert st["handshake (client SYN to SYN-ACK)"] == 2.0
+    assert st["SVM's headers after the PVM's"] == 100.0
+    assert st["headers released (later twin to client)"] == 0.3
+    assert "STOP to RESUME" not in st
+    early = packet_trace.steps({**ev, "fwd.out.data1": 10.030})
+    assert early["SVM's headers after the PVM's"] == -10.0
+    assert early["headers released (later twin to client)"] == 100.3
