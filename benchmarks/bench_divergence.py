@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import subprocess
@@ -49,9 +50,13 @@ STEP_NAMES = ("detection", "proxy_request", "orchestrator_wakeup", "checkpoint_t
               "stop_to_resume", "release", "total")
 
 
+REQUESTS = [0]  # requests sent so far
+
+
 def timed_get(lab: Lab, path: str) -> float:
     """Seconds from connect to the last byte of one request on a new connection (curl's
     own timer: the namespace and process start are not in it)."""
+    REQUESTS[0] += 1
     out = subprocess.run(
         ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "-m", "20", "-o", "/dev/null",
          "-w", "%{http_code} %{time_total}", f"http://{VM_IP}{path}"],
@@ -102,6 +107,7 @@ POINTS = (("client", "client", "eth0"), ("pvm", "primary", "tapP"),
 def captured(lab: Lab, out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     procs = []
+    started = REQUESTS[0]
     try:
         for name, host, ifname in POINTS:
             ns = lab.client_ns if host == "client" else lab.hosts[host].ns
@@ -109,9 +115,14 @@ def captured(lab: Lab, out: Path) -> Iterator[None]:
             procs.append((netns.popen(ns, ["tcpdump", "-i", ifname, "-n", "-tt", "-S", "-l",
                                            "-B", "8192", "tcp", "port", "80"],
                                       stdout=files[0], stderr=files[1]), files))
-            wait_until(lambda n=name: b"listening on" in (out / f"{n}.err").read_bytes(), 10,
-                  f"tcpdump on {name}")
+            err = out / f"{name}.err"
+            wait_until(functools.partial(_listening, err), 10, f"tcpdump on {name}")
         yield
+        # A last, unmeasured request: once the client's capture shows it, every packet of
+        # the measured ones has been read from the kernel (stopping earlier loses some).
+        timed_get(lab, "/health")
+        wait_until(lambda: _syns(out / "client.txt") >= REQUESTS[0] - started, 10,
+                   "the capture of the last request")
     finally:
         for p, files in procs:
             p.terminate()
@@ -120,19 +131,29 @@ def captured(lab: Lab, out: Path) -> Iterator[None]:
                 f.close()
 
 
+def _listening(err: Path) -> bool:
+    return b"listening on" in err.read_bytes()
+
+
+def _syns(capture: Path) -> int:
+    return capture.read_text().count(f" > {VM_IP}.80: Flags [S],")
+
+
 def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
     """Per kind, the median of each step (colo_lab.packet_trace.STEPS) over its requests;
     every request's events go to events.json in `out`."""
     points = {name: packet_trace.parse((out / f"{name}.txt").read_text().splitlines())
               for name, _, _ in POINTS}
     events = packet_trace.request_events(points, VM_IP)
-    for marks in MARKS:  # each checkpoint to the request it happened in
-        wall = {k: v + offset for k, v in marks.items()}
+    walls = [{k: v + offset for k, v in marks.items()} for marks in MARKS]
+    (out / "marks.json").write_text(json.dumps(walls, indent=1))
+    for wall in walls:  # each checkpoint to the request it happened in: the last one opened
         t = wall.get("detected_at")
-        owner = [c for c, ev in events.items() if t is not None and "client.in.syn" in ev
-                 and ev["client.in.syn"] <= t <= ev.get("client.out.last_data", t) + 1]
-        if owner:
-            events[owner[-1]].update({f"orch.{k}": v for k, v in wall.items()})
+        owners = [ev for ev in events.values() if t is not None
+                  and ev.get("client.in.syn", t + 1) <= t]
+        if owners:
+            max(owners, key=lambda ev: ev["client.in.syn"]).update(
+                {f"orch.{k}": v for k, v in wall.items()})
     ordered = [ev for _, ev in sorted(events.items(),
                                       key=lambda kv: kv[1].get("client.in.syn", 0))]
     (out / "events.json").write_text(json.dumps(ordered, indent=1))
