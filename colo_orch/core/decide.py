@@ -233,7 +233,12 @@ def decide(s: Snapshot, min_interval: float, max_interval: float,
                         consumed_operator=True)
 
     # 4. Our VM vanished while we were part of the pair: fence ourselves, let the peer go on.
-    if st in RUNNING_STATES or st is State.STARTING:
+    # DEGRADED too: found by a fault campaign (`colo-lab chaos`, seed 1, its third fault),
+    # the PVM's QEMU killed during a checkpoint made the checkpoint fail (DEGRADED), and
+    # the primary, alive and renewing its lease, stayed DEGRADED with no VM while the
+    # secondary, told by its heartbeats that the VM was lost, could not get the lease:
+    # nobody served, for good.
+    if st in RUNNING_STATES or st in (State.STARTING, State.DEGRADED):
         if not s.vm.reachable and not s.vm.hung:
             return Decision(
                 f"our VM is gone (monitor unreachable) in {st.name}: fencing and releasing "

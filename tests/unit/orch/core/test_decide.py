@@ -218,6 +218,23 @@ def test_degraded_host_fences_its_vm_when_the_peer_took_over() -> None:
     assert (d.event, d.action) == (Event.VM_LOST, StopVM())
 
 
+def test_a_degraded_host_whose_vm_is_gone_fences_and_releases_the_lease() -> None:
+    # `colo-lab chaos --seed 1 --kinds kill-qemu,stop-orch,cut-control`, fault 3: the PVM's
+    # QEMU killed during a checkpoint; the failed checkpoint left the primary DEGRADED with
+    # no VM, holding the lease the secondary needed to take over: nobody served.
+    reason = "checkpoint failed: [Errno 111] Connection refused"
+    vm_lost = PeerObs(alive=True, state=State.PROTECTED, role="secondary", vm_ok=True)
+    for role in ("primary", "secondary"):
+        d = decide(snap(State.DEGRADED, role=role, vm=GONE, peer=vm_lost,
+                        degraded_reason=reason), MIN, MAX)
+        assert (d.event, d.action) == (Event.VM_LOST, ReleaseLease()), d.sentence
+        assert TRANSITIONS[State.DEGRADED][d.event] is State.FENCED
+    # A hung monitor is not a vanished VM: it stays DEGRADED (fenced by its pid elsewhere).
+    hung = decide(snap(State.DEGRADED, vm=VmObs(reachable=False, hung=True),
+                       degraded_reason="QEMU monitor hung"), MIN, MAX)
+    assert hung.event is None
+
+
 def test_stale_secondary_is_fenced_when_the_primary_went_on_alone() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
     s = snap(State.PROTECTED, role="secondary", peer=alone, lease_held=False)
