@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from colo_lab.chaos.schedule import KINDS
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_IP, Lab
 
-COMMANDS = ("up", "down", "status", "build", "qemu-path", "smoke", "demo")
+COMMANDS = ("up", "down", "status", "build", "qemu-path", "smoke", "demo", "chaos")
 
 EPILOG = """\
 examples:
@@ -32,6 +33,7 @@ examples:
   colo-lab smoke --checkpoints 20 boot, enter COLO, checkpoint, verify, tear down
   colo-lab down                   remove everything of the lab (also after a crash)
   colo-lab demo                   the whole story: protect, checkpoint, fail over, re-protect
+  colo-lab chaos --faults 8 --seed 1   a fault campaign with checked client histories
 
 environment:
   COLO_CACHE    build cache (default /var/cache/colo-lab)
@@ -100,7 +102,50 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="run the demo (lab, orchestrators, client, failover, summary)")
     for sp in (up, down, st, sm, dm):
         sp.add_argument("--name", default="lab", help="lab name (default 'lab')")
+    _chaos_parser(sub)
     return p
+
+
+CHAOS_EPILOG = """\
+examples:
+  colo-lab chaos --faults 8 --seed 1            eight faults, every workload, into ./chaos-1
+  colo-lab chaos --faults 100 --seed 42 --out /tmp/c42   what 'make chaos' runs
+  colo-lab chaos --faults 3 --seed 5 --kinds host-death,cut-control --workloads kv
+  colo-lab chaos --faults 12 --seed 1 --keep    leave the lab up afterwards to look at it
+
+The same seed gives the same schedule (a shorter campaign is a prefix of a longer one).
+The history (OUT/history.jsonl) holds every client operation, fault and state sample;
+OUT/table.md the table, OUT/violations.txt what broke, OUT/logs the lab's logs.
+Exit status: 0 no violation, 1 a violation, 2 the campaign could not run.
+fault kinds: """ + ", ".join(KINDS) + """
+invariants (docs/RELIABILITY.md): no acknowledged write lost, no value read that was never
+written, every stream byte as the service sends it on one connection, at most one host
+serving in any sample, PROTECTED again within the bound after each fault, no timeout
+checkpoint while no fault is active.
+"""
+
+
+def _chaos_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    ch = sub.add_parser(
+        "chaos", help="a fault campaign: faults at random, workloads, checked histories",
+        description="Bring up a PROTECTED pair (etcd arbiter, colo-proxy), run workload "
+        "clients from the client namespace throughout, inject N seeded faults one at a time, "
+        "wait for re-protection after each, then check what the clients saw.",
+        epilog=CHAOS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ch.add_argument("--faults", type=int, default=8, help="how many faults (default 8)")
+    ch.add_argument("--seed", type=int, default=None,
+                    help="the schedule's seed (default: drawn, and printed)")
+    ch.add_argument("--workloads", default="kv,stream,random",
+                    help="comma-separated, of kv, stream, random (default all)")
+    ch.add_argument("--kinds", default="",
+                    help="comma-separated fault kinds to draw from (default every kind)")
+    ch.add_argument("--out", type=Path, default=None,
+                    help="directory for the history and table (default ./chaos-SEED)")
+    ch.add_argument("--reprotect-bound", type=float, default=None,
+                    help="seconds after a fault ends within which the pair must be PROTECTED "
+                    "again (default 30, docs/RELIABILITY.md)")
+    ch.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    ch.add_argument("--name", default="chaos", help="lab name (default 'chaos')")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +177,8 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         print(qemu)
         return 0
+    if args.command == "chaos":
+        return _chaos(args)
     lab = Lab(args.name)
     if args.command == "up":
         return _up(lab, args)
@@ -173,6 +220,30 @@ def _run(args: argparse.Namespace) -> int:
         # The demo's claim: the client never noticed. Any error fails it.
         return 0 if summary.get("requests_ok") and not summary.get("request_errors") else 1
     raise LabError(f"unknown command {args.command}")
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    import random
+
+    from colo_lab.chaos import runner
+
+    workloads = tuple(w for w in args.workloads.split(",") if w)
+    bad = [w for w in workloads if w not in runner.WORKLOADS]
+    if bad or not workloads:
+        raise LabError(f"no workload {bad or 'at all'}",
+                       f"use some of {', '.join(runner.WORKLOADS)}")
+    kinds = tuple(k for k in args.kinds.split(",") if k) or None
+    if kinds and (bad := [k for k in kinds if k not in KINDS]):
+        raise LabError(f"no fault kind {bad}", f"use some of {', '.join(KINDS)}")
+    if args.faults < 1:
+        raise LabError("--faults must be at least 1")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    opts = runner.Options(faults=args.faults, seed=seed, workloads=workloads,
+                          out=args.out or Path(f"chaos-{seed}"), name=args.name, kinds=kinds,
+                          keep=args.keep)
+    if args.reprotect_bound is not None:
+        opts.reprotect_bound_s = args.reprotect_bound
+    return runner.Campaign(opts, _say).run()
 
 
 def _up(lab: Lab, args: argparse.Namespace) -> int:

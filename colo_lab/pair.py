@@ -240,12 +240,28 @@ def kill_proxy(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
 def restart_orchestrator(lab: Lab, host: str, sig: int = signal.SIGKILL) -> int:
     """Signal that host's colo-orch, wait until it is gone, and start it again with the
     same config (what it left running stays). Returns the new process's pid."""
+    return restart_orchestrator_process(lab, host, sig).pid
+
+
+def restart_orchestrator_process(lab: Lab, host: str, sig: int = signal.SIGKILL
+                                 ) -> subprocess.Popen[bytes]:
+    """restart_orchestrator's new process (for a caller that reaps it)."""
     pid = orchestrator_pid(lab, host)
     if pid is None:
         raise LabError(f"no orchestrator runs for the {host} host")
     os.kill(pid, sig)
     wait_until(lambda: _gone(pid), 10, f"the {host} orchestrator to exit")
-    return _start_orchestrator(lab, host, lab.run_dir / f"orch-{host}.toml").pid
+    return start_orchestrator_again(lab, host)
+
+
+def start_orchestrator_again(lab: Lab, host: str) -> subprocess.Popen[bytes]:
+    """That host's colo-orch started with the config it was first given (after it died)."""
+    return _start_orchestrator(lab, host, lab.run_dir / f"orch-{host}.toml")
+
+
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its parent has not reaped yet."""
+    return _gone(pid)
 
 
 def api_url(lab: Lab, host: str) -> str:

@@ -66,3 +66,22 @@ def test_up_refuses_options_that_do_not_go_together(
     assert main([*argv, "--name", "absent0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
+
+
+def test_chaos_help_has_examples_kinds_and_invariants() -> None:
+    res = subprocess.run([*CLI, "chaos", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0
+    for part in ("colo-lab chaos --faults 8 --seed 1", "host-death", "cut-control",
+                 "no acknowledged write lost", "Exit status"):
+        assert part in res.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--workloads", "kv,bogus"], "no workload ['bogus']"),
+    (["--kinds", "kill-everything"], "no fault kind ['kill-everything']"),
+    (["--faults", "0"], "--faults must be at least 1"),
+])
+def test_chaos_refuses_bad_arguments_before_touching_anything(
+        args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chaos", "--name", "absent0", *args]) == 2
+    assert says in capsys.readouterr().err

@@ -1,0 +1,436 @@
+"""A fault campaign against a lab pair: bring it up PROTECTED (etcd arbiter, proxies), run
+the workload clients throughout, inject the scheduled faults one at a time, wait for
+re-protection after each, sample who serves and what each orchestrator says, then check
+the history (colo_lab.chaos.checker) and print the table.
+
+Everything the campaign saw goes to OUT/history.jsonl as it happens; OUT/table.md and
+OUT/violations.txt are written at the end, and the lab's logs are copied to OUT/logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from colo_lab import etcd_net, faults, netns, pair
+from colo_lab.chaos import checker, history
+from colo_lab.chaos.schedule import Planned, plan
+from colo_lab.client import JsonLinesProcess
+from colo_lab.errors import LabError
+from colo_lab.guest import pattern
+from colo_lab.lab import LINKS, VM_IP, VM_MAC, Lab
+from colo_lab.mac_sampler import MacSampler
+from colo_lab.wait import wait_until
+
+WORKLOADS = ("kv", "stream", "random")
+HOSTS = ("primary", "secondary")
+LAN_PORTS = {"primary": "p-pri", "secondary": "p-sec"}
+STATE_EVERY_S = 0.3
+RECOVER_WAIT_S = 2 * checker.REPROTECT_BOUND_S  # past the bound, to measure how slow
+
+
+@dataclass
+class Options:
+    faults: int
+    seed: int
+    workloads: tuple[str, ...] = WORKLOADS
+    out: Path = Path("chaos-out")
+    name: str = "chaos"
+    kinds: tuple[str, ...] | None = None
+    reprotect_bound_s: float = checker.REPROTECT_BOUND_S
+    keep: bool = False
+
+
+class Recorder:
+    """The history file, appended to from several threads, and what the runner needs of it
+    while the campaign runs (the latest state of each host)."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self.t0 = t0
+        self.path = path
+        self._f = open(path, "w")
+        self._lock = threading.Lock()
+        self.records: list[history.Record] = []
+        self.latest: dict[str, dict[str, Any] | None] = {}
+        self.latest_at = 0.0
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 4)
+
+    def write(self, rec: history.Record) -> None:
+        rec.setdefault("t", self.now())
+        with self._lock:
+            self.records.append(rec)
+            self._f.write(history.dumps(rec) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+class _Client(JsonLinesProcess):
+    def __init__(self, rec: Recorder, name: str, ns: str, *args: str) -> None:
+        self.rec, self.name = rec, name
+        self.count = 0
+        super().__init__(ns, "colo_lab.chaos.clients", *args)
+
+    def on_record(self, r: dict[str, Any]) -> None:
+        self.count += 1
+        self.rec.write(r)
+
+
+class _Mac(MacSampler):
+    def __init__(self, rec: Recorder, lab: Lab) -> None:
+        self.rec = rec
+        super().__init__(lab.lan_ns, VM_MAC, list(LAN_PORTS.values()))
+
+    def on_record(self, r: dict[str, Any]) -> None:
+        if r.get("ready"):
+            self.ready.set()
+        elif len(r.get("n", {})) > 1 or not self.samples:
+            # Only what the checker needs: intervals with two ports (and the first, to
+            # show the sampler saw traffic). One host's frames are the normal case.
+            self.samples.append(r)
+            self.rec.write({"type": "mac", "n": r["n"], "sampler_t": r.get("t")})
+
+
+class StateSampler:
+    """Both orchestrators' /state every STATE_EVERY_S on a thread, into the history."""
+
+    def __init__(self, lab: Lab, rec: Recorder) -> None:
+        self.lab, self.rec = lab, rec
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            hosts: dict[str, dict[str, Any] | None] = {}
+            for h in HOSTS:
+                st = pair.state(self.lab, h, timeout=2)
+                hosts[h] = {"state": st.get("state"), "role": st.get("role"),
+                            "timeout_checkpoints": int(st.get("checkpoints", {})
+                                                       .get("timeout", 0))} if st else None
+            self.rec.latest = hosts
+            self.rec.latest_at = time.monotonic()
+            self.rec.write({"type": "state", "hosts": hosts})
+            self._stop.wait(STATE_EVERY_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _link_up(lab: Lab, host: str, link: str) -> bool:
+    out = netns.ip(lab.hosts[host].ns, "-o", "link", "show", LINKS[link])
+    flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+    return "UP" in flags
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # gone meanwhile (the orchestrator fenced it): nothing to resume
+
+
+def _vm_pid(lab: Lab, host: str) -> int:
+    return int((lab.run_dir / ("pvm.pid" if host == "primary" else "svm.pid")).read_text())
+
+
+class Injector:
+    """Puts one fault into the lab; returns what heals it (None: nothing to heal)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.started: list[subprocess.Popen[bytes]] = []  # orchestrators we restarted
+
+    def inject(self, p: Planned, host: str) -> Callable[[], None] | None:
+        lab, kind = self.lab, p.kind
+        if kind == "kill-qemu":
+            pair.kill_vm(lab, host)
+            return None
+        if kind == "stop-qemu":
+            return self._stop([_vm_pid(lab, host)])
+        if kind == "kill-proxy":
+            pid = self._one_proxy(host)
+            _signal([pid], signal.SIGKILL)
+            return None
+        if kind == "stop-proxy":
+            return self._stop([self._one_proxy(host)])
+        if kind == "kill-orch":
+            # A supervisor (systemd's Restart=) starts it again at once.
+            self.started.append(pair.restart_orchestrator_process(lab, host))
+            return None
+        if kind == "stop-orch":
+            orch = pair.orchestrator_pid(lab, host)
+            if orch is None:
+                raise LabError(f"no orchestrator runs on the {host} host")
+            return self._stop([orch])
+        if kind == "host-death":
+            return self._host_death(host)
+        if kind.startswith("cut-"):
+            link = kind.removeprefix("cut-")
+            was_up = _link_up(lab, host, link)
+            faults.cut(lab, host, link)
+            return (lambda: faults.heal(lab, host, link)) if was_up else None
+        if kind == "loss-control":
+            return self._loss(host, "control", int(p.params["loss_pct"]))
+        if kind == "etcd-kill":
+            i = int(p.target.removeprefix("etcd"))
+            faults.kill_etcd_member(lab, i)
+
+            def restart() -> None:
+                faults.start_etcd_member(lab, i)
+                etcd_net.wait_healthy(lab, 30)
+
+            return restart
+        raise LabError(f"no fault kind {kind}")
+
+    def _one_proxy(self, host: str) -> int:
+        pids: list[int] = wait_until(lambda: (p if len(p := pair.proxy_pids(self.lab, host)) == 1
+                                              else None), 10, f"one colo-proxy on {host}")
+        return pids[0]
+
+    @staticmethod
+    def _stop(pids: list[int]) -> Callable[[], None]:
+        _signal(pids, signal.SIGSTOP)
+        return lambda: _signal(pids, signal.SIGCONT)
+
+    def _host_death(self, host: str) -> Callable[[], None]:
+        lab = self.lab
+        # Its links first, as a power cut stops the wire and the processes at once.
+        ups = {link: _link_up(lab, host, link) for link in LINKS}
+        for link in LINKS:
+            faults.cut(lab, host, link)
+        pids = [_vm_pid(lab, host), *pair.proxy_pids(lab, host)]
+        orch = pair.orchestrator_pid(lab, host)
+        if orch is not None:
+            pids.append(orch)
+        _signal(pids, signal.SIGKILL)
+        wait_until(lambda: all(pair.process_gone(p) for p in pids), 10,
+                   f"the {host} host's processes to die")
+
+        def reboot() -> None:
+            for link, up in ups.items():
+                if up:
+                    faults.heal(lab, host, link)
+            # The host is back: its init starts the orchestrator, with nothing running.
+            self.started.append(pair.start_orchestrator_again(lab, host))
+
+        return reboot
+
+    def _loss(self, host: str, link: str, pct: int) -> Callable[[], None]:
+        ns, dev = self.lab.hosts[host].ns, LINKS[link]
+        rules = [["INPUT", "-i", dev], ["OUTPUT", "-o", dev]]
+        match = ["-m", "statistic", "--mode", "random", "--probability",
+                 f"{pct / 100:.2f}", "-j", "DROP"]
+        for r in rules:
+            netns.sh(ns, ["iptables", "-w", "-I", *r, *match])
+
+        def heal() -> None:
+            for r in rules:
+                netns.sh(ns, ["iptables", "-w", "-D", *r, *match])
+
+        return heal
+
+    def reap(self) -> None:
+        for p in self.started:
+            p.poll()
+
+
+def _host_of(latest: dict[str, dict[str, Any] | None], target: str) -> str:
+    """The host that plays `target` (pvm, svm) now; etcd members belong to no host."""
+    if not target.endswith("vm"):
+        return ""
+    want = "primary" if target == "pvm" else "secondary"
+    for h in HOSTS:
+        st = latest.get(h)
+        if st and st.get("role") == want:
+            return h
+    raise LabError(f"no host plays the {target} now: {latest}")
+
+
+def _protected(latest: dict[str, dict[str, Any] | None]) -> bool:
+    return all(latest.get(h) and latest[h]["state"] == "PROTECTED"  # type: ignore[index]
+               for h in HOSTS)
+
+
+class Campaign:
+    def __init__(self, opts: Options, say: Callable[[str], None]) -> None:
+        self.opts, self.say = opts, say
+        self.schedule = plan(opts.seed, opts.faults, opts.kinds)
+        self.lab = Lab(opts.name)
+        self.clients: list[_Client] = []
+        self.mac: _Mac | None = None
+        self.states: StateSampler | None = None
+        self.rec: Recorder | None = None
+        self.injector = Injector(self.lab)
+
+    def run(self) -> int:
+        o = self.opts
+        o.out.mkdir(parents=True, exist_ok=True)
+        interrupted = False
+        try:
+            self._up()
+            assert self.rec is not None
+            for p in self.schedule:
+                if not self._one(p):
+                    self.say("the pair did not recover: the campaign stops here")
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            self.say("interrupted: stopping the clients and removing the lab")
+            raise
+        finally:
+            self._stop_workloads(read_back=not interrupted)
+            if self.rec is not None:
+                self.rec.write({"type": "end"})
+                self.rec.close()
+            try:
+                self.lab.keep_logs(o.out / "logs")
+            except OSError:
+                pass
+            if not o.keep:
+                self.lab.down()
+        return self._report()
+
+    def _up(self) -> None:
+        o = self.opts
+        self.say(f"seed {o.seed}: {len(self.schedule)} faults; bringing up lab '{o.name}' "
+                 "with the etcd arbiter and colo-proxy")
+        self.lab.up(secondary="incoming")
+        t0 = time.monotonic()
+        self.rec = Recorder(o.out / "history.jsonl", t0)
+        self.rec.write({"type": "campaign", "seed": o.seed, "faults": o.faults,
+                        "workloads": list(o.workloads), "schedule": [
+                            {"kind": p.kind, "target": p.target, "duration_s": p.duration_s,
+                             "gap_s": p.gap_s, **p.params} for p in self.schedule],
+                        "reprotect_bound_s": o.reprotect_bound_s, "settle_s": checker.SETTLE_S,
+                        "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                   time.gmtime())})
+        pair.protect(self.lab, proxy=True, arbiter="etcd", say=self.say)
+        self.states = StateSampler(self.lab, self.rec)
+        wait_until(lambda: _protected(self.rec.latest) if self.rec else False, 30,
+                   "the state sampler to see PROTECTED")
+        self.rec.write({"type": "protected"})
+        self.mac = _Mac(self.rec, self.lab)
+        wait_until(self.mac.ready.is_set, 15, "the MAC sampler to start")
+        for w in o.workloads:
+            c = _Client(self.rec, f"{w}0", self.lab.client_ns, w, "--proc", f"{w}0", "--t0", repr(t0),
+                        "--host", VM_IP, "--seed", str(o.seed))
+            self.clients.append(c)
+        wait_until(lambda: all(c.count >= 2 for c in self.clients), 60,
+                   "every workload client to complete a request",
+                   detail=lambda: str({c.name: c.count for c in self.clients}))
+        self.say(f"workloads running: {', '.join(o.workloads)}")
+
+    def _one(self, p: Planned) -> bool:
+        rec = self.rec
+        assert rec is not None
+        settle = time.monotonic() + p.gap_s
+        wait_until(lambda: time.monotonic() >= settle, p.gap_s + 5, "the gap before a fault")
+        latest = dict(rec.latest)
+        host = _host_of(latest, p.target)
+        where = f" on {host}" if host else ""
+        rec.write({"type": "fault", "phase": "start", "id": p.index, "kind": p.kind,
+                   "target": p.target, "host": host,
+                   "params": {"duration_s": p.duration_s, **p.params}})
+        t_start = time.monotonic()
+        try:
+            heal = self.injector.inject(p, host)
+        except LabError as exc:
+            # The fault could not be put in (say, no proxy ran at that moment): the
+            # history says so, and recovery is still awaited.
+            rec.write({"type": "fault", "phase": "error", "id": p.index, "error": str(exc)})
+            self.say(f"could not inject {p.kind} {p.target}: {exc}")
+            heal = None
+        if p.duration_s:
+            end = t_start + p.duration_s
+            wait_until(lambda: time.monotonic() >= end, p.duration_s + 5, "the fault's length")
+        if heal is not None:
+            heal()
+        rec.write({"type": "fault", "phase": "end", "id": p.index})
+        t_end = time.monotonic()
+        seen = rec.latest_at
+
+        def back() -> bool:
+            self.injector.reap()
+            return rec.latest_at > seen and _protected(rec.latest)
+
+        ok = True
+        try:
+            wait_until(back, RECOVER_WAIT_S, "both hosts PROTECTED again", every=0.1)
+        except LabError:
+            ok = False
+        took = time.monotonic() - t_end
+        rec.write({"type": "recovered", "id": p.index, "ok": ok, "waited_s": round(took, 3)})
+        self.say(f"[{p.index + 1}/{len(self.schedule)}] {p.kind} {p.target}{where} "
+                 f"({p.duration_s:.1f} s{_params(p)}): "
+                 + (f"PROTECTED again {took:.1f} s after" if ok else
+                    f"NOT PROTECTED {took:.0f} s after: {latest_states(rec)}"))
+        return ok
+
+    def _stop_workloads(self, read_back: bool = True) -> None:
+        for c in self.clients:
+            if c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM if read_back else signal.SIGKILL)
+        for c in self.clients:
+            # The kv client reads every acknowledged key back before it exits.
+            try:
+                c.proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                c.proc.kill()
+                c.proc.wait(timeout=10)
+            c._reader.join(timeout=10)
+        if self.mac is not None:
+            self.mac.stop()
+        if self.states is not None:
+            self.states.stop()
+
+    def _report(self) -> int:
+        o = self.opts
+        path = o.out / "history.jsonl"
+        if not path.exists():
+            return 2
+        h = history.parse(history.read(path))
+        vs = checker.check(h, checker.prefix_digest(pattern()),
+                           reprotect_bound_s=o.reprotect_bound_s)
+        text = checker.render(checker.table(h, vs), vs)
+        (o.out / "table.md").write_text(text + "\n")
+        (o.out / "violations.txt").write_text(
+            "".join(f"{v.t:.3f} {v.invariant}: {v.detail}\n" for v in vs))
+        ops = sum(1 for x in h.ops if x.outcome == "ok")
+        print(text)
+        print(f"seed {o.seed}; {len(h.faults)} faults; {ops} client operations acknowledged; "
+              f"{len(vs)} violations; history {path}")
+        for v in vs[:20]:
+            print(f"  {v.t:9.3f} s  {v.invariant}: {v.detail}")
+        return 1 if vs else 0
+
+
+def latest_states(rec: Recorder) -> str:
+    return json.dumps({h: (s or {}).get("state") for h, s in rec.latest.items()})
+
+
+def _params(p: Planned) -> str:
+    return "".join(f", {k} {v}" for k, v in p.params.items())
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=Path(__file__).parent, timeout=5,
+                              check=False).stdout.strip()
+    except OSError:
+        return ""
