@@ -114,6 +114,7 @@ class StateSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             hosts: dict[str, dict[str, Any] | None] = {}
             for h in HOSTS:
                 st = pair.state(self.lab, h, timeout=2)
@@ -121,7 +122,9 @@ class StateSampler:
                             "timeout_checkpoints": int(st.get("checkpoints", {})
                                                        .get("timeout", 0))} if st else None
             self.rec.latest = hosts
-            self.rec.latest_at = time.monotonic()
+            # When the sample began: a wait for a state after some moment must not take
+            # a sample begun before it.
+            self.rec.latest_at = began
             self.rec.write({"type": "state", "hosts": hosts})
             self._stop.wait(STATE_EVERY_S)
 
@@ -348,6 +351,7 @@ class Campaign:
                    "params": {"duration_s": p.duration_s, **p.params}})
         t_start = time.monotonic()
         try:
+            self._time(p, latest)
             heal = self.injector.inject(p, host)
         except LabError as exc:
             # The fault could not be put in (say, no proxy ran at that moment): the
@@ -362,11 +366,10 @@ class Campaign:
             heal()
         rec.write({"type": "fault", "phase": "end", "id": p.index})
         t_end = time.monotonic()
-        seen = rec.latest_at
 
         def back() -> bool:
             self.injector.reap()
-            return rec.latest_at > seen and _protected(rec.latest)
+            return rec.latest_at > t_end and _protected(rec.latest)
 
         ok = True
         try:
@@ -380,6 +383,24 @@ class Campaign:
                  + (f"PROTECTED again {took:.1f} s after" if ok else
                     f"NOT PROTECTED {took:.0f} s after: {latest_states(rec)}"))
         return ok
+
+    def _time(self, p: Planned, latest: dict[str, dict[str, Any] | None]) -> None:
+        """Bring the pair to the moment the fault is timed for (schedule.WHEN)."""
+        when = p.params.get("when", "steady")
+        if when == "steady":
+            return
+        pvm = _host_of(latest, "pvm")
+        if when == "checkpoint":
+            # The API answers once the loop has the request; the checkpoint (50-200 ms
+            # under TCG) starts at the loop's next cycle, so the fault that follows at
+            # once lands in it or just before it.
+            pair.api(self.lab, pvm, "POST", "/checkpoint")
+            return
+        # Re-protection: the SVM's QEMU dies, the primary serves ALONE, the secondary host
+        # starts a new SVM and the primary migrates into it (WAITING, then SYNCING).
+        pair.kill_vm(self.lab, _host_of(latest, "svm"))
+        wait_until(lambda: pair.state(self.lab, pvm, timeout=2).get("state") in
+                   ("WAITING", "SYNCING"), 60, "the re-protection to begin", every=0.02)
 
     def _stop_workloads(self, read_back: bool = True) -> None:
         for c in self.clients:

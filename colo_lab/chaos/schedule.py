@@ -4,6 +4,8 @@ The menu (docs/RELIABILITY.md explains each). Targets are roles, not hosts: `pvm
 whichever host serves as primary when the fault comes, `svm` the other, so a schedule
 means the same thing after roles have swapped.
 
+A fault may be timed to hit a checkpoint or a re-protection (`params["when"]`, WHEN).
+
 Every kind comes once in each round, in an order shuffled per round, so N faults hold
 every kind at least N // len(KINDS) times (all of them once N >= len(KINDS)).
 """
@@ -36,6 +38,10 @@ STOP_S = (2.0, 10.0)  # SIGSTOP to SIGCONT (the issue's 2-10 s)
 CUT_S = (2.0, 10.0)  # a link down, a host dead, an etcd member down, a loss period
 LOSS_PCT = (1, 20)  # iptables statistic drop probability, per cent
 GAP_S = (1.0, 5.0)  # quiet time after re-protection before the next fault
+# When a fault comes: on a settled pair, just after a checkpoint was asked for (so that it
+# hits one under way), or while the pair re-protects after its SVM's QEMU was killed
+# (the COLO migration and disk resync under way). An etcd member's death is always steady.
+WHEN = ("steady", "steady", "steady", "checkpoint", "reprotect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,4 +85,7 @@ def _one(rng: random.Random, i: int, kind: str) -> Planned:
         duration = round(rng.uniform(*CUT_S), 2)
     if kind.startswith("loss-"):
         params["loss_pct"] = rng.randint(*LOSS_PCT)
+    when = rng.choice(WHEN)
+    if when != "steady" and kind != "etcd-kill":
+        params["when"] = when
     return Planned(i, kind, target, gap, duration, params)

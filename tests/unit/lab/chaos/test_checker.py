@@ -40,10 +40,10 @@ def _stream(op: int, t: float, n: int, data: bytes | None = None, conn: int = 1,
 
 
 def _fault(i: int, start: float, end: float, recovered: float | None,
-           kind: str = "kill-qemu") -> list[Record]:
+           kind: str = "kill-qemu", **params: Any) -> list[Record]:
     out: list[Record] = [
         {"type": "fault", "phase": "start", "id": i, "kind": kind, "target": "pvm",
-         "host": "primary", "t": start},
+         "host": "primary", "t": start, "params": params},
         {"type": "fault", "phase": "end", "id": i, "t": end}]
     out.append({"type": "recovered", "id": i, "t": recovered if recovered is not None else end + 60,
                 "ok": recovered is not None})
@@ -157,3 +157,14 @@ def test_the_table_counts_per_kind_and_blames_violations_on_their_fault() -> Non
     assert cut.pause_max is not None and abs(cut.pause_max - 7.0) < 1e-9
     text = checker.render(list(rows.values()), vs)
     assert "| cut-control | 1 | 1 |" in text and "| all | 2 | 2 | | | 1 |" in text
+
+
+def test_faults_timed_into_a_checkpoint_or_a_reprotection_get_rows_of_their_own() -> None:
+    recs = [*_clean(), *_fault(1, 40.0, 41.0, 45.0, kind="host-death", when="checkpoint"),
+            *_fault(2, 50.0, 51.0, 55.0, kind="host-death", when="reprotect")]
+    h = parse(recs)
+    rows = checker.table(h, [])
+    assert [r.kind for r in rows] == ["host-death", "kill-qemu", "(any, during a checkpoint)",
+                                      "(any, during re-protection)"]
+    assert [r.count for r in rows] == [2, 1, 1, 1]
+    assert "| all | 3 | 3 |" in checker.render(rows, [])

@@ -49,3 +49,9 @@ def test_a_subset_of_kinds_and_an_unknown_kind() -> None:
     assert got == {"kill-qemu", "cut-etcd"}
     with pytest.raises(ValueError, match="no fault kind"):
         schedule.plan(1, 3, ("kill-everything",))
+
+
+def test_some_faults_are_timed_into_a_checkpoint_or_a_reprotection() -> None:
+    whens = Counter(p.params.get("when", "steady") for p in schedule.plan(2, 100))
+    assert set(whens) == {"steady", "checkpoint", "reprotect"}
+    assert all("when" not in p.params for p in schedule.plan(2, 300) if p.kind == "etcd-kill")
