@@ -135,9 +135,15 @@ def test_a_timeout_checkpoint_while_no_fault_is_active() -> None:
     vs = checker.check(parse([*_clean(), _state(40.0, 2)]), DIGEST)
     assert [v.invariant for v in vs] == ["timeout-checkpoint"]
     assert "primary" in vs[0].detail
-    # Within the settle time after a re-protection it is not counted.
+    # Within the settle time after a re-protection it is not counted, nor within
+    # compare_timeout after it (its packet was held while the pair settled).
     recs = [*_clean(), *_fault(1, 40.0, 41.0, 42.0), _state(42.0 + checker.SETTLE_S - 1, 5)]
     assert _violations(recs) == []
+    late = 42.0 + checker.SETTLE_S + checker.COMPARE_TIMEOUT_S
+    recs = [*_clean(), *_fault(1, 40.0, 41.0, 42.0), _state(late - 1, 1), _state(late - 0.5, 2)]
+    assert _violations(recs) == []
+    recs = [*_clean(), *_fault(1, 40.0, 41.0, 42.0), _state(late + 1, 1), _state(late + 2, 2)]
+    assert _violations(recs) == ["timeout-checkpoint"]
     # A restarted orchestrator counts from zero: no increase.
     assert _violations([*_clean(), _state(40.0, 0), _state(50.0, 0)]) == []
 
