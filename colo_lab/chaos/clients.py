@@ -4,8 +4,8 @@ records (colo_lab.chaos.history) as JSON lines on stdout.
 usage: python -m colo_lab.chaos.clients {kv,stream,random} --proc NAME --t0 T
        [--host 10.99.0.10] [--timeout S] [--size N] [--every S]
 
-- kv: PUT a unique key, GET it back, and every few operations GET an earlier acknowledged
-  key again; on SIGTERM, GET every acknowledged key once more (the final read-back).
+- kv: PUT a unique key and GET it back; GET every acknowledged key once more `--lag` PUTs
+  later (until that read is answered); on SIGTERM, read the keys still waiting for it.
 - stream: GET /blob/SIZE over and over on one keep-alive connection: the service's
   deterministic stream; each response's length and sha256 are recorded.
 - random: GET /random every `--every` seconds: output that differs between the replicas, so
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import signal
 import socket
 import sys
@@ -82,8 +81,11 @@ def kv_value(proc: str, i: int) -> str:
     return f"{proc}-{i}-" + "v" * (i % 61)
 
 
-def run_kv(c: Client, rng: random.Random) -> None:
-    acked: list[int] = []
+def run_kv(c: Client, lag: int) -> None:
+    """PUT key i and GET it back at once; GET each acknowledged key again `lag` PUTs later
+    (by then a fault may have come and gone: the failover and re-protection it caused must
+    have kept it), until that read gets an answer; on stop, read the rest."""
+    pending: list[tuple[int, int]] = []  # (PUT number, key number) still to read again
     i = 0
     while not c.stop:
         key, value = f"{c.proc}-{i}", kv_value(c.proc, i)
@@ -92,17 +94,15 @@ def run_kv(c: Client, rng: random.Random) -> None:
             ok = got == (200, f"stored {len(value)}\n".encode())
             c.done("put", ok, "" if ok else f"answered {got[0]} {got[1][:40]!r}")
             if ok:
-                acked.append(i)
-        read = [i] if i in acked[-1:] else []
-        if acked and i % 4 == 0:
-            read.append(rng.choice(acked))
-        for j in read:
-            _get(c, f"{c.proc}-{j}")
+                _get(c, key)
+                pending.append((i, i))
+        if pending and pending[0][0] <= i - lag and _get(c, f"{c.proc}-{pending[0][1]}"):
+            pending.pop(0)
         i += 1
         if got is None:
             time.sleep(0.2)  # pacing after an error, not synchronisation
     failed = 0
-    for j in acked:  # the final read-back
+    for _, j in pending:  # the final read-back
         # A service that is gone answers no key: a few failures in a row say so, and
         # waiting out every key's timeout would only delay the report.
         failed = 0 if _get(c, f"{c.proc}-{j}") else failed + 1
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
     p.add_argument("--size", type=int, default=256 << 10, help="stream: bytes per response")
     p.add_argument("--every", type=float, default=1.0, help="random: seconds between requests")
-    p.add_argument("--seed", type=int, default=0, help="kv: which earlier keys are read again")
+    p.add_argument("--lag", type=int, default=50,
+                   help="kv: PUTs between a key's acknowledgement and its second read")
     a = p.parse_args(argv)
     c = Client(a.proc, a.t0, a.host, a.timeout)
 
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if a.workload == "kv":
-        run_kv(c, random.Random(a.seed))
+        run_kv(c, a.lag)
     elif a.workload == "stream":
         run_stream(c, a.size)
     else:

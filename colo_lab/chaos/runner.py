@@ -88,6 +88,18 @@ class _Client(JsonLinesProcess):
         self.rec.write(r)
 
 
+class _Ready(JsonLinesProcess):
+    """A helper that prints {"ready": true} once it works."""
+
+    def __init__(self, ns: str, module: str, *args: str) -> None:
+        self.ready = threading.Event()
+        super().__init__(ns, module, *args)
+
+    def on_record(self, r: dict[str, Any]) -> None:
+        if r.get("ready"):
+            self.ready.set()
+
+
 class _Mac(MacSampler):
     def __init__(self, rec: Recorder, lab: Lab) -> None:
         self.rec = rec
@@ -189,6 +201,8 @@ class Injector:
             return (lambda: faults.heal(lab, host, link)) if was_up else None
         if kind == "loss-control":
             return self._loss(host, "control", int(p.params["loss_pct"]))
+        if kind == "loss-forward":
+            return self._bpf_loss(host, "forward", int(p.params["loss_pct"]))
         if kind == "etcd-kill":
             i = int(p.target.removeprefix("etcd"))
             faults.kill_etcd_member(lab, i)
@@ -247,9 +261,30 @@ class Injector:
 
         return heal
 
+    def _bpf_loss(self, host: str, link: str, pct: int) -> Callable[[], None]:
+        # iptables never sees the forward link's frames (tc redirects them): a tc program
+        # on this host's end drops what it sends (colo_lab.chaos.loss).
+        proc = _Ready(self.lab.hosts[host].ns, "colo_lab.chaos.loss", "--dev", LINKS[link],
+                      "--pct", str(pct))
+        wait_until(lambda: proc.ready.is_set() or proc.proc.poll() is not None, 60,
+                   "the loss filter to be attached")
+        if not proc.ready.is_set():
+            raise LabError(f"the loss filter on {host}'s {link} link did not start "
+                           f"(exit {proc.proc.returncode})")
+
+        def heal() -> None:
+            proc.proc.send_signal(signal.SIGTERM)
+            proc.proc.wait(timeout=30)
+
+        return heal
+
     def reap(self) -> None:
+        """Collect the exit of what we started and the faults killed (no zombies)."""
         for p in self.started:
             p.poll()
+        for vm in self.lab.vms.values():
+            if vm.proc is not None:
+                vm.proc.poll()
 
 
 def _host_of(latest: dict[str, dict[str, Any] | None], target: str) -> str:
@@ -331,7 +366,7 @@ class Campaign:
         wait_until(self.mac.ready.is_set, 15, "the MAC sampler to start")
         for w in o.workloads:
             c = _Client(self.rec, f"{w}0", self.lab.client_ns, w, "--proc", f"{w}0", "--t0", repr(t0),
-                        "--host", VM_IP, "--seed", str(o.seed))
+                        "--host", VM_IP)
             self.clients.append(c)
         wait_until(lambda: all(c.count >= 2 for c in self.clients), 60,
                    "every workload client to complete a request",

@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "cut-uplink": ("pvm",),
     "cut-etcd": ROLES,
     "loss-control": ROLES,
+    "loss-forward": ROLES,
     "etcd-kill": ("etcd1", "etcd2", "etcd3"),
 }
 STOP_S = (2.0, 10.0)  # SIGSTOP to SIGCONT (the 2-10 s)
