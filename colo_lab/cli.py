@@ -112,6 +112,7 @@ examples:
   colo-lab chaos --faults 100 --seed 42 --out /tmp/c42   what 'make chaos' runs
   colo-lab chaos --faults 3 --seed 5 --kinds host-death,cut-control --workloads kv
   colo-lab chaos --faults 12 --seed 1 --keep    leave the lab up afterwards to look at it
+  colo-lab chaos --check chaos-1/history.jsonl  check a history again (also an interrupted one)
 
 The same seed gives the same schedule (a shorter campaign is a prefix of a longer one).
 The history (OUT/history.jsonl) holds every client operation, fault and state sample;
@@ -145,6 +146,9 @@ def _chaos_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
                     help="seconds after a fault ends within which the pair must be PROTECTED "
                     "again (default 30, docs/RELIABILITY.md)")
     ch.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    ch.add_argument("--check", type=Path, metavar="HISTORY",
+                    help="run no campaign: check this history.jsonl (an interrupted "
+                    "campaign's too) and print its table")
     ch.add_argument("--name", default="chaos", help="lab name (default 'chaos')")
 
 
@@ -227,6 +231,8 @@ def _chaos(args: argparse.Namespace) -> int:
 
     from colo_lab.chaos import runner
 
+    if args.check is not None:
+        return runner.report(args.check, args.reprotect_bound)
     workloads = tuple(w for w in args.workloads.split(",") if w)
     bad = [w for w in workloads if w not in runner.WORKLOADS]
     if bad or not workloads:

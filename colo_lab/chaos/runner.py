@@ -455,24 +455,32 @@ class Campaign:
             self.states.stop()
 
     def _report(self) -> int:
-        o = self.opts
-        path = o.out / "history.jsonl"
+        path = self.opts.out / "history.jsonl"
         if not path.exists():
             return 2
-        h = history.parse(history.read(path))
-        vs = checker.check(h, checker.prefix_digest(pattern()),
-                           reprotect_bound_s=o.reprotect_bound_s)
-        text = checker.render(checker.table(h, vs), vs)
-        (o.out / "table.md").write_text(text + "\n")
-        (o.out / "violations.txt").write_text(
+        return report(path, self.opts.reprotect_bound_s, write=True)
+
+
+def report(path: Path, reprotect_bound_s: float | None = None, *, write: bool = False) -> int:
+    """Check a history file and print its table; 1 on any violation. write: also put
+    table.md and violations.txt beside it."""
+    h = history.parse(history.read(path))
+    bound = (reprotect_bound_s if reprotect_bound_s is not None
+             else float(h.header.get("reprotect_bound_s", checker.REPROTECT_BOUND_S)))
+    vs = checker.check(h, checker.prefix_digest(pattern()), reprotect_bound_s=bound)
+    text = checker.render(checker.table(h, vs), vs)
+    if write:
+        (path.parent / "table.md").write_text(text + "\n")
+        (path.parent / "violations.txt").write_text(
             "".join(f"{v.t:.3f} {v.invariant}: {v.detail}\n" for v in vs))
-        ops = sum(1 for x in h.ops if x.outcome == "ok")
-        print(text)
-        print(f"seed {o.seed}; {len(h.faults)} faults; {ops} client operations acknowledged; "
-              f"{len(vs)} violations; history {path}")
-        for v in vs[:20]:
-            print(f"  {v.t:9.3f} s  {v.invariant}: {v.detail}")
-        return 1 if vs else 0
+    ops = sum(1 for x in h.ops if x.outcome == "ok")
+    print(text)
+    print(f"seed {h.header.get('seed')}; commit {h.header.get('commit')}; "
+          f"{h.header.get('date')}; {len(h.faults)} faults; {ops} client operations "
+          f"acknowledged; {len(vs)} violations; history {path}")
+    for v in vs[:20]:
+        print(f"  {v.t:9.3f} s  {v.invariant}: {v.detail}")
+    return 1 if vs else 0
 
 
 def latest_states(rec: Recorder) -> str:
@@ -485,7 +493,7 @@ def _params(p: Planned) -> str:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                               text=True, cwd=Path(__file__).parent, timeout=5,
                               check=False).stdout.strip()
     except OSError:

@@ -85,3 +85,18 @@ def test_chaos_refuses_bad_arguments_before_touching_anything(
         args: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chaos", "--name", "absent0", *args]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_chaos_check_reads_a_history_and_exits_1_on_a_violation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = ['{"type":"campaign","seed":3,"t":0}', '{"type":"protected","t":1}',
+             '{"type":"invoke","proc":"kv0","op":0,"f":"put","key":"k","value":"v","t":2}',
+             '{"type":"ok","proc":"kv0","op":0,"f":"put","conn":1,"t":2.1}',
+             '{"type":"invoke","proc":"kv0","op":1,"f":"get","key":"k","t":3}',
+             '{"type":"ok","proc":"kv0","op":1,"f":"get","conn":1,"absent":true,"t":3.1}']
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(lines[:4]) + "\n")
+    assert main(["chaos", "--check", str(path)]) == 0
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["chaos", "--check", str(path)]) == 1
+    assert "kv-lost-write" in capsys.readouterr().out
