@@ -380,12 +380,19 @@ class ProxySupervision:
     def _start_proxy_at_boot(self, observed: Callable[[], VmObs | None]) -> None:
         """Keep a proxy that runs in the role our VM has (we were restarted), else start
         one in our role. Waits for the first look at the VM: COLO's mode wins over the
-        config's role, as in decide's adoption."""
+        config's role, as in decide's adoption. Without a VM, nothing is started here."""
         deadline = time.monotonic() + HELLO_WAIT_S
         obs = observed()
         while obs is None and time.monotonic() < deadline:
             time.sleep(0.05)
             obs = observed()
+        if obs is not None and not obs.reachable and not obs.hung:
+            # No VM runs: its start starts the proxy in the role decided then (_start_vm).
+            # The config's role may be the wrong one: a host back from its death, whose
+            # peer serves, starts as secondary; a primary proxy started here first was
+            # restarted as secondary 10 s later (measured by `colo-lab chaos`, seed 6:
+            # 10 of the 28 s the rebooted host spent in STARTING).
+            return
         in_colo = obs is not None and obs.colo_mode in ("primary", "secondary")
         role = obs.colo_mode if obs is not None and in_colo else self.role
         try:

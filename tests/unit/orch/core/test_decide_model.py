@@ -178,13 +178,14 @@ class Host:
 
     def boot(self) -> Orch:
         """A (re)started orchestrator: `_start_proxy_at_boot` keeps the proxy when it runs
-        in the role the VM's COLO mode (else the config) gives, else starts one."""
+        in the role the VM's COLO mode (else the config) gives, else starts one; with no VM
+        it starts none (the VM's start does)."""
         self.runs += 1
         orch = Orch(self, self.runs, self.world.clock.t)
         self.orch = orch
         vm = self.vm
-        role = vm.colo_mode if vm is not None and vm.colo_mode != "none" else orch.role
-        self.ensure_proxy(role)
+        if vm is not None:
+            self.ensure_proxy(vm.colo_mode if vm.colo_mode != "none" else orch.role)
         if self.proxy is not None and self.proxy.modes.mode is modes.Mode.FENCED:
             orch.fenced = True  # the adopted proxy's hello, read at boot (_ensure_proxy)
         return orch

@@ -358,3 +358,17 @@ def test_a_fenced_proxy_stays_fenced_when_a_restarted_orchestrator_connects() ->
     p.link.connect(mode="fenced")
     p._sync_proxy_mode()
     assert p._fenced and p._fence_told and p.link.sent == []  # no unfence to tell
+
+
+def test_no_proxy_is_started_at_boot_while_no_vm_runs(tmp_path: Path) -> None:
+    # `colo-lab chaos`, seed 6: a host back from its death (no VM) started colo-proxy in its
+    # config's role, primary, then learnt its peer served and restarted it as secondary,
+    # 10 s later. The VM's start starts the proxy in the role decided then.
+    p = _Part(state=State.STOPPED, command=_sleeper(tmp_path / "started"))
+    p._start_proxy_at_boot(lambda: VmObs(reachable=False))
+    assert p._proxy_proc is None and not (tmp_path / "started").exists()
+    # A VM that runs gets its proxy at boot, as before.
+    q = _Part(state=State.STOPPED, command=_sleeper(tmp_path / "q"))
+    q.link.connect("primary", pid=4711)
+    q._start_proxy_at_boot(lambda: COLO_PRIMARY)
+    assert (q._proxy_pid, q._proxy_role) == (4711, "primary")
