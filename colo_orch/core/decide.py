@@ -41,6 +41,8 @@ class PeerObs:
     # The peer's last heartbeat echoed one of ours sent less than heartbeat_timeout / 2 ago:
     # it still hears us, so it cannot have declared us lost (docs/ORCHESTRATOR.md, F2).
     hears_us: bool = False
+    # Since when (our clock) the peer has reported this state and role without a break.
+    since: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,11 @@ class Decision:
 
 
 MAX_INTERVAL_REASON = "periodic"
+# How long a protected secondary lets its primary's heartbeats say WAITING: at a
+# re-protection we become PROTECTED as the migration completes, and the primary's next
+# heartbeats may still say WAITING or SYNCING for an interval or two (0.1 s each at the
+# defaults); past this the primary is not in COLO with us.
+PEER_LAG_S = 3.0
 # Seconds a failed re-protection (COLO could not start) stays DEGRADED before the next try.
 REPROTECT_BACKOFF = 30.0
 
@@ -475,6 +482,18 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float,
         # copy that must never take over. Fence it; re-protection starts a fresh one.
         return Decision(f"the primary serves without us ({p.state.name}): fencing our stale VM",
                         Event.VM_LOST, StopVM())
+    if (s.role == "secondary" and p.alive and p.role == "primary" and p.state is State.WAITING
+            and s.now - p.since >= PEER_LAG_S):
+        # Found by `colo-lab chaos` (seed 13, fault 6): the PVM's QEMU stopped during a
+        # re-protection's migration; its orchestrator lost the lease, regained it and left
+        # COLO to serve alone, and then went on to wait for a new secondary, just as the
+        # resumed migration completed into our VM. We said PROTECTED, the primary WAITING
+        # for a secondary that waits, and both waited for good. A primary that stays in
+        # WAITING is not in COLO with us: our VM is no copy it keeps; fence it, and the
+        # re-protection starts a fresh one.
+        return Decision(f"the primary has waited for a secondary for "
+                        f"{s.now - p.since:.1f} s while we are protected: our VM is in no "
+                        "COLO with it; fencing our VM", Event.VM_LOST, StopVM())
     if s.role == "secondary" and s.stale:
         return Decision("the arbiter says the primary served alone after our last checkpoint: "
                         "our copy is stale; fencing our VM", Event.VM_LOST, StopVM())

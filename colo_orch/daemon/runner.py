@@ -128,6 +128,8 @@ class Orchestrator(Actions, Watchers):
         self._proxy_restarter: threading.Thread | None = None
         self._peer_proxy_pid: int | None = None
         self._listening_since = time.monotonic()  # when the heartbeat receiver started
+        # The peer's last reported (state, role), and since when it has said so.
+        self._peer_said: tuple[tuple[State | None, str], float] = ((None, ""), 0.0)
         self.protection_verified = False
         self.secondary_checkpoints = 0
         self._fenced = False
@@ -230,6 +232,10 @@ class Orchestrator(Actions, Watchers):
                            incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)),
                            hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2)
+            said = (peer.state, peer.role)
+            if self._peer_said[0] != said:
+                self._peer_said = (said, now)
+            peer = replace(peer, since=self._peer_said[1])
         elif now - self._listening_since < t.heartbeat_timeout:
             # Not heard (or not echoing this run's heartbeats) yet, but not listened to for
             # heartbeat_timeout either: a restarted orchestrator that adopted a protected VM

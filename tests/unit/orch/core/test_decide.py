@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from colo_orch.core.decide import (
+    PEER_LAG_S,
     ActionResult,
     Checkpoint,
     EnterColo,
@@ -233,6 +234,23 @@ def test_a_degraded_host_whose_vm_is_gone_fences_and_releases_the_lease() -> Non
     hung = decide(snap(State.DEGRADED, vm=VmObs(reachable=False, hung=True),
                        degraded_reason="QEMU monitor hung"), MIN, MAX)
     assert hung.event is None
+
+
+def test_a_protected_secondary_fences_when_its_primary_keeps_waiting() -> None:
+    # `colo-lab chaos --seed 13` (without stop-orch), fault 6: the PVM's QEMU stopped during
+    # a re-protection's migration; its orchestrator went alone, then WAITING for a new
+    # secondary, while the migration, resumed, completed into our VM: PROTECTED here,
+    # WAITING there, for good.
+    waiting = PeerObs(alive=True, state=State.WAITING, role="primary", vm_ok=True, since=90.0)
+    s = snap(State.PROTECTED, role="secondary", peer=waiting, lease_held=False)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM()) and "waited" in d.sentence
+    # Just after the migration the primary's heartbeats may still say WAITING: no fence.
+    fresh = replace(waiting, since=100.0 - PEER_LAG_S + 0.5)
+    assert decide(replace(s, peer=fresh), MIN, MAX).event is None
+    # SYNCING is the migration itself, however long it lasts.
+    syncing = replace(waiting, state=State.SYNCING)
+    assert decide(replace(s, peer=syncing), MIN, MAX).event is None
 
 
 def test_stale_secondary_is_fenced_when_the_primary_went_on_alone() -> None:
