@@ -232,6 +232,9 @@ def _chaos(args: argparse.Namespace) -> int:
     from colo_lab.chaos import runner
 
     if args.check is not None:
+        if not args.check.is_file():
+            raise LabError(f"no history at {args.check}",
+                           "give the history.jsonl a campaign wrote (in its --out)")
         return runner.report(args.check, args.reprotect_bound)
     workloads = tuple(w for w in args.workloads.split(",") if w)
     bad = [w for w in workloads if w not in runner.WORKLOADS]
