@@ -370,8 +370,8 @@ class Campaign:
         self.mac = _Mac(self.rec, self.lab)
         wait_until(self.mac.ready.is_set, 15, "the MAC sampler to start")
         for w in o.workloads:
-            c = _Client(self.rec, f"{w}0", self.lab.client_ns, w, "--proc", f"{w}0", "--t0", repr(t0),
-                        "--host", VM_IP)
+            c = _Client(self.rec, f"{w}0", self.lab.client_ns, w, "--proc", f"{w}0",
+                        "--t0", repr(t0), "--host", VM_IP)
             self.clients.append(c)
         wait_until(lambda: all(c.count >= 2 for c in self.clients), 60,
                    "every workload client to complete a request",
@@ -403,7 +403,13 @@ class Campaign:
             end = t_start + p.duration_s
             wait_until(lambda: time.monotonic() >= end, p.duration_s + 5, "the fault's length")
         if heal is not None:
-            heal()
+            try:
+                heal()
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                # Recorded, and the recovery wait below says whether the pair came back.
+                rec.write({"type": "fault", "phase": "error", "id": p.index,
+                           "error": f"healing: {exc}"})
+                self.say(f"could not heal {p.kind} {p.target}: {exc}")
         rec.write({"type": "fault", "phase": "end", "id": p.index})
         t_end = time.monotonic()
         since: list[float] = []  # when the current run of PROTECTED samples began
