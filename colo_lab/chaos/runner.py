@@ -304,9 +304,16 @@ def _host_of(latest: dict[str, dict[str, Any] | None], target: str) -> str:
     raise LabError(f"no host plays the {target} now: {latest}")
 
 
+# A protected pair's states: the primary passes through CHECKPOINTING about once a second
+# under the random workload.
+HEALTHY = ("PROTECTED", "CHECKPOINTING")
+
+
 def _protected(latest: dict[str, dict[str, Any] | None]) -> bool:
-    return all(latest.get(h) and latest[h]["state"] == "PROTECTED"  # type: ignore[index]
-               for h in HOSTS)
+    """Both hosts answer, one as primary and one as secondary, in a protected pair's state."""
+    got = [latest.get(h) for h in HOSTS]
+    return (all(g is not None and g.get("state") in HEALTHY for g in got)
+            and sorted(str(g.get("role")) for g in got if g) == ["primary", "secondary"])
 
 
 class Campaign:

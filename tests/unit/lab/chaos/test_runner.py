@@ -22,5 +22,10 @@ def test_a_role_target_is_the_host_that_plays_it_now() -> None:
 def test_protected_needs_both_hosts_answering_protected() -> None:
     assert runner._protected(SWAPPED)
     assert not runner._protected({**SWAPPED, "secondary": None})
-    assert not runner._protected({**SWAPPED, "primary": {"state": "CHECKPOINTING",
+    # A checkpoint under way is a protected pair's state; two primaries are not a pair.
+    assert runner._protected({**SWAPPED, "secondary": {"state": "CHECKPOINTING",
+                                                       "role": "primary"}})
+    assert not runner._protected({**SWAPPED, "primary": {"state": "PROTECTED",
                                                          "role": "primary"}})
+    assert not runner._protected({**SWAPPED, "primary": {"state": "ALONE",
+                                                         "role": "secondary"}})
