@@ -89,18 +89,22 @@ def check_stream(h: History, digest: Callable[[int], str]) -> list[Violation]:
             by_proc.setdefault(o.proc, []).append(o)
     for proc, ops in by_proc.items():
         conns = set()
+        failing = 0  # failed requests in a row: one outage is one violation
         for o in ops:
             t = o.t1 if o.t1 is not None else o.t0
             if o.outcome == "ok":
                 conns.add(o.conn)
+                failing = 0
                 if o.sha != digest(o.n):
                     out.append(Violation("stream-corrupt", t,
                                          f"{proc} op {o.op}: {o.n} bytes differ from the "
                                          "service's stream"))
             elif o.outcome in ("info", "fail"):
-                out.append(Violation("stream-broken", t,
-                                     f"{proc} op {o.op}: the stream's connection failed: "
-                                     f"{o.error}"))
+                failing += 1
+                if failing == 1:
+                    out.append(Violation("stream-broken", t,
+                                         f"{proc} op {o.op}: the stream's connection "
+                                         f"failed: {o.error}"))
         if len(conns) > 1:
             first = min(o.t1 or o.t0 for o in ops if o.outcome == "ok" and o.conn != min(conns))
             out.append(Violation("stream-broken", first,

@@ -113,6 +113,13 @@ def test_a_stream_connection_that_fails_or_is_reopened_is_broken() -> None:
     failed[1]["error"] = "ConnectionResetError"
     assert _violations([*_clean(), *failed]) == ["stream-broken"]
     assert _violations([*_clean(), *_stream(5, 20.0, 500, conn=2)]) == ["stream-broken"]
+    # An outage is one violation however many requests fail in it; another after an
+    # answer is another.
+    outage = [*failed, *_stream(6, 21.0, 500, outcome="info"),
+              *_stream(7, 22.0, 500, outcome="fail")]
+    assert _violations([*_clean(), *outage]) == ["stream-broken"]
+    again = [*outage, *_stream(8, 23.0, 500), *_stream(9, 24.0, 500, outcome="info")]
+    assert _violations([*_clean(), *again]) == ["stream-broken"] * 2
 
 
 def test_two_hosts_serving_in_one_sample() -> None:

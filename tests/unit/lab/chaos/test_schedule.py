@@ -55,3 +55,12 @@ def test_some_faults_are_timed_into_a_checkpoint_or_a_reprotection() -> None:
     whens = Counter(p.params.get("when", "steady") for p in schedule.plan(2, 100))
     assert set(whens) == {"steady", "checkpoint", "reprotect"}
     assert all("when" not in p.params for p in schedule.plan(2, 300) if p.kind == "etcd-kill")
+
+
+def test_the_pvm_is_never_destroyed_during_a_reprotection() -> None:
+    # The PVM then holds the only whole copy: its loss would be a double fault.
+    plans = [p for seed in range(20) for p in schedule.plan(seed, 100)]
+    assert not [p for p in plans if p.params.get("when") == "reprotect" and p.target == "pvm"
+                and p.kind in ("kill-qemu", "host-death")]
+    assert [p for p in plans if p.params.get("when") == "reprotect" and p.target == "svm"
+            and p.kind in ("kill-qemu", "host-death")]
