@@ -78,4 +78,4 @@ chaos: build
 
 clean:
 	-for n in $$(ls /run/colo-lab 2>/dev/null); do $(VENV)/bin/colo-lab down --name $$n; done
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build/compare-mypyc
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build/compare-mypyc build/fastpath-cffi

@@ -73,6 +73,7 @@ class FlowState:
         "held",
         "key",
         "last",
+        "lent",
         "nbytes",
         "npkts",
         "proto",
@@ -93,6 +94,7 @@ class FlowState:
         self.state = state
         self.timer = False  # has an entry in the comparator's timer heap
         self.busy = False  # is in the comparator's set of flows holding something
+        self.lent = False  # a fast path holds its state (Comparator.lend): not to evict
         self.npkts = 0  # packets held (PVM) or kept (SVM)
         self.nbytes = 0  # payload bytes stored for comparison
         # TCP: held (id, stream end, ACK offset, NEED_* bits, arrival time), kept SVM

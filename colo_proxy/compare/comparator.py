@@ -440,6 +440,95 @@ class Comparator:
         self._requests = 0
         return self._finish(rel, drop, [])
 
+    # -- lending a flow to a fast path -----------------------------------------------------
+    def lend(self, key: bytes) -> tuple[int, int, int, int, int, int, int] | None:
+        """Hand an IPv4 TCP flow's in-sync state to a fast path, or None if it is not in sync.
+
+        In sync: comparing, this epoch, nothing held or kept, both streams at the matched
+        offset, the SVM's ACK known, no FIN or RST on either side. Returns (p_base, s_base,
+        p_abase, s_abase, matched, s_ack, p_amax). Until ``take_back`` the flow is not
+        evicted, and the caller must not give this comparator a packet of it.
+        """
+        f = self._tcp.get(key)
+        if (
+            f is None
+            or len(key) != 12
+            or f.lent
+            or f.state != COMPARE
+            or f.epoch != self._epoch
+            or f.npkts
+            or f.held
+            or f.s_ids
+            or f.p_segs
+            or f.s_segs
+        ):
+            return None
+        m, pb, sb, pab, sab = f.matched, f.p_base, f.s_base, f.p_abase, f.s_abase
+        if m is None or pb is None or sb is None or pab is None or sab is None:
+            return None
+        if (
+            f.p_top != m
+            or f.s_top != m
+            or f.s_ack == _NO_ACK
+            or f.p_fin is not None
+            or f.s_fin is not None
+            or f.p_rst != _NO_TOP
+            or f.s_rst != _NO_TOP
+        ):
+            return None
+        f.lent = True
+        return pb, sb, pab, sab, m, f.s_ack, f.p_amax
+
+    def take_back(
+        self,
+        key: bytes,
+        matched: int,
+        p_top: int,
+        s_top: int,
+        s_ack: int,
+        p_amax: int,
+        held: list[tuple[PacketId, int, int, float]],
+        p_segs: list[tuple[int, bytes]],
+        s_kept: list[tuple[PacketId, int, bytes]],
+        now: float,
+    ) -> list[Command]:
+        """Install the state a fast path reached for a lent flow; it compares here again.
+
+        held: PVM packets still held (id, stream end, ACK offset, arrival time); p_segs:
+        their bytes not yet matched (start, bytes); s_kept: SVM packets whose bytes are
+        not yet matched (id, start, bytes). Raises KeyError for a flow not lent.
+        """
+        f = self._tcp.get(key)
+        if f is None or not f.lent:
+            raise KeyError(key)
+        f.lent = False
+        if now > self._now:
+            self._now = now
+        f.matched = matched
+        f.p_top = p_top
+        f.s_top = s_top
+        f.s_ack = s_ack
+        f.p_amax = p_amax
+        f.held = [(pid, end, aoff, 0, t) for pid, end, aoff, t in held] or None
+        f.p_segs = list(p_segs) or None
+        f.s_segs = [(start, data) for _sid, start, data in s_kept] or None
+        f.s_ids = [(sid, start + len(data)) for sid, start, data in s_kept] or None
+        npkts = len(held) + len(s_kept)
+        nbytes = sum(len(d) for _s, d in p_segs) + sum(len(d) for _i, _s, d in s_kept)
+        self._npkts += npkts - f.npkts
+        self._nbytes += nbytes - f.nbytes
+        f.npkts = npkts
+        f.nbytes = nbytes
+        if self._now - f.last > _RELEASE_MOVE:
+            self._tcp.move_to_end(key)
+        f.last = self._now
+        if npkts and not f.busy:
+            f.busy = True
+            self._busy.add(f)
+        if held and not f.timer:
+            self._arm(f, held[0][3] + self._timeout)
+        return self._finish([], [], [])
+
     def flows(self) -> list[Flow]:
         """Names of the flows in the table (for diagnostics; walks the table)."""
         return [flow_from_key(6, k) for k in self._tcp] + [
@@ -740,7 +829,7 @@ class Comparator:
         while table and budget > 0:
             budget -= 1
             key, f = next(iter(table.items()))
-            if f.npkts or f.state == DIVERGED:
+            if f.npkts or f.state == DIVERGED or f.lent:
                 return
             limit = cfg.closed_timeout if f.is_closed() else cfg.idle_timeout
             if now - f.last < limit:
@@ -753,7 +842,7 @@ class Comparator:
             if not table:
                 break
             key, f = next(iter(table.items()))
-            if f.npkts or f.state == DIVERGED:
+            if f.npkts or f.state == DIVERGED or f.lent:
                 table.move_to_end(key)
                 continue
             del table[key]
