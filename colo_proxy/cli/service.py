@@ -75,6 +75,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
                    help="queue whole GSO packets (faster; bulk flows can stall, docs/PROXY.md)")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False,
                    help="segment GSO packets before queueing them (the default)")
+    p.add_argument("--fast-path", dest="fast_path", action="store_const", const=True,
+                   help="release in-order matching TCP segments in C (the default, when built)")
+    p.add_argument("--no-fast-path", dest="fast_path", action="store_const", const=False,
+                   help="run every packet through the Python loop")
     p.add_argument("--fenced", dest="fenced", action="store_const", const=True,
                    help="start fenced: hold all of the VM's output from the first packet "
                         "until the orchestrator sends unfence (colo-orch gives it when "
@@ -130,7 +134,7 @@ def register(sub: Any) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> ProxySettings:
-    keys = (*SETTING_FLAGS, "gso", "busy_poll_held", "fenced", "role")
+    keys = (*SETTING_FLAGS, "gso", "fast_path", "busy_poll_held", "fenced", "role")
     return load(args.config, {k: getattr(args, k, None) for k in keys})
 
 
@@ -140,7 +144,7 @@ def summary(s: ProxySettings) -> str:
     if s.role == "primary":
         links += f", uplink {s.uplink or '(none)'}"
         queue = (f"NFQUEUE {s.queue} (on crash: {s.on_crash}, queue full: {s.on_queue_full}, "
-                 f"GSO {'on' if s.gso else 'off'}), ")
+                 f"GSO {'on' if s.gso else 'off'}, fast path {'on' if s.fast_path else 'off'}), ")
     else:
         queue = ""
     return (f"{s.role} proxy, instance {s.instance}: {links}, VM MAC {s.vm_mac}\n"

@@ -185,6 +185,21 @@ class FastPath:
     def decide_all(self, accept: bool) -> None:
         self._check(_lib.fp_decide_all(self._p, 1 if accept else 0), "verdict")
 
+    # The proxy's Queue protocol: with the fast path attached, every verdict goes through
+    # its planner (a batch verdict must not pass over a packet held in C).
+    def accept_all(self) -> None:
+        self.decide_all(True)
+
+    def drop_all(self) -> None:
+        self.decide_all(False)
+
+    def receive(self, limit: int = 64) -> list[Any]:
+        raise RuntimeError("with the fast path attached, packets come as its records")
+
+    @property
+    def enobufs(self) -> int:
+        return int(_lib.fp_get_stats(self._p).enobufs)
+
     @property
     def outstanding(self) -> int:
         return int(_lib.fp_outstanding(self._p))

@@ -51,6 +51,7 @@ enum {
     FP_BACK_RECLAIM = 0, FP_BACK_FLAGS = 1, FP_BACK_ORDER = 2, FP_BACK_MISMATCH = 3,
     FP_BACK_LIMIT = 4, FP_BACK_TIMEOUT = 5, FP_BACK_OTHER = 6,
 };
+#define FP_INTR 16 /* fp_wait: a signal came; Python must run its handler */
 #define FP_TAKEN 1
 #define FP_SLOW 0
 
@@ -896,6 +897,7 @@ static int read_nfq(fp_t *fp, double now) {
 static int read_svm(fp_t *fp, double now) {
     for (int k = 0; k < fp->batch; k++) {
         struct sockaddr_ll sll;
+        memset(&sll, 0, sizeof sll);
         socklen_t sl = sizeof sll;
         ssize_t n = recvfrom(fp->svm_fd, fp->rbuf, RECV_BUF, MSG_DONTWAIT,
                              (struct sockaddr *)&sll, &sl);
@@ -908,6 +910,10 @@ static int read_svm(fp_t *fp, double now) {
             return 0;
         }
         uint16_t eth = ntohs(sll.sll_protocol);
+        /* Not a packet socket (a socketpair standing in for it in the unit tests): the
+         * frame's type from its IP version. */
+        if (sll.sll_family != AF_PACKET)
+            eth = n > 0 && (fp->rbuf[0] >> 4) == 4 ? 0x0800 : n > 0 && (fp->rbuf[0] >> 4) == 6 ? 0x86DD : 0;
         int rc = FP_SLOW;
         if (eth == 0x0800)
             rc = fp_svm(fp, fp->rbuf, (size_t)n, now);
@@ -950,7 +956,7 @@ int fp_wait(fp_t *fp, int timeout_ms) {
     struct epoll_event ev[3];
     int n = epoll_wait(fp->ep, ev, 3, timeout_ms);
     if (n < 0)
-        return errno == EINTR ? 0 : -errno;
+        return errno == EINTR ? FP_INTR : -errno;
     unsigned mask = 0;
     for (int i = 0; i < n; i++)
         mask |= 1u << ev[i].data.u32;
@@ -981,8 +987,8 @@ int fp_poll(fp_t *fp, int timeout_ms, double hold_limit, int busy_us) {
         int mask = fp_wait(fp, wait);
         if (mask < 0)
             return mask;
-        if (mask == 0 && wait > 0 && now_mono() < deadline && !fp->held_total)
-            return 0; /* interrupted by a signal: let Python see it */
+        if (mask & FP_INTR)
+            return fp->out_len ? 8 : 0; /* a signal: let Python's handler run */
         int rc = read_ready(fp, (unsigned)mask & 3, hold_limit);
         if (rc < 0)
             return rc;

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from colo_proxy.fastpath import POLL_RECORDS, POLL_WAKE, FastPath
 from colo_proxy.service.control_socket import Client, ControlServer
 from colo_proxy.service.modes import IllegalTransition
 from colo_proxy.service.primary import PrimaryProxy
@@ -19,7 +20,7 @@ from colo_proxy.wire.control import ProtocolError
 def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
           sources: dict[str, Any], ready: Callable[[], None] | None = None, *,
           busy_poll_us: int = 0, busy_poll_held: bool = False,
-          fault: Callable[[], None] | None = None) -> None:
+          fault: Callable[[], None] | None = None, queue_num: int = 0) -> None:
     """Poll the sources and the control sockets until SIGTERM/SIGINT.
 
     One epoll set; each ready descriptor maps straight to its handler (no selector
@@ -35,6 +36,12 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
 
     `fault`, if given, is called before each ready descriptor is handled (a test hook
     that raises, run.TEST_FAULT_ENV).
+
+    With the primary's fast path (`proxy.fast`), the C code reads both sources and waits
+    in its own epoll set, which holds this loop's set as one descriptor: it returns only
+    when Python has work (slow packets, flows given back, a control message, the timer),
+    so matching exchanges never wake this loop. `queue_num` is the NFQUEUE its verdicts
+    name.
     """
     ep = select.epoll()
     handlers: dict[int, Callable[[], None]] = {}
@@ -59,6 +66,11 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
 
     watch(control.fileno(), lambda: on_accept(False))
     watch(control.status_fileno(), lambda: on_accept(True))
+    fast = proxy.fast if isinstance(proxy, PrimaryProxy) else None
+    if fast is not None and isinstance(proxy, PrimaryProxy):
+        fast.attach(sources["pvm"].fileno(), queue_num, sources["svm"].fileno(), ep.fileno(),
+                    proxy.settings.batch)
+        sources = {}
     for name, src in sources.items():
         assert isinstance(proxy, PrimaryProxy)
         watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
@@ -77,6 +89,10 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
     if ready is not None:
         ready()
     try:
+        if fast is not None:
+            assert isinstance(proxy, PrimaryProxy)
+            _serve_fast(proxy, fast, ep, handlers, lambda: stop, busy_poll_us, fault)
+            return
         while not stop:
             polling = busy and clock() < busy_until and (busy_poll_held or proxy.idle())
             events = ep.poll(0.0 if polling else proxy.timeout())
@@ -99,6 +115,32 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
         for s, h in old.items():
             signal.signal(s, h)
         ep.close()
+
+
+def _serve_fast(proxy: PrimaryProxy, fast: FastPath, ep: select.epoll,
+                handlers: dict[int, Callable[[], None]], stopped: Callable[[], bool],
+                busy_us: int, fault: Callable[[], None] | None) -> None:
+    while not stopped():
+        if fault is None:
+            ready = fast.poll(proxy.timeout(), proxy.hold_limit, busy_us)
+        else:
+            # The fault hook must run before any packet is handled, so C may not handle
+            # one on its own: wait, raise if armed, then read.
+            ready = fast.wait(proxy.timeout()) & 7  # bit 4: a signal
+            if ready & 3:
+                fault()
+                fast.read(proxy.hold_limit)
+            ready |= POLL_RECORDS
+        if ready & POLL_RECORDS:
+            proxy.on_fast()
+        if ready & POLL_WAKE:
+            for fd, _ev in ep.poll(0):
+                handler = handlers.get(fd)
+                if handler is not None:
+                    if fault is not None:
+                        fault()
+                    handler()
+        proxy.on_timer()
 
 
 def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,

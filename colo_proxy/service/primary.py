@@ -24,6 +24,7 @@ from colo_proxy.compare import (
     Side,
     Wakeup,
 )
+from colo_proxy.fastpath import FastPath, GivenBack, SlowPvm, lending
 from colo_proxy.service.metrics import HoldTimer
 from colo_proxy.service.modes import (
     BARRIER,
@@ -88,8 +89,17 @@ class PrimaryProxy:
         datapath: Datapath | None = None,
         carry: CarryStats | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fast: FastPath | None = None,
     ) -> None:
         self.settings = settings
+        # The C fast path (colo_proxy/fastpath), when attached: it reads both sources and
+        # sends every verdict (queue is then the fast path itself); flows in sync are lent
+        # to it while PROTECTED and taken back before anything else touches them.
+        self.fast = fast
+        # How long C may hold a PVM packet before the comparator takes its flow back: half
+        # the compare timeout, so the comparator's timeout fires on time (it counts from
+        # the packet's arrival, kept in the given-back state).
+        self.hold_limit = settings.compare.compare_timeout / 2
         self.carry = carry
         self.queue = queue
         self.svm = svm
@@ -196,6 +206,68 @@ class PrimaryProxy:
             self._apply(cmds)
         self._flush()
 
+    def on_fast(self) -> None:
+        """The fast path's records: slow packets in arrival order and flows it gave back."""
+        assert self.fast is not None
+        self._fast_records(self.fast.records(), lend=self.modes.mode is PROTECTED)
+
+    def _fast_records(self, recs: list[Any], lend: bool) -> None:
+        if not recs:
+            return
+        touched: set[bytes] = set()
+        run: list[Any] = []
+        for r in recs:
+            if run and type(r) is not type(run[0]):
+                self._fast_run(run, touched)
+                run = []
+            if isinstance(r, GivenBack):
+                self._give_back(r)
+            else:
+                run.append(r)
+        if run:
+            self._fast_run(run, touched)
+        if lend and touched:
+            assert self.fast is not None
+            lending.lend(self.cmp, self.fast, touched, self.clock())
+
+    def _fast_run(self, run: list[Any], touched: set[bytes]) -> None:
+        for r in run:
+            key = lending.tcp_key(r.payload)
+            if key is not None:
+                touched.add(key)
+        if isinstance(run[0], SlowPvm):
+            self._feed_pvm(run)
+        else:
+            self._feed_svm(run)
+
+    def _give_back(self, r: GivenBack) -> None:
+        for pid, _end, _aoff, t in r.held:
+            self.hold.queued(pid, t, 0)
+        if self.modes.mode is BARRIER or self.modes.mode is PROTECTED:
+            def next_id() -> int:
+                self.svm_ids += 1
+                return self.svm_ids
+            self._apply(lending.give_back(self.cmp, r, next_id, self.clock()))
+            self._flush()
+        # Any other mode lent nothing since it began: _passthrough and _fence decided
+        # every outstanding packet, these included.
+
+    def _reclaim(self) -> None:
+        """Take every lent flow back (before a checkpoint, a mode change, a new comparator)."""
+        if self.fast is not None:
+            self.fast.reclaim_all()
+            self._fast_records(self.fast.records(), lend=False)
+
+    def _drain_fast(self) -> None:
+        """Read both sources until empty, into the comparator (the checkpoint's barrier)."""
+        assert self.fast is not None
+        while True:
+            self.fast.read(self.hold_limit)
+            recs = self.fast.records()
+            if not recs:
+                return
+            self._fast_records(recs, lend=False)
+
     def on_timer(self) -> None:
         now = self.clock()
         if self.wake is not None and now >= self.wake:
@@ -205,7 +277,8 @@ class PrimaryProxy:
 
     def idle(self) -> bool:
         """Nothing held: the next packet is new PVM output, not an awaited SVM twin."""
-        return self.cmp.held_packets == 0 and not self._epoch and not self._next
+        return (self.cmp.held_packets == 0 and not self._epoch and not self._next
+                and (self.fast is None or self.fast.held_packets == 0))
 
     def timeout(self, cap: float = 1.0) -> float:
         if self.wake is None:
@@ -219,6 +292,8 @@ class PrimaryProxy:
                     "pid": os.getpid(), "instance": self.settings.instance}
         if kind == "status":
             return self.status()
+        if kind != "checkpoint_started":
+            self._reclaim()  # every other message changes what the comparator must know
         if kind == "checkpoint_started":
             log.info("checkpoint started")
         elif kind == "checkpoint_barrier":
@@ -227,10 +302,13 @@ class PrimaryProxy:
             # this was produced from the state the SVM is about to receive.
             # Not allowed a second time, nor while passing through: ignored, as always.
             if self.modes.can(Event.CHECKPOINT_BARRIER):
-                while pkts := self.queue.receive(self.settings.batch):
-                    self._feed_pvm(pkts)
-                while frames := self.svm.receive(self.settings.batch):
-                    self._feed_svm(frames)
+                if self.fast is not None:
+                    self._drain_fast()
+                else:
+                    while pkts := self.queue.receive(self.settings.batch):
+                        self._feed_pvm(pkts)
+                    while frames := self.svm.receive(self.settings.batch):
+                        self._feed_svm(frames)
                 self.modes.fire(Event.CHECKPOINT_BARRIER)
         elif kind == "checkpoint_done":
             self.modes.fire(Event.CHECKPOINT_DONE)
@@ -364,7 +442,8 @@ class PrimaryProxy:
             "type": "status", "role": "primary", "mode": self.mode.label,
             "uptime_seconds": round(self.clock() - self.started, 3),
             "output": self.settings.output,
-            "held_packets": self.cmp.held_packets + len(self._epoch) + len(self._next),
+            "held_packets": self.cmp.held_packets + len(self._epoch) + len(self._next)
+            + (self.fast.held_packets if self.fast is not None else 0),
             "flows": self.cmp.flow_count,
             "checkpoint_pending": self.cmp.checkpoint_pending,
             "checkpoint_requests": dict(self.checkpoint_requests),
@@ -374,6 +453,8 @@ class PrimaryProxy:
             "passed_uncompared": self.passed_uncompared, "fenced_drops": self.fenced_drops,
             "compared_bytes": dict(self.compared_bytes),
         }
+        if self.fast is not None:
+            out["fast_path"] = {**self.fast.stats(), "lent_flows": self.fast.lent_flows}
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
             out["carried_flows"] = self.datapath.carried()

@@ -96,17 +96,20 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
                 # Only a primary with an uplink carries flows over a role swap.
                 with _carry_end(s, dp, key if s.uplink else None,
                                 carry_link.Announcer) as ann:
-                    proxy = PrimaryProxy(s, q, svm, notify=ctl.broadcast, datapath=dp,
-                                         carry=ann)
+                    fast = _fast_path(s)
+                    proxy = PrimaryProxy(s, q if fast is None else fast, svm,
+                                         notify=ctl.broadcast, datapath=dp, carry=ann,
+                                         fast=fast)
                     stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
                                                   fail_open=qcfg.fail_open)
                     try:
                         serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
                             "ready: comparing output of %s, mirror to %s, control %s, on "
-                            "crash %s%s", s.tap, s.forward, s.control_socket, s.on_crash,
+                            "crash %s, fast path %s%s", s.tap, s.forward, s.control_socket,
+                            s.on_crash, "on" if fast is not None else "off",
                             FENCED_NOTE if s.fenced else ""),
                             busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held,
-                            fault=_test_fault())
+                            fault=_test_fault(), queue_num=s.queue)
                     finally:
                         stop_metrics()
                 # Only an orderly stop (serve returned: SIGTERM) lets the output pass
@@ -130,6 +133,19 @@ def _wait_for_links(s: ProxySettings, *, uplink: bool = True) -> None:
            s.uplink: " (the uplink toward the clients)"}
     links.wait_for([s.tap, s.forward, s.uplink if uplink else ""], log,
                    lambda n: why.get(n, ""))
+
+
+def _fast_path(s: ProxySettings) -> Any:
+    """The C fast path if configured and built (else None: the Python loop does it all)."""
+    if not s.fast_path or s.output != "compare":
+        return None
+    from colo_proxy import fastpath
+
+    if not fastpath.available():
+        log.warning("fast_path is on but not built (scripts/build-fastpath): every packet "
+                    "goes through the Python loop")
+        return None
+    return fastpath.FastPath(s.compare.max_flow_packets, s.compare.max_flow_bytes)
 
 
 def _carry_over(s: ProxySettings, dp: Any) -> None:

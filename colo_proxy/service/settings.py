@@ -78,6 +78,10 @@ class ProxySettings:
     busy_poll_held: bool = False
     # Most packets read from each source per call (one NFQUEUE datagram = one packet).
     batch: int = 256
+    # In-order TCP segments whose bytes match are released by the C fast path
+    # (colo_proxy/fastpath) without waking Python, when its build is there; False runs
+    # every packet through the Python loop (docs/PROXY.md, "The fast path").
+    fast_path: bool = True
     metrics_listen: str = ""  # ADDR:PORT of the Prometheus /metrics endpoint; "" = none
     # ICMPv6 to link-local multicast (MLD reports, router solicitations, DAD) is timed by
     # random delays in each kernel and never reaches a client's connection state: pass the
@@ -219,6 +223,7 @@ SPECS: dict[str, Spec] = {
                          lo=0, hi=10_000),
     "busy_poll_held": Spec("proxy", bool, False, "use {eg} or true"),
     "batch": Spec("proxy", int, 256, "use 1 to 65536 packets, e.g. {eg}", lo=1, hi=65536),
+    "fast_path": Spec("proxy", bool, True, "use {eg} or false"),
     "metrics_listen": Spec("proxy", str, "10.0.0.1:7412", "write it like {eg} (an address of "
                            "this host, 0.0.0.0 for every interface), or \"\" for none",
                            check=_listen),

@@ -241,7 +241,7 @@ def test_a_good_config_gets_a_short_summary(tmp_path: Path,
         "primary proxy, instance colo: tap vif1.0, forward link fwd0, uplink eth0, "
         "VM MAC 52:54:00:c0:10:01\n"
         "peer's forward-link MAC 02:c0:10:f0:00:02, pair's key /etc/colo/web.key\n"
-        "NFQUEUE 3 (on crash: open, queue full: drop, GSO off), control socket "
+        "NFQUEUE 3 (on crash: open, queue full: drop, GSO off, fast path on), control socket "
         "/run/colo-proxy/control.sock, metrics on [fd00::1]:7412\n"
         "compare timeout 0.25 s, 2 flow pattern(s) passed uncompared\n")
 
