@@ -180,7 +180,11 @@ class ProxyCollector(Collector):
         st = self._status()
         yield from self._common(st)
         if self.role == "primary":
-            yield from self._compare(st, self._compare_stats())
+            from colo_proxy.service.primary import with_fast_path
+
+            fast = st.get("fast_path")
+            yield from self._compare(st, with_fast_path(self._compare_stats(), fast))
+            yield from self._fast_path(fast or {})
             yield from self._nfqueue(st)
         yield from self._datapath(st.get("datapath", {}))
         yield from self._carry(st.get("carry", {}))
@@ -287,6 +291,23 @@ class ProxyCollector(Collector):
         else:
             h.add_metric([], [(repr(b), 0.0) for b in HOLD_BUCKETS] + [("+Inf", 0.0)], 0.0)
         yield h
+
+    def _fast_path(self, st: dict[str, Any]) -> Iterator[Metric]:
+        from colo_proxy.fastpath import BACK_REASONS
+
+        yield _by("colo_proxy_fast_path_packets",
+                  "Packets the C fast path took (pvm, svm; released: PVM packets it released) "
+                  "or handed to the Python loop (slow_pvm, slow_svm)", "event",
+                  [(e, st.get(k, 0)) for e, k in (("pvm", "pvm_packets"),
+                                                   ("svm", "svm_packets"),
+                                                   ("released", "released"),
+                                                   ("slow_pvm", "slow_pvm"),
+                                                   ("slow_svm", "slow_svm"))])
+        yield _by("colo_proxy_fast_path_handbacks",
+                  "Flows the fast path gave back to the comparator, by reason", "reason",
+                  [(r, st.get(f"handbacks_{r}", 0)) for r in BACK_REASONS])
+        yield _gauge("colo_proxy_fast_path_lent_flows",
+                     "Flows lent to the fast path now", st.get("lent_flows", 0))
 
     def _nfqueue(self, st: dict[str, Any]) -> Iterator[Metric]:
         k = nfqueue_stats(self.queue, self.nfqueue_proc) if self.queue is not None else {}

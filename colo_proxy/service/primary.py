@@ -71,6 +71,19 @@ class CarryStats(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+def with_fast_path(compare: dict[str, int], fast: dict[str, int] | None) -> dict[str, int]:
+    """The comparator's counts with the fast path's packets added, so that "compared" and
+    "released" count every packet whichever path took it (the fast path only takes what
+    the comparator lent it, on the comparator's rule)."""
+    if not fast:
+        return compare
+    out = dict(compare)
+    for name, add in (("primary_packets", "pvm_packets"), ("secondary_packets", "svm_packets"),
+                      ("released_packets", "released"), ("dropped_packets", "svm_packets")):
+        out[name] = out.get(name, 0) + fast.get(add, 0)
+    return out
+
+
 def flow_json(flow: Flow | None) -> dict[str, Any] | None:
     if flow is None:
         return None
@@ -448,13 +461,14 @@ class PrimaryProxy:
             "checkpoint_pending": self.cmp.checkpoint_pending,
             "checkpoint_requests": dict(self.checkpoint_requests),
             "checkpoints_done": self.checkpoints,
-            "compare": self.cmp.stats.as_dict(),
+            "compare": self.cmp.stats.as_dict(),  # with the fast path's: below
             "svm_non_ip": self.svm_non_ip, "truncated_copies": self.truncated,
             "passed_uncompared": self.passed_uncompared, "fenced_drops": self.fenced_drops,
             "compared_bytes": dict(self.compared_bytes),
         }
         if self.fast is not None:
             out["fast_path"] = {**self.fast.stats(), "lent_flows": self.fast.lent_flows}
+            out["compare"] = with_fast_path(out["compare"], out["fast_path"])
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
             out["carried_flows"] = self.datapath.carried()

@@ -14,6 +14,7 @@ import pytest
 from colo_lab.proxy_harness import Orchestrator, ProxyPair, in_ns, nstat
 from colo_lab.standin import CLIENT_IP6, VM_IP6, Standin
 from colo_lab.wait import wait_until
+from colo_proxy import fastpath
 from colo_proxy.kernel.datapath import prog_exists
 from colo_proxy.service import control_socket as control
 from colo_proxy.service.run import TEST_FAULT_ENV
@@ -27,6 +28,10 @@ def _load(lab: Standin, *args: str, timeout: float = 120) -> dict[str, object]:
     return result
 
 
+# Every test here runs the primary's C fast path (the default) when it is built; this one
+# runs the pure-Python path too.
+@pytest.mark.parametrize("pair", [[], ["--no-fast-path"]], ids=["fast-path", "python"],
+                         indirect=True)
 def test_deterministic_service_needs_no_checkpoint(standin: Standin, pair: ProxyPair) -> None:
     res = _load(standin, "check", "--conns", "20", "--requests", "1000")
     pri, sec = pair.status("primary"), pair.status("secondary")
@@ -35,6 +40,11 @@ def test_deterministic_service_needs_no_checkpoint(standin: Standin, pair: Proxy
         [res["errors"], pri, sec, svm_tcp])
 
     assert pri["checkpoint_requests"] == {}
+    if "--no-fast-path" in pair.extra or not fastpath.available():
+        assert "fast_path" not in pri
+    else:
+        # Keep-alive exchanges after the first of each connection: released in C.
+        assert pri["fast_path"]["released"] > 500, pri["fast_path"]
     assert pri["compare"]["primary_packets"] > 1000
     assert pri["compare"]["released_packets"] == pri["compare"]["primary_packets"]
     assert pri["compare"]["internal_errors"] == 0
