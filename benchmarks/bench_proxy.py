@@ -218,6 +218,21 @@ def main() -> None:
               f" us, waiting for the SVM twin {proxied_lat['p50_us'] - hop_lat['p50_us']:+.0f} us")
         print(f"checkpoints answered {r['answered']}; requests by reason "
               f"{status['checkpoint_requests']}; queue overflows {status.get('queue_overflows')}")
+        if "fast_path" in status:
+            fp = status["fast_path"]
+            backs = {k[10:]: v for k, v in fp.items() if k.startswith("handbacks_") and v}
+            print(f"fast path: {fp['released']} PVM packets released in C, "
+                  f"{fp['slow_pvm']} PVM / {fp['slow_svm']} SVM through Python, "
+                  f"flows given back {backs or 0}")
+        if low_svm is not None:
+            # Issue 14's targets for the C fast path, against this run's floor with the SVM.
+            added = proxied_lat["p50_us"] - direct_lat["p50_us"]
+            floor_added = low_svm["lat"]["p50_us"] - direct_lat["p50_us"]
+            ratio = added / floor_added if floor_added > 0 else float("inf")
+            print(f"issue 14 targets: added p50 {ratio:.2f}x the floor with the SVM "
+                  f"(target <= 1.3); added p99 {proxied_lat['p99_us'] - direct_lat['p99_us']:+.0f}"
+                  f" us (target <= 250); throughput {proxied_bps / direct_bps:.2f} of direct "
+                  "(target >= 0.7)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ opening comment is the theory of operation; docs/PROXY.md says how the proxy use
 
 ``available()`` is False when no build matches the sources (``scripts/build-fastpath``):
 the proxy then runs its pure-Python path.
+
+This room imports ``compare`` (lending.py) and its own C module; the C code reads and
+writes the descriptors that ``kernel`` opened and configured, and opens none itself.
 """
 
 from __future__ import annotations

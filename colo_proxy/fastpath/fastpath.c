@@ -70,7 +70,8 @@ typedef struct {
 } kept_t;
 
 typedef struct flow {
-    struct flow *next;
+    struct flow *next;             /* in its hash bucket */
+    struct flow *lnext, *lprev;    /* in the list of lent flows (timeouts, reclaim) */
     uint8_t key[12];
     uint32_t p_base, s_base, p_abase, s_abase;
     int64_t m, p_top, s_top, s_ack, p_amax, nbytes;
@@ -86,6 +87,7 @@ typedef struct flow {
 
 struct fp {
     flow_t *buckets[NBUCKETS];
+    flow_t *lent;
     int nflows, max_flows, max_fp;
     int64_t max_fb;
     int held_total, kept_total;
@@ -198,13 +200,10 @@ static void flow_free(flow_t *f) {
 void fp_free(fp_t *fp) {
     if (!fp)
         return;
-    for (int b = 0; b < NBUCKETS; b++) {
-        flow_t *f = fp->buckets[b];
-        while (f) {
-            flow_t *n = f->next;
-            flow_free(f);
-            f = n;
-        }
+    while (fp->lent) {
+        flow_t *n = fp->lent->lnext;
+        flow_free(fp->lent);
+        fp->lent = n;
     }
     if (fp->ep >= 0) {
         extern int close(int);
@@ -237,6 +236,10 @@ int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *x) {
     f->s_ack = x->s_ack;
     f->p_amax = x->p_amax;
     *pp = f;
+    f->lnext = fp->lent;
+    if (fp->lent)
+        fp->lent->lprev = f;
+    fp->lent = f;
     fp->nflows++;
     fp->stats.lent++;
     return 1;
@@ -279,6 +282,12 @@ static int hand_back(fp_t *fp, flow_t **pp, int reason) {
     fp->held_total -= (int)nh;
     fp->kept_total -= (int)nk;
     *pp = f->next;
+    if (f->lprev)
+        f->lprev->lnext = f->lnext;
+    else
+        fp->lent = f->lnext;
+    if (f->lnext)
+        f->lnext->lprev = f->lprev;
     flow_free(f);
     fp->nflows--;
     fp->stats.handbacks[reason & 7]++;
@@ -286,28 +295,24 @@ static int hand_back(fp_t *fp, flow_t **pp, int reason) {
 }
 
 int fp_reclaim_all(fp_t *fp, int reason) {
-    for (int b = 0; b < NBUCKETS; b++)
-        while (fp->buckets[b]) {
-            int rc = hand_back(fp, &fp->buckets[b], reason);
-            if (rc < 0)
-                return rc;
-        }
+    while (fp->lent) {
+        int rc = hand_back(fp, find_slot(fp, fp->lent->key), reason);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 
 int fp_expire(fp_t *fp, double before) {
-    for (int b = 0; b < NBUCKETS; b++) {
-        flow_t **pp = &fp->buckets[b];
-        while (*pp) {
-            flow_t *f = *pp;
-            if (f->h0 < f->nh && f->held[f->h0].t <= before) {
-                int rc = hand_back(fp, pp, FP_BACK_TIMEOUT);
-                if (rc < 0)
-                    return rc;
-            } else {
-                pp = &f->next;
-            }
+    flow_t *f = fp->lent;
+    while (f) {
+        flow_t *next = f->lnext;
+        if (f->h0 < f->nh && f->held[f->h0].t <= before) {
+            int rc = hand_back(fp, find_slot(fp, f->key), FP_BACK_TIMEOUT);
+            if (rc < 0)
+                return rc;
         }
+        f = next;
     }
     return 0;
 }
@@ -321,10 +326,9 @@ double fp_oldest(fp_t *fp) {
     double t = -1.0;
     if (!fp->held_total)
         return t;
-    for (int b = 0; b < NBUCKETS; b++)
-        for (flow_t *f = fp->buckets[b]; f; f = f->next)
-            if (f->h0 < f->nh && (t < 0 || f->held[f->h0].t < t))
-                t = f->held[f->h0].t;
+    for (flow_t *f = fp->lent; f; f = f->lnext)
+        if (f->h0 < f->nh && (t < 0 || f->held[f->h0].t < t))
+            t = f->held[f->h0].t;
     return t;
 }
 
