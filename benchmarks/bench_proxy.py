@@ -13,7 +13,7 @@ A stand-in orchestrator answers every checkpoint request at once (iperf3's closi
 results message differs between replicas, once per run). Run as root:
 
     .venv/bin/python benchmarks/bench_proxy.py [--rounds 16] [--requests 5000] \\
-        [--variant '--busy-poll-us 0' --variant '--busy-poll-us 200' ...] [--floor]
+        [--variant='--busy-poll-us 0' --variant='--busy-poll-us 200' ...] [--floor]
 """
 
 from __future__ import annotations
@@ -168,8 +168,9 @@ def main() -> None:
     ap.add_argument("--floor", action="store_true",
                     help="also measure a minimal C consumer that accepts at once (nfq_floor.c)")
     ap.add_argument("--variant", action="append", default=[], metavar="FLAGS",
-                    help="proxy flags of one proxied run, e.g. '--busy-poll-us 0'; "
-                         "repeat to compare several in one run (default: the defaults)")
+                    help="proxy flags of one proxied run, written with '=' since they start "
+                         "with '--' (--variant=--no-fast-path, --variant='--busy-poll-us 0', "
+                         "--variant= for the defaults); repeat to compare several in one run")
     a = ap.parse_args()
     variants = a.variant or [""]
     lab = Standin(a.name)
