@@ -76,6 +76,12 @@ class Backend(ABC):
     def stop_vm(self) -> str:
         """Stop our VM. Bound: 10 s."""
 
+    def cancel_migration(self) -> str:
+        """Cancel a migration our VM still runs that no action owns (an abandoned
+        `enter_colo`), and return once it ended. Bound: 10 s. Only hypervisors whose
+        `observe` reports a migration under way outside `enter_colo` need it."""
+        raise BackendError("this hypervisor reports no migration to cancel")
+
     @abstractmethod
     def wait_resume(self, timeout: float) -> bool:
         """Secondary: True when our VM resumed with a newly loaded checkpoint.

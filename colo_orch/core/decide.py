@@ -130,7 +130,14 @@ class StopVM:
     pass
 
 
-Action = StartVM | EnterColo | Checkpoint | TakeOver | Pause | ReleaseLease | StopVM
+@dataclass(frozen=True)
+class CancelMigration:
+    """Cancel a migration our VM still runs from an abandoned `EnterColo`, and return
+    once QEMU says it ended."""
+
+
+Action = (StartVM | EnterColo | Checkpoint | TakeOver | Pause | ReleaseLease | StopVM
+          | CancelMigration)
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,28 @@ def _on_finished(s: Snapshot) -> Decision | None:
 _MIGRATING = frozenset({"setup", "active", "device", "pre-switchover"})
 
 
+def _stray_migration(s: Snapshot) -> Decision | None:
+    """A primary outside SYNCING whose VM still migrates: cancel it and wait for its end.
+
+    Found by `colo-lab chaos` (seed 13, fault 6, docs/RELIABILITY.md): the PVM's QEMU
+    stopped (SIGSTOP) while SYNCING; the primary let the lease go and went HOLDING with
+    the migration still registered in QEMU. At SIGCONT it regained the lease, served
+    alone, re-protected, and its new `migrate` failed with "duplicate yank instance";
+    QEMU then closed its monitor and both hosts ended FENCED. Only the action that
+    started a migration owns it; any other state cancels it (`migrate_cancel`) and starts
+    none until query-migrate shows it ended ("cancelling" is still under way).
+    """
+    m = s.vm.migration
+    if s.role != "primary" or not s.vm.reachable or s.vm.hung:
+        return None
+    if m == "cancelling":
+        return Decision("waiting for the cancelled migration to end (cancelling)")
+    if m in _MIGRATING:
+        return Decision(f"our VM still runs a migration that no action owns ({m}): cancelling "
+                        "it before anything else", action=CancelMigration())
+    return None
+
+
 def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     mode = s.vm.colo_mode
     if s.vm.reachable and not s.vm.hung and mode in ("primary", "secondary"):
@@ -442,6 +471,9 @@ def _waiting(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         if s.vm.colo_mode == "secondary":
             return Decision("the primary's COLO migration arrived: protected", Event.COLO_ENTERED)
         return Decision("waiting for the primary to start COLO")
+    stray = _stray_migration(s)
+    if stray is not None:
+        return stray
     p = s.peer
     if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
             and s.vm.running and p.proxy_ready):
@@ -563,6 +595,9 @@ def _failing_over(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
 
 
 def _alone(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
+    stray = _stray_migration(s)
+    if stray is not None:
+        return stray
     p = s.peer
     if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
             and p.proxy_ready):
@@ -590,6 +625,10 @@ def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         # beside it (split brain), so fence it for good.
         return Decision(f"peer took over while we were degraded ({s.degraded_reason}): "
                         "fencing our VM", Event.VM_LOST, StopVM())
+    stray = _stray_migration(s)
+    if stray is not None:
+        # An enter_colo that failed on a monitor timeout leaves its migration in QEMU.
+        return stray
     if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
         wait = s.degraded_at + REPROTECT_BACKOFF - s.now
         if s.degraded_reason.startswith("enter_colo failed") and wait > 0:
@@ -616,6 +655,10 @@ def _holding(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         # since; our VM is behind what clients were told, whoever holds the lease now.
         return Decision("the arbiter says the peer served alone after our last checkpoint: "
                         "our copy is stale; fencing our VM", Event.VM_LOST, StopVM())
+    stray = _stray_migration(s)
+    if stray is not None:
+        # Output stays held meanwhile: the sentence says why we still hold it.
+        return replace(stray, sentence=f"holding output; {stray.sentence}")
     if not lease_ok(s):
         return Decision(f"holding output: {_lease_why(s)}")
     how = "the arbiter lease is ours again" if s.lease_held else "failsafe: the secondary follows"

@@ -18,6 +18,7 @@ from typing import Any
 from colo_orch.backends.base import Backend
 from colo_orch.core.decide import (
     Action,
+    CancelMigration,
     Checkpoint,
     EnterColo,
     Pause,
@@ -106,6 +107,8 @@ class Actions(ProxySupervision):
             return "release_lease", self._release_lease
         if isinstance(action, StopVM):
             return "stop_vm", b.stop_vm
+        if isinstance(action, CancelMigration):
+            return "cancel_migration", b.cancel_migration
         raise RuntimeError(f"Unexpected command: {action}")
 
     def _lease_timeout(self) -> float:

@@ -379,6 +379,21 @@ class QemuBackend(Backend):
         except Exception:
             pass
 
+    def cancel_migration(self) -> str:
+        # QEMU keeps a migration's yank instance registered until the migration ends; a
+        # `migrate` before that fails with "duplicate yank instance" (seen in the lab after
+        # a SIGSTOP of the PVM during a re-protection). So wait for the end, not only ask.
+        first = self.mon.cmd("query-migrate").get("status", "none")
+        self.mon.cmd("migrate_cancel")
+        deadline = time.monotonic() + 10.0
+        while True:
+            st = self.mon.cmd("query-migrate").get("status", "none")
+            if st not in ("setup", "active", "device", "pre-switchover", "cancelling"):
+                return f"migration cancelled (was {first}, now {st})"
+            if time.monotonic() >= deadline:
+                raise BackendError(f"migration still {st} 10 s after migrate_cancel")
+            time.sleep(0.05)
+
     def checkpoint(self) -> str:
         self.events.clear_events()
         start = time.monotonic()

@@ -8,7 +8,9 @@ import pytest
 
 from colo_orch.core.decide import (
     ActionResult,
+    CancelMigration,
     Checkpoint,
+    EnterColo,
     Pause,
     PeerObs,
     Snapshot,
@@ -393,3 +395,50 @@ def test_a_checkpoint_hung_on_a_lost_peer_is_abandoned_then_the_primary_goes_alo
     assert (d.record_alone, d.event) == (True, None)
     d = decide(replace(failed, finished=None), MIN, MAX)
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
+
+
+# A migration that no action owns (docs/RELIABILITY.md: seed 13, fault 6) ---------------
+SYNCING_VM = VmObs(reachable=True, running=True, status="running", migration="active")
+WAITING_PEER = PeerObs(alive=True, state=State.WAITING, role="secondary", vm_ok=True,
+                       incoming_uri="tcp:10.99.1.2:4444", hears_us=True)
+
+
+def test_a_primary_stopped_while_syncing_cancels_its_migration_before_serving_alone() -> None:
+    # SIGCONT: the lease is ours again, and QEMU still runs the abandoned migration.
+    d = decide(snap(State.HOLDING, vm=SYNCING_VM, peer=WAITING_PEER), MIN, MAX)
+    assert (d.event, d.action, d.fence) == (None, CancelMigration(), None)
+    assert d.sentence.startswith("holding output")
+    # Without the lease it cancels too: the migration is nobody's, whoever serves next.
+    d = decide(snap(State.HOLDING, vm=SYNCING_VM, peer=LOST, lease_held=False), MIN, MAX)
+    assert d.action == CancelMigration()
+
+
+@pytest.mark.parametrize("state", [State.WAITING, State.ALONE, State.DEGRADED])
+def test_no_new_colo_while_an_old_migration_runs(state: State) -> None:
+    s = snap(state, vm=SYNCING_VM, peer=WAITING_PEER, degraded_reason="enter_colo failed: x",
+             degraded_at=0.0)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action) == (None, CancelMigration())
+    d = decide(replace(s, vm=replace(SYNCING_VM, migration="cancelling")), MIN, MAX)
+    assert (d.event, d.action) == (None, None) and "cancelling" in d.sentence
+
+
+def test_once_the_old_migration_ended_re_protection_starts_again() -> None:
+    for ended in ("cancelled", "failed", "completed", "none"):
+        d = decide(snap(State.WAITING, vm=replace(SYNCING_VM, migration=ended),
+                        peer=WAITING_PEER), MIN, MAX)
+        assert isinstance(d.action, EnterColo), ended
+
+
+def test_the_migration_of_a_running_enter_colo_is_never_cancelled() -> None:
+    # SYNCING owns its migration; a busy loop decides nothing but the fence.
+    d = decide(snap(State.SYNCING, vm=SYNCING_VM, peer=WAITING_PEER), MIN, MAX)
+    assert d.action is None
+    d = decide(snap(State.HOLDING, vm=SYNCING_VM, peer=WAITING_PEER, busy=True), MIN, MAX)
+    assert d.action is None
+
+
+def test_a_hung_monitor_is_not_asked_to_cancel() -> None:
+    hung = VmObs(reachable=True, hung=True, migration="active")
+    d = decide(snap(State.HOLDING, vm=hung, peer=WAITING_PEER, lease_held=False), MIN, MAX)
+    assert d.action is None

@@ -38,6 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from colo_orch.core.decide import (
     ActionResult,
+    CancelMigration,
     Checkpoint,
     Decision,
     EnterColo,
@@ -352,7 +353,7 @@ class Host:
             return
         name = {StartVM: "start_vm", EnterColo: "enter_colo", Checkpoint: "checkpoint",
                 TakeOver: "take_over", ReleaseLease: "release_lease",
-                StopVM: "stop_vm"}[type(action)]
+                StopVM: "stop_vm", CancelMigration: "cancel_migration"}[type(action)]
         o.pending = (name, action)
         if isinstance(action, EnterColo) and self.vm is not None:
             self.vm.migration = "active"
@@ -387,7 +388,9 @@ class Host:
             if (not ok or vm is None or pvm is None or not world.link
                     or pvm.status != "inmigrate"):
                 if vm is not None:
-                    vm.migration = "failed"
+                    # A failure on a dead link leaves the migration running in QEMU (its
+                    # stream blocks until TCP gives up): the loop must cancel it.
+                    vm.migration = "failed" if world.link else "active"
                 raise RuntimeError("COLO did not start")
             assert self.proxy is not None
             if self.proxy.send("resume"):  # at the PVM's stop
@@ -426,6 +429,11 @@ class Host:
         if isinstance(action, StopVM):
             self.vm = None
             return "stopped"
+        if isinstance(action, CancelMigration):
+            if self.vm is None:
+                raise RuntimeError("no VM")
+            self.vm.migration = "cancelled"
+            return "migration cancelled"
         raise RuntimeError(f"Unexpected command: {action}")
 
     def keeper(self) -> None:

@@ -60,3 +60,22 @@ def test_the_disk_resync_reports_offset_against_length() -> None:
     got: list[tuple[int, int]] = []
     _rep(mon).resync("10.0.0.2", progress=lambda done, total: got.append((done, total)))
     assert got == [(0, 100), (60, 100), (100, 100)]
+
+
+def test_a_stray_migration_is_cancelled_and_waited_for() -> None:
+    # QEMU frees the migration's yank instance only once it ended: "cancelling" is not yet.
+    states = ["active", "cancelling", "cancelling", "cancelled"]
+    mon = Mon({"query-migrate": lambda: {"status": states.pop(0)}, "migrate_cancel": None})
+    b = _Backend(mon, None)
+    assert b.cancel_migration() == "migration cancelled (was active, now cancelled)"
+    assert [n for n, _ in mon.calls].count("query-migrate") == 4  # type: ignore[attr-defined]
+    assert ("migrate_cancel", {}) in mon.calls  # type: ignore[attr-defined]
+
+
+def test_a_migration_that_never_ends_fails_the_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(range(0, 100, 4))
+    monkeypatch.setattr("colo_orch.backends.qemu.backend.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("colo_orch.backends.qemu.backend.time.sleep", lambda _s: None)
+    mon = Mon({"query-migrate": {"status": "cancelling"}, "migrate_cancel": None})
+    with pytest.raises(BackendError, match="still cancelling 10 s after migrate_cancel"):
+        _Backend(mon, None).cancel_migration()
