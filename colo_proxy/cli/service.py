@@ -60,6 +60,9 @@ SETTING_FLAGS: dict[str, str] = {
     "busy_poll_us": "after a packet, poll without sleeping for this many us (0: off)",
     "batch": "most packets read per source and call",
     "metrics_listen": "serve Prometheus metrics on http://ADDR:PORT/metrics",
+    "release_permit": "{auto,required,off}: release output only under an unexpired permit "
+                      "from the orchestrator: once its first permit came (auto), from the "
+                      "start (required), never (off)",
 }
 METAVARS = {"metrics_listen": "ADDR:PORT", "compare_timeout": "SECONDS", "peer_mac": "MAC",
             "key_file": "FILE"}

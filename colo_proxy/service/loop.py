@@ -75,7 +75,6 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
         assert isinstance(proxy, PrimaryProxy)
         watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
         data_fds.add(src.fileno())
-    primary = proxy if isinstance(proxy, PrimaryProxy) else None
     stop = False
     busy = busy_poll_us / 1e6
     busy_until = 0.0
@@ -109,8 +108,7 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
                 busy_until = clock() + busy
             elif polling and not events:
                 os.sched_yield()  # let the VMs (or anyone) run: 2 shared CPUs
-            if primary is not None:
-                primary.on_timer()
+            proxy.on_timer()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -155,10 +153,10 @@ def _control_readable(proxy: PrimaryProxy | SecondaryProxy, control: ControlServ
             continue
         refused = control.check(client, m)
         if refused is not None:
-            client.send({"type": "error", "error": refused})
+            client.send({"type": "error", "error": refused, "for": m["type"]})
             continue
         try:
             reply = proxy.on_control(m)
         except (ProtocolError, IllegalTransition) as exc:
-            reply = {"type": "error", "error": str(exc)}
+            reply = {"type": "error", "error": str(exc), "for": m["type"]}
         client.send(reply)

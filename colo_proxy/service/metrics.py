@@ -89,6 +89,10 @@ class HoldTimer:
             self.released_packets += 1
             self.released_bytes += got[1]
 
+    def held_ids(self) -> list[int]:
+        """The ids of every PVM packet still held, oldest first."""
+        return list(self._arrived)
+
     def release_all(self, now: float) -> None:
         """Everything held went out at once (pass-through after failover or pause)."""
         self.released(list(self._arrived), now)
@@ -217,6 +221,20 @@ class ProxyCollector(Collector):
         yield _counter("colo_proxy_checkpoints_done",
                        "Checkpoints the orchestrator reported done to this proxy",
                        st.get("checkpoints_done", 0))
+        pm = st.get("permit", {})
+        yield _gauge("colo_proxy_release_permit_enforced",
+                     "1 while this proxy releases output only under an unexpired release "
+                     "permit from its orchestrator (release_permit: required, or auto after "
+                     "the first permit)", 1 if pm.get("enforced") else 0)
+        yield _gauge("colo_proxy_release_permit_remaining_seconds",
+                     "Seconds left on the release permit (0 when it lapsed or none came; "
+                     "0 too while it is not enforced)", pm.get("remaining_s") or 0.0)
+        yield _counter("colo_proxy_release_permit_lapses",
+                       "Times the release permit ran out before the orchestrator renewed it "
+                       "(output held until it renews or fences)", pm.get("lapses", 0))
+        yield _gauge("colo_proxy_release_permit_withheld_packets",
+                     "PVM packets free to go that wait for a release permit (primary)",
+                     pm.get("withheld_packets", 0))
 
     def _compare(self, st: dict[str, Any], cs: dict[str, int]) -> Iterator[Metric]:
         hold = getattr(self.proxy, "hold", None)

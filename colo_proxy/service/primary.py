@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from colo_proxy.service.modes import (
     Mode,
     initial,
 )
+from colo_proxy.service.permit import Permit
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 
@@ -46,6 +48,9 @@ log = logging.getLogger("colo-proxy")
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 IP_ETHERTYPES = (ETH_P_IP, ETH_P_IPV6)
+# Lent flows are taken back from the C fast path this long before the release permit ends:
+# C releases their packets without asking Python, so Python must hold them all by then.
+LEND_GUARD_S = 0.1
 
 
 class Queue(Protocol):
@@ -145,6 +150,12 @@ class PrimaryProxy:
         # is released. Empty in every other mode.
         self._post: list[tuple[Side, int, bytes]] = []
         self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
+        # The release permit (service.permit); random first token: see Permit.
+        self.permit = Permit(settings.release_permit, first_token=secrets.randbits(48) + 1)
+        # PVM packets free to go (matched, checkpointed, passing through) that wait for a
+        # permit: still held in the kernel, released in order when one comes, dropped by
+        # a fence. Still in `hold` (they are not released yet).
+        self._withheld: list[int] = []
 
     @property
     def mode(self) -> Mode:
@@ -160,6 +171,12 @@ class PrimaryProxy:
         mode = self.modes.mode
         if mode is PASSTHROUGH:
             self.passed_uncompared += len(pkts)
+            now = self.clock()
+            if not self.permit.allows(now):
+                for p in pkts:
+                    self.hold.queued(p.packet_id, now, len(p.payload))
+                    self._withheld.append(p.packet_id)
+                return
             self.queue.decide([p.packet_id for p in pkts])
             return
         if mode is FENCED:
@@ -222,7 +239,9 @@ class PrimaryProxy:
     def on_fast(self) -> None:
         """The fast path's records: slow packets in arrival order and flows it gave back."""
         assert self.fast is not None
-        self._fast_records(self.fast.records(), lend=self.modes.mode is PROTECTED)
+        # Nothing is lent that C could release past the permit's end (LEND_GUARD_S).
+        self._fast_records(self.fast.records(), lend=self.modes.mode is PROTECTED
+                           and self.permit.allows(self.clock() + LEND_GUARD_S))
 
     def _fast_records(self, recs: list[Any], lend: bool) -> None:
         if not recs:
@@ -283,6 +302,10 @@ class PrimaryProxy:
 
     def on_timer(self) -> None:
         now = self.clock()
+        self._check_permit(now)
+        if (self.fast is not None and self.fast.lent_flows
+                and not self.permit.allows(now + LEND_GUARD_S)):
+            self._reclaim()  # what C holds comes back, to wait for a permit here
         if self.wake is not None and now >= self.wake:
             self.wake = None
             self._apply(self.cmp.tick(now))
@@ -291,20 +314,55 @@ class PrimaryProxy:
     def idle(self) -> bool:
         """Nothing held: the next packet is new PVM output, not an awaited SVM twin."""
         return (self.cmp.held_packets == 0 and not self._epoch and not self._next
+                and not self._withheld
                 and (self.fast is None or self.fast.held_packets == 0))
 
     def timeout(self, cap: float = 1.0) -> float:
-        if self.wake is None:
-            return cap
-        return max(0.0, min(cap, self.wake - self.clock()))
+        now = self.clock()
+        at = [now + cap]
+        if self.wake is not None:
+            at.append(self.wake)
+        if self.permit.armed and self.permit.allows(now):
+            # Wake at the permit's end, and LEND_GUARD_S before it to take lent flows back.
+            end = self.permit.deadline
+            at.append(end - LEND_GUARD_S if self.fast is not None and self.fast.lent_flows
+                      and now < end - LEND_GUARD_S else end)
+        return max(0.0, min(at) - now)
+
+    def _check_permit(self, now: float) -> None:
+        change = self.permit.lapsed_now(now)
+        if change is True:
+            self._reclaim()
+            if self.permit.revoked:
+                log.warning("release permit revoked by the orchestrator: output held")
+            else:
+                log.warning("release permit lapsed (not renewed in time): holding output "
+                            "until the orchestrator renews it or fences")
+        elif change is False and self._withheld:
+            log.info("release permit renewed: releasing %d held packets", len(self._withheld))
+        if self._withheld and self.permit.allows(now):
+            # Also when it lapsed and was renewed between two looks.
+            self._release_withheld(now)
+
+    def _release_withheld(self, now: float) -> None:
+        ids, self._withheld = self._withheld, []
+        if ids:
+            self.hold.released(ids, now)
+            self.queue.decide(ids)
 
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
         if kind == "hello":
             return {"type": "hello", "role": "primary", "mode": self.mode.label,
-                    "pid": os.getpid(), "instance": self.settings.instance}
+                    "pid": os.getpid(), "instance": self.settings.instance,
+                    "permits": True}
         if kind == "status":
             return self.status()
+        if kind == "permit":
+            now = self.clock()
+            reply = self.permit.on_message(msg, now)
+            self._check_permit(now)
+            return reply
         if kind != "checkpoint_started":
             self._reclaim()  # every other message changes what the comparator must know
         if kind == "checkpoint_started":
@@ -385,8 +443,14 @@ class PrimaryProxy:
         self._epoch, self._next = [], []  # its PVM packets are still outstanding: accept_all releases them
         if self.datapath is not None:
             self.datapath.set_mode(1)
-        self.queue.accept_all()
-        self.hold.release_all(self.clock())
+        now = self.clock()
+        if self.permit.allows(now):
+            self.queue.accept_all()
+            self.hold.release_all(now)
+            self._withheld = []
+        else:
+            # Free to go, but not without a permit: everything outstanding waits for one.
+            self._withheld = self.hold.held_ids()
         self.cmp = Comparator(self.settings.compare)
         self.wake = None
         log.warning("%s: output now passes uncompared, mirroring stopped", why)
@@ -396,7 +460,8 @@ class PrimaryProxy:
         # it to whichever host may serve; nothing of ours reaches a client meanwhile.
         dropped = self.cmp.held_packets + sum(1 for side, _, _ in self._post
                                               if side is Side.PRIMARY)
-        dropped += len(self._epoch) + len(self._next)
+        dropped += len(self._epoch) + len(self._next) + len(self._withheld)
+        self._withheld = []
         self._post = []
         self._epoch, self._next = [], []
         self.queue.drop_all()
@@ -446,7 +511,12 @@ class PrimaryProxy:
 
     def _flush(self) -> None:
         if self._accept:
-            self.hold.released(self._accept, self.clock())
+            now = self.clock()
+            if not self.permit.allows(now):
+                self._withheld.extend(self._accept)
+                self._accept = []
+                return
+            self.hold.released(self._accept, now)
             self.queue.decide(self._accept)
             self._accept = []
 
@@ -456,6 +526,7 @@ class PrimaryProxy:
             "uptime_seconds": round(self.clock() - self.started, 3),
             "output": self.settings.output,
             "held_packets": self.cmp.held_packets + len(self._epoch) + len(self._next)
+            + len(self._withheld)
             + (self.fast.held_packets if self.fast is not None else 0),
             "flows": self.cmp.flow_count,
             "checkpoint_pending": self.cmp.checkpoint_pending,
@@ -465,6 +536,8 @@ class PrimaryProxy:
             "svm_non_ip": self.svm_non_ip, "truncated_copies": self.truncated,
             "passed_uncompared": self.passed_uncompared, "fenced_drops": self.fenced_drops,
             "compared_bytes": dict(self.compared_bytes),
+            "permit": {**self.permit.status(self.clock()),
+                       "withheld_packets": len(self._withheld)},
         }
         if self.fast is not None:
             out["fast_path"] = {**self.fast.stats(), "lent_flows": self.fast.lent_flows}

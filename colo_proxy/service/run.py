@@ -183,7 +183,8 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
                 _carry_end(s, dp, key, carry_link.Listener) as listener:
             dp.set_mode(MODE_PROTECTED)
             proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
-                                   instance=s.instance, carry=listener, fenced=s.fenced)
+                                   instance=s.instance, carry=listener, fenced=s.fenced,
+                                   release_permit=s.release_permit)
             stop_metrics = _serve_metrics(s, proxy)
             try:
                 serve(proxy, ctl, {}, ready=lambda: log.info(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from colo_proxy.service.handover_file import discard as discard_handover
 from colo_proxy.service.handover_file import write as write_handover
 from colo_proxy.service.modes import EVENTS, Event, Mode, initial
+from colo_proxy.service.permit import Permit
 from colo_proxy.wire.control import ProtocolError
 
 log = logging.getLogger("colo-proxy")
@@ -26,7 +28,7 @@ class SecondaryProxy:
 
     def __init__(self, datapath: Any, clock: Callable[[], float] = time.monotonic, *,
                  handover: Path | None = None, instance: str = "", carry: Any = None,
-                 fenced: bool = False) -> None:
+                 fenced: bool = False, release_permit: str = "auto") -> None:
         self.datapath = datapath
         self.carry = carry  # service.carry_link.Listener: announcements taken and refused
         self.instance = instance
@@ -37,13 +39,37 @@ class SecondaryProxy:
         self.clock = clock
         self.started = clock()
         self.checkpoints = 0
+        # After a failover the SVM's output reaches the LAN only under an unexpired release
+        # permit (service.permit); without one it is steered off the LAN, as while
+        # protected. There is no queue here to hold it in: the guest's TCP retransmits.
+        self.permit = Permit(release_permit, first_token=secrets.randbits(48) + 1)
 
     @property
     def mode(self) -> Mode:
         return self.modes.mode
 
     def timeout(self, cap: float = 1.0) -> float:
+        now = self.clock()
+        if self.permit.armed and self.permit.allows(now):
+            return max(0.0, min(cap, self.permit.deadline - now))
         return cap
+
+    def on_timer(self) -> None:
+        now = self.clock()
+        change = self.permit.lapsed_now(now)
+        if change is None or self.mode is not Mode.PASSTHROUGH:
+            return
+        self._steer()
+        if change:
+            log.warning("release permit %s: SVM output kept off the LAN until it is renewed",
+                        "revoked" if self.permit.revoked else "lapsed (not renewed in time)")
+        else:
+            log.info("release permit renewed: SVM output to the bridge again")
+
+    def _steer(self) -> None:
+        """To the bridge only while passing through under a permit; else off the LAN."""
+        out = self.mode is Mode.PASSTHROUGH and self.permit.allows(self.clock())
+        self.datapath.set_mode(1 if out else 0)
 
     def idle(self) -> bool:
         return True
@@ -52,7 +78,8 @@ class SecondaryProxy:
         kind = msg["type"]
         if kind == "hello":
             return {"type": "hello", "role": "secondary", "mode": self.mode.label,
-                    "pid": os.getpid(), "instance": self.instance}
+                    "pid": os.getpid(), "instance": self.instance,
+                    "permits": True}
         if kind == "status" and msg.get("offsets"):
             return {"type": "offsets", "offsets": [
                 {"vm": o.vm, "peer": o.peer,  # [fd99::10]:80 for IPv6
@@ -66,10 +93,15 @@ class SecondaryProxy:
                    "offsets": len(offs := self.datapath.offsets()),
                    "offsets_nonzero": sum(1 for o in offs if o.complete and o.offset),
                    "carried_flows": self.datapath.carried(),
-                   "datapath": self.datapath.counters()}
+                   "datapath": self.datapath.counters(),
+                   "permit": self.permit.status(self.clock())}
             if self.carry is not None:
                 out["carry"] = self.carry.stats()
             return out
+        if kind == "permit":
+            reply = self.permit.on_message(msg, self.clock())
+            self.on_timer()
+            return reply
         if kind == "checkpoint_started":
             pass
         elif kind == "checkpoint_done":
@@ -80,9 +112,10 @@ class SecondaryProxy:
             log.info("checkpoint done: %d sequence offsets reset", n)
         elif kind in ("failover", "pause"):
             self.modes.fire(EVENTS[kind])
-            self.datapath.set_mode(1)
-            log.warning("%s: SVM output goes to the bridge; old connections still rewritten",
-                        kind)
+            self._steer()
+            log.warning("%s: SVM output goes to the bridge%s; old connections still rewritten",
+                        kind, "" if self.permit.allows(self.clock())
+                        else " once the orchestrator's release permit comes")
             if kind == "failover" and self.handover is not None:
                 # From now on no flow is learned: these are all the flows in the VM's own
                 # spaces, for the primary-role proxy after the role swap.
@@ -100,7 +133,7 @@ class SecondaryProxy:
             was = self.mode
             self.modes.fire(Event.UNFENCE)
             if was is Mode.FENCED:
-                self.datapath.set_mode(0 if self.mode is Mode.PROTECTED else 1)
+                self._steer()
                 log.warning("unfenced: %s again", self.mode.label)
         elif kind == "resume":
             self.modes.fire(Event.RESUME)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_proxy.compare import CompareConfig, FlowMatch, Policy
+from colo_proxy.service.permit import ENFORCE as PERMIT_ENFORCE
 
 DEFAULT_SOCKET = "/run/colo-proxy/control.sock"
 BUSY_POLL_US = 0  # set from docs/BENCHMARKS.md's measurements
@@ -90,6 +91,11 @@ class ProxySettings:
     # Start fenced (modes.initial): no output of our VM reaches a client until the
     # orchestrator sends `unfence`. Given by the orchestrator when it holds our output.
     fenced: bool = False
+    # Release only under an unexpired permit renewed by the orchestrator (service.permit):
+    # "auto" once its first permit came (a proxy run without an orchestrator is never
+    # held), "required" from the start (nothing released before the first permit: what a
+    # proxy started by colo-orch should say), "off" never.
+    release_permit: str = "auto"
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
@@ -229,6 +235,8 @@ SPECS: dict[str, Spec] = {
                            check=_listen),
     "pass_icmp6_multicast": Spec("proxy", bool, True, "use {eg} or false"),
     "fenced": Spec("proxy", bool, False, "use {eg} or true"),
+    "release_permit": Spec("proxy", str, "auto", "use {choices}",
+                           choices=PERMIT_ENFORCE),
     "compare_timeout": _seconds("compare", 1.0, "how long a PVM packet waits for its SVM twin"),
     "max_flow_packets": _count(2048, "the packets held per flow"),
     "max_flow_bytes": _count(4 * 1024 * 1024, "the payload bytes held per flow"),

@@ -17,8 +17,11 @@ VERSION = 1
 MAX_LINE = 64 * 1024
 # Orchestrator -> proxy. Each is answered with {"type": "ok", "for": <type>} (or the reply
 # named below), or {"type": "error", "error": ...}.
+# "permit" (docs/PROXY.md, "Release permit") is answered with {"type": "permit", "token",
+# "remaining_s"}; an error about it says "for": "permit", so that its sender, which does
+# not wait for the answer, can tell it from the answer to a request it waits for.
 REQUESTS = ("hello", "checkpoint_started", "checkpoint_barrier", "checkpoint_done", "failover",
-            "pause", "resume", "fence", "unfence", "status")
+            "pause", "resume", "fence", "unfence", "status", "permit")
 # Proxy -> orchestrator, unsolicited: {"type": "checkpoint_request", "reason", "flow",
 # "offset"}.
 

@@ -216,7 +216,7 @@ def test_hello_names_the_role_mode_pid_and_instance(env: Any) -> None:
     proxy = env[0]
     hello = proxy.on_control({"type": "hello"})
     assert hello == {"type": "hello", "role": "primary", "mode": "protected",
-                     "pid": os.getpid(), "instance": "colo"}
+                     "pid": os.getpid(), "instance": "colo", "permits": True}
     sec = SecondaryProxy(FakeDatapath(), instance="web-b")
     assert sec.on_control({"type": "hello"})["pid"] == os.getpid()
     assert sec.on_control({"type": "hello"})["instance"] == "web-b"
@@ -304,3 +304,103 @@ def test_buffering_fails_closed_and_passes_on_failover(remus: Any) -> None:
     assert q.accepted == [2] and proxy.mode is PASSTHROUGH
     proxy.on_control({"type": "resume"})
     assert proxy.mode is BUFFERED
+
+
+# The release permit (service.permit) in the proxies --------------------------------------
+def permit(proxy: PrimaryProxy | SecondaryProxy, seconds: float) -> dict[str, Any]:
+    """A permit as the orchestrator sends it: echoing a token the proxy issued just now."""
+    tok = proxy.permit.issue(proxy.clock())
+    return proxy.on_control({"type": "permit", "seconds": seconds, "token": tok})
+
+
+def test_no_release_after_the_permit_lapses_and_all_of_it_after_renewal(env: Any) -> None:
+    proxy, q, s, _, clock = env
+    assert permit(proxy, 1.0)["type"] == "permit"
+    handshake(proxy, q, s)  # released under the permit
+    clock.t += 1.0  # the deadline itself: no longer allowed
+    proxy.on_timer()
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"hello"))
+    proxy.on_pvm_readable()
+    s.push(tcp(9001, 1000, PSH | ACK, b"hello"))
+    proxy.on_svm_readable()
+    assert q.accepted == [1] and q.held == {2}  # matched, but held in the kernel
+    st = proxy.status()
+    assert st["permit"]["withheld_packets"] == 1 and st["permit"]["lapses"] == 1
+    assert st["held_packets"] == 1 and not proxy.idle()
+    # A checkpoint's release waits as well.
+    q.push(3, tcp(5006, 1000, PSH | ACK, b"X"))
+    proxy.on_pvm_readable()
+    proxy.on_control({"type": "checkpoint_done"})
+    assert q.accepted == [1]
+    # The orchestrator, back and still holding the lease, renews: nothing was lost.
+    permit(proxy, 1.0)
+    assert q.accepted == [1, 2, 3] and q.held == set()
+    assert proxy.status()["permit"]["withheld_packets"] == 0
+
+
+def test_a_fence_after_the_lapse_drops_what_waited_for_the_permit(env: Any) -> None:
+    proxy, q, s, _, clock = env
+    permit(proxy, 0.5)
+    handshake(proxy, q, s)
+    clock.t += 0.6
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"hello"))
+    proxy.on_pvm_readable()
+    s.push(tcp(9001, 1000, PSH | ACK, b"hello"))
+    proxy.on_svm_readable()
+    proxy.on_control({"type": "fence"})  # the orchestrator came back without the lease
+    assert q.dropped == [2] and proxy.status()["fenced_drops"] == 1
+    permit(proxy, 1.0)
+    assert q.accepted == [1]
+
+
+def test_pass_through_without_a_permit_holds_until_one_comes(env: Any) -> None:
+    proxy, q, s, _, clock = env
+    permit(proxy, 0.5)
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"held"))
+    proxy.on_pvm_readable()
+    clock.t += 0.5
+    proxy.on_control({"type": "failover"})
+    q.push(3, tcp(5005, 1000, PSH | ACK, b"more"))
+    proxy.on_pvm_readable()
+    assert proxy.mode == PASSTHROUGH and q.accepted == [1] and q.held == {2, 3}
+    permit(proxy, 1.0)
+    assert q.accepted == [1, 2, 3]
+
+
+def test_the_loop_wakes_at_the_permits_end(env: Any) -> None:
+    proxy, _, _, _, clock = env
+    assert proxy.timeout() == 1.0  # no permit yet, not enforced ("auto")
+    permit(proxy, 0.3)
+    assert proxy.timeout() == pytest.approx(0.3)
+    clock.t += 0.3
+    assert proxy.timeout() == 1.0  # lapsed: nothing to wake for
+
+
+def test_a_required_permit_holds_from_the_first_packet() -> None:
+    q, s, clock = FakeQueue(), FakeSource(), Clock()
+    proxy = PrimaryProxy(ProxySettings(release_permit="required"), q, s,
+                         notify=lambda m: 1, clock=clock)
+    q.push(1, tcp(5000, 1000, SYN | ACK))
+    s.push(tcp(9000, 1000, SYN | ACK))
+    proxy.on_pvm_readable()
+    proxy.on_svm_readable()
+    assert q.accepted == []
+    permit(proxy, 1.0)
+    assert q.accepted == [1]
+
+
+def test_a_secondary_passes_through_only_under_a_permit() -> None:
+    dp, clock = FakeDatapath(), Clock()
+    sec = SecondaryProxy(dp, clock, release_permit="required")
+    assert sec.on_control({"type": "hello"})["permits"] is True
+    sec.on_control({"type": "failover"})
+    assert sec.mode == PASSTHROUGH and dp.mode_set == [0]  # steered off the LAN
+    permit(sec, 0.5)
+    assert dp.mode_set == [0, 1] and sec.timeout() == pytest.approx(0.5)
+    clock.t += 0.5
+    sec.on_timer()
+    assert dp.mode_set == [0, 1, 0]
+    assert sec.on_control({"type": "status"})["permit"]["lapses"] == 1
+    permit(sec, 0.5)
+    assert dp.mode_set == [0, 1, 0, 1]
