@@ -12,6 +12,11 @@ The proxy takes commands from one process at a time (docs/PROXY.md, "Control
 channel"): while another one holds its channel, `send` returns False with the proxy's
 reason in `last_error`, and the loop tries again at its next cycle; a dead holder's
 channel is free at once.
+
+The release permit (docs/PROXY.md, "Release permit") is sent by `permit` without
+waiting: the loop sends one every cycle, and a stopped proxy must not stall it (its
+heartbeats are sent by the same loop). Its answers, and errors about it, are taken by the
+reader, which keeps the newest token for the next permit.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ class ProxyLink:
         self.last_error = ""
         self.hello: dict[str, Any] | None = None  # the current connection's hello answer
         self.generation = 0  # hello answers received: +1 per (re)connection
+        # The newest token the proxy issued in its answers to permits, echoed in the next
+        # permit; 0 before the first answer; None: no proxy, or one that takes no permits
+        # (its hello does not say "permits": an older colo-proxy).
+        self.permit_token: int | None = None
+        self.permits_sent = 0
         # Called on the reader thread when a checkpoint request arrives, so that the
         # orchestrator's loop acts on it at once instead of at its next cycle.
         self.on_request: Callable[[], None] | None = None
@@ -103,6 +113,28 @@ class ProxyLink:
                 log.warning("colo-proxy refused %s: %s", msg.get("type"), error)
             self.last_error = error
             return False
+        return True
+
+    def permit(self, seconds: float, token: int) -> bool:
+        """Renew the proxy's release permit for `seconds`, measured by the proxy from when
+        it issued `token`: a `permit_token` read before `seconds` was computed (see
+        colo_proxy.service.permit). Never waits: False when not sent (no proxy, or its
+        socket full while it is stopped: then the permit it has runs out, the point)."""
+        with self._lock:
+            sock = self._sock
+            if sock is None:
+                return False
+            data = encode({"type": "permit", "seconds": seconds, "token": token})
+            try:
+                n = sock.send(data, socket.MSG_DONTWAIT)
+                if n < len(data):  # one skb for a line this short: not seen, but not lost
+                    sock.sendall(data[n:])
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self.last_error = str(exc)
+                return False
+            self.permits_sent += 1
         return True
 
     def fence(self) -> bool:
@@ -167,7 +199,21 @@ class ProxyLink:
                                 self._marks = _marks(msg)
                             if self.on_request is not None:
                                 self.on_request()
-                        elif msg.get("type") == "hello" or msg.get("for") == "hello":
+                        elif msg.get("type") == "permit":
+                            tok = msg.get("token")
+                            if isinstance(tok, int) and not isinstance(tok, bool):
+                                self.permit_token = tok
+                        elif msg.get("for") == "permit":
+                            error = f"colo-proxy refused a release permit: {msg.get('error')}"
+                            if error != self.last_error:
+                                log.warning("%s", error)
+                            self.last_error = error
+                        elif msg.get("type") == "hello" or (
+                                msg.get("for") == "hello" and msg.get("type") != "error"):
+                            # 0, a token no proxy issues: the first permit only
+                            # fetches one (the hello issues none, or a status reader's
+                            # hellos could push ours out of the proxy's few).
+                            self.permit_token = 0 if msg.get("permits") is True else None
                             self.hello = msg
                             self.generation += 1
                             self.connected = True
@@ -177,6 +223,7 @@ class ProxyLink:
             with self._lock:
                 self._sock = None
                 self.hello = None
+                self.permit_token = None
             self.connected = False
             sock.close()
             self._stop.wait(0.1)  # a proxy on its way out may still accept: do not spin

@@ -38,11 +38,13 @@ from colo_orch.core.decide import (
     Snapshot,
     VmObs,
     decide,
+    failsafe,
     follows_us,
     peer_gone,
     wants_lease,
 )
 from colo_orch.core.disks import DiskStatus
+from colo_orch.core.permit import permit_seconds
 from colo_orch.core.state import Machine, State
 from colo_orch.daemon.actions import Actions
 from colo_orch.daemon.arbiter import Arbiter
@@ -134,6 +136,8 @@ class Orchestrator(Actions, Watchers):
         self.secondary_checkpoints = 0
         self._fenced = False
         self._fence_told = True  # nothing to tell a proxy before we first fence
+        # When we sent the heartbeat that the peer's latest counted one echoes (F2).
+        self._echo_sent_at: float | None = None
 
     # Inputs from other threads ---------------------------------------------
     def request(self, command: str) -> dict[str, Any]:
@@ -232,6 +236,7 @@ class Orchestrator(Actions, Watchers):
                            incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)),
                            hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2)
+            self._echo_sent_at = rep.echo_sent_at
             said = (peer.state, peer.role)
             if self._peer_said[0] != said:
                 self._peer_said = (said, now)
@@ -352,6 +357,7 @@ class Orchestrator(Actions, Watchers):
         })
         self.heartbeat.beat(now)
         self._tell_fence()
+        self._renew_permit(snap)
         self._sync_proxy_mode()
         self._supervise_proxy()
         peer_rep = self.heartbeat.last()
@@ -380,6 +386,25 @@ class Orchestrator(Actions, Watchers):
             log.info("%s -> %s: %s", before.name, self.machine.state.name, d.sentence)
             self.notify(f"STATUS={self.machine.state.name} ({self.role}): {d.sentence}")
         return d
+
+    def _renew_permit(self, snap: Snapshot) -> None:
+        """Our proxy's release permit, every cycle: until our right to serve ends, 0 s when
+        we have none (colo_orch.core.permit). Nothing before the arbiter has answered: a
+        restarted orchestrator does not know yet, and the permit its predecessor gave
+        runs out by itself."""
+        link = self.proxy
+        if link is None or not snap.lease_known:
+            return
+        token = link.permit_token  # before the clock is read: the proxy counts from it
+        if token is None:
+            return  # not connected, or a proxy that takes no permits
+        lease = self.arbiter.view()
+        now = time.monotonic()
+        link.permit(permit_seconds(
+            now, fenced=self._fenced, lease_held=lease.held and now < lease.safe_until,
+            safe_until=lease.safe_until, failsafe=failsafe(snap),
+            echo_sent_at=self._echo_sent_at,
+            heartbeat_timeout=self.cfg.timing.heartbeat_timeout), token)
 
     def _bookkeeping(self, before: State, snap: Snapshot, d: Decision, now: float) -> None:
         after = self.machine.state

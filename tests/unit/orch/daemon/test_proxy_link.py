@@ -166,3 +166,34 @@ def test_a_checkpoint_request_wakes_the_loop_at_once(tmp_path: Path) -> None:
     finally:
         link.stop()
         srv.close()
+
+
+def test_release_permits_go_unanswered_and_their_answers_renew_the_token(
+        tmp_path: Path) -> None:
+    """Against the proxy's own loop: a permit does not wait, the reader keeps the newest
+    token, and a request sent meanwhile still gets its own answer."""
+    proxy = ProxyChild(tmp_path)
+    link = ProxyLink(proxy.path, timeout=DEADLINE)
+    try:
+        link.start()
+        wait_until(lambda: link.connected, DEADLINE, "the link's hello", every=0.01)
+        assert link.permit_token == 0  # its hello says it takes permits; no token yet
+        assert link.permit(30.0, 0) is True  # arms it (auto), grants nothing: no token
+        wait_until(lambda: link.permit_token != 0, DEADLINE, "the permit's answer",
+                   every=0.01)
+        assert not proxy.status()["permit"]["allows"]
+        assert link.permit(30.0, link.permit_token or 0) is True
+        wait_until(lambda: proxy.status()["permit"]["allows"], DEADLINE, "the permit",
+                   every=0.01)
+        st = proxy.status()["permit"]
+        assert st["enforced"] and st["allows"] and 0 < st["remaining_s"] <= 30.0
+        for _ in range(20):  # answers to permits are not taken for this one's
+            assert link.permit(30.0, link.permit_token or 0) is True
+        assert link.send({"type": "status"}) is True
+        assert link.permit(0.0, link.permit_token or 0) is True  # revoked
+        wait_until(lambda: not proxy.status()["permit"]["allows"], DEADLINE,
+                   "the revocation", every=0.01)
+        assert link.permits_sent == 23
+    finally:
+        link.stop()
+        proxy.stop()

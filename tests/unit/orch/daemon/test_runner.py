@@ -154,3 +154,48 @@ def test_a_command_is_refused_when_it_does_not_apply_and_dropped_when_it_stops_a
     (last,) = view["recent"]
     assert (last["id"], last["command"], last["outcome"]) == (1, "pause", "dropped")
     assert "pause applies to a protected primary" in last["detail"]
+
+
+def test_the_loop_gives_its_proxy_a_permit_ending_with_its_hold_on_the_lease(
+        tmp_path: Path) -> None:
+    """Against the proxy's own loop: the permit ends no later than safe_until, and a
+    fenced host (or one without the lease) revokes it."""
+    from colo_lab.wait import wait_until
+    from tests.support.proxy_child import DEADLINE, ProxyChild
+
+    proxy = ProxyChild(tmp_path)
+    link = ProxyLink(proxy.path, timeout=DEADLINE)
+    cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
+                 heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
+                 incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
+                 arbiter_path=str(tmp_path / "lease"))
+    arbiter = LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0, margin=1.0)
+    orch = Orchestrator(cfg, backend=None, arbiter=arbiter,  # type: ignore[arg-type]
+                        heartbeat=_Silent(), proxy=link, host_id="a")
+    try:
+        link.start()
+        wait_until(lambda: link.connected, DEADLINE, "the link's hello", every=0.01)
+        arbiter.want(True, time.monotonic())
+        orch._renew_permit(orch.snapshot(time.monotonic()))  # fetches the first token
+        wait_until(lambda: link.permit_token != 0, DEADLINE, "a token", every=0.01)
+        before = time.monotonic()
+        safe_until = arbiter.view().safe_until
+        assert safe_until > before
+        orch._renew_permit(orch.snapshot(before))
+        wait_until(lambda: proxy.status()["permit"]["grants"] == 2, DEADLINE, "the permit",
+                   every=0.01)
+        st = proxy.status()["permit"]
+        assert st["allows"] and st["remaining_s"] <= safe_until - before
+        orch._fenced = True
+        orch._renew_permit(orch.snapshot(time.monotonic()))
+        wait_until(lambda: not proxy.status()["permit"]["allows"], DEADLINE,
+                   "the revocation", every=0.01)
+        orch._fenced = False
+        arbiter.release()
+        orch._renew_permit(orch.snapshot(time.monotonic()))
+        wait_until(lambda: proxy.status()["permit"]["grants"] == 4, DEADLINE,
+                   "the fourth permit", every=0.01)
+        assert not proxy.status()["permit"]["allows"]  # no lease: 0 s
+    finally:
+        link.stop()
+        proxy.stop()
