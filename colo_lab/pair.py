@@ -84,6 +84,9 @@ def proxy_command(lab: Lab, host: str, role: str, output: str = "compare") -> li
             # Each host's own lock directory, as on two machines (and removed with the lab).
             "--lock-dir", str(lab.run_dir / f"locks-{host[:3]}"),
             "--metrics-listen", f"{h.ctl_ip}:{PROXY_METRICS_PORT}",
+            # Run by colo-orch, which renews its release permit: nothing released without
+            # one, from the first packet (docs/PROXY.md, "Release permit").
+            "--release-permit", "required",
             *(["--compare-timeout", str(TCG_COMPARE_TIMEOUT)] if lab.accel == "tcg" else []),
             # The host's port to the LAN: connections carried over a role swap are
             # rewritten there (colo_proxy.wire.handover).
