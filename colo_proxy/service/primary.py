@@ -156,6 +156,9 @@ class PrimaryProxy:
         # permit: still held in the kernel, released in order when one comes, dropped by
         # a fence. Still in `hold` (they are not released yet).
         self._withheld: list[int] = []
+        # Accept verdicts Python gave (the fast path counts its own): what really went out,
+        # where the comparator's "released" counts what it let go, withheld or not.
+        self.accepted = 0
 
     @property
     def mode(self) -> Mode:
@@ -177,6 +180,7 @@ class PrimaryProxy:
                     self.hold.queued(p.packet_id, now, len(p.payload))
                     self._withheld.append(p.packet_id)
                 return
+            self.accepted += len(pkts)
             self.queue.decide([p.packet_id for p in pkts])
             return
         if mode is FENCED:
@@ -348,6 +352,7 @@ class PrimaryProxy:
         ids, self._withheld = self._withheld, []
         if ids:
             self.hold.released(ids, now)
+            self.accepted += len(ids)
             self.queue.decide(ids)
 
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +450,7 @@ class PrimaryProxy:
             self.datapath.set_mode(1)
         now = self.clock()
         if self.permit.allows(now):
+            self.accepted += len(self.hold.held_ids())
             self.queue.accept_all()
             self.hold.release_all(now)
             self._withheld = []
@@ -517,6 +523,7 @@ class PrimaryProxy:
                 self._accept = []
                 return
             self.hold.released(self._accept, now)
+            self.accepted += len(self._accept)
             self.queue.decide(self._accept)
             self._accept = []
 
@@ -538,10 +545,13 @@ class PrimaryProxy:
             "compared_bytes": dict(self.compared_bytes),
             "permit": {**self.permit.status(self.clock()),
                        "withheld_packets": len(self._withheld)},
+            # Accept verdicts given (the fast path's added below): packets that went out.
+            "accepted_packets": self.accepted,
         }
         if self.fast is not None:
             out["fast_path"] = {**self.fast.stats(), "lent_flows": self.fast.lent_flows}
             out["compare"] = with_fast_path(out["compare"], out["fast_path"])
+            out["accepted_packets"] += out["fast_path"].get("released", 0)
         if self.datapath is not None:
             out["datapath"] = self.datapath.counters()
             out["carried_flows"] = self.datapath.carried()

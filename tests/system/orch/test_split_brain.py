@@ -64,6 +64,16 @@ def _hold(work: Workload, seconds: float) -> None:
     work.watch.wait_more(5, 60)
 
 
+def _handed_over(work: Workload, samples: int) -> tuple[float, float]:
+    """In the first `samples` LAN samples: the last with the VM's output on the primary
+    host's port, and the first on the secondary's, the one strictly after the other."""
+    taken = work.sampler.samples[:samples]
+    last_pri = max(s["t"] for s in taken if PORTS["primary"] in s["n"])
+    first_sec = min(s["t"] for s in taken if PORTS["secondary"] in s["n"])
+    assert last_pri < first_sec
+    return last_pri, first_sec
+
+
 def _wait_protected(lab: Lab, roles: tuple[str, str], timeout: float) -> float:
     """Until both hosts are PROTECTED in `roles` (primary host's, secondary host's);
     returns how long that took."""
@@ -346,10 +356,7 @@ def test_isolated_primary_holds_output_before_the_secondary_takes_over(
             faults.heal(lab, "primary", link)
     healed = work.mark()
     assert took <= t.lease_ttl + t.heartbeat_timeout + 1, f"took over after {took:.2f} s"
-    samples = work.sampler.samples[:healed_samples]
-    last_pri = max(s["t"] for s in samples if PORTS["primary"] in s["n"])
-    first_sec = min(s["t"] for s in samples if PORTS["secondary"] in s["n"])
-    assert last_pri < first_sec
+    last_pri, first_sec = _handed_over(work, healed_samples)
     reprotect = _wait_protected(lab, ("secondary", "primary"), REPROTECT_S)
     work.watch.wait_more(10, 60)
     pause, after = work.pause(start, healed), work.pause(healed)
@@ -459,3 +466,95 @@ def test_old_primary_never_serves_its_stale_copy_when_the_new_one_loses_etcd(
 def test_control_link_cut_without_proxy(lab: Lab, work_factory: Any) -> None:
     _control_link_cut(lab, work_factory("ctlnp"), "control link cut (no proxy)")
 
+
+
+# 6. The primary's orchestrator stopped (SIGSTOP): it cannot fence its proxy --------------
+class _PermitWatch:
+    """The primary's colo-proxy status (its release permit, its released packets) and the
+    secondary's state, every 20 ms on threads of their own: a stopped orchestrator's API
+    never answers, and must not delay the other's samples."""
+
+    def __init__(self, lab: Lab) -> None:
+        import threading
+
+        from colo_proxy.service.control_socket import request, status_path_for
+
+        self.proxy: list[tuple[float, bool, int, int]] = []  # t, allows, accepted, lapses
+        self.secondary: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        path = status_path_for(str(lab.run_dir / "proxy-pri.sock"))
+
+        def proxy() -> None:
+            while not self._stop.wait(0.02):
+                try:
+                    st = request(path, {"type": "status"}, timeout=1.0)
+                except (OSError, ValueError):
+                    continue
+                p = st.get("permit", {})
+                self.proxy.append((time.monotonic(), bool(p.get("allows")),
+                                   int(st.get("accepted_packets", 0)),
+                                   int(p.get("lapses", 0))))
+
+        def secondary() -> None:
+            while not self._stop.wait(0.02):
+                s = pair.state(lab, "secondary", timeout=1.0).get("state")
+                if s:
+                    self.secondary.append((time.monotonic(), str(s)))
+
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (proxy, secondary)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+@pytest.mark.lab(spoils=True)  # the roles end swapped: the next test needs a fresh lab
+def test_a_stopped_primary_orchestrators_proxy_stops_releasing_before_the_takeover(
+        lab: Lab, work_factory: Any) -> None:
+    """docs/RELIABILITY.md, "stop-orch of the PVM's host": the proxy released a compared
+    packet after the secondary took over, since its stopped orchestrator could not fence
+    it. Its release permit now runs out first (docs/PROXY.md, "Release permit")."""
+    import signal
+
+    t = _timing(lab)
+    work = work_factory("stoporch")
+    start = work.mark()
+    orch = pair.orchestrator_pid(lab, "primary")
+    assert orch is not None
+    watch = _PermitWatch(lab)
+    wait_until(lambda: any(s[1] for s in watch.proxy), 10, "a permit on the primary's proxy")
+    since = time.monotonic()
+    os.kill(orch, signal.SIGSTOP)
+    try:
+        pair.wait_state(lab, "secondary", {"FAILING_OVER", "ALONE"},
+                        t.lease_ttl + t.heartbeat_timeout + 10)
+        work.watch.wait_more(10, 60)  # the new primary serves the client
+        stopped_samples = len(work.sampler.samples)
+        end = time.monotonic()
+    finally:
+        os.kill(orch, signal.SIGCONT)
+    healed = work.mark()
+    watch.stop()
+    proxy = [s for s in watch.proxy if since <= s[0] <= end]
+    lapsed = next((s for s in proxy if not s[1]), None)
+    assert lapsed is not None, proxy[-5:]
+    taken = next(ts for ts, st in watch.secondary if ts >= since and st in
+                 {"FAILING_OVER", "ALONE"})
+    # The permit ran out (and the proxy said so) before the secondary began to take over,
+    assert lapsed[0] < taken and lapsed[3] >= 1, (lapsed, taken)
+    # and nothing more went out of the old primary while its orchestrator was stopped.
+    assert {s[2] for s in proxy if s[0] >= lapsed[0]} == {lapsed[2]}, proxy[-5:]
+    last_pri, first_sec = _handed_over(work, stopped_samples)
+    # Back (SIGCONT), the old primary finds it lost the lease, fences and re-protects.
+    reprotect = _wait_protected(lab, ("secondary", "primary"), REPROTECT_S)
+    work.watch.wait_more(10, 60)
+    pause = work.pause(start, healed)
+    summary = work.finish()
+    assert summary["errors"] == 0, (summary, work.watch.errors())
+    _report("primary's colo-orch stopped", client_pause_s=pause,
+            permit_lapse_before_takeover_s=taken - lapsed[0],
+            lapse_after_stop_s=lapsed[0] - since, output_gap_s=first_sec - last_pri,
+            reprotect_s=reprotect, requests=summary["ok"])

@@ -325,6 +325,7 @@ def test_no_release_after_the_permit_lapses_and_all_of_it_after_renewal(env: Any
     proxy.on_svm_readable()
     assert q.accepted == [1] and q.held == {2}  # matched, but held in the kernel
     st = proxy.status()
+    assert st["accepted_packets"] == 1 and st["compare"]["released_packets"] == 2
     assert st["permit"]["withheld_packets"] == 1 and st["permit"]["lapses"] == 1
     assert st["held_packets"] == 1 and not proxy.idle()
     # A checkpoint's release waits as well.
