@@ -155,16 +155,8 @@ def call(t: Target, method: str, path: str, timeout: float = 5.0) -> tuple[int, 
         return resp.status, {"error": raw[:200].decode(errors="replace")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["disk"]:  # local image work: no orchestrator needed
-        from colo_orch.cli.disk import main as disk_main
-
-        return disk_main(argv[1:])
-    if argv[:1] == ["list"]:  # the fleet, from etcd: no orchestrator needed
-        from colo_orch.cli.fleet import main as list_main
-
-        return list_main(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
+    """coloctl's own commands (disk, list and import-libvirt have parsers of their own)."""
     p = argparse.ArgumentParser(prog="coloctl", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE",
@@ -181,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="after a command: wait until the orchestrator acted on it or dropped it")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --wait: give up after S seconds (default 60; exit status 3)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["disk"]:  # local image work: no orchestrator needed
+        from colo_orch.cli.disk import main as disk_main
+
+        return disk_main(argv[1:])
+    if argv[:1] == ["list"]:  # the fleet, from etcd: no orchestrator needed
+        from colo_orch.cli.fleet import main as list_main
+
+        return list_main(argv[1:])
+    p = build_parser()
     args = p.parse_args(argv)
     if args.timeout <= 0:
         p.error("--timeout must be more than 0 seconds")

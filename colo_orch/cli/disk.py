@@ -77,7 +77,7 @@ def _settled(primary: str, secondary: str, range_size: int, settle: float,
     return Comparison(base, range_size, ranges, None)
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coloctl disk", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -96,7 +96,11 @@ def main(argv: list[str]) -> int:
                     help="seconds to re-read ranges that differ while writes are in flight")
     for sp in (pr, ve):
         sp.add_argument("--json", action="store_true", help="machine-readable output")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.cmd == "prepare":
             for path in (args.copy_from, args.primary):
