@@ -27,6 +27,8 @@ examples:
                                          wait until the loop acted on it (or dropped it)
   coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
   coloctl list --etcd http://10.0.0.5:2379 every pair and host in etcd (coloctl list -h)
+  coloctl import-libvirt web > web-vm.toml  a libvirt domain's vm_command and [[disks]]
+                                         (coloctl import-libvirt -h)
 
 A command that does not apply to the host now (pause on a secondary, resume when not
 paused, ...) is refused with the reason and exit status 1; an accepted one shows under
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         from colo_orch.cli.fleet import main as list_main
 
         return list_main(argv[1:])
+    if argv[:1] == ["import-libvirt"]:  # a libvirt domain's XML: no orchestrator needed
+        from colo_orch.cli.libvirt import main as import_main
+
+        return import_main(argv[1:])
     p = build_parser()
     args = p.parse_args(argv)
     if args.timeout <= 0:

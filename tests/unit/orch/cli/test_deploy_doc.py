@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 
-from colo_orch.cli import ctl, disk, fleet, orch
+from colo_orch.cli import ctl, disk, fleet, libvirt, orch
 from colo_proxy.cli.main import build_parser as proxy_parser
 from tests.support.paths import REPO
 
@@ -32,7 +32,8 @@ def _parser(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
         return orch.build_parser(), argv[1:]
     if argv[0] == "colo-proxy":
         return proxy_parser(), argv[1:]
-    sub = {"disk": disk.build_parser, "list": fleet.build_parser}
+    sub = {"disk": disk.build_parser, "list": fleet.build_parser,
+           "import-libvirt": libvirt.build_parser}
     for word, build in sub.items():
         if argv[1:2] == [word]:
             return build(), argv[2:]
@@ -51,7 +52,7 @@ def test_every_command_of_deploy_md_parses(argv: list[str]) -> None:
 def test_deploy_md_shows_the_commands_it_walks_through() -> None:
     seen = {" ".join(a[:2]) for a in _commands()}
     for want in ("colo-orch check", "colo-orch firewall", "coloctl disk",
-                 "coloctl --config", "colo-proxy check"):
+                 "coloctl --config", "colo-proxy check", "coloctl import-libvirt"):
         assert want in seen, f"DEPLOY.md shows no {want}"
 
 
