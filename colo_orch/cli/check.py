@@ -24,10 +24,21 @@ class Warn(str):
     """A check's finding that leaves the host able to run, but open: printed, not failed."""
 
 
-def _bpf() -> str | None:
-    if not Path("/proc/sys/net/core/bpf_jit_enable").exists():
-        return "kernel without BPF JIT: use a kernel with CONFIG_BPF_JIT"
-    return None
+def _bpf(proc: Path = Path("/proc")) -> str | None:
+    if not (proc / "sys" / "kernel" / "unprivileged_bpf_disabled").exists():
+        return "kernel without the bpf() system call: use a kernel with CONFIG_BPF_SYSCALL"
+    if (proc / "sys" / "net" / "core" / "bpf_jit_enable").exists():
+        return None
+    # net.core.bpf_jit_enable exists in the host's network namespace only: run in another
+    # one (ip netns exec, a container), ask the kernel's symbols for the JIT compiler.
+    try:
+        with open(proc / "kallsyms", "rb") as syms:
+            if any(line.split()[2].split(b".")[0] == b"bpf_int_jit_compile"
+                   for line in syms if len(line.split()) >= 3):
+                return None
+    except OSError:
+        return None  # unreadable: the bpf() call exists, and the proxy will say the rest
+    return "kernel without BPF JIT: use a kernel with CONFIG_BPF_JIT"
 
 
 def _bcc() -> str | None:

@@ -182,3 +182,29 @@ def test_a_qemu_without_gnutls_is_named(tmp_path: Path) -> None:
                                   "server*tls-creds-x509,id=colo-tls-client,*) exit 0;; esac; "
                                   "exit 3")
     assert check.qemu_tls_problem(cfg, str(ok)) is None
+
+
+def _proc(tmp_path: Path, *, syscall: bool, jit_sysctl: bool, kallsyms: str | None) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel").mkdir(parents=True)
+    (proc / "sys" / "net" / "core").mkdir(parents=True)
+    if syscall:
+        (proc / "sys" / "kernel" / "unprivileged_bpf_disabled").write_text("2\n")
+    if jit_sysctl:
+        (proc / "sys" / "net" / "core" / "bpf_jit_enable").write_text("1\n")
+    if kallsyms is not None:
+        (proc / "kallsyms").write_text(kallsyms)
+    return proc
+
+
+def test_bpf_jit_is_found_from_another_network_namespace_too(tmp_path: Path) -> None:
+    """net.core.bpf_jit_enable shows in the host's network namespace only: `ip netns exec
+    colo-orch check` (the lab's hosts, DEPLOY.md's test) failed "kernel without BPF JIT"."""
+    syms = "0000000000000000 t bpf_int_jit_compile.cold\n0000000000000000 T bpf_prog_run\n"
+    assert check._bpf(_proc(tmp_path / "a", syscall=True, jit_sysctl=True, kallsyms=None)) is None
+    assert check._bpf(_proc(tmp_path / "b", syscall=True, jit_sysctl=False, kallsyms=syms)) is None
+    no_jit = check._bpf(_proc(tmp_path / "c", syscall=True, jit_sysctl=False,
+                        kallsyms="0000000000000000 T bpf_prog_run\n"))
+    assert no_jit is not None and "CONFIG_BPF_JIT" in no_jit
+    no_bpf = check._bpf(_proc(tmp_path / "d", syscall=False, jit_sysctl=False, kallsyms=syms))
+    assert no_bpf is not None and "CONFIG_BPF_SYSCALL" in no_bpf
