@@ -127,7 +127,9 @@ def _bytes(el: ET.Element | None, what: str) -> int:
 
 def _cpu(root: ET.Element, notes: list[str]) -> list[str]:
     cpu = root.find("cpu")
-    mode = cpu.get("mode", "custom") if cpu is not None else "host-passthrough"
+    if cpu is None:
+        return []  # libvirt then leaves QEMU's default model, and so do we
+    mode = cpu.get("mode", "custom")
     if mode in ("host-passthrough", "maximum"):
         return ["-cpu", "host" if mode == "host-passthrough" else "max"]
     if mode == "host-model":
@@ -135,7 +137,6 @@ def _cpu(root: ET.Element, notes: list[str]) -> list[str]:
                      "(both hosts must have the same CPU model: the CPU state moves at "
                      "every checkpoint)")
         return ["-cpu", "host"]
-    assert cpu is not None
     model = (cpu.findtext("model") or "").strip()
     if not model:
         return ["-cpu", "host"]

@@ -102,6 +102,7 @@ def test_a_raw_image_is_used_in_place_and_the_bus_change_is_said() -> None:
     assert any("colo-proxy compares one NIC" in n for n in imp.notes)
     assert imp.bridge == "the bridge of libvirt network 'default'"
     assert imp.vm_command[imp.vm_command.index("-m") + 1] == "512"
+    assert "-cpu" not in imp.vm_command  # no <cpu>: QEMU's default model, as libvirt leaves it
 
 
 @pytest.mark.parametrize(("devices", "said"), [
