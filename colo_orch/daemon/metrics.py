@@ -19,8 +19,12 @@ from colo_orch.core.progress import PHASES as PROGRESS_PHASES
 from colo_orch.core.progress import Progress
 from colo_orch.core.state import State
 
-CHECKPOINT_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "periodic",
-                      "manual", "resume", "proxy_restart", "other")
+# The proxy's reasons (colo_proxy.compare.events.Reason, the values of its
+# colo_proxy_checkpoint_requests_total) as they are, so that the same cause carries the same
+# label value in both; then the orchestrator's own; "other" for anything unknown.
+PROXY_REASONS = ("payload", "tcp_flags", "datagram", "timeout", "queue_full", "policy",
+                 "unparseable")
+CHECKPOINT_REASONS = (*PROXY_REASONS, "periodic", "manual", "resume", "proxy_restart", "other")
 # Checkpoints pause the PVM for tens of milliseconds under TCG, a few under KVM.
 PAUSE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -91,16 +95,15 @@ class OrchMetrics:
         self.reprotections = Counter("colo_reprotections_total",
                                      "Re-protections started by this host as primary",
                                      registry=registry)
-        self.takeover = Gauge("colo_last_takeover_seconds",
-                              "From peer loss to serving alone, at the last failover",
-                              registry=registry)
-        # Every failover's duration, where the gauge above keeps only the last one.
+        # Every failover's duration (colo_last_takeover_seconds, until issue 17, kept only
+        # the last one: a second failover between two scrapes was lost).
         self.takeover_hist = Histogram(
             "colo_takeover_duration_seconds", "From peer loss to serving alone, each failover",
             buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60), registry=registry)
         self.lease_held = Gauge("colo_arbiter_lease_held", "1 while this host holds the lease",
                                 registry=registry)
-        self.proxy_up = Gauge("colo_proxy_connected",
+        # colo_orch_: the orchestrator exports it (colo_proxy_* are the proxy's own).
+        self.proxy_up = Gauge("colo_orch_proxy_connected",
                               "1 while the control channel to colo-proxy is open",
                               registry=registry)
         self.protection_verified = Gauge(

@@ -418,7 +418,6 @@ class Orchestrator(Actions, Watchers):
             self.failovers += 1
             self.metrics.failovers.inc()
             if self.last_takeover_s is not None:
-                self.metrics.takeover.set(self.last_takeover_s)
                 self.metrics.takeover_hist.observe(self.last_takeover_s)
         if before is State.ALONE and after is State.WAITING:
             self.reprotections += 1

@@ -251,7 +251,7 @@ class ProxyCollector(Collector):
         yield _counter("colo_proxy_released_bytes",
                        "IP bytes of the PVM packets released to the clients",
                        hold.released_bytes if isinstance(hold, HoldTimer) else 0)
-        yield _counter("colo_proxy_dropped_packets",
+        yield _counter("colo_proxy_svm_consumed_packets",
                        "SVM packets consumed: compared, superseded or discarded by a checkpoint",
                        cs.get("dropped_packets", 0))
         yield _counter("colo_proxy_passed_uncompared_packets",

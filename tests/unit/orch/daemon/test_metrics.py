@@ -68,3 +68,25 @@ def test_disk_error_events_are_counted_by_event() -> None:
                                                                  "BLOCK_IO_ERROR": 1}), 1)
     assert _value(reg, "colo_disk_error_events_total", event="QUORUM_REPORT_BAD") == 3
     assert _value(reg, "colo_disk_error_events_total", event="BLOCK_IO_ERROR") == 1
+
+
+def test_a_proxy_reason_keeps_its_label_value_in_the_orchestrators_metrics() -> None:
+    """Issue 17: the proxy's "policy" and "unparseable" requests were counted as "other" by
+    the orchestrator, so the two exporters' `reason` values disagreed."""
+    from colo_proxy.compare.events import REASONS
+
+    reg = CollectorRegistry()
+    m = OrchMetrics(reg)
+    for r in REASONS:
+        assert m.reason(r) == r
+        assert _value(reg, "colo_checkpoint_requests_total", reason=r) == 0
+    assert m.reason("something new") == "other"
+
+
+def test_renamed_metrics_are_exported_under_their_new_names_only() -> None:
+    reg = CollectorRegistry()
+    OrchMetrics(reg)
+    names = {metric.name for metric in reg.collect()}
+    assert "colo_orch_proxy_connected" in names and "colo_proxy_connected" not in names
+    # The histogram replaces the gauge that kept only the last failover's duration.
+    assert "colo_takeover_duration_seconds" in names and "colo_last_takeover_seconds" not in names
