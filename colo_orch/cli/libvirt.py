@@ -67,9 +67,10 @@ _LEFT_OUT = {
     "smartcard": "no smartcard",
     "memballoon": "no balloon: the VM keeps all of its memory, as COLO migrates all of it",
     "rng": "no virtio-rng (the guest seeds from its own sources)",
-    "watchdog": "no watchdog: a watchdog reset on one VM only would make them diverge",
+    "watchdog": "no watchdog (not tried with COLO here)",
     "panic": "no panic notifier",
-    "tpm": "no TPM: its state lives outside the VM's memory and would differ on the peer",
+    "tpm": "no TPM: its emulator (swtpm) is a process beside QEMU that the orchestrator "
+           "does not run",
     "console": "",  # the serial port below covers it
     "serial": "",
     "controller": "",  # QEMU adds the buses the devices we carry need

@@ -113,7 +113,7 @@ def test_a_raw_image_is_used_in_place_and_the_bus_change_is_said() -> None:
     ("<disk type='file' device='disk'><source file='/s.img'/><target dev='vdb'/>"
      "<shareable/></disk>", "read-only or shared"),
     ("<interface type='direct'><source dev='eth0' mode='bridge'/></interface>", "macvtap"),
-    ("<watchdog model='i6300esb'/>", "diverge"),
+    ("<watchdog model='i6300esb'/>", "no watchdog"),
     ("<iommu model='intel'/>", "not known to this import"),
 ])
 def test_what_is_not_carried_is_named(devices: str, said: str) -> None:
