@@ -335,6 +335,10 @@ def test_deploy_md_on_two_host_namespaces_reaches_protected(lab: Lab) -> None:
         wait_until(both_protected, 240, "both hosts PROTECTED (coloctl status)", every=1.0,
                    detail=lambda: f"states {seen}; logs under {lab.run_dir}/host-*/log")
         print(f"both PROTECTED {time.monotonic() - t0:.1f} s after the units' start")
+        table = hosts["primary"].run([str(BIN / "coloctl"), "--config",
+                                      str(hosts["primary"].path("/etc/colo/web.toml")), "status"])
+        print(table.stdout)
+        assert table.returncode == 0 and "pri*" in table.stdout and "sec " in table.stdout
         pri = _status(hosts["primary"])
         assert pri.get("role") == "primary" and pri.get("protection_verified") is True, pri
         # The VM the orchestrators started answers a client through the pair (once its
