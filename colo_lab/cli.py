@@ -136,8 +136,8 @@ def _chaos_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     ch.add_argument("--faults", type=int, default=8, help="how many faults (default 8)")
     ch.add_argument("--seed", type=int, default=None,
                     help="the schedule's seed (default: drawn, and printed)")
-    ch.add_argument("--workloads", default="kv,stream,random",
-                    help="comma-separated, of kv, stream, random (default all)")
+    ch.add_argument("--workloads", default="kv,stream,random,udp,ipv6",
+                    help="comma-separated, of kv, stream, random, udp, ipv6 (default all)")
     ch.add_argument("--kinds", default="",
                     help="comma-separated fault kinds to draw from (default every kind)")
     ch.add_argument("--out", type=Path, default=None,

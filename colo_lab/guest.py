@@ -2,8 +2,9 @@
 
 The kernel comes from `linux-image-cloud-amd64`, taken with `apt-get download`
 and unpacked, never installed. The initramfs holds static busybox, the virtio
-modules in dependency order, `guestfs/init.sh` as /init and the HTTP service
-`guestfs/service.sh`. The result is cached under a key of all its inputs.
+modules in dependency order, `guestfs/init.sh` as /init, the HTTP service
+`guestfs/service.sh` and the UDP service `guestfs/udp-echo.c` (compiled static here).
+The result is cached under a key of all its inputs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ GUESTFS = PACKAGE_DIR / "guestfs"
 # Modules the guest loads: the network and disk devices the lab gives it.
 WANTED_MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
 PATTERN_SIZE = 1 << 20
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: the UDP echo service compiled in
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def ensure_guest() -> Guest:
     need("apt-get")
     need("dpkg-deb")
     need("depmod")
+    need("gcc")
     busybox = Path(need("busybox")).resolve()
     if not _is_static(busybox):
         busybox = Path("/bin/busybox")
@@ -151,7 +153,11 @@ def _build(pkg: str, busybox: Path, dest: Path) -> None:
         run(["depmod", "-b", str(unpacked), kver], timeout=120)
         moddir = unpacked / "lib" / "modules" / kver
         order = _module_order(moddir / "modules.dep")
-        initrd = _initramfs(busybox, moddir, order)
+        udp_echo = work / "colo-udp-echo"
+        # Static, so that the initramfs needs no libc; libc6-dev holds glibc's libc.a.
+        run(["gcc", "-static", "-Os", "-Wall", "-Werror", "-o", str(udp_echo),
+             str(GUESTFS / "udp-echo.c")], timeout=120)
+        initrd = _initramfs(busybox, moddir, order, udp_echo.read_bytes())
         stage = work / "out"
         stage.mkdir()
         shutil.copy2(unpacked / "boot" / f"vmlinuz-{kver}", stage / "vmlinuz")
@@ -187,12 +193,13 @@ def _module_order(dep_file: Path) -> list[str]:
     return order
 
 
-def _initramfs(busybox: Path, moddir: Path, order: list[str]) -> bytes:
+def _initramfs(busybox: Path, moddir: Path, order: list[str], udp_echo: bytes) -> bytes:
     """A gzip'd newc cpio, written in-process so no root-owned tree is needed."""
     files: list[tuple[str, int, bytes]] = [
         ("init", 0o755, (GUESTFS / "init.sh").read_bytes()),
         ("bin/busybox", 0o755, busybox.read_bytes()),
         ("bin/colo-service", 0o755, (GUESTFS / "service.sh").read_bytes()),
+        ("bin/colo-udp-echo", 0o755, udp_echo),
         ("srv/pattern", 0o644, pattern()),
         ("lib/modules/modules.order", 0o644, "".join(Path(m).name + "\n" for m in order).encode()),
     ]

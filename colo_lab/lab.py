@@ -52,6 +52,10 @@ VM_MAC = "52:54:00:c0:10:01"
 VM_IP = "10.99.0.10"
 CLIENT_IP = "10.99.0.100"
 LAN_PLEN = 24
+# The same service over IPv6 (the chaos campaign's ipv6 workload); unique local addresses.
+VM_IP6 = "fd99::10"
+CLIENT_IP6 = "fd99::100"
+LAN_PLEN6 = 64
 # Each host's end of the forward link: fixed, so that each host's colo-proxy can be told
 # its peer's (`--peer-mac`; the proxies take the link's trusted frames from it only).
 FWD_MACS = {"primary": "02:c0:10:f0:00:01", "secondary": "02:c0:10:f0:00:02"}
@@ -189,6 +193,9 @@ class Lab:
         netns.veth(self.lan_ns, "p-client", self.client_ns, "eth0")
         netns.ip(self.lan_ns, "link", "set", "p-client", "master", "lan")
         netns.ip(self.client_ns, "addr", "add", f"{CLIENT_IP}/{LAN_PLEN}", "dev", "eth0")
+        # nodad: usable at once (the guests skip duplicate address detection too).
+        netns.ip(self.client_ns, "addr", "add", f"{CLIENT_IP6}/{LAN_PLEN6}", "dev", "eth0",
+                 "nodad")
         pri, sec = self.hosts["primary"], self.hosts["secondary"]
         for h in (pri, sec):
             port = "p-" + h.role[:3]
@@ -236,6 +243,7 @@ class Lab:
             tap=h.tap,
             mac=VM_MAC,
             ip_cidr=f"{VM_IP}/{LAN_PLEN}",
+            ip6_cidr=f"{VM_IP6}/{LAN_PLEN6}",
             incoming=f"tcp:{h.ctl_ip}:{MIGRATION_PORT}" if incoming else None,
             accel=self.accel,
             extra_args=disk_args,

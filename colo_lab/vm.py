@@ -33,6 +33,7 @@ class VMSpec:
     tap: str
     mac: str
     ip_cidr: str
+    ip6_cidr: str = ""  # the guest's IPv6 address too (colo.ip6=), when given
     mem_mb: int = 256
     incoming: str | None = None  # "tcp:HOST:PORT" for a COLO secondary
     extra_args: list[str] = field(default_factory=list)
@@ -79,7 +80,8 @@ class VM:
             "-m", str(s.mem_mb), "-smp", "1",
             "-display", "none", "-nodefaults", "-no-reboot",
             "-kernel", str(self.guest.kernel), "-initrd", str(self.guest.initrd),
-            "-append", f"console=ttyS0 quiet panic=-1 colo.ip={s.ip_cidr}",
+            "-append", f"console=ttyS0 quiet panic=-1 colo.ip={s.ip_cidr}"
+                       + (f" colo.ip6={s.ip6_cidr}" if s.ip6_cidr else ""),
             "-serial", f"file:{self.serial_path}",
             "-netdev", f"tap,id=hn0,ifname={s.tap},script=no,downscript=no,vhost=off",
             "-device", f"virtio-net-pci,netdev=hn0,mac={s.mac}",

@@ -9,6 +9,9 @@ them all. The invariants (docs/RELIABILITY.md says why each):
 - stream: every response of the stream equals the service's deterministic content (its
   sha256, given by `stream_digest`), and the stream's connection survives (no error, no
   second connection).
+- udp: every datagram the client received is the echo of a request it sent, with that
+  request's sequence number (a request may go unanswered during a fault: UDP promises
+  no delivery, and a failover may lose what was in flight).
 - at most one host serves: no LAN sample sees the VM's MAC from two hosts' ports, and no
   state sample has both hosts ALONE as primary.
 - every fault is followed by re-protection (both hosts PROTECTED) within the bound after
@@ -27,7 +30,8 @@ from dataclasses import dataclass
 from colo_lab.chaos.history import Fault, History, Op
 
 INVARIANTS = ("kv-lost-write", "kv-phantom-read", "stream-corrupt", "stream-broken",
-              "two-serving", "not-reprotected", "reprotect-slow", "timeout-checkpoint")
+              "udp-wrong-answer", "two-serving", "not-reprotected", "reprotect-slow",
+              "timeout-checkpoint")
 # docs/RELIABILITY.md: after a fault ends, PROTECTED again within this. A re-protection
 # that swaps the roles restarts both colo-proxies in their new roles, each compiling its
 # BPF programs: measured 29 s in all on the 2-core machine with other VMs running.
@@ -48,7 +52,7 @@ class Violation:
 def check(h: History, stream_digest: Callable[[int], str], *,
           reprotect_bound_s: float = REPROTECT_BOUND_S, settle_s: float = SETTLE_S,
           compare_timeout_s: float = COMPARE_TIMEOUT_S) -> list[Violation]:
-    out = [*check_kv(h), *check_stream(h, stream_digest), *check_serving(h),
+    out = [*check_kv(h), *check_stream(h, stream_digest), *check_udp(h), *check_serving(h),
            *check_reprotection(h, reprotect_bound_s),
            *check_timeouts(h, settle_s, compare_timeout_s)]
     return sorted(out, key=lambda v: v.t)
@@ -109,6 +113,23 @@ def check_stream(h: History, digest: Callable[[int], str]) -> list[Violation]:
             first = min(o.t1 or o.t0 for o in ops if o.outcome == "ok" and o.conn != min(conns))
             out.append(Violation("stream-broken", first,
                                  f"{proc}: the stream needed {len(conns)} connections"))
+    return out
+
+
+def check_udp(h: History) -> list[Violation]:
+    out = []
+    for o in h.ops:
+        if o.f != "udp" or o.value is None:
+            continue
+        t = o.t1 if o.t1 is not None else o.t0
+        if o.outcome == "ok" and o.value != "echo " + o.key:
+            out.append(Violation("udp-wrong-answer", t,
+                                 f"{o.proc} op {o.op}: request {o.key[:40]!r} answered "
+                                 f"{o.value[:40]!r}"))
+        elif o.outcome == "info":
+            out.append(Violation("udp-wrong-answer", t,
+                                 f"{o.proc} op {o.op}: while {o.key[:40]!r} waited, a "
+                                 f"datagram that answers no request sent: {o.value[:40]!r}"))
     return out
 
 

@@ -1,7 +1,7 @@
 """The campaign's workload clients, run in the lab's client namespace; each prints history
 records (colo_lab.chaos.history) as JSON lines on stdout.
 
-usage: python -m colo_lab.chaos.clients {kv,stream,random} --proc NAME --t0 T
+usage: python -m colo_lab.chaos.clients {kv,stream,random,udp} --proc NAME --t0 T
        [--host 10.99.0.10] [--timeout S] [--size N] [--every S]
 
 - kv: PUT a unique key and GET it back; GET every acknowledged key once more `--lag` PUTs
@@ -10,6 +10,10 @@ usage: python -m colo_lab.chaos.clients {kv,stream,random} --proc NAME --t0 T
   deterministic stream; each response's length and sha256 are recorded.
 - random: GET /random every `--every` seconds: output that differs between the replicas, so
   that checkpoints happen all the time.
+- udp: datagrams "PROC SEQ PAD" to the guest's UDP echo service (port 7), one at a time,
+  sent again every `UDP_RESEND_S` until its answer "echo PROC SEQ PAD" comes or the
+  request's timeout passes. An answer is recorded `ok` with its bytes; a datagram that
+  answers no request sent (`stray`) is recorded with the request then waiting, as `info`.
 
 A request that errors is recorded `info` (its effect is unknown) and the connection is
 opened again; one whose connection could not even be opened is `fail`.
@@ -152,17 +156,79 @@ def run_random(c: Client, every: float) -> None:
             time.sleep(left)  # the workload's rate, not synchronisation
 
 
+UDP_PORT = 7
+UDP_RESEND_S = 0.5
+UDP_TIMEOUT_S = 3.0
+
+
+def udp_request(proc: str, seq: int) -> bytes:
+    return f"{proc} {seq} ".encode() + b"u" * (seq % 97)
+
+
+def run_udp(c: Client, every: float) -> None:
+    """One datagram request at a time; UDP may lose any of them during a fault (recorded
+    `info`), but an answer must be the echo of a request this client sent."""
+    family = socket.AF_INET6 if ":" in c.conn.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.connect((c.conn.host, UDP_PORT))
+    sent: set[bytes] = set()
+    seq = 0
+    while not c.stop:
+        t = time.monotonic()
+        req = udp_request(c.proc, seq)
+        op = c.op
+        c.op += 1
+        base = {"proc": c.proc, "op": op, "f": "udp", "conn": 1}
+        c.emit({"type": "invoke", **base, "key": req.decode()})
+        sent.add(req)
+        deadline, resend = t + UDP_TIMEOUT_S, t
+        answer, stray = None, b""
+        while answer is None and not stray and not c.stop:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now >= resend:
+                try:
+                    sock.send(req)
+                except OSError:
+                    pass  # no route during a fault: the request times out
+                resend = now + UDP_RESEND_S
+            sock.settimeout(max(0.001, min(resend, deadline) - now))
+            try:
+                data = sock.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+            if data == b"echo " + req:
+                answer = data
+            elif not (data.startswith(b"echo ") and data[5:] in sent):
+                stray = data
+            # else: the answer to an earlier request, sent again: UDP may duplicate.
+        if answer is not None:
+            c.emit({"type": "ok", **base, "value": answer.decode("latin-1")})
+        elif stray:
+            c.emit({"type": "info", **base, "error": f"stray datagram {stray[:80]!r}",
+                    "value": stray.decode("latin-1")})
+        else:
+            c.emit({"type": "info", **base, "error": f"no answer within {UDP_TIMEOUT_S:g} s"})
+        seq += 1
+        left = every - (time.monotonic() - t)
+        if left > 0:
+            time.sleep(left)  # the workload's rate, not synchronisation
+    sock.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="colo_lab.chaos.clients", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workload", choices=("kv", "stream", "random"))
+    p.add_argument("workload", choices=("kv", "stream", "random", "udp"))
     p.add_argument("--proc", required=True, help="this client's name in the history")
     p.add_argument("--t0", type=float, required=True,
                    help="the campaign's start on CLOCK_MONOTONIC")
     p.add_argument("--host", default=VM_IP)
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
     p.add_argument("--size", type=int, default=256 << 10, help="stream: bytes per response")
-    p.add_argument("--every", type=float, default=1.0, help="random: seconds between requests")
+    p.add_argument("--every", type=float, default=None,
+                   help="random, udp: seconds between requests (1.0, 0.2)")
     p.add_argument("--lag", type=int, default=50,
                    help="kv: PUTs between a key's acknowledgement and its second read")
     a = p.parse_args(argv)
@@ -177,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         run_kv(c, a.lag)
     elif a.workload == "stream":
         run_stream(c, a.size)
+    elif a.workload == "udp":
+        run_udp(c, 0.2 if a.every is None else a.every)
     else:
-        run_random(c, a.every)
+        run_random(c, 1.0 if a.every is None else a.every)
     c.conn.close()
     return 0
 

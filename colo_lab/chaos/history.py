@@ -7,10 +7,10 @@ run on one machine: network namespaces share that clock).
 |---|---|---|
 | `campaign` | seed, faults, workloads, reprotect_bound_s, settle_s | the runner, first |
 | `protected` | the pair PROTECTED before the first fault | the runner |
-| `invoke` | proc, op, f, and for f=put/get key (put: value) | a client, before a request |
-| `ok` | proc, op, f, conn; get: value or absent; stream: n, sha | a client, on a checked answer |
+| `invoke` | proc, op, f, and for f=put/get/udp key (put: value; udp: the request) | a client, before a request |
+| `ok` | proc, op, f, conn; get: value or absent; stream: n, sha; udp: value (the answer) | a client, on a checked answer |
 | `fail` | proc, op, f, error | a client: the request certainly had no effect (never sent) |
-| `info` | proc, op, f, error, conn | a client: the outcome is unknown (timeout, reset, bad answer) |
+| `info` | proc, op, f, error, conn; udp: value (a stray datagram) | a client: the outcome is unknown (timeout, reset, bad answer) |
 | `fault` | phase start: id, kind, target, host, params; phase end: id | the runner |
 | `recovered` | id, ok, waited_s | the runner: both hosts PROTECTED again after fault `id` (or not, by the deadline) |
 | `state` | hosts: {host: {state, role, timeout_checkpoints} or null} | the runner's sampler |
@@ -19,7 +19,7 @@ run on one machine: network namespaces share that clock).
 
 `proc` names one client process; `op` numbers its operations; `conn` numbers the
 connections it opened (1 for the first). f: `put`, `get` (kv), `stream` (one response of
-the stream), `random`.
+the stream), `random`, `udp` (one datagram request and its answer).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Op:
     t1: float | None  # completed (None: the history ended first)
     outcome: str  # ok, fail, info, or pending
     key: str = ""
-    value: str | None = None  # put: what was written; get: what was read (None: absent)
+    # put: what was written; get: what was read (None: absent); udp: the datagram received
+    value: str | None = None
     conn: int = 0
     n: int = 0  # stream: bytes of the response
     sha: str = ""  # stream: sha256 of what was received

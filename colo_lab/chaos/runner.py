@@ -26,11 +26,21 @@ from colo_lab.chaos.schedule import Planned, plan
 from colo_lab.client import JsonLinesProcess
 from colo_lab.errors import LabError
 from colo_lab.guest import pattern
-from colo_lab.lab import LINKS, VM_IP, VM_MAC, Lab
+from colo_lab.lab import LINKS, VM_IP, VM_IP6, VM_MAC, Lab
 from colo_lab.mac_sampler import MacSampler
 from colo_lab.wait import wait_until
 
-WORKLOADS = ("kv", "stream", "random")
+WORKLOADS = ("kv", "stream", "random", "udp", "ipv6")
+# The client processes of each workload: (client kind, its name in the history, address).
+# ipv6 is kv and stream again, over the VM's IPv6 address: the mirror, the sequence
+# rewriting and the comparison of IPv6 flows, under the same checks.
+CLIENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "kv": (("kv", "kv0", VM_IP),),
+    "stream": (("stream", "stream0", VM_IP),),
+    "random": (("random", "random0", VM_IP),),
+    "udp": (("udp", "udp0", VM_IP),),
+    "ipv6": (("kv", "kv6", VM_IP6), ("stream", "stream6", VM_IP6)),
+}
 HOSTS = ("primary", "secondary")
 LAN_PORTS = {"primary": "p-pri", "secondary": "p-sec"}
 STATE_EVERY_S = 0.3
@@ -377,9 +387,10 @@ class Campaign:
         self.mac = _Mac(self.rec, self.lab)
         wait_until(self.mac.ready.is_set, 15, "the MAC sampler to start")
         for w in o.workloads:
-            c = _Client(self.rec, f"{w}0", self.lab.client_ns, w, "--proc", f"{w}0",
-                        "--t0", repr(t0), "--host", VM_IP)
-            self.clients.append(c)
+            for kind, proc, host in CLIENTS[w]:
+                c = _Client(self.rec, proc, self.lab.client_ns, kind, "--proc", proc,
+                            "--t0", repr(t0), "--host", host)
+                self.clients.append(c)
         wait_until(lambda: all(c.count >= 2 for c in self.clients), 60,
                    "every workload client to complete a request",
                    detail=lambda: str({c.name: c.count for c in self.clients}))

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of the lab guest (busybox initramfs). Loads the virtio drivers the lab
 # uses, configures eth0 from the kernel command line (colo.ip=ADDR/PLEN), mounts
-# the optional virtio disk, and starts the HTTP service on port 80.
+# the optional virtio disk, and starts the HTTP service on port 80 and the UDP
+# echo service on port 7.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -16,16 +17,26 @@ while read -r mod; do
 done < /lib/modules/modules.order
 
 ip=""
+ip6=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         colo.ip=*) ip="${arg#colo.ip=}" ;;
+        colo.ip6=*) ip6="${arg#colo.ip6=}" ;;
     esac
 done
 ip link set lo up
 n=0
 while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 100 ]; do n=$((n + 1)); usleep 20000; done
+# No duplicate address detection and no router solicitations: both replicas own the one
+# address, and neither waits on, nor sends, ND traffic of its own timing.
+v6=/proc/sys/net/ipv6/conf/eth0
+if [ -d "$v6" ]; then
+    echo 0 > "$v6/accept_dad"
+    echo 0 > "$v6/router_solicitations"
+fi
 ip link set eth0 up
 [ -n "$ip" ] && ip addr add "$ip" dev eth0
+[ -n "$ip6" ] && ip -6 addr add "$ip6" dev eth0
 
 # The optional disk holds the key-value store so that disk replication can be
 # checked from outside; without it the store lives in tmpfs.
@@ -43,5 +54,6 @@ export KV
 # number of -l as the listen() backlog: 32 of them let 20+ clients connect at
 # once without dropped SYNs (a dropped SYN on one replica only is a divergence).
 nc -$(printf 'l%.0s' $(seq 32)) -p 80 -e /bin/colo-service &
-echo "colo-guest: service ready ip=$ip kv=$KV"
+colo-udp-echo 7 &
+echo "colo-guest: service ready ip=$ip ip6=$ip6 kv=$KV"
 while true; do sleep 3600; done

@@ -1,6 +1,6 @@
 """A seeded fault campaign (`colo-lab chaos`, issue 16) on the real lab: eight faults of
-different kinds against a protected pair under the kv, stream and random workloads, and a
-history with no violation (docs/RELIABILITY.md)."""
+different kinds against a protected pair under the kv, stream, random, udp and ipv6
+workloads, and a history with no violation (docs/RELIABILITY.md)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ def test_a_seeded_campaign_has_no_violation(tmp_path: Path) -> None:
     assert all(f.recovered_ok for f in h.faults), report
     # The workloads ran throughout, and the final read-back happened.
     done = {(o.f, o.outcome) for o in h.ops}
-    assert {("put", "ok"), ("get", "ok"), ("stream", "ok"), ("random", "ok")} <= done
+    assert {("put", "ok"), ("get", "ok"), ("stream", "ok"), ("random", "ok"),
+            ("udp", "ok")} <= done
+    # ...and the kv and stream clients of the ipv6 workload, to the VM's IPv6 address.
+    assert {"kv6", "stream6"} <= {o.proc for o in h.ops if o.outcome == "ok"}
     # The checker over the file agrees with the command's verdict.
     vs = checker.check(h, checker.prefix_digest(pattern()))
     assert vs == [], "\n".join(f"{v.invariant}: {v.detail}" for v in vs) + report

@@ -64,10 +64,13 @@ def test_initramfs_holds_init_busybox_modules_and_parent_dirs(tmp_path: Path) ->
     (moddir / "kernel" / "a.ko").write_bytes(b"A" * 5)
     busybox = tmp_path / "busybox"
     busybox.write_bytes(b"\x7fELF-static")
-    entries = _cpio_entries(gzip.decompress(guest._initramfs(busybox, moddir, ["kernel/a.ko"])))
+    entries = _cpio_entries(gzip.decompress(guest._initramfs(busybox, moddir, ["kernel/a.ko"],
+                                                             b"\x7fELF-udp")))
     assert entries["init"][1] == (guest.GUESTFS / "init.sh").read_bytes()
     assert entries["init"][0] & 0o111
     assert entries["bin/busybox"][1] == b"\x7fELF-static"
+    assert entries["bin/colo-udp-echo"][1] == b"\x7fELF-udp"
+    assert entries["bin/colo-udp-echo"][0] & 0o111
     assert entries["lib/modules/a.ko"][1] == b"AAAAA"
     assert entries["lib/modules/modules.order"][1] == b"a.ko\n"
     assert entries["bin/sh"][1] == b"busybox"

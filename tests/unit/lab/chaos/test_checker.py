@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from colo_lab.chaos import checker
+from colo_lab.chaos import checker, clients
 from colo_lab.chaos.history import Record, parse
 
 STREAM = bytes(range(256)) * 64
@@ -120,6 +120,25 @@ def test_a_stream_connection_that_fails_or_is_reopened_is_broken() -> None:
     assert _violations([*_clean(), *outage]) == ["stream-broken"]
     again = [*outage, *_stream(8, 23.0, 500), *_stream(9, 24.0, 500, outcome="info")]
     assert _violations([*_clean(), *again]) == ["stream-broken"] * 2
+
+
+def _udp(op: int, t: float, seq: int, answer: str | None, outcome: str = "ok",
+         **done: Any) -> list[Record]:
+    req = clients.udp_request("udp0", seq).decode()
+    extra: dict[str, Any] = {} if answer is None else {"value": answer}
+    return _op("udp0", op, "udp", t, t + 0.1, outcome, key=req, **extra, **done)
+
+
+def test_udp_answers_must_echo_the_request_sent() -> None:
+    good = _udp(0, 20.0, 0, "echo " + clients.udp_request("udp0", 0).decode())
+    lost = _udp(1, 21.0, 1, None, outcome="info", error="no answer within 3 s")
+    assert _violations([*_clean(), *good, *lost]) == []  # UDP may lose a request
+    wrong_seq = _udp(2, 22.0, 2, "echo " + clients.udp_request("udp0", 7).decode())
+    assert _violations([*_clean(), *wrong_seq]) == ["udp-wrong-answer"]
+    corrupt = _udp(3, 23.0, 3, "echo udp0 3 uuuX")
+    assert _violations([*_clean(), *corrupt]) == ["udp-wrong-answer"]
+    stray = _udp(4, 24.0, 4, "echo udp0 99 ", outcome="info", error="stray datagram")
+    assert _violations([*_clean(), *stray]) == ["udp-wrong-answer"]
 
 
 def test_two_hosts_serving_in_one_sample() -> None:
