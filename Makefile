@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: demo test bootstrap build unit system test-vm test-standin test-bpf test-host \
+.PHONY: demo test bootstrap build build-xen test-xen unit system test-vm test-standin test-bpf test-host \
 	lint bench bench-vms fuzz fuzz-parsers chaos clean
 
 bootstrap:
@@ -14,6 +14,11 @@ bootstrap:
 # The patched QEMU (about 10 min once) and the guest, cached outside the repo.
 build: bootstrap
 	$(VENV)/bin/colo-lab build
+
+# The nested Xen lab (docs/xen.md): libxl with COLO, a Xen device model, a dom0 image;
+# about 15 min once, cached. Not part of `build` or `test`.
+build-xen: build
+	$(VENV)/bin/colo-lab build --xen
 
 demo: build
 	$(VENV)/bin/colo-lab demo
@@ -43,6 +48,10 @@ test-bpf: bootstrap
 
 test-host: build
 	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m host tests/system
+
+# The nested Xen lab's tests (root; the build once, then about N min: docs/xen.md).
+test-xen: build-xen
+	COLO_REQUIRE_SYSTEM=1 COLO_XEN_TESTS=1 $(PYTEST) -m xen tests/system
 
 # 1,000,000 random and mutated frames through the eBPF programs (BPF_PROG_TEST_RUN) and the
 # comparator, with a random seed it prints (root; CI runs 20,000 seeded: -m bpf). SEED=N

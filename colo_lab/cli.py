@@ -18,6 +18,7 @@ COMMANDS = ("up", "down", "status", "build", "qemu-path", "smoke", "demo", "chao
 EPILOG = """\
 examples:
   colo-lab build                  build the patched QEMU and the guest into the cache
+  colo-lab build --xen            and the nested Xen lab (libxl with COLO, dom0 image)
   colo-lab qemu-path              print the cached patched QEMU (builds nothing)
   colo-lab up                     start a lab: namespaces, bridges, etcd, PVM and SVM booted
   colo-lab up --secondary incoming   SVM waits for the PVM's COLO migration instead
@@ -93,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove all namespaces, processes and files of a lab")
     st = sub.add_parser("status", help="show what is running")
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("build", help="build (or find cached) QEMU and guest; no lab is started")
+    bd = sub.add_parser("build", help="build (or find cached) QEMU and guest; no lab is started")
+    bd.add_argument("--xen", action="store_true",
+                    help="also the nested Xen lab: libxl with COLO, a Xen device model with "
+                    "replication, a dom0 image (docs/xen.md; about 15 min once)")
     sub.add_parser("qemu-path", help="print the cached patched QEMU's path; exit 1 if none "
                    "(reads the cache only: builds nothing)")
     sm = sub.add_parser("smoke", help="COLO smoke check: boot, COLO, checkpoints, verify, down")
@@ -171,6 +175,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"qemu:  {lab.qemu}")
         assert lab.guest is not None
         print(f"guest: {lab.guest.kernel} {lab.guest.initrd}")
+        if args.xen:
+            from colo_lab.xen_build import ensure_xen
+
+            xen = ensure_xen()
+            print(f"xen:   {xen.dir} (hypervisor, dom0 kernel, initrd, dom0.img, libxl, "
+                  "device model)")
         return 0
     if args.command == "qemu-path":
         from colo_lab.qemu_build import cached_binary

@@ -50,3 +50,14 @@ def touch_build(path: Path) -> None:
         os.utime(path)
     except OSError:
         pass  # pruned meanwhile: the caller builds it again under the lock
+
+
+def point_current(pointer: str, build: Path) -> None:
+    """Make the cache's symlink `pointer` name `build` (a sibling), replaced atomically so
+    that a reader finds the old build or the new one, never none."""
+    root = build.parent
+    tmp = root / f".{pointer}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(build.name)
+    os.replace(tmp, root / pointer)

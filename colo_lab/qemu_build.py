@@ -24,7 +24,7 @@ from pathlib import Path
 
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
-from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache, touch_build
+from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, touch_build
 
 PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
 
@@ -108,20 +108,12 @@ def ensure_qemu(*, rebuild: bool = False) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if binary.exists() and not rebuild:
             touch_build(out)
-            _point_current(root, out)
+            point_current("qemu-current", out)
             return binary
         _build(version, out)
-        _point_current(root, out)
+        point_current("qemu-current", out)
         prune_cache("qemu-", keep=out)
     return binary
-
-
-def _point_current(root: Path, out: Path) -> None:
-    tmp = root / ".qemu-current.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(out.name)
-    os.replace(tmp, root / "qemu-current")
 
 
 def _build(version: str, out: Path) -> None:

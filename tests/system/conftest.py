@@ -5,7 +5,8 @@ Without root they are skipped, except where COLO_REQUIRE_SYSTEM=1 (CI and
 
 Each system test is of one kind, a marker that says what it needs and about how long it
 takes: `vm` (the lab's two QEMU VMs), `standin` (the proxy pair on stand-in VMs), `bpf`
-(eBPF programs on crafted frames) or `host` (root and host tools only). Tests that use the
+(eBPF programs on crafted frames), `host` (root and host tools only) or `xen` (the nested
+Xen lab; skipped unless COLO_XEN_TESTS=1, which `make test-xen` sets). Tests that use the
 `lab` or `standin` fixture get theirs here; the others are marked in their modules.
 
 The two-VM lab: a test takes the `lab` fixture and says which lab with the `lab` marker
@@ -36,7 +37,7 @@ from colo_lab.proxy_harness import unique_name
 from colo_lab.wait import wait_until
 from colo_orch.cli.disk import main as disk_main
 
-KINDS = ("vm", "standin", "bpf", "host")
+KINDS = ("vm", "standin", "bpf", "host", "xen")
 # How long a shared lab may take to be PROTECTED again after a test killed its VMs (1 to 5 s
 # here); longer, and the next test boots a lab of its own.
 REPROTECT_S = 30.0
@@ -54,6 +55,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.vm)
         if "standin" in fixtures:
             item.add_marker(pytest.mark.standin)
+        # The nested Xen lab needs a 15-minute build and minutes per boot: only when asked.
+        if item.get_closest_marker("xen") is not None and os.environ.get("COLO_XEN_TESTS") != "1":
+            item.add_marker(pytest.mark.skip(
+                reason="the nested Xen lab's tests run with `make test-xen` (COLO_XEN_TESTS=1)"))
         kinds = [k for k in KINDS if item.get_closest_marker(k) is not None]
         if len(kinds) != 1:
             raise pytest.UsageError(

@@ -1,0 +1,61 @@
+#!/bin/sh
+# PID 1 of a nested Xen host's dom0 (init=/sbin/colo-dom0-init; no systemd: it would
+# take minutes under TCG). What XEN-NESTED.md found a dom0 needs: the Xen drivers, the
+# xen init script (xenstored, xenconsoled), a bridge for guests; then a root shell on
+# the console. Kernel command line: colo.name=NAME; colo.ip=ADDR/PLEN on xenbr0, the
+# guests' bridge, which holds eth0; colo.ip.IF=ADDR/PLEN for another NIC (all NICs are
+# up, with or without an address). It prints "colo-dom0: ready" once `xl info` answers;
+# the lab waits on that line.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -o remount,rw /
+say() { echo "colo-dom0: $*" > /dev/hvc0; }
+
+name=dom0
+ip=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        colo.name=*) name="${arg#colo.name=}" ;;
+        colo.ip=*) ip="${arg#colo.ip=}" ;;
+    esac
+done
+hostname "$name"
+
+for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback \
+         bridge tun loop virtio_net virtio_blk; do
+    modprobe "$m" 2>/dev/null || say "modprobe $m failed"
+done
+grep -q xenfs /proc/mounts || mount -t xenfs xenfs /proc/xen
+
+ip link set lo up
+ip link add xenbr0 type bridge
+ip link set xenbr0 up
+for dev in /sys/class/net/eth*; do
+    [ -e "$dev" ] && ip link set "${dev##*/}" up
+done
+ip link set eth0 master xenbr0 || say "no eth0 for xenbr0"
+[ -n "$ip" ] && ip addr add "$ip" dev xenbr0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        colo.ip.*=*) dev="${arg#colo.ip.}"; ip addr add "${dev#*=}" dev "${dev%%=*}" ;;
+    esac
+done
+
+/etc/init.d/xen start > /dev/hvc0 2>&1 || say "xen init script failed"
+if xl info > /tmp/xl-info 2>&1; then
+    say "xl info ok: $(grep -E '^(xen_version|virt_caps)' /tmp/xl-info | tr -s ' ' | tr '\n' ';')"
+else
+    say "xl info failed: $(tail -n 1 /tmp/xl-info)"
+fi
+say "ready"
+
+# A root shell on the console, again whenever it exits; PID 1 never returns.
+while true; do
+    setsid sh -c 'exec sh -i </dev/hvc0 >/dev/hvc0 2>&1'
+done

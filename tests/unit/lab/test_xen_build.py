@@ -1,0 +1,72 @@
+"""The Xen lab builder's pure parts: which source version, the cache key, the checks of
+the built libxl, the progress lines, and the cache pointer read by `up --xen`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from colo_lab import xen_build
+from colo_lab.errors import LabError
+
+MADISON = """\
+       xen | 4.17.5+72-g01140da4e8-1 | http://deb.debian.org/debian bookworm/main Sources
+       xen | 4.17.7+13-g2445b30a44-0+deb12u1 | http://deb.debian.org/debian-security \
+bookworm-security/main Sources
+"""
+
+
+def test_source_is_the_suites_main_not_the_security_archive() -> None:
+    # debootstrap of the suite installs main's Xen into the dom0: the libxl drop-in must
+    # be built from that version, not the newer one in bookworm-security.
+    assert xen_build.source_in_suite(MADISON, "bookworm") == "4.17.5+72-g01140da4e8-1"
+    assert xen_build.source_in_suite(MADISON, "trixie") is None
+
+
+def test_key_changes_with_every_version_input() -> None:
+    base = xen_build.build_key("4.17.5-1", "7.2-18")
+    assert base == xen_build.build_key("4.17.5-1", "7.2-18")
+    assert len({base, xen_build.build_key("4.17.5-2", "7.2-18"),
+                xen_build.build_key("4.17.5-1", "7.2-19")}) == 3
+
+
+def test_key_changes_with_the_dom0_init(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    base = xen_build.build_key("4.17.5-1", "7.2-18")
+    init = tmp_path / "init.sh"
+    init.write_bytes(xen_build.DOM0_INIT.read_bytes() + b"# changed\n")
+    monkeypatch.setattr(xen_build, "DOM0_INIT", init)
+    assert xen_build.build_key("4.17.5-1", "7.2-18") != base
+
+
+def test_libxl_check_tells_colo_from_the_stub(tmp_path: Path) -> None:
+    colo = tmp_path / "colo.so"
+    colo.write_bytes(b"\x7fELF...colo_save_device_qdisk\0colo_proxy_setup\0")
+    xen_build.check_libxl_has_colo(colo)
+    stub = tmp_path / "stub.so"
+    stub.write_bytes(b"\x7fELF...%s:Domain %d:COLO is not supported\0")
+    with pytest.raises(LabError, match="without COLO"):
+        xen_build.check_libxl_has_colo(stub)
+
+
+def test_progress_line_shows_how_far_a_build_is() -> None:
+    assert xen_build._progress_line(
+        b"[312/1393] Compiling C object libqemuutil.a.p/util_module.c.o"
+    ) == "[312/1393] libqemuutil.a.p/util_module.c.o"
+    assert xen_build._progress_line(
+        b"gcc -O2 -fPIC -c -o xc_altp2m.opic xc_altp2m.c") == "compiled xc_altp2m.opic"
+    assert xen_build._progress_line(b"I: Unpacking the base system...") == \
+        "I: Unpacking the base system..."
+
+
+def test_cached_xen_needs_a_finished_build(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    monkeypatch.setenv("COLO_CACHE", str(tmp_path))
+    assert xen_build.cached_xen() is None
+    build = tmp_path / "xen-k1"
+    build.mkdir()
+    (tmp_path / "xen-current").symlink_to(build.name)
+    assert xen_build.cached_xen() is None  # a build without DONE was interrupted
+    (build / "DONE").write_text("1\n")
+    lab = xen_build.cached_xen()
+    assert lab is not None and lab.rootfs == build / "dom0.img"
