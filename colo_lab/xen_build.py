@@ -44,7 +44,8 @@ from colo_lab.errors import LabError
 from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, touch_build
 from colo_lab.qemu_build import debian_source_version
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "1"  # of the compiled parts' recipe: a change rebuilds everything
+DOM0_VERSION = "2"  # of the dom0's recipe (this file's debootstrap and install steps)
 SUITE = "bookworm"
 MIRROR = os.environ.get("COLO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DOM0_INIT = PACKAGE_DIR / "xenfs" / "dom0-init.sh"
@@ -53,6 +54,7 @@ LIBXL = "libxenlight.so.4.17.0"
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"
 DM_NAME = "xen-qemu-system-i386"
+DEBIAN_KEPT = "usr/lib/xen-4.17/colo-debian"  # Debian's libxl and device model, unused
 
 # Debian's debian/rules configure line for the tools (xen 4.17.5+72-g01140da4e8-1), so that
 # the paths compiled into libxl (_paths.h) are the ones Debian's xl and scripts use; plus
@@ -152,8 +154,8 @@ def binaries_key(xen_version: str, qemu_version: str) -> str:
 def build_key(xen_version: str, qemu_version: str) -> str:
     """Key of the whole lab build: the binaries' key and the dom0's inputs."""
     h = hashlib.sha256()
-    for part in (binaries_key(xen_version, qemu_version), MIRROR, SUITE, *DOM0_PACKAGES,
-                 DOM0_IMAGE_SIZE):
+    for part in (binaries_key(xen_version, qemu_version), DOM0_VERSION, MIRROR, SUITE,
+                 *DOM0_PACKAGES, DOM0_IMAGE_SIZE):
         h.update(part.encode() + b"\0")
     h.update(DOM0_INIT.read_bytes())
     return h.hexdigest()[:16]
@@ -402,12 +404,15 @@ def _install_into(b: _Build, rootfs: Path, libxl: Path, dm: Path) -> None:
     target = rootfs / LIBDIR / LIBXL
     if not target.exists():
         raise LabError(f"Debian's dom0 has no /{LIBDIR}/{LIBXL} to replace")
-    # Keep Debian's files next to ours, to compare against on a running dom0.
-    os.replace(target, target.with_name(LIBXL + ".debian"))
+    # Debian's files are kept, to compare against on a running dom0, out of the library
+    # directory: there ldconfig would take a renamed copy (same soname) for a version.
+    keep = rootfs / DEBIAN_KEPT
+    keep.mkdir(parents=True, exist_ok=True)
+    os.replace(target, keep / LIBXL)
     shutil.copy2(libxl, target)
     dm_target = rootfs / DM_PATH
     if dm_target.exists():
-        os.replace(dm_target, dm_target.with_name(dm_target.name + ".debian"))
+        os.replace(dm_target, keep / DM_NAME)
     shutil.copy2(dm, dm_target)
     missing = out(["chroot", str(rootfs), "ldd", f"/{DM_PATH}", f"/{LIBDIR}/{LIBXL}"])
     if "not found" in missing:

@@ -1,0 +1,245 @@
+"""Two nested Xen hosts on the lab's network (`colo-lab up --xen`).
+
+Each host is a QEMU TCG guest (Debian's qemu-system-x86_64, as measured in
+../shared/notes/XEN-NESTED.md) that boots Xen 4.17 and a Debian dom0 from the cached
+`colo_lab.xen_build` output. It sits in its host namespace of the lab (`colo_lab.lab`)
+with three NICs, each on a bridge of that namespace:
+
+```
+  pri ns: br0    (lan0 to the LAN)     ── xlan ── dom0 eth0 (xenbr0, guests' bridge)
+          brfwd  (fwd0, forward link)  ── xfwd ── dom0 eth1 (no address)
+          brctl  (ctl0, control link)  ── xctl ── dom0 eth2 (DOM0_CTL_IP)
+```
+
+Xen's console (com1) carries the dom0's console (hvc0) and a root shell on it; it is one
+unix socket per host (for `console()`), logged whole to a file that `up` waits on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from colo_lab import netns
+from colo_lab.cmd import need, run
+from colo_lab.errors import LabError
+from colo_lab.lab import LAN_PLEN, Lab
+from colo_lab.wait import wait_until
+from colo_lab.xen_build import XenLab
+
+QEMU = "qemu-system-x86_64"
+# XEN-NESTED.md: without smap=0 smep=0 the dom0 dies at its first instruction under TCG
+# (#PF in create_bounce_frame). noreboot keeps a crashed Xen's last words on the console.
+XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M smap=0 smep=0 noreboot"
+# net.ifnames=0: the initrd's udev would rename eth0-2 to enp0s1-3 (seen), and the init
+# and the lab name the NICs by their order on the PCI bus (xlan, xfwd, xctl).
+DOM0_ARGS = "root=/dev/vda rw console=hvc0 net.ifnames=0 init=/sbin/colo-dom0-init"
+HOST_MEM_MB = 3072
+HOST_CPUS = 2
+READY = "colo-dom0: ready"
+XL_OK = "colo-dom0: xl info ok"
+# Alone, a host reached READY ~90 s after QEMU started (XEN-NESTED.md); two at once on two
+# shared cores take longer.
+BOOT_TIMEOUT_S = 600.0
+DOM0_LAN_IP = {"primary": "10.99.0.11", "secondary": "10.99.0.12"}
+DOM0_CTL_IP = {"primary": "10.99.1.11", "secondary": "10.99.1.12"}
+NICS = ("xlan", "xfwd", "xctl")
+
+
+@dataclass(frozen=True)
+class XenHost:
+    """One nested Xen host of a lab; its files are in the lab's run directory."""
+
+    role: str
+    ns: str
+    run_dir: Path
+    build: XenLab
+
+    @property
+    def tag(self) -> str:
+        return "xen-" + self.role[:3]
+
+    @property
+    def disk(self) -> Path:
+        return self.run_dir / f"{self.tag}-dom0.qcow2"
+
+    @property
+    def console_path(self) -> Path:
+        return self.run_dir / f"{self.tag}.console"
+
+    @property
+    def serial_path(self) -> Path:
+        return self.run_dir / f"{self.tag}-serial.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.run_dir / f"{self.tag}-qemu.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.run_dir / f"{self.tag}.pid"
+
+    def mac(self, nic: int) -> str:
+        return f"02:c0:10:{0x20 + nic:02x}:00:{1 if self.role == 'primary' else 2:02x}"
+
+    def argv(self) -> list[str]:
+        dom0 = (f"{DOM0_ARGS} colo.name={self.tag} "
+                f"colo.ip={DOM0_LAN_IP[self.role]}/{LAN_PLEN} "
+                f"colo.ip.eth2={DOM0_CTL_IP[self.role]}/24")
+        # -initrd is Xen's multiboot module list: the dom0 kernel with its command line,
+        # then its initrd (a comma separates modules, so no path may hold one).
+        modules = f"{self.build.kernel} {dom0},{self.build.initrd}"
+        argv = [
+            need(QEMU), "-accel", "tcg", "-machine", "q35", "-cpu", "max",
+            "-smp", str(HOST_CPUS), "-m", str(HOST_MEM_MB), "-name", self.tag,
+            "-display", "none", "-nodefaults", "-no-reboot",
+            "-kernel", str(self.build.hypervisor), "-append", XEN_ARGS, "-initrd", modules,
+            "-drive", f"file={self.disk},if=virtio,format=qcow2",
+            "-chardev", f"socket,id=con0,path={self.console_path},server=on,wait=off,"
+            f"logfile={self.serial_path}",
+            "-serial", "chardev:con0",
+            "-pidfile", str(self.pid_path),
+        ]
+        for i, nic in enumerate(NICS):
+            argv += ["-netdev", f"tap,id=n{i},ifname={nic},script=no,downscript=no,vhost=off",
+                     "-device", f"virtio-net-pci,netdev=n{i},mac={self.mac(i)}"]
+        return argv
+
+    def start(self) -> None:
+        # The cached image stays read-only; each host writes to its own overlay.
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             str(self.build.rootfs), str(self.disk)])
+        with open(self.stderr_path, "ab") as err:
+            subprocess.Popen(["ip", "netns", "exec", self.ns, *self.argv()],
+                             stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                             start_new_session=True)
+
+    def serial(self) -> str:
+        try:
+            return self.serial_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def wait_serial(self, text: str, timeout: float, started: float) -> None:
+        def said() -> bool:
+            if text in self.serial():
+                return True
+            # The pid file appears once QEMU runs; give it a few seconds to get there.
+            if time.monotonic() - started > 10 and not self.alive():
+                raise LabError(f"{self.tag}'s QEMU exited before '{text}': "
+                               f"{_tail(self.stderr_path)}", f"see {self.serial_path}")
+            return False
+
+        wait_until(said, timeout, f"'{text}' on {self.tag}'s console", every=0.5,
+                   detail=lambda: "console: " + " | ".join(self.serial().splitlines()[-4:]))
+
+    def console(self, command: str, timeout: float = 60.0) -> str:
+        """Run a shell command in the dom0 on its console; its output (stdout+stderr).
+
+        The reply is read from the socket as it comes: QEMU's serial port sends a byte at a
+        time, an unread unix socket fills after a few hundred of them (each byte is a
+        buffer of its own) and the port then waits, stalling the dom0's console (seen).
+        The end marker is printed by printf from two arguments, so the console's echo of
+        the typed line never contains it."""
+        mark = f"colo-end-{time.monotonic_ns()}"
+        line = f"{command} 2>&1; printf '%s-%s\\n' {mark} $?\n"
+        got = bytearray()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(self.console_path))
+            s.sendall(line.encode())
+            s.settimeout(0.5)
+
+            def answered() -> tuple[str, str] | None:
+                try:
+                    chunk = s.recv(65536)
+                except TimeoutError:
+                    chunk = b"-"  # nothing yet
+                else:
+                    got.extend(chunk)
+                if not chunk:
+                    raise LabError(f"{self.tag}'s console closed (its QEMU exited?)",
+                                   f"see {self.serial_path}")
+                return _after(got.decode(errors="replace"), mark)
+
+            status, output = wait_until(
+                answered, timeout, f"'{command}' to finish on {self.tag}'s console", every=0,
+                detail=lambda: "console: " + got.decode(errors="replace")[-200:])
+        if status != "0":
+            raise LabError(f"{self.tag}: '{command}' exited {status}: {output[-300:]}")
+        return output
+
+
+def _after(text: str, mark: str) -> tuple[str, str] | None:
+    """(exit status, output) once the marker line is in text."""
+    at = text.find(mark + "-")
+    if at < 0:
+        return None
+    end = text.find("\n", at)
+    if end < 0:
+        return None
+    status = text[at + len(mark) + 1:end].strip()
+    body = text[:at].replace("\r", "")
+    # Drop the echoed command line: output starts after its first newline.
+    return status, body.split("\n", 1)[1] if "\n" in body else ""
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no output)"
+    return lines[-1] if lines else "(no output)"
+
+
+def hosts(lab: Lab, build: XenLab) -> dict[str, XenHost]:
+    return {role: XenHost(role, h.ns, lab.run_dir, build) for role, h in lab.hosts.items()}
+
+
+def wire(lab: Lab) -> None:
+    """Taps for each host's three NICs, on bridges with the lab's links (lab.up made
+    br0 with lan0, and fwd0, ctl0 between the host namespaces)."""
+    for h in lab.hosts.values():
+        for nic in NICS:
+            netns.tap(h.ns, nic)
+        netns.ip(h.ns, "link", "set", "xlan", "master", "br0")
+        # ctl0's address moves to its bridge: a bridge port's own address stops working.
+        netns.ip(h.ns, "addr", "flush", "dev", "ctl0")
+        netns.bridge(h.ns, "brfwd", ["fwd0", "xfwd"])
+        netns.bridge(h.ns, "brctl", ["ctl0", "xctl"])
+        netns.ip(h.ns, "addr", "add", f"{h.ctl_ip}/24", "dev", "brctl")
+    # The lab starts the secondary's uplink down for a protected pair; both dom0s need it.
+    lab.set_uplink("secondary", True)
+
+
+def up(lab: Lab, build: XenLab) -> dict[str, float]:
+    """Start both hosts on a lab whose network is up; wait until both dom0s answer
+    `xl info`. Returns the seconds each took from QEMU's start."""
+    need(QEMU)
+    need("qemu-img")
+    wire(lab)
+    xs = hosts(lab, build)
+    t0 = time.monotonic()
+    for x in xs.values():
+        x.start()
+    took: dict[str, float] = {}
+    for role, x in xs.items():
+        x.wait_serial(READY, BOOT_TIMEOUT_S - (time.monotonic() - t0), t0)
+        took[role] = time.monotonic() - t0
+        if XL_OK not in x.serial():
+            raise LabError(f"{x.tag}: dom0 is up but `xl info` failed: "
+                           + next((ln for ln in x.serial().splitlines()
+                                   if "xl info failed" in ln), "?"),
+                           f"see {x.serial_path}")
+    return took

@@ -1,0 +1,50 @@
+"""A nested Xen host's QEMU command line and the console's reply parsing (no QEMU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from colo_lab import xen_lab
+from colo_lab.xen_build import XenLab
+
+# What the dom0's console gave for a command (run dir of a real run, trimmed): the typed
+# line echoed, the output, the marker line, CR CR LF line ends, the next prompt.
+CONSOLE = (
+    "# xl info | head -2 2>&1; printf '%s-%s\\n' colo-end-42 $?\r\r\n"
+    "host                   : xen-pri\r\r\n"
+    "release                : 6.1.0-50-amd64\r\r\n"
+    "colo-end-42-0\r\r\n# "
+)
+
+
+def _host(tmp_path: Path, role: str = "primary") -> xen_lab.XenHost:
+    c = tmp_path / "cache"
+    build = XenLab(dir=c, hypervisor=c / "xen.elf", kernel=c / "vmlinuz",
+                   initrd=c / "initrd.img", rootfs=c / "dom0.img", libxl=c / "libxl.so",
+                   device_model=c / "dm")
+    return xen_lab.XenHost(role, "colo-t-pri", tmp_path / "run", build)
+
+
+def test_console_reply_is_the_output_between_echo_and_marker() -> None:
+    assert xen_lab._after(CONSOLE, "colo-end-42") == (
+        "0", "host                   : xen-pri\nrelease                : 6.1.0-50-amd64\n")
+    # The echo holds the marker followed by a space, never by '-': not yet an answer.
+    assert xen_lab._after(CONSOLE.split("\r\r\n")[0], "colo-end-42") is None
+    assert xen_lab._after("colo-end-42-1", "colo-end-42") is None  # the line is not whole
+
+
+def test_argv_boots_xen_with_the_dom0_as_a_multiboot_module(tmp_path: Path) -> None:
+    argv = _host(tmp_path).argv()
+    assert argv[argv.index("-kernel") + 1].endswith("xen.elf")
+    assert "smap=0 smep=0" in argv[argv.index("-append") + 1]
+    kernel, initrd = argv[argv.index("-initrd") + 1].split(",")
+    assert kernel.split()[0].endswith("vmlinuz") and initrd.endswith("initrd.img")
+    assert "net.ifnames=0" in kernel.split() and "colo.ip.eth2=10.99.1.11/24" in kernel.split()
+
+
+def test_each_nic_has_its_tap_and_a_mac_of_its_own(tmp_path: Path) -> None:
+    pri, sec = _host(tmp_path).argv(), _host(tmp_path, "secondary").argv()
+    nets = [a for a in pri if a.startswith("tap,")]
+    assert [n.split("ifname=")[1].split(",")[0] for n in nets] == list(xen_lab.NICS)
+    macs = [a.split("mac=")[1] for argv in (pri, sec) for a in argv if "mac=" in a]
+    assert len(macs) == 6 and len(set(macs)) == 6
