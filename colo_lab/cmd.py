@@ -26,6 +26,7 @@ PROVIDERS = {
     "ninja": "ninja-build",
     "meson": "meson",
     "qemu-img": "qemu-utils",
+    "mkfs.ext4": "e2fsprogs",
     "qemu-system-x86_64": "qemu-system-x86",
     "depmod": "kmod",
     "etcd": "etcd-server",

@@ -92,13 +92,8 @@ DOM0_PACKAGES = (
 )
 DOM0_IMAGE_SIZE = "3G"
 
-# Tools this build runs, by the Debian package that provides each (the bootstrap installs
-# them; the -dev packages are what Xen's configure looks for).
-BUILD_PACKAGES = (
-    "autoconf", "iasl", "uuid-dev", "libyajl-dev", "libnl-3-dev", "libnl-route-3-dev",
-    "libzstd-dev", "liblzma-dev", "libbz2-dev", "libncurses-dev", "libxen-dev",
-    "debootstrap", "e2fsprogs",
-)
+# What this build needs installed (autoconf, acpica-tools, the -dev packages Xen's
+# configure looks for, libnl-3 among them, debootstrap) is in scripts/bootstrap's list.
 
 
 @dataclass(frozen=True)
