@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the network and the etcd cluster only: no QEMU, no guest")
     up.add_argument("--xen", action="store_true",
                     help="two nested Xen hosts (QEMU TCG guests running Xen 4.17 and a dom0) "
-                    "instead of the two VMs; returns when both dom0s answer `xl info` "
-                    "(docs/xen.md)")
+                    "instead of the two VMs, the lab's guest as an HVM domain on the "
+                    "primary; returns when it answers (docs/xen.md)")
     down = sub.add_parser("down", help="remove all namespaces, processes and files of a lab")
     st = sub.add_parser("status", help="show what is running")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -337,19 +337,27 @@ def _up_xen(lab: Lab, args: argparse.Namespace) -> int:
     # As for the VMs' QEMU: the newest cached build starts a lab at once; `build --xen`
     # is what rebuilds after an input changed.
     build = cached_xen() or ensure_xen()
+    from colo_lab.guest import cached_guest, ensure_guest
+
+    guest = cached_guest() or ensure_guest()
     _say(f"starting lab '{lab.name}' with two nested Xen hosts ({build.dir.name}); "
          f"about 2-4 min under TCG")
     t0 = time.monotonic()
     lab.up(vms=False)
     try:
-        took = xen_lab.up(lab, build)
+        took = xen_lab.up(lab, build, guest)
+        service_s = xen_lab.start_service(lab, xen_lab.hosts(lab, build)["primary"])
     except BaseException:
         _say(f"the Xen hosts did not come up; logs in {lab.run_dir} (xen-*-serial.log); "
              f"'colo-lab down --name {lab.name}' removes the lab")
         raise
     _say(f"lab '{lab.name}' is up in {time.monotonic() - t0:.1f} s: "
          + ", ".join(f"{role} dom0 ready {s:.0f} s after its QEMU started"
-                     for role, s in took.items()))
+                     for role, s in took.items())
+         + f"; the lab's guest answers from the primary's HVM domain {service_s:.0f} s "
+         "after `xl create`")
+    print(f"  service:   ip netns exec {lab.client_ns} curl http://{VM_IP}/health "
+          "(an HVM domain 'service' on the primary's Xen)")
     for role, x in xen_lab.hosts(lab, build).items():
         print(f"  {role + ':':<10} dom0 {xen_lab.DOM0_LAN_IP[role]} (LAN), "
               f"{xen_lab.DOM0_CTL_IP[role]} (control); console: socat - UNIX:{x.console_path}"

@@ -17,9 +17,12 @@ unix socket per host (for `console()`), logged whole to a file that `up` waits o
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,8 @@ from pathlib import Path
 from colo_lab import netns
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
-from colo_lab.lab import LAN_PLEN, Lab
+from colo_lab.guest import Guest
+from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
 
@@ -48,6 +52,7 @@ BOOT_TIMEOUT_S = 600.0
 DOM0_LAN_IP = {"primary": "10.99.0.11", "secondary": "10.99.0.12"}
 DOM0_CTL_IP = {"primary": "10.99.1.11", "secondary": "10.99.1.12"}
 NICS = ("xlan", "xfwd", "xctl")
+CONSOLE_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class XenHost:
     ns: str
     run_dir: Path
     build: XenLab
+    # A read-only ext4 image with the lab guest's kernel and initrd (the dom0's /dev/vdb).
+    guest_disk: Path | None = None
 
     @property
     def tag(self) -> str:
@@ -104,6 +111,8 @@ class XenHost:
             "-serial", "chardev:con0",
             "-pidfile", str(self.pid_path),
         ]
+        if self.guest_disk is not None:
+            argv += ["-drive", f"file={self.guest_disk},if=virtio,format=raw,readonly=on"]
         for i, nic in enumerate(NICS):
             argv += ["-netdev", f"tap,id=n{i},ifname={nic},script=no,downscript=no,vhost=off",
                      "-device", f"virtio-net-pci,netdev=n{i},mac={self.mac(i)}"]
@@ -151,26 +160,40 @@ class XenHost:
         The reply is read from the socket as it comes: QEMU's serial port sends a byte at a
         time, an unread unix socket fills after a few hundred of them (each byte is a
         buffer of its own) and the port then waits, stalling the dom0's console (seen).
+        The line is typed CONSOLE_CHUNK bytes at a time, each once its echo came back: a
+        400-byte line sent at once lost bytes in the middle on the way to the dom0 (seen).
         The end marker is printed by printf from two arguments, so the console's echo of
         the typed line never contains it."""
         mark = f"colo-end-{time.monotonic_ns()}"
-        line = f"{command} 2>&1; printf '%s-%s\\n' {mark} $?\n"
+        line = f"{command} 2>&1; printf '%s-%s\\n' {mark} $?\n".encode()
         got = bytearray()
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(self.console_path))
-            s.sendall(line.encode())
             s.settimeout(0.5)
 
-            def answered() -> tuple[str, str] | None:
+            def read() -> None:
                 try:
                     chunk = s.recv(65536)
                 except TimeoutError:
-                    chunk = b"-"  # nothing yet
-                else:
-                    got.extend(chunk)
+                    return
                 if not chunk:
                     raise LabError(f"{self.tag}'s console closed (its QEMU exited?)",
                                    f"see {self.serial_path}")
+                got.extend(chunk)
+
+            def echoed(want: int) -> bool:
+                read()
+                return len(got) >= want
+
+            for i in range(0, len(line), CONSOLE_CHUNK):
+                part = line[i:i + CONSOLE_CHUNK]
+                s.sendall(part)
+                # The tty echoes each byte typed as one byte or more.
+                wait_until(functools.partial(echoed, len(got) + len(part)), 30.0,
+                           f"{self.tag}'s console to echo what was typed", every=0)
+
+            def answered() -> tuple[str, str] | None:
+                read()
                 return _after(got.decode(errors="replace"), mark)
 
             status, output = wait_until(
@@ -204,7 +227,48 @@ def _tail(path: Path) -> str:
 
 
 def hosts(lab: Lab, build: XenLab) -> dict[str, XenHost]:
-    return {role: XenHost(role, h.ns, lab.run_dir, build) for role, h in lab.hosts.items()}
+    disk = guest_disk_path(lab)
+    return {role: XenHost(role, h.ns, lab.run_dir, build, disk if disk.exists() else None)
+            for role, h in lab.hosts.items()}
+
+
+def guest_disk_path(lab: Lab) -> Path:
+    return lab.run_dir / "xen-guest.img"
+
+
+def make_guest_disk(lab: Lab, guest: Guest) -> Path:
+    """The lab guest's kernel and initrd on a small ext4 image for the dom0s to mount."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(guest.kernel, Path(tmp) / "vmlinuz")
+        shutil.copy(guest.initrd, Path(tmp) / "initrd.gz")
+        run(["mkfs.ext4", "-q", "-F", "-d", tmp, str(guest_disk_path(lab)), "64M"])
+    return guest_disk_path(lab)
+
+
+# The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
+# or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
+# NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
+# in favour of a PV netfront it does not have here (seen: vif1.0-emu left the bridge and
+# the service was never reached). The VMs' MAC and IP: the client reaches it as the PVM.
+SERVICE_CFG = (
+    'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\n'
+    'serial = "pty"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
+    'ramdisk = "/mnt/guest/initrd.gz"\\n'
+    f'extra = "console=ttyS0 quiet panic=-1 xen_emul_unplug=never '
+    f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
+    f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci" ]\\n')
+SERVICE_TIMEOUT_S = 300.0
+
+
+def start_service(lab: Lab, x: XenHost) -> float:
+    """Start the lab's guest on a host as an HVM domain; seconds until the client gets
+    its service's answer."""
+    t0 = time.monotonic()
+    x.console("mkdir -p /mnt/guest && mount -o ro /dev/vdb /mnt/guest")
+    x.console(f"printf '{SERVICE_CFG}' > /tmp/service.cfg")
+    x.console("xl create /tmp/service.cfg", timeout=180)
+    lab.wait_http("/health", b"ok\n", timeout=SERVICE_TIMEOUT_S)
+    return time.monotonic() - t0
 
 
 def wire(lab: Lab) -> None:
@@ -223,12 +287,15 @@ def wire(lab: Lab) -> None:
     lab.set_uplink("secondary", True)
 
 
-def up(lab: Lab, build: XenLab) -> dict[str, float]:
+def up(lab: Lab, build: XenLab, guest: Guest | None = None) -> dict[str, float]:
     """Start both hosts on a lab whose network is up; wait until both dom0s answer
-    `xl info`. Returns the seconds each took from QEMU's start."""
+    `xl info`. With a guest, both dom0s can mount it (start_service). Returns the seconds
+    each host took from QEMU's start."""
     need(QEMU)
     need("qemu-img")
     wire(lab)
+    if guest is not None:
+        make_guest_disk(lab, guest)
     xs = hosts(lab, build)
     t0 = time.monotonic()
     for x in xs.values():

@@ -1,5 +1,6 @@
 """The nested Xen lab (docs/xen.md): what `colo-lab build --xen` made has COLO where
-Debian's Xen has none, and two nested Xen hosts boot to a dom0 whose `xl` uses it.
+Debian's Xen has none, two nested Xen hosts boot to a dom0 whose `xl` uses it, and the
+lab's guest serves the lab's client from an HVM domain on one of them.
 
 Skipped unless COLO_XEN_TESTS=1 (`make test-xen`, which builds first)."""
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from colo_lab import xen_lab
+from colo_lab.guest import cached_guest, ensure_guest, pattern
 from colo_lab.lab import Lab
 from colo_lab.xen_build import (
     DEBIAN_KEPT,
@@ -63,7 +65,7 @@ def test_two_nested_xen_hosts_boot_to_a_dom0_with_colo_libxl(build: XenLab) -> N
     lab = Lab(f"xen{os.getpid() % 10000}")
     try:
         lab.up(vms=False)
-        took = xen_lab.up(lab, build)
+        took = xen_lab.up(lab, build, cached_guest() or ensure_guest())
         assert set(took) == {"primary", "secondary"}
         for x in xen_lab.hosts(lab, build).values():
             info = x.console("xl info")
@@ -79,6 +81,10 @@ def test_two_nested_xen_hosts_boot_to_a_dom0_with_colo_libxl(build: XenLab) -> N
         pri.console(f"busybox ping -c 1 -W 5 {xen_lab.DOM0_CTL_IP['secondary']}")
         _hvm_domain_runs_on_the_rebuilt_device_model(pri)
         _xl_remus_c_reaches_libxl_colo_code(pri)
+        # The lab's guest as an HVM domain on the primary, its service reached from the
+        # lab's client across the LAN, the host namespace's bridge and the dom0's xenbr0.
+        xen_lab.start_service(lab, pri)
+        assert lab.http("/blob/1000") == (200, pattern()[:1000])
     finally:
         lab.down()
     assert lab.leftovers() == []

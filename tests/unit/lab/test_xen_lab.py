@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from colo_lab import xen_lab
+from colo_lab.lab import VM_MAC
 from colo_lab.xen_build import XenLab
+from colo_orch.backends.xen import xlu
 
 # What the dom0's console gave for a command (run dir of a real run, trimmed): the typed
 # line echoed, the output, the marker line, CR CR LF line ends, the next prompt.
@@ -48,3 +52,13 @@ def test_each_nic_has_its_tap_and_a_mac_of_its_own(tmp_path: Path) -> None:
     assert [n.split("ifname=")[1].split(",")[0] for n in nets] == list(xen_lab.NICS)
     macs = [a.split("mac=")[1] for argv in (pri, sec) for a in argv if "mac=" in a]
     assert len(macs) == 6 and len(set(macs)) == 6
+
+
+@pytest.mark.skipif(not xlu.available(), reason="libxlutil not here (apt-get install libxen-dev)")
+def test_service_domain_config_is_what_xl_parses() -> None:
+    # The config goes to the dom0 as a printf format: its \n are newlines there.
+    cfg = xen_lab.SERVICE_CFG.replace("\\n", "\n")
+    assert cfg.count("\n") == 11 and "'" not in cfg  # one line each; safe in '...'
+    parsed = xlu.parse_config(cfg)
+    assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci"]
+    assert parsed["disk"] == []
