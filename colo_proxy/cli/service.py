@@ -51,12 +51,16 @@ SETTING_FLAGS: dict[str, str] = {
                 "(LOCK_DIR/INSTANCE.lock; one proxy per instance)",
     "lock_dir": "directory of the instance locks (default /run/colo-proxy)",
     "queue": "NFQUEUE number (primary)",
+    "segment_queue": "NFQUEUE number of the segmenting queue (primary, with GSO; default "
+                     "queue + 1)",
     "output": "{compare,buffer}: compare the PVM's output with the SVM's (COLO), or buffer "
               "it until the next checkpoint (Remus-style; primary)",
     "on_crash": "{closed,open}: if the proxy dies, hold (closed) or pass (open) the PVM's "
                 "output",
     "on_queue_full": "{drop,accept}: when the kernel queue is full",
     "compare_timeout": "seconds a PVM packet waits for its SVM twin",
+    "resegment_after": "seconds a GSO super-packet waits for the SVM's bytes before the "
+                       "kernel segments it (with GSO; 0: never)",
     "busy_poll_us": "after a packet, poll without sleeping for this many us (0: off)",
     "batch": "most packets read per source and call",
     "metrics_listen": "serve Prometheus metrics on http://ADDR:PORT/metrics",
@@ -65,6 +69,7 @@ SETTING_FLAGS: dict[str, str] = {
                       "start (required), never (off)",
 }
 METAVARS = {"metrics_listen": "ADDR:PORT", "compare_timeout": "SECONDS", "peer_mac": "MAC",
+            "resegment_after": "SECONDS",
             "key_file": "FILE"}
 
 
@@ -75,9 +80,10 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy-poll-held", dest="busy_poll_held", action="store_const",
                    const=True, help="busy-poll also while packets wait for SVM twins")
     p.add_argument("--gso", dest="gso", action="store_const", const=True,
-                   help="queue whole GSO packets (faster; bulk flows can stall, docs/PROXY.md)")
+                   help="queue whole GSO packets, segmenting those the SVM lags inside (the "
+                        "default; docs/PROXY.md, \"Bulk transfers\")")
     p.add_argument("--no-gso", dest="gso", action="store_const", const=False,
-                   help="segment GSO packets before queueing them (the default)")
+                   help="segment every GSO packet before queueing it (slower)")
     p.add_argument("--fast-path", dest="fast_path", action="store_const", const=True,
                    help="release in-order matching TCP segments in C (the default, when built)")
     p.add_argument("--no-fast-path", dest="fast_path", action="store_const", const=False,

@@ -18,6 +18,9 @@ from colo_proxy.compare.comparator import Comparator, CompareStats  # noqa: E402
 from colo_proxy.compare.config import CompareConfig, FlowMatch, Policy  # noqa: E402
 from colo_proxy.compare.events import (  # noqa: E402
     REASONS,
+    SEGMENT,
+    SUPER,
+    WHOLE,
     Command,
     Drop,
     Flow,
@@ -25,6 +28,7 @@ from colo_proxy.compare.events import (  # noqa: E402
     Reason,
     Release,
     RequestCheckpoint,
+    Resegment,
     Side,
     Wakeup,
 )
@@ -33,6 +37,9 @@ from colo_proxy.compare.parse import flow_of  # noqa: E402
 __all__ = [
     "COMPILED",
     "REASONS",
+    "SEGMENT",
+    "SUPER",
+    "WHOLE",
     "Command",
     "Comparator",
     "CompareConfig",
@@ -45,6 +52,7 @@ __all__ = [
     "Reason",
     "Release",
     "RequestCheckpoint",
+    "Resegment",
     "Side",
     "Wakeup",
     "flow_of",

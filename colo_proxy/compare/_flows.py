@@ -23,6 +23,18 @@ taken relative to the ACK of that side's handshake, like the payload offset.
 Held PVM packets are released in arrival order: releasing a later segment first would only
 make the client see reordering and send duplicate ACKs.
 
+Resegmenting (docs/PROXY.md, "Bulk transfers"): a GSO super-packet is released only once the
+SVM has sent all of its bytes, and an SVM whose congestion window ends inside it waits for
+ACKs of bytes the client never gets. When such a packet (``SPLITTABLE``) is the oldest held
+one and still not matched to its end after ``resegment_after``, the flow gives up every held
+packet (``resegment``): the adapter has the kernel segment them and queue them again, and
+their bytes come back as ``SEGMENT`` copies, which release as far as the SVM matched. Their
+bytes were stored when the packets first came, so the copies add nothing to compare (like
+retransmissions). From then on the flow is *lagging*: every other PVM packet of it that
+would be held takes the same way, so held bytes stay in stream order and an SVM that stays
+behind (a smaller congestion window all along) costs no further wait. It ends once the
+last withdrawn byte is back (``reseg_back``) and the SVM has matched up to it.
+
 One responsibility, and so one module despite its length: the comparison state of a single
 flow (TCP or datagram, sharing `FlowState`); the tables of flows are ``comparator``.
 """
@@ -51,6 +63,12 @@ NEED_SYN = 1
 NEED_FIN = 2
 NEED_RST = 4
 NEED_CHECKPOINT = 8  # held while DIVERGED: only a checkpoint releases it
+# Not a need: the held packet is a GSO super-packet the kernel can segment (events.SUPER).
+SPLITTABLE = 16
+
+# Copies of PVM packets (events.WHOLE, SUPER, SEGMENT; not imported: mypyc inlines these).
+_SUPER = 1
+_SEGMENT = 2
 
 FIN = 0x01
 SYN = 0x02
@@ -72,6 +90,7 @@ class FlowState:
         "epoch",
         "held",
         "key",
+        "lagtimer",
         "last",
         "lent",
         "nbytes",
@@ -93,6 +112,7 @@ class FlowState:
         self.epoch = epoch
         self.state = state
         self.timer = False  # has an entry in the comparator's timer heap
+        self.lagtimer = False  # has a resegment check in that heap (TCP only)
         self.busy = False  # is in the comparator's set of flows holding something
         self.lent = False  # a fast path holds its state (Comparator.lend): not to evict
         self.npkts = 0  # packets held (PVM) or kept (SVM)
@@ -160,6 +180,8 @@ class TcpFlow(FlowState):
         "p_segs",
         "p_syn",
         "p_top",
+        "reseg",
+        "reseg_back",
         "s_abase",
         "s_ack",
         "s_base",
@@ -191,6 +213,10 @@ class TcpFlow(FlowState):
         self.s_rst = NO_TOP
         self.p_segs: list[Segment] | None = None
         self.s_segs: list[Segment] | None = None
+        # Lagging (resegmenting): the end of the withdrawn bytes, NO_TOP when not lagging;
+        # reseg_back: the copy of the last of them has come back.
+        self.reseg = NO_TOP
+        self.reseg_back = False
 
     # -- PVM ---------------------------------------------------------------------------
     def primary(
@@ -203,6 +229,8 @@ class TcpFlow(FlowState):
         now: float,
         rel: list[PacketId],
         drop: list[PacketId],
+        copy: int = 0,
+        again: list[PacketId] | None = None,
     ) -> Divergence | None:
         st = self.state
         if st:
@@ -289,6 +317,12 @@ class TcpFlow(FlowState):
             self._release(rel)
         m = self.matched
         assert m is not None  # anchored above
+        reseg = self.reseg
+        if reseg != NO_TOP:
+            if copy == _SEGMENT and end >= reseg:
+                self.reseg_back = True  # the last withdrawn byte is back
+            if self.reseg_back and m >= reseg:
+                self.reseg = reseg = NO_TOP  # and the SVM caught up: no longer lagging
         if (
             not self.held
             and end <= m
@@ -296,9 +330,46 @@ class TcpFlow(FlowState):
             and (not need or self._flags_ready(need))
         ):
             rel.append(pid)
+        elif reseg != NO_TOP and copy != _SEGMENT and again is not None:
+            # Withdrawn bytes are on their way back: this packet follows them, or it would
+            # be held ahead of them and wait for bytes the SVM cannot send yet.
+            again.append(pid)
+            if end > reseg:
+                self.reseg = end
+                self.reseg_back = False
         else:
-            self._hold(pid, end, aoff, need, now)
+            self._hold(pid, end, aoff, need | SPLITTABLE if copy == _SUPER else need, now)
         return None
+
+    def resegment(self, now: float, after: float, again: list[PacketId]) -> bool:
+        """Withdraw every held packet if the SVM lags inside the oldest, a super-packet.
+
+        It must have waited ``after`` seconds with bytes not yet matched (a packet that
+        waits only for the SVM's ACK or flags gains nothing from segments). Returns
+        whether it withdrew (their ids appended to ``again``, oldest first).
+        """
+        held = self.held
+        if not held or self.state:
+            return False
+        _pid, end, _aoff, need, t = held[0]
+        m = self.matched
+        if not need & SPLITTABLE or t + after > now or m is None or end <= m:
+            return False
+        top = self.reseg
+        for h in held:
+            again.append(h[0])
+            if h[1] > top:
+                top = h[1]
+        if top > self.reseg:
+            self.reseg = top
+            self.reseg_back = False
+        self.npkts -= len(held)
+        self.held = None
+        return True
+
+    def splittable_held(self) -> bool:
+        """Some held packet is a super-packet (so a resegment check is due)."""
+        return self.held is not None and any(h[3] & SPLITTABLE for h in self.held)
 
     # -- SVM ---------------------------------------------------------------------------
     def secondary(
@@ -517,6 +588,9 @@ class TcpFlow(FlowState):
     def _forget_data(self) -> None:
         self.p_segs = None
         self.s_segs = None
+        # Diverged or checkpointed: nothing is withdrawn again, and copies still on their
+        # way are plain retransmissions of committed or held-for-checkpoint bytes.
+        self.reseg = NO_TOP
 
     def _waiting_for_checkpoint(self, held: HeldTcp) -> HeldTcp:
         return (held[0], held[1], held[2], NEED_CHECKPOINT, held[4])
@@ -548,6 +622,7 @@ class TcpFlow(FlowState):
                 self.s_rst = self.p_top
         self.s_top = self.p_top
         self.s_ack = max(self.s_ack, self.p_amax)
+        self.reseg = NO_TOP
 
 
 class DatagramFlow(FlowState):

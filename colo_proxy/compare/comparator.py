@@ -13,7 +13,10 @@ nor a timeout ever walks the whole table.
 
 Each divergent flow yields one ``RequestCheckpoint`` and then waits for ``checkpoint_done``;
 the orchestrator coalesces requests. Command order in one returned list: Release, Drop,
-RequestCheckpoint(s), Wakeup.
+Resegment, RequestCheckpoint(s), Wakeup.
+
+With ``resegment_after`` a flow holding a super-packet also has a second kind of heap entry,
+the resegment check (``_flows`` says what it decides).
 
 One responsibility, and so one module despite its length: the flow tables, timers and
 epochs that every packet and tick goes through; what one flow does is ``_flows``.
@@ -32,6 +35,7 @@ from colo_proxy.compare._flows import (
     COMPARE,
     DIVERGED,
     PASS,
+    SPLITTABLE,
     DatagramFlow,
     Divergence,
     FlowState,
@@ -43,6 +47,7 @@ from colo_proxy.compare._flows import NO_ACK as _NO_ACK
 from colo_proxy.compare._flows import NO_TOP as _NO_TOP
 from colo_proxy.compare.config import CompareConfig, Policy
 from colo_proxy.compare.events import (
+    SUPER,
     Command,
     Drop,
     Flow,
@@ -50,6 +55,7 @@ from colo_proxy.compare.events import (
     Reason,
     Release,
     RequestCheckpoint,
+    Resegment,
     Side,
     Wakeup,
     flow_from_key,
@@ -89,6 +95,7 @@ _COUNTERS: tuple[str, ...] = (
     "pass_through_packets",
     "primary_packets",
     "released_packets",
+    "resegmented_packets",
     "secondary_packets",
 )
 
@@ -102,6 +109,7 @@ class CompareStats:
         self.primary_packets = 0
         self.secondary_packets = 0
         self.released_packets = 0
+        self.resegmented_packets = 0  # held PVM packets sent back to be segmented
         self.dropped_packets = 0
         self.parse_errors = 0  # IP packets too short or inconsistent to read (incl. non_ip)
         self.non_ip = 0  # first nibble neither 4 nor 6
@@ -129,11 +137,13 @@ class Comparator:
         self.config = config = config if config is not None else CompareConfig()
         self.stats = CompareStats()
         self._timeout = config.compare_timeout
+        self._reseg = config.resegment_after
         self._window = config.datagram_window
         self._tcp: OrderedDict[bytes, TcpFlow] = OrderedDict()
         self._dgram: OrderedDict[bytes, DatagramFlow] = OrderedDict()
         self._busy: set[FlowState] = set()
-        self._heap: list[tuple[float, int, FlowState]] = []
+        # (deadline, tie-break, flow, kind): kind 0 the compare timeout, 1 a resegment check.
+        self._heap: list[tuple[float, int, FlowState, int]] = []
         self._seq = itertools.count()
         self._epoch = 0
         self._now = float("-inf")
@@ -170,9 +180,13 @@ class Comparator:
         return self._nbytes
 
     def packet(
-        self, side: Side, packet_id: PacketId, ip_packet: bytes, now: float
+        self, side: Side, packet_id: PacketId, ip_packet: bytes, now: float, copy: int = 0
     ) -> list[Command]:
-        """One packet a VM sent, from its IP header on. Never raises for any input bytes."""
+        """One packet a VM sent, from its IP header on. Never raises for any input bytes.
+
+        ``copy`` (PVM only): events.WHOLE, SUPER (a GSO super-packet the adapter can have
+        segmented) or SEGMENT (a segment of a packet sent back by Resegment).
+        """
         if now > self._now:
             self._now = now
         else:
@@ -183,7 +197,7 @@ class Comparator:
             # PVM segment first and then its SVM twin with equal bytes. It must behave exactly
             # like TcpFlow.primary/secondary (a test replays random traffic through both);
             # anything else goes to _general.
-            if len(ip_packet) >= 40 and ip_packet[0] == 0x45 and self._fast_ok:
+            if len(ip_packet) >= 40 and ip_packet[0] == 0x45 and self._fast_ok and not copy:
                 _, tot, frag, proto, _sp, _dp, seq, ack, off, flags = _V4TCP.unpack_from(ip_packet)
                 doff = (off >> 2) & 0x3C
                 if (
@@ -241,7 +255,7 @@ class Comparator:
                                     held = f.held
                                     if held:
                                         pid, end, pa, need, _t = held[0]
-                                        if end <= m and pa <= sack and not need:
+                                        if end <= m and pa <= sack and not need & ~SPLITTABLE:
                                             if len(held) == 1:
                                                 f.held = None
                                                 f.npkts -= 1
@@ -267,6 +281,7 @@ class Comparator:
                                 and f.s_rst == _NO_TOP
                                 and not (seq - base - top) & _MASK
                                 and top >= m
+                                and f.reseg == _NO_TOP
                             ):
                                 sack = f.s_ack
                                 aref = sack if sack != _NO_ACK else 0
@@ -310,14 +325,16 @@ class Comparator:
                                 ):
                                     return []
                                 return self._held_more(f, now)
-            return self._general(side, packet_id, ip_packet, now)
+            return self._general(side, packet_id, ip_packet, now, copy)
         except Exception:  # the boundary of the core: count and fail safe, never propagate
             self.stats.internal_errors += 1
             out: list[Command] = []
             self._orphan(side, packet_id, Reason.UNPARSEABLE, [], [], out)
             return self._finish([], [packet_id] if side else [], out)
 
-    def _general(self, side: Side, pid: PacketId, pkt: bytes, now: float) -> list[Command]:
+    def _general(
+        self, side: Side, pid: PacketId, pkt: bytes, now: float, copy: int = 0
+    ) -> list[Command]:
         """Every packet the inlined fast path does not take."""
         rel: list[PacketId] = []
         drop: list[PacketId] = []
@@ -345,9 +362,10 @@ class Comparator:
                             rel,
                             drop,
                             out,
+                            copy,
                         )
                         return self._finish(rel, drop, out)
-            self._slow_packet(side, pid, pkt, now, rel, drop, out)
+            self._slow_packet(side, pid, pkt, now, rel, drop, out, copy)
         except Exception:  # the boundary of the core: count and fail safe, never propagate
             self.stats.internal_errors += 1
             self._fail_safe(side, pid, rel, drop, out)
@@ -395,7 +413,12 @@ class Comparator:
             heap = self._heap
             timeout = self._timeout
             while heap and heap[0][0] <= now:
-                f = heapq.heappop(heap)[2]
+                _d, _s, f, kind = heapq.heappop(heap)
+                if kind:
+                    f.lagtimer = False
+                    if isinstance(f, TcpFlow):
+                        self._lag_check(f, now, out)
+                    continue
                 f.timer = False
                 if f.state != COMPARE:
                     continue
@@ -431,6 +454,7 @@ class Comparator:
         self._busy.clear()
         for entry in self._heap:
             entry[2].timer = False
+            entry[2].lagtimer = False
         self._heap.clear()
         rel.extend(self._orphans)
         self._orphans = []
@@ -461,6 +485,7 @@ class Comparator:
             or f.s_ids
             or f.p_segs
             or f.s_segs
+            or f.reseg != _NO_TOP
         ):
             return None
         m, pb, sb, pab, sab = f.matched, f.p_base, f.s_base, f.p_abase, f.s_abase
@@ -487,14 +512,15 @@ class Comparator:
         s_top: int,
         s_ack: int,
         p_amax: int,
-        held: list[tuple[PacketId, int, int, float]],
+        held: list[tuple[PacketId, int, int, float, bool]],
         p_segs: list[tuple[int, bytes]],
         s_kept: list[tuple[PacketId, int, bytes]],
         now: float,
     ) -> list[Command]:
         """Install the state a fast path reached for a lent flow; it compares here again.
 
-        held: PVM packets still held (id, stream end, ACK offset, arrival time); p_segs:
+        held: PVM packets still held (id, stream end, ACK offset, arrival time, whether
+        a super-packet the adapter can have segmented); p_segs:
         their bytes not yet matched (start, bytes); s_kept: SVM packets whose bytes are
         not yet matched (id, start, bytes). Raises KeyError for a flow not lent.
         """
@@ -509,7 +535,9 @@ class Comparator:
         f.s_top = s_top
         f.s_ack = s_ack
         f.p_amax = p_amax
-        f.held = [(pid, end, aoff, 0, t) for pid, end, aoff, t in held] or None
+        f.held = [
+            (pid, end, aoff, SPLITTABLE if split else 0, t) for pid, end, aoff, t, split in held
+        ] or None
         f.p_segs = list(p_segs) or None
         f.s_segs = [(start, data) for _sid, start, data in s_kept] or None
         f.s_ids = [(sid, start + len(data)) for sid, start, data in s_kept] or None
@@ -527,6 +555,8 @@ class Comparator:
             self._busy.add(f)
         if held and not f.timer:
             self._arm(f, held[0][3] + self._timeout)
+        if held and self._reseg and not f.lagtimer and f.splittable_held():
+            self._arm_lag(f, held[0][3] + self._reseg)
         return self._finish([], [], [])
 
     def flows(self) -> list[Flow]:
@@ -549,15 +579,24 @@ class Comparator:
         rel: list[PacketId],
         drop: list[PacketId],
         out: list[Command],
+        copy: int = 0,
     ) -> None:
         f = self._lookup(self._tcp, TcpFlow, key, 6, key, now)
         p0 = f.npkts
         b0 = f.nbytes
         if side == Side.PRIMARY:
-            div = f.primary(pid, seq, ack, flags, data, now, rel, drop)
+            again: list[PacketId] = []
+            div = f.primary(pid, seq, ack, flags, data, now, rel, drop, copy, again)
+            if again:
+                self.stats.resegmented_packets += len(again)
+                out.append(Resegment(tuple(again)))
         else:
             div = f.secondary(pid, seq, ack, flags, data, now, rel, drop)
         self._after(f, p0, b0, div, now, drop, out)
+        # Armed when a super-packet is held (never scanning the held list per packet); the
+        # check re-arms itself while one is held.
+        if copy == SUPER and self._reseg and not f.lagtimer and f.state == COMPARE and f.held:
+            self._arm_lag(f, now + self._reseg)
 
     def _after(
         self,
@@ -601,6 +640,7 @@ class Comparator:
         rel: list[PacketId],
         drop: list[PacketId],
         out: list[Command],
+        copy: int = 0,
     ) -> None:
         kind, proto, addrs, l4, tot, extra = parse.locate(pkt)
         if kind == parse.FRAGMENT:
@@ -645,6 +685,7 @@ class Comparator:
                 rel,
                 drop,
                 out,
+                copy,
             )
         elif proto == 17:
             if size < 8:
@@ -892,7 +933,25 @@ class Comparator:
 
     def _arm(self, f: FlowState, deadline: float) -> None:
         f.timer = True
-        heapq.heappush(self._heap, (deadline, next(self._seq), f))
+        heapq.heappush(self._heap, (deadline, next(self._seq), f, 0))
+
+    def _arm_lag(self, f: FlowState, deadline: float) -> None:
+        f.lagtimer = True
+        heapq.heappush(self._heap, (deadline, next(self._seq), f, 1))
+
+    def _lag_check(self, f: TcpFlow, now: float, out: list[Command]) -> None:
+        """A resegment check came due: withdraw the flow's held packets, or check again."""
+        again: list[PacketId] = []
+        p0 = f.npkts
+        if f.resegment(now, self._reseg, again):
+            self._npkts += f.npkts - p0
+            self.stats.resegmented_packets += len(again)
+            out.append(Resegment(tuple(again)))
+        elif f.state == COMPARE and f.splittable_held():
+            # Not yet, or not the oldest yet: look again when the oldest could be due.
+            t = f.oldest()
+            due = now + self._reseg if t is None else max(t + self._reseg, now + self._reseg / 4)
+            self._arm_lag(f, due)
 
     def _finish(
         self, rel: list[PacketId], drop: list[PacketId], out: list[Command]

@@ -81,6 +81,10 @@ class CompareConfig:
     fragment_policy: Policy = Policy.COMPARE
     unparseable_policy: Policy = Policy.CHECKPOINT
     pass_through: tuple[FlowMatch, ...] = ()
+    # A held GSO super-packet (copy=SUPER) whose bytes the SVM has not all sent after this
+    # long (seconds) is sent back to be segmented (Resegment), with every packet held
+    # behind it; 0: never (the adapter has no segmenting queue). See docs/PROXY.md.
+    resegment_after: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("compare_timeout", "idle_timeout", "closed_timeout"):
@@ -88,6 +92,9 @@ class CompareConfig:
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(
                     f"{name} must be a finite number of seconds > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.resegment_after < float("inf"):
+            raise ValueError("resegment_after must be a finite number of seconds >= 0 "
+                             f"(0: never), got {self.resegment_after!r}")
         for name in (
             "max_flow_packets",
             "max_flow_bytes",

@@ -86,6 +86,25 @@ class Drop:
     packet_ids: tuple[PacketId, ...]
 
 
+# What the adapter knows of a PVM packet's copy (``Comparator.packet``'s ``copy``).
+WHOLE = 0  # as the VM sent it, and the kernel cannot segment it any further for us
+SUPER = 1  # a GSO super-packet queued whole: the kernel can segment it (Resegment)
+SEGMENT = 2  # one segment of a packet sent back by Resegment: carries bytes seen before
+
+
+@dataclass(frozen=True, slots=True)
+class Resegment:
+    """Have the kernel segment these held PVM packets and queue them again, in this order.
+
+    The comparator has let go of these ids: their bytes come back as new packets (new ids,
+    ``copy=SEGMENT``), segments of at most one MSS that can be released as far as the SVM
+    matched. Sent when the SVM stopped inside a held super-packet (docs/PROXY.md, "Bulk
+    transfers").
+    """
+
+    packet_ids: tuple[PacketId, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class RequestCheckpoint:
     """The replicas diverged (or may have): ask the orchestrator for a checkpoint.
@@ -107,4 +126,4 @@ class Wakeup:
     at: float
 
 
-Command = Release | Drop | RequestCheckpoint | Wakeup
+Command = Release | Drop | Resegment | RequestCheckpoint | Wakeup

@@ -24,15 +24,15 @@ from typing import Any
 from colo_proxy.fastpath import _build
 
 # Why a flow was given back (FP_BACK_* in fastpath.c), for metrics.
-BACK_REASONS = ("reclaim", "flags", "order", "mismatch", "limit", "timeout", "other")
+BACK_REASONS = ("reclaim", "flags", "order", "mismatch", "limit", "timeout", "other", "lag")
 RECLAIM = 0
 POLL_RECORDS = 8  # fp_poll: records to read
 POLL_WAKE = 4  # fp_poll: the wake descriptor (Python's own epoll set) is readable
 
-_PVM = struct.Struct("=BIHIdI")
+_PVM = struct.Struct("=BIHIdIB")
 _SVM = struct.Struct("=BHdI")
 _BACK = struct.Struct("=BB12sqqqqqII")
-_HELD = struct.Struct("=IqqdI")
+_HELD = struct.Struct("=IqqdIB")
 _KEPT = struct.Struct("=qI")
 
 _lib: Any = None
@@ -67,6 +67,7 @@ class SlowPvm:
     cap_len: int
     at: float
     payload: bytes
+    gso: bool = False  # a GSO super-packet (the kernel's NFQA_SKB_GSO)
 
     @property
     def truncated(self) -> bool:
@@ -91,7 +92,7 @@ class GivenBack:
     s_top: int
     s_ack: int
     p_amax: int
-    held: list[tuple[int, int, int, float]]
+    held: list[tuple[int, int, int, float, bool]]  # id, end, ACK offset, arrival, GSO
     p_segs: list[tuple[int, bytes]]
     s_kept: list[tuple[int, bytes]]
 
@@ -122,9 +123,11 @@ class FastPath:
         f.p_base, f.s_base, f.p_abase, f.s_abase, f.matched, f.s_ack, f.p_amax = facts
         return self._check(_lib.fp_lend(self._p, key, f), "lend") == 1
 
-    def pvm(self, packet_id: int, packet: bytes, now: float) -> bool:
+    def pvm(self, packet_id: int, packet: bytes, now: float, gso: bool = False) -> bool:
         """True if the fast path took this PVM packet (core only, for tests)."""
-        return self._check(_lib.fp_pvm(self._p, packet_id, packet, len(packet), now), "pvm") == 1
+        return self._check(
+            _lib.fp_pvm(self._p, packet_id, packet, len(packet), now, 1 if gso else 0), "pvm"
+        ) == 1
 
     def svm(self, packet: bytes, now: float) -> bool:
         return self._check(_lib.fp_svm(self._p, packet, len(packet), now), "svm") == 1
@@ -180,10 +183,22 @@ class FastPath:
     def read(self, hold_limit: float) -> None:
         self._check(_lib.fp_read(self._p, hold_limit), "read")
 
-    def decide(self, accept: Sequence[int], drop: Sequence[int] = ()) -> None:
+    def decide(self, accept: Sequence[int], drop: Sequence[int] = (),
+               requeue: Sequence[int] = ()) -> None:
+        if requeue:
+            self.requeue(requeue)
         a = _ffi.new("uint32_t[]", list(accept))
         d = _ffi.new("uint32_t[]", list(drop))
         self._check(_lib.fp_decide(self._p, a, len(a), d, len(d)), "verdict")
+
+    def resegment(self, lag: float, to_queue: int) -> None:
+        """Give back flows whose oldest held packet is a super-packet held `lag` seconds (0:
+        never); `requeue` sends ids to `to_queue`, the segmenting queue."""
+        _lib.fp_set_resegment(self._p, lag, to_queue)
+
+    def requeue(self, ids: Sequence[int]) -> None:
+        r = _ffi.new("uint32_t[]", list(ids))
+        self._check(_lib.fp_requeue(self._p, r, len(r)), "verdict")
 
     def decide_all(self, accept: bool) -> None:
         self._check(_lib.fp_decide_all(self._p, 1 if accept else 0), "verdict")
@@ -215,9 +230,9 @@ def parse_records(data: bytes) -> list[Record]:
     while off < n:
         kind = data[off]
         if kind == 1:
-            _, pid, hw, cap, t, ln = _PVM.unpack_from(data, off)
+            _, pid, hw, cap, t, ln, gso = _PVM.unpack_from(data, off)
             off += _PVM.size
-            out.append(SlowPvm(pid, hw, cap, t, data[off : off + ln]))
+            out.append(SlowPvm(pid, hw, cap, t, data[off : off + ln], bool(gso)))
             off += ln
         elif kind == 2:
             _, eth, t, ln = _SVM.unpack_from(data, off)
@@ -227,12 +242,12 @@ def parse_records(data: bytes) -> list[Record]:
         elif kind == 3:
             _, reason, key, m, ptop, stop, sack, pamax, nh, nk = _BACK.unpack_from(data, off)
             off += _BACK.size
-            held: list[tuple[int, int, int, float]] = []
+            held: list[tuple[int, int, int, float, bool]] = []
             psegs: list[tuple[int, bytes]] = []
             for _ in range(nh):
-                pid, end, aoff, t, dlen = _HELD.unpack_from(data, off)
+                pid, end, aoff, t, dlen, gso = _HELD.unpack_from(data, off)
                 off += _HELD.size
-                held.append((pid, end, aoff, t))
+                held.append((pid, end, aoff, t, bool(gso)))
                 if dlen:
                     psegs.append((end - dlen, data[off : off + dlen]))
                     off += dlen

@@ -49,7 +49,7 @@
 enum { REC_PVM = 1, REC_SVM = 2, REC_BACK = 3 };
 enum {
     FP_BACK_RECLAIM = 0, FP_BACK_FLAGS = 1, FP_BACK_ORDER = 2, FP_BACK_MISMATCH = 3,
-    FP_BACK_LIMIT = 4, FP_BACK_TIMEOUT = 5, FP_BACK_OTHER = 6,
+    FP_BACK_LIMIT = 4, FP_BACK_TIMEOUT = 5, FP_BACK_OTHER = 6, FP_BACK_LAG = 7,
 };
 #define FP_INTR 16 /* fp_wait: a signal came; Python must run its handler */
 #define FP_TAKEN 1
@@ -61,6 +61,7 @@ typedef struct {
     double t;
     uint32_t dlen;   /* payload bytes, 0 for a pure ACK */
     uint8_t *data;   /* NULL once its bytes are matched */
+    uint8_t gso;     /* a GSO super-packet (NFQA_SKB_GSO): the comparator may resegment it */
 } held_t;
 
 typedef struct {
@@ -106,6 +107,10 @@ struct fp {
     uint8_t *st;
     size_t rcap, rhead, rtail; /* monotonic counts; index = count & (rcap - 1) */
     size_t pending_singles;
+    /* Resegmenting: a flow whose oldest held packet is a GSO super-packet held lag seconds
+     * goes back to the comparator (FP_BACK_LAG), which may send it to queue to_queue. */
+    double lag;
+    uint16_t to_queue;
     uint8_t *vbuf;
     size_t vlen, vcap;
 };
@@ -269,6 +274,7 @@ static int hand_back(fp_t *fp, flow_t **pp, int reason) {
         PUT(fp, h->aoff);
         PUT(fp, h->t);
         PUT(fp, dlen);
+        PUT(fp, h->gso);
         if (dlen && out_put(fp, h->data, dlen))
             return -ENOMEM;
     }
@@ -321,6 +327,34 @@ int fp_lent_flows(fp_t *fp) { return fp->nflows; }
 int fp_held_packets(fp_t *fp) { return fp->held_total; }
 int fp_kept_packets(fp_t *fp) { return fp->kept_total; }
 fp_stats *fp_get_stats(fp_t *fp) { return &fp->stats; }
+
+void fp_set_resegment(fp_t *fp, double lag, uint16_t to_queue) {
+    fp->lag = lag;
+    fp->to_queue = to_queue;
+}
+
+/* Arrival of the oldest held super-packet that is its flow's oldest held packet, or -1. */
+static double oldest_gso(fp_t *fp) {
+    double t = -1.0;
+    for (flow_t *f = fp->lent; f; f = f->lnext)
+        if (f->h0 < f->nh && f->held[f->h0].gso && (t < 0 || f->held[f->h0].t < t))
+            t = f->held[f->h0].t;
+    return t;
+}
+
+static int expire_gso(fp_t *fp, double before) {
+    flow_t *f = fp->lent;
+    while (f) {
+        flow_t *next = f->lnext;
+        if (f->h0 < f->nh && f->held[f->h0].gso && f->held[f->h0].t <= before) {
+            int rc = hand_back(fp, find_slot(fp, f->key), FP_BACK_LAG);
+            if (rc < 0)
+                return rc;
+        }
+        f = next;
+    }
+    return 0;
+}
 
 double fp_oldest(fp_t *fp) {
     double t = -1.0;
@@ -510,7 +544,7 @@ static int next_segment(fp_t *fp, const uint8_t *pkt, size_t len, int svm, tcp_t
     return 1;
 }
 
-int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now) {
+int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now, int gso) {
     tcp_t t;
     flow_t **pp;
     int64_t start;
@@ -529,7 +563,7 @@ int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now) {
     }
     int64_t aoff = unwrap(t.ack, f->p_abase, f->s_ack);
     /* Post-state size, checked before anything changes (the comparator's QUEUE_FULL). */
-    held_t nh = {id, end, aoff, now, t.n, NULL};
+    held_t nh = {id, end, aoff, now, t.n, NULL, gso != 0};
     int rel, gone;
     int64_t bgone;
     settle_counts(f, m2, f->s_ack, &rel, &gone, &bgone);
@@ -616,9 +650,12 @@ int fp_svm(fp_t *fp, const uint8_t *pkt, size_t len, double now) {
 #define NFQA_VERDICT_HDR 2
 #define NFQA_PAYLOAD 10
 #define NFQA_CAP_LEN 13
+#define NFQA_SKB_INFO 14
+#define NFQA_SKB_GSO 0x2
+#define NF_QUEUE 3
 #define RECV_BUF (256 * 1024)
 
-enum { ID_HELD = 0, ID_ACCEPT = 1, ID_DROP = 2, ID_SENT = 3 };
+enum { ID_HELD = 0, ID_ACCEPT = 1, ID_DROP = 2, ID_SENT = 3, ID_REQUEUE = 4 };
 
 extern ssize_t recv(int, void *, size_t, int);
 extern int close(int);
@@ -701,7 +738,8 @@ static int ring_mark(fp_t *fp, uint32_t id, uint8_t state) {
     return 0; /* not outstanding: decided already */
 }
 
-static int vput(fp_t *fp, uint32_t id, int accept, int batch) {
+/* verdict: NF_ACCEPT (1), NF_DROP (0) or NF_QUEUE with a queue number in its high 16 bits. */
+static int vput(fp_t *fp, uint32_t id, uint32_t verdict, int batch) {
     if (grow((void **)&fp->vbuf, &fp->vcap, fp->vlen + 32, 1))
         return -ENOMEM;
     uint8_t *p = fp->vbuf + fp->vlen;
@@ -721,7 +759,7 @@ static int vput(fp_t *fp, uint32_t id, int accept, int batch) {
     uint16_t alen = 12, atype = NFQA_VERDICT_HDR;
     memcpy(p + 20, &alen, 2);
     memcpy(p + 22, &atype, 2);
-    uint32_t v = htonl(accept ? 1 : 0), i = htonl(id);
+    uint32_t v = htonl(verdict), i = htonl(id);
     memcpy(p + 24, &v, 4);
     memcpy(p + 28, &i, 4);
     fp->vlen += 32;
@@ -754,8 +792,14 @@ static int ring_flush(fp_t *fp) {
             head++;
         for (size_t k = head; k < fp->rtail && fp->pending_singles; k++) {
             uint8_t *s = &fp->st[k & (fp->rcap - 1)];
-            if (*s == ID_ACCEPT || *s == ID_DROP) {
-                if (vput(fp, fp->ids[k & (fp->rcap - 1)], *s == ID_ACCEPT, 0))
+            if (*s == ID_ACCEPT || *s == ID_DROP || *s == ID_REQUEUE) {
+                /* NF_QUEUE to the segmenting queue: nf_reinject queues the packet there
+                 * (net/netfilter/nfnetlink_queue.c), segmented as that queue lacks
+                 * NFQA_CFG_F_GSO (nfqnl_enqueue_packet -> skb_gso_segment). */
+                uint32_t v = *s == ID_ACCEPT ? 1u
+                           : *s == ID_DROP ? 0u
+                           : (uint32_t)NF_QUEUE | ((uint32_t)fp->to_queue << 16);
+                if (vput(fp, fp->ids[k & (fp->rcap - 1)], v, 0))
                     return -ENOMEM;
                 *s = ID_SENT;
                 fp->pending_singles--;
@@ -788,6 +832,12 @@ int fp_decide(fp_t *fp, const uint32_t *accept, size_t na, const uint32_t *drop,
     return ring_flush(fp);
 }
 
+int fp_requeue(fp_t *fp, const uint32_t *ids, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        ring_mark(fp, ids[i], ID_REQUEUE);
+    return ring_flush(fp);
+}
+
 int fp_decide_all(fp_t *fp, int accept) {
     for (size_t k = fp->rhead; k < fp->rtail; k++) {
         uint8_t *s = &fp->st[k & (fp->rcap - 1)];
@@ -802,7 +852,7 @@ int fp_decide_all(fp_t *fp, int accept) {
 int fp_outstanding(fp_t *fp) { return (int)(fp->rtail - fp->rhead); }
 
 static int slow_pvm(fp_t *fp, uint32_t id, uint16_t hw, uint32_t cap, double t,
-                    const uint8_t *p, uint32_t n) {
+                    const uint8_t *p, uint32_t n, uint8_t gso) {
     uint8_t type = REC_PVM;
     PUT(fp, type);
     PUT(fp, id);
@@ -810,6 +860,7 @@ static int slow_pvm(fp_t *fp, uint32_t id, uint16_t hw, uint32_t cap, double t,
     PUT(fp, cap);
     PUT(fp, t);
     PUT(fp, n);
+    PUT(fp, gso);
     fp->stats.slow_pvm++;
     return out_put(fp, p, n);
 }
@@ -832,6 +883,7 @@ static int nfq_message(fp_t *fp, const uint8_t *buf, size_t len, double now) {
             const uint8_t *payload = NULL;
             uint32_t plen = 0;
             int have_cap = 0;
+            uint8_t gso = 0;
             while (a + 4 <= end) {
                 uint16_t alen, atype;
                 memcpy(&alen, buf + a, 2);
@@ -849,6 +901,8 @@ static int nfq_message(fp_t *fp, const uint8_t *buf, size_t len, double now) {
                 } else if (atype == NFQA_CAP_LEN && alen >= 8) {
                     cap = be32(buf + a + 4);
                     have_cap = 1;
+                } else if (atype == NFQA_SKB_INFO && alen >= 8) {
+                    gso = (be32(buf + a + 4) & NFQA_SKB_GSO) != 0;
                 }
                 a += (alen + 3u) & ~3u;
             }
@@ -861,7 +915,7 @@ static int nfq_message(fp_t *fp, const uint8_t *buf, size_t len, double now) {
                     cap = plen;
                 int rc = FP_SLOW;
                 if (cap <= plen) /* a truncated copy is the comparator's to judge */
-                    rc = fp_pvm(fp, id, payload, plen, now);
+                    rc = fp_pvm(fp, id, payload, plen, now, gso);
                 else if (fp->nflows) {
                     tcp_t t;
                     flow_t **pp;
@@ -870,7 +924,7 @@ static int nfq_message(fp_t *fp, const uint8_t *buf, size_t len, double now) {
                 }
                 if (rc < 0)
                     return rc;
-                if (rc == FP_SLOW && slow_pvm(fp, id, hw, cap, now, payload, plen))
+                if (rc == FP_SLOW && slow_pvm(fp, id, hw, cap, now, payload, plen, gso))
                     return -ENOMEM;
             }
         }
@@ -947,6 +1001,8 @@ static int read_ready(fp_t *fp, unsigned mask, double hold_limit) {
         rc = read_svm(fp, now);
     if (rc >= 0 && fp->held_total)
         rc = fp_expire(fp, now - hold_limit);
+    if (rc >= 0 && fp->held_total && fp->lag > 0)
+        rc = expire_gso(fp, now - fp->lag);
     if (rc < 0)
         return rc;
     for (size_t i = 0; i < fp->nrel; i++)
@@ -986,6 +1042,9 @@ int fp_poll(fp_t *fp, int timeout_ms, double hold_limit, int busy_us) {
             double old = fp_oldest(fp);
             if (old >= 0 && old + hold_limit < until)
                 until = old + hold_limit;
+            double gso = fp->lag > 0 ? oldest_gso(fp) : -1.0;
+            if (gso >= 0 && gso + fp->lag < until)
+                until = gso + fp->lag;
             wait = until <= now ? 0 : (int)((until - now) * 1e3) + 1;
         }
         int mask = fp_wait(fp, wait);

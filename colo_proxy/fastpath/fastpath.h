@@ -22,7 +22,7 @@ typedef struct {
 fp_t *fp_new(int max_flow_packets, int64_t max_flow_bytes, int max_flows);
 void fp_free(fp_t *fp);
 int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *facts);
-int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now);
+int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now, int gso);
 int fp_svm(fp_t *fp, const uint8_t *pkt, size_t len, double now);
 int fp_reclaim_all(fp_t *fp, int reason);
 int fp_expire(fp_t *fp, double before);
@@ -43,4 +43,8 @@ int fp_wait(fp_t *fp, int timeout_ms);
 int fp_read(fp_t *fp, double hold_limit);
 int fp_decide(fp_t *fp, const uint32_t *accept, size_t na, const uint32_t *drop, size_t nd);
 int fp_decide_all(fp_t *fp, int accept);
+/* Resegmenting: give back flows whose oldest held packet is a super-packet held lag
+ * seconds (0: never); fp_requeue sends held ids to queue to_queue (NF_QUEUE verdicts). */
+void fp_set_resegment(fp_t *fp, double lag, uint16_t to_queue);
+int fp_requeue(fp_t *fp, const uint32_t *ids, size_t n);
 int fp_outstanding(fp_t *fp);

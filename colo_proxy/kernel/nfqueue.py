@@ -33,6 +33,10 @@ class QueueConfig:
     # transfers").
     gso: bool = False
     fail_open: bool = False  # queue full: accept uncompared (True) or drop (False)
+    # Where `decide(requeue=...)` sends packets: the segmenting queue (docs/PROXY.md, "Bulk
+    # transfers"); the kernel segments a GSO packet on its way there when that queue has
+    # no NFQA_CFG_F_GSO.
+    resegment_to: int = 0
     rcvbuf: int = 16 * 1024 * 1024  # socket receive buffer (SO_RCVBUFFORCE)
 
 
@@ -104,8 +108,9 @@ class NfQueue:
                     out.append(item)
         return out
 
-    def decide(self, accept: Iterable[int], drop: Iterable[int] = ()) -> None:
-        msg = self.planner.encode(self.cfg.num, accept, drop)
+    def decide(self, accept: Iterable[int], drop: Iterable[int] = (),
+               requeue: Iterable[int] = ()) -> None:
+        msg = self.planner.encode(self.cfg.num, accept, drop, requeue, self.cfg.resegment_to)
         if msg:
             self._send(msg)
 

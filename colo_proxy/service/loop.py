@@ -70,10 +70,13 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
     if fast is not None and isinstance(proxy, PrimaryProxy):
         fast.attach(sources["pvm"].fileno(), queue_num, sources["svm"].fileno(), ep.fileno(),
                     proxy.settings.batch)
-        sources = {}
+        # The segmenting queue stays Python's: its packets are resegmented copies, which
+        # the comparator takes (C lends no flow that waits for them).
+        sources = {k: v for k, v in sources.items() if k == "seg"}
     for name, src in sources.items():
         assert isinstance(proxy, PrimaryProxy)
-        watch(src.fileno(), proxy.on_pvm_readable if name == "pvm" else proxy.on_svm_readable)
+        watch(src.fileno(), {"pvm": proxy.on_pvm_readable, "seg": proxy.on_seg_readable,
+                             "svm": proxy.on_svm_readable}[name])
         data_fds.add(src.fileno())
     stop = False
     busy = busy_poll_us / 1e6

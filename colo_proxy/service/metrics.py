@@ -97,6 +97,13 @@ class HoldTimer:
         """Everything held went out at once (pass-through after failover or pause)."""
         self.released(list(self._arrived), now)
 
+    def forget(self, packet_ids: Iterable[int]) -> None:
+        """These left the queue without a release (sent to the segmenting queue; their
+        segments are timed from their own arrival)."""
+        pop = self._arrived.pop
+        for pid in packet_ids:
+            pop(pid, None)
+
     def forget_all(self) -> None:
         """Everything held was dropped (fenced): it was never released, so not timed."""
         self._arrived.clear()
@@ -251,6 +258,10 @@ class ProxyCollector(Collector):
         yield _counter("colo_proxy_released_bytes",
                        "IP bytes of the PVM packets released to the clients",
                        hold.released_bytes if isinstance(hold, HoldTimer) else 0)
+        yield _counter("colo_proxy_resegmented_packets",
+                       "Held PVM packets sent to the segmenting queue: GSO packets the SVM "
+                       "lagged inside, and packets held behind them",
+                       cs.get("resegmented_packets", 0))
         yield _counter("colo_proxy_svm_consumed_packets",
                        "SVM packets consumed: compared, superseded or discarded by a checkpoint",
                        cs.get("dropped_packets", 0))

@@ -17,11 +17,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from colo_proxy.compare import (
+    SEGMENT,
+    SUPER,
+    WHOLE,
     Comparator,
     Drop,
     Flow,
     Release,
     RequestCheckpoint,
+    Resegment,
     Side,
     Wakeup,
 )
@@ -51,11 +55,14 @@ IP_ETHERTYPES = (ETH_P_IP, ETH_P_IPV6)
 # Lent flows are taken back from the C fast path this long before the release permit ends:
 # C releases their packets without asking Python, so Python must hold them all by then.
 LEND_GUARD_S = 0.1
+# Packets of the segmenting queue are known to the comparator by their queue id plus this,
+# so that the two queues' ids (each queue counts its own) never meet.
+SEG_BASE = 1 << 32
 
 
 class Queue(Protocol):
     def receive(self, limit: int = ...) -> list[Any]: ...
-    def decide(self, accept: Any, drop: Any = ...) -> None: ...
+    def decide(self, accept: Any, drop: Any = ..., requeue: Any = ...) -> None: ...
     def accept_all(self) -> None: ...
     def drop_all(self) -> None: ...
 
@@ -108,8 +115,14 @@ class PrimaryProxy:
         carry: CarryStats | None = None,
         clock: Callable[[], float] = time.monotonic,
         fast: FastPath | None = None,
+        segq: Queue | None = None,
     ) -> None:
         self.settings = settings
+        # The segmenting queue (gso with resegment_after; docs/PROXY.md, "Bulk transfers"):
+        # the comparator's Resegment sends held packets there, and the kernel hands them
+        # back as segments, with ids of that queue (SEG_BASE + id here).
+        self.segq = segq
+        self._requeue: list[int] = []
         # The C fast path (colo_proxy/fastpath), when attached: it reads both sources and
         # sends every verdict (queue is then the fast path itself); flows in sync are lent
         # to it while PROTECTED and taken back before anything else touches them.
@@ -148,7 +161,7 @@ class PrimaryProxy:
         # is queued, to checkpoint_done) arrivals belong to the state after the snapshot.
         # They are kept here, out of the comparator, and compared afresh once the old epoch
         # is released. Empty in every other mode.
-        self._post: list[tuple[Side, int, bytes]] = []
+        self._post: list[tuple[Side, int, bytes, int]] = []  # with the copy (compare.SUPER..)
         self.trace = log.isEnabledFor(logging.DEBUG)  # one line per packet: debugging only
         # The release permit (service.permit); random first token: see Permit.
         self.permit = Permit(settings.release_permit, first_token=secrets.randbits(48) + 1)
@@ -168,50 +181,63 @@ class PrimaryProxy:
     def on_pvm_readable(self) -> None:
         self._feed_pvm(self.queue.receive(self.settings.batch))
 
-    def _feed_pvm(self, pkts: list[Any]) -> None:
+    def on_seg_readable(self) -> None:
+        """Segments of packets sent to the segmenting queue (Resegment)."""
+        assert self.segq is not None
+        self._feed_pvm(self.segq.receive(self.settings.batch), seg=True)
+
+    def _feed_pvm(self, pkts: list[Any], seg: bool = False) -> None:
         if not pkts:
             return
+        base = SEG_BASE if seg else 0
         mode = self.modes.mode
         if mode is PASSTHROUGH:
             self.passed_uncompared += len(pkts)
             now = self.clock()
             if not self.permit.allows(now):
                 for p in pkts:
-                    self.hold.queued(p.packet_id, now, len(p.payload))
-                    self._withheld.append(p.packet_id)
+                    self.hold.queued(p.packet_id + base, now, len(p.payload))
+                    self._withheld.append(p.packet_id + base)
                 return
             self.accepted += len(pkts)
-            self.queue.decide([p.packet_id for p in pkts])
+            self._accept_ids([p.packet_id + base for p in pkts])
             return
         if mode is FENCED:
             self.fenced_drops += len(pkts)
-            self.queue.decide((), [p.packet_id for p in pkts])
+            q = self.segq if seg else self.queue
+            assert q is not None
+            q.decide((), [p.packet_id for p in pkts])
             return
         now = self.clock()
         if mode is BUFFERED or mode is BUFFERED_BARRIER:
             into = self._epoch if mode is BUFFERED else self._next
             for p in pkts:
-                self.hold.queued(p.packet_id, now, len(p.payload))
-                into.append(p.packet_id)
+                self.hold.queued(p.packet_id + base, now, len(p.payload))
+                into.append(p.packet_id + base)
             return
+        # A super-packet may be sent to be segmented only when there is where to send it.
+        splits = self.segq is not None and not seg
         if mode is BARRIER:
             for p in pkts:
-                self.hold.queued(p.packet_id, now, len(p.payload))
-                self._post.append((Side.PRIMARY, p.packet_id, p.payload))
+                self.hold.queued(p.packet_id + base, now, len(p.payload))
+                self._post.append((Side.PRIMARY, p.packet_id + base, p.payload,
+                                   SEGMENT if seg else SUPER if splits and p.gso else WHOLE))
             return
         cmp_packet = self.cmp.packet
         queued = self.hold.queued
         nbytes = 0
         for p in pkts:
             nbytes += len(p.payload)
-            queued(p.packet_id, now, len(p.payload))
+            pid = p.packet_id + base
+            queued(pid, now, len(p.payload))
             if p.truncated:
                 # The copy lost its tail (a > 64 KiB GSO packet): the engine sees the
                 # truncated bytes, finds them inconsistent and applies its policy.
                 self.truncated += 1
-            cmds = cmp_packet(Side.PRIMARY, p.packet_id, p.payload, now)
+            copy = SEGMENT if seg else SUPER if splits and p.gso else WHOLE
+            cmds = cmp_packet(Side.PRIMARY, pid, p.payload, now, copy)
             if self.trace:
-                self._trace("PVM", p.packet_id, p.payload, cmds)
+                self._trace("PVM", pid, p.payload, cmds)
             self._apply(cmds)
         self.compared_bytes["primary"] += nbytes
         self._flush()
@@ -231,7 +257,7 @@ class PrimaryProxy:
                 continue
             self.svm_ids += 1
             if barrier:
-                self._post.append((Side.SECONDARY, self.svm_ids, f.payload))
+                self._post.append((Side.SECONDARY, self.svm_ids, f.payload, WHOLE))
                 continue
             self.compared_bytes["secondary"] += len(f.payload)
             cmds = cmp_packet(Side.SECONDARY, self.svm_ids, f.payload, now)
@@ -277,7 +303,7 @@ class PrimaryProxy:
             self._feed_svm(run)
 
     def _give_back(self, r: GivenBack) -> None:
-        for pid, _end, _aoff, t in r.held:
+        for pid, _end, _aoff, t, _gso in r.held:
             self.hold.queued(pid, t, 0)
         if self.modes.mode is BARRIER or self.modes.mode is PROTECTED:
             def next_id() -> int:
@@ -353,7 +379,18 @@ class PrimaryProxy:
         if ids:
             self.hold.released(ids, now)
             self.accepted += len(ids)
+            self._accept_ids(ids)
+
+    def _accept_ids(self, ids: list[int]) -> None:
+        """Accept verdicts, each to the queue that holds its packet (SEG_BASE and above:
+        the segmenting queue)."""
+        if self.segq is None:
             self.queue.decide(ids)
+            return
+        self.queue.decide([i for i in ids if i < SEG_BASE])
+        seg = [i - SEG_BASE for i in ids if i >= SEG_BASE]
+        if seg:
+            self.segq.decide(seg)
 
     def on_control(self, msg: dict[str, Any]) -> dict[str, Any]:
         kind = msg["type"]
@@ -385,6 +422,9 @@ class PrimaryProxy:
                         self._feed_pvm(pkts)
                     while frames := self.svm.receive(self.settings.batch):
                         self._feed_svm(frames)
+                if self.segq is not None:
+                    while pkts := self.segq.receive(self.settings.batch):
+                        self._feed_pvm(pkts, seg=True)
                 self.modes.fire(Event.CHECKPOINT_BARRIER)
         elif kind == "checkpoint_done":
             self.modes.fire(Event.CHECKPOINT_DONE)
@@ -396,8 +436,8 @@ class PrimaryProxy:
             now = self.clock()
             post, self._post = self._post, []
             self._apply(self.cmp.checkpoint_done(now))
-            for side, pid, data in post:
-                self._apply(self.cmp.packet(side, pid, data, now))
+            for side, pid, data, copy in post:
+                self._apply(self.cmp.packet(side, pid, data, now, copy))
             self._flush()
             log.info("checkpoint done: released %d held packets, %d after the barrier "
                      "compared afresh", held, len(post))
@@ -420,8 +460,8 @@ class PrimaryProxy:
                 self.datapath.set_mode(0)
             self.cmp = Comparator(self.settings.compare)
             post, self._post = self._post, []
-            for side, pid, data in post:
-                self._apply(self.cmp.packet(side, pid, data, self.clock()))
+            for side, pid, data, copy in post:
+                self._apply(self.cmp.packet(side, pid, data, self.clock(), copy))
             self._flush()
             self.wake = None
             log.info("protection resumed: %s again (the orchestrator checkpoints first)",
@@ -448,10 +488,13 @@ class PrimaryProxy:
         self._epoch, self._next = [], []  # its PVM packets are still outstanding: accept_all releases them
         if self.datapath is not None:
             self.datapath.set_mode(1)
+        self._requeue = []
         now = self.clock()
         if self.permit.allows(now):
             self.accepted += len(self.hold.held_ids())
             self.queue.accept_all()
+            if self.segq is not None:
+                self.segq.accept_all()
             self.hold.release_all(now)
             self._withheld = []
         else:
@@ -464,13 +507,16 @@ class PrimaryProxy:
     def _fence(self) -> None:
         # Fail closed: whatever is held, and whatever comes, is dropped. TCP retransmits
         # it to whichever host may serve; nothing of ours reaches a client meanwhile.
-        dropped = self.cmp.held_packets + sum(1 for side, _, _ in self._post
+        dropped = self.cmp.held_packets + sum(1 for side, _, _, _ in self._post
                                               if side is Side.PRIMARY)
         dropped += len(self._epoch) + len(self._next) + len(self._withheld)
         self._withheld = []
         self._post = []
         self._epoch, self._next = [], []
         self.queue.drop_all()
+        if self.segq is not None:
+            self.segq.drop_all()
+        self._requeue = []
         self.hold.forget_all()
         self.fenced_drops += dropped
         self.cmp = Comparator(self.settings.compare)
@@ -496,6 +542,8 @@ class PrimaryProxy:
                 self._accept.extend(c.packet_ids)
             elif isinstance(c, Drop):
                 pass  # SVM copies: we own the bytes already, nothing to tell the kernel
+            elif isinstance(c, Resegment):
+                self._requeue.extend(c.packet_ids)
             elif isinstance(c, RequestCheckpoint):
                 reason = str(c.reason)
                 self.checkpoint_requests[reason] = self.checkpoint_requests.get(reason, 0) + 1
@@ -516,6 +564,8 @@ class PrimaryProxy:
                 raise RuntimeError(f"Unexpected command: {c}")
 
     def _flush(self) -> None:
+        if self._requeue:
+            self._send_to_segment()
         if self._accept:
             now = self.clock()
             if not self.permit.allows(now):
@@ -524,8 +574,22 @@ class PrimaryProxy:
                 return
             self.hold.released(self._accept, now)
             self.accepted += len(self._accept)
-            self.queue.decide(self._accept)
+            self._accept_ids(self._accept)
             self._accept = []
+
+    def _send_to_segment(self) -> None:
+        """Held packets the comparator let go of (Resegment) go to the segmenting queue:
+        copies already from there first, as they were held first (each verdict queues the
+        packet at that queue's tail, and its segments come back in that order)."""
+        ids, self._requeue = self._requeue, []
+        assert self.segq is not None
+        self.hold.forget(ids)
+        again = [i - SEG_BASE for i in ids if i >= SEG_BASE]
+        if again:
+            self.segq.decide((), (), again)
+        first = [i for i in ids if i < SEG_BASE]
+        if first:
+            self.queue.decide((), (), first)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -80,12 +80,14 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.service.primary import PrimaryProxy
 
     _wait_for_links(s)
+    seg = s.segmenting_queue
     qcfg = QueueConfig(s.queue, maxlen=s.queue_maxlen, gso=s.gso,
-                       fail_open=s.on_queue_full == "accept")
+                       fail_open=s.on_queue_full == "accept", resegment_to=seg or 0)
     ctl = ControlServer(s.control_socket)
     try:
         with Datapath("primary", tap=s.tap, fwd=s.forward, vm_mac=s.vm_mac,
-                      peer_mac=s.peer_mac, uplink=s.uplink) as dp, NfQueue(qcfg) as q:
+                      peer_mac=s.peer_mac, uplink=s.uplink) as dp, NfQueue(qcfg) as q, \
+                _segmenting_queue(qcfg, seg) as segq:
             # Filtered from the start: only the secondary host's frames are SVM output.
             svm = PacketSocket(s.forward, bpf_filter=dp.svm_filter())
             dp.set_mode(MODE_PROTECTED)
@@ -97,16 +99,23 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
                 with _carry_end(s, dp, key if s.uplink else None,
                                 carry_link.Announcer) as ann:
                     fast = _fast_path(s)
+                    if fast is not None and seg is not None:
+                        fast.resegment(s.compare.resegment_after, seg)
                     proxy = PrimaryProxy(s, q if fast is None else fast, svm,
                                          notify=ctl.broadcast, datapath=dp, carry=ann,
-                                         fast=fast)
+                                         fast=fast, segq=segq)
                     stop_metrics = _serve_metrics(s, proxy, queue=s.queue,
                                                   fail_open=qcfg.fail_open)
                     try:
-                        serve(proxy, ctl, {"pvm": q, "svm": svm}, ready=lambda: log.info(
+                        sources: dict[str, Any] = {"pvm": q, "svm": svm}
+                        if segq is not None:
+                            sources["seg"] = segq
+                        serve(proxy, ctl, sources, ready=lambda: log.info(
                             "ready: comparing output of %s, mirror to %s, control %s, on "
-                            "crash %s, fast path %s%s", s.tap, s.forward, s.control_socket,
-                            s.on_crash, "on" if fast is not None else "off",
+                            "crash %s, fast path %s, GSO %s%s%s", s.tap, s.forward,
+                            s.control_socket, s.on_crash, "on" if fast is not None else "off",
+                            "on" if s.gso else "off",
+                            "" if seg is None else f" (segmenting queue {seg})",
                             FENCED_NOTE if s.fenced else ""),
                             busy_poll_us=s.busy_poll_us, busy_poll_held=s.busy_poll_held,
                             fault=_test_fault(), queue_num=s.queue)
@@ -123,6 +132,20 @@ def _run_primary(s: ProxySettings, key: bytes | None) -> None:
     finally:
         ctl.close()
     log.info("stopped: filters and rules removed")
+
+
+@contextmanager
+def _segmenting_queue(qcfg: Any, seg: int | None) -> Iterator[Any]:
+    """The queue that segments what the comparator sends it (no NFQA_CFG_F_GSO), bound
+    before any packet can be sent there; None when there is none."""
+    if seg is None:
+        yield None
+        return
+    from colo_proxy.kernel.nfqueue import NfQueue, QueueConfig
+
+    with NfQueue(QueueConfig(seg, maxlen=qcfg.maxlen, gso=False, fail_open=qcfg.fail_open,
+                             resegment_to=seg)) as q:
+        yield q
 
 
 def _wait_for_links(s: ProxySettings, *, uplink: bool = True) -> None:

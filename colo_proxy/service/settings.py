@@ -66,11 +66,15 @@ class ProxySettings:
     on_queue_full: str = "drop"
     queue_maxlen: int = 8192
     # Whole GSO super-packets through the queue (NFQA_CFG_F_GSO). Off: the kernel splits
-    # them into segments of one MSS before queueing. A held super-packet is released only
-    # when the SVM has sent all of its bytes, and a bulk flow whose SVM has a smaller
-    # congestion window than the PVM then stalls until the compare timeout (docs/PROXY.md,
-    # "Bulk transfers").
-    gso: bool = False
+    # them into segments of one MSS before queueing (every one: slower). A held
+    # super-packet is released only when the SVM has sent all of its bytes, and a bulk
+    # flow whose SVM has a smaller congestion window than the PVM would stall until the
+    # compare timeout; so a super-packet the SVM has not matched after
+    # compare.resegment_after is sent on to a second queue, segment_queue, that segments
+    # it (docs/PROXY.md, "Bulk transfers").
+    gso: bool = True
+    # The segmenting queue's NFQUEUE number (with gso); -1: queue + 1.
+    segment_queue: int = -1
     # After any packet, keep polling the queue and the SVM socket without sleeping for this
     # many microseconds before blocking in epoll (waking a sleeping proxy costs more than
     # the hop itself). Bounded, and each empty poll yields the CPU; 0 disables.
@@ -97,6 +101,14 @@ class ProxySettings:
     # proxy started by colo-orch should say), "off" never.
     release_permit: str = "auto"
     compare: CompareConfig = field(default_factory=CompareConfig)
+
+    @property
+    def segmenting_queue(self) -> int | None:
+        """The segmenting queue's number, or None when there is none (gso off, or
+        resegment_after 0: super-packets wait for the SVM whole)."""
+        if not self.gso or not self.compare.resegment_after:
+            return None
+        return self.queue + 1 if self.segment_queue < 0 else self.segment_queue
 
 
 # --- checks of string values: each returns the problem, or None -------------------------
@@ -224,7 +236,9 @@ SPECS: dict[str, Spec] = {
     "on_queue_full": Spec("proxy", str, "drop", "use {choices}", choices=("drop", "accept")),
     "queue_maxlen": Spec("proxy", int, 8192, "give the kernel queue's length in packets, from "
                          "1 to 4294967295, e.g. {eg}", lo=1, hi=2**32 - 1),
-    "gso": Spec("proxy", bool, False, "use {eg} or true"),
+    "gso": Spec("proxy", bool, True, "use {eg} or false"),
+    "segment_queue": Spec("proxy", int, 1, "use an NFQUEUE number from 0 to 65535 other than "
+                          "queue's, or -1 for queue + 1, e.g. {eg}", lo=-1, hi=65535),
     "busy_poll_us": Spec("proxy", int, 0, "use 0 (off) to 10000 microseconds, e.g. {eg}",
                          lo=0, hi=10_000),
     "busy_poll_held": Spec("proxy", bool, False, "use {eg} or true"),
@@ -245,6 +259,9 @@ SPECS: dict[str, Spec] = {
     "datagram_window": _count(16, "how far datagrams may be reordered"),
     "idle_timeout": _seconds("compare", 300.0, "how long an idle flow is kept"),
     "closed_timeout": _seconds("compare", 10.0, "how long a closed flow is kept"),
+    "resegment_after": Spec("compare", float, 0.01, "give how long a GSO super-packet waits "
+                            "for the SVM before it is segmented, in seconds (0: never), e.g. "
+                            "{eg}", lo=0),
     "max_flows": _count(262144, "the flows tracked"),
     "other_policy": Spec("compare", str, "compare", "use {choices}", choices=_POLICY),
     "fragment_policy": Spec("compare", str, "compare", "use {choices}", choices=_POLICY),
@@ -500,7 +517,17 @@ def load(path: str | Path | None, flags: Mapping[str, Any]) -> ProxySettings:
     if proxy.get("pass_icmp6_multicast", True):
         matches.append(ICMP6_MULTICAST)
     cmp_cfg = replace(CompareConfig(), pass_through=tuple(matches), **compare)
-    return ProxySettings(**proxy, compare=cmp_cfg)
+    out = ProxySettings(**proxy, compare=cmp_cfg)
+    _segment_queue(_Source(str(path), True) if path is not None else _Source(FLAGS, False),
+                   out)
+    return out
+
+
+def _segment_queue(src: _Source, s: ProxySettings) -> None:
+    seg = s.segmenting_queue
+    if seg is not None and (seg == s.queue or seg > 65535):
+        raise src.fail(src.key("segment_queue"), f"queue {seg} cannot be the segmenting "
+                       f"queue (the comparing queue is {s.queue})", _fix(src, "segment_queue"))
 
 
 def _peer_mac(src: _Source, values: Mapping[str, Any]) -> None:

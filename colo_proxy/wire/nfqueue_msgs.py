@@ -58,6 +58,12 @@ NFQA_SKB_GSO = 0x2
 
 NF_DROP = 0
 NF_ACCEPT = 1
+# NF_QUEUE with a queue number in the high 16 bits (NF_QUEUE_NR): nfqnl_recv_verdict takes
+# any verdict whose low byte is at most NF_STOP, and nf_reinject hands the packet to
+# nf_queue for that queue, which resumes at the next hook when it is accepted there
+# (net/netfilter/nfnetlink_queue.c). A queue without NFQA_CFG_F_GSO segments a GSO
+# packet first (nfqnl_enqueue_packet -> skb_gso_segment): the proxy's resegmenting.
+NF_QUEUE = 3
 
 # The kernel caps copy_range at 0xffff minus an attribute header; asking for more is fine.
 MAX_COPY_RANGE = 0xFFFF
@@ -115,7 +121,13 @@ def config_params(
     return _message(NFQNL_MSG_CONFIG, queue, attrs, flags=NLM_F_REQUEST | NLM_F_ACK, seq=seq)
 
 
-def verdict(queue: int, packet_id: int, accept: bool, *, batch: bool = False) -> bytes:
+def requeue_verdict(queue: int, packet_id: int, to: int) -> bytes:
+    """Send a queued packet on to queue `to` (see NF_QUEUE)."""
+    return verdict(queue, packet_id, True, code=NF_QUEUE | (to << 16))
+
+
+def verdict(queue: int, packet_id: int, accept: bool, *, batch: bool = False,
+            code: int | None = None) -> bytes:
     # Everything before the verdict header is the same for every verdict of a queue: built
     # once, so a release on the latency path costs one small pack and one concatenation.
     key = (queue, batch)
@@ -125,7 +137,9 @@ def verdict(queue: int, packet_id: int, accept: bool, *, batch: bool = False) ->
         full = _message(msg, queue, _attr(NFQA_VERDICT_HDR, bytes(_VERDICT_HDR.size)),
                         flags=NLM_F_REQUEST, seq=0)
         head = _VERDICT_HEADS[key] = full[: -_VERDICT_HDR.size]
-    return head + _VERDICT_HDR.pack(NF_ACCEPT if accept else NF_DROP, packet_id)
+    if code is None:
+        code = NF_ACCEPT if accept else NF_DROP
+    return head + _VERDICT_HDR.pack(code, packet_id)
 
 
 _VERDICT_HEADS: dict[tuple[int, bool], bytes] = {}
@@ -271,8 +285,24 @@ class VerdictPlanner:
         singles = [i for s, i in acc if low is not None and s > low]
         return (max(batch)[1] if batch else None), singles, [i for _, i in drp]
 
-    def encode(self, queue: int, accept: Iterable[int], drop: Iterable[int] = ()) -> bytes:
-        """One buffer of netlink messages (sent with one syscall) deciding these packets."""
+    def encode(self, queue: int, accept: Iterable[int], drop: Iterable[int] = (),
+               requeue: Iterable[int] = (), to: int = 0) -> bytes:
+        """One buffer of netlink messages (sent with one syscall) deciding these packets.
+
+        `requeue`: ids sent on to queue `to`, in this order (planned as drops are: no
+        batch verdict passes over them).
+        """
+        moving = list(requeue)
+        if moving:
+            batch, singles, drops = self.plan(accept, [*drop, *moving])
+            decided = set(drops)  # the held ones among them
+            moved = set(moving)
+            parts = [verdict(queue, i, True) for i in singles]
+            parts += [verdict(queue, i, False) for i in drops if i not in moved]
+            parts += [requeue_verdict(queue, i, to) for i in moving if i in decided]
+            if batch is not None:
+                parts.append(verdict(queue, batch, True, batch=True))
+            return b"".join(parts)
         if not drop and isinstance(accept, list) and len(accept) == 1:
             # A request/response exchange releases one packet at a time: plan() for one id,
             # without its lists.

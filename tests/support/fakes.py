@@ -14,9 +14,9 @@ def _ethertype(packet: bytes) -> int:
     return 0x86DD if packet[:1] and packet[0] >> 4 == 6 else 0x0800
 
 
-def queued(packet_id: int, packet: bytes) -> QueuedPacket:
-    """A packet as NFQUEUE hands it over: whole, not GSO, no devices."""
-    return QueuedPacket(packet_id, _ethertype(packet), packet, False, len(packet), 0, 0)
+def queued(packet_id: int, packet: bytes, gso: bool = False) -> QueuedPacket:
+    """A packet as NFQUEUE hands it over: whole, not GSO unless told, no devices."""
+    return QueuedPacket(packet_id, _ethertype(packet), packet, gso, len(packet), 0, 0)
 
 
 def frame(packet: bytes) -> Frame:
@@ -32,21 +32,24 @@ class FakeQueue:
     accepted: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     held: set[int] = field(default_factory=set)
+    requeued: list[int] = field(default_factory=list)  # sent on to the segmenting queue
     enobufs: int = 0
 
-    def push(self, packet_id: int, packet: bytes) -> None:
-        self.incoming.append(queued(packet_id, packet))
+    def push(self, packet_id: int, packet: bytes, gso: bool = False) -> None:
+        self.incoming.append(queued(packet_id, packet, gso))
 
     def receive(self, limit: int = 256) -> list[QueuedPacket]:
         out, self.incoming = self.incoming[:limit], self.incoming[limit:]
         self.held |= {p.packet_id for p in out}
         return out
 
-    def decide(self, accept: Iterable[int], drop: Iterable[int] = ()) -> None:
-        accept, drop = list(accept), list(drop)
+    def decide(self, accept: Iterable[int], drop: Iterable[int] = (),
+               requeue: Iterable[int] = ()) -> None:
+        accept, drop, requeue = list(accept), list(drop), list(requeue)
         self.accepted += accept
         self.dropped += drop
-        self.held -= {*accept, *drop}
+        self.requeued += requeue
+        self.held -= {*accept, *drop, *requeue}
 
     def accept_all(self) -> None:
         self.decide(sorted(self.held))

@@ -56,7 +56,7 @@ BAD_FILES = [
      "batch = 256"),
     ("[proxy]\nbusy_poll_us = 20000\n", "proxy.busy_poll_us: 20000 is out of range; use 0 (off) "
      "to 10000 microseconds, e.g. busy_poll_us = 0"),
-    ('[proxy]\ngso = "yes"\n', 'proxy.gso: must be true or false, not "yes"; use gso = false or true'),
+    ('[proxy]\ngso = "yes"\n', 'proxy.gso: must be true or false, not "yes"; use gso = true or false'),
     ("[proxy]\nbusy_poll_held = 1\n",
      "proxy.busy_poll_held: must be true or false, not 1; use busy_poll_held = false or true"),
     ('[proxy]\non_crash = "maybe"\n', 'proxy.on_crash: "maybe" is not closed or open; '
@@ -241,7 +241,7 @@ def test_a_good_config_gets_a_short_summary(tmp_path: Path,
         "primary proxy, instance colo: tap vif1.0, forward link fwd0, uplink eth0, "
         "VM MAC 52:54:00:c0:10:01\n"
         "peer's forward-link MAC 02:c0:10:f0:00:02, pair's key /etc/colo/web.key\n"
-        "NFQUEUE 3 (on crash: open, queue full: drop, GSO off, fast path on), control socket "
+        "NFQUEUE 3 (on crash: open, queue full: drop, GSO on, fast path on), control socket "
         "/run/colo-proxy/control.sock, metrics on [fd00::1]:7412\n"
         "compare timeout 0.25 s, 2 flow pattern(s) passed uncompared\n")
 

@@ -49,21 +49,37 @@ def test_busy_poll_and_batch_settings(tmp_path: Path) -> None:
     assert (s.busy_poll_us, s.busy_poll_held, s.batch) == (300, True, 64)
 
 
-def test_gso_packets_are_segmented_before_the_queue_unless_asked(tmp_path: Path) -> None:
+def test_gso_packets_are_queued_whole_and_segmented_where_the_svm_lags(tmp_path: Path) -> None:
     # A whole GSO packet is held until the SVM has sent all of its bytes: bulk flows
-    # stalled for the compare timeout (docs/PROXY.md, "Bulk transfers").
+    # stalled for the compare timeout unless the packets the SVM lags inside are sent to
+    # a segmenting queue (docs/PROXY.md, "Bulk transfers").
     from colo_proxy.cli.main import build_parser
     from colo_proxy.cli.service import settings_from
     from colo_proxy.kernel.nfqueue import QueueConfig
 
-    assert load(None, {"peer_mac": PEER}).gso is False
-    assert QueueConfig(0).gso is False
+    s = load(None, {"peer_mac": PEER, "queue": "7"})
+    assert s.gso is True and s.compare.resegment_after == 0.01
+    assert s.segmenting_queue == 8
+    assert QueueConfig(0).gso is False  # the kernel adapter queues nothing whole unasked
     cfg = tmp_path / "p.toml"
-    cfg.write_text('[proxy]\ngso = true\n')
-    assert load(cfg, {"peer_mac": PEER}).gso is True
-    for argv, want in (([], False), (["--gso"], True), (["--no-gso"], False)):
+    cfg.write_text('[proxy]\ngso = false\n')
+    assert load(cfg, {"peer_mac": PEER}).gso is False
+    assert load(cfg, {"peer_mac": PEER}).segmenting_queue is None
+    cfg.write_text('[proxy]\nsegment_queue = 3\n[compare]\nresegment_after = 0.5\n')
+    s = load(cfg, {"peer_mac": PEER})
+    assert (s.segmenting_queue, s.compare.resegment_after) == (3, 0.5)
+    cfg.write_text('[compare]\nresegment_after = 0\n')
+    assert load(cfg, {"peer_mac": PEER}).segmenting_queue is None  # whole, never segmented
+    for argv, want in (([], True), (["--gso"], True), (["--no-gso"], False)):
         args = build_parser().parse_args(["primary", "--peer-mac", PEER, *argv])
         assert settings_from(args).gso is want, argv
+
+
+def test_the_segmenting_queue_is_not_the_comparing_queue() -> None:
+    with pytest.raises(ConfigError, match="--segment-queue: queue 4 cannot be the segmenting"):
+        load(None, {"peer_mac": PEER, "queue": "4", "segment_queue": "4"})
+    with pytest.raises(ConfigError, match="queue 65536 cannot"):
+        load(None, {"peer_mac": PEER, "queue": "65535"})
 
 
 @pytest.mark.parametrize("text", ['[proxy]\nbogus = 1\n', '[proxy]\non_crash = "maybe"\n',

@@ -89,6 +89,45 @@ def test_missing_twin_times_out_through_wakeup(env: Any) -> None:
     assert [m["reason"] for m in sent] == ["timeout"]
 
 
+def test_a_super_packet_the_svm_lags_inside_goes_through_the_segmenting_queue() -> None:
+    """The adapter's half of resegmenting: the comparator's Resegment becomes verdicts to
+    the segmenting queue, and that queue's segments are compared and released there."""
+    q, segq, s, sent, clock = FakeQueue(), FakeQueue(), FakeSource(), [], Clock()
+    settings = ProxySettings(compare=CompareConfig(compare_timeout=0.5, resegment_after=0.01))
+    proxy = PrimaryProxy(settings, q, s, notify=lambda m: sent.append(m) or 1, clock=clock,
+                         segq=segq)
+    handshake(proxy, q, s)
+    body = b"0123456789" * 300  # one super-packet of 3000 bytes
+    q.push(2, tcp(5001, 1000, PSH | ACK, body), gso=True)
+    proxy.on_pvm_readable()
+    s.push(tcp(9001, 1000, PSH | ACK, body[:1000]))  # the SVM stops inside it
+    proxy.on_svm_readable()
+    clock.t += 0.02
+    proxy.on_timer()
+    assert q.requeued == [2] and q.accepted == [1]
+    # Its segments come back through the segmenting queue, with that queue's own ids.
+    for i, off in enumerate(range(0, 3000, 1000)):
+        segq.push(1 + i, tcp(5001 + off, 1000, PSH | ACK, body[off:off + 1000]))
+    proxy.on_seg_readable()
+    assert segq.accepted == [1]  # as far as the SVM matched
+    s.push(tcp(9001 + 1000, 1000, PSH | ACK, body[1000:]))
+    proxy.on_svm_readable()
+    assert segq.accepted == [1, 2, 3] and q.accepted == [1]
+    assert sent == [] and proxy.status()["held_packets"] == 0
+
+
+def test_without_a_segmenting_queue_a_super_packet_waits_whole(env: Any) -> None:
+    proxy, q, s, sent, clock = env
+    handshake(proxy, q, s)
+    q.push(2, tcp(5001, 1000, PSH | ACK, b"x" * 3000), gso=True)
+    proxy.on_pvm_readable()
+    s.push(tcp(9001, 1000, PSH | ACK, b"x" * 1000))
+    proxy.on_svm_readable()
+    clock.t += 0.6
+    proxy.on_timer()
+    assert q.requeued == [] and [m["reason"] for m in sent] == ["timeout"]
+
+
 def test_failover_releases_everything_and_passes_new_output(env: Any) -> None:
     proxy, q, s, _, _ = env
     handshake(proxy, q, s)

@@ -85,6 +85,20 @@ def test_encode_builds_netlink_verdicts() -> None:
     assert msgs == [("single", 12, p.NF_ACCEPT), ("batch", 10, p.NF_ACCEPT)]
 
 
+def test_requeue_sends_ids_on_to_the_other_queue_in_order_before_the_batch() -> None:
+    pl = p.VerdictPlanner()
+    for i in (10, 11, 12, 13):
+        pl.held(i)
+    msgs = _decode_verdicts(pl.encode(7, [10, 13], requeue=[12, 11], to=9))
+    to_9 = p.NF_QUEUE | (9 << 16)
+    # 11 and 12 leave queue 7 in the order given (their segments queue in that order), and
+    # no batch verdict passes over them: 13 goes alone.
+    assert msgs == [("single", 13, p.NF_ACCEPT), ("single", 12, to_9), ("single", 11, to_9),
+                    ("batch", 10, p.NF_ACCEPT)]
+    assert len(pl) == 0
+    assert pl.encode(7, [], requeue=[11], to=9) == b""  # decided already
+
+
 def test_unknown_ids_are_ignored() -> None:
     pl = p.VerdictPlanner()
     pl.held(1)
