@@ -12,7 +12,7 @@ measures from the client namespace:
   checkpointing every `--remus-interval` seconds; all output waits for the next one.
 
 Measures: GET / on a new connection and on keep-alive (p50, p99), GET /random (the VMs
-answer differently: a checkpoint each), 1 MB downloads, a long download of 1 MB parts on
+answer differently: a checkpoint each) back to back and one per 0.5 s, 1 MB downloads, a long download of 1 MB parts on
 one connection, a mixed load of concurrent clients, checkpoints per second and the PVM's
 pause per checkpoint. It prints progress on stderr and one table (colo_lab.bench_table)
 on stdout; `--write-doc docs/BENCHMARKS.md` keeps it there with the date and commit.
@@ -38,6 +38,7 @@ from colo_lab.lab import Lab
 from colo_lab.proxy_harness import unique_name
 
 Figures = dict[str, float | None]
+PACED_S = 0.5  # paced divergent requests: one started every this many seconds
 
 
 def say(msg: str) -> None:
@@ -140,6 +141,15 @@ def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
     t = load(lab, "new", "--path", "/random", "-n", n)
     f["random_p50"], f["random_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
     step(f"GET /random p50 {f['random_p50']:.0f} ms, p99 {f['random_p99']:.0f} ms")
+    # Paced: each divergence finds the checkpoint budget full again (colo-proxy's storm
+    # bound: checkpoint_burst, one more per checkpoint_min_interval); back to back, above,
+    # measures that bound as much as one divergence's cost.
+    t = load(lab, "new", "--path", "/random", "-n", str(max(1, a.n // 2)),
+             "--every", str(PACED_S))
+    f["random_paced_p50"] = 1000 * percentile(t, 50)
+    f["random_paced_p99"] = 1000 * percentile(t, 99)
+    step(f"GET /random one per {PACED_S:g} s p50 {f['random_paced_p50']:.0f} ms, "
+         f"p99 {f['random_paced_p99']:.0f} ms")
     t = load(lab, "blob", "-n", str(a.downloads))
     f["mb1"] = 1 / statistics.median(t)
     step(f"1 MB downloads: median {1000 * statistics.median(t):.0f} ms "

@@ -47,7 +47,9 @@ def _get(conn: http.client.HTTPConnection, path: str, close: bool) -> bytes:
     return body
 
 
-def new(path: str, n: int, timeout: float) -> list[float]:
+def new(path: str, n: int, timeout: float, every: float = 0.0) -> list[float]:
+    """n requests, each on a new connection; with `every`, one started each `every`
+    seconds (a request that took longer is followed at once)."""
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -55,6 +57,9 @@ def new(path: str, n: int, timeout: float) -> list[float]:
         _get(conn, path, close=True)
         times.append(time.perf_counter() - t)
         conn.close()
+        left = every - (time.perf_counter() - t)
+        if left > 0:
+            time.sleep(left)  # the benchmark's request rate, not synchronisation
     return times
 
 
@@ -134,10 +139,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--every", type=float, default=0.0,
+                    help="new: seconds from one request's start to the next's (0: back to back)")
     a = ap.parse_args()
     out: object
     if a.kind == "new":
-        out = new(a.path, a.n, a.timeout)
+        out = new(a.path, a.n, a.timeout, a.every)
     elif a.kind == "keep":
         out = keep(a.path, a.n, a.timeout)
     elif a.kind == "blob":

@@ -36,6 +36,8 @@ MEASURES = (
     Measure("keep_p99", "GET /, keep-alive, p99", "ms"),
     Measure("random_p50", "GET /random (divergent), new connection, p50", "ms"),
     Measure("random_p99", "GET /random (divergent), new connection, p99", "ms"),
+    Measure("random_paced_p50", "GET /random (divergent), one per 0.5 s, p50", "ms"),
+    Measure("random_paced_p99", "GET /random (divergent), one per 0.5 s, p99", "ms"),
     Measure("mb1", "1 MB download (new connection, median)", "MB/s"),
     Measure("mb64", "64 MB download (64 x 1 MB, keep-alive)", "MB/s"),
     Measure("mixed_rps", "mixed load, concurrent clients", "req/s"),
