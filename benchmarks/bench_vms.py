@@ -142,8 +142,8 @@ def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
     f["random_p50"], f["random_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
     step(f"GET /random p50 {f['random_p50']:.0f} ms, p99 {f['random_p99']:.0f} ms")
     # Paced: each divergence finds the checkpoint budget full again (colo-proxy's storm
-    # bound: checkpoint_burst, one more per checkpoint_min_interval); back to back, above,
-    # measures that bound as much as one divergence's cost.
+    # bound: checkpoint_burst, then one per refill interval, docs/ORCHESTRATOR.md); back
+    # to back, above, would show that bound if it held requests.
     t = load(lab, "new", "--path", "/random", "-n", str(max(1, a.n // 2)),
              "--every", str(PACED_S))
     f["random_paced_p50"] = 1000 * percentile(t, 50)

@@ -36,9 +36,12 @@ class Timing:
     heartbeat_interval: float = 0.1
     heartbeat_timeout: float = 1.0  # peer lost after this long without a heartbeat
     # The checkpoint budget (colo_orch.core.decide.checkpoint_wait): a token bucket of
-    # checkpoint_burst checkpoints, refilled by one every checkpoint_min_interval.
-    checkpoint_min_interval: float = 0.2
+    # checkpoint_burst checkpoints, refilled by one every checkpoint_min_interval, or
+    # more slowly when the checkpoints are long: a storm keeps the PVM paused at most
+    # checkpoint_max_pause_share of the time (decide.refill_interval).
+    checkpoint_min_interval: float = 0.05
     checkpoint_burst: float = 3.0
+    checkpoint_max_pause_share: float = 0.5
     checkpoint_max_interval: float = 10.0  # periodic safety-net checkpoint
     qmp_timeout: float = 5.0  # a QMP command that takes longer marks the VM hung
     lease_ttl: float = 3.0  # arbiter lease lifetime (etcd: whole seconds); renewed every ttl/3
@@ -410,6 +413,11 @@ def _check(cfg: Config, path: str) -> None:
         raise _fail(path, "timing.checkpoint_burst",
                     f"{t.checkpoint_burst:g} allows no checkpoint at all",
                     "make it at least 1 (1: a plain minimum interval between checkpoints)")
+    if not 0.0 < t.checkpoint_max_pause_share <= 1.0:
+        raise _fail(path, "timing.checkpoint_max_pause_share",
+                    f"{t.checkpoint_max_pause_share:g} is not a share of the time",
+                    "make it above 0 and at most 1 (0.5: a checkpoint storm keeps the PVM "
+                    "running at least half the time; 1: no bound but checkpoint_min_interval)")
 
 
 def _check_api(cfg: Config, path: str) -> None:

@@ -46,6 +46,7 @@ class Actions(ProxySupervision):
     checkpoints: Counter[str]
     last_checkpoint_at: float
     last_checkpoint_s: float | None
+    last_checkpoint_pause_s: float
     last_takeover_s: float | None
     _executor: ThreadPoolExecutor
     _wake: threading.Event  # wakes the loop before its next tick
@@ -197,6 +198,10 @@ class Actions(ProxySupervision):
         pause = getattr(self.backend, "checkpoint_pause_s", None)
         if isinstance(pause, float) and pause > 0:
             m.pvm_pause.observe(pause)
+            self.last_checkpoint_pause_s = pause
+        else:
+            # A backend that does not time the PVM's pause: the whole checkpoint bounds it.
+            self.last_checkpoint_pause_s = self.last_checkpoint_s
         m.last_checkpoint.set(time.time())
         for r in reasons:
             self.checkpoints[r] += 1

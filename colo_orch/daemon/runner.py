@@ -118,6 +118,7 @@ class Orchestrator(Actions, Watchers):
         self.reprotections = 0
         self.last_takeover_s: float | None = None
         self.last_checkpoint_s: float | None = None
+        self.last_checkpoint_pause_s = 0.0
         self._peer_lost_at: float | None = None
         self._proxy_lock = threading.Lock()
         self._proxy_proc: subprocess.Popen[bytes] | None = None
@@ -273,7 +274,8 @@ class Orchestrator(Actions, Watchers):
                 alone_recorded=lease.alone_recorded, stale=lease.stale, fenced=self._fenced,
                 busy=busy, finished=finished, checkpoint_requests=tuple(self._requests),
                 last_checkpoint_at=self.last_checkpoint_at,
-                checkpoint_tat=self.checkpoint_tat, operator=self._operator,
+                checkpoint_tat=self.checkpoint_tat,
+                last_checkpoint_pause=self.last_checkpoint_pause_s, operator=self._operator,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
                 degraded_at=self.degraded_at,
             )
@@ -297,7 +299,7 @@ class Orchestrator(Actions, Watchers):
         snap = self._recheck_commands(self.snapshot(now), now)
         t = self.cfg.timing
         d = decide(snap, t.checkpoint_min_interval, t.checkpoint_max_interval,
-                   t.checkpoint_burst)
+                   t.checkpoint_burst, t.checkpoint_max_pause_share)
         self._retry_in = d.retry_in
         if d.checkpoint_tat is not None:
             self.checkpoint_tat = d.checkpoint_tat
