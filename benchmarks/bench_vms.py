@@ -194,13 +194,22 @@ def run_mode(mode: str, a: Any) -> Figures:
 
 
 def commit() -> str:
+    here = Path(__file__).parent
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False, cwd=Path(__file__).parent)
-    return out.stdout.strip() or "unknown"
+                         text=True, check=False, cwd=here)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False, cwd=here)
+    return (out.stdout.strip() or "unknown") + (" with uncommitted changes"
+                                                 if dirty.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    # The commit the modes ran, taken before they start: a commit made during the run
+    # must not be stamped on figures measured with the code before it.
+    ran = commit()
+    if a.write_doc and not Path(a.write_doc).parent.is_dir():
+        raise SystemExit(f"bench_vms: --write-doc {a.write_doc}: no such directory")
     results: dict[str, Figures] = {}
     for mode in a.modes:
         try:
@@ -208,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # the other modes still run; this one shows as missing
             say(f"{mode}: FAILED, shown as missing: {exc!r}")
     table = render(results, MODES)
-    stamp = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit()}, "
+    stamp = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {ran}, "
              f"`{' '.join(['bench_vms.py', *(argv if argv is not None else sys.argv[1:])])}`")
     print(stamp)
     print(table)
     if a.write_doc:
         doc = Path(a.write_doc)
-        doc.write_text(replace_section(doc.read_text(), stamp + "\n\n" + table))
+        old = doc.read_text() if doc.exists() else ""
+        doc.write_text(replace_section(old, stamp + "\n\n" + table))
         say(f"table written to {doc}")
     return 0
 
