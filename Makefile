@@ -76,7 +76,7 @@ bench: build
 # Each protection mode on the same lab VMs, as ratios to direct (root; about 10 minutes
 # under TCG). The table also goes to docs/BENCHMARKS.md. ARGS="--modes direct,qemu-compare".
 bench-vms: build
-	$(PY) benchmarks/bench_vms.py --write-doc docs/BENCHMARKS.md $(ARGS)
+	$(PY) benchmarks/bench_vms.py --rounds 2 --write-doc docs/BENCHMARKS.md $(ARGS)
 
 # A fault campaign of 100 faults against the lab's protected pair, every answer checked
 # (root; about an hour under TCG). SEED=N repeats one; FAULTS=N another length. The table

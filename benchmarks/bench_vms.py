@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from colo_lab import pair, qemu_compare
-from colo_lab.bench_table import MODES, parse_args, pauses, percentile, render, replace_section
+from colo_lab.bench_table import (
+    MODES,
+    median_figures,
+    parse_args,
+    pauses,
+    percentile,
+    render,
+    replace_section,
+    round_order,
+)
 from colo_lab.lab import Lab
 from colo_lab.proxy_harness import unique_name
 
@@ -210,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     ran = commit()
     if a.write_doc and not Path(a.write_doc).parent.is_dir():
         raise SystemExit(f"bench_vms: --write-doc {a.write_doc}: no such directory")
-    results: dict[str, Figures] = {}
-    for mode in a.modes:
+    runs: dict[str, list[Figures]] = {m: [] for m in a.modes}
+    for i, mode in enumerate(round_order(a.modes, a.rounds)):
+        if a.rounds > 1 and i % len(a.modes) == 0:
+            say(f"round {i // len(a.modes) + 1} of {a.rounds}")
         try:
-            results[mode] = run_mode(mode, a)
+            runs[mode].append(run_mode(mode, a))
         except Exception as exc:  # the other modes still run; this one shows as missing
             say(f"{mode}: FAILED, shown as missing: {exc!r}")
+    results = {m: median_figures(r) for m, r in runs.items() if r}
     table = render(results, MODES)
     stamp = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {ran}, "
              f"`{' '.join(['bench_vms.py', *(argv if argv is not None else sys.argv[1:])])}`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,24 @@ MEASURES = (
 KEYS = tuple(m.key for m in MEASURES)
 
 
+def round_order(modes: Sequence[str], rounds: int) -> list[str]:
+    """The modes of every round: in order, then in reverse, and so on."""
+    out: list[str] = []
+    for r in range(rounds):
+        out.extend(modes if r % 2 == 0 else list(reversed(modes)))
+    return out
+
+
+def median_figures(runs: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each figure's median over the runs that have it (None when none has)."""
+    keys = {k for r in runs for k in r}
+    out: dict[str, float | None] = {}
+    for k in sorted(keys):
+        vals = [v for r in runs if (v := r.get(k)) is not None]
+        out[k] = statistics.median(vals) if vals else None
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bench_vms.py",
@@ -66,10 +85,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--remus-interval", type=float, default=0.2,
                     help="remus: seconds between the periodic checkpoints that release the "
                     "output (the orchestrators' checkpoint_max_interval; 0.2)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every mode this many times, in order then in reverse (ABBA, "
+                    "so that a machine getting busier or quieter favours no mode); each "
+                    "figure is the median of its rounds (1)")
     ap.add_argument("--write-doc", default="",
                     help="replace the table in this markdown file (docs/BENCHMARKS.md)")
     a = ap.parse_args(argv)
-    for name in ("n", "downloads", "clients"):
+    for name in ("n", "downloads", "clients", "rounds"):
         if getattr(a, name) < 1:
             ap.error(f"{'-n' if name == 'n' else '--' + name} must be at least 1")
     if a.big_mb < 0 or a.mixed_seconds <= 0 or a.remus_interval <= 0:

@@ -9,12 +9,14 @@ from colo_lab.bench_table import (
     END,
     MEASURES,
     MODES,
+    median_figures,
     parse_args,
     pauses,
     percentile,
     ratio,
     render,
     replace_section,
+    round_order,
 )
 
 
@@ -86,3 +88,23 @@ def test_doc_section_is_replaced_or_appended() -> None:
     assert once == f"# Benchmarks\n\nintro\n\n{BEGIN}\ntable 1\n{END}\n"
     twice = replace_section(once + "after\n", "table 2")
     assert twice == f"# Benchmarks\n\nintro\n\n{BEGIN}\ntable 2\n{END}\nafter\n"
+
+
+def test_rounds_alternate_their_order() -> None:
+    # ABBA: a machine that gets busier during the run weighs on every mode alike.
+    assert round_order(["direct", "colo-proxy"], 3) == [
+        "direct", "colo-proxy", "colo-proxy", "direct", "direct", "colo-proxy"]
+    assert round_order(["direct"], 1) == ["direct"]
+
+
+def test_each_figure_is_the_median_of_its_rounds() -> None:
+    runs: list[dict[str, float | None]] = [
+        {"new_p50": 30.0, "pause_ms": None}, {"new_p50": 50.0, "pause_ms": 40.0},
+        {"new_p50": 35.0, "pause_ms": None}]
+    assert median_figures(runs) == {"new_p50": 35.0, "pause_ms": 40.0}
+    assert median_figures([{"pause_ms": None}]) == {"pause_ms": None}
+
+
+def test_rounds_must_be_positive() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--rounds", "0"])
