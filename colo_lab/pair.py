@@ -333,14 +333,25 @@ def proxy_status(lab: Lab, host: str) -> dict[str, Any]:
 
 
 def metrics(lab: Lab, host: str) -> dict[str, float]:
-    """A host orchestrator's /metrics as {sample with its labels: value}."""
+    """A host orchestrator's /metrics as {sample with its labels: value} (parse_metrics)."""
     h = lab.hosts[host]
-    text = netns.sh(h.ns, ["curl", "-sS", "-m", "5", f"{metrics_url(lab, host)}/metrics"])
+    return parse_metrics(
+        netns.sh(h.ns, ["curl", "-sS", "-m", "5", f"{metrics_url(lab, host)}/metrics"]))
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """An exposition as {'name{label="value",...}': value}, labels sorted, without the
+    `pair` and `host` that every sample of ours carries (the same on all of them)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from colo_proxy.service.metrics import IDENTITY_LABELS
+
     out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())
+                              if k not in IDENTITY_LABELS)
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
 
 

@@ -4,9 +4,9 @@
     python dashboards/build.py          # (re)write the JSON files
     python dashboards/build.py --check  # exit 1 if a committed file differs
 
-Every query uses only metrics that colo_orch/daemon/metrics.py and colo_proxy/service/metrics.py export
-and the target labels that dashboards/prometheus.yml attaches (`pair`, `host`, `job`,
-`instance`); tests/unit/dashboards/test_dashboards.py checks both, and the system test
+Every query uses only metrics that colo_orch/daemon/metrics.py and colo_proxy/service/metrics.py export,
+the labels both put on every series (`pair`, `host`) and the target labels Prometheus adds
+(`job`, `instance`); tests/unit/dashboards/test_dashboards.py checks both, and the system test
 tests/system/metrics/ runs every query against a real Prometheus scraping the lab.
 Template variables in queries: `$pair`, `$host`, `$__rate_interval`.
 """
@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-# Labels that the scrape configuration adds to every series (not exported by the code).
-TARGET_LABELS = ("job", "instance", "pair", "host")
+# Labels on every series: the exporters' own (colo_proxy.service.metrics.IDENTITY_LABELS:
+# a plain scrape configuration gives working dashboards) and Prometheus's target labels.
+IDENTITY_LABELS = ("pair", "host")
+SERIES_LABELS = (*IDENTITY_LABELS, "job", "instance")
 P = '{pair=~"$pair"}'
 PH = '{pair=~"$pair", host=~"$host"}'
 RI = "$__rate_interval"

@@ -117,7 +117,7 @@ def api_handlers(orch: Orchestrator) -> ApiHandlers:
     from colo_orch.daemon.api import Handlers
 
     return Handlers(status=orch.status, command=orch.request,
-                    metrics=lambda: generate_latest(orch.registry),
+                    metrics=lambda: generate_latest(orch.exposed),
                     refused=lambda reason: orch.metrics.api_refused.labels(reason).inc())
 
 

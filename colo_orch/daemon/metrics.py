@@ -156,7 +156,8 @@ class OrchMetrics:
         return r if r in CHECKPOINT_REASONS else "other"
 
     def identify(self, pair: str, host: str) -> None:
-        # Not "pair"/"host": those are the scrape configuration's target labels.
+        # Every series has them as `pair` and `host` too (Orchestrator.exposed); this one
+        # says so in the names of an older configuration, for queries written then.
         self.pair.info({"name": pair, "host_id": host})
 
     def observe_heartbeats(self, received: int, rejected: int, replayed: int) -> None:

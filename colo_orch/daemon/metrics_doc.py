@@ -73,9 +73,23 @@ def markdown() -> str:
         "",
         "The orchestrator serves them on its read-only listener (`GET /metrics` on "
         "`metrics_listen`, default 127.0.0.1:7413; never on the command API), each "
-        "colo-proxy on `--metrics-listen ADDR:PORT` (`[proxy] metrics_listen`). The scrape "
-        "configuration adds the target labels `pair` and `host` "
-        "(dashboards/prometheus.yml); the dashboards group by them. Every known label value "
+        "colo-proxy on `--metrics-listen ADDR:PORT` (`[proxy] metrics_listen`).",
+        "",
+        "Every series carries two labels that the table leaves out: `pair`, the pair's name "
+        "(the orchestrator's `name`), and `host`, this host's id (colo-orch's `--host-id`, "
+        "default `HOSTNAME-ROLE`). The exporters set them themselves: the orchestrator from "
+        "its configuration, the proxy from `--pair` and `--host`, which the orchestrator "
+        "passes when it starts it (`[proxy] pair` and `host` for a proxy run alone; default "
+        "the instance name and the machine's host name). So a plain scrape configuration "
+        "with no relabelling gives working dashboards and alerts "
+        "(dashboards/prometheus.yml). That example sets `honor_labels: true`: a scrape "
+        "configuration that adds `pair` or `host` too keeps the exporter's values, where "
+        "Prometheus's default would rename them `exported_pair` and `exported_host` and "
+        "keep the configuration's (the exporters set no `job` or `instance`, so nothing "
+        "else is affected). `up` has only `job` and `instance`; the ColoTargetDown alert "
+        "takes the pair and host from the target's last `colo_build_info`.",
+        "",
+        "Every known label value "
         "is exported from the start at 0; counters end in `_total` and never go down while "
         "the process runs. An enum is a gauge per state (label named like the metric), 1 for "
         "the current state.",

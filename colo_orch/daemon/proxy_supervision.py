@@ -96,6 +96,7 @@ class ProxySupervision:
 
     # Orchestrator.__init__ sets these; declared as what this part uses.
     cfg: Config
+    host_id: str
     proxy: ProxyLink | None
     role: str
     machine: Machine
@@ -152,6 +153,9 @@ class ProxySupervision:
                                 found[1], found[0], role)
                     self._terminate_pid(found[1])
             gen = self.proxy.generation if self.proxy is not None else 0
+            # Its metrics carry the same `pair` and `host` labels as ours (argparse: the
+            # last flag wins over one in the configured command).
+            argv = [*argv, "--pair", self.cfg.name, "--host", self.host_id]
             if self._fenced:
                 # Our output is held (HOLDING, or an adoption waiting for `alone`): the
                 # proxy holds it from its first packet, not only once its hello is in.

@@ -53,6 +53,7 @@ from colo_orch.daemon.metrics import OrchMetrics
 from colo_orch.daemon.proxy_link import ProxyLink
 from colo_orch.daemon.proxy_supervision import ProxyMode
 from colo_orch.daemon.watchers import Watchers
+from colo_proxy.service.metrics import identified
 
 log = logging.getLogger("colo_orch")
 
@@ -69,6 +70,9 @@ class Orchestrator(Actions, Watchers):
         self.registry = CollectorRegistry()
         self.metrics = metrics or OrchMetrics(self.registry)
         self.metrics.identify(cfg.name, host_id)
+        # What /metrics serves: every series labelled with the pair and this host, so that
+        # a scrape configuration needs no relabelling (docs/metrics.md).
+        self.exposed = identified(self.registry, cfg.name, host_id)
         self.cfg = cfg
         self.backend = backend
         self.arbiter = arbiter

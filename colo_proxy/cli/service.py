@@ -49,6 +49,10 @@ SETTING_FLAGS: dict[str, str] = {
                       "status to every user)",
     "instance": "this VM's proxy: the tag of its iptables rules and its lock "
                 "(LOCK_DIR/INSTANCE.lock; one proxy per instance)",
+    "pair": "the `pair` label on every metric (colo-orch passes its pair's name; default "
+            "the instance name)",
+    "host": "the `host` label on every metric (colo-orch passes its host id; default the "
+            "machine's host name)",
     "lock_dir": "directory of the instance locks (default /run/colo-proxy)",
     "queue": "NFQUEUE number (primary)",
     "segment_queue": "NFQUEUE number of the segmenting queue (primary, with GSO; default "

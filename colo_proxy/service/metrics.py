@@ -430,9 +430,44 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def registry_for(proxy: StatusSource | None, role: str, **kw: Any) -> CollectorRegistry:
+# The labels every series of ours carries, set by the exporter from its own configuration
+# (issue 17: the dashboards and alerts were empty unless the scrape configuration added
+# them by hand). The scrape configuration sets `honor_labels: true`, so that one which adds
+# them too never turns ours into `exported_pair`/`exported_host` (docs/metrics.md).
+IDENTITY_LABELS = ("pair", "host")
+
+
+class Identified(Collector):
+    """Every sample of `inner` with the pair's name and the host's id as labels."""
+
+    def __init__(self, inner: Collector, pair: str, host: str) -> None:
+        self.inner = inner
+        self.labels = dict(zip(IDENTITY_LABELS, (pair, host), strict=True))
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self.inner.collect():
+            # Families are built afresh at each collect (client_python's and ours): ours
+            # to change.
+            fam.samples = [s._replace(labels={**s.labels, **self.labels})
+                           for s in fam.samples]
+            yield fam
+
+
+def identified(inner: Collector, pair: str, host: str) -> CollectorRegistry:
+    """A registry to serve: `inner`'s metrics, each with `pair` and `host`."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(ProxyCollector(proxy, role, **kw))
+    reg.register(Identified(inner, pair, host))
+    return reg
+
+
+def registry_for(proxy: StatusSource | None, role: str, *, pair: str = "", host: str = "",
+                 **kw: Any) -> CollectorRegistry:
+    """The proxy's metrics; with `pair` and `host` on every series when both are given."""
+    collector = ProxyCollector(proxy, role, **kw)
+    if pair and host:
+        return identified(collector, pair, host)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
     return reg
 
 
@@ -451,6 +486,8 @@ class Endpoint:
         self._thread.join(timeout=5)
 
 
-def serve(listen: str, proxy: StatusSource, role: str, **kw: Any) -> Endpoint:
-    """Serve /metrics on ADDR:PORT (port 0: any free one) until `stop()`."""
-    return Endpoint(listen, registry_for(proxy, role, **kw))
+def serve(listen: str, proxy: StatusSource, role: str, *, pair: str, host: str,
+          **kw: Any) -> Endpoint:
+    """Serve /metrics on ADDR:PORT (port 0: any free one) until `stop()`, every series
+    labelled with `pair` and `host`."""
+    return Endpoint(listen, registry_for(proxy, role, pair=pair, host=host, **kw))

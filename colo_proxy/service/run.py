@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -246,7 +247,8 @@ def _serve_metrics(s: ProxySettings, proxy: Any, **kw: Any) -> Callable[[], None
         return lambda: None
     from colo_proxy.service import metrics
 
-    endpoint = metrics.serve(s.metrics_listen, proxy, s.role, **kw)
+    endpoint = metrics.serve(s.metrics_listen, proxy, s.role, pair=s.pair or s.instance,
+                             host=s.host or socket.gethostname(), **kw)
     log.info("metrics on http://%s/metrics", s.metrics_listen)
     return endpoint.stop
 

@@ -53,6 +53,10 @@ class ProxySettings:
     key_file: str = ""
     control_socket: str = DEFAULT_SOCKET
     instance: str = "colo"  # this VM's proxy: tag of our iptables rules, name of our lock
+    # The `pair` and `host` labels on every metric (colo-orch passes its pair's name and
+    # its host id). "": the instance name, and this machine's host name.
+    pair: str = ""
+    host: str = ""
     lock_dir: str = "/run/colo-proxy"  # where each instance's lock lives (one per host)
     queue: int = 0  # NFQUEUE number (primary)
     # What the primary does with the PVM's output: "compare" it with the SVM's (COLO), or
@@ -116,6 +120,7 @@ class ProxySettings:
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _INSTANCE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+LABEL_MAX = 128  # a pair name or host id: no dashboard shows more
 # sun_path holds 108 bytes with the terminating NUL.
 UNIX_PATH_MAX = 107
 
@@ -161,6 +166,12 @@ def _socket_path(v: str) -> str | None:
 
 def _instance(v: str) -> str | None:
     return None if _INSTANCE.fullmatch(v) else f"{v!r} is not an instance name"
+
+
+def _label_value(v: str) -> str | None:
+    if len(v) > LABEL_MAX or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        return f"{v!r} is not a label value of at most {LABEL_MAX} printable characters"
+    return None
 
 
 def _listen(v: str) -> str | None:
@@ -227,6 +238,10 @@ SPECS: dict[str, Spec] = {
     "instance": Spec("proxy", str, "web", "use 1-64 letters, digits, '_', '.' or '-', not "
                      "starting with '.' (it names LOCK_DIR/INSTANCE.lock and tags the "
                      "iptables rules), e.g. {eg}", check=_instance),
+    "pair": Spec("proxy", str, "web", "give the pair's name (colo-orch's `name`), or \"\" "
+                 "for the instance name, e.g. {eg}", check=_label_value),
+    "host": Spec("proxy", str, "pri", "give this host's id (colo-orch's --host-id), or \"\" "
+                 "for the machine's host name, e.g. {eg}", check=_label_value),
     "lock_dir": Spec("proxy", str, "/run/colo-proxy", "give the full path: the daemon does not "
                      "run in your directory, e.g. {eg}", check=_abs_path),
     "queue": Spec("proxy", int, 0, "use an NFQUEUE number from 0 to 65535, e.g. {eg}",

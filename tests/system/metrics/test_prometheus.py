@@ -46,14 +46,15 @@ class Prometheus:
         self.ns = lab.hosts["primary"].ns
         self.addr = f"{lab.hosts['primary'].ctl_ip}:{PROM_PORT}"
         self.dir = Path(tempfile.mkdtemp(prefix="colo-prom-"))
-        targets = {job: [{"targets": [f"{h.ctl_ip}:{port}"],
-                          "labels": {"pair": pair.PAIR, "host": h.role[:3]}}
-                         for h in lab.hosts.values()]
+        # As dashboards/prometheus.yml: a plain target list, no labels added; the
+        # exporters label their series with `pair` and `host` themselves.
+        targets = {job: [{"targets": [f"{h.ctl_ip}:{port}" for h in lab.hosts.values()]}]
                    for job, port in (("colo-orch", pair.METRICS_PORT),
                                      ("colo-proxy", pair.PROXY_METRICS_PORT))}
         config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                   "rule_files": [str(ROOT / "dashboards" / "colo-alerts.yml")],
-                  "scrape_configs": [{"job_name": job, "static_configs": sc}
+                  "scrape_configs": [{"job_name": job, "honor_labels": True,
+                                      "static_configs": sc}
                                      for job, sc in targets.items()]}
         # JSON is YAML: no YAML library needed.
         (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=1))
@@ -181,6 +182,15 @@ def test_every_dashboard_query_returns_data_and_counts_match(lab: Lab, prom: Pro
                f"the divergence panel to show {divergences} payload divergence(s)", every=0.2)
     wait_until(lambda: (prom.value("min(count_over_time(up[1m]))") or 0) >= 5, 30,
                "five scrapes of every target", every=0.2)
+
+    # Every series of both exporters names its pair and host, as the lab's orchestrators
+    # were started (--host-id pri/sec), and none was renamed exported_*.
+    named = {(r["metric"]["job"], r["metric"].get("pair"), r["metric"].get("host"))
+             for r in prom.query('count by (job, pair, host) ({__name__=~"colo_.+"})')}
+    assert named == {(job, pair.PAIR, host) for job in ("colo-orch", "colo-proxy")
+                     for host in ("pri", "sec")}, named
+    assert prom.query('{__name__=~"colo_.+", exported_pair!=""}') == []
+    assert prom.query('{__name__=~"colo_.+", exported_host!=""}') == []
 
     empty = []
     for uid, title, expr in build.queries():

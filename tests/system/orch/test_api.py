@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from colo_lab.etcd import EtcdCluster, free_port, start_single
+from colo_lab.pair import parse_metrics
 from colo_lab.wait import wait_until
 from colo_orch.core.api import MAX_HEAD_BYTES
 from colo_orch.core.config import load
@@ -67,8 +68,7 @@ class Orch:
     def metrics(self) -> dict[str, float]:
         status, text = request(self.addr("metrics_listen"), "GET", "/metrics")
         assert status == 200, text
-        return {name: float(value) for name, _, value in
-                (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}
+        return parse_metrics(text)
 
     def manual_requests(self) -> float:
         return self.metrics()['colo_checkpoint_requests_total{reason="manual"}']

@@ -80,7 +80,7 @@ def build() -> ModuleType:
 
 def test_every_panel_query_uses_exported_metrics_and_labels(build: ModuleType) -> None:
     cat = catalogue()
-    found = {(uid, title, e): problems(e, cat, build.TARGET_LABELS)
+    found = {(uid, title, e): problems(e, cat, build.SERIES_LABELS)
              for uid, title, e in build.queries()}
     assert len(found) > 30
     assert {k: v for k, v in found.items() if v} == {}
@@ -90,7 +90,7 @@ def test_the_check_finds_wrong_names(build: ModuleType) -> None:
     cat = catalogue()
 
     def check(e: str) -> list[str]:
-        return problems(e, cat, build.TARGET_LABELS)
+        return problems(e, cat, build.SERIES_LABELS)
 
     assert check('sum by (reason) (rate(colo_checkpoint_total{pair=~"$pair"}[1m]))') == [
         "unknown metric colo_checkpoint_total", "grouping by unknown label reason"]
@@ -125,13 +125,16 @@ def test_metric_names_follow_the_naming_guide() -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
-def test_scrape_config_example_is_valid_and_labels_every_target(build: ModuleType) -> None:
+def test_scrape_config_example_is_valid_and_needs_no_labels(build: ModuleType) -> None:
     path = ROOT / "dashboards" / "prometheus.yml"
     out = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True,
                          text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     text = path.read_text()
-    assert text.count("labels: {pair:") == text.count("- targets:")
+    # The exporters label their series (issue 17); the example adds none, and keeps theirs
+    # if an operator's copy adds some (no exported_pair).
+    assert not re.search(r"^\s*labels:|relabel", text, re.M), text
+    assert text.count("honor_labels: true") == text.count("- job_name:") == 2
     for uid in build.DASHBOARDS:
         assert (ROOT / "dashboards" / f"{uid}.json").exists()
     assert "/var/lib/grafana/dashboards/colo" in (
@@ -162,3 +165,9 @@ def test_states_show_as_names_and_checkpoint_age_as_colours(build: ModuleType) -
     names = {a["name"] for a in pair["annotations"]["list"]}
     assert names == {"Failovers", "Checkpoint failures"}
     assert {link["url"] for link in pair["links"]} == {"/d/colo-datapath", "/d/colo-fleet"}
+
+
+def test_the_dashboards_identity_labels_are_the_exporters(build: ModuleType) -> None:
+    from colo_proxy.service.metrics import IDENTITY_LABELS
+
+    assert build.IDENTITY_LABELS == IDENTITY_LABELS

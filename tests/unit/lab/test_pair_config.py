@@ -35,3 +35,18 @@ def test_default_arbiter_is_etcd_unless_the_environment_says(
     monkeypatch.setenv("COLO_LAB_ARBITER", "file")
     with pytest.raises(LabError, match="COLO_LAB_ARBITER='file'"):
         pair.default_arbiter()
+
+
+def test_parsed_metrics_leave_out_the_labels_every_sample_carries() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    from colo_lab.pair import parse_metrics
+    from colo_proxy.service.metrics import identified
+
+    reg = CollectorRegistry()
+    Counter("colo_x", "x", ["reason"], registry=reg).labels("manual").inc(3)
+    Gauge("colo_up", "u", registry=reg).set(1)
+    got = parse_metrics(generate_latest(identified(reg, "web", "pri")).decode())
+    assert got['colo_x_total{reason="manual"}'] == 3
+    assert got["colo_up"] == 1
+    assert not [k for k in got if "pair=" in k or "host=" in k]

@@ -63,6 +63,7 @@ class _Part(ProxySupervision):
                           incoming_uri="tcp:127.0.0.1:4444", proxy_socket="/p.sock",
                           proxy_primary_command=command or [],
                           proxy_secondary_command=command or [])
+        self.host_id = "pri"
         self.link = _Link()
         self.proxy = self.link  # type: ignore[assignment]
         self.role = role
@@ -269,6 +270,9 @@ def test_a_proxy_started_while_we_are_fenced_starts_fenced(tmp_path: Path,
     try:
         assert p._ensure_proxy("primary") == "; proxy started as primary"
         assert (_cmdline(p)[-1] == "--fenced") is fenced
+        # Its metrics are labelled as ours are.
+        tail = _cmdline(p)[-5:] if fenced else _cmdline(p)[-4:]
+        assert tail[:4] == ["--pair", "web", "--host", "pri"]
         assert p.link.sent == (["status", "fence"] if fenced else ["status"])
     finally:
         _reap(p)

@@ -199,3 +199,18 @@ def test_the_loop_gives_its_proxy_a_permit_ending_with_its_hold_on_the_lease(
     finally:
         link.stop()
         proxy.stop()
+
+
+def test_every_served_series_names_the_pair_and_this_host(tmp_path: Path) -> None:
+    # Issue 17: the dashboards were empty unless the scrape configuration added `pair` and
+    # `host` by hand; /metrics serves `exposed`.
+    from prometheus_client import generate_latest
+
+    orch = _orchestrator(tmp_path, _Heartbeat({}))
+    orch.metrics.checkpoints.labels("payload").inc()
+    assert orch.exposed.get_sample_value(
+        "colo_checkpoints_total", {"reason": "payload", "pair": "web", "host": "a"}) == 1
+    series = [line for line in generate_latest(orch.exposed).decode().splitlines()
+              if line and not line.startswith("#")]
+    assert len(series) > 50
+    assert [s for s in series if 'pair="web"' not in s or 'host="a"' not in s] == []

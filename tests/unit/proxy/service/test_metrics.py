@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from colo_proxy.compare import CompareConfig
 from colo_proxy.compare.events import REASONS
@@ -111,7 +111,7 @@ def test_nfqueue_stats_reads_the_kernel_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_exposition() -> None:
     proxy, _q, _s = _pair()
-    text = generate_latest(registry_for(proxy, "primary", queue=5))
+    text = generate_latest(registry_for(proxy, "primary", queue=5, pair="web", host="pri"))
     out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                          timeout=30, check=False)
     assert out.returncode == 0, out.stderr.decode() + out.stdout.decode()
@@ -133,13 +133,29 @@ def test_serve_answers_a_scrape() -> None:
     from colo_proxy.service.metrics import serve
 
     proxy, _q, _s = _pair()
-    endpoint = serve("127.0.0.1:0", proxy, "primary")
+    endpoint = serve("127.0.0.1:0", proxy, "primary", pair="web", host="pri")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics") as r:
             text = r.read().decode()
     finally:
         endpoint.stop()
-    assert 'colo_proxy_divergences_total{reason="payload"} 0.0' in text
+    assert 'colo_proxy_divergences_total{host="pri",pair="web",reason="payload"} 0.0' in text
+    # Every series, histograms' and info's too, carries both (no scrape config adds them).
+    series = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(series) > 100
+    assert [line for line in series
+            if 'pair="web"' not in line or 'host="pri"' not in line] == []
+
+
+def test_identity_is_added_only_when_given() -> None:
+    from colo_proxy.service.metrics import identified
+
+    inner = CollectorRegistry()
+    Counter("colo_x", "x", ["reason"], registry=inner).labels("a").inc()
+    assert identified(inner, "web", "sec").get_sample_value(
+        "colo_x_total", {"reason": "a", "pair": "web", "host": "sec"}) == 1
+    plain = registry_for(None, "secondary")
+    assert plain.get_sample_value("colo_proxy_checkpoints_done_total") == 0
 
 
 def test_released_packets_are_timed() -> None:
