@@ -22,6 +22,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+from colo_lab.build_progress import run_logged
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
 from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, touch_build
@@ -149,19 +150,8 @@ def _build(version: str, out: Path) -> None:
 
 
 def _logged(argv: list[str], cwd: Path, log: Path, timeout: float) -> None:
-    with open(log, "ab") as fh:
-        try:
-            rc = subprocess.run(
-                argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, check=False
-            ).returncode
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(f"QEMU build step timed out: {' '.join(argv)}; see {log}") from exc
-    if rc != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise LabError(
-            f"QEMU build step failed ({' '.join(argv)}, exit {rc}):\n" + "\n".join(tail),
-            f"see {log}",
-        )
+    # ninja's [n/m] shown as it goes (issue 17: ~8 silent minutes before).
+    run_logged(argv, cwd, log, timeout, what="QEMU build step")
 
 
 def main() -> None:

@@ -31,14 +31,13 @@ import gzip
 import hashlib
 import os
 import re
-import select
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo_lab.build_progress import run_logged
 from colo_lab.cmd import need, out, run
 from colo_lab.errors import LabError
 from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, touch_build
@@ -238,55 +237,11 @@ class _Build:
         _log(f"  {self._current} took {self.times[self._current]:.0f} s")
 
     def sh(self, argv: list[str], cwd: Path, timeout: float, *, nice: bool = True) -> None:
-        """Run a step's command into the log, printing its latest line every 20 s (a long
-        compile shows that it moves); on failure the log's tail is in the error."""
+        """Run a step's command into the log, showing its progress (ninja's [n/m], or the
+        latest line every 20 s: a long compile shows that it moves); on failure the log's
+        tail is in the error."""
         argv = ["nice", "-n", "19", *argv] if nice else argv
-        t0 = time.monotonic()
-        shown = t0
-        last = b""
-        with open(self.log, "ab") as fh:
-            fh.write(f"$ {' '.join(argv)}  (in {cwd})\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
-            assert proc.stdout is not None
-            while True:
-                now = time.monotonic()
-                if now - t0 > timeout:
-                    proc.kill()
-                    proc.wait()
-                    raise LabError(f"Xen build step timed out after {timeout:.0f} s: "
-                                   f"{' '.join(argv)}", f"see {self.log}")
-                ready, _, _ = select.select([proc.stdout], [], [], 5.0)
-                if ready:
-                    chunk = os.read(proc.stdout.fileno(), 65536)
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    lines = [ln for ln in chunk.splitlines() if ln.strip()]
-                    if lines:
-                        last = lines[-1]
-                if now - shown >= 20.0 and last:
-                    shown = now
-                    _log(f"  {now - t0:4.0f} s  {_progress_line(last)}")
-            rc = proc.wait()
-        if rc != 0:
-            tail = self.log.read_text(errors="replace").splitlines()[-15:]
-            raise LabError(f"Xen build step failed ({' '.join(argv)}, exit {rc}):\n"
-                           + "\n".join(tail), f"see {self.log}")
-
-
-def _progress_line(line: bytes) -> str:
-    """A build output line shortened to what says how far it is: ninja's [n/m] and the
-    file, or make's last object, or debootstrap's action."""
-    text = line.decode(errors="replace").strip()
-    m = re.match(r"(\[\d+/\d+\])", text)
-    obj = re.findall(r"-o (\S+)", text)
-    if m:
-        return f"{m.group(1)} {text.rsplit(' ', 1)[-1][-60:]}"
-    if obj:
-        return f"compiled {obj[-1][-60:]}"
-    return text[:90]
+        run_logged(argv, cwd, self.log, timeout, what="Xen build step")
 
 
 def _build_binaries(xen_version: str, qemu_version: str, out_dir: Path) -> None:

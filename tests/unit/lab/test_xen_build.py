@@ -49,16 +49,6 @@ def test_libxl_check_tells_colo_from_the_stub(tmp_path: Path) -> None:
         xen_build.check_libxl_has_colo(stub)
 
 
-def test_progress_line_shows_how_far_a_build_is() -> None:
-    assert xen_build._progress_line(
-        b"[312/1393] Compiling C object libqemuutil.a.p/util_module.c.o"
-    ) == "[312/1393] libqemuutil.a.p/util_module.c.o"
-    assert xen_build._progress_line(
-        b"gcc -O2 -fPIC -c -o xc_altp2m.opic xc_altp2m.c") == "compiled xc_altp2m.opic"
-    assert xen_build._progress_line(b"I: Unpacking the base system...") == \
-        "I: Unpacking the base system..."
-
-
 def test_cached_xen_needs_a_finished_build(monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
     monkeypatch.setenv("COLO_CACHE", str(tmp_path))
