@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +23,7 @@ from colo_lab import netns, pair
 from colo_lab.lab import Lab
 from colo_lab.wait import wait_until
 from tests.support.paths import REPO as ROOT
+from tests.support.prometheus import Prometheus
 
 PROM_PORT = 19090
 pytestmark = [pytest.mark.lab(proxy=True), pytest.mark.timeout(90)]  # 25 s here
@@ -41,70 +39,19 @@ def _build() -> ModuleType:
     return mod
 
 
-class Prometheus:
-    def __init__(self, lab: Lab) -> None:
-        self.ns = lab.hosts["primary"].ns
-        self.addr = f"{lab.hosts['primary'].ctl_ip}:{PROM_PORT}"
-        self.dir = Path(tempfile.mkdtemp(prefix="colo-prom-"))
-        # As dashboards/prometheus.yml: a plain target list, no labels added; the
-        # exporters label their series with `pair` and `host` themselves.
-        targets = {job: [{"targets": [f"{h.ctl_ip}:{port}" for h in lab.hosts.values()]}]
-                   for job, port in (("colo-orch", pair.METRICS_PORT),
-                                     ("colo-proxy", pair.PROXY_METRICS_PORT))}
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "rule_files": [str(ROOT / "dashboards" / "colo-alerts.yml")],
-                  "scrape_configs": [{"job_name": job, "honor_labels": True,
-                                      "static_configs": sc}
-                                     for job, sc in targets.items()]}
-        # JSON is YAML: no YAML library needed.
-        (self.dir / "prometheus.yml").write_text(json.dumps(config, indent=1))
-        self.log = open(self.dir / "prometheus.log", "wb")  # closed in stop()
-        self.proc = netns.popen(self.ns, [
-            "prometheus", f"--config.file={self.dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={self.dir / 'data'}",
-            f"--web.listen-address={self.addr}"],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
-            start_new_session=True)
-
-    def api(self, path: str, **params: str) -> Any:
-        argv = ["curl", "-sS", "-m", "10", "-G", f"http://{self.addr}{path}"]
-        for k, v in params.items():
-            argv += ["--data-urlencode", f"{k}={v}"]
-        out = netns.sh(self.ns, argv, timeout=15, check=False)
-        try:
-            return json.loads(out)
-        except ValueError:
-            return None
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        r = self.api("/api/v1/query", query=expr)
-        assert r is not None and r.get("status") == "success", (expr, r)
-        result: list[dict[str, Any]] = r["data"]["result"]
-        return result
-
-    def value(self, expr: str) -> float | None:
-        res = self.query(expr)
-        return float(res[0]["value"][1]) if res else None
-
-    def log_tail(self) -> str:
-        lines = (self.dir / "prometheus.log").read_text(errors="replace").splitlines()
-        return " | ".join(lines[-5:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def prom(lab: Lab) -> Iterator[Prometheus]:
-    p = Prometheus(lab)
+    # As dashboards/prometheus.yml: a plain target list, no labels added; the exporters
+    # label their series with `pair` and `host` themselves.
+    targets = {job: [{"targets": [f"{h.ctl_ip}:{port}" for h in lab.hosts.values()]}]
+               for job, port in (("colo-orch", pair.METRICS_PORT),
+                                 ("colo-proxy", pair.PROXY_METRICS_PORT))}
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(ROOT / "dashboards" / "colo-alerts.yml")],
+              "scrape_configs": [{"job_name": job, "honor_labels": True,
+                                  "static_configs": sc} for job, sc in targets.items()]}
+    primary = lab.hosts["primary"]
+    p = Prometheus(config, f"{primary.ctl_ip}:{PROM_PORT}", primary.ns)
     try:
         yield p
     finally:
