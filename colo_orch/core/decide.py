@@ -43,6 +43,9 @@ class PeerObs:
     hears_us: bool = False
     # Since when (our clock) the peer has reported this state and role without a break.
     since: float = 0.0
+    # The peer's arbiter store answered its last request (its heartbeat says so): a
+    # secondary cut off from the store could not take the lease at a switchover.
+    arbiter_ok: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ class Snapshot:
     # How long the PVM stood still in the last checkpoint (0.0: none yet), for the
     # budget's pause-share bound (`refill_interval`).
     last_checkpoint_pause: float = 0.0
-    operator: str = ""  # pending operator command: pause, resume, failover, reprotect, stop
+    # pending operator command: pause, resume, failover, reprotect, switchover, stop
+    operator: str = ""
+    operator_at: float = 0.0  # when the pending operator command was accepted (our clock)
     auto_reprotect: bool = True
     degraded_reason: str = ""
     degraded_at: float = 0.0  # when the state became DEGRADED
@@ -572,6 +577,9 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float,
         # The secondary's disk stopped being a copy of ours: a failover now would lose
         # writes, so protection is over until a re-protection resyncs it.
         return _go_alone(s, f"disk replication broken ({s.vm.disk_error}): continuing alone")
+    if s.operator == "switchover" and handover_blocker(s) is None:
+        # Blocked, it waits here no longer than a cycle: the runner drops it (refusal).
+        return _switchover(s)
     if s.operator == "pause":
         if not s.alone_recorded:
             # S6: paused output reaches clients uncompared and is in no checkpoint of the
@@ -595,6 +603,50 @@ def _protected(s: Snapshot, min_interval: float, max_interval: float,
         return Decision(f"checkpoint request held by the rate limit for {wait:.3f} s "
                         f"(burst {burst:g} spent, one per {min_interval:g} s)", retry_in=wait)
     return Decision("protected")
+
+
+def handover_blocker(s: Snapshot) -> str | None:
+    """Why this protected primary could not hand over to its secondary now; None: it could.
+
+    A switchover stops our VM and lets the secondary take over as on a failover, which
+    it does only with the arbiter's lease (S1). So the secondary must be in COLO with
+    us, its VM and proxy ready, and both of us must reach the store: a hand-over to a
+    secondary that cannot take the lease would leave nobody serving.
+    """
+    p = s.peer
+    if not follows_us(p) or p.state is not State.PROTECTED:
+        state = p.state.name if p.state else "?"
+        heard = ("not heard" if not p.alive else "heard" if p.hears_us
+                 else "heard, but not hearing us")
+        return f"the secondary does not follow us in COLO ({heard}, {p.role or '?'} in {state})"
+    if not p.vm_ok or not p.proxy_ready:
+        return "the secondary reports its VM or its proxy not ready"
+    if not p.arbiter_ok:
+        return "the secondary cannot reach the arbiter: it could not take the lease"
+    if not s.lease_held or not s.lease_reachable:
+        return f"{_lease_why(s)}: the lease could not pass to the secondary"
+    if s.vm.disk_error:
+        return f"disk replication is broken ({s.vm.disk_error}): the secondary's disk is stale"
+    return None
+
+
+def _switchover(s: Snapshot) -> Decision:
+    """The primary's half of a switchover (commands.switchover_phase follows the rest).
+
+    1. A final checkpoint: every output packet still held is released by it, and the
+       secondary's memory, disk and TCP state become ours, so that nothing is left for its
+       take-over to recreate by retransmission.
+    2. The hand-over: fence our output and stop our VM (VM_LOST: FENCED). `_fenced` then
+       releases the lease; the secondary sees us FENCED, takes the lease and takes over
+       as on a failover (S1, S6 unchanged), and we re-join as its new secondary by the
+       re-protection that follows every failover.
+    """
+    if s.last_checkpoint_at < s.operator_at:
+        return Decision("switchover: a final checkpoint before the hand-over", Event.CHECKPOINT,
+                        Checkpoint(("switchover",)))
+    return Decision("switchover: handing over to the secondary (our output held, our VM "
+                    "stopped, the lease released next)", Event.VM_LOST, StopVM(), fence=True,
+                    consumed_operator=True)
 
 
 def _peer_why(s: Snapshot) -> str:

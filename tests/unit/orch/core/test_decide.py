@@ -18,6 +18,7 @@ from colo_orch.core.decide import (
     TakeOver,
     VmObs,
     decide,
+    handover_blocker,
 )
 from colo_orch.core.state import TRANSITIONS, Event, State
 
@@ -285,3 +286,67 @@ def test_a_degraded_primary_serves_alone_only_by_a_take_over() -> None:
     assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary"))
     assert TRANSITIONS[State.DEGRADED][d.event] is State.FAILING_OVER
     assert Event.RECOVERED not in TRANSITIONS[State.DEGRADED]
+
+
+def test_switchover_checkpoints_then_hands_over() -> None:
+    # Accepted at 99.5, after the last checkpoint (99.0): a final checkpoint first.
+    s = snap(State.PROTECTED, operator="switchover", operator_at=99.5,
+             peer=replace(PEER_PROTECTED_SEC, hears_us=True))
+    assert handover_blocker(s) is None
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action, d.consumed_operator) == (
+        Event.CHECKPOINT, Checkpoint(("switchover",)), False)
+    assert d.sentence == "switchover: a final checkpoint before the hand-over"
+    # Checkpointed since: fence, stop our VM; the operator command is consumed.
+    d = decide(replace(s, last_checkpoint_at=99.8), MIN, MAX)
+    assert (d.event, d.action, d.fence, d.consumed_operator) == (
+        Event.VM_LOST, StopVM(), True, True)
+    assert TRANSITIONS[State.PROTECTED][Event.VM_LOST] is State.FENCED
+    # Then as after any lost VM: the lease goes, and once the peer serves alone we start
+    # our VM as its new secondary.
+    d = decide(snap(State.FENCED, lease_held=True), MIN, MAX)
+    assert d.action == ReleaseLease()
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(snap(State.FENCED, lease_held=False, peer=alone), MIN, MAX)
+    assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True),
+                                           "secondary")
+
+
+def test_the_secondary_takes_over_from_a_primary_that_handed_over() -> None:
+    handed = PeerObs(alive=True, state=State.FENCED, role="primary", vm_ok=False,
+                     hears_us=True)
+    s = snap(State.PROTECTED, role="secondary", peer=handed, lease_held=False,
+             lease_available=False)
+    # The lease not released yet: no take-over (S1).
+    assert decide(s, MIN, MAX).event is None
+    d = decide(replace(s, lease_held=True), MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("secondary"))
+
+
+def test_switchover_waits_for_nothing_it_cannot_have() -> None:
+    base = snap(State.PROTECTED, operator="switchover", operator_at=99.5,
+                peer=replace(PEER_PROTECTED_SEC, hears_us=True))
+    assert handover_blocker(replace(base, peer=PEER_PROTECTED_SEC)) == (
+        "the secondary does not follow us in COLO (heard, but not hearing us, secondary in "
+        "PROTECTED)")
+    blocked = {
+        "peer waiting": replace(base, peer=replace(base.peer, state=State.WAITING)),
+        "peer not in etcd": replace(base, peer=replace(base.peer, arbiter_ok=False)),
+        "peer proxy down": replace(base, peer=replace(base.peer, proxy_ready=False)),
+        "no lease": replace(base, lease_held=False),
+        "store down": replace(base, lease_reachable=False),
+        "disk": replace(base, vm=replace(RUNNING, disk_error="quorum")),
+    }
+    for name, s in blocked.items():
+        why = handover_blocker(s)
+        assert why is not None, name
+        d = decide(s, MIN, MAX)
+        # Never a hand-over, nor a final checkpoint that announces one.
+        assert not isinstance(d.action, StopVM) and d.action != Checkpoint(("switchover",)), name
+    assert "cannot reach the arbiter" in (handover_blocker(blocked["peer not in etcd"]) or "")
+    # A blocked switchover leaves the periodic checkpoint alone.
+    d = decide(replace(blocked["peer waiting"], last_checkpoint_at=80.0), MIN, MAX)
+    assert d.action == Checkpoint(("periodic",))
+    # On a secondary it is no command at all.
+    assert handover_blocker(snap(State.PROTECTED, role="secondary",
+                                 peer=PEER_PROTECTED_PRI)) is not None

@@ -138,6 +138,7 @@ class Orch:
         self.result: ActionResult | None = None  # a finished action, not yet collected
         self.requests: list[str] = []
         self.operator = ""
+        self.operator_at = 0.0
         self.checkpoint_tat = 0.0
         self.last_checkpoint_at = now
         self.degraded_reason = ""
@@ -223,6 +224,7 @@ class Host:
             p = rep.payload
             peer = PeerObs(alive=True, state=State(p["state"]), role=p["role"],
                            vm_ok=p["vm_ok"], incoming_uri="tcp:peer:4444",
+                           arbiter_ok=p["arbiter_ok"],
                            proxy_ready=True,
                            hears_us=now - rep.echo_sent_at <= HB_TIMEOUT / 2)
         elif now - o.listening_since < HB_TIMEOUT:
@@ -242,7 +244,8 @@ class Host:
             alone_recorded=lease.alone_recorded, stale=lease.stale,
             busy=o.pending is not None, finished=finished,
             checkpoint_requests=tuple(o.requests), last_checkpoint_at=o.last_checkpoint_at,
-            checkpoint_tat=o.checkpoint_tat, operator=o.operator, auto_reprotect=True,
+            checkpoint_tat=o.checkpoint_tat, operator=o.operator,
+            operator_at=o.operator_at, auto_reprotect=True,
             degraded_reason=o.degraded_reason, degraded_at=o.degraded_at, fenced=o.fenced)
 
     def cycle(self) -> Decision:
@@ -259,7 +262,7 @@ class Host:
         if d.consumed_checkpoints:
             o.requests.clear()
         if d.consumed_operator or snap.operator not in ("pause", "resume", "failover",
-                                                        "reprotect", "stop"):
+                                                        "reprotect", "switchover", "stop"):
             o.operator = ""
         if d.role is not None:
             o.role = d.role
@@ -279,7 +282,8 @@ class Host:
         o.arbiter.want_sync("alone" if d.record_alone else "protected" if protected else "")
         o.arbiter.want(wants_lease(o.machine.state, o.role, snap), now)
         self.beat(now, {"state": int(o.machine.state), "role": o.role,
-                        "vm_ok": snap.vm.reachable and not snap.vm.hung})
+                        "vm_ok": snap.vm.reachable and not snap.vm.hung,
+                        "arbiter_ok": snap.lease_reachable})
         self.tell_fence()
         self.sync_proxy_mode()
         return d
@@ -569,9 +573,10 @@ class PairModel(RuleBasedStateMachine):
             self.world.trace.append(f"{host}: proxy restarted")
 
     @rule(host=HOSTS, command=st.sampled_from(("pause", "resume", "failover", "reprotect",
-                                               "stop")))
+                                               "switchover", "stop")))
     def operator(self, host: str, command: str) -> None:
         self.world.hosts[host].orch.operator = command
+        self.world.hosts[host].orch.operator_at = self.world.clock.t
         self.world.trace.append(f"{host}: operator {command}")
 
     # Invariants ----------------------------------------------------------------------------
