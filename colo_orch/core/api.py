@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-COMMANDS = ("checkpoint", "failover", "pause", "resume", "reprotect")
+COMMANDS = ("checkpoint", "failover", "pause", "resume", "reprotect", "switchover")
 READS = {"/healthz": "healthz", "/readyz": "readyz", "/state": "state", "/metrics": "metrics"}
 # Bounds on what a client may send: a request head (the request line and headers; curl's,
 # Prometheus's and coloctl's are a few hundred bytes) and a body (commands take none).

@@ -28,7 +28,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from colo_orch.backends.base import Backend
-from colo_orch.core.commands import CommandRefused, Ledger, refusal
+from colo_orch.core.commands import CommandRefused, Ledger, refusal, switchover_phase
 from colo_orch.core.config import Config
 from colo_orch.core.decide import (
     ActionResult,
@@ -40,6 +40,7 @@ from colo_orch.core.decide import (
     decide,
     failsafe,
     follows_us,
+    handover_blocker,
     peer_gone,
     wants_lease,
 )
@@ -88,6 +89,10 @@ class Orchestrator(Actions, Watchers):
         self._finished: ActionResult | None = None
         self._requests: list[str] = []
         self._operator = ""
+        self._operator_at = 0.0
+        # Why we could not hand over to the secondary, as of the last cycle (a switchover
+        # applies only when None).
+        self._hand_over: str | None = "the orchestrator has not looked at the pair yet"
         # systemd's sd_notify (daemon.sd_notify.Notifier), set by the CLI: READY=1 once
         # the loop runs, STATUS= each transition, STOPPING=1.
         self.notify: Callable[[str], object] = lambda message: None
@@ -149,7 +154,11 @@ class Orchestrator(Actions, Watchers):
         """An operator command from the API (colo_orch.core.commands.COMMANDS): accepted
         as pending, or CommandRefused when it does not apply to this host now."""
         with self._lock:
-            why = refusal(command, self.machine.state, self.role, self._peer_gone)
+            why = refusal(command, self.machine.state, self.role, self._peer_gone,
+                          self._hand_over)
+            if why is None and self.commands.under_way() and command != "checkpoint":
+                # A switchover under way ends as the pair says, not by a newer command.
+                why = "a switchover is under way (GET /state shows its phase)"
             if why is not None:
                 raise CommandRefused(why)
             entry = self.commands.accept(command, time.monotonic())
@@ -158,6 +167,7 @@ class Orchestrator(Actions, Watchers):
                 self.metrics.checkpoint_requests.labels("manual").inc()
             else:
                 self._operator = command
+                self._operator_at = entry.accepted_at
         self._wake.set()
         return {"accepted": f"{command} requested", "id": entry.id}
 
@@ -166,9 +176,19 @@ class Orchestrator(Actions, Watchers):
         accepted) before decide() sees them: a `pause` accepted by a protected primary must
         not fire after a failover and re-protection made it one again."""
         gone = peer_gone(snap)
+        hand_over = handover_blocker(snap)
         with self._lock:
             self._peer_gone = gone
-            dropped = self.commands.recheck(snap.state, snap.role, gone, now)
+            self._hand_over = hand_over
+            if self.commands.under_way():
+                p = snap.peer
+                outcome, phase = switchover_phase(snap.state, snap.role,
+                                                  p.state if p.alive else None,
+                                                  p.role if p.alive else "")
+                for e in self.commands.follow(outcome, phase, now):
+                    log.info("operator command %s (id %d) %s: %s", e.command, e.id,
+                             e.outcome, e.detail)
+            dropped = self.commands.recheck(snap.state, snap.role, gone, now, hand_over)
             if not dropped:
                 return snap
             for e in dropped:
@@ -240,7 +260,8 @@ class Orchestrator(Actions, Watchers):
                            # the wire chooses where the VM's memory goes.
                            incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)),
-                           hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2)
+                           hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2,
+                           arbiter_ok=bool(p.get("arbiter_ok", True)))
             self._echo_sent_at = rep.echo_sent_at
             said = (peer.state, peer.role)
             if self._peer_said[0] != said:
@@ -280,6 +301,7 @@ class Orchestrator(Actions, Watchers):
                 last_checkpoint_at=self.last_checkpoint_at,
                 checkpoint_tat=self.checkpoint_tat,
                 last_checkpoint_pause=self.last_checkpoint_pause_s, operator=self._operator,
+                operator_at=self._operator_at,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
                 degraded_at=self.degraded_at,
             )
@@ -323,7 +345,7 @@ class Orchestrator(Actions, Watchers):
             if d.consumed_operator:
                 self._operator = ""
             elif snap.operator and snap.operator not in ("pause", "resume", "failover",
-                                                          "reprotect", "stop"):
+                                                          "reprotect", "switchover", "stop"):
                 self._operator = ""
         if d.role is not None:
             self.role = d.role
@@ -351,6 +373,8 @@ class Orchestrator(Actions, Watchers):
             "incoming": self.cfg.incoming_uri,
             # A secondary is ready for COLO only once its proxy steers the SVM's output.
             "proxy_ready": self.proxy is None or self.proxy.connected,
+            # Whether we could take the lease, were our primary to hand over to us.
+            "arbiter_ok": snap.lease_reachable,
             # What our proxy said or was last told: the peer's protection_verified.
             "proxy_role": (view := self.proxy_view())["role"], "proxy_mode": view["mode"],
             "proxy_pid": view["pid"],

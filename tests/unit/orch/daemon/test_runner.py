@@ -214,3 +214,37 @@ def test_every_served_series_names_the_pair_and_this_host(tmp_path: Path) -> Non
               if line and not line.startswith("#")]
     assert len(series) > 50
     assert [s for s in series if 'pair="web"' not in s or 'host="a"' not in s] == []
+
+
+def test_a_switchover_is_refused_until_the_loop_saw_a_secondary_ready_and_then_followed(
+        tmp_path: Path) -> None:
+    peer = {"state": int(State.WAITING), "role": "secondary", "vm_ok": True}
+    orch = _orchestrator(tmp_path, _Heartbeat(peer))
+    orch.machine.state = State.PROTECTED
+    with pytest.raises(CommandRefused, match="has not looked at the pair yet"):
+        orch.request("switchover")
+    now = time.monotonic()
+    orch._recheck_commands(orch.snapshot(now), now)
+    with pytest.raises(CommandRefused, match=r"does not follow us in COLO \(heard, "
+                                             r"secondary in WAITING\)"):
+        orch.request("switchover")
+    # Ready as far as the peer goes, but our lease is not held: still refused.
+    peer["state"] = int(State.PROTECTED)
+    orch._recheck_commands(orch.snapshot(now), now)
+    with pytest.raises(CommandRefused, match="the lease could not pass to the secondary"):
+        orch.request("switchover")
+    # Accepted once it could hand over (as the loop last saw), then acted on by the loop.
+    orch._hand_over = None
+    got = orch.request("switchover")
+    assert orch._operator == "switchover" and orch._operator_at > 0
+    orch.commands.decided(operator=True, checkpoints=False, sentence="switchover: handing "
+                          "over", now=now)
+    # Under way: no other operator command cuts in, a checkpoint request may.
+    with pytest.raises(CommandRefused, match="a switchover is under way"):
+        orch.request("failover")
+    orch.machine.state, orch.role = State.PROTECTED, "secondary"
+    peer.update(state=int(State.PROTECTED), role="primary")
+    orch._recheck_commands(orch.snapshot(now), now)
+    (done,) = orch._commands_view()["recent"]
+    assert (done["id"], done["outcome"]) == (got["id"], "done")
+    assert "roles swapped" in str(done["detail"])
