@@ -25,13 +25,18 @@ examples:
                                                   comparison; pair again after a failover
   coloctl --config /etc/colo/web1.toml pause --wait --timeout 30
                                          wait until the loop acted on it (or dropped it)
+  coloctl --config /etc/colo/web1.toml switchover --wait --timeout 120
+                                         on the primary: swap the roles (asks first;
+                                         --force does not), wait until the pair is
+                                         protected again with the other host primary
   coloctl disk prepare|verify ...        replicated disk images (coloctl disk -h)
   coloctl list --etcd http://10.0.0.5:2379 every pair and host in etcd (coloctl list -h)
   coloctl import-libvirt web > web-vm.toml  a libvirt domain's vm_command and [[disks]]
                                          (coloctl import-libvirt -h)
 
 A command that does not apply to the host now (pause on a secondary, resume when not
-paused, ...) is refused with the reason and exit status 1; an accepted one shows under
+paused, switchover unless the pair is protected and its secondary ready, ...) is refused
+with the reason and exit status 1; an accepted one shows under
 "commands" in status until the loop acts on it. Exit status: 0 done (or accepted, without
 --wait), 1 refused or dropped, 2 usage or connection error, 3 --wait timed out.
 
@@ -41,7 +46,8 @@ http://127.0.0.1:7411. Commands need a
 token (status does not): --token-file FILE, else $COLO_API_TOKEN (the token itself), else
 the config's api_token_file. Token files must be mode 0600. Over api_socket, root needs none.
 """
-COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect")
+COMMANDS = ("status", "checkpoint", "failover", "pause", "resume", "reprotect",
+            "switchover")
 DEFAULT_URL = "http://127.0.0.1:7411"
 TOKEN_ENV = "COLO_API_TOKEN"
 URL_ENV = "COLOCTL_URL"
@@ -175,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a command: wait until the orchestrator acted on it or dropped it")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --wait: give up after S seconds (default 60; exit status 3)")
+    p.add_argument("--force", action="store_true",
+                   help="switchover: do not ask for confirmation")
     return p
 
 
@@ -200,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         t = target(args, dict(os.environ))
         if args.command == "status":
             code, body = call(t, "GET", "/state")
-        else:
+        elif args.command == "switchover" and not args.force and not _confirmed(t):
+            print("coloctl: switchover not confirmed; nothing done (--force skips the "
+                  "question)", file=sys.stderr)
+            return 1
+        if args.command != "status":
             code, body = call(t, "POST", f"/{args.command}")
             if args.wait and code == 202:
                 return _wait(t, args, body)
@@ -246,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         if body.get("degraded_reason"):
             print(f"  degraded: {body['degraded_reason']}")
         for c in (body.get("commands") or {}).get("pending", []):
-            print(f"  pending: {c['command']} (id {c['id']}, {c['age_s']:.1f} s ago)")
+            phase = f": {c['phase']}" if c.get("phase") else ""
+            print(f"  pending: {c['command']} (id {c['id']}, {c['age_s']:.1f} s ago){phase}")
     else:
         print(body.get("accepted") or body.get("error"))
     return 0 if code < 400 else 1
@@ -316,6 +329,26 @@ def _proxy(view: object) -> str:
     return f"{view.get('role') or '?'}, {view.get('mode') or '?'}"
 
 
+def _confirmed(t: Target) -> bool:
+    """Patroni's `switchover` asks first: show the pair and what would change, and read a
+    yes. A host that could not switch over is not asked: its refusal (409) says why."""
+    code, st = call(t, "GET", "/state")
+    if code != 200 or st.get("role") != "primary" or st.get("state") not in (
+            "PROTECTED", "CHECKPOINTING"):
+        return True
+    peer = (st.get("peer") or {}).get("host", "the secondary")
+    print(status_table(st))
+    print(f"\nSwitch over pair {st.get('name', '?')}: {peer} becomes the primary and "
+          f"{st.get('host', 'this host')} re-joins as its secondary (clients wait for a "
+          "checkpoint and a take-over).")
+    try:
+        answer = input("Are you sure? [y/N] ")
+    except EOFError:
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
 def _wait(t: Target, args: argparse.Namespace, accepted: dict[str, Any]) -> int:
     """Poll GET /state until the accepted command's outcome shows, or --timeout."""
     cid = accepted.get("id")
@@ -327,9 +360,16 @@ def _wait(t: Target, args: argparse.Namespace, accepted: dict[str, Any]) -> int:
         print(f"{accepted.get('accepted')} (id {cid}); waiting up to {args.timeout:g} s",
               flush=True)
     deadline = time.monotonic() + args.timeout
+    phase = ""
     while True:
         code, st = call(t, "GET", "/state")
         found = [c for c in (st.get("commands") or {}).get("recent", []) if c.get("id") == cid]
+        under_way = [c for c in (st.get("commands") or {}).get("pending", [])
+                     if c.get("id") == cid and c.get("phase")]
+        if under_way and under_way[0]["phase"] != phase and not args.json:
+            # A switchover acted on and still under way: each step as it comes.
+            phase = under_way[0]["phase"]
+            print(f"  {phase}", flush=True)
         if code == 200 and found:
             c = found[0]
             if args.json:
@@ -339,7 +379,8 @@ def _wait(t: Target, args: argparse.Namespace, accepted: dict[str, Any]) -> int:
             return 0 if c["outcome"] == "done" else 1
         if time.monotonic() >= deadline:
             print(f"coloctl: {args.command} (id {cid}) still pending after {args.timeout:g} s "
-                  f"(state {st.get('state', '?')})", file=sys.stderr)
+                  f"(state {st.get('state', '?')}{'; ' + phase if phase else ''})",
+                  file=sys.stderr)
             return 3
         time.sleep(WAIT_EVERY_S)  # polling an HTTP API: the wait is on the orchestrator
 

@@ -4,6 +4,7 @@ carry the token from --token-file, $COLO_API_TOKEN or the orchestrator's config.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ TOKEN = "coloctl-test-token-0123"
 SEEN: list[tuple[str, str | None]] = []  # (path, Authorization) of each POST
 GETS: list[str] = []  # paths of each GET
 OUTCOMES: list[dict[str, Any]] = []  # commands.recent of GET /state, from the third GET
+PENDING: list[dict[str, Any]] = []  # commands.pending of GET /state, before the third GET
 
 
 @pytest.fixture
@@ -44,8 +46,9 @@ def api() -> Iterator[str]:
         def do_GET(self) -> None:
             GETS.append(self.path)
             # A command's outcome shows from the third read of /state on.
-            self._send(200, {**STATE, "commands": {"pending": [], "recent": (
-                OUTCOMES if len(GETS) >= 3 else [])}})
+            self._send(200, {**STATE, "commands": {
+                "pending": PENDING if len(GETS) < 3 else [],
+                "recent": OUTCOMES if len(GETS) >= 3 else []}})
 
         def do_POST(self) -> None:
             auth = self.headers.get("Authorization")
@@ -64,6 +67,7 @@ def api() -> Iterator[str]:
 
     SEEN.clear()
     GETS.clear()
+    PENDING.clear()
     OUTCOMES[:] = [{"id": 7, "command": "checkpoint", "age_s": 0.4, "outcome": "done",
                     "detail": "checkpoint for manual (1 request(s) coalesced)"}]
     server = HTTPServer(("127.0.0.1", 0), Handler)
@@ -186,3 +190,53 @@ def test_status_shows_both_hosts_in_one_table() -> None:
     lines = status_table(lone).splitlines()
     assert lines[0] == "pair web: NOT protected, lease held by h2"
     assert "DISCONNECTED" in lines[2] and "never heard" in lines[3]
+
+
+def test_switchover_asks_first_unless_forced(
+        api: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLO_API_TOKEN", TOKEN)
+    monkeypatch.setitem(STATE, "state", "PROTECTED")
+    monkeypatch.setitem(STATE, "peer", {"host": "h2", "role": "secondary", "state": 4})
+    for answer in ("n\n", ""):  # no, and no answer at all (stdin closed)
+        monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+        assert main(["--url", api, "switchover"]) == 1
+        out, err = capsys.readouterr()
+        assert ("Switch over pair web: h2 becomes the primary and h1 re-joins as its "
+                "secondary") in out and "Are you sure? [y/N]" in out
+        assert "switchover not confirmed; nothing done (--force skips" in err
+    assert SEEN == []
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert main(["--url", api, "switchover"]) == 0
+    assert capsys.readouterr().out.endswith("switchover requested\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["--url", api, "switchover", "--force"]) == 0
+    assert "Are you sure" not in capsys.readouterr().out
+    assert [path for path, _ in SEEN] == ["/switchover"] * 2
+
+
+def test_switchover_wait_shows_each_phase_until_the_pair_has_swapped(
+        api: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLO_API_TOKEN", TOKEN)
+    PENDING[:] = [{"id": 7, "command": "switchover", "age_s": 0.5,
+                   "phase": "handed over, our VM stopped; waiting for it to take over"}]
+    OUTCOMES[:] = [{"id": 7, "command": "switchover", "age_s": 9.0, "outcome": "done",
+                    "detail": "roles swapped: the peer is primary in PROTECTED"}]
+    assert main(["--url", api, "switchover", "--force", "--wait", "--timeout", "10"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "switchover requested (id 7); waiting up to 10 s",
+        "  handed over, our VM stopped; waiting for it to take over",
+        "switchover done: roles swapped: the peer is primary in PROTECTED (state HOLDING)"]
+    # Not over within the timeout: exit 3, with the phase it waits in.
+    GETS.clear()
+    OUTCOMES.clear()
+    assert main(["--url", api, "switchover", "--force", "--wait", "--timeout", "0.3"]) == 3
+    assert capsys.readouterr().err.endswith(
+        "(state HOLDING; handed over, our VM stopped; waiting for it to take over)\n")
+
+
+def test_switchover_is_in_the_help_with_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "switchover" in out and "--force" in out
+    assert "coloctl --config /etc/colo/web1.toml switchover --wait --timeout 120" in out
