@@ -271,6 +271,15 @@ def api_url(lab: Lab, host: str) -> str:
     return f"http://{lab.hosts[host].ctl_ip}:{API_PORT}"
 
 
+def coloctl(lab: Lab, host: str, *args: str,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`coloctl --config` that host's orchestrator config, run in its namespace."""
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.hosts[host].ns, sys.executable, "-m", "colo_orch.cli.ctl",
+         "--config", str(lab.run_dir / f"orch-{host}.toml"), *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
 def metrics_url(lab: Lab, host: str) -> str:
     return f"http://{lab.hosts[host].ctl_ip}:{METRICS_PORT}"
 

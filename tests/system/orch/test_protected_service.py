@@ -9,8 +9,6 @@ checkpoints within the rate limit, and deterministic traffic none.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -77,29 +75,21 @@ def test_svm_killed_primary_continues_with_the_same_connection(lab: Lab) -> None
     assert summary["errors"] == 0 and summary["connections"] == 1
 
 
-def _coloctl(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    h = lab.hosts[host]
-    return subprocess.run(
-        ["ip", "netns", "exec", h.ns, sys.executable, "-m", "colo_orch.cli.ctl",
-         "--config", str(lab.run_dir / f"orch-{host}.toml"), *args],
-        capture_output=True, text=True, timeout=30)
-
-
 def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
-    st = _coloctl(lab, "primary", "status")
+    st = pair.coloctl(lab, "primary", "status")
     assert st.returncode == 0 and "PROTECTED (primary)" in st.stdout, st.stdout
     # Both hosts in one table, the peer's row from its heartbeat.
     rows = {ln.split()[0]: ln.split() for ln in st.stdout.splitlines()[2:4]}
     assert rows["pri*"][1:3] == ["primary", "PROTECTED"], st.stdout
     assert rows["sec"][1:3] == ["secondary", "PROTECTED"], st.stdout
     # A command that does not apply here is refused with its reason, and nothing happens.
-    ref = _coloctl(lab, "secondary", "pause")
+    ref = pair.coloctl(lab, "secondary", "pause")
     assert ref.returncode == 1 and ("pause refused: pause applies to a protected primary; "
                                     "this host is the secondary in PROTECTED") in ref.stderr, ref
-    ref = _coloctl(lab, "primary", "resume")
+    ref = pair.coloctl(lab, "primary", "resume")
     assert ref.returncode == 1 and "resume applies while paused" in ref.stderr, ref
     # --wait returns once the loop acted on the command.
-    res = _coloctl(lab, "primary", "pause", "--wait", "--timeout", "20")
+    res = pair.coloctl(lab, "primary", "pause", "--wait", "--timeout", "20")
     assert res.returncode == 0 and "pause done: pausing protection on operator request" in \
         res.stdout, (res.stdout, res.stderr)
     pair.wait_state(lab, "primary", "PAUSED", 20)
@@ -108,14 +98,14 @@ def test_coloctl_pause_resume_and_status(lab: Lab) -> None:
     for _ in range(3):
         assert lab.http("/random")[0] == 200
     assert _checkpoints(lab, "primary") == before
-    assert _coloctl(lab, "primary", "resume").returncode == 0
+    assert pair.coloctl(lab, "primary", "resume").returncode == 0
     pair.wait_state(lab, "primary", "PROTECTED", 20)
     # Resuming resynchronises the secondary with a checkpoint first.
     assert _checkpoints(lab, "primary").get("resume", 0) == before.get("resume", 0) + 1
     assert lab.http("/kv/z", method="PUT", data=b"ok")[0] == 200
-    js = json.loads(_coloctl(lab, "primary", "status", "--json").stdout)
+    js = json.loads(pair.coloctl(lab, "primary", "status", "--json").stdout)
     assert js["state"] == "PROTECTED" and js["proxy_connected"] is True
-    bad = _coloctl(lab, "primary", "--url", "http://127.0.0.1:1", "status")
+    bad = pair.coloctl(lab, "primary", "--url", "http://127.0.0.1:1", "status")
     assert bad.returncode == 2 and "cannot reach the orchestrator" in bad.stderr
 
 
