@@ -78,6 +78,11 @@ class Arbiter(ABC):
     `want` and `view` return at once.
     """
 
+    # Called (on the keeper's thread) when the view's hold, holder, `alone_recorded` or
+    # `stale` changes: the runner wakes its loop, so that a take-over waits for no
+    # loop_wait between the key acquired, `alone` recorded and the take-over.
+    on_change: Callable[[], object] = staticmethod(lambda: None)
+
     @abstractmethod
     def start(self) -> None:
         """Start the keeper (idempotent)."""

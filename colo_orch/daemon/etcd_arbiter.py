@@ -467,12 +467,17 @@ class EtcdArbiter(Arbiter):
         if held:
             self._loss = ""
         with self._mu:
+            before = self._view
             self._view = LeaseView(held=held, holder=holder, safe_until=safe_until,
                                    reachable=True, checked_at=self.clock(),
                                    error=STALE if self._stale else self._loss,
                                    renewed_at=renewed_at,
                                    alone_recorded=self._sync == f"alone:{self.who}",
                                    stale=self._stale)
+            v = self._view
+        if (v.held, v.holder, v.alone_recorded, v.stale) != (
+                before.held, before.holder, before.alone_recorded, before.stale):
+            self.on_change()
 
     def _failed(self, error: str) -> None:
         with self._mu:

@@ -75,3 +75,20 @@ def test_a_transaction_compares_then_writes_atomically() -> None:
     clock.t += 2.0
     assert sim.get("/k") is None and sim.revision == rev + 2
     assert "TTL" not in client.call("lease/keepalive", {"ID": lease["ID"]})["result"]
+
+
+def test_a_change_of_hold_or_record_is_told_at_once_a_renewal_is_not() -> None:
+    clock, _, a, _, b = _pair()
+    told: list[str] = []
+    a.on_change = lambda: told.append("a")
+    b.on_change = lambda: told.append("b")
+    clock.t += 1.0
+    _round(a)  # a renewal: nothing changed that the loop acts on
+    assert told == []
+    a.release()  # a hands over: its hold ends
+    b.want(True, clock.t)
+    _round(b)  # b acquires: its loop may take over now, without waiting for loop_wait
+    assert told == ["a", "b"] and b.view().held
+    b.want_sync("alone")
+    _round(b)
+    assert told == ["a", "b", "b"] and b.view().alone_recorded
