@@ -130,7 +130,8 @@ fault kinds: """ + ", ".join(KINDS) + """
 invariants (docs/RELIABILITY.md): no acknowledged write lost, no value read that was never
 written, every stream byte as the service sends it on one connection, at most one host
 serving in any sample, PROTECTED again within the bound after each fault, no timeout
-checkpoint while no fault is active.
+checkpoint while no fault is active; with --disk, equal images (coloctl disk verify) after
+each re-protection.
 """
 
 
@@ -154,6 +155,10 @@ def _chaos_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
                     help="seconds after a fault ends within which the pair must be PROTECTED "
                     "again (default 30, docs/RELIABILITY.md)")
     ch.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    ch.add_argument("--disk", action="store_true",
+                    help="the VMs on the replicated disk (the kv store in the guest's /data, "
+                    "synced before each answer); `coloctl disk verify` after each "
+                    "re-protection")
     ch.add_argument("--check", type=Path, metavar="HISTORY",
                     help="run no campaign: check this history.jsonl (an interrupted "
                     "campaign's too) and print its table")
@@ -263,7 +268,7 @@ def _chaos(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     opts = runner.Options(faults=args.faults, seed=seed, workloads=workloads,
                           out=args.out or Path(f"chaos-{seed}"), name=args.name, kinds=kinds,
-                          keep=args.keep)
+                          keep=args.keep, disk=args.disk)
     if args.reprotect_bound is not None:
         opts.reprotect_bound_s = args.reprotect_bound
     return runner.Campaign(opts, _say).run()

@@ -18,6 +18,8 @@ them all. The invariants (docs/RELIABILITY.md says why each):
   the fault ended.
 - no `timeout` checkpoint while no fault is active: deterministic traffic on a healthy,
   settled pair never makes a PVM packet wait `compare_timeout` for its SVM twin.
+- with the replicated disk (the campaign's `disk` flag): after every re-protection,
+  `coloctl disk verify` finds the primary's and the secondary's images equal.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from colo_lab.chaos.history import Fault, History, Op
 
 INVARIANTS = ("kv-lost-write", "kv-phantom-read", "stream-corrupt", "stream-broken",
               "udp-wrong-answer", "two-serving", "not-reprotected", "reprotect-slow",
-              "timeout-checkpoint")
+              "timeout-checkpoint", "disk-differs")
 # docs/RELIABILITY.md: after a fault ends, PROTECTED again within this. A re-protection
 # that swaps the roles restarts both colo-proxies in their new roles, each compiling its
 # BPF programs: measured 29 s in all on the 2-core machine with other VMs running.
@@ -54,7 +56,7 @@ def check(h: History, stream_digest: Callable[[int], str], *,
           compare_timeout_s: float = COMPARE_TIMEOUT_S) -> list[Violation]:
     out = [*check_kv(h), *check_stream(h, stream_digest), *check_udp(h), *check_serving(h),
            *check_reprotection(h, reprotect_bound_s),
-           *check_timeouts(h, settle_s, compare_timeout_s)]
+           *check_timeouts(h, settle_s, compare_timeout_s), *check_disks(h)]
     return sorted(out, key=lambda v: v.t)
 
 
@@ -197,6 +199,20 @@ def check_timeouts(h: History, settle_s: float,
                                      f"{host}: {x.timeout_checkpoints - prev[1]} timeout "
                                      f"checkpoint(s) between {t0:.2f} and {t1:.2f} s, no "
                                      "fault active"))
+    return out
+
+
+def check_disks(h: History) -> list[Violation]:
+    """With the replicated disk, each re-protection must leave the two images equal: a
+    difference, a verify that could not answer, or a re-protection never verified."""
+    out = [Violation("disk-differs", d.t, f"after fault {d.id}: " + (
+        d.message if d.equal is False else f"coloctl disk verify failed: {d.message}"))
+        for d in h.disks if d.equal is not True]
+    if h.header.get("disk"):
+        seen = {d.id for d in h.disks}
+        out += [Violation("disk-differs", f.recovered, f"after fault {f.id} ({f.kind} "
+                          f"{f.target}): the disks were not verified")
+                for f in h.faults if f.recovered is not None and f.id not in seen]
     return out
 
 

@@ -15,6 +15,7 @@ run on one machine: network namespaces share that clock).
 | `recovered` | id, ok, waited_s | the runner: both hosts PROTECTED again after fault `id` (or not, by the deadline) |
 | `state` | hosts: {host: {state, role, timeout_checkpoints} or null} | the runner's sampler |
 | `mac` | n: {LAN port: frames from the VM's MAC in one 50 ms interval} | the LAN sampler |
+| `disk` | id (the fault after whose re-protection), equal (true, false, or null: no answer), message | the runner, with `--disk`: `coloctl disk verify` of the primary's image against the secondary's |
 | `end` | the campaign's last record | the runner |
 
 `proc` names one client process; `op` numbers its operations; `conn` numbers the
@@ -85,6 +86,16 @@ class MacSample:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskCheck:
+    """One `coloctl disk verify` after a re-protection."""
+
+    t: float
+    id: int  # the fault it follows
+    equal: bool | None  # None: verify itself failed (exit 2), so nothing shows them equal
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     header: Record
     protected_at: float | None
@@ -93,6 +104,7 @@ class History:
     states: list[StateSample]
     macs: list[MacSample]
     end: float
+    disks: list[DiskCheck] = field(default_factory=list)
 
 
 def parse(records: Iterable[Record]) -> History:
@@ -107,6 +119,7 @@ def parse(records: Iterable[Record]) -> History:
     recs: dict[int, Record] = {}
     states: list[StateSample] = []
     macs: list[MacSample] = []
+    disks: list[DiskCheck] = []
     last = 0.0
     for r in records:
         t = float(r.get("t", 0.0))
@@ -135,6 +148,10 @@ def parse(records: Iterable[Record]) -> History:
             states.append(StateSample(t, hosts))
         elif kind == "mac":
             macs.append(MacSample(t, {str(k): int(v) for k, v in dict(r["n"]).items()}))
+        elif kind == "disk":
+            eq = r.get("equal")
+            disks.append(DiskCheck(t, int(r["id"]), None if eq is None else bool(eq),
+                                   str(r.get("message", ""))))
     ops = [_op(inv, done.get(k)) for k, inv in invokes.items()]
     ops.sort(key=lambda o: o.t0)
     faults = []
@@ -148,7 +165,7 @@ def parse(records: Iterable[Record]) -> History:
             params=dict(s.get("params", {}))))
     states.sort(key=lambda s: s.t)
     macs.sort(key=lambda m: m.t)
-    return History(header, protected_at, ops, faults, states, macs, last)
+    return History(header, protected_at, ops, faults, states, macs, last, disks)
 
 
 def _op(inv: Record, end: Record | None) -> Op:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class Options:
     kinds: tuple[str, ...] | None = None
     reprotect_bound_s: float = checker.REPROTECT_BOUND_S
     keep: bool = False
+    disk: bool = False  # the replicated disk, verified after each re-protection
 
 
 class Recorder:
@@ -369,7 +371,7 @@ class Campaign:
         o = self.opts
         self.say(f"seed {o.seed}: {len(self.schedule)} faults; bringing up lab '{o.name}' "
                  "with the etcd arbiter and colo-proxy")
-        self.lab.up(secondary="incoming")
+        self.lab.up(secondary="incoming", disk=o.disk)
         t0 = time.monotonic()
         self.rec = Recorder(o.out / "history.jsonl", t0)
         self.rec.write({"type": "campaign", "seed": o.seed, "faults": o.faults,
@@ -377,6 +379,7 @@ class Campaign:
                             {"kind": p.kind, "target": p.target, "duration_s": p.duration_s,
                              "gap_s": p.gap_s, **p.params} for p in self.schedule],
                         "reprotect_bound_s": o.reprotect_bound_s, "settle_s": checker.SETTLE_S,
+                        "disk": o.disk,
                         "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                    time.gmtime())})
         pair.protect(self.lab, proxy=True, arbiter="etcd", say=self.say)
@@ -454,6 +457,8 @@ class Campaign:
         took = (since[0] if ok else time.monotonic()) - t_end
         rec.write({"type": "recovered", "id": p.index, "ok": ok, "waited_s": round(took, 3),
                    "t": round((since[0] if ok else time.monotonic()) - rec.t0, 4)})
+        if ok and self.opts.disk:
+            rec.write({"type": "disk", "id": p.index, **verify_disks(self.lab, rec.latest)})
         self.say(f"[{p.index + 1}/{len(self.schedule)}] {p.kind} {p.target}{where} "
                  f"({p.duration_s:.1f} s{_params(p)}): "
                  + (f"PROTECTED again {took:.1f} s after" if ok else
@@ -522,6 +527,26 @@ def report(path: Path, reprotect_bound_s: float | None = None, *, write: bool = 
     for v in vs[:20]:
         print(f"  {v.t:9.3f} s  {v.invariant}: {v.detail}")
     return 1 if vs else 0
+
+
+def verify_disks(lab: Lab, latest: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """`coloctl disk verify` of the primary's image against the secondary's, as the
+    operator would run it (docs/DISKS.md): {equal: true/false/None, message}. It re-reads
+    a range that differs for its settle time, so writes in flight under the kv load do
+    not count as a difference."""
+    pri = _host_of(latest, "pvm")
+    sec = next(h for h in HOSTS if h != pri)
+    argv = [sys.executable, "-m", "colo_orch.cli.ctl", "disk", "verify", "--json",
+            lab.disks(pri)[0].image, lab.disks(sec)[0].image]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        return {"equal": None, "message": f"{exc!r}"}
+    if "equal" not in got:
+        return {"equal": None, "message": str(got.get("error", got))}
+    return {"equal": bool(got["equal"]), "message": str(got.get("message", "")),
+            "primary": pri}
 
 
 def latest_states(rec: Recorder) -> str:

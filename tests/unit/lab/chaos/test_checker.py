@@ -200,3 +200,32 @@ def test_faults_timed_into_a_checkpoint_or_a_reprotection_get_rows_of_their_own(
                                       "(any, during re-protection)"]
     assert [r.count for r in rows] == [2, 1, 1, 1]
     assert "| all | 3 | 3 |" in checker.render(rows, [])
+
+
+def _disk(i: int, t: float, equal: bool | None, message: str = "") -> Record:
+    return {"type": "disk", "t": t, "id": i, "equal": equal, "message": message}
+
+
+def test_with_the_disk_every_reprotection_must_leave_equal_images() -> None:
+    header = {"type": "campaign", "seed": 1, "t": 0.0, "disk": True}
+    clean = [header, *_clean()[1:]]
+    # The clean history's fault 0 (recovered at 15 s), verified equal: nothing to say.
+    assert _violations([*clean, _disk(0, 16.0, True, "equal")]) == []
+    differ = _violations([*clean, _disk(0, 16.0, False, "differ at range 3")])
+    assert differ == ["disk-differs"]
+    # verify itself failed (exit 2): nothing shows the images equal.
+    assert _violations([*clean, _disk(0, 16.0, None, "no such file")]) == ["disk-differs"]
+    # A re-protection that was never verified, in a campaign with the disk.
+    vs = checker.check(parse(clean), DIGEST)
+    assert [v.invariant for v in vs] == ["disk-differs"] and "not verified" in vs[0].detail
+    # Without the disk no verify is expected.
+    assert _violations(_clean()) == []
+
+
+def test_a_differing_disk_is_blamed_on_the_fault_it_follows() -> None:
+    recs = [*_clean(), *_fault(1, 40.0, 45.0, 50.0, kind="cut-control"),
+            _disk(1, 51.0, False, "differ")]
+    h = parse(recs)
+    vs = checker.check(h, DIGEST)
+    rows = {r.kind: r for r in checker.table(h, vs)}
+    assert rows["cut-control"].violations == 1 and rows["kill-qemu"].violations == 0

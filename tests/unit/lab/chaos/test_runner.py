@@ -29,3 +29,25 @@ def test_protected_needs_both_hosts_answering_protected() -> None:
                                                          "role": "primary"}})
     assert not runner._protected({**SWAPPED, "primary": {"state": "ALONE",
                                                          "role": "secondary"}})
+
+
+def test_verify_disks_compares_the_serving_primarys_image_with_the_other(tmp_path) -> None:
+    from colo_lab.lab import Lab
+
+    lab = Lab("unit")
+    lab.run_dir, lab.disk = tmp_path, True
+    pri, sec = lab.disks("primary")[0].image, lab.disks("secondary")[0].image
+    data = bytes(range(256)) * 4096  # 1 MiB
+    for path in (pri, sec):
+        with open(path, "wb") as f:
+            f.write(data)
+    got = runner.verify_disks(lab, SWAPPED)
+    assert got["equal"] is True and got["primary"] == "secondary", got
+    with open(pri, "r+b") as f:  # one byte changed on one image
+        f.seek(12345)
+        f.write(b"\xff")
+    # --settle is 2 s by default: a real difference is reported after it.
+    got = runner.verify_disks(lab, SWAPPED)
+    assert got["equal"] is False, got
+    (tmp_path / "sec-disk.raw").unlink()
+    assert runner.verify_disks(lab, SWAPPED)["equal"] is None
