@@ -360,8 +360,18 @@ def _go_alone(s: Snapshot, sentence: str, consumed_operator: bool = False) -> De
         # Unreachable store: never recorded, and S1 fences.
         return Decision(f"{sentence}, but recording in the arbiter that we serve alone first",
                         record_alone=True)
+    # A secondary's proxy may still be fenced from its host's last time as primary (a
+    # fence held through STARTING, WAITING and PROTECTED, where the SVM's output never
+    # reaches the LAN anyway). Seen in `colo-lab chaos` (seed 1, fault 31 of both
+    # 100-fault runs; seed 10 --kinds stop-qemu, fault 2): the proxy refused the
+    # take-over's `failover` (illegal in FENCED), so no handover of the connections'
+    # offsets was written for the role swap, and the take-over went ALONE, HOLDING and
+    # ALONE again to lift the fence. Lifted here, with
+    # the checks HOLDING makes (the lease, `alone` recorded; a stale copy fenced its VM
+    # in _protected), before the take-over's failover.
+    lift = False if s.role == "secondary" and s.fenced else None
     return Decision(sentence, Event.PEER_LOST, TakeOver(s.role),
-                    consumed_operator=consumed_operator)
+                    consumed_operator=consumed_operator, fence=lift)
 
 
 def _peer_serves(p: PeerObs) -> bool:

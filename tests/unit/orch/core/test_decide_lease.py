@@ -256,6 +256,25 @@ def test_holding_records_alone_before_it_serves_alone(vm: VmObs) -> None:
     assert (d.event, d.fence, d.record_alone) == (None, None, True)
 
 
+def test_a_secondary_lifts_its_fence_as_it_takes_over() -> None:
+    # A host back from FENCED as secondary keeps its proxy fenced while protected; the
+    # take-over must unfence before it sends failover (colo-lab chaos, seed 1, fault 31).
+    primary_lost = snap(State.PROTECTED, role="secondary", peer=LOST, alone_recorded=True,
+                        fenced=True)
+    d = decide(primary_lost, MIN, MAX)
+    assert (d.event, d.action, d.fence) == (Event.PEER_LOST, TakeOver("secondary"), False)
+    # Not before the lease and `alone` are ours: the fence stays.
+    for s in (replace(primary_lost, alone_recorded=False),
+              replace(primary_lost, lease_held=False, lease_available=True)):
+        d = decide(s, MIN, MAX)
+        assert d.action is None and d.fence is None, d
+    # A stale copy never takes over, fenced or not.
+    d = decide(replace(primary_lost, stale=True), MIN, MAX)
+    assert (d.action, d.fence) == (StopVM(), None)
+    # Unfenced, nothing to lift.
+    assert decide(replace(primary_lost, fenced=False), MIN, MAX).fence is None
+
+
 def test_a_fenced_primary_goes_holding_whose_rules_lift_the_fence() -> None:
     # The pair model's shrunk example: a primary cut off from everything held output while
     # its secondary took over; its orchestrator restarted and adopted PROTECTED, its proxy
