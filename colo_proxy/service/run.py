@@ -206,6 +206,7 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
                       peer_mac=s.peer_mac) as dp, \
                 _carry_end(s, dp, key, carry_link.Listener) as listener:
             dp.set_mode(MODE_PROTECTED)
+            _drop_primary_rules(s)
             proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
                                    instance=s.instance, carry=listener, fenced=s.fenced,
                                    release_permit=s.release_permit)
@@ -219,6 +220,26 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
     finally:
         ctl.close()
     log.info("stopped: filters removed")  # after an exception Datapath leaves them
+
+
+def _drop_primary_rules(s: ProxySettings) -> None:
+    """Remove the NFQUEUE rule a primary of this instance left on this host when it died.
+
+    A host's primary-role proxy killed (SIGKILL, the host's death) leaves its rule, fail
+    closed, for a restarted primary to take over (run_primary). The host may come back as
+    secondary instead: while protected its tc programs steer the SVM's output to the
+    forward link before the bridge, so the rule holds nothing; after a failover that
+    output enters the bridge, is queued to nobody and dropped. Found by `colo-lab chaos`
+    (seed 1, fault 31 after the host's death at fault 27): every existing connection and
+    every new one got no answer from the failover until the re-protection started a
+    primary proxy, which bound the queue (15 s; the stream's request timed out). Called
+    once the datapath steers: nothing of the SVM's reaches the bridge while this runs.
+    """
+    try:
+        for line in netfilter.remove(s.instance):
+            log.warning("removed %s: a primary of this instance left it here", line)
+    except (OSError, RuntimeError) as exc:  # no iptables on a secondary-only host
+        log.info("no primary's rules to remove: %s", exc)
 
 
 # A test hook for the fail-closed system tests: while the file this names exists, the

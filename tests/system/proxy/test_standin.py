@@ -290,6 +290,35 @@ def test_failover_sends_svm_output_to_the_lan(standin: Standin, pair: ProxyPair)
     )
 
 
+def test_a_secondary_drops_the_queue_rule_a_dead_primary_left_on_its_host(
+    standin: Standin, pair: ProxyPair
+) -> None:
+    """Found by colo-lab chaos (seed 1, fault 31): a host's primary-role proxy killed with
+    the host left its fail-closed NFQUEUE rule; back as secondary, its proxy kept it, and
+    after the next failover the SVM's output was queued to nobody: no answer on any
+    connection until a primary proxy bound the queue again."""
+    ns, tap = pair.ns("secondary"), standin_tap("secondary")
+    argv = pair.argv("secondary")
+    instance = argv[argv.index("--instance") + 1]
+    pair.kill("secondary", signal.SIGTERM)
+    # What a primary of this host's instance leaves when it dies: its rule, fail closed.
+    in_ns(ns, [sys.executable, "-c", "from colo_proxy.kernel import netfilter; "
+               f"netfilter.install({tap!r}, {pair.queue}, {instance!r}, bypass=False)"])
+    assert "NFQUEUE" in in_ns(ns, ["iptables", "-w", "-S", "FORWARD"])
+    pair.start("secondary")
+    # The failover: the SVM's output reaches the client through the bridge.
+    standin.set_uplink("primary", False)
+    pair.kill("primary")
+    pair.tell("failover", ("secondary",))
+    standin.set_uplink("secondary", True)
+    in_ns(standin.vm_ns["secondary"], ["ping", "-c", "1", "-W", "1", "10.99.0.100"], check=False)
+    assert (
+        in_ns(standin.client_ns, ["curl", "-sS", "-m", "5", "http://10.99.0.10/health"],
+              check=False) == "ok\n"
+    )
+    assert "NFQUEUE" not in in_ns(ns, ["iptables", "-w", "-S", "FORWARD"])
+
+
 def test_an_exception_fails_closed_and_a_restart_takes_over(
     standin: Standin, pair: ProxyPair
 ) -> None:
