@@ -230,7 +230,7 @@ def _drop_primary_rules(s: ProxySettings) -> None:
     secondary instead: while protected its tc programs steer the SVM's output to the
     forward link before the bridge, so the rule holds nothing; after a failover that
     output enters the bridge, is queued to nobody and dropped. Found by `colo-lab chaos`
-    (seed 1, fault 31 after the host's death at fault 27): every existing connection and
+    (seed 1, fault 31 after the host's death at fault 26): every existing connection and
     every new one got no answer from the failover until the re-protection started a
     primary proxy, which bound the queue (15 s; the stream's request timed out). Called
     once the datapath steers: nothing of the SVM's reaches the bridge while this runs.
