@@ -93,7 +93,10 @@ def proxy_command(lab: Lab, host: str, role: str, output: str = "compare") -> li
             *(["--uplink", "lan0"] if role == "primary" else []),
             *(["--output", output] if output != "compare" else []),
             # Every packet and its commands in the log: for chasing a false checkpoint.
-            *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else [])]
+            *(["--verbose"] if os.environ.get("COLO_LAB_PROXY_VERBOSE") == "1" else []),
+            # More options for both proxies, for benchmarks that compare settings
+            # (benchmarks/bench_download.py), e.g. "--resegment-after 0".
+            *os.environ.get("COLO_LAB_PROXY_ARGS", "").split()]
 
 
 def heartbeat_key_path(lab: Lab, role: str) -> Path:
