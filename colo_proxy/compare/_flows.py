@@ -186,6 +186,7 @@ class TcpFlow(FlowState):
         "s_ack",
         "s_base",
         "s_fin",
+        "s_prog",
         "s_rst",
         "s_segs",
         "s_syn",
@@ -203,6 +204,10 @@ class TcpFlow(FlowState):
         self.s_syn = False
         self.p_top = NO_TOP  # highest stream end seen from each side
         self.s_top = NO_TOP
+        # When the SVM last sent bytes beyond s_top (-1.0: not yet): a resegment check
+        # counts from it, so an SVM that is late but still sending is not taken for one
+        # stopped inside a super-packet.
+        self.s_prog = -1.0
         self.p_amax = NO_ACK
         self.s_ack = NO_ACK
         self.p_fin: int | None = None
@@ -345,7 +350,8 @@ class TcpFlow(FlowState):
         """Withdraw every held packet if the SVM lags inside the oldest, a super-packet.
 
         It must have waited ``after`` seconds with bytes not yet matched (a packet that
-        waits only for the SVM's ACK or flags gains nothing from segments). Returns
+        waits only for the SVM's ACK or flags gains nothing from segments), counted from
+        the later of its arrival and the SVM's last new bytes (``lag_since``). Returns
         whether it withdrew (their ids appended to ``again``, oldest first).
         """
         held = self.held
@@ -353,6 +359,8 @@ class TcpFlow(FlowState):
             return False
         _pid, end, _aoff, need, t = held[0]
         m = self.matched
+        if t < self.s_prog:
+            t = self.s_prog
         if not need & SPLITTABLE or t + after > now or m is None or end <= m:
             return False
         top = self.reseg
@@ -366,6 +374,14 @@ class TcpFlow(FlowState):
         self.npkts -= len(held)
         self.held = None
         return True
+
+    def lag_since(self) -> float | None:
+        """From when a resegment check counts: the later of the oldest held packet's
+        arrival and the SVM's last new bytes; None if nothing is held."""
+        if not self.held:
+            return None
+        t = self.held[0][4]
+        return t if t > self.s_prog else self.s_prog
 
     def splittable_held(self) -> bool:
         """Some held packet is a super-packet (so a resegment check is due)."""
@@ -402,6 +418,7 @@ class TcpFlow(FlowState):
         end = start + n
         if n and end > self.s_top:
             self.s_top = end
+            self.s_prog = now
         if flags & ACK:
             ab = self.s_abase
             if ab is None:

@@ -238,6 +238,7 @@ class Comparator:
                                     self._nbytes -= n
                                     if m > f.s_top:
                                         f.s_top = m
+                                        f.s_prog = now
                                     if len(ps) == 1:
                                         f.p_segs = None
                                     else:
@@ -516,13 +517,15 @@ class Comparator:
         p_segs: list[tuple[int, bytes]],
         s_kept: list[tuple[PacketId, int, bytes]],
         now: float,
+        s_prog: float = -1.0,
     ) -> list[Command]:
         """Install the state a fast path reached for a lent flow; it compares here again.
 
         held: PVM packets still held (id, stream end, ACK offset, arrival time, whether
         a super-packet the adapter can have segmented); p_segs:
         their bytes not yet matched (start, bytes); s_kept: SVM packets whose bytes are
-        not yet matched (id, start, bytes). Raises KeyError for a flow not lent.
+        not yet matched (id, start, bytes); s_prog: when the SVM last sent new bytes
+        while lent (-1.0: not since the lend). Raises KeyError for a flow not lent.
         """
         f = self._tcp.get(key)
         if f is None or not f.lent:
@@ -533,6 +536,8 @@ class Comparator:
         f.matched = matched
         f.p_top = p_top
         f.s_top = s_top
+        if s_prog > f.s_prog:
+            f.s_prog = s_prog
         f.s_ack = s_ack
         f.p_amax = p_amax
         f.held = [
@@ -556,7 +561,9 @@ class Comparator:
         if held and not f.timer:
             self._arm(f, held[0][3] + self._timeout)
         if held and self._reseg and not f.lagtimer and f.splittable_held():
-            self._arm_lag(f, held[0][3] + self._reseg)
+            since = f.lag_since()
+            assert since is not None  # held
+            self._arm_lag(f, since + self._reseg)
         return self._finish([], [], [])
 
     def flows(self) -> list[Flow]:
@@ -949,8 +956,12 @@ class Comparator:
             out.append(Resegment(tuple(again)))
         elif f.state == COMPARE and f.splittable_held():
             # Not yet, or not the oldest yet: look again when the oldest could be due.
-            t = f.oldest()
-            due = now + self._reseg if t is None else max(t + self._reseg, now + self._reseg / 4)
+            # When it is not due yet, exactly then (the SVM's bytes moved it on); when it is
+            # (the packet waits for an ACK or flags), no sooner than a quarter period.
+            t = f.lag_since()
+            due = now + self._reseg if t is None else t + self._reseg
+            if due <= now:
+                due = now + self._reseg / 4
             self._arm_lag(f, due)
 
     def _finish(

@@ -31,7 +31,7 @@ POLL_WAKE = 4  # fp_poll: the wake descriptor (Python's own epoll set) is readab
 
 _PVM = struct.Struct("=BIHIdIB")
 _SVM = struct.Struct("=BHdI")
-_BACK = struct.Struct("=BB12sqqqqqII")
+_BACK = struct.Struct("=BB12sqqqqqdII")
 _HELD = struct.Struct("=IqqdIB")
 _KEPT = struct.Struct("=qI")
 
@@ -92,6 +92,7 @@ class GivenBack:
     s_top: int
     s_ack: int
     p_amax: int
+    s_prog: float  # when the SVM last sent new bytes while lent, -1.0 if it did not
     held: list[tuple[int, int, int, float, bool]]  # id, end, ACK offset, arrival, GSO
     p_segs: list[tuple[int, bytes]]
     s_kept: list[tuple[int, bytes]]
@@ -240,7 +241,8 @@ def parse_records(data: bytes) -> list[Record]:
             out.append(SlowSvm(eth, t, data[off : off + ln]))
             off += ln
         elif kind == 3:
-            _, reason, key, m, ptop, stop, sack, pamax, nh, nk = _BACK.unpack_from(data, off)
+            _, reason, key, m, ptop, stop, sack, pamax, sprog, nh, nk = _BACK.unpack_from(
+                data, off)
             off += _BACK.size
             held: list[tuple[int, int, int, float, bool]] = []
             psegs: list[tuple[int, bytes]] = []
@@ -257,7 +259,8 @@ def parse_records(data: bytes) -> list[Record]:
                 off += _KEPT.size
                 kept.append((start, data[off : off + dlen]))
                 off += dlen
-            out.append(GivenBack(reason, key, m, ptop, stop, sack, pamax, held, psegs, kept))
+            out.append(GivenBack(reason, key, m, ptop, stop, sack, pamax, sprog, held, psegs,
+                                   kept))
         else:
             raise ValueError(f"fast path record of unknown kind {kind} at {off}")
     return out

@@ -76,6 +76,7 @@ typedef struct flow {
     uint8_t key[12];
     uint32_t p_base, s_base, p_abase, s_abase;
     int64_t m, p_top, s_top, s_ack, p_amax, nbytes;
+    double s_prog; /* when the SVM last sent new bytes while lent, -1 if not yet */
     held_t *held;
     int h0, nh;   /* live entries [h0, nh) */
     size_t ch;
@@ -240,6 +241,9 @@ int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *x) {
     f->m = f->p_top = f->s_top = x->matched;
     f->s_ack = x->s_ack;
     f->p_amax = x->p_amax;
+    /* The flow is in sync when lent, so any packet held later arrived after the SVM's
+     * last bytes before the lend: only bytes from now on can move a resegment check. */
+    f->s_prog = -1.0;
     *pp = f;
     f->lnext = fp->lent;
     if (fp->lent)
@@ -264,6 +268,7 @@ static int hand_back(fp_t *fp, flow_t **pp, int reason) {
     PUT(fp, f->s_top);
     PUT(fp, f->s_ack);
     PUT(fp, f->p_amax);
+    PUT(fp, f->s_prog);
     PUT(fp, nh);
     PUT(fp, nk);
     for (int i = f->h0; i < f->nh; i++) {
@@ -334,11 +339,21 @@ void fp_set_resegment(fp_t *fp, double lag, uint16_t to_queue) {
 }
 
 /* Arrival of the oldest held super-packet that is its flow's oldest held packet, or -1. */
+/* From when a flow's resegment check counts (the comparator's TcpFlow.lag_since): the
+ * later of its oldest held packet's arrival and the SVM's last new bytes. An SVM that is
+ * late but still sending (it started its answer later than the PVM, its guest was
+ * descheduled) is not stopped inside a super-packet; withdrawing then only turns the
+ * rest of the download into one MSS per packet. */
+static inline double lag_since(const flow_t *f) {
+    double t = f->held[f->h0].t;
+    return t > f->s_prog ? t : f->s_prog;
+}
+
 static double oldest_gso(fp_t *fp) {
     double t = -1.0;
     for (flow_t *f = fp->lent; f; f = f->lnext)
-        if (f->h0 < f->nh && f->held[f->h0].gso && (t < 0 || f->held[f->h0].t < t))
-            t = f->held[f->h0].t;
+        if (f->h0 < f->nh && f->held[f->h0].gso && (t < 0 || lag_since(f) < t))
+            t = lag_since(f);
     return t;
 }
 
@@ -346,7 +361,7 @@ static int expire_gso(fp_t *fp, double before) {
     flow_t *f = fp->lent;
     while (f) {
         flow_t *next = f->lnext;
-        if (f->h0 < f->nh && f->held[f->h0].gso && f->held[f->h0].t <= before) {
+        if (f->h0 < f->nh && f->held[f->h0].gso && lag_since(f) <= before) {
             int rc = hand_back(fp, find_slot(fp, f->key), FP_BACK_LAG);
             if (rc < 0)
                 return rc;
@@ -594,7 +609,6 @@ int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now, in
 }
 
 int fp_svm(fp_t *fp, const uint8_t *pkt, size_t len, double now) {
-    (void)now;
     tcp_t t;
     flow_t **pp;
     int64_t start;
@@ -621,8 +635,10 @@ int fp_svm(fp_t *fp, const uint8_t *pkt, size_t len, double now) {
     if (npk > fp->max_fp || nby > fp->max_fb)
         return back_then_slow(fp, pp, FP_BACK_LIMIT);
     f->s_ack = sack;
-    if (t.n)
+    if (t.n) {
         f->s_top = end;
+        f->s_prog = now;
+    }
     if (stays) {
         kept_t k = {start, t.n, malloc(t.n)};
         if (!k.data)

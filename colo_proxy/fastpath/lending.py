@@ -32,7 +32,7 @@ def give_back(cmp: Comparator, rec: GivenBack, next_svm_id: Callable[[], int],
     """Install a flow's state from the fast path; the SVM's kept segments get fresh ids."""
     kept = [(next_svm_id(), start, data) for start, data in rec.s_kept]
     return cmp.take_back(rec.key, rec.matched, rec.p_top, rec.s_top, rec.s_ack, rec.p_amax,
-                         rec.held, rec.p_segs, kept, now)
+                         rec.held, rec.p_segs, kept, now, rec.s_prog)
 
 
 def lend(cmp: Comparator, fp: Lender, keys: Iterable[bytes], now: float) -> int:
