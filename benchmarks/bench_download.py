@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from colo_lab import netns, packet_trace, pair
+from colo_lab import netns, packet_trace, pair, qemu_compare
 from colo_lab.lab import Lab
 from colo_lab.proxy_harness import unique_name
 from colo_lab.wait import wait_until
@@ -126,7 +126,8 @@ def cpu_report(before: dict[str, int], after: dict[str, int], took: float) -> No
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=("direct", "colo-proxy"), default="colo-proxy")
+    ap.add_argument("--mode", choices=("direct", "colo-proxy", "qemu-compare"),
+                    default="colo-proxy")
     ap.add_argument("-n", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1, help="batches of -n, status between")
     ap.add_argument("--extra", default="", help="more orchestrator config lines")
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.mode == "direct":
             lab.up(secondary="none")
+        elif a.mode == "qemu-compare":
+            lab.up(secondary="incoming", qemu_compare=True)
+            qemu_compare.protect(lab)
         else:
             lab.up(secondary="incoming")
             pair.protect(lab, proxy=True, extra=a.extra)
@@ -147,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         load(lab, "new", "--path", "/random", "-n", "3")
         load(lab, "blob", "-n", "1")
         for r in range(a.rounds):
-            before = flat(pair.proxy_status(lab, "primary")) if a.mode != "direct" else {}
-            ck0 = pair.state(lab, "primary").get("checkpoints") if a.mode != "direct" else None
+            proxy = a.mode == "colo-proxy"
+            before = flat(pair.proxy_status(lab, "primary")) if proxy else {}
+            ck0 = pair.state(lab, "primary").get("checkpoints") if proxy else None
             c0, w0 = cpu_ticks(), time.monotonic()
             with captured(lab, a.trace / str(r), a.points.split(",")) if a.trace else contextlib.nullcontext():
                 t = load(lab, "blob", "-n", str(a.n))
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"each {[round(1000 * x) for x in t]}", flush=True)
             if a.trace:
                 phases(a.trace / str(r) / "client.txt")
-            if a.mode != "direct":
+            if proxy:
                 after = flat(pair.proxy_status(lab, "primary"))
                 moved = {k: after[k] - before.get(k, 0.0) for k in sorted(after)
                          if after[k] != before.get(k, 0.0)}
