@@ -141,6 +141,15 @@ class Actions(ProxySupervision):
     def _enter_colo(self, uri: str) -> str:
         proxied = self._ensure_proxy("primary")
         self._proxy_mode = ProxyMode.UNKNOWN  # COMPARE only by what happens in this action
+        if self.proxy is not None and not self._fenced and self.proxy.send({"type": "pause"}):
+            # Until COLO's first STOP our VM serves alone, as in ALONE: its output passes.
+            # A proxy started for this migration (a re-protection after the roles swapped)
+            # starts holding, and nothing could ever match what it held: no SVM runs yet,
+            # and the resume at the STOP gives it a fresh comparator. So the service was
+            # dark for the whole migration, 0.8-0.9 s in the lab, the longest client pause
+            # of a switchover (a capture on the new primary's tap: its retransmissions at
+            # +225 and +452 ms went nowhere, the one after PROTECTED got through).
+            self._proxy_mode = ProxyMode.PASS
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             proxy = self.proxy

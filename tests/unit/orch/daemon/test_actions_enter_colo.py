@@ -1,0 +1,90 @@
+"""colo_orch.daemon.actions._enter_colo: what the primary's proxy is told while COLO starts.
+
+The proxy's side is its real mode table (colo_proxy.service.modes.Machine): each message
+the orchestrator sends fires its event there, so an illegal order fails as it would in
+the proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from colo_orch.daemon.actions import Actions
+from colo_orch.daemon.proxy_supervision import ProxyMode
+from colo_proxy.service.modes import EVENTS, Machine, Mode
+
+
+class _Proxy:
+    """The orchestrator's end of the control socket, answered by a proxy's mode table."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.sent: list[tuple[str, Mode]] = []  # each message, and the mode it left
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        kind = msg["type"]
+        if kind in EVENTS:
+            if not self.machine.can(EVENTS[kind]):
+                return False  # the proxy answers an error and changes nothing
+            self.machine.fire(EVENTS[kind])
+        self.sent.append((kind, self.machine.mode))
+        return True
+
+
+class _Backend:
+    """QEMU's COLO entry as the orchestrator sees it: the migration runs, then the PVM
+    stops for COLO's first checkpoint (the STOP event calls `on_checkpoint_stop`)."""
+
+    notifies_proxy_of_checkpoints = False
+
+    def __init__(self, proxy: _Proxy) -> None:
+        self.proxy = proxy
+        self.on_checkpoint_stop: Callable[[], None] | None = None
+        self.mode_while_migrating: Mode | None = None
+
+    def enter_colo(self, uri: str) -> str:
+        self.mode_while_migrating = self.proxy.machine.mode
+        assert self.on_checkpoint_stop is not None
+        self.on_checkpoint_stop()
+        return f"COLO to {uri}"
+
+
+def _actions(machine: Machine, *, fenced: bool = False) -> tuple[Actions, _Proxy, _Backend]:
+    a = Actions.__new__(Actions)
+    proxy = _Proxy(machine)
+    backend = _Backend(proxy)
+    a.proxy = proxy  # type: ignore[assignment]
+    a.backend = backend  # type: ignore[assignment]
+    a.cfg = SimpleNamespace(proxy_primary_command=[])  # type: ignore[assignment]
+    a._fenced = fenced
+    a._proxy_mode = ProxyMode.UNKNOWN
+    return a, proxy, backend
+
+
+@pytest.mark.parametrize("machine", [Machine(), Machine.buffering()], ids=["compare", "remus"])
+def test_a_proxy_that_starts_holding_passes_output_until_colo_stops_the_pvm(
+        machine: Machine) -> None:
+    # A proxy started for this migration holds from its first packet; no SVM exists to
+    # match it, so whatever it held before the STOP could only be dropped by the resume.
+    a, proxy, backend = _actions(machine)
+    a._enter_colo("tcp:10.99.1.1:4444")
+    assert backend.mode_while_migrating is Mode.PASSTHROUGH
+    home = machine.home
+    assert [k for k, _ in proxy.sent] == ["pause", "resume", "checkpoint_barrier",
+                                          "checkpoint_done"]
+    assert proxy.sent[1] == ("resume", home)
+    assert machine.mode is home
+    assert a._proxy_mode is ProxyMode.COMPARE
+
+
+def test_a_fenced_primary_keeps_its_output_held_through_colo_entry() -> None:
+    machine = Machine()
+    machine.fire(EVENTS["fence"])
+    a, proxy, backend = _actions(machine, fenced=True)
+    a._enter_colo("tcp:10.99.1.1:4444")
+    assert backend.mode_while_migrating is Mode.FENCED
+    assert "pause" not in [k for k, _ in proxy.sent]
+    assert machine.mode is Mode.FENCED
