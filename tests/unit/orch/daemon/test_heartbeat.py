@@ -107,3 +107,45 @@ def test_only_the_loop_sends_and_at_most_once_per_interval() -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_changed_state_or_role_goes_out_at_once_other_fields_wait() -> None:
+    # A switchover's hand-over (PROTECTED to FENCED) waited up to one interval for the
+    # peer to hear of it: 100 ms of a client's pause.
+    a, b, _, _ = _pair(interval=10.0)
+    try:
+        t = time.monotonic()
+        a.set_payload({"state": 4, "role": "primary", "checkpoint_age_s": 1.0})
+        assert a.beat(t)
+        a.set_payload({"state": 4, "role": "primary", "checkpoint_age_s": 2.0})
+        assert not a.beat(t + 0.01)  # not news: the interval stands
+        a.set_payload({"state": 10, "role": "primary", "checkpoint_age_s": 2.0})
+        assert a.beat(t + 0.02)
+        assert not a.beat(t + 0.03)  # told once
+        a.set_payload({"state": 10, "role": "secondary", "checkpoint_age_s": 2.0})
+        assert a.beat(t + 0.04)
+        assert a.sent == 3
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_loop_is_woken_when_the_peer_changes_state_not_for_every_beat() -> None:
+    a, b, _, _ = _pair(interval=0.01)
+    woken: list[float] = []
+    b.on_change = lambda: woken.append(time.monotonic())
+    b.start()
+    try:
+        a.set_payload({"state": 4, "role": "primary"})
+        a.beat(time.monotonic())
+        wait_until(lambda: len(woken) == 1, 5, "the first heartbeat wakes the loop")
+        for i in range(1, 6):  # the same state, again and again: no wake
+            a.beat(time.monotonic() + i)
+        wait_until(lambda: b.received >= 6, 5, "six heartbeats")
+        assert len(woken) == 1
+        a.set_payload({"state": 10, "role": "primary"})
+        a.beat(time.monotonic() + 7)
+        wait_until(lambda: len(woken) == 2, 5, "the hand-over wakes the loop")
+    finally:
+        a.stop()
+        b.stop()
