@@ -388,6 +388,9 @@ class Host:
             vm = self.vm
             self.ensure_proxy("primary")
             o.proxy_mode = ProxyMode.UNKNOWN
+            assert self.proxy is not None
+            if not o.fenced and self.proxy.send("pause"):  # passing until COLO's first STOP
+                o.proxy_mode = ProxyMode.PASS
             pvm = peer.vm
             if (not ok or vm is None or pvm is None or not world.link
                     or pvm.status != "inmigrate"):
