@@ -82,12 +82,17 @@ DM_CONFIGURE = (
     "--disable-tools", "--disable-werror", "--disable-install-blobs", "--audio-drv-list=",
 )
 
-# XEN-NESTED.md's dom0 list, plus the kernel and hypervisor and the libnl-3 libraries
-# that the rebuilt libxl links.
+# XEN-NESTED.md's dom0 list, plus the kernel and hypervisor, the libnl-3 libraries
+# that the rebuilt libxl links, and python3 (bookworm's 3.11, the project's minimum) for
+# the project's own code in the dom0: the libxl bridge imports the standard library only,
+# the proxy's service core (colo_lab.xen_proxy) also prometheus_client (its metrics
+# module). The project's source is not in the image but on a disk made per `up`
+# (colo_lab.xen_lab.make_source_disk).
 DOM0_PACKAGES = (
     "xen-utils-4.17", "xen-hypervisor-4.17-amd64", "xenstore-utils", "qemu-system-xen",
     "linux-image-amd64", "libnl-3-200", "libnl-route-3-200", "busybox", "iproute2",
-    "procps", "kmod", "udev", "bridge-utils",
+    "procps", "kmod", "udev", "bridge-utils", "python3",
+    "python3-prometheus-client",
 )
 DOM0_IMAGE_SIZE = "3G"
 

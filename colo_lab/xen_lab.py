@@ -13,11 +13,18 @@ with three NICs, each on a bridge of that namespace:
 
 Xen's console (com1) carries the dom0's console (hvc0) and a root shell on it; it is one
 unix socket per host (for `console()`), logged whole to a file that `up` waits on.
+
+The project's own Python packages reach the dom0s on a read-only disk made at each `up`
+from the checkout that runs it (`make_source_disk`; the dom0 mounts it on /opt/colo), not
+inside the cached dom0 image: the image is keyed by its inputs, and a copy of the source
+among them would rebuild it (minutes) at every commit, most of which never touch the Xen
+path; the disk takes about a second and is never stale.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import socket
@@ -32,6 +39,7 @@ from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
 from colo_lab.guest import Guest
 from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab
+from colo_lab.paths import PACKAGE_DIR
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
 
@@ -65,6 +73,8 @@ class XenHost:
     build: XenLab
     # A read-only ext4 image with the lab guest's kernel and initrd (the dom0's /dev/vdb).
     guest_disk: Path | None = None
+    # A read-only ext4 image labelled colo-src with the project's packages (/opt/colo).
+    source_disk: Path | None = None
 
     @property
     def tag(self) -> str:
@@ -111,8 +121,9 @@ class XenHost:
             "-serial", "chardev:con0",
             "-pidfile", str(self.pid_path),
         ]
-        if self.guest_disk is not None:
-            argv += ["-drive", f"file={self.guest_disk},if=virtio,format=raw,readonly=on"]
+        for extra in (self.guest_disk, self.source_disk):
+            if extra is not None:
+                argv += ["-drive", f"file={extra},if=virtio,format=raw,readonly=on"]
         for i, nic in enumerate(NICS):
             argv += ["-netdev", f"tap,id=n{i},ifname={nic},script=no,downscript=no,vhost=off",
                      "-device", f"virtio-net-pci,netdev=n{i},mac={self.mac(i)}"]
@@ -227,8 +238,9 @@ def _tail(path: Path) -> str:
 
 
 def hosts(lab: Lab, build: XenLab) -> dict[str, XenHost]:
-    disk = guest_disk_path(lab)
-    return {role: XenHost(role, h.ns, lab.run_dir, build, disk if disk.exists() else None)
+    disk, src = guest_disk_path(lab), source_disk_path(lab)
+    return {role: XenHost(role, h.ns, lab.run_dir, build, disk if disk.exists() else None,
+                          src if src.exists() else None)
             for role, h in lab.hosts.items()}
 
 
@@ -243,6 +255,37 @@ def make_guest_disk(lab: Lab, guest: Guest) -> Path:
         shutil.copy(guest.initrd, Path(tmp) / "initrd.gz")
         run(["mkfs.ext4", "-q", "-F", "-d", tmp, str(guest_disk_path(lab)), "64M"])
     return guest_disk_path(lab)
+
+
+def source_disk_path(lab: Lab) -> Path:
+    return lab.run_dir / "xen-source.img"
+
+
+# What the dom0 runs of the project (the libxl bridge, the proxy's service code, the lab's
+# helpers). Only sources, no build output.
+SOURCE_PACKAGES = ("colo_lab", "colo_orch", "colo_proxy")
+SOURCE_SUFFIXES = (".py", ".c", ".h", ".sh")
+
+
+def make_source_disk(lab: Lab) -> Path:
+    """The project's packages on a small read-only ext4 image labelled colo-src (the
+    dom0's init mounts it on /opt/colo), with a digest of them in its SOURCE file."""
+    root = PACKAGE_DIR.parent
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        for package in SOURCE_PACKAGES:
+            for path in sorted((root / package).rglob("*")):
+                if path.suffix not in SOURCE_SUFFIXES or "__pycache__" in path.parts:
+                    continue
+                rel = path.relative_to(root)
+                data = path.read_bytes()
+                digest.update(str(rel).encode() + b"\0" + data + b"\0")
+                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / rel).write_bytes(data)
+        (Path(tmp) / "SOURCE").write_text(digest.hexdigest()[:16] + "\n")
+        run(["mkfs.ext4", "-q", "-F", "-L", "colo-src", "-d", tmp,
+             str(source_disk_path(lab)), "32M"])
+    return source_disk_path(lab)
 
 
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
@@ -296,6 +339,7 @@ def up(lab: Lab, build: XenLab, guest: Guest | None = None) -> dict[str, float]:
     wire(lab)
     if guest is not None:
         make_guest_disk(lab, guest)
+    make_source_disk(lab)
     xs = hosts(lab, build)
     t0 = time.monotonic()
     for x in xs.values():

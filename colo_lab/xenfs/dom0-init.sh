@@ -5,7 +5,9 @@
 # the console. Kernel command line: colo.name=NAME; colo.ip=ADDR/PLEN on xenbr0, the
 # guests' bridge, which holds eth0; colo.ip.IF=ADDR/PLEN for another NIC (all NICs are
 # up, with or without an address). It prints "colo-dom0: ready" once `xl info` answers;
-# the lab waits on that line.
+# the lab waits on that line. The project's source, when the lab attached it (an ext4
+# disk labelled colo-src, made per `up`), is mounted read-only on /opt/colo and is on
+# the shell's PYTHONPATH.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -46,6 +48,12 @@ for arg in $(cat /proc/cmdline); do
         colo.ip.*=*) dev="${arg#colo.ip.}"; ip addr add "${dev#*=}" dev "${dev%%=*}" ;;
     esac
 done
+
+if mkdir -p /opt/colo && mount -o ro -L colo-src /opt/colo 2>/dev/null; then
+    # Read-only: Python cannot write its bytecode cache there, and need not try.
+    export PYTHONPATH=/opt/colo PYTHONDONTWRITEBYTECODE=1
+    say "source $(cat /opt/colo/SOURCE 2>/dev/null) on /opt/colo"
+fi
 
 /etc/init.d/xen start > /dev/hvc0 2>&1 || say "xen init script failed"
 if xl info > /tmp/xl-info 2>&1; then

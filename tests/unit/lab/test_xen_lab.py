@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -62,3 +66,44 @@ def test_service_domain_config_is_what_xl_parses() -> None:
     parsed = xlu.parse_config(cfg)
     assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci"]
     assert parsed["disk"] == []
+
+
+def test_the_guest_disk_stays_vdb_with_the_source_disk_after_it(tmp_path: Path) -> None:
+    # start_service mounts /dev/vdb as the guest's disk; the dom0 finds the source by label.
+    host = dataclasses.replace(_host(tmp_path), guest_disk=tmp_path / "guest.img",
+                               source_disk=tmp_path / "src.img")
+    argv = host.argv()
+    drives = [argv[i + 1].split(",")[0] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives == [f"file={host.disk}", f"file={tmp_path / 'guest.img'}",
+                      f"file={tmp_path / 'src.img'}"]
+
+
+def _ext4_file(image: Path, path: str) -> bytes:
+    return subprocess.run(["debugfs", "-R", f"cat /{path}", str(image)], capture_output=True,
+                          check=True, timeout=60).stdout
+
+
+@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None,
+                    reason="e2fsprogs not here")
+def test_the_source_disk_holds_the_packages_and_the_digest_of_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lab = SimpleNamespace(run_dir=tmp_path)
+    image = xen_lab.make_source_disk(lab)  # type: ignore[arg-type]
+    bridge = "colo_orch/backends/xen/libxl/__main__.py"
+    root = Path(xen_lab.__file__).resolve().parents[1]
+    assert _ext4_file(image, bridge) == (root / bridge).read_bytes()
+    label = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", str(image)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert label == "colo-src"
+    digest = _ext4_file(image, "SOURCE").decode().strip()
+    # The same sources give the same digest; any source change gives another.
+    xen_lab.make_source_disk(lab)  # type: ignore[arg-type]
+    assert _ext4_file(image, "SOURCE").decode().strip() == digest
+    fake = tmp_path / "tree"
+    for package in xen_lab.SOURCE_PACKAGES:
+        shutil.copytree(root / package, fake / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    (fake / "colo_lab" / "added.py").write_text("# a change\n")
+    monkeypatch.setattr(xen_lab, "PACKAGE_DIR", fake / "colo_lab")
+    xen_lab.make_source_disk(lab)  # type: ignore[arg-type]
+    assert _ext4_file(image, "SOURCE").decode().strip() != digest
