@@ -235,6 +235,7 @@ class LibxlBridge:
         if not data:
             self._drop_libxl()
             return
+        log.debug("from libxl: %r", data[:80])
         self._apply(self.session.received(data, self.clock()))
 
     def _drain_inbox(self) -> None:
@@ -265,6 +266,11 @@ class LibxlBridge:
             if isinstance(c, Send):
                 self._libxl_send(c.payload)
             elif isinstance(c, CheckpointDone):
+                st = self.session.stats if self.session is not None else None
+                log.info("COLO_CHECKPOINT from libxl (%s)",
+                         f"after DO_CHECKPOINT, {st.last_latency:.3f} s"
+                         if c.requested and st is not None and st.last_latency is not None
+                         else "libxl's own")
                 # The proxy first: its held output waits on this message.
                 if not self._ctl_send({"type": "checkpoint_done"}):
                     self.control_failures += 1
@@ -294,6 +300,7 @@ class LibxlBridge:
             # splits a frame and cannot hold the loop for long.
             conn.settimeout(1.0)
             conn.sendall(encode(payload))
+            log.debug("to libxl: %r", payload)
         except OSError as exc:
             log.error("sending to libxl failed: %s", exc)
             self._drop_libxl()
