@@ -9,6 +9,10 @@ State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
   secondary_lost  the same until the file "end" appears, then "Backup failed?", exit 1;
   primary_lost    the same until "end", then the domain vanishes, "destroyed", exit 0;
   error           "Failed to suspend domain at primary.", exit 1, at once.
+Whatever the scenario, as seen on Xen 4.17 (docs/xen.md): libxl's COLO takes the primary
+as paused (`create -p`) and unpauses it after the first checkpoint; a domain that was
+running when `remus` started makes that unpause fail ("cannot unpause primary vm") right
+after the first COLO_CHECKPOINT, and xl ends with "Backup failed?", exit 1.
 `migrate-receive` writes the secondary's back channel (libxl_sim.RestoreBackChannel) on
 stdout. Its stdin stands in for the primary's stream: a line "sync" ends the initial sync,
 a line "checkpoint" is one checkpoint; other bytes are taken as stream data.
@@ -44,13 +48,16 @@ def main(argv: list[str]) -> int:
         print(f"{args[0]:<40} 7  1024     2     {f.read_text().strip()}       1.0")
         return 0
     if cmd == "create":
-        (STATE / Path(args[0]).stem).write_text("-b----")
+        (STATE / Path(args[-1]).stem).write_text("--p---" if "-p" in args else "-b----")
         return 0
     if cmd == "destroy":
         (STATE / args[0]).unlink(missing_ok=True)
         return 0
     if cmd == "unpause":
         (STATE / args[0]).write_text("-b----")
+        return 0
+    if cmd == "pause":
+        (STATE / args[0]).write_text("--p---")
         return 0
     if cmd == "remus":
         return remus(args)
@@ -66,14 +73,26 @@ def remus(args: list[str]) -> int:
     if scenario == "error":
         say("Failed to suspend domain at primary.")
         return 1
+    domain = args[-2]
+    paused = "p" in (STATE / domain).read_text()
     host, _, port = os.environ["XL_STANDIN_CHECKPOINT"].rpartition(":")
     sim = SimulatedLibxl((host, int(port)), timeout=0.3).start()
+    # The first COLO_CHECKPOINT goes out before libxl resumes and unpauses the primary.
+    sim.wait_for(lambda: sim.model.sent or sim.error is not None, 10)
+    if not paused:
+        sim.stop()
+        say("libxl: error: libxl_domain.c:636:libxl__domain_unpause_deprecated: Domain 7:"
+            "Unpausing domain: Invalid argument")
+        say("libxl: error: libxl_colo_save.c:485:colo_preresume_cb: Domain 7:cannot unpause "
+            "primary vm")
+        say("COLO: Backup failed? resuming domain at primary.")
+        return 1
+    (STATE / domain).write_text("-b----")
     end = STATE / "end"
     done = threading.Event()
     while not end.exists():
         done.wait(0.02)  # replay driver: polls for the test's trigger file
     sim.stop()
-    domain = args[-2]
     if scenario == "primary_lost":
         (STATE / domain).unlink(missing_ok=True)
         say("COLO: Primary domain has been destroyed.")

@@ -1,7 +1,9 @@
 """The Xen backend: `xl` for the domain, `xl remus -c -p` for COLO, colo-proxy for output.
 
 What runs where (docs/xen.md):
-- primary host: `xl create` starts the domain; `enter_colo` runs
+- primary host: `xl create` starts the domain (with `create_paused`, `xl create -p`: libxl's
+  COLO takes a primary that has not run yet and unpauses it after the first checkpoint;
+  see `enter_colo`); `enter_colo` runs
   `xl remus -c -p -u -e -s "" <domain> "exec python -m colo_orch.backends.xen.connect ADDR PORT"`
   and supervises it. libxl then connects to the libxl bridge
   (colo_orch.backends.xen.libxl.bridge, owned here) for checkpoints. COLO is reached at the first COLO_CHECKPOINT (libxl sends it when
@@ -120,6 +122,7 @@ class Supervised:
 class XenBackend(Backend):
     def __init__(self, domain: str, config_path: str, *, xl: list[str] | None = None,
                  bridge: LibxlBridge | None = None, xl_timeout: float = 10.0,
+                 entry_timeout: float = 300.0, create_paused: bool = False,
                  python: str = sys.executable, tls_dir: str = "",
                  tls_hostname: str = "") -> None:
         super().__init__()
@@ -129,6 +132,11 @@ class XenBackend(Backend):
         self.bridge = bridge
         self.notifies_proxy_of_checkpoints = bridge is not None
         self.xl_timeout = xl_timeout
+        # xl remus's initial sync until the first COLO_CHECKPOINT: 104 s for a 256 MiB HVM
+        # domain on the nested lab (Xen's save walks the whole 4 GiB pfn space of an HVM
+        # guest, holes included: 1044480 frames).
+        self.entry_timeout = entry_timeout
+        self.create_paused = create_paused
         self.python = python
         # migration_tls = "x509": our receiver's TLS server, and what connect.py presents.
         self.tls_dir = tls_dir
@@ -197,7 +205,8 @@ class XenBackend(Backend):
     # Actions ----------------------------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
         if incoming_uri is None:
-            out = self._run("create", self.config_path, timeout=60)
+            paused = ["-p"] if self.create_paused else []
+            out = self._run("create", *paused, self.config_path, timeout=60)
             if out.returncode != 0:
                 raise BackendError(f"xl create failed: {out.stderr.strip()[-300:]}")
             return f"domain {self.domain} created"
@@ -273,6 +282,7 @@ class XenBackend(Backend):
         if self.bridge is None:
             raise BackendError("no libxl bridge: cannot tell when COLO is reached")
         addr, port = _tcp(uri)
+        self._check_paused_for_colo()
         self._colo_from = self.bridge.checkpoints
         # xl runs this through a shell: quote every word, though the config allows none
         # that a shell would read (defence in depth for a URI that reaches a root shell).
@@ -287,13 +297,33 @@ class XenBackend(Backend):
         self.remus = r = Supervised(proc)
         start = time.monotonic()
         bridge = self.bridge
-        reached = _until(bridge, lambda: bridge.checkpoints > self._colo_from or r.exited, 60)
+        reached = _until(bridge, lambda: bridge.checkpoints > self._colo_from or r.exited,
+                         self.entry_timeout)
         if reached and not r.exited:
             return f"in COLO after {time.monotonic() - start:.2f} s"
         if not r.exited:
             _terminate(r.proc)
-            raise BackendError("xl remus did not reach COLO within 60 s")
+            raise BackendError(f"xl remus did not reach COLO within {self.entry_timeout:.0f} s")
         raise BackendError(f"xl remus ended ({r.outcome()}): {r.tail()}")
+
+    def _check_paused_for_colo(self) -> None:
+        """libxl's COLO save takes the primary as paused (libxl_colo_save.c: `css->paused =
+        true` at setup, "the guest should be paused before doing colo because there is no
+        disk migration") and unpauses it once it has resumed it from the first checkpoint.
+        Seen on Xen 4.17 (nested lab), neither a running domain nor one paused after it
+        ran gets there: a running one fails that unpause right after the first
+        COLO_CHECKPOINT ("colo_preresume_cb: cannot unpause primary vm", EINVAL: its pause
+        count is 0); one paused by `xl pause` fails the initial sync's suspend ("guest did
+        not suspend, timed out", 60 s; presumably a vcpu paused amid an I/O to the device
+        model defers the shutdown, not verified). So only a domain created paused, never
+        run, is taken."""
+        st = self._state(self.domain)
+        if st is None:
+            raise BackendError(f"no domain {self.domain} to protect")
+        if "p" not in st:
+            raise BackendError(
+                f"domain {self.domain} runs: libxl's COLO takes a primary created paused "
+                "(xl create -p, create_paused) that has not run yet")
 
     def wait_resume(self, timeout: float) -> bool:
         # The secondary's libxl talks to no proxy in userspace-proxy mode; its
