@@ -61,6 +61,8 @@ DOM0_LAN_IP = {"primary": "10.99.0.11", "secondary": "10.99.0.12"}
 DOM0_CTL_IP = {"primary": "10.99.1.11", "secondary": "10.99.1.12"}
 NICS = ("xlan", "xfwd", "xctl")
 CONSOLE_CHUNK = 32
+# Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
+LIBXL_BRIDGE = ("127.0.0.1", 9911)
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,8 @@ def source_disk_path(lab: Lab) -> Path:
     return lab.run_dir / "xen-source.img"
 
 
-# What the dom0 runs of the project (the libxl bridge, the proxy's service code, the lab's
-# helpers). Only sources, no build output.
+# What the dom0 runs of the project: the bridge and the proxy's service code need all three
+# (colo_lab for the dom0's stand-in proxy, xen_proxy.py). Only sources, no build output.
 SOURCE_PACKAGES = ("colo_lab", "colo_orch", "colo_proxy")
 SOURCE_SUFFIXES = (".py", ".c", ".h", ".sh")
 
@@ -293,25 +295,67 @@ def make_source_disk(lab: Lab) -> Path:
 # NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
 # in favour of a PV netfront it does not have here (seen: vif1.0-emu left the bridge and
 # the service was never reached). The VMs' MAC and IP: the client reaches it as the PVM.
+# Its NIC names libxl's userspace COLO proxy (colo_orch/backends/xen/domain.py's keys):
+# `xl remus -c -p` of it asks the libxl bridge on the dom0's 127.0.0.1:9911; without
+# COLO libxl ignores the keys.
 SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\n'
     'serial = "pty"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
     f'extra = "console=ttyS0 quiet panic=-1 xen_emul_unplug=never '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
-    f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci" ]\\n')
+    f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
+    f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
 SERVICE_TIMEOUT_S = 300.0
+SERVICE_CFG_PATH = "/tmp/service.cfg"
+
+
+def mount_guest(x: XenHost) -> None:
+    """The guest's kernel and initrd on /mnt/guest: where the service domain boots from,
+    and where a COLO secondary's device model is told to load them from too."""
+    x.console("mkdir -p /mnt/guest && mount -o ro /dev/vdb /mnt/guest")
+
+
+def write_service_config(x: XenHost) -> str:
+    """The lab's guest as the HVM domain `service`: its config in the dom0 (and the guest
+    disk mounted, whence it boots); returns the config's path."""
+    mount_guest(x)
+    x.console(f"printf '{SERVICE_CFG}' > {SERVICE_CFG_PATH}")
+    return SERVICE_CFG_PATH
+
+
+def create_service(x: XenHost) -> None:
+    """`xl create` of the domain `service`; returns as it boots."""
+    x.console(f"xl create {write_service_config(x)}", timeout=180)
 
 
 def start_service(lab: Lab, x: XenHost) -> float:
     """Start the lab's guest on a host as an HVM domain; seconds until the client gets
     its service's answer."""
     t0 = time.monotonic()
-    x.console("mkdir -p /mnt/guest && mount -o ro /dev/vdb /mnt/guest")
-    x.console(f"printf '{SERVICE_CFG}' > /tmp/service.cfg")
-    x.console("xl create /tmp/service.cfg", timeout=180)
+    create_service(x)
     lab.wait_http("/health", b"ok\n", timeout=SERVICE_TIMEOUT_S)
     return time.monotonic() - t0
+
+
+def start_in_dom0(x: XenHost, command: str, log: str) -> None:
+    """A long-running command in the dom0, in a session of its own (the console's shell
+    goes on), its output in `log`."""
+    x.console(f"setsid {command} > {log} 2>&1 < /dev/null &")
+
+
+def wait_in_dom0(x: XenHost, log: str, text: str, timeout: float,
+                 fail: tuple[str, ...] = ()) -> str:
+    """Wait until a dom0 file holds `text`; LabError at once when it holds one of `fail`.
+    Returns the file."""
+    def seen() -> str | None:
+        got = x.console(f"cat {log} 2>/dev/null || true")
+        for bad in fail:
+            if bad in got:
+                raise LabError(f"{x.tag}: {bad!r} in {log}: {got[-600:]}")
+        return got if text in got else None
+
+    return wait_until(seen, timeout, f"{text!r} in {x.tag}'s {log}", every=5.0)
 
 
 def wire(lab: Lab) -> None:

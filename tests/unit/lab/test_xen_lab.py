@@ -64,7 +64,9 @@ def test_service_domain_config_is_what_xl_parses() -> None:
     cfg = xen_lab.SERVICE_CFG.replace("\\n", "\n")
     assert cfg.count("\n") == 11 and "'" not in cfg  # one line each; safe in '...'
     parsed = xlu.parse_config(cfg)
-    assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci"]
+    # The first (only) NIC names the dom0's libxl bridge, as `xl remus -c -p` needs.
+    assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,"
+                             "colo_checkpoint_host=127.0.0.1,colo_checkpoint_port=9911"]
     assert parsed["disk"] == []
 
 
@@ -92,6 +94,7 @@ def test_the_source_disk_holds_the_packages_and_the_digest_of_them(
     bridge = "colo_orch/backends/xen/libxl/__main__.py"
     root = Path(xen_lab.__file__).resolve().parents[1]
     assert _ext4_file(image, bridge) == (root / bridge).read_bytes()
+    assert _ext4_file(image, "colo_lab/xen_proxy.py") == (root / "colo_lab/xen_proxy.py").read_bytes()
     label = subprocess.run(["blkid", "-s", "LABEL", "-o", "value", str(image)],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert label == "colo-src"

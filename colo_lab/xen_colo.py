@@ -1,0 +1,101 @@
+"""The orchestrator's Xen backend in a nested Xen host's dom0, driven by hand: what
+`colo-orch` would do there, without its daemon (docs/xen.md, "The nested Xen lab").
+
+  secondary: python3 -m colo_lab.xen_colo secondary --domain service --incoming tcp:10.99.1.12:7420
+  primary:   python3 -m colo_lab.xen_colo primary --domain service --config /tmp/service.cfg \\
+                 --peer tcp:10.99.1.12:7420 --control /run/colo/proxy.sock --checkpoints 10
+
+The secondary runs `XenBackend.start_vm(incoming)` (its receiver and `xl migrate-receive
+--colo --userspace-colo-proxy`) and prints each SVM resume that `wait_resume` reports
+from xl's back channel. The primary serves libxl with a `LibxlBridge` for the proxy at
+`--control`, runs `XenBackend.enter_colo` (`xl pause`, `xl remus -c -p` toward the
+secondary) and then `--checkpoints` checkpoints asked of libxl, printing how long each
+took; then it keeps COLO running (libxl's own checkpoints) until killed. Every line
+starts with the seconds since the command started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import time
+
+from colo_orch.backends.base import BackendError
+from colo_orch.backends.xen.backend import Supervised, XenBackend
+from colo_orch.backends.xen.libxl.bridge import LibxlBridge
+
+T0 = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - T0:8.2f}] {text}", flush=True)
+
+
+def _ended(what: str, r: Supervised | None) -> None:
+    if r is None:
+        say(f"{what} never started")
+        return
+    say(f"{what} ended ({r.outcome()}); it said:")
+    for line in r.lines:
+        print(f"    {line}", flush=True)
+
+
+def secondary(domain: str, incoming: str) -> int:
+    b = XenBackend(domain, "/dev/null")
+    say(b.start_vm(incoming))
+    resumes = 0
+    while True:
+        if b.wait_resume(10.0):
+            resumes += 1
+            say(f"SVM resumed ({resumes})")
+        r = b.receiver
+        if r is not None and r.exited:
+            _ended("xl migrate-receive", r)
+            return 0
+
+
+def primary(domain: str, config: str, peer: str, control: str, checkpoints: int) -> int:
+    bridge = LibxlBridge(("127.0.0.1", 9911), control).start()
+    b = XenBackend(domain, config, bridge=bridge, create_paused=True)
+    try:
+        say(b.start_vm(None))
+        say(b.enter_colo(peer))
+        for i in range(checkpoints):
+            say(f"checkpoint {i + 1}: {b.checkpoint()}")
+    except BackendError as exc:
+        say(f"failed: {exc}")
+        _ended("xl remus", b.remus)
+        return 1
+    stop = threading.Event()
+    while not stop.wait(10.0):
+        r = b.remus
+        st = bridge.status()
+        say(f"COLO_CHECKPOINTs {st['checkpoints']}, session {st['session']}")
+        if r is None or r.exited:
+            _ended("xl remus", r)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m colo_lab.xen_colo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("role", choices=("primary", "secondary"))
+    p.add_argument("--domain", default="service")
+    p.add_argument("--config", default="/tmp/service.cfg", help="primary: the domain's")
+    p.add_argument("--incoming", default="tcp:10.99.1.12:7420")
+    p.add_argument("--peer", default="tcp:10.99.1.12:7420")
+    p.add_argument("--control", default="/run/colo/proxy.sock")
+    p.add_argument("--checkpoints", type=int, default=10)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if a.role == "secondary":
+        return secondary(a.domain, a.incoming)
+    return primary(a.domain, a.config, a.peer, a.control, a.checkpoints)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
