@@ -73,7 +73,7 @@ lint: bootstrap
 bench: build
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Each protection mode on the same lab VMs, as ratios to direct (root; about 10 minutes
+# Each protection mode on the same lab VMs, as ratios to direct (root; about 15 minutes
 # under TCG). The table also goes to docs/BENCHMARKS.md. ARGS="--modes direct,qemu-compare".
 bench-vms: build
 	$(PY) benchmarks/bench_vms.py --rounds 2 --write-doc docs/BENCHMARKS.md $(ARGS)

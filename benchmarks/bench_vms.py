@@ -35,6 +35,7 @@ from typing import Any
 from colo_lab import pair, qemu_compare
 from colo_lab.bench_table import (
     MODES,
+    counts,
     median_figures,
     parse_args,
     pauses,
@@ -140,7 +141,8 @@ def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
         ck.poll()
         say(f"{mode}: {line}")
 
-    n = str(a.n)
+    c = counts(mode, a.n, a.paced_n, a.remus_n)
+    n = str(c.each)
     t = load(lab, "new", "--path", "/", "-n", n)
     f["new_p50"], f["new_p99"] = 1000 * percentile(t, 50), 1000 * percentile(t, 99)
     step(f"GET / new connection p50 {f['new_p50']:.1f} ms, p99 {f['new_p99']:.1f} ms")
@@ -153,8 +155,7 @@ def measure(mode: str, lab: Lab, a: Any, ck: Checkpoints) -> Figures:
     # Paced: each divergence finds the checkpoint budget full again (colo-proxy's storm
     # bound: checkpoint_burst, then one per refill interval, docs/ORCHESTRATOR.md); back
     # to back, above, would show that bound if it held requests.
-    t = load(lab, "new", "--path", "/random", "-n", str(max(1, a.n // 2)),
-             "--every", str(PACED_S))
+    t = load(lab, "new", "--path", "/random", "-n", str(c.paced), "--every", str(PACED_S))
     f["random_paced_p50"] = 1000 * percentile(t, 50)
     f["random_paced_p99"] = 1000 * percentile(t, 99)
     step(f"GET /random one per {PACED_S:g} s p50 {f['random_paced_p50']:.0f} ms, "
@@ -229,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{mode}: FAILED, shown as missing: {exc!r}")
     results = {m: median_figures(r) for m, r in runs.items() if r}
     table = render(results, MODES)
+    c, r = counts("direct", a.n, a.paced_n, a.remus_n), counts("remus", a.n, a.paced_n, a.remus_n)
     stamp = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {ran}, "
-             f"`{' '.join(['bench_vms.py', *(argv if argv is not None else sys.argv[1:])])}`")
+             f"`{' '.join(['bench_vms.py', *(argv if argv is not None else sys.argv[1:])])}`; "
+             f"requests per latency row {c.each}, paced {c.paced} (Remus {r.each} and {r.paced})")
     print(stamp)
     print(table)
     if a.write_doc:

@@ -75,7 +75,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--modes", default=",".join(BUILT), type=_modes,
                     help=f"comma-separated, in order (default {','.join(BUILT)}; "
                     f"of {', '.join(MODES)})")
-    ap.add_argument("-n", type=int, default=40, help="requests per latency measure (40)")
+    ap.add_argument("-n", type=int, default=150,
+                    help="requests per back-to-back latency measure (150: the p99 is the "
+                    "second slowest, not the slowest)")
+    ap.add_argument("--paced-n", type=int, default=100,
+                    help="paced divergent requests, one per 0.5 s (100)")
+    ap.add_argument("--remus-n", type=int, default=30,
+                    help="remus: requests per latency measure, at most (30; each waits for "
+                    "an epoch, so 150 would take minutes and show the epoch again)")
     ap.add_argument("--downloads", type=int, default=5, help="1 MB downloads (5)")
     ap.add_argument("--big-mb", type=int, default=64,
                     help="MB of the long download, 1 MB GETs on one connection (64; 0: skip)")
@@ -92,9 +99,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--write-doc", default="",
                     help="replace the table in this markdown file (docs/BENCHMARKS.md)")
     a = ap.parse_args(argv)
-    for name in ("n", "downloads", "clients", "rounds"):
+    for name in ("n", "paced_n", "remus_n", "downloads", "clients", "rounds"):
         if getattr(a, name) < 1:
-            ap.error(f"{'-n' if name == 'n' else '--' + name} must be at least 1")
+            flag = "-n" if name == "n" else "--" + name.replace("_", "-")
+            ap.error(f"{flag} must be at least 1")
     if a.big_mb < 0 or a.mixed_seconds <= 0 or a.remus_interval <= 0:
         ap.error("--big-mb must be >= 0, --mixed-seconds and --remus-interval > 0")
     if "direct" not in a.modes:
@@ -113,13 +121,34 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def rank(count: int, p: float) -> int:
+    """The 1-based rank of the nearest-rank percentile p (0..100) of `count` values: for
+    p99 it is `count` itself (the slowest) up to 100 values, below it from 101."""
+    return max(1, math.ceil(p / 100 * count))
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100): a value that was measured, never between two."""
     if not values:
         raise ValueError("no values")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return sorted(values)[rank(len(values), p) - 1]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Requests per latency measure of one mode."""
+
+    each: int  # GET / new and keep-alive, GET /random back to back
+    paced: int  # GET /random, one per 0.5 s
+
+
+def counts(mode: str, n: int, paced_n: int, remus_n: int) -> Counts:
+    """How many requests each latency row of `mode` makes. Remus-style buffering holds
+    every reply for an epoch, so its rows are capped at `remus_n` (half of it paced): at
+    0.5 s a request, 150 would add minutes per round and measure the epoch again."""
+    if mode == "remus":
+        return Counts(min(n, remus_n), max(1, min(paced_n, remus_n // 2)))
+    return Counts(n, paced_n)
 
 
 def pauses(events: Sequence[tuple[str, float]]) -> list[float]:

@@ -9,10 +9,12 @@ from colo_lab.bench_table import (
     END,
     MEASURES,
     MODES,
+    counts,
     median_figures,
     parse_args,
     pauses,
     percentile,
+    rank,
     ratio,
     render,
     replace_section,
@@ -24,7 +26,27 @@ def test_defaults_run_the_built_modes_in_order() -> None:
     a = parse_args([])
     assert a.modes == ["direct", "colo-proxy", "qemu-compare", "remus"]
     assert a.remus_interval == 0.2
-    assert (a.n, a.big_mb, a.write_doc) == (40, 64, "")
+    assert (a.n, a.paced_n, a.remus_n, a.big_mb, a.write_doc) == (150, 100, 30, 64, "")
+
+
+def test_default_counts_put_p99_below_the_slowest_request() -> None:
+    # With 40 requests a row the p99 was the maximum: one outlier decided the row.
+    a = parse_args([])
+    for mode in ("direct", "colo-proxy", "qemu-compare"):
+        c = counts(mode, a.n, a.paced_n, a.remus_n)
+        assert rank(c.each, 99) < c.each and rank(c.paced, 99) < c.paced
+    assert rank(40, 99) == 40 and rank(100, 99) == 99 and rank(150, 99) == 149
+
+
+def test_remus_rows_are_capped_and_others_are_not() -> None:
+    assert counts("colo-proxy", 150, 100, 30) == counts("direct", 150, 100, 30)
+    c = counts("colo-proxy", 150, 100, 30)
+    assert (c.each, c.paced) == (150, 100)
+    r = counts("remus", 150, 100, 30)
+    assert (r.each, r.paced) == (30, 15)
+    small = counts("remus", 10, 4, 30)  # below the cap: as asked
+    assert (small.each, small.paced) == (10, 4)
+    assert counts("remus", 150, 100, 1).paced == 1
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -32,6 +54,8 @@ def test_defaults_run_the_built_modes_in_order() -> None:
     (["--modes", "direct,direct"], "named twice"),
     (["--modes", "colo-proxy"], "needs direct"),
     (["-n", "0"], "-n must be at least 1"),
+    (["--paced-n", "0"], "--paced-n must be at least 1"),
+    (["--remus-n", "0"], "--remus-n must be at least 1"),
     (["--clients", "0"], "--clients must be at least 1"),
     (["--big-mb", "-1"], "--big-mb must be >= 0"),
     (["--remus-interval", "0"], "--remus-interval > 0"),
