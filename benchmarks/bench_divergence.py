@@ -31,32 +31,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from colo_lab import netns, packet_trace, pair
+from colo_lab import capture, packet_trace, pair
 from colo_lab.lab import VM_IP, Lab
 from colo_lab.proxy_harness import unique_name
-from colo_lab.wait import wait_until
 
 STEP_NAMES = ("detection", "proxy_request", "orchestrator_wakeup", "checkpoint_trigger",
               "stop_to_resume", "release", "total")
 
 
-REQUESTS = [0]  # requests sent so far
-
-
 def timed_get(lab: Lab, path: str) -> float:
     """Seconds from connect to the last byte of one request on a new connection (curl's
     own timer: the namespace and process start are not in it)."""
-    REQUESTS[0] += 1
     out = subprocess.run(
         ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "-m", "20", "-o", "/dev/null",
          "-w", "%{http_code} %{time_total}", f"http://{VM_IP}{path}"],
@@ -98,52 +91,11 @@ def after_checkpoint(lab: Lab, n: int, gap: float) -> list[float]:
     return lat
 
 
-# Capture points: name, host ("client" or a lab host role), interface.
-POINTS = (("client", "client", "eth0"), ("pvm", "primary", "tapP"),
-          ("fwd", "primary", "fwd0"), ("svm", "secondary", "tapS"))
-
-
-@contextlib.contextmanager
-def captured(lab: Lab, out: Path) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    procs = []
-    started = REQUESTS[0]
-    try:
-        for name, host, ifname in POINTS:
-            ns = lab.client_ns if host == "client" else lab.hosts[host].ns
-            files = (open(out / f"{name}.txt", "wb"), open(out / f"{name}.err", "wb"))
-            procs.append((netns.popen(ns, ["tcpdump", "-i", ifname, "-n", "-tt", "-S", "-l",
-                                           "-B", "8192", "tcp", "port", "80"],
-                                      stdout=files[0], stderr=files[1]), files))
-            err = out / f"{name}.err"
-            wait_until(functools.partial(_listening, err), 10, f"tcpdump on {name}")
-        yield
-        # A last, unmeasured request: once the client's capture shows it, every packet of
-        # the measured ones has been read from the kernel (stopping earlier loses some).
-        timed_get(lab, "/health")
-        wait_until(lambda: _syns(out / "client.txt") >= REQUESTS[0] - started, 10,
-                   "the capture of the last request")
-    finally:
-        for p, files in procs:
-            p.terminate()
-            p.wait(10)
-            for f in files:
-                f.close()
-
-
-def _listening(err: Path) -> bool:
-    return b"listening on" in err.read_bytes()
-
-
-def _syns(capture: Path) -> int:
-    return capture.read_text().count(f" > {VM_IP}.80: Flags [S],")
-
-
 def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
     """Per kind, the median of each step (colo_lab.packet_trace.STEPS) over its requests;
     every request's events go to events.json in `out`."""
     points = {name: packet_trace.parse((out / f"{name}.txt").read_text().splitlines())
-              for name, _, _ in POINTS}
+              for name in capture.NAMES}
     events = packet_trace.request_events(points, VM_IP)
     walls = [{k: v + offset for k, v in marks.items()} for marks in MARKS]
     (out / "marks.json").write_text(json.dumps(walls, indent=1))
@@ -207,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             timed_get(lab, "/random")
         time.sleep(a.gap)
         offset = time.time() - time.monotonic()
-        with captured(lab, a.trace) if a.trace else contextlib.nullcontext():
+        with capture.tcpdump(lab, a.trace) if a.trace else contextlib.nullcontext():
             base = [timed_get(lab, "/") for _ in range(a.n)]
             iso = divergent(lab, a.n, a.gap)
             storm = divergent(lab, a.n, 0.0)

@@ -17,17 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from colo_lab import netns, packet_trace, pair, qemu_compare
+from colo_lab import capture, packet_trace, pair, qemu_compare
 from colo_lab.lab import Lab
 from colo_lab.proxy_harness import unique_name
-from colo_lab.wait import wait_until
-
-POINTS = (("client", "client", "eth0"), ("pvm", "primary", "tapP"),
-          ("fwd", "primary", "fwd0"), ("svm", "secondary", "tapS"))
 
 
 def load(lab: Lab, kind: str, *args: str) -> Any:
@@ -48,35 +43,6 @@ def flat(d: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(d, (int, float)) and not isinstance(d, bool):
         out[prefix[:-1]] = float(d)
     return out
-
-
-@contextlib.contextmanager
-def captured(lab: Lab, out: Path, points: list[str]) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    procs = []
-    try:
-        for name, host, ifname in POINTS:
-            if name not in points:
-                continue
-            ns = lab.client_ns if host == "client" else lab.hosts[host].ns
-            if host != "client" and host not in lab.hosts:
-                continue
-            files = (open(out / f"{name}.txt", "wb"), open(out / f"{name}.err", "wb"))
-            procs.append((netns.popen(ns, ["tcpdump", "-i", ifname, "-n", "-tt", "-S", "-l",
-                                           "-B", "16384", "-s", "128", "tcp", "port", "80"],
-                                      stdout=files[0], stderr=files[1]), files))
-            err = out / f"{name}.err"
-            wait_until(lambda e=err: b"listening on" in e.read_bytes(), 10,  # type: ignore[misc]
-                       f"tcpdump on {name}")
-        yield
-        load(lab, "new", "--path", "/health", "-n", "1")
-        time.sleep(1)  # let tcpdump read what the kernel has (a capture, not a state wait)
-    finally:
-        for p, files in procs:
-            p.terminate()
-            p.wait(10)
-            for f in files:
-                f.close()
 
 
 def phases(capture: Path) -> None:
@@ -155,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             before = flat(pair.proxy_status(lab, "primary")) if proxy else {}
             ck0 = pair.state(lab, "primary").get("checkpoints") if proxy else None
             c0, w0 = cpu_ticks(), time.monotonic()
-            with captured(lab, a.trace / str(r), a.points.split(",")) if a.trace else contextlib.nullcontext():
+            traced = (capture.tcpdump(lab, a.trace / str(r), a.points.split(","))
+                      if a.trace else contextlib.nullcontext())
+            with traced:
                 t = load(lab, "blob", "-n", str(a.n))
             cpu_report(c0, cpu_ticks(), time.monotonic() - w0)
             med = statistics.median(t)
