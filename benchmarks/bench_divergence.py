@@ -39,11 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from colo_lab import capture, packet_trace, pair
+from colo_lab import capture, packet_trace, pair, qemu_compare
+from colo_lab.bench_table import pauses
 from colo_lab.lab import VM_IP, Lab
 from colo_lab.proxy_harness import unique_name
+from colo_lab.wait import wait_until
 
 STEP_NAMES = ("detection", "proxy_request", "orchestrator_wakeup", "checkpoint_trigger",
+              "trigger_command", "qemu_command_to_stop", "stop_event_seen",
               "stop_to_resume", "release", "total")
 
 
@@ -64,20 +67,46 @@ def checkpoints(lab: Lab) -> int:
                if k != "periodic")
 
 
-MARKS: list[dict[str, float]] = []  # every divergent request's checkpoint marks (monotonic)
+# Every divergent request's checkpoint marks, wall-clock seconds (the captures' clock).
+MARKS: list[dict[str, float]] = []
 
 
 def divergent(lab: Lab, n: int, gap: float) -> tuple[list[float], list[dict[str, float]]]:
+    """n divergent requests through colo-proxy, each with its checkpoint's steps."""
     lat, steps = [], []
+    offset = time.time() - time.monotonic()  # the orchestrator's marks are monotonic
     for _ in range(n):
         before = checkpoints(lab)
         lat.append(timed_get(lab, "/random"))
         st = pair.state(lab, "primary")
         if checkpoints(lab) > before and st.get("last_checkpoint_steps_ms"):
             steps.append(st["last_checkpoint_steps_ms"])
-            MARKS.append(st.get("last_checkpoint_marks") or {})
+            MARKS.append({k: v + offset
+                          for k, v in (st.get("last_checkpoint_marks") or {}).items()})
         if gap:
             time.sleep(gap)  # pacing: the budget refills (a load shape, not a wait for state)
+    return lat, steps
+
+
+def divergent_qemu(lab: Lab, n: int, gap: float) -> tuple[list[float], list[dict[str, float]]]:
+    """n divergent requests through QEMU's colo-compare: its checkpoint is the PVM's STOP
+    and RESUME, stamped by QEMU (no orchestrator, no other steps)."""
+    lat, steps = [], []
+    for _ in range(n):
+        qemu_compare.drain_events(lab)  # what came before this request is not its own
+        lat.append(timed_get(lab, "/random"))
+        # colo-compare may release the reply before the PVM resumes: wait for RESUME.
+        seen: list[tuple[str, float]] = []
+
+        def resumed(seen: list[tuple[str, float]] = seen) -> bool:
+            seen.extend(qemu_compare.drain_events(lab))
+            return bool(pauses(seen))
+        wait_until(resumed, 10, "the PVM's RESUME after a divergent request")
+        stop = next(t for e, t in seen if e == "STOP")
+        MARKS.append({"stopped": stop, "resumed": stop + pauses(seen)[0]})
+        steps.append({"stop_to_resume": 1000 * pauses(seen)[0]})
+        if gap:
+            time.sleep(gap)  # pacing, as above
     return lat, steps
 
 
@@ -91,21 +120,21 @@ def after_checkpoint(lab: Lab, n: int, gap: float) -> list[float]:
     return lat
 
 
-def trace_table(out: Path, kinds: dict[str, list[int]], offset: float) -> None:
+def trace_table(out: Path, kinds: dict[str, list[int]]) -> None:
     """Per kind, the median of each step (colo_lab.packet_trace.STEPS) over its requests;
     every request's events go to events.json in `out`."""
     points = {name: packet_trace.parse((out / f"{name}.txt").read_text().splitlines())
               for name in capture.NAMES}
     events = packet_trace.request_events(points, VM_IP)
-    walls = [{k: v + offset for k, v in marks.items()} for marks in MARKS]
-    (out / "marks.json").write_text(json.dumps(walls, indent=1))
-    for wall in walls:  # each checkpoint to the request it happened in: the last one opened
-        t = wall.get("detected_at")
+    (out / "marks.json").write_text(json.dumps(MARKS, indent=1))
+    for wall in MARKS:  # each checkpoint to the request it happened in: the last one opened
+        t = wall.get("detected_at", wall.get("stopped"))
         owners = [ev for ev in events.values() if t is not None
                   and ev.get("client.in.syn", t + 1) <= t]
         if owners:
-            max(owners, key=lambda ev: ev["client.in.syn"]).update(
-                {f"orch.{k}": v for k, v in wall.items()})
+            mine = max(owners, key=lambda ev: ev["client.in.syn"])
+            mine.update({f"orch.{k}": v for k, v in wall.items()})
+            mine.update({f"ckpt.{k}": wall[k] for k in ("stopped", "resumed") if k in wall})
     ordered = [ev for _, ev in sorted(events.items(),
                                       key=lambda kv: kv[1].get("client.in.syn", 0))]
     (out / "events.json").write_text(json.dumps(ordered, indent=1))
@@ -141,6 +170,9 @@ def report(name: str, lat: list[float], steps: list[dict[str, float]], base: flo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=("colo-proxy", "qemu-compare"), default="colo-proxy",
+                    help="what protects the pair: colo-proxy and the orchestrators, or "
+                    "QEMU's colo-compare (colo_lab.qemu_compare; no orchestrator steps)")
     ap.add_argument("-n", type=int, default=10, help="requests per kind (default 10)")
     ap.add_argument("--gap", type=float, default=0.7,
                     help="seconds between isolated divergent requests (default 0.7)")
@@ -151,20 +183,25 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(unique_name("bdiv"))
     lab.down()
     try:
-        lab.up(secondary="incoming")
-        pair.protect(lab, proxy=True, extra=a.extra)
+        qemu = a.mode == "qemu-compare"
+        if qemu:
+            lab.up(secondary="incoming", qemu_compare=True)
+            qemu_compare.protect(lab)
+        else:
+            lab.up(secondary="incoming")
+            pair.protect(lab, proxy=True, extra=a.extra)
         lab.wait_http("/", lab.http("/")[1], 30)
         for _ in range(3):  # warm the guest's page cache and the flows' code paths
             timed_get(lab, "/")
             timed_get(lab, "/random")
         time.sleep(a.gap)
-        offset = time.time() - time.monotonic()
+        div = divergent_qemu if qemu else divergent
         with capture.tcpdump(lab, a.trace) if a.trace else contextlib.nullcontext():
             base = [timed_get(lab, "/") for _ in range(a.n)]
-            iso = divergent(lab, a.n, a.gap)
-            storm = divergent(lab, a.n, 0.0)
+            iso = div(lab, a.n, a.gap)
+            storm = div(lab, a.n, 0.0)
             after = after_checkpoint(lab, a.n, a.gap)
-        st: dict[str, Any] = pair.state(lab, "primary")
+        st: dict[str, Any] = {} if qemu else pair.state(lab, "primary")
     finally:
         lab.down()
     b = statistics.median(base)
@@ -186,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                               "GET /random, isolated": list(range(n, 2 * n)),
                               "GET /random, back to back": list(range(2 * n, 3 * n)),
                               "GET / after a checkpoint": [3 * n + 2 * i + 1 for i in range(n)],
-                              }, offset)
+                              })
     return 0
 
 

@@ -74,7 +74,7 @@ class Checkpoints:
         self.orch = mode in ("colo-proxy", "remus")
         self.start = self._orch() if self.orch else (0.0, 0.0, 0.0)
         if mode == "qemu-compare":
-            self._drain()  # forget COLO's entry; count from here
+            qemu_compare.drain_events(lab)  # forget COLO's entry and the warm-up's
 
     def _orch(self) -> tuple[float, float, float]:
         m = pair.metrics(self.lab, "primary")
@@ -83,17 +83,7 @@ class Checkpoints:
                 m.get("colo_checkpoint_pvm_pause_seconds_count", 0.0))
 
     def _drain(self) -> None:
-        mon = self.lab.vms["primary"].events()
-        while True:
-            try:
-                ev = mon.pull_event(wait=0.01)
-            except TimeoutError:
-                return
-            if ev is None:
-                return
-            ts = ev.get("timestamp", {})
-            self.events.append((str(ev.get("event")),
-                                ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6))
+        self.events.extend(qemu_compare.drain_events(self.lab))
 
     def poll(self) -> None:
         """Read the PVM's events so far (QEMU keeps them in the socket until read)."""

@@ -109,12 +109,16 @@ STEPS: tuple[tuple[str, str | tuple[str, str], str], ...] = (
     ("SVM's body after the PVM's", "pvm.out.data2", "fwd.out.data2"),
     ("divergence found (SVM body to request)", "fwd.out.data2", "orch.detected_at"),
     ("proxy request, orchestrator wake-up", "orch.detected_at", "orch.decided"),
-    ("checkpoint trigger", "orch.decided", "orch.stopped"),
-    ("STOP to RESUME", "orch.stopped", "orch.resumed"),
-    ("release", "orch.resumed", "orch.released"),
+    ("checkpoint trigger", "orch.decided", "ckpt.stopped"),
+    ("STOP to RESUME", "ckpt.stopped", "ckpt.resumed"),
+    ("release", "ckpt.resumed", "orch.released"),
     ("released to the client's last byte", "orch.released", "client.out.last_data"),
     ("body released (later twin to client)", ("pvm.out.data2", "fwd.out.data2"),
      "client.out.data2"),
+    # The same checkpoint seen from outside either proxy: the PVM's STOP and RESUME (the
+    # orchestrator's, or QEMU's own event stamps where no orchestrator runs).
+    ("request at the client to STOP", "client.in.request", "ckpt.stopped"),
+    ("RESUME to the body at the client", "ckpt.resumed", "client.out.data2"),
     ("whole request (SYN to last byte)", "client.in.syn", "client.out.last_data"),
 )
 

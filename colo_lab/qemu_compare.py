@@ -101,3 +101,21 @@ def protect(lab: Lab, *, delay_ms: int = DEFAULT_DELAY_MS, timeout: float = 60.0
     wait_until(lambda: svm.cmd("query-colo-status").get("mode") == "secondary", 10,
                "the SVM in COLO mode secondary", every=0.05)
     return took
+
+
+def drain_events(lab: Lab, role: str = "primary") -> list[tuple[str, float]]:
+    """The events a VM's events monitor holds, oldest first, as (name, QEMU's timestamp):
+    with no orchestrator, its STOP and RESUME are the only sign of a checkpoint. QEMU
+    keeps events in the socket until read, and stamps them with the host's wall clock
+    (`g_get_real_time()` in qapi/qmp-event.c), the clock tcpdump's `-tt` prints too."""
+    mon = lab.vms[role].events()
+    out: list[tuple[str, float]] = []
+    while True:
+        try:
+            ev = mon.pull_event(wait=0.01)
+        except TimeoutError:
+            return out
+        if ev is None:
+            return out
+        ts = ev.get("timestamp", {})
+        out.append((str(ev.get("event")), ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6))

@@ -25,9 +25,19 @@ STEPS: tuple[tuple[str, str, str], ...] = (
     ("release", "resumed", "released"),
     ("total", "held_since", "released"),
 )
+# The checkpoint trigger, split where the QEMU backend can mark it:
+# trigger_sent  the orchestrator wrote the QMP command that starts the checkpoint
+# qemu_stopped  QEMU's own stamp on its STOP event (its wall clock, read as monotonic)
+# What is ours is before trigger_sent and after qemu_stopped; between them is QEMU's
+# (its timer, the CHECKPOINT_REQUEST round trip to the secondary, vm_stop).
+TRIGGER_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("trigger_command", "decided", "trigger_sent"),
+    ("qemu_command_to_stop", "trigger_sent", "qemu_stopped"),
+    ("stop_event_seen", "qemu_stopped", "stopped"),
+)
 
 
 def checkpoint_steps(marks: dict[str, float]) -> dict[str, float]:
     """Each step whose two marks are known, in milliseconds."""
     return {name: round(1000 * (marks[b] - marks[a]), 1)
-            for name, a, b in STEPS if a in marks and b in marks}
+            for name, a, b in STEPS + TRIGGER_STEPS if a in marks and b in marks}

@@ -193,7 +193,10 @@ class Actions(ProxySupervision):
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
         marks["released"] = time.monotonic()
-        for key, attr in (("stopped", "checkpoint_stopped_at"), ("resumed", "checkpoint_resumed_at")):
+        for key, attr in (("stopped", "checkpoint_stopped_at"),
+                          ("resumed", "checkpoint_resumed_at"),
+                          ("trigger_sent", "checkpoint_sent_at"),
+                          ("qemu_stopped", "checkpoint_qemu_stopped_at")):
             at = getattr(self.backend, attr, None)
             if isinstance(at, float) and at >= start:
                 marks[key] = at

@@ -94,6 +94,16 @@ class _Monitor:
             mon.close()
 
 
+def _monotonic_stamp(event: dict[str, Any], now: float) -> float:
+    """QEMU's stamp on an event (`g_get_real_time()`, qapi/qmp-event.c: the wall clock) on
+    the monotonic clock, `now` being the monotonic time it was read; `now` without one."""
+    ts = event.get("timestamp")
+    if not isinstance(ts, dict) or "seconds" not in ts:
+        return now
+    wall = ts["seconds"] + ts.get("microseconds", 0) / 1e6
+    return now - (time.time() - float(wall))
+
+
 class QemuBackend(Backend):
     def __init__(self, qmp: str, qmp_events: str, vm_command: list[str], *,
                  qmp_timeout: float = 5.0, qemu_checkpoint_delay_ms: int = 3_600_000,
@@ -121,9 +131,13 @@ class QemuBackend(Backend):
         self._tls_set = False  # our waiting VM runs a TLS handshake on each connection
         self.proc: subprocess.Popen[bytes] | None = None
         self.checkpoint_pause_s = 0.0
-        # Monotonic times of the last checkpoint's STOP and RESUME (colo_orch.core.timeline).
+        # Monotonic times of the last checkpoint's STOP and RESUME (colo_orch.core.timeline):
+        # when the action thread saw them; when the trigger command went out; and QEMU's own
+        # stamp on the STOP event.
         self.checkpoint_stopped_at = 0.0
         self.checkpoint_resumed_at = 0.0
+        self.checkpoint_sent_at = 0.0
+        self.checkpoint_qemu_stopped_at = 0.0
         self._colo_stop_seen = False
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
@@ -396,7 +410,7 @@ class QemuBackend(Backend):
 
     def checkpoint(self) -> str:
         self.events.clear_events()
-        start = time.monotonic()
+        start = self.checkpoint_sent_at = time.monotonic()
         self.mon.cmd("migrate-set-parameters", **{"x-checkpoint-delay": self.qemu_delay_ms})
         stopped_at = None
         deadline = start + 30
@@ -411,6 +425,7 @@ class QemuBackend(Backend):
             name = ev.get("event")
             if name == "STOP":
                 stopped_at = self.checkpoint_stopped_at = time.monotonic()
+                self.checkpoint_qemu_stopped_at = _monotonic_stamp(ev, stopped_at)
                 if self.on_checkpoint_stop is not None:
                     self.on_checkpoint_stop()
             elif name == "RESUME" and stopped_at is not None:

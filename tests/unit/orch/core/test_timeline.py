@@ -22,3 +22,12 @@ def test_a_periodic_checkpoint_has_no_proxy_steps() -> None:
 def test_the_steps_chain_from_the_packet_to_the_release() -> None:
     assert [a for _, a, _ in STEPS[:-1]][1:] == [b for _, _, b in STEPS[:-2]]
     assert STEPS[-1][1:] == (STEPS[0][1], STEPS[-2][2])
+
+
+def test_the_trigger_splits_into_ours_and_qemus_where_marked() -> None:
+    marks = {"decided": 1.0, "trigger_sent": 1.0025, "qemu_stopped": 1.004,
+             "stopped": 1.0045, "resumed": 1.05, "released": 1.051}
+    got = checkpoint_steps(marks)
+    assert (got["trigger_command"], got["qemu_command_to_stop"], got["stop_event_seen"]) \
+        == (2.5, 1.5, 0.5)
+    assert got["checkpoint_trigger"] == 4.5
