@@ -30,6 +30,10 @@ class Backend(ABC):
     # Called (from the action thread) when the PVM has stopped for a checkpoint: from then
     # on the proxy can tell pre-snapshot output from what the PVM sends after it resumes.
     on_checkpoint_stop: Callable[[], object] | None = None
+    # Called (from the action thread) once the hypervisor has been told to checkpoint and
+    # before its STOP: what is only announced to the proxy goes here, off the path from
+    # the decision to the STOP.
+    on_checkpoint_triggered: Callable[[], object] | None = None
 
     def __init__(self) -> None:
         # Set by the loop when the peer is lost while a checkpoint runs: `checkpoint` then

@@ -44,3 +44,47 @@ def test_the_last_checkpoint_keeps_its_marks_and_their_steps() -> None:
     assert a.last_checkpoint_steps["stop_to_resume"] == 45.0
     assert a.last_checkpoint_steps["detection"] == 6.0
     assert a.checkpoints["payload"] == 1
+
+
+class _QemuLike:
+    """Tells the proxy itself nothing: the runner does, around the hooks it sets."""
+
+    notifies_proxy_of_checkpoints = False
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.on_checkpoint_triggered: object = None
+        self.on_checkpoint_stop: object = None
+        self.checkpoint_pause_s = 0.045
+
+    def checkpoint(self) -> str:
+        self.log.append("qmp: migrate-set-parameters")
+        assert callable(self.on_checkpoint_triggered) and callable(self.on_checkpoint_stop)
+        self.on_checkpoint_triggered()
+        self.log.append("qemu: STOP")
+        self.on_checkpoint_stop()
+        self.log.append("qemu: RESUME")
+        return "checkpointed"
+
+
+class _Proxy:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def send(self, msg: dict[str, object]) -> bool:
+        self.log.append(f"proxy: {msg['type']}")
+        return True
+
+
+def test_the_trigger_goes_out_before_the_proxy_hears_of_the_checkpoint() -> None:
+    # checkpoint_started waited for the proxy's answer before QEMU was told; now QEMU
+    # has the command first, and the proxy still hears started, barrier, done in order.
+    log: list[str] = []
+    a = Actions.__new__(Actions)
+    a.backend = _QemuLike(log)  # type: ignore[assignment]
+    a.proxy = _Proxy(log)  # type: ignore[assignment]
+    a.metrics = OrchMetrics(CollectorRegistry())
+    a.checkpoints = Counter()
+    a._checkpoint(("payload",), {"decided": time.monotonic()})
+    assert log == ["qmp: migrate-set-parameters", "proxy: checkpoint_started", "qemu: STOP",
+                   "proxy: checkpoint_barrier", "qemu: RESUME", "proxy: checkpoint_done"]
