@@ -1,0 +1,57 @@
+"""bench_proxy.py's table: each path against direct, the proxies against the floors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_proxy.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_proxy", _PATH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+DIRECT_LAT = {"p50_us": 100.0, "p99_us": 200.0}
+
+
+def _path(bps: float, p50: float, p99: float) -> dict[str, Any]:
+    return {"bps": bps, "lat": {"p50_us": p50, "p99_us": p99}}
+
+
+def _proxied(bps: float, p50: float, p99: float) -> dict[str, Any]:
+    status = {"checkpoint_requests": {}, "queue_overflows": 0,
+              "fast_path": {"released": 7, "slow_pvm": 3, "slow_svm": 2, "lent": 4,
+                            "handbacks_flags": 1, "handbacks_lag": 0}}
+    return {**_path(bps, p50, p99), "hop": {"p50_us": p50 - 20, "p99_us": p99},
+            "status": status, "answered": 0}
+
+
+def test_floor_with_svm_has_throughput_and_the_proxy_a_ratio_to_it(bench: ModuleType) -> None:
+    lines = bench.report(10e9, DIRECT_LAT, _path(7e9, 140, 260), _path(5e9, 160, 300),
+                         [("", _proxied(4e9, 180, 400))])
+    text = "\n".join(lines)
+    svm_floor = lines.index(next(x for x in lines if "until the SVM has sent" in x))
+    assert "floor      5.00 Gbit/s   ratio 0.50" in lines[svm_floor + 1]
+    proxied = next(x for x in lines if x.startswith("throughput") and "proxied" in x)
+    assert proxied.endswith("ratio 0.40   0.80 of the floor with the SVM")
+    # added p50: proxy +80 us against the floor's +60 us
+    assert "added p50 1.33x the floor with the SVM" in text
+    assert "throughput 0.40 of direct (target >= 0.7; the floor with the SVM 0.50)" in text
+    assert "flows lent 4, given back {'flags': 1}" in text
+
+
+def test_without_floor_no_ratio_to_it(bench: ModuleType) -> None:
+    lines = bench.report(10e9, DIRECT_LAT, None, None, [("--no-fast-path",
+                                                         _proxied(2e9, 300, 900))])
+    assert not any("floor" in x for x in lines)
+    assert any(x.endswith("ratio 0.20") for x in lines)
