@@ -413,12 +413,20 @@ class Comparator:
                 self._wakeup_at = None
             heap = self._heap
             timeout = self._timeout
+            due: list[tuple[float, int, FlowState, int]] = []
             while heap and heap[0][0] <= now:
-                _d, _s, f, kind = heapq.heappop(heap)
+                due.append(heapq.heappop(heap))
+            # Resegment checks before timeouts: a packet both due to be withdrawn and
+            # timed out is withdrawn (its segments wait afresh), whichever was armed first,
+            # so a decision never depends on when a timer happened to be armed (the fast
+            # path's give-back re-arms them).
+            for _d, _s, f, kind in due:
                 if kind:
                     f.lagtimer = False
                     if isinstance(f, TcpFlow):
                         self._lag_check(f, now, out)
+            for _d, _s, f, kind in due:
+                if kind:
                     continue
                 f.timer = False
                 if f.state != COMPARE:

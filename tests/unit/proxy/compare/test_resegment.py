@@ -223,3 +223,19 @@ def test_the_wait_counts_from_svm_bytes_that_match_a_whole_pvm_segment(
     assert not acts(c.tick(0.3 + AFTER - 0.001))
     assert c.packet(S, 3, sdata(70, BODY), 0.3 + AFTER - 0.0005) == [Release((11,)), Drop((3,))]
     assert c.stats.resegmented_packets == 0
+
+
+def test_a_tick_that_finds_both_due_resegments_rather_than_times_out(c: Comparator) -> None:
+    """The compare timeout came due before the resegment check now due with it: the
+    check goes first, whatever the order they were armed in (a flow given back by the
+    fast path has its timers re-armed at the give-back)."""
+    assert c.packet(P, 10, pdata(0, BODY), 0.1, SUPER) == [Wakeup(0.1 + AFTER)]
+    # The SVM goes on sending, never all of it; each tick finds the check not yet due
+    # and moves it on (the last one to 1.11, after the packet's timeout at 1.1).
+    for at, tick, (a, b) in ((0.12, 0.169, (0, 1000)), (0.5, 0.549, (1000, 2000)),
+                             (1.06, 1.08, (2000, 3000))):
+        c.packet(S, int(at * 100), sdata(a, BODY[a:b]), at)
+        assert not acts(c.tick(tick))
+    cmds = c.tick(1.2)  # the timeout (1.1) and the check (1.11) are both due
+    assert Resegment((10,)) in cmds
+    assert not [x for x in cmds if isinstance(x, RequestCheckpoint)]
