@@ -39,18 +39,21 @@ from colo_proxy.compare._flows import (
     DatagramFlow,
     Divergence,
     FlowState,
+    HeldTcp,
     TcpFlow,
 )
 from colo_proxy.compare._flows import HALF as _HALF
 from colo_proxy.compare._flows import MASK as _MASK
 from colo_proxy.compare._flows import NO_ACK as _NO_ACK
 from colo_proxy.compare._flows import NO_TOP as _NO_TOP
+from colo_proxy.compare._stream import Segment
 from colo_proxy.compare.config import CompareConfig, Policy
 from colo_proxy.compare.events import (
     SUPER,
     Command,
     Drop,
     Flow,
+    LentFlow,
     PacketId,
     Reason,
     Release,
@@ -98,6 +101,49 @@ _COUNTERS: tuple[str, ...] = (
     "resegmented_packets",
     "secondary_packets",
 )
+
+
+def _lent_held(
+    held: list[HeldTcp] | None, segs: list[Segment] | None, m: int, top: int
+) -> tuple[tuple[PacketId, int, int, float, bool, bytes], ...] | None:
+    """The held packets with their unmatched bytes, if ``segs`` (one per packet that has
+    bytes past ``m``, contiguous from it to ``top``) can be split so; else None."""
+    out: list[tuple[PacketId, int, int, float, bool, bytes]] = []
+    i = 0
+    pos = m
+    for pid, end, aoff, need, t in held or ():
+        if need & ~SPLITTABLE:
+            return None  # waits for flags or a checkpoint: the comparator's to decide
+        data = b""
+        if end > pos:
+            if segs is None or i >= len(segs):
+                return None
+            start, data = segs[i]
+            i += 1
+            if start > pos or start + len(data) != end:
+                return None
+            pos = end
+        out.append((pid, end, aoff, t, bool(need & SPLITTABLE), data))
+    if pos != top or (segs is not None and i != len(segs)):
+        return None
+    return tuple(out)
+
+
+def _lent_kept(
+    ids: list[tuple[PacketId, int]] | None, segs: list[Segment] | None, m: int, top: int
+) -> tuple[tuple[int, bytes], ...] | None:
+    """The SVM's kept segments, one per kept packet and contiguous from ``m`` to ``top``;
+    None otherwise (a packet whose bytes an earlier copy brought is not one of them)."""
+    if not ids and not segs:
+        return () if top == m else None
+    if ids is None or segs is None or len(ids) != len(segs):
+        return None
+    pos = m
+    for (_sid, end), (start, data) in zip(ids, segs, strict=True):
+        if start > pos or start + len(data) != end or end <= pos:
+            return None
+        pos = end
+    return tuple(segs) if pos == top else None
 
 
 class CompareStats:
@@ -474,13 +520,15 @@ class Comparator:
         return self._finish(rel, drop, [])
 
     # -- lending a flow to a fast path -----------------------------------------------------
-    def lend(self, key: bytes) -> tuple[int, int, int, int, int, int, int] | None:
-        """Hand an IPv4 TCP flow's in-sync state to a fast path, or None if it is not in sync.
+    def lend(self, key: bytes) -> LentFlow | None:
+        """Hand an IPv4 TCP flow's state to a fast path, or None if it cannot take it.
 
-        In sync: comparing, this epoch, nothing held or kept, both streams at the matched
-        offset, the SVM's ACK known, no FIN or RST on either side. Returns (p_base, s_base,
-        p_abase, s_abase, matched, s_ack, p_amax). Until ``take_back`` the flow is not
-        evicted, and the caller must not give this comparator a packet of it.
+        It can when the flow is comparing, this epoch, the SVM's ACK known, no FIN or RST
+        on either side, not lagging, its held packets wait for nothing but bytes and ACKs,
+        and at most one side is ahead of the matched offset, with its unmatched bytes
+        stored whole per packet from there on (a bulk flow between two super-packets,
+        whichever side sent first). Until ``take_back`` the flow holds and keeps nothing
+        here, is not evicted, and the caller must not give this comparator a packet of it.
         """
         f = self._tcp.get(key)
         if (
@@ -489,20 +537,17 @@ class Comparator:
             or f.lent
             or f.state != COMPARE
             or f.epoch != self._epoch
-            or f.npkts
-            or f.held
-            or f.s_ids
-            or f.p_segs
-            or f.s_segs
             or f.reseg != _NO_TOP
         ):
             return None
         m, pb, sb, pab, sab = f.matched, f.p_base, f.s_base, f.p_abase, f.s_abase
         if m is None or pb is None or sb is None or pab is None or sab is None:
             return None
+        p_top, s_top = f.p_top, f.s_top
         if (
-            f.p_top != m
-            or f.s_top != m
+            p_top < m
+            or s_top < m
+            or (p_top != m and s_top != m)
             or f.s_ack == _NO_ACK
             or f.p_fin is not None
             or f.s_fin is not None
@@ -510,8 +555,27 @@ class Comparator:
             or f.s_rst != _NO_TOP
         ):
             return None
+        held = _lent_held(f.held, f.p_segs, m, p_top)
+        kept = _lent_kept(f.s_ids, f.s_segs, m, s_top)
+        if held is None or kept is None:
+            return None
+        nbytes = sum(len(h[5]) for h in held) + sum(len(d) for _s, d in kept)
+        if nbytes != f.nbytes or len(held) + len(kept) != f.npkts:
+            return None  # stored otherwise than one segment per packet: stays here
         f.lent = True
-        return pb, sb, pab, sab, m, f.s_ack, f.p_amax
+        self._npkts -= f.npkts
+        self._nbytes -= f.nbytes
+        f.npkts = 0
+        f.nbytes = 0
+        f.held = None
+        f.p_segs = None
+        f.s_segs = None
+        f.s_ids = None
+        if f.busy:
+            f.busy = False
+            self._busy.discard(f)
+        return LentFlow(pb, sb, pab, sab, m, f.s_ack, f.p_amax, p_top, s_top, f.s_prog,
+                        held, kept)
 
     def take_back(
         self,

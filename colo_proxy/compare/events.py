@@ -127,3 +127,30 @@ class Wakeup:
 
 
 Command = Release | Drop | Resegment | RequestCheckpoint | Wakeup
+
+
+@dataclass(frozen=True, slots=True)
+class LentFlow:
+    """A TCP flow's state as ``Comparator.lend`` hands it to a fast path.
+
+    Stream offsets count from each side's first payload byte, sequence and ACK bases are
+    the 32-bit numbers the offsets are taken from. At most one side is ahead of
+    ``matched``; its unmatched bytes come as the packets that carried them: ``held``, the
+    PVM packets still held in arrival order (id, stream end, ACK offset, arrival time,
+    whether a super-packet the adapter can have segmented, the packet's bytes still to
+    compare or b""), and ``s_kept``, the SVM's (start, bytes) in stream order. The
+    inverse of ``Comparator.take_back``.
+    """
+
+    p_base: int
+    s_base: int
+    p_abase: int
+    s_abase: int
+    matched: int
+    s_ack: int
+    p_amax: int
+    p_top: int
+    s_top: int
+    s_prog: float
+    held: tuple[tuple[PacketId, int, int, float, bool, bytes], ...] = ()
+    s_kept: tuple[tuple[int, bytes], ...] = ()

@@ -9,7 +9,7 @@ opening comment is the theory of operation; docs/PROXY.md says how the proxy use
 ``available()`` is False when no build matches the sources (``scripts/build-fastpath``):
 the proxy then runs its pure-Python path.
 
-This room imports ``compare`` (lending.py) and its own C module; the C code reads and
+This room imports ``compare`` (lending.py, the lent state) and its own C module; the C code reads and
 writes the descriptors that ``kernel`` opened and configured, and opens none itself.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from colo_proxy.compare import LentFlow
 from colo_proxy.fastpath import _build
 
 # Why a flow was given back (FP_BACK_* in fastpath.c), for metrics.
@@ -34,6 +35,7 @@ _SVM = struct.Struct("=BHdI")
 _BACK = struct.Struct("=BB12sqqqqqdII")
 _HELD = struct.Struct("=IqqdIB")
 _KEPT = struct.Struct("=qI")
+_COUNTS = struct.Struct("=II")
 
 _lib: Any = None
 _ffi: Any = None
@@ -119,10 +121,15 @@ class FastPath:
         return rc
 
     # -- the core --------------------------------------------------------------------
-    def lend(self, key: bytes, facts: tuple[int, int, int, int, int, int, int]) -> bool:
+    def lend(self, key: bytes, lent: LentFlow) -> bool:
+        """Take a flow the comparator lent; False if the table is full (not taken)."""
         f = _ffi.new("fp_facts *")
-        f.p_base, f.s_base, f.p_abase, f.s_abase, f.matched, f.s_ack, f.p_amax = facts
-        return self._check(_lib.fp_lend(self._p, key, f), "lend") == 1
+        f.p_base, f.s_base, f.p_abase, f.s_abase = lent.p_base, lent.s_base, lent.p_abase, \
+            lent.s_abase
+        f.matched, f.s_ack, f.p_amax = lent.matched, lent.s_ack, lent.p_amax
+        f.p_top, f.s_top, f.s_prog = lent.p_top, lent.s_top, lent.s_prog
+        state = lend_state(lent) if lent.held or lent.s_kept else b""
+        return self._check(_lib.fp_lend(self._p, key, f, state, len(state)), "lend") == 1
 
     def pvm(self, packet_id: int, packet: bytes, now: float, gso: bool = False) -> bool:
         """True if the fast path took this PVM packet (core only, for tests)."""
@@ -222,6 +229,16 @@ class FastPath:
     @property
     def outstanding(self) -> int:
         return int(_lib.fp_outstanding(self._p))
+
+
+def lend_state(lent: LentFlow) -> bytes:
+    """A lend's held packets and kept segments in the layout of a give-back record."""
+    out = [_COUNTS.pack(len(lent.held), len(lent.s_kept))]
+    for pid, end, aoff, t, gso, data in lent.held:
+        out += (_HELD.pack(pid, end, aoff, t, len(data), gso), data)
+    for start, data in lent.s_kept:
+        out += (_KEPT.pack(start, len(data)), data)
+    return b"".join(out)
 
 
 def parse_records(data: bytes) -> list[Record]:

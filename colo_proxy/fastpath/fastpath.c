@@ -3,10 +3,12 @@
  * Theory of operation
  * -------------------
  * The comparator (colo_proxy/compare) is the only definition of what matches. It *lends*
- * a TCP flow to this module when the flow is quiescent and in sync (nothing held, nothing
- * kept, both streams at the matched offset, no FIN/RST, same epoch), with the numbers it
- * would use for the next packets (fp_facts). While lent, this module does for that flow
- * exactly what TcpFlow.primary/secondary do for one narrow kind of packet: IPv4 without
+ * a TCP flow to this module when at most one side is ahead of the matched offset, no
+ * FIN/RST, same epoch, with the numbers it would use for the next packets (fp_facts) and
+ * what it holds: the PVM packets still held, the SVM segments kept, each with its bytes
+ * not yet matched (a bulk flow is in sync only between super-packets, so a lend that
+ * waited for nothing held would come late or never). While lent, this module does for
+ * that flow exactly what TcpFlow.primary/secondary do for one narrow kind of packet: IPv4 without
  * options, ACK set and no SYN/FIN/RST, each side's next in-order segment. It keeps the
  * same state the comparator would (matched offset, each side's top, the SVM's ACK, held
  * PVM packets with their ACK offsets, kept SVM segments) and releases held PVM packets on
@@ -224,7 +226,67 @@ void fp_free(fp_t *fp) {
     free(fp);
 }
 
-int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *x) {
+/* Read n bytes of a lend's state into dst, or fail: the layout is hand_back's. */
+static int take(const uint8_t **p, const uint8_t *end, void *dst, size_t n) {
+    if ((size_t)(end - *p) < n)
+        return -EINVAL;
+    memcpy(dst, *p, n);
+    *p += n;
+    return 0;
+}
+#define TAKE(p, end, v) do { if (take(&(p), (end), &(v), sizeof (v))) goto bad; } while (0)
+
+/* The held PVM packets and kept SVM segments of a lend, as hand_back writes them. */
+static int lend_state(flow_t *f, const uint8_t *p, size_t len) {
+    const uint8_t *end = p + len;
+    uint32_t nh, nk;
+    if (!len)
+        return 0;
+    TAKE(p, end, nh);
+    TAKE(p, end, nk);
+    if (nh > (uint32_t)(len / 33) || nk > (uint32_t)(len / 12))
+        goto bad;
+    f->held = calloc(nh ? nh : 1, sizeof(held_t));
+    f->kept = calloc(nk ? nk : 1, sizeof(kept_t));
+    if (!f->held || !f->kept)
+        return -ENOMEM;
+    f->ch = nh ? nh : 1;
+    f->ck = nk ? nk : 1;
+    for (uint32_t i = 0; i < nh; i++) {
+        held_t *h = &f->held[f->nh];
+        TAKE(p, end, h->id);
+        TAKE(p, end, h->end);
+        TAKE(p, end, h->aoff);
+        TAKE(p, end, h->t);
+        TAKE(p, end, h->dlen);
+        TAKE(p, end, h->gso);
+        f->nh++;
+        if (h->dlen) {
+            if ((size_t)(end - p) < h->dlen || !(h->data = malloc(h->dlen)))
+                goto bad;
+            memcpy(h->data, p, h->dlen);
+            p += h->dlen;
+            f->nbytes += h->dlen;
+        }
+    }
+    for (uint32_t i = 0; i < nk; i++) {
+        kept_t *k = &f->kept[f->nk];
+        TAKE(p, end, k->start);
+        TAKE(p, end, k->dlen);
+        if ((size_t)(end - p) < k->dlen || !k->dlen || !(k->data = malloc(k->dlen)))
+            goto bad;
+        f->nk++;
+        memcpy(k->data, p, k->dlen);
+        p += k->dlen;
+        f->nbytes += k->dlen;
+    }
+    return p == end ? 0 : -EINVAL;
+bad:
+    return -EINVAL;
+}
+
+int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *x, const uint8_t *state,
+            size_t len) {
     flow_t **pp = find_slot(fp, key);
     if (*pp)
         return -EEXIST;
@@ -233,23 +295,32 @@ int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *x) {
     flow_t *f = calloc(1, sizeof *f);
     if (!f)
         return -ENOMEM;
+    int rc = lend_state(f, state, len);
+    if (rc < 0) {
+        flow_free(f);
+        return rc;
+    }
     memcpy(f->key, key, 12);
     f->p_base = x->p_base;
     f->s_base = x->s_base;
     f->p_abase = x->p_abase;
     f->s_abase = x->s_abase;
-    f->m = f->p_top = f->s_top = x->matched;
+    f->m = x->matched;
+    f->p_top = x->p_top;
+    f->s_top = x->s_top;
     f->s_ack = x->s_ack;
     f->p_amax = x->p_amax;
-    /* The flow is in sync when lent, so any packet held later arrived after the SVM's
-     * last bytes before the lend: only bytes from now on can move a resegment check. */
-    f->s_prog = -1.0;
+    /* When the SVM last sent new bytes (the comparator's, -1 if never): a resegment check
+     * of a packet held at the lend counts from it. */
+    f->s_prog = x->s_prog;
     *pp = f;
     f->lnext = fp->lent;
     if (fp->lent)
         fp->lent->lprev = f;
     fp->lent = f;
     fp->nflows++;
+    fp->held_total += f->nh;
+    fp->kept_total += f->nk;
     fp->stats.lent++;
     return 1;
 }

@@ -4,10 +4,12 @@
 typedef struct fp fp_t;
 
 /* What the comparator knows of a flow it lends (TcpFlow's fields, stream offsets as
- * int64, sequence bases as the 32-bit numbers it keeps). */
+ * int64, sequence bases as the 32-bit numbers it keeps). One side may be ahead of the
+ * matched offset: its unmatched bytes come with the lend (fp_lend's `state`). */
 typedef struct {
     uint32_t p_base, s_base, p_abase, s_abase;
-    int64_t matched, s_ack, p_amax;
+    int64_t matched, s_ack, p_amax, p_top, s_top;
+    double s_prog;
 } fp_facts;
 
 typedef struct {
@@ -21,7 +23,10 @@ typedef struct {
 /* The core: packets in, releases and records out; no socket, no clock. */
 fp_t *fp_new(int max_flow_packets, int64_t max_flow_bytes, int max_flows);
 void fp_free(fp_t *fp);
-int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *facts);
+/* state: the held PVM packets and kept SVM segments in a give-back record's layout
+ * (counts, then each entry with its bytes); len 0 for none. */
+int fp_lend(fp_t *fp, const uint8_t *key, const fp_facts *facts, const uint8_t *state,
+            size_t len);
 int fp_pvm(fp_t *fp, uint32_t id, const uint8_t *pkt, size_t len, double now, int gso);
 int fp_svm(fp_t *fp, const uint8_t *pkt, size_t len, double now);
 int fp_reclaim_all(fp_t *fp, int reason);

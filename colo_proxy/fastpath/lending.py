@@ -1,8 +1,9 @@
 """Lending flows between the comparator and the C fast path (no I/O, no clock).
 
 The proxy and the property test that holds the fast path to the comparator share these,
-so both exercise one protocol: lend a flow once the comparator says it is in sync, and
-install whatever the fast path gives back before the comparator sees the next packet.
+so both exercise one protocol: lend a flow whenever the comparator can hand its state
+over, and install whatever the fast path gives back before the comparator sees the next
+packet.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from colo_proxy.compare import Command, Comparator
+from colo_proxy.compare import Command, Comparator, LentFlow
 from colo_proxy.fastpath import GivenBack
-
-Facts = tuple[int, int, int, int, int, int, int]
 
 
 class Lender(Protocol):
-    def lend(self, key: bytes, facts: Facts) -> bool: ...
+    def lend(self, key: bytes, lent: LentFlow) -> bool: ...
 
 
 def tcp_key(packet: bytes) -> bytes | None:
@@ -35,16 +34,28 @@ def give_back(cmp: Comparator, rec: GivenBack, next_svm_id: Callable[[], int],
                          rec.held, rec.p_segs, kept, now, rec.s_prog)
 
 
-def lend(cmp: Comparator, fp: Lender, keys: Iterable[bytes], now: float) -> int:
-    """Lend each of these flows that is in sync; how many were lent."""
-    n = 0
+def lend(cmp: Comparator, fp: Lender, keys: Iterable[bytes], now: float,
+         next_svm_id: Callable[[], int], owns: Callable[[int], bool] | None = None,
+         ) -> list[int]:
+    """Lend each of these flows the comparator can lend; the ids of the held PVM packets
+    that went with them (the fast path decides them now).
+
+    owns: whether the fast path can give a verdict on a held packet id (the segmenting
+    queue's copies are not in its queue); a flow holding one it cannot stays here.
+    """
+    moved: list[int] = []
     for key in keys:
-        facts = cmp.lend(key)
-        if facts is None:
+        lent = cmp.lend(key)
+        if lent is None:
             continue
-        if fp.lend(key, facts):
-            n += 1
-        else:  # the fast path's table is full: the comparator keeps the flow
-            m, s_ack, p_amax = facts[4], facts[5], facts[6]
-            cmp.take_back(key, m, m, m, s_ack, p_amax, [], [], [], now)
-    return n
+        if (owns is None or all(owns(h[0]) for h in lent.held)) and fp.lend(key, lent):
+            moved += (h[0] for h in lent.held)
+            continue
+        # Not taken (the fast path's table is full, or a packet it cannot decide): the
+        # comparator has it back as it was.
+        held = [(pid, end, aoff, t, gso) for pid, end, aoff, t, gso, _d in lent.held]
+        p_segs = [(end - len(d), d) for _p, end, _a, _t, _g, d in lent.held if d]
+        kept = [(next_svm_id(), start, d) for start, d in lent.s_kept]
+        cmp.take_back(key, lent.matched, lent.p_top, lent.s_top, lent.s_ack, lent.p_amax,
+                      held, p_segs, kept, now, lent.s_prog)
+    return moved

@@ -290,7 +290,9 @@ class PrimaryProxy:
             self._fast_run(run, touched)
         if lend and touched:
             assert self.fast is not None
-            lending.lend(self.cmp, self.fast, touched, self.clock())
+            # Held packets go with their flow; C times and releases them from now on.
+            self.hold.forget(lending.lend(self.cmp, self.fast, touched, self.clock(),
+                                          self._next_svm_id, lambda pid: pid < SEG_BASE))
 
     def _fast_run(self, run: list[Any], touched: set[bytes]) -> None:
         for r in run:
@@ -306,13 +308,14 @@ class PrimaryProxy:
         for pid, _end, _aoff, t, _gso in r.held:
             self.hold.queued(pid, t, 0)
         if self.modes.mode is BARRIER or self.modes.mode is PROTECTED:
-            def next_id() -> int:
-                self.svm_ids += 1
-                return self.svm_ids
-            self._apply(lending.give_back(self.cmp, r, next_id, self.clock()))
+            self._apply(lending.give_back(self.cmp, r, self._next_svm_id, self.clock()))
             self._flush()
         # Any other mode lent nothing since it began: _passthrough and _fence decided
         # every outstanding packet, these included.
+
+    def _next_svm_id(self) -> int:
+        self.svm_ids += 1
+        return self.svm_ids
 
     def _reclaim(self) -> None:
         """Take every lent flow back (before a checkpoint, a mode change, a new comparator)."""
