@@ -52,6 +52,38 @@ def bulk(lab: Standin, rounds: int) -> float:
     return sum(int(r[0]) for r in rows) * 8 / sum(float(r[1]) for r in rows)
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process (threads included) and of all CPUs
+    together (busy time from /proc/stat, softirq included: the veths' work lands there)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue  # gone: not counted
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _wait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9])
+    out["all CPUs"] = (user + nice + system + irq + softirq + steal) / tick
+    return out
+
+
+def measured_bulk(lab: Standin, rounds: int,
+                  pids: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """bulk(), with the CPU seconds each process (and the machine) spent per GiB moved."""
+    before = cpu_seconds(pids)
+    bps = bulk(lab, rounds)
+    after = cpu_seconds(pids)
+    gib = rounds * BLOB / 2**30
+    return bps, {k: (after[k] - before[k]) / gib for k in after if k in before}
+
+
+def servers(lab: Standin) -> dict[str, int]:
+    return {f"{r[:1].upper()}VM server": p.pid for r, p in lab.servers.items()}
+
+
 def latency(lab: Standin, n: int) -> dict[str, float]:
     out = in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "latency",
                                 "--requests", str(n)], timeout=300)
@@ -85,7 +117,8 @@ def _run_floor(lab: Standin, a: argparse.Namespace, argv: list[str]) -> dict[str
         assert proc.stdout is not None
         if b"ready" not in proc.stdout.readline():
             raise RuntimeError("nfq_floor did not start")
-        return {"bps": bulk(lab, a.rounds), "lat": latency(lab, a.requests)}
+        bps, cpu = measured_bulk(lab, a.rounds, {**servers(lab), "nfq_floor": proc.pid})
+        return {"bps": bps, "lat": latency(lab, a.requests), "cpu": cpu}
     finally:
         proc.kill()
         proc.wait()
@@ -141,7 +174,9 @@ def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, 
         t = threading.Thread(target=answer_checkpoints, args=(orch, pair, stop, count))
         t.start()
         try:
-            bps = bulk(lab, a.rounds)
+            bps, cpu = measured_bulk(lab, a.rounds, {
+                **servers(lab), "primary proxy": pair.procs["primary"].pid,
+                "secondary proxy": pair.procs["secondary"].pid})
             lat = latency(lab, a.requests)
             status = pair.status("primary")
             # The same path with the primary paused (NFQUEUE hop and the Python loop, each
@@ -156,7 +191,8 @@ def proxied(lab: Standin, a: argparse.Namespace, extra: list[str]) -> dict[str, 
         pair.stop()
         pair.cleanup()
         shutil.rmtree(pair.run_dir, ignore_errors=True)
-    return {"bps": bps, "lat": lat, "hop": hop, "status": status, "answered": count[0]}
+    return {"bps": bps, "lat": lat, "hop": hop, "status": status, "answered": count[0],
+            "cpu": cpu}
 
 
 def main() -> None:
@@ -179,7 +215,7 @@ def main() -> None:
         lab.up()
         in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "check", "--conns",
                               "1", "--requests", "5"])
-        direct_bps = bulk(lab, a.rounds)
+        direct_bps, direct_cpu = measured_bulk(lab, a.rounds, servers(lab))
         direct_lat = latency(lab, a.requests)
         low = floor(lab, a) if a.floor else None
         low_svm = floor_svm(lab, a) if a.floor else None
@@ -189,6 +225,12 @@ def main() -> None:
         lab.down()
 
     print("\n".join(report(direct_bps, direct_lat, low, low_svm, runs)))
+    print(cpu_line("direct", direct_cpu))
+
+
+def cpu_line(path: str, cpu: dict[str, float]) -> str:
+    """CPU seconds per GiB of the bulk downloads, by process and for all CPUs."""
+    return f"cpu s/GiB {path}: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
 
 
 def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] | None,
@@ -205,6 +247,8 @@ def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] 
         lines.append(f"== floor: {title}")
         lines.append(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   floor   "
                      f"{got['bps'] / 1e9:7.2f} Gbit/s   ratio {got['bps'] / direct_bps:.2f}")
+        if "cpu" in got:
+            lines.append(cpu_line("floor", got["cpu"]))
         for q in ("p50_us", "p99_us"):
             lines.append(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      floor   "
                          f"{got['lat'][q]:7.0f} us      added "
@@ -217,6 +261,8 @@ def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] 
         lines.append(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   proxied "
                      f"{proxied_bps / 1e9:7.2f} Gbit/s   ratio {proxied_bps / direct_bps:.2f}"
                      f"{against}")
+        if "cpu" in r:
+            lines.append(cpu_line("proxied", r["cpu"]))
         for q in ("p50_us", "p99_us"):
             added = proxied_lat[q] - direct_lat[q]
             lines.append(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      proxied "

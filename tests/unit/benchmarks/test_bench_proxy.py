@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,3 +56,19 @@ def test_without_floor_no_ratio_to_it(bench: ModuleType) -> None:
                                                          _proxied(2e9, 300, 900))])
     assert not any("floor" in x for x in lines)
     assert any(x.endswith("ratio 0.20") for x in lines)
+
+
+def test_cpu_seconds_counts_a_process_and_the_machine(bench: ModuleType) -> None:
+    before = bench.cpu_seconds({"me": os.getpid(), "gone": 2**22 + 1})
+    sum(i * i for i in range(300_000))  # some CPU of our own
+    after = bench.cpu_seconds({"me": os.getpid()})
+    assert set(before) == {"me", "all CPUs"}  # a pid that does not exist is left out
+    assert after["me"] >= before["me"] and after["all CPUs"] >= before["all CPUs"] > 0
+
+
+def test_cpu_lines_go_with_their_paths(bench: ModuleType) -> None:
+    low_svm = {**_path(5e9, 160, 300), "cpu": {"nfq_floor": 0.5, "all CPUs": 3.0}}
+    run = {**_proxied(4e9, 180, 400), "cpu": {"primary proxy": 1.25, "all CPUs": 4.0}}
+    lines = bench.report(10e9, DIRECT_LAT, None, low_svm, [("", run)])
+    assert "cpu s/GiB floor: nfq_floor 0.50, all CPUs 3.00" in lines
+    assert "cpu s/GiB proxied: primary proxy 1.25, all CPUs 4.00" in lines
