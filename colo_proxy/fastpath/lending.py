@@ -36,19 +36,25 @@ def give_back(cmp: Comparator, rec: GivenBack, next_svm_id: Callable[[], int],
 
 def lend(cmp: Comparator, fp: Lender, keys: Iterable[bytes], now: float,
          next_svm_id: Callable[[], int], owns: Callable[[int], bool] | None = None,
-         ) -> list[int]:
+         held_after: float | None = None) -> list[int]:
     """Lend each of these flows the comparator can lend; the ids of the held PVM packets
     that went with them (the fast path decides them now).
 
     owns: whether the fast path can give a verdict on a held packet id (the segmenting
-    queue's copies are not in its queue); a flow holding one it cannot stays here.
+    queue's copies are not in its queue); held_after: the fast path gives back a flow
+    whose oldest packet arrived before this (its hold limit), so such a flow stays here
+    rather than go back and forth. A flow it cannot take stays with the comparator.
     """
     moved: list[int] = []
     for key in keys:
         lent = cmp.lend(key)
         if lent is None:
             continue
-        if (owns is None or all(owns(h[0]) for h in lent.held)) and fp.lend(key, lent):
+        if (
+            (owns is None or all(owns(h[0]) for h in lent.held))
+            and (held_after is None or not lent.held or lent.held[0][3] > held_after)
+            and fp.lend(key, lent)
+        ):
             moved += (h[0] for h in lent.held)
             continue
         # Not taken (the fast path's table is full, or a packet it cannot decide): the

@@ -291,8 +291,9 @@ class PrimaryProxy:
         if lend and touched:
             assert self.fast is not None
             # Held packets go with their flow; C times and releases them from now on.
-            self.hold.forget(lending.lend(self.cmp, self.fast, touched, self.clock(),
-                                          self._next_svm_id, lambda pid: pid < SEG_BASE))
+            now = self.clock()
+            self.hold.forget(lending.lend(self.cmp, self.fast, touched, now, self._next_svm_id,
+                                          lambda pid: pid < SEG_BASE, now - self.hold_limit))
 
     def _fast_run(self, run: list[Any], touched: set[bytes]) -> None:
         for r in run:

@@ -296,3 +296,32 @@ def test_a_flow_given_back_for_a_retransmission_is_lent_again() -> None:
     assert got == want and held == 0
     assert stats["handbacks_order"] == 1 and stats["lent"] == 2
     assert stats["pvm_packets"] >= -(-60_000 // 8000) - 3
+
+
+@pytest.mark.parametrize("why", ["not its id", "held too long"])
+def test_a_flow_the_fast_path_must_not_take_stays_as_it_was(why: str) -> None:
+    """A held id from the segmenting queue, or a packet older than the fast path's hold
+    limit: lend gives the flow straight back, and the comparator decides as before."""
+    events = _bulk(8000, 1448, False)
+    cut = next(i for i, e in enumerate(events) if e.side is P and e.now > 0.01)
+    cmp = Comparator(CompareConfig())
+    fp = fastpath.FastPath(100, 1 << 20)
+    for e in events[:cut + 1]:
+        cmp.packet(e.side, e.pid, e.packet, e.now, SUPER if e.gso else WHOLE)
+    held, nbytes = cmp.held_packets, cmp.held_bytes
+    assert held
+    key = lending.tcp_key(events[cut].packet)
+    assert key is not None
+    ids = itertools.count(1_000_000)
+    if why == "not its id":
+        moved = lending.lend(cmp, fp, [key], 0.1, lambda: next(ids), lambda pid: pid > 10**9)
+    else:
+        moved = lending.lend(cmp, fp, [key], 0.1, lambda: next(ids), None, held_after=0.05)
+    assert moved == [] and fp.lent_flows == 0
+    assert (cmp.held_packets, cmp.held_bytes) == (held, nbytes)
+    want, _ = run_comparator(CompareConfig(), events)
+    rest = [_outcome(cmp.packet(e.side, e.pid, e.packet, e.now, SUPER if e.gso else WHOLE))
+            for e in events[cut + 1 : -1]]
+    assert [(sorted(r), q) for r, q in rest] == want[cut + 1 : -1]
+    # At the end nothing is held: lent now, with nothing to hand over.
+    assert lending.lend(cmp, fp, [key], 0.1, lambda: next(ids)) == [] and fp.lent_flows == 1
