@@ -328,9 +328,14 @@ class ProxySupervision:
         if busy or want is None or self._proxy_mode is want or self._fenced:
             # Fenced, the proxy refuses pause and resume: only unfence leaves the fence.
             return
-        if want is ProxyMode.PASS and self._proxy_mode is ProxyMode.COMPARE and colo_runs:
+        if want is ProxyMode.PASS and colo_runs:
             # COLO runs, so the SVM's output can still come: pausing would let output pass
-            # uncompared. (A restarted orchestrator passing WAITING did exactly that.)
+            # uncompared. (A restarted orchestrator passing WAITING did exactly that.) Not
+            # only when we believe the proxy compares: one whose hello said "fenced" is
+            # UNKNOWN to us and compares once unfenced. The pair model found that one: a
+            # primary's proxy restarted on the failsafe, HOLDING then RESUME, the resume
+            # checkpoint failed (DEGRADED), and the pause let output pass uncompared
+            # while the sync key said "protected". Leaving COLO is TakeOver's, after S6.
             return
         if link.send({"type": MESSAGES[want]}):
             self._proxy_mode = want

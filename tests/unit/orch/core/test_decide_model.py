@@ -340,7 +340,7 @@ class Host:
             want = None
         if o.pending is not None or want is None or o.proxy_mode is want or o.fenced:
             return
-        if want is ProxyMode.PASS and o.proxy_mode is ProxyMode.COMPARE and colo_runs:
+        if want is ProxyMode.PASS and colo_runs:
             return
         if proxy.send(MESSAGES[want]):
             o.proxy_mode = want
@@ -665,6 +665,19 @@ FOUND = {
         ("operator", {"host": "a", "command": "stop"}),
         ("time_passes", {"seconds": 1.0, "finish_actions": False}),
         ("action_ends", {"host": "b", "ok": False})],
+    # A primary's proxy restarted on the failsafe; its hello came after the fence ("fenced":
+    # a mode the loop does not know), HOLDING's RESUME unfenced it back to comparing, and
+    # the resume checkpoint failed: DEGRADED, with COLO running, paused it, and output
+    # passed uncompared while the sync key said "protected".
+    "pause_after_an_unfence_while_colo_runs": [
+        ("etcd_reachable", {"host": "a", "reachable": False}),
+        ("time_passes", {"seconds": 3.0, "finish_actions": False}),
+        ("proxy_restarts", {"host": "a"}),
+        ("etcd_reachable", {"host": "a", "reachable": True}),
+        ("time_passes", {"seconds": 1.0, "finish_actions": False}),
+        ("action_ends", {"host": "a", "ok": False}), ("loop_cycles", {"host": "a"}),
+        # Then it serves alone the way S6 allows: `alone` recorded, TakeOver leaves COLO.
+        ("time_passes", {"seconds": 1.0, "finish_actions": True})],
 }
 
 

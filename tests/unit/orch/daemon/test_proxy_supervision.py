@@ -143,6 +143,24 @@ def test_a_comparing_proxy_is_never_paused_while_colo_runs() -> None:
     assert p.link.sent == [] and p._proxy_mode is ProxyMode.COMPARE
 
 
+def test_a_proxy_unknown_to_us_is_not_paused_while_colo_runs() -> None:
+    # The pair model's shrunk example: the proxy's hello said "fenced" (UNKNOWN to the
+    # loop); unfenced, it compared again, and when the resume checkpoint failed DEGRADED
+    # paused it with COLO running: output passed uncompared, the sync key "protected".
+    p = _Part()
+    p._vm = COLO_PRIMARY
+    p._fenced = True
+    p.link.connect(mode="fenced")
+    p._sync_proxy_mode()
+    assert p._proxy_mode is ProxyMode.UNKNOWN
+    p._fenced = False  # HOLDING's RESUME: unfenced, back to comparing
+    p._sync_proxy_mode()
+    assert p.link.sent == []
+    p._vm = VmObs(reachable=True, running=True, status="running")  # COLO left: TakeOver
+    p._sync_proxy_mode()
+    assert p.link.sent == ["pause"]
+
+
 def test_a_replaced_primary_proxy_while_protected_asks_for_a_checkpoint() -> None:
     p = _Part(state=State.PROTECTED)
     p.link.connect()
