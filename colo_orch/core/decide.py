@@ -447,34 +447,56 @@ def _stray_migration(s: Snapshot) -> Decision | None:
     return None
 
 
+def adopted_role(vm: VmObs, configured: str) -> str:
+    """The role in which a restarted orchestrator adopts the VM it finds: the VM's word
+    wherever it says one, else the config's. Failovers and re-protections swap the roles,
+    so the config only says where each host began.
+
+    In COLO, the COLO mode; in its initial COLO sync, primary (only a primary migrates);
+    `inmigrate`, secondary (it waits for a primary's migration); running outside COLO,
+    primary: it is the serving copy, as no secondary's VM runs outside COLO. Found by
+    `colo-lab chaos` (seed 1, 32 faults, fault 28): colo-orch killed on the host that
+    served as primary, configured secondary, during a re-protection; adopted in the
+    config's role it went WAITING as a secondary beside the other host's new SVM, and
+    nobody served for the 124 s the campaign waited.
+    """
+    if vm.colo_mode in ("primary", "secondary"):
+        return vm.colo_mode
+    if vm.migration in _MIGRATING:
+        return "primary"
+    return {"inmigrate": "secondary", "running": "primary"}.get(vm.status, configured)
+
+
 def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     mode = s.vm.colo_mode
-    if s.vm.reachable and not s.vm.hung and mode in ("primary", "secondary"):
+    seen = s.vm.reachable and not s.vm.hung
+    role = adopted_role(s.vm, s.role) if seen else s.role
+    why = "" if role == s.role else f" (the config says {s.role}; the VM wins)"
+    if seen and mode in ("primary", "secondary"):
         # A restarted orchestrator: COLO runs, so the pair is protected now. Going through
         # WAITING would have paused the primary's proxy (output uncompared) and left the
-        # pair unprotected until an operator noticed. What the VM is wins over the config:
-        # a failover and re-protection may have swapped the roles since the config was
-        # written.
-        why = "" if mode == s.role else f" (the config says {s.role}; the VM wins)"
+        # pair unprotected until an operator noticed.
         return Decision(f"adopting our VM, in COLO as {mode}{why}", Event.ADOPT, role=mode)
-    if s.vm.reachable and not s.vm.hung and s.vm.migration in _MIGRATING:
+    if seen and s.vm.migration in _MIGRATING:
         # A restarted primary during the initial sync: QEMU carries on with the migration
         # that our previous run started. Starting COLO again would fail ("already in
         # progress") and leave us DEGRADED with COLO running underneath.
-        why = "" if s.role == "primary" else f" (the config says {s.role}; the VM wins)"
         return Decision(f"adopting our VM in its initial COLO sync ({s.vm.migration}){why}",
                         Event.SYNC, role="primary")
     if s.vm.reachable:
-        if s.role == "primary" and not s.alone_recorded:
+        if role == "primary" and (s.role != "primary" or not s.alone_recorded):
             # S6, as on every other path to serving uncompared: a primary adopted outside
             # COLO serves from WAITING, but the store may still say "protected" (COLO left
             # on an error while our orchestrator was down), and a secondary following an
             # older copy could then take over. Hold its output from now: WAITING, fenced,
-            # moves to HOLDING, whose rules record `alone` before they lift the fence.
-            return Decision("adopting the running VM as primary, holding its output until "
-                            "the arbiter records that we serve alone", Event.START,
-                            fence=True)
-        return Decision(f"adopting the running VM as {s.role}", Event.START)
+            # moves to HOLDING, whose rules record `alone` before they lift the fence (and
+            # fence our VM for good if the peer serves or our copy is stale). Always so
+            # when the roles were swapped: that copy's standing is HOLDING's to judge.
+            return Decision(f"adopting the running VM as primary{why}, holding its output "
+                            "until the arbiter records that we serve alone", Event.START,
+                            role="primary", fence=True)
+        return Decision(f"adopting the running VM as {role}{why}", Event.START,
+                        role=None if role == s.role else role)
     if s.operator == "reprotect":
         return Decision("starting a new secondary VM on operator request", Event.REPROTECT,
                         StartVM(incoming=True), role="secondary", consumed_operator=True)

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from colo_orch.core.config import Config
-from colo_orch.core.decide import VmObs
+from colo_orch.core.decide import VmObs, adopted_role
 from colo_orch.core.state import Machine, State
 from colo_orch.daemon.proxy_link import ProxyLink
 
@@ -402,8 +402,10 @@ class ProxySupervision:
             # restarted as secondary 10 s later (measured by `colo-lab chaos`, seed 6:
             # 10 of the 28 s the rebooted host spent in STARTING).
             return
-        in_colo = obs is not None and obs.colo_mode in ("primary", "secondary")
-        role = obs.colo_mode if obs is not None and in_colo else self.role
+        # The role decide's adoption will give (`adopted_role`): a proxy started in the
+        # config's role beside a VM that serves as primary would be replaced at once.
+        seen = obs is not None and obs.reachable and not obs.hung
+        role = adopted_role(obs, self.role) if obs is not None and seen else self.role
         try:
             out = self._ensure_proxy(role)
             if out:

@@ -346,6 +346,27 @@ def test_a_primary_stopping_its_vm_holds_its_output_once_the_lease_is_lost() -> 
     assert decide(replace(s, vm=GONE), MIN, MAX).fence is None
 
 
+def test_a_restarted_orchestrator_configured_secondary_adopts_a_serving_vm_as_primary() -> None:
+    # colo-lab chaos, seed 1, fault 29: the host served as primary after role swaps; its
+    # colo-orch, killed during a re-protection, came back with the config's role.
+    waiting = PeerObs(alive=True, state=State.WAITING, role="secondary", vm_ok=True)
+    s = snap(State.STOPPED, role="secondary", vm=RUNNING, peer=waiting, alone_recorded=True)
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.role, d.fence) == (Event.START, "primary", True)
+    # Output stays held until HOLDING's rules: a peer that serves fences our copy.
+    alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
+    d = decide(replace(s, state=State.HOLDING, role="primary", fenced=True, peer=alone),
+               MIN, MAX)
+    assert (d.event, d.action) == (Event.VM_LOST, StopVM())
+    # A secondary's VM waiting for its migration is adopted as secondary, whatever the
+    # config says.
+    incoming = VmObs(reachable=True, status="inmigrate")
+    d = decide(replace(s, vm=incoming), MIN, MAX)
+    assert (d.event, d.role, d.fence) == (Event.START, None, None)
+    d = decide(replace(s, role="primary", vm=incoming), MIN, MAX)
+    assert (d.event, d.role, d.fence) == (Event.START, "secondary", None)
+
+
 def test_a_restarted_primary_whose_peer_took_over_comes_back_as_secondary() -> None:
     alone = PeerObs(alive=True, state=State.ALONE, role="primary", vm_ok=True)
     d = decide(snap(State.STOPPED, vm=GONE, peer=alone, lease_held=False), MIN, MAX)

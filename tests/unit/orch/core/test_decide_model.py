@@ -50,6 +50,7 @@ from colo_orch.core.decide import (
     StopVM,
     TakeOver,
     VmObs,
+    adopted_role,
     decide,
     follows_us,
     wants_lease,
@@ -180,14 +181,14 @@ class Host:
 
     def boot(self) -> Orch:
         """A (re)started orchestrator: `_start_proxy_at_boot` keeps the proxy when it runs
-        in the role the VM's COLO mode (else the config) gives, else starts one; with no VM
+        in the role the VM gives (`adopted_role`), else starts one; with no VM
         it starts none (the VM's start does)."""
         self.runs += 1
         orch = Orch(self, self.runs, self.world.clock.t)
         self.orch = orch
         vm = self.vm
         if vm is not None:
-            self.ensure_proxy(vm.colo_mode if vm.colo_mode != "none" else orch.role)
+            self.ensure_proxy(adopted_role(vm.obs(), orch.role))
         if self.proxy is not None and self.proxy.modes.mode is modes.Mode.FENCED:
             orch.fenced = True  # the adopted proxy's hello, read at boot (_ensure_proxy)
         return orch
@@ -702,3 +703,34 @@ else:
     PairModel.TestCase.settings = settings(max_examples=250, stateful_step_count=40,
                                            deadline=None, derandomize=True)
     TestPairModel = PairModel.TestCase
+
+
+@pytest.mark.parametrize("restarted", ["serving", "incoming"])
+def test_a_restarted_orchestrator_adopts_the_role_its_vm_has_after_a_role_swap(
+        restarted: str) -> None:
+    """`colo-lab chaos`, seed 1, fault 28: after a failover the configured secondary (b)
+    serves; colo-orch killed on b ("serving") during the re-protection came back in the
+    config's role, as did a new SVM's on a ("incoming"), and nobody served: both waited
+    as secondaries, or both as primaries. Adopted in the role its VM has, the pair is
+    protected again, b the primary."""
+    m = PairModel()
+    try:
+        w = m.world
+        a, b = w.hosts["a"], w.hosts["b"]
+        m.bring_up(protected_first=True)
+        m.vm_dies("a")
+        host = b if restarted == "serving" else a
+        for _ in range(400):  # the failover, then the re-protection up to WAITING
+            m.time_passes(LOOP_WAIT, finish_actions=True)
+            if (b.orch.machine.state is State.WAITING and a.orch.machine.state is State.WAITING
+                    and host.vm is not None):
+                break
+        assert (b.orch.role, a.orch.role) == ("primary", "secondary")
+        assert b.orch.pending is None and host.vm is not None
+        m.orchestrator_restarts(host.name, colo_exited=False)
+        m.time_passes(12.0, finish_actions=True)
+        assert (b.orch.machine.state, a.orch.machine.state) == (State.PROTECTED,
+                                                                State.PROTECTED)
+        assert (b.orch.role, a.orch.role) == ("primary", "secondary")
+    finally:
+        m.teardown()

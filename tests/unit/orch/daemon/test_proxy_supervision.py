@@ -394,3 +394,15 @@ def test_no_proxy_is_started_at_boot_while_no_vm_runs(tmp_path: Path) -> None:
     q.link.connect("primary", pid=4711)
     q._start_proxy_at_boot(lambda: COLO_PRIMARY)
     assert (q._proxy_pid, q._proxy_role) == (4711, "primary")
+
+
+def test_a_serving_vm_keeps_its_primary_proxy_at_boot_whatever_the_config(
+        tmp_path: Path) -> None:
+    # `colo-lab chaos`, seed 1, fault 28: the host serving as primary is configured
+    # secondary. Its restarted colo-orch adopts the VM as primary (`adopted_role`), so
+    # the proxy that runs as primary is kept, not replaced by one in the config's role.
+    p = _Part("secondary", state=State.STOPPED, command=_sleeper(tmp_path / "started"))
+    p.link.connect("primary", pid=4711)
+    p._start_proxy_at_boot(lambda: VmObs(reachable=True, running=True, status="running"))
+    assert (p._proxy_pid, p._proxy_role) == (4711, "primary")
+    assert not (tmp_path / "started").exists()
