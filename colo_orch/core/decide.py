@@ -467,6 +467,12 @@ def adopted_role(vm: VmObs, configured: str) -> str:
     return {"inmigrate": "secondary", "running": "primary"}.get(vm.status, configured)
 
 
+def serves_outside_colo(vm: VmObs) -> bool:
+    """The VM runs on its own: not in COLO, not in a migration, not waiting for one."""
+    return (vm.colo_mode not in ("primary", "secondary") and vm.migration not in _MIGRATING
+            and vm.status == "running")
+
+
 def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     mode = s.vm.colo_mode
     seen = s.vm.reachable and not s.vm.hung

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from colo_orch.core.config import Config
-from colo_orch.core.decide import VmObs, adopted_role
+from colo_orch.core.decide import VmObs, adopted_role, serves_outside_colo
 from colo_orch.core.state import Machine, State
 from colo_orch.daemon.proxy_link import ProxyLink
 
@@ -402,11 +402,20 @@ class ProxySupervision:
             # restarted as secondary 10 s later (measured by `colo-lab chaos`, seed 6:
             # 10 of the 28 s the rebooted host spent in STARTING).
             return
-        # The role decide's adoption will give (`adopted_role`): a proxy started in the
-        # config's role beside a VM that serves as primary would be replaced at once.
+        # The role decide's adoption gives (`adopted_role`), not the config's: failovers
+        # swap the roles.
         seen = obs is not None and obs.reachable and not obs.hung
         role = adopted_role(obs, self.role) if obs is not None and seen else self.role
         try:
+            if obs is not None and seen and serves_outside_colo(obs):
+                # A proxy of either role passes the output of a VM that serves outside
+                # COLO: a secondary's since its take-over, until the re-protection's
+                # EnterColo starts a primary one. Keep the one that runs: replacing it
+                # held the output again for the new proxy's start (3.8 s in the lab,
+                # tests/system/orch/test_restart.py, with a secondary's proxy replaced).
+                found = self._running_proxy()
+                if found is not None and found[0] in ("primary", "secondary"):
+                    role = found[0]
             out = self._ensure_proxy(role)
             if out:
                 log.info("colo-proxy at start%s", out)

@@ -53,6 +53,7 @@ from colo_orch.core.decide import (
     adopted_role,
     decide,
     follows_us,
+    serves_outside_colo,
     wants_lease,
 )
 from colo_orch.core.state import Machine, State
@@ -181,14 +182,18 @@ class Host:
 
     def boot(self) -> Orch:
         """A (re)started orchestrator: `_start_proxy_at_boot` keeps the proxy when it runs
-        in the role the VM gives (`adopted_role`), else starts one; with no VM
+        in the role the VM gives (`adopted_role`; either role beside a VM that serves
+        outside COLO), else starts one; with no VM
         it starts none (the VM's start does)."""
         self.runs += 1
         orch = Orch(self, self.runs, self.world.clock.t)
         self.orch = orch
         vm = self.vm
         if vm is not None:
-            self.ensure_proxy(adopted_role(vm.obs(), orch.role))
+            role = adopted_role(vm.obs(), orch.role)
+            if serves_outside_colo(vm.obs()) and self.proxy is not None:
+                role = self.proxy.role  # either role's proxy passes its output: kept
+            self.ensure_proxy(role)
         if self.proxy is not None and self.proxy.modes.mode is modes.Mode.FENCED:
             orch.fenced = True  # the adopted proxy's hello, read at boot (_ensure_proxy)
         return orch

@@ -401,8 +401,24 @@ def test_a_serving_vm_keeps_its_primary_proxy_at_boot_whatever_the_config(
     # `colo-lab chaos`, seed 1, fault 28: the host serving as primary is configured
     # secondary. Its restarted colo-orch adopts the VM as primary (`adopted_role`), so
     # the proxy that runs as primary is kept, not replaced by one in the config's role.
+    serving = VmObs(reachable=True, running=True, status="running")
     p = _Part("secondary", state=State.STOPPED, command=_sleeper(tmp_path / "started"))
     p.link.connect("primary", pid=4711)
-    p._start_proxy_at_boot(lambda: VmObs(reachable=True, running=True, status="running"))
+    p._start_proxy_at_boot(lambda: serving)
     assert (p._proxy_pid, p._proxy_role) == (4711, "primary")
+    # A secondary's proxy since its take-over passes that output as well: kept too (the
+    # lab: replaced, it held the output again for 3.8 s), whatever the config says.
+    for cfg_role in ("secondary", "primary"):
+        q = _Part(cfg_role, state=State.STOPPED, command=_sleeper(tmp_path / "started"))
+        q.link.connect("secondary", mode="passthrough", pid=4712)
+        q._start_proxy_at_boot(lambda: serving)
+        assert (q._proxy_pid, q._proxy_role) == (4712, "secondary")
     assert not (tmp_path / "started").exists()
+    # With no proxy running, one is started in the VM's role, primary.
+    r = _Part("secondary", state=State.STOPPED, command=_sleeper(tmp_path / "r"))
+    _connect_once_started(r, tmp_path / "r")
+    try:
+        r._start_proxy_at_boot(lambda: serving)
+        assert r._proxy_role == "primary" and (tmp_path / "r").exists()
+    finally:
+        _reap(r)
