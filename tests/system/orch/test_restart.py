@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -153,31 +154,39 @@ def test_a_killed_proxy_is_replaced_and_no_connection_is_lost(lab: Lab, host: st
     _diverge_and_checkpoint(lab)
 
 
+@contextmanager
+def _serving_alone_restarted(lab: Lab, serving: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The other host goes quiet (its orchestrator stopped) and its VM dies: `serving`
+    serves alone; its orchestrator is then killed and started again under a client, and
+    serves alone again with the proxy it had. Yields the restarted run's log and state,
+    then resumes the other host's orchestrator."""
+    other = "secondary" if serving == "primary" else "primary"
+    pid = pair.orchestrator_pid(lab, other)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        pair.kill_vm(lab, other)
+        pair.wait_state(lab, serving, "ALONE", 60)  # a take-over waits for the lease
+        [proxy] = pair.proxy_pids(lab, serving)
+        log_at = (lab.run_dir / f"orch-{serving}.log").stat().st_size
+        with _client(lab, f"alone-{serving}"):
+            pair.restart_orchestrator(lab, serving)
+            # A VM adopted outside COLO serves again only once the arbiter has said that
+            # `alone:<us>` stands (S6): its proxy holds output until then (HOLDING), and
+            # the client sees at most a retransmission, never an error.
+            st = pair.wait_state(lab, serving, "ALONE", 30)
+        assert st["role"] == "primary" and st["lease_holder"] == serving[:3]
+        assert pair.proxy_pids(lab, serving) == [proxy]
+        yield _log_since(lab, serving, log_at), st
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_a_primary_restarted_while_alone_adopts_and_protection_returns(lab: Lab) -> None:
     wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
-    # The secondary host goes quiet (its orchestrator stopped) and its VM dies: the primary
-    # serves alone. Its orchestrator is then restarted there.
-    sec = pair.orchestrator_pid(lab, "secondary")
-    assert sec is not None
-    os.kill(sec, signal.SIGSTOP)
-    try:
-        pair.kill_vm(lab, "secondary")
-        pair.wait_state(lab, "primary", "ALONE", 30)
-        [proxy] = pair.proxy_pids(lab, "primary")
-        log_at = (lab.run_dir / "orch-primary.log").stat().st_size
-        with _client(lab, "alone"):
-            pair.restart_orchestrator(lab, "primary")
-            # A VM adopted outside COLO serves again only once the arbiter has said that
-            # `alone:pri` stands (S6): its proxy holds output until then (HOLDING), and the
-            # client sees at most a retransmission, never an error.
-            st = pair.wait_state(lab, "primary", "ALONE", 30)
-        log = _log_since(lab, "primary", log_at)
+    with _serving_alone_restarted(lab, "primary") as (log, _st):
         assert "adopting the running VM as primary" in log, log
         assert "FAILING_OVER" not in log, log
-        assert st["role"] == "primary" and st["lease_holder"] == "pri"
-        assert pair.proxy_pids(lab, "primary") == [proxy]
-    finally:
-        os.kill(sec, signal.SIGCONT)
     # The secondary finds its VM gone, fences, and comes back as the new secondary.
     _reprotected_after_resume(lab)
 
@@ -210,3 +219,24 @@ def test_a_secondary_lost_mid_checkpoint_leaves_the_primary_serving(lab: Lab) ->
     assert "COLO exited during the checkpoint" in log, log
     assert "FAILING_OVER -> ALONE" in log, log
     _reprotected_after_resume(lab)
+
+
+@pytest.mark.lab(spoils=True)  # the roles end swapped
+def test_a_restarted_orchestrator_adopts_a_serving_vm_as_primary_against_its_config(
+        lab: Lab) -> None:
+    """`colo-lab chaos` (seed 1, 32 faults, fault 28): after a failover the host
+    configured secondary serves; its colo-orch, killed and started again, adopted the VM
+    in the config's role, secondary, and waited for a migration beside the other host's
+    new SVM: nobody served. Here the other host's orchestrator is stopped meanwhile, so
+    the serving host stays ALONE until its restarted orchestrator has decided."""
+    wait_until(lambda: _verified(lab), 30, "protection verified on both hosts")
+    with _serving_alone_restarted(lab, "secondary") as (log, _st):
+        assert ("adopting the running VM as primary (the config says secondary; the VM "
+                "wins)") in log, log
+        assert "restarting it" not in log, log  # the take-over's proxy, kept
+    # The configured primary finds its VM gone, fences, and becomes the new secondary.
+    t0 = time.monotonic()
+    pair.wait_state(lab, "secondary", "PROTECTED", 120)
+    pair.wait_state(lab, "primary", "PROTECTED", 60)
+    assert pair.state(lab, "primary")["role"] == "secondary"
+    print(f"re-protected, roles swapped, {time.monotonic() - t0:.2f} s after the SIGCONT")
