@@ -17,15 +17,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from colo_orch.core import heartbeat_msg
-
-# The payload fields whose change is news for the peer's decisions: a datagram carries it at
-# once, not at the next interval, and the receiver's loop is woken for it.
-NEWS = ("state", "role")
 
 
 @dataclass(frozen=True)
@@ -60,11 +55,7 @@ class Heartbeat:
         self.sock.settimeout(interval)
         self._lock = threading.Lock()
         self._payload: dict[str, Any] = {}
-        self._sent_news: tuple[Any, ...] | None = None  # NEWS of the last datagram sent
         self._last: PeerReport | None = None
-        # Called on the receiving thread when the peer's NEWS changes, so that the loop
-        # acts on a hand-over or a fence at once instead of at its next cycle.
-        self.on_change: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_at = 0.0
@@ -96,15 +87,11 @@ class Heartbeat:
         self.sock.close()
 
     def beat(self, now: float) -> bool:
-        """Send the payload if `interval` has passed since the last send, or at once if its
-        state or role changed since (a switchover's hand-over waited up to one interval,
-        100 ms, for the peer to hear of it); the loop calls this every cycle. Never blocks
-        (UDP); True if a datagram went out."""
+        """Send the payload if `interval` has passed since the last send; the loop calls
+        this every cycle. Never blocks (UDP); True if a datagram went out."""
         with self._lock:
-            news = tuple(self._payload.get(k) for k in NEWS)
-            if now < self._next_at and news == self._sent_news:
+            if now < self._next_at:
                 return False
-            self._sent_news = news
             self._next_at = now + self.interval
             self._seq += 1
             self._sent[self._seq] = now
@@ -142,10 +129,5 @@ class Heartbeat:
                     sent_at = self._sent.get(beat.echo[1])
                     rtt = now - sent_at if sent_at is not None else None
                 self._echo = (beat.boot, beat.seq)
-                before = self._last
                 self._last = PeerReport(now, beat.state, rtt, sent_at)
                 self.received += 1
-            changed = before is None or any(before.payload.get(k) != beat.state.get(k)
-                                            for k in NEWS)
-            if changed and self.on_change is not None:
-                self.on_change()

@@ -110,7 +110,6 @@ class Orchestrator(Actions, Watchers):
         if proxy is not None:
             proxy.on_request = self._wake.set
         arbiter.on_change = self._wake.set
-        heartbeat.on_change = self._wake.set
         # Timing marks of the oldest pending proxy request, and of the last checkpoint's
         # steps (colo_orch.core.timeline), for the log and the API.
         self._request_marks: dict[str, float] | None = None
