@@ -336,7 +336,6 @@ def wait_state(lab: Lab, host: str, want: str | set[str], timeout: float = 60.0)
         return st if st.get("state") in wanted or (st and passed()) else None
 
     def seen() -> str:
-        log = (lab.run_dir / f"orch-{host}.log")
         tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
         return f"{st.get('state')} ({st.get('recent', [])[-3:]}); log: {' | '.join(tail)}"
 
