@@ -87,6 +87,11 @@ def run_demo(say: Callable[[str], None], *, name: str = "demo") -> dict[str, Any
             "longest_client_pause_ms": round(gap * 1000),
             "seconds": round(time.monotonic() - t0, 1),
         }
+        if summary["request_errors"]:
+            # Where in the story each error fell, so a failed demo says which step broke it.
+            summary["errors_at"] = [
+                f"{r['t'] - (killed_at - client_t0):+.2f} s from the kill: {r['err']}"
+                for r in client.results if not r["ok"]]
         say("7/7 summary:")
         for k, v in summary.items():
             say(f"    {k}: {v}")
