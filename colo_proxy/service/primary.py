@@ -448,6 +448,16 @@ class PrimaryProxy:
         elif kind in ("failover", "pause"):
             self.modes.fire(EVENTS[kind])
             self._passthrough(kind)
+        elif kind == "mirror":
+            # Before a COLO migration: the SVM about to be loaded must get every client
+            # packet the PVM reads after the migration's STOP. The orchestrator learns of
+            # that STOP (and sends resume) only after it happened, and a stopped PVM reads
+            # what queued meanwhile once it runs again, so mirroring starts now, while
+            # output still passes. What reaches the SVM before its state is loaded waits
+            # in its tap and is read as a duplicate, which its TCP drops.
+            if self.modes.mode is PASSTHROUGH and self.datapath is not None:
+                self.datapath.set_mode(0)
+                log.info("mirror: client traffic mirrored again, output still passes")
         elif kind == "fence":
             self.modes.fire(Event.FENCE)
             self._fence()

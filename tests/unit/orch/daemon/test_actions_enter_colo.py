@@ -44,9 +44,11 @@ class _Backend:
         self.proxy = proxy
         self.on_checkpoint_stop: Callable[[], None] | None = None
         self.mode_while_migrating: Mode | None = None
+        self.sent_before_migrating: list[str] = []
 
     def enter_colo(self, uri: str) -> str:
         self.mode_while_migrating = self.proxy.machine.mode
+        self.sent_before_migrating = [k for k, _ in self.proxy.sent]
         assert self.on_checkpoint_stop is not None
         self.on_checkpoint_stop()
         return f"COLO to {uri}"
@@ -73,9 +75,10 @@ def test_a_proxy_that_starts_holding_passes_output_until_colo_stops_the_pvm(
     a._enter_colo("tcp:10.99.1.1:4444")
     assert backend.mode_while_migrating is Mode.PASSTHROUGH
     home = machine.home
-    assert [k for k, _ in proxy.sent] == ["pause", "resume", "checkpoint_barrier",
+    assert backend.sent_before_migrating == ["pause", "mirror"]
+    assert [k for k, _ in proxy.sent] == ["pause", "mirror", "resume", "checkpoint_barrier",
                                           "checkpoint_done"]
-    assert proxy.sent[1] == ("resume", home)
+    assert proxy.sent[2] == ("resume", home)
     assert machine.mode is home
     assert a._proxy_mode is ProxyMode.COMPARE
 
@@ -87,4 +90,18 @@ def test_a_fenced_primary_keeps_its_output_held_through_colo_entry() -> None:
     a._enter_colo("tcp:10.99.1.1:4444")
     assert backend.mode_while_migrating is Mode.FENCED
     assert "pause" not in [k for k, _ in proxy.sent]
+    assert "mirror" not in [k for k, _ in proxy.sent]
     assert machine.mode is Mode.FENCED
+
+
+def test_a_proxy_passing_since_a_take_over_mirrors_before_the_migration() -> None:
+    # ALONE after the SVM died: the proxy passes since its failover, without mirroring,
+    # and the resume comes only after QEMU's STOP has been seen. Client packets reaching
+    # the stopped PVM in between are read when it runs again: the SVM needs them too.
+    machine = Machine()
+    machine.fire(EVENTS["failover"])
+    a, _, backend = _actions(machine)
+    a._enter_colo("tcp:10.99.1.1:4444")
+    assert backend.mode_while_migrating is Mode.PASSTHROUGH
+    assert backend.sent_before_migrating == ["pause", "mirror"]
+    assert machine.mode is Mode.PROTECTED

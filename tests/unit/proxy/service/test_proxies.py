@@ -444,3 +444,21 @@ def test_a_secondary_passes_through_only_under_a_permit() -> None:
     assert sec.on_control({"type": "status"})["permit"]["lapses"] == 1
     permit(sec, 0.5)
     assert dp.mode_set == [0, 1, 0, 1]
+
+
+def test_mirror_while_passing_restarts_the_mirror_and_output_still_passes() -> None:
+    # Sent before a COLO migration: the SVM to be loaded needs every client packet the
+    # stopped PVM reads later, and output passes until the STOP's resume.
+    q, s, dp = FakeQueue(), FakeSource(), FakeDatapath()
+    proxy = PrimaryProxy(ProxySettings(), q, s, notify=lambda m: 1, datapath=dp)
+    proxy.on_control({"type": "mirror"})
+    assert dp.mode_set == []  # comparing: the mirror never stopped
+    proxy.on_control({"type": "pause"})
+    proxy.on_control({"type": "mirror"})
+    assert proxy.mode == PASSTHROUGH and dp.mode_set == [1, 0]
+    q.push(1, tcp(5000, 1000, PSH | ACK, b"out"))
+    proxy.on_pvm_readable()
+    assert q.accepted == [1]
+    proxy.on_control({"type": "fence"})
+    proxy.on_control({"type": "mirror"})
+    assert proxy.mode == FENCED and dp.mode_set == [1, 0]
