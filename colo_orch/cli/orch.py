@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                               cfg.migration_tls_psk_user),
                               resync_timeout=cfg.timing.resync_timeout,
                               sync_timeout=cfg.timing.sync_timeout,
-                              migration_bandwidth=cfg.timing.migration_bandwidth)
+                              migration_bandwidth=cfg.timing.migration_bandwidth,
+                              migration_downtime=cfg.timing.migration_downtime)
     orch = Orchestrator(
         cfg,
         backend,

@@ -60,6 +60,12 @@ class Timing:
     # QEMU's max-bandwidth for the memory copy, in MB/s (0 = QEMU's default, 128 MiB/s in
     # QEMU 7.2: slower than a 10 Gbit/s control link can take).
     migration_bandwidth: float = 0.0
+    # QEMU's downtime-limit for that copy, in seconds (0 = QEMU's default, 300 ms): the
+    # longest the PVM may stay stopped for the last pass. QEMU stops it once what is left
+    # to send fits in that time at the measured rate, so the clients wait up to this long
+    # each time a protection starts. Lower needs more passes, and a guest that dirties
+    # memory faster than the link sends it never converges (sync_timeout ends it).
+    migration_downtime: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,8 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                 or not 0 < value < _INF or (isinstance(value, int) and value > 2**53)):
             unit, eg = (("MB/s", "1000 (or leave it out: QEMU's default)")
                         if key == "migration_bandwidth" else
+                        ("seconds", "0.05 (or leave it out: QEMU's default, 0.3)")
+                        if key == "migration_downtime" else
                         ("seconds", str(getattr(Timing(), key))))
             raise _fail(path, f"timing.{key}",
                         f"must be a finite, positive number of {unit}, got {value!r:.40}",

@@ -110,11 +110,13 @@ class QemuBackend(Backend):
                  vm_log: str = "", pidfile: str = "", disks: tuple[Disk, ...] = (),
                  nbd_port: int = 10809, incoming_uri: str = "",
                  tls: QemuTls | None = None, resync_timeout: float = 1800.0,
-                 sync_timeout: float = 600.0, migration_bandwidth: float = 0.0) -> None:
+                 sync_timeout: float = 600.0, migration_bandwidth: float = 0.0,
+                 migration_downtime: float = 0.0) -> None:
         super().__init__()
         self.resync_timeout = resync_timeout
         self.sync_timeout = sync_timeout
         self.migration_bandwidth = migration_bandwidth  # MB/s, 0 = QEMU's default
+        self.migration_downtime = migration_downtime  # s, 0 = QEMU's default
         self._progress: Progress | None = None  # set by the action thread, read by any
         self._ticker = Ticker()
         self.mon = _Monitor(qmp, qmp_timeout)
@@ -345,6 +347,9 @@ class QemuBackend(Backend):
         params: dict[str, Any] = {"x-checkpoint-delay": self.qemu_delay_ms}
         if self.migration_bandwidth > 0:
             params["max-bandwidth"] = int(self.migration_bandwidth * 1_000_000)
+        if self.migration_downtime > 0:
+            # QMP's downtime-limit is in milliseconds (qapi/migration.json), at least 1.
+            params["downtime-limit"] = max(1, round(self.migration_downtime * 1000))
         if self.tls is not None:
             add_creds(self.mon, self.tls, "client")
             params.update(self.tls.migration_params())

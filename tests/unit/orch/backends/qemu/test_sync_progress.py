@@ -27,6 +27,7 @@ def test_the_memory_copy_reports_progress_and_ends_it(caplog: pytest.LogCaptureF
 
     b = _Backend(Mon({"query-migrate": migrate_status}), None)
     b.migration_bandwidth = 250.0
+    b.migration_downtime = 0.04
     with caplog.at_level(logging.INFO, "colo_orch.qemu"):
         assert "in COLO" in b.enter_colo("tcp:10.0.0.2:4444")
     assert seen[0] is None
@@ -36,6 +37,7 @@ def test_the_memory_copy_reports_progress_and_ends_it(caplog: pytest.LogCaptureF
     assert "protection, first copy: memory 25% (1.0 MB of 4.0 MB" in caplog.text
     params = next(a for n, a in b.mon.calls if n == "migrate-set-parameters")  # type: ignore[attr-defined]
     assert params["max-bandwidth"] == 250_000_000
+    assert params["downtime-limit"] == 40
 
 
 def test_the_memory_copy_gives_up_after_sync_timeout_and_says_how_far_it_came() -> None:
