@@ -13,7 +13,7 @@ all. What applies where follows `colo_orch.core.decide`, which consumes each com
 | pause | a primary, PROTECTED or CHECKPOINTING | output released uncompared |
 | resume | PAUSED | a checkpoint, then PROTECTED |
 | failover | PROTECTED or CHECKPOINTING; a secondary only once the primary is lost | primary: continue alone; secondary: take over |
-| reprotect | STOPPED, ALONE or FENCED | start a new secondary (or wait for one) |
+| reprotect | STOPPED, ALONE or FENCED; on Xen not a primary whose domain has run | start a new secondary (or wait for one) |
 | switchover | a primary, PROTECTED or CHECKPOINTING, whose secondary follows it in COLO | a final checkpoint, then a hand-over: the peer takes over, we re-join as its secondary |
 
 A switchover outlives its decision: once the primary has handed over, its entry stays
@@ -44,10 +44,12 @@ RECENT = 16  # outcomes kept for GET /state
 
 
 def refusal(command: str, state: State, role: str, peer_gone: bool,
-            hand_over: str | None = "") -> str | None:
+            hand_over: str | None = "", reprotect: str | None = None) -> str | None:
     """Why `command` cannot apply to a host in `state` with `role` (its peer lost or not),
     or None when it applies. `hand_over`: why this primary could not hand over now
-    (`colo_orch.core.decide.handover_blocker`), None when it could; "" when unknown."""
+    (`colo_orch.core.decide.handover_blocker`), None when it could; "" when unknown.
+    `reprotect`: why this host could not be protected again (`decide.reprotect_blocker`:
+    a Xen primary that has run), None when it could."""
     where = f"this host is the {role or 'unassigned'} in {state.name}"
     if command not in COMMANDS:
         return f"unknown command {command!r}; one of {', '.join(COMMANDS)}"
@@ -78,6 +80,8 @@ def refusal(command: str, state: State, role: str, peer_gone: bool,
         return None
     if state not in (State.STOPPED, State.ALONE, State.FENCED):
         return f"reprotect applies to a host serving alone, fenced or stopped; {where}"
+    if reprotect is not None and state is State.ALONE:
+        return f"reprotect cannot apply: {reprotect}"
     return None
 
 
@@ -176,12 +180,12 @@ class Ledger:
         return ended
 
     def recheck(self, state: State, role: str, peer_gone: bool, now: float,
-                hand_over: str | None = "") -> list[Entry]:
+                hand_over: str | None = "", reprotect: str | None = None) -> list[Entry]:
         """Drop the pending commands that no longer apply; return them (to be logged).
         A lasting command under way is followed instead (`follow`)."""
         dropped = []
         for e in [e for e in self.pending if not e.phase]:
-            why = refusal(e.command, state, role, peer_gone, hand_over)
+            why = refusal(e.command, state, role, peer_gone, hand_over, reprotect)
             if why is not None:
                 self._end(e, "dropped", f"no longer applies: {why}", now)
                 dropped.append(self.recent[-1])

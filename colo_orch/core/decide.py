@@ -26,6 +26,9 @@ class VmObs:
     migration: str = "none"  # query-migrate status (none, active, colo, completed, failed)
     colo_mode: str = "none"  # query-colo-status mode (none, primary, secondary)
     disk_error: str = ""  # disk replication problem (colo_orch.backends.qemu.blk), "" if none
+    # Created paused and never run since (Xen: `xl create -p`): the one kind of primary
+    # libxl's COLO takes (Snapshot.colo_needs_fresh_primary). It serves nobody yet.
+    never_ran: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ class Snapshot:
     # Our proxy holds every output packet of our VM (fail closed): we fenced it, or its
     # hello said so when we (re)connected, e.g. after our orchestrator restarted.
     fenced: bool = False
+    # The hypervisor's COLO takes only a primary created paused that has never run
+    # (VmObs.never_ran): Xen's libxl (`XEN_REPROTECT`), so the runner sets it with
+    # backend = "xen".
+    colo_needs_fresh_primary: bool = False
+    # How long such a primary, paused, waits in WAITING for a secondary before it is
+    # unpaused to serve alone (timing.paused_primary_wait).
+    paused_primary_wait: float = 60.0
+    state_since: float = 0.0  # when our state was last entered (our clock)
 
 
 # Actions (commands to the runner) ------------------------------------------
@@ -139,13 +150,18 @@ class StopVM:
 
 
 @dataclass(frozen=True)
+class Unpause:
+    """Let our VM, created paused and never run (Xen), run: it serves alone."""
+
+
+@dataclass(frozen=True)
 class CancelMigration:
     """Cancel a migration our VM still runs from an abandoned `EnterColo`, and return
     once QEMU says it ended."""
 
 
 Action = (StartVM | EnterColo | Checkpoint | TakeOver | Pause | ReleaseLease | StopVM
-          | CancelMigration)
+          | CancelMigration | Unpause)
 
 
 @dataclass(frozen=True)
@@ -181,6 +197,21 @@ MAX_INTERVAL_REASON = "periodic"
 PEER_LAG_S = 3.0
 # Seconds a failed re-protection (COLO could not start) stays DEGRADED before the next try.
 REPROTECT_BACKOFF = 30.0
+# Why a primary that has run cannot enter COLO on Xen. xen.git's
+# tools/libs/light/libxl_colo_save.c: libxl__colo_save_setup sets `css->paused = true`
+# whatever the domain's state, and colo_preresume_cb, once it has resumed the primary from
+# the first checkpoint, unpauses it ("The guest should be paused before doing colo because
+# there is no disk migration"): the two disks must be equal from the start, so the primary
+# must not have written to its disk since the secondary's copy was made. No option or path
+# of libxl's COLO takes a primary that runs; on the nested lab a running one failed that
+# unpause ("cannot unpause primary vm"), and one paused after it ran never suspended
+# (docs/xen.md). So a Xen primary that has served can be protected again only as a new
+# domain, with the secondary's disk a fresh copy of its own.
+XEN_COLO_TAKES = ("libxl's COLO takes only a primary domain created paused that has never "
+                  "run (xl create -p)")
+XEN_RESTART = ("protecting it needs its domain destroyed and created anew by a restarted "
+               "colo-orch, with the secondary's disk a fresh copy (docs/xen.md)")
+XEN_REPROTECT = f"{XEN_COLO_TAKES}, and ours has run: {XEN_RESTART}"
 
 
 # The checkpoint budget ----------------------------------------------------------
@@ -540,11 +571,43 @@ def _waiting(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if stray is not None:
         return stray
     p = s.peer
-    if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
-            and s.vm.running and p.proxy_ready):
+    ready = (p.alive and p.role == "secondary" and p.state is State.WAITING
+             and bool(p.incoming_uri) and p.proxy_ready)
+    if s.vm.never_ran:
+        return _waiting_paused(s, ready)
+    if ready and s.vm.running:
+        if s.colo_needs_fresh_primary:
+            # Never `xl remus -c` a domain that has run: libxl fails it after the first
+            # checkpoint, and its disk is no longer the secondary's copy.
+            return Decision(f"secondary is ready, but {XEN_REPROTECT}: serving unprotected")
         return Decision(f"secondary is ready: starting COLO to {p.incoming_uri}", Event.SYNC,
                         EnterColo(p.incoming_uri))
     return Decision("serving; waiting for a secondary")
+
+
+def _waiting_paused(s: Snapshot, ready: bool) -> Decision:
+    """A primary created paused (Xen): COLO with a secondary that is ready, else, after
+    paused_primary_wait, the service alone: a peer that does not come must not keep it
+    down. libxl runs the domain from COLO's first checkpoint, so it stays dark during
+    the initial sync too (104 s for 256 MiB on the nested lab, docs/xen.md)."""
+    if ready:
+        return Decision(f"secondary is ready: starting COLO to {s.peer.incoming_uri} "
+                        "(our VM, created paused, runs from the first checkpoint)",
+                        Event.SYNC, EnterColo(s.peer.incoming_uri))
+    waited = s.now - s.state_since
+    if waited < s.paused_primary_wait:
+        return Decision(f"our VM was created paused and serves nobody yet: waiting "
+                        f"{s.paused_primary_wait - waited:.0f} s more for a secondary "
+                        "before it serves alone")
+    why = (f"no secondary ready within {s.paused_primary_wait:g} s (paused_primary_wait): "
+           "unpausing our VM to serve alone, unprotected, rather than keep the service down")
+    if not s.alone_recorded:
+        # S6, as on every other path to serving uncompared.
+        return Decision(f"{why}, but recording in the arbiter that we serve alone first",
+                        record_alone=True)
+    if s.colo_needs_fresh_primary:
+        why += f"; {XEN_COLO_TAKES}: once it has run, {XEN_RESTART}"
+    return Decision(why, Event.SERVE_ALONE, Unpause())
 
 
 def _syncing(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
@@ -713,10 +776,30 @@ def _alone(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     p = s.peer
     if (p.alive and p.role == "secondary" and p.state is State.WAITING and p.incoming_uri
             and p.proxy_ready):
-        if s.auto_reprotect or s.operator == "reprotect":
+        blocker = reprotect_blocker(s)
+        if blocker is not None and s.auto_reprotect:
+            # No event: WAITING would only refuse the same again (`_waiting`). An operator's
+            # reprotect is refused by the API with the same words (commands.refusal).
+            return Decision(f"a new secondary is waiting, but {blocker}: serving alone")
+        if blocker is None and (s.auto_reprotect or s.operator == "reprotect"):
             return Decision("a new secondary is waiting: re-protecting", Event.REPROTECT,
                             consumed_operator=s.operator == "reprotect")
+    if s.role == "primary" and s.vm.never_ran and s.vm.reachable and not s.vm.hung:
+        # Our VM was created paused and is still: HOLDING regained the lease into ALONE
+        # before it ran, or its Unpause was decided on a stale look. It serves only once
+        # it runs (the backend's unpause leaves a running VM as it is).
+        return Decision("serving alone, but our VM, created paused, has not run yet: "
+                        "unpausing it", action=Unpause())
     return Decision("serving alone (unprotected)")
+
+
+def reprotect_blocker(s: Snapshot) -> str | None:
+    """Why this host, a primary serving alone, cannot be protected again now; None: it
+    can, as far as its VM goes (the API refuses `reprotect` with this reason)."""
+    if (s.role == "primary" and s.colo_needs_fresh_primary and s.vm.reachable
+            and not s.vm.never_ran):
+        return XEN_REPROTECT
+    return None
 
 
 def _paused(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
@@ -741,6 +824,11 @@ def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
     if stray is not None:
         # An enter_colo that failed on a monitor timeout leaves its migration in QEMU.
         return stray
+    if s.vm.reachable and not s.vm.hung and s.vm.never_ran and s.role == "primary":
+        # Our VM, created paused, serves nobody: no backoff then, the take-over unpauses it.
+        # Whether libxl would take it again after a failed `xl remus -c` is unverified.
+        return _go_alone(s, f"'{s.degraded_reason}' with our VM created paused and not run: "
+                         "serving alone rather than keep the service down")
     if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
         wait = s.degraded_at + REPROTECT_BACKOFF - s.now
         if s.degraded_reason.startswith("enter_colo failed") and wait > 0:

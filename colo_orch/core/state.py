@@ -11,6 +11,8 @@ exported as a metric and drawn on dashboards, so a number is never reused.
 Lifecycle of a pair (P = primary host, S = secondary host):
 
     P: STOPPED -start-> STARTING -vm_running-> WAITING -sync-> SYNCING -colo_entered-> PROTECTED
+    P: WAITING -serve_alone-> ALONE  (Xen: a primary created paused that no secondary joined
+        in time is unpaused to serve; libxl's COLO can no longer take it)
     S: STOPPED -start-> STARTING -vm_running-> WAITING -colo_entered-> PROTECTED
     STOPPED -adopt-> PROTECTED      (a restarted orchestrator finds its VM in COLO)
     STOPPED -sync-> SYNCING         (... or the primary's initial COLO migration under way)
@@ -45,7 +47,9 @@ class State(IntEnum):
     PROTECTED = 4  # COLO running: output compared, checkpoints on demand
     CHECKPOINTING = 5  # primary: a checkpoint is in flight
     FAILING_OVER = 6  # leaving COLO to run alone (peer lost)
-    ALONE = 7  # serving without a partner (after failover); re-protection pending
+    # Serving without a partner (after a failover, or on Xen a primary created paused that no
+    # secondary joined in time); re-protection pending (Xen: not without a domain restart)
+    ALONE = 7
     PAUSED = 8  # protection paused by the operator: output released uncompared
     DEGRADED = 9  # an error needs attention; the reason is kept; service may continue
     FENCED = 10  # our VM is gone or must not run: the peer is (or may become) the primary
@@ -71,6 +75,7 @@ class Event(IntEnum):
     LEASE_LOST = 15
     LEASE_REGAINED = 16
     ADOPT = 17
+    SERVE_ALONE = 18
 
 
 S, E = State, Event
@@ -94,6 +99,7 @@ TRANSITIONS: dict[State, dict[Event, State]] = {
         E.ERROR: S.DEGRADED,
         E.STOP: S.STOPPED,
         E.LEASE_LOST: S.HOLDING,
+        E.SERVE_ALONE: S.ALONE,  # Xen: the primary created paused is unpaused alone
     },
     S.SYNCING: {
         E.COLO_ENTERED: S.PROTECTED,
