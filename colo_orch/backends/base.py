@@ -80,6 +80,11 @@ class Backend(ABC):
     def stop_vm(self) -> str:
         """Stop our VM. Bound: 10 s."""
 
+    def unpause_vm(self) -> str:
+        """Let our VM, created paused and never run, run (it serves alone); a VM that runs
+        already is left as it is. Bound: 10 s. Only backends that create a VM paused."""
+        raise BackendError("this hypervisor creates no VM paused")
+
     def cancel_migration(self) -> str:
         """Cancel a migration our VM still runs that no action owns (an abandoned
         `enter_colo`), and return once it ended. Bound: 10 s. Only hypervisors whose

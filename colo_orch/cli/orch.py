@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         bridge = LibxlBridge((host, int(port)), cfg.proxy_socket or None,
                              peer=cfg.xen_checkpoint_peer or None).start()
         backend = XenBackend(cfg.xen_domain, cfg.xen_config, bridge=bridge,
+                             create_paused=cfg.xen_create_paused,
                              tls_dir=cfg.migration_tls_dir if cfg.migration_tls else "",
                              tls_hostname=cfg.migration_tls_hostname)
     else:

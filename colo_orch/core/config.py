@@ -66,6 +66,14 @@ class Timing:
     # each time a protection starts. Lower needs more passes, and a guest that dirties
     # memory faster than the link sends it never converges (sync_timeout ends it).
     migration_downtime: float = 0.0
+    # backend = "xen", xen_create_paused: how long the primary's domain, created paused,
+    # waits for a secondary before it is unpaused to serve alone. Both orchestrators
+    # usually start within seconds of each other; a minute also covers a secondary host
+    # that boots or restarts its unit late, which matters, because a domain that has run
+    # can be protected only after a restart of it (decide.XEN_REPROTECT). Past that, the
+    # service's availability wins: clients wait at most this long at a cold start without
+    # a peer (and, with one, through the initial sync: 104 s for 256 MiB, docs/xen.md).
+    paused_primary_wait: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,11 @@ class Config:
     # backend = "xen": the only address libxl's connection may come from ("" = the listen
     # address: libxl runs on this host and connects to it, so that is its source).
     xen_checkpoint_peer: str = ""
+    # backend = "xen": create the primary's domain paused (xl create -p), the only primary
+    # libxl's COLO takes; it runs from COLO's first checkpoint, or alone once
+    # timing.paused_primary_wait has passed with no secondary. false: it serves at once
+    # and can never be protected (docs/xen.md). Refused with backend = "qemu".
+    xen_create_paused: bool = True
     # "local": a lease file on this machine, for a pair whose two orchestrators run on ONE
     # machine only. "etcd": a leader key in etcd (two or more machines).
     arbiter: str = "local"
@@ -221,8 +234,29 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
         values[f.name] = data[f.name]
     cfg = Config(**values)
     _check(cfg, path)
+    _check_xen_only(cfg, data, path)
     _no_infinite_floats(data, path, "")
     return cfg
+
+
+def _check_xen_only(cfg: Config, data: dict[str, Any], path: str) -> None:
+    """Options that mean something only on Xen are refused elsewhere: a QEMU operator who
+    sets one expects an effect it cannot have."""
+    timing = data.get("timing", {})
+    for key, given in (("xen_create_paused", "xen_create_paused" in data),
+                       ("timing.paused_primary_wait", "paused_primary_wait" in timing)):
+        if given and cfg.backend != "xen":
+            raise _fail(path, key, f'applies only with backend = "xen" (here "{cfg.backend}")',
+                        "remove it: QEMU's COLO takes a running primary, so its VM is never "
+                        "created paused")
+    if not isinstance(cfg.xen_create_paused, bool):
+        raise _fail(path, "xen_create_paused", "must be true or false",
+                    "xen_create_paused = true (libxl's COLO takes only a domain created paused)")
+    if cfg.backend == "xen" and cfg.timing.paused_primary_wait < cfg.timing.heartbeat_timeout:
+        raise _fail(path, "timing.paused_primary_wait",
+                    f"{cfg.timing.paused_primary_wait:g} s is shorter than heartbeat_timeout "
+                    f"({cfg.timing.heartbeat_timeout:g} s): a secondary could not even be heard",
+                    "raise it (60 s by default)")
 
 
 def _no_infinite_floats(data: object, path: str, key: str) -> None:

@@ -26,6 +26,7 @@ from colo_orch.core.decide import (
     StartVM,
     StopVM,
     TakeOver,
+    Unpause,
 )
 from colo_orch.core.timeline import checkpoint_steps
 from colo_orch.daemon.arbiter import Arbiter
@@ -110,6 +111,8 @@ class Actions(ProxySupervision):
             return "stop_vm", b.stop_vm
         if isinstance(action, CancelMigration):
             return "cancel_migration", b.cancel_migration
+        if isinstance(action, Unpause):
+            return "unpause_vm", b.unpause_vm
         raise RuntimeError(f"Unexpected command: {action}")
 
     def _lease_timeout(self) -> float:

@@ -42,6 +42,7 @@ from colo_orch.core.decide import (
     follows_us,
     handover_blocker,
     peer_gone,
+    reprotect_blocker,
     wants_lease,
 )
 from colo_orch.core.disks import DiskStatus
@@ -93,6 +94,7 @@ class Orchestrator(Actions, Watchers):
         # Why we could not hand over to the secondary, as of the last cycle (a switchover
         # applies only when None).
         self._hand_over: str | None = "the orchestrator has not looked at the pair yet"
+        self._reprotect: str | None = None  # decide.reprotect_blocker, as of the last cycle
         # systemd's sd_notify (daemon.sd_notify.Notifier), set by the CLI: READY=1 once
         # the loop runs, STATUS= each transition, STOPPING=1.
         self.notify: Callable[[str], object] = lambda message: None
@@ -121,6 +123,10 @@ class Orchestrator(Actions, Watchers):
         # The backend's disk replication status, read once per loop cycle.
         self.disk_status: tuple[DiskStatus | None, int] = (None, 0)
         self.degraded_at = 0.0
+        self.state_since = time.monotonic()  # when machine.state was entered
+        # The last decision's sentence, logged or not: why nothing happens is news too
+        # (a Xen primary that has run refuses a waiting secondary without an event).
+        self.last_decision = ""
         self.history: deque[tuple[float, str]] = deque(maxlen=200)
         # Counters for the API and metrics.
         self.checkpoints: Counter[str] = Counter()
@@ -156,7 +162,7 @@ class Orchestrator(Actions, Watchers):
         as pending, or CommandRefused when it does not apply to this host now."""
         with self._lock:
             why = refusal(command, self.machine.state, self.role, self._peer_gone,
-                          self._hand_over)
+                          self._hand_over, self._reprotect)
             if why is None and self.commands.under_way() and command != "checkpoint":
                 # A switchover under way ends as the pair says, not by a newer command.
                 why = "a switchover is under way (GET /state shows its phase)"
@@ -178,9 +184,11 @@ class Orchestrator(Actions, Watchers):
         not fire after a failover and re-protection made it one again."""
         gone = peer_gone(snap)
         hand_over = handover_blocker(snap)
+        reprotect = reprotect_blocker(snap)
         with self._lock:
             self._peer_gone = gone
             self._hand_over = hand_over
+            self._reprotect = reprotect
             if self.commands.under_way():
                 p = snap.peer
                 outcome, phase = switchover_phase(snap.state, snap.role,
@@ -189,7 +197,8 @@ class Orchestrator(Actions, Watchers):
                 for e in self.commands.follow(outcome, phase, now):
                     log.info("operator command %s (id %d) %s: %s", e.command, e.id,
                              e.outcome, e.detail)
-            dropped = self.commands.recheck(snap.state, snap.role, gone, now, hand_over)
+            dropped = self.commands.recheck(snap.state, snap.role, gone, now, hand_over,
+                                            reprotect)
             if not dropped:
                 return snap
             for e in dropped:
@@ -305,6 +314,9 @@ class Orchestrator(Actions, Watchers):
                 operator_at=self._operator_at,
                 auto_reprotect=self.cfg.auto_reprotect, degraded_reason=self.degraded_reason,
                 degraded_at=self.degraded_at,
+                # libxl's COLO (XenBackend._check_paused_for_colo)
+                colo_needs_fresh_primary=self.cfg.backend == "xen",
+                paused_primary_wait=t.paused_primary_wait, state_since=self.state_since,
             )
 
     def _collect_finished(self) -> ActionResult | None:
@@ -333,6 +345,9 @@ class Orchestrator(Actions, Watchers):
         before = self.machine.state
         if d.event is not None:
             self.machine.fire(d.event)
+        if self.machine.state is not before:
+            self.state_since = now
+        self.last_decision = d.sentence
         with self._lock:
             if d.consumed_checkpoints:
                 self._requests.clear()
@@ -512,6 +527,7 @@ class Orchestrator(Actions, Watchers):
             "proxy": self.proxy_view() if self.proxy else None,
             "protection_verified": self.protection_verified,
             "recent": [s for _, s in list(self.history)[-10:]],
+            "decision": self.last_decision,
             "commands": self._commands_view(),
             # The resync or first memory copy of an enter_colo under way, else None.
             "sync": (p.view() | {"text": p.describe()}

@@ -137,6 +137,32 @@ def test_the_libxl_bridge_never_listens_on_every_interface(lines: str, error: st
     assert cfg.xen_checkpoint_peer == ""  # the listen address (colo_orch/cli/orch.py)
 
 
+XEN_OK = XEN + 'xen_checkpoint_listen = "127.0.0.1:9911"\n'
+
+
+def test_a_xen_primary_is_created_paused_unless_said_otherwise() -> None:
+    # libxl's COLO takes only a domain created paused that has never run (docs/xen.md).
+    cfg = parse(XEN_OK)
+    assert (cfg.xen_create_paused, cfg.timing.paused_primary_wait) == (True, 60.0)
+    cfg = parse(XEN_OK + "xen_create_paused = false\n[timing]\npaused_primary_wait = 120\n")
+    assert (cfg.xen_create_paused, cfg.timing.paused_primary_wait) == (False, 120.0)
+
+
+@pytest.mark.parametrize("text, error", [
+    (GOOD + "xen_create_paused = true\n",
+     'xen_create_paused: applies only with backend = "xen" (here "qemu"); remove it'),
+    (GOOD + "[timing]\npaused_primary_wait = 30\n",
+     'timing.paused_primary_wait: applies only with backend = "xen" (here "qemu"); remove it'),
+    (XEN_OK + 'xen_create_paused = "yes"\n', "xen_create_paused: must be true or false"),
+    (XEN_OK + "[timing]\npaused_primary_wait = 0.5\n",
+     "timing.paused_primary_wait: 0.5 s is shorter than heartbeat_timeout (1 s)"),
+])
+def test_paused_creation_options_are_refused_where_they_mean_nothing(text: str,
+                                                                       error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse(text)
+
+
 @pytest.mark.parametrize("key", ["qmp", "qmp_events"])
 def test_qemu_backend_needs_its_monitors(key: str) -> None:
     text = "\n".join(ln for ln in GOOD.splitlines() if not ln.startswith(f"{key} "))
