@@ -2,7 +2,9 @@
 """A stand-in for Xen's `xl` (not xl): replays recorded behaviours of the commands the Xen
 backend uses, with xl's own messages (tools/xl/xl_migrate.c). No hypervisor is involved.
 
-State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags).
+State lives in $XL_STANDIN_DIR: one file per domain (its `xl list` state flags), and a
+file `<domain>.ran` once it has run: `list` shows a paused domain that has not run with
+0.0 CPU seconds (Xen counts its vcpus' running time), any other with 1.0.
 `remus` behaves as $XL_STANDIN_SCENARIO says:
   normal          libxl's checkpoint loop (the simulation in tests/support/libxl_sim.py) against the
                   proxy at $XL_STANDIN_CHECKPOINT until killed;
@@ -44,17 +46,32 @@ def main(argv: list[str]) -> int:
         if not f.exists():
             say(f"Invalid domain identifier: {args[0]}")
             return 1
+        flags = f.read_text().strip()
+        cpu = "0.0" if "p" in flags and not (STATE / f"{args[0]}.ran").exists() else "1.0"
         print("Name                                        ID   Mem VCPUs\tState\tTime(s)")
-        print(f"{args[0]:<40} 7  1024     2     {f.read_text().strip()}       1.0")
+        print(f"{args[0]:<40} 7  1024     2     {flags}       {cpu}")
         return 0
     if cmd == "create":
-        (STATE / Path(args[-1]).stem).write_text("--p---" if "-p" in args else "-b----")
+        (STATE / "create-args").write_text("\n".join(args))
+        name = Path(args[-1]).stem
+        (STATE / f"{name}.ran").unlink(missing_ok=True)
+        (STATE / name).write_text("--p---" if "-p" in args else "-b----")
+        if "-p" not in args:
+            (STATE / f"{name}.ran").touch()
         return 0
     if cmd == "destroy":
         (STATE / args[0]).unlink(missing_ok=True)
+        (STATE / f"{args[0]}.ran").unlink(missing_ok=True)
         return 0
     if cmd == "unpause":
+        if "p" not in (STATE / args[0]).read_text():
+            # Xen refuses to unpause a domain no controller paused (EINVAL), as libxl
+            # saw in run A of docs/xen.md.
+            say("libxl: error: libxl_domain.c:636:libxl__domain_unpause_deprecated: "
+                "Domain 7:Unpausing domain: Invalid argument")
+            return 1
         (STATE / args[0]).write_text("-b----")
+        (STATE / f"{args[0]}.ran").touch()
         return 0
     if cmd == "pause":
         (STATE / args[0]).write_text("--p---")
@@ -88,6 +105,7 @@ def remus(args: list[str]) -> int:
         say("COLO: Backup failed? resuming domain at primary.")
         return 1
     (STATE / domain).write_text("-b----")
+    (STATE / f"{domain}.ran").touch()
     end = STATE / "end"
     done = threading.Event()
     while not end.exists():

@@ -137,6 +137,10 @@ class XenBackend(Backend):
         # guest, holes included: 1044480 frames).
         self.entry_timeout = entry_timeout
         self.create_paused = create_paused
+        # Our domain was created paused by us, and whether it has run since (seen running,
+        # or unpaused by us): libxl's COLO takes it only if it has not (observe: never_ran).
+        self._created_paused = False
+        self._ran = False
         self.python = python
         # migration_tls = "x509": our receiver's TLS server, and what connect.py presents.
         self.tls_dir = tls_dir
@@ -163,20 +167,31 @@ class XenBackend(Backend):
 
     def _state(self, name: str) -> str | None:
         """The `xl list` state flags of a domain (e.g. "r-----", "--p---"), None if absent."""
+        row = self._row(name)
+        return None if row is None else row[0]
+
+    def _row(self, name: str) -> tuple[str, float | None] | None:
+        """A domain's `xl list` state flags and CPU seconds (its Time(s) column: the time
+        its vcpus ran, None if unreadable), None if the domain is absent."""
         out = self._run("list", name)
         if out.returncode != 0:
             return None
         rows = [ln.split() for ln in out.stdout.splitlines()[1:] if ln.split()]
         for row in rows:
             if row[0] == name and len(row) >= 5:
-                return row[4]
+                try:
+                    cpu = float(row[5]) if len(row) >= 6 else None
+                except ValueError:
+                    cpu = None
+                return row[4], cpu
         return None
 
     # Observation ---------------------------------------------------------------------------
     def observe(self) -> VmObs:
         try:
-            st = self._state(self.domain)
-            incoming = None if st is not None else self._state(f"{self.domain}--incoming")
+            row = self._row(self.domain)
+            st = None if row is None else row[0]
+            incoming = None if row is not None else self._state(f"{self.domain}--incoming")
         except TimeoutError:
             return VmObs(reachable=True, hung=True)
         except OSError:
@@ -187,11 +202,14 @@ class XenBackend(Backend):
             return VmObs(reachable=True, running=True, status="colo" if alive else "paused",
                          migration="colo" if alive else "none",
                          colo_mode="secondary" if alive else "none")
-        if st is None:
+        if row is None:
             if self.receiver is not None and not self.receiver.exited:
                 return VmObs(reachable=True, status="inmigrate")
             return VmObs(reachable=False)
+        st, cpu = row
         running = "p" not in st
+        if running:
+            self._ran = True
         mig, mode = "none", "none"
         r = self.remus
         if r is not None and not r.exited:
@@ -200,7 +218,19 @@ class XenBackend(Backend):
         elif r is not None and r.outcome() == SUSPEND_FAILED:
             mig = "failed"
         return VmObs(reachable=True, running=running,
-                     status="running" if running else "paused", migration=mig, colo_mode=mode)
+                     status="running" if running else "paused", migration=mig, colo_mode=mode,
+                     never_ran=not running and self._never_ran(cpu))
+
+    def _never_ran(self, cpu: float | None) -> bool:
+        """Our domain, paused, has never run: we created it paused and have not seen it
+        run since. A domain we did not create (adopted after a restart of ours) counts
+        only if `xl list` gives it no CPU time at all: Xen counts a domain's time as its
+        vcpus' running time (getdomaininfo's cpu_time), and a domain created paused has
+        run none. Inferred from Xen's accounting, not yet seen on the nested lab: so for a
+        domain we created paused our own record wins over its CPU time."""
+        if self._ran:
+            return False
+        return self._created_paused or cpu == 0.0
 
     # Actions ----------------------------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
@@ -209,7 +239,8 @@ class XenBackend(Backend):
             out = self._run("create", *paused, self.config_path, timeout=60)
             if out.returncode != 0:
                 raise BackendError(f"xl create failed: {out.stderr.strip()[-300:]}")
-            return f"domain {self.domain} created"
+            self._created_paused, self._ran = self.create_paused, not self.create_paused
+            return f"domain {self.domain} created" + (" paused" if self.create_paused else "")
         addr, port = _tcp(incoming_uri)
         self._close_receiver()
         try:
@@ -316,14 +347,19 @@ class XenBackend(Backend):
         count is 0); one paused by `xl pause` fails the initial sync's suspend ("guest did
         not suspend, timed out", 60 s; presumably a vcpu paused amid an I/O to the device
         model defers the shutdown, not verified). So only a domain created paused, never
-        run, is taken."""
-        st = self._state(self.domain)
-        if st is None:
+        run, is taken: also not one we unpaused and that was paused again since."""
+        row = self._row(self.domain)
+        if row is None:
             raise BackendError(f"no domain {self.domain} to protect")
+        st, cpu = row
         if "p" not in st:
             raise BackendError(
                 f"domain {self.domain} runs: libxl's COLO takes a primary created paused "
                 "(xl create -p, create_paused) that has not run yet")
+        if not self._never_ran(cpu):
+            raise BackendError(
+                f"domain {self.domain} is paused but has run: libxl's COLO takes a primary "
+                "created paused (xl create -p, create_paused) that has not run yet")
 
     def wait_resume(self, timeout: float) -> bool:
         # The secondary's libxl talks to no proxy in userspace-proxy mode; its
@@ -373,13 +409,29 @@ class XenBackend(Backend):
             raise BackendError(f"domain {self.domain} is not there after failover")
         if "p" in st:
             self._run("unpause", self.domain)
+        self._ran = True
         return f"domain running {1000 * (time.monotonic() - start):.0f} ms after takeover"
+
+    def unpause_vm(self) -> str:
+        st = self._state(self.domain)
+        if st is None:
+            raise BackendError(f"no domain {self.domain} to unpause")
+        if "p" not in st:
+            self._ran = True
+            return f"domain {self.domain} runs already"
+        out = self._run("unpause", self.domain)
+        if out.returncode != 0:
+            raise BackendError(f"xl unpause failed: {out.stderr.strip()[-300:]}")
+        # From here libxl's COLO would fail it (`_check_paused_for_colo`), even paused again.
+        self._ran = True
+        return f"domain {self.domain} unpaused"
 
     def stop_vm(self) -> str:
         for sup in (self.remus, self.receiver):
             if sup is not None and not sup.exited:
                 _terminate(sup.proc)
         self._close_receiver()
+        self._created_paused = self._ran = False  # the next domain is a new one
         out = self._run("destroy", self.domain)
         return "domain destroyed" if out.returncode == 0 else f"xl destroy: {out.stderr.strip()}"
 

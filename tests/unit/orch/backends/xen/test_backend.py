@@ -95,12 +95,61 @@ def test_a_domain_that_has_run_is_not_taken_into_colo(
     assert b.remus is None and not (tmp_path / "remus-args").exists()
 
 
+def test_a_domain_created_paused_is_reported_as_never_run_until_it_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "normal")
+    assert "-p" in (tmp_path / "create-args").read_text().split("\n")
+    obs = b.observe()
+    assert (obs.running, obs.status, obs.never_ran) == (False, "paused", True)
+    assert b.unpause_vm() == "domain web unpaused"
+    obs = b.observe()
+    assert (obs.running, obs.never_ran) == (True, False)
+    # A second unpause (decided on a stale look) leaves it running: xl's would fail.
+    assert b.unpause_vm() == "domain web runs already"
+    # Paused again after it ran: not taken into COLO, and not reported as never run.
+    (tmp_path / "web").write_text("--p---")
+    assert b.observe().never_ran is False
+    with pytest.raises(BackendError, match="paused but has run"):
+        b.enter_colo("tcp:192.168.100.2:7420")
+    assert b.remus is None and not (tmp_path / "remus-args").exists()
+    # Destroyed and created anew: a new domain that has never run.
+    b.stop_vm()
+    b.start_vm(None)
+    assert b.observe().never_ran is True
+
+
+def test_a_restarted_backend_takes_a_paused_domain_as_never_run_only_without_cpu_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    """An orchestrator that restarts finds the domain its previous run created: `xl list`'s
+    Time(s) tells whether it ran (Xen counts a domain's time as its vcpus' running time)."""
+    backend(tmp_path, monkeypatch, bridge, "normal")
+    adopted = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL, bridge=bridge,
+                         create_paused=True)
+    assert adopted.observe().never_ran is True
+    assert adopted.unpause_vm() == "domain web unpaused"
+    (tmp_path / "web").write_text("--p---")  # paused again by hand
+    again = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL, bridge=bridge)
+    obs = again.observe()
+    assert (obs.running, obs.never_ran) == (False, False)
+
+
+def test_without_create_paused_the_domain_runs_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL, bridge=bridge)
+    assert b.start_vm(None) == "domain web created"
+    assert "-p" not in (tmp_path / "create-args").read_text().split("\n")
+    obs = b.observe()
+    assert (obs.running, obs.never_ran) == (True, False)
+
+
 def test_secondary_lost_leaves_the_primary_running_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
     b = backend(tmp_path, monkeypatch, bridge, "secondary_lost")
     assert end_of_replication(b, tmp_path) == SECONDARY_LOST
     obs = b.observe()
-    assert (obs.reachable, obs.running, obs.migration) == (True, True, "none")
+    assert (obs.reachable, obs.running, obs.migration, obs.never_ran) == (True, True, "none",
+                                                                          False)
     assert "running" in b.take_over("primary")
     with pytest.raises(BackendError):
         b.checkpoint()
