@@ -15,6 +15,10 @@ against the simulated etcd. What is modelled: the runner's cycle (`Host.cycle` m
 `Orchestrator.cycle` line by line), the heartbeat's echo rule, the action bodies and the
 VMs. Simplifications are said where they are made.
 
+`XenPairModel` runs the same steps with Xen's libxl rules: a primary's VM is created
+paused and runs from COLO's first checkpoint, or from an `Unpause` once no secondary came
+within paused_primary_wait; `EnterColo` of a VM that has run fails the test.
+
 Invariants after every step (and after every loop_wait inside a passing of time):
 - at most one host serves: its VM runs and its proxy releases output, uncompared
   (PASSTHROUGH) or as the primary of a pair (PROTECTED or BARRIER with its VM in COLO);
@@ -49,6 +53,7 @@ from colo_orch.core.decide import (
     StartVM,
     StopVM,
     TakeOver,
+    Unpause,
     VmObs,
     adopted_role,
     decide,
@@ -69,6 +74,8 @@ HB_TIMEOUT = 1.0
 LEASE_TTL = 3.0
 LEASE_MARGIN = 1.0
 MIN_INTERVAL, MAX_INTERVAL, BURST = 0.2, 10.0, 3.0
+# Xen: short, so that runs of 40 steps reach it (the default is 60 s).
+PAUSED_WAIT = 3.0
 SYNC_KEY = "/colo/pair/sync"
 OTHER = {"a": "b", "b": "a"}
 ETCD_LOG = logging.getLogger("colo_orch.etcd")
@@ -79,14 +86,19 @@ class Vm:
     """One host's VM. `version` counts what its clients were told; the disk keeps it when
     the VM goes (a VM started as a primary boots from it)."""
 
-    status: str  # "running" or "inmigrate" (a secondary waiting for COLO)
+    status: str  # "running", "inmigrate" (a secondary waiting for COLO), "paused" (Xen)
     version: int
     colo_mode: str = "none"
     migration: str = "none"
+    never_ran: bool = False  # Xen: created paused, never run since
 
     def obs(self) -> VmObs:
         return VmObs(reachable=True, running=self.status == "running", status=self.status,
-                     migration=self.migration, colo_mode=self.colo_mode)
+                     migration=self.migration, colo_mode=self.colo_mode,
+                     never_ran=self.never_ran)
+
+    def runs(self) -> None:
+        self.status, self.never_ran = "running", False
 
 
 @dataclass
@@ -162,6 +174,7 @@ class Orch:
                                    clock=host.world.clock)
         self.arbiter.client = host.etcd  # type: ignore[assignment]
         self.keeper_at = 0.0  # when the keeper's next round is due
+        self.state_since = now  # when machine.state was entered
 
 
 class Host:
@@ -252,7 +265,9 @@ class Host:
             checkpoint_requests=tuple(o.requests), last_checkpoint_at=o.last_checkpoint_at,
             checkpoint_tat=o.checkpoint_tat, operator=o.operator,
             operator_at=o.operator_at, auto_reprotect=True,
-            degraded_reason=o.degraded_reason, degraded_at=o.degraded_at, fenced=o.fenced)
+            degraded_reason=o.degraded_reason, degraded_at=o.degraded_at, fenced=o.fenced,
+            colo_needs_fresh_primary=self.world.xen, paused_primary_wait=PAUSED_WAIT,
+            state_since=o.state_since)
 
     def cycle(self) -> Decision:
         o, now = self.orch, self.world.clock.t
@@ -263,6 +278,8 @@ class Host:
         before = o.machine.state
         if d.event is not None:
             o.machine.fire(d.event)  # IllegalTransition fails the test
+        if o.machine.state is not before:
+            o.state_since = now
         self.world.trace.append(f"{self.name}: {before.name} -> {o.machine.state.name}: "
                                 f"{d.sentence}")
         if d.consumed_checkpoints:
@@ -363,7 +380,8 @@ class Host:
             return
         name = {StartVM: "start_vm", EnterColo: "enter_colo", Checkpoint: "checkpoint",
                 TakeOver: "take_over", ReleaseLease: "release_lease",
-                StopVM: "stop_vm", CancelMigration: "cancel_migration"}[type(action)]
+                StopVM: "stop_vm", CancelMigration: "cancel_migration",
+                Unpause: "unpause_vm"}[type(action)]
         o.pending = (name, action)
         if isinstance(action, EnterColo) and self.vm is not None:
             self.vm.migration = "active"
@@ -388,6 +406,7 @@ class Host:
             self.ensure_proxy("secondary" if action.incoming else "primary")
             if self.vm is None:
                 self.vm = (Vm("inmigrate", -1) if action.incoming
+                           else Vm("paused", self.disk, never_ran=True) if world.xen
                            else Vm("running", self.disk))
             return "started"
         if isinstance(action, EnterColo):
@@ -398,6 +417,10 @@ class Host:
             if not o.fenced and self.proxy.send("pause"):  # passing until COLO's first STOP
                 o.proxy_mode = ProxyMode.PASS
             pvm = peer.vm
+            # libxl fails a primary that has run (docs/xen.md): the core must never try.
+            assert not world.xen or vm is None or vm.never_ran, (
+                f"{self.name}: xl remus -c of a domain that has run\n"
+                + "\n".join(world.trace[-30:]))
             if (not ok or vm is None or pvm is None or not world.link
                     or pvm.status != "inmigrate"):
                 if vm is not None:
@@ -410,6 +433,7 @@ class Host:
                 o.proxy_mode = ProxyMode.COMPARE
             self.proxy.send("checkpoint_barrier")
             vm.colo_mode, vm.migration = "primary", "colo"
+            vm.runs()  # libxl unpauses a Xen primary after the first checkpoint
             pvm.status, pvm.colo_mode, pvm.version = "running", "secondary", vm.version
             peer.disk = vm.version
             o.last_checkpoint_at = world.clock.t
@@ -434,7 +458,8 @@ class Host:
                 o.proxy_mode = ProxyMode.PASS
             if self.vm is None:
                 raise RuntimeError("no VM to take over with")
-            self.vm.colo_mode, self.vm.migration, self.vm.status = "none", "none", "running"
+            self.vm.colo_mode, self.vm.migration = "none", "none"
+            self.vm.runs()
             return "took over"
         if isinstance(action, ReleaseLease):
             o.arbiter.release()
@@ -447,6 +472,11 @@ class Host:
                 raise RuntimeError("no VM")
             self.vm.migration = "cancelled"
             return "migration cancelled"
+        if isinstance(action, Unpause):
+            if self.vm is None:
+                raise RuntimeError("no domain to unpause")
+            self.vm.runs()
+            return "unpaused"
         raise RuntimeError(f"Unexpected command: {action}")
 
     def keeper(self) -> None:
@@ -459,7 +489,8 @@ class Host:
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, xen: bool = False) -> None:
+        self.xen = xen
         self.clock = SimClock()
         self.etcd = EtcdSim(self.clock)
         self.link = True
@@ -480,9 +511,11 @@ HOSTS = st.sampled_from(("a", "b"))
 
 
 class PairModel(RuleBasedStateMachine):
+    XEN = False
+
     def __init__(self) -> None:
         super().__init__()
-        self.world = World()
+        self.world = World(self.XEN)
         # The keeper logs every refused request: thousands a run, and the trace says more.
         self._level = ETCD_LOG.level
         ETCD_LOG.setLevel(logging.CRITICAL)
@@ -708,6 +741,58 @@ else:
     PairModel.TestCase.settings = settings(max_examples=250, stateful_step_count=40,
                                            deadline=None, derandomize=True)
     TestPairModel = PairModel.TestCase
+
+
+class XenPairModel(PairModel):
+    XEN = True
+
+
+# Fewer examples in the unit run: most of its steps are the QEMU model's.
+XenPairModel.TestCase.settings = (PairModel.TestCase.settings
+                                  if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else
+                                  settings(PairModel.TestCase.settings, max_examples=100))
+TestXenPairModel = (pytest.mark.timeout(0)(XenPairModel.TestCase)
+                    if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else XenPairModel.TestCase)
+
+
+def test_a_xen_pair_is_protected_from_a_primary_created_paused() -> None:
+    m = XenPairModel()
+    try:
+        w = m.world
+        a, b = w.hosts["a"], w.hosts["b"]
+        while a.vm is None:
+            m.time_passes(LOOP_WAIT, finish_actions=True)
+        assert (a.vm.status, a.vm.never_ran) == ("paused", True)
+        assert not a.serves()  # nobody is served until COLO's first checkpoint
+        m.time_passes(2.0, finish_actions=True)
+        assert (a.orch.machine.state, b.orch.machine.state) == (State.PROTECTED,
+                                                                State.PROTECTED)
+        assert a.vm.status == "running" and a.serves()
+    finally:
+        m.teardown()
+
+
+def test_a_xen_primary_without_a_secondary_serves_alone_after_the_bound() -> None:
+    """The link is down from the start: no secondary is heard. The primary stays paused for
+    PAUSED_WAIT, then serves alone; once its domain has run, the secondary that comes when
+    the link heals is refused (re-protection needs a restart of the domain)."""
+    m = XenPairModel()
+    try:
+        w = m.world
+        a, b = w.hosts["a"], w.hosts["b"]
+        m.link(up=False)
+        m.time_passes(PAUSED_WAIT - 0.5, finish_actions=True)
+        assert a.orch.machine.state is State.WAITING and not a.serves()
+        m.time_passes(1.5, finish_actions=True)
+        assert a.orch.machine.state is State.ALONE and a.serves()
+        assert w.etcd.get(SYNC_KEY) == "alone:a"
+        m.link(up=True)
+        m.time_passes(6.0, finish_actions=True)  # asserts that no EnterColo of `a` runs
+        assert a.orch.machine.state is State.ALONE and a.serves()
+        assert b.orch.machine.state is State.WAITING
+        assert "re-protection" not in " ".join(w.trace[-4:])
+    finally:
+        m.teardown()
 
 
 @pytest.mark.parametrize("restarted", ["serving", "incoming"])
