@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import pytest
 
 from colo_orch.core.commands import CommandRefused
-from colo_orch.core.config import Config
-from colo_orch.core.decide import Decision
+from colo_orch.core.config import Config, Timing
+from colo_orch.core.decide import XEN_REPROTECT, Decision, VmObs
 from colo_orch.core.disks import DiskStatus
 from colo_orch.core.state import State
 from colo_orch.daemon.arbiter import LocalLeaseArbiter
@@ -154,6 +155,31 @@ def test_a_command_is_refused_when_it_does_not_apply_and_dropped_when_it_stops_a
     (last,) = view["recent"]
     assert (last["id"], last["command"], last["outcome"]) == (1, "pause", "dropped")
     assert "pause applies to a protected primary" in last["detail"]
+
+
+def test_a_xen_primary_that_has_run_refuses_reprotect_with_libxls_reason(
+        tmp_path: Path) -> None:
+    """The runner tells the core it drives Xen (libxl's COLO takes only a primary created
+    paused that never ran), and the API's refusal of `reprotect` comes from the core."""
+    cfg = Config(name="web", role="primary", heartbeat_listen="127.0.0.1:1",
+                 peer_heartbeat="127.0.0.1:2", incoming_uri="tcp:10.99.1.1:4444",
+                 peer_incoming_uri="tcp:10.99.1.2:4444", arbiter_path=str(tmp_path / "lease"),
+                 backend="xen", xen_domain="web", xen_config="/etc/xen/web.cfg",
+                 xen_checkpoint_listen="127.0.0.1:9911", timing=Timing(paused_primary_wait=90))
+    orch = Orchestrator(cfg, backend=None,  # type: ignore[arg-type]
+                        arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),
+                        heartbeat=_Silent(), proxy=None, host_id="a")
+    orch.machine.state = State.ALONE
+    orch._vm = VmObs(reachable=True, running=True, status="running")
+    now = time.monotonic()
+    snap = orch._recheck_commands(orch.snapshot(now), now)
+    assert (snap.colo_needs_fresh_primary, snap.paused_primary_wait) == (True, 90.0)
+    with pytest.raises(CommandRefused, match=re.escape(XEN_REPROTECT)):
+        orch.request("reprotect")
+    # Still paused as created (HOLDING regained the lease into ALONE): it can be protected.
+    orch._vm = VmObs(reachable=True, status="paused", never_ran=True)
+    orch._recheck_commands(orch.snapshot(now), now)
+    assert orch.request("reprotect")["accepted"] == "reprotect requested"
 
 
 def test_the_loop_gives_its_proxy_a_permit_ending_with_its_hold_on_the_lease(
