@@ -257,6 +257,17 @@ def _qemu_tls(cfg: Config, lab: list[str] | None) -> str | None:
     return qemu_tls_problem(cfg, qemu) if qemu else "no QEMU found (see the QEMU binary line)"
 
 
+def xen_protection_problem(cfg: Config) -> str | None:
+    """Whether a Xen primary's domain can be protected at all (docs/xen.md, "The
+    orchestrator on Xen"): libxl's COLO takes only one created paused that never ran."""
+    if cfg.backend != "xen" or cfg.xen_create_paused:
+        return None
+    return Warn("xen_create_paused = false: the primary's domain runs at once, and libxl's "
+                "COLO takes only a domain created paused that has never run, so this pair "
+                "is never protected while this host is its primary; remove the line "
+                "(default true)")
+
+
 def firewall_problem(cfg: Config) -> str | None:
     """Whether the rules of `colo-orch firewall` are loaded (its table exists)."""
     from colo_orch.core.ports import table_name
@@ -299,6 +310,8 @@ def run_check(config: str | None, *, smoke: bool = False) -> int:
             checks.insert(2, ("API credentials", lambda: api_problem(cfg)))
             checks.insert(3, ("TLS between the hosts", lambda: migration_tls_problem(cfg)))
             checks.insert(4, ("firewall", lambda: firewall_problem(cfg)))
+            if cfg.backend == "xen":
+                checks.insert(5, ("Xen protection", lambda: xen_protection_problem(cfg)))
             if cfg.migration_tls and cfg.backend == "qemu":
                 checks.append(("QEMU loads the TLS credentials", lambda: _qemu_tls(cfg, lab)))
     failed = 0

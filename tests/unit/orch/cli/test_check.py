@@ -92,6 +92,15 @@ def _cfg(**kw: object) -> Config:
     return Config(**{**base, **kw})  # type: ignore[arg-type]
 
 
+def test_a_xen_primary_not_created_paused_is_warned_never_to_be_protected() -> None:
+    xen = dict(backend="xen", xen_domain="web", xen_config="/etc/xen/web.cfg",
+               xen_checkpoint_listen="127.0.0.1:9911")
+    assert check.xen_protection_problem(_cfg(**xen)) is None  # created paused by default
+    assert check.xen_protection_problem(_cfg(xen_create_paused=False)) is None  # QEMU
+    problem = check.xen_protection_problem(_cfg(xen_create_paused=False, **xen))
+    assert isinstance(problem, check.Warn) and "never protected" in problem
+
+
 def test_local_arbiter_only_with_the_peer_on_this_machine() -> None:
     assert check.is_local_address("127.0.0.1") is True
     # TEST-NET-1 (RFC 5737): never an address of this machine. Bind only; nothing is sent.
