@@ -521,6 +521,8 @@ def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         return Decision(f"adopting our VM in its initial COLO sync ({s.vm.migration}){why}",
                         Event.SYNC, role="primary")
     if s.vm.reachable:
+        # Xen: a domain our previous run created paused, still waiting for COLO.
+        vm = "our VM, created paused and not run yet," if s.vm.never_ran else "the running VM"
         if role == "primary" and (s.role != "primary" or not s.alone_recorded):
             # S6, as on every other path to serving uncompared: a primary adopted outside
             # COLO serves from WAITING, but the store may still say "protected" (COLO left
@@ -529,10 +531,10 @@ def _stopped(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
             # moves to HOLDING, whose rules record `alone` before they lift the fence (and
             # fence our VM for good if the peer serves or our copy is stale). Always so
             # when the roles were swapped: that copy's standing is HOLDING's to judge.
-            return Decision(f"adopting the running VM as primary{why}, holding its output "
+            return Decision(f"adopting {vm} as primary{why}, holding its output "
                             "until the arbiter records that we serve alone", Event.START,
                             role="primary", fence=True)
-        return Decision(f"adopting the running VM as {role}{why}", Event.START,
+        return Decision(f"adopting {vm} as {role}{why}", Event.START,
                         role=None if role == s.role else role)
     if s.operator == "reprotect":
         return Decision("starting a new secondary VM on operator request", Event.REPROTECT,

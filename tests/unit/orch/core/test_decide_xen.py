@@ -124,6 +124,18 @@ def test_a_failed_colo_entry_with_the_domain_still_paused_serves_alone_at_once()
     assert "rather than keep the service down" in d.sentence
 
 
+def test_a_restarted_orchestrator_adopts_its_paused_domain_and_waits_again() -> None:
+    """colo-orch restarted before COLO began: the domain its previous run created paused is
+    adopted (never created twice) and waits anew for a secondary, its bound from WAITING."""
+    d = decide(snap(State.STOPPED), MIN, MAX)
+    assert (d.event, d.action) == (Event.START, None)
+    assert d.sentence == "adopting our VM, created paused and not run yet, as primary"
+    d = decide(snap(State.STARTING), MIN, MAX)
+    assert d.event is Event.VM_RUNNING
+    d = decide(snap(State.WAITING, state_since=100.0), MIN, MAX)
+    assert (d.event, d.action) == (None, None) and f"waiting {WAIT:.0f} s more" in d.sentence
+
+
 def test_a_created_paused_primary_walks_the_table_to_colo_or_to_serving_alone() -> None:
     """STOPPED -> STARTING -> WAITING, then SYNCING with a secondary, ALONE without."""
     m = Machine()
