@@ -831,9 +831,18 @@ def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         # Whether libxl would take it again after a failed `xl remus -c` is unverified.
         return _go_alone(s, f"'{s.degraded_reason}' with our VM created paused and not run: "
                          "serving alone rather than keep the service down")
-    if s.vm.reachable and not s.vm.hung and s.vm.running and s.role == "primary":
+    # "colo": QEMU's runstate for a VM that COLO stopped. A checkpoint that fails before the
+    # PVM resumes (its secondary killed mid-transaction) leaves it so, and QEMU's COLO
+    # thread, after COLO_EXIT with reason error, waits for a failover (x-colo-lost-heartbeat)
+    # before it starts the VM again (migration/colo.c, colo_process_checkpoint). Found by
+    # `colo-lab chaos` (seed 3, fault 82: kill-qemu of the SVM during a checkpoint): the
+    # primary sat DEGRADED with its VM stopped for 124 s and no client was served.
+    stopped_by_colo = s.vm.status == "colo" and not s.vm.running
+    if (s.vm.reachable and not s.vm.hung and (s.vm.running or stopped_by_colo)
+            and s.role == "primary"):
         wait = s.degraded_at + REPROTECT_BACKOFF - s.now
-        if s.degraded_reason.startswith("enter_colo failed") and wait > 0:
+        if (s.degraded_reason.startswith("enter_colo failed") and wait > 0
+                and not stopped_by_colo):
             # Stay visibly degraded, and do not hammer a broken secondary: retry later.
             return Decision(f"degraded: {s.degraded_reason}; re-protection retried in "
                             f"{wait:.0f} s")
@@ -842,6 +851,9 @@ def _degraded(s: Snapshot, _mn: float, _mx: float, _b: float) -> Decision:
         # error) went DEGRADED, then straight to ALONE with the proxy still holding output for
         # comparison with a VM that no longer ran: the client timed out for good. The
         # take-over records `alone` first (S6), leaves COLO, and tells the proxy to pass.
+        if stopped_by_colo:
+            return _go_alone(s, f"'{s.degraded_reason}' left our VM stopped by COLO, "
+                             "waiting for a failover: serving alone")
         return _go_alone(s, f"VM answers again after '{s.degraded_reason}': serving alone")
     return Decision(f"degraded: {s.degraded_reason}")
 

@@ -288,6 +288,24 @@ def test_a_degraded_primary_serves_alone_only_by_a_take_over() -> None:
     assert Event.RECOVERED not in TRANSITIONS[State.DEGRADED]
 
 
+def test_a_degraded_primary_whose_vm_colo_stopped_fails_over_at_once() -> None:
+    # Chaos seed 3, fault 82: the SVM killed mid-checkpoint; QEMU left the PVM stopped
+    # ("colo") and waited for x-colo-lost-heartbeat, while the primary sat DEGRADED.
+    reason = "checkpoint failed: COLO exited during the checkpoint: {'reason': 'error'}"
+    stopped = replace(RUNNING, running=False, status="colo")
+    s = snap(State.DEGRADED, degraded_reason=reason, vm=stopped, alone_recorded=True,
+             peer=replace(PEER_PROTECTED_SEC, state=State.FENCED))
+    d = decide(s, MIN, MAX)
+    assert (d.event, d.action) == (Event.PEER_LOST, TakeOver("primary")), d.sentence
+    assert "stopped by COLO" in d.sentence
+    # Even inside the re-protection back-off: a stopped VM serves nobody.
+    d = decide(replace(s, degraded_reason="enter_colo failed: x", degraded_at=99.0), MIN, MAX)
+    assert d.action == TakeOver("primary"), d.sentence
+    # Paused by someone else (not COLO): no take-over on our own.
+    paused = replace(stopped, status="paused")
+    assert decide(replace(s, vm=paused), MIN, MAX).action is None
+
+
 def test_switchover_checkpoints_then_hands_over() -> None:
     # Accepted at 99.5, after the last checkpoint (99.0): a final checkpoint first.
     s = snap(State.PROTECTED, operator="switchover", operator_at=99.5,
