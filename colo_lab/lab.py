@@ -3,7 +3,8 @@
 ```
   client ns ── lan ns (bridge "lan") ──┬── pri ns: br0 ── tapP ── PVM
                                        │     ├─ fwd0 ──────── fwd0 ─┐
-                                       │     └─ ctl0 ──────── ctl0 ─┤
+                                       │     ├─ ctl0 ──────── ctl0 ─┤
+                                       │     └─ mig0 ──────── mig0 ─┤
                                        └── sec ns: br0 ── tapS ── SVM
   pri ns: etcd0 ──┐
   sec ns: etcd0 ──┴── etcdnet ns (bridge "etcd") ── etcd1, etcd2, etcd3 ns (colo_lab.etcd_net)
@@ -12,7 +13,11 @@
 - `fwd0` is the forward link (mirrored input, SVM output; no addresses; fixed MACs,
   `FWD_MACS`, which each host's colo-proxy is given as its peer's).
 - `ctl0` is the hosts' private control link (addresses CTL_PRIMARY/CTL_SECONDARY):
-  migration, disk replication and heartbeats run over it.
+  heartbeats, the orchestrators' API and metrics.
+- `mig0` is the migration link (addresses MIG_PRIMARY/MIG_SECONDARY): the COLO migration
+  stream, which carries every checkpoint, and the disk replication's NBD. Its own link,
+  as a deployment keeps bulk state transfer off the heartbeats' path, so that a fault
+  can cut one without the other.
 - The secondary host's uplink (`lan0` in the sec ns) starts down: while the pair
   is protected the SVM must never talk to the LAN directly. `set_uplink` flips it
   (failover, or a test reaching the SVM alone).
@@ -61,6 +66,8 @@ LAN_PLEN6 = 64
 FWD_MACS = {"primary": "02:c0:10:f0:00:01", "secondary": "02:c0:10:f0:00:02"}
 CTL_PRIMARY = "10.99.1.1"
 CTL_SECONDARY = "10.99.1.2"
+MIG_PRIMARY = "10.99.3.1"
+MIG_SECONDARY = "10.99.3.2"
 MIGRATION_PORT = 4444
 # colo-proxy's compare_timeout for the lab's VMs when they run under TCG. The proxy's
 # default (1 s) suits KVM. Under TCG a freshly loaded SVM starts with an empty translation
@@ -76,7 +83,8 @@ LIVE: set[Lab] = set()
 ROLES = ("primary", "secondary")
 # A host's links by what they are for, and their names in the host's namespace
 # (colo_lab.faults cuts them; `colo-lab status` shows them).
-LINKS = {"control": "ctl0", "forward": "fwd0", "uplink": "lan0", "etcd": etcd_net.HOST_LINK}
+LINKS = {"control": "ctl0", "forward": "fwd0", "migration": "mig0", "uplink": "lan0",
+         "etcd": etcd_net.HOST_LINK}
 # How long `up` waits for the etcd cluster after the VMs are ready. The members start
 # before the VMs and have elected a leader by then (about 2.5 s after their start here).
 ETCD_START_S = 30.0
@@ -88,15 +96,20 @@ class Host:
     ns: str
     tap: str
     ctl_ip: str
+    mig_ip: str  # on the migration link: the COLO migration's and NBD's address
 
 
 def host_links(pri_ns: str, sec_ns: str) -> None:
-    """The two hosts' private links: forward (fixed MACs, FWD_MACS) and control."""
+    """The two hosts' private links: forward (fixed MACs, FWD_MACS), control and
+    migration."""
     netns.veth(pri_ns, "fwd0", sec_ns, "fwd0", a_mac=FWD_MACS["primary"],
                b_mac=FWD_MACS["secondary"])
     netns.veth(pri_ns, "ctl0", sec_ns, "ctl0")
     netns.ip(pri_ns, "addr", "add", f"{CTL_PRIMARY}/24", "dev", "ctl0")
     netns.ip(sec_ns, "addr", "add", f"{CTL_SECONDARY}/24", "dev", "ctl0")
+    netns.veth(pri_ns, "mig0", sec_ns, "mig0")
+    netns.ip(pri_ns, "addr", "add", f"{MIG_PRIMARY}/24", "dev", "mig0")
+    netns.ip(sec_ns, "addr", "add", f"{MIG_SECONDARY}/24", "dev", "mig0")
 
 
 class Lab:
@@ -112,8 +125,10 @@ class Lab:
         self.client_ns = self.prefix + "client"
         self.lan_ns = self.prefix + "lan"
         self.hosts = {
-            "primary": Host("primary", self.prefix + "pri", "tapP", CTL_PRIMARY),
-            "secondary": Host("secondary", self.prefix + "sec", "tapS", CTL_SECONDARY),
+            "primary": Host("primary", self.prefix + "pri", "tapP", CTL_PRIMARY,
+                            MIG_PRIMARY),
+            "secondary": Host("secondary", self.prefix + "sec", "tapS", CTL_SECONDARY,
+                              MIG_SECONDARY),
         }
         self.run_dir = run_root() / name
         self.vms: dict[str, VM] = {}
@@ -244,7 +259,7 @@ class Lab:
             mac=VM_MAC,
             ip_cidr=f"{VM_IP}/{LAN_PLEN}",
             ip6_cidr=f"{VM_IP6}/{LAN_PLEN6}",
-            incoming=f"tcp:{h.ctl_ip}:{MIGRATION_PORT}" if incoming else None,
+            incoming=f"tcp:{h.mig_ip}:{MIGRATION_PORT}" if incoming else None,
             accel=self.accel,
             extra_args=disk_args,
         )

@@ -1,7 +1,9 @@
 """Run the orchestrators of a lab pair: their configs, processes and API calls.
 
-Each host's `colo-orch` runs inside that host's namespace, so heartbeats,
-migration and the API use the control link exactly as on two machines. The lease
+Each host's `colo-orch` runs inside that host's namespace, so heartbeats and the API
+use the control link, and the COLO migration and NBD the migration link (the host of
+`incoming_uri`, which the orchestrator also exports its disks on), exactly as on two
+machines. The lease
 is held in the lab's etcd cluster (colo_lab.etcd_net), which each host reaches over
 its own link; `arbiter="local"` instead gives both a lease file in the run directory
 (the single-machine arbiter: both "hosts" then share a file, which two machines cannot).
@@ -151,8 +153,8 @@ qmp = "{vm.qmp_path}"
 qmp_events = "{vm.events_path}"
 heartbeat_listen = "{me.ctl_ip}:{HEARTBEAT_PORT}"
 peer_heartbeat = "{peer.ctl_ip}:{HEARTBEAT_PORT}"
-incoming_uri = "tcp:{me.ctl_ip}:{MIGRATION_PORT}"
-peer_incoming_uri = "tcp:{peer.ctl_ip}:{MIGRATION_PORT}"
+incoming_uri = "tcp:{me.mig_ip}:{MIGRATION_PORT}"
+peer_incoming_uri = "tcp:{peer.mig_ip}:{MIGRATION_PORT}"
 heartbeat_key_file = "{heartbeat_key(lab, role)}"
 api_listen = "{me.ctl_ip}:{API_PORT}"
 api_token_file = "{api_token(lab, role)}"

@@ -25,7 +25,7 @@ traffic waits, so `up` enters COLO right after the boot.
 
 from __future__ import annotations
 
-from colo_lab.lab import CTL_PRIMARY, CTL_SECONDARY, MIGRATION_PORT, Lab
+from colo_lab.lab import CTL_PRIMARY, MIG_SECONDARY, MIGRATION_PORT, Lab
 from colo_lab.wait import wait_until
 
 # The chardev ports. MIRROR and SEC_OUT cross the control link (the SVM connects to the
@@ -95,7 +95,7 @@ def protect(lab: Lab, *, delay_ms: int = DEFAULT_DELAY_MS, timeout: float = 60.0
     from colo_lab.colo import enter_colo
 
     pvm, svm = lab.vms["primary"], lab.vms["secondary"]
-    took = enter_colo(pvm, svm, f"tcp:{CTL_SECONDARY}:{MIGRATION_PORT}", delay_ms=delay_ms,
+    took = enter_colo(pvm, svm, f"tcp:{MIG_SECONDARY}:{MIGRATION_PORT}", delay_ms=delay_ms,
                       timeout=timeout)
     # The secondary's colo state: both sides agree before a client is let in.
     wait_until(lambda: svm.cmd("query-colo-status").get("mode") == "secondary", 10,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from colo_lab.colo import EventLog, checkpoint, enter_colo
 from colo_lab.errors import LabError
-from colo_lab.lab import CTL_SECONDARY, MIGRATION_PORT, Lab
+from colo_lab.lab import MIG_SECONDARY, MIGRATION_PORT, Lab
 
 HOME_PAGE = b"colo lab service\n"
 
@@ -58,7 +58,7 @@ def run_smoke(lab: Lab, checkpoints: int, say: Callable[[str], None]) -> SmokeRe
     logs = [EventLog(pvm), EventLog(svm)]
     for log in logs:
         log.vm.events()  # connect before the first event can happen
-    res.colo_seconds = enter_colo(pvm, svm, f"tcp:{CTL_SECONDARY}:{MIGRATION_PORT}")
+    res.colo_seconds = enter_colo(pvm, svm, f"tcp:{MIG_SECONDARY}:{MIGRATION_PORT}")
     say(f"COLO state reached in {res.colo_seconds:.2f} s")
     for i in range(checkpoints):
         res.pause_ms.append(checkpoint(pvm, logs) * 1000)

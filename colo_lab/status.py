@@ -74,7 +74,7 @@ def render(st: dict[str, Any]) -> str:
             if link["up"] and link["state"] not in ("UP", "UNKNOWN"):
                 state = f"up, carrier {link['state']}"
             addr = f" {link['address']}" if link["address"] else ""
-            lines.append(f"    {purpose:<8} {link['name']:<6} {state}{addr}")
+            lines.append(f"    {purpose:<9} {link['name']:<6} {state}{addr}")
         orch = h.get("orchestrator")
         if orch is None:
             lines.append("    orchestrator: not running")

@@ -17,7 +17,7 @@ import pytest
 
 from colo_lab import netns, pair
 from colo_lab.errors import LabError
-from colo_lab.lab import CTL_PRIMARY, CTL_SECONDARY, MIGRATION_PORT, Lab
+from colo_lab.lab import MIG_PRIMARY, MIG_SECONDARY, MIGRATION_PORT, Lab
 from colo_lab.wait import wait_until
 from colo_orch.backends.qemu.process import alive
 from colo_orch.cli.disk import main as disk_main
@@ -35,7 +35,7 @@ PLAIN_STREAM = b"QEVM\x00\x00\x00\x03" + b"\x07" * 4096
 def _pki(lab: Lab) -> dict[str, Path]:
     ca = tls.make_ca(lab.run_dir / "pki-ca", "colo lab pair CA")
     return {role: tls.host_dir(ca, lab.run_dir / f"pki-{role[:3]}", ip)
-            for role, ip in (("primary", CTL_PRIMARY), ("secondary", CTL_SECONDARY))}
+            for role, ip in (("primary", MIG_PRIMARY), ("secondary", MIG_SECONDARY))}
 
 
 def _extra(d: Path) -> str:
@@ -47,7 +47,7 @@ def _plain_migration(lab: Lab) -> None:
     and read until the secondary's QEMU hangs up (or, a QEMU that takes the stream and waits
     for more of it, for 5 s)."""
     code = (f"import socket\n"
-            f"s = socket.create_connection(({CTL_SECONDARY!r}, {MIGRATION_PORT}), timeout=5)\n"
+            f"s = socket.create_connection(({MIG_SECONDARY!r}, {MIGRATION_PORT}), timeout=5)\n"
             f"s.sendall({PLAIN_STREAM!r})\n"
             f"try:\n    while s.recv(4096): pass\n"
             f"except (ConnectionResetError, TimeoutError): pass\n")
@@ -58,7 +58,7 @@ def _plain_nbd_write(lab: Lab) -> subprocess.CompletedProcess[str]:
     """From the primary host: a plain NBD client writes 4 KiB into the secondary's export."""
     return subprocess.run(
         ["ip", "netns", "exec", lab.hosts["primary"].ns, "qemu-io", "-f", "raw",
-         "-c", "write -P 0x5a 0 4k", f"nbd://{CTL_SECONDARY}:{NBD_PORT}/disk0-parent"],
+         "-c", "write -P 0x5a 0 4k", f"nbd://{MIG_SECONDARY}:{NBD_PORT}/disk0-parent"],
         capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -116,7 +116,7 @@ def test_protected_over_tls_and_plain_clients_are_refused(lab: Lab) -> None:
 def _nbd_up(lab: Lab) -> bool:
     """The secondary's NBD server answers (its greeting) on the control link."""
     code = (f"import socket\n"
-            f"s = socket.create_connection(({CTL_SECONDARY!r}, {NBD_PORT}), timeout=1)\n"
+            f"s = socket.create_connection(({MIG_SECONDARY!r}, {NBD_PORT}), timeout=1)\n"
             f"assert s.recv(8) == b'NBDMAGIC'\n")
     try:
         netns.sh(lab.hosts["primary"].ns, ["python3", "-c", code], timeout=10)

@@ -40,5 +40,5 @@ def test_no_such_member_says_which_exist(i: int) -> None:
 
 
 def test_unknown_link_names_the_links() -> None:
-    with pytest.raises(LabError, match="control, forward, uplink, etcd"):
+    with pytest.raises(LabError, match="control, forward, migration, uplink, etcd"):
         faults.link_name("wan")

@@ -14,17 +14,21 @@ IP_JSON: list[dict[str, Any]] = [
                    {"family": "inet6", "local": "fe80::1", "prefixlen": 64}]},
     {"ifname": "fwd0", "flags": ["BROADCAST", "UP"], "operstate": "LOWERLAYERDOWN",
      "addr_info": []},
+    {"ifname": "mig0", "flags": ["BROADCAST", "UP", "LOWER_UP"], "operstate": "UP",
+     "addr_info": [{"family": "inet", "local": "10.99.3.1", "prefixlen": 24}]},
     {"ifname": "lan0", "flags": ["BROADCAST"], "operstate": "DOWN", "addr_info": []},
 ]
 
 
 def test_links_by_purpose_with_state_and_ipv4_address() -> None:
     links = links_from_ip(IP_JSON, LINKS)
-    assert list(links) == ["control", "forward", "uplink", "etcd"]
+    assert list(links) == ["control", "forward", "migration", "uplink", "etcd"]
     assert links["control"] == {"name": "ctl0", "up": True, "state": "UP",
                                 "address": "10.99.1.1/24"}
     assert links["forward"] == {"name": "fwd0", "up": True, "state": "LOWERLAYERDOWN",
                                 "address": None}
+    assert links["migration"] == {"name": "mig0", "up": True, "state": "UP",
+                                  "address": "10.99.3.1/24"}
     assert links["uplink"]["up"] is False
     assert links["etcd"] == {"name": "etcd0", "up": False, "state": "MISSING", "address": None}
 
@@ -50,9 +54,10 @@ def _status() -> dict[str, Any]:
 def test_render_shows_each_host_its_links_and_the_orchestrator() -> None:
     text = render(_status())
     assert "primary host: namespace colo-t-pri, API http://10.99.1.1:7411" in text
-    assert "control  ctl0   up 10.99.1.1/24" in text
-    assert "forward  fwd0   up, carrier LOWERLAYERDOWN" in text
-    assert "uplink   lan0   DOWN" in text
+    assert "control   ctl0   up 10.99.1.1/24" in text
+    assert "forward   fwd0   up, carrier LOWERLAYERDOWN" in text
+    assert "migration mig0   up 10.99.3.1/24" in text
+    assert "uplink    lan0   DOWN" in text
     assert "orchestrator: PROTECTED, role primary" in text
     assert "orchestrator: not running" in text  # the secondary's
     assert "etcd1  http://10.99.2.11:2379   NOT running" in text
