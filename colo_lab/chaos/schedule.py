@@ -28,6 +28,8 @@ KINDS: dict[str, tuple[str, ...]] = {
     "host-death": ROLES,
     "cut-control": ROLES,
     "cut-forward": ROLES,
+    # The migration link carries the COLO stream (every checkpoint) and NBD, nothing else.
+    "cut-migration": ROLES,
     # The secondary's uplink is down while protected: cutting it would change nothing.
     "cut-uplink": ("pvm",),
     "cut-etcd": ROLES,

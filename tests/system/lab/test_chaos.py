@@ -15,15 +15,17 @@ from colo_lab.chaos import checker, history, schedule
 from colo_lab.guest import pattern
 from colo_lab.lab import Lab
 
-# Seed 13's first eight faults over every kind (each a different one): the PVM host's
-# forward link cut as a checkpoint starts, the secondary's control link cut, the PVM's
-# QEMU killed, loss on the secondary's forward link, the secondary's colo-orch stopped
-# during a re-protection, the PVM's QEMU stopped (SIGSTOP, 6.45 s) during a re-protection,
-# the PVM host's death as a checkpoint starts, the PVM host's uplink cut. The sixth once
-# left both hosts FENCED (a migration left running in QEMU; docs/RELIABILITY.md,
-# "Findings"). stop-orch is in the menu again since the release permit (docs/PROXY.md):
-# a stopped primary orchestrator's proxy no longer releases after the secondary took over
-# (docs/RELIABILITY.md, "Findings"; its own test in tests/system/orch/test_split_brain.py).
+# Seed 13's first eight faults over the whole menu (each a different kind; the menu with
+# cut-migration): the PVM host's control link cut as a checkpoint starts, the
+# secondary's forward link cut, the PVM's QEMU killed, loss on the secondary's forward
+# link, the SVM's QEMU stopped (SIGSTOP, 7.7 s) during a re-protection, the PVM host's
+# death, the PVM's colo-orch stopped as a checkpoint starts, the secondary's migration
+# link cut. Earlier menus drew other faults from this seed; one, a PVM stopped during a
+# re-protection, once left both hosts FENCED (a migration left running in QEMU;
+# docs/RELIABILITY.md, "Findings"). stop-orch is in the menu again since the release
+# permit (docs/PROXY.md): a stopped primary orchestrator's proxy no longer releases after
+# the secondary took over (docs/RELIABILITY.md, "Findings"; its own test in
+# tests/system/orch/test_split_brain.py).
 SEED = 13
 FAULTS = 8
 KINDS = tuple(schedule.KINDS)
