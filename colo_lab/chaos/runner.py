@@ -328,6 +328,47 @@ def _protected(latest: dict[str, dict[str, Any] | None]) -> bool:
             and sorted(str(g.get("role")) for g in got if g) == ["primary", "secondary"])
 
 
+# A checkpoint of the lab's pair takes 50-200 ms (the PVM paused about 50 ms of it); one
+# in CHECKPOINTING this long is hung, not a protected pair's passing state. Measured: a
+# cut of the migration link held one for 13.7 s (its stream blocked on the dead link),
+# and the pair, whose samples said CHECKPOINTING throughout, was counted back at the
+# heal; the checkpoint ended 5 s later and the pair then failed over and re-protected.
+CHECKPOINT_HUNG_S = 2.0
+
+
+class Recovery:
+    """Whether the pair is back after a fault that ended at `t_end`, from the state
+    samples one by one (pure: the sample's time comes with it). Back: a protected pair in
+    every sample for STABLE_S, with no checkpoint hung (CHECKPOINT_HUNG_S) in that time;
+    `since` is when that run of samples began."""
+
+    def __init__(self, t_end: float) -> None:
+        self.t_end = t_end
+        self.since: float | None = None
+        self._checkpointing_since: float | None = None
+
+    def see(self, at: float, latest: dict[str, dict[str, Any] | None]) -> bool:
+        if at <= self.t_end:
+            return False
+        if any((g or {}).get("state") == "CHECKPOINTING" for g in latest.values()):
+            if self._checkpointing_since is None:
+                self._checkpointing_since = at
+            if at - self._checkpointing_since >= CHECKPOINT_HUNG_S:
+                self.since = None
+                return False
+        else:
+            self._checkpointing_since = None
+        if not _protected(latest):
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = at
+        # Seen in the first 100-fault run: samples just after a SIGKILL of the PVM still
+        # said PROTECTED (the orchestrators had not noticed yet), and the next fault came
+        # during the failover. PROTECTED counts once it has lasted.
+        return at - self.since >= STABLE_S
+
+
 class Campaign:
     def __init__(self, opts: Options, say: Callable[[str], None]) -> None:
         self.opts, self.say = opts, say
@@ -433,20 +474,16 @@ class Campaign:
                 self.say(f"could not heal {p.kind} {p.target}: {exc}")
         rec.write({"type": "fault", "phase": "end", "id": p.index})
         t_end = time.monotonic()
-        since: list[float] = []  # when the current run of PROTECTED samples began
+        recovery = Recovery(t_end)
+        seen = [0.0]  # the sample last given to recovery
 
         def back() -> bool:
             self.injector.reap()
             at, latest = rec.latest_at, rec.latest
-            if at <= t_end or not _protected(latest):
-                since.clear()
+            if at == seen[0]:
                 return False
-            if not since:
-                since.append(at)
-            # Seen in the first 100-fault run: samples just after a SIGKILL of the PVM
-            # still said PROTECTED (the orchestrators had not noticed yet), and the next
-            # fault came during the failover. PROTECTED counts once it has lasted.
-            return at - since[0] >= STABLE_S
+            seen[0] = at
+            return recovery.see(at, latest)
 
         ok = True
         try:
@@ -454,9 +491,10 @@ class Campaign:
                        every=0.1)
         except LabError:
             ok = False
-        took = (since[0] if ok else time.monotonic()) - t_end
+        back_at = recovery.since if ok and recovery.since is not None else time.monotonic()
+        took = back_at - t_end
         rec.write({"type": "recovered", "id": p.index, "ok": ok, "waited_s": round(took, 3),
-                   "t": round((since[0] if ok else time.monotonic()) - rec.t0, 4)})
+                   "t": round(back_at - rec.t0, 4)})
         if ok and self.opts.disk:
             rec.write({"type": "disk", "id": p.index, **verify_disks(self.lab, rec.latest)})
         self.say(f"[{p.index + 1}/{len(self.schedule)}] {p.kind} {p.target}{where} "

@@ -51,3 +51,36 @@ def test_verify_disks_compares_the_serving_primarys_image_with_the_other(tmp_pat
     assert got["equal"] is False, got
     (tmp_path / "sec-disk.raw").unlink()
     assert runner.verify_disks(lab, SWAPPED)["equal"] is None
+
+
+def _pair(primary_state: str) -> dict[str, dict[str, str] | None]:
+    return {"primary": {"state": primary_state, "role": "primary"},
+            "secondary": {"state": "PROTECTED", "role": "secondary"}}
+
+
+def _feed(r: runner.Recovery, samples: list[tuple[float, str]]) -> float | None:
+    """The time of the first sample at which the pair counts as back, else None."""
+    for at, st in samples:
+        if r.see(at, _pair(st)):
+            return at
+    return None
+
+
+def test_a_pair_is_back_after_stable_s_of_protected_samples_after_the_fault() -> None:
+    r = runner.Recovery(t_end=10.0)
+    # Samples before the fault's end never count; brief checkpoints are a protected pair's.
+    samples = [(9.5, "PROTECTED")] + [
+        (10.0 + 0.3 * i, "CHECKPOINTING" if i % 3 == 0 else "PROTECTED") for i in range(1, 20)]
+    back = _feed(r, samples)
+    assert back is not None and r.since == pytest.approx(10.3)
+    assert back - r.since >= runner.STABLE_S
+
+
+def test_a_hung_checkpoint_is_no_recovery_and_the_pair_is_back_after_it() -> None:
+    # A cut of the migration link: the primary says CHECKPOINTING from before the heal
+    # until 5 s after it, while its stream waits on the dead link.
+    r = runner.Recovery(t_end=10.0)
+    hung = [(10.0 + 0.3 * i, "CHECKPOINTING") for i in range(1, 18)]  # to 15.1
+    assert _feed(r, hung) is None
+    back = _feed(r, [(15.4 + 0.3 * i, "PROTECTED") for i in range(20)])
+    assert r.since == pytest.approx(15.4) and back is not None
