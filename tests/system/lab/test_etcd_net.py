@@ -75,7 +75,7 @@ def test_two_of_three_members_lost_stops_writes_until_they_return(net: Lab) -> N
     assert history["kvs"][0]["version"] in (3, 4)
 
 
-@pytest.mark.parametrize("link", ["control", "forward", "uplink", "etcd"])
+@pytest.mark.parametrize("link", ["control", "forward", "migration", "uplink", "etcd"])
 def test_status_json_shows_each_link_of_each_host_and_a_cut(net: Lab, link: str) -> None:
     def status() -> dict[str, object]:
         res = subprocess.run([*COLO_LAB, "status", "--json", "--name", net.name],
@@ -95,11 +95,12 @@ def test_status_json_shows_each_link_of_each_host_and_a_cut(net: Lab, link: str)
         if link == "uplink":
             faults.cut(net, host, link)
     links = before["hosts"][host]["links"]  # type: ignore[index]
-    assert set(links) == {"control", "forward", "uplink", "etcd"}
+    assert set(links) == {"control", "forward", "migration", "uplink", "etcd"}
     assert links[link]["up"] is True
     assert after["hosts"][host]["links"][link]["up"] is False  # type: ignore[index]
     assert before["hosts"]["primary"]["links"]["etcd"]["address"] == "10.99.2.1/24"  # type: ignore[index]
     assert before["hosts"]["secondary"]["links"]["control"]["address"] == "10.99.1.2/24"  # type: ignore[index]
+    assert before["hosts"]["secondary"]["links"]["migration"]["address"] == "10.99.3.2/24"  # type: ignore[index]
     assert "orchestrator" not in before["hosts"]["primary"]  # type: ignore[index]
     assert [m["running"] for m in before["etcd"]] == [True, True, True]  # type: ignore[attr-defined]
 
