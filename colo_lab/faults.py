@@ -29,7 +29,7 @@ def _set(lab: Lab, host: str, link: str, state: str) -> None:
 
 
 def cut(lab: Lab, host: str, link: str) -> None:
-    """Take a host's link down: link is control, forward, uplink or etcd."""
+    """Take a host's link down: link is one of colo_lab.lab.LINKS."""
     _set(lab, host, link, "down")
 
 
