@@ -11,6 +11,8 @@ With --floor, the same run also measures the path through a minimal C NFQUEUE co
 holding output in NFQUEUE adds on this machine, before comparing or waiting for the SVM;
 and the same program in place of the primary proxy holding each PVM packet until the SVM
 has sent its flow's bytes up to its end (the floor with the SVM: throughput and latency).
+The direct path is measured again after each path, and each path's ratios are to the mean
+of the direct just before and just after it (the machine's speed drifts within a run).
 A stand-in orchestrator answers every checkpoint request at once (iperf3's closing
 results message differs between replicas, once per run). Run as root:
 
@@ -211,21 +213,53 @@ def main() -> None:
     lab = Standin(a.name)
     lab.down()
     runs = []
+    directs: list[dict[str, Any]] = []
     try:
         lab.up()
         in_ns(lab.client_ns, [sys.executable, "-m", "colo_lab.loadgen", "check", "--conns",
                               "1", "--requests", "5"])
-        direct_bps, direct_cpu = measured_bulk(lab, a.rounds, servers(lab))
-        direct_lat = latency(lab, a.requests)
-        low = floor(lab, a) if a.floor else None
-        low_svm = floor_svm(lab, a) if a.floor else None
+        directs.append(direct(lab, a))
+        low = low_svm = None
+        if a.floor:
+            low = bracketed(floor(lab, a), directs, direct(lab, a))
+            low_svm = bracketed(floor_svm(lab, a), directs, direct(lab, a))
         for v in variants:
-            runs.append((v, proxied(lab, a, shlex.split(v))))
+            runs.append((v, bracketed(proxied(lab, a, shlex.split(v)), directs,
+                                      direct(lab, a))))
     finally:
         lab.down()
 
-    print("\n".join(report(direct_bps, direct_lat, low, low_svm, runs)))
-    print(cpu_line("direct", direct_cpu))
+    print("\n".join(report(directs[0]["bps"], directs[0]["lat"], low, low_svm, runs)))
+    print(cpu_line("direct", directs[0]["cpu"]))
+    print(drift_line(directs))
+
+
+def direct(lab: Standin, a: argparse.Namespace) -> dict[str, Any]:
+    """The direct path once: throughput (with CPU per GiB) and latency."""
+    bps, cpu = measured_bulk(lab, a.rounds, servers(lab))
+    return {"bps": bps, "lat": latency(lab, a.requests), "cpu": cpu}
+
+
+def bracketed(got: dict[str, Any], directs: list[dict[str, Any]],
+              after: dict[str, Any]) -> dict[str, Any]:
+    """`got` with its own direct reference: the mean of the direct path measured just
+    before and just after it. The machine's speed drifts within a run (direct moved
+    between 5.9 and 18.4 Gbit/s from run to run here, and by half within some), so a
+    path compared with one direct measured minutes earlier reads the drift as its own."""
+    before = directs[-1]
+    directs.append(after)
+    ref = {"bps": (before["bps"] + after["bps"]) / 2,
+           "lat": {q: (before["lat"][q] + after["lat"][q]) / 2 for q in ("p50_us", "p99_us")}}
+    return {**got, "ref": ref}
+
+
+def drift_line(directs: list[dict[str, Any]]) -> str:
+    """How far the direct path moved between its measurements in this run."""
+    bps = [d["bps"] / 1e9 for d in directs]
+    p50 = [d["lat"]["p50_us"] for d in directs]
+    return (f"direct measured {len(directs)} times (before each path and after): "
+            f"{min(bps):.2f}-{max(bps):.2f} Gbit/s, p50 {min(p50):.0f}-{max(p50):.0f} us; "
+            "each path's ratios are to the mean of the direct just before and just after it")
 
 
 def cpu_line(path: str, cpu: dict[str, float]) -> str:
@@ -237,6 +271,12 @@ def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] 
            low_svm: dict[str, Any] | None, runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """The table's lines, each path against direct and the proxies against the floors."""
     lines = []
+    base = {"bps": direct_bps, "lat": direct_lat}
+
+    def ref(got: dict[str, Any]) -> tuple[float, dict[str, float]]:
+        r = got.get("ref", base)
+        return r["bps"], r["lat"]
+
     for title, got in (
         ("nfq_floor.c accepts every PVM packet at once (no SVM, no comparison)", low),
         ("nfq_floor.c holds each PVM packet until the SVM has sent its flow's bytes up to "
@@ -244,20 +284,25 @@ def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] 
     ):
         if got is None:
             continue
+        d_bps, d_lat = ref(got)
         lines.append(f"== floor: {title}")
-        lines.append(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   floor   "
-                     f"{got['bps'] / 1e9:7.2f} Gbit/s   ratio {got['bps'] / direct_bps:.2f}")
+        lines.append(f"throughput  direct {d_bps / 1e9:7.2f} Gbit/s   floor   "
+                     f"{got['bps'] / 1e9:7.2f} Gbit/s   ratio {got['bps'] / d_bps:.2f}")
         if "cpu" in got:
             lines.append(cpu_line("floor", got["cpu"]))
         for q in ("p50_us", "p99_us"):
-            lines.append(f"latency {q[:3]} direct {direct_lat[q]:7.0f} us      floor   "
+            lines.append(f"latency {q[:3]} direct {d_lat[q]:7.0f} us      floor   "
                          f"{got['lat'][q]:7.0f} us      added "
-                         f"{got['lat'][q] - direct_lat[q]:+6.0f} us")
+                         f"{got['lat'][q] - d_lat[q]:+6.0f} us")
     for v, r in runs:
         proxied_bps, proxied_lat, hop_lat, status = r["bps"], r["lat"], r["hop"], r["status"]
+        direct_bps, direct_lat = ref(r)
         lines.append(f"== proxy flags: {v or '(defaults)'}")
-        against = (f"   {proxied_bps / low_svm['bps']:.2f} of the floor with the SVM"
-                   if low_svm is not None else "")
+        against = ""
+        if low_svm is not None:
+            # Ratio of ratios, each to its own direct: the two ran minutes apart.
+            of_floor = (proxied_bps / direct_bps) / (low_svm["bps"] / ref(low_svm)[0])
+            against = f"   {of_floor:.2f} of the floor with the SVM"
         lines.append(f"throughput  direct {direct_bps / 1e9:7.2f} Gbit/s   proxied "
                      f"{proxied_bps / 1e9:7.2f} Gbit/s   ratio {proxied_bps / direct_bps:.2f}"
                      f"{against}")
@@ -282,14 +327,16 @@ def report(direct_bps: float, direct_lat: dict[str, float], low: dict[str, Any] 
                          f"flows lent {fp.get('lent', 0)}, given back {backs or 0}")
         if low_svm is not None:
             # Issue 14's targets for the C fast path, against this run's floor with the SVM.
+            # Each against its own direct reference: the floor was measured at another time.
+            f_bps, f_lat = ref(low_svm)
             added = proxied_lat["p50_us"] - direct_lat["p50_us"]
-            floor_added = low_svm["lat"]["p50_us"] - direct_lat["p50_us"]
+            floor_added = low_svm["lat"]["p50_us"] - f_lat["p50_us"]
             ratio = added / floor_added if floor_added > 0 else float("inf")
             lines.append(
                 f"issue 14 targets: added p50 {ratio:.2f}x the floor with the SVM "
                 f"(target <= 1.3); added p99 {proxied_lat['p99_us'] - direct_lat['p99_us']:+.0f}"
                 f" us (target <= 250); throughput {proxied_bps / direct_bps:.2f} of direct "
-                f"(target >= 0.7; the floor with the SVM {low_svm['bps'] / direct_bps:.2f})")
+                f"(target >= 0.7; the floor with the SVM {low_svm['bps'] / f_bps:.2f})")
     return lines
 
 if __name__ == "__main__":

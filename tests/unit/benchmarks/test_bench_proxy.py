@@ -72,3 +72,26 @@ def test_cpu_lines_go_with_their_paths(bench: ModuleType) -> None:
     lines = bench.report(10e9, DIRECT_LAT, None, low_svm, [("", run)])
     assert "cpu s/GiB floor: nfq_floor 0.50, all CPUs 3.00" in lines
     assert "cpu s/GiB proxied: primary proxy 1.25, all CPUs 4.00" in lines
+
+
+def test_each_path_is_compared_with_the_direct_around_it(bench: ModuleType) -> None:
+    # The machine halves its speed after the first direct: the floor and the proxy, each
+    # measured after it, are compared with the directs measured beside them.
+    d0 = {"bps": 20e9, "lat": {"p50_us": 100.0, "p99_us": 200.0}, "cpu": {}}
+    d1 = {"bps": 10e9, "lat": {"p50_us": 140.0, "p99_us": 300.0}, "cpu": {}}
+    d2 = {"bps": 10e9, "lat": {"p50_us": 160.0, "p99_us": 300.0}, "cpu": {}}
+    directs = [d0]
+    low_svm = bench.bracketed(_path(6e9, 200, 400), directs, d1)
+    run = bench.bracketed(_proxied(7.5e9, 230, 500), directs, d2)
+    assert [d["bps"] for d in directs] == [20e9, 10e9, 10e9]
+    lines = bench.report(d0["bps"], d0["lat"], None, low_svm, [("", run)])
+    text = "\n".join(lines)
+    # floor: 6 against (20+10)/2 = 15 Gbit/s; proxy: 7.5 against 10 Gbit/s
+    assert "direct   15.00 Gbit/s   floor      6.00 Gbit/s   ratio 0.40" in text
+    assert "proxied    7.50 Gbit/s   ratio 0.75   1.88 of the floor with the SVM" in text
+    # added p50: proxy 230 - 150 = +80 us, the floor 200 - 120 = +80 us
+    assert "added p50 1.00x the floor with the SVM" in text
+    assert "added p99 +200 us" in text
+    assert "throughput 0.75 of direct (target >= 0.7; the floor with the SVM 0.40)" in text
+    assert "direct measured 3 times" in bench.drift_line(directs)
+    assert "10.00-20.00 Gbit/s, p50 100-160 us" in bench.drift_line(directs)
