@@ -326,12 +326,13 @@ class QemuBackend(Backend):
     def progress(self) -> Progress | None:
         return self._progress
 
-    def _note(self, phase: str, done: int, total: int, start: float) -> None:
+    def _note(self, phase: str, done: int, total: int, start: float, status: str = "") -> None:
         now = time.monotonic()
         p = Progress(phase, done, total, start, now)
         self._progress = p
         if self._ticker.due(now):
-            log.info("protection, first copy: %s", p.describe())
+            log.info("protection, first copy: %s%s", p.describe(),
+                     f" (QEMU: {status})" if status else "")
 
     def _undo_disks(self) -> None:
         """enter_colo failed: drop the replication children and let the guest run alone."""
@@ -363,18 +364,35 @@ class QemuBackend(Backend):
             st = mig.get("status")
             ram = mig.get("ram") or {}
             self._note("memory", int(ram.get("transferred", 0)), int(ram.get("total", 0)),
-                       start)
+                       start, str(st))
             if st == "colo":
                 # The STOP certainly came first; its event may still be on its way.
                 self._watch_colo_stop(1.0)
                 return f"in COLO after {time.monotonic() - start:.2f} s"
             if st in ("failed", "cancelled"):
                 raise BackendError(f"COLO migration to {uri} {st}")
+            if st == "completed":
+                # A migration with x-colo ends in "colo"; "completed" means QEMU finished it
+                # as a plain migration, or COLO ended as soon as it began: either way no
+                # COLO runs and our VM stays stopped ("postmigrate") from the last pass.
+                # Polling on would keep the service down until sync_timeout (600 s).
+                self._restart_after_migration()
+                raise BackendError(f"COLO migration to {uri} ended 'completed', not in COLO "
+                                   "(our VM was restarted to serve alone)")
             time.sleep(0.05)
         self._cancel_migration()
         raise BackendError(f"COLO migration to {uri} did not reach COLO within "
                            f"{self.sync_timeout:g} s (timing.sync_timeout; "
                            f"{self._progress.describe() if self._progress else 'no progress'})")
+
+    def _restart_after_migration(self) -> None:
+        status = self.mon.cmd("query-status") or {}
+        if not status.get("running"):
+            # `cont` after a completed migration takes the disks back (qmp_cont's
+            # bdrv_activate_all) and runs the VM from "postmigrate".
+            self.mon.cmd("cont")
+            log.warning("COLO entry: our VM was left %s by the migration; restarted",
+                        status.get("status", "stopped"))
 
     def _watch_colo_stop(self, wait: float) -> None:
         if self._colo_stop_seen or self.on_checkpoint_stop is None:

@@ -81,3 +81,16 @@ def test_a_migration_that_never_ends_fails_the_cancel(monkeypatch: pytest.Monkey
     mon = Mon({"query-migrate": {"status": "cancelling"}, "migrate_cancel": None})
     with pytest.raises(BackendError, match="still cancelling 10 s after migrate_cancel"):
         _Backend(mon, None).cancel_migration()
+
+
+def test_a_colo_migration_that_ends_completed_restarts_the_vm_and_fails() -> None:
+    # QEMU ended the migration without COLO: the VM stays stopped from the last pass.
+    # Polling on for "colo" kept the service down until sync_timeout (chaos seed 1).
+    statuses = [{"status": "active", "ram": {"transferred": 5, "total": 10}},
+                {"status": "completed", "ram": {"transferred": 10, "total": 10}}]
+    mon = Mon({"query-migrate": lambda: statuses.pop(0) if len(statuses) > 1 else statuses[0],
+               "query-status": {"status": "postmigrate", "running": False}, "cont": None})
+    b = _Backend(mon, None)
+    with pytest.raises(BackendError, match="ended 'completed', not in COLO"):
+        b.enter_colo("tcp:10.0.0.2:4444")
+    assert mon.names()[-1] == "cont"
