@@ -387,11 +387,12 @@ class Lab:
         return removed
 
     def logs(self) -> list[Path]:
-        """The lab's logs and generated configs (no images, sockets or pid files)."""
+        """The lab's logs, generated configs and core dumps taken out of a nested host (no
+        images, sockets or pid files)."""
         if not self.run_dir.is_dir():
             return []
         return sorted(p for p in self.run_dir.iterdir()
-                      if p.is_file() and p.suffix in (".log", ".toml", ".json"))
+                      if p.is_file() and p.suffix in (".log", ".toml", ".json", ".core"))
 
     def keep_logs(self, dest: Path) -> Path:
         """Copy logs() to dest/<name>-<time>/ (COLO_LAB_KEEP_LOGS does this at every down)."""

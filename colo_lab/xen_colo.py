@@ -42,23 +42,33 @@ def _ended(what: str, r: Supervised | None) -> None:
         print(f"    {line}", flush=True)
 
 
-def secondary(domain: str, incoming: str) -> int:
-    b = XenBackend(domain, "/dev/null")
+def secondary(domain: str, incoming: str, xl: list[str]) -> int:
+    b = XenBackend(domain, "/dev/null", xl=xl)
     say(b.start_vm(incoming))
-    resumes = 0
+    resumes = shown = 0
     while True:
-        if b.wait_resume(10.0):
+        if b.wait_resume(1.0):
             resumes += 1
             say(f"SVM resumed ({resumes})")
         r = b.receiver
-        if r is not None and r.exited:
+        if r is None:
+            continue
+        # xl's stderr as it comes (a hung xl says as much as a crashed one), then at its end
+        # the whole of it again, as for the primary.
+        with r.cond:
+            new = r.lines[shown:]
+        shown += len(new)
+        for line in new:
+            print(f"  xl: {line}", flush=True)
+        if r.exited:
             _ended("xl migrate-receive", r)
             return 0
 
 
-def primary(domain: str, config: str, peer: str, control: str, checkpoints: int) -> int:
+def primary(domain: str, config: str, peer: str, control: str, checkpoints: int,
+            xl: list[str]) -> int:
     bridge = LibxlBridge(("127.0.0.1", 9911), control).start()
-    b = XenBackend(domain, config, bridge=bridge, create_paused=True)
+    b = XenBackend(domain, config, xl=xl, bridge=bridge, create_paused=True)
     try:
         say(b.start_vm(None))
         say(b.enter_colo(peer))
@@ -89,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peer", default="tcp:10.99.1.12:7420")
     p.add_argument("--control", default="/run/colo/proxy.sock")
     p.add_argument("--checkpoints", type=int, default=10)
+    p.add_argument("--xl-verbose", action="store_true",
+                   help="xl -vvv: libxl's debug log on xl's stderr, printed when xl ends")
     a = p.parse_args(argv)
+    xl = ["xl", "-vvv"] if a.xl_verbose else ["xl"]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.role == "secondary":
-        return secondary(a.domain, a.incoming)
-    return primary(a.domain, a.config, a.peer, a.control, a.checkpoints)
+        return secondary(a.domain, a.incoming, xl)
+    return primary(a.domain, a.config, a.peer, a.control, a.checkpoints, xl)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ NICS = ("xlan", "xfwd", "xctl")
 CONSOLE_CHUNK = 32
 # Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
 LIBXL_BRIDGE = ("127.0.0.1", 9911)
+# Where a dom0 serves a file for XenHost.fetch (on its control link address).
+FETCH_PORT = 8765
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,32 @@ class XenHost:
         if status != "0":
             raise LabError(f"{self.tag}: '{command}' exited {status}: {output[-300:]}")
         return output
+
+
+    def fetch(self, directory: str, names: list[str], dest: Path,
+              timeout: float = 120.0) -> list[Path]:
+        """Copy files of one dom0 directory into `dest` on this machine, over the control
+        link: the dom0 serves the directory (Python's http.server) and curl in the host
+        namespace reads each file. The console would take minutes for a core dump (115200
+        baud, a byte per socket buffer: see console())."""
+        pid = f"/tmp/fetch-{FETCH_PORT}.pid"
+        ip = DOM0_CTL_IP[self.role]
+        # No setsid: it forks when the shell made the job a process group leader, and $!
+        # would be a pid that has already exited.
+        self.console(f"python3 -m http.server {FETCH_PORT} --bind {ip} --directory "
+                     f"{directory} > /dev/null 2>&1 < /dev/null & echo $! > {pid}")
+        got = []
+        try:
+            for name in names:
+                # The dom0's Python takes seconds to listen: curl retries until it does.
+                run(["ip", "netns", "exec", self.ns, "curl", "-sSf", "--retry", "60",
+                     "--retry-connrefused", "--retry-delay", "1", "--max-time", str(timeout),
+                     "-o", str(dest / name), f"http://{ip}:{FETCH_PORT}/{name}"],
+                    timeout=timeout + 10)
+                got.append(dest / name)
+        finally:
+            self.console(f"kill $(cat {pid}) 2>/dev/null; rm -f {pid}")
+        return got
 
 
 def _after(text: str, mark: str) -> tuple[str, str] | None:

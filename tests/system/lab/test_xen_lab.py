@@ -132,6 +132,8 @@ COLO_CHECKPOINTS = 10
 # A 256 MiB HVM domain's initial sync took 104 s here, a checkpoint a few seconds; both
 # dom0s share 2 cores with the other host's and everyone's work.
 COLO_TIMEOUT_S = 600.0
+# Where a dom0's kernel writes a core dump (%e: the program, %p: its pid).
+CORE_PATTERN = "/tmp/core.%e.%p"
 
 
 @pytest.mark.timeout(690)  # one lock hold; the pytest-timeout signal still runs lab.down
@@ -154,7 +156,13 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         config = xen_lab.write_service_config(pri)
         xen_lab.start_in_dom0(pri, "python3 -m colo_lab.xen_proxy serve --control "
                               f"{PROXY_SOCK}", "/tmp/proxy.log")
-        xen_lab.start_in_dom0(sec, "python3 -m colo_lab.xen_colo secondary", "/tmp/colo.log")
+        # So that a failure says why: libxl's debug log on the receiver's stderr (xl -vvv),
+        # a core of a crashing xl, the guest's own messages (hvmloader's among them) and
+        # Xen's about it in Xen's log; _collect_dom0_artefacts takes them out.
+        sec.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern && "
+                    "(xl set-parameters guest_loglvl=all || true)")
+        xen_lab.start_in_dom0(sec, "sh -c 'ulimit -c unlimited; exec python3 -m "
+                              "colo_lab.xen_colo secondary --xl-verbose'", "/tmp/colo.log")
         xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
         xen_lab.wait_in_dom0(pri, "/tmp/proxy.log", "stand-in primary proxy on", 120)
         # Created paused (libxl's COLO takes a domain that has not run), then COLO.
@@ -181,8 +189,25 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         assert "xl remus ended" not in pri.console("cat /tmp/colo.log")
     finally:
         _show_dom0_logs(lab, build)
+        _collect_dom0_artefacts(lab, build)
         lab.down()
     assert lab.leftovers() == []
+
+
+def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
+    """The dom0s' logs, their kernels' and Xen's messages and any core dump, as files of
+    the lab's run directory (`<tag>-<name>`; COLO_LAB_KEEP_LOGS keeps them)."""
+    for x in xen_lab.hosts(lab, build).values():
+        try:
+            x.console("xl dmesg > /tmp/xl-dmesg.log; dmesg > /tmp/dmesg.log; "
+                      "for c in /tmp/core.*; do [ -e $c ] && mv $c $c.core; done; true")
+            # /var/log/xen: libxl's per-domain logs, the device models' among them.
+            for where, files in (("/tmp", "*.log *.core"), ("/var/log/xen", "*.log")):
+                names = x.console(f"(cd {where} && ls {files}) 2>/dev/null || true").split()
+                for got in x.fetch(where, names, lab.run_dir):
+                    got.rename(got.with_name(f"{x.tag}-{got.name}"))
+        except LabError as exc:
+            print(f"--- {x.tag}: artefacts not collected: {exc}")
 
 
 def _show_dom0_logs(lab: Lab, build: XenLab) -> None:
