@@ -10,6 +10,7 @@ its source package does not build-depend on libnl3, so libxl is built with
    library drops into Debian's packaging; only `tools/include`, `tools/libs` and `tools/xl`
    are built, with libnl-3 present so that configure sets CONFIG_LIBNL and libxl compiles
    `libxl_colo_*.c`. Only `libxenlight.so` differs from Debian's (COLO lives in libxl alone).
+   `patches/xen-4.17-*.patch` fix libxl's COLO where it breaks (each explains itself).
 2. A Xen device model from the same Debian QEMU 7.2 source the lab already builds for TCG,
    with `--enable-xen --enable-replication`, i386-softmmu only, no TCG or KVM (Xen runs
    the guest; the device model only emulates devices). The lab's TCG patch is not applied:
@@ -21,7 +22,10 @@ its source package does not build-depend on libnl3, so libxl is built with
 4. The hypervisor, dom0 kernel and initrd taken out of that root filesystem.
 
 Everything is cached under `<cache>/xen-<key>`, the key made of every input: both source
-versions, the configure flags, the dom0 package list, the init script and the mirror.
+versions, the configure flags, the patches, the dom0 package list, the init script and the
+mirror. The two compiled parts are cached apart (`xenlibxl-<key>`, `xendm-<key>`, each
+keyed by its own inputs): a patch to libxl recompiles libxl (about 2 min), not the
+device model (about 8).
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ MIRROR = os.environ.get("COLO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DOM0_INIT = PACKAGE_DIR / "xenfs" / "dom0-init.sh"
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 LIBXL = "libxenlight.so.4.17.0"
+# libxl's COLO fixes, applied in this order on Debian's xen source (patch -p1).
+XEN_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
+    "xen-4.17-colo-restore-qmp-init.patch",
+    "xen-4.17-stream-short-read.patch",
+))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"
 DM_NAME = "xen-qemu-system-i386"
@@ -140,20 +149,31 @@ def source_in_suite(madison: str, suite: str) -> str | None:
     return None
 
 
-def binaries_key(xen_version: str, qemu_version: str) -> str:
-    """Key of the two compiled parts (libxl, device model): minutes of CPU, kept apart so
-    that a change to the dom0 (its packages, its init) does not compile them again."""
+def _key(*parts: str | bytes) -> str:
     h = hashlib.sha256()
-    for part in (BUILDER_VERSION, xen_version, qemu_version,
-                 *TOOLS_CONFIGURE, *TOOLS_DIRS, *DM_CONFIGURE):
-        h.update(part.encode() + b"\0")
+    for part in parts:
+        h.update((part.encode() if isinstance(part, str) else part) + b"\0")
     return h.hexdigest()[:16]
 
 
+def libxl_key(xen_version: str) -> str:
+    """Key of the rebuilt libxl: its source, configure line, directories and patches.
+    Compiled parts are kept apart from the dom0 so that a change to the dom0 (its
+    packages, its init) compiles nothing again."""
+    return _key(BUILDER_VERSION, xen_version, *TOOLS_CONFIGURE, *TOOLS_DIRS,
+                *(p.read_bytes() for p in XEN_PATCHES))
+
+
+def dm_key(qemu_version: str) -> str:
+    """Key of the device model: its source and configure line (no Xen input: a libxl
+    patch does not recompile it)."""
+    return _key(BUILDER_VERSION, qemu_version, *DM_CONFIGURE)
+
+
 def build_key(xen_version: str, qemu_version: str) -> str:
-    """Key of the whole lab build: the binaries' key and the dom0's inputs."""
+    """Key of the whole lab build: the compiled parts' keys and the dom0's inputs."""
     h = hashlib.sha256()
-    for part in (binaries_key(xen_version, qemu_version), DOM0_VERSION, MIRROR, SUITE,
+    for part in (libxl_key(xen_version), dm_key(qemu_version), DOM0_VERSION, MIRROR, SUITE,
                  *DOM0_PACKAGES, DOM0_IMAGE_SIZE):
         h.update(part.encode() + b"\0")
     h.update(DOM0_INIT.read_bytes())
@@ -181,22 +201,27 @@ def ensure_xen(*, rebuild: bool = False) -> XenLab:
     qemu_version = debian_source_version()
     root = cache_dir()
     out_dir = root / f"xen-{build_key(xen_version, qemu_version)}"
-    bins = root / f"xenbin-{binaries_key(xen_version, qemu_version)}"
+    libxl = root / f"xenlibxl-{libxl_key(xen_version)}"
+    dm = root / f"xendm-{dm_key(qemu_version)}"
     root.mkdir(parents=True, exist_ok=True)
     if (out_dir / "DONE").exists() and not rebuild:
-        touch_build(out_dir)
-        touch_build(bins)
+        for d in (out_dir, libxl, dm):
+            touch_build(d)
         return _lab_in(out_dir)
     with open(root / "xen-build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (bins / "DONE").exists() or rebuild:
-            _build_binaries(xen_version, qemu_version, bins)
+        if not (libxl / "DONE").exists() or rebuild:
+            _build_libxl(xen_version, libxl)
+        if not (dm / "DONE").exists() or rebuild:
+            _build_dm(qemu_version, dm)
         if not (out_dir / "DONE").exists() or rebuild:
-            _build_dom0(xen_version, bins, out_dir)
+            _build_dom0(xen_version, libxl, dm, out_dir)
         point_current("xen-current", out_dir)
         prune_cache("xen-", keep=out_dir)
-        prune_cache("xenbin-", keep=bins)
-    touch_build(bins)
+        prune_cache("xenlibxl-", keep=libxl)
+        prune_cache("xendm-", keep=dm)
+    touch_build(libxl)
+    touch_build(dm)
     return _lab_in(out_dir)
 
 
@@ -249,32 +274,39 @@ class _Build:
         run_logged(argv, cwd, self.log, timeout, what="Xen build step")
 
 
-def _build_binaries(xen_version: str, qemu_version: str, out_dir: Path) -> None:
-    for tool in ("apt-get", "dpkg-source", "autoconf", "make", "meson", "ninja"):
+def _build_libxl(xen_version: str, out_dir: Path) -> None:
+    for tool in ("apt-get", "dpkg-source", "autoconf", "make", "patch"):
         need(tool)
-    b = _Build(out_dir, steps=2)
-    _log(f"building libxl with COLO (xen {xen_version}) and a Xen device model "
-         f"(qemu {qemu_version}) into {out_dir}; about 10 min on 2 cores, once")
+    b = _Build(out_dir, steps=1)
+    _log(f"building libxl with COLO (xen {xen_version}) into {out_dir}; about 2 min, once")
     _log(f"build log: {b.log}")
-    libxl = _build_tools(b, xen_version)
-    dm = _build_device_model(b, qemu_version)
-    shutil.copy2(libxl, b.staged / LIBXL)
-    shutil.copy2(dm, b.staged / DM_NAME)
-    b.finish(f"xen {xen_version}\nqemu {qemu_version}\n")
+    shutil.copy2(_build_tools(b, xen_version), b.staged / LIBXL)
+    b.finish(f"xen {xen_version}\n" + "".join(f"patch {p.name}\n" for p in XEN_PATCHES))
 
 
-def _build_dom0(xen_version: str, bins: Path, out_dir: Path) -> None:
+def _build_dm(qemu_version: str, out_dir: Path) -> None:
+    for tool in ("apt-get", "dpkg-source", "meson", "ninja"):
+        need(tool)
+    b = _Build(out_dir, steps=1)
+    _log(f"building a Xen device model (qemu {qemu_version}) into {out_dir}; about 8 min "
+         "on 2 cores, once")
+    _log(f"build log: {b.log}")
+    shutil.copy2(_build_device_model(b, qemu_version), b.staged / DM_NAME)
+    b.finish(f"qemu {qemu_version}\n")
+
+
+def _build_dom0(xen_version: str, libxl: Path, dm: Path, out_dir: Path) -> None:
     for tool in ("debootstrap", "mkfs.ext4", "chroot"):
         need(tool)
     b = _Build(out_dir, steps=3)
     _log(f"building the dom0 ({SUITE}, Xen {xen_version}) into {out_dir}; about 5 min, once")
     _log(f"build log: {b.log}")
     rootfs = _debootstrap(b, xen_version)
-    _install_into(b, rootfs, bins / LIBXL, bins / DM_NAME)
+    _install_into(b, rootfs, libxl / LIBXL, dm / DM_NAME)
     _image(b, rootfs)
-    shutil.copy2(bins / LIBXL, b.staged / LIBXL)
-    shutil.copy2(bins / DM_NAME, b.staged / DM_NAME)
-    b.finish(f"binaries {bins.name}\nsuite {SUITE} {MIRROR}\n")
+    shutil.copy2(libxl / LIBXL, b.staged / LIBXL)
+    shutil.copy2(dm / DM_NAME, b.staged / DM_NAME)
+    b.finish(f"binaries {libxl.name} {dm.name}\nsuite {SUITE} {MIRROR}\n")
 
 
 def _source(b: _Build, package: str, version: str) -> Path:
@@ -289,6 +321,8 @@ def _source(b: _Build, package: str, version: str) -> Path:
 def _build_tools(b: _Build, version: str) -> Path:
     b.step("xen-tools", f"xen {version} tools with libnl-3 (libxl with COLO)")
     src = _source(b, "xen", version)
+    for patch in XEN_PATCHES:
+        run(["patch", "-p1", "-i", str(patch)], cwd=str(src))
     # Debian's orig tarball has no generated configure scripts (debhelper's dh_autoreconf
     # makes them), nor config.guess/config.sub (its rules copy them in).
     b.sh(["./autogen.sh"], src, 300, nice=False)

@@ -3,6 +3,7 @@ the built libxl, the progress lines, and the cache pointer read by `up --xen`.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,27 @@ def test_cached_xen_needs_a_finished_build(monkeypatch: pytest.MonkeyPatch,
     (build / "DONE").write_text("1\n")
     lab = xen_build.cached_xen()
     assert lab is not None and lab.rootfs == build / "dom0.img"
+
+
+def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    before = (xen_build.libxl_key("4.17.5-1"), xen_build.dm_key("7.2-18"),
+              xen_build.build_key("4.17.5-1", "7.2-18"))
+    patch = tmp_path / "more.patch"
+    patch.write_text("--- a/x\n+++ b/x\n")
+    monkeypatch.setattr(xen_build, "XEN_PATCHES", (*xen_build.XEN_PATCHES, patch))
+    after = (xen_build.libxl_key("4.17.5-1"), xen_build.dm_key("7.2-18"),
+             xen_build.build_key("4.17.5-1", "7.2-18"))
+    assert after[0] != before[0] and after[2] != before[2]
+    assert after[1] == before[1]  # eight minutes of device model not compiled again
+    assert xen_build.dm_key("7.2-19") != before[1]
+
+
+def test_xen_patches_touch_only_libxl_and_explain_themselves() -> None:
+    for patch in xen_build.XEN_PATCHES:
+        text = patch.read_text()
+        files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
+        assert files and all(f.startswith("tools/libs/light/") for f in files), files
+        header = text.split("\n--- a/", 1)[0]
+        for why in ("Symptom", "Cause", "Fix"):
+            assert why in header, (patch.name, why)
