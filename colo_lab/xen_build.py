@@ -57,6 +57,7 @@ LIBXL = "libxenlight.so.4.17.0"
 # libxl's COLO fixes, applied in this order on Debian's xen source (patch -p1).
 XEN_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "xen-4.17-colo-restore-qmp-init.patch",
+    "xen-4.17-colo-restore-memory-map.patch",
     "xen-4.17-stream-short-read.patch",
 ))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
