@@ -203,7 +203,10 @@ def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
                       "for c in /tmp/core.*; do [ -e $c ] && mv $c $c.core; done; true")
             # /var/log/xen: libxl's per-domain logs, the device models' among them.
             for where, files in (("/tmp", "*.log *.core"), ("/var/log/xen", "*.log")):
-                names = x.console(f"(cd {where} && ls {files}) 2>/dev/null || true").split()
+                listed = x.console(f"(cd {where} && ls {files}) 2>/dev/null || true").split()
+                # Only file names: the console's echo of a long command can wrap into
+                # its output (seen: "true" taken for a file).
+                names = [n for n in listed if re.fullmatch(r"[\w.+-]+\.(log|core)", n)]
                 for got in x.fetch(where, names, lab.run_dir):
                     got.rename(got.with_name(f"{x.tag}-{got.name}"))
         except LabError as exc:
