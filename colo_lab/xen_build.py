@@ -60,6 +60,8 @@ XEN_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "xen-4.17-colo-restore-memory-map.patch",
     "xen-4.17-stream-short-read.patch",
 ))
+# The device model's COLO fixes, applied on Debian's qemu source (patch -p1).
+DM_PATCHES = (PACKAGE_DIR / "patches" / "qemu-7.2-xen-load-devices-state-yank.patch",)
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"
 DM_NAME = "xen-qemu-system-i386"
@@ -166,9 +168,10 @@ def libxl_key(xen_version: str) -> str:
 
 
 def dm_key(qemu_version: str) -> str:
-    """Key of the device model: its source and configure line (no Xen input: a libxl
-    patch does not recompile it)."""
-    return _key(BUILDER_VERSION, qemu_version, *DM_CONFIGURE)
+    """Key of the device model: its source, patches and configure line (no Xen input: a
+    libxl patch does not recompile it)."""
+    return _key(BUILDER_VERSION, qemu_version, *DM_CONFIGURE,
+                *(p.read_bytes() for p in DM_PATCHES))
 
 
 def build_key(xen_version: str, qemu_version: str) -> str:
@@ -286,14 +289,14 @@ def _build_libxl(xen_version: str, out_dir: Path) -> None:
 
 
 def _build_dm(qemu_version: str, out_dir: Path) -> None:
-    for tool in ("apt-get", "dpkg-source", "meson", "ninja"):
+    for tool in ("apt-get", "dpkg-source", "meson", "ninja", "patch"):
         need(tool)
     b = _Build(out_dir, steps=1)
     _log(f"building a Xen device model (qemu {qemu_version}) into {out_dir}; about 8 min "
          "on 2 cores, once")
     _log(f"build log: {b.log}")
     shutil.copy2(_build_device_model(b, qemu_version), b.staged / DM_NAME)
-    b.finish(f"qemu {qemu_version}\n")
+    b.finish(f"qemu {qemu_version}\n" + "".join(f"patch {p.name}\n" for p in DM_PATCHES))
 
 
 def _build_dom0(xen_version: str, libxl: Path, dm: Path, out_dir: Path) -> None:
@@ -358,6 +361,8 @@ def _build_device_model(b: _Build, version: str) -> Path:
     srcs = [p for p in b.work.iterdir() if p.is_dir() and p.name.startswith("qemu-")]
     if len(srcs) != 1:
         raise LabError(f"unexpected layout after apt-get source qemu in {b.work}")
+    for patch in DM_PATCHES:
+        run(["patch", "-p1", "-i", str(patch)], cwd=str(srcs[0]))
     build = srcs[0] / "build-xen"
     build.mkdir()
     b.sh(["../configure", *DM_CONFIGURE], build, 900)

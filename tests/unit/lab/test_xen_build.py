@@ -77,11 +77,23 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
     assert xen_build.dm_key("7.2-19") != before[1]
 
 
-def test_xen_patches_touch_only_libxl_and_explain_themselves() -> None:
-    for patch in xen_build.XEN_PATCHES:
+def test_patches_touch_only_libxl_or_qemus_xen_path_and_explain_themselves() -> None:
+    where = [(p, "tools/libs/light/") for p in xen_build.XEN_PATCHES]
+    where += [(p, "migration/savevm.c") for p in xen_build.DM_PATCHES]
+    for patch, prefix in where:
         text = patch.read_text()
         files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
-        assert files and all(f.startswith("tools/libs/light/") for f in files), files
+        assert files and all(f.startswith(prefix) for f in files), files
         header = text.split("\n--- a/", 1)[0]
         for why in ("Symptom", "Cause", "Fix"):
             assert why in header, (patch.name, why)
+
+
+def test_a_device_model_patch_rekeys_it_and_not_libxl(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    before = (xen_build.libxl_key("4.17.5-1"), xen_build.dm_key("7.2-18"))
+    patch = tmp_path / "more.patch"
+    patch.write_text("--- a/x\n+++ b/x\n")
+    monkeypatch.setattr(xen_build, "DM_PATCHES", (*xen_build.DM_PATCHES, patch))
+    assert xen_build.libxl_key("4.17.5-1") == before[0]
+    assert xen_build.dm_key("7.2-18") != before[1]
