@@ -134,6 +134,9 @@ COLO_CHECKPOINTS = 10
 COLO_TIMEOUT_S = 600.0
 # Where a dom0's kernel writes a core dump (%e: the program, %p: its pid).
 CORE_PATTERN = "/tmp/core.%e.%p"
+# A command's prefix (closed by a quote) that lets it and its children (xl, the device
+# models libxl starts) dump cores.
+CORES = "sh -c 'ulimit -c unlimited; exec"
 
 
 @pytest.mark.timeout(690)  # one lock hold; the pytest-timeout signal still runs lab.down
@@ -159,16 +162,17 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         # So that a failure says why: libxl's debug log on the receiver's stderr (xl -vvv),
         # a core of a crashing xl, the guest's own messages (hvmloader's among them) and
         # Xen's about it in Xen's log; _collect_dom0_artefacts takes them out.
-        sec.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern && "
-                    "(xl set-parameters guest_loglvl=all || true)")
-        xen_lab.start_in_dom0(sec, "sh -c 'ulimit -c unlimited; exec python3 -m "
-                              "colo_lab.xen_colo secondary --xl-verbose'", "/tmp/colo.log")
+        for x in (pri, sec):
+            x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern && "
+                      "(xl set-parameters guest_loglvl=all || true)")
+        xen_lab.start_in_dom0(sec, f"{CORES} python3 -m colo_lab.xen_colo secondary "
+                              "--xl-verbose'", "/tmp/colo.log")
         xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
         xen_lab.wait_in_dom0(pri, "/tmp/proxy.log", "stand-in primary proxy on", 120)
         # Created paused (libxl's COLO takes a domain that has not run), then COLO.
-        xen_lab.start_in_dom0(pri, f"python3 -m colo_lab.xen_colo primary --config {config} "
-                              f"--checkpoints {COLO_CHECKPOINTS} --control {PROXY_SOCK}",
-                              "/tmp/colo.log")
+        xen_lab.start_in_dom0(pri, f"{CORES} python3 -m colo_lab.xen_colo primary --config "
+                              f"{config} --checkpoints {COLO_CHECKPOINTS} --control "
+                              f"{PROXY_SOCK}'", "/tmp/colo.log")
         fails = ("failed:", "xl remus ended", "Traceback")
         log = xen_lab.wait_in_dom0(pri, "/tmp/colo.log", f"checkpoint {COLO_CHECKPOINTS}:",
                                    COLO_TIMEOUT_S, fails)
