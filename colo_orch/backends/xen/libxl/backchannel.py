@@ -4,7 +4,8 @@ learns that its VM resumed with a new checkpoint.
 Theory of operation
 -------------------
 Facts from xen.git (tools/libs/light/libxl_colo_restore.c, libxl_colo_proxy.c,
-libxl_stream_write.c, libxl_sr_stream_format.h, tools/xl/xl_migrate.c; Xen 4.7 to 4.20):
+libxl_stream_write.c, libxl_sr_stream_format.h, tools/libs/guest/xg_sr_restore.c,
+xg_sr_stream_format.h, tools/xl/xl_migrate.c; Xen 4.7 to 4.20):
 
 - With `--userspace-colo-proxy` the secondary's libxl talks to no proxy at all:
   libxl_colo_restore.c calls colo_proxy_setup and colo_proxy_preresume only when
@@ -25,6 +26,12 @@ libxl_stream_write.c, libxl_sr_stream_format.h, tools/xl/xl_migrate.c; Xen 4.7 t
   8 bytes (REC_ALIGN). A checkpoint state is type REC_TYPE_CHECKPOINT_STATE (5), length 4,
   body uint32 id. The integers are written from memory, in the writer's byte order; no
   header says otherwise, and we read on the host that writes.
+- libxc writes on the same channel: at each checkpoint, once the SVM is suspended (after
+  libxl's SVM_SUSPENDED), xg_sr_restore.c's send_checkpoint_dirty_pfn_list writes the
+  pages the SVM dirtied, for the primary to send back: a libxc record {uint32 type
+  REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST (0xf), uint32 length}, then length / 8 uint64 pfns
+  (a multiple of 8: no padding). Seen on Xen 4.17 (nested lab, run G: `type 15 length 0`
+  after the first SVM_SUSPENDED), which our first decoder took for an error. It is skipped.
 
 `BackChannelDecoder` is sans-IO: bytes in, checkpoint-state ids out. Anything else on the
 channel raises `BackChannelError`: the reader then stops decoding (it never stops
@@ -38,6 +45,8 @@ from dataclasses import dataclass, field
 
 BANNER = b"xl migration receiver ready, send binary domain data.\n"  # xl.h
 REC_TYPE_CHECKPOINT_STATE = 5
+REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST = 0xF  # libxc's record (xg_sr_stream_format.h)
+PFN_SIZE = 8
 REC_ALIGN = 8
 CHECKPOINT_NEW = 0
 CHECKPOINT_SVM_SUSPENDED = 1
@@ -53,7 +62,8 @@ class BackChannelError(ValueError):
 
 @dataclass
 class BackChannelDecoder:
-    """xl's banner, then checkpoint-state records; a partial one waits for more."""
+    """xl's banner, then checkpoint-state records and libxc's dirty-pfn lists (skipped);
+    a partial record waits for more."""
 
     buf: bytearray = field(default_factory=bytearray)
     banner_seen: bool = False
@@ -70,12 +80,16 @@ class BackChannelDecoder:
         ids: list[int] = []
         while len(self.buf) >= _HDR.size:
             rtype, length = _HDR.unpack_from(self.buf)
-            if rtype != REC_TYPE_CHECKPOINT_STATE or length != _ID.size:
-                raise BackChannelError(f"record type {rtype} length {length}: not a "
-                                       "checkpoint state")
+            pfns = rtype == REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST and length % PFN_SIZE == 0
+            if not pfns and (rtype != REC_TYPE_CHECKPOINT_STATE or length != _ID.size):
+                raise BackChannelError(f"record type {rtype} length {length}: neither a "
+                                       "checkpoint state nor a dirty-pfn list")
             size = _HDR.size + -(-length // REC_ALIGN) * REC_ALIGN
             if len(self.buf) < size:
                 break
+            if pfns:
+                del self.buf[:size]
+                continue
             (state,) = _ID.unpack_from(self.buf, _HDR.size)
             if state > CHECKPOINT_SVM_RESUMED:
                 raise BackChannelError(f"unknown checkpoint state {state}")

@@ -12,7 +12,11 @@ from colo_orch.backends.xen.libxl.backchannel import (
     BackChannelDecoder,
     BackChannelError,
 )
-from tests.support.libxl_sim import RestoreBackChannel, checkpoint_state_record
+from tests.support.libxl_sim import (
+    RestoreBackChannel,
+    checkpoint_state_record,
+    dirty_pfn_list_record,
+)
 
 FIRST = [CHECKPOINT_SVM_READY, CHECKPOINT_SVM_RESUMED]
 LATER = [CHECKPOINT_SVM_SUSPENDED, CHECKPOINT_SVM_READY, CHECKPOINT_SVM_RESUMED]
@@ -20,7 +24,9 @@ LATER = [CHECKPOINT_SVM_SUSPENDED, CHECKPOINT_SVM_READY, CHECKPOINT_SVM_RESUMED]
 
 def wire() -> bytes:
     sim = RestoreBackChannel()
-    return sim.start() + sim.initial_sync() + sim.checkpoint() + sim.checkpoint()
+    # The first checkpoint's dirty-pfn list as Xen 4.17 wrote it in run G (empty), the
+    # second's with pages.
+    return sim.start() + sim.initial_sync() + sim.checkpoint(dirty=()) + sim.checkpoint()
 
 
 def test_banner_then_the_checkpoint_states_in_libxls_order_however_split() -> None:
@@ -33,10 +39,25 @@ def test_banner_then_the_checkpoint_states_in_libxls_order_however_split() -> No
     assert [s for i in range(len(data)) for s in d.feed(data[i:i + 1])] == FIRST + LATER + LATER
 
 
+def test_libxcs_dirty_pfn_lists_between_the_states_are_skipped() -> None:
+    # Run G's bytes after the first SVM_SUSPENDED: "record type 15 length 0", which the
+    # first decoder refused, so the secondary stopped counting SVM resumes.
+    sim = RestoreBackChannel()
+    head = sim.start() + sim.initial_sync()
+    d = BackChannelDecoder()
+    assert d.feed(head + checkpoint_state_record(CHECKPOINT_SVM_SUSPENDED)
+                  + dirty_pfn_list_record([])) == [*FIRST, CHECKPOINT_SVM_SUSPENDED]
+    big = dirty_pfn_list_record(list(range(0, 65536, 3)))
+    assert d.feed(big[:5]) == []
+    assert d.feed(big[5:] + checkpoint_state_record(CHECKPOINT_SVM_READY)) == [
+        CHECKPOINT_SVM_READY]
+
+
 @pytest.mark.parametrize(("data", "what"), [
     (b"Parsing config from web.cfg\n", "banner"),
     (RestoreBackChannel().start() + b"\x04\0\0\0\0\0\0\0", "record type 4"),
     (RestoreBackChannel().start() + checkpoint_state_record(9), "unknown checkpoint state 9"),
+    (RestoreBackChannel().start() + b"\x0f\0\0\0\x04\0\0\0", "record type 15 length 4"),
 ])
 def test_what_libxl_does_not_write_there_is_an_error(data: bytes, what: str) -> None:
     with pytest.raises(BackChannelError, match=what):
