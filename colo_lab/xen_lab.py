@@ -225,12 +225,12 @@ class XenHost:
         link: the dom0 serves the directory (Python's http.server) and curl in the host
         namespace reads each file. The console would take minutes for a core dump (115200
         baud, a byte per socket buffer: see console())."""
-        pid = f"/tmp/fetch-{FETCH_PORT}.pid"
+        pid, err = f"/tmp/fetch-{FETCH_PORT}.pid", f"/tmp/fetch-{FETCH_PORT}.err"
         ip = DOM0_CTL_IP[self.role]
         # No setsid: it forks when the shell made the job a process group leader, and $!
         # would be a pid that has already exited.
         self.console(f"python3 -m http.server {FETCH_PORT} --bind {ip} --directory "
-                     f"{directory} > /dev/null 2>&1 < /dev/null & echo $! > {pid}")
+                     f"{directory} > /dev/null 2> {err} < /dev/null & echo $! > {pid}")
         got = []
         try:
             for name in names:
@@ -240,6 +240,10 @@ class XenHost:
                      "-o", str(dest / name), f"http://{ip}:{FETCH_PORT}/{name}"],
                     timeout=timeout + 10)
                 got.append(dest / name)
+        except LabError as exc:
+            # Seen once (run G): the server had exited at once, status 1; say why.
+            raise LabError(f"{exc}; the dom0's server said: "
+                           f"{self.console(f'tail -n 3 {err}')[-300:]}") from exc
         finally:
             self.console(f"kill $(cat {pid}) 2>/dev/null; rm -f {pid}")
         return got
