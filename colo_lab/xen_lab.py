@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -257,7 +258,11 @@ def _after(text: str, mark: str) -> tuple[str, str] | None:
     end = text.find("\n", at)
     if end < 0:
         return None
-    status = text[at + len(mark) + 1:end].strip()
+    # Xen's own console lines can land right after the status (seen: "0(d1) Allocated
+    # Xen hypercall page"): the status is the number it starts with.
+    rest = text[at + len(mark) + 1:end].strip()
+    digits = re.match(r"\d+", rest)
+    status = digits.group(0) if digits else rest
     body = text[:at].replace("\r", "")
     # Drop the echoed command line: output starts after its first newline.
     return status, body.split("\n", 1)[1] if "\n" in body else ""

@@ -163,8 +163,10 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         # a core of a crashing xl, the guest's own messages (hvmloader's among them) and
         # Xen's about it in Xen's log; _collect_dom0_artefacts takes them out.
         for x in (pri, sec):
-            x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern && "
-                      "(xl set-parameters guest_loglvl=all || true)")
+            x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
+        # The SVM's messages only: they go to the console the harness reads, into the
+        # middle of its commands' output (run H: the PVM's broke a command's status).
+        sec.console("xl set-parameters guest_loglvl=all || true")
         xen_lab.start_in_dom0(sec, f"{CORES} python3 -m colo_lab.xen_colo secondary "
                               "--xl-verbose'", "/tmp/colo.log")
         xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
@@ -181,8 +183,11 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         assert len(took) == COLO_CHECKPOINTS, log
         # The secondary saw the SVM resume on xl's back channel at the initial sync and at
         # the checkpoints since (wait_resume reports resumes that came together once).
-        svm = sec.console("cat /tmp/colo.log")
-        assert len(re.findall(r"SVM resumed \(\d+\)", svm)) >= COLO_CHECKPOINTS, svm
+        # The last count only: the whole log (xl -vvv's) lost lines on the way through the
+        # console (run H: resumes 6 and 7 of 14).
+        svm = sec.console("grep -o 'SVM resumed ([0-9]*)' /tmp/colo.log | tail -n 1")
+        resumed = re.search(r"SVM resumed \((\d+)\)", svm)
+        assert resumed and int(resumed.group(1)) >= COLO_CHECKPOINTS, svm
         # A divergence fed to the proxy: DO_CHECKPOINT, libxl checkpoints, output released.
         out = pri.console(f"python3 -m colo_lab.xen_proxy diverge --control {PROXY_SOCK} "
                           "--timeout 60", timeout=120)

@@ -41,6 +41,14 @@ def test_console_reply_is_the_output_between_echo_and_marker() -> None:
     assert xen_lab._after("colo-end-42-1", "colo-end-42") is None  # the line is not whole
 
 
+def test_a_xen_console_line_after_the_status_is_not_part_of_it() -> None:
+    # Run H: Xen printed a guest's line right after the marker's status.
+    got = xen_lab._after("kill 1\r\ncolo-end-42-0(d1) Allocated Xen hypercall page\r\n",
+                         "colo-end-42")
+    assert got is not None and got[0] == "0"
+    assert xen_lab._after("x\r\ncolo-end-42-17\r\n", "colo-end-42") == ("17", "")
+
+
 def test_argv_boots_xen_with_the_dom0_as_a_multiboot_module(tmp_path: Path) -> None:
     argv = _host(tmp_path).argv()
     assert argv[argv.index("-kernel") + 1].endswith("xen.elf")
