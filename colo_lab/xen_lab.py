@@ -327,6 +327,9 @@ def make_source_disk(lab: Lab) -> Path:
     return source_disk_path(lab)
 
 
+# The guest's console (its kernel's ttyS0) in the dom0, where a test's artefacts are taken
+# from (*.log in /tmp): run I's PVM did not answer and nothing said how far it booted.
+GUEST_CONSOLE = "/tmp/guest-console.log"
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
 # or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
 # NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
@@ -337,13 +340,16 @@ def make_source_disk(lab: Lab) -> Path:
 # COLO libxl ignores the keys.
 SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\n'
-    'serial = "pty"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
+    f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
     f'extra = "console=ttyS0 quiet panic=-1 xen_emul_unplug=never '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
 SERVICE_TIMEOUT_S = 300.0
+# Under COLO the guest boots paused at every checkpoint (libxl's own every 5 s, about
+# 1 s each): run I's PVM did not answer within 300 s of the test's last checkpoint.
+COLO_SERVICE_TIMEOUT_S = 380.0
 SERVICE_CFG_PATH = "/tmp/service.cfg"
 
 

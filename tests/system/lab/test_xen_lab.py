@@ -193,7 +193,7 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
                           "--timeout 60", timeout=120)
         assert "released by checkpoint" in out, out
         # The PVM, unpaused by libxl after the first checkpoint, serves under COLO.
-        lab.wait_http("/health", b"ok\n", timeout=xen_lab.SERVICE_TIMEOUT_S)
+        lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
         assert lab.http("/blob/1000") == (200, pattern()[:1000])
         assert "xl remus ended" not in pri.console("cat /tmp/colo.log")
     finally:
