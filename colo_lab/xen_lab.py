@@ -219,7 +219,6 @@ class XenHost:
             raise LabError(f"{self.tag}: '{command}' exited {status}: {output[-300:]}")
         return output
 
-
     def fetch(self, directory: str, names: list[str], dest: Path,
               timeout: float = 120.0) -> list[Path]:
         """Copy files of one dom0 directory into `dest` on this machine, over the control

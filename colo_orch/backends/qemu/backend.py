@@ -339,8 +339,7 @@ class QemuBackend(Backend):
         try:
             self.blk.detach()
         finally:
-            if not self.mon.cmd("query-status").get("running"):
-                self.mon.cmd("cont")
+            self._run_again()
 
     def _migrate_colo(self, uri: str) -> str:
         cap = [{"capability": "x-colo", "state": True}]
@@ -376,7 +375,9 @@ class QemuBackend(Backend):
                 # as a plain migration, or COLO ended as soon as it began: either way no
                 # COLO runs and our VM stays stopped ("postmigrate") from the last pass.
                 # Polling on would keep the service down until sync_timeout (600 s).
-                self._restart_after_migration()
+                was = self._run_again()
+                if was is not None:
+                    log.warning("COLO entry: our VM was left %s by the migration; restarted", was)
                 raise BackendError(f"COLO migration to {uri} ended 'completed', not in COLO "
                                    "(our VM was restarted to serve alone)")
             time.sleep(0.05)
@@ -385,14 +386,15 @@ class QemuBackend(Backend):
                            f"{self.sync_timeout:g} s (timing.sync_timeout; "
                            f"{self._progress.describe() if self._progress else 'no progress'})")
 
-    def _restart_after_migration(self) -> None:
+    def _run_again(self) -> str | None:
+        """Start our VM if a failed entry left it stopped; the status it had, None if it ran.
+        `cont` also takes the disks back after a completed migration (qmp_cont's
+        bdrv_activate_all) and runs the VM from "postmigrate"."""
         status = self.mon.cmd("query-status") or {}
-        if not status.get("running"):
-            # `cont` after a completed migration takes the disks back (qmp_cont's
-            # bdrv_activate_all) and runs the VM from "postmigrate".
-            self.mon.cmd("cont")
-            log.warning("COLO entry: our VM was left %s by the migration; restarted",
-                        status.get("status", "stopped"))
+        if status.get("running"):
+            return None
+        self.mon.cmd("cont")
+        return str(status.get("status", "stopped"))
 
     def _watch_colo_stop(self, wait: float) -> None:
         if self._colo_stop_seen or self.on_checkpoint_stop is None:
