@@ -17,6 +17,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,9 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._payload: dict[str, Any] = {}
         self._last: PeerReport | None = None
+        # Called on the receiving thread with each authentic payload whose "state" differs
+        # from the one before it; the loop decides whether that is news to act on at once.
+        self.on_state: Callable[[dict[str, Any]], None] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_at = 0.0
@@ -86,11 +90,12 @@ class Heartbeat:
             t.join(timeout=2)
         self.sock.close()
 
-    def beat(self, now: float) -> bool:
-        """Send the payload if `interval` has passed since the last send; the loop calls
-        this every cycle. Never blocks (UDP); True if a datagram went out."""
+    def beat(self, now: float, urgent: bool = False) -> bool:
+        """Send the payload if `interval` has passed since the last send, or at once when
+        `urgent`; the loop calls this every cycle. Never blocks (UDP); True if a datagram
+        went out."""
         with self._lock:
-            if now < self._next_at:
+            if now < self._next_at and not urgent:
                 return False
             self._next_at = now + self.interval
             self._seq += 1
@@ -129,5 +134,9 @@ class Heartbeat:
                     sent_at = self._sent.get(beat.echo[1])
                     rtt = now - sent_at if sent_at is not None else None
                 self._echo = (beat.boot, beat.seq)
+                before = self._last
                 self._last = PeerReport(now, beat.state, rtt, sent_at)
                 self.received += 1
+            if (self.on_state is not None
+                    and (before is None or before.payload.get("state") != beat.state.get("state"))):
+                self.on_state(beat.state)

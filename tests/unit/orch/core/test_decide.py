@@ -315,6 +315,13 @@ def test_switchover_checkpoints_then_hands_over() -> None:
     assert (d.event, d.action, d.consumed_operator) == (
         Event.CHECKPOINT, Checkpoint(("switchover",)), False)
     assert d.sentence == "switchover: a final checkpoint before the hand-over"
+    # The final checkpoint ends: the hand-over is decided at once, not a loop cycle later
+    # (a periodic checkpoint's end waits for the next cycle as before).
+    done = ActionResult("checkpoint", True, "56 ms")
+    d = decide(replace(s, state=State.CHECKPOINTING, finished=done), MIN, MAX)
+    assert (d.event, d.retry_in) == (Event.CHECKPOINT_DONE, 0.0)
+    d = decide(replace(s, state=State.CHECKPOINTING, finished=done, operator=""), MIN, MAX)
+    assert (d.event, d.retry_in) == (Event.CHECKPOINT_DONE, None)
     # Checkpointed since: fence, stop our VM; the operator command is consumed.
     d = decide(replace(s, last_checkpoint_at=99.8), MIN, MAX)
     assert (d.event, d.action, d.fence, d.consumed_operator) == (

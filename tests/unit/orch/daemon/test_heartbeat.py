@@ -107,3 +107,26 @@ def test_only_the_loop_sends_and_at_most_once_per_interval() -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_an_urgent_beat_goes_out_at_once_and_a_changed_state_is_reported() -> None:
+    # A switchover's hand-over waited up to one interval (100 ms) for the peer to hear
+    # that the primary fenced, and then for the peer's next loop cycle.
+    a, b, _, _ = _pair(interval=10.0)
+    states: list[object] = []
+    b.on_state = lambda payload: states.append(payload.get("state"))
+    b.start()
+    try:
+        t = time.monotonic()
+        a.set_payload({"state": 4, "role": "primary"})
+        assert a.beat(t)
+        assert not a.beat(t + 0.01)  # within the interval: nothing
+        assert a.beat(t + 0.02, urgent=True)
+        a.set_payload({"state": 10, "role": "primary"})
+        assert a.beat(t + 0.03, urgent=True)
+        wait_until(lambda: b.received == 3, 5, "three heartbeats")
+        # The same state twice is reported once: the loop is not woken for every beat.
+        assert states == [4, 10]
+    finally:
+        a.stop()
+        b.stop()

@@ -274,3 +274,11 @@ def test_a_switchover_is_refused_until_the_loop_saw_a_secondary_ready_and_then_f
     (done,) = orch._commands_view()["recent"]
     assert (done["id"], done["outcome"]) == (got["id"], "done")
     assert "roles swapped" in str(done["detail"])
+
+
+def test_only_a_peer_that_fenced_wakes_the_loop_at_once(tmp_path: Path) -> None:
+    orch = _orchestrator(tmp_path, _Silent())
+    orch._on_peer_state({"state": int(State.ALONE)})
+    assert not orch._wake.is_set()
+    orch._on_peer_state({"state": int(State.FENCED)})
+    assert orch._wake.is_set()
