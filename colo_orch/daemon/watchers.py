@@ -46,7 +46,12 @@ class Watchers:
                     or self.proxy is None):
                 self._stop.wait(self.cfg.timing.loop_wait)
                 continue
-            if self.backend.wait_resume(0.2) and self.role == "secondary":
+            # Checked again after the wait: a take-over (FAILING_OVER) resumes the SVM as
+            # well, and that RESUME is no checkpoint. Told as one, the proxy reset the
+            # offsets it had just written for the role swap (seen in the lab: "checkpoint
+            # done" after "failover").
+            if (self.backend.wait_resume(0.2) and self.role == "secondary"
+                    and self.machine.state is State.PROTECTED):
                 # Offsets reset now: the SVM runs the PVM's TCP state.
                 self.proxy.send({"type": "checkpoint_done"})
                 with self._lock:

@@ -36,6 +36,7 @@ class SecondaryProxy:
         # Fenced or not, the datapath starts steering the SVM's output off the LAN (run.py
         # sets mode 0); fenced, pause, failover and resume are refused until unfence.
         self.modes = initial(fenced)
+        self.failed_over = False  # this proxy's SVM took over: it is a primary's VM now
         self.clock = clock
         self.started = clock()
         self.checkpoints = 0
@@ -104,6 +105,10 @@ class SecondaryProxy:
             return reply
         if kind == "checkpoint_started":
             pass
+        elif kind == "checkpoint_done" and self.failed_over:
+            # After a failover no checkpoint comes: the take-over's own resume of the SVM,
+            # reported as one, would reset the offsets the flows need from now on.
+            log.warning("checkpoint_done after the failover: ignored (offsets kept)")
         elif kind == "checkpoint_done":
             self.modes.fire(Event.CHECKPOINT_DONE)
             self.checkpoints += 1
@@ -112,6 +117,7 @@ class SecondaryProxy:
             log.info("checkpoint done: %d sequence offsets reset", n)
         elif kind in ("failover", "pause"):
             self.modes.fire(EVENTS[kind])
+            self.failed_over = self.failed_over or kind == "failover"
             self._steer()
             log.warning("%s: SVM output goes to the bridge%s; old connections still rewritten",
                         kind, "" if self.permit.allows(self.clock())
@@ -137,6 +143,7 @@ class SecondaryProxy:
                 log.warning("unfenced: %s again", self.mode.label)
         elif kind == "resume":
             self.modes.fire(Event.RESUME)
+            self.failed_over = False
             self.datapath.set_mode(0)
             self._void_handover()
             log.info("protection resumed")

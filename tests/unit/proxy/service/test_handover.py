@@ -66,8 +66,12 @@ def test_secondary_writes_at_failover_and_voids_at_resync(tmp_path: Path) -> Non
     proxy.on_control({"type": "failover"})
     assert handover_file.take(path) == [V4, NO_TS]
     proxy.on_control({"type": "failover"})
-    proxy.on_control({"type": "checkpoint_done"})  # the VMs share one space again
+    # The take-over's own resume of the SVM, reported like a checkpoint's: no checkpoint
+    # follows a failover, and voiding the file lost the offsets of the flows opened since
+    # the last checkpoint at the role swap.
+    proxy.on_control({"type": "checkpoint_done"})
+    assert path.exists()
+    proxy.on_control({"type": "resume"})  # protected again: no role swap comes
     assert not path.exists()
-    proxy.on_control({"type": "failover"})
-    proxy.on_control({"type": "resume"})
+    proxy.on_control({"type": "checkpoint_done"})  # the VMs share one space again
     assert not path.exists()
