@@ -1,4 +1,5 @@
-"""The SVM's output on the primary host: an AF_PACKET socket on the forward link.
+"""The SVM's output on the primary host: an AF_PACKET socket on the forward link; and on
+the secondary host, while a switchover needs it, a recorder of the SVM's output.
 
 Chosen as the cheapest path: packet taps run before tc ingress, so the socket gets a copy
 of every frame the secondary steers here (whole GSO super-packets, one copy, no verdict to
@@ -9,9 +10,13 @@ for bulk payload. The only module that opens packet sockets.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import os
 import socket
+import struct
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger("colo-proxy")
@@ -137,3 +142,107 @@ class PacketSocket:
 
     def close(self) -> None:
         self._sock.close()
+
+
+SO_ATTACH_FILTER = 26
+SO_TIMESTAMPNS = 35  # also its control message type, SCM_TIMESTAMPNS
+BPF_RET_K = 0x06  # BPF_RET | BPF_K: a classic filter of one instruction, "keep k bytes"
+
+
+class TapRecorder:
+    """The SVM's output on the secondary host, read only while a switchover needs it, and
+    frames replayed onto the tap's bridge (service.output_record says why).
+
+    The socket is bound to the SVM's tap from the start (so the loop polls one descriptor
+    for the proxy's life) behind a one-instruction filter that keeps nothing: an idle
+    recorder costs a filter run per frame in the kernel and no wake-up. `start` swaps in
+    a filter that keeps every frame; `stop` swaps the first back and drops what is queued.
+    (Binding to protocol 0 again does not stop a packet socket: measured, it went on
+    receiving.) Frames the VM sends are incoming on the tap; what the tap sends to the
+    VM is outgoing and ignored.
+    """
+
+    def __init__(self, tap: str) -> None:
+        self.tap = tap
+        self.bridge = _master(tap)
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self._out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 * 1024 * 1024)
+            except PermissionError:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+            # Each frame's arrival time (CLOCK_REALTIME), to compare with the hypervisor's
+            # stamp on the SVM's resume (service.output_record).
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._keep(False)
+            self._sock.bind((tap, ETH_P_ALL))
+            self._sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+        self.errors = SocketErrors(tap)
+
+    def _keep(self, every: bool) -> None:
+        insn = struct.pack("HBBI", BPF_RET_K, 0, 0, 0x40000 if every else 0)
+        buf = ctypes.create_string_buffer(insn)
+        # struct sock_fprog {unsigned short len; struct sock_filter *filter;}: the kernel
+        # copies the program during the call.
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                              struct.pack("HL", 1, ctypes.addressof(buf)))
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def start(self) -> None:
+        self._keep(True)
+
+    def stop(self) -> None:
+        self._keep(False)
+        self.read(1 << 20)
+
+    def read(self, limit: int = 256) -> list[tuple[float, bytes]]:
+        """(arrival on this host's wall clock, the frame) of the frames waiting."""
+        out: list[tuple[float, bytes]] = []
+        while len(out) < limit:
+            try:
+                data, anc, _flags, _addr = self._sock.recvmsg(RECV_BUF, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.errors.failed(exc)
+                break
+            stamp = time.time()  # only if the kernel gave none (it does with the option)
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    stamp = sec + nsec / 1e9
+            out.append((stamp, data))
+        if out and self.errors.in_burst:
+            self.errors.received()
+        return out
+
+    def send(self, frame: bytes) -> bool:
+        """One whole frame into the tap's bridge, which forwards it by its destination
+        MAC as if the tap had brought it; False if the kernel refused it (larger than
+        the bridge's MTU: a GSO frame; the link down)."""
+        if not self.bridge:
+            return False
+        try:
+            self._out.sendto(frame, (self.bridge, 0))
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
+        self._out.close()
+
+
+def _master(ifname: str) -> str:
+    """The bridge `ifname` is a port of ("" if none)."""
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{ifname}/master"))
+    except OSError:
+        return ""

@@ -74,7 +74,10 @@ def serve(proxy: PrimaryProxy | SecondaryProxy, control: ControlServer,
         # the comparator takes (C lends no flow that waits for them).
         sources = {k: v for k, v in sources.items() if k == "seg"}
     for name, src in sources.items():
-        assert isinstance(proxy, PrimaryProxy)
+        if isinstance(proxy, SecondaryProxy):
+            # The switchover's recorder (service.output_record): no per-packet path.
+            watch(src.fileno(), {"record": proxy.on_record_readable}[name])
+            continue
         watch(src.fileno(), {"pvm": proxy.on_pvm_readable, "seg": proxy.on_seg_readable,
                              "svm": proxy.on_svm_readable}[name])
         data_fds.add(src.fileno())

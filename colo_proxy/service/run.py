@@ -195,6 +195,7 @@ def run_secondary(s: ProxySettings) -> None:
 
 def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.kernel.datapath import MODE_PROTECTED, Datapath
+    from colo_proxy.kernel.packet_socket import TapRecorder
     from colo_proxy.service.loop import serve
     from colo_proxy.service.secondary import SecondaryProxy
 
@@ -207,16 +208,18 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
                 _carry_end(s, dp, key, carry_link.Listener) as listener:
             dp.set_mode(MODE_PROTECTED)
             _drop_primary_rules(s)
+            recorder = TapRecorder(s.tap)
             proxy = SecondaryProxy(dp, handover=handover_file.path_for(s.control_socket),
                                    instance=s.instance, carry=listener, fenced=s.fenced,
-                                   release_permit=s.release_permit)
+                                   release_permit=s.release_permit, recorder=recorder)
             stop_metrics = _serve_metrics(s, proxy)
             try:
-                serve(proxy, ctl, {}, ready=lambda: log.info(
+                serve(proxy, ctl, {"record": recorder}, ready=lambda: log.info(
                     "ready: SVM tap %s, forward link %s, control %s%s", s.tap, s.forward,
                     s.control_socket, FENCED_NOTE if s.fenced else ""), fault=_test_fault())
             finally:
                 stop_metrics()
+                recorder.close()
     finally:
         ctl.close()
     log.info("stopped: filters removed")  # after an exception Datapath leaves them

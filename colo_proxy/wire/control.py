@@ -21,7 +21,8 @@ MAX_LINE = 64 * 1024
 # "remaining_s"}; an error about it says "for": "permit", so that its sender, which does
 # not wait for the answer, can tell it from the answer to a request it waits for.
 REQUESTS = ("hello", "checkpoint_started", "checkpoint_barrier", "checkpoint_done", "failover",
-            "pause", "resume", "mirror", "fence", "unfence", "status", "permit")
+            "pause", "resume", "mirror", "fence", "unfence", "status", "permit", "record",
+            "replay")
 # Proxy -> orchestrator, unsolicited: {"type": "checkpoint_request", "reason", "flow",
 # "offset"}.
 

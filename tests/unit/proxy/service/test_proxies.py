@@ -22,7 +22,7 @@ from colo_proxy.service.secondary import SecondaryProxy
 from colo_proxy.service.settings import ProxySettings
 from colo_proxy.wire.control import ProtocolError
 from tests.support.fakes import FakeQueue, FakeSource
-from tests.support.packets import ACK, PSH, SYN, tcp
+from tests.support.packets import ACK, PSH, SYN, ether, tcp, udp
 
 
 class Clock:
@@ -183,6 +183,38 @@ class FakeDatapath:
     def reset_offsets(self) -> int:
         self.resets += 1
         return 2
+
+    def carried_offsets(self) -> list[Any]:
+        return []
+
+
+class FakeRecorder:
+    """kernel.packet_socket.TapRecorder: frames the SVM sent (with their arrival time on
+    the wall clock), and what was replayed."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[float, bytes]] = []
+        self.sent: list[bytes] = []
+        self.keeping = False
+
+    def start(self) -> None:
+        self.keeping = True
+
+    def stop(self) -> None:
+        self.keeping = False
+        self.queued = []
+
+    def svm_sends(self, at: float, *frames: bytes) -> None:
+        if self.keeping:  # the socket's filter keeps nothing while idle
+            self.queued += [(at, f) for f in frames]
+
+    def read(self, limit: int = 256) -> list[tuple[float, bytes]]:
+        out, self.queued = self.queued[:limit], self.queued[limit:]
+        return out
+
+    def send(self, frame: bytes) -> bool:
+        self.sent.append(frame)
+        return True
 
 
 def test_secondary_resets_offsets_at_checkpoint_and_switches_mode() -> None:
@@ -462,3 +494,79 @@ def test_mirror_while_passing_restarts_the_mirror_and_output_still_passes() -> N
     proxy.on_control({"type": "fence"})
     proxy.on_control({"type": "mirror"})
     assert proxy.mode == FENCED and dp.mode_set == [1, 0]
+
+
+def test_a_switchover_take_over_replays_what_the_svm_sent_since_the_final_checkpoint() -> None:
+    # Sent to the primary's comparator between the final checkpoint and the take-over,
+    # it was dropped there: the client waited for the guest's retransmission.
+    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
+    sec = SecondaryProxy(dp, clock, recorder=rec, release_permit="required")
+    rec.svm_sends(1.0, ether(tcp(1, 1, ACK, b"idle")))
+    sec.on_control({"type": "record"})
+    rec.svm_sends(2.0, ether(tcp(2, 1, PSH | ACK, b"old epoch")))
+    sec.on_record_readable()
+    rec.svm_sends(3.0, ether(tcp(3, 1, PSH | ACK, b"queued before the checkpoint")))
+    # The SVM answers at once after resuming (at 4.0), before its orchestrator says so.
+    rec.svm_sends(4.01, ether(tcp(4, 1, PSH | ACK, b"answer")), ether(udp(b"dns")))
+    sec.on_control({"type": "checkpoint_done", "resumed_at": 4.0})  # the final checkpoint
+    sec.on_control({"type": "failover"})
+    rec.svm_sends(4.2, ether(tcp(5, 1, PSH | ACK, b"more")))
+    sec.on_record_readable()
+    sec.on_control({"type": "replay"})
+    assert rec.sent == []  # no permit yet: nothing reaches the clients
+    permit(sec, 1.0)
+    assert [f[-4:] for f in rec.sent] == [b"swer", b"more"]
+    st = sec.on_control({"type": "status"})["record"]
+    assert st["phase"] == "idle" and st["replayed"] == 2 and not rec.keeping
+    permit(sec, 1.0)
+    assert len(rec.sent) == 2  # once
+
+
+def test_a_checkpoint_done_after_the_failover_changes_nothing() -> None:
+    # The take-over resumes the SVM too; its RESUME, reported as a checkpoint's, reset the
+    # offsets the flows need from then on and dropped the recording (seen in the lab).
+    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
+    sec = SecondaryProxy(dp, clock, recorder=rec)
+    sec.on_control({"type": "record"})
+    sec.on_control({"type": "checkpoint_done", "resumed_at": 4.0})
+    rec.svm_sends(4.5, ether(tcp(4, 1, PSH | ACK, b"answer")))
+    sec.on_control({"type": "failover"})
+    sec.on_control({"type": "checkpoint_done", "resumed_at": 5.0})
+    assert dp.resets == 1
+    sec.on_control({"type": "replay"})
+    assert len(rec.sent) == 1
+
+
+def test_the_take_over_replays_only_when_the_orchestrator_says_it_is_complete() -> None:
+    # Its hook may be what connects this host to the clients (the lab's uplink).
+    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
+    sec = SecondaryProxy(dp, clock, recorder=rec)
+    sec.on_control({"type": "record"})
+    sec.on_control({"type": "checkpoint_done", "resumed_at": 4.0})
+    rec.svm_sends(4.5, ether(tcp(4, 1, PSH | ACK, b"answer")))
+    sec.on_control({"type": "failover"})
+    assert rec.sent == [] and dp.mode_set == [1]
+    sec.on_control({"type": "replay"})
+    assert len(rec.sent) == 1
+
+
+def test_a_recording_ends_at_a_fence_or_when_no_take_over_comes() -> None:
+    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
+    sec = SecondaryProxy(dp, clock, recorder=rec)
+    sec.on_control({"type": "record"})
+    sec.on_control({"type": "checkpoint_done"})
+    rec.svm_sends(4.5, ether(tcp(4, 1, PSH | ACK, b"answer")))
+    sec.on_control({"type": "fence"})
+    assert not rec.keeping and sec.record.take() == []
+    sec.on_control({"type": "unfence"})
+    sec.on_control({"type": "record"})
+    clock.t += 11.0
+    sec.on_timer()
+    assert not rec.keeping
+    sec.on_control({"type": "failover"})
+    sec.on_control({"type": "replay"})
+    assert rec.sent == []
+    with pytest.raises(ProtocolError, match="applies while protected"):
+        sec.on_control({"type": "record"})
+    with pytest.raises(ProtocolError, match="no recorder"):
+        SecondaryProxy(FakeDatapath()).on_control({"type": "record"})
