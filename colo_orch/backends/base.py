@@ -41,6 +41,10 @@ class Backend(ABC):
         # stream to a peer behind a cut link blocks until TCP gives up; the take-over that
         # follows (x-colo-lost-heartbeat, docs/COLO-FT.txt) shuts that stream down.
         self.checkpoint_abort = threading.Event()
+        # Secondary: this host's wall-clock time (time.time()) at which the VM last resumed
+        # with a checkpoint, as the hypervisor stamped it, or None when it stamps nothing:
+        # the proxy's recorder tells the SVM's output after it from the output before.
+        self.last_resume_wall: float | None = None
 
     def abort_checkpoint(self) -> None:
         """From the loop thread: make a running `checkpoint` fail soon (the peer is lost)."""

@@ -49,6 +49,9 @@ class PeerObs:
     # The peer's arbiter store answered its last request (its heartbeat says so): a
     # secondary cut off from the store could not take the lease at a switchover.
     arbiter_ok: bool = True
+    # The peer's proxy records its SVM's output for a switchover's take-over to replay
+    # (colo_proxy.service.output_record).
+    recording: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,9 @@ MAX_INTERVAL_REASON = "periodic"
 # heartbeats may still say WAITING or SYNCING for an interval or two (0.1 s each at the
 # defaults); past this the primary is not in COLO with us.
 PEER_LAG_S = 3.0
+# Seconds a switchover's final checkpoint waits for the secondary's proxy to record (a
+# proxy without the recorder never does: the hand-over then goes on without a replay).
+RECORD_WAIT = 0.5
 # Seconds a failed re-protection (COLO could not start) stays DEGRADED before the next try.
 REPROTECT_BACKOFF = 30.0
 # Why a primary that has run cannot enter COLO on Xen. xen.git's
@@ -749,6 +755,16 @@ def _switchover(s: Snapshot) -> Decision:
        re-protection that follows every failover.
     """
     if s.last_checkpoint_at < s.operator_at:
+        waited = s.now - s.operator_at
+        if not s.peer.recording and waited < RECORD_WAIT:
+            # What the SVM sends between the final checkpoint and its take-over goes to
+            # our comparator, fenced by then: dropped, and the client waited for the
+            # guest's retransmission (200 ms at least). The secondary's proxy records it
+            # from the next checkpoint on, for the take-over to replay; so the final
+            # checkpoint waits until it records (asked by our heartbeat), or RECORD_WAIT.
+            return Decision(f"switchover: waiting for the secondary to record its VM's output "
+                            f"({waited:.2f} of at most {RECORD_WAIT:g} s)",
+                            retry_in=min(0.05, RECORD_WAIT - waited))
         return Decision("switchover: a final checkpoint before the hand-over", Event.CHECKPOINT,
                         Checkpoint(("switchover",)))
     return Decision("switchover: handing over to the secondary (our output held, our VM "

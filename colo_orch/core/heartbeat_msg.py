@@ -30,7 +30,8 @@ TAG = 32  # bytes of HMAC-SHA256
 MIN_KEY = 16  # bytes; a shorter shared secret is refused where the key is loaded
 # The fields of "state" that the daemon reads, and their types (bool is not an int here).
 STATE_FIELDS: dict[str, type] = {"state": int, "role": str, "vm_ok": bool, "incoming": str,
-                                 "proxy_ready": bool, "arbiter_ok": bool}
+                                 "proxy_ready": bool, "arbiter_ok": bool,
+                                 "switchover": bool, "recording": bool}
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,11 @@ class Actions(ProxySupervision):
             self._proxy_mode = ProxyMode.PASS
         out = self.backend.take_over(was_role)
         out += self._hook("on_takeover", self.cfg.on_takeover)
+        if was_role == "secondary" and self.proxy is not None:
+            # After the hook, which may be what connects this host to the clients (the
+            # lab's uplink): the SVM's output a switchover's final checkpoint left
+            # undelivered, if the proxy recorded it (colo_proxy.service.output_record).
+            self.proxy.send({"type": "replay"})
         took = time.monotonic() - start
         if self._peer_lost_at is not None:
             took = time.monotonic() - self._peer_lost_at

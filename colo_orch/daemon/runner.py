@@ -113,6 +113,7 @@ class Orchestrator(Actions, Watchers):
             proxy.on_request = self._wake.set
         arbiter.on_change = self._wake.set
         heartbeat.on_state = self._on_peer_state
+        self._recording: bool | None = None  # _record_output: None until asked
         # Timing marks of the oldest pending proxy request, and of the last checkpoint's
         # steps (colo_orch.core.timeline), for the log and the API.
         self._request_marks: dict[str, float] | None = None
@@ -272,7 +273,8 @@ class Orchestrator(Actions, Watchers):
                            incoming_uri=self.cfg.peer_incoming_uri,
                            proxy_ready=bool(p.get("proxy_ready", True)),
                            hears_us=now - rep.echo_sent_at <= t.heartbeat_timeout / 2,
-                           arbiter_ok=bool(p.get("arbiter_ok", True)))
+                           arbiter_ok=bool(p.get("arbiter_ok", True)),
+                           recording=bool(p.get("recording")))
             self._echo_sent_at = rep.echo_sent_at
             said = (peer.state, peer.role)
             if self._peer_said[0] != said:
@@ -319,6 +321,19 @@ class Orchestrator(Actions, Watchers):
                 colo_needs_fresh_primary=self.cfg.backend == "xen",
                 paused_primary_wait=t.paused_primary_wait, state_since=self.state_since,
             )
+
+    def _record_output(self, snap: Snapshot) -> bool:
+        """Secondary: whether our proxy records the SVM's output for a switchover that our
+        primary's heartbeat announces; asked once per switchover."""
+        rep = self.heartbeat.last()
+        coming = (snap.peer.alive and rep is not None and bool(rep.payload.get("switchover"))
+                  and self.role == "secondary" and self.machine.state is State.PROTECTED)
+        if not coming:
+            self._recording = None
+            return False
+        if self._recording is None:
+            self._recording = self.proxy is not None and self.proxy.send({"type": "record"})
+        return self._recording
 
     def _on_peer_state(self, payload: dict[str, Any]) -> None:
         """The heartbeat thread saw the peer's state change: a fence is acted on now."""
@@ -406,6 +421,10 @@ class Orchestrator(Actions, Watchers):
             "checkpoint_age_s": (round(now - self.last_checkpoint_at, 1)
                                  if self.checkpoints else None),
             "disk": self.disk_status[0].state if self.disk_status[0] is not None else "",
+            # A switchover is coming: the secondary's proxy records its SVM's output.
+            "switchover": (snap.operator == "switchover" and self.role == "primary"
+                           and self.machine.state in (State.PROTECTED, State.CHECKPOINTING)),
+            "recording": self._record_output(snap),
         })
         # A peer that fenced has stopped serving, and its peer takes over only once it hears
         # of it: a switchover's hand-over waited up to a heartbeat interval (87 ms in a

@@ -48,11 +48,14 @@ class Watchers:
                 continue
             # Checked again after the wait: a take-over (FAILING_OVER) resumes the SVM as
             # well, and that RESUME is no checkpoint. Told as one, the proxy reset the
-            # offsets it had just written for the role swap (seen in the lab: "checkpoint
-            # done" after "failover").
+            # offsets it had just written for the role swap and dropped what it recorded
+            # for a switchover (seen in the lab: "checkpoint done" after "failover").
             if (self.backend.wait_resume(0.2) and self.role == "secondary"
                     and self.machine.state is State.PROTECTED):
                 # Offsets reset now: the SVM runs the PVM's TCP state.
-                self.proxy.send({"type": "checkpoint_done"})
+                done: dict[str, object] = {"type": "checkpoint_done"}
+                if self.backend.last_resume_wall is not None:
+                    done["resumed_at"] = self.backend.last_resume_wall
+                self.proxy.send(done)
                 with self._lock:
                     self.secondary_checkpoints += 1

@@ -552,7 +552,15 @@ class QemuBackend(Backend):
         except Exception:
             self.events.drop()
             return False
-        return ev is not None and ev.get("event") == "RESUME"
+        if ev is None or ev.get("event") != "RESUME":
+            return False
+        ts = ev.get("timestamp")
+        # QEMU stamps the event before its vCPUs run again (vm_start: the event, then
+        # resume_all_vcpus), on this host's wall clock: whatever the SVM sends after the
+        # checkpoint was received later (the proxy's recorder compares, same host).
+        self.last_resume_wall = (float(ts["seconds"]) + ts.get("microseconds", 0) / 1e6
+                                 if isinstance(ts, dict) and "seconds" in ts else None)
+        return True
 
     def close(self) -> None:
         self.mon.drop()

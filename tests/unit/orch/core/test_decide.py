@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from colo_orch.core.decide import (
     PEER_LAG_S,
+    RECORD_WAIT,
     ActionResult,
     Checkpoint,
     EnterColo,
@@ -335,6 +338,20 @@ def test_switchover_checkpoints_then_hands_over() -> None:
     d = decide(snap(State.FENCED, lease_held=False, peer=alone), MIN, MAX)
     assert (d.event, d.action, d.role) == (Event.REPROTECT, StartVM(incoming=True),
                                            "secondary")
+
+
+def test_the_final_checkpoint_waits_a_moment_for_the_secondary_to_record() -> None:
+    # Its proxy replays what the SVM sends between that checkpoint and its take-over.
+    s = snap(State.PROTECTED, operator="switchover", operator_at=99.9,
+             peer=replace(PEER_PROTECTED_SEC, hears_us=True))
+    d = decide(s, MIN, MAX)
+    assert d.action is None and d.retry_in == pytest.approx(0.05)
+    assert "waiting for the secondary to record" in d.sentence
+    rec = replace(s, peer=replace(s.peer, recording=True))
+    assert decide(rec, MIN, MAX).action == Checkpoint(("switchover",))
+    # A secondary that does not record (an older proxy) holds it up RECORD_WAIT at most.
+    late = replace(s, now=s.operator_at + RECORD_WAIT)
+    assert decide(late, MIN, MAX).action == Checkpoint(("switchover",))
 
 
 def test_the_secondary_takes_over_from_a_primary_that_handed_over() -> None:

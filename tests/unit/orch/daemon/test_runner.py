@@ -276,6 +276,48 @@ def test_a_switchover_is_refused_until_the_loop_saw_a_secondary_ready_and_then_f
     assert "roles swapped" in str(done["detail"])
 
 
+class _RecordingProxy:
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.sent: list[str] = []
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        self.sent.append(msg["type"])
+        return self.answer
+
+    def take_requests(self) -> list[str]:
+        return []
+
+    def take_marks(self) -> None:
+        return None
+
+
+def test_a_secondary_records_once_per_switchover_its_primary_announces(tmp_path: Path) -> None:
+    # The final checkpoint waits for "recording" in our heartbeat (decide.RECORD_WAIT).
+    hb = _Heartbeat({"state": int(State.PROTECTED), "role": "primary", "switchover": True})
+    orch = _orchestrator(tmp_path, hb)
+    orch.role, orch.machine.state = "secondary", State.PROTECTED
+    proxy = _RecordingProxy(True)
+    orch.proxy = proxy  # type: ignore[assignment]
+    snap = orch.snapshot(time.monotonic())
+    assert orch._record_output(snap) and orch._record_output(snap)
+    assert proxy.sent == ["record"]  # asked once, not every cycle
+    hb.report = PeerReport(time.monotonic(), {"state": int(State.FENCED), "role": "primary"},
+                           None, echo_sent_at=time.monotonic())
+    assert not orch._record_output(orch.snapshot(time.monotonic()))
+    # The next switchover asks again; a proxy that refuses is asked no more for this one.
+    hb.report = PeerReport(time.monotonic(), {"state": int(State.PROTECTED), "role": "primary",
+                                              "switchover": True}, None,
+                           echo_sent_at=time.monotonic())
+    proxy.answer = False
+    snap = orch.snapshot(time.monotonic())
+    assert not orch._record_output(snap) and not orch._record_output(snap)
+    assert proxy.sent == ["record", "record"]
+    # A primary never asks its proxy to record.
+    orch.role = "primary"
+    assert not orch._record_output(snap) and proxy.sent == ["record", "record"]
+
+
 def test_only_a_peer_that_fenced_wakes_the_loop_at_once(tmp_path: Path) -> None:
     orch = _orchestrator(tmp_path, _Silent())
     orch._on_peer_state({"state": int(State.ALONE)})
