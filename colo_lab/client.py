@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
         else:
             ok += 1
-        print(json.dumps({"i": i, "t": round(t1 - start, 4), "ms": round(1000 * (t1 - t0), 2),
+        # "at": wall-clock time of the answer, to place a wait among the hosts' logs.
+        print(json.dumps({"i": i, "t": round(t1 - start, 4), "at": round(time.time(), 3),
+                          "ms": round(1000 * (t1 - t0), 2),
                           "ok": not err, "err": err, "conn": conn.opened}), flush=True)
         i += 1
         if err:

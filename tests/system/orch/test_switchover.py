@@ -4,17 +4,27 @@ its longest wait for an answer (the client pause) is measured and printed."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import statistics
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from colo_lab import pair
+from colo_lab import capture, pair
 from colo_lab.client import Watch
 from colo_lab.lab import VM_IP, Lab
 
 pytestmark = pytest.mark.lab(proxy=True)
+
+
+def results_between(results: list[dict[str, Any]], lo: int, hi: int) -> list[tuple[float, float]]:
+    """(gap, wall-clock time of the answer that ended it) for answers lo..hi."""
+    part = results[max(0, lo):hi]
+    return [(b["t"] - a["t"], b["at"]) for a, b in itertools.pairwise(part)]
 
 
 def _gaps(results: list[dict[str, Any]]) -> list[float]:
@@ -34,15 +44,21 @@ def test_switchover_swaps_the_roles_under_a_persistent_connection(lab: Lab) -> N
     assert ref.returncode == 1 and "Are you sure? [y/N]" in ref.stdout, ref
     assert "not confirmed" in ref.stderr
     client = Watch(lab.client_ns, "--host", VM_IP, "--duration", "900", "--timeout", "10")
-    try:
-        client.wait_more(20)
-        first = client.count()
-        res = pair.coloctl(lab, "primary", "switchover", "--force", "--wait", "--timeout",
-                           "150", timeout=180)
-        last = client.count()
-        client.wait_more(20)
-    finally:
-        summary = client.finish()
+    # COLO_SWITCHOVER_CAPTURE=DIR: tcpdump at the client, both taps and the forward link
+    # while it runs, to tell which packet a long wait waited for (colo_lab.packet_trace).
+    trace = os.environ.get("COLO_SWITCHOVER_CAPTURE")
+    with contextlib.ExitStack() as stack:
+        if trace:
+            stack.enter_context(capture.tcpdump(lab, Path(trace)))
+        try:
+            client.wait_more(20)
+            first = client.count()
+            res = pair.coloctl(lab, "primary", "switchover", "--force", "--wait", "--timeout",
+                               "150", timeout=180)
+            last = client.count()
+            client.wait_more(20)
+        finally:
+            summary = client.finish()
     print(res.stdout)
     assert res.returncode == 0 and "switchover done: roles swapped" in res.stdout, (
         res.stdout, res.stderr)
@@ -55,6 +71,14 @@ def test_switchover_swaps_the_roles_under_a_persistent_connection(lab: Lab) -> N
     before = _gaps(client.results[:first])
     during = _gaps(client.results[max(0, first - 1):last + 1])
     pause, usual = max(during), statistics.median(before)
+    # Where the longest waits fell (wall clock of the answer that ended each), to read
+    # beside the hosts' logs; and the longest wait before the switchover, periodic
+    # checkpoints included: what one checkpoint costs this client.
+    window = results_between(client.results, first - 1, last + 1)
+    for gap, at in sorted(window, reverse=True)[:3]:
+        print(f"  wait of {1000 * gap:.0f} ms ended at {time.strftime('%H:%M:%S', time.gmtime(at))}"
+              f".{int(1000 * (at % 1)):03d} UTC")
+    print(f"longest wait before the switchover: {1000 * max(before):.0f} ms")
     final = pri["checkpoints"].get("switchover", 0)
     print(f"client pause at the switchover: {1000 * pause:.0f} ms (usual gap "
           f"{1000 * usual:.0f} ms; the final checkpoint took "
