@@ -522,15 +522,22 @@ def test_a_switchover_take_over_replays_what_the_svm_sent_since_the_final_checkp
     assert len(rec.sent) == 2  # once
 
 
-def test_a_checkpoint_done_after_the_failover_changes_nothing() -> None:
-    # The take-over resumes the SVM too; its RESUME, reported as a checkpoint's, reset the
-    # offsets the flows need from then on and dropped the recording (seen in the lab).
-    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
-    sec = SecondaryProxy(dp, clock, recorder=rec)
+def _recording() -> tuple[FakeDatapath, FakeRecorder, SecondaryProxy]:
+    """A secondary recording since a checkpoint it resumed from at 4.0, with the SVM's
+    answer after it, failed over: what a switchover's take-over leaves to replay."""
+    dp, rec = FakeDatapath(), FakeRecorder()
+    sec = SecondaryProxy(dp, Clock(), recorder=rec)
     sec.on_control({"type": "record"})
     sec.on_control({"type": "checkpoint_done", "resumed_at": 4.0})
     rec.svm_sends(4.5, ether(tcp(4, 1, PSH | ACK, b"answer")))
     sec.on_control({"type": "failover"})
+    return dp, rec, sec
+
+
+def test_a_checkpoint_done_after_the_failover_changes_nothing() -> None:
+    # The take-over resumes the SVM too; its RESUME, reported as a checkpoint's, reset the
+    # offsets the flows need from then on and dropped the recording (seen in the lab).
+    dp, rec, sec = _recording()
     sec.on_control({"type": "checkpoint_done", "resumed_at": 5.0})
     assert dp.resets == 1
     sec.on_control({"type": "replay"})
@@ -539,12 +546,7 @@ def test_a_checkpoint_done_after_the_failover_changes_nothing() -> None:
 
 def test_the_take_over_replays_only_when_the_orchestrator_says_it_is_complete() -> None:
     # Its hook may be what connects this host to the clients (the lab's uplink).
-    dp, rec, clock = FakeDatapath(), FakeRecorder(), Clock()
-    sec = SecondaryProxy(dp, clock, recorder=rec)
-    sec.on_control({"type": "record"})
-    sec.on_control({"type": "checkpoint_done", "resumed_at": 4.0})
-    rec.svm_sends(4.5, ether(tcp(4, 1, PSH | ACK, b"answer")))
-    sec.on_control({"type": "failover"})
+    dp, rec, sec = _recording()
     assert rec.sent == [] and dp.mode_set == [1]
     sec.on_control({"type": "replay"})
     assert len(rec.sent) == 1
