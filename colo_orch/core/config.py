@@ -66,6 +66,11 @@ class Timing:
     # each time a protection starts. Lower needs more passes, and a guest that dirties
     # memory faster than the link sends it never converges (sync_timeout ends it).
     migration_downtime: float = 0.0
+    # Seconds the new SVM runs after COLO's entry, its output not yet compared, before a
+    # checkpoint starts the protection (0 = none: compared from the entry on). Under TCG a
+    # new QEMU process translates the guest's code as it first runs it, and the clients
+    # waited for its first answers (colo_orch.daemon.actions.Actions._warm_up).
+    colo_warmup: float = 0.0
     # backend = "xen", xen_create_paused: how long the primary's domain, created paused,
     # waits for a secondary before it is unpaused to serve alone. Both orchestrators
     # usually start within seconds of each other; a minute also covers a secondary host
@@ -218,6 +223,8 @@ def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
                         if key == "migration_bandwidth" else
                         ("seconds", "0.05 (or leave it out: QEMU's default, 0.3)")
                         if key == "migration_downtime" else
+                        ("seconds", "1.0 (or leave it out: no warm-up)")
+                        if key == "colo_warmup" else
                         ("seconds", str(getattr(Timing(), key))))
             raise _fail(path, f"timing.{key}",
                         f"must be a finite, positive number of {unit}, got {value!r:.40}",

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -58,6 +59,7 @@ class Actions(ProxySupervision):
     _peer_lost_at: float | None
     _fenced: bool  # output must be held: we have neither the lease nor the failsafe
     _fence_told: bool  # the proxy acknowledged the current _fenced
+    _stop: threading.Event  # set when the orchestrator stops
 
     def _set_fence(self, on: bool) -> None:
         """Hold (or release) every output packet of our VM: from the loop, at once.
@@ -160,6 +162,7 @@ class Actions(ProxySupervision):
             # again, so the SVM must get them too. Without this a demo's request got no
             # SVM answer until the compare timeout (5 s), 1 run in 6 here.
             self.proxy.send({"type": "mirror"})
+        warmup = self.cfg.timing.colo_warmup if self._proxy_mode is ProxyMode.PASS else 0.0
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             proxy = self.proxy
@@ -171,8 +174,12 @@ class Actions(ProxySupervision):
                     self._proxy_mode = ProxyMode.COMPARE
                 proxy.send({"type": "checkpoint_barrier"})
 
-            self.backend.on_checkpoint_stop = at_stop
+            self.backend.on_checkpoint_stop = None if warmup else at_stop
+        else:
+            warmup = 0.0
         out = self.backend.enter_colo(uri) + proxied
+        if warmup:
+            out += self._warm_up(warmup, at_stop)
         self.last_checkpoint_at = time.monotonic()
         # Not sent: the loop resumes it (and checkpoints) while PROTECTED.
         if (self.proxy is not None and self._proxy_mode is not ProxyMode.COMPARE
@@ -182,6 +189,28 @@ class Actions(ProxySupervision):
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
         return out
+
+    def _warm_up(self, seconds: float, at_stop: Callable[[], None]) -> str:
+        """`timing.colo_warmup`: let the new SVM run before its output is compared.
+
+        The SVM is a QEMU process that has never run this guest. Under TCG its first
+        answers came 95-160 ms after the PVM's (later ones 0-28 ms: TCG translates the
+        guest's code as it first runs it), and each was a wait for the client, held by the
+        proxy until the SVM's copy came: the re-protection's COLO entry cost a switchover's
+        client 0.35-0.53 s where a checkpoint cost 0.15-0.18 s (docs/ORCHESTRATOR.md).
+        So the output passes, uncompared and mirrored to the SVM, as during the
+        migration, for `seconds`; then a checkpoint gives the SVM the PVM's state again
+        and comparing starts at its STOP. We stay SYNCING, "alone" in the arbiter, until
+        then: the pair is protected from that checkpoint on, not from COLO's first STOP.
+        """
+        self._stop.wait(seconds)  # not a synchronisation: the SVM's time to warm up
+        self.backend.on_checkpoint_triggered = None
+        self.backend.on_checkpoint_stop = at_stop
+        try:
+            self.backend.checkpoint()
+        finally:
+            self.backend.on_checkpoint_stop = None
+        return f"; compared after {seconds:g} s of warm-up and a checkpoint"
 
     def _tell_proxy_checkpoints(self) -> bool:
         return self.proxy is not None and not self.backend.notifies_proxy_of_checkpoints

@@ -49,18 +49,38 @@ class _Backend:
     def enter_colo(self, uri: str) -> str:
         self.mode_while_migrating = self.proxy.machine.mode
         self.sent_before_migrating = [k for k, _ in self.proxy.sent]
-        assert self.on_checkpoint_stop is not None
-        self.on_checkpoint_stop()
+        if self.on_checkpoint_stop is not None:
+            self.on_checkpoint_stop()
         return f"COLO to {uri}"
 
+    def checkpoint(self) -> str:
+        self.proxy.sent.append(("(checkpoint)", self.proxy.machine.mode))
+        assert self.on_checkpoint_stop is not None
+        self.on_checkpoint_stop()
+        return "checkpoint"
 
-def _actions(machine: Machine, *, fenced: bool = False) -> tuple[Actions, _Proxy, _Backend]:
+
+class _Stop:
+    """The orchestrator's stop event: records the warm-up's wait instead of waiting."""
+
+    def __init__(self) -> None:
+        self.waited: list[float] = []
+
+    def wait(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        return False
+
+
+def _actions(machine: Machine, *, fenced: bool = False,
+             warmup: float = 0.0) -> tuple[Actions, _Proxy, _Backend]:
     a = Actions.__new__(Actions)
     proxy = _Proxy(machine)
     backend = _Backend(proxy)
     a.proxy = proxy  # type: ignore[assignment]
     a.backend = backend  # type: ignore[assignment]
-    a.cfg = SimpleNamespace(proxy_primary_command=[])  # type: ignore[assignment]
+    a.cfg = SimpleNamespace(proxy_primary_command=[],  # type: ignore[assignment]
+                            timing=SimpleNamespace(colo_warmup=warmup))
+    a._stop = _Stop()  # type: ignore[assignment]
     a._fenced = fenced
     a._proxy_mode = ProxyMode.UNKNOWN
     return a, proxy, backend
@@ -105,3 +125,27 @@ def test_a_proxy_passing_since_a_take_over_mirrors_before_the_migration() -> Non
     assert backend.mode_while_migrating is Mode.PASSTHROUGH
     assert backend.sent_before_migrating == ["pause", "mirror"]
     assert machine.mode is Mode.PROTECTED
+
+
+def test_with_a_warm_up_the_output_passes_until_a_checkpoint_after_it() -> None:
+    # timing.colo_warmup: the new SVM runs the guest's code once before its output is
+    # compared; comparing starts at the STOP of the checkpoint that follows.
+    machine = Machine()
+    a, proxy, backend = _actions(machine, warmup=1.5)
+    out = a._enter_colo("tcp:10.99.1.1:4444")
+    assert [k for k, _ in proxy.sent] == ["pause", "mirror", "(checkpoint)", "resume",
+                                          "checkpoint_barrier", "checkpoint_done"]
+    assert proxy.sent[2] == ("(checkpoint)", Mode.PASSTHROUGH)  # passing until then
+    assert a._stop.waited == [1.5]  # type: ignore[attr-defined]
+    assert machine.mode is Mode.PROTECTED and a._proxy_mode is ProxyMode.COMPARE
+    assert "warm-up" in out and backend.on_checkpoint_stop is None
+
+
+def test_a_fenced_primary_has_no_warm_up() -> None:
+    # Nothing passes while fenced, so there is nothing to warm up behind.
+    machine = Machine()
+    machine.fire(EVENTS["fence"])
+    a, proxy, _ = _actions(machine, fenced=True, warmup=1.5)
+    a._enter_colo("tcp:10.99.1.1:4444")
+    assert "(checkpoint)" not in [k for k, _ in proxy.sent]
+    assert a._stop.waited == []  # type: ignore[attr-defined]
