@@ -197,7 +197,7 @@ class Actions(ProxySupervision):
         answers came 95-160 ms after the PVM's (later ones 0-28 ms: TCG translates the
         guest's code as it first runs it), and each was a wait for the client, held by the
         proxy until the SVM's copy came: the re-protection's COLO entry cost a switchover's
-        client 0.35-0.53 s where a checkpoint cost 0.15-0.18 s (docs/ORCHESTRATOR.md).
+        client 0.32-0.58 s where a checkpoint cost 0.15-0.24 s (docs/ORCHESTRATOR.md).
         So the output passes, uncompared and mirrored to the SVM, as during the
         migration, for `seconds`; then a checkpoint gives the SVM the PVM's state again
         and comparing starts at its STOP. We stay SYNCING, "alone" in the arbiter, until
