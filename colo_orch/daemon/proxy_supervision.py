@@ -32,6 +32,12 @@ from colo_orch.core.state import Machine, State
 from colo_orch.daemon.proxy_link import ProxyLink
 
 log = logging.getLogger("colo_orch")
+# The proxy modes in which a host's proxy does its part of the protection. A secondary's
+# proxy still fenced from its host's time as primary (the fence is held through STARTING,
+# WAITING and PROTECTED) steers the SVM's output to the comparator as a protected one does,
+# and a take-over lifts that fence before its failover (decide._go_alone): after every role
+# swap `coloctl status` said "NOT protected" of a protected pair.
+_PROTECTING = {"primary": ("protected",), "secondary": ("protected", "fenced")}
 
 # How long a proxy may take to answer hello once it listens: it compiles its BPF
 # programs first (about 2 s here, more on a loaded host).
@@ -367,8 +373,10 @@ class ProxySupervision:
         if self.proxy is None:  # a pair without proxies: neither host runs one
             return (peer.get("proxy_role", ""), peer.get("proxy_mode", "")) == ("", "")
         ours = self.proxy_view()
-        return (ours["connected"] and (ours["role"], ours["mode"]) == (self.role, "protected")
-                and (peer.get("proxy_role"), peer.get("proxy_mode")) == (peer_role, "protected"))
+        return (ours["connected"] and ours["role"] == self.role
+                and ours["mode"] in _PROTECTING[self.role]
+                and peer.get("proxy_role") == peer_role
+                and peer.get("proxy_mode") in _PROTECTING[peer_role])
 
     def _note_peer_proxy(self, peer: dict[str, Any] | None) -> None:
         """Primary: the secondary's proxy was replaced (its heartbeat names another pid).

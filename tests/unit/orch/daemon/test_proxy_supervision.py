@@ -308,6 +308,10 @@ PEER_OK = {"role": "secondary", "state": int(State.PROTECTED), "proxy_role": "se
     (PEER_OK, ("primary", "passthrough"), False),  # ours passes output uncompared
     (PEER_OK, ("secondary", "protected"), False),  # ours in the wrong role
     (PEER_OK, None, False),  # ours is not connected
+    # A secondary's proxy still fenced from its host's time as primary steers as a
+    # protected one does (the take-over lifts the fence); a fenced primary's does not.
+    (dict(PEER_OK, proxy_mode="fenced"), ("primary", "protected"), True),
+    (PEER_OK, ("primary", "fenced"), False),
 ])
 def test_protection_is_verified_only_with_both_proxies_right(
         peer: dict[str, Any] | None, ours: tuple[str, str] | None, verified: bool) -> None:
