@@ -121,3 +121,7 @@ def test_switchover_swaps_the_roles_under_a_persistent_connection(lab: Lab) -> N
     assert final == 1
     # The client waited, it was not cut off: its longest wait stayed under its own timeout.
     assert pause < 10.0
+    # What an operator sees afterwards, from the new secondary (the old primary).
+    st = pair.coloctl(lab, "primary", "status")
+    print(st.stdout)
+    assert st.returncode == 0 and "PROTECTED" in st.stdout, st
