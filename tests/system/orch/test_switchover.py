@@ -124,4 +124,4 @@ def test_switchover_swaps_the_roles_under_a_persistent_connection(lab: Lab) -> N
     # What an operator sees afterwards, from the new secondary (the old primary).
     st = pair.coloctl(lab, "primary", "status")
     print(st.stdout)
-    assert st.returncode == 0 and "PROTECTED" in st.stdout, st
+    assert st.returncode == 0 and "protection verified" in st.stdout, st
