@@ -42,6 +42,16 @@ def _ended(what: str, r: Supervised | None) -> None:
         print(f"    {line}", flush=True)
 
 
+def _show_new(r: Supervised, shown: int) -> int:
+    """xl's stderr lines after the first `shown`, as they come (a hung xl says as much as
+    a crashed one; at its end _ended prints the whole of it again); returns how many now."""
+    with r.cond:
+        new = r.lines[shown:]
+    for line in new:
+        print(f"  xl: {line}", flush=True)
+    return shown + len(new)
+
+
 def secondary(domain: str, incoming: str, xl: list[str]) -> int:
     b = XenBackend(domain, "/dev/null", xl=xl)
     say(b.start_vm(incoming))
@@ -53,13 +63,7 @@ def secondary(domain: str, incoming: str, xl: list[str]) -> int:
         r = b.receiver
         if r is None:
             continue
-        # xl's stderr as it comes (a hung xl says as much as a crashed one), then at its end
-        # the whole of it again, as for the primary.
-        with r.cond:
-            new = r.lines[shown:]
-        shown += len(new)
-        for line in new:
-            print(f"  xl: {line}", flush=True)
+        shown = _show_new(r, shown)
         if r.exited:
             _ended("xl migrate-receive", r)
             return 0
@@ -79,8 +83,11 @@ def primary(domain: str, config: str, peer: str, control: str, checkpoints: int,
         _ended("xl remus", b.remus)
         return 1
     stop = threading.Event()
+    shown = 0
     while not stop.wait(10.0):
         r = b.remus
+        if r is not None:
+            shown = _show_new(r, shown)
         st = bridge.status()
         say(f"COLO_CHECKPOINTs {st['checkpoints']}, session {st['session']}")
         if r is None or r.exited:

@@ -329,6 +329,8 @@ def make_source_disk(lab: Lab) -> Path:
 # The guest's console (its kernel's ttyS0) in the dom0, where a test's artefacts are taken
 # from (*.log in /tmp): run I's PVM did not answer and nothing said how far it booted.
 GUEST_CONSOLE = "/tmp/guest-console.log"
+# The guest's kernel prints its boot (no `quiet`), from its first lines on (earlyprintk):
+# runs I and K's PVMs never answered under COLO and, quiet, said nothing of how far Linux got.
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
 # or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
 # NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
@@ -341,7 +343,7 @@ SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
-    f'extra = "console=ttyS0 quiet panic=-1 xen_emul_unplug=never '
+    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 panic=-1 xen_emul_unplug=never '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
@@ -378,6 +380,23 @@ def start_service(lab: Lab, x: XenHost) -> float:
     create_service(x)
     lab.wait_http("/health", b"ok\n", timeout=SERVICE_TIMEOUT_S)
     return time.monotonic() - t0
+
+
+# What Xen says over time in a dom0 (watch_xen): its domains with their CPU time, where their
+# vcpus run, and its message ring, which holds only 16 KiB (each read empties it, so the
+# log keeps the whole). A vcpu's CPU time tells a guest that boots slowly (it grows about
+# as fast as the clock) from one that waits for something (it hardly grows).
+XEN_WATCH_LOG = "/tmp/xen-watch.log"
+XEN_DMESG_LOG = "/tmp/xl-dmesg-all.log"
+XEN_WATCH_EVERY_S = 10
+
+
+def watch_xen(x: XenHost) -> None:
+    """Sample `xl list`, `xl vcpu-list` and Xen's ring into XEN_WATCH_LOG and XEN_DMESG_LOG
+    in the dom0 until it goes down."""
+    loop = (f"while :; do date +%T; xl list; xl vcpu-list; xl dmesg -c >> {XEN_DMESG_LOG}; "
+            f"sleep {XEN_WATCH_EVERY_S}; done")
+    start_in_dom0(x, f"sh -c '{loop}'", XEN_WATCH_LOG)
 
 
 def start_in_dom0(x: XenHost, command: str, log: str) -> None:
