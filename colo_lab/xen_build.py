@@ -61,7 +61,10 @@ XEN_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "xen-4.17-stream-short-read.patch",
 ))
 # The device model's COLO fixes, applied on Debian's qemu source (patch -p1).
-DM_PATCHES = (PACKAGE_DIR / "patches" / "qemu-7.2-xen-load-devices-state-yank.patch",)
+DM_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
+    "qemu-7.2-xen-load-devices-state-yank.patch",
+    "qemu-7.2-xen-direct-boot-fw-cfg-dma.patch",
+))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"
 DM_NAME = "xen-qemu-system-i386"

@@ -77,14 +77,21 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
     assert xen_build.dm_key("7.2-19") != before[1]
 
 
+# What a device model patch may touch: QEMU code that only the Xen device model runs (in
+# pc.c, only xen_load_linux(), which its explanation names).
+DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c")
+
+
 def test_patches_touch_only_libxl_or_qemus_xen_path_and_explain_themselves() -> None:
-    where = [(p, "tools/libs/light/") for p in xen_build.XEN_PATCHES]
-    where += [(p, "migration/savevm.c") for p in xen_build.DM_PATCHES]
-    for patch, prefix in where:
+    where = [(p, ("tools/libs/light/",)) for p in xen_build.XEN_PATCHES]
+    where += [(p, DM_PATHS) for p in xen_build.DM_PATCHES]
+    for patch, prefixes in where:
         text = patch.read_text()
         files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
-        assert files and all(f.startswith(prefix) for f in files), files
+        assert files and all(f.startswith(prefixes) for f in files), files
         header = text.split("\n--- a/", 1)[0]
+        if "hw/i386/pc.c" in files:
+            assert "xen_load_linux()" in header, patch.name
         for why in ("Symptom", "Cause", "Fix"):
             assert why in header, (patch.name, why)
 
