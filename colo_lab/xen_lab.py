@@ -47,10 +47,24 @@ from colo_lab.xen_build import XenLab
 QEMU = "qemu-system-x86_64"
 # XEN-NESTED.md: without smap=0 smep=0 the dom0 dies at its first instruction under TCG
 # (#PF in create_bounce_frame). noreboot keeps a crashed Xen's last words on the console.
-XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M smap=0 smep=0 noreboot"
+# console_timestamps=boot: Xen's lines and its guests' (hvmloader's, SeaBIOS's) carry the
+# seconds since Xen started, which date a guest's firmware phases (the dom0's own output
+# has none).
+XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M smap=0 smep=0 noreboot "
+            "console_timestamps=boot")
 # net.ifnames=0: the initrd's udev would rename eth0-2 to enp0s1-3 (seen), and the init
 # and the lab name the NICs by their order on the PCI bus (xlan, xfwd, xctl).
 DOM0_ARGS = "root=/dev/vda rw console=hvc0 net.ifnames=0 init=/sbin/colo-dom0-init"
+# The dom0's programs crash now and then on the nested hosts (docs/xen.md runs L-P: python3,
+# xl, expr, ld.so; a corrupted register or stack word each time, never the kernel). Two
+# suspects were taken away and the crashes stayed: AVX (Debian's QEMU 7.2 is the first whose
+# TCG emulates it; run N's `expr` faulted in glibc's AVX2 strcmp; still crashes without it,
+# run O) and multi-threaded TCG (run P, one thread per host). Both stay off: glibc takes
+# its SSE string functions, which the project's other VMs (QEMU's default CPU model) always
+# used, and one thread per host gave the fastest checkpoints yet (run P: 540-834 ms, 0.9-
+# 1.5 s before) while the two hosts together have no more than the machine's 2 cores.
+HOST_CPU = "max,avx=off,avx2=off"
+HOST_ACCEL = "tcg,thread=single"
 HOST_MEM_MB = 3072
 HOST_CPUS = 2
 READY = "colo-dom0: ready"
@@ -116,7 +130,7 @@ class XenHost:
         # then its initrd (a comma separates modules, so no path may hold one).
         modules = f"{self.build.kernel} {dom0},{self.build.initrd}"
         argv = [
-            need(QEMU), "-accel", "tcg", "-machine", "q35", "-cpu", "max",
+            need(QEMU), "-accel", HOST_ACCEL, "-machine", "q35", "-cpu", HOST_CPU,
             "-smp", str(HOST_CPUS), "-m", str(HOST_MEM_MB), "-name", self.tag,
             "-display", "none", "-nodefaults", "-no-reboot",
             "-kernel", str(self.build.hypervisor), "-append", XEN_ARGS, "-initrd", modules,
@@ -336,11 +350,13 @@ GUEST_CONSOLE = "/tmp/guest-console.log"
 # NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
 # in favour of a PV netfront it does not have here (seen: vif1.0-emu left the bridge and
 # the service was never reached). The VMs' MAC and IP: the client reaches it as the PVM.
-# Its NIC names libxl's userspace COLO proxy (colo_orch/backends/xen/domain.py's keys):
+# No VGA (`vga = "none"`): the guest's console is its serial port, and an emulated card
+# only costs the dom0 (run N: the device model of a domain idling in SeaBIOS used half a
+# dom0 vcpu). Its NIC names libxl's userspace COLO proxy (colo_orch/backends/xen/domain.py's keys):
 # `xl remus -c -p` of it asks the libxl bridge on the dom0's 127.0.0.1:9911; without
 # COLO libxl ignores the keys.
 SERVICE_CFG = (
-    'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\n'
+    'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\nvga = "none"\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
     f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 panic=-1 xen_emul_unplug=never '
@@ -383,7 +399,8 @@ def start_service(lab: Lab, x: XenHost) -> float:
 
 
 # What Xen says over time in a dom0 (watch_xen): its domains with their CPU time, where their
-# vcpus run, and its message ring, which holds only 16 KiB (each read empties it, so the
+# vcpus run, the dom0's busiest processes (run L: both dom0 vcpus ran all the time), and
+# Xen's message ring, which holds only 16 KiB (each read empties it, so the
 # log keeps the whole). A vcpu's CPU time tells a guest that boots slowly (it grows about
 # as fast as the clock) from one that waits for something (it hardly grows).
 XEN_WATCH_LOG = "/tmp/xen-watch.log"
@@ -394,8 +411,8 @@ XEN_WATCH_EVERY_S = 10
 def watch_xen(x: XenHost) -> None:
     """Sample `xl list`, `xl vcpu-list` and Xen's ring into XEN_WATCH_LOG and XEN_DMESG_LOG
     in the dom0 until it goes down."""
-    loop = (f"while :; do date +%T; xl list; xl vcpu-list; xl dmesg -c >> {XEN_DMESG_LOG}; "
-            f"sleep {XEN_WATCH_EVERY_S}; done")
+    loop = (f"while :; do date +%T; xl list; xl vcpu-list; ps -eo time,args --sort=-time "
+            f"| head -n 8; xl dmesg -c >> {XEN_DMESG_LOG}; sleep {XEN_WATCH_EVERY_S}; done")
     start_in_dom0(x, f"sh -c '{loop}'", XEN_WATCH_LOG)
 
 

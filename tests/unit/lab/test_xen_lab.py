@@ -70,7 +70,9 @@ def test_each_nic_has_its_tap_and_a_mac_of_its_own(tmp_path: Path) -> None:
 def test_service_domain_config_is_what_xl_parses() -> None:
     # The config goes to the dom0 as a printf format: its \n are newlines there.
     cfg = xen_lab.SERVICE_CFG.replace("\\n", "\n")
-    assert cfg.count("\n") == 11 and "'" not in cfg  # one line each; safe in '...'
+    assert cfg.count("\n") == 12 and "'" not in cfg  # one line each; safe in '...'
+    # No emulated VGA (the guest's console is its serial port).
+    assert 'vga = "none"' in cfg.splitlines()
     parsed = xlu.parse_config(cfg)
     # The first (only) NIC names the dom0's libxl bridge, as `xl remus -c -p` needs.
     assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,"
