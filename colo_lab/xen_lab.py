@@ -56,15 +56,14 @@ XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M smap=0 smep=0
 # and the lab name the NICs by their order on the PCI bus (xlan, xfwd, xctl).
 DOM0_ARGS = "root=/dev/vda rw console=hvc0 net.ifnames=0 init=/sbin/colo-dom0-init"
 # The dom0's programs crash now and then on the nested hosts (docs/xen.md runs L-P: python3,
-# xl, expr, ld.so; a corrupted register or stack word each time, never the kernel). Two
-# suspects were taken away and the crashes stayed: AVX (Debian's QEMU 7.2 is the first whose
-# TCG emulates it; run N's `expr` faulted in glibc's AVX2 strcmp; still crashes without it,
-# run O) and multi-threaded TCG (run P, one thread per host). Both stay off: glibc takes
-# its SSE string functions, which the project's other VMs (QEMU's default CPU model) always
-# used, and one thread per host gave the fastest checkpoints yet (run P: 540-834 ms, 0.9-
-# 1.5 s before) while the two hosts together have no more than the machine's 2 cores.
+# xl, expr, ld.so; a corrupted register or stack word each time, never the kernel). Taking
+# AVX away did not stop it (Debian's QEMU 7.2 is the first whose TCG emulates AVX; run N's
+# `expr` faulted in glibc's AVX2 strcmp; run O crashed without it), nor did one TCG thread
+# per host (run P; and run Q's PVM then stalled at its sixth checkpoint, so the hosts are
+# back on a thread per vcpu). AVX stays off: glibc then takes the SSE string functions that
+# the project's other VMs (QEMU's default CPU model) have always run.
 HOST_CPU = "max,avx=off,avx2=off"
-HOST_ACCEL = "tcg,thread=single"
+HOST_ACCEL = "tcg"
 HOST_MEM_MB = 3072
 HOST_CPUS = 2
 READY = "colo-dom0: ready"
@@ -343,8 +342,10 @@ def make_source_disk(lab: Lab) -> Path:
 # The guest's console (its kernel's ttyS0) in the dom0, where a test's artefacts are taken
 # from (*.log in /tmp): run I's PVM did not answer and nothing said how far it booted.
 GUEST_CONSOLE = "/tmp/guest-console.log"
-# The guest's kernel prints its boot (no `quiet`), from its first lines on (earlyprintk):
-# runs I and K's PVMs never answered under COLO and, quiet, said nothing of how far Linux got.
+# The guest's kernel prints only its warnings and errors (`quiet`), from its first lines on
+# (earlyprintk). Its whole boot log is too dear under COLO: each byte to the emulated serial
+# port is a round trip through the dom0's device model, and run R's PVM took 3-5 s a line
+# (0.1-0.2 s without COLO, run N). Drop `quiet` to see where a boot stops.
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
 # or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
 # NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
@@ -359,7 +360,7 @@ SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\nvga = "none"\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
-    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 panic=-1 xen_emul_unplug=never '
+    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 quiet panic=-1 xen_emul_unplug=never '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
