@@ -199,7 +199,9 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         # the checkpoints since (wait_resume reports resumes that came together once).
         # The last count only: the whole log (xl -vvv's) lost lines on the way through the
         # console (run H: resumes 6 and 7 of 14).
-        svm = sec.console("grep -o 'SVM resumed ([0-9]*)' /tmp/colo.log | tail -n 1")
+        # -a: xl's log can hold a non-text byte, and grep then only says "binary file
+        # matches" (run S).
+        svm = sec.console("grep -ao 'SVM resumed ([0-9]*)' /tmp/colo.log | tail -n 1")
         resumed = re.search(r"SVM resumed \((\d+)\)", svm)
         assert resumed and int(resumed.group(1)) >= COLO_CHECKPOINTS, svm
         # A divergence fed to the proxy: DO_CHECKPOINT, libxl checkpoints, output released.
@@ -210,7 +212,7 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
         lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
         assert lab.http("/blob/1000") == (200, pattern()[:1000])
         # A count, not the log: it may be long (xl's lines as they come).
-        ended = pri.console("grep -c 'xl remus ended' /tmp/colo.log || true")
+        ended = pri.console("grep -ac 'xl remus ended' /tmp/colo.log || true")
         assert ended.strip().endswith("0"), ended
     finally:
         _show_dom0_logs(lab, build)
@@ -243,7 +245,7 @@ def _show_dom0_logs(lab: Lab, build: XenLab) -> None:
     for x in xen_lab.hosts(lab, build).values():
         try:
             print(f"--- {x.tag}\n" + x.console(
-                "tail -n 60 /tmp/colo.log /tmp/proxy.log 2>/dev/null | grep -v 'control "
+                "tail -n 60 /tmp/colo.log /tmp/proxy.log 2>/dev/null | grep -av 'control "
                 "socket'; xl list || true", timeout=30))
         except LabError as exc:
             print(f"--- {x.tag}: {exc}")
