@@ -348,9 +348,14 @@ GUEST_CONSOLE = "/tmp/guest-console.log"
 # (0.1-0.2 s without COLO, run N). Drop `quiet` to see where a boot stops.
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
 # or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
-# NIC model, and xen_emul_unplug=never: by default the kernel unplugs emulated NICs at boot
-# in favour of a PV netfront it does not have here (seen: vif1.0-emu left the bridge and
-# the service was never reached). The VMs' MAC and IP: the client reaches it as the PVM.
+# NIC model. `nopv`: Linux runs as a plain HVM guest, without Xen's PV interfaces. Once a
+# Linux guest has set its Xen callback, libxl no longer pauses it for a checkpoint but asks
+# it through xenstore to suspend itself (libxl_dom_suspend.c), and the COLO secondary
+# resumes its copy of that suspend as a new domain (xc_domain_resume(fast=0)): run V's SVM
+# then died at once (`BUG: kernel NULL pointer dereference`, panic, reboot) and COLO ended.
+# Without PV, every checkpoint pauses the guest from outside, as QEMU's COLO does, and the
+# kernel never unplugs its emulated NIC (it did by default for a PV netfront, before
+# `xen_emul_unplug=never`). The VMs' MAC and IP: the client reaches it as the PVM.
 # No VGA (`vga = "none"`): the guest's console is its serial port, and an emulated card
 # only costs the dom0 (run N: the device model of a domain idling in SeaBIOS used half a
 # dom0 vcpu). Its NIC names libxl's userspace COLO proxy (colo_orch/backends/xen/domain.py's keys):
@@ -360,7 +365,7 @@ SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\nvga = "none"\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
-    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 quiet panic=-1 xen_emul_unplug=never '
+    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 quiet nopv panic=-1 '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
