@@ -164,7 +164,6 @@ class TapRecorder:
 
     def __init__(self, tap: str) -> None:
         self.tap = tap
-        self.bridge = _master(tap)
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
@@ -213,12 +212,11 @@ class TapRecorder:
             except OSError as exc:
                 self.errors.failed(exc)
                 break
-            stamp = time.time()  # only if the kernel gave none (it does with the option)
-            for level, kind, value in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
-                    sec, nsec = struct.unpack("qq", value[:16])
-                    stamp = sec + nsec / 1e9
-            out.append((stamp, data))
+            stamps = [struct.unpack("qq", value[:16]) for level, kind, value in anc
+                      if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
+                      and len(value) >= 16]
+            # The kernel stamps every frame with the option; the read time only without it.
+            out.append((stamps[0][0] + stamps[0][1] / 1e9 if stamps else time.time(), data))
         if out and self.errors.in_burst:
             self.errors.received()
         return out
@@ -226,11 +224,14 @@ class TapRecorder:
     def send(self, frame: bytes) -> bool:
         """One whole frame into the tap's bridge, which forwards it by its destination
         MAC as if the tap had brought it; False if the kernel refused it (larger than
-        the bridge's MTU: a GSO frame; the link down)."""
-        if not self.bridge:
+        the bridge's MTU: a GSO frame; the link down; the tap in no bridge)."""
+        # Looked up now, not at start: on a host the hypervisor's script puts the tap in
+        # its bridge after the tap appears, which is when the proxy starts.
+        bridge = _master(self.tap)
+        if not bridge:
             return False
         try:
-            self._out.sendto(frame, (self.bridge, 0))
+            self._out.sendto(frame, (bridge, 0))
         except OSError:
             return False
         return True

@@ -79,12 +79,11 @@ class OutputRecord:
         if self.phase is Phase.IDLE:
             return
         self.phase = Phase.RECORDING
-        self.since = resumed_at if resumed_at is not None else float("inf")
-        self.frames = [(t, f) for t, f in self.frames if t >= self.since]
+        self.since = resumed_at if resumed_at is not None else float("-inf")
+        self.frames = ([(t, f) for t, f in self.frames if t >= resumed_at]
+                       if resumed_at is not None else [])
         self.size = sum(len(f) for _, f in self.frames)
         self.overflowed = 0
-        if resumed_at is None:
-            self.since = float("-inf")
 
     def add(self, frames: list[tuple[float, bytes]]) -> None:
         if self.phase is Phase.IDLE:
