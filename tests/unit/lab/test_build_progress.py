@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 from pathlib import Path
 
@@ -90,8 +91,13 @@ def test_a_real_ninja_build_shows_its_progress(tmp_path: Path) -> None:
                err=err)
     lines = err.getvalue().splitlines()
     assert lines[-1].startswith("colo-lab:   [40/40] 100 %"), lines
-    assert [ln.split()[1] for ln in lines] == [f"[{n}/40]" for n in range(2, 41, 2)]
-    assert "[40/40] Touching f" in (tmp_path / "build.log").read_text()
+    # One read of the pipe may hold several of ninja's lines (CI once read [20/40] and
+    # [21/40] with [22/40]), and only the latest is shown: which steps are shown depends
+    # on the scheduler, the rule (every 5 %, so 2 steps, at least apart) does not.
+    done = [int(ln.split()[1][1:].split("/")[0]) for ln in lines]
+    assert all(b - a >= 2 for a, b in itertools.pairwise(done)), lines
+    log = (tmp_path / "build.log").read_text()
+    assert all(f"[{n}/40] Touching f" in log for n in range(1, 41))
 
 
 def test_a_failed_step_raises_with_the_logs_tail(tmp_path: Path) -> None:
