@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"colo-proxy[{args.role}] %(levelname)s %(message)s", stream=sys.stderr)
+    fmt = f"colo-proxy[{args.role}] %(levelname)s %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        # journald stamps each line itself (systemd sets JOURNAL_STREAM when stderr is
+        # the journal); elsewhere, in a log file beside the orchestrator's lines (the
+        # lab's), a line without its time cannot be placed among a checkpoint's events.
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
     if args.verbose:  # only our own debug lines (pyroute2's are per netlink message)
         log.setLevel(logging.DEBUG)
     try:

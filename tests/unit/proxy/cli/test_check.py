@@ -6,6 +6,8 @@ Each bad case is one row: what is written, and the exact line the operator reads
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -246,6 +248,11 @@ def test_a_good_config_gets_a_short_summary(tmp_path: Path,
         "compare timeout 0.25 s, 2 flow pattern(s) passed uncompared\n")
 
 
+# Under systemd, stderr is the journal, which stamps each line: the proxy's lines carry
+# no time of their own (JOURNAL_STREAM is how systemd says so).
+JOURNAL = {**os.environ, "JOURNAL_STREAM": "8:12345"}
+
+
 def test_the_service_commands_exit_2_with_the_same_line(tmp_path: Path) -> None:
     """Through the real entry point in a process of its own: refused before anything is
     touched (this runs without root: reaching the kernel would fail differently)."""
@@ -253,16 +260,30 @@ def test_the_service_commands_exit_2_with_the_same_line(tmp_path: Path) -> None:
     cfg.write_text('[proxi]\nqueue = "0"\n')
     for role in ("primary", "secondary"):
         res = subprocess.run([sys.executable, "-m", "colo_proxy.cli.main", role, "-c", str(cfg)],
-                             capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+                             capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+                             env=JOURNAL)
         assert (res.returncode, res.stdout) == (2, "")
         assert res.stderr == (f"colo-proxy[{role}] ERROR not started: {cfg}: proxi: unknown "
                               "table; did you mean [proxy]?\n")
     res = subprocess.run([sys.executable, "-m", "colo_proxy.cli.main", "primary",
                           "--compare-timeout", "inf"],
-                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+                         env=JOURNAL)
     assert (res.returncode, res.stderr) == (
         2, "colo-proxy[primary] ERROR not started: command line: --compare-timeout: inf is not "
         f"a finite number; {TIMEOUT_FIX}--compare-timeout 1.0\n")
+
+
+def test_lines_outside_the_journal_carry_their_time(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    res = subprocess.run([sys.executable, "-m", "colo_proxy.cli.main", "primary",
+                          "--compare-timeout", "inf"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+                         env=env)
+    assert res.returncode == 2
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} colo-proxy\[primary\] ERROR "
+                        r"not started: command line: --compare-timeout: inf .*\n", res.stderr), \
+        res.stderr
 
 
 def test_replay_checks_its_compare_timeout_as_the_service_does(
