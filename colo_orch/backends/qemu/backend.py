@@ -141,6 +141,7 @@ class QemuBackend(Backend):
         self.checkpoint_sent_at = 0.0
         self.checkpoint_qemu_stopped_at = 0.0
         self._colo_stop_seen = False
+        self._colo_barrier_at: float | None = None  # when the proxy compared, at entry
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
         self.blk = Replication(self.mon, disks, nbd_port, tls=tls)
@@ -294,6 +295,7 @@ class QemuBackend(Backend):
         # migration); that STOP is the barrier between output the SVM's state will cover
         # and output it must reproduce.
         self._colo_stop_seen = False
+        self._colo_barrier_at = None
         try:
             self.events.clear_events()
         except Exception:  # no events monitor yet: nothing to clear
@@ -367,7 +369,7 @@ class QemuBackend(Backend):
             if st == "colo":
                 # The STOP certainly came first; its event may still be on its way.
                 self._watch_colo_stop(1.0)
-                return f"in COLO after {time.monotonic() - start:.2f} s"
+                return f"in COLO after {time.monotonic() - start:.2f} s{self._barrier_note()}"
             if st in ("failed", "cancelled"):
                 raise BackendError(f"COLO migration to {uri} {st}")
             if st == "completed":
@@ -410,7 +412,35 @@ class QemuBackend(Backend):
             if ev.get("event") == "STOP":
                 self._colo_stop_seen = True
                 self.on_checkpoint_stop()
+                self._colo_barrier_at = time.monotonic()
                 return
+
+    def _barrier_note(self) -> str:
+        """How the proxy's switch to comparing (at the STOP, read after the fact) fell
+        against the PVM's RESUME in COLO: output made in between passed uncompared, and
+        the SVM's copy of it then waits in the comparator for nothing (docs/ORCHESTRATOR.md,
+        "The proxy and the secondary"). Measured, not assumed: QEMU stamps its events."""
+        acted = self._colo_barrier_at
+        if acted is None:
+            return ""
+        self._colo_barrier_at = None
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                ev = self.events.pull_event(wait=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                return ""
+            if ev is None:
+                return "; the PVM's RESUME not seen within 1 s"
+            if ev.get("event") == "RESUME":
+                break
+        now = time.monotonic()
+        lead = acted - _monotonic_stamp(ev, now)
+        if lead > 0:
+            log.warning("COLO entry: the PVM resumed %.0f ms before its proxy compared: "
+                        "output in between passed uncompared", 1000 * lead)
+            return f"; the PVM resumed {1000 * lead:.0f} ms before its proxy compared"
+        return f"; the proxy compared {-1000 * lead:.0f} ms before the PVM resumed"
 
     def _cancel_migration(self) -> None:
         try:

@@ -4,6 +4,8 @@ configurable time limit and bandwidth."""
 from __future__ import annotations
 
 import logging
+import re
+import time
 from typing import Any
 
 import pytest
@@ -94,3 +96,45 @@ def test_a_colo_migration_that_ends_completed_restarts_the_vm_and_fails() -> Non
     with pytest.raises(BackendError, match="ended 'completed', not in COLO"):
         b.enter_colo("tcp:10.0.0.2:4444")
     assert mon.names()[-1] == "cont"
+
+
+class _Events(Mon):
+    """QEMU's events at COLO entry, stamped (qapi/qmp-event.c: the wall clock)."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        super().__init__({})
+        self.queue = events
+
+    def pull_event(self, wait: float) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.queue.pop(0) if self.queue else None
+
+
+def _stamped(name: str, wall: float) -> dict[str, Any]:
+    return {"event": name, "timestamp": {"seconds": int(wall),
+                                         "microseconds": round(wall % 1 * 1e6)}}
+
+
+@pytest.mark.parametrize(("resume_in", "said"), [
+    (-2.0, r"the PVM resumed \d+ ms before its proxy compared"),
+    (30.0, r"the proxy compared \d+ ms before the PVM resumed")])
+def test_colo_entry_says_how_the_proxys_switch_fell_against_the_pvms_resume(
+        resume_in: float, said: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The proxy compares from the STOP that the backend reads after the fact; a PVM that
+    # QEMU resumed before that sent output uncompared, and the entry says so.
+    now = time.time()
+    b = _Backend(Mon({"query-migrate": {"status": "colo"}}), None)
+    b.events = _Events([_stamped("STOP", now - 3), _stamped("RESUME", now + resume_in)])  # type: ignore[assignment]
+    stops: list[float] = []
+    b.on_checkpoint_stop = lambda: stops.append(time.monotonic())
+    with caplog.at_level(logging.WARNING, "colo_orch.qemu"):
+        out = b.enter_colo("tcp:10.0.0.2:4444")
+    assert len(stops) == 1
+    assert re.search(said, out), out
+    assert ("output in between passed uncompared" in caplog.text) == (resume_in < 0)
+
+
+def test_colo_entry_without_a_resume_in_sight_says_so() -> None:
+    b = _Backend(Mon({"query-migrate": {"status": "colo"}}), None)
+    b.events = _Events([_stamped("STOP", time.time())])  # type: ignore[assignment]
+    b.on_checkpoint_stop = lambda: None
+    assert "the PVM's RESUME not seen within 1 s" in b.enter_colo("tcp:10.0.0.2:4444")
