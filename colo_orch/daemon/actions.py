@@ -188,6 +188,8 @@ class Actions(ProxySupervision):
         if self._tell_proxy_checkpoints():
             assert self.proxy is not None
             self.proxy.send({"type": "checkpoint_done"})
+        # The decision says only "COLO state reached"; how the entry went is here.
+        log.info("COLO entry: %s", out.lstrip("; "))
         return out
 
     def _warm_up(self, seconds: float, at_stop: Callable[[], None]) -> str:
