@@ -140,6 +140,11 @@ class QemuBackend(Backend):
         self.checkpoint_resumed_at = 0.0
         self.checkpoint_sent_at = 0.0
         self.checkpoint_qemu_stopped_at = 0.0
+        # COLO entry's STOP (below, _colo_stop): told once, by whichever thread sees it.
+        self._colo_stop_lock = threading.Lock()
+        self._colo_stop_armed = False
+        self._colo_stop_done = threading.Event()
+        self._colo_stop_done.set()  # no hook under way
         self._colo_stop_seen = False
         self._colo_barrier_at: float | None = None  # when the proxy compared, at entry
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
@@ -214,6 +219,8 @@ class QemuBackend(Backend):
         if self.disk_events.note(event):
             log.warning("disk error: %s", self.disk_events.last)
         self.blk.note_event(event)
+        if event.get("event") == "STOP" and self._colo_stop_armed:
+            self._colo_stop()
 
     # Actions -----------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
@@ -289,6 +296,10 @@ class QemuBackend(Backend):
             return self._enter_colo(uri)
         finally:
             self._progress = None  # no copy under way, whatever the outcome
+            with self._colo_stop_lock:
+                self._colo_stop_armed = False
+            # A hook still under way in the events thread ends before the caller goes on.
+            self._colo_stop_done.wait(10.0)
 
     def _enter_colo(self, uri: str) -> str:
         # The PVM stops once while COLO starts (explicitly for disks, else to finish the
@@ -300,6 +311,8 @@ class QemuBackend(Backend):
             self.events.clear_events()
         except Exception:  # no events monitor yet: nothing to clear
             pass
+        # Armed after the clearing, which shows the events thread what it drops.
+        self._colo_stop_armed = self.on_checkpoint_stop is not None
         if not self.disks:
             return self._migrate_colo(uri)
         # The secondary's copy is made equal to our disk while the guest runs, then the
@@ -398,8 +411,33 @@ class QemuBackend(Backend):
         self.mon.cmd("cont")
         return str(status.get("status", "stopped"))
 
+    def _colo_stop(self) -> None:
+        """The STOP of COLO entry: the hook (the proxy compares from here) runs once.
+
+        The events thread calls this as the event arrives; the action thread too, from
+        the queue, between its `query-migrate` polls. Those polls alone saw the STOP after
+        the fact, and a `query-migrate` sent during the migration's last pass waits for
+        it: in lab demos the proxy compared 1-142 ms before QEMU resumed the PVM in
+        COLO, so on a busier host the PVM could run first and its output pass
+        uncompared (docs/ORCHESTRATOR.md, "The proxy and the secondary").
+        """
+        with self._colo_stop_lock:
+            if not self._colo_stop_armed:
+                return
+            self._colo_stop_armed = False
+            self._colo_stop_done.clear()
+            hook = self.on_checkpoint_stop
+        try:
+            if hook is not None:
+                hook()
+        finally:
+            self._colo_barrier_at = time.monotonic()
+            self._colo_stop_seen = True
+            self._colo_stop_done.set()
+
     def _watch_colo_stop(self, wait: float) -> None:
         if self._colo_stop_seen or self.on_checkpoint_stop is None:
+            self._colo_stop_done.wait(wait)
             return
         deadline = time.monotonic() + wait
         while True:
@@ -410,9 +448,8 @@ class QemuBackend(Backend):
             if ev is None:
                 return
             if ev.get("event") == "STOP":
-                self._colo_stop_seen = True
-                self.on_checkpoint_stop()
-                self._colo_barrier_at = time.monotonic()
+                self._colo_stop()
+                self._colo_stop_done.wait(max(wait, 1.0))
                 return
 
     def _barrier_note(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from typing import Any
 
@@ -138,3 +139,37 @@ def test_colo_entry_without_a_resume_in_sight_says_so() -> None:
     b.events = _Events([_stamped("STOP", time.time())])  # type: ignore[assignment]
     b.on_checkpoint_stop = lambda: None
     assert "the PVM's RESUME not seen within 1 s" in b.enter_colo("tcp:10.0.0.2:4444")
+
+
+def test_colo_entry_tells_the_stop_as_the_events_thread_reads_it() -> None:
+    # The events thread sees the STOP before any poll of the action thread does (a
+    # query-migrate during the last pass waits for it): the hook runs there, once.
+    now = time.time()
+    told: list[str] = []
+    b: _Backend
+
+    def migrate_status() -> dict[str, Any]:
+        if not told:
+            reader = threading.Thread(target=read, args=(_stamped("STOP", now),),
+                                      name="qmp-events")
+            reader.start()
+            reader.join()
+            assert told == ["qmp-events"]  # before the action thread polled again
+            return {"status": "active"}
+        return {"status": "colo"}
+
+    def read(event: dict[str, Any]) -> None:
+        # As EventReader does: the backend's callback first, then the queue.
+        b._on_event(event)
+        events.queue.append(event)
+        events.queue.append(_stamped("RESUME", now + 30))
+
+    b = _Backend(Mon({"query-migrate": migrate_status}), None)
+    events = _Events([])
+    b.events = events  # type: ignore[assignment]
+    b.on_checkpoint_stop = lambda: told.append(threading.current_thread().name)
+    out = b.enter_colo("tcp:10.0.0.2:4444")
+    assert told == ["qmp-events"]
+    assert "the proxy compared" in out
+    b._on_event(_stamped("STOP", now + 40))  # a checkpoint's STOP, after the entry
+    assert told == ["qmp-events"]
