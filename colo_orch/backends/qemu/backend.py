@@ -147,6 +147,7 @@ class QemuBackend(Backend):
         self._colo_stop_done.set()  # no hook under way
         self._colo_stop_seen = False
         self._colo_barrier_at: float | None = None  # when the proxy compared, at entry
+        self._colo_stop_stamp = 0.0  # QEMU's stamp on that STOP (monotonic)
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
         self.disks = disks
         self.blk = Replication(self.mon, disks, nbd_port, tls=tls)
@@ -220,7 +221,7 @@ class QemuBackend(Backend):
             log.warning("disk error: %s", self.disk_events.last)
         self.blk.note_event(event)
         if event.get("event") == "STOP" and self._colo_stop_armed:
-            self._colo_stop()
+            self._colo_stop(event)
 
     # Actions -----------------------------------------------------------------
     def start_vm(self, incoming_uri: str | None) -> str:
@@ -411,7 +412,7 @@ class QemuBackend(Backend):
         self.mon.cmd("cont")
         return str(status.get("status", "stopped"))
 
-    def _colo_stop(self) -> None:
+    def _colo_stop(self, event: dict[str, Any]) -> None:
         """The STOP of COLO entry: the hook (the proxy compares from here) runs once.
 
         The events thread calls this as the event arrives; the action thread too, from
@@ -427,6 +428,8 @@ class QemuBackend(Backend):
             self._colo_stop_armed = False
             self._colo_stop_done.clear()
             hook = self.on_checkpoint_stop
+        got = time.monotonic()
+        self._colo_stop_stamp = _monotonic_stamp(event, got)
         try:
             if hook is not None:
                 hook()
@@ -448,7 +451,7 @@ class QemuBackend(Backend):
             if ev is None:
                 return
             if ev.get("event") == "STOP":
-                self._colo_stop()
+                self._colo_stop(ev)
                 self._colo_stop_done.wait(max(wait, 1.0))
                 return
 
@@ -472,12 +475,15 @@ class QemuBackend(Backend):
             if ev.get("event") == "RESUME":
                 break
         now = time.monotonic()
-        lead = acted - _monotonic_stamp(ev, now)
+        resumed = _monotonic_stamp(ev, now)
+        lead = acted - resumed
+        took = (f" (QEMU's STOP to RESUME {1000 * (resumed - self._colo_stop_stamp):.0f} ms, "
+                f"to the proxy comparing {1000 * (acted - self._colo_stop_stamp):.0f} ms)")
         if lead > 0:
             log.warning("COLO entry: the PVM resumed %.0f ms before its proxy compared: "
-                        "output in between passed uncompared", 1000 * lead)
-            return f"; the PVM resumed {1000 * lead:.0f} ms before its proxy compared"
-        return f"; the proxy compared {-1000 * lead:.0f} ms before the PVM resumed"
+                        "output in between passed uncompared%s", 1000 * lead, took)
+            return f"; the PVM resumed {1000 * lead:.0f} ms before its proxy compared{took}"
+        return f"; the proxy compared {-1000 * lead:.0f} ms before the PVM resumed{took}"
 
     def _cancel_migration(self) -> None:
         try:
