@@ -78,8 +78,9 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
 
 
 # What a device model patch may touch: QEMU code that only the Xen device model runs (in
-# pc.c, only xen_load_linux(), which its explanation names).
-DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c")
+# pc.c, only xen_load_linux(), in pc_piix.c only the xenfv machine types, which their
+# explanations name).
+DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c", "hw/i386/xen/", "hw/i386/pc_piix.c")
 
 
 def test_patches_touch_only_libxl_or_qemus_xen_path_and_explain_themselves() -> None:
@@ -92,6 +93,12 @@ def test_patches_touch_only_libxl_or_qemus_xen_path_and_explain_themselves() -> 
         header = text.split("\n--- a/", 1)[0]
         if "hw/i386/pc.c" in files:
             assert "xen_load_linux()" in header, patch.name
+        if "hw/i386/pc_piix.c" in files:
+            assert "xenfv" in header, patch.name
+            added = re.findall(r"^\+.*", text.split("+++ b/hw/i386/pc_piix.c", 1)[1], re.M)
+            assert all("xenfv" in ln or "compat" in ln or not ln[1:].strip() or
+                       ln[1:].lstrip().startswith(("/*", "*", "{", "}", "static"))
+                       for ln in added), added
         for why in ("Symptom", "Cause", "Fix"):
             assert why in header, (patch.name, why)
 
