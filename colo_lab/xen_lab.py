@@ -342,10 +342,11 @@ def make_source_disk(lab: Lab) -> Path:
 # The guest's console (its kernel's ttyS0) in the dom0, where a test's artefacts are taken
 # from (*.log in /tmp): run I's PVM did not answer and nothing said how far it booted.
 GUEST_CONSOLE = "/tmp/guest-console.log"
-# The guest's kernel prints only its warnings and errors (`quiet`), from its first lines on
-# (earlyprintk). Its whole boot log is too dear under COLO: each byte to the emulated serial
-# port is a round trip through the dom0's device model, and run R's PVM took 3-5 s a line
-# (0.1-0.2 s without COLO, run N). Drop `quiet` to see where a boot stops.
+# The guest's kernel prints its warnings and worse (`loglevel=5`), from its first lines on
+# (earlyprintk): with `quiet` (errors and worse) run X's SVM rebooted without a word. Its
+# whole boot log is too dear under COLO: each byte to the emulated serial port is a round
+# trip through the dom0's device model, and run R's PVM took 3-5 s a line (0.1-0.2 s without
+# COLO, run N). Drop `loglevel` to see where a boot stops.
 # The lab's guest as an HVM domain with direct kernel boot (XEN-NESTED.md: tsc_mode native
 # or it reboots in a loop on RDTSCP). Its initramfs has virtio drivers only, hence the
 # NIC model. `nopv`: Linux runs as a plain HVM guest, without Xen's PV interfaces. Once a
@@ -365,7 +366,7 @@ SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\nvga = "none"\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
-    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 quiet nopv panic=-1 '
+    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 loglevel=5 nopv panic=-1 '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
