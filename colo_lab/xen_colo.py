@@ -28,6 +28,8 @@ from colo_orch.backends.xen.backend import Supervised, XenBackend
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
 
 T0 = time.monotonic()
+# glibc's malloc checks, loaded only where asked (glibc >= 2.34 moved them out of libc).
+MALLOC_DEBUG = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
 
 
 def say(text: str) -> None:
@@ -116,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(xen_proxy's diverge) and print whether a checkpoint released it")
     p.add_argument("--xl-verbose", action="store_true",
                    help="xl -vvv: libxl's debug log on xl's stderr, printed when xl ends")
+    p.add_argument("--malloc-check", action="store_true",
+                   help="xl under glibc's malloc checks (MALLOC_CHECK_=3): a heap "
+                        "corruption aborts at the free that finds it, not later (run Z)")
     a = p.parse_args(argv)
     xl = ["xl", "-vvv"] if a.xl_verbose else ["xl"]
+    if a.malloc_check:
+        xl = ["env", "MALLOC_CHECK_=3", "MALLOC_PERTURB_=165",
+              f"LD_PRELOAD={MALLOC_DEBUG}", *xl]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.role == "secondary":
