@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -55,14 +56,25 @@ def _show_new(r: Supervised, shown: int) -> int:
     return shown + len(new)
 
 
-def secondary(domain: str, incoming: str, xl: list[str]) -> int:
+def secondary(domain: str, incoming: str, xl: list[str], take_over_file: str = "") -> int:
     b = XenBackend(domain, "/dev/null", xl=xl)
     say(b.start_vm(incoming))
     resumes = shown = 0
+    took_over = False
     while True:
         if b.wait_resume(1.0):
             resumes += 1
             say(f"SVM resumed ({resumes})")
+        # colo-orch's part once its heartbeat has lost the primary: end the stream so that
+        # libxl fails over (a dead host sends no FIN: its stream would hang), then run the
+        # SVM as the primary. Here the test says when, by creating the file.
+        if take_over_file and not took_over and os.path.exists(take_over_file):
+            took_over = True
+            say("taking over: the primary is lost")
+            try:
+                say(f"took over: {b.take_over('secondary')}")
+            except BackendError as exc:
+                say(f"failed: take over: {exc}")
         r = b.receiver
         if r is None:
             continue
@@ -118,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(xen_proxy's diverge) and print whether a checkpoint released it")
     p.add_argument("--xl-verbose", action="store_true",
                    help="xl -vvv: libxl's debug log on xl's stderr, printed when xl ends")
+    p.add_argument("--take-over-file", default="", metavar="PATH",
+                   help="secondary: take over (XenBackend.take_over) once PATH exists, as "
+                        "colo-orch does when its heartbeat loses the primary")
     p.add_argument("--malloc-check", action="store_true",
                    help="xl under glibc's malloc checks (MALLOC_CHECK_=3): a heap "
                         "corruption aborts at the free that finds it, not later (run Z)")
@@ -129,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.role == "secondary":
-        return secondary(a.domain, a.incoming, xl)
+        return secondary(a.domain, a.incoming, xl, a.take_over_file)
     return primary(a.domain, a.config, a.peer, a.control, a.checkpoints, xl, a.diverge)
 
 
