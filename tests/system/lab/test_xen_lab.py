@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,7 @@ import pytest
 from colo_lab import xen_lab
 from colo_lab.errors import LabError
 from colo_lab.guest import cached_guest, ensure_guest, pattern
-from colo_lab.lab import Lab
+from colo_lab.lab import VM_IP, Lab
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import (
     DEBIAN_KEPT,
@@ -145,9 +149,13 @@ CORE_PATTERN = "/tmp/core.%e.%p"
 # A command's prefix (closed by a quote) that lets it and its children (xl, the device
 # models libxl starts) dump cores.
 CORES = "sh -c 'ulimit -c unlimited; exec"
+# Where the failover test tells the secondary's xen_colo that the primary is lost.
+TAKE_OVER = "/tmp/take-over"
 
 
-@pytest.mark.timeout(690)  # one lock hold; the pytest-timeout signal still runs lab.down
+# One lock hold; the pytest-timeout signal runs lab.down unless it comes inside the finally
+# (run AA: 690 s ran out while the dom0s' files were taken, and the lab was left up).
+@pytest.mark.timeout(780)
 def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
     """COLO on real Xen: XenBackend in the secondary dom0 receives (`xl migrate-receive
     --colo --userspace-colo-proxy`), XenBackend in the primary dom0 creates the service
@@ -156,83 +164,191 @@ def test_xl_remus_colo_with_the_backend_in_both_dom0s(build: XenLab) -> None:
     channel, a divergence fed to the proxy checkpoints at once, the client is served."""
     lab = Lab(f"xen{os.getpid() % 10000}")
     try:
-        lab.up(vms=False)
-        xen_lab.up(lab, build, cached_guest() or ensure_guest())
-        hs = xen_lab.hosts(lab, build)
-        pri, sec = hs["primary"], hs["secondary"]
-        # The SVM has the PVM's MAC and address and no secondary proxy steers its output:
-        # keep it off the LAN (the migration runs on the control link).
-        lab.set_uplink("secondary", False)
-        xen_lab.mount_guest(sec)
-        config = xen_lab.write_service_config(pri)
-        xen_lab.start_in_dom0(pri, "python3 -m colo_lab.xen_proxy serve --control "
-                              f"{PROXY_SOCK}", "/tmp/proxy.log")
-        # So that a failure says why: libxl's debug log on the receiver's stderr (xl -vvv),
-        # a core of a crashing xl, the guest's own messages (hvmloader's among them) and
-        # Xen's about it in Xen's log; _collect_dom0_artefacts takes them out.
-        for x in (pri, sec):
-            x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
-        # The guests' own messages (hvmloader's, SeaBIOS's): with Xen's timestamps they say
-        # how far each firmware got and when. They go to the console the harness reads,
-        # into the middle of its commands' output (run H: the PVM's broke a command's
-        # status; the status is now read from the start of its line).
-        for x in (pri, sec):
-            x.console("xl set-parameters guest_loglvl=all || true")
-        for x in (pri, sec):
-            xen_lab.watch_xen(x)
-        # Under glibc's malloc checks: run Z's receiver aborted on a corrupted heap
-        # (`corrupted double-linked list` in a calloc of checkpoint_devices_commit) after
-        # 28 SVM resumes; the checks stop it at the free that finds the damage.
-        xen_lab.start_in_dom0(sec, f"{CORES} python3 -m colo_lab.xen_colo secondary "
-                              "--xl-verbose --malloc-check'", "/tmp/colo.log")
-        xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
-        xen_lab.wait_in_dom0(pri, "/tmp/proxy.log", "stand-in primary proxy on", 120)
-        # Created paused (libxl's COLO takes a domain that has not run), then COLO.
-        # Not xl -vvv here: the primary's xl died in its debug logging (runs P and W: a
-        # segfault in libc's stdio, the dom0 crash of docs/xen.md), which ends COLO; its
-        # log cost the dom0 3 s of CPU every 14 s (run O). libxl's errors come without it.
-        xen_lab.start_in_dom0(pri, f"{CORES} python3 -m colo_lab.xen_colo primary --config "
-                              f"{config} --checkpoints {COLO_CHECKPOINTS} --control "
-                              f"{PROXY_SOCK} --diverge'", "/tmp/colo.log")
-        fails = ("failed:", "xl remus ended", "Traceback")
-        log = xen_lab.wait_in_dom0(pri, "/tmp/colo.log", f"checkpoint {COLO_CHECKPOINTS}:",
-                                   COLO_TIMEOUT_S, fails)
-        assert re.search(r"in COLO after [\d.]+ s", log), log
-        took = [int(t) for t in re.findall(r"checkpoint \d+: took (\d+) ms", log)]
-        assert len(took) == COLO_CHECKPOINTS, log
-        # The secondary saw the SVM resume on xl's back channel at the initial sync and at
-        # the checkpoints since (wait_resume reports resumes that came together once).
-        # The last count only: the whole log (xl -vvv's) lost lines on the way through the
-        # console (run H: resumes 6 and 7 of 14).
-        # -a: xl's log can hold a non-text byte, and grep then only says "binary file
-        # matches" (run S).
-        svm = sec.console("grep -ao 'SVM resumed ([0-9]*)' /tmp/colo.log | tail -n 1")
-        resumed = re.search(r"SVM resumed \((\d+)\)", svm)
-        assert resumed and int(resumed.group(1)) >= COLO_CHECKPOINTS, svm
-        # A divergence fed to the proxy (by xen_colo after its checkpoints): DO_CHECKPOINT,
-        # libxl checkpoints, output released.
-        out = wait_until(functools.partial(_grep, pri, "diverge"), 120,
-                         "the primary's divergence to end")
-        assert "released by checkpoint" in out, out
-        # The PVM, unpaused by libxl after the first checkpoint, serves under COLO.
-        lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
-        assert lab.http("/blob/1000") == (200, pattern()[:1000])
-        # Still in COLO with the guest up: two more of libxl's checkpoints, and libxl never
-        # hung up (run V's PVM served just as its SVM died at a checkpoint and COLO ended).
-        # Counts, not the log: it may be long (xl's lines as they come).
-        done = _count(pri, "COLO_CHECKPOINT from libxl")
-
-        def two_more() -> bool:
-            if _count(pri, "libxl disconnected\\|xl remus ended"):
-                raise AssertionError(_grep(pri, "libxl disconnected\\|xl remus ended\\|error"))
-            return _count(pri, "COLO_CHECKPOINT from libxl") >= done + 2
-
-        wait_until(two_more, 60, "two more COLO checkpoints of the serving PVM", every=5)
+        _colo_serving(lab, build)
     finally:
-        _show_dom0_logs(lab, build)
-        _collect_dom0_artefacts(lab, build)
-        lab.down()
+        try:
+            _show_dom0_logs(lab, build)
+            _collect_dom0_artefacts(lab, build)
+        finally:
+            lab.down()
     assert lab.leftovers() == []
+
+
+# The failover test is the COLO test and then a failover: one lock hold of up to 15 min.
+@pytest.mark.timeout(900)
+def test_xl_remus_colo_fails_over_to_the_svm_when_the_primary_host_dies(build: XenLab) -> None:
+    """The COLO test's pair, serving; a persistent HTTP connection from the client, idle
+    across a whole checkpoint; then the primary Xen host's QEMU is killed (SIGKILL): the
+    secondary's libxl fails over (`COLO Failover`), the SVM serves, and the same
+    connection gets its next answer from it."""
+    lab = Lab(f"xen{os.getpid() % 10000}")
+    conn = None
+    try:
+        pri, sec = _colo_serving(lab, build)
+        conn = _PersistentClient(lab)
+        assert conn.get("/health") == (200, b"ok\n")
+        # The SVM resumes from the PVM's state at each checkpoint: once one has completed
+        # after the exchange, the SVM's TCP state is what the client knows. Without the
+        # real colo-proxy in the dom0 nothing holds the PVM's output until a checkpoint,
+        # so an exchange after the last one would be lost at the failover.
+        done = _count(pri, "COLO_CHECKPOINT from libxl")
+        wait_until(lambda: _count(pri, "COLO_CHECKPOINT from libxl") >= done + 2, 60,
+                   "a whole checkpoint after the client's exchange", every=2)
+        killed = time.monotonic()
+        os.kill(int(pri.pid_path.read_text().strip()), signal.SIGKILL)
+        # colo-orch's heartbeat would say the primary is lost; the test says it (run AB:
+        # without it libxl waited on a stream that a dead host never closes).
+        sec.console(f"touch {TAKE_OVER}")
+        # grep, not the whole log: xl -vvv's is too long for the console (run AB).
+        wait_until(lambda: _count(sec, "took over:\\|failed: take over"), 120,
+                   "the secondary to take over", every=3)
+        took = time.monotonic() - killed
+        said = _grep(sec, "took over:\\|failed: take over\\|COLO Failover\\|receive ended")
+        assert "took over:" in said and "COLO Failover" in said, said
+        # The orchestrator's part at a failover: the new primary's side joins the LAN.
+        lab.set_uplink("secondary", True)
+        assert conn.get("/health") == (200, b"ok\n")
+        served = time.monotonic() - killed
+        assert conn.opened() == 1, "the connection was reopened"
+        assert lab.http("/blob/1000") == (200, pattern()[:1000])
+        print(f"failover: xl said so {took:.1f} s after the kill, the SVM served the "
+              f"persistent connection {served:.1f} s after it")
+        assert "service" in sec.console("xl list")
+    finally:
+        try:
+            if conn is not None:
+                conn.close()
+            _show_dom0_logs(lab, build)
+            _collect_dom0_artefacts(lab, build)
+        finally:
+            lab.down()
+    assert lab.leftovers() == []
+
+
+class _PersistentClient:
+    """One HTTP/1.1 connection from the client namespace, kept open between requests
+    (colo_lab.client's Conn in a child process, one request per line on its stdin)."""
+
+    SCRIPT = (
+        "import json, sys\n"
+        "from colo_lab.client import Conn\n"
+        "c = Conn(sys.argv[1], float(sys.argv[2]))\n"
+        "for line in sys.stdin:\n"
+        "    try:\n"
+        "        st, body = c.request('GET', line.strip())\n"
+        "        out = {'status': st, 'body': body.decode('latin-1')}\n"
+        "    except (OSError, ConnectionError, ValueError) as exc:\n"
+        "        out = {'error': f'{type(exc).__name__}: {exc}'}\n"
+        "        c.close()\n"
+        "    out['opened'] = c.opened\n"
+        "    print(json.dumps(out), flush=True)\n")
+
+    def __init__(self, lab: Lab, timeout: float = 90.0) -> None:
+        self.timeout = timeout
+        self.last: dict[str, object] = {}
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.client_ns, sys.executable, "-c", self.SCRIPT,
+             VM_IP, str(timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def get(self, path: str) -> tuple[int, bytes] | str:
+        """(status, body), or the client's error."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(path + "\n")
+        self.proc.stdin.flush()
+        # The child's own socket timeout bounds this read.
+        self.last = json.loads(self.proc.stdout.readline() or '{"error": "client died"}')
+        if "error" in self.last:
+            return str(self.last["error"])
+        return int(str(self.last["status"])), str(self.last["body"]).encode("latin-1")
+
+    def opened(self) -> int:
+        return int(str(self.last.get("opened", 0)))
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _colo_serving(lab: Lab, build: XenLab) -> tuple[xen_lab.XenHost, xen_lab.XenHost]:
+    """The COLO test's steps: the pair in COLO with the guest booted and serving."""
+    lab.up(vms=False)
+    xen_lab.up(lab, build, cached_guest() or ensure_guest())
+    hs = xen_lab.hosts(lab, build)
+    pri, sec = hs["primary"], hs["secondary"]
+    # The SVM has the PVM's MAC and address and no secondary proxy steers its output:
+    # keep it off the LAN (the migration runs on the control link).
+    lab.set_uplink("secondary", False)
+    xen_lab.mount_guest(sec)
+    config = xen_lab.write_service_config(pri)
+    xen_lab.start_in_dom0(pri, "python3 -m colo_lab.xen_proxy serve --control "
+                          f"{PROXY_SOCK}", "/tmp/proxy.log")
+    # So that a failure says why: libxl's debug log on the receiver's stderr (xl -vvv),
+    # a core of a crashing xl, the guest's own messages (hvmloader's among them) and
+    # Xen's about it in Xen's log; _collect_dom0_artefacts takes them out.
+    for x in (pri, sec):
+        x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
+    # The guests' own messages (hvmloader's, SeaBIOS's): with Xen's timestamps they say
+    # how far each firmware got and when. They go to the console the harness reads,
+    # into the middle of its commands' output (run H: the PVM's broke a command's
+    # status; the status is now read from the start of its line).
+    for x in (pri, sec):
+        x.console("xl set-parameters guest_loglvl=all || true")
+    for x in (pri, sec):
+        xen_lab.watch_xen(x)
+    # Not under glibc's malloc checks (`--malloc-check`): with them run AA's SVM device
+    # model could not load the state libxl wrote for it (docs/xen.md, runs Z and AA).
+    xen_lab.start_in_dom0(sec, f"{CORES} python3 -m colo_lab.xen_colo secondary "
+                          f"--xl-verbose --take-over-file {TAKE_OVER}'", "/tmp/colo.log")
+    xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
+    xen_lab.wait_in_dom0(pri, "/tmp/proxy.log", "stand-in primary proxy on", 120)
+    # Created paused (libxl's COLO takes a domain that has not run), then COLO.
+    # Not xl -vvv here: the primary's xl died in its debug logging (runs P and W: a
+    # segfault in libc's stdio, the dom0 crash of docs/xen.md), which ends COLO; its
+    # log cost the dom0 3 s of CPU every 14 s (run O). libxl's errors come without it.
+    xen_lab.start_in_dom0(pri, f"{CORES} python3 -m colo_lab.xen_colo primary --config "
+                          f"{config} --checkpoints {COLO_CHECKPOINTS} --control "
+                          f"{PROXY_SOCK} --diverge'", "/tmp/colo.log")
+    fails = ("failed:", "xl remus ended", "Traceback")
+    log = xen_lab.wait_in_dom0(pri, "/tmp/colo.log", f"checkpoint {COLO_CHECKPOINTS}:",
+                               COLO_TIMEOUT_S, fails)
+    assert re.search(r"in COLO after [\d.]+ s", log), log
+    took = [int(t) for t in re.findall(r"checkpoint \d+: took (\d+) ms", log)]
+    assert len(took) == COLO_CHECKPOINTS, log
+    # The secondary saw the SVM resume on xl's back channel at the initial sync and at
+    # the checkpoints since (wait_resume reports resumes that came together once).
+    # The last count only: the whole log (xl -vvv's) lost lines on the way through the
+    # console (run H: resumes 6 and 7 of 14).
+    # -a: xl's log can hold a non-text byte, and grep then only says "binary file
+    # matches" (run S).
+    svm = sec.console("grep -ao 'SVM resumed ([0-9]*)' /tmp/colo.log | tail -n 1")
+    resumed = re.search(r"SVM resumed \((\d+)\)", svm)
+    assert resumed and int(resumed.group(1)) >= COLO_CHECKPOINTS, svm
+    # A divergence fed to the proxy (by xen_colo after its checkpoints): DO_CHECKPOINT,
+    # libxl checkpoints, output released.
+    out = wait_until(functools.partial(_grep, pri, "diverge"), 120,
+                     "the primary's divergence to end")
+    assert "released by checkpoint" in out, out
+    # The PVM, unpaused by libxl after the first checkpoint, serves under COLO.
+    lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
+    assert lab.http("/blob/1000") == (200, pattern()[:1000])
+    # Still in COLO with the guest up: two more of libxl's checkpoints, and libxl never
+    # hung up (run V's PVM served just as its SVM died at a checkpoint and COLO ended).
+    # Counts, not the log: it may be long (xl's lines as they come).
+    done = _count(pri, "COLO_CHECKPOINT from libxl")
+
+    def two_more() -> bool:
+        if _count(pri, "libxl disconnected\\|xl remus ended"):
+            raise AssertionError(_grep(pri, "libxl disconnected\\|xl remus ended\\|error"))
+        return _count(pri, "COLO_CHECKPOINT from libxl") >= done + 2
+
+    wait_until(two_more, 60, "two more COLO checkpoints of the serving PVM", every=5)
+    return pri, sec
 
 
 def _count(x: xen_lab.XenHost, text: str, log: str = "/tmp/colo.log") -> int:
@@ -251,6 +367,9 @@ def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
     """The dom0s' logs, their kernels' and Xen's messages and any core dump, as files of
     the lab's run directory (`<tag>-<name>`; COLO_LAB_KEEP_LOGS keeps them)."""
     for x in xen_lab.hosts(lab, build).values():
+        if not x.alive():  # the failover test kills the primary host
+            print(f"--- {x.tag}: its QEMU is not running, nothing to collect")
+            continue
         try:
             x.console("xl dmesg > /tmp/xl-dmesg.log; dmesg > /tmp/dmesg.log; "
                       "for c in /tmp/core.*; do [ -e $c ] && mv $c $c.core; done; true")
@@ -262,16 +381,21 @@ def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
                 names = [n for n in listed if re.fullmatch(r"[\w.+-]+\.(log|core)", n)]
                 for got in x.fetch(where, names, lab.run_dir):
                     got.rename(got.with_name(f"{x.tag}-{got.name}"))
-        except LabError as exc:
+        # OSError: a killed host's console refuses (its QEMU a zombie until the lab is down).
+        except (LabError, OSError) as exc:
             print(f"--- {x.tag}: artefacts not collected: {exc}")
 
 
 def _show_dom0_logs(lab: Lab, build: XenLab) -> None:
     """What the dom0s' programs said (pytest shows it for a failed test)."""
     for x in xen_lab.hosts(lab, build).values():
+        if not x.alive():
+            print(f"--- {x.tag}: its QEMU is not running")
+            continue
         try:
             print(f"--- {x.tag}\n" + x.console(
                 "tail -n 60 /tmp/colo.log /tmp/proxy.log 2>/dev/null | grep -av 'control "
                 "socket'; xl list || true", timeout=30))
-        except LabError as exc:
+        # OSError: a killed host's console refuses (its QEMU a zombie until the lab is down).
+        except (LabError, OSError) as exc:
             print(f"--- {x.tag}: {exc}")
