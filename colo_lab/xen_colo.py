@@ -64,7 +64,8 @@ def secondary(domain: str, incoming: str, xl: list[str], take_over_file: str = "
     while True:
         if b.wait_resume(1.0):
             resumes += 1
-            say(f"SVM resumed ({resumes})")
+            lists, pages = b.svm_dirty()
+            say(f"SVM resumed ({resumes}); the SVM's dirty list {lists}: {pages} pages")
         # colo-orch's part once its heartbeat has lost the primary: end the stream so that
         # libxl fails over (a dead host sends no FIN: its stream would hang), then run the
         # SVM as the primary. Here the test says when, by creating the file.

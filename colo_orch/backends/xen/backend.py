@@ -155,6 +155,7 @@ class XenBackend(Backend):
         # wait_resume has reported.
         self._resumed = threading.Condition()
         self._resumes = 0
+        self._decoder: BackChannelDecoder | None = None
         self._resumes_reported = 0
 
     # xl calls ---------------------------------------------------------------------------
@@ -285,6 +286,7 @@ class XenBackend(Backend):
     def _back_channel(self, out: IO[bytes], conn: socket.socket) -> None:
         """Pass xl's stdout to the primary unchanged, and count the SVM's resumes on it."""
         decoder: BackChannelDecoder | None = BackChannelDecoder()
+        self._decoder = decoder
         # os.read, not out.read: it returns what there is, at once (a record is 16 bytes).
         while data := os.read(out.fileno(), 65536):
             try:
@@ -308,6 +310,12 @@ class XenBackend(Backend):
                     self._resumes += resumed
                     self._resumed.notify_all()
         out.close()
+
+    def svm_dirty(self) -> tuple[int, int]:
+        """(dirty-pfn lists seen on the back channel, pages in the last one): what the
+        SVM's libxc reported dirty at its last suspend."""
+        d = self._decoder
+        return (d.dirty_lists, d.dirty_pfns) if d is not None else (0, 0)
 
     def enter_colo(self, uri: str) -> str:
         if self.bridge is None:

@@ -67,6 +67,11 @@ class BackChannelDecoder:
 
     buf: bytearray = field(default_factory=bytearray)
     banner_seen: bool = False
+    # How many dirty-pfn lists passed, and the pages in the last one: the pages the SVM
+    # dirtied since its previous suspend, which the primary sends back from the PVM (runs
+    # AC and AD: a page the SVM's device model wrote was not restored).
+    dirty_lists: int = 0
+    dirty_pfns: int = 0
 
     def feed(self, data: bytes) -> list[int]:
         self.buf += data
@@ -88,6 +93,8 @@ class BackChannelDecoder:
             if len(self.buf) < size:
                 break
             if pfns:
+                self.dirty_lists += 1
+                self.dirty_pfns = length // PFN_SIZE
                 del self.buf[:size]
                 continue
             (state,) = _ID.unpack_from(self.buf, _HDR.size)

@@ -49,8 +49,10 @@ def test_libxcs_dirty_pfn_lists_between_the_states_are_skipped() -> None:
                   + dirty_pfn_list_record([])) == [*FIRST, CHECKPOINT_SVM_SUSPENDED]
     big = dirty_pfn_list_record(list(range(0, 65536, 3)))
     assert d.feed(big[:5]) == []
+    assert (d.dirty_lists, d.dirty_pfns) == (1, 0)
     assert d.feed(big[5:] + checkpoint_state_record(CHECKPOINT_SVM_READY)) == [
         CHECKPOINT_SVM_READY]
+    assert (d.dirty_lists, d.dirty_pfns) == (2, len(range(0, 65536, 3)))
 
 
 @pytest.mark.parametrize(("data", "what"), [
