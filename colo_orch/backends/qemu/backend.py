@@ -145,7 +145,6 @@ class QemuBackend(Backend):
         self._colo_stop_armed = False
         self._colo_stop_done = threading.Event()
         self._colo_stop_done.set()  # no hook under way
-        self._colo_stop_seen = False
         self._colo_barrier_at: float | None = None  # when the proxy compared, at entry
         self._colo_stop_stamp = 0.0  # QEMU's stamp on that STOP (monotonic)
         # Replicated disks (colo_orch.backends.qemu.blk); the NBD server listens on our migration host.
@@ -306,7 +305,6 @@ class QemuBackend(Backend):
         # The PVM stops once while COLO starts (explicitly for disks, else to finish the
         # migration); that STOP is the barrier between output the SVM's state will cover
         # and output it must reproduce.
-        self._colo_stop_seen = False
         self._colo_barrier_at = None
         try:
             self.events.clear_events()
@@ -435,11 +433,10 @@ class QemuBackend(Backend):
                 hook()
         finally:
             self._colo_barrier_at = time.monotonic()
-            self._colo_stop_seen = True
             self._colo_stop_done.set()
 
     def _watch_colo_stop(self, wait: float) -> None:
-        if self._colo_stop_seen or self.on_checkpoint_stop is None:
+        if not self._colo_stop_armed:  # told already, or nothing to tell
             self._colo_stop_done.wait(wait)
             return
         deadline = time.monotonic() + wait
@@ -456,10 +453,10 @@ class QemuBackend(Backend):
                 return
 
     def _barrier_note(self) -> str:
-        """How the proxy's switch to comparing (at the STOP, read after the fact) fell
-        against the PVM's RESUME in COLO: output made in between passed uncompared, and
-        the SVM's copy of it then waits in the comparator for nothing (docs/ORCHESTRATOR.md,
-        "The proxy and the secondary"). Measured, not assumed: QEMU stamps its events."""
+        """How the proxy's switch to comparing (at the STOP) fell against the PVM's RESUME
+        in COLO: were the RESUME first, output made in between passed uncompared
+        (docs/ORCHESTRATOR.md, "The proxy and the secondary"). Measured from QEMU's
+        stamps on both events."""
         acted = self._colo_barrier_at
         if acted is None:
             return ""
