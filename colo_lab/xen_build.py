@@ -9,15 +9,17 @@ its source package does not build-depend on libnl3, so libxl is built with
    installs into the dom0) configured with Debian's own `./configure` paths, so the new
    library drops into Debian's packaging; only `tools/include`, `tools/libs` and `tools/xl`
    are built, with libnl-3 present so that configure sets CONFIG_LIBNL and libxl compiles
-   `libxl_colo_*.c`. Only `libxenlight.so` differs from Debian's (COLO lives in libxl alone).
-   `patches/xen-4.17-*.patch` fix libxl's COLO where it breaks (each explains itself).
+   `libxl_colo_*.c`. Only `libxenlight.so` (COLO's control lives in libxl) and
+   `libxenguest.so` (libxc's save and restore, patched) differ from Debian's.
+   `patches/xen-4.17-*.patch` fix libxl's and libxc's COLO where they break (each explains
+   itself).
 2. A Xen device model from the same Debian QEMU 7.2 source the lab already builds for TCG,
    with `--enable-xen --enable-replication`, i386-softmmu only, no TCG or KVM (Xen runs
    the guest; the device model only emulates devices). The lab's TCG patch is not applied:
    every hunk of it is about TCG or QEMU's own RAM migration, and under Xen the hypervisor
    and libxc move guest memory, not QEMU.
 3. A dom0 root filesystem: debootstrap of bookworm with Debian's Xen tools, hypervisor and
-   `linux-image-amd64` (the cloud kernel has CONFIG_XEN_DOM0 off), plus the two builds above
+   `linux-image-amd64` (the cloud kernel has CONFIG_XEN_DOM0 off), plus the builds above
    and `xenfs/dom0-init.sh` as init.
 4. The hypervisor, dom0 kernel and initrd taken out of that root filesystem.
 
@@ -54,11 +56,15 @@ MIRROR = os.environ.get("COLO_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 DOM0_INIT = PACKAGE_DIR / "xenfs" / "dom0-init.sh"
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 LIBXL = "libxenlight.so.4.17.0"
+# libxc's save/restore half: its COLO secondary sends the SVM's dirty pages back.
+LIBXENGUEST = "libxenguest.so.4.17.0"
+REBUILT_LIBS = (LIBXL, LIBXENGUEST)
 # libxl's COLO fixes, applied in this order on Debian's xen source (patch -p1).
 XEN_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "xen-4.17-colo-restore-qmp-init.patch",
     "xen-4.17-colo-restore-memory-map.patch",
     "xen-4.17-stream-short-read.patch",
+    "xen-4.17-colo-svm-dirty-bitmap.patch",
 ))
 # The device model's COLO fixes, applied on Debian's qemu source (patch -p1).
 DM_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
@@ -288,7 +294,9 @@ def _build_libxl(xen_version: str, out_dir: Path) -> None:
     b = _Build(out_dir, steps=1)
     _log(f"building libxl with COLO (xen {xen_version}) into {out_dir}; about 2 min, once")
     _log(f"build log: {b.log}")
-    shutil.copy2(_build_tools(b, xen_version), b.staged / LIBXL)
+    libs = _build_tools(b, xen_version)
+    for lib in REBUILT_LIBS:
+        shutil.copy2(libs / lib, b.staged / lib)
     b.finish(f"xen {xen_version}\n" + "".join(f"patch {p.name}\n" for p in XEN_PATCHES))
 
 
@@ -310,9 +318,10 @@ def _build_dom0(xen_version: str, libxl: Path, dm: Path, out_dir: Path) -> None:
     _log(f"building the dom0 ({SUITE}, Xen {xen_version}) into {out_dir}; about 5 min, once")
     _log(f"build log: {b.log}")
     rootfs = _debootstrap(b, xen_version)
-    _install_into(b, rootfs, libxl / LIBXL, dm / DM_NAME)
+    _install_into(b, rootfs, libxl, dm / DM_NAME)
     _image(b, rootfs)
-    shutil.copy2(libxl / LIBXL, b.staged / LIBXL)
+    for lib in REBUILT_LIBS:
+        shutil.copy2(libxl / lib, b.staged / lib)
     shutil.copy2(dm / DM_NAME, b.staged / DM_NAME)
     b.finish(f"binaries {libxl.name} {dm.name}\nsuite {SUITE} {MIRROR}\n")
 
@@ -327,6 +336,8 @@ def _source(b: _Build, package: str, version: str) -> Path:
 
 
 def _build_tools(b: _Build, version: str) -> Path:
+    """Build Xen's tools with libnl-3 and the COLO patches; returns a directory holding
+    REBUILT_LIBS."""
     b.step("xen-tools", f"xen {version} tools with libnl-3 (libxl with COLO)")
     src = _source(b, "xen", version)
     for patch in XEN_PATCHES:
@@ -346,8 +357,9 @@ def _build_tools(b: _Build, version: str) -> Path:
         b.sh(["make", jobs, "-C", d, *TOOLS_MAKE_ARGS], src, 3600)
     lib = src / "tools" / "libs" / "light" / LIBXL
     check_libxl_has_colo(lib)
+    shutil.copy2(src / "tools" / "libs" / "guest" / LIBXENGUEST, lib.parent / LIBXENGUEST)
     b.done()
-    return lib
+    return lib.parent
 
 
 def check_libxl_has_colo(lib: Path) -> None:
@@ -398,22 +410,25 @@ def _debootstrap(b: _Build, xen_version: str) -> Path:
     return rootfs
 
 
-def _install_into(b: _Build, rootfs: Path, libxl: Path, dm: Path) -> None:
-    b.step("dom0-install", "rebuilt libxl and device model into the dom0, its init")
-    target = rootfs / LIBDIR / LIBXL
-    if not target.exists():
-        raise LabError(f"Debian's dom0 has no /{LIBDIR}/{LIBXL} to replace")
+def _install_into(b: _Build, rootfs: Path, libs: Path, dm: Path) -> None:
+    b.step("dom0-install", "rebuilt libxl, libxenguest and device model into the dom0, "
+           "its init")
     # Debian's files are kept, to compare against on a running dom0, out of the library
     # directory: there ldconfig would take a renamed copy (same soname) for a version.
     keep = rootfs / DEBIAN_KEPT
     keep.mkdir(parents=True, exist_ok=True)
-    os.replace(target, keep / LIBXL)
-    shutil.copy2(libxl, target)
+    for lib in REBUILT_LIBS:
+        target = rootfs / LIBDIR / lib
+        if not target.exists():
+            raise LabError(f"Debian's dom0 has no /{LIBDIR}/{lib} to replace")
+        os.replace(target, keep / lib)
+        shutil.copy2(libs / lib, target)
     dm_target = rootfs / DM_PATH
     if dm_target.exists():
         os.replace(dm_target, keep / DM_NAME)
     shutil.copy2(dm, dm_target)
-    missing = out(["chroot", str(rootfs), "ldd", f"/{DM_PATH}", f"/{LIBDIR}/{LIBXL}"])
+    missing = out(["chroot", str(rootfs), "ldd", f"/{DM_PATH}",
+                   *(f"/{LIBDIR}/{lib}" for lib in REBUILT_LIBS)])
     if "not found" in missing:
         raise LabError(f"a rebuilt binary misses a library in the dom0:\n{missing}")
     init = rootfs / "sbin" / "colo-dom0-init"
