@@ -47,6 +47,7 @@ class Actions(ProxySupervision):
     metrics: OrchMetrics
     checkpoints: Counter[str]
     last_checkpoint_at: float
+    colo_entered: bool  # this VM's memory was last made the peer's by a COLO entry
     last_checkpoint_s: float | None
     last_checkpoint_pause_s: float
     last_takeover_s: float | None
@@ -180,7 +181,10 @@ class Actions(ProxySupervision):
         out = self.backend.enter_colo(uri) + proxied
         if warmup:
             out += self._warm_up(warmup, at_stop)
+        # The SVM is in step from here: `coloctl status` dates the pair's last sync from
+        # it until the first checkpoint (a switchover's new primary showed "-").
         self.last_checkpoint_at = time.monotonic()
+        self.colo_entered = True
         # Not sent: the loop resumes it (and checkpoints) while PROTECTED.
         if (self.proxy is not None and self._proxy_mode is not ProxyMode.COMPARE
                 and self.proxy.send({"type": "resume"})):

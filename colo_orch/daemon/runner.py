@@ -121,6 +121,7 @@ class Orchestrator(Actions, Watchers):
         self.last_checkpoint_marks: dict[str, float] = {}
         self._checkpoint_marks: dict[str, float] = {}
         self.last_checkpoint_at = time.monotonic()
+        self.colo_entered = False
         self.degraded_reason = ""
         # The backend's disk replication status, read once per loop cycle.
         self.disk_status: tuple[DiskStatus | None, int] = (None, 0)
@@ -419,7 +420,7 @@ class Orchestrator(Actions, Watchers):
             # An age, not a time: the hosts share no clock.
             "host": self.host_id,
             "checkpoint_age_s": (round(now - self.last_checkpoint_at, 1)
-                                 if self.checkpoints else None),
+                                 if self._synced() else None),
             "disk": self.disk_status[0].state if self.disk_status[0] is not None else "",
             # A switchover is coming: the secondary's proxy records its SVM's output.
             "switchover": (snap.operator == "switchover" and self.role == "primary"
@@ -521,6 +522,10 @@ class Orchestrator(Actions, Watchers):
         with self._lock:
             return self.commands.view(time.monotonic())
 
+    def _synced(self) -> bool:
+        """Whether last_checkpoint_at is a sync: a checkpoint, or our COLO entry."""
+        return bool(self.checkpoints) or self.colo_entered
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             vm = asdict(self._vm)
@@ -550,7 +555,7 @@ class Orchestrator(Actions, Watchers):
             # CLOCK_MONOTONIC seconds, to join the steps with packet captures of this host.
             "last_checkpoint_marks": dict(self.last_checkpoint_marks),
             "last_checkpoint_age_s": (round(time.monotonic() - self.last_checkpoint_at, 3)
-                                      if self.checkpoints else None),
+                                      if self._synced() else None),
             "degraded_reason": self.degraded_reason,
             "disk": self._disk_view(),
             "fenced": self._fenced,

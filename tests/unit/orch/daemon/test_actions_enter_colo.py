@@ -101,6 +101,7 @@ def test_a_proxy_that_starts_holding_passes_output_until_colo_stops_the_pvm(
     assert proxy.sent[2] == ("resume", home)
     assert machine.mode is home
     assert a._proxy_mode is ProxyMode.COMPARE
+    assert a.colo_entered  # `coloctl status` dates the last sync from here
 
 
 def test_a_fenced_primary_keeps_its_output_held_through_colo_entry() -> None:

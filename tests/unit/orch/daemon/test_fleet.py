@@ -60,6 +60,10 @@ def test_the_record_of_an_orchestrators_status(tmp_path: Path) -> None:
                                                                  "STOPPED")
     assert first.checkpoint_age_s is None and first.heartbeat_age_s is None
     assert first.proxy is None and first.lease_holder is None
+    # A COLO entry with no checkpoint since (a switchover's new primary) dates the sync.
+    orch.colo_entered = True
+    orch.last_checkpoint_at = time.monotonic() - 3.0
+    assert 3.0 <= record().checkpoint_age_s < 4.0
     orch.checkpoints["timer"] += 1
     orch.last_checkpoint_at = time.monotonic() - 5.0
     assert 5.0 <= record().checkpoint_age_s < 6.0
