@@ -28,6 +28,7 @@ from colo_lab.xen_build import (
     DEBIAN_KEPT,
     DM_PATH,
     LIBDIR,
+    LIBXENGUEST,
     LIBXL,
     XenLab,
     cached_xen,
@@ -60,6 +61,16 @@ def test_libxl_in_the_dom0_is_built_with_colo(build: XenLab) -> None:
     assert _image_file(build.rootfs, f"{LIBDIR}/{LIBXL}") == build.libxl.read_bytes()
     debian = _image_file(build.rootfs, f"{DEBIAN_KEPT}/{LIBXL}")
     assert b"COLO is not supported" in debian
+
+
+def test_libxenguest_in_the_dom0_sends_the_svms_dirty_pages(build: XenLab) -> None:
+    # xen-4.17-colo-svm-dirty-bitmap.patch's message: the dom0 runs the patched libxc,
+    # without which the SVM's dirty-pfn lists are empty (docs/xen.md, run AE).
+    ours = _image_file(build.rootfs, f"{LIBDIR}/{LIBXENGUEST}")
+    assert b"COLO: dirty bitmap sized for" in ours
+    assert ours == (build.dir / LIBXENGUEST).read_bytes()
+    assert b"COLO: dirty bitmap sized for" not in _image_file(
+        build.rootfs, f"{DEBIAN_KEPT}/{LIBXENGUEST}")
 
 
 def test_device_model_has_the_replication_driver(build: XenLab) -> None:
