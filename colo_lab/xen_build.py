@@ -294,9 +294,8 @@ def _build_libxl(xen_version: str, out_dir: Path) -> None:
     b = _Build(out_dir, steps=1)
     _log(f"building libxl with COLO (xen {xen_version}) into {out_dir}; about 2 min, once")
     _log(f"build log: {b.log}")
-    libs = _build_tools(b, xen_version)
-    for lib in REBUILT_LIBS:
-        shutil.copy2(libs / lib, b.staged / lib)
+    for lib, built in _build_tools(b, xen_version).items():
+        shutil.copy2(built, b.staged / lib)
     b.finish(f"xen {xen_version}\n" + "".join(f"patch {p.name}\n" for p in XEN_PATCHES))
 
 
@@ -335,9 +334,9 @@ def _source(b: _Build, package: str, version: str) -> Path:
     return src
 
 
-def _build_tools(b: _Build, version: str) -> Path:
-    """Build Xen's tools with libnl-3 and the COLO patches; returns a directory holding
-    REBUILT_LIBS."""
+def _build_tools(b: _Build, version: str) -> dict[str, Path]:
+    """Build Xen's tools with libnl-3 and the COLO patches; returns where each of
+    REBUILT_LIBS was built."""
     b.step("xen-tools", f"xen {version} tools with libnl-3 (libxl with COLO)")
     src = _source(b, "xen", version)
     for patch in XEN_PATCHES:
@@ -355,11 +354,11 @@ def _build_tools(b: _Build, version: str) -> Path:
     jobs = f"-j{os.cpu_count() or 1}"
     for d in TOOLS_DIRS:
         b.sh(["make", jobs, "-C", d, *TOOLS_MAKE_ARGS], src, 3600)
-    lib = src / "tools" / "libs" / "light" / LIBXL
-    check_libxl_has_colo(lib)
-    shutil.copy2(src / "tools" / "libs" / "guest" / LIBXENGUEST, lib.parent / LIBXENGUEST)
+    libs = src / "tools" / "libs"
+    built = {LIBXL: libs / "light" / LIBXL, LIBXENGUEST: libs / "guest" / LIBXENGUEST}
+    check_libxl_has_colo(built[LIBXL])
     b.done()
-    return lib.parent
+    return built
 
 
 def check_libxl_has_colo(lib: Path) -> None:
