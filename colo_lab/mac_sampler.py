@@ -33,11 +33,28 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # linux/if_packet.h: a frame the bridge sends out of this port
 
 
-def _open(port: str) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    s.bind((port, 0))
+def _unbound() -> socket.socket:
+    # Protocol 0: the socket takes no frames until bind names its port. Made with
+    # ETH_P_ALL, it took every frame of the namespace until then, and a PVM frame on
+    # p-pri read by p-sec's socket was a "two-serving" violation in the chaos campaign's
+    # first interval (CI of 00767e7, t=6.88 s, just after PROTECTED, before any fault).
+    return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+
+
+def _bind(s: socket.socket, port: str) -> socket.socket:
+    s.bind((port, ETH_P_ALL))  # Python puts the protocol in network order itself
     s.setblocking(False)
     return s
+
+
+def _open(port: str) -> socket.socket:
+    return _bind(_unbound(), port)
+
+
+def counts_for(port: str, addr: tuple[Any, ...], data: bytes, mac: bytes) -> bool:
+    """A frame read on `port`'s socket that the port received from its host and that
+    comes from `mac`: not one the LAN bridge sent out of it, nor another port's."""
+    return addr[0] == port and addr[2] != PACKET_OUTGOING and data[6:12] == mac
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                         data, addr = socks[port].recvfrom(65536)
                     except BlockingIOError:
                         break
-                    if addr[2] != PACKET_OUTGOING and data[6:12] == mac:
+                    if counts_for(port, addr, data, mac):
                         counts[port] = counts.get(port, 0) + 1
         if counts:
             print(json.dumps({"t": round(end - start, 3), "n": counts}), flush=True)
