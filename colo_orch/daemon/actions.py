@@ -52,6 +52,7 @@ class Actions(ProxySupervision):
     last_checkpoint_pause_s: float
     last_takeover_s: float | None
     _executor: ThreadPoolExecutor
+    _fence_hooks: ThreadPoolExecutor  # on_fence/on_unfence, in order (_set_fence)
     _wake: threading.Event  # wakes the loop before its next tick
     _checkpoint_marks: dict[str, float]  # set by the loop with each Checkpoint it decides
     last_checkpoint_steps: dict[str, float]
@@ -66,13 +67,15 @@ class Actions(ProxySupervision):
         """Hold (or release) every output packet of our VM: from the loop, at once.
 
         The proxy is told first and again at each cycle until it acknowledges (it may be
-        restarting); the hook runs on a thread of its own, so a slow one never delays the
-        loop's heartbeats."""
+        restarting); the hook runs off the loop, so a slow one never delays the loop's
+        heartbeats, but on one worker, in the order decided: with a thread per hook, a
+        fence and the unfence just after it (HOLDING, then ALONE, at a primary's start)
+        could run in the other order and leave a primary serving with its uplink down."""
         self._fenced, self._fence_told = on, False
         self._tell_fence()
         name, argv = ("on_fence", self.cfg.on_fence) if on else ("on_unfence", self.cfg.on_unfence)
         if argv:
-            threading.Thread(target=self._hook, args=(name, argv), name=name, daemon=True).start()
+            self._fence_hooks.submit(self._hook, name, argv)
         log.warning("%s our VM's output", "fenced" if on else "unfenced")
 
     def _tell_fence(self) -> None:

@@ -85,6 +85,8 @@ class Orchestrator(Actions, Watchers):
         self.role = cfg.role
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="action")
+        # The fence hooks, one at a time in the order decided (actions._set_fence).
+        self._fence_hooks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fence-hook")
         self._future: Future[str] | None = None
         self._action_name = ""
         self._finished: ActionResult | None = None
@@ -246,6 +248,7 @@ class Orchestrator(Actions, Watchers):
             if self.proxy is not None:
                 self.proxy.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._fence_hooks.shutdown(wait=False)
             self.backend.close()
             self._stop_proxy()
 

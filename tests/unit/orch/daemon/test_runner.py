@@ -324,3 +324,29 @@ def test_only_a_peer_that_fenced_wakes_the_loop_at_once(tmp_path: Path) -> None:
     assert not orch._wake.is_set()
     orch._on_peer_state({"state": int(State.FENCED)})
     assert orch._wake.is_set()
+
+
+def test_fence_hooks_run_in_the_order_decided(tmp_path: Path) -> None:
+    """A slow on_fence then an on_unfence at once (HOLDING, then ALONE): the unfence's
+    hook runs after the fence's, so the uplink ends up, as decided. With a thread per
+    hook the quick unfence ran first and the slow fence took the uplink down after it."""
+    out = tmp_path / "hooks"
+    cfg = Config(name="web", role="primary", qmp="/q", qmp_events="/e",
+                 heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
+                 incoming_uri="tcp:10.99.1.1:4444", peer_incoming_uri="tcp:10.99.1.2:4444",
+                 arbiter_path=str(tmp_path / "lease"),
+                 # The fence's hook is slow (a stand-in for a loaded host's `ip link`).
+                 on_fence=["sh", "-c", f"sleep 0.3; echo down >> {out}"],
+                 on_unfence=["sh", "-c", f"echo up >> {out}"])
+    orch = Orchestrator(cfg, backend=None, arbiter=LocalLeaseArbiter(cfg.arbiter_path, "a", 3.0),  # type: ignore[arg-type]
+                        heartbeat=_Heartbeat({}), proxy=None, host_id="a")
+    from colo_lab.wait import wait_until
+
+    orch._set_fence(True)
+    orch._set_fence(False)
+    wait_until(lambda: len(_lines(out)) >= 2, 10, "both hooks to run", every=0.02)
+    assert _lines(out) == ["down", "up"]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
