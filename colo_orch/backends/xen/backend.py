@@ -55,6 +55,11 @@ from colo_orch.backends.xen.tls import relay, server_context
 from colo_orch.core.decide import VmObs
 
 log = logging.getLogger("colo_orch.xen")
+# `xl create` of an HVM domain starts its device model and waits for it: 8.7 s by hand on
+# the nested lab's idle dom0, more than 60 s with colo-orch starting beside it (its first
+# run there: the create killed at 60 s, the domain then unpaused to serve alone and never
+# protectable). A bound on a hung xl only, so a generous one.
+CREATE_TIMEOUT_S = 300.0
 
 # Outcomes of a supervised xl process, recognised from its stderr.
 SECONDARY_LOST = "secondary_lost"
@@ -237,11 +242,13 @@ class XenBackend(Backend):
     def start_vm(self, incoming_uri: str | None) -> str:
         if incoming_uri is None:
             paused = ["-p"] if self.create_paused else []
-            out = self._run("create", *paused, self.config_path, timeout=60)
+            began = time.monotonic()
+            out = self._run("create", *paused, self.config_path, timeout=CREATE_TIMEOUT_S)
             if out.returncode != 0:
                 raise BackendError(f"xl create failed: {out.stderr.strip()[-300:]}")
             self._created_paused, self._ran = self.create_paused, not self.create_paused
-            return f"domain {self.domain} created" + (" paused" if self.create_paused else "")
+            return (f"domain {self.domain} created" + (" paused" if self.create_paused else "")
+                    + f" in {time.monotonic() - began:.1f} s")
         addr, port = _tcp(incoming_uri)
         self._close_receiver()
         try:
@@ -445,8 +452,18 @@ class XenBackend(Backend):
 
     def _close_receiver(self) -> None:
         for s in (self._listener, self._conn):
-            if s is not None:
-                s.close()
+            if s is None:
+                continue
+            # A listener whose accept() blocks in the receiver thread stays bound (LISTEN)
+            # after close() until that accept returns, which close() alone never makes it
+            # do: the next start_vm then failed with "Address already in use" at every
+            # retry (nested Xen lab, a secondary whose peer had gone alone). shutdown()
+            # ends the accept (EINVAL), and the port is free again.
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected: nothing to end
+            s.close()
         self._listener = self._conn = None
 
     def close(self) -> None:

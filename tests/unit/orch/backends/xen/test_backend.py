@@ -4,6 +4,7 @@ the real libxl bridge (the stand-in's libxl side is the simulation)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -137,7 +138,7 @@ def test_without_create_paused_the_domain_runs_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
     monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
     b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL, bridge=bridge)
-    assert b.start_vm(None) == "domain web created"
+    assert re.fullmatch(r"domain web created in [\d.]+ s", b.start_vm(None))
     assert "-p" not in (tmp_path / "create-args").read_text().split("\n")
     obs = b.observe()
     assert (obs.running, obs.never_ran) == (True, False)
@@ -190,6 +191,26 @@ def secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    "xl migrate-receive to become ready", every=0.02)
         yield b, primary
         primary.close()
+    finally:
+        b.stop_vm()
+
+
+def test_a_secondary_started_again_gets_its_port_while_the_first_waits_for_xl_remus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiver thread blocks in accept(); a second start_vm (the orchestrator's retry)
+    must find the port free (nested Xen lab: "Address already in use" at every retry)."""
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        for _ in range(3):
+            assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
+        # The last one takes the stream.
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            wait_until(lambda: b.receiver is not None and READY in b.receiver.marks, 10,
+                       "xl migrate-receive to become ready", every=0.02)
     finally:
         b.stop_vm()
 
