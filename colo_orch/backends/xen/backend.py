@@ -209,7 +209,12 @@ class XenBackend(Backend):
                          migration="colo" if alive else "none",
                          colo_mode="secondary" if alive else "none")
         if row is None:
-            if self.receiver is not None and not self.receiver.exited:
+            # A secondary waiting for xl remus: its listener is open, and once the primary
+            # connects, xl migrate-receive runs. Both are QEMU's "inmigrate". Only the second
+            # counted at first: colo-orch's secondary in the nested Xen lab found its VM
+            # "gone" 0.3 s into WAITING, fenced itself, and never let the primary in.
+            waiting = self.receiver is None and self._listener is not None
+            if waiting or (self.receiver is not None and not self.receiver.exited):
                 return VmObs(reachable=True, status="inmigrate")
             return VmObs(reachable=False)
         st, cpu = row

@@ -207,6 +207,9 @@ def test_a_secondary_started_again_gets_its_port_while_the_first_waits_for_xl_re
     try:
         for _ in range(3):
             assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
+            # Waiting, before any connection, the VM is there to the orchestrator.
+            obs = b.observe()
+            assert obs.reachable and obs.status == "inmigrate", obs
         # The last one takes the stream.
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             wait_until(lambda: b.receiver is not None and READY in b.receiver.marks, 10,
