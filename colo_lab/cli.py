@@ -28,6 +28,7 @@ examples:
   colo-lab up --qemu-compare      protected by QEMU's own colo-compare and filters instead
                                   (no orchestrators; the anchor colo-proxy is measured against)
   colo-lab up --no-vms            the network and the 3-member etcd cluster only
+  colo-lab up --xen --protected   two nested Xen hosts, colo-orch in both dom0s: PROTECTED
   colo-lab status                 hosts, links, orchestrator states, etcd members
   colo-lab status --json          the same, machine-readable
   ip netns exec colo-lab-client curl http://10.99.0.10/health   reach the service
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--xen", action="store_true",
                     help="two nested Xen hosts (QEMU TCG guests running Xen 4.17 and a dom0) "
                     "instead of the two VMs, the lab's guest as an HVM domain on the "
-                    "primary; returns when it answers (docs/xen.md)")
+                    "primary; returns when it answers (docs/xen.md). With --protected "
+                    "colo-orch runs in both dom0s and protects it (xl remus -c)")
     down = sub.add_parser("down", help="remove all namespaces, processes and files of a lab")
     st = sub.add_parser("status", help="show what is running")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -332,11 +334,12 @@ def _up(lab: Lab, args: argparse.Namespace) -> int:
 
 
 def _up_xen(lab: Lab, args: argparse.Namespace) -> int:
-    if (args.protected or args.proxy or args.remus or args.qemu_compare or args.disk
-            or args.no_vms or args.secondary):
-        raise LabError("--xen starts the two Xen hosts only (protection on Xen is not "
-                       "wired yet: docs/xen.md)", "leave out the other options")
-    from colo_lab import xen_lab
+    if (args.proxy or args.remus or args.qemu_compare or args.disk or args.no_vms
+            or args.secondary):
+        raise LabError("--xen takes --protected only (no colo-proxy, disk or other "
+                       "secondary in the dom0s yet: docs/xen.md)",
+                       "leave out the other options")
+    from colo_lab import etcd_net, xen_lab, xen_orch
     from colo_lab.xen_build import cached_xen, ensure_xen
 
     # As for the VMs' QEMU: the newest cached build starts a lab at once; `build --xen`
@@ -350,23 +353,39 @@ def _up_xen(lab: Lab, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     lab.up(vms=False)
     try:
-        took = xen_lab.up(lab, build, guest)
-        service_s = xen_lab.start_service(lab, xen_lab.hosts(lab, build)["primary"])
+        took = xen_lab.up(lab, build, guest, source_extra=lambda root: xen_orch.write_configs(
+            root, etcd_net.endpoints(lab)))
+        xs = xen_lab.hosts(lab, build)
+        if args.protected:
+            _say("starting colo-orch in both dom0s; the initial sync takes 1-2 min")
+            protected_s = xen_orch.protect(xs)
+            _say(f"both orchestrators PROTECTED {protected_s:.0f} s after they started; "
+                 "waiting for the guest to boot under COLO")
+            t1 = time.monotonic()
+            lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
+            service_s = time.monotonic() - t1
+            how = f"{service_s:.0f} s after its COLO pair was PROTECTED"
+        else:
+            service_s = xen_lab.start_service(lab, xs["primary"])
+            how = f"{service_s:.0f} s after `xl create`"
     except BaseException:
-        _say(f"the Xen hosts did not come up; logs in {lab.run_dir} (xen-*-serial.log); "
+        _say(f"the Xen hosts did not come up; logs in {lab.run_dir} (xen-*-serial.log"
+             f"{', and /tmp/orch.log in each dom0' if args.protected else ''}); "
              f"'colo-lab down --name {lab.name}' removes the lab")
         raise
     _say(f"lab '{lab.name}' is up in {time.monotonic() - t0:.1f} s: "
          + ", ".join(f"{role} dom0 ready {s:.0f} s after its QEMU started"
                      for role, s in took.items())
-         + f"; the lab's guest answers from the primary's HVM domain {service_s:.0f} s "
-         "after `xl create`")
+         + f"; the lab's guest answers from the primary's HVM domain, {how}")
     print(f"  service:   ip netns exec {lab.client_ns} curl http://{VM_IP}/health "
           "(an HVM domain 'service' on the primary's Xen)")
-    for role, x in xen_lab.hosts(lab, build).items():
+    for role, x in xs.items():
         print(f"  {role + ':':<10} dom0 {xen_lab.DOM0_LAN_IP[role]} (LAN), "
               f"{xen_lab.DOM0_CTL_IP[role]} (control); console: socat - UNIX:{x.console_path}"
               f"; log {x.serial_path}")
+        if args.protected:
+            print(f"  {'':<10} colo-orch: ip netns exec {x.ns} curl "
+                  f"{xen_orch.state_url(role)}; its log /tmp/orch.log in the dom0")
     print(f"  remove:    colo-lab down --name {lab.name}")
     return 0
 

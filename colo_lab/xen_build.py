@@ -108,13 +108,14 @@ DM_CONFIGURE = (
 # that the rebuilt libxl links, and python3 (bookworm's 3.11, the project's minimum) for
 # the project's own code in the dom0: the libxl bridge imports the standard library only,
 # the proxy's service core (colo_lab.xen_proxy) also prometheus_client (its metrics
-# module). The project's source is not in the image but on a disk made per `up`
+# module), and colo-orch its etcd client (etcd3gw, Debian's python3-etcd3gw, with
+# requests). The project's source is not in the image but on a disk made per `up`
 # (colo_lab.xen_lab.make_source_disk).
 DOM0_PACKAGES = (
     "xen-utils-4.17", "xen-hypervisor-4.17-amd64", "xenstore-utils", "qemu-system-xen",
     "linux-image-amd64", "libnl-3-200", "libnl-route-3-200", "busybox", "iproute2",
     "procps", "kmod", "udev", "bridge-utils", "python3",
-    "python3-prometheus-client",
+    "python3-prometheus-client", "python3-etcd3gw",
 )
 DOM0_IMAGE_SIZE = "3G"
 

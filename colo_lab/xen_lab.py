@@ -32,10 +32,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from colo_lab import netns
+from colo_lab import etcd_net, netns
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
 from colo_lab.guest import Guest
@@ -97,6 +98,9 @@ class XenHost:
     guest_disk: Path | None = None
     # A read-only ext4 image labelled colo-src with the project's packages (/opt/colo).
     source_disk: Path | None = None
+    # The host namespace's address on the control bridge: the dom0's router to the lab's
+    # etcd cluster (wire), as a host's own network would route to its arbiter.
+    gateway: str = ""
 
     @property
     def tag(self) -> str:
@@ -129,6 +133,8 @@ class XenHost:
         dom0 = (f"{DOM0_ARGS} colo.name={self.tag} "
                 f"colo.ip={DOM0_LAN_IP[self.role]}/{LAN_PLEN} "
                 f"colo.ip.eth2={DOM0_CTL_IP[self.role]}/24")
+        if self.gateway:
+            dom0 += f" colo.route={etcd_net.SUBNET}.0/24:{self.gateway}"
         # -initrd is Xen's multiboot module list: the dom0 kernel with its command line,
         # then its initrd (a comma separates modules, so no path may hold one).
         modules = f"{self.build.kernel} {dom0},{self.build.initrd}"
@@ -295,7 +301,7 @@ def _tail(path: Path) -> str:
 def hosts(lab: Lab, build: XenLab) -> dict[str, XenHost]:
     disk, src = guest_disk_path(lab), source_disk_path(lab)
     return {role: XenHost(role, h.ns, lab.run_dir, build, disk if disk.exists() else None,
-                          src if src.exists() else None)
+                          src if src.exists() else None, h.ctl_ip)
             for role, h in lab.hosts.items()}
 
 
@@ -322,9 +328,10 @@ SOURCE_PACKAGES = ("colo_lab", "colo_orch", "colo_proxy")
 SOURCE_SUFFIXES = (".py", ".c", ".h", ".sh")
 
 
-def make_source_disk(lab: Lab) -> Path:
+def make_source_disk(lab: Lab, extra: Callable[[Path], None] | None = None) -> Path:
     """The project's packages on a small read-only ext4 image labelled colo-src (the
-    dom0's init mounts it on /opt/colo), with a digest of them in its SOURCE file."""
+    dom0's init mounts it on /opt/colo), with a digest of them in its SOURCE file;
+    `extra(root)` adds files of its own to the tree (colo_lab.xen_orch's configs)."""
     root = PACKAGE_DIR.parent
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory() as tmp:
@@ -338,6 +345,8 @@ def make_source_disk(lab: Lab) -> Path:
                 (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
                 (Path(tmp) / rel).write_bytes(data)
         (Path(tmp) / "SOURCE").write_text(digest.hexdigest()[:16] + "\n")
+        if extra is not None:
+            extra(Path(tmp))
         run(["mkfs.ext4", "-q", "-F", "-L", "colo-src", "-d", tmp,
              str(source_disk_path(lab)), "32M"])
     return source_disk_path(lab)
@@ -459,20 +468,28 @@ def wire(lab: Lab) -> None:
         netns.bridge(h.ns, "brfwd", ["fwd0", "xfwd"])
         netns.bridge(h.ns, "brctl", ["ctl0", "xctl"])
         netns.ip(h.ns, "addr", "add", f"{h.ctl_ip}/24", "dev", "brctl")
+        # The dom0's colo-orch reaches the lab's etcd cluster through its host's own link
+        # to it (etcd0), masqueraded: the members route only their own network.
+        netns.sysctl(h.ns, "net.ipv4.ip_forward", "1")
+        netns.sh(h.ns, ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s",
+                        f"{DOM0_CTL_IP[h.role]}/32", "-o", etcd_net.HOST_LINK, "-j",
+                        "MASQUERADE"])
     # The lab starts the secondary's uplink down for a protected pair; both dom0s need it.
     lab.set_uplink("secondary", True)
 
 
-def up(lab: Lab, build: XenLab, guest: Guest | None = None) -> dict[str, float]:
+def up(lab: Lab, build: XenLab, guest: Guest | None = None,
+       source_extra: Callable[[Path], None] | None = None) -> dict[str, float]:
     """Start both hosts on a lab whose network is up; wait until both dom0s answer
-    `xl info`. With a guest, both dom0s can mount it (start_service). Returns the seconds
-    each host took from QEMU's start."""
+    `xl info`. With a guest, both dom0s can mount it (start_service); `source_extra` adds
+    files to the source disk (make_source_disk). Returns the seconds each host took from
+    QEMU's start."""
     need(QEMU)
     need("qemu-img")
     wire(lab)
     if guest is not None:
         make_guest_disk(lab, guest)
-    make_source_disk(lab)
+    make_source_disk(lab, source_extra)
     xs = hosts(lab, build)
     t0 = time.monotonic()
     for x in xs.values():

@@ -4,10 +4,10 @@
 # xen init script (xenstored, xenconsoled), a bridge for guests; then a root shell on
 # the console. Kernel command line: colo.name=NAME; colo.ip=ADDR/PLEN on xenbr0, the
 # guests' bridge, which holds eth0; colo.ip.IF=ADDR/PLEN for another NIC (all NICs are
-# up, with or without an address). It prints "colo-dom0: ready" once `xl info` answers;
-# the lab waits on that line. The project's source, when the lab attached it (an ext4
-# disk labelled colo-src, made per `up`), is mounted read-only on /opt/colo and is on
-# the shell's PYTHONPATH.
+# up, with or without an address); colo.route=NET:GW a route. It prints
+# "colo-dom0: ready" once `xl info` answers; the lab waits on that line. The project's
+# source, when the lab attached it (an ext4 disk labelled colo-src, made per `up`), is
+# mounted read-only on /opt/colo and is on the shell's PYTHONPATH.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -46,6 +46,15 @@ ip link set eth0 master xenbr0 || say "no eth0 for xenbr0"
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         colo.ip.*=*) dev="${arg#colo.ip.}"; ip addr add "${dev#*=}" dev "${dev%%=*}" ;;
+    esac
+done
+# colo.route=NET:GW: a network reached through a router (the lab's etcd cluster, through
+# the host's namespace), after the addresses that make GW reachable. Not a comma: this
+# command line is in QEMU's multiboot module list, whose modules commas separate.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        colo.route=*:*) r="${arg#colo.route=}"; ip route add "${r%%:*}" via "${r#*:}" ||
+                        say "no route to ${r%%:*} via ${r#*:}" ;;
     esac
 done
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_lab import xen_lab
+from colo_lab import etcd_net, xen_lab, xen_orch
 from colo_lab.errors import LabError
 from colo_lab.guest import cached_guest, ensure_guest, pattern
 from colo_lab.lab import VM_IP, Lab
@@ -226,14 +226,87 @@ def test_xl_remus_colo_fails_over_to_the_svm_when_the_primary_host_dies(build: X
               f"persistent connection {served:.1f} s after it")
         assert "service" in sec.console("xl list")
     finally:
-        try:
-            if conn is not None:
-                conn.close()
-            _show_dom0_logs(lab, build)
-            _collect_dom0_artefacts(lab, build)
-        finally:
-            lab.down()
+        _end(lab, build, conn)
     assert lab.leftovers() == []
+
+
+def _orch_checkpoints(x: xen_lab.XenHost) -> int:
+    st = xen_orch.state(x)
+    return sum(int(n) for n in st["checkpoints"].values()) if st else -1
+
+
+@pytest.mark.timeout(1200)
+def test_colo_orch_in_both_dom0s_protects_the_domain_and_fails_over(build: XenLab) -> None:
+    """colo-orch itself in both dom0s (its Xen backend, the lab's etcd cluster as the
+    arbiter, heartbeats on the control link; no proxy, its hooks steer the output by the
+    dom0's LAN NIC): the primary creates the domain paused and enters COLO once the
+    secondary waits, both say PROTECTED, the orchestrator's checkpoints go through libxl,
+    the PVM serves. Then the primary Xen host is killed: the secondary's orchestrator,
+    by its heartbeat and the arbiter, takes over, and the SVM answers the same persistent
+    connection."""
+    lab = Lab(f"xen{os.getpid() % 10000}")
+    conn = None
+    try:
+        lab.up(vms=False)
+        xen_lab.up(lab, build, cached_guest() or ensure_guest(),
+                   source_extra=lambda root: xen_orch.write_configs(
+                       root, etcd_net.endpoints(lab)))
+        hs = xen_lab.hosts(lab, build)
+        pri, sec = hs["primary"], hs["secondary"]
+        for x in (pri, sec):
+            x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
+            xen_lab.watch_xen(x)
+        entered = xen_orch.protect(hs)
+        # The SVM, with the PVM's MAC and address, is off the LAN (on_secondary).
+        assert sec.console("cat /sys/class/net/eth0/operstate").strip().endswith("down")
+        # The PVM, created paused and run by libxl from COLO's first checkpoint, serves.
+        lab.wait_http("/health", b"ok\n", timeout=xen_lab.COLO_SERVICE_TIMEOUT_S)
+        assert lab.http("/blob/1000") == (200, pattern()[:1000])
+        done = _orch_checkpoints(pri)
+        assert done >= COLO_CHECKPOINTS, xen_orch.describe(hs)
+        conn = _PersistentClient(lab)
+        assert conn.get("/health") == (200, b"ok\n")
+        # Two of the orchestrator's checkpoints after the exchange: the SVM has its state.
+        wait_until(lambda: _orch_checkpoints(pri) >= done + 2, 120,
+                   "two more checkpoints after the client's exchange", every=3,
+                   detail=lambda: xen_orch.describe(hs))
+        st = xen_orch.state(pri)
+        assert st is not None and st["state"] == "PROTECTED", xen_orch.describe(hs)
+        checkpoint_s = st["last_checkpoint_s"]
+        killed = time.monotonic()
+        os.kill(int(pri.pid_path.read_text().strip()), signal.SIGKILL)
+
+        def took_over() -> dict[str, object] | None:
+            got = xen_orch.state(sec)
+            return got if got and got["role"] == "primary" and got["state"] == "ALONE" else None
+
+        after = wait_until(took_over, 180, "the secondary's orchestrator to take over",
+                           every=2, detail=lambda: xen_orch.describe(hs))
+        noticed = time.monotonic() - killed
+        assert conn.get("/health") == (200, b"ok\n")
+        served = time.monotonic() - killed
+        assert conn.opened() == 1, "the connection was reopened"
+        assert lab.http("/blob/1000") == (200, pattern()[:1000])
+        print(f"colo-orch on Xen: both PROTECTED {entered:.1f} s after the orchestrators "
+              f"started, {done} checkpoints when the PVM served, the last "
+              f"{checkpoint_s} s; take-over ALONE {noticed:.1f} s after the kill "
+              f"(take-over {after['last_takeover_s']} s), the persistent connection "
+              f"answered by the former SVM {served:.1f} s after it")
+    finally:
+        _end(lab, build, conn)
+    assert lab.leftovers() == []
+
+
+def _end(lab: Lab, build: XenLab, conn: _PersistentClient | None) -> None:
+    """A failover test's end, passed or not: the client closed, what the dom0s said shown
+    and kept, the lab down."""
+    try:
+        if conn is not None:
+            conn.close()
+        _show_dom0_logs(lab, build)
+        _collect_dom0_artefacts(lab, build)
+    finally:
+        lab.down()
 
 
 class _PersistentClient:
@@ -405,7 +478,7 @@ def _show_dom0_logs(lab: Lab, build: XenLab) -> None:
             continue
         try:
             print(f"--- {x.tag}\n" + x.console(
-                "tail -n 60 /tmp/colo.log /tmp/proxy.log 2>/dev/null | grep -av 'control "
+                "tail -n 60 /tmp/colo.log /tmp/proxy.log /tmp/orch.log 2>/dev/null | grep -av 'control "
                 "socket'; xl list || true", timeout=30))
         # OSError: a killed host's console refuses (its QEMU a zombie until the lab is down).
         except (LabError, OSError) as exc:

@@ -60,6 +60,8 @@ def test_qemu_path_reads_the_cache_and_builds_nothing(
     (["up", "--qemu-compare", "--protected"], "protects the pair by QEMU alone"),
     (["up", "--qemu-compare", "--no-vms"], "protects the pair by QEMU alone"),
     (["up", "--qemu-compare", "--secondary", "standalone"], "leave out --secondary"),
+    (["up", "--xen", "--protected", "--proxy"], "--xen takes --protected only"),
+    (["up", "--xen", "--disk"], "--xen takes --protected only"),
 ])
 def test_up_refuses_options_that_do_not_go_together(
         argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -56,6 +56,13 @@ def test_argv_boots_xen_with_the_dom0_as_a_multiboot_module(tmp_path: Path) -> N
     kernel, initrd = argv[argv.index("-initrd") + 1].split(",")
     assert kernel.split()[0].endswith("vmlinuz") and initrd.endswith("initrd.img")
     assert "net.ifnames=0" in kernel.split() and "colo.ip.eth2=10.99.1.11/24" in kernel.split()
+    assert not [a for a in kernel.split() if a.startswith("colo.route=")]
+
+
+def test_a_host_with_a_gateway_routes_its_dom0_to_the_etcd_cluster(tmp_path: Path) -> None:
+    x = dataclasses.replace(_host(tmp_path), gateway="10.99.1.1")
+    kernel = x.argv()[x.argv().index("-initrd") + 1].split(",")[0]
+    assert "colo.route=10.99.2.0/24:10.99.1.1" in kernel.split()
 
 
 def test_each_nic_has_its_tap_and_a_mac_of_its_own(tmp_path: Path) -> None:
