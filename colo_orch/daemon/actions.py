@@ -62,6 +62,7 @@ class Actions(ProxySupervision):
     _fenced: bool  # output must be held: we have neither the lease nor the failsafe
     _fence_told: bool  # the proxy acknowledged the current _fenced
     _stop: threading.Event  # set when the orchestrator stops
+    _action_done_at: float  # when the last action ended (the loop's stale-look check)
 
     def _set_fence(self, on: bool) -> None:
         """Hold (or release) every output packet of our VM: from the loop, at once.
@@ -92,7 +93,13 @@ class Actions(ProxySupervision):
         self._future = self._executor.submit(fn)
         # The loop moves on (CHECKPOINTING -> PROTECTED, the next request) once it sees
         # the action finished: wake it then rather than at its next tick.
-        self._future.add_done_callback(lambda _f: self._wake.set())
+        self._future.add_done_callback(self._action_done)
+
+    def _action_done(self, _f: object) -> None:
+        # No lock: this may run on the loop's own thread (an action done before
+        # add_done_callback), and one float is written whole.
+        self._action_done_at = time.monotonic()
+        self._wake.set()
 
     def _action_fn(self, action: Action) -> tuple[str, Any]:
         b = self.backend

@@ -104,6 +104,8 @@ class Orchestrator(Actions, Watchers):
         self._peer_gone = False  # as of the last cycle: whether a command applies
         self._vm = VmObs(reachable=False)
         self._vm_at = 0.0
+        self._vm_began = 0.0  # when the observation in _vm began
+        self._action_done_at = 0.0  # when the last action ended (actions._act)
         self._stop = threading.Event()
         # Set by whatever the loop must act on at once: a proxy's checkpoint request, an
         # operator command, a finished action. Waiting out loop_wait instead cost a
@@ -354,12 +356,23 @@ class Orchestrator(Actions, Watchers):
             return ActionResult(self._action_name, False, str(exc) or type(exc).__name__)
         return ActionResult(self._action_name, True, f.result())
 
+    def _stale_look(self) -> bool:
+        """An "unreachable" from a look begun before the last action ended may be from
+        before that action started the VM: the nested Xen lab's secondary fenced itself
+        0.3 s after starting its receiver ("our VM is gone"), on an `xl list` begun
+        before. Decisions wait for a look that began after it."""
+        with self._lock:
+            return not self._vm.reachable and self._vm_began < self._action_done_at
+
     def cycle(self) -> Decision:
         now = time.monotonic()
         if not self._vm_at:
             # Decide nothing before the first look at the VM: "unreachable" is only
             # the initial value, and acting on it would start a second VM.
             return Decision("waiting for the first observation of our VM")
+        if self._stale_look():
+            return Decision("looking at our VM again: the last look began before the last "
+                            "action ended")
         snap = self._recheck_commands(self.snapshot(now), now)
         t = self.cfg.timing
         d = decide(snap, t.checkpoint_min_interval, t.checkpoint_max_interval,

@@ -45,13 +45,14 @@ class Watchers:
     _stop: threading.Event
     _vm: VmObs
     _vm_at: float
+    _vm_began: float
 
     def _observe_loop(self) -> None:
         while not self._stop.is_set():
             began = time.monotonic()
             obs = self.backend.observe()
             with self._lock:
-                self._vm, self._vm_at = obs, time.monotonic()
+                self._vm, self._vm_at, self._vm_began = obs, time.monotonic(), began
             self._stop.wait(observe_wait(self.cfg.timing.loop_wait, self._vm_at - began))
 
     def _watch_secondary(self) -> None:

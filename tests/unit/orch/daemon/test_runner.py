@@ -13,7 +13,7 @@ from colo_orch.core.commands import CommandRefused
 from colo_orch.core.config import Config, Timing
 from colo_orch.core.decide import XEN_REPROTECT, Decision, VmObs
 from colo_orch.core.disks import DiskStatus
-from colo_orch.core.state import State
+from colo_orch.core.state import Event, State
 from colo_orch.daemon.arbiter import LocalLeaseArbiter
 from colo_orch.daemon.heartbeat import PeerReport
 from colo_orch.daemon.proxy_link import ProxyLink
@@ -350,3 +350,24 @@ def test_fence_hooks_run_in_the_order_decided(tmp_path: Path) -> None:
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
+
+
+def test_an_unreachable_vm_seen_by_a_look_begun_before_an_action_ended_waits(
+        tmp_path: Path) -> None:
+    """The nested Xen lab's secondary: an `xl list` begun before start_vm ended said "no
+    VM" just after it, and the loop fenced the secondary for a VM that was there."""
+    orch = _orchestrator(tmp_path, _Silent())
+    orch.machine.fire(Event.START)
+    orch.machine.fire(Event.VM_RUNNING)
+    before = orch.machine.state
+    assert before is State.WAITING
+    orch._vm, orch._vm_at = VmObs(reachable=False), time.monotonic()
+    orch._vm_began, orch._action_done_at = 1.0, 2.0
+    d = orch.cycle()
+    assert d.sentence.startswith("looking at our VM again") and d.action is None
+    assert orch.machine.state is before
+    # A look begun after the action ended is believed, as is a reachable VM.
+    orch._vm_began = 3.0
+    assert not orch._stale_look()
+    orch._vm_began, orch._vm = 1.0, VmObs(reachable=True, running=True)
+    assert not orch._stale_look()
