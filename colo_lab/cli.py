@@ -348,8 +348,10 @@ def _up_xen(lab: Lab, args: argparse.Namespace) -> int:
     from colo_lab.guest import cached_guest, ensure_guest
 
     guest = cached_guest() or ensure_guest()
-    _say(f"starting lab '{lab.name}' with two nested Xen hosts ({build.dir.name}); "
-         f"about 2-4 min under TCG")
+    # Measured here: 2-4 min to the guest's answer; with --protected 383 s (dom0s 78 s,
+    # both PROTECTED 100 s later, the guest's boot under COLO 203 s more).
+    _say(f"starting lab '{lab.name}' with two nested Xen hosts ({build.dir.name}); about "
+         f"{'6-8' if args.protected else '2-4'} min under TCG")
     t0 = time.monotonic()
     lab.up(vms=False)
     try:
