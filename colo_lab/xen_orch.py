@@ -25,21 +25,20 @@ from typing import Any
 
 from colo_lab import netns
 from colo_lab.errors import LabError
+from colo_lab.pair import API_PORT, HEARTBEAT_PORT, METRICS_PORT
 from colo_lab.wait import wait_until
 from colo_lab.xen_lab import (
     DOM0_CTL_IP,
     LIBXL_BRIDGE,
     SERVICE_CFG_PATH,
     XenHost,
+    start_in_dom0,
     write_service_config,
 )
 
 PAIR = "xen"
 ETCD_PREFIX = "/colo-xen"
-HEARTBEAT_PORT = 7410
-API_PORT = 7411
-MIGRATION_PORT = 7420
-METRICS_PORT = 7413
+MIGRATION_PORT = 7420  # docs/xen.md's receiver port (the QEMU lab's is lab.MIGRATION_PORT)
 SOURCE_DIR = "lab"  # on the source disk: /opt/colo/lab
 RUN_DIR = "/run/colo"
 LOG = "/tmp/orch.log"
@@ -121,8 +120,8 @@ def start(x: XenHost) -> None:
     x.console(f"mkdir -p {RUN_DIR} && install -m 600 {src}/heartbeat.key "
               f"{RUN_DIR}/heartbeat.key && install -m 600 {src}/api-{x.role}.token "
               f"{RUN_DIR}/api.token")
-    x.console(f"setsid python3 -m colo_orch.cli.orch run --config {src}/orch-{x.role}.toml "
-              f"--host-id {x.role[:3]} > {LOG} 2>&1 < /dev/null &")
+    start_in_dom0(x, f"python3 -m colo_orch.cli.orch run --config {src}/orch-{x.role}.toml "
+                  f"--host-id {x.role[:3]}", LOG)
 
 
 def state_url(role: str) -> str:
