@@ -79,6 +79,10 @@ class Timing:
     # service's availability wins: clients wait at most this long at a cold start without
     # a peer (and, with one, through the initial sync: 104 s for 256 MiB, docs/xen.md).
     paused_primary_wait: float = 60.0
+    # How long a colo-proxy started (or found) by the orchestrator may take to answer its
+    # hello: it compiles its BPF programs first, about 2 s on a host (0.2-0.3 s idle,
+    # ../shared/notes/MEASURED.md), 20-60 s in a nested Xen dom0 under TCG (docs/xen.md).
+    proxy_start_timeout: float = 20.0
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,6 @@ log = logging.getLogger("colo_orch")
 # swap `coloctl status` said "NOT protected" of a protected pair.
 _PROTECTING = {"primary": ("protected",), "secondary": ("protected", "fenced")}
 
-# How long a proxy may take to answer hello once it listens: it compiles its BPF
-# programs first (about 2 s here, more on a loaded host).
-HELLO_WAIT_S = 20.0
 # How long a proxy in the wrong role gets to leave after SIGTERM, then after SIGKILL.
 TERM_WAIT_S = 10.0
 KILL_WAIT_S = 5.0
@@ -172,7 +169,7 @@ class ProxySupervision:
             self._proxy_mode = ProxyMode.UNKNOWN
             # The proxy must hold output before the pair is protected: wait for its hello,
             # on a connection newer than any to the proxy it replaces.
-            deadline = time.monotonic() + HELLO_WAIT_S
+            deadline = time.monotonic() + self.cfg.timing.proxy_start_timeout
             while self.proxy is not None and time.monotonic() < deadline:
                 link = self.proxy
                 if link.connected and link.generation != gen and link.send({"type": "status"}):
@@ -187,7 +184,9 @@ class ProxySupervision:
                 time.sleep(0.05)
             if self.proxy is None:
                 return f"; proxy started as {role}"
-        raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket}")
+        raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket} "
+                           f"within {self.cfg.timing.proxy_start_timeout:g} s (raise "
+                           "timing.proxy_start_timeout if it compiles its programs slowly)")
 
     def _running_proxy(self) -> tuple[str, int] | None:
         """(role, pid) of a proxy that answers on our socket though it is not our child: one
@@ -195,7 +194,7 @@ class ProxySupervision:
         link = self.proxy
         if link is None or not link.listening():
             return None
-        deadline = time.monotonic() + HELLO_WAIT_S
+        deadline = time.monotonic() + self.cfg.timing.proxy_start_timeout
         while time.monotonic() < deadline:
             hello = link.hello
             if hello is not None and link.connected:
@@ -208,7 +207,8 @@ class ProxySupervision:
                 return None
             time.sleep(0.05)
         raise RuntimeError(f"something listens on {link.path} but does not answer hello "
-                           f"within {HELLO_WAIT_S:.0f} s")
+                           f"within {self.cfg.timing.proxy_start_timeout:g} s "
+                           "(timing.proxy_start_timeout)")
 
     def _terminate_pid(self, pid: int) -> None:
         """Stop a proxy that is not our child, and wait until it is gone (its lock with it)."""
@@ -398,7 +398,7 @@ class ProxySupervision:
         """Keep a proxy that runs in the role our VM has (we were restarted), else start
         one in our role. Waits for the first look at the VM: COLO's mode wins over the
         config's role, as in decide's adoption. Without a VM, nothing is started here."""
-        deadline = time.monotonic() + HELLO_WAIT_S
+        deadline = time.monotonic() + self.cfg.timing.proxy_start_timeout
         obs = observed()
         while obs is None and time.monotonic() < deadline:
             time.sleep(0.05)

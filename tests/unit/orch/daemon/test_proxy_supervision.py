@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from colo_lab.wait import wait_until
-from colo_orch.core.config import Config
+from colo_orch.core.config import Config, Timing
 from colo_orch.core.decide import VmObs
 from colo_orch.core.state import Event, Machine, State
 from colo_orch.daemon.proxy_supervision import ProxyMode, ProxySupervision
@@ -57,8 +57,8 @@ class _Link:
 
 class _Part(ProxySupervision):
     def __init__(self, role: str = "primary", state: State = State.WAITING,
-                 command: list[str] | None = None) -> None:
-        self.cfg = Config(name="web", role=role, qmp="/q", qmp_events="/e",
+                 command: list[str] | None = None, timing: Timing | None = None) -> None:
+        self.cfg = Config(timing=timing or Timing(), name="web", role=role, qmp="/q", qmp_events="/e",
                           heartbeat_listen="127.0.0.1:1", peer_heartbeat="127.0.0.1:2",
                           incoming_uri="tcp:127.0.0.1:4444", proxy_socket="/p.sock",
                           proxy_primary_command=command or [],
@@ -226,6 +226,28 @@ def test_a_running_proxy_in_the_wrong_role_is_stopped_then_replaced(tmp_path: Pa
         assert p._proxy_proc is not None and p._proxy_proc.poll() is None
     finally:
         old.kill()
+        _reap(p)
+
+
+def test_a_proxy_silent_past_proxy_start_timeout_fails_the_start(tmp_path: Path) -> None:
+    # timing.proxy_start_timeout, not a fixed 20 s: a nested Xen dom0 compiles the BPF
+    # programs for longer than that, and its orchestrator is given more.
+    p = _Part(command=_sleeper(tmp_path / "silent"), timing=Timing(proxy_start_timeout=0.5))
+    try:
+        with pytest.raises(RuntimeError, match="did not answer"):
+            p._ensure_proxy("primary")
+        assert (tmp_path / "silent").exists()
+    finally:
+        _reap(p)
+    late = tmp_path / "late"
+    p = _Part(command=_sleeper(late), timing=Timing(proxy_start_timeout=30.0))
+    # It answers 1.5 s after it runs: within 30 s, past the other's 0.5 s.
+    threading.Thread(target=lambda: (wait_until(late.exists, 10, "the proxy to run"),
+                                     threading.Event().wait(1.5),
+                                     p.link.connect("primary", pid=0)), daemon=True).start()
+    try:
+        assert p._ensure_proxy("primary") == "; proxy started as primary"
+    finally:
         _reap(p)
 
 
