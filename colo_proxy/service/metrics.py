@@ -15,13 +15,15 @@ stays single-threaded.
 from __future__ import annotations
 
 import bisect
+import socket
 import threading
 from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -471,14 +473,43 @@ def registry_for(proxy: StatusSource | None, role: str, *, pair: str = "", host:
     return reg
 
 
+# What generate_latest writes, in every prometheus_client version: the text format 0.0.4
+# (newer ones name a later version in CONTENT_TYPE_LATEST, for their negotiated formats).
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
 class Endpoint:
-    """The running /metrics HTTP server (a thread of prometheus_client's)."""
+    """The running /metrics HTTP server, in a thread of its own.
+
+    The standard library's server over `generate_latest`, not prometheus_client's
+    `start_http_server`: that returns its server and thread only since 0.17, and Debian
+    12's python3-prometheus-client is 0.16 (a nested Xen dom0's proxy died of it)."""
 
     def __init__(self, listen: str, registry: CollectorRegistry) -> None:
         host, _, port = listen.rpartition(":")
-        self._server, self._thread = start_http_server(
-            int(port), host.strip("[]") or "0.0.0.0", registry=registry)
+        host = host.strip("[]") or "0.0.0.0"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", TEXT_FORMAT)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every few seconds is no news
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            daemon_threads = True
+
+        self._server = Server((host, int(port)), Handler)
         self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="metrics", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._server.shutdown()

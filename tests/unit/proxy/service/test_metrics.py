@@ -137,6 +137,7 @@ def test_serve_answers_a_scrape() -> None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics") as r:
             text = r.read().decode()
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     finally:
         endpoint.stop()
     assert 'colo_proxy_divergences_total{host="pri",pair="web",reason="payload"} 0.0' in text
