@@ -21,15 +21,28 @@ def exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
 
 
+def bridged(name: str) -> bool:
+    """`name` is a port of a bridge (or of another master device)."""
+    return os.path.exists(f"/sys/class/net/{name}/master")
+
+
 def wait_for(names: Sequence[str], log: logging.Logger,
              why: Callable[[str], str] = lambda n: "", *,
-             timeout: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-    """Return once every interface of `names` exists; TimeoutError after `timeout` s.
+             timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+             ports: Sequence[str] = ()) -> None:
+    """Return once every interface of `names` exists, and each of `ports` is also a
+    bridge's port; TimeoutError after `timeout` s.
 
-    Subscribes to link events before it looks, so an interface created in between is not
-    missed; each event (or REMIND_S of none) triggers a new look."""
+    Subscribes to link events before it looks, so an interface created (or given to its
+    bridge) in between is not missed; each event (or REMIND_S of none) triggers a new
+    look. `ports`: a Xen tap appears under its final name before libxl's hotplug script
+    adds it to the bridge."""
     wanted = [n for n in names if n]
-    missing = [n for n in wanted if not exists(n)]
+
+    def ready(n: str) -> bool:
+        return exists(n) and (n not in ports or bridged(n))
+
+    missing = [n for n in wanted if not ready(n)]
     if not missing:
         return
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
@@ -37,7 +50,7 @@ def wait_for(names: Sequence[str], log: logging.Logger,
         start = clock()
         said = -REMIND_S
         while True:
-            missing = [n for n in wanted if not exists(n)]
+            missing = [n for n in wanted if not ready(n)]
             if not missing:
                 log.info("%s appeared after %.1f s: starting", ", ".join(wanted), clock() - start)
                 return

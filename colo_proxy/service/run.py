@@ -149,14 +149,16 @@ def _segmenting_queue(qcfg: Any, seg: int | None) -> Iterator[Any]:
         yield q
 
 
-def _wait_for_links(s: ProxySettings, *, uplink: bool = True) -> None:
+def _wait_for_links(s: ProxySettings, *, primary: bool = True) -> None:
     """The tap exists once QEMU (or Xen) started the VM, which on a real host comes after
-    the proxy: wait for it, and for the other links, rather than fail."""
-    why = {s.tap: " (the VM's tap: it appears when the hypervisor starts the VM)",
+    the proxy: wait for it, and for the other links, rather than fail. A primary's tap
+    must be a bridge port too (its output is queued as it crosses the bridge)."""
+    why = {s.tap: " (the VM's tap: it appears when the hypervisor starts the VM"
+                  f"{', on its bridge' if primary else ''})",
            s.forward: " (the forward link to the other host)",
            s.uplink: " (the uplink toward the clients)"}
-    links.wait_for([s.tap, s.forward, s.uplink if uplink else ""], log,
-                   lambda n: why.get(n, ""))
+    links.wait_for([s.tap, s.forward, s.uplink if primary else ""], log,
+                   lambda n: why.get(n, ""), ports=[s.tap] if primary else [])
 
 
 def _fast_path(s: ProxySettings) -> Any:
@@ -199,7 +201,7 @@ def _run_secondary(s: ProxySettings, key: bytes | None) -> None:
     from colo_proxy.service.loop import serve
     from colo_proxy.service.secondary import SecondaryProxy
 
-    _wait_for_links(s, uplink=False)  # the uplink is the primary's business
+    _wait_for_links(s, primary=False)  # the uplink is the primary's business
     ctl = ControlServer(s.control_socket)
     handover_file.discard(handover_file.path_for(s.control_socket))  # a new secondary: none is valid
     try:

@@ -85,6 +85,44 @@ def test_the_proxy_waits_for_its_tap_and_says_so(ns: str) -> None:
             child.wait(10)
 
 
+PORT = r"""
+import logging, sys
+from colo_proxy.kernel import links
+logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s", level=logging.INFO)
+try:
+    links.wait_for(["tapp"], logging.getLogger("t"), timeout=float(sys.argv[1]),
+                   ports=["tapp"])
+except TimeoutError as exc:
+    print(exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_primarys_tap_is_waited_for_until_it_is_a_bridge_port(ns: str) -> None:
+    # Xen: libxl's hotplug script renames the device model's tap to <vifname>-emu, then
+    # adds it to the bridge; a primary proxy that took the tap before then failed to
+    # queue its output ("not a port of a bridge").
+    netns.ip(ns, "link", "add", "tapp", "type", "veth", "peer", "name", "tapp-peer")
+    alone = netns.popen(ns, [sys.executable, "-c", PORT, "2"], cwd=str(REPO), text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, _ = alone.communicate(timeout=60)
+    assert alone.returncode == 3 and "tapp did not appear in 2 s" in out, out
+    child = netns.popen(ns, [sys.executable, "-c", PORT, "60"], cwd=str(REPO), text=True,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stderr is not None
+        first = child.stderr.readline()  # it has looked: the tap is there, on no bridge
+        assert first.startswith("WARNING waiting for tapp to appear"), first
+        netns.ip(ns, "link", "add", "brp", "type", "bridge")
+        netns.ip(ns, "link", "set", "tapp", "master", "brp")
+        assert child.wait(timeout=30) == 0
+        assert "INFO tapp appeared after" in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
 def test_only_the_taps_bridge_is_changed_and_an_orderly_stop_restores_it(ns: str) -> None:
     for bridge, ports in (("br0", ["tapa", "tapb"]), ("br1", ["other"])):
         for port in ports:
