@@ -27,6 +27,13 @@ class Backend(ABC):
     # send its own checkpoint_done there, which would release output produced after the
     # resume. The secondary's proxy is told by the runner on both backends (`wait_resume`).
     notifies_proxy_of_checkpoints = False
+    # True when the VM's tap exists only once the hypervisor has made the VM (Xen: its
+    # device model opens `vif<domid>.<n>-emu`, which libxl's vif-bridge hotplug script
+    # renames to `<vifname>-emu`, and fails if a device of that name already exists). A
+    # proxy waits for its tap before it answers, so the runner starts it without waiting,
+    # makes the VM, then waits for its answer (a primary's: its VM is created paused) or
+    # not at all (a secondary's VM appears with the primary's COLO migration).
+    tap_comes_with_vm = False
     # Called (from the action thread) when the PVM has stopped for a checkpoint: from then
     # on the proxy can tell pre-snapshot output from what the PVM sends after it resumes.
     on_checkpoint_stop: Callable[[], object] | None = None

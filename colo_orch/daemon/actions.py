@@ -151,8 +151,17 @@ class Actions(ProxySupervision):
 
     def _start_vm(self, uri: str | None) -> str:
         hooked = self._hook("on_secondary", self.cfg.on_secondary) if uri else ""
-        proxied = self._ensure_proxy("secondary" if uri else "primary")
-        return self.backend.start_vm(uri) + hooked + proxied
+        role = "secondary" if uri else "primary"
+        if not self.backend.tap_comes_with_vm:
+            proxied = self._ensure_proxy(role)
+            return self.backend.start_vm(uri) + hooked + proxied
+        # The tap appears with the VM (Xen), and the proxy answers once it has its tap.
+        proxied = self._ensure_proxy(role, wait=False)
+        started = self.backend.start_vm(uri)
+        if not uri:
+            # Created paused: nothing of it reaches a client before its proxy answers.
+            proxied += self._await_proxy(role)
+        return started + hooked + proxied
 
     def _enter_colo(self, uri: str) -> str:
         proxied = self._ensure_proxy("primary")

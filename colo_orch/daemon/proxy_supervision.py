@@ -113,6 +113,7 @@ class ProxySupervision:
     _proxy_mode: ProxyMode
     _proxy_pid: int | None  # the proxy we run or adopted
     _proxy_gen: int  # the link generation whose hello the loop has taken in
+    _proxy_start_gen: int  # the link generation when we last started a proxy
     _proxy_hello_pid: int | None  # the pid that hello named
     _proxy_restart_after: float  # monotonic time before which no restart is tried again
     _peer_proxy_pid: int | None  # the pid the peer's heartbeat last named for its proxy
@@ -120,10 +121,12 @@ class ProxySupervision:
     _fence_told: bool  # the proxy has acknowledged that
     _proxy_restarter: threading.Thread | None
 
-    def _ensure_proxy(self, role: str) -> str:
+    def _ensure_proxy(self, role: str, *, wait: bool = True) -> str:
         """Run colo-proxy in `role`: keep (or adopt) one that runs in it, replace one in the
         other role. Held under `_proxy_lock` to the end, so that a second caller finds the
-        proxy answering, not merely started."""
+        proxy answering, not merely started. `wait=False`: a proxy started here is not
+        waited for (its tap comes with the VM: Backend.tap_comes_with_vm); `_await_proxy`
+        waits for it once the VM is there."""
         argv = (self.cfg.proxy_primary_command if role == "primary"
                 else self.cfg.proxy_secondary_command)
         if not argv:
@@ -167,23 +170,47 @@ class ProxySupervision:
                                                        start_new_session=True)
             self._proxy_role, self._proxy_pid = role, proc.pid
             self._proxy_mode = ProxyMode.UNKNOWN
-            # The proxy must hold output before the pair is protected: wait for its hello,
-            # on a connection newer than any to the proxy it replaces.
-            deadline = time.monotonic() + self.cfg.timing.proxy_start_timeout
-            while self.proxy is not None and time.monotonic() < deadline:
-                link = self.proxy
-                if link.connected and link.generation != gen and link.send({"type": "status"}):
-                    if self._fenced:
-                        # Fail closed now: a fence decided while the proxy started is not
-                        # in its command line, and the loop would tell it only a cycle
-                        # later (found by the pair model; its hello makes it told again).
-                        link.send({"type": "fence"})
-                    return f"; proxy started as {role}"
-                if proc.poll() is not None:
-                    raise RuntimeError(f"colo-proxy ({role}) exited with {proc.returncode}")
-                time.sleep(0.05)
-            if self.proxy is None:
+            self._proxy_start_gen = gen
+            if not wait:
+                return f"; proxy started as {role}, to answer once it has the VM's tap"
+            return self._await_started_proxy(role, proc, gen)
+
+    def _proxy_awaits_tap(self) -> bool:
+        """A secondary's proxy that we started runs and waits for its VM's tap: no VM is
+        here yet, or only its incoming migration (Backend.tap_comes_with_vm)."""
+        proc = self._proxy_proc
+        return (self._proxy_role == "secondary" and proc is not None and proc.poll() is None
+                and (not self._vm.reachable or self._vm.status == "inmigrate"))
+
+    def _await_proxy(self, role: str) -> str:
+        """Wait for the answer of the proxy `_ensure_proxy(role, wait=False)` started; ""
+        when it answers already (or none was started)."""
+        with self._proxy_lock:
+            proc = self._proxy_proc
+            if proc is None or self._proxy_role != role:
+                return ""
+            t0 = time.monotonic()
+            self._await_started_proxy(role, proc, self._proxy_start_gen)
+            return f"; the proxy answered {time.monotonic() - t0:.1f} s later"
+
+    def _await_started_proxy(self, role: str, proc: subprocess.Popen[bytes], gen: int) -> str:
+        """The proxy must hold output before the pair is protected: wait for its hello, on
+        a connection newer (`gen`) than any to the proxy it replaces. Under _proxy_lock."""
+        deadline = time.monotonic() + self.cfg.timing.proxy_start_timeout
+        while self.proxy is not None and time.monotonic() < deadline:
+            link = self.proxy
+            if link.connected and link.generation != gen and link.send({"type": "status"}):
+                if self._fenced:
+                    # Fail closed now: a fence decided while the proxy started is not
+                    # in its command line, and the loop would tell it only a cycle
+                    # later (found by the pair model; its hello makes it told again).
+                    link.send({"type": "fence"})
                 return f"; proxy started as {role}"
+            if proc.poll() is not None:
+                raise RuntimeError(f"colo-proxy ({role}) exited with {proc.returncode}")
+            time.sleep(0.05)
+        if self.proxy is None:
+            return f"; proxy started as {role}"
         raise RuntimeError(f"colo-proxy ({role}) did not answer on {self.cfg.proxy_socket} "
                            f"within {self.cfg.timing.proxy_start_timeout:g} s (raise "
                            "timing.proxy_start_timeout if it compiles its programs slowly)")

@@ -149,6 +149,7 @@ class Orchestrator(Actions, Watchers):
         self._proxy_mode = ProxyMode.UNKNOWN
         self._proxy_pid: int | None = None
         self._proxy_gen = 0
+        self._proxy_start_gen = 0
         self._proxy_hello_pid: int | None = None
         self._proxy_restart_after = 0.0
         self._proxy_restarter: threading.Thread | None = None
@@ -425,8 +426,11 @@ class Orchestrator(Actions, Watchers):
             "state": int(self.machine.state), "role": self.role,
             "vm_ok": snap.vm.reachable and not snap.vm.hung,
             "incoming": self.cfg.incoming_uri,
-            # A secondary is ready for COLO only once its proxy steers the SVM's output.
-            "proxy_ready": self.proxy is None or self.proxy.connected,
+            # A secondary is ready for COLO only once its proxy steers the SVM's output,
+            # or, where the tap comes with the VM (Xen), once its proxy runs, waiting
+            # for the tap that the COLO migration makes.
+            "proxy_ready": self.proxy is None or self.proxy.connected or (
+                self.backend.tap_comes_with_vm and self._proxy_awaits_tap()),
             # Whether we could take the lease, were our primary to hand over to us.
             "arbiter_ok": snap.lease_reachable,
             # What our proxy said or was last told: the peer's protection_verified.

@@ -136,6 +136,7 @@ class XenBackend(Backend):
         self.xl = xl or ["xl"]
         self.bridge = bridge
         self.notifies_proxy_of_checkpoints = bridge is not None
+        self.tap_comes_with_vm = True
         self.xl_timeout = xl_timeout
         # xl remus's initial sync until the first COLO_CHECKPOINT: 104 s for a 256 MiB HVM
         # domain on the nested lab (Xen's save walks the whole 4 GiB pfn space of an HVM

@@ -20,6 +20,7 @@ from colo_lab.wait import wait_until
 from colo_orch.core.config import Config, Timing
 from colo_orch.core.decide import VmObs
 from colo_orch.core.state import Event, Machine, State
+from colo_orch.daemon.actions import Actions
 from colo_orch.daemon.proxy_supervision import ProxyMode, ProxySupervision
 
 COLO_PRIMARY = VmObs(reachable=True, running=True, status="running", migration="colo",
@@ -82,6 +83,7 @@ class _Part(ProxySupervision):
         self._proxy_mode = ProxyMode.UNKNOWN
         self._proxy_pid = None
         self._proxy_gen = 0
+        self._proxy_start_gen = 0
         self._proxy_hello_pid = None
         self._proxy_restart_after = 0.0
         self._proxy_restarter = None
@@ -448,3 +450,67 @@ def test_a_serving_vm_keeps_its_primary_proxy_at_boot_whatever_the_config(
         assert r._proxy_role == "primary" and (tmp_path / "r").exists()
     finally:
         _reap(r)
+
+
+class _Starter(_Part):
+    """`Actions._start_vm` over _Part: the backend records when it made the VM."""
+
+    _start_vm = Actions._start_vm
+
+    def __init__(self, tap_comes_with_vm: bool, command: list[str], timeout: float) -> None:
+        super().__init__(command=command, timing=Timing(proxy_start_timeout=timeout))
+        self.order: list[str] = []
+        part = self
+
+        class Backend:
+            def start_vm(self, uri: str | None) -> str:
+                part.order.append("vm" if part.link.hello is None else "vm after hello")
+                return "VM started"
+
+        Backend.tap_comes_with_vm = tap_comes_with_vm  # type: ignore[attr-defined]
+        self.backend = Backend()
+
+    def _hook(self, name: str, argv: list[str]) -> str:
+        return ""
+
+
+def test_where_the_tap_comes_with_the_vm_the_vm_is_made_before_the_proxy_answers(
+        tmp_path: Path) -> None:
+    # Xen: the proxy waits for its tap, which the domain brings; waiting for the proxy
+    # before making the domain failed every start after timing.proxy_start_timeout.
+    marker = tmp_path / "xen"
+    p = _Starter(True, _sleeper(marker), timeout=30.0)
+    threading.Thread(target=lambda: (wait_until(lambda: p.order, 10, "the VM made"),
+                                     p.link.connect("primary", pid=0)), daemon=True).start()
+    try:
+        out = p._start_vm(None)
+        # The primary's VM (created paused) first, then its proxy's answer awaited.
+        assert p.order == ["vm"] and "; the proxy answered" in out, out
+        assert p.link.hello is not None
+    finally:
+        _reap(p)
+    # A secondary's VM comes with the primary's migration: its proxy is not waited for,
+    # and counts as ready (for the peer's COLO entry) while it waits for the tap.
+    s = _Starter(True, _sleeper(tmp_path / "sec"), timeout=30.0)
+    s._vm = VmObs(reachable=True, status="inmigrate")
+    try:
+        out = s._start_vm("tcp:127.0.0.1:4444")
+        assert s.order == ["vm"] and "to answer once it has the VM's tap" in out, out
+        assert s._proxy_awaits_tap()
+        s._vm = VmObs(reachable=True, running=True, status="running", migration="colo",
+                      colo_mode="secondary")
+        assert not s._proxy_awaits_tap()  # its VM runs: only its answer counts now
+    finally:
+        _reap(s)
+
+
+def test_where_the_tap_is_there_first_the_proxy_answers_before_the_vm_is_made(
+        tmp_path: Path) -> None:
+    p = _Starter(False, _sleeper(tmp_path / "qemu"), timeout=0.5)
+    try:
+        with pytest.raises(RuntimeError, match="did not answer"):
+            p._start_vm(None)
+        assert p.order == []  # no VM without a proxy holding its output
+        assert not p._proxy_awaits_tap()
+    finally:
+        _reap(p)
