@@ -323,13 +323,16 @@ class Lab:
         body, _, code = proc.stdout.rpartition(b"\n")
         return int(code), body
 
-    def wait_http(self, path: str, expect: bytes, timeout: float = 30.0) -> None:
+    def wait_http(self, path: str, expect: bytes, timeout: float = 30.0, *,
+                  attempt: float = 3.0) -> None:
+        """Ask until the service answers `expect`, each request given `attempt` s (more
+        where its output is held long: colo-proxy on nested Xen)."""
         last = ""
 
         def answered() -> bool:
             nonlocal last
             try:
-                code, body = self.http(path, timeout=3)
+                code, body = self.http(path, timeout=attempt)
             except (LabError, subprocess.TimeoutExpired) as exc:
                 last = str(exc)
                 return False

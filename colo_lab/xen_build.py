@@ -109,13 +109,17 @@ DM_CONFIGURE = (
 # the project's own code in the dom0: the libxl bridge imports the standard library only,
 # the proxy's service core (colo_lab.xen_proxy) also prometheus_client (its metrics
 # module), and colo-orch its etcd client (etcd3gw, Debian's python3-etcd3gw, with
-# requests). The project's source is not in the image but on a disk made per `up`
+# requests). colo-proxy's datapath needs what scripts/bootstrap installs on a host: bcc
+# (python3-bpfcc, which compiles the tc programs with the running kernel's headers:
+# linux-headers-amd64 is the same suite's as linux-image-amd64, so they match), pyroute2
+# and iptables (its NFQUEUE rule). The project's source is not in the image but on a disk made per `up`
 # (colo_lab.xen_lab.make_source_disk).
 DOM0_PACKAGES = (
     "xen-utils-4.17", "xen-hypervisor-4.17-amd64", "xenstore-utils", "qemu-system-xen",
     "linux-image-amd64", "libnl-3-200", "libnl-route-3-200", "busybox", "iproute2",
     "procps", "kmod", "udev", "bridge-utils", "python3",
     "python3-prometheus-client", "python3-etcd3gw",
+    "python3-bpfcc", "linux-headers-amd64", "python3-pyroute2", "iptables",
 )
 DOM0_IMAGE_SIZE = "3G"
 

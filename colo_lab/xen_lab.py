@@ -381,12 +381,19 @@ SERVICE_CFG = (
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
     f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 loglevel=5 nopv panic=-1 '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
-    f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,'
+    f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,VIFNAME'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')
 SERVICE_TIMEOUT_S = 300.0
 # Under COLO the guest boots paused at every checkpoint (libxl's own every 5 s, about
 # 1 s each): run I's PVM did not answer within 300 s of the test's last checkpoint.
 COLO_SERVICE_TIMEOUT_S = 380.0
+# With colo-proxy in the dom0s (colo_lab.xen_orch) the PVM's output waits for the SVM's,
+# and the secondary's proxy compiles its programs only once the COLO migration has made
+# its tap: 4.3 min in a dom0 busy with the SVM. A request then took 14-17 s (its SYN-ACK
+# 2.7-6.5 s): each packet held 2.7 s on average, the SVM being paused by a checkpoint
+# every 5 s or less.
+PROXIED_SERVICE_TIMEOUT_S = 700.0
+PROXIED_REQUEST_S = 60.0
 SERVICE_CFG_PATH = "/tmp/service.cfg"
 
 
@@ -396,11 +403,17 @@ def mount_guest(x: XenHost) -> None:
     x.console("mkdir -p /mnt/guest && mount -o ro /dev/vdb /mnt/guest")
 
 
-def write_service_config(x: XenHost) -> str:
+def service_cfg(vifname: str = "") -> str:
+    """SERVICE_CFG (printf's escapes), its NIC named `vifname` if given (its tap then
+    `<vifname>-emu`), else libxl's default `vif<domid>.0`."""
+    return SERVICE_CFG.replace("VIFNAME", f"vifname={vifname}," if vifname else "")
+
+
+def write_service_config(x: XenHost, vifname: str = "") -> str:
     """The lab's guest as the HVM domain `service`: its config in the dom0 (and the guest
     disk mounted, whence it boots); returns the config's path."""
     mount_guest(x)
-    x.console(f"printf '{SERVICE_CFG}' > {SERVICE_CFG_PATH}")
+    x.console(f"printf '{service_cfg(vifname)}' > {SERVICE_CFG_PATH}")
     return SERVICE_CFG_PATH
 
 

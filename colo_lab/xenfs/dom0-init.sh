@@ -30,7 +30,8 @@ done
 hostname "$name"
 
 for m in xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback \
-         bridge tun loop virtio_net virtio_blk; do
+         bridge tun loop virtio_net virtio_blk \
+         br_netfilter nfnetlink_queue xt_NFQUEUE xt_physdev xt_comment sch_ingress cls_bpf; do
     modprobe "$m" 2>/dev/null || say "modprobe $m failed"
 done
 grep -q xenfs /proc/mounts || mount -t xenfs xenfs /proc/xen

@@ -76,7 +76,7 @@ def test_each_nic_has_its_tap_and_a_mac_of_its_own(tmp_path: Path) -> None:
 @pytest.mark.skipif(not xlu.available(), reason="libxlutil not here (apt-get install libxen-dev)")
 def test_service_domain_config_is_what_xl_parses() -> None:
     # The config goes to the dom0 as a printf format: its \n are newlines there.
-    cfg = xen_lab.SERVICE_CFG.replace("\\n", "\n")
+    cfg = xen_lab.service_cfg().replace("\\n", "\n")
     assert cfg.count("\n") == 12 and "'" not in cfg  # one line each; safe in '...'
     # No emulated VGA (the guest's console is its serial port).
     assert 'vga = "none"' in cfg.splitlines()
@@ -85,6 +85,10 @@ def test_service_domain_config_is_what_xl_parses() -> None:
     assert parsed["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,"
                              "colo_checkpoint_host=127.0.0.1,colo_checkpoint_port=9911"]
     assert parsed["disk"] == []
+    # With the proxy its NIC is named, so its tap is the proxy's `colo0-emu`.
+    named = xlu.parse_config(xen_lab.service_cfg("colo0").replace("\\n", "\n"))
+    assert named["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,vifname=colo0,"
+                            "colo_checkpoint_host=127.0.0.1,colo_checkpoint_port=9911"]
 
 
 def test_the_guest_disk_stays_vdb_with_the_source_disk_after_it(tmp_path: Path) -> None:
