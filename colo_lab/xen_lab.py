@@ -86,6 +86,11 @@ LIBXL_BRIDGE = ("127.0.0.1", 9911)
 FETCH_PORT = 8765
 
 
+def nic_mac(role: str, nic: int) -> str:
+    """The MAC of NIC `nic` (0 LAN, 1 forward link, 2 control) of that host's QEMU."""
+    return f"02:c0:10:{0x20 + nic:02x}:00:{1 if role == 'primary' else 2:02x}"
+
+
 @dataclass(frozen=True)
 class XenHost:
     """One nested Xen host of a lab; its files are in the lab's run directory."""
@@ -127,7 +132,7 @@ class XenHost:
         return self.run_dir / f"{self.tag}.pid"
 
     def mac(self, nic: int) -> str:
-        return f"02:c0:10:{0x20 + nic:02x}:00:{1 if self.role == 'primary' else 2:02x}"
+        return nic_mac(self.role, nic)
 
     def argv(self) -> list[str]:
         dom0 = (f"{DOM0_ARGS} colo.name={self.tag} "

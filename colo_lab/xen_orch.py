@@ -38,6 +38,7 @@ from colo_lab.xen_lab import (
     LIBXL_BRIDGE,
     SERVICE_CFG_PATH,
     XenHost,
+    nic_mac,
     start_in_dom0,
     write_service_config,
 )
@@ -81,7 +82,7 @@ COMPARE_TIMEOUT_S = 10.0
 
 def fwd_mac(role: str) -> str:
     """The MAC of that host's dom0 end of the forward link (its QEMU's second NIC)."""
-    return f"02:c0:10:21:00:{1 if role == 'primary' else 2:02x}"
+    return nic_mac(role, 1)
 
 
 def proxy_command(role: str, proxy_role: str) -> list[str]:

@@ -81,7 +81,7 @@ class Timing:
     paused_primary_wait: float = 60.0
     # How long a colo-proxy started (or found) by the orchestrator may take to answer its
     # hello: it compiles its BPF programs first, about 2 s on a host (0.2-0.3 s idle,
-    # ../shared/notes/MEASURED.md), 20-60 s in a nested Xen dom0 under TCG (docs/xen.md).
+    # ../shared/notes/MEASURED.md), 1-4 min in a nested Xen dom0 under TCG (docs/xen.md).
     proxy_start_timeout: float = 20.0
 
 
