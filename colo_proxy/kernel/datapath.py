@@ -52,6 +52,7 @@ HOOKS = {
 }
 # Primary with an uplink: flows carried over a role swap are rewritten at the host's edge.
 UPLINK_HOOKS = (("colo_up_in", "uplink", INGRESS), ("colo_up_eg", "uplink", EGRESS))
+IFF_PROMISC = 0x100  # linux/if.h
 
 
 def mac_to_int(mac: str) -> int:
@@ -79,6 +80,7 @@ class Datapath:
         self._bpf: Any = None
         self._ipr: IPRoute | None = None
         self.attached: list[tuple[str, str, int]] = []
+        self.promisc_set = False  # we turned the forward link's promiscuous mode on
 
     def __enter__(self) -> Datapath:
         try:
@@ -106,10 +108,19 @@ class Datapath:
             names["uplink"] = self.uplink
             hooks += UPLINK_HOOKS
         idx = {which: _ifindex(ipr, name) for which, name in names.items()}
-        fwd_mac = ipr.get_links(idx["fwd"])[0].get_attr("IFLA_ADDRESS")
+        fwd = ipr.get_links(idx["fwd"])[0]
+        fwd_mac = fwd.get_attr("IFLA_ADDRESS")
         if fwd_mac == self.peer_mac.lower():
             raise RuntimeError(f"peer_mac {self.peer_mac} is this host's own {self.fwd}: "
                                f"give the forward-link MAC of the other host")
+        # Frames on the forward link keep the addresses they had (the mirror's are for the
+        # VMs' MAC, the SVM's output for the clients'; the programs tell them by their
+        # source), so the link must take frames not addressed to it. A veth does; a real
+        # NIC, or a VM's (the nested Xen lab's dom0s), drops them in its address filter
+        # unless it is promiscuous: run AU saw none of the mirror reach the secondary.
+        if not fwd["flags"] & IFF_PROMISC:
+            ipr.link("set", index=idx["fwd"], flags=IFF_PROMISC, change=IFF_PROMISC)
+            self.promisc_set = True
         self._bpf = load(self.role, fwd_ifindex=idx["fwd"], tap_ifindex=idx["tap"],
                          vm_mac=self.vm_mac, fwd_mac=fwd_mac, peer_mac=self.peer_mac,
                          uplink_ifindex=idx.get("uplink", 0))
@@ -128,9 +139,17 @@ class Datapath:
         cleanup(ifnames=list(names.values()), ipr=ipr, keep=kept)
 
     def detach(self) -> None:
-        """Remove the filters (an orderly stop) and let go of the programs."""
+        """Remove the filters (an orderly stop), end the forward link's promiscuous mode
+        if we began it, and let go of the programs."""
         if self._ipr is not None:
             cleanup(ifnames=[n for n in (self.tap, self.fwd, self.uplink) if n], ipr=self._ipr)
+            if self.promisc_set:
+                try:
+                    self._ipr.link("set", index=_ifindex(self._ipr, self.fwd), flags=0,
+                                   change=IFF_PROMISC)
+                except (RuntimeError, NetlinkError):
+                    pass  # the link went away with its flags
+                self.promisc_set = False
         self.release()
 
     def release(self) -> None:

@@ -55,6 +55,25 @@ except RuntimeError as exc:
 """
 
 
+PROMISC = r"""
+import json
+from pyroute2 import IPRoute
+from colo_proxy.kernel import datapath
+
+def promisc(name):
+    with IPRoute() as ipr:
+        return bool(ipr.get_links(ipr.link_lookup(ifname=name)[0])[0]["flags"] & 0x100)
+
+for fwd in ("fwdq", "fwdp"):
+    look = {"fwd": fwd, "before": promisc(fwd)}
+    with datapath.Datapath("secondary", tap="tapq", fwd=fwd, vm_mac="52:54:00:c0:10:01",
+                           peer_mac="02:c0:10:21:00:01"):
+        look["attached"] = promisc(fwd)
+    look["after"] = promisc(fwd)
+    print(json.dumps(look), flush=True)
+"""
+
+
 @pytest.fixture
 def ns() -> Iterator[str]:
     name = unique_name("hc")
@@ -156,3 +175,17 @@ def test_only_the_taps_bridge_is_changed_and_an_orderly_stop_restores_it(ns: str
     # A tap on no bridge: the error names the fix, and nothing was installed.
     assert lines[-1].startswith("lonely is not a port of a bridge") and \
         "ip link set lonely master BRIDGE" in lines[-1]
+
+
+def test_the_forward_link_takes_every_frame_while_attached(ns: str) -> None:
+    # The forward link's frames keep their addresses (for the VMs' MAC, for a client's):
+    # a real NIC's address filter drops them unless it is promiscuous (run AU, the nested
+    # Xen dom0s' NICs). An orderly stop ends only the promiscuous mode it began.
+    for dev in ("tapq", "fwdq", "fwdp"):
+        netns.ip(ns, "link", "add", dev, "type", "veth", "peer", "name", dev + "-p")
+    netns.ip(ns, "link", "set", "fwdp", "promisc", "on")  # an operator's, or a capture's
+    out = in_ns(ns, [sys.executable, "-c", PROMISC], timeout=300)
+    looks = [json.loads(ln) for ln in out.splitlines()]
+    assert looks == [
+        {"fwd": "fwdq", "before": False, "attached": True, "after": False},
+        {"fwd": "fwdp", "before": True, "attached": True, "after": True}]
