@@ -345,9 +345,11 @@ def _up_xen(lab: Lab, args: argparse.Namespace) -> int:
     # As for the VMs' QEMU: the newest cached build starts a lab at once; `build --xen`
     # is what rebuilds after an input changed.
     build = cached_xen() or ensure_xen()
-    from colo_lab.guest import cached_guest, ensure_guest
+    from colo_lab.guest import ensure_guest
 
-    guest = cached_guest() or ensure_guest()
+    # The guest as its inputs make it, not the newest cached one: --protected gives it
+    # libxl's COLO disk, which an older guest (no IDE driver) would not see.
+    guest = ensure_guest()
     # Measured here: 2-4 min to the guest's answer. With --protected and colo-proxy in the
     # dom0s (docs/xen.md, runs AQ-AS): dom0s about 80 s, both PROTECTED 157-174 s after
     # the orchestrators started, the secondary's proxy compiled 4 min after that, the

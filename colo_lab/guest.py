@@ -27,8 +27,10 @@ from colo_lab.errors import LabError
 from colo_lab.paths import PACKAGE_DIR, cache_dir, prune_cache, touch_build
 
 GUESTFS = PACKAGE_DIR / "guestfs"
-# Modules the guest loads: the network and disk devices the lab gives it.
-WANTED_MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
+# Modules the guest loads: the network and disk devices the lab gives it. The IDE ones
+# are for the nested Xen lab, whose libxl emulates COLO's replicated disks as IDE or SCSI
+# only (libxl_dm.c); init.sh loads ata_piix only when the kernel's command line asks.
+WANTED_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "ata_piix", "sd_mod")
 PATTERN_SIZE = 1 << 20
 BUILDER_VERSION = "2"  # 2: the UDP echo service compiled in
 

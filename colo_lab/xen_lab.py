@@ -44,6 +44,7 @@ from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab
 from colo_lab.paths import PACKAGE_DIR
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
+from colo_orch.backends.xen.domain import ColoDisk
 
 QEMU = "qemu-system-x86_64"
 # XEN-NESTED.md: without smap=0 smep=0 the dom0 dies at its first instruction under TCG
@@ -394,9 +395,9 @@ SERVICE_TIMEOUT_S = 300.0
 COLO_SERVICE_TIMEOUT_S = 380.0
 # With colo-proxy in the dom0s (colo_lab.xen_orch) the PVM's output waits for the SVM's,
 # and the secondary's proxy compiles its programs only once the COLO migration has made
-# its tap: 4.3 min in a dom0 busy with the SVM. A request then took 14-17 s (its SYN-ACK
-# 2.7-6.5 s): each packet held 2.7 s on average, the SVM being paused by a checkpoint
-# every 5 s or less.
+# its tap: 4.3 min in a dom0 busy with the SVM. A request then took 0.5-3.8 s (run AU);
+# 14-17 s while the forward link dropped the mirror and every packet waited for a
+# checkpoint (runs AQ-AS).
 PROXIED_SERVICE_TIMEOUT_S = 700.0
 PROXIED_REQUEST_S = 60.0
 SERVICE_CFG_PATH = "/tmp/service.cfg"
@@ -408,17 +409,62 @@ def mount_guest(x: XenHost) -> None:
     x.console("mkdir -p /mnt/guest && mount -o ro /dev/vdb /mnt/guest")
 
 
-def service_cfg(vifname: str = "") -> str:
+# libxl's COLO disk (xl-disk-configuration(5)'s colo, colo-host, colo-port, colo-export,
+# active-disk, hidden-disk; libxl_dm.c, libxl_colo_qdisk.c): an emulated IDE disk (libxl
+# replicates emulated IDE and SCSI disks only). The primary's device model writes through a
+# quorum to its own image and, from COLO's first checkpoint on, to a `replication` child
+# that is an NBD client of the secondary; the secondary's device model serves that export
+# (nbd-server-start on colo-host:colo-port) into its own image and runs the SVM on the
+# `replication` secondary driver: the SVM's writes go to the active overlay, the old content
+# of what the primary overwrites to the hidden one, both emptied at each checkpoint. libxl
+# copies no disk: both images start equal (empty; the guest makes its file system under
+# COLO). The paths are the same in both dom0s: the secondary's config is the primary's,
+# from the stream. The NBD connection uses the control link, the migration stream's.
+COLO_DISK_DIR = "/var/lib/colo-disk"
+COLO_DISK_IMAGE = f"{COLO_DISK_DIR}/disk.img"
+COLO_DISK_MB = 64
+COLO_DISK_EXPORT = "colo-disk0"
+COLO_DISK_PORT = 7421
+COLO_DISK_OVERLAYS = ("active.qcow2", "hidden.qcow2")
+OVERLAY_DIR = "xen-disk"  # on the source disk: /opt/colo/xen-disk
+# libxl picks its qdisk backend for it (disk_try_backend refuses phy with colo), which
+# libxl_colo_qdisk.c requires.
+COLO_DISK_SPEC = ColoDisk(
+    target=COLO_DISK_IMAGE, colo_host=DOM0_CTL_IP["secondary"], colo_port=COLO_DISK_PORT,
+    colo_export=COLO_DISK_EXPORT, active_disk=f"{COLO_DISK_DIR}/{COLO_DISK_OVERLAYS[0]}",
+    hidden_disk=f"{COLO_DISK_DIR}/{COLO_DISK_OVERLAYS[1]}").spec()
+
+
+def write_disk_overlays(root: Path) -> None:
+    """The secondary's empty qcow2 overlays, as large as the disk, under `root` (the
+    source disk's tree): made by the host's qemu-img, the dom0 has none."""
+    d = root / OVERLAY_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    for name in COLO_DISK_OVERLAYS:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / name), f"{COLO_DISK_MB}M"])
+
+
+def service_cfg(vifname: str = "", disk: bool = False) -> str:
     """SERVICE_CFG (printf's escapes), its NIC named `vifname` if given (its tap then
-    `<vifname>-emu`), else libxl's default `vif<domid>.0`."""
-    return SERVICE_CFG.replace("VIFNAME", f"vifname={vifname}," if vifname else "")
+    `<vifname>-emu`), else libxl's default `vif<domid>.0`; with `disk`, the COLO disk
+    (the guest keeps its key-value store there: colo.disk=sda)."""
+    cfg = SERVICE_CFG.replace("VIFNAME", f"vifname={vifname}," if vifname else "")
+    if disk:
+        cfg = cfg.replace("nopv panic=-1 ", "nopv panic=-1 colo.disk=sda ")
+        cfg += f'disk = [ "{COLO_DISK_SPEC}" ]\\n'
+    return cfg
 
 
-def write_service_config(x: XenHost, vifname: str = "") -> str:
+def write_service_config(x: XenHost, vifname: str = "", disk: bool = False) -> str:
     """The lab's guest as the HVM domain `service`: its config in the dom0 (and the guest
-    disk mounted, whence it boots); returns the config's path."""
+    disk mounted, whence it boots); with `disk`, the COLO disk's empty image and overlays
+    made afresh (write_disk_overlays on the source disk). Returns the config's path."""
     mount_guest(x)
-    x.console(f"printf '{service_cfg(vifname)}' > {SERVICE_CFG_PATH}")
+    if disk:
+        x.console(f"rm -rf {COLO_DISK_DIR} && mkdir -p {COLO_DISK_DIR} && "
+                  f"truncate -s {COLO_DISK_MB}M {COLO_DISK_IMAGE} && "
+                  f"cp /opt/colo/{OVERLAY_DIR}/*.qcow2 {COLO_DISK_DIR}/")
+    x.console(f"printf '{service_cfg(vifname, disk)}' > {SERVICE_CFG_PATH}")
     return SERVICE_CFG_PATH
 
 

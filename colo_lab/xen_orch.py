@@ -40,6 +40,7 @@ from colo_lab.xen_lab import (
     XenHost,
     nic_mac,
     start_in_dom0,
+    write_disk_overlays,
     write_service_config,
 )
 
@@ -140,9 +141,13 @@ on_unfence = {_toml(up)}
 {timing}"""
 
 
-def write_configs(root: Path, endpoints: list[str], *, proxy: bool = True) -> None:
+def write_configs(root: Path, endpoints: list[str], *, proxy: bool = True,
+                  disk: bool = False) -> None:
     """The configs and secrets under `root` (the source disk's tree): `lab/orch-ROLE.toml`,
-    `lab/heartbeat.key` (one secret, copied by each host) and `lab/api-ROLE.token`."""
+    `lab/heartbeat.key` (one secret, copied by each host) and `lab/api-ROLE.token`; with
+    `disk`, the COLO disk's overlays (xen_lab.write_disk_overlays)."""
+    if disk:
+        write_disk_overlays(root)
     d = root / SOURCE_DIR
     d.mkdir(parents=True, exist_ok=True)
     for role in ("primary", "secondary"):
@@ -199,12 +204,13 @@ def describe(xs: dict[str, XenHost]) -> str:
 
 
 def protect(xs: dict[str, XenHost], timeout: float = PROTECT_TIMEOUT_S, *,
-            proxy: bool = True) -> float:
+            proxy: bool = True, disk: bool = False) -> float:
     """The service domain protected by colo-orch in both dom0s: its config written on
-    both, the secondary's orchestrator started, then the primary's; returns the seconds
-    until both say PROTECTED. `proxy` as the configs were written."""
+    both (with `disk`, libxl's COLO disk: xen_lab.COLO_DISK_SPEC), the secondary's
+    orchestrator started, then the primary's; returns the seconds until both say
+    PROTECTED. `proxy` and `disk` as the configs were written."""
     for x in xs.values():
-        write_service_config(x, vifname=VIFNAME if proxy else "")
+        write_service_config(x, vifname=VIFNAME if proxy else "", disk=disk)
     # The secondary first, as docs/xen.md's setup says: the primary's domain, created
     # paused, waits for it.
     start(xs["secondary"])

@@ -12,8 +12,20 @@ mkdir -p /tmp /data
 mount -t tmpfs tmpfs /tmp
 
 # modules.order holds the modules in dependency order (written by the lab's builder).
+# ata_piix only with colo.disk=sda (the nested Xen lab's IDE disk): on the QEMU lab's pc
+# machine it would bind the board's empty IDE channels and probe them.
+disk=vda
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in colo.disk=*) disk="${arg#colo.disk=}" ;; esac
+done
+# libata without ACPI: it would run the firmware's IDE methods (_GTM, _GTF) for an
+# emulated disk that needs none, and a COLO SVM's copy of the ACPI tables has been seen
+# to differ from its PVM's ("The DSDT has been corrupted or replaced", run AU).
 while read -r mod; do
-    insmod "/lib/modules/$mod" 2>/dev/null || echo "colo-guest: insmod $mod failed"
+    [ "$mod" = ata_piix.ko ] && [ "$disk" != sda ] && continue
+    args=""
+    [ "$mod" = libata.ko ] && args="noacpi=1"
+    insmod "/lib/modules/$mod" $args 2>/dev/null || echo "colo-guest: insmod $mod failed"
 done < /lib/modules/modules.order
 
 ip=""
@@ -39,11 +51,14 @@ ip link set eth0 up
 [ -n "$ip6" ] && ip -6 addr add "$ip6" dev eth0
 
 # The optional disk holds the key-value store so that disk replication can be
-# checked from outside; without it the store lives in tmpfs.
+# checked from outside; without it the store lives in tmpfs. An IDE disk appears once
+# libata's scan ends, after insmod returned: wait for it (30 s: nested TCG) when asked for.
 KV=/tmp/kv
-if [ -b /dev/vda ]; then
-    if ! mount -t ext4 /dev/vda /data 2>/dev/null; then
-        mke2fs -q -t ext4 /dev/vda >/dev/null 2>&1 && mount -t ext4 /dev/vda /data
+n=0
+while [ "$disk" = sda ] && [ ! -b /dev/sda ] && [ $n -lt 1500 ]; do n=$((n + 1)); usleep 20000; done
+if [ -b "/dev/$disk" ]; then
+    if ! mount -t ext4 "/dev/$disk" /data 2>/dev/null; then
+        mke2fs -q -t ext4 "/dev/$disk" >/dev/null 2>&1 && mount -t ext4 "/dev/$disk" /data
     fi
     grep -q ' /data ' /proc/mounts && KV=/data/kv
 fi

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -236,6 +237,7 @@ def _orch_checkpoints(x: xen_lab.XenHost) -> int:
 
 
 DIVERGENT_TRIES = 3
+COLO_DISK = False
 
 
 def _divergences(lab: Lab, x: xen_lab.XenHost) -> float:
@@ -244,6 +246,12 @@ def _divergences(lab: Lab, x: xen_lab.XenHost) -> float:
     text = netns.sh(x.ns, ["curl", "-sSf", "--max-time", "10", url], timeout=20)
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("colo_proxy_divergences_total{"))
+
+
+def _image_has(x: xen_lab.XenHost, data: bytes) -> bool:
+    """Whether the COLO disk's image in that dom0 holds `data` (hex: no quoting)."""
+    out = x.console(f"grep -c -a {data.decode()} {xen_lab.COLO_DISK_IMAGE}; true", timeout=60)
+    return any(line.strip().isdigit() and int(line) > 0 for line in out.splitlines())
 
 
 def _proxy_status(x: xen_lab.XenHost) -> dict[str, object]:
@@ -262,36 +270,50 @@ def test_colo_orch_in_both_dom0s_protects_the_domain_and_fails_over(build: XenLa
     programs compiled by the dom0's bcc, the PVM's output held in NFQUEUE): the primary
     creates the domain paused and enters COLO once the secondary waits, both say
     PROTECTED, the orchestrator's checkpoints go through libxl, the PVM serves through
-    its proxy, its answers compared with the SVM's (divergent requests are counted). Then the
-    primary Xen host is killed: the secondary's orchestrator, by its heartbeat and the
-    arbiter, takes over, and the SVM answers the same persistent connection."""
+    its proxy, its answers compared with the SVM's, and a divergent one makes the proxy ask
+    for a checkpoint; the guest's store on libxl's COLO disk reaches the secondary's image.
+    Then the primary Xen host is killed: the secondary's orchestrator, by its heartbeat and
+    the arbiter, takes over, and the SVM answers the same persistent connection and has
+    the PVM's store."""
     lab = Lab(f"xen{os.getpid() % 10000}")
     conn = None
     try:
         lab.up(vms=False)
-        xen_lab.up(lab, build, cached_guest() or ensure_guest(),
+        # The guest as its inputs make it: an older cached one has no IDE driver.
+        xen_lab.up(lab, build, ensure_guest(),
                    source_extra=lambda root: xen_orch.write_configs(
-                       root, etcd_net.endpoints(lab)))
+                       root, etcd_net.endpoints(lab), disk=COLO_DISK))
         hs = xen_lab.hosts(lab, build)
         pri, sec = hs["primary"], hs["secondary"]
         for x in (pri, sec):
             x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
             xen_lab.watch_xen(x)
-        entered = xen_orch.protect(hs)
+        entered = xen_orch.protect(hs, disk=COLO_DISK)
         # The SVM, with the PVM's MAC and address, is off the LAN (on_secondary).
         assert sec.console("cat /sys/class/net/eth0/operstate").strip().endswith("down")
         # The PVM, created paused and run by libxl from COLO's first checkpoint, serves.
         lab.wait_http("/health", b"ok\n", timeout=xen_lab.PROXIED_SERVICE_TIMEOUT_S,
                       attempt=xen_lab.PROXIED_REQUEST_S)
         assert lab.http("/blob/1000", timeout=xen_lab.PROXIED_REQUEST_S) == (200, pattern()[:1000])
+        # libxl's COLO disk: the guest keeps its store on its IDE disk (it says so on its
+        # console); what the PVM writes reaches the secondary's image over NBD at once.
+        # Without replication that image stays empty: the SVM writes to its overlay.
+        value = secrets.token_hex(16).encode()
+        if COLO_DISK:
+            assert "kv=/data/kv" in pri.console(f"cat {xen_lab.GUEST_CONSOLE}")
+            assert lab.http("/kv/disk", method="PUT", data=value,
+                            timeout=xen_lab.PROXIED_REQUEST_S) == (200, b"stored 32\n")
+            wait_until(lambda: _image_has(sec, value), 120,
+                       "the PVM's write in the secondary's disk image", every=5)
         # The PVM's answers came through the primary's proxy, compared with the SVM's:
         # the SVM's output reached the comparator over the forward link.
         compare = _proxy_status(pri)["compare"]
         assert isinstance(compare, dict)
         assert compare["secondary_packets"] > 0 and compare["released_packets"] > 0, compare
-        # /random's answers (a UUID and the uptime) differ between the QEMU lab's
-        # replicas. Only counted here, not required: runs AR and AS saw no divergence on
-        # Xen (docs/xen.md); the path proxy -> DO_CHECKPOINT is the COLO test's.
+        # /random's answers (a UUID and the uptime) differ between the replicas: the
+        # comparator sees the payloads differ and asks for a checkpoint. Runs AR and AS saw
+        # none: the mirror never reached the SVM (the forward link's NIC dropped frames
+        # not addressed to it, until colo-proxy made it promiscuous; run AU).
         before = _divergences(lab, pri)
         for _ in range(DIVERGENT_TRIES):
             assert lab.http("/random", timeout=xen_lab.PROXIED_REQUEST_S)[0] == 200
@@ -299,6 +321,7 @@ def test_colo_orch_in_both_dom0s_protects_the_domain_and_fails_over(build: XenLa
         after = _proxy_status(pri)["compare"]
         print(f"compared before /random: {json.dumps(compare)}; after: {json.dumps(after)}; "
               f"divergences in {DIVERGENT_TRIES} /random: {seen:g}")
+        assert seen >= 1, after
         done = _orch_checkpoints(pri)
         assert done >= COLO_CHECKPOINTS, xen_orch.describe(hs)
         conn = _PersistentClient(lab)
@@ -327,6 +350,10 @@ def test_colo_orch_in_both_dom0s_protects_the_domain_and_fails_over(build: XenLa
         served = time.monotonic() - killed
         assert conn.opened() == 1, "the connection was reopened"
         assert lab.http("/blob/1000", timeout=xen_lab.PROXIED_REQUEST_S) == (200, pattern()[:1000])
+        if COLO_DISK:  # the former SVM has the PVM's store and writes its disk on its own
+            assert lab.http("/kv/disk", timeout=xen_lab.PROXIED_REQUEST_S) == (200, value)
+            assert lab.http("/kv/after", method="PUT", data=b"x",
+                            timeout=xen_lab.PROXIED_REQUEST_S) == (200, b"stored 1\n")
         # It stays the primary that serves, holding the lease (run AL's took itself for a
         # VM-less host 0.2 s after ALONE, on a look begun during the take-over).
         st = xen_orch.state(sec)

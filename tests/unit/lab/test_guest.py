@@ -43,11 +43,21 @@ def test_module_order_puts_dependencies_first(tmp_path: Path) -> None:
         "kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko "
         "kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
         "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko\n"
+        "kernel/drivers/scsi/scsi_common.ko:\n"
+        "kernel/drivers/scsi/scsi_mod.ko: kernel/drivers/scsi/scsi_common.ko\n"
+        "kernel/drivers/ata/libata.ko: kernel/drivers/scsi/scsi_mod.ko "
+        "kernel/drivers/scsi/scsi_common.ko\n"
+        "kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko "
+        "kernel/drivers/scsi/scsi_mod.ko kernel/drivers/scsi/scsi_common.ko\n"
+        "kernel/drivers/scsi/sd_mod.ko: kernel/drivers/scsi/scsi_mod.ko "
+        "kernel/drivers/scsi/scsi_common.ko\n"
     )
     order = [Path(m).name for m in guest._module_order(dep)]
-    assert len(order) == len(set(order)) == 7
+    assert len(order) == len(set(order)) == 12
     for mod, needs in [("virtio_pci.ko", "virtio.ko"), ("virtio_net.ko", "net_failover.ko"),
-                       ("net_failover.ko", "failover.ko"), ("virtio_blk.ko", "virtio_ring.ko")]:
+                       ("net_failover.ko", "failover.ko"), ("virtio_blk.ko", "virtio_ring.ko"),
+                       ("ata_piix.ko", "libata.ko"), ("libata.ko", "scsi_mod.ko"),
+                       ("sd_mod.ko", "scsi_common.ko")]:
         assert order.index(needs) < order.index(mod)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,6 +90,32 @@ def test_service_domain_config_is_what_xl_parses() -> None:
     named = xlu.parse_config(xen_lab.service_cfg("colo0").replace("\\n", "\n"))
     assert named["vif"] == [f"mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,vifname=colo0,"
                             "colo_checkpoint_host=127.0.0.1,colo_checkpoint_port=9911"]
+
+
+def test_with_a_disk_the_domain_has_libxls_colo_disk_and_the_guest_uses_it() -> None:
+    cfg = xen_lab.service_cfg("colo0", disk=True).replace("\\n", "\n")
+    assert cfg.count("\n") == 13 and "'" not in cfg
+    [spec] = xlu.parse_config(cfg)["disk"]
+    assert xlu.parse_disk(spec) == {
+        "vdev": "hda", "target": xen_lab.COLO_DISK_IMAGE, "format": "raw", "readwrite": "1",
+        "colo": "1", "colo-host": xen_lab.DOM0_CTL_IP["secondary"],
+        "colo-port": str(xen_lab.COLO_DISK_PORT), "colo-export": xen_lab.COLO_DISK_EXPORT,
+        "active-disk": "/var/lib/colo-disk/active.qcow2",
+        "hidden-disk": "/var/lib/colo-disk/hidden.qcow2"}
+    # An emulated IDE disk: the guest's init loads ata_piix and keeps its store there.
+    assert " colo.disk=sda " in cfg
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")
+def test_the_overlays_are_empty_qcow2_images_as_large_as_the_disk(tmp_path: Path) -> None:
+    xen_lab.write_disk_overlays(tmp_path)
+    for name in xen_lab.COLO_DISK_OVERLAYS:
+        info = json.loads(subprocess.run(
+            ["qemu-img", "info", "--output=json", str(tmp_path / xen_lab.OVERLAY_DIR / name)],
+            capture_output=True, text=True, check=True).stdout)
+        assert info["format"] == "qcow2"
+        assert info["virtual-size"] == xen_lab.COLO_DISK_MB << 20
+        assert "backing-filename" not in info  # libxl's command line gives the backing
 
 
 def test_the_guest_disk_stays_vdb_with_the_source_disk_after_it(tmp_path: Path) -> None:
