@@ -226,15 +226,19 @@ class XenHost:
                                    f"see {self.serial_path}")
                 got.extend(chunk)
 
-            def echoed(want: int) -> bool:
+            def echoed(part: bytes, start: int) -> bool:
                 read()
-                return len(got) >= want
+                return _subsequence(part, got, start)
 
             for i in range(0, len(line), CONSOLE_CHUNK):
                 part = line[i:i + CONSOLE_CHUNK]
+                start = len(got)
                 s.sendall(part)
-                # The tty echoes each byte typed as one byte or more.
-                wait_until(functools.partial(echoed, len(got) + len(part)), 30.0,
+                # The tty echoes each byte typed, in order, with other output possibly
+                # between them: a job's "Done" notice, the kernel's or Xen's lines. Counting
+                # bytes took such a notice for the echo, and the next chunk, sent too soon,
+                # lost 30 bytes (run AY).
+                wait_until(functools.partial(echoed, part, start), 30.0,
                            f"{self.tag}'s console to echo what was typed", every=0)
 
             def answered() -> tuple[str, str] | None:
@@ -276,6 +280,17 @@ class XenHost:
         finally:
             self.console(f"kill $(cat {pid}) 2>/dev/null; rm -f {pid}")
         return got
+
+
+def _subsequence(part: bytes, got: bytearray, start: int) -> bool:
+    """Whether the bytes of `part` occur in order in `got` from `start` on."""
+    at = start
+    for b in part:
+        at = got.find(b, at)
+        if at < 0:
+            return False
+        at += 1
+    return True
 
 
 def _after(text: str, mark: str) -> tuple[str, str] | None:
@@ -417,8 +432,8 @@ def mount_guest(x: XenHost) -> None:
 # (nbd-server-start on colo-host:colo-port) into its own image and runs the SVM on the
 # `replication` secondary driver: the SVM's writes go to the active overlay, the old content
 # of what the primary overwrites to the hidden one, both emptied at each checkpoint. libxl
-# copies no disk: both images start equal (empty; the guest makes its file system under
-# COLO). The paths are the same in both dom0s: the secondary's config is the primary's,
+# copies no disk: both images start equal (one ext4 image made on the host, copied to
+# both dom0s). The paths are the same in both dom0s: the secondary's config is the primary's,
 # from the stream. The NBD connection uses the control link, the migration stream's.
 COLO_DISK_DIR = "/var/lib/colo-disk"
 COLO_DISK_IMAGE = f"{COLO_DISK_DIR}/disk.img"
@@ -435,11 +450,18 @@ COLO_DISK_SPEC = ColoDisk(
     hidden_disk=f"{COLO_DISK_DIR}/{COLO_DISK_OVERLAYS[1]}").spec()
 
 
-def write_disk_overlays(root: Path) -> None:
-    """The secondary's empty qcow2 overlays, as large as the disk, under `root` (the
-    source disk's tree): made by the host's qemu-img, the dom0 has none."""
+def write_colo_disk(root: Path) -> None:
+    """The COLO disk's image, formatted ext4 (the guest's busybox has no ext4 mkfs), and
+    the secondary's empty qcow2 overlays, as large as it, under `root` (the source disk's
+    tree): made by the host's mkfs.ext4 and qemu-img, once, so that both dom0s copy the
+    same bytes (two mkfs runs differ: UUID, hash seed, times)."""
     d = root / OVERLAY_DIR
     d.mkdir(parents=True, exist_ok=True)
+    image = d / Path(COLO_DISK_IMAGE).name
+    with open(image, "wb") as f:
+        f.truncate(COLO_DISK_MB << 20)
+    # Lazy init leaves the inode tables and the journal as holes: 0.4 MiB on the disk.
+    run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)])
     for name in COLO_DISK_OVERLAYS:
         run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / name), f"{COLO_DISK_MB}M"])
 
@@ -457,13 +479,12 @@ def service_cfg(vifname: str = "", disk: bool = False) -> str:
 
 def write_service_config(x: XenHost, vifname: str = "", disk: bool = False) -> str:
     """The lab's guest as the HVM domain `service`: its config in the dom0 (and the guest
-    disk mounted, whence it boots); with `disk`, the COLO disk's empty image and overlays
-    made afresh (write_disk_overlays on the source disk). Returns the config's path."""
+    disk mounted, whence it boots); with `disk`, the COLO disk's image and overlays copied
+    afresh from the source disk (write_colo_disk). Returns the config's path."""
     mount_guest(x)
     if disk:
         x.console(f"rm -rf {COLO_DISK_DIR} && mkdir -p {COLO_DISK_DIR} && "
-                  f"truncate -s {COLO_DISK_MB}M {COLO_DISK_IMAGE} && "
-                  f"cp /opt/colo/{OVERLAY_DIR}/*.qcow2 {COLO_DISK_DIR}/")
+                  f"cp --sparse=always /opt/colo/{OVERLAY_DIR}/* {COLO_DISK_DIR}/")
     x.console(f"printf '{service_cfg(vifname, disk)}' > {SERVICE_CFG_PATH}")
     return SERVICE_CFG_PATH
 

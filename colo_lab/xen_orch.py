@@ -40,7 +40,7 @@ from colo_lab.xen_lab import (
     XenHost,
     nic_mac,
     start_in_dom0,
-    write_disk_overlays,
+    write_colo_disk,
     write_service_config,
 )
 
@@ -145,9 +145,9 @@ def write_configs(root: Path, endpoints: list[str], *, proxy: bool = True,
                   disk: bool = False) -> None:
     """The configs and secrets under `root` (the source disk's tree): `lab/orch-ROLE.toml`,
     `lab/heartbeat.key` (one secret, copied by each host) and `lab/api-ROLE.token`; with
-    `disk`, the COLO disk's overlays (xen_lab.write_disk_overlays)."""
+    `disk`, the COLO disk's image and overlays (xen_lab.write_colo_disk)."""
     if disk:
-        write_disk_overlays(root)
+        write_colo_disk(root)
     d = root / SOURCE_DIR
     d.mkdir(parents=True, exist_ok=True)
     for role in ("primary", "secondary"):

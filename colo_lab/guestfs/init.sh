@@ -51,14 +51,15 @@ ip link set eth0 up
 [ -n "$ip6" ] && ip -6 addr add "$ip6" dev eth0
 
 # The optional disk holds the key-value store so that disk replication can be
-# checked from outside; without it the store lives in tmpfs. An IDE disk appears once
+# checked from outside; without it the store lives in tmpfs. The lab formats it (ext4);
+# a blank one gets busybox's ext2, which the ext4 driver mounts. An IDE disk appears once
 # libata's scan ends, after insmod returned: wait for it (30 s: nested TCG) when asked for.
 KV=/tmp/kv
 n=0
 while [ "$disk" = sda ] && [ ! -b /dev/sda ] && [ $n -lt 1500 ]; do n=$((n + 1)); usleep 20000; done
 if [ -b "/dev/$disk" ]; then
     if ! mount -t ext4 "/dev/$disk" /data 2>/dev/null; then
-        mke2fs -q -t ext4 "/dev/$disk" >/dev/null 2>&1 && mount -t ext4 "/dev/$disk" /data
+        mke2fs -q "/dev/$disk" >/dev/null 2>&1 && mount -t ext4 "/dev/$disk" /data
     fi
     grep -q ' /data ' /proc/mounts && KV=/data/kv
 fi

@@ -42,6 +42,17 @@ def test_console_reply_is_the_output_between_echo_and_marker() -> None:
     assert xen_lab._after("colo-end-42-1", "colo-end-42") is None  # the line is not whole
 
 
+def test_a_typed_chunk_counts_as_echoed_only_once_its_bytes_came_back() -> None:
+    part = b"cp --sparse=always /opt/colo/xen"
+    # Run AY: a job's notice came first; as many bytes as typed, but not the echo.
+    notice = bytearray(b"[1] + Done                       setsid python3 -m colo_orch.cli"
+                       b".orch run 1>/tmp/orch.log 2>&1 0</dev/null\r\n")
+    assert len(notice) >= len(part) and not xen_lab._subsequence(part, notice, 0)
+    # The echo, with a line of Xen's in the middle of it, and after what came before.
+    got = bytearray(b"old cp --sparse") + notice + b"=always /opt/(XEN) d1 up\r\ncolo/xen"
+    assert xen_lab._subsequence(part, got, 4) and not xen_lab._subsequence(part, got, 5)
+
+
 def test_a_xen_console_line_after_the_status_is_not_part_of_it() -> None:
     # Run H: Xen printed a guest's line right after the marker's status.
     got = xen_lab._after("kill 1\r\ncolo-end-42-0(d1) Allocated Xen hypercall page\r\n",
@@ -106,9 +117,14 @@ def test_with_a_disk_the_domain_has_libxls_colo_disk_and_the_guest_uses_it() -> 
     assert " colo.disk=sda " in cfg
 
 
-@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")
-def test_the_overlays_are_empty_qcow2_images_as_large_as_the_disk(tmp_path: Path) -> None:
-    xen_lab.write_disk_overlays(tmp_path)
+@pytest.mark.skipif(shutil.which("qemu-img") is None or shutil.which("mkfs.ext4") is None,
+                    reason="needs qemu-img (qemu-utils) and mkfs.ext4")
+def test_the_disk_is_ext4_and_the_overlays_empty_qcow2_as_large(tmp_path: Path) -> None:
+    xen_lab.write_colo_disk(tmp_path)
+    image = tmp_path / xen_lab.OVERLAY_DIR / "disk.img"
+    assert image.stat().st_size == xen_lab.COLO_DISK_MB << 20
+    assert image.stat().st_blocks * 512 < 4 << 20  # sparse: it fits on the source disk
+    assert image.read_bytes()[1024 + 56:1024 + 58] == b"\x53\xef"  # ext2/3/4 magic
     for name in xen_lab.COLO_DISK_OVERLAYS:
         info = json.loads(subprocess.run(
             ["qemu-img", "info", "--output=json", str(tmp_path / xen_lab.OVERLAY_DIR / name)],
