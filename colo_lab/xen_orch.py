@@ -142,7 +142,7 @@ on_unfence = {_toml(up)}
 
 
 def write_configs(root: Path, endpoints: list[str], *, proxy: bool = True,
-                  disk: bool = False) -> None:
+                  disk: bool = True) -> None:
     """The configs and secrets under `root` (the source disk's tree): `lab/orch-ROLE.toml`,
     `lab/heartbeat.key` (one secret, copied by each host) and `lab/api-ROLE.token`; with
     `disk`, the COLO disk's image and overlays (xen_lab.write_colo_disk)."""
@@ -204,7 +204,7 @@ def describe(xs: dict[str, XenHost]) -> str:
 
 
 def protect(xs: dict[str, XenHost], timeout: float = PROTECT_TIMEOUT_S, *,
-            proxy: bool = True, disk: bool = False) -> float:
+            proxy: bool = True, disk: bool = True) -> float:
     """The service domain protected by colo-orch in both dom0s: its config written on
     both (with `disk`, libxl's COLO disk: xen_lab.COLO_DISK_SPEC), the secondary's
     orchestrator started, then the primary's; returns the seconds until both say

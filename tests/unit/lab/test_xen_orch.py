@@ -32,7 +32,7 @@ def test_each_dom0s_config_is_what_colo_orch_takes() -> None:
 
 
 def test_the_secrets_are_one_key_for_the_pair_and_a_token_per_host(tmp_path: Path) -> None:
-    xen_orch.write_configs(tmp_path, ENDPOINTS)
+    xen_orch.write_configs(tmp_path, ENDPOINTS, disk=False)
     d = tmp_path / xen_orch.SOURCE_DIR
     assert sorted(f.name for f in d.iterdir()) == [
         "api-primary.token", "api-secondary.token", "heartbeat.key", "orch-primary.toml",
