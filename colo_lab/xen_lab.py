@@ -238,8 +238,10 @@ class XenHost:
                 # between them: a job's "Done" notice, the kernel's or Xen's lines. Counting
                 # bytes took such a notice for the echo, and the next chunk, sent too soon,
                 # lost 30 bytes (run AY).
-                wait_until(functools.partial(echoed, part, start), 30.0,
-                           f"{self.tag}'s console to echo what was typed", every=0)
+                # 120 s: a busy dom0 (COLO with the disk, run BB) echoed nothing for 30.
+                wait_until(functools.partial(echoed, part, start), 120.0,
+                           f"{self.tag}'s console to echo what was typed", every=0,
+                           detail=lambda: "console: " + got.decode(errors="replace")[-200:])
 
             def answered() -> tuple[str, str] | None:
                 read()
