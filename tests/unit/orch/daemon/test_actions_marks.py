@@ -3,9 +3,11 @@ so that a trace taken elsewhere on the host can be joined with them."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from colo_orch.daemon.actions import Actions
@@ -88,3 +90,34 @@ def test_the_trigger_goes_out_before_the_proxy_hears_of_the_checkpoint() -> None
     a._checkpoint(("payload",), {"decided": time.monotonic()})
     assert log == ["qmp: migrate-set-parameters", "proxy: checkpoint_started", "qemu: STOP",
                    "proxy: checkpoint_barrier", "qemu: RESUME", "proxy: checkpoint_done"]
+
+
+class _Unmarked:
+    """Like the Xen backend: libxl does the checkpoint's steps, none of them marked."""
+
+    notifies_proxy_of_checkpoints = True
+
+    def checkpoint(self) -> str:
+        return "checkpointed"
+
+
+def _steps_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "checkpoint steps" in r.getMessage()]
+
+
+def test_a_checkpoint_without_marked_steps_logs_no_empty_steps_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Nested Xen's colo-orch logged "checkpoint steps (ms): " with nothing after it at
+    # every checkpoint (run BD).
+    caplog.set_level(logging.INFO, logger="colo_orch")
+    for backend, want in ((_Unmarked(), 0), (_Backend(), 1)):
+        caplog.clear()
+        a = Actions.__new__(Actions)
+        a.backend = backend  # type: ignore[assignment]
+        a.proxy = None
+        a.metrics = OrchMetrics(CollectorRegistry())
+        a.checkpoints = Counter()
+        a._checkpoint(("periodic",), {"decided": time.monotonic()})
+        lines = _steps_lines(caplog)
+        assert len(lines) == want, lines
+        assert all(not line.endswith(": ") for line in lines)
