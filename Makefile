@@ -49,7 +49,7 @@ test-bpf: bootstrap
 test-host: build
 	COLO_REQUIRE_SYSTEM=1 $(PYTEST) -m host tests/system
 
-# The nested Xen lab's tests (root; the build once, then about 29 min: docs/xen.md).
+# The nested Xen lab's tests (root; the build once, then about 31 min: docs/xen.md).
 test-xen: build-xen
 	COLO_REQUIRE_SYSTEM=1 COLO_XEN_TESTS=1 $(PYTEST) -m xen tests/system
 
