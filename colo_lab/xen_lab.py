@@ -313,6 +313,23 @@ def _after(text: str, mark: str) -> tuple[str, str] | None:
     return status, body.split("\n", 1)[1] if "\n" in body else ""
 
 
+def grep_lines(output: str, pattern: str) -> str:
+    """The lines of a console reply to `grep PATTERN` that grep printed: those holding one
+    of the pattern's alternatives (`a\\|b`, literal text each). Xen's and the kernels'
+    own lines land in a reply too (run BE: Xen's "HVM d1 save:" lines, while grep had
+    matched nothing yet, taken for its output)."""
+    alternatives = [a for a in pattern.split("\\|") if a]
+    return "".join(line for line in output.splitlines(keepends=True)
+                   if any(a in line for a in alternatives))
+
+
+def grep_count(output: str) -> int:
+    """The count of a console reply to `grep -c`: its one line of digits alone (Xen's
+    lines can come before it)."""
+    counts = [line.strip() for line in output.splitlines() if line.strip().isdigit()]
+    return int(counts[-1]) if counts else 0
+
+
 def _tail(path: Path) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()

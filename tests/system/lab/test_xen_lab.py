@@ -516,14 +516,13 @@ def _colo_serving(lab: Lab, build: XenLab) -> tuple[xen_lab.XenHost, xen_lab.Xen
 
 def _count(x: xen_lab.XenHost, text: str, log: str = "/tmp/colo.log") -> int:
     """How many lines of a dom0 log hold `text` (a grep pattern)."""
-    out = x.console(f"grep -ac '{text}' {log} || true").split()
-    return int(out[0]) if out and out[0].isdigit() else 0
+    return xen_lab.grep_count(x.console(f"grep -ac '{text}' {log} || true"))
 
 
 def _grep(x: xen_lab.XenHost, text: str, log: str = "/tmp/colo.log") -> str:
     """The lines of a dom0 log that hold `text` (grep -a: xl's lines can hold a non-text
     byte, run S); the log itself can be too long for the console."""
-    return x.console(f"grep -a '{text}' {log} || true")
+    return xen_lab.grep_lines(x.console(f"grep -a '{text}' {log} || true"), text)
 
 
 def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:

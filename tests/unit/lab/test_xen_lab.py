@@ -174,3 +174,24 @@ def test_the_source_disk_holds_the_packages_and_the_digest_of_them(
     monkeypatch.setattr(xen_lab, "PACKAGE_DIR", fake / "colo_lab")
     xen_lab.make_source_disk(lab)  # type: ignore[arg-type]
     assert _ext4_file(image, "SOURCE").decode().strip() != digest
+
+
+# A reply to `grep -a 'diverge' /tmp/colo.log` before the line was written (run BE): only
+# Xen's lines of a checkpoint, which the test took for grep's output.
+XEN_NOISE = ("(XEN) [  167.843326] HVM d1v0 save: CPU\n"
+             "(XEN) [  167.850122] HVM d1v0 save: CPU_MSR\n")
+
+
+def test_xen_lines_in_a_grep_reply_are_not_its_matches() -> None:
+    assert xen_lab.grep_lines(XEN_NOISE, "diverge") == ""
+    got = xen_lab.grep_lines(XEN_NOISE + "diverge: released by checkpoint 12\n", "diverge")
+    assert got == "diverge: released by checkpoint 12\n"
+    said = ("xl: COLO Failover\n" + XEN_NOISE + "[ 9.1] took over: SVM running\n")
+    assert xen_lab.grep_lines(said, "took over:\\|COLO Failover") == (
+        "xl: COLO Failover\n[ 9.1] took over: SVM running\n")
+
+
+def test_xen_lines_in_a_grep_count_reply_are_not_its_count() -> None:
+    assert xen_lab.grep_count(XEN_NOISE + "13\n") == 13
+    assert xen_lab.grep_count(XEN_NOISE) == 0
+    assert xen_lab.grep_count("0\n") == 0
