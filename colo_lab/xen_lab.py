@@ -42,7 +42,7 @@ from colo_lab.errors import LabError
 from colo_lab.guest import Guest
 from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab
 from colo_lab.paths import PACKAGE_DIR
-from colo_lab.wait import wait_until
+from colo_lab.wait import WaitTimeout, wait_until
 from colo_lab.xen_build import XenLab
 from colo_orch.backends.xen.domain import ColoDisk
 
@@ -239,9 +239,13 @@ class XenHost:
                 # bytes took such a notice for the echo, and the next chunk, sent too soon,
                 # lost 30 bytes (run AY).
                 # 120 s: a busy dom0 (COLO with the disk, run BB) echoed nothing for 30.
-                wait_until(functools.partial(echoed, part, start), 120.0,
-                           f"{self.tag}'s console to echo what was typed", every=0,
-                           detail=lambda: "console: " + got.decode(errors="replace")[-200:])
+                try:
+                    wait_until(functools.partial(echoed, part, start), 120.0,
+                               f"{self.tag}'s console to echo what was typed", every=0,
+                               detail=lambda: "console: " + got.decode(errors="replace")[-200:])
+                except WaitTimeout as e:
+                    raise LabError(f"{e}; {self._ask_xen(s, got, read)}",
+                                   f"see {self.serial_path}") from e
 
             def answered() -> tuple[str, str] | None:
                 read()
@@ -253,6 +257,34 @@ class XenHost:
         if status != "0":
             raise LabError(f"{self.tag}: '{command}' exited {status}: {output[-300:]}")
         return output
+
+    def _ask_xen(self, s: socket.socket, got: bytearray, read: Callable[[], None]) -> str:
+        """Whether Xen itself still answers when its dom0 does not: CTRL-a three times
+        switches the serial input to Xen (xen/drivers/char/console.c, `conswitch`), whose
+        debug keys 'r' (run queues) and '0' (dom0's registers) then write to the serial log;
+        CTRL-a three times again gives the input back. Run BE's secondary host went silent
+        in a checkpoint and nothing said whether Xen or its dom0 had hung."""
+        def answers(keys: bytes, text: bytes, timeout: float) -> bool:
+            start = len(got)
+
+            def said() -> bool:
+                read()
+                return text in got[start:]
+
+            try:
+                s.sendall(keys)
+                wait_until(said, timeout, f"Xen to say {text!r}", every=0)
+            except (OSError, WaitTimeout, LabError):
+                return False
+            return True
+
+        if not answers(b"\x01\x01\x01", b"input to Xen", 15.0):
+            return "Xen did not answer its console switch either (the nested host hung)"
+        # Xen takes its serial input in order: the dumps, then the switch back ("Serial
+        # input to DOM0"); everything Xen prints lands in the serial log as well.
+        answers(b"r0\x01\x01\x01", b"input to DOM0", 60.0)
+        return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues "
+                f"and dom0's registers are in {self.serial_path}")
 
     def fetch(self, directory: str, names: list[str], dest: Path,
               timeout: float = 120.0) -> list[Path]:
