@@ -28,12 +28,18 @@ class _Backend:
         return "checkpointed"
 
 
-def test_the_last_checkpoint_keeps_its_marks_and_their_steps() -> None:
+def _actions(backend: object, proxy: object = None) -> Actions:
+    """Actions with only what _checkpoint uses: the backend, the proxy, metrics, counts."""
     a = Actions.__new__(Actions)
-    a.backend = _Backend()  # type: ignore[assignment]
-    a.proxy = None
+    a.backend = backend  # type: ignore[assignment]
+    a.proxy = proxy  # type: ignore[assignment]
     a.metrics = OrchMetrics(CollectorRegistry())
     a.checkpoints = Counter()
+    return a
+
+
+def test_the_last_checkpoint_keeps_its_marks_and_their_steps() -> None:
+    a = _actions(_Backend())
     t = time.monotonic()
     marks = {"held_since": t - 0.010, "detected_at": t - 0.004, "received": t - 0.003,
              "decided": t - 0.002}
@@ -82,11 +88,7 @@ def test_the_trigger_goes_out_before_the_proxy_hears_of_the_checkpoint() -> None
     # checkpoint_started waited for the proxy's answer before QEMU was told; now QEMU
     # has the command first, and the proxy still hears started, barrier, done in order.
     log: list[str] = []
-    a = Actions.__new__(Actions)
-    a.backend = _QemuLike(log)  # type: ignore[assignment]
-    a.proxy = _Proxy(log)  # type: ignore[assignment]
-    a.metrics = OrchMetrics(CollectorRegistry())
-    a.checkpoints = Counter()
+    a = _actions(_QemuLike(log), _Proxy(log))
     a._checkpoint(("payload",), {"decided": time.monotonic()})
     assert log == ["qmp: migrate-set-parameters", "proxy: checkpoint_started", "qemu: STOP",
                    "proxy: checkpoint_barrier", "qemu: RESUME", "proxy: checkpoint_done"]
@@ -112,11 +114,7 @@ def test_a_checkpoint_without_marked_steps_logs_no_empty_steps_line(
     caplog.set_level(logging.INFO, logger="colo_orch")
     for backend, want in ((_Unmarked(), 0), (_Backend(), 1)):
         caplog.clear()
-        a = Actions.__new__(Actions)
-        a.backend = backend  # type: ignore[assignment]
-        a.proxy = None
-        a.metrics = OrchMetrics(CollectorRegistry())
-        a.checkpoints = Counter()
+        a = _actions(backend)
         a._checkpoint(("periodic",), {"decided": time.monotonic()})
         lines = _steps_lines(caplog)
         assert len(lines) == want, lines
