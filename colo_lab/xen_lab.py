@@ -132,6 +132,14 @@ class XenHost:
     def pid_path(self) -> Path:
         return self.run_dir / f"{self.tag}.pid"
 
+    @property
+    def monitor_path(self) -> Path:
+        return self.run_dir / f"{self.tag}.monitor"
+
+    @property
+    def hang_path(self) -> Path:
+        return self.run_dir / f"{self.tag}-hang.log"
+
     def mac(self, nic: int) -> str:
         return nic_mac(self.role, nic)
 
@@ -146,13 +154,16 @@ class XenHost:
         modules = f"{self.build.kernel} {dom0},{self.build.initrd}"
         argv = [
             need(QEMU), "-accel", HOST_ACCEL, "-machine", "q35", "-cpu", HOST_CPU,
-            "-smp", str(HOST_CPUS), "-m", str(HOST_MEM_MB), "-name", self.tag,
+            "-smp", str(HOST_CPUS), "-m", str(HOST_MEM_MB),
+            # debug-threads: the vCPU threads are named ("CPU 0/TCG") for _probe_qemu.
+            "-name", f"{self.tag},debug-threads=on",
             "-display", "none", "-nodefaults", "-no-reboot",
             "-kernel", str(self.build.hypervisor), "-append", XEN_ARGS, "-initrd", modules,
             "-drive", f"file={self.disk},if=virtio,format=qcow2",
             "-chardev", f"socket,id=con0,path={self.console_path},server=on,wait=off,"
             f"logfile={self.serial_path}",
             "-serial", "chardev:con0",
+            "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
             "-pidfile", str(self.pid_path),
         ]
         for extra in (self.guest_disk, self.source_disk):
@@ -279,12 +290,38 @@ class XenHost:
             return True
 
         if not answers(b"\x01\x01\x01", b"input to Xen", 15.0):
-            return "Xen did not answer its console switch either (the nested host hung)"
+            return ("Xen did not answer its console switch either (the nested host hung); "
+                    + self._probe_qemu())
         # Xen takes its serial input in order: the dumps, then the switch back ("Serial
         # input to DOM0"); everything Xen prints lands in the serial log as well.
         answers(b"r0\x01\x01\x01", b"input to DOM0", 60.0)
         return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues "
-                f"and dom0's registers are in {self.serial_path}")
+                f"and dom0's registers are in {self.serial_path}; " + self._probe_qemu())
+
+    def _probe_qemu(self, span: float = 3.0) -> str:
+        """What the host's QEMU itself is doing, written to hang_path: each thread's share
+        of a core over `span` seconds (vCPU threads spinning, or all idle: a QEMU
+        deadlock) and its monitor's `info registers -a` (each vCPU's RIP and CS, halted or
+        not); one line of it returned. Run BE's host hung with nothing to tell a guest's
+        hang from QEMU's."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            before = _thread_ticks(pid)
+            time.sleep(span)  # a rate needs two samples; nothing to wait for
+            after = _thread_ticks(pid)
+        except (OSError, ValueError) as exc:
+            return f"its QEMU could not be read ({exc})"
+        hz = os.sysconf("SC_CLK_TCK")
+        share = {t: (after[t][1] - before[t][1]) / hz / span
+                 for t in after if t in before}
+        busy = ", ".join(f"{after[t][0]} {share[t]:.0%}"
+                         for t in sorted(share, key=lambda t: -share[t])[:4])
+        registers = _monitor(self.monitor_path, "info registers -a")
+        self.hang_path.write_text(f"QEMU {pid}'s threads over {span:.1f} s: {busy}\n\n"
+                                  f"info registers -a:\n{registers}\n")
+        # EIP in a vCPU's real or protected mode, RIP in long mode (Xen's and its guests').
+        rips = ", ".join(re.findall(r"\b[RE]IP=([0-9a-f]+)", registers)) or "none read"
+        return f"its QEMU's busiest threads: {busy}; vCPU RIPs {rips} (see {self.hang_path})"
 
     def fetch(self, directory: str, names: list[str], dest: Path,
               timeout: float = 120.0) -> list[Path]:
@@ -314,6 +351,49 @@ class XenHost:
         finally:
             self.console(f"kill $(cat {pid}) 2>/dev/null; rm -f {pid}")
         return got
+
+
+def _thread_ticks(pid: int) -> dict[str, tuple[str, int]]:
+    """{tid: (thread name, user+system clock ticks)} of a process, from /proc."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[task.name] = parse_task_stat((task / "stat").read_text())
+        except (OSError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return out
+
+
+def parse_task_stat(stat: str) -> tuple[str, int]:
+    """(name, utime + stime) of a /proc/PID/task/TID/stat line (proc(5): the name is
+    between the first '(' and the last ')', it may hold spaces: QEMU's "CPU 0/TCG")."""
+    name = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()
+    # Fields 14 and 15 of proc(5), counted from the pid; fields[0] here is field 3.
+    return name, int(fields[11]) + int(fields[12])
+
+
+def _monitor(path: Path, command: str, timeout: float = 20.0) -> str:
+    """One HMP command's reply on a QEMU's monitor socket, or why there was none (a QEMU
+    whose main loop is stuck does not answer: that says something too)."""
+    prompt = b"(qemu) "
+    got = bytearray()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            for send in (b"", command.encode() + b"\n"):
+                s.sendall(send)
+                start = len(got)
+                while prompt not in got[start:]:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got.extend(chunk)
+    except OSError as exc:
+        return f"(the monitor did not answer: {exc}; read {bytes(got)[-200:]!r})"
+    text = got.decode(errors="replace").replace("\r", "")
+    return text.split(command, 1)[-1].rsplit("(qemu)", 1)[0].strip()
 
 
 def _subsequence(part: bytes, got: bytearray, start: int) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from colo_lab import xen_lab
 from colo_lab.lab import VM_MAC
+from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
 from colo_orch.backends.xen import xlu
 
@@ -59,6 +60,44 @@ def test_a_xen_console_line_after_the_status_is_not_part_of_it() -> None:
                          "colo-end-42")
     assert got is not None and got[0] == "0"
     assert xen_lab._after("x\r\ncolo-end-42-17\r\n", "colo-end-42") == ("17", "")
+
+
+def test_a_thread_s_name_may_hold_spaces_and_its_cpu_time_is_user_plus_system() -> None:
+    stat = "4242 (CPU 1/TCG) R 1 4240 4240 0 -1 4194368 9 0 0 0 1234 56 0 0 20 0 4 0 77"
+    assert xen_lab.parse_task_stat(stat) == ("CPU 1/TCG", 1290)
+    name, ticks = xen_lab.parse_task_stat(Path("/proc/self/stat").read_text())
+    assert name == Path("/proc/self/comm").read_text().strip() and ticks >= 0
+
+
+@pytest.mark.skipif(shutil.which(xen_lab.QEMU) is None, reason="no qemu-system-x86_64")
+def test_a_silent_host_s_qemu_is_probed_for_its_threads_and_vcpu_registers(
+        tmp_path: Path) -> None:
+    # A real QEMU, paused before its first instruction (-S): both vCPUs at the reset
+    # vector, its monitor on the socket that argv() gives the Xen hosts.
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    monitor = host.argv()[host.argv().index("-monitor") + 1]
+    qemu = subprocess.Popen([xen_lab.QEMU, "-accel", "tcg", "-machine", "q35", "-smp", "2",
+                             "-name", host.argv()[host.argv().index("-name") + 1],
+                             "-S", "-nodefaults", "-display", "none", "-monitor", monitor,
+                             "-pidfile", str(host.pid_path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        # The monitor answers once the main loop runs, the vCPU threads made (the socket
+        # and the pid file come before them).
+        wait_until(lambda: "paused" in xen_lab._monitor(host.monitor_path, "info status"),
+                   30.0, "QEMU's monitor to answer")
+        said = host._probe_qemu(span=0.2)
+    finally:
+        qemu.kill()
+        qemu.wait()
+    assert "CPU 0/TCG" in said and "CPU 1/TCG" in said
+    assert "vCPU RIPs 0000fff0, 0000fff0" in said
+    assert "CS =f000" in host.hang_path.read_text()
+
+
+def test_a_monitor_that_is_not_there_is_said_so(tmp_path: Path) -> None:
+    assert "monitor did not answer" in xen_lab._monitor(tmp_path / "none", "info cpus", 1.0)
 
 
 def test_argv_boots_xen_with_the_dom0_as_a_multiboot_module(tmp_path: Path) -> None:
