@@ -71,6 +71,7 @@ DM_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "qemu-7.2-xen-load-devices-state-yank.patch",
     "qemu-7.2-xen-direct-boot-fw-cfg-dma.patch",
     "qemu-7.2-xen-pci-config-latch.patch",
+    "qemu-7.2-xen-colo-checkpoint-drain.patch",
 ))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"

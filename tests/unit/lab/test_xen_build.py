@@ -78,9 +78,10 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
 
 
 # What a device model patch may touch: QEMU code that only the Xen device model runs (in
-# pc.c, only xen_load_linux(), in pc_piix.c only the xenfv machine types, which their
-# explanations name).
-DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c", "hw/i386/xen/", "hw/i386/pc_piix.c")
+# pc.c, only xen_load_linux(), in pc_piix.c only the xenfv machine types, in colo.c only
+# the xen-colo-do-checkpoint command, which their explanations name).
+DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c", "hw/i386/xen/", "hw/i386/pc_piix.c",
+            "migration/colo.c")
 
 
 def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_themselves() -> None:
@@ -94,6 +95,11 @@ def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_thems
         header = text.split("\n--- a/", 1)[0]
         if "hw/i386/pc.c" in files:
             assert "xen_load_linux()" in header, patch.name
+        if "migration/colo.c" in files:
+            assert "xen-colo-do-checkpoint" in header, patch.name
+            hunks = re.findall(r"^@@ .* @@ ?(.*)$", text.split("+++ b/migration/colo.c", 1)[1],
+                               re.M)
+            assert hunks and all("qmp_xen_colo_do_checkpoint" in h for h in hunks), hunks
         if "hw/i386/pc_piix.c" in files:
             assert "xenfv" in header, patch.name
             added = re.findall(r"^\+.*", text.split("+++ b/hw/i386/pc_piix.c", 1)[1], re.M)
