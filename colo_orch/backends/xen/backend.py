@@ -257,6 +257,12 @@ class XenBackend(Backend):
                     + f" in {time.monotonic() - began:.1f} s")
         addr, port = _tcp(incoming_uri)
         self._close_receiver()
+        # A new receiver: observe() must not judge it by the last one's exit (run BG: a
+        # secondary whose SVM had died found each new WAITING "gone" at once, and fenced
+        # and restarted every 6 s).
+        if self.receiver is not None and not self.receiver.exited:
+            _terminate(self.receiver.proc)
+        self.receiver = None
         try:
             ctx = server_context(self.tls_dir) if self.tls_dir else None
         except (OSError, ssl.SSLError) as exc:

@@ -218,6 +218,34 @@ def test_a_secondary_started_again_gets_its_port_while_the_first_waits_for_xl_re
         b.stop_vm()
 
 
+def test_a_secondary_whose_receiver_died_waits_again_when_started_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run BG (nested Xen lab): the SVM's device model aborted, xl migrate-receive ended and
+    the orchestrator fenced and started a new receiver; observe() still looked at the dead
+    one, said "gone" 0.2 s into WAITING, and the secondary fenced and restarted every 6 s."""
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        b.start_vm(f"tcp:127.0.0.1:{port}")
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            wait_until(lambda: b.receiver is not None and READY in b.receiver.marks, 10,
+                       "xl migrate-receive to become ready", every=0.02)
+            assert b.receiver is not None
+            b.receiver.proc.kill()
+            wait_until(lambda: b.receiver is not None and b.receiver.exited, 10,
+                       "xl migrate-receive to exit", every=0.02)
+            (tmp_path / "web--incoming").unlink(missing_ok=True)  # libxl destroyed the SVM
+            assert b.observe().reachable is False  # our VM is gone: right to fence
+        assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
+        obs = b.observe()
+        assert obs.reachable and obs.status == "inmigrate", obs
+    finally:
+        b.stop_vm()
+
+
 def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
         tmp_path: Path, secondary: tuple[XenBackend, socket.socket]) -> None:
     b, primary = secondary
