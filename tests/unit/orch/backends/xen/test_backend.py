@@ -195,15 +195,19 @@ def secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         b.stop_vm()
 
 
+def _bare_secondary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[XenBackend, int]:
+    """A secondary's backend with no bridge, and a free port for its receiver."""
+    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return XenBackend("web", str(tmp_path / "web.cfg"), xl=XL), probe.getsockname()[1]
+
+
 def test_a_secondary_started_again_gets_its_port_while_the_first_waits_for_xl_remus(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The receiver thread blocks in accept(); a second start_vm (the orchestrator's retry)
     must find the port free (nested Xen lab: "Address already in use" at every retry)."""
-    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
-    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    b, port = _bare_secondary(tmp_path, monkeypatch)
     try:
         for _ in range(3):
             assert "waiting for xl remus" in b.start_vm(f"tcp:127.0.0.1:{port}")
@@ -223,11 +227,7 @@ def test_a_secondary_whose_receiver_died_waits_again_when_started_again(
     """Run BG (nested Xen lab): the SVM's device model aborted, xl migrate-receive ended and
     the orchestrator fenced and started a new receiver; observe() still looked at the dead
     one, said "gone" 0.2 s into WAITING, and the secondary fenced and restarted every 6 s."""
-    monkeypatch.setenv("XL_STANDIN_DIR", str(tmp_path))
-    b = XenBackend("web", str(tmp_path / "web.cfg"), xl=XL)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    b, port = _bare_secondary(tmp_path, monkeypatch)
     try:
         b.start_vm(f"tcp:127.0.0.1:{port}")
         with socket.create_connection(("127.0.0.1", port), timeout=10):
