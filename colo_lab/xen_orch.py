@@ -158,14 +158,17 @@ def write_configs(root: Path, endpoints: list[str], *, proxy: bool = True,
         f.chmod(0o600)
 
 
-def start(x: XenHost) -> None:
-    """colo-orch in the dom0 of `x`, in its role, its log in LOG (and its proxy's)."""
+def start(x: XenHost, *, cores: bool = False) -> None:
+    """colo-orch in the dom0 of `x`, in its role, its log in LOG (and its proxy's); with
+    `cores`, it and what it starts (xl, libxl's device models) may dump cores where the
+    dom0's core_pattern says (run BH: the SVM's device model segfaulted, no core)."""
     src = f"/opt/colo/{SOURCE_DIR}"
     x.console(f"mkdir -p {RUN_DIR} && install -m 600 {src}/heartbeat.key "
               f"{RUN_DIR}/heartbeat.key && install -m 600 {src}/api-{x.role}.token "
               f"{RUN_DIR}/api.token")
-    start_in_dom0(x, f"python3 -m colo_orch.cli.orch run --config {src}/orch-{x.role}.toml "
-                  f"--host-id {x.role[:3]}", LOG)
+    orch = (f"python3 -m colo_orch.cli.orch run --config {src}/orch-{x.role}.toml "
+            f"--host-id {x.role[:3]}")
+    start_in_dom0(x, f"sh -c 'ulimit -c unlimited; exec {orch}'" if cores else orch, LOG)
 
 
 def state_url(role: str) -> str:
@@ -204,17 +207,17 @@ def describe(xs: dict[str, XenHost]) -> str:
 
 
 def protect(xs: dict[str, XenHost], timeout: float = PROTECT_TIMEOUT_S, *,
-            proxy: bool = True, disk: bool = True) -> float:
+            proxy: bool = True, disk: bool = True, cores: bool = False) -> float:
     """The service domain protected by colo-orch in both dom0s: its config written on
     both (with `disk`, libxl's COLO disk: xen_lab.COLO_DISK_SPEC), the secondary's
     orchestrator started, then the primary's; returns the seconds until both say
-    PROTECTED. `proxy` and `disk` as the configs were written."""
+    PROTECTED. `proxy` and `disk` as the configs were written; `cores` as for start()."""
     for x in xs.values():
         write_service_config(x, vifname=VIFNAME if proxy else "", disk=disk)
     # The secondary first, as docs/xen.md's setup says: the primary's domain, created
     # paused, waits for it.
-    start(xs["secondary"])
-    start(xs["primary"])
+    start(xs["secondary"], cores=cores)
+    start(xs["primary"], cores=cores)
     t0 = time.monotonic()
 
     def protected() -> bool:

@@ -292,7 +292,7 @@ def test_colo_orch_in_both_dom0s_protects_the_domain_and_fails_over(build: XenLa
         for x in (pri, sec):
             x.console(f"echo '{CORE_PATTERN}' > /proc/sys/kernel/core_pattern")
             xen_lab.watch_xen(x)
-        entered = xen_orch.protect(hs, disk=COLO_DISK)
+        entered = xen_orch.protect(hs, disk=COLO_DISK, cores=True)
         # The SVM, with the PVM's MAC and address, is off the LAN (on_secondary).
         assert sec.console("cat /sys/class/net/eth0/operstate").strip().endswith("down")
         # The PVM, created paused and run by libxl from COLO's first checkpoint, serves.
