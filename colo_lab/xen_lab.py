@@ -652,6 +652,12 @@ def watch_xen(x: XenHost) -> None:
     start_in_dom0(x, f"sh -c '{loop}'", XEN_WATCH_LOG)
 
 
+def with_cores(command: str) -> str:
+    """`command` (no single quotes in it) run so that it and its children (xl, the device
+    models libxl starts) may dump cores where the dom0's core_pattern says."""
+    return f"sh -c 'ulimit -c unlimited; exec {command}'"
+
+
 def start_in_dom0(x: XenHost, command: str, log: str) -> None:
     """A long-running command in the dom0, in a session of its own (the console's shell
     goes on), its output in `log`."""

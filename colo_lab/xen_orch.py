@@ -40,6 +40,7 @@ from colo_lab.xen_lab import (
     XenHost,
     nic_mac,
     start_in_dom0,
+    with_cores,
     write_colo_disk,
     write_service_config,
 )
@@ -168,7 +169,7 @@ def start(x: XenHost, *, cores: bool = False) -> None:
               f"{RUN_DIR}/api.token")
     orch = (f"python3 -m colo_orch.cli.orch run --config {src}/orch-{x.role}.toml "
             f"--host-id {x.role[:3]}")
-    start_in_dom0(x, f"sh -c 'ulimit -c unlimited; exec {orch}'" if cores else orch, LOG)
+    start_in_dom0(x, with_cores(orch) if cores else orch, LOG)
 
 
 def state_url(role: str) -> str:

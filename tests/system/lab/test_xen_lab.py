@@ -158,9 +158,6 @@ COLO_CHECKPOINTS = 10
 COLO_TIMEOUT_S = 600.0
 # Where a dom0's kernel writes a core dump (%e: the program, %p: its pid).
 CORE_PATTERN = "/tmp/core.%e.%p"
-# A command's prefix (closed by a quote) that lets it and its children (xl, the device
-# models libxl starts) dump cores.
-CORES = "sh -c 'ulimit -c unlimited; exec"
 # Where the failover test tells the secondary's xen_colo that the primary is lost.
 TAKE_OVER = "/tmp/take-over"
 
@@ -466,17 +463,18 @@ def _colo_serving(lab: Lab, build: XenLab) -> tuple[xen_lab.XenHost, xen_lab.Xen
         xen_lab.watch_xen(x)
     # Not under glibc's malloc checks (`--malloc-check`): with them run AA's SVM device
     # model could not load the state libxl wrote for it (docs/xen.md, runs Z and AA).
-    xen_lab.start_in_dom0(sec, f"{CORES} python3 -m colo_lab.xen_colo secondary "
-                          f"--xl-verbose --take-over-file {TAKE_OVER}'", "/tmp/colo.log")
+    xen_lab.start_in_dom0(sec, xen_lab.with_cores(
+        f"python3 -m colo_lab.xen_colo secondary --xl-verbose --take-over-file {TAKE_OVER}"),
+        "/tmp/colo.log")
     xen_lab.wait_in_dom0(sec, "/tmp/colo.log", "waiting for xl remus", 120)
     xen_lab.wait_in_dom0(pri, "/tmp/proxy.log", "stand-in primary proxy on", 120)
     # Created paused (libxl's COLO takes a domain that has not run), then COLO.
     # Not xl -vvv here: the primary's xl died in its debug logging (runs P and W: a
     # segfault in libc's stdio, the dom0 crash of docs/xen.md), which ends COLO; its
     # log cost the dom0 3 s of CPU every 14 s (run O). libxl's errors come without it.
-    xen_lab.start_in_dom0(pri, f"{CORES} python3 -m colo_lab.xen_colo primary --config "
-                          f"{config} --checkpoints {COLO_CHECKPOINTS} --control "
-                          f"{PROXY_SOCK} --diverge'", "/tmp/colo.log")
+    xen_lab.start_in_dom0(pri, xen_lab.with_cores(
+        f"python3 -m colo_lab.xen_colo primary --config {config} --checkpoints "
+        f"{COLO_CHECKPOINTS} --control {PROXY_SOCK} --diverge"), "/tmp/colo.log")
     fails = ("failed:", "xl remus ended", "Traceback")
     log = xen_lab.wait_in_dom0(pri, "/tmp/colo.log", f"checkpoint {COLO_CHECKPOINTS}:",
                                COLO_TIMEOUT_S, fails)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,6 +96,18 @@ def test_a_silent_host_s_qemu_is_probed_for_its_threads_and_vcpu_registers(
     assert "CPU 0/TCG" in said and "CPU 1/TCG" in said
     assert "vCPU RIPs 0000fff0, 0000fff0" in said
     assert "CS =f000" in host.hang_path.read_text()
+
+
+def test_a_command_with_cores_runs_with_no_core_size_limit() -> None:
+    # Started with cores off (soft limit 0), as the dom0's programs are by default.
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    if hard != resource.RLIM_INFINITY:
+        pytest.skip("the hard core size limit here forbids raising it")
+    limits = subprocess.run(["sh", "-c", xen_lab.with_cores("cat /proc/self/limits")],
+                            capture_output=True, text=True, check=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE,
+                                                                  (0, hard))).stdout
+    assert re.search(r"Max core file size\s+unlimited", limits), limits
 
 
 def test_a_monitor_that_is_not_there_is_said_so(tmp_path: Path) -> None:
