@@ -11,6 +11,10 @@ file `<domain>.ran` once it has run: `list` shows a paused domain that has not r
   secondary_lost  the same until the file "end" appears, then "Backup failed?", exit 1;
   primary_lost    the same until "end", then the domain vanishes, "destroyed", exit 0;
   error           "Failed to suspend domain at primary.", exit 1, at once.
+  abort           the same as secondary_lost until "end", then libxl's assertion in its
+                  teardown and SIGABRT, the domain left suspended (`---ss-`; run BH).
+`resume DOMAIN` stands in for colo_orch.backends.xen.resume (libxl_domain_resume): it runs
+a suspended domain again, and fails as libxl did in run A on one that is not suspended.
 Whatever the scenario, as seen on Xen 4.17 (docs/xen.md): libxl's COLO takes the primary
 as paused (`create -p`) and unpauses it after the first checkpoint; a domain that was
 running when `remus` started makes that unpause fail ("cannot unpause primary vm") right
@@ -25,6 +29,7 @@ Run as `python -m tests.support.standin_xl` with the repository root on PYTHONPA
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import threading
 from pathlib import Path
@@ -78,6 +83,15 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "remus":
         return remus(args)
+    if cmd == "resume":
+        f = STATE / args[0]
+        if not f.exists() or f.read_text().strip()[3:5] != "ss":
+            say("libxl: error: libxl_dom_suspend.c:666:domain_resume_done: Domain 7:"
+                "xc_domain_resume failed: Invalid argument")
+            say(f"resume: libxl_domain_resume of {args[0]} (domid 7) failed (-3)")
+            return 1
+        f.write_text("-b----")
+        return 0
     if cmd == "migrate-receive":
         return migrate_receive(args)
     say(f"standin xl: {cmd} not replayed")
@@ -115,6 +129,11 @@ def remus(args: list[str]) -> int:
         (STATE / domain).unlink(missing_ok=True)
         say("COLO: Primary domain has been destroyed.")
         return 0
+    if scenario == "abort":
+        (STATE / domain).write_text("---ss-")
+        say("xl: libxl_stream_read.c:757: stream_complete: Assertion `rc' failed.")
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # xl's SIGABRT, without a core
+        os.abort()
     say("COLO: Backup failed? resuming domain at primary.")
     return 1
 

@@ -22,6 +22,9 @@ End of replication, from xl's own messages (tools/xl/xl_migrate.c):
   on a suspend timeout.
 - secondary `xl migrate-receive` prints "migration target: COLO Failover for domain N" and
   exits 0 when the primary's stream ends: the domain runs on alone.
+- an `xl remus` that ends any other way (libxl aborted, or the take-over killed it) may
+  leave the primary's domain suspended for a checkpoint (`---ss-`): `take_over` then resumes
+  it as xl would have (resume.py: libxl_domain_resume).
 
 With TLS (migration_tls = "x509", colo_orch.backends.xen.tls) the receiver hands xl only
 a connection that passed the handshake with a client certificate of the pair's CA, and
@@ -124,12 +127,18 @@ class Supervised:
             return " | ".join(self.lines[-3:])
 
 
+def suspended(flags: str) -> bool:
+    """`xl list` state flags of a domain shut down for suspend: its 4th flag `s` (shut
+    down) and its 5th the reason, `s` for suspend (tools/xl/xl_info.c: "-rscwS")."""
+    return flags[3:5] == "ss"
+
+
 class XenBackend(Backend):
     def __init__(self, domain: str, config_path: str, *, xl: list[str] | None = None,
                  bridge: LibxlBridge | None = None, xl_timeout: float = 10.0,
                  entry_timeout: float = 300.0, create_paused: bool = False,
                  python: str = sys.executable, tls_dir: str = "",
-                 tls_hostname: str = "") -> None:
+                 tls_hostname: str = "", resume: list[str] | None = None) -> None:
         super().__init__()
         self.domain = domain
         self.config_path = config_path
@@ -148,6 +157,8 @@ class XenBackend(Backend):
         self._created_paused = False
         self._ran = False
         self.python = python
+        # libxl_domain_resume for a domain libxl's COLO left suspended (resume.py).
+        self.resume = resume or [python, "-m", "colo_orch.backends.xen.resume"]
         # migration_tls = "x509": our receiver's TLS server, and what connect.py presents.
         self.tls_dir = tls_dir
         self.tls_hostname = tls_hostname
@@ -219,8 +230,14 @@ class XenBackend(Backend):
                 return VmObs(reachable=True, status="inmigrate")
             return VmObs(reachable=False)
         st, cpu = row
-        running = "p" not in st
-        if running:
+        # Suspended by libxl's COLO (for a checkpoint, or left so when COLO ended badly):
+        # QEMU's "colo" runstate, a VM that COLO stopped (decide: DEGRADED goes alone, and
+        # the take-over resumes it).
+        # Not paused, so it has run (libxl unpauses a paused primary only after its first
+        # checkpoint; the initial sync's suspend shows `--pss-`).
+        stopped = suspended(st) and "p" not in st
+        running = "p" not in st and not stopped
+        if running or stopped:
             self._ran = True
         mig, mode = "none", "none"
         r = self.remus
@@ -229,8 +246,9 @@ class XenBackend(Backend):
             mig, mode = ("colo", "primary") if in_colo else ("active", "none")
         elif r is not None and r.outcome() == SUSPEND_FAILED:
             mig = "failed"
-        return VmObs(reachable=True, running=running,
-                     status="running" if running else "paused", migration=mig, colo_mode=mode,
+        status = "running" if running else "colo" if stopped else "paused"
+        return VmObs(reachable=True, running=running, status=status, migration=mig,
+                     colo_mode=mode,
                      never_ran=not running and self._never_ran(cpu))
 
     def _never_ran(self, cpu: float | None) -> bool:
@@ -434,10 +452,36 @@ class XenBackend(Backend):
         st = self._state(self.domain)
         if st is None:
             raise BackendError(f"domain {self.domain} is not there after failover")
+        resumed = ""
+        if suspended(st):
+            # xl remus resumes the primary only on "Backup failed?"; run BH's aborted or
+            # was killed above, and its domain stayed `---ss-` with the service down.
+            resumed = f" ({self._resume_suspended()})"
+            st = self._state(self.domain) or st
         if "p" in st:
             self._run("unpause", self.domain)
         self._ran = True
-        return f"domain running {1000 * (time.monotonic() - start):.0f} ms after takeover"
+        return (f"domain running {1000 * (time.monotonic() - start):.0f} ms after takeover"
+                + resumed)
+
+    def _resume_suspended(self) -> str:
+        """libxl_domain_resume of our suspended domain (resume.py), checked by `xl list`."""
+        began = time.monotonic()
+        try:
+            # libxl asks the device model over QMP: as slow as an `xl create` in a busy dom0.
+            out = subprocess.run([*self.resume, self.domain], capture_output=True, text=True,
+                                 timeout=max(self.xl_timeout, 60.0), check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(f"resuming suspended domain {self.domain}: no answer in "
+                               f"{exc.timeout} s") from exc
+        if out.returncode != 0:
+            raise BackendError(f"domain {self.domain} was left suspended and libxl could "
+                               f"not resume it: {out.stderr.strip()[-300:]}")
+        st = self._state(self.domain)
+        if st is not None and suspended(st):
+            raise BackendError(f"domain {self.domain} still suspended ({st}) after "
+                               "libxl_domain_resume")
+        return f"resumed from suspend in {1000 * (time.monotonic() - began):.0f} ms"
 
     def unpause_vm(self) -> str:
         st = self._state(self.domain)

@@ -156,6 +156,43 @@ def test_secondary_lost_leaves_the_primary_running_alone(
         b.checkpoint()
 
 
+def test_a_primary_left_suspended_by_an_aborted_xl_remus_is_resumed_at_the_take_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    """Run BH: xl remus ended without "Backup failed?" and its domain stayed `---ss-`;
+    the orchestrator took it for running and served nobody."""
+    b = backend(tmp_path, monkeypatch, bridge, "abort")
+    b.resume = [*XL, "resume"]
+    assert end_of_replication(b, tmp_path) == "exit -6"
+    obs = b.observe()
+    # QEMU's "colo" runstate: stopped by COLO, so DEGRADED goes alone (decide._degraded).
+    assert (obs.reachable, obs.running, obs.status, obs.never_ran) == (True, False, "colo",
+                                                                       False)
+    assert "resumed from suspend" in b.take_over("primary")
+    obs = b.observe()
+    assert (obs.running, obs.status) == (True, "running")
+
+
+def test_a_take_over_fails_loudly_when_libxl_cannot_resume_the_suspended_domain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
+    b = backend(tmp_path, monkeypatch, bridge, "abort")
+    b.resume = [sys.executable, "-c", "import sys; sys.exit('libxl: no device model')"]
+    end_of_replication(b, tmp_path)
+    with pytest.raises(BackendError, match="could not resume it: libxl: no device model"):
+        b.take_over("primary")
+
+
+def test_the_resume_helper_says_why_where_libxl_has_no_hypervisor() -> None:
+    """The real libxl (libxen-dev's, on this machine without Xen) through resume.py."""
+    out = subprocess.run([sys.executable, "-m", "colo_orch.backends.xen.resume", "web"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1, out
+    assert out.stderr.strip().splitlines()[-1].startswith("resume: "), out.stderr
+    assert "Traceback" not in out.stderr
+    usage = subprocess.run([sys.executable, "-m", "colo_orch.backends.xen.resume"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
 def test_primary_lost_is_reported_as_our_vm_gone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bridge: LibxlBridge) -> None:
     b = backend(tmp_path, monkeypatch, bridge, "primary_lost")
