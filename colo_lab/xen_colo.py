@@ -17,16 +17,20 @@ starts with the seconds since the command started.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
 
 from colo_lab import xen_proxy
+from colo_lab.wait import WaitTimeout, wait_until
 from colo_orch.backends.base import BackendError
 from colo_orch.backends.xen.backend import Supervised, XenBackend
 from colo_orch.backends.xen.libxl.bridge import LibxlBridge
+from colo_orch.core.decide import VmObs
 
 T0 = time.monotonic()
 # glibc's malloc checks, loaded only where asked (glibc >= 2.34 moved them out of libc).
@@ -116,10 +120,65 @@ def primary(domain: str, config: str, peer: str, control: str, checkpoints: int,
     return 0
 
 
+def _suspended(b: XenBackend) -> VmObs | None:
+    obs = b.observe()
+    return obs if obs.status == "colo" else None
+
+
+# public/sched.h: SHUTDOWN_poweroff 0, reboot 1, suspend 2.
+SHUTDOWN_SUSPEND = 2
+
+
+def suspend(domain: str, xl: list[str]) -> int:
+    """Suspend our running domain as libxl's COLO does for a checkpoint of an HVM guest
+    without Xen callbacks (libxl_dom_suspend.c: "Calling xc_domain_shutdown on HVM
+    domain"), leave it so as run BH's ended `xl remus` did, and let XenBackend see it and
+    take over as the primary: its take-over must resume the domain (resume.py)."""
+    b = XenBackend(domain, "/dev/null", xl=xl)
+    out = subprocess.run([*xl, "domid", domain], capture_output=True, text=True,
+                         timeout=60, check=False)
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        say(f"no domain {domain}: {out.stderr.strip()}")
+        return 1
+    xc = ctypes.CDLL("libxenctrl.so.4.17", use_errno=True)
+    xc.xc_interface_open.restype = ctypes.c_void_p
+    xc.xc_interface_open.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint]
+    xc.xc_domain_shutdown.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int]
+    xc.xc_interface_close.argtypes = [ctypes.c_void_p]
+    xch = xc.xc_interface_open(None, None, 0)
+    if not xch:
+        say("xc_interface_open failed")
+        return 1
+    try:
+        if xc.xc_domain_shutdown(xch, int(out.stdout), SHUTDOWN_SUSPEND) != 0:
+            say(f"xc_domain_shutdown failed: errno {ctypes.get_errno()}")
+            return 1
+    finally:
+        xc.xc_interface_close(xch)
+    # Xen marks the domain shut down once all its vcpus have stopped: wait for `xl list`.
+    try:
+        obs = wait_until(lambda: _suspended(b), 60,
+                         f"{domain} shut down for suspend in xl list", every=0.5)
+    except WaitTimeout as exc:
+        say(str(exc))
+        return 1
+    say(f"suspended: status={obs.status} running={obs.running}")
+    try:
+        say(f"take_over: {b.take_over('primary')}")
+    except BackendError as exc:
+        say(f"take_over failed: {exc}")
+        return 1
+    obs = b.observe()
+    say(f"after the take-over: status={obs.status} running={obs.running}")
+    return 0 if obs.running else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m colo_lab.xen_colo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("role", choices=("primary", "secondary"))
+    p.add_argument("role", choices=("primary", "secondary", "suspend"),
+                   help="suspend: suspend our running --domain as libxl's COLO does for a "
+                        "checkpoint, then take over as the primary (it must resume it)")
     p.add_argument("--domain", default="service")
     p.add_argument("--config", default="/tmp/service.cfg", help="primary: the domain's")
     p.add_argument("--incoming", default="tcp:10.99.1.12:7420")
@@ -146,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if a.role == "secondary":
         return secondary(a.domain, a.incoming, xl, a.take_over_file)
+    if a.role == "suspend":
+        return suspend(a.domain, xl)
     return primary(a.domain, a.config, a.peer, a.control, a.checkpoints, xl, a.diverge)
 
 

@@ -109,6 +109,17 @@ def test_two_nested_xen_hosts_boot_to_a_dom0_with_colo_libxl(build: XenLab) -> N
         print(f"--- service answered {took_s:.1f} s after xl create:\n"
               + pri.console("xl list"))
         assert lab.http("/blob/1000") == (200, pattern()[:1000])
+        # Run BH: `xl remus` ended without resuming the primary's domain, suspended for a
+        # checkpoint, and the orchestrator alone took it for running. Suspended as libxl
+        # does it, the backend must see it stopped and its take-over resume it.
+        out = pri.console("python3 -m colo_lab.xen_colo suspend --domain service",
+                          timeout=240)
+        assert "suspended: status=colo running=False" in out, out
+        assert re.search(r"take_over: domain running \d+ ms after takeover \(resumed from "
+                         r"suspend in \d+ ms\)", out), out
+        assert "after the take-over: status=running running=True" in out, out
+        lab.wait_http("/health", b"ok\n", timeout=120)
+        assert lab.http("/blob/1000") == (200, pattern()[:1000])
     finally:
         _collect_dom0_artefacts(lab, build)
         lab.down()
