@@ -72,6 +72,7 @@ DM_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "qemu-7.2-xen-direct-boot-fw-cfg-dma.patch",
     "qemu-7.2-xen-pci-config-latch.patch",
     "qemu-7.2-xen-colo-checkpoint-drain.patch",
+    "qemu-7.2-xen-colo-ide-load-fresh.patch",
 ))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"

@@ -79,9 +79,10 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
 
 # What a device model patch may touch: QEMU code that only the Xen device model runs (in
 # pc.c, only xen_load_linux(), in pc_piix.c only the xenfv machine types, in colo.c only
-# the xen-colo-do-checkpoint command, which their explanations name).
+# the xen-colo-do-checkpoint command, which their explanations name), and the PCI IDE
+# state's load only, which only libxl's COLO secondary makes into a device that has run.
 DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c", "hw/i386/xen/", "hw/i386/pc_piix.c",
-            "migration/colo.c")
+            "migration/colo.c", "hw/ide/pci.c")
 
 
 def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_themselves() -> None:
@@ -100,6 +101,12 @@ def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_thems
             hunks = re.findall(r"^@@ .* @@ ?(.*)$", text.split("+++ b/migration/colo.c", 1)[1],
                                re.M)
             assert hunks and all("qmp_xen_colo_do_checkpoint" in h for h in hunks), hunks
+        if "hw/ide/pci.c" in files:
+            assert "xen-load-devices-state" in header, patch.name
+            added = re.findall(r"^\+.*", text.split("+++ b/hw/ide/pci.c", 1)[1], re.M)
+            code = [ln[1:].strip() for ln in added
+                    if ln[1:].strip() and not ln[1:].lstrip().startswith(("/*", "*"))]
+            assert any(".pre_load = ide_pci_pre_load," == c for c in code), code
         if "hw/i386/pc_piix.c" in files:
             assert "xenfv" in header, patch.name
             added = re.findall(r"^\+.*", text.split("+++ b/hw/i386/pc_piix.c", 1)[1], re.M)
