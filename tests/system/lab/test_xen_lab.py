@@ -149,15 +149,18 @@ def _hvm_domain_runs_on_the_rebuilt_device_model(x: xen_lab.XenHost) -> None:
 def _xl_remus_c_reaches_libxl_colo_code(x: xen_lab.XenHost) -> None:
     """The rebuilt libxl runs its COLO setup (libxl_colo_save.c, libxl_colo_proxy.c) and
     stops where no proxy listens on 127.0.0.1:9911; Debian's stub build, loaded instead
-    through LD_LIBRARY_PATH (Debian's xl has no RPATH), says COLO is not supported."""
+    through LD_LIBRARY_PATH (Debian's xl has no RPATH), says COLO is not supported.
+    The stub first: it fails before it touches the domain, while the rebuilt libxl's
+    failed run may leave it without its device model, and xl then stops before libxl's
+    COLO setup ("unable to retrieve domain configuration": run BL)."""
+    x.console(f"mkdir -p /tmp/stub && ln -sf /{DEBIAN_KEPT}/{LIBXL} /tmp/stub/libxenlight.so.4.17")
+    stub = x.console(f"LD_LIBRARY_PATH=/tmp/stub {REMUS}", timeout=240)
+    assert "COLO is not supported" in stub, stub
     ours = x.console(REMUS, timeout=240)
     x.console("for d in $(xl list | awk 'NR > 1 && $1 ~ /incoming/ {print $2}'); do "
               "xl destroy $d; done")
     assert "COLO is not supported" not in ours, ours
     assert re.search(r"libxl_colo_\w+\.c:\d+:", ours), ours
-    x.console(f"mkdir -p /tmp/stub && ln -sf /{DEBIAN_KEPT}/{LIBXL} /tmp/stub/libxenlight.so.4.17")
-    stub = x.console(f"LD_LIBRARY_PATH=/tmp/stub {REMUS}", timeout=240)
-    assert "COLO is not supported" in stub, stub
 
 
 # What the dom0s run for COLO (docs/xen.md, "The nested Xen lab"): the stand-in proxy
