@@ -156,6 +156,10 @@ def _xl_remus_c_reaches_libxl_colo_code(x: xen_lab.XenHost) -> None:
     x.console(f"mkdir -p /tmp/stub && ln -sf /{DEBIAN_KEPT}/{LIBXL} /tmp/stub/libxenlight.so.4.17")
     stub = x.console(f"LD_LIBRARY_PATH=/tmp/stub {REMUS}", timeout=240)
     assert "COLO is not supported" in stub, stub
+    # The stub's receiver (its `xl migrate-receive`, with the stub too) may still be
+    # failing after its sender: its lines would land in the next command's output.
+    x.console("timeout 60 sh -c 'while pgrep -f \"xl migrate-[r]eceive\" > /dev/null; do "
+              "sleep 1; done' || true", timeout=90)
     ours = x.console(REMUS, timeout=240)
     x.console("for d in $(xl list | awk 'NR > 1 && $1 ~ /incoming/ {print $2}'); do "
               "xl destroy $d; done")
