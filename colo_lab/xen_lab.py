@@ -81,6 +81,11 @@ DOM0_LAN_IP = {"primary": "10.99.0.11", "secondary": "10.99.0.12"}
 DOM0_CTL_IP = {"primary": "10.99.1.11", "secondary": "10.99.1.12"}
 NICS = ("xlan", "xfwd", "xctl")
 CONSOLE_CHUNK = 32
+# A typed chunk's echo: given up after ECHO_TIMEOUT_S (a busy dom0 echoed nothing for 30 s,
+# run BB); the host's QEMU is sampled once it has been silent ECHO_PROBE_AFTER_S (run BP's
+# dom0 got no CPU for about 140 s and recovered by itself).
+ECHO_TIMEOUT_S = 120.0
+ECHO_PROBE_AFTER_S = 45.0
 # Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
 LIBXL_BRIDGE = ("127.0.0.1", 9911)
 # Where a dom0 serves a file for XenHost.fetch (on its control link address).
@@ -249,11 +254,22 @@ class XenHost:
                 # between them: a job's "Done" notice, the kernel's or Xen's lines. Counting
                 # bytes took such a notice for the echo, and the next chunk, sent too soon,
                 # lost 30 bytes (run AY).
-                # 120 s: a busy dom0 (COLO with the disk, run BB) echoed nothing for 30.
+                what = f"{self.tag}'s console to echo what was typed"
+                deadline = time.monotonic() + ECHO_TIMEOUT_S
                 try:
-                    wait_until(functools.partial(echoed, part, start), 120.0,
-                               f"{self.tag}'s console to echo what was typed", every=0,
-                               detail=lambda: "console: " + got.decode(errors="replace")[-200:])
+                    try:
+                        wait_until(functools.partial(echoed, part, start), ECHO_PROBE_AFTER_S,
+                                   what, every=0)
+                    except WaitTimeout:
+                        # Run BP's primary dom0 got no CPU for about 140 s and came back by
+                        # itself, before the probe at the deadline could see the hang: look
+                        # at the host's QEMU while the console is still silent, and go on
+                        # waiting. QEMU only: typing to Xen now could meet the echo.
+                        self._probe_qemu(why=f"no echo for {ECHO_PROBE_AFTER_S:.0f} s")
+                        wait_until(functools.partial(echoed, part, start),
+                                   max(0.0, deadline - time.monotonic()), what, every=0,
+                                   detail=lambda: "console: "
+                                   + got.decode(errors="replace")[-200:])
                 except WaitTimeout as e:
                     raise LabError(f"{e}; {self._ask_xen(s, got, read)}",
                                    f"see {self.serial_path}") from e
@@ -298,8 +314,8 @@ class XenHost:
         return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues "
                 f"and dom0's registers are in {self.serial_path}; " + self._probe_qemu())
 
-    def _probe_qemu(self, span: float = 3.0) -> str:
-        """What the host's QEMU itself is doing, written to hang_path: each thread's share
+    def _probe_qemu(self, span: float = 3.0, why: str = "silent console") -> str:
+        """What the host's QEMU itself is doing, added to hang_path: each thread's share
         of a core over `span` seconds (vCPU threads spinning, or all idle: a QEMU
         deadlock) and its monitor's `info registers -a` (each vCPU's RIP and CS, halted or
         not); one line of it returned. Run BE's host hung with nothing to tell a guest's
@@ -317,8 +333,9 @@ class XenHost:
         busy = ", ".join(f"{after[t][0]} {share[t]:.0%}"
                          for t in sorted(share, key=lambda t: -share[t])[:4])
         registers = _monitor(self.monitor_path, "info registers -a")
-        self.hang_path.write_text(f"QEMU {pid}'s threads over {span:.1f} s: {busy}\n\n"
-                                  f"info registers -a:\n{registers}\n")
+        with self.hang_path.open("a") as f:
+            f.write(f"=== {time.strftime('%H:%M:%S')} ({why}): QEMU {pid}'s threads over "
+                    f"{span:.1f} s: {busy}\n\ninfo registers -a:\n{registers}\n")
         # EIP in a vCPU's real or protected mode, RIP in long mode (Xen's and its guests').
         rips = ", ".join(re.findall(r"\b[RE]IP=([0-9a-f]+)", registers)) or "none read"
         return f"its QEMU's busiest threads: {busy}; vCPU RIPs {rips} (see {self.hang_path})"

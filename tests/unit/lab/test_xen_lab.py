@@ -7,13 +7,17 @@ import json
 import re
 import resource
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from colo_lab import xen_lab
+from colo_lab.errors import LabError
 from colo_lab.lab import VM_MAC
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
@@ -248,3 +252,65 @@ def test_xen_lines_in_a_grep_count_reply_are_not_its_count() -> None:
     assert xen_lab.grep_count(XEN_NOISE + "13\n") == 13
     assert xen_lab.grep_count(XEN_NOISE) == 0
     assert xen_lab.grep_count("0\n") == 0
+
+
+def _slow_dom0(path: Path, delay: float) -> threading.Thread:
+    """A dom0's console on `path` that is silent for `delay` seconds, then echoes what was
+    typed and answers each line with 'hello' and its marker's status 0."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            quiet_until = time.monotonic() + delay
+            line = b""
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                time.sleep(max(0.0, quiet_until - time.monotonic()))
+                conn.sendall(data)
+                line += data
+                if line.endswith(b"\n"):
+                    mark = line.split(b"' ")[-1].split(b" ")[0]
+                    conn.sendall(b"hello\r\n" + mark + b"-0\r\n# ")
+                    line = b""
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Why each QEMU probe was taken (none real: no QEMU here), the probe due at 0.2 s."""
+    taken: list[str] = []
+    monkeypatch.setattr(xen_lab, "ECHO_PROBE_AFTER_S", 0.2)
+    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu",
+                        lambda self, why="": taken.append(why) or "")
+    return taken
+
+
+def test_a_console_silent_past_the_probe_time_is_probed_once_and_still_answers(
+        tmp_path: Path, probes: list[str]) -> None:
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    t = _slow_dom0(host.console_path, delay=0.8)
+    assert host.console("echo hello", timeout=10) == "hello\n"
+    t.join(5)
+    # Run BP: the dom0 came back by itself; what its host's QEMU did meanwhile is kept.
+    assert probes == ["no echo for 0 s"]
+
+
+def test_a_console_silent_to_the_end_asks_xen_and_names_the_probe(
+        tmp_path: Path, probes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    monkeypatch.setattr(xen_lab, "ECHO_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(xen_lab.XenHost, "_ask_xen", lambda self, s, got, read: "Xen asked")
+    _slow_dom0(host.console_path, delay=30.0)
+    with pytest.raises(LabError, match=r"to echo what was typed.*Xen asked"):
+        host.console("echo hello", timeout=10)
+    assert probes == ["no echo for 0 s"]
