@@ -14,6 +14,7 @@ without an index). libxl's socket is `/var/run/xen/qmp-libxl-<domid>` (libxl_qmp
 
   python3 -m colo_lab.xen_virtio                  # every device model in this dom0
   python3 -m colo_lab.xen_virtio /var/run/xen/qmp-libxl-3
+  python3 -m colo_lab.xen_virtio --brief          # a line a device: broken or not
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def _ask(q: QmpClient, name: str, args: dict[str, Any] | None = None) -> Any:
     return reply["return"] if "return" in reply else {"error": reply.get("error")}
 
 
-def device_model(path: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
-    """One device model's virtio devices: status and, per queue, its indices and head."""
+def device_model(path: str, timeout: float = TIMEOUT_S, queues: bool = True) -> dict[str, Any]:
+    """One device model's virtio devices: status and, per queue, its indices and head
+    (`queues`; without them three commands: libxl's own QMP calls give up after 5 s on a
+    monitor another client holds, libxl_qmp.c)."""
     q = QmpClient(path, timeout)
     try:
         q.connect()
@@ -48,12 +51,13 @@ def device_model(path: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         found["devices"] = []
         for dev in devices:
             status = _ask(q, "x-query-virtio-status", {"path": dev["path"]})
-            queues = []
-            for i in range(int(status.get("num-vqs", 0)) if "error" not in status else 0):
+            vqs = int(status.get("num-vqs", 0)) if queues and "error" not in status else 0
+            read = []
+            for i in range(vqs):
                 at = {"path": dev["path"], "queue": i}
-                queues.append({"status": _ask(q, "x-query-virtio-queue-status", at),
-                               "head": _ask(q, "x-query-virtio-queue-element", at)})
-            found["devices"].append({**dev, "status": status, "queues": queues})
+                read.append({"status": _ask(q, "x-query-virtio-queue-status", at),
+                             "head": _ask(q, "x-query-virtio-queue-element", at)})
+            found["devices"].append({**dev, "status": status, "queues": read})
         return found
     except (QmpError, OSError) as exc:
         return {"socket": path, "error": f"{type(exc).__name__}: {exc}"}
@@ -61,17 +65,28 @@ def device_model(path: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         q.close()
 
 
+def brief(found: dict[str, Any]) -> list[str]:
+    """One line per device (or the socket's error): few bytes for a slow console."""
+    if "devices" not in found:
+        return [f"{found['socket']} error={found.get('error') or found.get('x-query-virtio')}"]
+    return [f"{found['socket']} {dev['name']} broken={dev['status'].get('broken')}"
+            for dev in found["devices"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    paths = args or sorted(glob.glob(SOCKETS))
+    short = "--brief" in args
+    paths = [a for a in args if a != "--brief"] or sorted(glob.glob(SOCKETS))
     if not paths:
         print(f"no device model socket ({SOCKETS})", file=sys.stderr)
         return 1
     for path in paths:
-        print(json.dumps(device_model(path), indent=1, default=str), flush=True)
+        found = device_model(path, queues=not short)
+        print("\n".join(brief(found)) if short else json.dumps(found, indent=1, default=str),
+              flush=True)
     return 0
 
 

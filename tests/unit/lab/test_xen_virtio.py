@@ -26,10 +26,12 @@ def test_each_virtio_queue_s_indices_and_head_are_read(
     try:
         wait_until(sock.exists, 30.0, "QEMU's QMP socket")
         assert xen_virtio.main([str(sock)]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert xen_virtio.main(["--brief", str(sock)]) == 0
     finally:
         qemu.kill()
         qemu.wait()
-    got = json.loads(capsys.readouterr().out)
+    assert capsys.readouterr().out == f"{sock} virtio-net broken=False\n"
     assert got["status"]["status"] == "prelaunch"
     [dev] = got["devices"]
     assert dev["name"] == "virtio-net" and dev["status"]["broken"] is False
@@ -44,6 +46,7 @@ def test_a_socket_nobody_listens_on_is_said_so(tmp_path: Path) -> None:
     got = xen_virtio.device_model(str(tmp_path / "gone.sock"), timeout=2.0)
     assert got["socket"].endswith("gone.sock")
     assert "FileNotFoundError" in got["error"]
+    assert xen_virtio.brief(got) == [f"{got['socket']} error={got['error']}"]
 
 
 def test_no_device_model_is_an_error_not_an_empty_success(
