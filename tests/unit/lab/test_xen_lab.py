@@ -271,7 +271,10 @@ def _slow_dom0(path: Path, delay: float) -> threading.Thread:
                 if not data:
                     return
                 time.sleep(max(0.0, quiet_until - time.monotonic()))
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                except OSError:  # the console gave up on us first (broken pipe)
+                    return
                 line += data
                 if line.endswith(b"\n"):
                     mark = line.split(b"' ")[-1].split(b" ")[0]
