@@ -83,6 +83,22 @@ def test_changes_are_reported_once_and_only_expiries_count_as_lapses() -> None:
     assert p.lapsed_now(2.5) is True and p.lapses == 1
 
 
+def test_the_status_counts_a_lapse_before_the_adapter_has_looked() -> None:
+    # The CI failure of stop 34: a status read between the deadline and the proxy's next
+    # tick said "not allowed" with 0 lapses; the tick then counted it. Both agree now.
+    p = Permit("auto")
+    p.grant(1.0, p.issue(0.0), 0.0)
+    assert p.lapsed_now(0.5) is False
+    st = p.status(1.0)
+    assert st["allows"] is False and st["lapses"] == 1
+    assert p.lapsed_now(1.2) is True and p.status(1.2)["lapses"] == 1  # not twice
+    p.grant(1.0, p.issue(2.0), 2.0)
+    assert p.lapsed_now(2.1) is False and p.status(2.1)["lapses"] == 1
+    p.grant(0.0, p.issue(2.5), 2.5)  # a revocation is not a lapse, looked at or not
+    assert p.status(2.6)["lapses"] == 1
+    assert p.lapsed_now(2.6) is True and p.status(2.6)["lapses"] == 1
+
+
 def test_the_control_message_and_its_reply() -> None:
     p = Permit("auto", first_token=41)
     assert p.issue(1.0) == 41
