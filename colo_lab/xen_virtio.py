@@ -4,13 +4,17 @@ A failed Xen test keeps it: run BH's former SVM said `virtio: zero sized buffers
 allowed` after its take-over and the connection died, but QEMU's `virtio_error` only marks
 the device broken (hw/virtio/virtio.c), so nothing was left to tell why. Its queues'
 indices (the device's `last-avail-idx` and `used-idx` beside the guest's avail and used
-rings) and the descriptor at each queue's head say whether the device and the guest's
-memory disagree, as a checkpoint's memory without its device state would.
+rings) say whether the device and the guest's memory disagree, as a checkpoint's memory
+without its device state would.
 
 QMP commands (QEMU 7.2's qapi/virtio.json, unstable `x-` ones): `x-query-virtio` lists the
 devices, `x-query-virtio-status` one's flags (`broken` among them), `x-query-virtio-queue-
-status` a queue's indices, `x-query-virtio-queue-element` a queue's element (its head
-without an index). libxl's socket is `/var/run/xen/qmp-libxl-<domid>` (libxl_qmp.c).
+status` a queue's indices. Never `x-query-virtio-queue-element`: QEMU 7.2 walks the
+element's descriptor chain with the device's own reader, which calls `virtio_error` on a
+`next` index out of range, and without an index it reads the slot at `last-avail-idx`,
+which on an empty queue is a stale descriptor, not an element: the query itself broke
+the NIC it looked at (runs BO-BQ: `Desc next is 65535` even in the boot test's domain,
+which never ran COLO). libxl's socket is `/var/run/xen/qmp-libxl-<domid>` (libxl_qmp.c).
 
   python3 -m colo_lab.xen_virtio                  # every device model in this dom0
   python3 -m colo_lab.xen_virtio /var/run/xen/qmp-libxl-3
@@ -37,9 +41,9 @@ def _ask(q: QmpClient, name: str, args: dict[str, Any] | None = None) -> Any:
 
 
 def device_model(path: str, timeout: float = TIMEOUT_S, queues: bool = True) -> dict[str, Any]:
-    """One device model's virtio devices: status and, per queue, its indices and head
-    (`queues`; without them three commands: libxl's own QMP calls give up after 5 s on a
-    monitor another client holds, libxl_qmp.c)."""
+    """One device model's virtio devices: status and, per queue, its indices (`queues`;
+    without them three commands: libxl's own QMP calls give up after 5 s on a monitor
+    another client holds, libxl_qmp.c)."""
     q = QmpClient(path, timeout)
     try:
         q.connect()
@@ -55,8 +59,7 @@ def device_model(path: str, timeout: float = TIMEOUT_S, queues: bool = True) -> 
             read = []
             for i in range(vqs):
                 at = {"path": dev["path"], "queue": i}
-                read.append({"status": _ask(q, "x-query-virtio-queue-status", at),
-                             "head": _ask(q, "x-query-virtio-queue-element", at)})
+                read.append({"status": _ask(q, "x-query-virtio-queue-status", at)})
             found["devices"].append({**dev, "status": status, "queues": read})
         return found
     except (QmpError, OSError) as exc:

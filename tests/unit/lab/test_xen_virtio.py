@@ -16,13 +16,22 @@ QEMU = "qemu-system-x86_64"
 
 
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason="no qemu-system-x86_64")
-def test_each_virtio_queue_s_indices_and_head_are_read(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_virtio_queue_s_indices_are_read_and_only_with_queries_that_cannot_break_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     sock = tmp_path / "qmp.sock"
     qemu = subprocess.Popen([QEMU, "-accel", "tcg", "-machine", "q35", "-S", "-nodefaults",
                              "-display", "none", "-qmp", f"unix:{sock},server=on,wait=off",
                              "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    asked: list[str] = []
+    real_ask = xen_virtio._ask
+
+    def ask(q: object, name: str, args: dict[str, object] | None = None) -> object:
+        asked.append(name)
+        return real_ask(q, name, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xen_virtio, "_ask", ask)
     try:
         wait_until(sock.exists, 30.0, "QEMU's QMP socket")
         assert xen_virtio.main([str(sock)]) == 0
@@ -39,7 +48,10 @@ def test_each_virtio_queue_s_indices_and_head_are_read(
     assert [q["status"]["queue-index"] for q in dev["queues"]] == [0, 1, 2]
     assert all("last-avail-idx" in q["status"] and "used-idx" in q["status"]
                for q in dev["queues"])
-    assert all("head" in q for q in dev["queues"])
+    # x-query-virtio-queue-element walks a stale descriptor on an empty queue with the
+    # device's own reader and marks the device broken (QEMU 7.2): never asked.
+    assert set(asked) == {"query-status", "x-query-virtio", "x-query-virtio-status",
+                          "x-query-virtio-queue-status"}, asked
 
 
 def test_a_socket_nobody_listens_on_is_said_so(tmp_path: Path) -> None:
