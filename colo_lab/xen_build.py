@@ -73,7 +73,6 @@ DM_PATCHES = tuple(PACKAGE_DIR / "patches" / name for name in (
     "qemu-7.2-xen-pci-config-latch.patch",
     "qemu-7.2-xen-colo-checkpoint-drain.patch",
     "qemu-7.2-xen-colo-ide-load-fresh.patch",
-    "qemu-7.2-xen-colo-virtio-load-unbroken.patch",
 ))
 # Debian's device model path, the one libxl was configured with (--with-system-qemu).
 DM_PATH = "usr/libexec/xen-qemu-system-i386"

@@ -80,10 +80,9 @@ def test_a_libxl_patch_rekeys_libxl_and_the_dom0_not_the_device_model(
 # What a device model patch may touch: QEMU code that only the Xen device model runs (in
 # pc.c, only xen_load_linux(), in pc_piix.c only the xenfv machine types, in colo.c only
 # the xen-colo-do-checkpoint command, which their explanations name), and the PCI IDE
-# state's and a virtio device's load only, which only libxl's COLO secondary makes into a
-# device that has run.
+# state's load only, which only libxl's COLO secondary makes into a device that has run.
 DM_PATHS = ("migration/savevm.c", "hw/i386/pc.c", "hw/i386/xen/", "hw/i386/pc_piix.c",
-            "migration/colo.c", "hw/ide/pci.c", "hw/virtio/virtio.c")
+            "migration/colo.c", "hw/ide/pci.c")
 
 
 def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_themselves() -> None:
@@ -108,15 +107,6 @@ def test_patches_touch_only_the_rebuilt_libs_or_qemus_xen_path_and_explain_thems
             code = [ln[1:].strip() for ln in added
                     if ln[1:].strip() and not ln[1:].lstrip().startswith(("/*", "*"))]
             assert any(".pre_load = ide_pci_pre_load," == c for c in code), code
-        if "hw/virtio/virtio.c" in files:
-            assert "xen-load-devices-state" in header, patch.name
-            hunks = re.findall(r"^@@ .* @@ ?(.*)$",
-                               text.split("+++ b/hw/virtio/virtio.c", 1)[1], re.M)
-            added = re.findall(r"^\+.*", text.split("+++ b/hw/virtio/virtio.c", 1)[1], re.M)
-            code = [ln[1:].strip() for ln in added
-                    if ln[1:].strip() and not ln[1:].lstrip().startswith(("/*", "*"))]
-            assert code == ["vdev->broken = false;"], code
-            assert hunks and all(h.startswith("int virtio_load(") for h in hunks), hunks
         if "hw/i386/pc_piix.c" in files:
             assert "xenfv" in header, patch.name
             added = re.findall(r"^\+.*", text.split("+++ b/hw/i386/pc_piix.c", 1)[1], re.M)
