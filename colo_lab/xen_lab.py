@@ -308,11 +308,25 @@ class XenHost:
         if not answers(b"\x01\x01\x01", b"input to Xen", 15.0):
             return ("Xen did not answer its console switch either (the nested host hung); "
                     + self._probe_qemu())
+        up = self._qemu_uptime()
         # Xen takes its serial input in order: the dumps, then the switch back ("Serial
-        # input to DOM0"); everything Xen prints lands in the serial log as well.
-        answers(b"r0\x01\x01\x01", b"input to DOM0", 60.0)
-        return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues "
-                f"and dom0's registers are in {self.serial_path}; " + self._probe_qemu())
+        # input to DOM0"); everything Xen prints lands in the serial log as well. 't' (its
+        # clocks) and 'a' (its timer queues), and the host's QEMU's age beside the switch's
+        # "(XEN) [seconds]" stamp: run BP's Xen seemed some 30 s behind this machine's clock
+        # after its dom0's 140 s without CPU (estimated from its boot and the artefacts'
+        # times); a timer that never fired, or Xen's time jumping, would show there.
+        answers(b"r0ta\x01\x01\x01", b"input to DOM0", 60.0)
+        return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues, "
+                f"dom0's registers, clocks and timer queues are in {self.serial_path}, "
+                f"its switch stamped in Xen's time when its QEMU had run {up}; "
+                + self._probe_qemu())
+
+    def _qemu_uptime(self) -> str:
+        """How long the host's QEMU has run, by this machine's clock (its pid file's age)."""
+        try:
+            return f"{time.time() - self.pid_path.stat().st_mtime:.1f} s"
+        except OSError as exc:
+            return f"an unknown time ({exc.strerror})"
 
     def _probe_qemu(self, span: float = 3.0, why: str = "silent console") -> str:
         """What the host's QEMU itself is doing, added to hang_path: each thread's share
@@ -334,11 +348,16 @@ class XenHost:
                          for t in sorted(share, key=lambda t: -share[t])[:4])
         registers = _monitor(self.monitor_path, "info registers -a")
         with self.hang_path.open("a") as f:
-            f.write(f"=== {time.strftime('%H:%M:%S')} ({why}): QEMU {pid}'s threads over "
-                    f"{span:.1f} s: {busy}\n\ninfo registers -a:\n{registers}\n")
+            f.write(f"=== {time.strftime('%H:%M:%S')} ({why}; QEMU up {self._qemu_uptime()})"
+                    f": QEMU {pid}'s threads over {span:.1f} s: {busy}\n\n"
+                    f"info registers -a:\n{registers}\n")
         # EIP in a vCPU's real or protected mode, RIP in long mode (Xen's and its guests').
         rips = ", ".join(re.findall(r"\b[RE]IP=([0-9a-f]+)", registers)) or "none read"
-        return f"its QEMU's busiest threads: {busy}; vCPU RIPs {rips} (see {self.hang_path})"
+        # All halted with idle threads: Xen waits for a timer that does not come; running:
+        # Xen (or a guest) is busy.
+        halted = ", ".join(re.findall(r"\bHLT=(\d)", registers)) or "none read"
+        return (f"its QEMU's busiest threads: {busy}; vCPU RIPs {rips}, halted {halted} "
+                f"(see {self.hang_path})")
 
     def fetch(self, directory: str, names: list[str], dest: Path,
               timeout: float = 120.0) -> list[Path]:

@@ -98,8 +98,12 @@ def test_a_silent_host_s_qemu_is_probed_for_its_threads_and_vcpu_registers(
         qemu.kill()
         qemu.wait()
     assert "CPU 0/TCG" in said and "CPU 1/TCG" in said
-    assert "vCPU RIPs 0000fff0, 0000fff0" in said
-    assert "CS =f000" in host.hang_path.read_text()
+    # The boot CPU at the reset vector; the other waits halted for its start-up IPI.
+    assert "vCPU RIPs 0000fff0, 0000fff0, halted 0, 1" in said
+    hang = host.hang_path.read_text()
+    assert "CS =f000" in hang
+    up = float(re.search(r"QEMU up ([0-9.]+) s\)", hang).group(1))  # type: ignore[union-attr]
+    assert 0.0 <= up < 60.0, hang[:200]
 
 
 def test_a_command_with_cores_runs_with_no_core_size_limit() -> None:
@@ -317,3 +321,45 @@ def test_a_console_silent_to_the_end_asks_xen_and_names_the_probe(
     with pytest.raises(LabError, match=r"to echo what was typed.*Xen asked"):
         host.console("echo hello", timeout=10)
     assert probes == ["no echo for 0 s"]
+
+
+def test_a_hung_dom0_s_xen_is_asked_for_its_queues_registers_clocks_and_timers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Xen's console (xen/drivers/char/console.c): CTRL-a three times switches the serial
+    # input to Xen and back, each switch said on the serial line; a debug key prints its
+    # dump. This fake says the switches and keeps the keys it got.
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    host.pid_path.write_text("1\n")
+    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu", lambda self, why="": "probed")
+    ours, xen = socket.socketpair()
+    keys = bytearray()
+
+    def serve() -> None:
+        with xen:
+            while b"\x01\x01\x01" not in keys[3:]:
+                data = xen.recv(64)
+                if not data:
+                    return
+                keys.extend(data)
+                if keys == b"\x01\x01\x01":
+                    xen.sendall(b"(XEN) [  590.1] *** Serial input to Xen (type ...)\r\n")
+            xen.sendall(b"(XEN) [  590.2] *** Serial input to DOM0 (type ...)\r\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    got = bytearray()
+
+    def read() -> None:
+        ours.settimeout(0.05)
+        try:
+            got.extend(ours.recv(4096))
+        except TimeoutError:
+            pass
+
+    with ours:
+        said = host._ask_xen(ours, got, read)
+    t.join(5)
+    assert bytes(keys) == b"\x01\x01\x01r0ta\x01\x01\x01"
+    assert said.startswith("Xen answered its console switch (its dom0 hung, not Xen)")
+    assert re.search(r"when its QEMU had run [0-9.]+ s; probed$", said), said
