@@ -86,6 +86,11 @@ CONSOLE_CHUNK = 32
 # dom0 got no CPU for about 140 s and recovered by itself).
 ECHO_TIMEOUT_S = 120.0
 ECHO_PROBE_AFTER_S = 45.0
+# Xen's debug keys for a hung dom0 and the first words each one's dump prints
+# (xen/common/keyhandler.c, sched/, timer.c): run queues, dom0's registers, the CPUs'
+# clocks, the timer queues.
+XEN_DUMPS = ((b"r", b"CPUs info"), (b"0", b"Dumping Dom0"), (b"t", b"Synced stime skew"),
+             (b"a", b"Dumping timer queues"))
 # Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
 LIBXL_BRIDGE = ("127.0.0.1", 9911)
 # Where a dom0 serves a file for XenHost.fetch (on its control link address).
@@ -288,7 +293,7 @@ class XenHost:
     def _ask_xen(self, s: socket.socket, got: bytearray, read: Callable[[], None]) -> str:
         """Whether Xen itself still answers when its dom0 does not: CTRL-a three times
         switches the serial input to Xen (xen/drivers/char/console.c, `conswitch`), whose
-        debug keys 'r' (run queues) and '0' (dom0's registers) then write to the serial log;
+        debug keys (XEN_DUMPS) then write to the serial log;
         CTRL-a three times again gives the input back. Run BE's secondary host went silent
         in a checkpoint and nothing said whether Xen or its dom0 had hung."""
         def answers(keys: bytes, text: bytes, timeout: float) -> bool:
@@ -309,16 +314,20 @@ class XenHost:
             return ("Xen did not answer its console switch either (the nested host hung); "
                     + self._probe_qemu())
         up = self._qemu_uptime()
-        # Xen takes its serial input in order: the dumps, then the switch back ("Serial
-        # input to DOM0"); everything Xen prints lands in the serial log as well. 't' (its
-        # clocks) and 'a' (its timer queues), and the host's QEMU's age beside the switch's
-        # "(XEN) [seconds]" stamp: run BP's Xen seemed some 30 s behind this machine's clock
-        # after its dom0's 140 s without CPU (estimated from its boot and the artefacts'
-        # times); a timer that never fired, or Xen's time jumping, would show there.
-        answers(b"r0ta\x01\x01\x01", b"input to DOM0", 60.0)
-        return ("Xen answered its console switch (its dom0 hung, not Xen): its run queues, "
-                f"dom0's registers, clocks and timer queues are in {self.serial_path}, "
-                f"its switch stamped in Xen's time when its QEMU had run {up}; "
+        # One key at a time, each once its dump has begun: all four are Xen's tasklet
+        # keys, and a key typed before the tasklet ran replaces the one before it
+        # (xen/common/keyhandler.c, `keypress_key`): run BR's "r0ta" in one write printed
+        # only 'r' and 'a'. 't' (Xen's clocks) and 'a' (its timer queues), and the host's
+        # QEMU's age beside the switch's "(XEN) [seconds]" stamp, say whether a timer that
+        # never fired or Xen's time jumping left the dom0 without CPU.
+        dumped = [key.decode() for key, text in XEN_DUMPS if answers(key, text, 20.0)]
+        missing = [key.decode() for key, _ in XEN_DUMPS if key.decode() not in dumped]
+        # Everything Xen prints lands in the serial log; the switch back comes last.
+        answers(b"\x01\x01\x01", b"input to DOM0", 60.0)
+        return ("Xen answered its console switch (its dom0 hung, not Xen): its dumps "
+                f"{', '.join(dumped) or 'none'} are in {self.serial_path}"
+                + (f" ({', '.join(missing)} not begun in 20 s)" if missing else "")
+                + f", its switch stamped in Xen's time when its QEMU had run {up}; "
                 + self._probe_qemu())
 
     def _qemu_uptime(self) -> str:

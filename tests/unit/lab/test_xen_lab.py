@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -323,43 +324,85 @@ def test_a_console_silent_to_the_end_asks_xen_and_names_the_probe(
     assert probes == ["no echo for 0 s"]
 
 
-def test_a_hung_dom0_s_xen_is_asked_for_its_queues_registers_clocks_and_timers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Xen's console (xen/drivers/char/console.c): CTRL-a three times switches the serial
-    # input to Xen and back, each switch said on the serial line; a debug key prints its
-    # dump. This fake says the switches and keeps the keys it got.
-    host = _host(tmp_path)
-    host.run_dir.mkdir(parents=True)
-    host.pid_path.write_text("1\n")
-    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu", lambda self, why="": "probed")
-    ours, xen = socket.socketpair()
-    keys = bytearray()
-
+def _fake_xen_console(conn: socket.socket, dumps: dict[bytes, bytes],
+                      keys: list[bytes]) -> threading.Thread:
+    """Xen's console (xen/drivers/char/console.c): CTRL-a three times switches the serial
+    input to Xen and back, each switch said on the serial line; a debug key in `dumps`
+    prints its dump's first words. Each read is kept in `keys`: a key typed before the
+    last one's dump began would arrive in the same read (Xen's tasklet keys then lose
+    the first, xen/common/keyhandler.c)."""
     def serve() -> None:
-        with xen:
-            while b"\x01\x01\x01" not in keys[3:]:
-                data = xen.recv(64)
+        with conn:
+            while True:
+                data = conn.recv(64)
                 if not data:
                     return
-                keys.extend(data)
-                if keys == b"\x01\x01\x01":
-                    xen.sendall(b"(XEN) [  590.1] *** Serial input to Xen (type ...)\r\n")
-            xen.sendall(b"(XEN) [  590.2] *** Serial input to DOM0 (type ...)\r\n")
+                keys.append(data)
+                if data == b"\x01\x01\x01":
+                    to = b"DOM0" if len(keys) > 1 else b"Xen"
+                    conn.sendall(b"(XEN) [  590.1] *** Serial input to " + to + b" (...)\r\n")
+                    if to == b"DOM0":
+                        return
+                elif data in dumps:
+                    conn.sendall(b"(XEN) [  590.1] " + dumps[data] + b"\r\n")
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    got = bytearray()
+    return t
 
+
+def _reader(ours: socket.socket, got: bytearray) -> Any:
     def read() -> None:
         ours.settimeout(0.05)
         try:
             got.extend(ours.recv(4096))
         except TimeoutError:
             pass
+    return read
 
+
+def test_a_hung_dom0_s_xen_is_asked_for_its_queues_registers_clocks_and_timers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    host.pid_path.write_text("1\n")
+    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu", lambda self, why="": "probed")
+    ours, xen = socket.socketpair()
+    keys: list[bytes] = []
+    t = _fake_xen_console(xen, dict(xen_lab.XEN_DUMPS), keys)
+    got = bytearray()
     with ours:
-        said = host._ask_xen(ours, got, read)
+        said = host._ask_xen(ours, got, _reader(ours, got))
     t.join(5)
-    assert bytes(keys) == b"\x01\x01\x01r0ta\x01\x01\x01"
-    assert said.startswith("Xen answered its console switch (its dom0 hung, not Xen)")
+    # Each key alone, once the one before had begun its dump (run BR: "r0ta" in one
+    # write lost '0' and 't').
+    assert keys == [b"\x01\x01\x01", b"r", b"0", b"t", b"a", b"\x01\x01\x01"]
+    assert said.startswith("Xen answered its console switch (its dom0 hung, not Xen): "
+                           "its dumps r, 0, t, a are in ")
     assert re.search(r"when its QEMU had run [0-9.]+ s; probed$", said), said
+
+
+def test_a_dump_xen_does_not_begin_is_named_and_the_others_still_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu", lambda self, why="": "probed")
+    waits: list[float] = []
+    real_wait = xen_lab.wait_until
+
+    def quick(cond: Any, timeout: float, what: str, **kw: Any) -> Any:
+        waits.append(timeout)
+        return real_wait(cond, min(timeout, 0.5), what, **kw)
+
+    monkeypatch.setattr(xen_lab, "wait_until", quick)
+    ours, xen = socket.socketpair()
+    keys: list[bytes] = []
+    dumps = {k: v for k, v in xen_lab.XEN_DUMPS if k != b"t"}  # 't' says nothing
+    t = _fake_xen_console(xen, dumps, keys)
+    got = bytearray()
+    with ours:
+        said = host._ask_xen(ours, got, _reader(ours, got))
+    t.join(5)
+    assert keys == [b"\x01\x01\x01", b"r", b"0", b"t", b"a", b"\x01\x01\x01"]
+    assert "its dumps r, 0, a are in " in said and "(t not begun in 20 s)" in said, said
+    assert "when its QEMU had run an unknown time (No such file" in said, said  # no pid file
