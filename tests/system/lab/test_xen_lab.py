@@ -262,9 +262,10 @@ SVM_DM_LOG = "/var/log/xen/qemu-dm-service--incoming.log"
 def _assert_svm_nic_works(sec: xen_lab.XenHost) -> None:
     """The SVM's virtio-net is not broken before the primary host is killed: a failover
     to a broken one loses the client (run BH: `virtio: zero sized buffers are not
-    allowed`; run BP's COLO test: `Desc next is 65535`, then broken to its end). Its
-    device model is asked over QMP only if its log has a virtio error: libxl's own QMP
-    calls at a checkpoint give up after 5 s on a monitor another client holds."""
+    allowed`; runs BP's and BQ's `Desc next is 65535` were our own element query's,
+    colo_lab.xen_virtio). Its device model is asked over QMP only if its log has a virtio
+    error: libxl's own QMP calls at a checkpoint give up after 5 s on a monitor another
+    client holds."""
     errors = _grep(sec, VIRTIO_ERRORS, SVM_DM_LOG)
     if not errors.strip():
         return
