@@ -82,15 +82,21 @@ DOM0_CTL_IP = {"primary": "10.99.1.11", "secondary": "10.99.1.12"}
 NICS = ("xlan", "xfwd", "xctl")
 CONSOLE_CHUNK = 32
 # A typed chunk's echo: given up after ECHO_TIMEOUT_S (a busy dom0 echoed nothing for 30 s,
-# run BB); the host's QEMU is sampled once it has been silent ECHO_PROBE_AFTER_S (run BP's
-# dom0 got no CPU for about 140 s and recovered by itself).
+# run BB); Xen and the host's QEMU are asked once it has been silent ECHO_PROBE_AFTER_S,
+# while the silence lasts: run BP's dom0 stalled for about 140 s and BR's for 115 s, each
+# back by itself before the deadline's dumps could see it.
 ECHO_TIMEOUT_S = 120.0
 ECHO_PROBE_AFTER_S = 45.0
 # Xen's debug keys for a hung dom0 and the first words each one's dump prints
-# (xen/common/keyhandler.c, sched/, timer.c): run queues, dom0's registers, the CPUs'
-# clocks, the timer queues.
-XEN_DUMPS = ((b"r", b"CPUs info"), (b"0", b"Dumping Dom0"), (b"t", b"Synced stime skew"),
-             (b"a", b"Dumping timer queues"))
+# (xen/common/keyhandler.c, sched/, timer.c, event_channel.c): run queues, every event
+# channel (pending, masked), dom0's registers, the CPUs' clocks, the timer queues, each
+# vCPU's poll port, upcall flags and pause flags, each CPU's Xen stack. 'q' next to last:
+# it ends by sending every vCPU a VIRQ_DEBUG, which may wake one stuck in a poll (whether
+# the stall ends there says so); 'd' last: it waits for every CPU to answer an IPI.
+XEN_DUMPS = ((b"r", b"CPUs info"), (b"e", b"dumping event-channel info"),
+             (b"0", b"Dumping Dom0"), (b"t", b"Synced stime skew"),
+             (b"a", b"Dumping timer queues"), (b"q", b"dumping domain info"),
+             (b"d", b"dumping registers"))
 # Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
 LIBXL_BRIDGE = ("127.0.0.1", 9911)
 # Where a dom0 serves a file for XenHost.fetch (on its control link address).
@@ -221,7 +227,8 @@ class XenHost:
                    detail=lambda: "console: " + " | ".join(self.serial().splitlines()[-4:]))
 
     def console(self, command: str, timeout: float = 60.0) -> str:
-        """Run a shell command in the dom0 on its console; its output (stdout+stderr).
+        """Run a shell command in the dom0 on its console; its output (stdout+stderr),
+        without Xen's own lines (the serial log keeps them).
 
         The reply is read from the socket as it comes: QEMU's serial port sends a byte at a
         time, an unread unix socket fills after a few hundred of them (each byte is a
@@ -249,7 +256,9 @@ class XenHost:
 
             def echoed(part: bytes, start: int) -> bool:
                 read()
-                return _subsequence(part, got, start)
+                # Without Xen's own lines: a dump of Xen's (asked while the dom0 is silent)
+                # holds most bytes of any chunk in order.
+                return _subsequence(part, bytearray(_without_xen_lines(got[start:])), 0)
 
             for i in range(0, len(line), CONSOLE_CHUNK):
                 part = line[i:i + CONSOLE_CHUNK]
@@ -266,11 +275,14 @@ class XenHost:
                         wait_until(functools.partial(echoed, part, start), ECHO_PROBE_AFTER_S,
                                    what, every=0)
                     except WaitTimeout:
-                        # Run BP's primary dom0 got no CPU for about 140 s and came back by
-                        # itself, before the probe at the deadline could see the hang: look
-                        # at the host's QEMU while the console is still silent, and go on
-                        # waiting. QEMU only: typing to Xen now could meet the echo.
-                        self._probe_qemu(why=f"no echo for {ECHO_PROBE_AFTER_S:.0f} s")
+                        # Runs BP and BR: the dom0 came back by itself before the deadline's
+                        # dumps: ask Xen and the host's QEMU while the console is still
+                        # silent, and go on waiting (the echo is told from the dumps by
+                        # leaving out Xen's lines).
+                        said = self._ask_xen(s, got, read,
+                                             why=f"no echo for {ECHO_PROBE_AFTER_S:.0f} s")
+                        print(f"--- {self.tag}: {what}: none for "
+                              f"{ECHO_PROBE_AFTER_S:.0f} s; {said}")
                         wait_until(functools.partial(echoed, part, start),
                                    max(0.0, deadline - time.monotonic()), what, every=0,
                                    detail=lambda: "console: "
@@ -281,7 +293,9 @@ class XenHost:
 
             def answered() -> tuple[str, str] | None:
                 read()
-                return _after(got.decode(errors="replace"), mark)
+                # Xen's own lines are never the command's: a dump asked while the dom0
+                # was silent would come before the echo and be taken for output.
+                return _after(_without_xen_lines(got).decode(errors="replace"), mark)
 
             status, output = wait_until(
                 answered, timeout, f"'{command}' to finish on {self.tag}'s console", every=0,
@@ -290,7 +304,8 @@ class XenHost:
             raise LabError(f"{self.tag}: '{command}' exited {status}: {output[-300:]}")
         return output
 
-    def _ask_xen(self, s: socket.socket, got: bytearray, read: Callable[[], None]) -> str:
+    def _ask_xen(self, s: socket.socket, got: bytearray, read: Callable[[], None],
+                 why: str = "silent console") -> str:
         """Whether Xen itself still answers when its dom0 does not: CTRL-a three times
         switches the serial input to Xen (xen/drivers/char/console.c, `conswitch`), whose
         debug keys (XEN_DUMPS) then write to the serial log;
@@ -312,7 +327,7 @@ class XenHost:
 
         if not answers(b"\x01\x01\x01", b"input to Xen", 15.0):
             return ("Xen did not answer its console switch either (the nested host hung); "
-                    + self._probe_qemu())
+                    + self._probe_qemu(why=why))
         up = self._qemu_uptime()
         # One key at a time, each once its dump has begun: all four are Xen's tasklet
         # keys, and a key typed before the tasklet ran replaces the one before it
@@ -328,7 +343,7 @@ class XenHost:
                 f"{', '.join(dumped) or 'none'} are in {self.serial_path}"
                 + (f" ({', '.join(missing)} not begun in 20 s)" if missing else "")
                 + f", its switch stamped in Xen's time when its QEMU had run {up}; "
-                + self._probe_qemu())
+                + self._probe_qemu(why=why))
 
     def _qemu_uptime(self) -> str:
         """How long the host's QEMU has run, by this machine's clock (its pid file's age)."""
@@ -450,6 +465,11 @@ def _subsequence(part: bytes, got: bytearray, start: int) -> bool:
             return False
         at += 1
     return True
+
+
+def _without_xen_lines(out: bytes | bytearray) -> bytes:
+    """A console's output without the lines Xen itself printed ("(XEN) ...")."""
+    return re.sub(rb"\(XEN\) [^\n]*\n?", b"", bytes(out))
 
 
 def _after(text: str, mark: str) -> tuple[str, str] | None:
@@ -683,7 +703,11 @@ def start_service(lab: Lab, x: XenHost) -> float:
 # vcpus run, the dom0's busiest processes (run L: both dom0 vcpus ran all the time), and
 # Xen's message ring, which holds only 16 KiB (each read empties it, so the
 # log keeps the whole). A vcpu's CPU time tells a guest that boots slowly (it grows about
-# as fast as the clock) from one that waits for something (it hardly grows).
+# as fast as the clock) from one that waits for something (it hardly grows). The dom0's
+# /proc/stat tells, after a stall, how its vCPUs spent it: run BP's orchestrator was
+# charged 140 s of a 146 s stall that Xen ran both dom0 vCPUs for 17.5 s, so its vCPU
+# either waited runnable for Xen (the 8th number, steal, grows) or was blocked in Xen
+# with the orchestrator current (a PV spinlock's poll: steal does not grow).
 XEN_WATCH_LOG = "/tmp/xen-watch.log"
 XEN_DMESG_LOG = "/tmp/xl-dmesg-all.log"
 XEN_WATCH_EVERY_S = 10
@@ -692,8 +716,9 @@ XEN_WATCH_EVERY_S = 10
 def watch_xen(x: XenHost) -> None:
     """Sample `xl list`, `xl vcpu-list` and Xen's ring into XEN_WATCH_LOG and XEN_DMESG_LOG
     in the dom0 until it goes down."""
-    loop = (f"while :; do date +%T; xl list; xl vcpu-list; ps -eo time,args --sort=-time "
-            f"| head -n 8; xl dmesg -c >> {XEN_DMESG_LOG}; sleep {XEN_WATCH_EVERY_S}; done")
+    loop = (f"while :; do date +%T; xl list; xl vcpu-list; head -n 3 /proc/stat; "
+            f"ps -eo time,args --sort=-time | head -n 8; xl dmesg -c >> {XEN_DMESG_LOG}; "
+            f"sleep {XEN_WATCH_EVERY_S}; done")
     start_in_dom0(x, f"sh -c '{loop}'", XEN_WATCH_LOG)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import resource
+import select
 import shutil
 import socket
 import subprocess
@@ -293,35 +294,89 @@ def _slow_dom0(path: Path, delay: float) -> threading.Thread:
 
 @pytest.fixture
 def probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Why each QEMU probe was taken (none real: no QEMU here), the probe due at 0.2 s."""
+    """Why Xen was asked each time (no Xen here), the first ask due at 0.2 s."""
     taken: list[str] = []
     monkeypatch.setattr(xen_lab, "ECHO_PROBE_AFTER_S", 0.2)
-    monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu",
-                        lambda self, why="": taken.append(why) or "")
+
+    def ask(self: Any, s: Any, got: Any, read: Any, why: str = "silent console") -> str:
+        taken.append(why)
+        return "Xen asked"
+
+    monkeypatch.setattr(xen_lab.XenHost, "_ask_xen", ask)
     return taken
 
 
-def test_a_console_silent_past_the_probe_time_is_probed_once_and_still_answers(
-        tmp_path: Path, probes: list[str]) -> None:
+def test_a_console_silent_past_the_probe_time_asks_xen_once_and_still_answers(
+        tmp_path: Path, probes: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     host = _host(tmp_path)
     host.run_dir.mkdir(parents=True)
     t = _slow_dom0(host.console_path, delay=0.8)
     assert host.console("echo hello", timeout=10) == "hello\n"
     t.join(5)
-    # Run BP: the dom0 came back by itself; what its host's QEMU did meanwhile is kept.
+    # Runs BP and BR: the dom0 came back by itself; what Xen said while it was silent is
+    # kept (the deadline's dumps came after it was back).
     assert probes == ["no echo for 0 s"]
+    assert "xen-pri's console to echo what was typed: none for 0 s; Xen asked" in (
+        capsys.readouterr().out)
 
 
-def test_a_console_silent_to_the_end_asks_xen_and_names_the_probe(
+def test_a_console_silent_to_the_end_asks_xen_again_at_the_deadline(
         tmp_path: Path, probes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     host = _host(tmp_path)
     host.run_dir.mkdir(parents=True)
     monkeypatch.setattr(xen_lab, "ECHO_TIMEOUT_S", 0.6)
-    monkeypatch.setattr(xen_lab.XenHost, "_ask_xen", lambda self, s, got, read: "Xen asked")
     _slow_dom0(host.console_path, delay=30.0)
     with pytest.raises(LabError, match=r"to echo what was typed.*Xen asked"):
         host.console("echo hello", timeout=10)
-    assert probes == ["no echo for 0 s"]
+    assert probes == ["no echo for 0 s", "silent console"]
+
+
+def test_xen_s_lines_are_not_taken_for_the_echo_of_what_was_typed(
+        tmp_path: Path) -> None:
+    """A Xen dump asked while the dom0 is silent holds a chunk's bytes in order; the next
+    chunk goes only once the dom0 itself has echoed."""
+    host = _host(tmp_path)
+    host.run_dir.mkdir(parents=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(host.console_path))
+    srv.listen(1)
+    events: list[str] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            line = b""
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                events.append(f"typed {len(data)}")
+                if not line:
+                    # Every byte of the chunk, in order, among Xen's words.
+                    conn.sendall(b"(XEN) [ 590.1] " + b" ".join(bytes([c]) for c in data)
+                                 + b"\r\n")
+                    # Typing goes on only after the echo: nothing to read after a while.
+                    time.sleep(0.5)
+                    if select.select([conn], [], [], 0)[0]:
+                        events.append("typed before the echo")
+                    events.append("echoed")
+                conn.sendall(data)
+                line += data
+                if line.endswith(b"\n"):
+                    mark = line.split(b"' ")[-1].split(b" ")[0]
+                    conn.sendall(b"hello\r\n" + mark + b"-0\r\n# ")
+                    line = b""
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert host.console("echo hello", timeout=10) == "hello\n"
+    t.join(5)
+    assert events[:2] == ["typed 32", "echoed"] and events[2].startswith("typed"), events
+
+
+def test_without_xen_lines_keeps_a_dom0_line_that_a_xen_line_interrupts() -> None:
+    out = b"abc(XEN) [  6.7] *** Serial input to Xen\r\ndef\r\n(XEN) [  6.8] x\r\n"
+    assert xen_lab._without_xen_lines(out) == b"abcdef\r\n"
 
 
 def _fake_xen_console(conn: socket.socket, dumps: dict[bytes, bytes],
@@ -376,9 +431,10 @@ def test_a_hung_dom0_s_xen_is_asked_for_its_queues_registers_clocks_and_timers(
     t.join(5)
     # Each key alone, once the one before had begun its dump (run BR: "r0ta" in one
     # write lost '0' and 't').
-    assert keys == [b"\x01\x01\x01", b"r", b"0", b"t", b"a", b"\x01\x01\x01"]
+    assert keys == [b"\x01\x01\x01", b"r", b"e", b"0", b"t", b"a", b"q", b"d",
+                    b"\x01\x01\x01"]
     assert said.startswith("Xen answered its console switch (its dom0 hung, not Xen): "
-                           "its dumps r, 0, t, a are in ")
+                           "its dumps r, e, 0, t, a, q, d are in ")
     assert re.search(r"when its QEMU had run [0-9.]+ s; probed$", said), said
 
 
@@ -403,6 +459,7 @@ def test_a_dump_xen_does_not_begin_is_named_and_the_others_still_asked(
     with ours:
         said = host._ask_xen(ours, got, _reader(ours, got))
     t.join(5)
-    assert keys == [b"\x01\x01\x01", b"r", b"0", b"t", b"a", b"\x01\x01\x01"]
-    assert "its dumps r, 0, a are in " in said and "(t not begun in 20 s)" in said, said
+    assert keys == [b"\x01\x01\x01", b"r", b"e", b"0", b"t", b"a", b"q", b"d",
+                    b"\x01\x01\x01"]
+    assert "its dumps r, e, 0, a, q, d are in " in said and "(t not begun in 20 s)" in said, said
     assert "when its QEMU had run an unknown time (No such file" in said, said  # no pid file
