@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from colo_lab import etcd_net, netns
+from colo_lab import etcd_net, kernel_symbols, netns
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
 from colo_lab.guest import Guest
@@ -97,6 +98,11 @@ XEN_DUMPS = ((b"r", b"CPUs info"), (b"e", b"dumping event-channel info"),
              (b"0", b"Dumping Dom0"), (b"t", b"Synced stime skew"),
              (b"a", b"Dumping timer queues"), (b"q", b"dumping domain info"),
              (b"d", b"dumping registers"))
+# Where the kernels' own addresses begin: Xen's and the dom0 kernel's symbols are named
+# from here up (below: user space, and the dom0's per-CPU offsets, which are no code).
+KERNEL_SPACE = 0xFFFF800000000000
+# How many of a dom0 vCPU's stack addresses a hang report names.
+STACK_NAMES = 12
 # Where the dom0's libxl bridge listens: the service domain's colo_checkpoint_host:port.
 LIBXL_BRIDGE = ("127.0.0.1", 9911)
 # Where a dom0 serves a file for XenHost.fetch (on its control link address).
@@ -335,15 +341,51 @@ class XenHost:
         # only 'r' and 'a'. 't' (Xen's clocks) and 'a' (its timer queues), and the host's
         # QEMU's age beside the switch's "(XEN) [seconds]" stamp, say whether a timer that
         # never fired or Xen's time jumping left the dom0 without CPU.
+        begun = len(got)
         dumped = [key.decode() for key, text in XEN_DUMPS if answers(key, text, 20.0)]
         missing = [key.decode() for key, _ in XEN_DUMPS if key.decode() not in dumped]
         # Everything Xen prints lands in the serial log; the switch back comes last.
         answers(b"\x01\x01\x01", b"input to DOM0", 60.0)
+        stacks = self._dom0_stacks(got[begun:].decode(errors="replace"))
+        with self.hang_path.open("a") as f:
+            f.write(f"=== {time.strftime('%H:%M:%S')} ({why}): Xen's '0' dump, named: "
+                    f"{stacks or 'none'}\n\n")
         return ("Xen answered its console switch (its dom0 hung, not Xen): its dumps "
                 f"{', '.join(dumped) or 'none'} are in {self.serial_path}"
                 + (f" ({', '.join(missing)} not begun in 20 s)" if missing else "")
                 + f", its switch stamped in Xen's time when its QEMU had run {up}; "
-                + self._probe_qemu(why=why))
+                + (f"{stacks}; " if stacks else "") + self._probe_qemu(why=why))
+
+    def _symbol(self, address: int, code_only: bool = False) -> str | None:
+        """The symbol an address is in, if Xen's or the dom0 kernel's."""
+        if address < KERNEL_SPACE:
+            return None
+        for table in _symbol_tables(self.build.hypervisor, self.build.kernel):
+            name = table.name(address, code_only)
+            if name is not None:
+                return name
+        return None
+
+    def _named(self, address: str) -> str:
+        """An address (hex) with the symbol it is in, if known."""
+        name = self._symbol(int(address, 16))
+        return f"{address} ({name})" if name else address
+
+    def _dom0_stacks(self, dumps: str) -> str:
+        """Each dom0 vCPU's place in Xen's '0' dump, named: its RIP, then the kernel
+        text addresses its stack holds, innermost first (a guess, like Linux's own
+        '?' lines: stale words are among them)."""
+        out = []
+        for vcpu, body in re.findall(r"Dumping Dom0 vcpu#(\d+) state: \*\*\*(.*?)"
+                                     r"(?=Dumping Dom0 vcpu#|\Z)", dumps, re.S):
+            rip = re.search(r"RIP:\s+[0-9a-f]+:\[<([0-9a-f]+)>\]", body)
+            trace = body.split("Guest stack trace", 1)[-1]
+            words = re.findall(r"\b(ffffffff8[0-9a-f]{7})\b", trace)
+            called = [n for n in (self._symbol(int(w, 16), code_only=True) for w in words)
+                      if n][:STACK_NAMES]
+            out.append(f"d0v{vcpu} at {self._named(rip.group(1)) if rip else '?'}"
+                       f" (stack: {', '.join(called) or 'none read'})")
+        return "; ".join(out)
 
     def _qemu_uptime(self) -> str:
         """How long the host's QEMU has run, by this machine's clock (its pid file's age)."""
@@ -376,7 +418,8 @@ class XenHost:
                     f": QEMU {pid}'s threads over {span:.1f} s: {busy}\n\n"
                     f"info registers -a:\n{registers}\n")
         # EIP in a vCPU's real or protected mode, RIP in long mode (Xen's and its guests').
-        rips = ", ".join(re.findall(r"\b[RE]IP=([0-9a-f]+)", registers)) or "none read"
+        rips = ", ".join(self._named(rip) for rip in
+                         re.findall(r"\b[RE]IP=([0-9a-f]+)", registers)) or "none read"
         # All halted with idle threads: Xen waits for a timer that does not come; running:
         # Xen (or a guest) is busy.
         halted = ", ".join(re.findall(r"\bHLT=(\d)", registers)) or "none read"
@@ -411,6 +454,22 @@ class XenHost:
         finally:
             self.console(f"kill $(cat {pid}) 2>/dev/null; rm -f {pid}")
         return got
+
+
+@functools.lru_cache(maxsize=2)
+def _symbol_tables(hypervisor: Path,
+                   kernel: Path) -> tuple[kernel_symbols.SymbolTable, ...]:
+    """Xen's and the dom0 kernel's symbols, read from the images the hosts boot (about
+    2 s, once); those that cannot be read are left out, said once (a report goes on
+    without names)."""
+    tables = []
+    for read, image in ((kernel_symbols.xen_symbols_of, hypervisor),
+                        (kernel_symbols.linux_symbols_of, kernel)):
+        try:
+            tables.append(read(image))
+        except (OSError, LabError, lzma.LZMAError) as exc:
+            print(f"--- no symbols from {image}: {exc}")
+    return tuple(tables)
 
 
 def _thread_ticks(pid: int) -> dict[str, tuple[str, int]]:

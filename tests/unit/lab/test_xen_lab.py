@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from colo_lab import xen_lab
+from colo_lab import kernel_symbols, xen_lab
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_MAC
 from colo_lab.wait import wait_until
@@ -463,3 +463,40 @@ def test_a_dump_xen_does_not_begin_is_named_and_the_others_still_asked(
                     b"\x01\x01\x01"]
     assert "its dumps r, e, 0, a, q, d are in " in said and "(t not begun in 20 s)" in said, said
     assert "when its QEMU had run an unknown time (No such file" in said, said  # no pid file
+
+
+# Xen's '0' dump of run BP's primary dom0 (vCPU 1's stack cut short), as on its serial line.
+DOM0_DUMP = """\
+(XEN) [  590.129781] '0' pressed -> dumping Dom0's registers
+(XEN) [  590.130817] *** Dumping Dom0 vcpu#0 state: ***
+(XEN) [  590.131786] RIP:    e033:[<ffffffff81a391c0>]
+(XEN) [  590.136990] Guest stack trace from rsp=ffffc90040663958:
+(XEN) [  590.137441]    ffffffff81031146 ffff88805dc31c40 ffffc900406639e0 ffff888010668000
+(XEN) [  590.138521]    ffff88800c77e100 ffffffff82413bb0 ffff88800c77ebc8 ffffffff81a4731d
+(XEN) [  590.149579] *** Dumping Dom0 vcpu#1 state: ***
+(XEN) [  590.149970] RIP:    e033:[<ffffffff81a39075>]
+(XEN) [  590.151116]    0000000000000000 0000000000000000 ffffffff8165eebe 0000000c0000bf7d
+(XEN) [  590.151092] fsb: 0000000000000000   gsb: ffff88805dd00000   gss: 0000000000000000
+(XEN) [  590.151111] Guest stack trace from rsp=ffffc900400d0d10:
+(XEN) [  590.151116]    0000000000000000 0000000000000000 ffffffff8165eebe 0000000c0000bf7d
+(XEN) [  590.151149]    ffffffff8102c91f 0000000300000000 0000000000080000 0000000000000001
+"""
+
+
+def test_a_dom0_dump_is_named_each_vcpu_where_it_is_and_its_stack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The dom0 kernel's symbols around those addresses (Debian's 6.1.0-50, read from it).
+    kernel = kernel_symbols.SymbolTable(
+        (0xFFFFFFFF8102C8A0, 0xFFFFFFFF81031040, 0xFFFFFFFF8165EE40, 0xFFFFFFFF81A39070,
+         0xFFFFFFFF81A391C0, 0xFFFFFFFF81A46FD0, 0xFFFFFFFF82413B00),
+        ("xen_qlock_wait", "__switch_to", "xen_poll_irq", "xen_hypercall_pv",
+         "__wrgsbase_inactive", "__schedule", "some_data"), "tTTttTd")
+    monkeypatch.setattr(xen_lab, "_symbol_tables", lambda xen, linux: (kernel,))
+    said = _host(tmp_path)._dom0_stacks(DOM0_DUMP)
+    # vCPU 1 waits in a PV spinlock's poll; the data pointer on vCPU 0's stack is left out;
+    # only the trace's words count (the register lines before it are not the stack).
+    assert said == (
+        "d0v0 at ffffffff81a391c0 (__wrgsbase_inactive+0x0) (stack: __switch_to+0x106, "
+        "__schedule+0x34d); "
+        "d0v1 at ffffffff81a39075 (xen_hypercall_pv+0x5) (stack: xen_poll_irq+0x7e, "
+        "xen_qlock_wait+0x7f)")
