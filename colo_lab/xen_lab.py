@@ -655,7 +655,10 @@ SERVICE_CFG = (
     'name = "service"\\ntype = "hvm"\\nmemory = 256\\nvcpus = 1\\nvnc = 0\\nvga = "none"\\n'
     f'serial = "file:{GUEST_CONSOLE}"\\ntsc_mode = "native"\\nkernel = "/mnt/guest/vmlinuz"\\n'
     'ramdisk = "/mnt/guest/initrd.gz"\\n'
-    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 loglevel=5 nopv panic=-1 '
+    # nokaslr: Xen's dump of a guest that faulted (run BU's PVM, a triple fault under
+    # COLO) and xenctx's (the artefacts) then give addresses of the guest kernel's own
+    # table (colo_lab.kernel_symbols reads it from the guest's vmlinuz).
+    f'extra = "console=ttyS0 earlyprintk=ttyS0,115200 loglevel=5 nokaslr nopv panic=-1 '
     f'colo.ip={VM_IP}/{LAN_PLEN}"\\n'
     f'vif = [ "mac={VM_MAC},bridge=xenbr0,model=virtio-net-pci,VIFNAME'
     f'colo_checkpoint_host={LIBXL_BRIDGE[0]},colo_checkpoint_port={LIBXL_BRIDGE[1]}" ]\\n')

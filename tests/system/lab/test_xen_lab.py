@@ -580,8 +580,12 @@ def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
         try:
             # The device models' virtio queues (colo_lab.xen_virtio): run BH's broken
             # virtio-net left no other trace.
+            # xenctx: each guest vCPU's registers and stack, from Xen (run BU's PVM had
+            # triple-faulted and Xen's own dump of it gave Xen's registers, not its).
             x.console("python3 -m colo_lab.xen_virtio > /tmp/virtio.log 2>&1; "
-                      "xl dmesg > /tmp/xl-dmesg.log; dmesg > /tmp/dmesg.log; "
+                      "for d in $(xl list | awk 'NR > 2 {print $2}'); do "
+                      "/usr/lib/xen-4.17/bin/xenctx -a -S -C $d > /tmp/xenctx-$d.log 2>&1; "
+                      "done; xl dmesg > /tmp/xl-dmesg.log; dmesg > /tmp/dmesg.log; "
                       "for c in /tmp/core.*; do [ -e $c ] && mv $c $c.core; done; true",
                       timeout=180)
             # /var/log/xen: libxl's per-domain logs, the device models' among them.
