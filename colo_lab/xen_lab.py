@@ -233,8 +233,7 @@ class XenHost:
                    detail=lambda: "console: " + " | ".join(self.serial().splitlines()[-4:]))
 
     def console(self, command: str, timeout: float = 60.0) -> str:
-        """Run a shell command in the dom0 on its console; its output (stdout+stderr),
-        without Xen's own lines (the serial log keeps them).
+        """Run a shell command in the dom0 on its console; its output (stdout+stderr).
 
         The reply is read from the socket as it comes: QEMU's serial port sends a byte at a
         time, an unread unix socket fills after a few hundred of them (each byte is a
@@ -299,9 +298,7 @@ class XenHost:
 
             def answered() -> tuple[str, str] | None:
                 read()
-                # Xen's own lines are never the command's: a dump asked while the dom0
-                # was silent would come before the echo and be taken for output.
-                return _after(_without_xen_lines(got).decode(errors="replace"), mark)
+                return _after(got.decode(errors="replace"), mark)
 
             status, output = wait_until(
                 answered, timeout, f"'{command}' to finish on {self.tag}'s console", every=0,
@@ -545,8 +542,12 @@ def _after(text: str, mark: str) -> tuple[str, str] | None:
     digits = re.match(r"\d+", rest)
     status = digits.group(0) if digits else rest
     body = text[:at].replace("\r", "")
-    # Drop the echoed command line: output starts after its first newline.
-    return status, body.split("\n", 1)[1] if "\n" in body else ""
+    # Drop the echoed command line: output starts after the line that echoed the marker
+    # (Xen's lines can come before it: a dump asked while the dom0 was silent), else
+    # after the first newline.
+    echo = body.rfind(f"{mark} $?")
+    start = body.find("\n", echo) if echo >= 0 else body.find("\n")
+    return status, body[start + 1:] if start >= 0 else ""
 
 
 def grep_lines(output: str, pattern: str) -> str:

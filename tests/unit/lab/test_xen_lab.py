@@ -43,6 +43,15 @@ def _host(tmp_path: Path, role: str = "primary") -> xen_lab.XenHost:
     return xen_lab.XenHost(role, "colo-t-pri", tmp_path / "run", build)
 
 
+def test_a_reply_after_xen_s_lines_starts_after_the_echo_and_keeps_xl_dmesg_s() -> None:
+    # A dump of Xen's before the echo (asked while the dom0 was silent); `xl dmesg`'s
+    # own lines in the output look like Xen's and are the command's.
+    said = ("(XEN) [  590.1] 'r' pressed -> dumping run queues\r\n(XEN) [  590.2] CPUs info:\r\n"
+            "xl dmesg | tail -n 1 2>&1; printf '%s-%s\\n' colo-end-42 $?\r\n"
+            "(XEN) [  6.7] Freed 668kB init memory\r\ncolo-end-42-0\r\n# ")
+    assert xen_lab._after(said, "colo-end-42") == ("0", "(XEN) [  6.7] Freed 668kB init memory\n")
+
+
 def test_console_reply_is_the_output_between_echo_and_marker() -> None:
     assert xen_lab._after(CONSOLE, "colo-end-42") == (
         "0", "host                   : xen-pri\nrelease                : 6.1.0-50-amd64\n")
