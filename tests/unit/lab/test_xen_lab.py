@@ -287,18 +287,25 @@ def _slow_dom0(path: Path, delay: float) -> threading.Thread:
                     return
                 time.sleep(max(0.0, quiet_until - time.monotonic()))
                 try:
-                    conn.sendall(data)
+                    line = _echo_and_answer(conn, data, line)
                 except OSError:  # the console gave up on us first (broken pipe)
                     return
-                line += data
-                if line.endswith(b"\n"):
-                    mark = line.split(b"' ")[-1].split(b" ")[0]
-                    conn.sendall(b"hello\r\n" + mark + b"-0\r\n# ")
-                    line = b""
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     return t
+
+
+def _echo_and_answer(conn: socket.socket, data: bytes, line: bytes) -> bytes:
+    """A dom0 shell's side of what was typed: the tty's echo, and for each whole line
+    'hello' and its marker's status 0. Returns the line typed so far."""
+    conn.sendall(data)
+    line += data
+    if line.endswith(b"\n"):
+        mark = line.split(b"' ")[-1].split(b" ")[0]
+        conn.sendall(b"hello\r\n" + mark + b"-0\r\n# ")
+        return b""
+    return line
 
 
 @pytest.fixture
@@ -369,12 +376,7 @@ def test_xen_s_lines_are_not_taken_for_the_echo_of_what_was_typed(
                     if select.select([conn], [], [], 0)[0]:
                         events.append("typed before the echo")
                     events.append("echoed")
-                conn.sendall(data)
-                line += data
-                if line.endswith(b"\n"):
-                    mark = line.split(b"' ")[-1].split(b" ")[0]
-                    conn.sendall(b"hello\r\n" + mark + b"-0\r\n# ")
-                    line = b""
+                line = _echo_and_answer(conn, data, line)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
