@@ -20,9 +20,11 @@ import functools
 import itertools
 import lzma
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from colo_lab.cmd import need
 from colo_lab.errors import LabError
 
 # xen/arch/x86/include/asm/config.h: SYMBOLS_ORIGIN is XEN_VIRT_START.
@@ -32,6 +34,8 @@ LINUX_TEXT = 0xFFFFFFFF81000000
 # The digits as single-character tokens, in a row: both tools keep every character used
 # in a name as a token of its own, in byte order, so this is inside the token table.
 DIGIT_TOKENS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
+# The lz4 tool's legacy frame, which Linux's lz4 payload uses.
+LZ4_LEGACY = b"\x02\x21\x4c\x18"
 # How far past a symbol an address is still named after it: farther is a gap (user
 # space, between per-CPU offsets and the kernel's text) or not code at all.
 MAX_OFFSET = 0x10000
@@ -172,11 +176,23 @@ def _table(addresses: list[int], typed_names: list[str]) -> SymbolTable:
 
 
 def decompress_bzimage(image: bytes) -> bytes:
-    """The kernel inside a bzImage (Debian's: xz, its x86 filter included)."""
-    at = image.find(b"\xfd7zXZ\x00")
-    if at < 0:
-        raise LabError("no xz payload in the kernel image (not Debian's bzImage?)")
-    return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(image[at:])
+    """The kernel inside a bzImage: its payload where the boot protocol's header says
+    (Documentation/arch/x86/boot.rst: setup_sects at 0x1f1, payload_offset and
+    payload_length at 0x248), xz (Debian's amd64 kernel, the dom0's) or lz4's legacy
+    frame (its cloud kernel, the lab's guest; by the `lz4` tool)."""
+    if len(image) < 0x250 or image[0x202:0x206] != b"HdrS":
+        raise LabError("not a bzImage (no HdrS header)")
+    setup = (image[0x1F1] or 4) + 1
+    offset, length = struct.unpack_from("<II", image, 0x248)
+    payload = image[setup * 512 + offset:][:length]
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    if payload.startswith(LZ4_LEGACY):
+        # Without the 4 bytes of the kernel's size that its build appends (the lz4 tool
+        # takes them for a broken frame and fails).
+        return subprocess.run([need("lz4"), "-dc"], input=payload[:-4], capture_output=True,
+                              check=True, timeout=120).stdout
+    raise LabError(f"the bzImage's payload is neither xz nor lz4 ({payload[:4].hex()})")
 
 
 @functools.lru_cache(maxsize=4)

@@ -332,7 +332,7 @@ class XenHost:
             return ("Xen did not answer its console switch either (the nested host hung); "
                     + self._probe_qemu(why=why))
         up = self._qemu_uptime()
-        # One key at a time, each once its dump has begun: all four are Xen's tasklet
+        # One key at a time, each once its dump has begun: all but 'd' are Xen's tasklet
         # keys, and a key typed before the tasklet ran replaces the one before it
         # (xen/common/keyhandler.c, `keypress_key`): run BR's "r0ta" in one write printed
         # only 'r' and 'a'. 't' (Xen's clocks) and 'a' (its timer queues), and the host's
