@@ -469,6 +469,19 @@ def _symbol_tables(hypervisor: Path,
     return tuple(tables)
 
 
+def name_kernel_addresses(text: str, table: kernel_symbols.SymbolTable) -> str:
+    """Text (xenctx's registers and stack of a guest vCPU) with each line that holds
+    kernel code addresses followed by their names (run BV's former SVM: `rip:
+    ffffffff8107141c  # read_hpet+0x6c`). The service domain boots nokaslr, so its
+    addresses are those of its kernel's own table."""
+    out = []
+    for line in text.splitlines():
+        names = [n for n in (table.name(int(a, 16), code_only=True)
+                             for a in re.findall(r"\b(ffffffff8[0-9a-f]{7})\b", line)) if n]
+        out.append(f"{line}  # {', '.join(names)}" if names else line)
+    return "\n".join(out) + "\n"
+
+
 def _thread_ticks(pid: int) -> dict[str, tuple[str, int]]:
     """{tid: (thread name, user+system clock ticks)} of a process, from /proc."""
     out = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_lab import etcd_net, netns, xen_lab, xen_orch
+from colo_lab import etcd_net, kernel_symbols, netns, xen_lab, xen_orch
 from colo_lab.errors import LabError
 from colo_lab.guest import cached_guest, ensure_guest, pattern
 from colo_lab.lab import VM_IP, Lab
@@ -595,10 +595,27 @@ def _collect_dom0_artefacts(lab: Lab, build: XenLab) -> None:
                 # its output (seen: "true" taken for a file).
                 names = [n for n in listed if re.fullmatch(r"[\w.+-]+\.(log|core)", n)]
                 for got in x.fetch(where, names, lab.run_dir):
-                    got.rename(got.with_name(f"{x.tag}-{got.name}"))
+                    got = got.rename(got.with_name(f"{x.tag}-{got.name}"))
+                    if got.name.startswith(f"{x.tag}-xenctx-"):
+                        _name_guest_addresses(got)
         # OSError: a killed host's console refuses (its QEMU a zombie until the lab is down).
         except (LabError, OSError) as exc:
             print(f"--- {x.tag}: artefacts not collected: {exc}")
+
+
+def _name_guest_addresses(xenctx: Path) -> None:
+    """Beside a guest vCPU's xenctx output, the same with its kernel's addresses named
+    (`.named.log`), read from the lab guest's kernel."""
+    guest = cached_guest()
+    try:
+        if guest is None:
+            raise LabError("no cached guest")
+        table = kernel_symbols.linux_symbols_of(guest.kernel)
+    except (OSError, LabError, subprocess.CalledProcessError) as exc:
+        print(f"--- {xenctx.name}: its guest's addresses not named: {exc}")
+        return
+    xenctx.with_suffix(".named.log").write_text(
+        xen_lab.name_kernel_addresses(xenctx.read_text(errors="replace"), table))
 
 
 def _show_dom0_logs(lab: Lab, build: XenLab) -> None:

@@ -511,3 +511,21 @@ def test_a_dom0_dump_is_named_each_vcpu_where_it_is_and_its_stack(
         "__schedule+0x34d); "
         "d0v1 at ffffffff81a39075 (xen_hypercall_pv+0x5) (stack: xen_poll_irq+0x7e, "
         "xen_qlock_wait+0x7f)")
+
+
+def test_a_guest_vcpu_s_context_gets_its_kernel_s_names() -> None:
+    # Run BV's former SVM after its triple fault (xenctx -a -S -C), cut short.
+    xenctx = ("vcpu0:\nrip: ffffffff8107141c\nflags: 00000086 s nz p\n"
+              "rdi: ffffffff82a39660\n"
+              "Stack Trace:\n                  * [<ffffffff8107141c>] <--\n"
+              "ffffffff82a03dd0:   [<ffffffff81148f9b>]\n"
+              "ffffffff82a03dd8:     00000031f633fe00\n")
+    table = kernel_symbols.SymbolTable(
+        (0xFFFFFFFF810713B0, 0xFFFFFFFF81148F60, 0xFFFFFFFF82A39600),
+        ("read_hpet", "ktime_get", "some_data"), "tTd")
+    assert xen_lab.name_kernel_addresses(xenctx, table).splitlines() == [
+        "vcpu0:", "rip: ffffffff8107141c  # read_hpet+0x6c", "flags: 00000086 s nz p",
+        "rdi: ffffffff82a39660",  # data: not named
+        "Stack Trace:", "                  * [<ffffffff8107141c>] <--  # read_hpet+0x6c",
+        "ffffffff82a03dd0:   [<ffffffff81148f9b>]  # ktime_get+0x3b",
+        "ffffffff82a03dd8:     00000031f633fe00"]
