@@ -427,19 +427,27 @@ def _reader(ours: socket.socket, got: bytearray) -> Any:
     return read
 
 
+def _ask_fake_xen(host: xen_lab.XenHost,
+                  dumps: dict[bytes, bytes]) -> tuple[str, list[bytes]]:
+    """What the host's Xen question says of a fake Xen console with these dumps, and the
+    keys typed to it, one read each."""
+    ours, xen = socket.socketpair()
+    keys: list[bytes] = []
+    t = _fake_xen_console(xen, dumps, keys)
+    got = bytearray()
+    with ours:
+        said = host._ask_xen(ours, got, _reader(ours, got))
+    t.join(5)
+    return said, keys
+
+
 def test_a_hung_dom0_s_xen_is_asked_for_its_queues_registers_clocks_and_timers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host = _host(tmp_path)
     host.run_dir.mkdir(parents=True)
     host.pid_path.write_text("1\n")
     monkeypatch.setattr(xen_lab.XenHost, "_probe_qemu", lambda self, why="": "probed")
-    ours, xen = socket.socketpair()
-    keys: list[bytes] = []
-    t = _fake_xen_console(xen, dict(xen_lab.XEN_DUMPS), keys)
-    got = bytearray()
-    with ours:
-        said = host._ask_xen(ours, got, _reader(ours, got))
-    t.join(5)
+    said, keys = _ask_fake_xen(host, dict(xen_lab.XEN_DUMPS))
     # Each key alone, once the one before had begun its dump (run BR: "r0ta" in one
     # write lost '0' and 't').
     assert keys == [b"\x01\x01\x01", b"r", b"e", b"0", b"t", b"a", b"q", b"d",
@@ -462,14 +470,8 @@ def test_a_dump_xen_does_not_begin_is_named_and_the_others_still_asked(
         return real_wait(cond, min(timeout, 0.5), what, **kw)
 
     monkeypatch.setattr(xen_lab, "wait_until", quick)
-    ours, xen = socket.socketpair()
-    keys: list[bytes] = []
     dumps = {k: v for k, v in xen_lab.XEN_DUMPS if k != b"t"}  # 't' says nothing
-    t = _fake_xen_console(xen, dumps, keys)
-    got = bytearray()
-    with ours:
-        said = host._ask_xen(ours, got, _reader(ours, got))
-    t.join(5)
+    said, keys = _ask_fake_xen(host, dumps)
     assert keys == [b"\x01\x01\x01", b"r", b"e", b"0", b"t", b"a", b"q", b"d",
                     b"\x01\x01\x01"]
     assert "its dumps r, e, 0, a, q, d are in " in said and "(t not begun in 20 s)" in said, said
