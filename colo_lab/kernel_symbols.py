@@ -190,8 +190,12 @@ def decompress_bzimage(image: bytes) -> bytes:
     if payload.startswith(LZ4_LEGACY):
         # Without the 4 bytes of the kernel's size that its build appends (the lz4 tool
         # takes them for a broken frame and fails).
-        return subprocess.run([need("lz4"), "-dc"], input=payload[:-4], capture_output=True,
-                              check=True, timeout=120).stdout
+        done = subprocess.run([need("lz4"), "-dc"], input=payload[:-4], capture_output=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise LabError(f"lz4 could not unpack the bzImage's payload: "
+                           f"{done.stderr.decode(errors='replace').strip()[-200:]}")
+        return done.stdout
     raise LabError(f"the bzImage's payload is neither xz nor lz4 ({payload[:4].hex()})")
 
 
