@@ -2,11 +2,13 @@
 
 Debian 12's qemu-system-x86 7.2 enters COLO but fails at the first checkpoint
 under TCG, and bookworm-backports' 10.0 never enters COLO (see
-`patches/qemu-7.2-colo-tcg.patch` for the two 7.2 defects). So the lab builds
-Debian's own source package with Debian's patches plus ours, for
-x86_64-softmmu only, with block replication and GnuTLS, and caches the binary outside the
-repository under a key made of every input: the Debian source version, our
-patch and the configure flags. A build takes about 10 minutes on 2 cores.
+`patches/qemu-7.2-colo-tcg.patch` for the two 7.2 defects). The same binary runs the
+nested Xen hosts (`colo_lab.xen_lab`), whose HVM guests need TCG's emulation of AMD's
+SVM: `patches/qemu-7.2-tcg-svm-vmrun.patch` fixes 7.2's VMRUN where it delivered an
+injected interrupt twice. So the lab builds Debian's own source package with Debian's
+patches plus ours, for x86_64-softmmu only, with block replication and GnuTLS, and caches
+the binary outside the repository under a key made of every input: the Debian source
+version, our patches and the configure flags. A build takes about 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from colo_lab.errors import LabError
 from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, touch_build
 
 PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
+SVM_PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-tcg-svm-vmrun.patch"
+# Applied in this order on Debian's qemu source (patch -p1).
+PATCHES = (PATCH, SVM_PATCH)
 
 CONFIGURE_FLAGS = (
     "--target-list=x86_64-softmmu",
@@ -77,7 +82,8 @@ def debian_source_version() -> str:
 def build_key(source_version: str) -> str:
     h = hashlib.sha256()
     h.update(source_version.encode())
-    h.update(PATCH.read_bytes())
+    for patch in PATCHES:
+        h.update(patch.read_bytes())
     h.update("\0".join(CONFIGURE_FLAGS).encode())
     return h.hexdigest()[:16]
 
@@ -124,7 +130,7 @@ def _build(version: str, out: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log = work / "build.log"
-    _log(f"building QEMU {version} with the COLO/TCG patch into {out} (about 10 min, once)")
+    _log(f"building QEMU {version} with the lab's patches into {out} (about 10 min, once)")
     _log(f"build log: {log}")
     _log("step 1/4: apt-get source qemu (Debian's patches are applied by dpkg-source)")
     # No "=version": Debian versions carry an epoch that the .dsc name omits.
@@ -133,8 +139,9 @@ def _build(version: str, out: Path) -> None:
     if len(srcs) != 1:
         raise LabError(f"unexpected layout after apt-get source in {work}")
     src = srcs[0]
-    _log("step 2/4: applying patches/qemu-7.2-colo-tcg.patch")
-    run(["patch", "-p1", "-i", str(PATCH)], cwd=str(src))
+    for patch in PATCHES:
+        _log(f"step 2/4: applying patches/{patch.name}")
+        run(["patch", "-p1", "-i", str(patch)], cwd=str(src))
     build = src / "build-colo"
     build.mkdir()
     _log("step 3/4: configure (x86_64-softmmu, replication, tcg)")
@@ -143,7 +150,8 @@ def _build(version: str, out: Path) -> None:
     _logged(["ninja", "qemu-system-x86_64"], build, log, 3600)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(build / "qemu-system-x86_64", out / ".qemu-system-x86_64.tmp")
-    (out / "SOURCE").write_text(f"qemu {version}\npatch {PATCH.name}\n")
+    (out / "SOURCE").write_text(f"qemu {version}\n"
+                                + "".join(f"patch {p.name}\n" for p in PATCHES))
     os.replace(out / ".qemu-system-x86_64.tmp", out / "qemu-system-x86_64")
     shutil.rmtree(work, ignore_errors=True)
     _log(f"QEMU ready: {out / 'qemu-system-x86_64'}")

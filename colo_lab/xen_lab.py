@@ -1,7 +1,8 @@
 """Two nested Xen hosts on the lab's network (`colo-lab up --xen`).
 
-Each host is a QEMU TCG guest (Debian's qemu-system-x86_64, as measured in
-../shared/notes/XEN-NESTED.md) that boots Xen 4.17 and a Debian dom0 from the cached
+Each host is a QEMU TCG guest (the lab's own QEMU 7.2 build, `colo_lab.qemu_build`, whose
+SVM emulation carries a fix the hosts' HVM guests need; XEN-NESTED.md measured Debian's)
+that boots Xen 4.17 and a Debian dom0 from the cached
 `colo_lab.xen_build` output. It sits in its host namespace of the lab (`colo_lab.lab`)
 with three NICs, each on a bridge of that namespace:
 
@@ -41,13 +42,13 @@ from colo_lab import etcd_net, kernel_symbols, netns
 from colo_lab.cmd import need, run
 from colo_lab.errors import LabError
 from colo_lab.guest import Guest
-from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab
+from colo_lab.lab import LAN_PLEN, VM_IP, VM_MAC, Lab, qemu_binary
 from colo_lab.paths import PACKAGE_DIR
+from colo_lab.qemu_build import FIRMWARE_ARGS
 from colo_lab.wait import WaitTimeout, wait_until
 from colo_lab.xen_build import XenLab
 from colo_orch.backends.xen.domain import ColoDisk
 
-QEMU = "qemu-system-x86_64"
 # XEN-NESTED.md: without smap=0 smep=0 the dom0 dies at its first instruction under TCG
 # (#PF in create_bounce_frame). noreboot keeps a crashed Xen's last words on the console.
 # console_timestamps=boot: Xen's lines and its guests' (hvmloader's, SeaBIOS's) carry the
@@ -129,6 +130,8 @@ class XenHost:
     # The host namespace's address on the control bridge: the dom0's router to the lab's
     # etcd cluster (wire), as a host's own network would route to its arbiter.
     gateway: str = ""
+    # The host's qemu-system-x86_64; None: the lab's build (host_qemu), found at start.
+    qemu: Path | None = None
 
     @property
     def tag(self) -> str:
@@ -175,7 +178,8 @@ class XenHost:
         # then its initrd (a comma separates modules, so no path may hold one).
         modules = f"{self.build.kernel} {dom0},{self.build.initrd}"
         argv = [
-            need(QEMU), "-accel", HOST_ACCEL, "-machine", "q35", "-cpu", HOST_CPU,
+            str(self.qemu or host_qemu()), *FIRMWARE_ARGS,
+            "-accel", HOST_ACCEL, "-machine", "q35", "-cpu", HOST_CPU,
             "-smp", str(HOST_CPUS), "-m", str(HOST_MEM_MB),
             # debug-threads: the vCPU threads are named ("CPU 0/TCG") for _probe_qemu.
             "-name", f"{self.tag},debug-threads=on",
@@ -588,6 +592,15 @@ def _tail(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def host_qemu() -> Path:
+    """The hosts' QEMU: $COLO_QEMU, else the lab's patched build (built if its inputs
+    changed). Debian's 7.2 delivers an interrupt that Xen injects into an HVM guest twice,
+    the second time into the guest's own handler with interrupts off: the guests hung or
+    triple-faulted now and then (docs/xen.md, runs AV, BU, BV, BY; the fix and its evidence
+    in patches/qemu-7.2-tcg-svm-vmrun.patch)."""
+    return qemu_binary()
+
+
 def hosts(lab: Lab, build: XenLab) -> dict[str, XenHost]:
     disk, src = guest_disk_path(lab), source_disk_path(lab)
     return {role: XenHost(role, h.ns, lab.run_dir, build, disk if disk.exists() else None,
@@ -852,7 +865,6 @@ def up(lab: Lab, build: XenLab, guest: Guest | None = None,
     `xl info`. With a guest, both dom0s can mount it (start_service); `source_extra` adds
     files to the source disk (make_source_disk). Returns the seconds each host took from
     QEMU's start."""
-    need(QEMU)
     need("qemu-img")
     wire(lab)
     if guest is not None:

@@ -1,10 +1,14 @@
-"""The QEMU patch: every hunk is explained, and it only touches the files it names."""
+"""The lab QEMU's patches: every hunk is explained, each only touches the files it names."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from colo_lab.qemu_build import CONFIGURE_FLAGS, PATCH, build_key
+import pytest
+
+from colo_lab import qemu_build
+from colo_lab.qemu_build import CONFIGURE_FLAGS, PATCH, PATCHES, SVM_PATCH, build_key
 
 
 def test_patch_touches_only_the_two_defects_and_the_checkpoint_flush() -> None:
@@ -17,6 +21,32 @@ def test_patch_touches_only_the_two_defects_and_the_checkpoint_flush() -> None:
             "Change 3", "tb_flush()", "colo_flush_ram_cache()")
     for why in whys:
         assert why in header
+
+
+def test_svm_patch_touches_only_vmrun_and_says_both_defects() -> None:
+    text = SVM_PATCH.read_text()
+    files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
+    assert files == ["target/i386/tcg/sysemu/svm_helper.c"]
+    header = text.split("diff -ru", 1)[0]
+    for why in ("Defect 1", "exception_index", "apic_ack_edge", "Defect 2", "int_state",
+                "15.21.5"):
+        assert why in header
+    # Applied after the COLO/TCG patch, whose files it does not touch.
+    assert PATCHES == (PATCH, SVM_PATCH)
+
+
+def test_build_key_changes_with_each_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copies = []
+    for patch in PATCHES:
+        copy = tmp_path / patch.name
+        copy.write_bytes(patch.read_bytes())
+        copies.append(copy)
+    monkeypatch.setattr(qemu_build, "PATCHES", tuple(copies))
+    keys = {build_key("v")}
+    for copy in copies:
+        copy.write_bytes(copy.read_bytes() + b"\n")
+        keys.add(build_key("v"))
+    assert len(keys) == 1 + len(copies)
 
 
 def test_build_key_depends_on_every_input() -> None:

@@ -25,6 +25,8 @@ from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
 from colo_orch.backends.xen import xlu
 
+# Any QEMU that starts does for the probe's test: Debian's, not the lab's build.
+QEMU = "qemu-system-x86_64"
 # What the dom0's console gave for a command (run dir of a real run, trimmed): the typed
 # line echoed, the output, the marker line, CR CR LF line ends, the next prompt.
 CONSOLE = (
@@ -40,7 +42,8 @@ def _host(tmp_path: Path, role: str = "primary") -> xen_lab.XenHost:
     build = XenLab(dir=c, hypervisor=c / "xen.elf", kernel=c / "vmlinuz",
                    initrd=c / "initrd.img", rootfs=c / "dom0.img", libxl=c / "libxl.so",
                    device_model=c / "dm")
-    return xen_lab.XenHost(role, "colo-t-pri", tmp_path / "run", build)
+    return xen_lab.XenHost(role, "colo-t-pri", tmp_path / "run", build,
+                           qemu=c / "qemu-system-x86_64")
 
 
 def test_a_reply_after_xen_s_lines_starts_after_the_echo_and_keeps_xl_dmesg_s() -> None:
@@ -86,7 +89,7 @@ def test_a_thread_s_name_may_hold_spaces_and_its_cpu_time_is_user_plus_system() 
     assert name == Path("/proc/self/comm").read_text().strip() and ticks >= 0
 
 
-@pytest.mark.skipif(shutil.which(xen_lab.QEMU) is None, reason="no qemu-system-x86_64")
+@pytest.mark.skipif(shutil.which(QEMU) is None, reason="no qemu-system-x86_64")
 def test_a_silent_host_s_qemu_is_probed_for_its_threads_and_vcpu_registers(
         tmp_path: Path) -> None:
     # A real QEMU, paused before its first instruction (-S): both vCPUs at the reset
@@ -94,7 +97,7 @@ def test_a_silent_host_s_qemu_is_probed_for_its_threads_and_vcpu_registers(
     host = _host(tmp_path)
     host.run_dir.mkdir(parents=True)
     monitor = host.argv()[host.argv().index("-monitor") + 1]
-    qemu = subprocess.Popen([xen_lab.QEMU, "-accel", "tcg", "-machine", "q35", "-smp", "2",
+    qemu = subprocess.Popen([QEMU, "-accel", "tcg", "-machine", "q35", "-smp", "2",
                              "-name", host.argv()[host.argv().index("-name") + 1],
                              "-S", "-nodefaults", "-display", "none", "-monitor", monitor,
                              "-pidfile", str(host.pid_path)],
