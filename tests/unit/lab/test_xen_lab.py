@@ -21,6 +21,7 @@ import pytest
 from colo_lab import kernel_symbols, xen_lab
 from colo_lab.errors import LabError
 from colo_lab.lab import VM_MAC
+from colo_lab.qemu_build import FIRMWARE_ARGS
 from colo_lab.wait import wait_until
 from colo_lab.xen_build import XenLab
 from colo_orch.backends.xen import xlu
@@ -134,6 +135,18 @@ def test_a_command_with_cores_runs_with_no_core_size_limit() -> None:
 
 def test_a_monitor_that_is_not_there_is_said_so(tmp_path: Path) -> None:
     assert "monitor did not answer" in xen_lab._monitor(tmp_path / "none", "info cpus", 1.0)
+
+
+def test_a_host_runs_the_lab_s_qemu_build_with_debian_s_firmware(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not Debian's qemu-system-x86_64 from PATH: its SVM delivers an injected interrupt
+    # twice (patches/qemu-7.2-tcg-svm-vmrun.patch). The build has no firmware of its own.
+    build = tmp_path / "qemu-lab" / "qemu-system-x86_64"
+    monkeypatch.setattr(xen_lab, "qemu_binary", lambda: build)
+    host = dataclasses.replace(_host(tmp_path), qemu=None)
+    argv = host.argv()
+    assert argv[0] == str(build)
+    assert tuple(argv[1:1 + len(FIRMWARE_ARGS)]) == FIRMWARE_ARGS
 
 
 def test_argv_boots_xen_with_the_dom0_as_a_multiboot_module(tmp_path: Path) -> None:
