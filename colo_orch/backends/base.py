@@ -87,6 +87,15 @@ class Backend(ABC):
     def take_over(self, was_role: str) -> str:
         """Leave COLO and run alone; return once our VM runs. Bound: 10 s."""
 
+    def announce(self) -> str:
+        """Tell the LAN's switches where our VM now is (gratuitous RARPs from its device
+        model), after a take-over from a lost primary and after the on_takeover hook, which
+        may be what connects this host to the clients. Until then the switches send the
+        clients' frames to the dead primary's port, and an idle VM sends nothing that would
+        move them. Best effort, and it must not hold the take-over up: a note for the
+        take-over's result, "" if nothing was asked."""
+        return ""
+
     @abstractmethod
     def stop_vm(self) -> str:
         """Stop our VM. Bound: 10 s."""

@@ -303,6 +303,8 @@ class Actions(ProxySupervision):
             self._proxy_mode = ProxyMode.PASS
         out = self.backend.take_over(was_role)
         out += self._hook("on_takeover", self.cfg.on_takeover)
+        if was_role == "secondary":
+            out += self.backend.announce()
         if was_role == "secondary" and self.proxy is not None:
             # After the hook, which may be what connects this host to the clients (the
             # lab's uplink): the SVM's output a switchover's final checkpoint left

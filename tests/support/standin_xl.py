@@ -19,6 +19,7 @@ Whatever the scenario, as seen on Xen 4.17 (docs/xen.md): libxl's COLO takes the
 as paused (`create -p`) and unpauses it after the first checkpoint; a domain that was
 running when `remus` started makes that unpause fail ("cannot unpause primary vm") right
 after the first COLO_CHECKPOINT, and xl ends with "Backup failed?", exit 1.
+`qemu-monitor-command DOMAIN CMD` appends CMD to the file "monitor-commands".
 `migrate-receive` writes the secondary's back channel (libxl_sim.RestoreBackChannel) on
 stdout. Its stdin stands in for the primary's stream: a line "sync" ends the initial sync,
 a line "checkpoint" is one checkpoint; other bytes are taken as stream data.
@@ -94,6 +95,14 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "migrate-receive":
         return migrate_receive(args)
+    if cmd == "qemu-monitor-command":
+        # xl prints what the HMP command printed: announce_self prints nothing.
+        if not (STATE / args[0]).exists():
+            say(f"Invalid domain identifier: {args[0]}")
+            return 1
+        with (STATE / "monitor-commands").open("a") as f:
+            f.write(" ".join(args[1:]) + "\n")
+        return 0
     say(f"standin xl: {cmd} not replayed")
     return 2
 

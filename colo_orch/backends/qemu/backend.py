@@ -577,13 +577,15 @@ class QemuBackend(Backend):
                 disk += "; " + self.blk.wait_committed(max(1.0, 9.0 - ran))
             except DiskError as exc:
                 raise BackendError(f"disk failover: {exc}") from exc
-        if was_role == "secondary":
-            try:
-                self.mon.cmd("announce-self", initial=50, max=550, rounds=5, step=100)
-            except BackendError:
-                pass  # older QEMU: the guest's own traffic updates the switches
         out = f"VM running {1000 * ran:.0f} ms after lost-heartbeat"
         return f"{out}; {disk}" if disk else out
+
+    def announce(self) -> str:
+        try:
+            self.mon.cmd("announce-self", initial=50, max=550, rounds=5, step=100)
+        except BackendError:
+            return ""  # older QEMU: the guest's own traffic updates the switches
+        return "; announced"
 
     def stop_vm(self) -> str:
         """Quit the VM; if its monitor does not answer, kill it (fencing must not hang)."""

@@ -464,6 +464,28 @@ class XenBackend(Backend):
         return (f"domain running {1000 * (time.monotonic() - start):.0f} ms after takeover"
                 + resumed)
 
+    def announce(self) -> str:
+        # `xl qemu-monitor-command` hands an HMP command to the domain's device model
+        # (xl(1)); QEMU's `announce_self` (HMP, QEMU >= 4.0) sends the gratuitous RARPs it
+        # sends after a migration. libxl's COLO failover sends none (run CF1: the idle SVM
+        # served, the LAN still sent the client's frames to the dead primary's port). xl
+        # alone may take seconds in a busy dom0 (docs/xen.md), so the take-over does not
+        # wait for it: its outcome goes to the log.
+        threading.Thread(target=self._announce, daemon=True, name="xl-announce").start()
+        return "; announcing"
+
+    def _announce(self) -> None:
+        try:
+            out = self._run("qemu-monitor-command", self.domain, "announce_self")
+        except (OSError, TimeoutError) as exc:
+            log.warning("announce_self not sent: %s", exc)
+            return
+        if out.returncode != 0:
+            log.warning("announce_self not sent: xl exited %d: %s", out.returncode,
+                        out.stderr.strip()[-200:])
+            return
+        log.info("announce_self sent to domain %s's device model", self.domain)
+
     def _resume_suspended(self) -> str:
         """libxl_domain_resume of our suspended domain (resume.py), checked by `xl list`."""
         began = time.monotonic()

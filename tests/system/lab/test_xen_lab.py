@@ -238,8 +238,14 @@ def test_xl_remus_colo_fails_over_to_the_svm_when_the_primary_host_dies(build: X
         took = time.monotonic() - killed
         said = _grep(sec, "took over:\\|failed: take over\\|COLO Failover\\|receive ended")
         assert "took over:" in said and "COLO Failover" in said, said
-        # The orchestrator's part at a failover: the new primary's side joins the LAN.
+        # The orchestrator's part at a failover: the new primary's side joins the LAN,
+        # then tells it where the SVM is (XenBackend.announce). Without that the LAN sent
+        # the client's frames to the dead primary's port until the client's ARP entry
+        # expired and it asked again, which may come after TCP's retransmission at 51 s
+        # and before the next at 102 s, past the client's 90 s (run CF1: the SVM idle, the
+        # request timed out).
         lab.set_uplink("secondary", True)
+        sec.console("xl qemu-monitor-command service announce_self")
         assert conn.get("/health") == (200, b"ok\n")
         served = time.monotonic() - killed
         assert conn.opened() == 1, "the connection was reopened"

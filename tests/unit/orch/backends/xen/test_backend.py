@@ -293,6 +293,12 @@ def test_secondary_receives_then_takes_over_when_the_primary_stream_ends(
     assert "domain running" in b.take_over("secondary")
     assert b.receiver is not None and b.receiver.outcome() == FAILED_OVER
     assert (tmp_path / "web").exists() and not (tmp_path / "web--incoming").exists()
+    # Then (after the on_takeover hook) the LAN learns the SVM's port: the device model's
+    # announce_self, asked without holding the take-over up.
+    assert b.announce() == "; announcing"
+    wait_until(lambda: (tmp_path / "monitor-commands").exists(), 10,
+               "xl qemu-monitor-command", every=0.02)
+    assert (tmp_path / "monitor-commands").read_text() == "announce_self\n"
 
 
 def test_wait_resume_blocks_for_its_timeout_while_the_svm_runs_on(
