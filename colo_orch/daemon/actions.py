@@ -304,12 +304,13 @@ class Actions(ProxySupervision):
         out = self.backend.take_over(was_role)
         out += self._hook("on_takeover", self.cfg.on_takeover)
         if was_role == "secondary":
-            out += self.backend.announce()
-        if was_role == "secondary" and self.proxy is not None:
             # After the hook, which may be what connects this host to the clients (the
-            # lab's uplink): the SVM's output a switchover's final checkpoint left
-            # undelivered, if the proxy recorded it (colo_proxy.service.output_record).
-            self.proxy.send({"type": "replay"})
+            # lab's uplink): the switches told where the VM now is, then the SVM's output
+            # a switchover's final checkpoint left undelivered, if the proxy recorded it
+            # (colo_proxy.service.output_record).
+            out += self.backend.announce()
+            if self.proxy is not None:
+                self.proxy.send({"type": "replay"})
         took = time.monotonic() - start
         if self._peer_lost_at is not None:
             took = time.monotonic() - self._peer_lost_at
