@@ -595,9 +595,9 @@ def _tail(path: Path) -> str:
 def host_qemu() -> Path:
     """The hosts' QEMU: $COLO_QEMU, else the lab's patched build (built if its inputs
     changed). Debian's 7.2 delivers an interrupt that Xen injects into an HVM guest twice,
-    the second time into the guest's own handler with interrupts off: the guests hung or
-    triple-faulted now and then (docs/xen.md, runs AV, BU, BV, BY; the fix and its evidence
-    in patches/qemu-7.2-tcg-svm-vmrun.patch)."""
+    the second time into the guest's own handler with interrupts off, so the guests hung
+    (docs/xen.md, runs BY, BZ), and its VMRUN can lose a host IPI set at the same moment
+    (the fixes and their evidence in patches/qemu-7.2-tcg-svm-vmrun.patch)."""
     return qemu_binary()
 
 

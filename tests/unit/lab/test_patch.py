@@ -23,14 +23,16 @@ def test_patch_touches_only_the_two_defects_and_the_checkpoint_flush() -> None:
         assert why in header
 
 
-def test_svm_patch_touches_only_vmrun_and_says_both_defects() -> None:
+def test_svm_patch_touches_only_vmrun_and_says_each_defect() -> None:
     text = SVM_PATCH.read_text()
     files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
     assert files == ["target/i386/tcg/sysemu/svm_helper.c"]
-    header = text.split("diff -ru", 1)[0]
+    header, body = text.split("diff -ru", 1)
     for why in ("Defect 1", "exception_index", "apic_ack_edge", "Defect 2", "int_state",
-                "15.21.5"):
+                "15.21.5", "Defect 3", "CPU_INTERRUPT_VIRQ", "flush_area_mask"):
         assert why in header
+    # V_IRQ is set under the I/O-thread lock that cpu_interrupt() holds.
+    assert "+            qemu_mutex_lock_iothread();" in body
     # Applied after the COLO/TCG patch, whose files it does not touch.
     assert PATCHES == (PATCH, SVM_PATCH)
 
