@@ -5,11 +5,13 @@ under TCG, and bookworm-backports' 10.0 never enters COLO (see
 `patches/qemu-7.2-colo-tcg.patch` for the two 7.2 defects). The same binary runs the
 nested Xen hosts (`colo_lab.xen_lab`), whose HVM guests need TCG's emulation of AMD's
 SVM: `patches/qemu-7.2-tcg-svm-vmrun.patch` fixes 7.2's VMRUN where it delivered an
-injected interrupt twice and where it could lose a host IPI. So the lab builds Debian's
-own source package with Debian's patches plus ours, for x86_64-softmmu only, with block
-replication and GnuTLS, and caches the binary outside the repository under a key made of
-every input: the Debian source version, our patches and the configure flags. A build
-takes about 10 minutes on 2 cores.
+injected interrupt twice and where it could lose a host IPI;
+`patches/qemu-7.2-tcg-ignne-first-cpu.patch` stops the second vCPU's FPU loads from
+rewriting the first vCPU's SVM flags (the nested guests' triple faults). So the lab
+builds Debian's own source package with Debian's patches plus ours, for x86_64-softmmu
+only, with block replication and GnuTLS, and caches the binary outside the repository
+under a key made of every input: the Debian source version, our patches and the
+configure flags. A build takes about 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from colo_lab.paths import PACKAGE_DIR, cache_dir, point_current, prune_cache, t
 
 PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-colo-tcg.patch"
 SVM_PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-tcg-svm-vmrun.patch"
+IGNNE_PATCH = PACKAGE_DIR / "patches" / "qemu-7.2-tcg-ignne-first-cpu.patch"
 # Applied in this order on Debian's qemu source (patch -p1).
-PATCHES = (PATCH, SVM_PATCH)
+PATCHES = (PATCH, SVM_PATCH, IGNNE_PATCH)
 
 CONFIGURE_FLAGS = (
     "--target-list=x86_64-softmmu",

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from colo_lab import qemu_build
-from colo_lab.qemu_build import CONFIGURE_FLAGS, PATCH, PATCHES, SVM_PATCH, build_key
+from colo_lab.qemu_build import (
+    CONFIGURE_FLAGS,
+    IGNNE_PATCH,
+    PATCH,
+    PATCHES,
+    SVM_PATCH,
+    build_key,
+)
 
 
 def test_patch_touches_only_the_two_defects_and_the_checkpoint_flush() -> None:
@@ -34,7 +41,21 @@ def test_svm_patch_touches_only_vmrun_and_says_each_defect() -> None:
     # V_IRQ is set under the I/O-thread lock that cpu_interrupt() holds.
     assert "+            qemu_mutex_lock_iothread();" in body
     # Applied after the COLO/TCG patch, whose files it does not touch.
-    assert PATCHES == (PATCH, SVM_PATCH)
+    assert PATCHES.index(SVM_PATCH) == PATCHES.index(PATCH) + 1
+
+
+def test_ignne_patch_keeps_other_vcpus_off_the_first_cpus_hflags2() -> None:
+    text = IGNNE_PATCH.read_text()
+    files = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
+    assert files == ["target/i386/tcg/sysemu/fpu_helper.c"]
+    header, body = text.split("diff -ru", 1)
+    for why in ("cpu_clear_ignne()", "FXRSTOR", "HF2_NPT_MASK", "HF2_GIF_MASK",
+                "svm_asm_do_resume+0xa5", "0x200000006", "run CK", "flush_area_mask()"):
+        assert why in header
+    # The clear is done by the first CPU's thread only; the set is queued on it.
+    assert "+    if (current_cpu != first_cpu) {" in body
+    assert "async_run_on_cpu(first_cpu, set_ignne_on_cpu, RUN_ON_CPU_NULL);" in body
+    assert PATCHES == (PATCH, SVM_PATCH, IGNNE_PATCH)
 
 
 def test_build_key_changes_with_each_patch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
